@@ -1,4 +1,4 @@
-"""Paged attention: write new K/V into the paged cache, then attend over each sequence's context.
+"""Paged attention over each sequence's context in the paged KV cache (and the reference cache write).
 
 One call handles a flat batch mixing prefill chunks (several new tokens that attend to cached context
 and to each other causally) and decode tokens (one new token each).
@@ -64,9 +64,10 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
     return out
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float,
+def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                     sliding_window: int | None = None) -> torch.Tensor:
-    """Write k/v of the new tokens into the cache, then attend (dispatcher). Returns [T, Hq, D]."""
-    write_kv_ref(k, v, kv_cache, meta.slot_mapping)
+    """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D].
+
+    The new tokens' K/V must already be written (see kernels.rotary.rotary_and_write_kv).
+    """
     return paged_attention_ref(q, kv_cache, meta, scale, sliding_window)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kiln.kernels.attention import write_kv_ref
+
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                      cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,3 +32,23 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                  cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE on q and k (dispatcher); returns new tensors."""
     return apply_rotary_ref(q, k, positions, cos_sin_cache)
+
+
+def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                            cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
+                            slot_mapping: torch.Tensor) -> torch.Tensor:
+    """Reference: rotate q and k, write rotated k and v into the paged cache; returns rotated q."""
+    q, k = apply_rotary_ref(q, k, positions, cos_sin_cache)
+    write_kv_ref(k, v, kv_cache, slot_mapping)
+    return q
+
+
+def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                        cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> torch.Tensor:
+    """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D].
+
+    q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
+    slot_mapping: [T] (-1 = do not write).
+    """
+    return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping)

@@ -44,3 +44,37 @@ class AttentionMetadata:
     @property
     def is_decode_only(self) -> bool:
         return self.max_query_len == 1
+
+
+def build_attention_metadata(seqs: list[tuple[int, int, list[int]]], block_size: int,
+                             device: torch.device | str = "cpu") -> AttentionMetadata:
+    """Metadata for a flat batch from host-side descriptions.
+
+    ``seqs`` holds, per sequence in batch order, (start_pos, num_new_tokens, block_table): the new
+    tokens occupy positions start_pos .. start_pos + num_new_tokens - 1 and ``block_table`` lists the
+    sequence's blocks (enough of them to hold every position up to the last new one).
+    """
+    query_lens = [n for _, n, _ in seqs]
+    seq_lens = [start + n for start, n, _ in seqs]
+    slots: list[int] = []
+    for start, n, table in seqs:
+        for pos in range(start, start + n):
+            slots.append(table[pos // block_size] * block_size + pos % block_size)
+    max_blocks = max((len(t) for _, _, t in seqs), default=0) or 1
+    tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
+    for i, (_, _, table) in enumerate(seqs):
+        if table:
+            tables[i, :len(table)] = torch.tensor(table, dtype=torch.int32)
+    qsl = [0]
+    for n in query_lens:
+        qsl.append(qsl[-1] + n)
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64).to(device),
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
+        block_tables=tables.to(device),
+        query_lens_cpu=query_lens,
+        seq_lens_cpu=seq_lens,
+        max_query_len=max(query_lens, default=0),
+        max_seq_len=max(seq_lens, default=0),
+    )
