@@ -58,21 +58,24 @@ def build_attention_metadata(seqs: list[tuple[int, int, list[int]]], block_size:
     seq_lens = [start + n for start, n, _ in seqs]
     slots: list[int] = []
     for start, n, table in seqs:
-        for pos in range(start, start + n):
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+        slots.extend(table[p // block_size] * block_size + p % block_size
+                     for p in range(start, start + n))
     max_blocks = max((len(t) for _, _, t in seqs), default=0) or 1
-    tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
-    for i, (_, _, table) in enumerate(seqs):
-        if table:
-            tables[i, :len(table)] = torch.tensor(table, dtype=torch.int32)
+    padded = [list(t) + [0] * (max_blocks - len(t)) for _, _, t in seqs]
     qsl = [0]
     for n in query_lens:
         qsl.append(qsl[-1] + n)
+    dev = torch.device(device)
+
+    def put(values, dtype: torch.dtype) -> torch.Tensor:
+        # Built on the host, copied without waiting: the host never reads device memory here.
+        return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
+
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slots, dtype=torch.int64).to(device),
-        query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(device),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
-        block_tables=tables.to(device),
+        slot_mapping=put(slots, torch.int64),
+        query_start_loc=put(qsl, torch.int32),
+        seq_lens=put(seq_lens, torch.int32),
+        block_tables=put(padded, torch.int32).view(len(seqs), max_blocks),
         query_lens_cpu=query_lens,
         seq_lens_cpu=seq_lens,
         max_query_len=max(query_lens, default=0),

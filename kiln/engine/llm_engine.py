@@ -1,0 +1,330 @@
+"""LLMEngine: add requests, abort them, and step the whole loop."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kiln.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from kiln.engine.detokenizer import IncrementalDetokenizer
+from kiln.errors import InvalidRequestError, KilnError
+from kiln.request import CompletionOutput, Logprob, Request, RequestOutput, RequestStatus
+from kiln.sampling_params import SamplingParams
+
+logger = logging.getLogger("kiln")
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class _Sequence:
+    """Engine-side view of one of a prompt's n sequences (one scheduler Request)."""
+
+    request: Request
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float | None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class _Group:
+    """All n sequences of one user request."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    sequences: list[_Sequence] = field(default_factory=list)
+    arrival_time: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KilnError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+class LLMEngine:
+    """The engine loop: scheduler (CPU decisions) -> runner (GPU work) -> scheduler update -> text.
+
+    ``step()`` is synchronous and not thread-safe; the async server drives it from one thread.
+    """
+
+    def __init__(self, config: EngineConfig):
+        from kiln.models.loader import load_generation_config, load_model, load_tokenizer
+        from kiln.runner.model_runner import ModelRunner
+
+        model_dir = config.model.model
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(config.model.seed)
+        t0 = time.perf_counter()
+        self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
+        args = self.model.args
+        self.dtype = next(self.model.parameters()).dtype
+        self.tokenizer = load_tokenizer(config.model.tokenizer or model_dir)
+        self.generation_config = load_generation_config(model_dir)
+        self.model_name = Path(model_dir).name
+        max_len = config.model.max_model_len or args.max_position_embeddings
+        if max_len > args.max_position_embeddings:
+            logger.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
+                           max_len, args.max_position_embeddings)
+        config = config.with_max_model_len(max_len)
+        self.max_model_len = max_len
+        num_blocks = self._num_kv_blocks(config)
+        config = config.with_num_kv_blocks(num_blocks)
+        self.config = config
+        logger.info("KV cache: %d blocks of %d tokens (%d tokens)", num_blocks,
+                    config.cache.block_size, num_blocks * config.cache.block_size)
+        self.runner = ModelRunner(self.model, num_blocks, config.cache.block_size, self.device,
+                                  self.dtype)
+        from kiln.scheduler.scheduler import Scheduler
+        self.scheduler = Scheduler(config.scheduler, config.cache)
+        self.eos_token_ids = frozenset(self.generation_config.get("eos_token_id") or [])
+        self._seed_rng = random.Random(config.model.seed)
+        self._groups: dict[str, _Group] = {}
+        self._seq_to_group: dict[str, tuple[_Group, int]] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.load_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def from_args(cls, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
+                  max_model_len: int | None = None, seed: int = 0, block_size: int = 16,
+                  num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
+                  cpu_kv_cache_gb: float = 1.0, enable_prefix_caching: bool = True,
+                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
+                  scheduling_policy: str = "fcfs", max_waiting_requests: int | None = None,
+                  device: str = "auto", enforce_eager: bool = False) -> "LLMEngine":
+        """Build an engine from flat keyword arguments (the CLI's and LLM's)."""
+        if model is None:
+            from kiln.demo import DEMO_MODEL
+            model = DEMO_MODEL
+        cfg = EngineConfig(
+            model=ModelConfig(model=str(model), tokenizer=tokenizer, dtype=dtype,
+                              max_model_len=max_model_len, seed=seed),
+            cache=CacheConfig(block_size=block_size, num_kv_blocks=num_kv_blocks,
+                              gpu_memory_utilization=gpu_memory_utilization,
+                              cpu_kv_cache_gb=cpu_kv_cache_gb,
+                              enable_prefix_caching=enable_prefix_caching),
+            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
+                                      max_num_batched_tokens=max_num_batched_tokens,
+                                      scheduling_policy=scheduling_policy,
+                                      max_waiting_requests=max_waiting_requests),
+            device=device, enforce_eager=enforce_eager)
+        return cls(cfg)
+
+    def _num_kv_blocks(self, config: EngineConfig) -> int:
+        from kiln.runner import memory
+
+        if config.cache.num_kv_blocks is not None:
+            return config.cache.num_kv_blocks
+        args = self.model.args
+        block_bytes = memory.kv_block_bytes(args.num_hidden_layers, args.num_key_value_heads,
+                                            args.head_dim, config.cache.block_size, self.dtype)
+        if self.device.type != "cuda":
+            return memory.num_kv_blocks_cpu(block_bytes, config.cache, config.scheduler)
+        peak = self._profile_activation_bytes(config)
+        blocks = memory.num_kv_blocks_cuda(block_bytes, config.cache, self.device, peak)
+        return min(blocks, memory.blocks_needed_at_most(config.cache, config.scheduler))
+
+    @torch.inference_mode()
+    def _profile_activation_bytes(self, config: EngineConfig) -> int:
+        """Peak extra memory of one forward over the largest batch the scheduler may build."""
+        from kiln.layers.forward_context import build_attention_metadata
+
+        args = self.model.args
+        n = min(config.scheduler.max_num_batched_tokens, config.scheduler.max_model_len)
+        bs = config.cache.block_size
+        num_blocks = -(-n // bs)
+        caches = [torch.zeros(2, num_blocks, bs, args.num_key_value_heads, args.head_dim,
+                              dtype=self.dtype, device=self.device)
+                  for _ in range(args.num_hidden_layers)]
+        meta = build_attention_metadata([(0, n, list(range(num_blocks)))], bs, self.device)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        ids = torch.randint(0, args.vocab_size, (n,), device=self.device)
+        hidden = self.model(ids, torch.arange(n, device=self.device), caches, meta)
+        self.model.compute_logits(hidden[-config.scheduler.max_num_seqs:])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        del caches, hidden
+        torch.cuda.empty_cache()
+        return peak
+
+    # ----------------------------------------------------------------------------------- requests
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text with this model's tokenizer."""
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def _prompt_ids(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                ids = list(prompt["prompt_token_ids"])
+                text = prompt.get("prompt")
+            elif "prompt" in prompt:
+                text = prompt["prompt"]
+                ids = self.tokenize(text)
+            else:
+                raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'",
+                                          param="prompt")
+        elif isinstance(prompt, str):
+            text, ids = prompt, self.tokenize(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            text, ids = None, list(prompt)
+        else:
+            raise InvalidRequestError(f"unsupported prompt type {type(prompt).__name__}", param="prompt")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        vocab = self.model.args.vocab_size
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
+            raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})",
+                                      param="prompt")
+        return text, ids
+
+    def add_request(self, request_id: str, prompt: str | list[int] | dict, params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request; raises InvalidRequestError if it cannot be served as given."""
+        if request_id in self._groups:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", param="request_id")
+        text, ids = self._prompt_ids(prompt)
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise InvalidRequestError(
+                f"the prompt has {len(ids)} tokens but this model's context is {self.max_model_len} "
+                "tokens; shorten the prompt", param="prompt", code="context_length_exceeded")
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if max_tokens > room:
+            raise InvalidRequestError(
+                f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the context of "
+                f"{self.max_model_len} tokens; lower max_tokens or shorten the prompt",
+                param="max_tokens", code="context_length_exceeded")
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        group = _Group(request_id, text, ids, params, arrival_time=arrival)
+        requests = []
+        for i in range(params.n):
+            seed = params.seed + i if params.seed is not None else self._seed_rng.getrandbits(62)
+            seq_id = request_id if params.n == 1 else f"{request_id}#{i}"
+            req = Request(request_id=seq_id, prompt_token_ids=ids, sampling_params=params,
+                          eos_token_ids=self.eos_token_ids, seed=seed, max_tokens=max_tokens,
+                          arrival_time=arrival)
+            detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens,
+                                           params.include_stop_str_in_output)
+            group.sequences.append(_Sequence(req, detok, [] if params.logprobs is not None else None,
+                                             0.0 if params.logprobs is not None else None))
+            requests.append(req)
+        for i, req in enumerate(requests):
+            self.scheduler.add_request(req)
+            self._seq_to_group[req.request_id] = (group, i)
+        self._groups[request_id] = group
+        self.prompt_tokens_total += len(ids) * params.n
+
+    def abort_request(self, request_ids: str | Iterable[str]) -> None:
+        """Stop requests now and free their KV blocks; unknown ids are ignored."""
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for rid in request_ids:
+            group = self._groups.pop(rid, None)
+            if group is None:
+                continue
+            seq_ids = [s.request.request_id for s in group.sequences]
+            self.scheduler.abort_requests(seq_ids)
+            for sid in seq_ids:
+                self._seq_to_group.pop(sid, None)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request is queued or running."""
+        return bool(self._groups)
+
+    # ---------------------------------------------------------------------------------- the loop
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model, update, detokenize; returns outputs of requests that advanced."""
+        sched_out = self.scheduler.schedule()
+        model_out = self.runner.execute(sched_out)
+        finished = self.scheduler.update(sched_out, model_out)
+        touched: dict[str, _Group] = {}
+        for i, seq_id in enumerate(model_out.request_ids):
+            entry = self._seq_to_group.get(seq_id)
+            if entry is None:
+                continue
+            group, idx = entry
+            seq = group.sequences[idx]
+            token = model_out.sampled_token_ids[i]
+            self.generation_tokens_total += 1
+            if seq.request.first_token_time is None:
+                seq.request.first_token_time = time.monotonic()
+            seq.detokenizer.add_token(token)
+            if seq.logprobs is not None and model_out.logprobs is not None:
+                seq.logprobs.append(self._logprob_entry(token, model_out.logprobs[i]))
+                seq.cumulative_logprob += model_out.logprobs[i].sampled_logprob
+            if seq.detokenizer.stop_reason is not None and seq.finish_reason is None:
+                self.scheduler.finish_requests([seq_id], RequestStatus.FINISHED_STOPPED)
+                seq.finish_reason, seq.stop_reason = "stop", seq.detokenizer.stop_reason
+            touched[group.request_id] = group
+        for req in finished:
+            entry = self._seq_to_group.get(req.request_id)
+            if entry is None:
+                continue
+            group, idx = entry
+            seq = group.sequences[idx]
+            if seq.finish_reason is None:
+                seq.finish_reason = req.status.finish_reason
+                seq.stop_reason = req.stop_reason
+            touched[group.request_id] = group
+        outputs = [self._make_output(g) for g in touched.values()]
+        for g in touched.values():
+            if g.finished:
+                self._groups.pop(g.request_id, None)
+                for s in g.sequences:
+                    self._seq_to_group.pop(s.request.request_id, None)
+        return outputs
+
+    def _logprob_entry(self, token: int, lp) -> dict[int, Logprob]:
+        entry = {token: Logprob(lp.sampled_logprob, lp.sampled_rank, self.tokenizer.decode([token]))}
+        for rank, (tid, val) in enumerate(zip(lp.top_token_ids, lp.top_logprobs), start=1):
+            if tid not in entry:
+                entry[tid] = Logprob(val, rank, self.tokenizer.decode([tid]))
+        return entry
+
+    def _make_output(self, group: _Group) -> RequestOutput:
+        outs = []
+        for i, s in enumerate(group.sequences):
+            done = s.finish_reason is not None
+            outs.append(CompletionOutput(
+                index=i, text=s.detokenizer.visible_text(done),
+                token_ids=list(s.request.output_token_ids),
+                cumulative_logprob=s.cumulative_logprob,
+                logprobs=list(s.logprobs) if s.logprobs is not None else None,
+                finish_reason=s.finish_reason, stop_reason=s.stop_reason))
+        first = group.sequences[0].request
+        return RequestOutput(request_id=group.request_id, prompt=group.prompt,
+                             prompt_token_ids=group.prompt_token_ids, outputs=outs,
+                             finished=group.finished,
+                             num_cached_tokens=max(first.num_cached_tokens, 0),
+                             metrics={"arrival_time": group.arrival_time,
+                                      "first_token_time": first.first_token_time})
+
+    def stats(self) -> dict:
+        """Counters and gauges: KV blocks, preemptions, prefix-cache queries and hits (tokens)."""
+        s = dict(self.scheduler.stats())
+        s["prompt_tokens_total"] = self.prompt_tokens_total
+        s["generation_tokens_total"] = self.generation_tokens_total
+        return s

@@ -1,0 +1,47 @@
+"""Sizing the paged KV cache: from free GPU memory on CUDA, from an explicit budget on the CPU."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kiln.config import CacheConfig, SchedulerConfig
+
+logger = logging.getLogger("kiln")
+
+
+def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
+                   dtype: torch.dtype) -> int:
+    """Bytes one KV block takes across all layers (keys and values)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * elem
+
+
+def blocks_needed_at_most(cache: CacheConfig, sched: SchedulerConfig) -> int:
+    """Blocks that max_num_seqs sequences of max_model_len tokens could ever use (plus one spare)."""
+    per_seq = -(-sched.max_model_len // cache.block_size)
+    return sched.max_num_seqs * per_seq + 1
+
+
+def num_kv_blocks_cpu(block_bytes: int, cache: CacheConfig, sched: SchedulerConfig) -> int:
+    """On the CPU: as many blocks as ``cpu_kv_cache_gb`` holds, but never more than can be used."""
+    budget = int(cache.cpu_kv_cache_gb * (1 << 30)) // block_bytes
+    return max(1, min(budget, blocks_needed_at_most(cache, sched)))
+
+
+def num_kv_blocks_cuda(block_bytes: int, cache: CacheConfig, device: torch.device,
+                       peak_activation_bytes: int) -> int:
+    """On CUDA: the share ``gpu_memory_utilization`` of the card, less what weights and the
+    profiled forward pass took, divided into blocks."""
+    free, total = torch.cuda.mem_get_info(device)
+    used_by_others = total - free - torch.cuda.memory_reserved(device)
+    weights = torch.cuda.memory_allocated(device)
+    budget = int(total * cache.gpu_memory_utilization) - used_by_others - weights - peak_activation_bytes
+    if budget < block_bytes:
+        from kiln.errors import KilnError
+        raise KilnError(
+            f"no GPU memory left for the KV cache (budget {budget / 2**30:.2f} GiB after weights "
+            f"{weights / 2**30:.2f} GiB and activations {peak_activation_bytes / 2**30:.2f} GiB); "
+            "raise --gpu-memory-utilization or lower --max-num-batched-tokens")
+    return budget // block_bytes

@@ -1,0 +1,28 @@
+"""Helpers shared by the sampler tests: building batches from plain parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.sample import SamplingBatch, SamplingRow
+from kiln.sampling_params import SamplingParams
+
+
+def make_rows(params: list[SamplingParams], seeds=None, output_index=None, prompts=None, outputs=None):
+    """SamplingRows with defaults (seed = row index, output_index 0, empty histories)."""
+    n = len(params)
+    seeds = list(range(n)) if seeds is None else seeds
+    output_index = [0] * n if output_index is None else output_index
+    prompts = [[] for _ in range(n)] if prompts is None else prompts
+    outputs = [[] for _ in range(n)] if outputs is None else outputs
+    return [SamplingRow(p, s, o, list(pr), list(out))
+            for p, s, o, pr, out in zip(params, seeds, output_index, prompts, outputs)]
+
+
+@pytest.fixture
+def build():
+    """``build(rows, vocab_size)`` -> SamplingBatch on the CPU."""
+    def _build(rows, vocab_size):
+        return SamplingBatch.build(rows, vocab_size, torch.device("cpu"))
+    return _build
