@@ -1,11 +1,8 @@
-"""Helpers shared by the sampler tests: building batches from plain parameters."""
+"""Helpers shared by the sampler tests (a uniquely named module, so other test folders cannot shadow it)."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-
-from kiln.sample import SamplingBatch, SamplingRow
+from kiln.sample import SamplingRow
 from kiln.sampling_params import SamplingParams
 
 
@@ -18,11 +15,3 @@ def make_rows(params: list[SamplingParams], seeds=None, output_index=None, promp
     outputs = [[] for _ in range(n)] if outputs is None else outputs
     return [SamplingRow(p, s, o, list(pr), list(out))
             for p, s, o, pr, out in zip(params, seeds, output_index, prompts, outputs)]
-
-
-@pytest.fixture
-def build():
-    """``build(rows, vocab_size)`` -> SamplingBatch on the CPU."""
-    def _build(rows, vocab_size):
-        return SamplingBatch.build(rows, vocab_size, torch.device("cpu"))
-    return _build
