@@ -1,0 +1,56 @@
+"""Self-attention over the paged KV cache: fused qkv -> (q/k norm) -> RoPE + cache write -> attention -> o_proj."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kiln.kernels.attention import paged_attention
+from kiln.layers.forward_context import AttentionMetadata
+from kiln.layers.linear import Linear
+from kiln.layers.norm import RMSNorm
+from kiln.layers.rotary import RotaryEmbedding
+
+
+class PagedSelfAttention(nn.Module):
+    """Grouped-query self-attention of one decoder layer.
+
+    ``qk_norm`` adds a per-head RMSNorm on q and k before RoPE (Qwen3). ``sliding_window`` limits
+    each query to the last that-many positions, itself included (Mistral).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 rotary: RotaryEmbedding, *, qkv_bias: bool, o_bias: bool, qk_norm: bool,
+                 rms_norm_eps: float, sliding_window: int | None, dtype: torch.dtype,
+                 device: torch.device | str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.q_size = num_heads * head_dim
+        self.kv_size = num_kv_heads * head_dim
+        self.scale = head_dim ** -0.5
+        self.sliding_window = sliding_window
+        self.qkv_proj = Linear(hidden_size, (self.q_size, self.kv_size, self.kv_size), qkv_bias,
+                               dtype, device)
+        self.o_proj = Linear(self.q_size, hidden_size, o_bias, dtype, device)
+        self.q_norm = RMSNorm(head_dim, rms_norm_eps, dtype, device) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, rms_norm_eps, dtype, device) if qk_norm else None
+        # Shared by all layers; a list keeps it out of this module's children (one cache, not N).
+        self._rotary = [rotary]
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``."""
+        num_tokens = hidden.shape[0]
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping)
+        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))

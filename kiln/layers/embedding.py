@@ -1,0 +1,54 @@
+"""Token embedding and the LM head (which may share the embedding's weight)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VocabEmbedding(nn.Module):
+    """Looks up rows of a [vocab_size, hidden_size] table."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype,
+                 device: torch.device | str):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device),
+                                   requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[T] token ids -> [T, hidden_size]."""
+        return F.embedding(input_ids, self.weight)
+
+
+class LMHead(nn.Module):
+    """Projects hidden rows onto the vocabulary; logits come back in float32.
+
+    With ``tied_to`` the head reads the embedding's table instead of owning one (Qwen2.5 small
+    models, Llama 3.2 1B/3B), so the checkpoint needs no lm_head tensor.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype,
+                 device: torch.device | str, tied_to: VocabEmbedding | None = None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        # A plain attribute list keeps the tied module out of this module's parameters, so it is
+        # neither listed nor loaded twice.
+        self._tied = [tied_to] if tied_to is not None else []
+        if tied_to is None:
+            self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device),
+                                       requires_grad=False)
+
+    @property
+    def is_tied(self) -> bool:
+        """Whether the head shares the token embedding's weight."""
+        return bool(self._tied)
+
+    def table(self) -> torch.Tensor:
+        """The [vocab_size, hidden_size] matrix the head multiplies with."""
+        return self._tied[0].weight if self._tied else self.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden_size] -> [N, vocab_size] float32 (matmul in the model dtype, like HF)."""
+        return F.linear(hidden, self.table()).float()

@@ -1,0 +1,98 @@
+"""Linear layers whose matmul is delegated to a ``LinearMethod`` (the hook for quantization).
+
+A layer may be the fusion of several checkpoint projections (q/k/v, gate/up): it then knows the
+output size of each shard, so the loader can copy each checkpoint tensor into its rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kiln.errors import KilnError
+
+
+class LinearMethod:
+    """How a linear layer stores its weights and computes ``x @ W.T + b``.
+
+    A quantization scheme subclasses this: it registers its own parameters (packed weights, scales)
+    in ``create_weights``, computes in ``apply`` and copies checkpoint tensors in ``load_shard``.
+    """
+
+    def create_weights(self, layer: "Linear", dtype: torch.dtype, device: torch.device | str) -> None:
+        """Register the layer's parameters (uninitialised: the loader or a test fills them)."""
+        raise NotImplementedError
+
+    def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for input rows ``x`` [..., in_features]."""
+        raise NotImplementedError
+
+    def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,
+                   shard: int | None, checkpoint_name: str) -> None:
+        """Copy one checkpoint tensor into the layer (into shard ``shard``'s rows when fused)."""
+        raise NotImplementedError
+
+
+class UnquantizedLinearMethod(LinearMethod):
+    """Plain weight [out, in] (and bias [out]) in the model dtype."""
+
+    def create_weights(self, layer: "Linear", dtype: torch.dtype, device: torch.device | str) -> None:
+        """Register ``weight`` and, when the layer has one, ``bias``."""
+        layer.weight = nn.Parameter(
+            torch.empty(layer.out_features, layer.in_features, dtype=dtype, device=device),
+            requires_grad=False)
+        if layer.has_bias:
+            layer.bias = nn.Parameter(torch.empty(layer.out_features, dtype=dtype, device=device),
+                                      requires_grad=False)
+        else:
+            layer.register_parameter("bias", None)
+
+    def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` with the stored weight and bias."""
+        return F.linear(x, layer.weight, layer.bias)
+
+    def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,
+                   shard: int | None, checkpoint_name: str) -> None:
+        """Check the shape (naming the checkpoint tensor on mismatch), then copy."""
+        param = getattr(layer, param_name, None)
+        if param is None:
+            raise KilnError(f"checkpoint tensor {checkpoint_name} has no place in the model "
+                            f"(the layer has no {param_name}); check the config matches the weights")
+        target = param.data
+        if shard is not None:
+            start = sum(layer.output_sizes[:shard])
+            target = target.narrow(0, start, layer.output_sizes[shard])
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise KilnError(f"weight {checkpoint_name} has shape {tuple(tensor.shape)}, expected "
+                            f"{tuple(target.shape)} from config.json; the config and the weights "
+                            "do not belong together")
+        target.copy_(tensor)
+
+
+class Linear(nn.Module):
+    """``y = x @ W.T (+ b)``; with several ``output_sizes`` it is a fusion of that many projections."""
+
+    def __init__(self, in_features: int, output_sizes: int | tuple[int, ...], bias: bool,
+                 dtype: torch.dtype, device: torch.device | str,
+                 method: LinearMethod | None = None):
+        super().__init__()
+        sizes = (output_sizes,) if isinstance(output_sizes, int) else tuple(output_sizes)
+        self.in_features = in_features
+        self.output_sizes = sizes
+        self.out_features = sum(sizes)
+        self.has_bias = bias
+        self.method = method or UnquantizedLinearMethod()
+        self.method.create_weights(self, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer's linear method."""
+        return self.method.apply(self, x)
+
+    def load_shard(self, param_name: str, tensor: torch.Tensor, shard: int | None,
+                   checkpoint_name: str) -> None:
+        """Copy a checkpoint tensor (``weight`` or ``bias``, whole or one shard) into this layer."""
+        self.method.load_shard(self, param_name, tensor, shard, checkpoint_name)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.output_sizes}, bias={self.has_bias}"

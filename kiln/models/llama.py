@@ -1,0 +1,111 @@
+"""The Llama-family decoder (Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3), one class driven by ModelArgs.
+
+The forward takes one flat sequence of new tokens from any number of sequences, no padding and no
+batch dimension, and reads/writes a paged KV cache described by AttentionMetadata. Parameter names
+mirror the HF checkpoint's (without the ``model.`` prefix), except that q/k/v live fused in
+``qkv_proj`` and gate/up in ``gate_up_proj``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kiln.layers.activation import SiluAndMul
+from kiln.layers.attention import PagedSelfAttention
+from kiln.layers.embedding import LMHead, VocabEmbedding
+from kiln.layers.forward_context import AttentionMetadata
+from kiln.layers.linear import Linear
+from kiln.layers.norm import RMSNorm
+from kiln.layers.rotary import RotaryEmbedding
+from kiln.models.args import ModelArgs
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype,
+                 device: torch.device | str):
+        super().__init__()
+        self.gate_up_proj = Linear(hidden_size, (intermediate_size, intermediate_size), bias, dtype,
+                                   device)
+        self.act = SiluAndMul()
+        self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]."""
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention block then pre-norm MLP block, with the residual carried separately."""
+
+    def __init__(self, args: ModelArgs, layer_index: int, rotary: RotaryEmbedding,
+                 dtype: torch.dtype, device: torch.device | str):
+        super().__init__()
+        eps = args.rms_norm_eps
+        self.input_layernorm = RMSNorm(args.hidden_size, eps, dtype, device)
+        self.self_attn = PagedSelfAttention(
+            args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim,
+            rotary, qkv_bias=args.qkv_bias, o_bias=args.o_bias, qk_norm=args.qk_norm,
+            rms_norm_eps=eps, sliding_window=args.layer_sliding_windows[layer_index], dtype=dtype,
+            device=device)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, eps, dtype, device)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.mlp_bias, dtype, device)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
+                kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it is added).
+
+        The add is deferred into the next norm so that it fuses with it.
+        """
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaFamilyModel(nn.Module):
+    """A Llama-family causal LM over a paged KV cache.
+
+    ``model(input_ids [T], positions [T], kv_caches, meta) -> hidden [T, H]``, then
+    ``model.compute_logits(hidden_rows [N, H]) -> [N, V] float32``. ``kv_caches[i]`` is layer i's
+    cache [2, num_blocks, block_size, num_key_value_heads, head_dim], allocated by the caller.
+    Parameters are allocated uninitialised: load weights with kiln.models.loader.
+    """
+
+    # Checkpoint projection name -> (fused layer name, shard index).
+    packed_modules = {
+        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, args: ModelArgs, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        self.args = args
+        self.rotary = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope, device)
+        self.embed_tokens = VocabEmbedding(args.vocab_size, args.hidden_size, dtype, device)
+        self.layers = nn.ModuleList(DecoderLayer(args, i, self.rotary, dtype, device)
+                                    for i in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
+        self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
+                              tied_to=self.embed_tokens if args.tie_word_embeddings else None)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Final-norm hidden states [T, H] of the T new tokens; writes their K/V into ``kv_caches``."""
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits."""
+        return self.lm_head(hidden)
