@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from kiln.kernels import use_triton
 from kiln.kernels.attention import write_kv_ref
 
 
@@ -28,10 +31,106 @@ def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     return rotate(q), rotate(k)
 
 
+@triton.jit
+def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
+                  cos, sin, valid, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rotate num_heads heads of one token from src into dst, BLOCK_H heads at a time (if valid)."""
+    half = tl.arange(0, HALF)
+    for h0 in range(0, num_heads, BLOCK_H):
+        heads = h0 + tl.arange(0, BLOCK_H)
+        mask = (heads < num_heads)[:, None] & valid
+        src = src_ptr + heads[:, None] * src_head_stride + half[None, :]
+        x1 = tl.load(src, mask=mask, other=0.0)
+        x2 = tl.load(src + HALF, mask=mask, other=0.0)
+        ty = x1.dtype
+        a1 = x1.to(tl.float32)
+        a2 = x2.to(tl.float32)
+        # Each product and the sum round to the input dtype, as the reference's torch ops do.
+        c1 = (a1 * cos).to(ty).to(tl.float32)
+        s2 = (a2 * sin).to(ty).to(tl.float32)
+        c2 = (a2 * cos).to(ty).to(tl.float32)
+        s1 = (a1 * sin).to(ty).to(tl.float32)
+        dst = dst_ptr + heads[:, None] * dst_head_stride + half[None, :]
+        tl.store(dst, (c1 - s2).to(ty).to(dst_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF, (c2 + s1).to(ty).to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr, cache_ptr, slot_ptr,
+                            q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
+                            v_tok_stride, v_head_stride, q_out_tok_stride, q_out_head_stride,
+                            cos_sin_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
+                            num_q_heads, num_kv_heads,
+                            HALF: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_CACHE: tl.constexpr):
+    # Program (t, 0) rotates token t's query heads; (t, 1) rotates its key heads and writes keys
+    # and values to the cache, so q and k/v of one token proceed in parallel.
+    tok = tl.program_id(0).to(tl.int64)
+    which = tl.program_id(1)
+    half = tl.arange(0, HALF)
+    pos = tl.load(pos_ptr + tok).to(tl.int64)
+    ty = q_ptr.dtype.element_ty
+    # cos/sin are cast to the activations' dtype before use, as in the reference.
+    cos = tl.load(cos_sin_ptr + pos * cos_sin_stride + half).to(ty).to(tl.float32)[None, :]
+    sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + HALF + half).to(ty).to(tl.float32)[None, :]
+    if which == 0:
+        # Every query token is rotated; `pos >= 0` is just an always-true predicate of the right kind.
+        _rotate_heads(q_ptr + tok * q_tok_stride, q_head_stride,
+                      q_out_ptr + tok * q_out_tok_stride, q_out_head_stride, num_q_heads,
+                      cos, sin, pos >= 0, HALF, BLOCK_H)
+    elif not WRITE_CACHE:
+        # Plain RoPE: cache_ptr is the rotated-k output, one "slot" per token.
+        _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride, cache_ptr + tok * cache_slot_stride,
+                      cache_head_stride, num_kv_heads, cos, sin, pos >= 0, HALF, BLOCK_H)
+    else:
+        slot = tl.load(slot_ptr + tok).to(tl.int64)
+        key_dst = cache_ptr + slot * cache_slot_stride
+        _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride, key_dst, cache_head_stride,
+                      num_kv_heads, cos, sin, slot >= 0, HALF, BLOCK_H)
+        dim = tl.arange(0, 2 * HALF)
+        for h0 in range(0, num_kv_heads, BLOCK_H):
+            heads = h0 + tl.arange(0, BLOCK_H)
+            mask = (heads < num_kv_heads)[:, None] & (slot >= 0)
+            val = tl.load(v_ptr + tok * v_tok_stride + heads[:, None] * v_head_stride + dim[None, :],
+                          mask=mask, other=0.0)
+            tl.store(key_dst + cache_kv_stride + heads[:, None] * cache_head_stride + dim[None, :],
+                     val.to(cache_ptr.dtype.element_ty), mask=mask)
+
+
+def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) -> bool:
+    """Shapes the kernel handles: unit stride on head_dim, D/2 a power of two, full-width rotation."""
+    head_dim = q.shape[-1]
+    return (use_triton(q) and q.shape[0] > 0 and head_dim % 2 == 0
+            and triton.next_power_of_2(head_dim // 2) == head_dim // 2
+            and cos_sin_cache.shape[-1] == head_dim and cos_sin_cache.stride(-1) == 1
+            and q.stride(-1) == 1 and k.stride(-1) == 1 and q.dtype == k.dtype)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+            cos_sin_cache: torch.Tensor, q_out: torch.Tensor, dst: torch.Tensor,
+            dst_strides: tuple[int, int, int], slot_mapping: torch.Tensor, write_cache: bool) -> None:
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    half = head_dim // 2
+    # Keep a head chunk to ~2K elements per half so the registers hold it without spilling.
+    block_h = min(triton.next_power_of_2(max(num_q_heads, num_kv_heads)), max(1, 2048 // half))
+    _rotary_write_kv_kernel[(num_tokens, 2)](
+        q, k, v, positions, cos_sin_cache, q_out, dst, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
+        num_q_heads, num_kv_heads, HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
+        num_warps=4)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                  cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE on q and k (dispatcher); returns new tensors."""
-    return apply_rotary_ref(q, k, positions, cos_sin_cache)
+    if not _triton_ok(q, k, cos_sin_cache):
+        return apply_rotary_ref(q, k, positions, cos_sin_cache)
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    _launch(q, k, k, positions, cos_sin_cache, q_out, k_out, (0, k_out.stride(0), k_out.stride(1)),
+            positions, write_cache=False)
+    return q_out, k_out
 
 
 def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -51,4 +150,11 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
     slot_mapping: [T] (-1 = do not write).
     """
-    return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping)
+    if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1):
+        return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping)
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # Slots index the flattened (block, offset) dims of the contiguous cache.
+    strides = (kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3))
+    _launch(q, k, v, positions, cos_sin_cache, q_out, kv_cache, strides, slot_mapping,
+            write_cache=True)
+    return q_out

@@ -1,0 +1,116 @@
+"""Compile every kernel configuration the dispatchers launch for sm_90 (H100/H200) without a GPU.
+
+Prints registers, spills and shared memory per kernel (from the cubin, via the cuobjdump that
+ships with Triton) and checks the attention kernels' SASS for the matrix instructions. Run it on
+a CPU machine before spending GPU time: a kernel that does not compile or spills shows here.
+
+    PYTHONPATH=. python benchmarks/kernels/compile_sm90.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kiln.kernels import activation, attention, rmsnorm, rotary
+
+TARGET = GPUTarget("cuda", 90, 32)
+# Pointer element types by argument name (anything else ending in _ptr holds the activations).
+PTR_TYPES = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
+             "pos_ptr": "*i64", "slot_ptr": "*i64", "cos_sin_ptr": "*fp32",
+             "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}
+FLOAT_ARGS = {"qk_scale", "eps"}
+# Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
+# specialises such arguments at launch, which is what lets it vectorise the masked loads).
+ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group"}
+
+
+def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: int):
+    """Compile fn for sm_90 with 16-divisible pointers/ints (as Llama-3-8B shapes give)."""
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = PTR_TYPES.get(name, f"*{dtype}")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in FLOAT_ARGS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name not in ODD_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def resources(kernel) -> str:
+    """Registers / spills / shared memory of a compiled kernel, read from its cubin."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
+                               text=True).stdout
+        sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    mma = sorted({m for m in re.findall(r"\b(HGMMA|HMMA|QGMMA)\b", sass)})
+    wide = len(re.findall(r"\b(?:LDG\.E|LDGSTS\.E(?:\.BYPASS)?)(?:\.LTC128B)?\.128", sass))
+    return (f"regs={regs.group(1) if regs else '?'} stack={stack.group(1) if stack else '?'} "
+            f"smem={kernel.metadata.shared} mma={'+'.join(mma) or '-'} 16B-loads={wide}")
+
+
+def configs():
+    """(label, fn, constexprs, dtype, num_warps, num_stages) for the Llama-3-8B launches."""
+    for dtype in ("bf16", "fp16"):
+        yield ("rmsnorm h4096", rmsnorm._rms_norm_kernel, {"HAS_RESIDUAL": False, "BLOCK": 4096},
+               dtype, 8, 3)
+        yield ("add+rmsnorm h4096", rmsnorm._rms_norm_kernel, {"HAS_RESIDUAL": True, "BLOCK": 4096},
+               dtype, 8, 3)
+        yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
+        yield ("rotary+kv D128", rotary._rotary_write_kv_kernel,
+               {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": True}, dtype, 4, 3)
+        yield ("rotary D128 (no cache)", rotary._rotary_write_kv_kernel,
+               {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": False}, dtype, 4, 3)
+        for single in (True, False):
+            for window in (False, True):
+                yield (f"decode G4 single={single} window={window}", attention._decode_partition_kernel,
+                       {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
+                        "PARTITION": 512, "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
+                        "DOT_PREC": "tf32"}, dtype, 4, 2)
+        yield ("decode reduce", attention._decode_reduce_kernel,
+               {"HEAD_DIM": 128, "PARTITION": 512, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
+        for window in (False, True):
+            yield (f"prefill G4 M128 window={window}", attention._prefill_kernel,
+                   {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
+                    "USE_WINDOW": window, "DOT_PREC": "tf32"}, dtype, 8, 3)
+    yield ("prefill fp32 M32", attention._prefill_kernel,
+           {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 32, "BLOCK_N": 16,
+            "USE_WINDOW": False, "DOT_PREC": "ieee"}, "fp32", 4, 3)
+    yield ("decode fp32", attention._decode_partition_kernel,
+           {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PARTITION": 512,
+            "BLOCK_N": 16, "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "ieee"}, "fp32", 4, 2)
+
+
+def main() -> int:
+    failed = 0
+    for label, fn, constexprs, dtype, warps, stages in configs():
+        try:
+            kernel = compile_one(fn, constexprs, dtype, warps, stages)
+            print(f"{dtype:5s} {label:42s} {resources(kernel)}")
+        except Exception as exc:  # report every failing configuration, then fail
+            failed += 1
+            print(f"{dtype:5s} {label:42s} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

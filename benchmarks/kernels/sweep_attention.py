@@ -1,0 +1,81 @@
+"""Sweep launch settings of the paged-attention kernels at Llama-3-8B shapes (bf16, block 16).
+
+Times each setting with CUDA-graph replays (see bench_kernels.py) and prints the best per shape;
+the dispatcher's defaults in kiln/kernels/attention.py were chosen from this output.
+
+    PYTHONPATH=. python benchmarks/kernels/sweep_attention.py --out sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from bench_kernels import HEAD_DIM, HK, HQ, BLOCK, n_sets, paged_setup, time_calls
+from kiln.kernels import attention
+
+SCALE = HEAD_DIM ** -0.5
+LOG2E = 1.4426950408889634
+
+
+def run(kind: str, q, cache, meta, tuning):
+    """One launch of the decode or prefill path with explicit launch settings."""
+    out = torch.empty_like(q)
+    launch = attention._paged_decode if kind == "decode" else attention._paged_prefill
+    launch(q, cache, meta, out, SCALE * LOG2E, 0, tuning)
+    return out
+
+
+def sweep(kind: str, shape, configs) -> list[dict]:
+    """Time every setting at one (batch, new tokens, context) shape; errors are recorded."""
+    batch, q_len, ctx = shape
+    nbytes = batch * ctx * HK * HEAD_DIM * 4
+    cache, sets = paged_setup(batch, ctx, q_len, n_sets(nbytes) if kind == "decode" else 2)
+    q0, m0 = sets[0]
+    ref = attention.paged_attention(q0, cache, m0, SCALE).float()
+    rows = []
+    for cfg in configs:
+        try:
+            err = float((run(kind, q0, cache, m0, cfg).float() - ref).norm() / ref.norm())
+            us = time_calls([lambda q=q, m=m: run(kind, q, cache, m, cfg) for q, m in sets], reps=15)
+        except Exception as exc:  # a setting that does not fit (shared memory, registers)
+            rows.append({"kind": kind, "shape": shape, "cfg": cfg, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        rows.append({"kind": kind, "shape": shape, "cfg": cfg, "us": round(us, 2), "rel_err": err})
+        print(json.dumps(rows[-1]), flush=True)
+    del cache, sets
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    """Run the sweep over the Llama-3-8B shapes and print the best settings per shape."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="sweep.json")
+    args = ap.parse_args()
+    prefill_cfgs = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in
+                    [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 8, 3),
+                     (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (256, 64, 8, 2)]]
+    decode_cfgs = [dict(partition=p, block_n=n, num_warps=4, num_stages=s)
+                   for p in (128, 256, 512) for n in (32, 64, 128) for s in (2, 3)]
+    decode_cfgs += [dict(partition=256, block_n=64, num_warps=8, num_stages=2),
+                    dict(partition=512, block_n=128, num_warps=8, num_stages=3)]
+    rows = []
+    for shape in ((1, 2048, 2048), (4, 2048, 2048)):
+        rows += sweep("prefill", shape, prefill_cfgs)
+    for shape in ((1, 1, 4096), (32, 1, 512), (32, 1, 4096), (256, 1, 4096)):
+        rows += sweep("decode", shape, decode_cfgs)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print("\nbest per shape:")
+    for kind, shape in {(r["kind"], tuple(r["shape"])) for r in rows}:
+        ok = [r for r in rows if r["kind"] == kind and tuple(r["shape"]) == shape and "us" in r]
+        ok.sort(key=lambda r: r["us"])
+        print(kind, shape, [(r["us"], r["cfg"]) for r in ok[:3]])
+
+
+if __name__ == "__main__":
+    main()

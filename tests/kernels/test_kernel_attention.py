@@ -1,0 +1,74 @@
+"""Triton paged attention (decode and general paths) against the torch reference (interpreter, CPU)."""
+
+import pytest
+import torch
+
+from kernel_cases import TOL, paged_case, rel_err
+from kiln.kernels import attention
+from kiln.kernels.attention import paged_attention, paged_attention_ref
+
+
+def run_case(seqs, num_q_heads, num_kv_heads, head_dim, block_size, dtype, gen, window=None):
+    kv_cache, meta = paged_case(seqs, num_kv_heads, head_dim, block_size, dtype, gen)
+    q = torch.randn(meta.num_tokens, num_q_heads, head_dim, generator=gen).to(dtype)
+    scale = head_dim ** -0.5
+    out = paged_attention(q, kv_cache, meta, scale, window)
+    ref = paged_attention_ref(q, kv_cache, meta, scale, window)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert not out.isnan().any(), "some output element was not written"
+    err = rel_err(out, ref)
+    assert err < TOL[dtype], f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_decode_single_partition(dtype, group, block_size, gen, poison_allocations):
+    # Context lengths straddle block boundaries; one sequence has a single token of context.
+    seqs = [(0, 1), (16, 1), (40, 1), (block_size * 3 + 4, 1)]
+    run_case(seqs, 2 * group, 2, 32, block_size, dtype, gen)
+
+
+@pytest.mark.parametrize("window", [None, 70])
+@pytest.mark.parametrize("group", [1, 4])
+def test_decode_split_partitions(window, group, gen, poison_allocations, monkeypatch):
+    # Pretend to be a large chip so the decode path splits contexts into 128-key partitions and
+    # runs the reduce kernel (contexts of up to 3 partitions, one inside its first partition).
+    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    seqs = [(300, 1), (37, 1), (129, 1), (255, 1)]
+    run_case(seqs, 2 * group, 2, 16, 16, torch.float32, gen, window)
+
+
+def test_decode_skips_sequences_without_new_tokens(gen, poison_allocations, monkeypatch):
+    # A sequence with no new token (padding of a fixed-size decode batch) writes nothing and
+    # must not disturb its neighbours, on both the direct and the split path.
+    for sms in (1, 64):
+        monkeypatch.setattr(attention, "_num_sms", lambda device, sms=sms: sms)
+        run_case([(50, 1), (200, 0), (7, 1)], 4, 2, 16, 16, torch.float32, gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_mixed_prefill_and_decode(dtype, group, block_size, gen, poison_allocations):
+    # A fresh prompt, a chunk on top of cached context, decodes, and a sequence with no new tokens.
+    seqs = [(0, 37), (20, 5), (50, 1), (0, 1), (33, 0), (70, 19)]
+    run_case(seqs, 2 * group, 2, 32, block_size, dtype, gen)
+
+
+@pytest.mark.parametrize("window", [1, 8, 24, 100])
+def test_prefill_sliding_window(window, gen, poison_allocations):
+    seqs = [(0, 45), (30, 20), (90, 1)]
+    run_case(seqs, 4, 1, 16, 16, torch.float32, gen, window)
+
+
+def test_prefill_long_prompt_uses_unmasked_tiles(gen, poison_allocations):
+    # Long enough that tiles below the diagonal take the mask-free path.
+    run_case([(100, 140), (0, 130)], 2, 2, 16, 16, torch.float32, gen)
+    run_case([(100, 140)], 2, 2, 16, 16, torch.float32, gen, window=96)
+
+
+def test_head_dim_64_and_128(gen, poison_allocations):
+    for head_dim in (64, 128):
+        run_case([(0, 9), (20, 1)], 4, 2, head_dim, 16, torch.float16, gen)
+        run_case([(20, 1), (3, 1)], 4, 2, head_dim, 16, torch.float16, gen)
