@@ -167,7 +167,9 @@ class Scheduler:
 
         no_evict = self.scheduler_config.scheduling_policy == "no-evict"
         reserved = self._reserved_blocks() if no_evict else 0
-        while (self.waiting and budget > 0
+        # After a preemption the cache is tight: admitting now would only thrash (a victim could
+        # come straight back and be preempted again next step).
+        while (not preempted and self.waiting and budget > 0
                and len(self.running) < self.scheduler_config.max_num_seqs):
             request = self.waiting[0]
             num_hit = self.kv_cache.get_computed_blocks(request)
