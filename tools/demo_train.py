@@ -147,11 +147,12 @@ def mean_loss(model, stream: torch.Tensor, seq_len: int, batch_size: int, autoca
 
 def train_model(model, shape: ModelShape, train_stream: torch.Tensor, val_stream: torch.Tensor,
                 seq_len: int, seed: int, time_limit_s: float, eval_every: int, log_every: int,
-                autocast: bool, print_fn=print) -> dict:
+                autocast: bool, compile_model: bool = False, print_fn=print) -> dict:
     """Train ``model`` in place for ``shape.steps`` steps (or until ``time_limit_s``).
 
     At the end the model holds the weights of the evaluation with the lowest validation loss.
-    Returns a log: losses over time, tokens per second, best step, whether time ran out.
+    Returns a log: losses over time, tokens per second (evaluation time excluded), best step,
+    whether time ran out. ``compile_model`` runs the training forward through torch.compile.
     """
     device = train_stream.device
     generator = torch.Generator().manual_seed(seed)
@@ -163,9 +164,22 @@ def train_model(model, shape: ModelShape, train_stream: torch.Tensor, val_stream
     log = {"shape": shape.to_dict(), "seq_len": seq_len, "seed": seed, "tokens_per_step": tokens_per_step,
            "train_loss": [], "val_loss": [], "time_limit_hit": False}
     best = {"val_loss": float("inf"), "step": -1, "state": None}
+    eval_seconds = [0.0]
+    if compile_model:
+        # Each recipe is a fresh module with its own dropout constant: a new graph, and several
+        # recipes in one process must not hit dynamo's recompile limit and fall back to eager.
+        import importlib
+
+        dynamo_config = importlib.import_module("torch._dynamo").config
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, knob):
+                setattr(dynamo_config, knob, 64)
+    forward_model = torch.compile(model) if compile_model else model
 
     def evaluate(step: int) -> None:
+        t0 = time.perf_counter()
         val = mean_loss(model, val_stream, seq_len, shape.batch_size, autocast)
+        eval_seconds[0] += time.perf_counter() - t0
         log["val_loss"].append([step, val])
         if val < best["val_loss"]:
             best.update(val_loss=val, step=step,
@@ -180,7 +194,7 @@ def train_model(model, shape: ModelShape, train_stream: torch.Tensor, val_stream
             group["lr"] = shape.lr * lr_factor(step, shape)
         starts = torch.randint(0, max_start, (shape.batch_size,), generator=generator)
         inputs, targets = window_batch(train_stream, starts, seq_len)
-        loss = causal_lm_loss(model, inputs, targets, autocast)
+        loss = causal_lm_loss(forward_model, inputs, targets, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -194,7 +208,7 @@ def train_model(model, shape: ModelShape, train_stream: torch.Tensor, val_stream
             log["train_loss"].append([step + 1, mean, elapsed])
             print_fn(f"[{shape.name}] step {step + 1}/{shape.steps} loss {mean:.4f} "
                      f"lr {optimizer.param_groups[0]['lr']:.2e} {elapsed:.1f}s "
-                     f"{tokens_per_step * (step + 1) / elapsed / 1e6:.2f} Mtok/s")
+                     f"{tokens_per_step * (step + 1) / (elapsed - eval_seconds[0]) / 1e6:.2f} Mtok/s")
         if (step + 1) % eval_every == 0 or step + 1 == shape.steps:
             evaluate(step + 1)
         if time.perf_counter() - start_time > time_limit_s:
@@ -211,8 +225,8 @@ def train_model(model, shape: ModelShape, train_stream: torch.Tensor, val_stream
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    log.update(steps_done=step + 1, train_seconds=elapsed, best_step=best["step"],
-               best_val_loss=best["val_loss"],
+    log.update(steps_done=step + 1, train_seconds=elapsed, eval_seconds=eval_seconds[0],
+               best_step=best["step"], best_val_loss=best["val_loss"],
                tokens_seen=tokens_per_step * (step + 1),
-               tokens_per_second=tokens_per_step * (step + 1) / elapsed)
+               tokens_per_second=tokens_per_step * (step + 1) / (elapsed - eval_seconds[0]))
     return log
