@@ -95,6 +95,13 @@ class LLMEngine:
                     config.cache.block_size, num_blocks * config.cache.block_size)
         self.runner = ModelRunner(self.model, num_blocks, config.cache.block_size, self.device,
                                   self.dtype)
+        from kiln.kernels import use_triton
+        # Capture needs the Triton kernels: the torch references read sizes on the host.
+        if (self.device.type == "cuda" and not config.enforce_eager
+                and use_triton(torch.empty(0, device=self.device))):
+            t1 = time.perf_counter()
+            self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len)
+            logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t1)
         from kiln.scheduler.scheduler import Scheduler
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.eos_token_ids = frozenset(self.generation_config.get("eos_token_id") or [])

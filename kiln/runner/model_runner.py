@@ -31,6 +31,43 @@ class ModelRunner:
             for _ in range(args.num_hidden_layers)
         ]
         self.sampler = Sampler()
+        self.graphs = None
+
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture CUDA graphs for decode steps of up to max_num_seqs sequences."""
+        from kiln.runner.cuda_graphs import DecodeGraphs
+
+        graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len,
+                              self.block_size, self.device)
+        graphs.capture()
+        self.graphs = graphs
+
+    def _decode_logits_from_graph(self, out: SchedulerOutput) -> torch.Tensor | None:
+        """Logits of a decode-only step through a captured graph, or None when none fits."""
+        if self.graphs is None or not out.is_decode_only:
+            return None
+        n = len(out.scheduled)
+        bucket = self.graphs.bucket_for(n)
+        if bucket is None:
+            return None
+        sched = out.scheduled
+        if max(s.seq_len for s in sched) > self.graphs.max_model_len:
+            return None
+        bs = self.block_size
+        ids = torch.tensor([s.token_ids[0] for s in sched], dtype=torch.int64)
+        pos = [s.start_pos for s in sched]
+        slots = torch.tensor([s.block_table[p // bs] * bs + p % bs for s, p in zip(sched, pos)],
+                             dtype=torch.int64)
+        width = max(len(s.block_table) for s in sched)
+        tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in sched],
+                              dtype=torch.int32)
+        seq_lens = torch.tensor([p + 1 for p in pos], dtype=torch.int32)
+        logits = self.graphs.run(bucket, ids, torch.tensor(pos, dtype=torch.int64), slots, seq_lens,
+                                 tables)
+        if not all(s.sample for s in sched):
+            keep = [i for i, s in enumerate(sched) if s.sample]
+            logits = logits[torch.tensor(keep, device=logits.device)]
+        return logits
 
     def _prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata,
                                                         torch.Tensor]:
@@ -57,12 +94,16 @@ class ModelRunner:
         """Run one step and sample one token for each request whose ``sample`` flag is set."""
         if out.is_empty:
             return ModelOutput()
-        ids, positions, meta, rows = self._prepare(out)
-        hidden = self.model(ids, positions, self.kv_caches, meta)
         sampling = [s for s in out.scheduled if s.sample]
+        logits = self._decode_logits_from_graph(out)
+        if logits is None:
+            ids, positions, meta, rows = self._prepare(out)
+            hidden = self.model(ids, positions, self.kv_caches, meta)
+            if not sampling:
+                return ModelOutput()
+            logits = self.model.compute_logits(hidden.index_select(0, rows))
         if not sampling:
             return ModelOutput()
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
         batch = SamplingBatch.build(
             [SamplingRow(params=s.sampling_params, seed=s.seed, output_index=len(s.output_token_ids),
                          prompt_token_ids=s.prompt_token_ids, output_token_ids=s.output_token_ids)

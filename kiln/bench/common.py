@@ -1,0 +1,96 @@
+"""Shared pieces of the offline benchmarks: workloads, device facts, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+
+
+def random_prompts(n: int, input_len: int, vocab_size: int, seed: int,
+                   range_ratio: float = 0.0) -> list[list[int]]:
+    """n prompts of random token ids; lengths uniform in input_len * [1 - r, 1 + r]."""
+    rng = random.Random(seed)
+    lo = max(1, int(input_len * (1 - range_ratio)))
+    hi = max(lo, int(input_len * (1 + range_ratio)))
+    # Stay clear of the lowest ids, where tokenizers keep their special tokens.
+    return [[rng.randrange(10, vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+
+
+def output_lens(n: int, output_len: int, seed: int, range_ratio: float = 0.0) -> list[int]:
+    """n output lengths uniform in output_len * [1 - r, 1 + r]."""
+    rng = random.Random(seed + 1)
+    lo = max(1, int(output_len * (1 - range_ratio)))
+    hi = max(lo, int(output_len * (1 + range_ratio)))
+    return [rng.randint(lo, hi) for _ in range(n)]
+
+
+def load_jsonl_dataset(path: str, tokenizer, limit: int | None) -> tuple[list[list[int]], list[int]]:
+    """Prompts and output lengths from a JSONL file: each line has "prompt" (or
+    "prompt_token_ids") and "output_len" (or "max_tokens")."""
+    from kiln.errors import KilnError
+
+    prompts, outs = [], []
+    p = Path(path)
+    if not p.is_file():
+        raise KilnError(f"dataset file {path} not found")
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            ids = rec.get("prompt_token_ids") or tokenizer.encode(rec["prompt"])
+            n = int(rec.get("output_len") or rec.get("max_tokens"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise KilnError(f"{path}:{i + 1}: needs 'prompt' and 'output_len' ({e})") from None
+        prompts.append(list(ids))
+        outs.append(n)
+        if limit and len(prompts) >= limit:
+            break
+    return prompts, outs
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so host clocks measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float | None:
+    """Measured device-to-device copy bandwidth (bytes read + written per second), in GB/s."""
+    if device.type != "cuda":
+        return None
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return 2 * nbytes / times[len(times) // 2] / 1e9
+
+
+def environment(device: torch.device) -> dict:
+    """Facts about where the numbers were taken."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Write results as JSON when a path was given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,139 @@
+"""`kiln bench latency`: one batch, fixed input and output lengths; TTFT, TPOT, tokens/s, GB/s."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+
+from kiln.bench import common
+from kiln.sampling_params import SamplingParams
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `kiln bench latency`."""
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--num-iters", type=int, default=5)
+    p.add_argument("--num-iters-warmup", type=int, default=2)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of all parameters and buffers that a decode step reads (tied tensors once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _one_iteration(engine, prompts, params, tag: str) -> tuple[float, float]:
+    """(TTFT, total seconds) for one batch run to completion."""
+    for i, p in enumerate(prompts):
+        engine.add_request(f"{tag}-{i}", {"prompt_token_ids": p}, params)
+    common.sync(engine.device)
+    t0 = time.perf_counter()
+    ttft = None
+    started: set[str] = set()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.outputs[0].token_ids:
+                started.add(out.request_id)
+        if ttft is None and len(started) == len(prompts):
+            ttft = time.perf_counter() - t0
+    return ttft, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
+    """Run the latency benchmark; returns the result dict (also printed)."""
+    from kiln.engine.llm_engine import LLMEngine
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    engine = LLMEngine.from_args(args.model, **engine_kwargs)
+    startup = time.perf_counter() - t0
+    device = engine.device
+    vocab = engine.model.args.vocab_size
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    ttfts, totals = [], []
+    iters = args.num_iters_warmup + args.num_iters
+    for it in tqdm(range(iters), desc="latency", unit="iter", disable=not args.progress):
+        # Fresh prompts each iteration, so the prefix cache cannot shorten prefill.
+        prompts = common.random_prompts(args.batch_size, args.input_len, vocab, args.seed + it)
+        ttft, total = _one_iteration(engine, prompts, params, f"it{it}")
+        if it >= args.num_iters_warmup:
+            ttfts.append(ttft)
+            totals.append(total)
+    ttft = statistics.median(ttfts)
+    total = statistics.median(totals)
+    decode_steps = max(1, args.output_len - 1)
+    tpot = (total - ttft) / decode_steps
+    wbytes = weight_bytes(engine.model)
+    args_m = engine.model.args
+    kv_token_bytes = (2 * args_m.num_hidden_layers * args_m.num_key_value_heads * args_m.head_dim
+                      * torch.empty((), dtype=engine.dtype).element_size())
+    mean_ctx = args.input_len + args.output_len / 2
+    step_bytes = wbytes + args.batch_size * mean_ctx * kv_token_bytes
+    result = {
+        "benchmark": "latency",
+        "model": args.model, "batch_size": args.batch_size, "input_len": args.input_len,
+        "output_len": args.output_len, "num_iters": args.num_iters,
+        "startup_seconds": startup,
+        "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_seconds": total,
+        "decode_tokens_per_s": args.batch_size / tpot,
+        "output_tokens_per_s": args.batch_size * args.output_len / total,
+        "weight_bytes": wbytes,
+        "achieved_gbs": step_bytes / tpot / 1e9,
+        "environment": common.environment(device),
+    }
+    copy_bw = common.copy_bandwidth_gbs(device)
+    if copy_bw:
+        result["copy_bandwidth_gbs"] = copy_bw
+        result["share_of_copy_bandwidth"] = result["achieved_gbs"] / copy_bw
+    if args.baseline == "hf":
+        dtype, model_dir = engine.dtype, engine.config.model.model
+        del engine
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        result["baseline"] = _hf_baseline(model_dir, dtype, device, args, vocab)
+        result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
+    return result
+
+
+def _hf_baseline(model_dir, dtype, device, args, vocab) -> dict:
+    from kiln.bench.baseline_hf import hf_generate_seconds, load_hf_model
+
+    model = load_hf_model(model_dir, dtype, device)
+    prompts = common.random_prompts(args.batch_size, args.input_len, vocab, args.seed)
+    hf_generate_seconds(model, prompts, 4, device)  # warm-up
+    ttft = statistics.median(hf_generate_seconds(model, prompts, 1, device) for _ in range(3))
+    total = statistics.median(hf_generate_seconds(model, prompts, args.output_len, device)
+                              for _ in range(max(1, min(args.num_iters, 3))))
+    tpot = (total - ttft) / max(1, args.output_len - 1)
+    return {"name": "hf-transformers generate", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
+            "decode_tokens_per_s": args.batch_size / tpot,
+            "output_tokens_per_s": args.batch_size * args.output_len / total}
+
+
+def print_result(r: dict) -> None:
+    """A short human-readable summary."""
+    print(f"latency: batch {r['batch_size']}, in {r['input_len']}, out {r['output_len']}")
+    print(f"  TTFT {r['ttft_ms']:.2f} ms   TPOT {r['tpot_ms']:.3f} ms   "
+          f"decode {r['decode_tokens_per_s']:.1f} tok/s   output {r['output_tokens_per_s']:.1f} tok/s")
+    line = f"  weights {r['weight_bytes'] / 1e9:.2f} GB   achieved {r['achieved_gbs']:.0f} GB/s"
+    if "share_of_copy_bandwidth" in r:
+        line += (f" = {100 * r['share_of_copy_bandwidth']:.1f}% of measured copy bandwidth "
+                 f"{r['copy_bandwidth_gbs']:.0f} GB/s")
+    print(line)
+    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s")
+    if "baseline" in r:
+        b = r["baseline"]
+        print(f"  baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {b['tpot_ms']:.3f} ms, "
+              f"{b['output_tokens_per_s']:.1f} tok/s -> kiln x{r['speedup_vs_hf']:.2f}")

@@ -1,0 +1,104 @@
+"""CUDA graphs for decode steps: the model forward plus logits, captured per batch-size bucket.
+
+A decode step at small batch is a few hundred short kernels; launched one by one from Python, the
+launch gaps cost more than the kernels. Replaying a captured graph removes them. Inputs live in
+static buffers that the captured kernels read; each step copies the real values in and pads the
+rest of the bucket with rows that write nowhere (slot -1) and read one cached token.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kiln.layers.forward_context import AttentionMetadata
+
+logger = logging.getLogger("kiln")
+
+
+def batch_buckets(max_num_seqs: int) -> list[int]:
+    """Captured batch sizes: 1, 2, 4, 8, then every 16 up to max_num_seqs (always included)."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
+    sizes += list(range(16, max_num_seqs, 16))
+    sizes.append(max_num_seqs)
+    return sorted(set(sizes))
+
+
+class DecodeGraphs:
+    """Captured decode forwards, one per bucket, sharing one memory pool and one set of inputs.
+
+    The attention kernels' launch grids depend on max_seq_len; graphs fix it to max_model_len and
+    the kernels skip the parts of the context that a sequence does not have.
+    """
+
+    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], max_num_seqs: int,
+                 max_model_len: int, block_size: int, device: torch.device):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.max_model_len = max_model_len
+        self.buckets = batch_buckets(max_num_seqs)
+        self.max_batch = self.buckets[-1]
+        n = self.max_batch
+        self.max_blocks = -(-max_model_len // block_size)
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:b], query_start_loc=self.query_start_loc[:b + 1],
+            seq_lens=self.seq_lens[:b], block_tables=self.block_tables[:b],
+            query_lens_cpu=[1] * b, seq_lens_cpu=[self.max_model_len] * b,
+            max_query_len=1, max_seq_len=self.max_model_len)
+
+    def _forward(self, b: int) -> torch.Tensor:
+        hidden = self.model(self.input_ids[:b], self.positions[:b], self.kv_caches, self._meta(b))
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first so smaller ones reuse its memory pool."""
+        pool = None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for b in reversed(self.buckets):
+                for _ in range(2):  # compile and autotune outside the capture
+                    self._forward(b)
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[b] = self._forward(b)
+                pool = graph.pool()
+                self.graphs[b] = graph
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
+
+    def bucket_for(self, num_seqs: int) -> int | None:
+        """Smallest captured batch size that holds num_seqs, or None."""
+        for b in self.buckets:
+            if b >= num_seqs:
+                return b
+        return None
+
+    def run(self, bucket: int, input_ids: torch.Tensor, positions: torch.Tensor,
+            slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+        """Copy one step's inputs (host tensors, n <= bucket rows) in, replay, return logits [n, V]."""
+        n = input_ids.shape[0]
+        self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slot_mapping[:n].copy_(slot_mapping, non_blocking=True)
+        self.seq_lens[:n].copy_(seq_lens, non_blocking=True)
+        self.block_tables[:n, :block_tables.shape[1]].copy_(block_tables, non_blocking=True)
+        if n < bucket:
+            self.slot_mapping[n:bucket].fill_(-1)
+            self.seq_lens[n:bucket].fill_(1)
+        self.graphs[bucket].replay()
+        return self.logits[bucket][:n]
