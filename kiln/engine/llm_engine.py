@@ -53,10 +53,12 @@ class _Group:
 def resolve_device(device: str) -> torch.device:
     """'auto' means the GPU when there is one, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KilnError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
