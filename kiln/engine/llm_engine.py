@@ -86,8 +86,8 @@ class LLMEngine:
         self.model_name = Path(model_dir).name
         max_len = config.model.max_model_len or args.max_position_embeddings
         if max_len > args.max_position_embeddings:
-            logger.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
-                           max_len, args.max_position_embeddings)
+            raise KilnError(f"max_model_len {max_len} exceeds the model's max_position_embeddings "
+                            f"{args.max_position_embeddings}; lower --max-model-len")
         config = config.with_max_model_len(max_len)
         self.max_model_len = max_len
         num_blocks = self._num_kv_blocks(config)
