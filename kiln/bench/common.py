@@ -94,3 +94,23 @@ def write_json(path: str | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def start_engine(model: str | None, engine_kwargs: dict):
+    """(engine, seconds it took to load, profile and capture)."""
+    from kiln.engine.llm_engine import LLMEngine
+
+    t0 = time.perf_counter()
+    engine = LLMEngine.from_args(model, **engine_kwargs)
+    return engine, time.perf_counter() - t0
+
+
+
+def free_device_memory(device: torch.device) -> None:
+    """After the last reference to an engine is dropped: collect it and return its GPU memory,
+    so that a baseline model can load in the same process."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

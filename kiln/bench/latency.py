@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import time
 
@@ -52,12 +51,9 @@ def _one_iteration(engine, prompts, params, tag: str) -> tuple[float, float]:
 
 def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
     """Run the latency benchmark; returns the result dict (also printed)."""
-    from kiln.engine.llm_engine import LLMEngine
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
-    engine = LLMEngine.from_args(args.model, **engine_kwargs)
-    startup = time.perf_counter() - t0
+    engine, startup = common.start_engine(args.model, engine_kwargs)
     device = engine.device
     vocab = engine.model.args.vocab_size
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
@@ -97,11 +93,9 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         result["copy_bandwidth_gbs"] = copy_bw
         result["share_of_copy_bandwidth"] = result["achieved_gbs"] / copy_bw
     if args.baseline == "hf":
-        dtype, model_dir = engine.dtype, engine.config.model.model
+        model_dir, dtype = engine.config.model.model, engine.dtype
         del engine
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, args, vocab)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 import torch
@@ -26,12 +25,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
     """Run the throughput benchmark; returns the result dict."""
-    from kiln.engine.llm_engine import LLMEngine
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
-    engine = LLMEngine.from_args(args.model, **engine_kwargs)
-    startup = time.perf_counter() - t0
+    engine, startup = common.start_engine(args.model, engine_kwargs)
     device = engine.device
     vocab = engine.model.args.vocab_size
     if args.dataset:
@@ -74,11 +70,9 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "environment": common.environment(device),
     }
     if args.baseline == "hf":
-        dtype, model_dir = engine.dtype, engine.config.model.model
+        model_dir, dtype = engine.config.model.model, engine.dtype
         del engine
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, prompts, outs, args)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
     return result

@@ -278,8 +278,6 @@ class LLMEngine:
             seq = group.sequences[idx]
             token = model_out.sampled_token_ids[i]
             self.generation_tokens_total += 1
-            if seq.request.first_token_time is None:
-                seq.request.first_token_time = time.monotonic()
             seq.detokenizer.add_token(token)
             if seq.logprobs is not None and model_out.logprobs is not None:
                 seq.logprobs.append(self._logprob_entry(token, model_out.logprobs[i]))
