@@ -52,7 +52,7 @@ def test_sigterm_drains_and_exits_zero(tiny_checkpoint):
         result: dict = {}
 
         def stream():
-            body = {"prompt": [50, 51], "max_tokens": 25, "ignore_eos": True, "stream": True,
+            body = {"prompt": [50, 51], "max_tokens": 120, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
             with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=120) as r:
                 events = []
@@ -68,14 +68,15 @@ def test_sigterm_drains_and_exits_zero(tiny_checkpoint):
         assert children_of(proc.pid) == []
         proc.send_signal(signal.SIGTERM)
         # While draining: refused with 503 (the socket stays open until the drain ends).
-        refused = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        refused = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                             timeout=30)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable"
-        assert httpx.get(f"{base}/health").status_code == 503
+        assert httpx.get(f"{base}/health", timeout=30).status_code == 503
         t.join(timeout=120)
         events = result["events"]
         assert events[-1] == "[DONE]"
         usage = json.loads(events[-2])["usage"]
-        assert usage["completion_tokens"] == 25  # the in-flight request ran to its end
+        assert usage["completion_tokens"] == 120  # the in-flight request ran to its end
         assert proc.wait(timeout=60) == 0, proc.stdout.read()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/health")
