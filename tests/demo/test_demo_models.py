@@ -148,8 +148,6 @@ def test_both_models_learned_python(held_out_losses):
         assert math.exp(loss) < 40, (name, held_out_losses)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model only ties its draft on held-out text "
-                                       "(test ppl 10.31 vs 10.46, kiln/demo/README.md); needs a retrain")
 def test_demo_clearly_beats_draft_on_held_out_code(held_out_losses):
     """The issue's bar: the demo model's held-out perplexity is clearly (10%) below the draft's."""
     assert math.exp(held_out_losses["demo"]) < 0.9 * math.exp(held_out_losses["draft"]), held_out_losses
