@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from kiln.errors import InvalidRequestError
+
+
+class RequestOutputKind(enum.Enum):
+    """Which RequestOutputs the engine emits for a request (vLLM's names).
+
+    CUMULATIVE: one after every step that advanced the request, with all text so far (streaming).
+    FINAL_ONLY: one when the request finishes; nothing is built for it before (offline batches).
+    """
+
+    CUMULATIVE = 0
+    FINAL_ONLY = 2
 
 
 @dataclass
@@ -34,6 +46,7 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -8,7 +8,7 @@ import time
 import torch
 
 from kiln.bench import common
-from kiln.sampling_params import SamplingParams
+from kiln.sampling_params import RequestOutputKind, SamplingParams
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
     t0 = time.perf_counter()
     for i, (p, n) in enumerate(zip(prompts, outs)):
         engine.add_request(str(i), {"prompt_token_ids": p},
-                           SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True))
+                           SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True,
+                                          output_kind=RequestOutputKind.FINAL_ONLY))
     done, gen = 0, 0
     with tqdm(total=len(prompts), desc="throughput", unit="req", disable=not args.progress) as bar:
         while engine.has_unfinished_requests():

@@ -16,6 +16,10 @@ class IncrementalDetokenizer:
     Stop strings are searched in the new text (and the few characters before it, since a stop
     string can straddle tokens); text that could still become a stop string is held back from
     ``visible_text`` until it is known not to be one.
+
+    Without stop strings nothing needs the text until someone reads it, so ``add_token`` only
+    records the id and ``visible_text`` decodes everything pending in one window: a request whose
+    text is read once at the end costs one decode instead of two per token.
     """
 
     def __init__(self, tokenizer, prompt_token_ids: list[int], stop: list[str] | None = None,
@@ -31,22 +35,34 @@ class IncrementalDetokenizer:
         self.include_stop_str_in_output = include_stop_str_in_output
         self._hold = max((len(s) for s in self.stop), default=1) - 1
         self.stop_reason: str | None = None
+        self._decode = _decoder(tokenizer, skip_special_tokens)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
-
-    def add_token(self, token_id: int) -> str:
-        """Append one token; returns the newly completed text (possibly empty)."""
+    def add_token(self, token_id: int) -> None:
+        """Append one token; with stop strings, decode now and check them."""
         if self.stop_reason is not None:
-            return ""
+            return
         self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix_offset:self._read_offset])
-        after = self._decode(self._ids[self._prefix_offset:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        if self.stop:
+            self._advance()
+
+    def _advance(self) -> str:
+        """Decode the tokens not yet turned into text; returns the newly completed text."""
+        if self._read_offset == len(self._ids):
             return ""
+        before = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        # Several pending tokens may end inside a character (U+FFFD): then take fewer of them; a
+        # UTF-8 character has at most 4 bytes, so the complete text ends within the last 4.
+        end = len(self._ids)
+        while True:
+            after = self._decode(self._ids[self._prefix_offset:end])
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                break
+            end -= 1
+            if end <= self._read_offset or end < len(self._ids) - 4:
+                return ""
         delta = after[len(before):]
         self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
+        self._read_offset = end
         old_len = len(self.text)
         self.text += delta
         self._check_stop(old_len)
@@ -67,6 +83,20 @@ class IncrementalDetokenizer:
 
     def visible_text(self, finished: bool) -> str:
         """Text safe to show now: holds back a tail that could still grow into a stop string."""
+        if not self.stop and self.stop_reason is None:
+            self._advance()
         if finished or self.stop_reason is not None or not self._hold:
             return self.text
         return self.text[:max(0, len(self.text) - self._hold)]
+
+
+def _decoder(tokenizer, skip_special_tokens: bool):
+    """A function ids -> text; the fast backend's decode when it gives the same text.
+
+    transformers' ``decode`` wraps the Rust tokenizer with conversions that cost more than the
+    decode itself; it only differs when the tokenizer asks for clean-up of tokenization spaces.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

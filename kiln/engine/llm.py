@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
 from kiln.engine.llm_engine import LLMEngine
 from kiln.request import RequestOutput
-from kiln.sampling_params import SamplingParams
+from kiln.sampling_params import RequestOutputKind, SamplingParams
 
 PromptType = str | list[int] | dict
 
@@ -45,6 +46,9 @@ class LLM:
             params_list = list(sampling_params)
             if len(params_list) != len(prompts):
                 raise ValueError(f"got {len(params_list)} sampling_params for {len(prompts)} prompts")
+        # Only final outputs are returned, so the engine need not build any before.
+        params_list = [dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY)
+                       for p in params_list]
         order = []
         try:
             for prompt, params in zip(prompts, params_list):

@@ -15,7 +15,7 @@ from kiln.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from kiln.engine.detokenizer import IncrementalDetokenizer
 from kiln.errors import InvalidRequestError, KilnError
 from kiln.request import CompletionOutput, Logprob, Request, RequestOutput, RequestStatus
-from kiln.sampling_params import SamplingParams
+from kiln.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger("kiln")
 
@@ -296,7 +296,8 @@ class LLMEngine:
                 seq.finish_reason = req.status.finish_reason
                 seq.stop_reason = req.stop_reason
             touched[group.request_id] = group
-        outputs = [self._make_output(g) for g in touched.values()]
+        outputs = [self._make_output(g) for g in touched.values()
+                   if g.finished or g.params.output_kind is not RequestOutputKind.FINAL_ONLY]
         for g in touched.values():
             if g.finished:
                 self._groups.pop(g.request_id, None)

@@ -121,7 +121,13 @@ class KVCacheManager:
         """
         request_id = request.request_id
         hit = self._pending_hits.pop(request_id, None)
-        if hit is not None and self._holds_blocks(request_id):
+        if hit is None:
+            # The common decode step: the tokens still fit in the blocks already held.
+            held = self._requests.get(request_id)
+            if (held is not None and request.num_computed_tokens + num_new_tokens
+                    <= len(held.table) * self.block_size):
+                return True
+        elif self._holds_blocks(request_id):
             raise RuntimeError(f"request {request_id} already holds blocks; a prefix hit cannot apply")
         num_computed = len(hit.block_ids) * self.block_size if hit else request.num_computed_tokens
         blocks = self._requests.get(request_id) or _RequestBlocks()

@@ -30,9 +30,37 @@ def test_incremental_equals_full_decode(tokenizer, text):
     # Multi-byte characters must be split over several byte-level tokens for this test to bite.
     assert len(ids) > len(text.encode("utf-8")) // 4
     detok = IncrementalDetokenizer(tokenizer, prompt_token_ids=tokenizer.encode("prompt: "))
-    pieces = [detok.add_token(t) for t in ids]
-    assert "".join(pieces) == text == detok.text
-    assert all("\ufffd" not in p for p in pieces)
+    shown = []
+    for t in ids:
+        detok.add_token(t)
+        shown.append(detok.visible_text(finished=False))
+    # Text read after every token only grows, never shows half a character, and ends whole.
+    assert all(b.startswith(a) for a, b in zip(shown, shown[1:]))
+    assert all("\ufffd" not in p for p in shown)
+    assert shown[-1] == text == detok.text
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_text_read_once_at_the_end_equals_full_decode(tokenizer, text):
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer, prompt_token_ids=tokenizer.encode("prompt: "))
+    for t in ids:
+        detok.add_token(t)
+    assert detok.visible_text(finished=True) == text
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_text_read_mid_character_holds_the_partial_character_back(tokenizer, cut):
+    text = "ab 🙂"
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer, [])
+    for t in ids[:-cut]:
+        detok.add_token(t)
+    partial = detok.visible_text(finished=False)
+    assert "\ufffd" not in partial and text.startswith(partial)
+    for t in ids[-cut:]:
+        detok.add_token(t)
+    assert detok.visible_text(finished=True) == text
 
 
 def test_stop_string_across_tokens_and_holdback(tokenizer):
