@@ -26,6 +26,12 @@ class ScheduledRequest:
     seed: int
     prompt_token_ids: list[int]
     output_token_ids: list[int]
+    # Index of the token this step samples among the request's outputs (the sampler's RNG
+    # counter); ``output_token_ids`` may lag it by a token still in flight.
+    output_index: int = 0
+    # True when the last input token is the one the previous step sampled and the host has not
+    # seen yet: ``token_ids[-1]`` is then a placeholder (-1) that the runner fills on the device.
+    last_token_in_flight: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -76,6 +76,9 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "auto"
     enforce_eager: bool = False
+    # Schedule step n+1 while the device runs step n (None: on for CUDA, off for the CPU, where
+    # the device is the host and nothing overlaps).
+    async_scheduling: bool | None = None
 
     def with_num_kv_blocks(self, num_blocks: int) -> "EngineConfig":
         """A copy with the KV block count fixed (after memory profiling)."""

@@ -51,6 +51,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1
+    # Tokens sampled on the device but not yet appended: with async scheduling the next step is
+    # scheduled before the last one's samples reach the host (at most one).
+    num_pending_outputs: int = 0
     num_preemptions: int = 0
     stop_reason: int | str | None = None
     output_token_ids: list[int] = field(default_factory=list)

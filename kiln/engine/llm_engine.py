@@ -108,6 +108,10 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.eos_token_ids = frozenset(self.generation_config.get("eos_token_id") or [])
         self._seed_rng = random.Random(config.model.seed)
+        self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
+                                 else self.device.type == "cuda")
+        # A launched step whose samples have not been taken in yet (async scheduling).
+        self._in_flight = None
         self._groups: dict[str, _Group] = {}
         self._seq_to_group: dict[str, tuple[_Group, int]] = {}
         self.prompt_tokens_total = 0
@@ -121,7 +125,8 @@ class LLMEngine:
                   cpu_kv_cache_gb: float = 1.0, enable_prefix_caching: bool = True,
                   max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
                   scheduling_policy: str = "fcfs", max_waiting_requests: int | None = None,
-                  device: str = "auto", enforce_eager: bool = False) -> "LLMEngine":
+                  device: str = "auto", enforce_eager: bool = False,
+                  async_scheduling: bool | None = None) -> "LLMEngine":
         """Build an engine from flat keyword arguments (the CLI's and LLM's)."""
         if model is None:
             from kiln.demo import DEMO_MODEL
@@ -137,7 +142,7 @@ class LLMEngine:
                                       max_num_batched_tokens=max_num_batched_tokens,
                                       scheduling_policy=scheduling_policy,
                                       max_waiting_requests=max_waiting_requests),
-            device=device, enforce_eager=enforce_eager)
+            device=device, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
         return cls(cfg)
 
     def _num_kv_blocks(self, config: EngineConfig) -> int:
@@ -260,14 +265,28 @@ class LLMEngine:
                 self._seq_to_group.pop(sid, None)
 
     def has_unfinished_requests(self) -> bool:
-        """True while any request is queued or running."""
-        return bool(self._groups)
+        """True while any request is queued or running (or a launched step is not taken in)."""
+        return bool(self._groups) or self._in_flight is not None
 
     # ---------------------------------------------------------------------------------- the loop
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model, update, detokenize; returns outputs of requests that advanced."""
+        """Schedule, run the model, update, detokenize; returns outputs of requests that advanced.
+
+        With async scheduling, this step is launched and the previous one's samples are taken in
+        while the device runs it: the host's scheduling, bookkeeping and detokenizing overlap
+        the device's work, and outputs trail the device by one step.
+        """
         sched_out = self.scheduler.schedule()
-        model_out = self.runner.execute(sched_out)
+        launched = self.runner.launch(sched_out)
+        if self.async_scheduling:
+            previous = self._in_flight
+            self._in_flight = None if sched_out.is_empty else (sched_out, launched)
+            if previous is None:
+                if self._in_flight is not None:
+                    return []
+                previous = (sched_out, launched)  # nothing ran: take it in now
+            sched_out, launched = previous
+        model_out = launched.result()
         finished = self.scheduler.update(sched_out, model_out)
         touched: dict[str, _Group] = {}
         for i, seq_id in enumerate(model_out.request_ids):
@@ -276,6 +295,8 @@ class LLMEngine:
                 continue
             group, idx = entry
             seq = group.sequences[idx]
+            if seq.finish_reason is not None:
+                continue  # ended (stop string) while this step was in flight
             token = model_out.sampled_token_ids[i]
             self.generation_tokens_total += 1
             seq.detokenizer.add_token(token)

@@ -159,7 +159,9 @@ class KVCacheManager:
         blocks = self._requests.get(request.request_id)
         if blocks is None:
             return
-        num_full = min(request.num_computed_tokens // self.block_size, len(blocks.table))
+        # Only tokens the host knows can be hashed (one may still be in flight).
+        known = min(request.num_computed_tokens, request.num_tokens)
+        num_full = min(known // self.block_size, len(blocks.table))
         if num_full <= blocks.num_cached_blocks:
             return
         extend_block_hashes(blocks.hashes, request.all_token_ids, self.block_size, num_full)

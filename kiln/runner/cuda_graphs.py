@@ -88,17 +88,33 @@ class DecodeGraphs:
                 return b
         return None
 
-    def run(self, bucket: int, input_ids: torch.Tensor, positions: torch.Tensor,
-            slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-        """Copy one step's inputs (host tensors, n <= bucket rows) in, replay, return logits [n, V]."""
-        n = input_ids.shape[0]
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(slot_mapping, non_blocking=True)
-        self.seq_lens[:n].copy_(seq_lens, non_blocking=True)
+    def run(self, bucket: int, ints: torch.Tensor, block_tables: torch.Tensor,
+            fill: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Copy one step's inputs in, replay, return logits [n, V].
+
+        ``ints`` is a host int64 [4, n] of input ids, positions, slots and sequence lengths (n <=
+        bucket); ``block_tables`` a host int32 [n, width]. ``fill`` = (rows, ids on the device)
+        overwrites input ids that the previous step sampled and the host has not seen.
+        """
+        self._copy_inputs(ints, block_tables, fill, bucket)
+        self.graphs[bucket].replay()
+        return self.logits[bucket][:ints.shape[1]]
+
+    def _copy_inputs(self, ints: torch.Tensor, block_tables: torch.Tensor,
+                     fill: tuple[torch.Tensor, torch.Tensor] | None, bucket: int) -> None:
+        """Copy the packed host inputs into the static buffers; pad the bucket's unused rows."""
+        n = ints.shape[1]
+        dev = self.input_ids.device
+        if dev.type == "cuda":
+            ints, block_tables = ints.pin_memory(), block_tables.pin_memory()
+        ints_dev = ints.to(dev, non_blocking=True)
+        self.input_ids[:n].copy_(ints_dev[0])
+        self.positions[:n].copy_(ints_dev[1])
+        self.slot_mapping[:n].copy_(ints_dev[2])
+        self.seq_lens[:n].copy_(ints_dev[3])
         self.block_tables[:n, :block_tables.shape[1]].copy_(block_tables, non_blocking=True)
+        if fill is not None:
+            self.input_ids.index_copy_(0, fill[0], fill[1])
         if n < bucket:
             self.slot_mapping[n:bucket].fill_(-1)
             self.seq_lens[n:bucket].fill_(1)
-        self.graphs[bucket].replay()
-        return self.logits[bucket][:n]

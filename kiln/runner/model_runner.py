@@ -5,12 +5,13 @@ It decides nothing about which requests run; it only computes what it is given.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from kiln.batch import ModelOutput, SchedulerOutput, TokenLogprobs
 from kiln.layers.forward_context import AttentionMetadata, build_attention_metadata
-from kiln.sample.metadata import SamplingBatch, SamplingRow
-from kiln.sample.sampler import Sampler
+from kiln.sample.metadata import GREEDY_TEMPERATURE_EPS, SamplingBatch, SamplingRow
+from kiln.sample.sampler import Sampler, SamplerOutput
 
 
 class ModelRunner:
@@ -32,6 +33,9 @@ class ModelRunner:
         ]
         self.sampler = Sampler()
         self.graphs = None
+        # The last launched step's sampled ids (on the device) and each request's row in them.
+        self._last_tokens: torch.Tensor | None = None
+        self._last_rows: dict[str, int] = {}
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """Capture CUDA graphs for decode steps of up to max_num_seqs sequences."""
@@ -42,7 +46,31 @@ class ModelRunner:
         graphs.capture()
         self.graphs = graphs
 
-    def _decode_logits_from_graph(self, out: SchedulerOutput) -> torch.Tensor | None:
+    def _placeholder_fill(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(flat input positions, previous-step sample rows) of the tokens still in flight.
+
+        Those input tokens were sampled by the previous step and never came to the host; they are
+        gathered on the device from that step's sampled ids.
+        """
+        positions, rows = [], []
+        flat = 0
+        for s in out.scheduled:
+            flat += s.num_tokens
+            if s.last_token_in_flight:
+                row = self._last_rows.get(s.request_id)
+                if row is None:
+                    raise RuntimeError(f"request {s.request_id} needs its previous sample, but the "
+                                       "previous step did not sample it")
+                positions.append(flat - 1)
+                rows.append(row)
+        if not positions:
+            return None
+        dev = self.device
+        pos_t = torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True)
+        row_t = torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True)
+        return pos_t, self._last_tokens.index_select(0, row_t)
+
+    def _decode_logits_from_graph(self, out: SchedulerOutput, fill) -> torch.Tensor | None:
         """Logits of a decode-only step through a captured graph, or None when none fits."""
         if self.graphs is None or not out.is_decode_only:
             return None
@@ -54,16 +82,17 @@ class ModelRunner:
         if max(s.seq_len for s in sched) > self.graphs.max_model_len:
             return None
         bs = self.block_size
-        ids = torch.tensor([s.token_ids[0] for s in sched], dtype=torch.int64)
         pos = [s.start_pos for s in sched]
-        slots = torch.tensor([s.block_table[p // bs] * bs + p % bs for s, p in zip(sched, pos)],
-                             dtype=torch.int64)
         width = max(len(s.block_table) for s in sched)
-        tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in sched],
-                              dtype=torch.int32)
-        seq_lens = torch.tensor([p + 1 for p in pos], dtype=torch.int32)
-        logits = self.graphs.run(bucket, ids, torch.tensor(pos, dtype=torch.int64), slots, seq_lens,
-                                 tables)
+        tables = np.zeros((n, width), dtype=np.int32)
+        for i, s in enumerate(sched):
+            tables[i, :len(s.block_table)] = s.block_table
+        ints = np.empty((4, n), dtype=np.int64)
+        ints[0] = [s.token_ids[0] for s in sched]
+        ints[1] = pos
+        ints[2] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(sched, pos)]
+        ints[3] = ints[1] + 1
+        logits = self.graphs.run(bucket, torch.from_numpy(ints), torch.from_numpy(tables), fill)
         if not all(s.sample for s in sched):
             keep = [i for i, s in enumerate(sched) if s.sample]
             logits = logits[torch.tensor(keep, device=logits.device)]
@@ -90,34 +119,97 @@ class ModelRunner:
         return ids, pos_t, meta, rows
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> ModelOutput:
-        """Run one step and sample one token for each request whose ``sample`` flag is set."""
-        if out.is_empty:
-            return ModelOutput()
+    def launch(self, out: SchedulerOutput) -> "StepResult":
+        """Queue one step on the device and return at once; ``result()`` waits for its samples.
+
+        Sampled ids stay on the device for the next step's inputs and are copied to the host
+        without blocking, so the host can schedule the next step while this one runs.
+        """
         sampling = [s for s in out.scheduled if s.sample]
-        logits = self._decode_logits_from_graph(out)
+        if out.is_empty:
+            return StepResult.empty()
+        fill = self._placeholder_fill(out)
+        logits = self._decode_logits_from_graph(out, fill)
         if logits is None:
             ids, positions, meta, rows = self._prepare(out)
+            if fill is not None:
+                ids.index_copy_(0, fill[0], fill[1])
             hidden = self.model(ids, positions, self.kv_caches, meta)
             if not sampling:
-                return ModelOutput()
+                return StepResult.empty()
             logits = self.model.compute_logits(hidden.index_select(0, rows))
         if not sampling:
-            return ModelOutput()
-        batch = SamplingBatch.build(
-            [SamplingRow(params=s.sampling_params, seed=s.seed, output_index=len(s.output_token_ids),
-                         prompt_token_ids=s.prompt_token_ids, output_token_ids=s.output_token_ids)
-             for s in sampling],
-            self.vocab_size, self.device)
-        result = self.sampler(logits, batch)
-        token_ids = result.token_ids.tolist()
-        logprobs = None
+            return StepResult.empty()
+        if all(_is_plain_greedy(s.sampling_params) for s in sampling):
+            result = SamplerOutput(token_ids=logits.argmax(dim=-1))
+        else:
+            batch = SamplingBatch.build(
+                [SamplingRow(params=s.sampling_params, seed=s.seed, output_index=s.output_index,
+                             prompt_token_ids=s.prompt_token_ids,
+                             output_token_ids=s.output_token_ids)
+                 for s in sampling],
+                self.vocab_size, self.device)
+            result = self.sampler(logits, batch)
+        self._last_tokens = result.token_ids
+        self._last_rows = {s.request_id: i for i, s in enumerate(sampling)}
+        return StepResult.start(sampling, result, self.device)
+
+    def execute(self, out: SchedulerOutput) -> ModelOutput:
+        """Run one step and wait for it: ``launch(out).result()``."""
+        return self.launch(out).result()
+
+
+def _is_plain_greedy(params) -> bool:
+    """Greedy with nothing that changes the logits or asks for more than the argmax."""
+    return (params.temperature < GREEDY_TEMPERATURE_EPS and params.logprobs is None
+            and not params.has_penalties)
+
+
+class StepResult:
+    """A launched step's samples on their way to the host (device-to-host copies in flight)."""
+
+    def __init__(self, sampling: list, tensors: dict[str, torch.Tensor], event):
+        self._sampling = sampling
+        self._tensors = tensors
+        self._event = event
+
+    @classmethod
+    def empty(cls) -> "StepResult":
+        """A step that sampled nothing."""
+        return cls([], {}, None)
+
+    @classmethod
+    def start(cls, sampling: list, result: SamplerOutput, device: torch.device) -> "StepResult":
+        """Begin copying a sampler's outputs to (pinned) host memory."""
+        wanted = {"token_ids": result.token_ids}
         if result.logprobs is not None:
-            lp = result.logprobs.tolist()
-            lp_ids = result.logprob_token_ids.tolist()
-            ranks = result.sampled_ranks.tolist()
+            wanted.update(logprobs=result.logprobs, logprob_token_ids=result.logprob_token_ids,
+                          sampled_ranks=result.sampled_ranks)
+        if device.type != "cuda":
+            return cls(sampling, wanted, None)
+        host = {}
+        for name, t in wanted.items():
+            host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host[name].copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(sampling, host, event)
+
+    def result(self) -> ModelOutput:
+        """Wait for the copies and build the ModelOutput."""
+        if not self._sampling:
+            return ModelOutput()
+        if self._event is not None:
+            self._event.synchronize()
+        t = self._tensors
+        token_ids = t["token_ids"].tolist()
+        logprobs = None
+        if "logprobs" in t:
+            lp = t["logprobs"].tolist()
+            lp_ids = t["logprob_token_ids"].tolist()
+            ranks = t["sampled_ranks"].tolist()
             logprobs = []
-            for i, s in enumerate(sampling):
+            for i, s in enumerate(self._sampling):
                 k = s.sampling_params.logprobs
                 if k is None:
                     logprobs.append(None)
@@ -125,5 +217,5 @@ class ModelRunner:
                 logprobs.append(TokenLogprobs(sampled_logprob=lp[i][0], sampled_rank=ranks[i],
                                               top_token_ids=lp_ids[i][1:1 + k],
                                               top_logprobs=lp[i][1:1 + k]))
-        return ModelOutput(request_ids=[s.request_id for s in sampling], sampled_token_ids=token_ids,
-                           logprobs=logprobs)
+        return ModelOutput(request_ids=[s.request_id for s in self._sampling],
+                           sampled_token_ids=token_ids, logprobs=logprobs)

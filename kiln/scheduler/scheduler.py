@@ -27,6 +27,13 @@ class Scheduler:
     it later recomputes prompt plus output so far. With ``scheduling_policy="no-evict"`` a request
     is only admitted when blocks no running request has a claim on cover its whole length, so
     nothing is ever preempted.
+
+    Steps may overlap (async scheduling): ``schedule`` may be called again before the previous
+    step's ``update``. Scheduling a chunk therefore counts its tokens as computed at once, and a
+    sampling chunk leaves a pending output token; the next step feeds that token to the model
+    from the device (``last_token_in_flight``) and ``update`` appends it when it reaches the
+    host. A request whose pending token may end it by length is not scheduled again until then;
+    one that ends on EOS or a stop token has computed one token in vain, which ``update`` drops.
     """
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig):
@@ -45,7 +52,8 @@ class Scheduler:
         self._arrival_order: dict[str, int] = {}
         self._next_arrival = 0
         self._finished_since_schedule: list[str] = []
-        self._scheduled_last: dict[str, Request] = {}
+        # Requests of each step not yet updated, by id(SchedulerOutput).
+        self._in_flight: dict[int, dict[str, Request]] = {}
         self.num_preemptions = 0
 
     # ----------------------------------------------------------------------------------- requests
@@ -145,12 +153,15 @@ class Scheduler:
         budget = self.scheduler_config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
-        self._scheduled_last = {}
+        step_requests: dict[str, Request] = {}
 
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(self._num_known_tokens(request) - request.num_computed_tokens, budget)
+            if num_new <= 0 or (request.num_pending_outputs and self._must_wait(request)):
+                i += 1
+                continue
             while not self.kv_cache.allocate_slots(request, num_new):
                 # Running is sorted by arrival, so the victim is never one already scheduled.
                 victim = self.running.pop()
@@ -159,7 +170,7 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                scheduled.append(self._schedule_chunk(request, num_new))
+                scheduled.append(self._schedule_chunk(request, num_new, step_requests))
                 budget -= num_new
                 i += 1
                 continue
@@ -172,6 +183,8 @@ class Scheduler:
         while (not preempted and self.waiting and budget > 0
                and len(self.running) < self.scheduler_config.max_num_seqs):
             request = self.waiting[0]
+            if request.num_pending_outputs:
+                break  # preempted with a token in flight: admit it once that token is known
             num_hit = self.kv_cache.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit, budget)
             if no_evict:
@@ -187,31 +200,63 @@ class Scheduler:
                 request.num_cached_tokens = num_hit
             request.status = RequestStatus.RUNNING
             bisect.insort(self.running, request, key=self._arrival_key)
-            scheduled.append(self._schedule_chunk(request, num_new))
+            scheduled.append(self._schedule_chunk(request, num_new, step_requests))
             budget -= num_new
             if no_evict:
                 reserved += self.kv_cache.num_blocks_to_allocate(request, self._max_slots(request))
 
         finished_ids, self._finished_since_schedule = self._finished_since_schedule, []
-        return SchedulerOutput(scheduled=scheduled, finished_request_ids=finished_ids,
-                               preempted_request_ids=preempted)
+        out = SchedulerOutput(scheduled=scheduled, finished_request_ids=finished_ids,
+                              preempted_request_ids=preempted)
+        if scheduled:
+            self._in_flight[id(out)] = step_requests
+        return out
 
-    def _schedule_chunk(self, request: Request, num_new: int) -> ScheduledRequest:
+    @staticmethod
+    def _num_known_tokens(request: Request) -> int:
+        """Prompt plus outputs, counting a token still in flight."""
+        return request.num_tokens + request.num_pending_outputs
+
+    def _must_wait(self, request: Request) -> bool:
+        """Whether a request's token in flight may be its last (length limits, or penalties and
+        stop strings that need the exact history): then it is not scheduled before that token
+        reaches the host."""
+        n_out = request.num_output_tokens + request.num_pending_outputs
+        if request.max_tokens is not None and n_out >= request.max_tokens:
+            return True
+        if self._num_known_tokens(request) >= self.max_seq_len:
+            return True
+        return request.sampling_params.has_penalties
+
+    def _schedule_chunk(self, request: Request, num_new: int,
+                        step_requests: dict[str, Request]) -> ScheduledRequest:
         start = request.num_computed_tokens
         if request.first_scheduled_time is None:
             request.first_scheduled_time = time.monotonic()
-        self._scheduled_last[request.request_id] = request
-        return ScheduledRequest(
+        step_requests[request.request_id] = request
+        end = start + num_new
+        in_flight = end > request.num_tokens  # the last input token is the pending sample
+        token_ids = request.all_token_ids[start:end]
+        if in_flight:
+            token_ids.append(-1)
+        sample = end == self._num_known_tokens(request)
+        item = ScheduledRequest(
             request_id=request.request_id,
-            token_ids=request.all_token_ids[start:start + num_new],
+            token_ids=token_ids,
             start_pos=start,
             block_table=self.kv_cache.block_table(request.request_id),
-            sample=start + num_new == request.num_tokens,
+            sample=sample,
             sampling_params=request.sampling_params,
             seed=request.seed,
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids,
+            output_index=request.num_output_tokens + request.num_pending_outputs,
+            last_token_in_flight=in_flight,
         )
+        request.num_computed_tokens = end
+        if sample:
+            request.num_pending_outputs += 1
+        return item
 
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
@@ -239,20 +284,23 @@ class Scheduler:
     def update(self, scheduler_output: SchedulerOutput, model_output: ModelOutput) -> list[Request]:
         """Take in one step's results; return the requests that finished in it.
 
-        Every scheduled request advances by its scheduled token count; those that sampled get
-        their token appended and their stop conditions checked. Requests aborted since
-        ``schedule`` are skipped.
+        Scheduled requests that sampled get their token appended and their stop conditions
+        checked; full blocks go to the prefix cache. Requests finished since ``schedule`` (aborted,
+        or ended by an earlier step while this one was in flight) are skipped; a request
+        preempted meanwhile still takes its token (it will recompute it with the rest).
         """
+        step_requests = self._in_flight.pop(id(scheduler_output), {})
         sampled = dict(zip(model_output.request_ids, model_output.sampled_token_ids))
         finished = []
         for item in scheduler_output.scheduled:
-            request = self._scheduled_last.get(item.request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
+            request = step_requests.get(item.request_id)
+            if request is None or request.status.is_finished:
                 continue
-            request.num_computed_tokens += item.num_tokens
-            self.kv_cache.cache_blocks(request)
             if not item.sample:
+                if request.status == RequestStatus.RUNNING:
+                    self.kv_cache.cache_blocks(request)
                 continue
+            request.num_pending_outputs -= 1
             if item.request_id not in sampled:
                 raise RuntimeError(f"request {item.request_id} was to sample but the model output "
                                    f"has no token for it")
@@ -260,12 +308,17 @@ class Scheduler:
             request.append_output_token(token_id)
             if request.first_token_time is None:
                 request.first_token_time = time.monotonic()
+            if request.status == RequestStatus.RUNNING:
+                self.kv_cache.cache_blocks(request)
             status = self._check_stop(request, token_id)
             if status is not None:
-                self.running.remove(request)
+                # A request preempted while this step was in flight waits; it may end here too.
+                if request.status == RequestStatus.RUNNING:
+                    self.running.remove(request)
+                else:
+                    self.waiting.remove(request)
                 self._finish(request, status)
                 finished.append(request)
-        self._scheduled_last = {}
         return finished
 
     def _check_stop(self, request: Request, token_id: int) -> RequestStatus | None:

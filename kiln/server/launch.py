@@ -41,6 +41,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="engine seed")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="schedule the next step while the device runs this one (default: "
+                             "on for CUDA, off for the CPU)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -53,7 +56,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 gpu_memory_utilization=args.gpu_memory_utilization,
                 enable_prefix_caching=args.enable_prefix_caching, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
-                enforce_eager=args.enforce_eager)
+                enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                max_waiting_requests=args.max_waiting_requests)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,10 @@ a stale prefix hit or a block reused while still held shows up as wrong context)
 chunk and samples a token that depends only on the whole context. Outputs therefore do not depend
 on batching, chunking, preemption or prefix hits, and each finished request is compared with a
 one-at-a-time reference.
+
+Steps may overlap as under async scheduling: the next step is scheduled and "launched" before the
+previous one's samples are given to ``update``. The fake model then fills in-flight input tokens
+from its own last samples, as the real runner does on the device.
 """
 
 import hypothesis.strategies as st
@@ -33,6 +37,7 @@ class FakeModel:
     def __init__(self, num_blocks, block_size):
         self.block_size = block_size
         self.slots = [None] * (num_blocks * block_size)
+        self.last_samples: dict[str, int] = {}
 
     def slot(self, table, pos):
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -42,8 +47,15 @@ class FakeModel:
         ids, tokens = [], []
         for item in out.scheduled:
             seq = list(item.prompt_token_ids) + list(item.output_token_ids)
+            token_ids = list(item.token_ids)
+            if item.last_token_in_flight:
+                assert token_ids[-1] == -1 and len(seq) == item.seq_len - 1
+                seq.append(self.last_samples[item.request_id])
+                token_ids[-1] = seq[-1]
+            assert -1 not in token_ids
+            assert item.output_index == len(seq) - len(item.prompt_token_ids)
             assert item.num_tokens >= 1
-            assert item.token_ids == seq[item.start_pos:item.seq_len]
+            assert token_ids == seq[item.start_pos:item.seq_len]
             assert item.sample == (item.seq_len == len(seq))
             assert len(item.block_table) * self.block_size >= item.seq_len
             assert len(set(item.block_table)) == len(item.block_table)
@@ -58,6 +70,7 @@ class FakeModel:
             if item.sample:
                 ids.append(item.request_id)
                 tokens.append(next_token(seq[:item.seq_len]))
+        self.last_samples = dict(zip(ids, tokens))
         return ModelOutput(request_ids=ids, sampled_token_ids=tokens)
 
 
@@ -120,6 +133,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.live: dict[str, Request] = {}
         self.done: list[Request] = []
         self.next_id = 0
+        self.in_flight = None  # (SchedulerOutput, ModelOutput) launched but not yet updated
+        self.num_tokens_in_flight = 0
         for spec in initial:
             self._add(**spec)
 
@@ -159,16 +174,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert aborted == [self.live[rid]]
         self._retire(self.live[rid], RequestStatus.FINISHED_ABORTED)
 
-    @rule(num_steps=st.integers(1, 4), abort_roll=st.integers(0, 7), pick=st.integers(0, 1 << 16))
-    def step(self, num_steps, abort_roll, pick):
+    @rule(num_steps=st.integers(1, 4), abort_roll=st.integers(0, 7), pick=st.integers(0, 1 << 16),
+          ahead=st.booleans())
+    def step(self, num_steps, abort_roll, pick, ahead=False):
         for i in range(num_steps):
             abort_id = None
             if abort_roll == 0 and i == 0 and self.live:
                 # Abort a request between schedule and update: its output must be ignored.
                 abort_id = sorted(self.live)[pick % len(self.live)]
-            self._step(abort_id)
+            self._step(abort_id, ahead)
 
-    def _step(self, abort_id=None):
+    def _step(self, abort_id=None, ahead=False):
         out = self.sched.schedule()
         assert out.num_batched_tokens <= self.budget
         assert len(out.scheduled) <= self.max_num_seqs
@@ -178,10 +194,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         # Events show in --hypothesis-show-statistics, to confirm the paths are exercised.
         if currently_in_test_context():
             self._record_events(out)
+        self.num_tokens_in_flight += sum(s.last_token_in_flight for s in out.scheduled)
         result = self.model.execute(out)
         if abort_id is not None:
             (req,) = self.sched.abort_requests([abort_id])
             self._retire(req, RequestStatus.FINISHED_ABORTED)
+        if self.in_flight is not None:
+            self._update(*self.in_flight)
+            self.in_flight = None
+        if ahead:
+            self.in_flight = (out, result)
+        else:
+            self._update(out, result)
+
+    def _update(self, out, result):
         for req in self.sched.update(out, result):
             assert req.is_finished and req.status != RequestStatus.FINISHED_ABORTED
             self._retire(req, req.status)
@@ -196,6 +222,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             event("decode and prefill mixed")
         if self.sched.stats()["prefix_cache_hits"]:
             event("prefix cache hit")
+        if any(s.last_token_in_flight for s in out.scheduled):
+            event("input token still in flight")
 
     def _retire(self, req, status):
         assert req.status == status
@@ -247,10 +275,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     def teardown(self):
         if not hasattr(self, "sched"):
             return
-        for _ in range(5000):
-            if not self.sched.has_unfinished_requests():
+        for i in range(5000):
+            if not self.sched.has_unfinished_requests() and self.in_flight is None:
                 break
-            self._step()
+            self._step(ahead=i % 3 != 2)
         assert not self.sched.has_unfinished_requests(), "scheduler made no progress"
         assert not self.live
         kv = self.sched.kv_cache
@@ -284,7 +312,7 @@ def test_seeded_soak_with_uniform_configurations():
     runs, where hypothesis favours small ones. Complements (does not replace) the shrinking run."""
     import random
 
-    totals = {"preemptions": 0, "hits": 0, "finished": 0}
+    totals = {"preemptions": 0, "hits": 0, "finished": 0, "in_flight": 0}
     for seed in range(300):
         rng = random.Random(seed)
         machine = SchedulerMachine()
@@ -301,7 +329,8 @@ def test_seeded_soak_with_uniform_configurations():
             elif action < 0.38:
                 machine.abort(rng.randrange(1 << 16))
             else:
-                machine.step(rng.randint(1, 3), rng.randrange(8), rng.randrange(1 << 16))
+                machine.step(rng.randint(1, 3), rng.randrange(8), rng.randrange(1 << 16),
+                             ahead=rng.random() < 0.5)
             machine.blocks_are_owned_consistently()
             machine.queues_are_consistent()
         machine.teardown()
@@ -309,5 +338,7 @@ def test_seeded_soak_with_uniform_configurations():
         totals["preemptions"] += stats["num_preemptions"]
         totals["hits"] += stats["prefix_cache_hits"]
         totals["finished"] += len(machine.done)
+        totals["in_flight"] += machine.num_tokens_in_flight
     # the run must actually reach the paths it is meant to test
     assert totals["preemptions"] > 0 and totals["hits"] > 0 and totals["finished"] > 1000
+    assert totals["in_flight"] > 1000
