@@ -17,7 +17,7 @@ import torch
 
 CUDA = torch.cuda.is_available()
 _KERNEL_MODULES = ("kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
-                   "kiln.kernels.rotary")
+                   "kiln.kernels.rotary", "kiln.kernels.quant_act", "kiln.kernels.quant_matmul")
 
 
 

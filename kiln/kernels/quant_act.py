@@ -1,0 +1,97 @@
+"""Per-token dynamic activation quantization (fp8 e4m3 and int8) for the W8A8 linear layers.
+
+For each row x of [M, K]: s = max(amax(|x|), 1e-12) / QMAX and x_q = cast(x / s) with
+QMAX = 448 (fp8 e4m3, round to nearest even, saturating) or 127 (int8, round half to even,
+clamped to [-127, 127]). The scales are float32 [M, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels import use_triton
+
+FP8_MAX = 448.0
+INT8_MAX = 127.0
+SCALE_FLOOR = 1e-12
+# 1.5 * 2**23: adding and subtracting it rounds a float32 of magnitude < 2**22 to the nearest
+# integer, ties to even (the FPU's own rounding), with no conversion instruction.
+_ROUND_MAGIC = 12582912.0
+
+
+def quant_per_token_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: x [M, K] -> (x_q [M, K] of `dtype` (float8_e4m3fn or int8), scales [M, 1] float32)."""
+    xf = x.float()
+    qmax = FP8_MAX if dtype == torch.float8_e4m3fn else INT8_MAX
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(SCALE_FLOOR) / qmax
+    y = xf / scale
+    if dtype == torch.float8_e4m3fn:
+        q = y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    elif dtype == torch.int8:
+        q = torch.round(y).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    else:
+        raise ValueError(f"unsupported activation quantization dtype {dtype}")
+    return q, scale
+
+
+@triton.jit
+def _quant_per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
+                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per row: a first pass finds the amax, a second (from L1/L2) scales and casts.
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    amax = tl.zeros([BLOCK], tl.float32)
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    qmax = 127.0 if IS_INT8 else 448.0
+    # IEEE division (Triton's `/` is approximate) so scales and rounding match the reference.
+    scale = tl.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        mask = offs < K
+        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        y = tl.div_rn(x, scale)
+        y = tl.minimum(tl.maximum(y, -qmax), qmax)
+        if IS_INT8:
+            q = ((y + 12582912.0) - 12582912.0).to(tl.int8)
+        else:
+            q = y.to(tl.float8e4nv)
+        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
+
+
+def quant_per_token(x: torch.Tensor, dtype: torch.dtype,
+                    pad_rows_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token quantization of x [M, K] (dispatcher); returns (x_q, scales [M, 1] float32).
+
+    With pad_rows_to > 1 the outputs have M rounded up to that multiple; the extra rows are left
+    unwritten (their products are discarded by the caller), which is what some GEMMs need.
+    """
+    if dtype not in (torch.float8_e4m3fn, torch.int8):
+        raise ValueError(f"unsupported activation quantization dtype {dtype}")
+    m, k = x.shape
+    if not use_triton(x) or x.numel() == 0:
+        q, s = quant_per_token_ref(x, dtype)
+        if pad_rows_to > 1 and m % pad_rows_to:
+            extra = pad_rows_to - m % pad_rows_to
+            q = torch.cat([q, torch.zeros(extra, k, dtype=dtype, device=x.device)])
+            s = torch.cat([s, torch.ones(extra, 1, dtype=s.dtype, device=x.device)])
+        return q, s
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    rows = -(-m // pad_rows_to) * pad_rows_to
+    q = torch.empty(rows, k, dtype=dtype, device=x.device)
+    s = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    if rows > m:
+        # Padding rows: a zero input with unit scale keeps whatever reads them finite.
+        q[m:].view(torch.uint8).zero_()  # bits 0 are +0.0 in fp8, 0 in int8
+        s[m:].fill_(1.0)
+    block = min(4096, triton.next_power_of_2(k))
+    _quant_per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0),
+                                  IS_INT8=dtype == torch.int8, BLOCK=block,
+                                  num_warps=max(1, min(8, block // 256)))
+    return q, s

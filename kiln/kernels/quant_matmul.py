@@ -1,0 +1,590 @@
+"""Quantized linear layers: int4/int8 weight-only and fp8/int8 W8A8 (x [..., K] @ W[N, K].T).
+
+Layouts (the quantizers in kiln/quant produce exactly these):
+  int4 weight-only: uint8 [N, K // 2], byte j of row n holds k = 2j (low nibble) and 2j + 1 (high
+    nibble) as q + 8, q in [-8, 7]; float32 scales [N, K // group_size]; w = q * scale.
+  int8 weight-only: int8 [N, K] with float32 per-channel scales [N].
+  fp8 W8A8: float8_e4m3fn [N, K], scales [N]; activations quantized per token (kiln.kernels.quant_act).
+  int8 W8A8 (SmoothQuant): int8 [N, K], scales [N]; activations per token as int8.
+
+Kernels (Triton, CUDA):
+  _gemv_kernel  small M (decode): each program owns BLOCK_N output columns for all M rows and
+                streams its weight rows along K once; dequantized values meet x in float32 FMAs.
+  _gemm_kernel  larger M (prefill): tiles dequantized to x's dtype (or raw int8/fp8 for W8A8)
+                feeding tl.dot.
+Both can split K across programs (partials in float32, summed by _splitk_reduce_kernel), so a
+layer with few output tiles (N = 4096) still fills the GPU. fp8 prefill uses torch._scaled_mm
+(row-wise scales); int8 W8A8 prefill uses the Triton int8 GEMM (torch._int_mm is a bench option).
+References (`*_ref`) dequantize and multiply in float32 on any device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels import use_triton
+from kiln.kernels.quant_act import quant_per_token
+
+# Weight kinds (constexpr WKIND in the kernels).
+W_INT4 = 0     # packed uint8 nibbles, group-wise scales
+W_INT8_U = 1   # int8 weights viewed as uint8 (dequantized with the bias trick below)
+W_FP8 = 2      # float8_e4m3fn weights
+W_INT8 = 3     # raw int8 weights for an int8 x int8 tl.dot (W8A8 GEMM)
+
+GEMV_MAX_M = 4          # rows up to which the FMA GEMV kernel runs (above: tl.dot kernels)
+SMALL_M = 16            # M up to which the tl.dot kernel may split K; fp8 uses it below _scaled_mm
+KTILE_8BIT = 128        # K tile of the int8/fp8 kernels (int4 tiles are the scale group)
+
+
+# ----------------------------------------------------------------------------------- references
+
+def dequantize_int4_ref(qweight: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Packed int4 [N, K // 2] + scales [N, K // group_size] -> float32 weights [N, K]."""
+    q = torch.stack([(qweight & 15).to(torch.int16) - 8, (qweight >> 4).to(torch.int16) - 8], dim=-1)
+    q = q.reshape(qweight.shape[0], -1).float()
+    return q * scales.float().repeat_interleave(group_size, dim=1)
+
+
+def _finish_ref(y: torch.Tensor, bias: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Add the bias in float32, cast to x's dtype and restore x's leading shape."""
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(like.dtype).reshape(*like.shape[:-1], y.shape[-1])
+
+
+def int4_wo_linear_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference int4 weight-only linear: dequantize to float32 and multiply."""
+    w = dequantize_int4_ref(qweight, scales, group_size)
+    return _finish_ref(x.reshape(-1, x.shape[-1]).float() @ w.T, bias, x)
+
+
+def int8_wo_linear_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference int8 weight-only linear (per-channel scales), float32."""
+    w = qweight.float() * scales.float()[:, None]
+    return _finish_ref(x.reshape(-1, x.shape[-1]).float() @ w.T, bias, x)
+
+
+def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference fp8 W8A8 linear: per-token fp8 activations, float32 product of the fp8 values."""
+    from kiln.kernels.quant_act import quant_per_token_ref
+    xq, sx = quant_per_token_ref(x.reshape(-1, x.shape[-1]), torch.float8_e4m3fn)
+    y = (xq.float() @ weight.float().T) * sx * weight_scale.float()[None, :]
+    return _finish_ref(y, bias, x)
+
+
+def int8_sq_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference int8 W8A8 linear: per-token int8 activations, exact integer product, then scales."""
+    from kiln.kernels.quant_act import quant_per_token_ref
+    xq, sx = quant_per_token_ref(x.reshape(-1, x.shape[-1]), torch.int8)
+    # float64 holds the int32 dot products exactly (|sum| < 2**53) on every device.
+    acc = xq.double() @ weight.double().T
+    y = acc.float() * sx * weight_scale.float()[None, :]
+    return _finish_ref(y, bias, x)
+
+
+# ------------------------------------------------------------------------------ Triton helpers
+
+@triton.jit
+def _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid,
+                 GROUP: tl.constexpr, WKIND: tl.constexpr):
+    """Raw weight tile of K-group g: [BLOCK_N, GROUP // 2] bytes for int4, else [BLOCK_N, GROUP]."""
+    rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    if WKIND == 0:
+        offs_b = g * (GROUP // 2) + tl.arange(0, GROUP // 2)
+        tile = tl.load(rows + offs_b[None, :], mask=n_mask[:, None] & valid, other=0.0)
+    else:
+        offs_k = g * GROUP + tl.arange(0, GROUP)
+        tile = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & (offs_k < K)[None, :] & valid,
+                       other=0.0)
+    return tile
+
+
+@triton.jit
+def _nibbles_f32(b):
+    """Packed bytes -> (low, high) nibbles as float32 q in [-8, 7].
+
+    OR-ing a value below 2**23 into the bits of 2.0**23 makes the float 2**23 + value, so one
+    subtraction gives the number: no int-to-float conversion (a quarter-rate instruction).
+    """
+    b = b.to(tl.int32)
+    lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+    hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+    return lo, hi
+
+
+@triton.jit
+def _bytes_f32(b, WKIND: tl.constexpr):
+    """int8 (given as uint8 bits) or fp8 tile -> float32."""
+    if WKIND == 2:
+        return b.to(tl.float32)
+    else:
+        u = b.to(tl.int32)
+        # u ^ 0x80 = q + 128 in [0, 255]; the same bias trick as for nibbles.
+        return ((u ^ 0x80) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
+                 M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
+                 WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                 SPLIT_K, HAS_BIAS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, UNROLL: tl.constexpr):
+    # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
+    # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
+    # scale multiplies a [BLOCK_N] vector, not every element.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows = tl.arange(0, BLOCK_M)
+    per_split = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
+    g_begin = pid_k * per_split
+    g_end = tl.minimum(g_begin + per_split, tl.cdiv(K, GROUP))
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for g0 in range(g_begin, g_end, UNROLL):
+        for u in tl.static_range(UNROLL):
+            g = g0 + u
+            valid = g < g_end
+            tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
+            s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
+                        mask=n_mask & valid, other=0.0)
+            if WKIND == 0:
+                lo, hi = _nibbles_f32(tile)
+                # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles.
+                offs_k = g * GROUP + tl.arange(0, GROUP)
+                for m in tl.static_range(BLOCK_M):
+                    x_mask = (offs_k < K) & (m < M) & valid
+                    xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
+                    part = tl.sum(tl.interleave(lo, hi) * xv[None, :], axis=1) * s
+                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+            else:
+                w = _bytes_f32(tile, WKIND)
+                offs_k = g * GROUP + tl.arange(0, GROUP)
+                for m in tl.static_range(BLOCK_M):
+                    x_mask = (offs_k < K) & (m < M) & valid
+                    xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
+                    part = tl.sum(w * xv[None, :], axis=1) * s
+                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    m_mask = rows < M
+    if A8:
+        acc *= tl.load(xs_ptr + rows, mask=m_mask, other=0.0)[:, None]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + offs_n[None, :], acc, mask=mask)
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
+                 M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
+                 WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, M_BUCKET: tl.constexpr,
+                 SPLIT_K, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+                 SWIZZLE: tl.constexpr):
+    # Grid (M tiles x N tiles, K splits). Weight-only: the dequantized tile (x's dtype) feeds
+    # tl.dot and the group's scale multiplies the float32 product, so scales cost one
+    # [BLOCK_M, BLOCK_N] FMA per group. W8A8: int8 x int8 (int32) or fp8 x fp8 (float32) dots,
+    # both scales applied once at the end.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    # Walk SWIZZLE row-tiles together so their weight tiles are reused from L2.
+    width = SWIZZLE * grid_n
+    first_m = (pid // width) * SWIZZLE
+    size_m = tl.minimum(grid_m - first_m, SWIZZLE)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    per_split = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
+    g_begin = pid_k * per_split
+    g_end = tl.minimum(g_begin + per_split, tl.cdiv(K, GROUP))
+    if A8 and WKIND == 3:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for g0 in range(g_begin, g_end, UNROLL):
+        for u in tl.static_range(UNROLL):
+            g = g0 + u
+            valid = g < g_end
+            offs_k = g * GROUP + tl.arange(0, GROUP)
+            x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k < K)[None, :] & valid,
+                        other=0.0)
+            tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
+            if A8:
+                acc += tl.dot(x, tl.trans(tile))
+            else:
+                if WKIND == 0:
+                    lo, hi = _nibbles_f32(tile)
+                    w = tl.interleave(lo, hi).to(x.dtype)
+                else:
+                    w = _bytes_f32(tile, WKIND).to(x.dtype)
+                s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
+                            mask=n_mask & valid, other=0.0)
+                acc += tl.dot(x, tl.trans(w), input_precision=DOT_PREC) * s[None, :]
+    if A8:
+        sx = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
+        sw = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
+        acc = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(part_ptr + (pid_k * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :], acc,
+                 mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(p_ptr, bias_ptr, out_ptr, M, N, stride_om,
+                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    # Fixed summation order, so split-K results are deterministic (no atomics).
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(p_ptr + (s * M + row) * N + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------ launch configs
+
+def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+# Candidates timed on the first call per (rows/bucket, N, K, weight kind, group, dtypes). More
+# rows per thread (larger BLOCK_N per warp) share each converted x value across rows.
+GEMV_CONFIGS = [
+    _cfg(4, 3, BLOCK_N=32, UNROLL=2),
+    _cfg(4, 3, BLOCK_N=64, UNROLL=1),
+    _cfg(4, 3, BLOCK_N=64, UNROLL=2),
+    _cfg(4, 3, BLOCK_N=128, UNROLL=1),
+    _cfg(8, 3, BLOCK_N=128, UNROLL=1),
+    _cfg(8, 3, BLOCK_N=256, UNROLL=1),
+]
+GEMM_CONFIGS_BY_BUCKET = {
+    16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
+         _cfg(4, 4, BLOCK_M=16, BLOCK_N=128, UNROLL=1, SWIZZLE=1),
+         _cfg(4, 3, BLOCK_M=16, BLOCK_N=64, UNROLL=2, SWIZZLE=1)],
+    64: [_cfg(4, 4, BLOCK_M=64, BLOCK_N=64, UNROLL=1, SWIZZLE=8),
+         _cfg(4, 3, BLOCK_M=64, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+         _cfg(4, 4, BLOCK_M=32, BLOCK_N=128, UNROLL=1, SWIZZLE=8)],
+    256: [_cfg(4, 3, BLOCK_M=64, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+          _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+          _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, UNROLL=1, SWIZZLE=8),
+          _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, UNROLL=1, SWIZZLE=8)],
+    1024: [_cfg(8, 3, BLOCK_M=128, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+           _cfg(8, 3, BLOCK_M=128, BLOCK_N=256, UNROLL=1, SWIZZLE=8),
+           _cfg(8, 4, BLOCK_M=128, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+           _cfg(4, 3, BLOCK_M=64, BLOCK_N=256, UNROLL=1, SWIZZLE=8),
+           _cfg(4, 4, BLOCK_M=64, BLOCK_N=128, UNROLL=1, SWIZZLE=8),
+           _cfg(4, 3, BLOCK_M=64, BLOCK_N=128, UNROLL=1, SWIZZLE=8)],
+}
+# Weight-only tiles beyond 64 x 128 spill registers on sm_90 (the dequantized tile lives in
+# registers next to the accumulator; seen in the cubins); W8A8 tiles do not dequantize.
+# One fixed configuration per kernel for the CPU interpreter (small, so tests stay fast, and
+# with UNROLL 2 so the masked tail of the unrolled loop is exercised).
+INTERPRET_GEMV = {"BLOCK_N": 16, "UNROLL": 2}
+INTERPRET_GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "UNROLL": 2, "SWIZZLE": 2}
+MAX_SPLIT_K = 16
+DEFAULT_GEMV = 1  # index into GEMV_CONFIGS used without autotuning
+
+
+def m_bucket(m: int) -> int:
+    """The row-count bucket that selects GEMM candidates (16, 64, 256 or 1024 = anything larger)."""
+    for b in (16, 64, 256):
+        if m <= b:
+            return b
+    return 1024
+
+
+def pick_split_k(tiles: int, num_groups: int, num_sms: int) -> int:
+    """K splits so that layers with few output tiles still get about two programs per SM.
+
+    Doubles while the grid is under 2 programs per SM and each split keeps at least 4 K-groups.
+    """
+    split = 1
+    while split < MAX_SPLIT_K and tiles * split < 2 * num_sms and num_groups >= 8 * split:
+        split *= 2
+    return split
+
+
+def split_for(m: int, n: int, k: int, group: int, num_sms: int, hint: int, block_n: int,
+              block_m: int | None) -> int:
+    """SPLIT_K of one launch, from the tile sizes of the configuration being run.
+
+    hint > 0 forces a split (benchmarks); rows above SMALL_M never split (no partial buffer is
+    allocated for them). block_m is None for the GEMV (all rows in one tile).
+    """
+    if hint > 0:
+        return hint
+    if m > SMALL_M:
+        return 1
+    tiles = triton.cdiv(n, block_n) * (1 if block_m is None else triton.cdiv(m, block_m))
+    return pick_split_k(tiles, triton.cdiv(k, group), num_sms)
+
+
+def _split_heuristic(args: dict) -> int:
+    return split_for(args["M"], args["N"], args["K"], args["GROUP"], args["num_sms"],
+                     args["split_hint"], args["BLOCK_N"], args["BLOCK_M"] if "SWIZZLE" in args else None)
+
+
+def _gemm_prune(configs, named_args, **kwargs):
+    """Keep the candidates written for this call's M bucket (weight-only: no spilling tiles)."""
+    wanted = GEMM_CONFIGS_BY_BUCKET[kwargs["M_BUCKET"]]
+    keep = [c for c in configs if any(c is w for w in wanted)]
+    if not kwargs["A8"]:
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 128] or keep
+    return keep
+
+
+_gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
+_gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
+_TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M"])(_gemv_split)
+_gemm_tuned = triton.autotune([c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs],
+                              key=_TUNE_KEY + ["M_BUCKET"],
+                              prune_configs_by={"early_config_prune": _gemm_prune})(_gemm_split)
+
+
+def tuned_kernels() -> dict:
+    """The autotuned kernels by name; each one's `.cache` maps tuning keys to chosen configs."""
+    return {"gemv": _gemv_tuned, "gemm": _gemm_tuned}
+
+
+def autotune_enabled() -> bool:
+    """Autotune on CUDA unless KILN_QUANT_AUTOTUNE=0 (then the default configs: fast start-up)."""
+    return os.environ.get("KILN_QUANT_AUTOTUNE", "1") != "0"
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: small, so the CPU tests reach the split-K path
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: int, group: int,
+           wkind: int, bias: torch.Tensor | None, out_dtype: torch.dtype, path: str,
+           x_scales: torch.Tensor | None = None, split_k: int = 0) -> torch.Tensor:
+    """Run one quantized matmul kernel on 2-D x2 [M, K] (row-major); returns [M, N] of out_dtype.
+
+    path: "gemv" (M <= GEMV_MAX_M) or "gemm". x_scales [M, 1] float32 marks a W8A8 call (x2 is
+    then the quantized activations). split_k > 0 forces the K split (benchmarks; at most
+    MAX_SPLIT_K, and only for M <= SMALL_M). Layers call the per-scheme dispatchers below.
+    """
+    m, k = x2.shape
+    n = w.shape[0]
+    if path == "gemv" and m > GEMV_MAX_M:
+        raise ValueError(f"gemv path takes at most {GEMV_MAX_M} rows, got {m}")
+    if split_k and (split_k > MAX_SPLIT_K or m > SMALL_M):
+        raise ValueError(f"split_k={split_k} needs split_k <= {MAX_SPLIT_K} and M <= {SMALL_M}")
+    a8 = x_scales is not None
+    sms = _num_sms(x2.device)
+    tune = x2.is_cuda and autotune_enabled()
+    flags = dict(WKIND=wkind, A8=a8, GROUP=group, HAS_BIAS=bias is not None)
+    if path == "gemv":
+        flags["BLOCK_M"] = triton.next_power_of_2(m)
+        kernel = _gemv_tuned if tune else _gemv_split
+        fixed = GEMV_CONFIGS[DEFAULT_GEMV] if x2.is_cuda else triton.Config(INTERPRET_GEMV)
+        candidates = GEMV_CONFIGS if tune else [fixed]
+    else:
+        flags["M_BUCKET"] = m_bucket(m)
+        flags["DOT_PREC"] = "ieee" if x2.dtype == torch.float32 else "tf32"
+        kernel = _gemm_tuned if tune else _gemm_split
+        pruned = _gemm_prune(GEMM_CONFIGS_BY_BUCKET[flags["M_BUCKET"]], None, **flags)
+        fixed = pruned[0] if x2.is_cuda else triton.Config(INTERPRET_GEMM)
+        candidates = pruned if tune else [fixed]
+    # Partials for a K split, sized for the largest split any candidate config may choose.
+    max_split = max(split_for(m, n, k, group, sms, split_k, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_M")
+                              if path == "gemm" else None) for c in candidates)
+    out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
+    part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
+    chosen = {}
+    has_bias = bias is not None
+    args = (x2, x_scales if a8 else x2, w, scales, bias if has_bias else out, out, part,
+            m, n, k, x2.stride(0), w.stride(0), scales.stride(0), stride_sg, out.stride(0),
+            sms, split_k)
+
+    def grid(meta):
+        # Called with the final meta-parameters of each launch (the last call is the real one).
+        # (Recomputed rather than read from meta: the interpreter hands over wrapped values.)
+        block_m = None if path == "gemv" else meta["BLOCK_M"]
+        chosen["split"] = split_for(m, n, k, group, sms, split_k, meta["BLOCK_N"], block_m)
+        tiles_m = 1 if block_m is None else triton.cdiv(m, block_m)
+        return (tiles_m * triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
+
+    if tune:
+        kernel[grid](*args, **flags)
+    elif x2.is_cuda:
+        kernel[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
+                     num_stages=fixed.num_stages)
+    else:
+        kernel[grid](*args, **flags, **fixed.kwargs)
+    split = chosen["split"]
+    assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"
+    if split > 1:
+        block = min(1024, triton.next_power_of_2(n))
+        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
+            part, bias if has_bias else out, out, m, n, out.stride(0),
+            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4)
+    return out
+
+
+# --------------------------------------------------------------------------------- dispatchers
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as a row-major [M, K] view (copying only when needed)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _check(x: torch.Tensor, k: int, what: str) -> None:
+    """Reject an x that does not fit the weight (K) or is not a float activation."""
+    if x.shape[-1] != k:
+        raise ValueError(f"{what}: x has K={x.shape[-1]} but the weight expects {k}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"{what}: x must be float16/bfloat16/float32, got {x.dtype}")
+
+
+def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias."""
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    _check(x, k, "int4_wo_linear")
+    if group_size not in (32, 64, 128) or k % group_size or scales.shape != (n, k // group_size):
+        raise ValueError(f"int4_wo_linear: group_size {group_size} / scales {tuple(scales.shape)} "
+                         f"do not fit K={k}, N={n}")
+    if not use_triton(x) or x.numel() == 0:
+        return int4_wo_linear_ref(x, qweight, scales, group_size, bias)
+    x2 = _rows(x)
+    s = scales.float().contiguous()
+    path = "gemv" if x2.shape[0] <= GEMV_MAX_M else "gemm"
+    out = launch(x2, qweight.contiguous(), s, s.stride(1), group_size, W_INT4, bias, x.dtype, path)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def int8_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 weight-only linear (dispatcher): x [..., K] @ (qweight [N, K] * scales[:, None]).T + bias."""
+    n, k = qweight.shape
+    _check(x, k, "int8_wo_linear")
+    if not use_triton(x) or x.numel() == 0:
+        return int8_wo_linear_ref(x, qweight, scales, bias)
+    x2 = _rows(x)
+    path = "gemv" if x2.shape[0] <= GEMV_MAX_M else "gemm"
+    # The kernels read int8 weights as their uint8 bits (see _bytes_f32); the view is free.
+    out = launch(x2, qweight.contiguous().view(torch.uint8), scales.float().contiguous(), 0, KTILE_8BIT,
+                 W_INT8_U, bias, x.dtype, path)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def scaled_mm_supported(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch._scaled_mm (row-wise fp8) can run this product: sm89+, K and N multiples of 16."""
+    if not x2.is_cuda or not hasattr(torch, "_scaled_mm"):
+        return False
+    n, k = weight.shape
+    return torch.cuda.get_device_capability(x2.device) >= (8, 9) and k % 16 == 0 and n % 16 == 0
+
+
+def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                  bias: torch.Tensor | None, out_dtype: torch.dtype,
+                  fast_accum: bool = False) -> torch.Tensor:
+    """fp8 W8A8 through torch._scaled_mm with row-wise scales (CUDA, sm89+); x2 [M, K] -> [M, N].
+
+    Rows are padded to a multiple of 16 for cuBLASLt/CUTLASS; row-wise scaling returns bfloat16
+    (the only output type torch accepts with it), cast to out_dtype afterwards. fast_accum uses
+    the tensor cores' reduced-precision fp8 accumulation (faster; the bench measures both).
+    """
+    m = x2.shape[0]
+    xq, sx = quant_per_token(x2, torch.float8_e4m3fn, pad_rows_to=16)
+    fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
+    y = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.float().reshape(1, -1),
+                         bias=fused_bias, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+    y = y[:m]
+    if bias is not None and fused_bias is None:
+        return (y.float() + bias.float()).to(out_dtype)
+    return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp8 W8A8 linear (dispatcher): per-token fp8 activations times fp8 weights [N, K] (+ bias).
+
+    M <= GEMV_MAX_M: Triton GEMV; M <= SMALL_M: Triton fp8 tl.dot with split-K; larger M:
+    torch._scaled_mm where supported (else the Triton GEMM).
+    """
+    n, k = weight.shape
+    _check(x, k, "fp8_linear")
+    if not use_triton(x) or x.numel() == 0:
+        return fp8_linear_ref(x, weight, weight_scale, bias)
+    x2 = _rows(x)
+    m = x2.shape[0]
+    weight = weight.contiguous()
+    ws = weight_scale.float().contiguous()
+    if m > SMALL_M and scaled_mm_supported(x2, weight):
+        out = fp8_scaled_mm(x2, weight, ws, bias, x.dtype)
+    else:
+        xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
+        path = "gemv" if m <= GEMV_MAX_M else "gemm"
+        out = launch(xq, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, path, x_scales=sx)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def int8_sq_int_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """int8 W8A8 through torch._int_mm (CUDA: needs M > 16, K and N multiples of 8), torch epilogue.
+
+    An alternative to the Triton GEMM, kept for the benchmark's comparison.
+    """
+    xq, sx = quant_per_token(x2, torch.int8)
+    acc = torch._int_mm(xq, weight.t())
+    y = acc.float() * sx * weight_scale.float()[None, :]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+def int8_sq_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 W8A8 (SmoothQuant) linear (dispatcher): per-token int8 activations, int8 weights [N, K].
+
+    M <= GEMV_MAX_M: Triton GEMV (float32 FMAs); otherwise the Triton int8 tl.dot GEMM (int32
+    accumulation, scales and bias in the epilogue).
+    """
+    n, k = weight.shape
+    _check(x, k, "int8_sq_linear")
+    if not use_triton(x) or x.numel() == 0:
+        return int8_sq_linear_ref(x, weight, weight_scale, bias)
+    x2 = _rows(x)
+    m = x2.shape[0]
+    weight = weight.contiguous()
+    ws = weight_scale.float().contiguous()
+    xq, sx = quant_per_token(x2, torch.int8)
+    if m <= GEMV_MAX_M:
+        out = launch(xq, weight.view(torch.uint8), ws, 0, KTILE_8BIT, W_INT8_U, bias, x.dtype, "gemv",
+                     x_scales=sx)
+    else:
+        out = launch(xq, weight, ws, 0, KTILE_8BIT, W_INT8, bias, x.dtype, "gemm", x_scales=sx)
+    return out.reshape(*x.shape[:-1], n)

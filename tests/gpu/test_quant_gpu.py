@@ -1,0 +1,234 @@
+"""Quantized matmul kernels on CUDA (bf16/fp16) against the float32 references.
+
+Covers every path the dispatchers take: int4/int8 weight-only GEMV (M <= 4) and tl.dot GEMM
+with and without split-K, fp8 GEMV / fp8 tl.dot (M <= 16) / torch._scaled_mm (M > 16), int8
+W8A8 GEMV / int8 tl.dot GEMM (and torch._int_mm), per-token activation quantization bit-exact
+against torch. Llama-3-8B shapes included. Skipped without CUDA; allocations are NaN-poisoned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref  # noqa: E402
+
+DTYPES = [torch.bfloat16, torch.float16]
+# Norm-wise relative error against the float32 reference: the kernels round x-dtype inputs
+# exactly, so the error is the output rounding (bf16 ~ 2**-9) plus float32 summation order.
+TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
+MS = [1, 3, 4, 5, 16, 17, 64, 100, 300]
+SHAPES = [(96, 384), (4096, 4096), (6144, 4096), (4096, 14336)]  # (N, K); small ragged + Llama-3-8B
+
+
+@pytest.fixture(autouse=True)
+def triton_path(monkeypatch):
+    """Never let a KILN_KERNELS=reference in the environment turn these into self-comparisons.
+
+    Default launch configs (no autotuning) keep compile time down; test_autotuned_paths runs
+    the autotuner.
+    """
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "0")
+
+
+@pytest.fixture
+def poison_allocations(monkeypatch):
+    """Make torch.empty / empty_like return NaN-filled float tensors, so unwritten outputs show."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        if t.is_floating_point():
+            t.fill_(math.nan)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+
+
+@pytest.fixture
+def gen():
+    """A CUDA generator with a fresh random seed (printed for replay)."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"seed={seed}")
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (NaN in out gives NaN, which fails any bound)."""
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def randx(m, k, dtype, gen):
+    return (torch.randn(m, k, generator=gen, device="cuda") * 2).to(dtype)
+
+
+def int4_case(n, k, group, gen):
+    qweight = torch.randint(0, 256, (n, k // 2), generator=gen, device="cuda", dtype=torch.uint8)
+    scales = torch.rand(n, k // group, generator=gen, device="cuda") * 0.05 + 0.005
+    return qweight, scales
+
+
+def int8_case(n, k, gen):
+    weight = torch.randint(-127, 128, (n, k), generator=gen, device="cuda", dtype=torch.int8)
+    return weight, torch.rand(n, generator=gen, device="cuda") * 0.01 + 0.001
+
+
+def fp8_case(n, k, gen):
+    w = (torch.randn(n, k, generator=gen, device="cuda") * 100).clamp(-448, 448)
+    return w.to(torch.float8_e4m3fn), torch.rand(n, generator=gen, device="cuda") * 0.01 + 0.001
+
+
+def check(out, ref, dtype, m, n):
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_int4_wo(m, shape, dtype, gen, poison_allocations):
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    check(qm.int4_wo_linear(x, qweight, scales, 128, bias),
+          qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
+
+
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("m", [1, 17])
+def test_int4_wo_small_groups(m, group, gen, poison_allocations):
+    n, k = 320, 1024
+    qweight, scales = int4_case(n, k, group, gen)
+    x = randx(m, k, torch.float16, gen)
+    check(qm.int4_wo_linear(x, qweight, scales, group), qm.int4_wo_linear_ref(x, qweight, scales, group),
+          torch.float16, m, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(72, 200)])
+@pytest.mark.parametrize("m", MS)
+def test_int8_wo(m, shape, dtype, gen, poison_allocations):
+    n, k = shape
+    weight, scales = int8_case(n, k, gen)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    check(qm.int8_wo_linear(x, weight, scales, bias), qm.int8_wo_linear_ref(x, weight, scales, bias),
+          dtype, m, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_fp8(m, shape, dtype, gen, poison_allocations):
+    n, k = shape
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    check(qm.fp8_linear(x, weight, ws, bias), qm.fp8_linear_ref(x, weight, ws, bias), dtype, m, n)
+
+
+@pytest.mark.parametrize("m", [5, 17, 64])
+def test_fp8_triton_gemm_at_larger_m(m, gen, poison_allocations):
+    """The fp8 tl.dot kernel (used when _scaled_mm cannot run) beyond the sizes it serves by default."""
+    n, k = 4096, 4096
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(m, k, torch.bfloat16, gen)
+    xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+    out = qm.launch(xq, weight, ws, 0, qm.KTILE_8BIT, qm.W_FP8, None, torch.bfloat16, "gemm", x_scales=sx)
+    check(out, qm.fp8_linear_ref(x, weight, ws), torch.bfloat16, m, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(72, 200)])
+@pytest.mark.parametrize("m", MS)
+def test_int8_sq(m, shape, dtype, gen, poison_allocations):
+    n, k = shape
+    weight, ws = int8_case(n, k, gen)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    check(qm.int8_sq_linear(x, weight, ws, bias), qm.int8_sq_linear_ref(x, weight, ws, bias), dtype, m, n)
+
+
+@pytest.mark.parametrize("m", [17, 64, 300])
+def test_int8_sq_int_mm(m, gen):
+    n, k = 4096, 4096
+    weight, ws = int8_case(n, k, gen)
+    x = randx(m, k, torch.bfloat16, gen)
+    check(qm.int8_sq_int_mm(x, weight, ws, None, torch.bfloat16), qm.int8_sq_linear_ref(x, weight, ws),
+          torch.bfloat16, m, n)
+
+
+@pytest.mark.parametrize("split", [2, 3, 8])
+@pytest.mark.parametrize("path,m", [("gemv", 1), ("gemv", 4), ("gemm", 16)])
+def test_forced_split_k(path, m, split, gen, poison_allocations):
+    n, k = 4096, 14336
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(m, k, torch.bfloat16, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, bias, torch.bfloat16, path,
+                    split_k=split)
+    check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
+
+
+def test_3d_input_and_float32(gen, poison_allocations):
+    n, k = 256, 512
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = (torch.randn(2, 9, k, generator=gen, device="cuda")).float()
+    out = qm.int4_wo_linear(x, qweight, scales, 128)
+    assert out.shape == (2, 9, n)
+    assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+@pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
+def test_activation_quant_bit_exact(qdtype, dtype, gen, poison_allocations):
+    x = randx(37, 4096, dtype, gen)
+    x[3] *= 500
+    x[4] = 0.0
+    q, s = quant_per_token(x, qdtype)
+    q_ref, s_ref = quant_per_token_ref(x, qdtype)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_graph_capture_after_warmup(gen):
+    """Decode paths replay inside a CUDA graph once autotuning has happened eagerly."""
+    n, k = 4096, 4096
+    qweight, scales = int4_case(n, k, 128, gen)
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(1, k, torch.bfloat16, gen)
+    outs = [qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws)]  # warm-up
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        a = qm.int4_wo_linear(x, qweight, scales, 128)
+        b = qm.fp8_linear(x, weight, ws)
+    x.copy_(randx(1, k, torch.bfloat16, gen))
+    g.replay()
+    torch.cuda.synchronize()
+    assert rel_err(a, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
+    assert rel_err(b, qm.fp8_linear_ref(x, weight, ws)) < TOL[torch.bfloat16]
+    del outs
+
+
+@pytest.mark.parametrize("m", [1, 8, 64, 2048])
+def test_autotuned_paths(m, gen, monkeypatch, poison_allocations):
+    """With autotuning on, every candidate the tuner may pick computes the same product."""
+    monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "1")
+    n, k = 4096, 4096
+    qweight, scales = int4_case(n, k, 128, gen)
+    w8, s8 = int8_case(n, k, gen)
+    x = randx(m, k, torch.bfloat16, gen)
+    check(qm.int4_wo_linear(x, qweight, scales, 128), qm.int4_wo_linear_ref(x, qweight, scales, 128),
+          torch.bfloat16, m, n)
+    check(qm.int8_sq_linear(x, w8, s8), qm.int8_sq_linear_ref(x, w8, s8), torch.bfloat16, m, n)
+    assert qm.tuned_kernels()["gemv" if m <= qm.GEMV_MAX_M else "gemm"].cache
