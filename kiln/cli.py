@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the presets")
     p.set_defaults(func=cmd_random_model)
 
+    from kiln.build.cli import add_build_parser
+    add_build_parser(sub)
+
     _add_optional_commands(sub)
     return parser
 

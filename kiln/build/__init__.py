@@ -1,0 +1,1 @@
+"""`kiln build`: a checkpoint -> an engine directory (quantized weights + engine.json), and its checks."""

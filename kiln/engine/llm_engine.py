@@ -62,6 +62,23 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _apply_engine_limits(config: EngineConfig, info: dict) -> EngineConfig:
+    """The engine's build limits as defaults (max_model_len) and caps (max_num_seqs)."""
+    from dataclasses import replace
+
+    limits = info.get("limits") or {}
+    max_len, max_batch = limits.get("max_seq_len"), limits.get("max_batch_size")
+    if max_len:
+        if config.model.max_model_len is None:
+            config = replace(config, model=replace(config.model, max_model_len=int(max_len)))
+        elif config.model.max_model_len > max_len:
+            raise KilnError(f"max_model_len {config.model.max_model_len} exceeds the engine's "
+                            f"max_seq_len {max_len}; rebuild with a larger --max-seq-len")
+    if max_batch and config.scheduler.max_num_seqs > max_batch:
+        config = replace(config, scheduler=replace(config.scheduler, max_num_seqs=int(max_batch)))
+    return config
+
+
 class LLMEngine:
     """The engine loop: scheduler (CPU decisions) -> runner (GPU work) -> scheduler update -> text.
 
@@ -78,9 +95,19 @@ class LLMEngine:
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.model.seed)
         t0 = time.perf_counter()
-        self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
+        from kiln.build.engine_dir import is_engine_dir, load_engine_model
+
+        # An engine directory (kiln build) holds processed weights: loaded as they are, after a
+        # check that it was built for this device.
+        self.engine_info = None
+        if is_engine_dir(model_dir):
+            self.model, self.engine_info = load_engine_model(model_dir, self.device,
+                                                             config.model.dtype)
+            config = _apply_engine_limits(config, self.engine_info)
+        else:
+            self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
         args = self.model.args
-        self.dtype = next(self.model.parameters()).dtype
+        self.dtype = self.model.embed_tokens.weight.dtype
         self.tokenizer = load_tokenizer(config.model.tokenizer or model_dir)
         self.generation_config = load_generation_config(model_dir)
         self.model_name = Path(model_dir).name

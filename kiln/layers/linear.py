@@ -89,6 +89,17 @@ class Linear(nn.Module):
         """Apply the layer's linear method."""
         return self.method.apply(self, x)
 
+    def set_method(self, method: LinearMethod, dtype: torch.dtype,
+                   device: torch.device | str) -> None:
+        """Replace the linear method, dropping the old method's parameters and creating the new ones.
+
+        Used to give a layer a quantized method right after construction (before any weights load).
+        """
+        for name, _ in list(self.named_parameters(recurse=False)):
+            delattr(self, name)
+        self.method = method
+        method.create_weights(self, dtype, device)
+
     def load_shard(self, param_name: str, tensor: torch.Tensor, shard: int | None,
                    checkpoint_name: str) -> None:
         """Copy a checkpoint tensor (``weight`` or ``bias``, whole or one shard) into this layer."""

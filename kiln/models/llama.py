@@ -8,6 +8,8 @@ mirror the HF checkpoint's (without the ``model.`` prefix), except that q/k/v li
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -15,10 +17,14 @@ from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear
+from kiln.layers.linear import Linear, LinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
+
+# (prefix such as "layers.0.self_attn.qkv_proj", in_features, output_sizes) -> a LinearMethod for
+# that layer, or None to keep it unquantized.
+LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
 class GatedMLP(nn.Module):
@@ -76,6 +82,10 @@ class LlamaFamilyModel(nn.Module):
     ``model.compute_logits(hidden_rows [N, H]) -> [N, V] float32``. ``kv_caches[i]`` is layer i's
     cache [2, num_blocks, block_size, num_key_value_heads, head_dim], allocated by the caller.
     Parameters are allocated uninitialised: load weights with kiln.models.loader.
+
+    ``linear_method_factory`` (optional) picks the LinearMethod of every attention and MLP Linear
+    by its parameter prefix (quantized engines, see kiln.build); the embeddings and the LM head
+    always stay unquantized.
     """
 
     # Checkpoint projection name -> (fused layer name, shard index).
@@ -85,13 +95,19 @@ class LlamaFamilyModel(nn.Module):
     }
 
     def __init__(self, args: ModelArgs, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu",
+                 linear_method_factory: LinearMethodFactory | None = None):
         super().__init__()
         self.args = args
         self.rotary = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope, device)
         self.embed_tokens = VocabEmbedding(args.vocab_size, args.hidden_size, dtype, device)
-        self.layers = nn.ModuleList(DecoderLayer(args, i, self.rotary, dtype, device)
-                                    for i in range(args.num_hidden_layers))
+        self.layers = nn.ModuleList()
+        for i in range(args.num_hidden_layers):
+            layer = DecoderLayer(args, i, self.rotary, dtype, device)
+            if linear_method_factory is not None:
+                # Swapped layer by layer, so at most one layer's unquantized weights exist at once.
+                _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
+            self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
                               tied_to=self.embed_tokens if args.tie_word_embeddings else None)
@@ -109,3 +125,13 @@ class LlamaFamilyModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits."""
         return self.lm_head(hidden)
+
+
+def _set_linear_methods(layer: nn.Module, prefix: str, factory: LinearMethodFactory,
+                        dtype: torch.dtype, device: torch.device | str) -> None:
+    """Give each Linear of ``layer`` the method ``factory`` chooses for it (None keeps it as is)."""
+    for name, module in layer.named_modules():
+        if isinstance(module, Linear):
+            method = factory(f"{prefix}.{name}", module.in_features, module.output_sizes)
+            if method is not None:
+                module.set_method(method, dtype, device)

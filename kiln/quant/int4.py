@@ -1,0 +1,139 @@
+"""INT4 weight-only quantization: symmetric group-wise scales (group 128), two values per byte.
+
+Layout (notes/quant_interface.md): qweight uint8 [N, K // 2], byte j of row n holds k = 2j in the
+low nibble and k = 2j + 1 in the high nibble, each as q + 8 with q in [-8, 7]; scales float32
+[N, K // group_size]; w[n, k] = q[n, k] * scales[n, k // group_size]. An optional ``input_scale``
+[K] (activation-aware scaling that could not be folded into a preceding op) multiplies x first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.errors import KilnError
+from kiln.layers.linear import Linear
+from kiln.quant import _ops
+from kiln.quant.base import QuantLinearMethod, register
+
+GROUP_SIZES = (32, 64, 128)
+# Shrink factors of each group's max tried by the clipping search (1.0 = no clipping).
+CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int [N, K] values in [-8, 7] (K even) -> uint8 [N, K // 2], even k in the low nibble."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8)
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K // 2] -> int8 [N, K] values in [-8, 7] (inverse of pack_int4)."""
+    low = (packed & 0xF).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+def _check_group(in_features: int, group_size: int) -> None:
+    if group_size not in GROUP_SIZES:
+        raise KilnError(f"int4 group size must be one of {GROUP_SIZES}, got {group_size}")
+    if in_features % group_size:
+        raise KilnError(f"int4 needs in_features divisible by the group size: {in_features} % "
+                        f"{group_size} != 0; pick a smaller --group-size or --quant int8-wo")
+
+
+def _quantize_groups(weight: torch.Tensor, group_size: int, clip: torch.Tensor | float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [N, K] -> (int8 q [N, K] in [-8, 7], float32 scales [N, K // group_size])."""
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // group_size, group_size)
+    amax = w.abs().amax(dim=-1)
+    if isinstance(clip, torch.Tensor):
+        amax = amax * clip
+    else:
+        amax = amax * float(clip)
+    scales = amax.clamp_min(1e-12) / 7.0
+    q = torch.round(w / scales[..., None]).clamp(-8, 7).to(torch.int8)
+    return q.reshape(n, k), scales
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float32 weight [N, K] an int4 layer computes with."""
+    return unpack_int4(packed).float() * scales.repeat_interleave(group_size, dim=1)
+
+
+def fake_quantize_int4(weight: torch.Tensor, group_size: int,
+                       clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """float32 [N, K]: the weight after int4 group-wise rounding (no packing; for searches)."""
+    _check_group(weight.shape[1], group_size)
+    q, scales = _quantize_groups(weight, group_size, clip)
+    return (q.float().reshape(scales.shape[0], scales.shape[1], group_size)
+            * scales[..., None]).reshape(weight.shape)
+
+
+def search_clip(weight: torch.Tensor, inputs: torch.Tensor, group_size: int,
+                grid: tuple[float, ...] = CLIP_GRID) -> torch.Tensor:
+    """Per-(row, group) clip ratio from ``grid`` minimizing the output error on ``inputs`` [R, K].
+
+    The error of group g of row n is ||X_g (w_g - deq(w_g))||^2 = d^T (X_g^T X_g) d, so one
+    [g, g] Gram matrix per group serves every row and ratio.
+    """
+    n, k = weight.shape
+    groups = k // group_size
+    x = inputs.float().reshape(-1, groups, group_size)
+    gram = torch.einsum("rgi,rgj->gij", x, x)
+    w = weight.float().reshape(n, groups, group_size)
+    best_err = torch.full((n, groups), float("inf"), device=weight.device)
+    best = torch.ones(n, groups, device=weight.device)
+    for ratio in grid:
+        q, scales = _quantize_groups(weight, group_size, ratio)
+        d = q.float().reshape(n, groups, group_size) * scales[..., None] - w
+        err = torch.einsum("ngi,gij,ngj->ng", d, gram, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, ratio), best)
+    return best
+
+
+def quantize_int4_groupwise(weight: torch.Tensor, group_size: int = 128,
+                            clip: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float weight -> (packed uint8 [N, K // 2], float32 scales [N, K // group_size]).
+
+    ``clip`` shrinks each group's range (a float, or [N, K // group_size] from ``search_clip``).
+    """
+    _check_group(weight.shape[1], group_size)
+    q, scales = _quantize_groups(weight, group_size, clip)
+    return pack_int4(q), scales
+
+
+class Int4WeightOnlyLinearMethod(QuantLinearMethod):
+    """``qweight`` uint8 [N, K/2], ``scales`` float32 [N, K/g], optional ``input_scale`` [K], ``bias``."""
+
+    scheme = "int4-wo"
+
+    def __init__(self, group_size: int = 128, has_input_scale: bool = False):
+        self.group_size = group_size
+        self.has_input_scale = has_input_scale
+
+    def create_weights(self, layer: Linear, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Register qweight, scales, input_scale (when kept at run time) and bias."""
+        _check_group(layer.in_features, self.group_size)
+        n, k = layer.out_features, layer.in_features
+        register(layer, "qweight", (n, k // 2), torch.uint8, device)
+        register(layer, "scales", (n, k // self.group_size), torch.float32, device)
+        if self.has_input_scale:
+            register(layer, "input_scale", (k,), dtype, device)
+        else:
+            layer.register_parameter("input_scale", None)
+        self.register_bias(layer, dtype, device)
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel."""
+        if layer.input_scale is not None:
+            x = x * layer.input_scale
+        return _ops.int4_wo_linear(x, layer.qweight, layer.scales, self.group_size, layer.bias)
+
+    def quantize(self, weight: torch.Tensor, clip: torch.Tensor | float = 1.0
+                 ) -> dict[str, torch.Tensor]:
+        """Processed qweight and scales (not bias / input_scale) of a float weight [N, K]."""
+        packed, scales = quantize_int4_groupwise(weight, self.group_size, clip)
+        return {"qweight": packed, "scales": scales}

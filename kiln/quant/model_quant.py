@@ -1,0 +1,177 @@
+"""Quantize a loaded float model into the tensors of a quantized engine.
+
+Per decoder layer the input-scaling schemes (SmoothQuant, AWQ) first rescale each Linear's input
+channels and fold the inverse into the op that produces that input, so the float model computes
+the same function with weights that quantize better:
+
+- ``self_attn.qkv_proj``: folded into ``input_layernorm.weight``;
+- ``mlp.gate_up_proj``: folded into ``post_attention_layernorm.weight``;
+- ``mlp.down_proj``: folded into the ``up`` rows (and bias) of ``gate_up_proj``, since
+  down's input is silu(gate) * up, linear in up;
+- ``self_attn.o_proj``: its input is the attention output, which no single op scales per channel
+  under grouped-query attention: AWQ keeps ``input_scale`` = 1 / s at run time; SmoothQuant does
+  not smooth it (per-token dynamic int8 alone).
+
+down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
+rescaled. The embeddings, norms and LM head stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kiln.errors import KilnError
+from kiln.layers.linear import Linear
+from kiln.quant.awq import awq_search
+from kiln.quant.calibration import CalibrationStats
+from kiln.quant.config import QuantConfig
+from kiln.quant.fp8 import Fp8LinearMethod
+from kiln.quant.int4 import Int4WeightOnlyLinearMethod, search_clip
+from kiln.quant.int8 import Int8WeightOnlyLinearMethod
+from kiln.quant.smoothquant import Int8SmoothQuantLinearMethod, smoothing_scales
+
+# Order in which a layer's Linears are processed (see the module docstring).
+LAYER_LINEARS = ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.qkv_proj", "self_attn.o_proj")
+
+
+@dataclass
+class QuantizedWeights:
+    """Engine tensors by kiln parameter name, and what the build chose (for engine.json)."""
+
+    tensors: dict[str, torch.Tensor]
+    runtime_input_scale: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _modules(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
+    """Make Linear ``prefix`` see x / s: fold 1 / s into the op before it, multiply its columns by s.
+
+    Returns False (and changes nothing) when no preceding op can absorb 1 / s (o_proj).
+    """
+    modules = _modules(model)
+    linear: Linear = modules[prefix]
+    layer, _, name = prefix.partition(".self_attn.") if ".self_attn." in prefix else prefix.partition(".mlp.")
+    with torch.no_grad():
+        if name == "qkv_proj":
+            norm = modules[f"{layer}.input_layernorm"].weight
+        elif name == "gate_up_proj":
+            norm = modules[f"{layer}.post_attention_layernorm"].weight
+        elif name == "down_proj":
+            gate_up: Linear = modules[f"{layer}.mlp.gate_up_proj"]
+            inter = gate_up.output_sizes[0]
+            up = gate_up.weight.data[inter:]
+            up.copy_((up.float() / s[:, None].to(up.device)).to(up.dtype))
+            if gate_up.bias is not None:
+                b = gate_up.bias.data[inter:]
+                b.copy_((b.float() / s.to(b.device)).to(b.dtype))
+            norm = None
+        else:
+            return False
+        if norm is not None:
+            norm.data.copy_((norm.float() / s.to(norm.device)).to(norm.dtype))
+        w = linear.weight.data
+        w.copy_((w.float() * s[None, :].to(w.device)).to(w.dtype))
+    return True
+
+
+def smooth_model(model: nn.Module, stats: CalibrationStats, alpha: float = 0.5
+                 ) -> dict[str, torch.Tensor]:
+    """Apply SmoothQuant's smoothing to every foldable Linear of ``model`` in place; returns the s."""
+    chosen: dict[str, torch.Tensor] = {}
+    for i in range(len(model.layers)):
+        for name in LAYER_LINEARS:
+            prefix = f"layers.{i}.{name}"
+            if name == "self_attn.o_proj":
+                continue
+            linear = _modules(model)[prefix]
+            s = smoothing_scales(stats.linears[prefix].absmax, linear.weight, alpha)
+            fold_input_scale(model, prefix, s)
+            chosen[prefix] = s
+    return chosen
+
+
+def _require_stats(stats: CalibrationStats | None, prefix: str):
+    if stats is None or prefix not in stats.linears:
+        raise KilnError(f"no calibration statistics for {prefix}; this scheme needs calibration")
+    return stats.linears[prefix]
+
+
+def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStats | None = None,
+                   storage_dtype: torch.dtype | None = None,
+                   progress: Callable[[int], None] | None = None) -> QuantizedWeights:
+    """Process a float kiln model into engine tensors for ``config.scheme`` (the model is modified).
+
+    ``storage_dtype``: dtype of every tensor that stays in floating point (norms, embeddings, biases,
+    input scales); default the model's. ``progress(n)`` is called after each decoder layer.
+    """
+    dtype = storage_dtype or model.embed_tokens.weight.dtype
+    out = QuantizedWeights(tensors={})
+    scheme = config.scheme
+    alphas: dict[str, float] = {}
+    gains: list[float] = []
+    for i in range(len(model.layers)):
+        for name in LAYER_LINEARS:
+            prefix = f"layers.{i}.{name}"
+            linear: Linear = _modules(model)[prefix]
+            if scheme == "none":
+                continue
+            input_scale = None
+            clip: torch.Tensor | float = 1.0
+            if scheme == "int8-sq" and name != "self_attn.o_proj":
+                st = _require_stats(stats, prefix)
+                fold_input_scale(model, prefix,
+                                 smoothing_scales(st.absmax, linear.weight, config.smoothquant_alpha))
+            if scheme == "int4-wo":
+                st = _require_stats(stats, prefix)
+                rows = st.sample()
+                result = awq_search(linear.weight, rows, st.absmean, config.group_size, config.awq_grid)
+                alphas[prefix] = result.alpha
+                gains.append(result.error / max(result.rtn_error, 1e-30))
+                s = result.scales
+                if not fold_input_scale(model, prefix, s):
+                    with torch.no_grad():
+                        w = linear.weight.data
+                        w.copy_((w.float() * s[None, :].to(w.device)).to(w.dtype))
+                    input_scale = (1.0 / s).to(dtype)
+                    out.runtime_input_scale.append(prefix)
+                if config.clip_search:
+                    clip = search_clip(linear.weight, rows / s[None, :].to(rows.device), config.group_size)
+            out.tensors.update({f"{prefix}.{k}": v.contiguous()
+                                for k, v in _quantize_linear(linear, config, clip).items()})
+            if linear.bias is not None:
+                out.tensors[f"{prefix}.bias"] = linear.bias.detach().to(dtype).contiguous()
+            if input_scale is not None:
+                out.tensors[f"{prefix}.input_scale"] = input_scale.contiguous()
+        if progress is not None:
+            progress(i + 1)
+    quantized_prefixes = {f"layers.{i}.{n}" for i in range(len(model.layers)) for n in LAYER_LINEARS}
+    for pname, p in model.named_parameters():
+        owner = pname.rpartition(".")[0]
+        if scheme != "none" and owner in quantized_prefixes:
+            continue
+        out.tensors[pname] = p.detach().to(dtype).contiguous()
+    if scheme == "int4-wo":
+        out.details = {"awq_alpha": alphas,
+                       "awq_error_vs_rtn_mean": float(sum(gains) / max(len(gains), 1))}
+    elif scheme == "int8-sq":
+        out.details = {"smoothed": "qkv_proj, gate_up_proj, down_proj (folded); o_proj unsmoothed"}
+    return out
+
+
+def _quantize_linear(linear: Linear, config: QuantConfig, clip) -> dict[str, torch.Tensor]:
+    w = linear.weight.detach()
+    if config.scheme == "fp8":
+        return Fp8LinearMethod.quantize(w)
+    if config.scheme == "int8-wo":
+        return Int8WeightOnlyLinearMethod.quantize(w)
+    if config.scheme == "int8-sq":
+        return Int8SmoothQuantLinearMethod.quantize(w)
+    return Int4WeightOnlyLinearMethod(config.group_size).quantize(w, clip)

@@ -1,0 +1,168 @@
+"""`kiln build` on a tiny checkpoint: engine directory round trip, schema, failure paths, CLI."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kiln.build.builder import BuildOptions, build_engine
+from kiln.build.engine_dir import (ENGINE_JSON, WEIGHTS_FILE, is_engine_dir, load_engine_model,
+                                   read_engine_info)
+from kiln.errors import KilnError
+from kiln.models.llama import LlamaFamilyModel
+from kiln.models.loader import load_model, load_tokenizer
+from kiln.quant.calibration import collect_stats, forward_windows, load_windows
+from kiln.quant.config import QuantConfig, linear_method_factory
+from kiln.quant.model_quant import quantize_model
+
+from build_helpers import greedy, write_calib_file, write_tiny_checkpoint
+
+SAMPLES, SEQ = 4, 64
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    src = write_tiny_checkpoint(root / "model")
+    return src, write_calib_file(root / "calib.txt")
+
+
+def _options(src, calib, out, scheme, **kw):
+    base = dict(quant=QuantConfig(scheme), calib_data=str(calib), calib_samples=SAMPLES,
+                calib_seq_len=SEQ, eval_data=str(calib), eval_tokens=256, eval_seq_len=SEQ,
+                target_gpu="h200" if scheme == "fp8" else "cpu", device="cpu", progress=False)
+    return BuildOptions(str(src), str(out), **{**base, **kw})
+
+
+def _in_memory(src, calib, scheme):
+    """The same pipeline as the builder, kept in memory: (model, tensors)."""
+    model = load_model(src, dtype="float32")
+    config = QuantConfig(scheme)
+    stats = None
+    if config.needs_calibration:
+        windows = load_windows(load_tokenizer(src), str(calib), SAMPLES, SEQ)
+        stats = collect_stats(model, windows, config.max_calib_rows)
+    q = quantize_model(model, config, stats, torch.float32)
+    record = {"scheme": scheme, "group_size": 128, "runtime_input_scale": q.runtime_input_scale}
+    quant_model = LlamaFamilyModel(model.args, torch.float32, "cpu", linear_method_factory(record))
+    params = dict(quant_model.named_parameters())
+    assert set(params) == set(q.tensors)
+    with torch.no_grad():
+        for name, t in q.tensors.items():
+            params[name].copy_(t)
+    return quant_model.eval(), q.tensors
+
+
+@pytest.mark.parametrize("scheme", ["none", "int8-wo", "int4-wo", "int8-sq", "fp8"])
+def test_engine_round_trip_is_exact(tiny, tmp_path, scheme):
+    src, calib = tiny
+    out = tmp_path / "engine"
+    info = build_engine(_options(src, calib, out, scheme))
+    assert is_engine_dir(out) and not is_engine_dir(src)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    engine, loaded = load_engine_model(out, "cpu", check_target=(scheme != "fp8"))
+    assert loaded["quantization"]["scheme"] == scheme == info["quantization"]["scheme"]
+    memory, tensors = _in_memory(src, calib, scheme)
+    stored = load_file(str(out / WEIGHTS_FILE))
+    assert set(stored) == set(tensors)
+    for name, t in tensors.items():
+        assert stored[name].dtype == t.dtype and torch.equal(stored[name].float(), t.float()), name
+    windows = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    a = next(forward_windows(engine, windows))
+    b = next(forward_windows(memory, windows))
+    assert torch.equal(a, b)
+    if scheme != "none":
+        base = load_model(src, dtype="float32")
+        ref = next(forward_windows(base, windows))
+        assert not torch.equal(a, ref)  # really quantized
+        assert (a.argmax(-1) == ref.argmax(-1)).float().mean() > 0.5
+    acc = info["accuracy"]
+    assert acc["measured"] and acc["num_tokens"] == 4 * (SEQ) and 0.0 <= acc["top1_agreement"] <= 1.0
+    if scheme == "none":
+        assert acc["top1_agreement"] == 1.0 and acc["mean_kl"] < 1e-9
+
+
+def test_engine_json_schema(tiny, tmp_path):
+    src, calib = tiny
+    out = tmp_path / "e"
+    build_engine(_options(src, calib, out, "int4-wo", max_batch_size=8, max_seq_len=300,
+                          kv_cache_dtype="fp8"))
+    info = read_engine_info(out)
+    raw = json.loads((out / ENGINE_JSON).read_text())
+    assert "path" not in raw and info["path"] == str(out.resolve())
+    assert raw["format"] == "kiln-engine" and raw["format_version"] == 1
+    assert raw["kiln_version"] and raw["dtype"] == "float32"
+    assert raw["source"]["path"] == str(src.resolve()) and len(raw["source"]["sha256"]) == 64
+    assert list(raw["source"]["files"]) == ["model.safetensors"]
+    assert raw["source"]["architecture"] == "LlamaForCausalLM"
+    q = raw["quantization"]
+    assert q["scheme"] == "int4-wo" and q["group_size"] == 128
+    assert q["calibration"] == {"source": f"file:{calib}", "num_samples": SAMPLES, "seq_len": SEQ,
+                                "num_tokens": SAMPLES * SEQ}
+    assert q["runtime_input_scale"] == ["layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"]
+    assert raw["kv_cache"]["dtype"] == "fp8"
+    assert set(raw["kv_cache"]["scales"]) == {"layers.0.self_attn", "layers.1.self_attn"}
+    assert raw["target"] == {"name": "cpu", "display_name": "CPU", "compute_capability": None,
+                             "sm": "cpu"}
+    assert raw["limits"] == {"max_batch_size": 8, "max_seq_len": 300}
+    assert raw["kernel_tuning"]["status"] == "not-tuned"
+    assert raw["build"]["time_s"] > 0 and raw["accuracy"]["measured"]
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file()
+    assert load_tokenizer(out).encode("def f():") == load_tokenizer(src).encode("def f():")
+
+
+def test_accuracy_limit_failure_leaves_nothing(tiny, tmp_path):
+    src, calib = tiny
+    out = tmp_path / "sub" / "engine"
+    with pytest.raises(KilnError) as e:
+        build_engine(_options(src, calib, out, "int4-wo", max_accuracy_drop="top1=0,kl=0"))
+    msg = str(e.value)
+    assert "\n" not in msg and "fails --max-accuracy-drop top1=0,kl=0" in msg
+    assert "mean KL" in msg and "nothing was written" in msg
+    assert not out.exists() and list((tmp_path / "sub").iterdir()) == []
+
+
+def test_accuracy_limit_met_builds(tiny, tmp_path):
+    src, calib = tiny
+    info = build_engine(_options(src, calib, tmp_path / "e", "int8-wo", max_accuracy_drop="0.5"))
+    assert info["accuracy"]["top1_agreement"] >= 0.5
+
+
+def test_bad_inputs(tiny, tmp_path):
+    src, calib = tiny
+    out = tmp_path / "e"
+    with pytest.raises(KilnError, match="FP8 tensor cores.*--target-gpu h200"):
+        build_engine(_options(src, calib, out, "fp8", target_gpu="cpu"))
+    with pytest.raises(KilnError, match="unknown target GPU 'z80'"):
+        build_engine(_options(src, calib, out, "int8-wo", target_gpu="z80"))
+    with pytest.raises(KilnError, match="unknown metric 'acc'"):
+        build_engine(_options(src, calib, out, "int8-wo", max_accuracy_drop="acc=1"))
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(KilnError, match="--overwrite"):
+        build_engine(_options(src, calib, out, "int8-wo"))
+    assert (out / "keep.txt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_build(tiny, tmp_path, capsys):
+    from kiln.build.cli import add_build_parser
+
+    src, calib = tiny
+    parser = argparse.ArgumentParser(prog="kiln")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli-engine"
+    args = parser.parse_args(["build", str(src), "--output", str(out), "--quant", "int8-wo",
+                              "--calib-data", str(calib), "--eval-data", str(calib),
+                              "--eval-tokens", "128", "--target-gpu", "cpu", "--device", "cpu",
+                              "--max-accuracy-drop", "top1=0.5,ppl=1", "--no-progress"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert f"built int8-wo engine for cpu" in printed and str(out) in printed
+    assert "top-1 agreement" in printed
+    model, info = load_engine_model(out, "cpu")
+    tokens = greedy(model, [0, 5, 6, 7], 6)
+    assert len(tokens) == 6 and all(0 <= t < 4096 for t in tokens)

@@ -1,0 +1,154 @@
+"""Calibration statistics, SmoothQuant folding, AWQ search and whole-model quantization."""
+
+import json
+
+import pytest
+import torch
+
+from kiln.errors import KilnError
+from kiln.quant.awq import awq_search, output_error
+from kiln.quant.calibration import collect_stats, file_texts, make_windows
+from kiln.quant.config import QuantConfig
+from kiln.quant.model_quant import quantize_model, smooth_model
+from kiln.quant.smoothquant import smoothing_scales
+
+from quant_helpers import logits_of, random_model, random_windows
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    model = random_model()
+    windows = random_windows(model.args, num=4, seq_len=32)
+    return model, windows, collect_stats(model, windows, max_rows=64, batch_size=2)
+
+
+def test_stats_match_a_direct_hook(calibrated):
+    model, windows, stats = calibrated
+    expected = set()
+    for i in range(2):
+        expected |= {f"layers.{i}.self_attn.qkv_proj", f"layers.{i}.self_attn.o_proj",
+                     f"layers.{i}.mlp.gate_up_proj", f"layers.{i}.mlp.down_proj"}
+    assert set(stats.linears) == expected
+    seen = []
+    h = model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    logits_of(model, windows)
+    h.remove()
+    x = torch.cat(seen)
+    st = stats.linears["layers.1.mlp.down_proj"]
+    assert st.count == windows.num_tokens == x.shape[0]
+    torch.testing.assert_close(st.absmax, x.abs().amax(0))
+    torch.testing.assert_close(st.absmean, x.abs().mean(0))
+    rows = st.sample()
+    assert rows.shape == (64, 256)
+    torch.testing.assert_close(rows, x[::2])  # 128 tokens, at most 64 rows: every second one
+    assert set(stats.kv_absmax) == {"layers.0.self_attn", "layers.1.self_attn"}
+    assert all(k > 0 and v > 0 for k, v in stats.kv_absmax.values())
+
+
+def test_smoothquant_folding_keeps_the_float_model(calibrated):
+    _, windows, stats = calibrated
+    model = random_model()
+    before = logits_of(model, windows)
+    norm_before = model.layers[0].input_layernorm.weight.clone()
+    scales = smooth_model(model, stats, alpha=0.5)
+    assert "layers.0.self_attn.o_proj" not in scales and len(scales) == 6
+    # Smoothing really changed the weights (outlier channels were moved into them).
+    assert not torch.allclose(model.layers[0].input_layernorm.weight, norm_before)
+    torch.testing.assert_close(logits_of(model, windows), before, rtol=1e-4, atol=1e-3)
+
+
+def test_smoothing_flattens_activation_outliers(calibrated):
+    _, _, stats = calibrated
+    model = random_model()
+    st = stats.linears["layers.0.self_attn.qkv_proj"]
+    w = model.layers[0].self_attn.qkv_proj.weight
+    s = smoothing_scales(st.absmax, w, 0.5)
+    ratio_before = float(st.absmax.max() / st.absmax.median())
+    ratio_after = float((st.absmax / s).max() / (st.absmax / s).median())
+    assert ratio_after < ratio_before / 3
+    manual = st.absmax.sqrt() / w.abs().amax(0).sqrt()
+    torch.testing.assert_close(s, manual)
+
+
+def test_awq_beats_rtn_on_outlier_channels():
+    g = torch.Generator().manual_seed(0)
+    k = 256
+    x = torch.randn(256, k, generator=g)
+    x[:, torch.arange(0, k, 29)] *= 40.0  # a few channels with huge activations
+    w = torch.randn(64, k, generator=g) * 0.05
+    result = awq_search(w, x, x.abs().mean(0), group_size=128, grid_points=20)
+    assert result.alpha > 0
+    assert result.error < 0.7 * result.rtn_error
+    assert result.rtn_error == pytest.approx(output_error(w, x, None, 128))
+    assert result.error == pytest.approx(output_error(w, x, result.scales, 128))
+
+
+@pytest.mark.parametrize("scheme", ["int8-sq", "int4-wo", "int8-wo", "fp8"])
+def test_quantize_model_tensors(calibrated, scheme):
+    _, _, stats = calibrated
+    model = random_model()
+    out = quantize_model(model, QuantConfig(scheme), stats)
+    t = out.tensors
+    names = {"int8-wo": ("qweight", "scales"), "int4-wo": ("qweight", "scales"),
+             "fp8": ("weight", "weight_scale"), "int8-sq": ("weight", "weight_scale")}[scheme]
+    for i in range(2):
+        for lin in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+            for n in names:
+                assert f"layers.{i}.{lin}.{n}" in t
+            assert t[f"layers.{i}.{lin}.{names[1]}"].dtype == torch.float32
+            if names[0] != "weight":
+                assert f"layers.{i}.{lin}.weight" not in t  # no float copy left behind
+    assert t["embed_tokens.weight"].dtype == torch.float32 and "lm_head.weight" in t
+    if scheme == "int4-wo":
+        assert out.runtime_input_scale == ["layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"]
+        assert t["layers.0.self_attn.o_proj.input_scale"].shape == (128,)
+        assert t["layers.0.mlp.gate_up_proj.qweight"].shape == (512, 64)
+        assert set(out.details["awq_alpha"]) == set(stats.linears)
+    else:
+        assert out.runtime_input_scale == []
+
+
+def test_quantize_needs_stats():
+    with pytest.raises(KilnError, match="calibration"):
+        quantize_model(random_model(), QuantConfig("int4-wo"), None)
+
+
+def test_make_windows_and_files(tmp_path):
+    class Tok:
+        bos_token_id, eos_token_id = 1, 2
+
+        def encode(self, text, add_special_tokens=False):
+            return [3 + (ord(c) % 50) for c in text]
+
+    w = make_windows(Tok(), ["abcd" * 10, "xyz" * 20], num_samples=5, seq_len=16, source="t")
+    assert w.windows.shape == (5, 16) and w.windows[0, 0] == 1
+    assert w.describe() == {"source": "t", "num_samples": 5, "seq_len": 16, "num_tokens": 80}
+    assert make_windows(Tok(), ["ab" * 20], num_samples=9, seq_len=16, source="t").num_samples == 2
+    with pytest.raises(KilnError, match="fewer than one window"):
+        make_windows(Tok(), ["ab"], 4, 16, "t")
+    jl = tmp_path / "c.jsonl"
+    jl.write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
+    assert list(file_texts(jl)) == ["one", "two"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"content": "x"}) + "\n")
+    with pytest.raises(KilnError, match="bad.jsonl:1"):
+        list(file_texts(bad))
+    txt = tmp_path / "c.txt"
+    txt.write_text("plain text")
+    assert list(file_texts(txt)) == ["plain text"]
+    with pytest.raises(KilnError, match="does not exist"):
+        list(file_texts(tmp_path / "missing.txt"))
+
+
+def test_demo_corpus_calibration_and_eval_splits_differ():
+    from kiln.demo import DEMO_MODEL
+    from kiln.models.loader import load_tokenizer
+    from kiln.quant.calibration import load_windows
+
+    tok = load_tokenizer(DEMO_MODEL)
+    train = load_windows(tok, None, 4, 64, split="train")
+    test = load_windows(tok, None, 4, 64, split="test")
+    assert train.source == "demo-corpus:train" and test.source == "demo-corpus:test"
+    assert train.windows.shape == test.windows.shape == (4, 64)
+    assert not torch.equal(train.windows, test.windows)
+    assert torch.equal(train.windows, load_windows(tok, None, 4, 64, split="train").windows)
