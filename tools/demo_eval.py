@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from demo_corpus import SourceFile
+from kiln.demo.corpus import SourceFile
 
 # A top-level function header on one line, e.g. "def quote(string, safe='/'):".
 _HEADER = re.compile(r"^def [A-Za-z_][A-Za-z0-9_]*\(.*\)( -> .+)?:\s*$")

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kiln itself, when not installed
 
 import demo_card  # noqa: E402
-import demo_corpus  # noqa: E402
+from kiln.demo import corpus as demo_corpus  # noqa: E402
 import demo_eval  # noqa: E402
 import demo_tokenizer  # noqa: E402
 from demo_train import ModelShape, TokenIds, build_llama_config, mean_loss, train_model  # noqa: E402

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 
 from kiln.bench import common
 from kiln.sampling_params import RequestOutputKind, SamplingParams

@@ -9,11 +9,9 @@ with forward hooks while kiln's own model runs flat batches over a paged KV cach
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -26,7 +24,6 @@ from kiln.layers.forward_context import build_attention_metadata
 from kiln.layers.linear import Linear
 
 DEMO_CORPUS = "demo-corpus"
-_CORPUS_MODULE = Path(__file__).resolve().parents[2] / "tools" / "demo_corpus.py"
 # Characters of each file tokenized when only its first window is needed (plenty for 2k tokens).
 _CHARS_PER_TOKEN_BOUND = 16
 
@@ -60,23 +57,10 @@ class TokenWindows:
 
 
 def _load_demo_corpus():
-    """tools/demo_corpus.py of this source tree (it is not part of the installed package)."""
-    if not _CORPUS_MODULE.is_file():
-        raise KilnError("the demo corpus helper (tools/demo_corpus.py) is not available in this "
-                        "install; pass --calib-data FILE (JSONL with a \"text\" field, or text)")
-    name = "kiln_tools_demo_corpus"
-    if name in sys.modules:  # imported once per process, like any module
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _CORPUS_MODULE)
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running it: dataclasses look their module up in sys.modules.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    """The demo corpus module (the running interpreter's stdlib, split by file)."""
+    from kiln.demo import corpus
+
+    return corpus
 
 
 def demo_corpus_texts(split: str, max_chars: int | None = None) -> Iterator[str]:

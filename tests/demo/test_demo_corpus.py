@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
-import demo_corpus  # noqa: E402
+from kiln.demo import corpus as demo_corpus  # noqa: E402
 import demo_tokenizer  # noqa: E402
 
 

@@ -117,10 +117,7 @@ def test_fibonacci_greedy_continuation_is_nonempty_and_matches_card(models, toke
 def _held_out_losses(models, tokenizer) -> dict:
     """Mean next-token loss of each model on the first 256 tokens of 8 held-out stdlib files
     (held out by the same path hash as in training)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-    import demo_corpus
+    from kiln.demo import corpus as demo_corpus
 
     held_out = [f for f in demo_corpus.collect_stdlib_files() if f.split == "test"][:8]
     assert len(held_out) == 8
