@@ -110,8 +110,9 @@ def test_cancelling_many_streams_frees_everything(make_engine):
                                   "stream": True}, ev)) for i, ev in enumerate(events)]
                 # Some are running and streaming, the rest are waiting in the engine.
                 await asyncio.wait_for(events[0].wait(), 30)
+                # Generous: on a loaded 2-core machine the twelve requests arrive slowly.
                 assert await _wait_for(lambda: srv.engine.stats().get("num_running") == 4
-                                       and srv.engine.stats().get("num_waiting") == n - 4)
+                                       and srv.engine.stats().get("num_waiting") == n - 4, 90)
                 assert srv.engine.stats()["kv_cache_usage"] > 0
                 for t in tasks:
                     t.cancel()
