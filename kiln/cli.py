@@ -20,6 +20,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kv-blocks", type=int, default=None)
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     g.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+                   help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"])
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
@@ -36,7 +38,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 num_kv_blocks=args.num_kv_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
                 enable_prefix_caching=args.enable_prefix_caching,
                 scheduling_policy=args.scheduling_policy, enforce_eager=args.enforce_eager,
-                async_scheduling=args.async_scheduling,
+                async_scheduling=args.async_scheduling, kv_cache_dtype=args.kv_cache_dtype,
                 device=args.device, seed=args.seed)
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, replace
 from kiln.errors import KilnError
 
 SUPPORTED_DTYPES = ("auto", "float32", "float16", "bfloat16")
+# "auto": the model's dtype; "fp8": float8_e4m3fn with per-layer scales (1.0 unless an engine
+# built with --kv-cache-dtype fp8 carries calibrated ones).
+SUPPORTED_KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """The paged KV cache: block size, how many blocks, prefix caching."""
+    """The paged KV cache: block size, how many blocks, prefix caching, storage dtype."""
 
     block_size: int = 16
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gb: float = 1.0
     enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -46,6 +50,9 @@ class CacheConfig:
             raise KilnError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise KilnError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_dtype not in SUPPORTED_KV_CACHE_DTYPES:
+            raise KilnError(f"kv_cache_dtype must be one of {', '.join(SUPPORTED_KV_CACHE_DTYPES)}, "
+                            f"got {self.kv_cache_dtype!r}")
 
 
 @dataclass(frozen=True)

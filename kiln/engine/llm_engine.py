@@ -108,6 +108,7 @@ class LLMEngine:
             self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
         args = self.model.args
         self.dtype = self.model.embed_tokens.weight.dtype
+        config = self._set_kv_cache_dtype(config)
         self.tokenizer = load_tokenizer(config.model.tokenizer or model_dir)
         self.generation_config = load_generation_config(model_dir)
         self.model_name = Path(model_dir).name
@@ -123,7 +124,7 @@ class LLMEngine:
         logger.info("KV cache: %d blocks of %d tokens (%d tokens)", num_blocks,
                     config.cache.block_size, num_blocks * config.cache.block_size)
         self.runner = ModelRunner(self.model, num_blocks, config.cache.block_size, self.device,
-                                  self.dtype)
+                                  self.dtype, kv_cache_dtype=self.kv_dtype)
         from kiln.kernels import use_triton
         # Capture needs the Triton kernels: the torch references read sizes on the host.
         if (self.device.type == "cuda" and not config.enforce_eager
@@ -150,6 +151,7 @@ class LLMEngine:
                   max_model_len: int | None = None, seed: int = 0, block_size: int = 16,
                   num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
                   cpu_kv_cache_gb: float = 1.0, enable_prefix_caching: bool = True,
+                  kv_cache_dtype: str = "auto",
                   max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
                   scheduling_policy: str = "fcfs", max_waiting_requests: int | None = None,
                   device: str = "auto", enforce_eager: bool = False,
@@ -164,13 +166,32 @@ class LLMEngine:
             cache=CacheConfig(block_size=block_size, num_kv_blocks=num_kv_blocks,
                               gpu_memory_utilization=gpu_memory_utilization,
                               cpu_kv_cache_gb=cpu_kv_cache_gb,
-                              enable_prefix_caching=enable_prefix_caching),
+                              enable_prefix_caching=enable_prefix_caching,
+                              kv_cache_dtype=kv_cache_dtype),
             scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
                                       max_num_batched_tokens=max_num_batched_tokens,
                                       scheduling_policy=scheduling_policy,
                                       max_waiting_requests=max_waiting_requests),
             device=device, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
         return cls(cfg)
+
+    def _set_kv_cache_dtype(self, config: EngineConfig) -> EngineConfig:
+        """The KV cache's storage dtype; an fp8 cache takes the engine's calibrated scales."""
+        from dataclasses import replace
+
+        from kiln.runner import memory
+
+        kv_info = (self.engine_info or {}).get("kv_cache") or {}
+        if kv_info.get("dtype") == "fp8" and config.cache.kv_cache_dtype == "auto":
+            config = replace(config, cache=replace(config.cache, kv_cache_dtype="fp8"))
+        self.kv_dtype = memory.kv_cache_torch_dtype(config.cache.kv_cache_dtype, self.dtype)
+        if config.cache.kv_cache_dtype == "fp8":
+            if kv_info.get("scales"):
+                self.model.set_kv_cache_scales(kv_info["scales"])
+            else:
+                logger.warning("fp8 KV cache without calibrated scales (build an engine with "
+                               "--kv-cache-dtype fp8 to get them): using scale 1.0")
+        return config
 
     def _num_kv_blocks(self, config: EngineConfig) -> int:
         from kiln.runner import memory
@@ -179,7 +200,7 @@ class LLMEngine:
             return config.cache.num_kv_blocks
         args = self.model.args
         block_bytes = memory.kv_block_bytes(args.num_hidden_layers, args.num_key_value_heads,
-                                            args.head_dim, config.cache.block_size, self.dtype)
+                                            args.head_dim, config.cache.block_size, self.kv_dtype)
         if self.device.type != "cuda":
             return memory.num_kv_blocks_cpu(block_bytes, config.cache, config.scheduler)
         peak = self._profile_activation_bytes(config)
@@ -196,7 +217,7 @@ class LLMEngine:
         bs = config.cache.block_size
         num_blocks = -(-n // bs)
         caches = [torch.zeros(2, num_blocks, bs, args.num_key_value_heads, args.head_dim,
-                              dtype=self.dtype, device=self.device)
+                              dtype=self.kv_dtype, device=self.device)
                   for _ in range(args.num_hidden_layers)]
         meta = build_attention_metadata([(0, n, list(range(num_blocks)))], bs, self.device)
         torch.cuda.synchronize(self.device)

@@ -2,6 +2,11 @@
 
 One call handles a flat batch mixing prefill chunks (several new tokens that attend to cached context
 and to each other causally) and decode tokens (one new token each).
+
+FP8 KV cache: a cache of dtype float8_e4m3fn holds ``clamp(k / k_scale, -448, 448)`` rounded to
+e4m3 (likewise v with v_scale), with one (k_scale, v_scale) pair of Python floats per layer; a read
+dequantizes ``fp8.to(float32) * scale``. Scales are ignored for caches of any other dtype. Without
+calibrated scales (a checkpoint run with an fp8 cache) the scales are 1.0, as in vLLM.
 """
 
 from __future__ import annotations
@@ -13,12 +18,36 @@ import triton.language as tl
 from kiln.kernels import use_triton
 from kiln.layers.forward_context import AttentionMetadata
 
+FP8_KV_DTYPE = torch.float8_e4m3fn
+# Largest finite float8_e4m3fn value: quantized K/V saturate here instead of becoming NaN.
+FP8_E4M3_MAX = 448.0
+
+
+def is_fp8_kv_cache(kv_cache: torch.Tensor) -> bool:
+    """Whether ``kv_cache`` stores scaled float8_e4m3fn K/V (the scales then apply)."""
+    return kv_cache.dtype == FP8_KV_DTYPE
+
+
+def quantize_kv_ref(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``clamp(x / scale, -448, 448)`` in float32, rounded to float8_e4m3fn (nearest, ties to even)."""
+    # A 0-dim tensor on x's device, not a Python scalar: CUDA torch turns division by a host
+    # scalar into multiplication by its reciprocal, which rounds differently from x / scale.
+    divisor = torch.full((), scale, dtype=torch.float32, device=x.device)
+    return (x.float() / divisor).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_KV_DTYPE)
+
+
+def dequantize_kv_ref(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x.to(float32) * scale`` for a float8_e4m3fn tensor (exact conversion, one rounding)."""
+    return x.float() * torch.full((), scale, dtype=torch.float32, device=x.device)
+
 
 def write_kv_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                 slot_mapping: torch.Tensor) -> None:
+                 slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """Reference cache write: token t's K/V go to flat slot slot_mapping[t] (-1: skip).
 
-    k, v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D], contiguous.
+    k, v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D], contiguous. An fp8 cache
+    stores ``quantize_kv_ref(k, k_scale)`` / ``quantize_kv_ref(v, v_scale)``; other caches ignore
+    the scales and store k/v cast to their dtype.
     """
     _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
     flat = kv_cache.view(2, num_blocks * block_size, num_kv_heads, head_dim)
@@ -26,18 +55,36 @@ def write_kv_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     keep = slots >= 0
     if not bool(keep.all()):
         slots, k, v = slots[keep], k[keep], v[keep]
+    if is_fp8_kv_cache(kv_cache):
+        # index_copy_ has no float8 kernels: copy the bytes through uint8 views.
+        flat = flat.view(torch.uint8)
+        flat[0].index_copy_(0, slots, quantize_kv_ref(k, k_scale).view(torch.uint8))
+        flat[1].index_copy_(0, slots, quantize_kv_ref(v, v_scale).view(torch.uint8))
+        return
     flat[0].index_copy_(0, slots, k.to(kv_cache.dtype))
     flat[1].index_copy_(0, slots, v.to(kv_cache.dtype))
 
 
+def _gather_ref(kv_cache: torch.Tensor, which: int, blocks: torch.Tensor, seq_len: int,
+                scale: float) -> torch.Tensor:
+    """Keys (which=0) or values (1) of one sequence's first seq_len tokens, float32 [S, Hk, D]."""
+    _, _, _, num_kv_heads, head_dim = kv_cache.shape
+    if not is_fp8_kv_cache(kv_cache):
+        return kv_cache[which, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
+    raw = kv_cache.view(torch.uint8)[which, blocks].view(FP8_KV_DTYPE)
+    return dequantize_kv_ref(raw.reshape(-1, num_kv_heads, head_dim)[:seq_len], scale)
+
+
 def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
-                        scale: float, sliding_window: int | None = None) -> torch.Tensor:
+                        scale: float, sliding_window: int | None = None, k_scale: float = 1.0,
+                        v_scale: float = 1.0) -> torch.Tensor:
     """Reference attention over the paged cache, computed in float32.
 
     q: [T, Hq, D] for the new tokens (their K/V must already be in the cache). Query i of a
     sequence with context length S and q_len new tokens sits at position S - q_len + i and sees
     keys at positions j <= that position (and, with a sliding window W, j > position - W).
-    Hq must be a multiple of the cache's Hk (grouped-query attention).
+    Hq must be a multiple of the cache's Hk (grouped-query attention). An fp8 cache is read as
+    ``fp8.to(float32) * k_scale`` (keys) and ``* v_scale`` (values).
     """
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_tokens, num_heads, _ = q.shape
@@ -49,8 +96,8 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
             continue
         num_blocks = -(-seq_len // block_size)
         blocks = meta.block_tables[b, :num_blocks].long()
-        keys = kv_cache[0, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
-        values = kv_cache[1, blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
+        keys = _gather_ref(kv_cache, 0, blocks, seq_len, k_scale)
+        values = _gather_ref(kv_cache, 1, blocks, seq_len, v_scale)
         qb = q[start:start + q_len].float().view(q_len, num_kv_heads, group, head_dim)
         scores = torch.einsum("qhgd,shd->hgqs", qb, keys) * scale
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
@@ -89,10 +136,13 @@ def _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride, cache
 def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo, k_hi, window,
                   qk_scale, cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr):
+                  MASKED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+                  KV_FP8: tl.constexpr):
     """Online-softmax update of (m, l, acc) with keys k_lo .. k_hi - 1 (k_lo a tile multiple).
 
     With MASKED false every key in the range must be visible to every query row (no mask work).
+    With KV_FP8 the cache holds unscaled e4m3 values: they widen exactly to q's dtype, and the
+    caller folds k_scale into qk_scale and multiplies the final acc by v_scale.
     """
     dims = tl.arange(0, HEAD_DIM)
     for start in range(k_lo, k_hi, BLOCK_N):
@@ -109,6 +159,11 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
             v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
+        if KV_FP8:
+            # Every e4m3 value is exact in float16/bfloat16/float32, so the dots see the cached
+            # values unrounded; the scales are applied in float32 outside the dots.
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         if MASKED:
             visible = (toks[None, :] <= q_pos[:, None]) & valid[None, :]
@@ -128,9 +183,10 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
 def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
                     q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                     cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
-                    block_table_stride, qk_scale, window, group,
+                    block_table_stride, qk_scale, v_scale, window, group,
                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr):
+                    BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+                    KV_FP8: tl.constexpr):
     # Program (row tile, kv head, sequence). A tile's rows are (query token, head of the group)
     # pairs, token-major, so K/V are read once for the whole group. Tiles run largest-first.
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -174,15 +230,17 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo,
                               full_lo, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_lo,
                               full_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              False, USE_WINDOW, DOT_PREC)
+                              False, USE_WINDOW, DOT_PREC, KV_FP8)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_hi,
                               k_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8)
+    if KV_FP8:
+        acc = acc * v_scale
     l = tl.where(l > 0.0, l, 1.0)
     out = acc / l[:, None]
     tl.store(out_ptr + tok_idx[:, None] * out_tok_stride + heads[:, None] * out_head_stride
@@ -194,12 +252,13 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                              q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                              cache_kv_stride, cache_block_stride, cache_slot_stride,
-                             cache_head_stride, block_table_stride, qk_scale, window,
+                             cache_head_stride, block_table_stride, qk_scale, v_scale, window,
                              num_q_heads, max_partitions, group,
                              BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
-                             USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr):
+                             USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+                             KV_FP8: tl.constexpr):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over PARTITION keys of the context.
     # Sizes are read on the device, so the grid only depends on num_seqs and max_seq_len;
@@ -231,7 +290,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head,
                               lo // BLOCK_N * BLOCK_N, hi, window, qk_scale, cache_kv_stride,
                               cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
-                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC)
+                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8)
+    if KV_FP8:
+        # acc is linear in the values, so partial results can be scaled before the reduce.
+        acc = acc * v_scale
     if SINGLE:
         out = acc / l[:, None]
         tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + heads[:, None] * out_head_stride
@@ -285,10 +347,10 @@ def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, 
 
 
 def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
-    """Shapes the kernels handle: power-of-two head_dim >= 16, same dtype for q and the cache."""
+    """Shapes the kernels handle: power-of-two head_dim >= 16, a cache of q's dtype or fp8."""
     head_dim = q.shape[-1]
     return (use_triton(q) and q.dim() == 3 and q.shape[0] > 0 and q.stride(-1) == 1
-            and kv_cache.is_contiguous() and kv_cache.dtype == q.dtype
+            and kv_cache.is_contiguous() and (kv_cache.dtype == q.dtype or is_fp8_kv_cache(kv_cache))
             and head_dim >= 16 and triton.next_power_of_2(head_dim) == head_dim
             and q.shape[1] % kv_cache.shape[3] == 0)
 
@@ -313,7 +375,8 @@ def _decode_partition_size(num_seqs: int, num_kv_heads: int, max_seq_len: int, n
 
 
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
-                  qk_scale: float, window: int, tuning: dict | None = None) -> None:
+                  qk_scale: float, window: int, tuning: dict | None = None,
+                  v_scale: float = 1.0) -> None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partition/block_n/warps/stages."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
@@ -340,10 +403,11 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
-        meta.block_tables.stride(0), qk_scale, window, num_q_heads, num_parts, group,
+        meta.block_tables.stride(0), qk_scale, v_scale, window, num_q_heads, num_parts, group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, PARTITION=partition, BLOCK_N=block_n, SINGLE=single,
-        USE_WINDOW=window > 0, DOT_PREC=dot_prec, num_warps=tuning.get("num_warps", 4),
+        USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
+        num_warps=tuning.get("num_warps", 4),
         num_stages=tuning.get("num_stages", 2))
     if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
@@ -354,7 +418,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
 
 
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
-                   qk_scale: float, window: int, tuning: dict | None = None) -> None:
+                   qk_scale: float, window: int, tuning: dict | None = None,
+                   v_scale: float = 1.0) -> None:
     """Tiled causal launch; `tuning` (benchmarks only) overrides block_m/block_n/warps/stages."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
@@ -377,27 +442,36 @@ def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
-        meta.block_tables.stride(0), qk_scale, window, group,
+        meta.block_tables.stride(0), qk_scale, v_scale, window, group,
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
-        USE_WINDOW=window > 0, DOT_PREC=dot_prec, num_warps=num_warps, num_stages=num_stages)
+        USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
+        num_warps=num_warps, num_stages=num_stages)
 
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                    sliding_window: int | None = None) -> torch.Tensor:
+                    sliding_window: int | None = None, k_scale: float = 1.0,
+                    v_scale: float = 1.0) -> torch.Tensor:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D].
 
     The new tokens' K/V must already be written (see kernels.rotary.rotary_and_write_kv).
     Decode-only batches (max_query_len == 1) take a split-context (flash-decoding) kernel whose
     grid depends only on num_seqs and max_seq_len; other batches take a tiled causal kernel.
     Launch sizes come from the host-side fields of meta: no device-to-host sync.
+    ``k_scale``/``v_scale`` dequantize an fp8 cache (plain floats, fixed per layer, so they are
+    baked into captured graphs); caches of other dtypes ignore them.
     """
     if not _triton_ok(q, kv_cache) or meta.num_seqs == 0:
-        return paged_attention_ref(q, kv_cache, meta, scale, sliding_window)
+        return paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     window = int(sliding_window) if sliding_window else 0
     qk_scale = float(scale) * _LOG2E
+    fp8_v_scale = 1.0
+    if is_fp8_kv_cache(kv_cache):
+        # q . (k8 * k_scale) == (q . k8) * k_scale: the key scale rides on the softmax scale.
+        qk_scale *= float(k_scale)
+        fp8_v_scale = float(v_scale)
     if meta.max_query_len == 1:
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
     else:
-        _paged_prefill(q, kv_cache, meta, out, qk_scale, window)
+        _paged_prefill(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
     return out

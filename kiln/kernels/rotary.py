@@ -1,4 +1,8 @@
-"""Rotary position embedding (rotate-half / NeoX layout) applied to q and k."""
+"""Rotary position embedding (rotate-half / NeoX layout) applied to q and k.
+
+Fused with the paged KV-cache write, which quantizes K/V for an fp8 cache (see
+kiln.kernels.attention for the fp8 cache format).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import use_triton
-from kiln.kernels.attention import write_kv_ref
+from kiln.kernels.attention import FP8_E4M3_MAX, is_fp8_kv_cache, write_kv_ref
+
+_FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
 
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -32,9 +38,24 @@ def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 
 @triton.jit
+def _quantize_fp8(x, scale):
+    """clamp(x / scale, -448, 448) in float32, ready for the store's rounding to e4m3."""
+    # div_rn: correctly rounded like the reference's torch division (plain / may approximate).
+    q = tl.math.div_rn(x.to(tl.float32), scale)
+    # NaN stays NaN (as torch.clamp keeps it) instead of saturating to a finite value.
+    q = tl.maximum(q, -_FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
+    return tl.minimum(q, _FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
-                  cos, sin, valid, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Rotate num_heads heads of one token from src into dst, BLOCK_H heads at a time (if valid)."""
+                  cos, sin, valid, scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                  QUANT: tl.constexpr):
+    """Rotate num_heads heads of one token from src into dst, BLOCK_H heads at a time (if valid).
+
+    With QUANT the rotated values (rounded to the input dtype first, as in the reference) are
+    stored as fp8 of value / scale.
+    """
     half = tl.arange(0, HALF)
     for h0 in range(0, num_heads, BLOCK_H):
         heads = h0 + tl.arange(0, BLOCK_H)
@@ -51,8 +72,13 @@ def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
         c2 = (a2 * cos).to(ty).to(tl.float32)
         s1 = (a1 * sin).to(ty).to(tl.float32)
         dst = dst_ptr + heads[:, None] * dst_head_stride + half[None, :]
-        tl.store(dst, (c1 - s2).to(ty).to(dst_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + HALF, (c2 + s1).to(ty).to(dst_ptr.dtype.element_ty), mask=mask)
+        lo = (c1 - s2).to(ty)
+        hi = (c2 + s1).to(ty)
+        if QUANT:
+            lo = _quantize_fp8(lo, scale)
+            hi = _quantize_fp8(hi, scale)
+        tl.store(dst, lo.to(dst_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF, hi.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -60,8 +86,9 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
                             q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
                             v_tok_stride, v_head_stride, q_out_tok_stride, q_out_head_stride,
                             cos_sin_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
-                            num_q_heads, num_kv_heads,
-                            HALF: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_CACHE: tl.constexpr):
+                            num_q_heads, num_kv_heads, k_scale, v_scale,
+                            HALF: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_CACHE: tl.constexpr,
+                            KV_FP8: tl.constexpr):
     # Program (t, 0) rotates token t's query heads; (t, 1) rotates its key heads and writes keys
     # and values to the cache, so q and k/v of one token proceed in parallel.
     tok = tl.program_id(0).to(tl.int64)
@@ -76,22 +103,25 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
         # Every query token is rotated; `pos >= 0` is just an always-true predicate of the right kind.
         _rotate_heads(q_ptr + tok * q_tok_stride, q_head_stride,
                       q_out_ptr + tok * q_out_tok_stride, q_out_head_stride, num_q_heads,
-                      cos, sin, pos >= 0, HALF, BLOCK_H)
+                      cos, sin, pos >= 0, 1.0, HALF, BLOCK_H, False)
     elif not WRITE_CACHE:
         # Plain RoPE: cache_ptr is the rotated-k output, one "slot" per token.
         _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride, cache_ptr + tok * cache_slot_stride,
-                      cache_head_stride, num_kv_heads, cos, sin, pos >= 0, HALF, BLOCK_H)
+                      cache_head_stride, num_kv_heads, cos, sin, pos >= 0, 1.0, HALF, BLOCK_H,
+                      False)
     else:
         slot = tl.load(slot_ptr + tok).to(tl.int64)
         key_dst = cache_ptr + slot * cache_slot_stride
         _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride, key_dst, cache_head_stride,
-                      num_kv_heads, cos, sin, slot >= 0, HALF, BLOCK_H)
+                      num_kv_heads, cos, sin, slot >= 0, k_scale, HALF, BLOCK_H, KV_FP8)
         dim = tl.arange(0, 2 * HALF)
         for h0 in range(0, num_kv_heads, BLOCK_H):
             heads = h0 + tl.arange(0, BLOCK_H)
             mask = (heads < num_kv_heads)[:, None] & (slot >= 0)
             val = tl.load(v_ptr + tok * v_tok_stride + heads[:, None] * v_head_stride + dim[None, :],
                           mask=mask, other=0.0)
+            if KV_FP8:
+                val = _quantize_fp8(val, v_scale)
             tl.store(key_dst + cache_kv_stride + heads[:, None] * cache_head_stride + dim[None, :],
                      val.to(cache_ptr.dtype.element_ty), mask=mask)
 
@@ -107,7 +137,8 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) ->
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
             cos_sin_cache: torch.Tensor, q_out: torch.Tensor, dst: torch.Tensor,
-            dst_strides: tuple[int, int, int], slot_mapping: torch.Tensor, write_cache: bool) -> None:
+            dst_strides: tuple[int, int, int], slot_mapping: torch.Tensor, write_cache: bool,
+            k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     half = head_dim // 2
@@ -117,8 +148,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         q, k, v, positions, cos_sin_cache, q_out, dst, slot_mapping,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
-        num_q_heads, num_kv_heads, HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
-        num_warps=4)
+        num_q_heads, num_kv_heads, float(k_scale), float(v_scale), HALF=half, BLOCK_H=block_h,
+        WRITE_CACHE=write_cache, KV_FP8=write_cache and is_fp8_kv_cache(dst), num_warps=4)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -135,26 +166,34 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                             cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
-                            slot_mapping: torch.Tensor) -> torch.Tensor:
-    """Reference: rotate q and k, write rotated k and v into the paged cache; returns rotated q."""
+                            slot_mapping: torch.Tensor, k_scale: float = 1.0,
+                            v_scale: float = 1.0) -> torch.Tensor:
+    """Reference: rotate q and k, write rotated k and v into the paged cache; returns rotated q.
+
+    The scales quantize k/v for an fp8 cache (see kernels.attention.write_kv_ref).
+    """
     q, k = apply_rotary_ref(q, k, positions, cos_sin_cache)
-    write_kv_ref(k, v, kv_cache, slot_mapping)
+    write_kv_ref(k, v, kv_cache, slot_mapping, k_scale, v_scale)
     return q
 
 
 def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                         cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
-                        slot_mapping: torch.Tensor) -> torch.Tensor:
+                        slot_mapping: torch.Tensor, k_scale: float = 1.0,
+                        v_scale: float = 1.0) -> torch.Tensor:
     """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D].
 
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
-    slot_mapping: [T] (-1 = do not write).
+    slot_mapping: [T] (-1 = do not write). A float8_e4m3fn cache stores
+    clamp(k / k_scale, -448, 448) and clamp(v / v_scale, -448, 448) rounded to e4m3; other caches
+    ignore the scales.
     """
     if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1):
-        return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping)
+        return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping,
+                                       k_scale, v_scale)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     # Slots index the flattened (block, offset) dims of the contiguous cache.
     strides = (kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3))
     _launch(q, k, v, positions, cos_sin_cache, q_out, kv_cache, strides, slot_mapping,
-            write_cache=True)
+            write_cache=True, k_scale=k_scale, v_scale=v_scale)
     return q_out

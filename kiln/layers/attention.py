@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from kiln.errors import KilnError
 from kiln.kernels.attention import paged_attention
+from kiln.kernels.rotary import rotary_and_write_kv
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -17,6 +21,9 @@ class PagedSelfAttention(nn.Module):
 
     ``qk_norm`` adds a per-head RMSNorm on q and k before RoPE (Qwen3). ``sliding_window`` limits
     each query to the last that-many positions, itself included (Mistral).
+
+    ``k_scale``/``v_scale`` (floats, 1.0 until ``set_kv_cache_scales``) scale this layer's K/V in
+    an fp8 (float8_e4m3fn) KV cache; a cache of any other dtype ignores them.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -38,6 +45,17 @@ class PagedSelfAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, rms_norm_eps, dtype, device) if qk_norm else None
         # Shared by all layers; a list keeps it out of this module's children (one cache, not N).
         self._rotary = [rotary]
+        # Plain floats, fixed before CUDA graphs are captured (they are baked into the launches).
+        self.k_scale = 1.0
+        self.v_scale = 1.0
+
+    def set_kv_cache_scales(self, k_scale: float, v_scale: float) -> None:
+        """Set the fp8 KV-cache scales of this layer (cached value = K / k_scale, V / v_scale)."""
+        for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise KilnError(f"KV cache {name} must be a positive finite number, got {value!r}")
+        self.k_scale = float(k_scale)
+        self.v_scale = float(v_scale)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -51,6 +69,9 @@ class PagedSelfAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping)
-        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
+        # The kernel RotaryEmbedding.forward calls, called here so the fp8 scales reach it.
+        q = rotary_and_write_kv(q, k, v, positions, self._rotary[0].cos_sin_cache, kv_cache,
+                                meta.slot_mapping, self.k_scale, self.v_scale)
+        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
+                              self.v_scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))

@@ -8,11 +8,12 @@ mirror the HF checkpoint's (without the ``model.`` prefix), except that q/k/v li
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from kiln.errors import KilnError
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
@@ -125,6 +126,25 @@ class LlamaFamilyModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits."""
         return self.lm_head(hidden)
+
+    def set_kv_cache_scales(self, scales: Sequence[tuple[float, float]]
+                            | Mapping[str, Mapping[str, float]]) -> None:
+        """Per-layer fp8 KV-cache scales: one (k_scale, v_scale) per layer, in layer order, or
+        engine.json's ``kv_cache.scales`` ({"layers.<i>.self_attn": {"k_scale", "v_scale"}}).
+
+        Call before CUDA graphs are captured. Used only with a float8_e4m3fn KV cache.
+        """
+        if isinstance(scales, Mapping):
+            names = [f"layers.{i}.self_attn" for i in range(len(self.layers))]
+            if set(scales) != set(names):
+                raise KilnError(f"KV cache scales name layers {sorted(scales)}, but the model has "
+                                f"{names}; rebuild the engine from this model")
+            scales = [(scales[n]["k_scale"], scales[n]["v_scale"]) for n in names]
+        if len(scales) != len(self.layers):
+            raise KilnError(f"got KV cache scales for {len(scales)} layers, the model has "
+                            f"{len(self.layers)}")
+        for layer, (k_scale, v_scale) in zip(self.layers, scales):
+            layer.self_attn.set_kv_cache_scales(k_scale, v_scale)
 
 
 def _set_linear_methods(layer: nn.Module, prefix: str, factory: LinearMethodFactory,

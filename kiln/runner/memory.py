@@ -7,13 +7,23 @@ import logging
 import torch
 
 from kiln.config import CacheConfig, SchedulerConfig
+from kiln.errors import KilnError
 
 logger = logging.getLogger("kiln")
 
 
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """Storage dtype of the KV cache: the model's for "auto", float8_e4m3fn for "fp8"."""
+    if kv_cache_dtype == "auto":
+        return model_dtype
+    if kv_cache_dtype == "fp8":
+        return torch.float8_e4m3fn
+    raise KilnError(f"kv_cache_dtype must be 'auto' or 'fp8', got {kv_cache_dtype!r}")
+
+
 def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
                    dtype: torch.dtype) -> int:
-    """Bytes one KV block takes across all layers (keys and values)."""
+    """Bytes one KV block takes across all layers (keys and values), in the cache's dtype."""
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * num_layers * block_size * num_kv_heads * head_dim * elem
 
@@ -39,7 +49,6 @@ def num_kv_blocks_cuda(block_bytes: int, cache: CacheConfig, device: torch.devic
     weights = torch.cuda.memory_allocated(device)
     budget = int(total * cache.gpu_memory_utilization) - used_by_others - weights - peak_activation_bytes
     if budget < block_bytes:
-        from kiln.errors import KilnError
         raise KilnError(
             f"no GPU memory left for the KV cache (budget {budget / 2**30:.2f} GiB after weights "
             f"{weights / 2**30:.2f} GiB and activations {peak_activation_bytes / 2**30:.2f} GiB); "

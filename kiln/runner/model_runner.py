@@ -18,7 +18,7 @@ class ModelRunner:
     """Owns the model, the KV cache tensors and the sampler for one device."""
 
     def __init__(self, model: torch.nn.Module, num_kv_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, kv_cache_dtype: torch.dtype | None = None):
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -28,7 +28,7 @@ class ModelRunner:
         self.vocab_size = args.vocab_size
         self.kv_caches = [
             torch.zeros(2, num_kv_blocks, block_size, args.num_key_value_heads, args.head_dim,
-                        dtype=dtype, device=device)
+                        dtype=kv_cache_dtype or dtype, device=device)
             for _ in range(args.num_hidden_layers)
         ]
         self.sampler = Sampler()

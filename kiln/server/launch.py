@@ -41,6 +41,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="engine seed")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+                        help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                         help="schedule the next step while the device runs this one (default: "
                              "on for CUDA, off for the CPU)")
@@ -57,6 +59,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 enable_prefix_caching=args.enable_prefix_caching, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
                 enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                kv_cache_dtype=args.kv_cache_dtype,
                 max_waiting_requests=args.max_waiting_requests)
 
 

@@ -93,3 +93,34 @@ def test_cli_refuses_an_engine_built_for_another_gpu(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "built for NVIDIA H200 (sm_90) but this machine has no GPU (cpu)" in err[0]
+
+
+def test_engine_with_fp8_kv_cache_runs_with_its_scales(tmp_path):
+    """An engine built with --kv-cache-dtype fp8 runs on an fp8 cache with its calibrated scales."""
+    import torch
+
+    from kiln import LLM, SamplingParams
+
+    opts = BuildOptions(DEMO_MODEL, str(tmp_path / "kv8"), QuantConfig("int8-wo"),
+                        kv_cache_dtype="fp8", calib_samples=8, calib_seq_len=128, eval_tokens=0,
+                        target_gpu="cpu", device="cpu", progress=False)
+    info = build_engine(opts)
+    scales = info["kv_cache"]["scales"]
+    llm = LLM(info["path"], dtype="float32", device="cpu")
+    engine = llm.engine
+    assert engine.config.cache.kv_cache_dtype == "fp8"
+    assert all(c.dtype == torch.float8_e4m3fn for c in engine.runner.kv_caches)
+    attn = engine.model.layers[0].self_attn
+    assert attn.k_scale == scales["layers.0.self_attn"]["k_scale"] != 1.0
+    prompt = llm.get_tokenizer().encode("def fibonacci(n):\n")
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=5)
+    out = llm.generate({"prompt_token_ids": prompt}, sp)[0].outputs[0]
+    model, _ = load_engine_model(info["path"], "cpu", dtype="float32")
+    float_cache = greedy(model, prompt, 12)
+    # An fp8 cache perturbs attention a little: the runs agree at first, and where they part,
+    # the float-cache run's token is among the fp8 run's top 5.
+    assert out.token_ids[:2] == float_cache[:2]
+    for i, (a, b) in enumerate(zip(out.token_ids, float_cache)):
+        if a != b:
+            assert b in out.logprobs[i], (i, a, b)
+            break
