@@ -57,9 +57,11 @@ class ReferenceOutputs:
 
 
 def _score_windows(model: nn.Module, windows: TokenWindows, batch_size: int,
-                   progress: Callable[[int], None] | None):
+                   progress: Callable[[int], None] | None,
+                   kv_cache_dtype: torch.dtype | None = None):
     done = 0
-    for logits in forward_windows(model, windows.windows, batch_size):
+    for logits in forward_windows(model, windows.windows, batch_size,
+                                  kv_cache_dtype=kv_cache_dtype):
         done = min(done + batch_size, windows.num_samples)
         if progress is not None:
             progress(done)
@@ -81,15 +83,18 @@ def reference_outputs(base: nn.Module, windows: TokenWindows, batch_size: int = 
 
 
 def evaluate(engine_model: nn.Module, reference: ReferenceOutputs, batch_size: int = 4,
-             progress: Callable[[int], None] | None = None) -> AccuracyReport:
-    """Compare the engine model with the stored base outputs on the same windows."""
+             progress: Callable[[int], None] | None = None,
+             kv_cache_dtype: torch.dtype | None = None) -> AccuracyReport:
+    """Compare the engine model (on a KV cache of ``kv_cache_dtype``, default its own dtype)
+    with the stored base outputs on the same windows."""
     windows = reference.windows
     agree = 0
     kl_sum = 0.0
     nll_base = 0.0
     nll_engine = 0.0
     count = 0
-    for i, lp_q in enumerate(_score_windows(engine_model, windows, batch_size, progress)):
+    for i, lp_q in enumerate(_score_windows(engine_model, windows, batch_size, progress,
+                                            kv_cache_dtype)):
         lp_b = reference.log_probs[i].to(lp_q.device, torch.float32)
         first = i * batch_size
         targets = windows.windows[first:first + lp_q.shape[0], 1:].to(lp_q.device)

@@ -218,10 +218,16 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
         info["source"]["architecture"] = engine_model.args.architecture
         accuracy: dict[str, Any] = {"measured": False, "reason": "skipped (--eval-tokens 0)"}
         if reference is not None:
+            # The report scores what will run: an fp8 KV cache with its scales when asked for.
+            kv_dtype = None
+            if kv_record.get("scales"):
+                engine_model.set_kv_cache_scales(kv_record["scales"])
+                kv_dtype = torch.float8_e4m3fn
             update, close = progress.stage("evaluate", reference.windows.num_samples)
-            report = evaluate(engine_model, reference, progress=update)
+            report = evaluate(engine_model, reference, progress=update, kv_cache_dtype=kv_dtype)
             close()
             accuracy = {**report.to_dict(), "device": device.type,
+                        "kv_cache_dtype": options.kv_cache_dtype,
                         "compute_dtype": str(engine_model.embed_tokens.weight.dtype).replace("torch.", "")}
             broken = limit_violations(report, limits)
             if broken:

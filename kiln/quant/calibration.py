@@ -155,12 +155,13 @@ def load_windows(tokenizer, data: str | None, num_samples: int, seq_len: int,
 
 @torch.no_grad()
 def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
-                    block_size: int = 16, logits: bool = True
-                    ) -> Iterator[torch.Tensor | None]:
+                    block_size: int = 16, logits: bool = True,
+                    kv_cache_dtype: torch.dtype | None = None) -> Iterator[torch.Tensor | None]:
     """Run windows [S, L] through ``model`` as independent sequences, ``batch_size`` per forward.
 
     Yields per batch the float32 logits [b, L, V] (or None with ``logits=False``, when only the
-    hooks matter). Each batch gets a fresh paged KV cache sized to it.
+    hooks matter). Each batch gets a fresh paged KV cache sized to it, in ``kv_cache_dtype``
+    (default the model's dtype).
     """
     args = model.args
     device = next(model.parameters()).device
@@ -171,7 +172,7 @@ def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         batch = windows[first:first + batch_size]
         b = batch.shape[0]
         caches = [torch.zeros(2, b * blocks_per_seq, block_size, args.num_key_value_heads,
-                              args.head_dim, dtype=dtype, device=device)
+                              args.head_dim, dtype=kv_cache_dtype or dtype, device=device)
                   for _ in range(args.num_hidden_layers)]
         seqs = [(0, seq_len, list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)))
                 for i in range(b)]

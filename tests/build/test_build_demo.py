@@ -124,3 +124,14 @@ def test_engine_with_fp8_kv_cache_runs_with_its_scales(tmp_path):
         if a != b:
             assert b in out.logprobs[i], (i, a, b)
             break
+
+
+def test_accuracy_report_scores_the_fp8_kv_cache(tmp_path):
+    """With --kv-cache-dtype fp8 the report measures the engine as it will run: on an fp8 cache."""
+    opts = BuildOptions(DEMO_MODEL, str(tmp_path / "none-kv8"), QuantConfig("none"),
+                        kv_cache_dtype="fp8", calib_samples=8, calib_seq_len=128, eval_tokens=1024,
+                        eval_seq_len=256, target_gpu="cpu", device="cpu", progress=False)
+    acc = build_engine(opts)["accuracy"]
+    assert acc["measured"] and acc["kv_cache_dtype"] == "fp8"
+    # Unquantized weights: any disagreement comes from the cache, and there is some, but little.
+    assert 0.9 <= acc["top1_agreement"] < 1.0 and 0.0 < acc["mean_kl"] < 0.05
