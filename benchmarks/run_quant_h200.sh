@@ -17,7 +17,9 @@ DEMO=$(python3 -c "import kiln.demo as d; print(d.DEMO_MODEL)")
 $K build "$DEMO" --output /tmp/demo-fp8 --quant fp8 --overwrite --no-progress 2>&1 | tail -3 | tee "$OUT/demo_fp8_build.log"
 for Q in ${SCHEMES:-fp8 int4-wo}; do
   E=/tmp/e8b-$Q
-  /usr/bin/time -f "build wall %e s" $K build $M --output $E --quant $Q --eval-tokens 1024 --calib-samples 32 --overwrite --no-progress 2>&1 | tail -4 | tee "$OUT/build_8b_$Q.log"
+  T0=$SECONDS
+  $K build $M --output $E --quant $Q --eval-tokens 1024 --calib-samples 32 --overwrite --no-progress 2>&1 | tail -4 | tee "$OUT/build_8b_$Q.log"
+  echo "build wall $((SECONDS - T0)) s" | tee -a "$OUT/build_8b_$Q.log"
   $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_$Q.json" 2>&1 | tail -6 | tee -a "$OUT/latency_8b.log"
 done
 $K bench throughput --model /tmp/e8b-fp8 --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs ${MAX_SEQS:-512} --max-num-batched-tokens 8192 --no-progress --json "$OUT/throughput_8b_fp8.json" 2>&1 | tail -4 | tee "$OUT/throughput_8b_fp8.log"
