@@ -365,10 +365,12 @@ class LLMEngine:
                 seq.finish_reason = req.status.finish_reason
                 seq.stop_reason = req.stop_reason
             touched[group.request_id] = group
-        outputs = [self._make_output(g) for g in touched.values()
-                   if g.finished or g.params.output_kind is not RequestOutputKind.FINAL_ONLY]
+        outputs = []
         for g in touched.values():
-            if g.finished:
+            done = g.finished
+            if done or g.params.output_kind is not RequestOutputKind.FINAL_ONLY:
+                outputs.append(self._make_output(g, done))
+            if done:
                 self._groups.pop(g.request_id, None)
                 for s in g.sequences:
                     self._seq_to_group.pop(s.request.request_id, None)
@@ -381,7 +383,7 @@ class LLMEngine:
                 entry[tid] = Logprob(val, rank, self.tokenizer.decode([tid]))
         return entry
 
-    def _make_output(self, group: _Group) -> RequestOutput:
+    def _make_output(self, group: _Group, finished: bool) -> RequestOutput:
         outs = []
         for i, s in enumerate(group.sequences):
             done = s.finish_reason is not None
@@ -394,7 +396,7 @@ class LLMEngine:
         first = group.sequences[0].request
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=outs,
-                             finished=group.finished,
+                             finished=finished,
                              num_cached_tokens=max(first.num_cached_tokens, 0),
                              metrics={"arrival_time": group.arrival_time,
                                       "first_token_time": first.first_token_time})
