@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # One device call: `kiln serve` on the Llama-3-8B architecture (random bf16 weights), then
 # `kiln bench serve` at 2 requests/s and at saturation, 467 input and 256 output tokens.
-# Needs fastapi/uvicorn/pydantic on the machine (the device README says how to carry wheels).
+# Needs fastapi/uvicorn/pydantic on the machine, carried as py3.12 wheels in the git-ignored .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl fastapi==0.165.0 \
+#     starlette==1.10.0 pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 \
+#     typing-inspection==0.4.5 uvicorn==0.54.0 typing_extensions==4.16.0 opentelemetry-api==1.45.2
+# and in the device call, first: python3 -m pip install -q --no-index --no-deps --no-compile \
+#   --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
