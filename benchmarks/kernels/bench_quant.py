@@ -19,58 +19,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from typing import Callable
 
 import torch
 
+import bench_kernels  # noqa: E402  (this folder: the shared CUDA-event timer)
 from kiln.kernels import quant_matmul as qm
 from kiln.kernels.quant_act import quant_per_token
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = [1, 8, 64, 256, 2048]
 GROUP = 128
-ROTATE_BYTES = 200 * 2**20
 LAYERS = 32
 LM_HEAD = (128256, 4096)
 DEVICE = "cuda"
 
 
-def n_sets(nbytes: int, cap: int = 16) -> int:
-    return max(1, min(cap, math.ceil(ROTATE_BYTES / max(nbytes, 1))))
+def n_sets(nbytes: int) -> int:
+    """Weight sets to rotate through (at most 16: quantized weights are small)."""
+    return bench_kernels.n_sets(nbytes, cap=16)
 
 
 def time_calls(calls: list[Callable[[], object]], reps: int = 25, graph: bool = True) -> float:
-    """Median microseconds per call over `reps` replays of all calls (warm-up first, eager)."""
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for c in calls:
-                c()
-        run = g.replay
-    else:
-        def run() -> None:
-            for c in calls:
-                c()
-    for _ in range(3):
-        run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return statistics.median(times)
+    """Median microseconds per call (bench_kernels' timer, 25 replays by default)."""
+    return bench_kernels.time_calls(calls, reps, graph)
 
 
 def ceilings() -> dict:

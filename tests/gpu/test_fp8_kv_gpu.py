@@ -8,7 +8,6 @@ Skipped without CUDA. Unlike the CPU interpreter, the GPU converts float32 -> e4
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -19,47 +18,11 @@ from kiln.kernels.attention import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_re
                                     paged_attention, paged_attention_ref, quantize_kv_ref)
 from kiln.kernels.rotary import rotary_and_write_kv, rotary_and_write_kv_ref  # noqa: E402
 from kiln.layers.forward_context import build_attention_metadata  # noqa: E402
+from gpu_helpers import randn, rel_err  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 NAN_CODE = 0x7F
-
-
-@pytest.fixture(autouse=True)
-def triton_path(monkeypatch):
-    """Never let a KILN_KERNELS=reference in the environment turn these into self-comparisons."""
-    monkeypatch.delenv("KILN_KERNELS", raising=False)
-
-
-@pytest.fixture
-def poison_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled float tensors, so unwritten outputs show."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(math.nan)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-
-
-@pytest.fixture
-def gen():
-    """A CUDA generator with a fresh random seed (printed for replay)."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    return torch.Generator(device="cuda").manual_seed(seed)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (NaN in out gives NaN, which fails any bound)."""
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
-def randn(*shape, gen, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(dtype)
 
 
 def cos_sin_cache(max_pos: int, head_dim: int) -> torch.Tensor:

@@ -8,8 +8,6 @@ against torch. Llama-3-8B shapes included. Skipped without CUDA; allocations are
 
 from __future__ import annotations
 
-import math
-import os
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 from kiln.kernels import quant_matmul as qm  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref  # noqa: E402
+from gpu_helpers import rel_err  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
 # Norm-wise relative error against the float32 reference: the kernels round x-dtype inputs
@@ -36,33 +35,6 @@ def triton_path(monkeypatch):
     """
     monkeypatch.delenv("KILN_KERNELS", raising=False)
     monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "0")
-
-
-@pytest.fixture
-def poison_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled float tensors, so unwritten outputs show."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(math.nan)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-
-
-@pytest.fixture
-def gen():
-    """A CUDA generator with a fresh random seed (printed for replay)."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    return torch.Generator(device="cuda").manual_seed(seed)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (NaN in out gives NaN, which fails any bound)."""
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
 def randx(m, k, dtype, gen):
