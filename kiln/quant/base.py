@@ -25,6 +25,22 @@ class QuantLinearMethod(LinearMethod):
 
     #: Name of the scheme (as in ``kiln build --quant``), for messages.
     scheme = "quantized"
+    #: Whether the layer keeps a per-input-channel ``input_scale`` applied at run time (a scale
+    #: that AWQ or SmoothQuant could not fold into a preceding op).
+    has_input_scale = False
+
+    def register_input_scale(self, layer: Linear, dtype: torch.dtype,
+                             device: torch.device | str) -> None:
+        """Register ``input_scale`` [in] when the layer keeps one, else None."""
+        if self.has_input_scale:
+            register(layer, "input_scale", (layer.in_features,), dtype, device)
+        else:
+            layer.register_parameter("input_scale", None)
+
+    @staticmethod
+    def scale_input(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        """``x * input_scale`` when the layer has one, else ``x``."""
+        return x if layer.input_scale is None else x * layer.input_scale
 
     def register_bias(self, layer: Linear, dtype: torch.dtype, device: torch.device | str) -> None:
         """Register ``bias`` [out] in the model dtype when the layer has one, else None."""

@@ -120,17 +120,13 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
         n, k = layer.out_features, layer.in_features
         register(layer, "qweight", (n, k // 2), torch.uint8, device)
         register(layer, "scales", (n, k // self.group_size), torch.float32, device)
-        if self.has_input_scale:
-            register(layer, "input_scale", (k,), dtype, device)
-        else:
-            layer.register_parameter("input_scale", None)
+        self.register_input_scale(layer, dtype, device)
         self.register_bias(layer, dtype, device)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel."""
-        if layer.input_scale is not None:
-            x = x * layer.input_scale
-        return _ops.int4_wo_linear(x, layer.qweight, layer.scales, self.group_size, layer.bias)
+        return _ops.int4_wo_linear(self.scale_input(layer, x), layer.qweight, layer.scales,
+                                   self.group_size, layer.bias)
 
     def quantize(self, weight: torch.Tensor, clip: torch.Tensor | float = 1.0
                  ) -> dict[str, torch.Tensor]:

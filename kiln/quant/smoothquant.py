@@ -39,17 +39,13 @@ class Int8SmoothQuantLinearMethod(QuantLinearMethod):
         """Register weight (int8), weight_scale, input_scale (when kept at run time) and bias."""
         register(layer, "weight", (layer.out_features, layer.in_features), torch.int8, device)
         register(layer, "weight_scale", (layer.out_features,), torch.float32, device)
-        if self.has_input_scale:
-            register(layer, "input_scale", (layer.in_features,), dtype, device)
-        else:
-            layer.register_parameter("input_scale", None)
+        self.register_input_scale(layer, dtype, device)
         self.register_bias(layer, dtype, device)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         """Per-token int8 activations (after input_scale) times the int8 weight, rescaled."""
-        if layer.input_scale is not None:
-            x = x * layer.input_scale
-        return _ops.int8_sq_linear(x, layer.weight, layer.weight_scale, layer.bias)
+        return _ops.int8_sq_linear(self.scale_input(layer, x), layer.weight, layer.weight_scale,
+                                   layer.bias)
 
     @staticmethod
     def quantize(weight: torch.Tensor) -> dict[str, torch.Tensor]:
