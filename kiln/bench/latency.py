@@ -22,8 +22,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of all parameters and buffers that a decode step reads (tied tensors once)."""
-    seen, total = set(), 0
+    """Bytes of the parameters and buffers that a decode step reads (tied tensors once).
+
+    An input-embedding table is read one row per token, so it counts only where it is tied to
+    (and so read in full as) the output projection. Rotary cos/sin caches count in full, an
+    overestimate of a few MB.
+    """
+    from kiln.layers.embedding import LMHead, VocabEmbedding
+
+    tied = {m._tied[0].weight.data_ptr() for m in model.modules()
+            if isinstance(m, LMHead) and m.is_tied}
+    skip = {m.weight.data_ptr() for m in model.modules()
+            if isinstance(m, (VocabEmbedding, torch.nn.Embedding))} - tied
+    seen, total = set(skip), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if t.data_ptr() in seen:
             continue

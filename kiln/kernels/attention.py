@@ -362,16 +362,20 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _decode_partition_size(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
-    """Keys per partition: 512, halved (down to 128) while there are fewer programs than SMs.
+    """Keys per partition (a power of two, at least 128): as few partitions as give about two
+    programs per SM, so a large batch runs one partition per (sequence, kv head) and skips the
+    reduce.
 
-    Depends only on values fixed for a captured decode graph (num_seqs, max_seq_len). Threshold
-    and sizes from benchmarks/kernels/sweep_attention.py on an H200 (one program per SM was as
-    fast as two at batch 1, and a single partition, which skips the reduce, wins at batch 32).
+    Depends only on values fixed for a captured decode graph (num_seqs, max_seq_len), which fixes
+    max_seq_len to max_model_len: the partition count must not follow max_seq_len alone, or a
+    batch of 512 short sequences launches 16 partitions per head, 15 of them empty, and a reduce
+    over them all (measured on an H200: 22% of the 1000 x 128/128 run's GPU time in attention).
+    At batch 1 this gives 256-key partitions, which benchmarks/kernels/sweep_attention.py found
+    as fast as any.
     """
-    size = 512
-    while size > 128 and num_seqs * num_kv_heads * triton.cdiv(max_seq_len, size) < num_sms:
-        size //= 2
-    return size
+    programs = num_seqs * num_kv_heads
+    parts = min(max(1, -(-2 * num_sms // programs)), triton.cdiv(max_seq_len, 128))
+    return max(128, triton.next_power_of_2(triton.cdiv(max_seq_len, parts)))
 
 
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,

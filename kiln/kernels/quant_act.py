@@ -25,7 +25,10 @@ def quant_per_token_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tens
     """Reference: x [M, K] -> (x_q [M, K] of `dtype` (float8_e4m3fn or int8), scales [M, 1] float32)."""
     xf = x.float()
     qmax = FP8_MAX if dtype == torch.float8_e4m3fn else INT8_MAX
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(SCALE_FLOOR) / qmax
+    # A 0-dim device tensor as divisor: CUDA torch turns division by a Python scalar into a
+    # multiplication by its reciprocal, which can differ from the kernel's IEEE division by an ulp.
+    divisor = torch.full((), qmax, dtype=torch.float32, device=x.device)
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(SCALE_FLOOR) / divisor
     y = xf / scale
     if dtype == torch.float8_e4m3fn:
         q = y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)

@@ -60,14 +60,25 @@ def test_rotary_and_write_kv_fp8(dtype, num_q_heads, num_kv_heads, head_dim, gen
     written = slots[slots >= 0]
     # Values are not rotated: their bytes must equal the reference's exactly.
     assert torch.equal(flat[1, written], flat_ref[1, written])
-    # Rotated keys may differ by one float32 rounding (the compiler may fuse a multiply-add),
-    # which moves a key at most to the neighbouring e4m3 code, and rarely.
-    got, want = flat[0, written].int(), flat_ref[0, written].int()
-    differ = got != want
-    both_zero = ((got & 0x7F) == 0) & ((want & 0x7F) == 0)
-    neighbours = ((got - want).abs() == 1) & ((got & 0x80) == (want & 0x80))
-    assert bool((~differ | neighbours | both_zero).all())
-    assert float(differ.float().mean()) < 1e-3
+    # Rotated keys: kernel and reference round the same products to the input dtype, but a
+    # rounding that differs by one ulp (an FMA the compiler forms, say) is amplified where the two
+    # products cancel. Each stored key must therefore be within one e4m3 step plus the rotation's
+    # rounding budget (a few ulps of |x1 cos| + |x2 sin|) of the reference's, and differ rarely.
+    got = flat[0, written].view(FP8_KV_DTYPE).float()
+    want = flat_ref[0, written].view(FP8_KV_DTYPE).float()
+    keep = slots >= 0
+    kk, pos = k[keep].float(), positions[keep]
+    cs_t = cs.index_select(0, pos.long()).to(dtype).float()
+    cos_h, sin_h = cs_t.chunk(2, dim=-1)
+    cos_f = torch.cat([cos_h, cos_h], -1)[:, None, :]
+    sin_f = torch.cat([sin_h, sin_h], -1)[:, None, :]
+    swapped = torch.cat(kk.chunk(2, dim=-1)[::-1], dim=-1)
+    unit = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}[dtype]
+    budget = 4 * unit * (kk.abs() * cos_f.abs() + swapped.abs() * sin_f.abs()) / k_scale
+    mag = torch.maximum(got.abs(), want.abs()).clamp_min(2.0 ** -6)
+    e4m3_step = torch.exp2(torch.floor(torch.log2(mag)) - 3)
+    assert bool(((got - want).abs() <= e4m3_step + budget).all())
+    assert float((got != want).float().mean()) < 1e-2
     untouched = torch.ones(flat.shape[1], dtype=torch.bool, device="cuda")
     untouched[written] = False
     assert bool((flat[:, untouched] == NAN_CODE).all())

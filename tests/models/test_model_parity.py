@@ -118,3 +118,19 @@ def test_flat_batch_equals_each_alone(pair):
     together["d"] = second[2]
     for seq, logits in alone.items():
         assert rel_err(together[seq], logits) < 1e-5, seq
+
+
+def test_decode_weight_bytes_count_the_embedding_only_when_tied(pair):
+    """`kiln bench latency` counts the bytes a decode step reads: the input-embedding table is read
+    one row per token, so it counts only when the LM head reads it as its weight."""
+    from kiln.bench.latency import weight_bytes
+
+    name, _, model = pair
+    embed = model.model.embed_tokens.weight if hasattr(model, "model") else None
+    embed = embed if embed is not None else next(m.weight for m in model.modules()
+                                                 if type(m).__name__ == "VocabEmbedding")
+    unique = {t.data_ptr(): t.numel() * t.element_size()
+              for t in list(model.parameters()) + list(model.buffers())}
+    table = embed.numel() * embed.element_size()
+    want = sum(unique.values()) - (0 if model.lm_head.is_tied else table)
+    assert weight_bytes(model) == want
