@@ -79,8 +79,9 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
             totals.append(total)
     ttft = statistics.median(ttfts)
     total = statistics.median(totals)
-    decode_steps = max(1, args.output_len - 1)
-    tpot = (total - ttft) / decode_steps
+    # With one output token there is no decode step: TPOT and decode bandwidth are undefined.
+    decode_steps = args.output_len - 1
+    tpot = (total - ttft) / decode_steps if decode_steps > 0 else None
     wbytes = weight_bytes(engine.model)
     args_m = engine.model.args
     kv_token_bytes = (2 * args_m.num_hidden_layers * args_m.num_key_value_heads * args_m.head_dim
@@ -92,14 +93,15 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "model": args.model, "batch_size": args.batch_size, "input_len": args.input_len,
         "output_len": args.output_len, "num_iters": args.num_iters,
         "startup_seconds": startup,
-        "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_seconds": total,
-        "decode_tokens_per_s": args.batch_size / tpot,
+        "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3 if tpot else None, "total_seconds": total,
+        "prefill_tokens_per_s": args.batch_size * args.input_len / ttft,
+        "decode_tokens_per_s": args.batch_size / tpot if tpot else None,
         "output_tokens_per_s": args.batch_size * args.output_len / total,
         "weight_bytes": wbytes,
-        "achieved_gbs": step_bytes / tpot / 1e9,
+        "achieved_gbs": step_bytes / tpot / 1e9 if tpot else None,
         "environment": common.environment(device),
     }
-    copy_bw = common.copy_bandwidth_gbs(device)
+    copy_bw = common.copy_bandwidth_gbs(device) if tpot else None
     if copy_bw:
         result["copy_bandwidth_gbs"] = copy_bw
         result["share_of_copy_bandwidth"] = result["achieved_gbs"] / copy_bw
@@ -121,24 +123,32 @@ def _hf_baseline(model_dir, dtype, device, args, vocab) -> dict:
     ttft = statistics.median(hf_generate_seconds(model, prompts, 1, device) for _ in range(3))
     total = statistics.median(hf_generate_seconds(model, prompts, args.output_len, device)
                               for _ in range(max(1, min(args.num_iters, 3))))
-    tpot = (total - ttft) / max(1, args.output_len - 1)
-    return {"name": "hf-transformers generate", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
-            "decode_tokens_per_s": args.batch_size / tpot,
+    tpot = (total - ttft) / (args.output_len - 1) if args.output_len > 1 else None
+    return {"name": "hf-transformers generate", "ttft_ms": ttft * 1e3,
+            "tpot_ms": tpot * 1e3 if tpot else None,
+            "decode_tokens_per_s": args.batch_size / tpot if tpot else None,
             "output_tokens_per_s": args.batch_size * args.output_len / total}
 
 
 def print_result(r: dict) -> None:
     """A short human-readable summary."""
     print(f"latency: batch {r['batch_size']}, in {r['input_len']}, out {r['output_len']}")
-    print(f"  TTFT {r['ttft_ms']:.2f} ms   TPOT {r['tpot_ms']:.3f} ms   "
-          f"decode {r['decode_tokens_per_s']:.1f} tok/s   output {r['output_tokens_per_s']:.1f} tok/s")
-    line = f"  weights {r['weight_bytes'] / 1e9:.2f} GB   achieved {r['achieved_gbs']:.0f} GB/s"
-    if "share_of_copy_bandwidth" in r:
-        line += (f" = {100 * r['share_of_copy_bandwidth']:.1f}% of measured copy bandwidth "
-                 f"{r['copy_bandwidth_gbs']:.0f} GB/s")
-    print(line)
+    if r["tpot_ms"] is None:
+        print(f"  TTFT {r['ttft_ms']:.2f} ms   prefill {r['prefill_tokens_per_s']:.0f} tok/s   "
+              "(one output token: no decode step)")
+    else:
+        print(f"  TTFT {r['ttft_ms']:.2f} ms   TPOT {r['tpot_ms']:.3f} ms   "
+              f"decode {r['decode_tokens_per_s']:.1f} tok/s   "
+              f"output {r['output_tokens_per_s']:.1f} tok/s")
+        line = (f"  weights read per step {r['weight_bytes'] / 1e9:.2f} GB   "
+                f"achieved {r['achieved_gbs']:.0f} GB/s")
+        if "share_of_copy_bandwidth" in r:
+            line += (f" = {100 * r['share_of_copy_bandwidth']:.1f}% of measured copy bandwidth "
+                     f"{r['copy_bandwidth_gbs']:.0f} GB/s")
+        print(line)
     print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s")
     if "baseline" in r:
         b = r["baseline"]
-        print(f"  baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {b['tpot_ms']:.3f} ms, "
+        tpot = f"{b['tpot_ms']:.3f} ms" if b["tpot_ms"] is not None else "-"
+        print(f"  baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {tpot}, "
               f"{b['output_tokens_per_s']:.1f} tok/s -> kiln x{r['speedup_vs_hf']:.2f}")

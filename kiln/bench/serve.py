@@ -189,11 +189,24 @@ def _payload(endpoint: str, model: str, req: SampleRequest) -> dict:
     return {"prompt": req.prompt, **common}
 
 
-def _chunk_text(chunk: dict) -> str:
-    text = ""
+def carries_tokens(chunk: dict) -> bool:
+    """Whether a streamed chunk reports newly generated tokens.
+
+    A token's text can be empty (part of a UTF-8 sequence, a token the tokenizer cannot spell),
+    and servers still send its chunk: counting only chunks with text would merge such tokens
+    into the next chunk's inter-token latency. A chat chunk with only the role, and a chunk
+    with only a finish_reason, carry none.
+    """
     for choice in chunk.get("choices") or []:
-        text += choice.get("text") or (choice.get("delta") or {}).get("content") or ""
-    return text
+        delta = choice.get("delta")
+        text = choice.get("text") if delta is None else delta.get("content")
+        if text:
+            return True
+        if delta is not None and "role" in delta:
+            continue
+        if text is not None and choice.get("finish_reason") is None:
+            return True
+    return False
 
 
 async def send_request(client: Any, url: str, payload: dict, req: SampleRequest) -> RequestResult:
@@ -202,7 +215,7 @@ async def send_request(client: Any, url: str, payload: dict, req: SampleRequest)
     start = time.perf_counter()
     result.start = start
     last = start
-    chunks_with_text = 0
+    token_chunks = 0
     usage = None
     try:
         async with client.stream("POST", url, json=payload) as resp:
@@ -223,23 +236,23 @@ async def send_request(client: Any, url: str, payload: dict, req: SampleRequest)
                 now = time.perf_counter()
                 if chunk.get("usage"):
                     usage = chunk["usage"]
-                if _chunk_text(chunk):
-                    if chunks_with_text == 0:
+                if carries_tokens(chunk):
+                    if token_chunks == 0:
                         result.ttft = now - start
                     else:
                         result.itl.append(now - last)
-                    chunks_with_text += 1
+                    token_chunks += 1
                     last = now
     except Exception as e:  # noqa: BLE001 - one failed request is a data point, not a crash
         result.error = f"{type(e).__name__}: {e}"[:200]
         return result
     result.latency = time.perf_counter() - start
     if usage:
-        result.output_len = int(usage.get("completion_tokens", chunks_with_text))
+        result.output_len = int(usage.get("completion_tokens", token_chunks))
         result.prompt_len = int(usage.get("prompt_tokens", req.prompt_len))
     else:
-        result.output_len = chunks_with_text
-    result.success = chunks_with_text > 0
+        result.output_len = token_chunks
+    result.success = token_chunks > 0
     if not result.success:
         result.error = "no tokens received"
     return result

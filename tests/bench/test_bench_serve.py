@@ -11,8 +11,9 @@ import statistics
 import pytest
 
 from kiln.bench.datasets import jsonl_requests, random_requests
-from kiln.bench.serve import (RequestResult, add_bench_serve_args, arrival_offsets, parse_rates,
-                              parse_slo, percentile, run_bench_serve, summarize)
+from kiln.bench.serve import (RequestResult, add_bench_serve_args, arrival_offsets,
+                              carries_tokens, parse_rates, parse_slo, percentile, run_bench_serve,
+                              summarize)
 from kiln.errors import KilnError
 
 
@@ -57,6 +58,26 @@ def test_summarize_goodput_counts_only_requests_within_slo():
     assert s["output_token_throughput"] == pytest.approx(5.0)
     assert s["ttft"]["mean_ms"] == pytest.approx(500.0)
     assert s["tpot"]["p50_ms"] == pytest.approx(100.0)
+
+
+def test_chunks_that_carry_tokens():
+    """A token whose text is empty still counts (its chunk times an inter-token gap); the chat
+    role chunk and a bare finish chunk do not."""
+    def completion(text, finish=None):
+        return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+    def chat(delta, finish=None):
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    assert carries_tokens(completion("ab"))
+    assert carries_tokens(completion(""))
+    assert carries_tokens(completion("x", "length"))
+    assert not carries_tokens(completion("", "length"))
+    assert not carries_tokens({"choices": [], "usage": {"completion_tokens": 3}})
+    assert not carries_tokens(chat({"role": "assistant", "content": ""}))
+    assert carries_tokens(chat({"content": ""}))
+    assert carries_tokens(chat({"content": "hi"}))
+    assert not carries_tokens(chat({}, "stop"))
 
 
 def test_datasets(tmp_path):

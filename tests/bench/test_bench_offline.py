@@ -1,0 +1,55 @@
+"""`kiln bench latency` and `kiln bench throughput` through the real CLI on a tiny checkpoint (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiln.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    from kiln.models.random_model import write_random_model
+
+    return str(write_random_model("tiny-llama", tmp_path_factory.mktemp("tiny") / "m",
+                                  dtype="float32"))
+
+
+def run_cli(*argv: str) -> None:
+    assert main(list(argv)) in (0, None)
+
+
+def test_latency_json_and_baseline(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    run_cli("bench", "latency", "--model", tiny_dir, "--batch-size", "2", "--input-len", "16",
+            "--output-len", "6", "--num-iters", "2", "--num-iters-warmup", "1", "--no-progress",
+            "--baseline", "hf", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["batch_size"] == 2 and r["output_len"] == 6
+    assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["decode_tokens_per_s"] > 0
+    assert r["total_seconds"] * 1e3 > r["ttft_ms"]
+    # Bytes a decode step reads: the untied tiny model's embedding table is left out.
+    assert 0 < r["weight_bytes"] and r["achieved_gbs"] > 0
+    assert r["baseline"]["output_tokens_per_s"] > 0 and r["speedup_vs_hf"] > 0
+    assert "TPOT" in capsys.readouterr().out
+
+
+def test_latency_with_one_output_token_reports_ttft_only(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "ttft.json"
+    run_cli("bench", "latency", "--model", tiny_dir, "--input-len", "48", "--output-len", "1",
+            "--num-iters", "2", "--num-iters-warmup", "1", "--no-progress", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["ttft_ms"] > 0 and r["prefill_tokens_per_s"] > 0
+    assert r["tpot_ms"] is None and r["decode_tokens_per_s"] is None and r["achieved_gbs"] is None
+    assert "no decode step" in capsys.readouterr().out
+
+
+def test_throughput_json(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    run_cli("bench", "throughput", "--model", tiny_dir, "--num-prompts", "12", "--input-len", "16",
+            "--output-len", "8", "--max-num-seqs", "4", "--no-progress", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["output_tokens_per_s"] > 0 and r["requests_per_s"] > 0
+    assert "throughput: 12 requests" in capsys.readouterr().out
