@@ -27,7 +27,8 @@ from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
 # Kernel-name fragments (lower case) per group, first match wins.
 GROUPS = [
-    ("attention", ("attn", "attention", "flash", "paged", "decode_kernel", "splitkv")),
+    ("attention", ("attn", "attention", "flash", "paged", "_decode_partition", "_decode_reduce",
+                   "_prefill_kernel", "splitkv")),
     ("quant-matmul", ("_gemv_kernel", "_gemm_kernel", "splitk_reduce")),
     ("act-quant", ("quant_act", "per_token", "_act_quant")),
     ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "sm90", "wgmma", "scaled_mm")),
