@@ -23,7 +23,8 @@ import torch
 from kiln.build.accuracy import evaluate, limit_violations, parse_max_drop, reference_outputs
 from kiln.build.engine_dir import (ENGINE_FORMAT, FORMAT_VERSION, WEIGHTS_FILE, is_engine_dir,
                                    load_engine_model, save_engine_weights, write_engine_info)
-from kiln.build.gpu_target import GpuTarget, resolve_target
+from kiln.build.gpu_target import GpuTarget, device_target, resolve_target
+from kiln.build.tuning import not_tuned, tune_quant_kernels
 from kiln.errors import KilnError
 from kiln.quant.calibration import collect_stats, load_windows
 from kiln.quant.config import W8A8_SCHEMES, QuantConfig
@@ -207,8 +208,7 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
             "kv_cache": kv_record,
             "target": target.to_dict(),
             "limits": {"max_batch_size": options.max_batch_size, "max_seq_len": max_seq_len},
-            "kernel_tuning": {"status": "not-tuned", "results": {},
-                              "note": "no kernel autotuning at build time; kernels use their default configs"},
+            "kernel_tuning": not_tuned("not tuned yet"),  # filled in below
             "weights": {"file": WEIGHTS_FILE, "bytes": (staging / WEIGHTS_FILE).stat().st_size},
             "files": side_files,
         }
@@ -216,6 +216,15 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
         engine_model, _ = load_engine_model(staging, device, dtype=compute_dtype,
                                                  check_target=False)
         info["source"]["architecture"] = engine_model.args.architecture
+        if device.type == "cuda" and device_target(device).name != target.name:
+            info["kernel_tuning"] = not_tuned(f"cross-built on {device_target(device).name} for "
+                                              f"{target.name}: tune on the target GPU")
+        else:
+            update, close = progress.stage("tune kernels", 1)
+            info["kernel_tuning"] = tune_quant_kernels(engine_model, device,
+                                                       engine_model.embed_tokens.weight.dtype)
+            update(1)
+            close()
         accuracy: dict[str, Any] = {"measured": False, "reason": "skipped (--eval-tokens 0)"}
         if reference is not None:
             # The report scores what will run: an fp8 KV cache with its scales when asked for.

@@ -138,6 +138,9 @@ def load_engine_model(path: str | Path, device: torch.device | str = "cpu",
     model = cls(args, torch_dtype, device,
                 linear_method_factory=linear_method_factory(info["quantization"]))
     _load_processed(model, weights, device)
+    from kiln.build.tuning import apply_kernel_tuning
+
+    apply_kernel_tuning(info, device)
     return model.eval(), info
 
 

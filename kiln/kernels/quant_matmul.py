@@ -374,6 +374,47 @@ def tuned_kernels() -> dict:
     return {"gemv": _gemv_tuned, "gemm": _gemm_tuned}
 
 
+def _candidates(name: str) -> list[triton.Config]:
+    return GEMV_CONFIGS if name == "gemv" else [c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs]
+
+
+def _same_config(a: triton.Config, entry: dict) -> bool:
+    return (dict(a.kwargs) == dict(entry.get("config", {})) and a.num_warps == entry.get("num_warps")
+            and a.num_stages == entry.get("num_stages"))
+
+
+def export_tuning() -> list[dict]:
+    """The autotuners' choices so far, as JSON-ready entries (what `kiln build` stores).
+
+    Each entry: kernel name, the autotuner's cache key (the tuning-key values, then the dtypes of
+    the tensor arguments) and the chosen launch configuration.
+    """
+    entries = []
+    for name, kernel in tuned_kernels().items():
+        for key, cfg in kernel.cache.items():
+            entries.append({"kernel": name, "key": list(key), "config": dict(cfg.kwargs),
+                            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return entries
+
+
+def import_tuning(entries: list[dict]) -> int:
+    """Seed the autotuners with stored choices, so those shapes run without tuning; returns how
+    many were taken. An entry naming an unknown kernel or a configuration that is not one of the
+    kernel's candidates is skipped (the autotuner then tunes that shape as usual)."""
+    kernels = tuned_kernels()
+    taken = 0
+    for entry in entries:
+        kernel = kernels.get(entry.get("kernel"))
+        if kernel is None or not isinstance(entry.get("key"), list):
+            continue
+        match = next((c for c in _candidates(entry["kernel"]) if _same_config(c, entry)), None)
+        if match is None:
+            continue
+        kernel.cache[tuple(entry["key"])] = match
+        taken += 1
+    return taken
+
+
 def autotune_enabled() -> bool:
     """Autotune on CUDA unless KILN_QUANT_AUTOTUNE=0 (then the default configs: fast start-up)."""
     return os.environ.get("KILN_QUANT_AUTOTUNE", "1") != "0"

@@ -204,3 +204,48 @@ def test_autotuned_paths(m, gen, monkeypatch, poison_allocations):
           torch.bfloat16, m, n)
     check(qm.int8_sq_linear(x, w8, s8), qm.int8_sq_linear_ref(x, w8, s8), torch.bfloat16, m, n)
     assert qm.tuned_kernels()["gemv" if m <= qm.GEMV_MAX_M else "gemm"].cache
+
+
+def test_build_time_tuning_seeds_the_autotuners(gen, monkeypatch):
+    """`kiln build` on the GPU tunes every quantized layer shape; an engine load seeds the
+    autotuners with those choices, after which the same shapes launch without tuning."""
+    import triton
+
+    from kiln.build.tuning import apply_kernel_tuning, tune_quant_kernels
+    from kiln.layers.linear import Linear
+    from kiln.quant.int4 import Int4WeightOnlyLinearMethod
+
+    monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "1")
+    layer = Linear(1024, 768, bias=False, dtype=torch.bfloat16, device="cuda",
+                   method=Int4WeightOnlyLinearMethod(group_size=128))
+    qweight, scales = int4_case(768, 1024, 128, gen)
+    layer.qweight.data.copy_(qweight)
+    layer.scales.data.copy_(scales)
+    model = torch.nn.Sequential(layer)
+    saved = {name: dict(k.cache) for name, k in qm.tuned_kernels().items()}
+    for k in qm.tuned_kernels().values():
+        k.cache.clear()
+    try:
+        record = tune_quant_kernels(model, torch.device("cuda"), torch.bfloat16)
+        assert record["status"] == "tuned" and record["triton"] == triton.__version__
+        assert {e["kernel"] for e in record["results"]} == {"gemv", "gemm"}
+        assert len(record["results"]) == len(record["m_values"])  # one shape, one key per M
+        for k in qm.tuned_kernels().values():
+            k.cache.clear()
+        assert apply_kernel_tuning({"kernel_tuning": record}, "cuda") == len(record["results"])
+        keys = {name: set(k.cache) for name, k in qm.tuned_kernels().items()}
+
+        def no_bench(*args, **kwargs):
+            raise AssertionError("a seeded shape was tuned again")
+
+        for k in qm.tuned_kernels().values():
+            monkeypatch.setattr(k, "_bench", no_bench)
+        for m in record["m_values"]:
+            x = randx(m, 1024, torch.bfloat16, gen)
+            out = layer(x)
+            assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
+        assert {name: set(k.cache) for name, k in qm.tuned_kernels().items()} == keys
+    finally:
+        for name, k in qm.tuned_kernels().items():
+            k.cache.clear()
+            k.cache.update(saved[name])
