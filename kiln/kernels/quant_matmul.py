@@ -132,10 +132,10 @@ def _bytes_f32(b, WKIND: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
+def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                 SPLIT_K, HAS_BIAS: tl.constexpr,
+                 SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
@@ -184,6 +184,23 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
                  acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + offs_n[None, :], acc, mask=mask)
+        if FUSED_SPLITK:
+            # The last of the tile's SPLIT_K programs to arrive sums the partials in split order
+            # (the same additions as _splitk_reduce_kernel, so the same bits) and re-arms the
+            # tile's counter for the next launch: no second kernel.
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                tl.debug_barrier()
+                total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                for sk in range(0, SPLIT_K):
+                    total += tl.load(part_ptr + (sk * M + rows[:, None]) * N + offs_n[None, :],
+                                     mask=mask, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+                tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :],
+                         total.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(lock_ptr + pid_n, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -363,7 +380,7 @@ def _gemm_prune(configs, named_args, **kwargs):
 _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
 _gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
-_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M"])(_gemv_split)
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK"])(_gemv_split)
 _gemm_tuned = triton.autotune([c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs],
                               key=_TUNE_KEY + ["M_BUCKET"],
                               prune_configs_by={"early_config_prune": _gemm_prune})(_gemm_split)
@@ -420,6 +437,27 @@ def autotune_enabled() -> bool:
     return os.environ.get("KILN_QUANT_AUTOTUNE", "1") != "0"
 
 
+def fused_splitk_enabled() -> bool:
+    """Whether the GEMV sums its own K splits (KILN_QUANT_FUSED_SPLITK=1) instead of launching
+    _splitk_reduce_kernel after it. Off by default until measured on the H200."""
+    return os.environ.get("KILN_QUANT_FUSED_SPLITK", "0") == "1"
+
+
+SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
+_split_locks: dict[torch.device, torch.Tensor] = {}
+
+
+def split_locks(device: torch.device) -> torch.Tensor | None:
+    """The device's zeroed arrival counters (allocated on first use outside graph capture; None
+    while capturing before they exist, and the GEMV then reduces with the separate kernel)."""
+    locks = _split_locks.get(device)
+    if locks is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        locks = _split_locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
+    return locks
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # interpreter: small, so the CPU tests reach the split-K path
@@ -445,8 +483,13 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     sms = _num_sms(x2.device)
     tune = x2.is_cuda and autotune_enabled()
     flags = dict(WKIND=wkind, A8=a8, GROUP=group, HAS_BIAS=bias is not None)
+    locks = None
     if path == "gemv":
         flags["BLOCK_M"] = triton.next_power_of_2(m)
+        min_block_n = min(c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS + [triton.Config(INTERPRET_GEMV)])
+        if fused_splitk_enabled() and triton.cdiv(n, min_block_n) <= SPLIT_LOCKS:
+            locks = split_locks(x2.device)
+        flags["FUSED_SPLITK"] = locks is not None
         kernel = _gemv_tuned if tune else _gemv_split
         fixed = GEMV_CONFIGS[DEFAULT_GEMV] if x2.is_cuda else triton.Config(INTERPRET_GEMV)
         candidates = GEMV_CONFIGS if tune else [fixed]
@@ -465,6 +508,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     chosen = {}
     has_bias = bias is not None
     args = (x2, x_scales if a8 else x2, w, scales, bias if has_bias else out, out, part,
+            *((locks if locks is not None else out,) if path == "gemv" else ()),
             m, n, k, x2.stride(0), w.stride(0), scales.stride(0), stride_sg, out.stride(0),
             sms, split_k)
 
@@ -485,7 +529,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         kernel[grid](*args, **flags, **fixed.kwargs)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"
-    if split > 1:
+    if split > 1 and locks is None:
         block = min(1024, triton.next_power_of_2(n))
         _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
             part, bias if has_bias else out, out, m, n, out.stride(0),

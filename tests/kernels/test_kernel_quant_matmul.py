@@ -196,6 +196,34 @@ def test_forced_split_k(path, split, gen, poison_allocations):
     assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("scheme", ["int4", "fp8"])
+@pytest.mark.parametrize("split", [2, 3, 5])
+def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeypatch,
+                                                     poison_allocations):
+    """KILN_QUANT_FUSED_SPLITK=1: the last program of each tile sums the partials itself. Same
+    additions in the same order as the separate reduce, so the same bits; counters re-armed."""
+    n, k, m = 40, 8 * 64, 3
+    x = randx(m, k, torch.float32, gen)
+    bias = torch.randn(n, generator=gen)
+    if scheme == "int4":
+        w, s = int4_case(n, k, 64, gen)
+        args = (x, w, s, s.stride(1), 64, qm.W_INT4, bias, torch.float32, "gemv")
+        kw = {}
+    else:
+        w, s = fp8_case(n, k, gen)
+        xq, xs = quant_per_token_ref(x, torch.float8_e4m3fn)
+        args = (xq.float(), w, s, 0, qm.KTILE_8BIT, qm.W_FP8, bias, torch.float32, "gemv")
+        kw = {"x_scales": xs}
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "0")
+    separate = qm.launch(*args, split_k=split, **kw)
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "1")
+    fused = qm.launch(*args, split_k=split, **kw)
+    assert torch.equal(fused, separate)
+    assert not bool(qm.split_locks(x.device).any())
+    again = qm.launch(*args, split_k=split, **kw)  # a second launch finds the counters re-armed
+    assert torch.equal(again, separate)
+
+
 def test_split_heuristic():
     # Few output tiles and a long K split until ~2 programs per SM; many tiles never split.
     assert qm.pick_split_k(tiles=32, num_groups=112, num_sms=132) == 16
