@@ -126,6 +126,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, num_blocks, config.cache.block_size, self.device,
                                   self.dtype, kv_cache_dtype=self.kv_dtype)
         from kiln.kernels import use_triton
+        if self.device.type == "cuda":
+            self._warm_up_kernels(config.cache.block_size)
         # Capture needs the Triton kernels: the torch references read sizes on the host.
         if (self.device.type == "cuda" and not config.enforce_eager
                 and use_triton(torch.empty(0, device=self.device))):
@@ -231,6 +233,36 @@ class LLMEngine:
         del caches, hidden
         torch.cuda.empty_cache()
         return peak
+
+    @torch.inference_mode()
+    def _warm_up_kernels(self, block_size: int) -> None:
+        """Compile, before the first request, the kernel variants the profile run did not need.
+
+        Triton compiles a kernel once per specialization of its integer arguments (whether each
+        is 1 and whether it divides by 16), and the profile run used one sequence of a 16-multiple
+        length. Here two sequences of 7 and 10 tokens are prefilled and then decoded one step
+        (eagerly, ragged lengths), with their logits, on a scratch cache.
+        """
+        from kiln.layers.forward_context import build_attention_metadata
+
+        args = self.model.args
+        lens = (7, 10)
+        blocks = [list(range(i * 2, i * 2 + 2)) for i in range(len(lens))]  # 2 blocks each
+        caches = [torch.zeros(2, 2 * len(lens), block_size, args.num_key_value_heads, args.head_dim,
+                              dtype=self.kv_dtype, device=self.device)
+                  for _ in range(args.num_hidden_layers)]
+        steps = ([(0, n, b) for n, b in zip(lens, blocks)], [(n, 1, b) for n, b in zip(lens, blocks)])
+        for seqs in steps:
+            meta = build_attention_metadata(seqs, block_size, self.device)
+            positions = torch.cat([torch.arange(start, start + n) for start, n, _ in seqs])
+            ids = torch.randint(0, args.vocab_size, (len(positions),), device=self.device)
+            hidden = self.model(ids, positions.to(self.device), caches, meta)
+            last = torch.tensor([sum(n for _, n, _ in seqs[:i + 1]) - 1 for i in range(len(seqs))],
+                                device=self.device)
+            self.model.compute_logits(hidden.index_select(0, last))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        del caches
 
     # ----------------------------------------------------------------------------------- requests
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:

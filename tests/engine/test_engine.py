@@ -118,3 +118,15 @@ def test_logprobs_and_errors(tiny_model_dir, alone_llm):
     with pytest.raises(InvalidRequestError):
         alone_llm.generate({"prompt_token_ids": []})
     assert not alone_llm.engine.has_unfinished_requests()
+
+
+def test_kernel_warm_up_runs_on_a_scratch_cache_and_changes_nothing(alone_llm):
+    """The start-up warm-up (run on CUDA to compile ragged-size kernel variants) is a plain
+    prefill and decode of two short sequences on its own cache: here on the CPU it must run and
+    leave the engine's results as they were."""
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    before = alone_llm.generate(["def add(a, b):"], params)[0].outputs[0].token_ids
+    engine = alone_llm.engine
+    engine._warm_up_kernels(engine.config.cache.block_size)
+    after = alone_llm.generate(["def add(a, b):"], params)[0].outputs[0].token_ids
+    assert after == before and not engine.has_unfinished_requests()
