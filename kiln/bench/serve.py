@@ -202,8 +202,8 @@ def carries_tokens(chunk: dict) -> bool:
         text = choice.get("text") if delta is None else delta.get("content")
         if text:
             return True
-        if delta is not None and "role" in delta:
-            continue
+        if delta is not None and delta.get("role"):
+            continue  # the opening chunk that names the role (servers may send "role": null later)
         if text is not None and choice.get("finish_reason") is None:
             return True
     return False

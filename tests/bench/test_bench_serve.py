@@ -76,6 +76,7 @@ def test_chunks_that_carry_tokens():
     assert not carries_tokens({"choices": [], "usage": {"completion_tokens": 3}})
     assert not carries_tokens(chat({"role": "assistant", "content": ""}))
     assert carries_tokens(chat({"content": ""}))
+    assert carries_tokens(chat({"role": None, "content": ""}))
     assert carries_tokens(chat({"content": "hi"}))
     assert not carries_tokens(chat({}, "stop"))
 
