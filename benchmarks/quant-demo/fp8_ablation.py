@@ -37,7 +37,7 @@ def _fp8_activations(x: torch.Tensor, group: int | None) -> torch.Tensor:
     return q.view(x.shape)
 
 
-def fake_fp8(model, keep_float=(), activations=True, act_group=None):
+def fake_fp8(model, keep_float=(), activations=True, act_group=None, weights=True):
     """A copy of ``model`` whose Linears (except those matching keep_float) compute in fp8."""
     m = copy.deepcopy(model)
     for name, mod in m.named_modules():
@@ -45,8 +45,9 @@ def fake_fp8(model, keep_float=(), activations=True, act_group=None):
             continue
         if any(name.startswith(f"layers.{k}.") or name.endswith(k) for k in keep_float):
             continue
-        q, s = quantize_fp8_weight(mod.weight.data)
-        mod.weight.data = q.float() * s[:, None]
+        if weights:
+            q, s = quantize_fp8_weight(mod.weight.data)
+            mod.weight.data = q.float() * s[:, None]
         if activations:
             inner = mod.forward
             mod.forward = lambda x, inner=inner: inner(_fp8_activations(x, act_group))
@@ -66,6 +67,7 @@ def main() -> None:
     calib = load_windows(tok, None, 16, args.seq_len, split="train")
     variants = [("fp8 W8A8 (per-channel weights, per-token activations)", {}),
                 ("weights only in fp8", {"activations": False}),
+                ("activations only in fp8 (weights float)", {"weights": False}),
                 ("activations per group of 32", {"act_group": 32}),
                 ("layer 0 in float", {"keep_float": ("0",)}),
                 ("layers 0 and 7 in float", {"keep_float": ("0", "7")}),
