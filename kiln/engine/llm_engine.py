@@ -239,27 +239,30 @@ class LLMEngine:
         """Compile, before the first request, the kernel variants the profile run did not need.
 
         Triton compiles a kernel once per specialization of its integer arguments (whether each
-        is 1 and whether it divides by 16), and the profile run used one sequence of a 16-multiple
-        length. Here two sequences of 7 and 10 tokens are prefilled and then decoded one step
-        (eagerly, ragged lengths), with their logits, on a scratch cache.
+        is 1 and whether it divides by 16), and the profile run was one sequence of a 16-multiple
+        length. Here three short sequences go through the step shapes a server meets first: one
+        ragged prefill, two prefills, a decode beside a prefill chunk, and decode-only steps of
+        two and of one sequence (eagerly), each with its logits, on a scratch cache.
         """
         from kiln.layers.forward_context import build_attention_metadata
 
         args = self.model.args
-        lens = (7, 10)
-        blocks = [list(range(i * 2, i * 2 + 2)) for i in range(len(lens))]  # 2 blocks each
-        caches = [torch.zeros(2, 2 * len(lens), block_size, args.num_key_value_heads, args.head_dim,
+        per_seq = -(-14 // block_size)  # blocks for the 14 positions a sequence reaches below
+        tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(3)]
+        caches = [torch.zeros(2, 3 * per_seq, block_size, args.num_key_value_heads, args.head_dim,
                               dtype=self.kv_dtype, device=self.device)
                   for _ in range(args.num_hidden_layers)]
-        steps = ([(0, n, b) for n, b in zip(lens, blocks)], [(n, 1, b) for n, b in zip(lens, blocks)])
-        for seqs in steps:
+        # (start position, new tokens, sequence) per scheduled sequence, step by step.
+        steps = ([(0, 7, 0)], [(0, 10, 1), (0, 5, 2)], [(7, 1, 0), (10, 3, 1)],
+                 [(8, 1, 0), (13, 1, 1)], [(9, 1, 0)])
+        for step in steps:
+            seqs = [(start, n, tables[i]) for start, n, i in step]
             meta = build_attention_metadata(seqs, block_size, self.device)
             positions = torch.cat([torch.arange(start, start + n) for start, n, _ in seqs])
             ids = torch.randint(0, args.vocab_size, (len(positions),), device=self.device)
             hidden = self.model(ids, positions.to(self.device), caches, meta)
-            last = torch.tensor([sum(n for _, n, _ in seqs[:i + 1]) - 1 for i in range(len(seqs))],
-                                device=self.device)
-            self.model.compute_logits(hidden.index_select(0, last))
+            ends = torch.tensor([n for _, n, _ in seqs]).cumsum(0) - 1
+            self.model.compute_logits(hidden.index_select(0, ends.to(self.device)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         del caches
