@@ -3,6 +3,7 @@ OpenAPI schema (400 instead of FastAPI's 422, streaming content types documented
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from kiln.server.metrics import ServerMetrics
 from kiln.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                   CompletionResponse, DetokenizeRequest, DetokenizeResponse,
                                   ErrorResponse, HealthResponse, ModelCard, ModelList,
-                                  TokenizeRequest, TokenizeResponse, VersionResponse)
+                                  TokenizeRequest, TokenizeResponse, VersionResponse, error_body)
 from kiln.server.serving_chat import chat_prompt_ids, create_chat_completion
 from kiln.server.serving_common import check_model
 from kiln.server.serving_completions import create_completion
@@ -34,7 +35,8 @@ _GENERATION_PATHS = {"/v1/completions", "/v1/chat/completions"}
 class ServerState:
     """What the app serves and in which phase it is; shared by routes, the gate and the launcher."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key or None  # when set, /v1 calls need "Authorization: Bearer <key>"
         self.engine: AsyncEngine | None = None
         self.metrics: ServerMetrics | None = None
         self.phase = STARTING
@@ -64,6 +66,13 @@ class _ServingGate:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        if self.state.api_key and path.startswith("/v1") and not _authorized(scope, self.state.api_key):
+            body = error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>' "
+                              "with the key given to --api-key", "invalid_request_error", None,
+                              "invalid_api_key")
+            await JSONResponse(body, status_code=401,
+                               headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
         if path not in _ALWAYS_OPEN and self.state.phase != READY:
             status, body = status_and_body(ServiceUnavailableError(
                 f"the server is {self.state.phase}; retry later"))
@@ -79,7 +88,17 @@ class _ServingGate:
                 self.state.num_in_flight -= 1
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 429, 500, 503)}
+def _authorized(scope: Scope, api_key: str) -> bool:
+    """Whether the request carries "Authorization: Bearer <api_key>" (compared in constant time)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                      api_key.encode())
+    return False
+
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503)}
 
 
 # One server-sent event (OpenAPI before 3.2 describes each event of a stream with `schema`): its

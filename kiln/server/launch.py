@@ -7,6 +7,7 @@ in ``kiln.server.lifecycle``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -19,6 +20,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: the model directory's name)")
+    parser.add_argument("--api-key", default=os.environ.get("KILN_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1 routes (default: "
+                             "$KILN_API_KEY; none: open)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     parser.add_argument("--max-model-len", type=int, default=None, help="context limit in tokens")
@@ -74,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(load, host=args.host, port=args.port, served_model_name=args.served_model_name,
                  max_waiting_requests=args.max_waiting_requests,
                  shutdown_timeout=args.shutdown_timeout, stall_timeout=args.stall_timeout,
-                 log_level=args.log_level)
+                 log_level=args.log_level, api_key=args.api_key)
 
 
 def main(argv: list[str] | None = None) -> int:

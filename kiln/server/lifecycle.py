@@ -27,12 +27,12 @@ logger = logging.getLogger("kiln.server")
 def serve(load_engine: Callable[[], Any], host: str = "127.0.0.1", port: int = 8000,
           served_model_name: str | None = None, max_waiting_requests: int | None = None,
           shutdown_timeout: float = 30.0, stall_timeout: float = 60.0,
-          log_level: str = "info") -> int:
+          log_level: str = "info", api_key: str | None = None) -> int:
     """Serve the engine ``load_engine()`` returns (loaded after the socket opens); blocks until a
     signal drains and stops the server. Returns 0; a KilnError from loading is re-raised after the
     socket closes, any other load failure returns 1."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    state = ServerState()
+    state = ServerState(api_key=api_key)
     app = build_app(state)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=5, lifespan="off")

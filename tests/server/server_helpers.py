@@ -55,7 +55,8 @@ class ThreadServer:
     """uvicorn with the kiln app, in a background thread (signals stay with pytest)."""
 
     def __init__(self, engine: Any, max_waiting_requests: int | None = None,
-                 stall_timeout: float = 60.0, shutdown_timeout: float = 10.0):
+                 stall_timeout: float = 60.0, shutdown_timeout: float = 10.0,
+                 api_key: str | None = None):
         import uvicorn
 
         from kiln.engine.async_engine import AsyncEngine
@@ -65,7 +66,7 @@ class ThreadServer:
 
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.state = ServerState()
+        self.state = ServerState(api_key=api_key)
         holder: dict[str, AsyncEngine] = {}
         self.metrics = ServerMetrics(engine.model_name, stats=lambda: holder["e"].stats())
         self.engine = AsyncEngine(engine, max_waiting_requests=max_waiting_requests,
