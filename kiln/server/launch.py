@@ -24,6 +24,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="require 'Authorization: Bearer KEY' on /v1 routes (default: "
                              "$KILN_API_KEY; none: open)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    parser.add_argument("--chat-template", default=None,
+                        help="Jinja chat template (a file, or the template itself) replacing the "
+                             "tokenizer's for /v1/chat/completions")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     parser.add_argument("--max-model-len", type=int, default=None, help="context limit in tokens")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in a batch")
@@ -67,11 +70,39 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 max_waiting_requests=args.max_waiting_requests)
 
 
+def load_chat_template(value: str) -> str:
+    """The template text of ``--chat-template``: a file's contents, or the value itself when it is
+    no file but looks like a template. Raises KilnError when it does not parse as Jinja."""
+    from pathlib import Path
+
+    from kiln.errors import KilnError
+
+    path = Path(value).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+    elif "{" in value:
+        text = value
+    else:
+        raise KilnError(f"--chat-template {value!r} is neither a file nor a Jinja template")
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise KilnError(f"--chat-template does not parse as Jinja: {e.message} (line {e.lineno})") from e
+    return text
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model named by ``args`` and serve it until SIGTERM/SIGINT; returns the exit code."""
+    template = load_chat_template(args.chat_template) if args.chat_template else None
+
     def load() -> Any:
         from kiln.engine.llm_engine import LLMEngine
-        return LLMEngine.from_args(args.model, **engine_kwargs(args))
+        engine = LLMEngine.from_args(args.model, **engine_kwargs(args))
+        if template is not None:
+            engine.tokenizer.chat_template = template
+        return engine
 
     from kiln.server.lifecycle import serve
 
