@@ -19,6 +19,10 @@ if [ ! -s "$OUT/latency_b1_128_256.json" ]; then  # a failure of the async step 
   echo "== latency failed; again with --no-async-scheduling" | tee -a "$OUT/run.log"
   timeout 120 $K latency --model $M --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --no-async-scheduling --json "$OUT/latency_b1_128_256_sync.json" 2>&1 | tail -30 | tee -a "$OUT/run.log"
 fi
+if [ "${TRITON_GEMV_COMPARE:-0}" = 1 ]; then  # decode GEMVs on the Triton kernel instead of cuBLAS
+  echo "== KILN_TRITON_GEMV=1" | tee -a "$OUT/run.log"
+  KILN_TRITON_GEMV=1 timeout 200 $K latency --model $M --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_b1_128_256_triton_gemv.json" 2>&1 | grep -v Warning | tail -6 | tee -a "$OUT/run.log"
+fi
 timeout 120 $K latency --model $M --batch-size 1 --input-len 2048 --output-len 1 --max-num-batched-tokens 4096 --num-iters 5 --no-progress --json "$OUT/ttft_2048.json" 2>&1 | tail -6 | tee -a "$OUT/run.log"
 for S in ${MAX_SEQS:-256}; do
   timeout 150 $K throughput --model $M --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs $S --max-num-batched-tokens ${MAX_TOKENS:-8192} --no-progress --json "$OUT/throughput_1000_128_128_s$S.json" ${THROUGHPUT_ARGS:-} 2>&1 | tail -6 | tee -a "$OUT/run.log"

@@ -85,7 +85,10 @@ def paths(scheme: str, m: int) -> dict[str, tuple[Callable, Callable]]:
     """name -> (fn(x, weights), reference fn(x, weights)) for the variants worth timing at m rows."""
     out: dict[str, tuple[Callable, Callable]] = {}
     if scheme == "bf16":
-        out["torch"] = (lambda x, w: x @ w[0].T, lambda x, w: (x.float() @ w[0].float().T).to(x.dtype))
+        ref = lambda x, w: (x.float() @ w[0].float().T).to(x.dtype)  # noqa: E731
+        out["torch"] = (lambda x, w: x @ w[0].T, ref)
+        if m <= qm.GEMV_MAX_M:  # the Triton GEMV on unquantized weights (KILN_TRITON_GEMV=1)
+            out["triton_gemv"] = (lambda x, w: qm.float_gemv_linear(x, w[0]), ref)
         return out
     if scheme == "int4":
         ref = lambda x, w: qm.int4_wo_linear_ref(x, w[0], w[1], GROUP)  # noqa: E731

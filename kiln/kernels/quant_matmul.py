@@ -34,6 +34,7 @@ W_INT4 = 0     # packed uint8 nibbles, group-wise scales
 W_INT8_U = 1   # int8 weights viewed as uint8 (dequantized with the bias trick below)
 W_FP8 = 2      # float8_e4m3fn weights
 W_INT8 = 3     # raw int8 weights for an int8 x int8 tl.dot (W8A8 GEMM)
+W_FLOAT = 4    # unquantized bf16/fp16/fp32 weights (the GEMV only: a cuBLAS alternative)
 
 GEMV_MAX_M = 4          # rows up to which the FMA GEMV kernel runs (above: tl.dot kernels)
 SMALL_M = 16            # M up to which the tl.dot kernel may split K; fp8 uses it below _scaled_mm
@@ -122,8 +123,8 @@ def _nibbles_f32(b):
 
 @triton.jit
 def _bytes_f32(b, WKIND: tl.constexpr):
-    """int8 (given as uint8 bits) or fp8 tile -> float32."""
-    if WKIND == 2:
+    """int8 (given as uint8 bits), fp8 or float tile -> float32."""
+    if WKIND == 2 or WKIND == 4:
         return b.to(tl.float32)
     else:
         u = b.to(tl.int32)
@@ -634,6 +635,32 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
         out = launch(xq, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, path, x_scales=sx)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def triton_gemv_enabled() -> bool:
+    """Whether unquantized layers run rows <= GEMV_MAX_M through the Triton GEMV instead of
+    cuBLAS (KILN_TRITON_GEMV=1). Off by default until measured on the H200."""
+    return os.environ.get("KILN_TRITON_GEMV", "0") == "1"
+
+
+_unit_scales: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
+    (float32 accumulation, like the quantized GEMVs); more rows or no Triton: F.linear."""
+    n, k = weight.shape
+    _check(x, k, "float_gemv_linear")
+    x2 = _rows(x)
+    if not use_triton(x) or x.numel() == 0 or x2.shape[0] > GEMV_MAX_M:
+        return torch.nn.functional.linear(x, weight, bias)
+    key = (n, x.device)
+    ones = _unit_scales.get(key)
+    if ones is None:  # the kernel multiplies each K tile's sum by a per-row scale: here 1.0
+        ones = _unit_scales[key] = torch.ones(n, dtype=torch.float32, device=x.device)
+    out = launch(x2, weight.contiguous(), ones, 0, KTILE_8BIT, W_FLOAT, bias, x.dtype, "gemv")
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -49,7 +49,13 @@ class UnquantizedLinearMethod(LinearMethod):
             layer.register_parameter("bias", None)
 
     def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
-        """``F.linear`` with the stored weight and bias."""
+        """``F.linear`` with the stored weight and bias (decode rows through the Triton GEMV when
+        KILN_TRITON_GEMV=1)."""
+        if x.is_cuda and x.numel() <= 4 * x.shape[-1]:
+            from kiln.kernels import quant_matmul
+
+            if quant_matmul.triton_gemv_enabled():
+                return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
     def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,

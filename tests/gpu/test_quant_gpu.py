@@ -283,3 +283,31 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, gen, monkeypa
         monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "1")
         assert all(torch.equal(a, b) for a, b in zip(outs, want))
     assert not bool(qm.split_locks(x.device).any())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_float_gemv_against_linear(m, shape, dtype, gen, poison_allocations):
+    """KILN_TRITON_GEMV's path: unquantized weights through the GEMV kernel vs float32 F.linear."""
+    n, k = shape
+    w = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(dtype)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    x = randx(m, k, dtype, gen)
+    ref = torch.nn.functional.linear(x.float(), w.float(), bias.float())
+    check(qm.float_gemv_linear(x, w, bias), ref.to(dtype), dtype, m, n)
+
+
+def test_unquantized_linear_uses_the_gemv_only_when_asked(gen, monkeypatch):
+    from kiln.layers.linear import Linear
+
+    layer = Linear(4096, (4096, 1024, 1024), bias=False, dtype=torch.bfloat16, device="cuda")
+    layer.weight.data.copy_(torch.randn(6144, 4096, generator=gen, device="cuda") * 0.02)
+    x = randx(2, 4096, torch.bfloat16, gen)
+    ref = torch.nn.functional.linear(x.float(), layer.weight.float())
+    monkeypatch.setenv("KILN_TRITON_GEMV", "0")
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+    monkeypatch.setenv("KILN_TRITON_GEMV", "1")
+    check(layer(x), ref.to(torch.bfloat16), torch.bfloat16, 2, 6144)
+    many = randx(64, 4096, torch.bfloat16, gen)  # prefill rows stay on cuBLAS
+    assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight))

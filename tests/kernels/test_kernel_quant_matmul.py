@@ -224,6 +224,28 @@ def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeyp
     assert torch.equal(again, separate)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 4])
+def test_float_gemv_matches_linear(m, dtype, gen, poison_allocations):
+    """The unquantized GEMV (KILN_TRITON_GEMV's path) against F.linear, with and without bias,
+    K not a multiple of the 128-wide tile, and with forced K splits."""
+    n, k = 40, 3 * 128 + 40
+    w = (torch.randn(n, k, generator=gen) * 0.05).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype)
+    x = randx(m, k, dtype, gen)
+    ref = torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(dtype)
+    out = qm.float_gemv_linear(x, w, bias)
+    assert out.dtype == dtype and rel_err(out, ref) < TOL[dtype]
+    assert rel_err(qm.float_gemv_linear(x, w), ref - bias) < TOL[dtype] * 4
+    ones = torch.ones(n)
+    for split in (2, 3):
+        got = qm.launch(x, w, ones, 0, qm.KTILE_8BIT, qm.W_FLOAT, bias, dtype, "gemv", split_k=split)
+        assert rel_err(got, ref) < TOL[dtype]
+    more = randx(m + 4, k, dtype, gen)  # above GEMV_MAX_M rows: F.linear itself
+    assert torch.equal(qm.float_gemv_linear(more, w, bias),
+                       torch.nn.functional.linear(more, w, bias))
+
+
 def test_split_heuristic():
     # Few output tiles and a long K split until ~2 programs per SM; many tiles never split.
     assert qm.pick_split_k(tiles=32, num_groups=112, num_sms=132) == 16
