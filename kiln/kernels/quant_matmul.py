@@ -155,8 +155,11 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             g = g0 + u
             valid = g < g_end
             tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
-            s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
-                        mask=n_mask & valid, other=0.0)
+            if WKIND == 4:
+                s = 1.0  # unquantized weights have no scales (s_ptr is not read)
+            else:
+                s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
+                            mask=n_mask & valid, other=0.0)
             if WKIND == 0:
                 lo, hi = _nibbles_f32(tile)
                 # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles.
@@ -324,6 +327,7 @@ GEMM_CONFIGS_BY_BUCKET = {
 # registers next to the accumulator; seen in the cubins); W8A8 tiles do not dequantize.
 # One fixed configuration per kernel for the CPU interpreter (small, so tests stay fast, and
 # with UNROLL 2 so the masked tail of the unrolled loop is exercised).
+GEMM_CONFIGS = [c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs]
 INTERPRET_GEMV = {"BLOCK_N": 16, "UNROLL": 2}
 INTERPRET_GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "UNROLL": 2, "SWIZZLE": 2}
 MAX_SPLIT_K = 16
@@ -382,7 +386,7 @@ _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
 _gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK"])(_gemv_split)
-_gemm_tuned = triton.autotune([c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs],
+_gemm_tuned = triton.autotune(GEMM_CONFIGS,
                               key=_TUNE_KEY + ["M_BUCKET"],
                               prune_configs_by={"early_config_prune": _gemm_prune})(_gemm_split)
 
@@ -393,7 +397,7 @@ def tuned_kernels() -> dict:
 
 
 def _candidates(name: str) -> list[triton.Config]:
-    return GEMV_CONFIGS if name == "gemv" else [c for cs in GEMM_CONFIGS_BY_BUCKET.values() for c in cs]
+    return GEMV_CONFIGS if name == "gemv" else GEMM_CONFIGS
 
 
 def _same_config(a: triton.Config, entry: dict) -> bool:
@@ -445,6 +449,7 @@ def fused_splitk_enabled() -> bool:
 
 
 SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
+_MIN_GEMV_BLOCK_N = min([c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS] + [INTERPRET_GEMV["BLOCK_N"]])
 _split_locks: dict[torch.device, torch.Tensor] = {}
 
 
@@ -487,8 +492,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     locks = None
     if path == "gemv":
         flags["BLOCK_M"] = triton.next_power_of_2(m)
-        min_block_n = min(c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS + [triton.Config(INTERPRET_GEMV)])
-        if fused_splitk_enabled() and triton.cdiv(n, min_block_n) <= SPLIT_LOCKS:
+        if fused_splitk_enabled() and triton.cdiv(n, _MIN_GEMV_BLOCK_N) <= SPLIT_LOCKS:
             locks = split_locks(x2.device)
         flags["FUSED_SPLITK"] = locks is not None
         kernel = _gemv_tuned if tune else _gemv_split
@@ -644,9 +648,6 @@ def triton_gemv_enabled() -> bool:
     return os.environ.get("KILN_TRITON_GEMV", "0") == "1"
 
 
-_unit_scales: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
 def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
@@ -656,11 +657,9 @@ def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
     x2 = _rows(x)
     if not use_triton(x) or x.numel() == 0 or x2.shape[0] > GEMV_MAX_M:
         return torch.nn.functional.linear(x, weight, bias)
-    key = (n, x.device)
-    ones = _unit_scales.get(key)
-    if ones is None:  # the kernel multiplies each K tile's sum by a per-row scale: here 1.0
-        ones = _unit_scales[key] = torch.ones(n, dtype=torch.float32, device=x.device)
-    out = launch(x2, weight.contiguous(), ones, 0, KTILE_8BIT, W_FLOAT, bias, x.dtype, "gemv")
+    weight = weight.contiguous()
+    # W_FLOAT reads no scales: the weight itself stands in for the scales argument.
+    out = launch(x2, weight, weight, 0, KTILE_8BIT, W_FLOAT, bias, x.dtype, "gemv")
     return out.reshape(*x.shape[:-1], n)
 
 
