@@ -209,6 +209,13 @@ class LLMEngine:
         blocks = memory.num_kv_blocks_cuda(block_bytes, config.cache, self.device, peak)
         return min(blocks, memory.blocks_needed_at_most(config.cache, config.scheduler))
 
+    def _scratch_kv_caches(self, num_blocks: int, block_size: int) -> list[torch.Tensor]:
+        """Zeroed per-layer KV caches for forwards outside the engine's own cache (start-up)."""
+        args = self.model.args
+        return [torch.zeros(2, num_blocks, block_size, args.num_key_value_heads, args.head_dim,
+                            dtype=self.kv_dtype, device=self.device)
+                for _ in range(args.num_hidden_layers)]
+
     @torch.inference_mode()
     def _profile_activation_bytes(self, config: EngineConfig) -> int:
         """Peak extra memory of one forward over the largest batch the scheduler may build."""
@@ -218,9 +225,7 @@ class LLMEngine:
         n = min(config.scheduler.max_num_batched_tokens, config.scheduler.max_model_len)
         bs = config.cache.block_size
         num_blocks = -(-n // bs)
-        caches = [torch.zeros(2, num_blocks, bs, args.num_key_value_heads, args.head_dim,
-                              dtype=self.kv_dtype, device=self.device)
-                  for _ in range(args.num_hidden_layers)]
+        caches = self._scratch_kv_caches(num_blocks, bs)
         meta = build_attention_metadata([(0, n, list(range(num_blocks)))], bs, self.device)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -249,9 +254,7 @@ class LLMEngine:
         args = self.model.args
         per_seq = -(-14 // block_size)  # blocks for the 14 positions a sequence reaches below
         tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(3)]
-        caches = [torch.zeros(2, 3 * per_seq, block_size, args.num_key_value_heads, args.head_dim,
-                              dtype=self.kv_dtype, device=self.device)
-                  for _ in range(args.num_hidden_layers)]
+        caches = self._scratch_kv_caches(3 * per_seq, block_size)
         # (start position, new tokens, sequence) per scheduled sequence, step by step.
         steps = ([(0, 7, 0)], [(0, 10, 1), (0, 5, 2)], [(7, 1, 0), (10, 3, 1)],
                  [(8, 1, 0), (13, 1, 1)], [(9, 1, 0)])
