@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/run.log"
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" | tee -a "$OUT/run.log"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${GPU_TESTS:-tests/gpu tests/sample} -q -rfE --tb=short 2>&1 > "$OUT/gpu_tests_full.log"
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${GPU_TESTS:-tests/gpu tests/sample} ${PYTEST_ARGS:-} -q -rfE --tb=short 2>&1 > "$OUT/gpu_tests_full.log"
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests_full.log" | tail -25 | tee -a "$OUT/run.log"
 fi
 M=/tmp/llama-3-8b

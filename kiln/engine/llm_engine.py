@@ -132,8 +132,10 @@ class LLMEngine:
         if (self.device.type == "cuda" and not config.enforce_eager
                 and use_triton(torch.empty(0, device=self.device))):
             t1 = time.perf_counter()
+            reserved = torch.cuda.memory_reserved(self.device)
             self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len)
-            logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t1)
+            logger.info("decode CUDA graphs captured in %.1f s (%.2f GiB)", time.perf_counter() - t1,
+                        (torch.cuda.memory_reserved(self.device) - reserved) / 2**30)
         from kiln.scheduler.scheduler import Scheduler
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.eos_token_ids = frozenset(self.generation_config.get("eos_token_id") or [])
@@ -206,6 +208,8 @@ class LLMEngine:
         if self.device.type != "cuda":
             return memory.num_kv_blocks_cpu(block_bytes, config.cache, config.scheduler)
         peak = self._profile_activation_bytes(config)
+        if not config.enforce_eager:  # the decode graphs' shared logits buffer (cuda_graphs.py)
+            peak += config.scheduler.max_num_seqs * args.vocab_size * 4
         blocks = memory.num_kv_blocks_cuda(block_bytes, config.cache, self.device, peak)
         return min(blocks, memory.blocks_needed_at_most(config.cache, config.scheduler))
 

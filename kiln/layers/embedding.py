@@ -49,6 +49,13 @@ class LMHead(nn.Module):
         """The [vocab_size, hidden_size] matrix the head multiplies with."""
         return self._tied[0].weight if self._tied else self.weight
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden_size] -> [N, vocab_size] float32 (matmul in the model dtype, like HF)."""
-        return F.linear(hidden, self.table()).float()
+    def forward(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, hidden_size] -> [N, vocab_size] float32 (matmul in the model dtype, like HF).
+
+        ``out`` (float32 [N, vocab_size]) receives the logits instead of a new tensor: the decode
+        graphs of every batch size write into one shared buffer this way.
+        """
+        logits = F.linear(hidden, self.table())
+        if out is None:
+            return logits.float()
+        return out.copy_(logits)

@@ -123,9 +123,10 @@ class LlamaFamilyModel(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits."""
-        return self.lm_head(hidden)
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits (into
+        ``out`` when given)."""
+        return self.lm_head(hidden, out)
 
     def set_kv_cache_scales(self, scales: Sequence[tuple[float, float]]
                             | Mapping[str, Mapping[str, float]]) -> None:
