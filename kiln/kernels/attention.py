@@ -459,7 +459,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
 
     The new tokens' K/V must already be written (see kernels.rotary.rotary_and_write_kv).
     Decode-only batches (max_query_len == 1) take a split-context (flash-decoding) kernel whose
-    grid depends only on num_seqs and max_seq_len; other batches take a tiled causal kernel.
+    grid depends only on num_seqs and max_seq_len; other batches take a tiled causal kernel,
+    except their leading one-token rows (running decodes), which take the decode kernel.
     Launch sizes come from the host-side fields of meta: no device-to-host sync.
     ``k_scale``/``v_scale`` dequantize an fp8 cache (plain floats, fixed per layer, so they are
     baked into captured graphs); caches of other dtypes ignore them.
@@ -474,8 +475,12 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         # q . (k8 * k_scale) == (q . k8) * k_scale: the key scale rides on the softmax scale.
         qk_scale *= float(k_scale)
         fp8_v_scale = float(v_scale)
+    split = meta.decode_split
     if meta.max_query_len == 1:
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
+    elif split is not None:  # leading one-token rows on the decode kernel, the rest tiled
+        _paged_decode(q, kv_cache, split[0], out, qk_scale, window, v_scale=fp8_v_scale)
+        _paged_prefill(q, kv_cache, split[1], out, qk_scale, window, v_scale=fp8_v_scale)
     else:
         _paged_prefill(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
     return out

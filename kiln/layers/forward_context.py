@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -44,6 +45,37 @@ class AttentionMetadata:
     @property
     def is_decode_only(self) -> bool:
         return self.max_query_len == 1
+
+    def rows(self, lo: int, hi: int) -> AttentionMetadata:
+        """The metadata of sequences lo .. hi - 1 alone (device fields are views). Their token
+        offsets stay those of the whole batch, so a kernel given it reads q and writes its output
+        at the same rows; slot_mapping stays whole (attention does not read it)."""
+        query_lens, seq_lens = self.query_lens_cpu[lo:hi], self.seq_lens_cpu[lo:hi]
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping, query_start_loc=self.query_start_loc[lo:hi + 1],
+            seq_lens=self.seq_lens[lo:hi], block_tables=self.block_tables[lo:hi],
+            query_lens_cpu=query_lens, seq_lens_cpu=seq_lens,
+            max_query_len=max(query_lens, default=0), max_seq_len=max(seq_lens, default=0))
+
+    @cached_property
+    def decode_split(self) -> tuple[AttentionMetadata, AttentionMetadata] | None:
+        """(leading decode rows, the rest) of a mixed batch, or None.
+
+        The scheduler puts running requests first, so a mixed step is usually many one-token
+        decodes followed by prefill chunks. The tiled causal kernel would give each decode row a
+        whole query tile; the decode kernel suits them. Computed once per step (every layer
+        asks).
+        """
+        if self.max_query_len <= 1:
+            return None
+        d = 0
+        for n in self.query_lens_cpu:
+            if n > 1:
+                break
+            d += 1
+        if d == 0:
+            return None
+        return self.rows(0, d), self.rows(d, self.num_seqs)
 
 
 def build_attention_metadata(seqs: list[tuple[int, int, list[int]]], block_size: int,

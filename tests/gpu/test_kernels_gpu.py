@@ -137,6 +137,9 @@ def test_decode_attention(dtype, group, block_size, window, gen, poison_allocati
 def test_mixed_prefill_decode_attention(dtype, group, block_size, window, gen, poison_allocations):
     seqs = [(0, 300), (517, 64), (1000, 1), (0, 1), (40, 0), (129, 250), (2000, 1)]
     check_attention(seqs, 4 * group, 4, 128, block_size, dtype, gen, window)
+    # Running decodes first (the scheduler's order): they take the decode kernel.
+    seqs = [(1000, 1), (3, 1), (40, 0), (2500, 1), (0, 300), (517, 64), (2000, 1)]
+    check_attention(seqs, 4 * group, 4, 128, block_size, dtype, gen, window)
 
 
 @pytest.mark.parametrize("head_dim", [64, 256])

@@ -56,6 +56,22 @@ def test_mixed_prefill_and_decode(dtype, group, block_size, gen, poison_allocati
     run_case(seqs, 2 * group, 2, 32, block_size, dtype, gen)
 
 
+@pytest.mark.parametrize("window", [None, 30])
+def test_mixed_batch_with_leading_decodes(window, gen, poison_allocations, monkeypatch):
+    # Running decodes first (one with no new token), then prompts and chunks: the decode rows go
+    # to the decode kernel (also split into partitions), the rest to the tiled kernel.
+    seqs = [(50, 1), (200, 0), (7, 1), (300, 1), (0, 37), (20, 5), (70, 1), (64, 19)]
+    calls = []
+    for name in ("_paged_decode", "_paged_prefill"):
+        real = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda q, c, meta, *a, real=real, name=name, **k:
+                            calls.append((name, meta.num_seqs)) or real(q, c, meta, *a, **k))
+    for sms in (1, 64):
+        monkeypatch.setattr(attention, "_num_sms", lambda device, sms=sms: sms)
+        run_case(seqs, 8, 2, 32, 16, torch.float32, gen, window)
+    assert calls[:2] == [("_paged_decode", 4), ("_paged_prefill", 4)]
+
+
 @pytest.mark.parametrize("window", [1, 8, 24, 100])
 def test_prefill_sliding_window(window, gen, poison_allocations):
     seqs = [(0, 45), (30, 20), (90, 1)]
