@@ -179,7 +179,13 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
     return m, l, acc
 
 
-@triton.jit
+# The metadata arguments change from step to step (a sub-batch's views start anywhere; the block
+# table's width follows the longest context): specializing on their alignment or divisibility
+# would compile new variants while serving. They are read as scalars, so nothing is lost.
+_META_PTRS = ("block_tables_ptr", "seq_lens_ptr", "query_start_ptr")
+
+
+@triton.jit(do_not_specialize=["block_table_stride"], do_not_specialize_on_alignment=_META_PTRS)
 def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
                     q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                     cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
@@ -247,7 +253,8 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
              + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["block_table_stride", "max_partitions"],
+            do_not_specialize_on_alignment=_META_PTRS)
 def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
                              out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                              q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
@@ -305,7 +312,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_partitions"],
+            do_not_specialize_on_alignment=["seq_lens_ptr", "query_start_ptr"])
 def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                           part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
                           max_partitions, HEAD_DIM: tl.constexpr, PARTITION: tl.constexpr,
