@@ -89,6 +89,17 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def engine_settings(engine) -> dict:
+    """The engine knobs a measurement depends on, recorded beside it."""
+    c = engine.config
+    return {"max_num_seqs": c.scheduler.max_num_seqs,
+            "max_num_batched_tokens": c.scheduler.max_num_batched_tokens,
+            "max_model_len": c.scheduler.max_model_len, "dtype": str(engine.dtype).replace("torch.", ""),
+            "kv_cache_dtype": c.cache.kv_cache_dtype, "enforce_eager": c.enforce_eager,
+            "async_scheduling": c.async_scheduling,
+            "quantization": ((engine.engine_info or {}).get("quantization") or {}).get("scheme", "none")}
+
+
 def write_json(path: str | None, result: dict) -> None:
     """Write results as JSON when a path was given."""
     if path:

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "output_tokens_per_s": args.batch_size * args.output_len / total,
         "weight_bytes": wbytes,
         "achieved_gbs": step_bytes / tpot / 1e9 if tpot else None,
+        "engine": common.engine_settings(engine),
         "environment": common.environment(device),
     }
     copy_bw = common.copy_bandwidth_gbs(device) if tpot else None

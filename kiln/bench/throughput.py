@@ -67,6 +67,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "total_tokens_per_s": (gen + in_tokens) / elapsed, "output_tokens": gen,
         "num_preemptions": stats.get("num_preemptions"),
         "num_kv_blocks": stats.get("num_total_kv_blocks"),
+        "engine": common.engine_settings(engine),
         "environment": common.environment(device),
     }
     if args.baseline == "hf":

@@ -52,4 +52,5 @@ def test_throughput_json(tiny_dir, tmp_path, capsys):
             "--output-len", "8", "--max-num-seqs", "4", "--no-progress", "--json", str(out))
     r = json.loads(out.read_text())
     assert r["output_tokens_per_s"] > 0 and r["requests_per_s"] > 0
+    assert r["engine"]["max_num_seqs"] == 4 and r["engine"]["quantization"] == "none"
     assert "throughput: 12 requests" in capsys.readouterr().out
