@@ -28,6 +28,10 @@ for Q in ${SCHEMES:-fp8 int4-wo}; do
   echo "build $Q wall $((SECONDS - T0)) s" | tee -a "$LOG"
   python3 -c "import json,sys; t=json.load(open('$E/engine.json'))['kernel_tuning']; print('kernel_tuning', t['status'], t.get('seconds'), len(t['results']), 'entries')" | tee -a "$LOG"
   $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_$Q.json" 2>&1 | tail -6 | tee -a "$LOG"
+  if [ "${ACT_COMPARE:-0}" = 1 ]; then  # W8A8 GEMVs quantizing their own activations
+    echo "== $Q with KILN_QUANT_FUSED_ACT=1" | tee -a "$LOG"
+    KILN_QUANT_FUSED_ACT=1 $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_${Q}_fused_act.json" 2>&1 | tail -6 | tee -a "$LOG"
+  fi
   if [ "${FUSED_COMPARE:-0}" = 1 ]; then
     echo "== $Q with KILN_QUANT_FUSED_SPLITK=0" | tee -a "$LOG"
     KILN_QUANT_FUSED_SPLITK=0 $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_${Q}_separate.json" 2>&1 | tail -6 | tee -a "$LOG"

@@ -285,6 +285,39 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, gen, monkeypa
     assert not bool(qm.split_locks(x.device).any())
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_gemv_quantizing_its_own_activations_bit_identical(m, shape, gen, monkeypatch):
+    """KILN_QUANT_FUSED_ACT=1 (the W8A8 GEMV quantizes x per token itself, no separate launch):
+    the same bits as the quantization kernel plus the GEMV, for fp8 and int8, eagerly and across
+    CUDA-graph replays."""
+    n, k = shape
+    w8, ws8 = fp8_case(n, k, gen)
+    wi8 = torch.randint(-127, 128, (n, k), generator=gen, device="cuda", dtype=torch.int8)
+    wsi8 = torch.rand(n, generator=gen, device="cuda") * 0.01 + 0.001
+    x = randx(m, k, torch.bfloat16, gen)
+    x[0] *= 50
+
+    def both():
+        return qm.fp8_linear(x, w8, ws8), qm.int8_sq_linear(x, wi8, wsi8)
+
+    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
+    want = both()
+    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
+    assert all(torch.equal(a, b) for a, b in zip(both(), want))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = both()
+    for _ in range(2):
+        x.copy_(randx(m, k, torch.bfloat16, gen))
+        g.replay()
+        torch.cuda.synchronize()
+        monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
+        want = both()
+        monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
+        assert all(torch.equal(a, b) for a, b in zip(outs, want))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4])

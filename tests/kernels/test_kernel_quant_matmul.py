@@ -224,6 +224,43 @@ def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeyp
     assert torch.equal(again, separate)
 
 
+@pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (4, 2)])
+def test_gemv_quantizing_its_own_activations_equals_the_separate_launch(qdtype, m, split, gen,
+                                                                         monkeypatch,
+                                                                         poison_allocations):
+    """quant_x: the W8A8 GEMV quantizes the float activations per token itself (every program
+    finds the row's amax over the whole of K). Same scales, same codes, so the same bits as the
+    per-token quantization kernel followed by the GEMV; rows of very different magnitude, a zero
+    row, K not a multiple of the scan block, K splits."""
+    n, k = 40, 5 * 64 + 32
+    x = randx(m, k, torch.float32, gen)
+    x[0] *= 300
+    if m > 2:
+        x[2] = 0.0
+    bias = torch.randn(n, generator=gen)
+    if qdtype == torch.int8:
+        w, s = int8_case(n, k, gen)
+        w, wkind = w.view(torch.uint8), qm.W_INT8_U
+    else:
+        w, s = fp8_case(n, k, gen)
+        wkind = qm.W_FP8
+    xq, xs = quant_per_token(x, qdtype)
+    args = (w, s, 0, qm.KTILE_8BIT, wkind, bias, torch.float32, "gemv")
+    separate = qm.launch(xq.float(), *args, x_scales=xs, split_k=split)
+    fused = qm.launch(x, *args, quant_x=qdtype, split_k=split)
+    assert torch.equal(fused, separate)
+    # Through the dispatchers, with the switch.
+    linear = qm.fp8_linear if qdtype != torch.int8 else qm.int8_sq_linear
+    weight = w if qdtype != torch.int8 else w.view(torch.int8)
+    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
+    off = linear(x, weight, s, bias)
+    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
+    assert torch.equal(linear(x, weight, s, bias), off)
+    with pytest.raises(ValueError, match="quant_x"):
+        qm.launch(x, *args[:-1], "gemm", quant_x=qdtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 3, 4])
 def test_float_gemv_matches_linear(m, dtype, gen, poison_allocations):
