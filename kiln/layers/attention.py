@@ -9,7 +9,6 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels.attention import paged_attention
-from kiln.kernels.rotary import rotary_and_write_kv
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -69,9 +68,8 @@ class PagedSelfAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        # The kernel RotaryEmbedding.forward calls, called here so the fp8 scales reach it.
-        q = rotary_and_write_kv(q, k, v, positions, self._rotary[0].cos_sin_cache, kv_cache,
-                                meta.slot_mapping, self.k_scale, self.v_scale)
+        q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
+                            self.v_scale)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))

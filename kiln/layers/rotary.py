@@ -92,6 +92,9 @@ class RotaryEmbedding(nn.Module):
                              persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
-        """Rotate q [T, Hq, D] and k [T, Hk, D]; store k and v at ``slot_mapping``; return rotated q."""
-        return rotary_and_write_kv(q, k, v, positions, self.cos_sin_cache, kv_cache, slot_mapping)
+                kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k_scale: float = 1.0,
+                v_scale: float = 1.0) -> torch.Tensor:
+        """Rotate q [T, Hq, D] and k [T, Hk, D]; store k and v at ``slot_mapping`` (an fp8 cache
+        scaled by ``k_scale``/``v_scale``); return rotated q."""
+        return rotary_and_write_kv(q, k, v, positions, self.cos_sin_cache, kv_cache, slot_mapping,
+                                   k_scale, v_scale)
