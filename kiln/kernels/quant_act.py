@@ -40,31 +40,43 @@ def quant_per_token_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tens
 
 
 @triton.jit
+def token_scale(x_row, K, valid, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+    """The per-token scale of the row at x_row (K elements; `valid` false reads none): one pass
+    for the amax. Shared with the W8A8 GEMV that quantizes its own activations."""
+    amax = tl.zeros([BLOCK], tl.float32)
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_row + offs, mask=(offs < K) & valid, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    qmax = 127.0 if IS_INT8 else 448.0
+    # IEEE division (Triton's `/` is approximate) so scales and rounding match the reference.
+    return tl.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)
+
+
+@triton.jit
+def quantize_to_codes(x, scale, IS_INT8: tl.constexpr):
+    """float32 x -> int8 or fp8 e4m3 codes of x / scale (saturating; ties to even)."""
+    qmax = 127.0 if IS_INT8 else 448.0
+    y = tl.minimum(tl.maximum(tl.div_rn(x, scale), -qmax), qmax)
+    if IS_INT8:
+        return ((y + 12582912.0) - 12582912.0).to(tl.int8)
+    else:
+        return y.to(tl.float8e4nv)
+
+
+@triton.jit
 def _quant_per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
                             IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
     # One program per row: a first pass finds the amax, a second (from L1/L2) scales and casts.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
-    amax = tl.zeros([BLOCK], tl.float32)
-    for k0 in range(0, K, BLOCK):
-        offs = k0 + tl.arange(0, BLOCK)
-        x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    qmax = 127.0 if IS_INT8 else 448.0
-    # IEEE division (Triton's `/` is approximate) so scales and rounding match the reference.
-    scale = tl.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)
+    scale = token_scale(x_row, K, True, IS_INT8, BLOCK)
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        y = tl.div_rn(x, scale)
-        y = tl.minimum(tl.maximum(y, -qmax), qmax)
-        if IS_INT8:
-            q = ((y + 12582912.0) - 12582912.0).to(tl.int8)
-        else:
-            q = y.to(tl.float8e4nv)
-        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
+        tl.store(q_ptr + row * stride_qm + offs, quantize_to_codes(x, scale, IS_INT8), mask=mask)
 
 
 def quant_per_token(x: torch.Tensor, dtype: torch.dtype,

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import use_triton
-from kiln.kernels.quant_act import quant_per_token
+from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
 W_INT4 = 0     # packed uint8 nibbles, group-wise scales
@@ -133,18 +133,6 @@ def _bytes_f32(b, WKIND: tl.constexpr):
 
 
 @triton.jit
-def _quantize_row(x, scale, QX: tl.constexpr):
-    """float32 x -> the float32 value of its per-token quantization with `scale` (QX 1: fp8
-    e4m3, 2: int8), as _quant_per_token_kernel stores it and the GEMV reads it back."""
-    qmax = 127.0 if QX == 2 else 448.0
-    y = tl.minimum(tl.maximum(tl.div_rn(x, scale), -qmax), qmax)
-    if QX == 2:
-        return ((y + 12582912.0) - 12582912.0).to(tl.int8).to(tl.float32)
-    else:
-        return y.to(tl.float8e4nv).to(tl.float32)
-
-
-@triton.jit
 def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -155,8 +143,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
     # QX 1 (fp8) / 2 (int8): x is the float activation and each program quantizes it per token
-    # itself, exactly as _quant_per_token_kernel does (same amax, same IEEE division, same cast),
-    # so the products are the bits of the separate quantization launch, which is saved.
+    # itself with _quant_per_token_kernel's own helpers, so the products are the bits of the
+    # separate quantization launch, which is saved.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,14 +152,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     rows = tl.arange(0, BLOCK_M)
     if QX != 0:
         x_scale = tl.zeros([BLOCK_M], tl.float32)
-        for m in tl.static_range(BLOCK_M):
-            amax = tl.zeros([QX_BLOCK], tl.float32)
-            for k0 in range(0, K, QX_BLOCK):  # the whole row, from L2: every split needs it
-                offs = k0 + tl.arange(0, QX_BLOCK)
-                xa = tl.load(x_ptr + m * stride_xm + offs, mask=(offs < K) & (m < M), other=0.0)
-                amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
-            qmax = 127.0 if QX == 2 else 448.0
-            row_scale = tl.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)
+        for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
+            row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
             x_scale = tl.where(rows == m, row_scale, x_scale)
     per_split = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
     g_begin = pid_k * per_split
@@ -202,8 +184,9 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                 for m in tl.static_range(BLOCK_M):
                     x_mask = (offs_k < K) & (m < M) & valid
                     xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
-                    if QX != 0:
-                        xv = _quantize_row(xv, tl.sum(tl.where(rows == m, x_scale, 0.0), axis=0), QX)
+                    if QX != 0:  # the code's value, as the GEMV would read it back
+                        xv = quantize_to_codes(xv, tl.sum(tl.where(rows == m, x_scale, 0.0), axis=0),
+                                               QX == 2).to(tl.float32)
                     part = tl.sum(w * xv[None, :], axis=1) * s
                     acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
     m_mask = rows < M
