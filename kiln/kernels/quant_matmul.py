@@ -728,11 +728,11 @@ def int8_sq_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     if m <= GEMV_MAX_M and fused_act_quant_enabled():
         out = launch(x2, weight.view(torch.uint8), ws, 0, KTILE_8BIT, W_INT8_U, bias, x.dtype, "gemv",
                      quant_x=torch.int8)
-        return out.reshape(*x.shape[:-1], n)
-    xq, sx = quant_per_token(x2, torch.int8)
-    if m <= GEMV_MAX_M:
+    elif m <= GEMV_MAX_M:
+        xq, sx = quant_per_token(x2, torch.int8)
         out = launch(xq, weight.view(torch.uint8), ws, 0, KTILE_8BIT, W_INT8_U, bias, x.dtype, "gemv",
                      x_scales=sx)
     else:
+        xq, sx = quant_per_token(x2, torch.int8)
         out = launch(xq, weight, ws, 0, KTILE_8BIT, W_INT8, bias, x.dtype, "gemm", x_scales=sx)
     return out.reshape(*x.shape[:-1], n)
