@@ -215,10 +215,9 @@ class LLMEngine:
 
     def _scratch_kv_caches(self, num_blocks: int, block_size: int) -> list[torch.Tensor]:
         """Zeroed per-layer KV caches for forwards outside the engine's own cache (start-up)."""
-        args = self.model.args
-        return [torch.zeros(2, num_blocks, block_size, args.num_key_value_heads, args.head_dim,
-                            dtype=self.kv_dtype, device=self.device)
-                for _ in range(args.num_hidden_layers)]
+        from kiln.runner.memory import allocate_kv_caches
+
+        return allocate_kv_caches(self.model.args, num_blocks, block_size, self.kv_dtype, self.device)
 
     @torch.inference_mode()
     def _profile_activation_bytes(self, config: EngineConfig) -> int:

@@ -22,6 +22,7 @@ from torch import nn
 from kiln.errors import KilnError
 from kiln.layers.forward_context import build_attention_metadata
 from kiln.layers.linear import Linear
+from kiln.runner.memory import allocate_kv_caches
 
 DEMO_CORPUS = "demo-corpus"
 # Characters of each file tokenized when only its first window is needed (plenty for 2k tokens).
@@ -171,9 +172,8 @@ def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
     for first in range(0, windows.shape[0], batch_size):
         batch = windows[first:first + batch_size]
         b = batch.shape[0]
-        caches = [torch.zeros(2, b * blocks_per_seq, block_size, args.num_key_value_heads,
-                              args.head_dim, dtype=kv_cache_dtype or dtype, device=device)
-                  for _ in range(args.num_hidden_layers)]
+        caches = allocate_kv_caches(args, b * blocks_per_seq, block_size, kv_cache_dtype or dtype,
+                                    device)
         seqs = [(0, seq_len, list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)))
                 for i in range(b)]
         meta = build_attention_metadata(seqs, block_size, device)

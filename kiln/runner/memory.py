@@ -28,6 +28,15 @@ def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, block_size
     return 2 * num_layers * block_size * num_kv_heads * head_dim * elem
 
 
+def allocate_kv_caches(args, num_blocks: int, block_size: int, dtype: torch.dtype,
+                       device: torch.device | str) -> list[torch.Tensor]:
+    """Zeroed per-layer paged KV caches [2, num_blocks, block_size, kv_heads, head_dim] for a
+    model with ``args`` (num_hidden_layers, num_key_value_heads, head_dim)."""
+    return [torch.zeros(2, num_blocks, block_size, args.num_key_value_heads, args.head_dim,
+                        dtype=dtype, device=device)
+            for _ in range(args.num_hidden_layers)]
+
+
 def blocks_needed_at_most(cache: CacheConfig, sched: SchedulerConfig) -> int:
     """Blocks that max_num_seqs sequences of max_model_len tokens could ever use (plus one spare)."""
     per_seq = -(-sched.max_model_len // cache.block_size)

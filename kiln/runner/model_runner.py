@@ -10,6 +10,7 @@ import torch
 
 from kiln.batch import ModelOutput, SchedulerOutput, TokenLogprobs
 from kiln.layers.forward_context import AttentionMetadata, build_attention_metadata
+from kiln.runner import memory
 from kiln.sample.metadata import GREEDY_TEMPERATURE_EPS, SamplingBatch, SamplingRow
 from kiln.sample.sampler import Sampler, SamplerOutput
 
@@ -26,11 +27,8 @@ class ModelRunner:
         self.num_kv_blocks = num_kv_blocks
         args = model.args
         self.vocab_size = args.vocab_size
-        self.kv_caches = [
-            torch.zeros(2, num_kv_blocks, block_size, args.num_key_value_heads, args.head_dim,
-                        dtype=kv_cache_dtype or dtype, device=device)
-            for _ in range(args.num_hidden_layers)
-        ]
+        self.kv_caches = memory.allocate_kv_caches(args, num_kv_blocks, block_size,
+                                                   kv_cache_dtype or dtype, device)
         self.sampler = Sampler()
         self.graphs = None
         # The last launched step's sampled ids (on the device) and each request's row in them.
