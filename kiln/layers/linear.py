@@ -51,10 +51,11 @@ class UnquantizedLinearMethod(LinearMethod):
     def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
         """``F.linear`` with the stored weight and bias (decode rows through the Triton GEMV when
         KILN_TRITON_GEMV=1)."""
-        if x.is_cuda and x.numel() <= 4 * x.shape[-1]:
+        if x.is_cuda:
             from kiln.kernels import quant_matmul
 
-            if quant_matmul.triton_gemv_enabled():
+            if (x.numel() <= quant_matmul.GEMV_MAX_M * x.shape[-1]
+                    and quant_matmul.triton_gemv_enabled()):
                 return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
