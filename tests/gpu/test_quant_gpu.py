@@ -251,6 +251,29 @@ def test_build_time_tuning_seeds_the_autotuners(gen, monkeypatch):
             k.cache.update(saved[name])
 
 
+def assert_switch_keeps_bits(monkeypatch, var, run, refill, replays, check=lambda: None):
+    """``run()`` gives the same bits with the environment switch ``var`` at 1 as at 0, eagerly
+    and across replays of a CUDA graph captured with it at 1 (``refill()`` changes the inputs in
+    place before each replay); ``check()`` runs after the eager comparison and at the end."""
+    monkeypatch.setenv(var, "0")
+    want = run()
+    monkeypatch.setenv(var, "1")
+    assert all(torch.equal(a, b) for a, b in zip(run(), want))
+    check()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = run()
+    for _ in range(replays):
+        refill()
+        g.replay()
+        torch.cuda.synchronize()
+        monkeypatch.setenv(var, "0")
+        want = run()
+        monkeypatch.setenv(var, "1")
+        assert all(torch.equal(a, b) for a, b in zip(outs, want))
+    check()
+
+
 @pytest.mark.parametrize("shape", SHAPES[1:])
 @pytest.mark.parametrize("m", [1, 2, 4])
 def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, gen, monkeypatch):
@@ -265,24 +288,12 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, gen, monkeypa
     def both():
         return qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws)
 
-    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "0")
-    want = both()
-    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "1")
-    got = both()
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert not bool(qm.split_locks(x.device).any())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = both()
-    for _ in range(3):
-        x.copy_(randx(m, k, torch.bfloat16, gen))
-        g.replay()
-        torch.cuda.synchronize()
-        monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "0")
-        want = both()
-        monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "1")
-        assert all(torch.equal(a, b) for a, b in zip(outs, want))
-    assert not bool(qm.split_locks(x.device).any())
+    def counters_rearmed():
+        assert not bool(qm.split_locks(x.device).any())
+
+    assert_switch_keeps_bits(monkeypatch, "KILN_QUANT_FUSED_SPLITK", both,
+                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 3,
+                             counters_rearmed)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -301,21 +312,8 @@ def test_gemv_quantizing_its_own_activations_bit_identical(m, shape, gen, monkey
     def both():
         return qm.fp8_linear(x, w8, ws8), qm.int8_sq_linear(x, wi8, wsi8)
 
-    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
-    want = both()
-    monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
-    assert all(torch.equal(a, b) for a, b in zip(both(), want))
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = both()
-    for _ in range(2):
-        x.copy_(randx(m, k, torch.bfloat16, gen))
-        g.replay()
-        torch.cuda.synchronize()
-        monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
-        want = both()
-        monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
-        assert all(torch.equal(a, b) for a, b in zip(outs, want))
+    assert_switch_keeps_bits(monkeypatch, "KILN_QUANT_FUSED_ACT", both,
+                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
