@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from kiln.config import SUPPORTED_KV_CACHE_DTYPES
 from kiln.errors import KilnError
 
 
@@ -20,7 +21,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kv-blocks", type=int, default=None)
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     g.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
-    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+    g.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
                    help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"])
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
