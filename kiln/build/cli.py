@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from kiln.build.gpu_target import KNOWN_GPUS
+from kiln.config import SUPPORTED_KV_CACHE_DTYPES
 from kiln.quant.config import SCHEMES, QuantConfig
 
 
@@ -18,7 +19,7 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face checkpoint directory")
     p.add_argument("--output", "-o", required=True, metavar="ENGINE_DIR")
     p.add_argument("--quant", default="none", choices=SCHEMES)
-    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    p.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES)
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128)")
     p.add_argument("--smoothquant-alpha", type=float, default=0.5)
     p.add_argument("--calib-data", default=None, metavar="FILE",

@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from kiln.config import SUPPORTED_KV_CACHE_DTYPES
+
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add `kiln serve` flags (named like vLLM's) to ``parser``."""
@@ -48,7 +50,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="engine seed")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
                         help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                         help="schedule the next step while the device runs this one (default: "
