@@ -12,7 +12,10 @@ and kernel groups that took the most time; --json writes the same.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import sys
 import time
 from collections import defaultdict
@@ -48,6 +51,17 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def write_host_profile(prof: cProfile.Profile, path: str, r: dict) -> None:
+    """The host functions that took the time of the profiled steps, by cumulative and own time."""
+    buf = io.StringIO()
+    buf.write(f"{r['profiled_steps']} steps, wall {r['wall'] * 1e3:.1f} ms (under cProfile)\n")
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    Path(path).write_text(buf.getvalue())
+    print(buf.getvalue()[:6000])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -63,6 +77,11 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--label", default="")
     p.add_argument("--json", default=None)
+    p.add_argument("--trace", default=None,
+                   help="also export a Chrome trace (host ops + kernels) of the profiled steps")
+    p.add_argument("--host-profile", default=None,
+                   help="instead of kernels: cProfile the host side of the profiled steps into "
+                        "this text file (top functions by cumulative and by own time)")
     args = p.parse_args()
 
     kwargs = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -85,10 +104,18 @@ def main() -> None:
         while engine.has_unfinished_requests():
             if profile and step == args.skip_steps:
                 common.sync(engine.device)
-                # Kernels only on a GPU (less host overhead in the measured wall time).
-                acts = [torch.profiler.ProfilerActivity.CUDA if engine.device.type == "cuda"
-                        else torch.profiler.ProfilerActivity.CPU]
-                prof = torch.profiler.profile(activities=acts)
+                if args.host_profile:
+                    prof = cProfile.Profile()  # a context manager like torch's profiler
+                else:
+                    # Kernels only on a GPU (less host overhead in the measured wall time), unless
+                    # a trace is asked for: it shows what the host did while the GPU idled.
+                    acts = [torch.profiler.ProfilerActivity.CUDA if engine.device.type == "cuda"
+                            else torch.profiler.ProfilerActivity.CPU]
+                    if args.trace:
+                        acts = [torch.profiler.ProfilerActivity.CPU] + (
+                            [torch.profiler.ProfilerActivity.CUDA]
+                            if engine.device.type == "cuda" else [])
+                    prof = torch.profiler.profile(activities=acts)
                 prof.__enter__()
                 t0 = time.perf_counter()
             engine.step()
@@ -107,6 +134,11 @@ def main() -> None:
     run("warmup", profile=False)
     r = run("measure", profile=True)
     prof = r["prof"]
+    if args.host_profile:
+        write_host_profile(prof, args.host_profile, r)
+        return
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
     kernels: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for evt in prof.key_averages():
         dev_us = getattr(evt, "self_device_time_total", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
@@ -144,6 +145,7 @@ class LLMEngine:
                                  else self.device.type == "cuda")
         # A launched step whose samples have not been taken in yet (async scheduling).
         self._in_flight = None
+        self._gc_frozen = False  # see _hold_gc_while_busy
         self._groups: dict[str, _Group] = {}
         self._seq_to_group: dict[str, tuple[_Group, int]] = {}
         self.prompt_tokens_total = 0
@@ -352,6 +354,7 @@ class LLMEngine:
             self.scheduler.abort_requests(seq_ids)
             for sid in seq_ids:
                 self._seq_to_group.pop(sid, None)
+        self._hold_gc_while_busy()
 
     def has_unfinished_requests(self) -> bool:
         """True while any request is queued or running (or a launched step is not taken in)."""
@@ -365,6 +368,7 @@ class LLMEngine:
         while the device runs it: the host's scheduling, bookkeeping and detokenizing overlap
         the device's work, and outputs trail the device by one step.
         """
+        self._hold_gc_while_busy()
         sched_out = self.scheduler.schedule()
         launched = self.runner.launch(sched_out)
         if self.async_scheduling:
@@ -415,7 +419,24 @@ class LLMEngine:
                 self._groups.pop(g.request_id, None)
                 for s in g.sequences:
                     self._seq_to_group.pop(s.request.request_id, None)
+        self._hold_gc_while_busy()
         return outputs
+
+    def _hold_gc_while_busy(self) -> None:
+        """Keep the objects alive when work starts out of cyclic-GC passes until the engine idles.
+
+        A pass over the oldest generation walks every object in the process (model, tokenizer,
+        compiled kernels, captured graphs...). In a 1000-request throughput run on the H200 two
+        such passes took ~190-200 ms each, the GPU idle meanwhile (5% of the run). Frozen objects
+        are skipped; they are handed back when no request is left, so nothing that dies while
+        frozen is kept for good.
+        """
+        busy = self.has_unfinished_requests()
+        if busy and not self._gc_frozen:
+            gc.freeze()
+        elif not busy and self._gc_frozen:
+            gc.unfreeze()
+        self._gc_frozen = busy
 
     def _logprob_entry(self, token: int, lp) -> dict[int, Logprob]:
         entry = {token: Logprob(lp.sampled_logprob, lp.sampled_rank, self.tokenizer.decode([token]))}
