@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kiln.kernels import activation, attention, rmsnorm, rotary
+from kiln.kernels import activation, attention, prefill_fresh, rmsnorm, rotary
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -33,11 +33,18 @@ ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group"}
 
 
 def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: int):
-    """Compile fn for sm_90 with 16-divisible pointers/ints (as Llama-3-8B shapes give)."""
+    """Compile fn for sm_90 with 16-divisible pointers/ints (as Llama-3-8B shapes give).
+
+    Tensor-descriptor arguments take their block shapes from constexprs["_descs"].
+    """
+    constexprs = dict(constexprs)
+    descs = constexprs.pop("_descs", {})
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in descs:
+            signature[name] = f"tensordesc<{dtype}{list(descs[name])}>"
         elif name.endswith("_ptr"):
             signature[name] = PTR_TYPES.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -76,10 +83,18 @@ def configs():
         yield ("add+rmsnorm h4096", rmsnorm._rms_norm_kernel, {"HAS_RESIDUAL": True, "BLOCK": 4096},
                dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
-        yield ("rotary+kv D128", rotary._rotary_write_kv_kernel,
-               {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": True}, dtype, 4, 3)
+        for k_out in (False, True):
+            yield (f"rotary+kv D128 k_out={k_out}", rotary._rotary_write_kv_kernel,
+                   {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": True, "KV_FP8": False,
+                    "K_OUT": k_out}, dtype, 4, 3)
         yield ("rotary D128 (no cache)", rotary._rotary_write_kv_kernel,
-               {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": False}, dtype, 4, 3)
+               {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": False, "KV_FP8": False, "K_OUT": False},
+               dtype, 4, 3)
+        for head_dim in (128, 64):
+            yield (f"fresh prefill M64 N64 D{head_dim}", prefill_fresh._fresh_prefill_kernel,
+                   {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_N": 64,
+                    "_descs": {"q_desc": (64, head_dim), "k_desc": (64, head_dim),
+                               "v_desc": (64, head_dim)}}, dtype, 4, 3)
         for single in (True, False):
             for window in (False, True):
                 yield (f"decode G4 single={single} window={window}", attention._decode_partition_kernel,

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import use_triton
+from kiln.kernels.prefill_fresh import fresh_prefill_attention, fresh_prefill_ok
 from kiln.layers.forward_context import AttentionMetadata
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
@@ -460,9 +461,24 @@ def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
         num_warps=num_warps, num_stages=num_stages)
 
 
+def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                   sliding_window: int | None = None) -> bool:
+    """Whether paged_attention would read fresh prompts' keys/values from the step's own tensors
+    (``fresh_kv``), so the caller should keep the rotated keys (rotary_and_write_kv's k_out).
+
+    That path (kiln.kernels.prefill_fresh) needs a Triton-capable device, a half-precision
+    activation dtype, head_dim 64 or 128, no sliding window, and a cache that stores K/V as they
+    are (an fp8 cache's attention must see the quantized values, as later steps will).
+    """
+    return (meta.max_query_len > 1 and meta.fresh_from < meta.num_seqs and not sliding_window
+            and _triton_ok(q, kv_cache) and not is_fp8_kv_cache(kv_cache)
+            and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128))
+
+
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                     sliding_window: int | None = None, k_scale: float = 1.0,
-                    v_scale: float = 1.0) -> torch.Tensor:
+                    v_scale: float = 1.0,
+                    fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D].
 
     The new tokens' K/V must already be written (see kernels.rotary.rotary_and_write_kv).
@@ -472,6 +488,9 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     Launch sizes come from the host-side fields of meta: no device-to-host sync.
     ``k_scale``/``v_scale`` dequantize an fp8 cache (plain floats, fixed per layer, so they are
     baked into captured graphs); caches of other dtypes ignore them.
+    ``fresh_kv`` (rotated keys [T, Hk, D], values [T, Hk, D] of all T new tokens; pass it only
+    when wants_fresh_kv says so) lets the batch's trailing fresh prompts (meta.fresh_from) take
+    a kernel that reads them from these tensors instead of the cache: the same values, faster.
     """
     if not _triton_ok(q, kv_cache) or meta.num_seqs == 0:
         return paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
@@ -483,12 +502,23 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         # q . (k8 * k_scale) == (q . k8) * k_scale: the key scale rides on the softmax scale.
         qk_scale *= float(k_scale)
         fp8_v_scale = float(v_scale)
-    split = meta.decode_split
     if meta.max_query_len == 1:
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
-    elif split is not None:  # leading one-token rows on the decode kernel, the rest tiled
-        _paged_decode(q, kv_cache, split[0], out, qk_scale, window, v_scale=fp8_v_scale)
-        _paged_prefill(q, kv_cache, split[1], out, qk_scale, window, v_scale=fp8_v_scale)
-    else:
-        _paged_prefill(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
+        return out
+    body = meta
+    if meta.decode_split is not None:  # leading one-token rows on the decode kernel
+        _paged_decode(q, kv_cache, meta.decode_split[0], out, qk_scale, window,
+                      v_scale=fp8_v_scale)
+        body = meta.decode_split[1]
+    n = body.num_seqs
+    fresh = body.fresh_from if fresh_kv is not None else n
+    if fresh < n and not fresh_prefill_ok(q, *fresh_kv):
+        fresh = n
+    if fresh > 0:  # chunks over a cached prefix (or everything): the tiled paged kernel
+        _paged_prefill(q, kv_cache, body.rows(0, fresh) if fresh < n else body, out, qk_scale,
+                       window, v_scale=fp8_v_scale)
+    if fresh < n:
+        part = body.rows(fresh, n) if fresh > 0 else body
+        fresh_prefill_attention(q, fresh_kv[0], fresh_kv[1], part.query_start_loc,
+                                part.max_query_len, scale, out)
     return out

@@ -83,14 +83,15 @@ def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
 
 @triton.jit
 def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr, cache_ptr, slot_ptr,
-                            q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
+                            k_out_ptr, q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
                             v_tok_stride, v_head_stride, q_out_tok_stride, q_out_head_stride,
                             cos_sin_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
-                            num_q_heads, num_kv_heads, k_scale, v_scale,
-                            HALF: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_CACHE: tl.constexpr,
-                            KV_FP8: tl.constexpr):
+                            k_out_tok_stride, k_out_head_stride, num_q_heads, num_kv_heads, k_scale,
+                            v_scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                            WRITE_CACHE: tl.constexpr, KV_FP8: tl.constexpr, K_OUT: tl.constexpr):
     # Program (t, 0) rotates token t's query heads; (t, 1) rotates its key heads and writes keys
-    # and values to the cache, so q and k/v of one token proceed in parallel.
+    # and values to the cache, so q and k/v of one token proceed in parallel. With K_OUT the
+    # rotated keys also go to k_out (for attention that reads the step's own keys).
     tok = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
     half = tl.arange(0, HALF)
@@ -124,6 +125,10 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
                 val = _quantize_fp8(val, v_scale)
             tl.store(key_dst + cache_kv_stride + heads[:, None] * cache_head_stride + dim[None, :],
                      val.to(cache_ptr.dtype.element_ty), mask=mask)
+        if K_OUT:
+            _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride,
+                          k_out_ptr + tok * k_out_tok_stride, k_out_head_stride, num_kv_heads,
+                          cos, sin, pos >= 0, 1.0, HALF, BLOCK_H, False)
 
 
 def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) -> bool:
@@ -138,18 +143,20 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) ->
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
             cos_sin_cache: torch.Tensor, q_out: torch.Tensor, dst: torch.Tensor,
             dst_strides: tuple[int, int, int], slot_mapping: torch.Tensor, write_cache: bool,
-            k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+            k_scale: float = 1.0, v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> None:
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     half = head_dim // 2
     # Keep a head chunk to ~2K elements per half so the registers hold it without spilling.
     block_h = min(triton.next_power_of_2(max(num_q_heads, num_kv_heads)), max(1, 2048 // half))
+    k_out_arg = k_out if k_out is not None else k
     _rotary_write_kv_kernel[(num_tokens, 2)](
-        q, k, v, positions, cos_sin_cache, q_out, dst, slot_mapping,
+        q, k, v, positions, cos_sin_cache, q_out, dst, slot_mapping, k_out_arg,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
-        num_q_heads, num_kv_heads, float(k_scale), float(v_scale), HALF=half, BLOCK_H=block_h,
-        WRITE_CACHE=write_cache, KV_FP8=write_cache and is_fp8_kv_cache(dst), num_warps=4)
+        k_out_arg.stride(0), k_out_arg.stride(1), num_q_heads, num_kv_heads, float(k_scale),
+        float(v_scale), HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
+        KV_FP8=write_cache and is_fp8_kv_cache(dst), K_OUT=k_out is not None, num_warps=4)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -167,33 +174,37 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                             cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, k_scale: float = 1.0,
-                            v_scale: float = 1.0) -> torch.Tensor:
-    """Reference: rotate q and k, write rotated k and v into the paged cache; returns rotated q.
+                            v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: rotate q and k, write rotated k and v into the paged cache (and rotated k into
+    ``k_out`` when given); returns rotated q.
 
     The scales quantize k/v for an fp8 cache (see kernels.attention.write_kv_ref).
     """
     q, k = apply_rotary_ref(q, k, positions, cos_sin_cache)
     write_kv_ref(k, v, kv_cache, slot_mapping, k_scale, v_scale)
+    if k_out is not None:
+        k_out.copy_(k)
     return q
 
 
 def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                         cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                         slot_mapping: torch.Tensor, k_scale: float = 1.0,
-                        v_scale: float = 1.0) -> torch.Tensor:
+                        v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> torch.Tensor:
     """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D].
 
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
     slot_mapping: [T] (-1 = do not write). A float8_e4m3fn cache stores
     clamp(k / k_scale, -448, 448) and clamp(v / v_scale, -448, 448) rounded to e4m3; other caches
-    ignore the scales.
+    ignore the scales. ``k_out`` [T, Hk, D] (optional) receives the rotated keys, unscaled.
     """
-    if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1):
+    if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1
+            and (k_out is None or k_out.stride(-1) == 1)):
         return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping,
-                                       k_scale, v_scale)
+                                       k_scale, v_scale, k_out)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     # Slots index the flattened (block, offset) dims of the contiguous cache.
     strides = (kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3))
     _launch(q, k, v, positions, cos_sin_cache, q_out, kv_cache, strides, slot_mapping,
-            write_cache=True, k_scale=k_scale, v_scale=v_scale)
+            write_cache=True, k_scale=k_scale, v_scale=v_scale, k_out=k_out)
     return q_out

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import paged_attention
+from kiln.kernels.attention import paged_attention, wants_fresh_kv
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -68,8 +68,11 @@ class PagedSelfAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
+        # Fresh prompts' attention can read their rotated keys from here instead of the cache.
+        k_out = (torch.empty(k.shape, dtype=k.dtype, device=k.device)
+                 if wants_fresh_kv(q, kv_cache, meta, self.sliding_window) else None)
         q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
-                            self.v_scale)
+                            self.v_scale, k_out)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
-                              self.v_scale)
+                              self.v_scale, None if k_out is None else (k_out, v))
         return self.o_proj(out.reshape(num_tokens, self.q_size))

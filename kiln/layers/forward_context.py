@@ -77,6 +77,19 @@ class AttentionMetadata:
             return None
         return self.rows(0, d), self.rows(d, self.num_seqs)
 
+    @cached_property
+    def fresh_from(self) -> int:
+        """Index of the first sequence of the trailing run of fresh prompts (chunks with no
+        context before them: seq_len == query_len > 0); num_seqs when the last sequence is not one.
+
+        New prompts are scheduled after running requests, so a step's fresh prompts usually
+        close the batch; attention can read their keys from the step's own tensors.
+        """
+        i = self.num_seqs
+        while i > 0 and self.seq_lens_cpu[i - 1] == self.query_lens_cpu[i - 1] > 0:
+            i -= 1
+        return i
+
 
 def build_attention_metadata(seqs: list[tuple[int, int, list[int]]], block_size: int,
                              device: torch.device | str = "cpu") -> AttentionMetadata:

@@ -14,7 +14,8 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from kiln.kernels.activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
-from kiln.kernels.attention import paged_attention, paged_attention_ref  # noqa: E402
+from kiln.kernels import attention  # noqa: E402
+from kiln.kernels.attention import paged_attention, paged_attention_ref, wants_fresh_kv  # noqa: E402
 from kiln.kernels.rmsnorm import (fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm,  # noqa: E402
                                   rms_norm_ref)
 from kiln.kernels.rotary import (apply_rotary, apply_rotary_ref, rotary_and_write_kv,  # noqa: E402
@@ -94,6 +95,11 @@ def test_rotary_and_write_kv(dtype, num_q_heads, num_kv_heads, head_dim, gen):
     untouched = torch.ones(flat.shape[1], dtype=torch.bool, device="cuda")
     untouched[written] = False
     assert flat[:, untouched].isnan().all()
+    # Asked for, the rotated keys also land in k_out: the same bits as in the cache.
+    k_out = torch.full(k.shape, math.nan, dtype=dtype, device="cuda")
+    rotary_and_write_kv(q, k, v, positions, cos_sin, cache, slots, k_out=k_out)
+    keep = slots >= 0
+    assert torch.equal(k_out[keep], flat[0, slots[keep]]) and not k_out.isnan().any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -150,6 +156,37 @@ def test_attention_other_head_dims(head_dim, gen, poison_allocations):
 
 def test_llama3_8b_prefill_2048(gen, poison_allocations):
     check_attention([(0, 2048)], 32, 8, 128, 16, torch.bfloat16, gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 128), (4, 64)])
+def test_fresh_prompts_read_their_own_kv(dtype, group, head_dim, gen, poison_allocations,
+                                         monkeypatch):
+    """Fresh prompts at the end of a batch take the kernel that reads K/V from the step's tensors
+    (through tensor descriptors); results match the paged reference, alone and after decodes
+    and a chunk over cached context."""
+    fresh_calls = []
+    real = attention.fresh_prefill_attention
+    monkeypatch.setattr(attention, "fresh_prefill_attention",
+                        lambda *a, **k: fresh_calls.append(1) or real(*a, **k))
+    for seqs in ([(0, 2048)], [(0, 300), (0, 1), (0, 517), (0, 64)],
+                 [(1000, 1), (3, 1), (517, 64), (0, 300), (0, 129)], [(0, 128)] * 64):
+        kv_cache, meta = paged_case(seqs, 8, head_dim, 16, dtype, gen)
+        t = meta.num_tokens
+        q = randn(t, 8 * group, head_dim, gen=gen, dtype=dtype)
+        flat = kv_cache.view(2, -1, 8, head_dim)
+        k = flat[0, meta.slot_mapping].clone()
+        fused = torch.empty(t, 3, 8 * head_dim, dtype=dtype, device="cuda")  # v as a strided view
+        fused[:, 1] = flat[1, meta.slot_mapping].view(t, -1)
+        v = fused[:, 1].view(t, 8, head_dim)
+        assert wants_fresh_kv(q, kv_cache, meta)
+        calls = len(fresh_calls)
+        out = paged_attention(q, kv_cache, meta, head_dim ** -0.5, fresh_kv=(k, v))
+        assert len(fresh_calls) == calls + 1
+        ref = paged_attention_ref(q, kv_cache, meta, head_dim ** -0.5)
+        assert not out.isnan().any(), "an output element was not written"
+        err = rel_err(out, ref)
+        assert err < TOL[dtype], f"{seqs[:3]}: relative error {err:.2e}"
 
 
 def test_decode_attention_replays_in_cuda_graph(gen):

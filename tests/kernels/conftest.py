@@ -16,7 +16,7 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-_KERNEL_MODULES = ("kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
+_KERNEL_MODULES = ("kiln.kernels.prefill_fresh", "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
                    "kiln.kernels.rotary", "kiln.kernels.quant_act", "kiln.kernels.quant_matmul")
 
 

@@ -62,3 +62,22 @@ def test_apply_rotary(dtype, gen, poison_allocations):
     q_ref, k_ref = apply_rotary_ref(q, k, positions, cache)
     assert rel_err(q_out, q_ref) < TOL[dtype]
     assert rel_err(k_out, k_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rotary_keeps_rotated_keys_when_asked(dtype, gen, poison_allocations):
+    # k_out gets every token's rotated keys (padding tokens too), the same bits as the cache.
+    num_tokens, block_size = 9, 16
+    q, k, v = qkv_views(num_tokens, 8, 2, 32, dtype, gen)
+    positions = torch.randint(0, 100, (num_tokens,), generator=gen)
+    slots = torch.randperm(2 * block_size, generator=gen)[:num_tokens]
+    slots[4] = -1
+    cache = cos_sin_cache(100, 32)
+    kv_cache = torch.zeros(2, 2, block_size, 2, 32, dtype=dtype)
+    k_out = torch.full(k.shape, math.nan, dtype=dtype)
+    k_ref = torch.empty_like(k_out)
+    rotary_and_write_kv(q, k, v, positions, cache, kv_cache, slots, k_out=k_out)
+    rotary_and_write_kv_ref(q, k, v, positions, cache, kv_cache.clone(), slots, k_out=k_ref)
+    assert rel_err(k_out, k_ref) < TOL[dtype]
+    written = slots >= 0
+    assert torch.equal(kv_cache.view(2, -1, 2, 32)[0, slots[written]], k_out[written])
