@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 
@@ -99,30 +101,59 @@ def build_attention_metadata(seqs: list[tuple[int, int, list[int]]], block_size:
     tokens occupy positions start_pos .. start_pos + num_new_tokens - 1 and ``block_table`` lists the
     sequence's blocks (enough of them to hold every position up to the last new one).
     """
+    return build_step_inputs(seqs, block_size, device)[0]
+
+
+def build_step_inputs(seqs: list[tuple[int, int, list[int]]], block_size: int,
+                      device: torch.device | str = "cpu", extra: Sequence[np.ndarray] = ()
+                      ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
+    """(metadata, positions [T] int64, ``extra`` int64 arrays on the device) for a flat batch.
+
+    Everything is computed with array operations into one host buffer (pinned on CUDA) and sent
+    in a single copy that the host does not wait for; the host never reads device memory here.
+    ``seqs`` is as for build_attention_metadata.
+    """
+    dev = torch.device(device)
+    num_seqs = len(seqs)
     query_lens = [n for _, n, _ in seqs]
     seq_lens = [start + n for start, n, _ in seqs]
-    slots: list[int] = []
-    for start, n, table in seqs:
-        slots.extend(table[p // block_size] * block_size + p % block_size
-                     for p in range(start, start + n))
-    max_blocks = max((len(t) for _, _, t in seqs), default=0) or 1
-    padded = [list(t) + [0] * (max_blocks - len(t)) for _, _, t in seqs]
-    qsl = [0]
-    for n in query_lens:
-        qsl.append(qsl[-1] + n)
-    dev = torch.device(device)
-
-    def put(values, dtype: torch.dtype) -> torch.Tensor:
-        # Built on the host, copied without waiting: the host never reads device memory here.
-        return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
-
-    return AttentionMetadata(
-        slot_mapping=put(slots, torch.int64),
-        query_start_loc=put(qsl, torch.int32),
-        seq_lens=put(seq_lens, torch.int32),
-        block_tables=put(padded, torch.int32).view(len(seqs), max_blocks),
+    q = np.array(query_lens, dtype=np.int64)
+    starts = np.array([start for start, _, _ in seqs], dtype=np.int64)
+    num_tokens = int(q.sum())
+    width = max((len(t) for _, _, t in seqs), default=0) or 1
+    # One int64 buffer: slots, positions, query starts, seq lens, block tables, then the extras,
+    # each starting on a 16-byte boundary (Triton specializes kernels on pointer alignment).
+    sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, num_seqs * width]
+    sizes += [len(e) for e in extra]
+    starts_at = np.cumsum([0] + [n + n % 2 for n in sizes]).tolist()
+    host = torch.empty(starts_at[-1], dtype=torch.int64, pin_memory=dev.type == "cuda")
+    part = [host.numpy()[a:a + n] for a, n in zip(starts_at, sizes)]
+    slots, positions, qsl, lens, tables = part[:5]
+    tables = tables.reshape(num_seqs, width)
+    tables.fill(0)
+    for i, (_, _, table) in enumerate(seqs):
+        tables[i, :len(table)] = table
+    qsl[0] = 0
+    np.cumsum(q, out=qsl[1:])
+    lens[:] = starts + q
+    owner = np.repeat(np.arange(num_seqs), q)  # the sequence of each token
+    positions[:] = np.arange(num_tokens) - qsl[owner] + starts[owner]
+    slots[:] = tables[owner, positions // block_size] * block_size + positions % block_size
+    for dst, values in zip(part[5:], extra):
+        dst[:] = values
+    dev_buf = host.to(dev, non_blocking=True)
+    views = [dev_buf[a:a + n] for a, n in zip(starts_at, sizes)]
+    # The int32 fields (query starts, seq lens, block tables) are adjacent: one cast.
+    ints32 = dev_buf[starts_at[2]:starts_at[5]].to(torch.int32)
+    at = [a - starts_at[2] for a in starts_at[2:5]]
+    meta = AttentionMetadata(
+        slot_mapping=views[0],
+        query_start_loc=ints32[at[0]:at[0] + num_seqs + 1],
+        seq_lens=ints32[at[1]:at[1] + num_seqs],
+        block_tables=ints32[at[2]:at[2] + num_seqs * width].view(num_seqs, width),
         query_lens_cpu=query_lens,
         seq_lens_cpu=seq_lens,
         max_query_len=max(query_lens, default=0),
         max_seq_len=max(seq_lens, default=0),
     )
+    return meta, views[1], views[5:]

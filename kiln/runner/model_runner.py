@@ -5,11 +5,13 @@ It decides nothing about which requests run; it only computes what it is given.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
 from kiln.batch import ModelOutput, SchedulerOutput, TokenLogprobs
-from kiln.layers.forward_context import AttentionMetadata, build_attention_metadata
+from kiln.layers.forward_context import AttentionMetadata, build_step_inputs
 from kiln.runner import memory
 from kiln.sample.metadata import GREEDY_TEMPERATURE_EPS, SamplingBatch, SamplingRow
 from kiln.sample.sampler import Sampler, SamplerOutput
@@ -99,22 +101,15 @@ class ModelRunner:
     def _prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata,
                                                         torch.Tensor]:
         """Flat input ids, positions, attention metadata and the rows whose logits are sampled."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        logits_rows: list[int] = []
-        for s in out.scheduled:
-            input_ids.extend(s.token_ids)
-            positions.extend(range(s.start_pos, s.start_pos + s.num_tokens))
-            if s.sample:
-                logits_rows.append(len(input_ids) - 1)
-        meta = build_attention_metadata(
-            [(s.start_pos, s.num_tokens, s.block_table) for s in out.scheduled], self.block_size,
-            self.device)
-        dev = self.device
-        ids = torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True)
-        pos_t = torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True)
-        rows = torch.tensor(logits_rows, dtype=torch.int64).to(dev, non_blocking=True)
-        return ids, pos_t, meta, rows
+        sched = out.scheduled
+        lens = np.fromiter((s.num_tokens for s in sched), dtype=np.int64, count=len(sched))
+        ids = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in sched),
+                          dtype=np.int64, count=int(lens.sum()))
+        rows = (np.cumsum(lens) - 1)[[i for i, s in enumerate(sched) if s.sample]]
+        meta, positions, (ids_t, rows_t) = build_step_inputs(
+            [(s.start_pos, s.num_tokens, s.block_table) for s in sched], self.block_size,
+            self.device, extra=(ids, rows))
+        return ids_t, positions, meta, rows_t
 
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput) -> "StepResult":
