@@ -25,8 +25,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
 PTR_TYPES = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
              "pos_ptr": "*i64", "slot_ptr": "*i64", "cos_sin_ptr": "*fp32",
-             "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
-             "counter_ptr": "*i32"}
+             "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}
 FLOAT_ARGS = {"qk_scale", "eps"}
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
 # specialises such arguments at launch, which is what lets it vectorise the masked loads).
@@ -101,13 +100,7 @@ def configs():
                 yield (f"decode G4 single={single} window={window}", attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                         "PARTITION": 512, "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
-                        "DOT_PREC": "tf32", "KV_FP8": False, "FUSED_REDUCE": False,
-                        "BLOCK_P": 16}, dtype, 4, 2)
-        for window in (False, True):
-            yield (f"decode G4 fused reduce window={window}", attention._decode_partition_kernel,
-                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PARTITION": 256,
-                    "BLOCK_N": 128, "SINGLE": False, "USE_WINDOW": window, "DOT_PREC": "tf32",
-                    "KV_FP8": False, "FUSED_REDUCE": True, "BLOCK_P": 16}, dtype, 4, 2)
+                        "DOT_PREC": "tf32", "KV_FP8": False}, dtype, 4, 2)
         yield ("decode reduce", attention._decode_reduce_kernel,
                {"HEAD_DIM": 128, "PARTITION": 512, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
         for window in (False, True):
@@ -119,8 +112,8 @@ def configs():
             "USE_WINDOW": False, "DOT_PREC": "ieee"}, "fp32", 4, 3)
     yield ("decode fp32", attention._decode_partition_kernel,
            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PARTITION": 512,
-            "BLOCK_N": 16, "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False,
-            "FUSED_REDUCE": False, "BLOCK_P": 16}, "fp32", 4, 2)
+            "BLOCK_N": 16, "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False},
+           "fp32", 4, 2)
 
 
 def main() -> int:

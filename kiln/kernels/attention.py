@@ -11,13 +11,11 @@ calibrated scales (a checkpoint run with an fp8 cache) the scales are 1.0, as in
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import ARRIVAL_COUNTERS, arrival_counters, use_triton
+from kiln.kernels import use_triton
 from kiln.kernels.prefill_fresh import fresh_prefill_attention, fresh_prefill_ok
 from kiln.layers.forward_context import AttentionMetadata
 
@@ -256,48 +254,10 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
              + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
-def _merge_partitions(seq, head, seq_len, q_start, out_ptr, part_acc_ptr, part_max_ptr,
-                      part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
-                      max_partitions, HEAD_DIM: tl.constexpr, PARTITION: tl.constexpr,
-                      BLOCK_P: tl.constexpr, USE_WINDOW: tl.constexpr):
-    """Merge one (sequence, query head)'s partial softmax results and store its output row.
-
-    Loads bypass L1 (.cg): in the fused reduce the partials were written by other programs.
-    """
-    # The same partitions as the partition kernel did not skip.
-    first = 0
-    if USE_WINDOW:
-        first = tl.maximum(seq_len - window, 0) // PARTITION
-    last = tl.cdiv(seq_len, PARTITION)
-    base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
-    dims = tl.arange(0, HEAD_DIM)
-    run_max = tl.max(tl.full([BLOCK_P], _NEG_START, tl.float32), axis=0)
-    total = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
-    acc = tl.zeros([HEAD_DIM], tl.float32)
-    for p0 in range(first, last, BLOCK_P):
-        parts = p0 + tl.arange(0, BLOCK_P)
-        ok = parts < last
-        pmax = tl.load(part_max_ptr + base + parts, mask=ok, other=float("-inf"),
-                       cache_modifier=".cg")
-        psum = tl.load(part_sum_ptr + base + parts, mask=ok, other=0.0, cache_modifier=".cg")
-        pacc = tl.load(part_acc_ptr + (base + parts)[:, None] * HEAD_DIM + dims[None, :],
-                       mask=ok[:, None], other=0.0, cache_modifier=".cg")
-        new_max = tl.maximum(run_max, tl.max(pmax, axis=0))
-        rescale = tl.exp2(run_max - new_max)
-        w = tl.exp2(pmax - new_max)
-        total = total * rescale + tl.sum(w * psum, axis=0)
-        acc = acc * rescale + tl.sum(pacc * w[:, None], axis=0)
-        run_max = new_max
-    out = acc / total
-    tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + head * out_head_stride + dims,
-             out.to(out_ptr.dtype.element_ty))
-
-
 @triton.jit(do_not_specialize=["block_table_stride", "max_partitions"],
             do_not_specialize_on_alignment=_META_PTRS)
 def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
-                             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, counter_ptr,
+                             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                              q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                              cache_kv_stride, cache_block_stride, cache_slot_stride,
                              cache_head_stride, block_table_stride, qk_scale, v_scale, window,
@@ -306,8 +266,7 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                             KV_FP8: tl.constexpr, FUSED_REDUCE: tl.constexpr = False,
-                             BLOCK_P: tl.constexpr = 16):
+                             KV_FP8: tl.constexpr):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over PARTITION keys of the context.
     # Sizes are read on the device, so the grid only depends on num_seqs and max_seq_len;
@@ -352,25 +311,6 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.store(part_max_ptr + idx, m, mask=row_ok)
         tl.store(part_sum_ptr + idx, l, mask=row_ok)
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-        if FUSED_REDUCE:
-            # The last of the (sequence, kv head)'s active partitions to arrive merges them for
-            # the group's heads (the reduce kernel's arithmetic: the same bits) and re-arms the
-            # counter for the next launch: no second kernel.
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            first = 0
-            if USE_WINDOW:
-                first = tl.maximum(seq_len - window, 0) // PARTITION
-            active = tl.cdiv(seq_len, PARTITION) - first
-            counter = counter_ptr + seq * tl.num_programs(1) + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == active - 1:
-                tl.debug_barrier()
-                for member in range(0, group):
-                    _merge_partitions(seq, kv_head * group + member, seq_len, q_start, out_ptr,
-                                      part_acc_ptr, part_max_ptr, part_sum_ptr, out_tok_stride,
-                                      out_head_stride, window, num_q_heads, max_partitions,
-                                      HEAD_DIM, PARTITION, BLOCK_P, USE_WINDOW)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit(do_not_specialize=["max_partitions"],
@@ -387,17 +327,32 @@ def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, 
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
     if q_len == 0:
         return
-    _merge_partitions(seq, head, seq_len, q_start, out_ptr, part_acc_ptr, part_max_ptr,
-                      part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
-                      max_partitions, HEAD_DIM, PARTITION, BLOCK_P, USE_WINDOW)
-
-
-def fused_decode_reduce_enabled() -> bool:
-    """Whether split decode attention merges its partitions in the partition kernel (the last
-    program of each sequence and kv head to arrive) instead of a second kernel:
-    KILN_DECODE_FUSED_REDUCE=1. Off until measured on the H200 (the separate reduce took 2.4 us
-    of every layer's ~9 us of attention in a batch-1 decode step)."""
-    return os.environ.get("KILN_DECODE_FUSED_REDUCE", "0") == "1"
+    # The same partitions as the partition kernel did not skip.
+    first = 0
+    if USE_WINDOW:
+        first = tl.maximum(seq_len - window, 0) // PARTITION
+    last = tl.cdiv(seq_len, PARTITION)
+    base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
+    dims = tl.arange(0, HEAD_DIM)
+    run_max = tl.max(tl.full([BLOCK_P], _NEG_START, tl.float32), axis=0)
+    total = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    for p0 in range(first, last, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        ok = parts < last
+        pmax = tl.load(part_max_ptr + base + parts, mask=ok, other=float("-inf"))
+        psum = tl.load(part_sum_ptr + base + parts, mask=ok, other=0.0)
+        pacc = tl.load(part_acc_ptr + (base + parts)[:, None] * HEAD_DIM + dims[None, :],
+                       mask=ok[:, None], other=0.0)
+        new_max = tl.maximum(run_max, tl.max(pmax, axis=0))
+        rescale = tl.exp2(run_max - new_max)
+        w = tl.exp2(pmax - new_max)
+        total = total * rescale + tl.sum(w * psum, axis=0)
+        acc = acc * rescale + tl.sum(pacc * w[:, None], axis=0)
+        run_max = new_max
+    out = acc / total
+    tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + head * out_head_stride + dims,
+             out.to(out_ptr.dtype.element_ty))
 
 
 def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -457,27 +412,21 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     block_n = 16 if q.dtype == torch.float32 else (128 if head_dim <= 128 else 32)
     block_n = min(tuning.get("block_n", block_n), partition)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    block_p = min(16, triton.next_power_of_2(num_parts))
-    counters = None
-    if not single and fused_decode_reduce_enabled() and num_seqs * num_kv_heads <= ARRIVAL_COUNTERS:
-        counters = arrival_counters(q.device)
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
-        part_acc, part_max, part_sum, counters if counters is not None else meta.seq_lens,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         meta.block_tables.stride(0), qk_scale, v_scale, window, num_q_heads, num_parts, group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, PARTITION=partition, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        FUSED_REDUCE=counters is not None, BLOCK_P=block_p,
         num_warps=tuning.get("num_warps", 4),
         num_stages=tuning.get("num_stages", 2))
-    if not single and counters is None:
+    if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
             out.stride(0), out.stride(1), window, num_q_heads, num_parts,
-            HEAD_DIM=head_dim, PARTITION=partition, BLOCK_P=block_p,
+            HEAD_DIM=head_dim, PARTITION=partition, BLOCK_P=min(16, triton.next_power_of_2(num_parts)),
             USE_WINDOW=window > 0, num_warps=4)
 
 

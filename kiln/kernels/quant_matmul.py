@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import ARRIVAL_COUNTERS, arrival_counters, use_triton
+from kiln.kernels import use_triton
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
@@ -470,13 +470,20 @@ def fused_act_quant_enabled() -> bool:
     return os.environ.get("KILN_QUANT_FUSED_ACT", "0") == "1"
 
 
-SPLIT_LOCKS = ARRIVAL_COUNTERS  # one arrival counter per GEMV output tile
+SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
 _MIN_GEMV_BLOCK_N = min([c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS] + [INTERPRET_GEMV["BLOCK_N"]])
+_split_locks: dict[torch.device, torch.Tensor] = {}
 
 
 def split_locks(device: torch.device) -> torch.Tensor | None:
-    """The fused split-K reduce's arrival counters (kiln.kernels.arrival_counters)."""
-    return arrival_counters(device)
+    """The device's zeroed arrival counters (allocated on first use outside graph capture; None
+    while capturing before they exist, and the GEMV then reduces with the separate kernel)."""
+    locks = _split_locks.get(device)
+    if locks is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        locks = _split_locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
+    return locks
 
 
 def _num_sms(device: torch.device) -> int:

@@ -189,11 +189,8 @@ def test_fresh_prompts_read_their_own_kv(dtype, group, head_dim, gen, poison_all
         assert err < TOL[dtype], f"{seqs[:3]}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("fused_reduce", ["0", "1"])
-def test_decode_attention_replays_in_cuda_graph(fused_reduce, gen, monkeypatch):
-    """Captured once with max_seq_len fixed; replayed with new lengths and tables on the device
-    (with the partitions merged by a second kernel, or by the partition kernel itself)."""
-    monkeypatch.setenv("KILN_DECODE_FUSED_REDUCE", fused_reduce)
+def test_decode_attention_replays_in_cuda_graph(gen):
+    """Captured once with max_seq_len fixed; replayed with new lengths and tables on the device."""
     block_size, num_kv_heads, head_dim, batch, max_len = 16, 8, 128, 8, 2048
     max_blocks = max_len // block_size
     num_blocks = batch * max_blocks
@@ -219,21 +216,3 @@ def test_decode_attention_replays_in_cuda_graph(fused_reduce, gen, monkeypatch):
         graph.replay()
         ref = paged_attention_ref(q, kv_cache, step, scale)
         assert rel_err(out, ref) < TOL[torch.bfloat16]
-
-
-@pytest.mark.parametrize("window", [None, 300])
-def test_decode_fused_reduce_same_bits(window, gen, monkeypatch):
-    """KILN_DECODE_FUSED_REDUCE=1: the partition kernel's last program merges the partitions with
-    the reduce kernel's arithmetic, so outputs keep their bits; the arrival counters end zeroed."""
-    from kiln.kernels import arrival_counters
-
-    for batch in (1, 5, 64):
-        lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
-        kv_cache, meta = paged_case([(n - 1, 1) for n in lens], 8, 128, 16, torch.bfloat16, gen)
-        q = randn(meta.num_tokens, 32, 128, gen=gen, dtype=torch.bfloat16)
-        monkeypatch.setenv("KILN_DECODE_FUSED_REDUCE", "0")
-        separate = paged_attention(q, kv_cache, meta, 128 ** -0.5, window)
-        monkeypatch.setenv("KILN_DECODE_FUSED_REDUCE", "1")
-        fused = paged_attention(q, kv_cache, meta, 128 ** -0.5, window)
-        assert torch.equal(fused, separate), f"batch {batch}"
-        assert not bool(arrival_counters(q.device).any())

@@ -88,29 +88,3 @@ def test_head_dim_64_and_128(gen, poison_allocations):
     for head_dim in (64, 128):
         run_case([(0, 9), (20, 1)], 4, 2, head_dim, 16, torch.float16, gen)
         run_case([(20, 1), (3, 1)], 4, 2, head_dim, 16, torch.float16, gen)
-
-
-@pytest.mark.parametrize("window", [None, 70])
-@pytest.mark.parametrize("group", [1, 4])
-def test_decode_fused_reduce_same_bits_as_the_reduce_kernel(window, group, gen, monkeypatch):
-    # With KILN_DECODE_FUSED_REDUCE=1 the partition kernel's last program merges the partitions:
-    # the same arithmetic as the reduce kernel, so the same bits; the counters end re-zeroed.
-    from kiln.kernels import arrival_counters
-
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
-    seqs = [(300, 1), (37, 1), (40, 0), (129, 1), (255, 1)]
-    kv_cache, meta = paged_case(seqs, 2, 16, 16, torch.float32, gen)
-    q = torch.randn(meta.num_tokens, 2 * group, 16, generator=gen)
-    separate = paged_attention(q, kv_cache, meta, 0.25, window)
-    monkeypatch.setenv("KILN_DECODE_FUSED_REDUCE", "1")
-    calls = []
-    real = attention._decode_reduce_kernel
-    monkeypatch.setattr(attention, "_decode_reduce_kernel",
-                        type("Counting", (), {"__getitem__": lambda self, grid: calls.append(grid)
-                                              or real[grid]})())
-    fused = paged_attention(q, kv_cache, meta, 0.25, window)
-    assert calls == [], "the separate reduce kernel ran"
-    assert torch.equal(fused, separate)
-    assert not bool(arrival_counters(q.device).any())
-    ref = paged_attention_ref(q, kv_cache, meta, 0.25, window)
-    assert rel_err(fused, ref) < TOL[torch.float32]
