@@ -100,6 +100,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "weight_bytes": wbytes,
         "achieved_gbs": step_bytes / tpot / 1e9 if tpot else None,
         "engine": common.engine_settings(engine),
+        "kernel_compiles_after_startup": engine.stats().get("kernel_compiles_after_startup"),
         "environment": common.environment(device),
     }
     copy_bw = common.copy_bandwidth_gbs(device) if tpot else None

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "requests_per_s": done / elapsed, "output_tokens_per_s": gen / elapsed,
         "total_tokens_per_s": (gen + in_tokens) / elapsed, "output_tokens": gen,
         "num_preemptions": stats.get("num_preemptions"),
+        # Kernel variants compiled during the run (or the warm-up before it): each one stalled a step.
+        "kernel_compiles_after_startup": stats.get("kernel_compiles_after_startup"),
         "num_kv_blocks": stats.get("num_total_kv_blocks"),
         "engine": common.engine_settings(engine),
         "environment": common.environment(device),
@@ -95,7 +97,8 @@ def print_result(r: dict) -> None:
     """A short human-readable summary."""
     print(f"throughput: {r['num_prompts']} requests in {r['elapsed_seconds']:.2f} s: "
           f"{r['requests_per_s']:.2f} req/s, {r['output_tokens_per_s']:.0f} output tok/s, "
-          f"{r['total_tokens_per_s']:.0f} total tok/s (preemptions {r['num_preemptions']})")
+          f"{r['total_tokens_per_s']:.0f} total tok/s (preemptions {r['num_preemptions']}, "
+          f"kernels compiled after start-up {r.get('kernel_compiles_after_startup')})")
     if "baseline" in r:
         b = r["baseline"]
         print(f"  baseline {b['name']} on {b['num_prompts']} requests: "

@@ -151,6 +151,10 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.load_seconds = time.perf_counter() - t0
+        from kiln.engine.compile_watch import CompileWatch
+        self.compile_watch = CompileWatch()
+        if self.device.type == "cuda":
+            self.compile_watch.install()
 
     @classmethod
     def from_args(cls, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
@@ -464,8 +468,10 @@ class LLMEngine:
                                       "first_token_time": first.first_token_time})
 
     def stats(self) -> dict:
-        """Counters and gauges: KV blocks, preemptions, prefix-cache queries and hits (tokens)."""
+        """Counters and gauges: KV blocks, preemptions, prefix-cache queries and hits (tokens),
+        Triton kernel variants compiled after start-up."""
         s = dict(self.scheduler.stats())
         s["prompt_tokens_total"] = self.prompt_tokens_total
         s["generation_tokens_total"] = self.generation_tokens_total
+        s["kernel_compiles_after_startup"] = self.compile_watch.count
         return s
