@@ -99,10 +99,10 @@ def configs():
             for window in (False, True):
                 yield (f"decode G4 single={single} window={window}", attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
-                        "PARTITION": 512, "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
+                        "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
                         "DOT_PREC": "tf32", "KV_FP8": False}, dtype, 4, 2)
         yield ("decode reduce", attention._decode_reduce_kernel,
-               {"HEAD_DIM": 128, "PARTITION": 512, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
+               {"HEAD_DIM": 128, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
         for window in (False, True):
             yield (f"prefill G4 M128 window={window}", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
@@ -111,7 +111,7 @@ def configs():
            {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 32, "BLOCK_N": 16,
             "USE_WINDOW": False, "DOT_PREC": "ieee"}, "fp32", 4, 3)
     yield ("decode fp32", attention._decode_partition_kernel,
-           {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "PARTITION": 512,
+           {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
             "BLOCK_N": 16, "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False},
            "fp32", 4, 2)
 

@@ -253,20 +253,39 @@ class LLMEngine:
         """Compile, before the first request, the kernel variants the profile run did not need.
 
         Triton compiles a kernel once per specialization of its integer arguments (whether each
-        is 1 and whether it divides by 16), and the profile run was one sequence of a 16-multiple
-        length. Here three short sequences go through the step shapes a server meets first: one
-        ragged prefill, two prefills, a decode beside a prefill chunk, and decode-only steps of
-        two and of one sequence (eagerly), each with its logits, on a scratch cache.
+        is 1 and whether it divides by 16) and per set of compile-time constants (tile sizes the
+        dispatchers pick from the step's shape), and the profile run was one sequence of a
+        16-multiple length. Here short sequences go through the step shapes a server meets first
+        (a ragged prefill, two prefills, a decode beside a prefill chunk, decode-only steps of two
+        and of one sequence), then one longer sequence: a prompt, chunks over it of the sizes that
+        give each query-tile height of the tiled attention kernel, and a decode over a context
+        long enough to be split into partitions. Each step computes its logits; all of it runs
+        eagerly on a scratch cache. (Missing variants compile while serving: see CompileWatch.)
         """
         from kiln.layers.forward_context import build_attention_metadata
 
         args = self.model.args
-        per_seq = -(-14 // block_size)  # blocks for the 14 positions a sequence reaches below
-        tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(3)]
-        caches = self._scratch_kv_caches(3 * per_seq, block_size)
+        group = max(1, args.num_attention_heads // args.num_key_value_heads)
         # (start position, new tokens, sequence) per scheduled sequence, step by step.
-        steps = ([(0, 7, 0)], [(0, 10, 1), (0, 5, 2)], [(7, 1, 0), (10, 3, 1)],
-                 [(8, 1, 0), (13, 1, 1)], [(9, 1, 0)])
+        steps = [[(0, 7, 0)], [(0, 10, 1), (0, 5, 2)], [(7, 1, 0), (10, 3, 1)],
+                 [(8, 1, 0), (13, 1, 1)], [(9, 1, 0)]]
+        lengths = [14, 14, 14]
+        # Sequence 3: a prompt past one 128-key partition, then continuation chunks whose query
+        # rows (tokens x group) fill tiles of 16, 32, 64 and 128 rows, then a decode.
+        pos, long_steps = 130, [[(0, 130, 3)]]
+        for rows in (16, 32, 64, 128):
+            n = max(2, rows // group)
+            if pos + n + 1 > self.max_model_len:
+                break
+            long_steps.append([(pos, n, 3)])
+            pos += n
+        if pos + 1 <= self.max_model_len:
+            steps += long_steps + [[(pos, 1, 3)]]
+            lengths.append(pos + 1)
+        per_seq = [-(-n // block_size) for n in lengths]
+        firsts = [sum(per_seq[:i]) for i in range(len(per_seq))]
+        tables = [list(range(f, f + n)) for f, n in zip(firsts, per_seq)]
+        caches = self._scratch_kv_caches(sum(per_seq), block_size)
         for step in steps:
             seqs = [(start, n, tables[i]) for start, n, i in step]
             meta = build_attention_metadata(seqs, block_size, self.device)

@@ -254,21 +254,22 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
              + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["block_table_stride", "max_partitions"],
+@triton.jit(do_not_specialize=["block_table_stride", "max_partitions", "partition"],
             do_not_specialize_on_alignment=_META_PTRS)
 def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
                              out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                              q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                              cache_kv_stride, cache_block_stride, cache_slot_stride,
                              cache_head_stride, block_table_stride, qk_scale, v_scale, window,
-                             num_q_heads, max_partitions, group,
+                             num_q_heads, max_partitions, group, partition,
                              BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr,
+                             BLOCK_SIZE: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
                              KV_FP8: tl.constexpr):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
-    # heads of the kv head at once (rows of the dot), over PARTITION keys of the context.
+    # heads of the kv head at once (rows of the dot), over `partition` keys of the context (a
+    # run-time value: one compiled variant serves every partition size the dispatcher picks).
     # Sizes are read on the device, so the grid only depends on num_seqs and max_seq_len;
     # partitions past the context (or before the window) exit at once.
     seq = tl.program_id(0)
@@ -277,10 +278,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     seq_len = tl.load(seq_lens_ptr + seq)
     q_start = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
-    lo = part * PARTITION
+    lo = part * partition
     if USE_WINDOW:
         lo = tl.maximum(lo, seq_len - window)
-    hi = tl.minimum(part * PARTITION + PARTITION, seq_len)
+    hi = tl.minimum(part * partition + partition, seq_len)
     if (q_len == 0) | (lo >= hi):
         return
     g = tl.arange(0, BLOCK_G)
@@ -313,11 +314,11 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["max_partitions"],
+@triton.jit(do_not_specialize=["max_partitions", "partition"],
             do_not_specialize_on_alignment=["seq_lens_ptr", "query_start_ptr"])
 def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                           part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
-                          max_partitions, HEAD_DIM: tl.constexpr, PARTITION: tl.constexpr,
+                          max_partitions, partition, HEAD_DIM: tl.constexpr,
                           BLOCK_P: tl.constexpr, USE_WINDOW: tl.constexpr):
     # Program (sequence, query head): merge the partitions' partial softmax results.
     seq = tl.program_id(0)
@@ -330,8 +331,8 @@ def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, 
     # The same partitions as the partition kernel did not skip.
     first = 0
     if USE_WINDOW:
-        first = tl.maximum(seq_len - window, 0) // PARTITION
-    last = tl.cdiv(seq_len, PARTITION)
+        first = tl.maximum(seq_len - window, 0) // partition
+    last = tl.cdiv(seq_len, partition)
     base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
     dims = tl.arange(0, HEAD_DIM)
     run_max = tl.max(tl.full([BLOCK_P], _NEG_START, tl.float32), axis=0)
@@ -417,17 +418,18 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         meta.block_tables.stride(0), qk_scale, v_scale, window, num_q_heads, num_parts, group,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, PARTITION=partition, BLOCK_N=block_n, SINGLE=single,
+        partition, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         num_warps=tuning.get("num_warps", 4),
         num_stages=tuning.get("num_stages", 2))
     if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
-            out.stride(0), out.stride(1), window, num_q_heads, num_parts,
-            HEAD_DIM=head_dim, PARTITION=partition, BLOCK_P=min(16, triton.next_power_of_2(num_parts)),
-            USE_WINDOW=window > 0, num_warps=4)
+            out.stride(0), out.stride(1), window, num_q_heads, num_parts, partition,
+            # One block width for every partition count: one compiled variant (masked lanes
+            # cost next to nothing here).
+            HEAD_DIM=head_dim, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4)
 
 
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
