@@ -17,7 +17,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kiln.kernels import use_triton
 
-_NEG_START = tl.constexpr(-1.0e30)  # finite start for the running max, so an all-masked row never makes NaN
+# A finite start for the running max, so that an all-masked row never makes NaN.
+_NEG_START = tl.constexpr(-1.0e30)
 
 
 @triton.jit
