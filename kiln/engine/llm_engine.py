@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kiln.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
@@ -262,7 +263,7 @@ class LLMEngine:
         long enough to be split into partitions. Each step computes its logits; all of it runs
         eagerly on a scratch cache. (Missing variants compile while serving: see CompileWatch.)
         """
-        from kiln.layers.forward_context import build_attention_metadata
+        from kiln.layers.forward_context import build_step_inputs
 
         args = self.model.args
         group = max(1, args.num_attention_heads // args.num_key_value_heads)
@@ -288,12 +289,11 @@ class LLMEngine:
         caches = self._scratch_kv_caches(sum(per_seq), block_size)
         for step in steps:
             seqs = [(start, n, tables[i]) for start, n, i in step]
-            meta = build_attention_metadata(seqs, block_size, self.device)
-            positions = torch.cat([torch.arange(start, start + n) for start, n, _ in seqs])
+            ends = np.cumsum([n for _, n, _ in seqs]) - 1
+            meta, positions, (ends_t,) = build_step_inputs(seqs, block_size, self.device, (ends,))
             ids = torch.randint(0, args.vocab_size, (len(positions),), device=self.device)
-            hidden = self.model(ids, positions.to(self.device), caches, meta)
-            ends = torch.tensor([n for _, n, _ in seqs]).cumsum(0) - 1
-            self.model.compute_logits(hidden.index_select(0, ends.to(self.device)))
+            hidden = self.model(ids, positions, caches, meta)
+            self.model.compute_logits(hidden.index_select(0, ends_t))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         del caches

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import use_triton
-from kiln.kernels.prefill_fresh import fresh_prefill_attention, fresh_prefill_ok
+from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
+                                        fresh_prefill_supports)
 from kiln.layers.forward_context import AttentionMetadata
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
@@ -474,7 +475,7 @@ def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
     """
     return (meta.max_query_len > 1 and meta.fresh_from < meta.num_seqs and not sliding_window
             and _triton_ok(q, kv_cache) and not is_fp8_kv_cache(kv_cache)
-            and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128))
+            and fresh_prefill_supports(q))
 
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,

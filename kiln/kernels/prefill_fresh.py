@@ -81,11 +81,18 @@ def _rows_2d(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.shape[0], t.shape[1] * t.shape[2]), (t.stride(0), 1))
 
 
+def fresh_prefill_supports(q: torch.Tensor) -> bool:
+    """Whether the kernel takes queries like q at all: a Triton device, a half type, head_dim 64
+    or 128 (the layouts are checked by fresh_prefill_ok)."""
+    return (use_triton(q) and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] in (64, 128))
+
+
 def fresh_prefill_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the tensors suit the kernel: a Triton device, half types, head_dim 64 or 128, each
-    token's heads laid out back to back, row strides and starts on 16-byte boundaries (TMA's)."""
+    """Whether the tensors suit the kernel: fresh_prefill_supports(q), each token's heads laid
+    out back to back, row strides and starts on 16-byte boundaries (TMA's rules)."""
     head_dim = q.shape[-1]
-    if not (use_triton(q) and q.dtype in (torch.float16, torch.bfloat16) and head_dim in (64, 128)):
+    if not fresh_prefill_supports(q):
         return False
     for t in (q, k, v):
         if t.dtype != q.dtype or t.stride(2) != 1 or t.stride(1) != head_dim:
