@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kiln.kernels import activation, attention, prefill_fresh, rmsnorm, rotary
+from kiln.kernels import activation, attention, prefill_fresh, quant_matmul, rmsnorm, rotary
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -27,18 +27,23 @@ PTR_TYPES = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_pt
              "pos_ptr": "*i64", "slot_ptr": "*i64", "cos_sin_ptr": "*fp32",
              "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}
 FLOAT_ARGS = {"qk_scale", "eps"}
+# The quantized matmuls' pointers besides the activations (x, bias, out).
+QUANT_PTRS = {"xs_ptr": "*fp32", "s_ptr": "*fp32", "part_ptr": "*fp32", "lock_ptr": "*i32"}
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
 # specialises such arguments at launch, which is what lets it vectorise the masked loads).
-ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group"}
+ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group", "M", "split_hint", "SPLIT_K",
+            "num_sms"}
 
 
 def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: int):
     """Compile fn for sm_90 with 16-divisible pointers/ints (as Llama-3-8B shapes give).
 
-    Tensor-descriptor arguments take their block shapes from constexprs["_descs"].
+    Tensor-descriptor arguments take their block shapes from constexprs["_descs"]; pointer types
+    other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"].
     """
     constexprs = dict(constexprs)
     descs = constexprs.pop("_descs", {})
+    ptrs = {**PTR_TYPES, **constexprs.pop("_ptrs", {})}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -46,7 +51,7 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
         elif name in descs:
             signature[name] = f"tensordesc<{dtype}{list(descs[name])}>"
         elif name.endswith("_ptr"):
-            signature[name] = PTR_TYPES.get(name, f"*{dtype}")
+            signature[name] = ptrs.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in FLOAT_ARGS:
             signature[name] = "fp32"
@@ -70,9 +75,11 @@ def resources(kernel) -> str:
     regs = re.search(r"REG:(\d+)", usage)
     stack = re.search(r"STACK:(\d+)", usage)
     mma = sorted({m for m in re.findall(r"\b(HGMMA|HMMA|QGMMA)\b", sass)})
+    shared_ops = len(re.findall(r"\b(?:LDS|STS|LDSM)\b", sass))
     wide = len(re.findall(r"\b(?:LDG\.E|LDGSTS\.E(?:\.BYPASS)?)(?:\.LTC128B)?\.128", sass))
     return (f"regs={regs.group(1) if regs else '?'} stack={stack.group(1) if stack else '?'} "
-            f"smem={kernel.metadata.shared} mma={'+'.join(mma) or '-'} 16B-loads={wide}")
+            f"smem={kernel.metadata.shared} mma={'+'.join(mma) or '-'} 16B-loads={wide} "
+            f"shared-ops={shared_ops} sass-lines={sass.count(chr(10))}")
 
 
 def configs():
@@ -116,9 +123,34 @@ def configs():
            "fp32", 4, 2)
 
 
+def quant_configs():
+    """The quantized GEMV / GEMM at decode and prefill tile sizes (int4 group 128, fp8)."""
+    for wkind, wptr, group in ((quant_matmul.W_INT4, "*u8", 128), (quant_matmul.W_FP8, "*fp8e4nv", 128)):
+        name = "int4" if wkind == quant_matmul.W_INT4 else "fp8"
+        ptrs = {**QUANT_PTRS, "w_ptr": wptr}
+        if wkind == quant_matmul.W_FP8:
+            ptrs["x_ptr"] = "*fp8e4nv"
+        for cfg in quant_matmul.GEMV_CONFIGS:
+            yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} w{cfg.num_warps}",
+                   quant_matmul._gemv_kernel,
+                   {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
+                    "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024, "_ptrs": ptrs,
+                    **cfg.kwargs},
+                   "bf16", cfg.num_warps, cfg.num_stages)
+        if wkind == quant_matmul.W_INT4:
+            for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:
+                yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}",
+                       quant_matmul._gemm_kernel,
+                       {"WKIND": wkind, "A8": False, "GROUP": group, "M_BUCKET": 256,
+                        "HAS_BIAS": False, "DOT_PREC": "tf32", "_ptrs": ptrs, **cfg.kwargs},
+                       "bf16", cfg.num_warps, cfg.num_stages)
+
+
 def main() -> int:
     failed = 0
-    for label, fn, constexprs, dtype, warps, stages in configs():
+    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    every = list(configs()) + list(quant_configs())
+    for label, fn, constexprs, dtype, warps, stages in (c for c in every if only in c[0]):
         try:
             kernel = compile_one(fn, constexprs, dtype, warps, stages)
             print(f"{dtype:5s} {label:42s} {resources(kernel)}")

@@ -171,12 +171,15 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                             mask=n_mask & valid, other=0.0)
             if WKIND == 0:
                 lo, hi = _nibbles_f32(tile)
-                # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles.
+                # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles:
+                # splitting x costs far less than interleaving the whole dequantized tile into
+                # k order (a shared-memory round trip on sm_90).
                 offs_k = g * GROUP + tl.arange(0, GROUP)
                 for m in tl.static_range(BLOCK_M):
                     x_mask = (offs_k < K) & (m < M) & valid
                     xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
-                    part = tl.sum(tl.interleave(lo, hi) * xv[None, :], axis=1) * s
+                    xe, xo = tl.split(tl.reshape(xv, (GROUP // 2, 2)))
+                    part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
                     acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
             else:
                 w = _bytes_f32(tile, WKIND)
@@ -258,21 +261,31 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
-            offs_k = g * GROUP + tl.arange(0, GROUP)
-            x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k < K)[None, :] & valid,
-                        other=0.0)
             tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
-            if A8:
-                acc += tl.dot(x, tl.trans(tile))
-            else:
-                if WKIND == 0:
-                    lo, hi = _nibbles_f32(tile)
-                    w = tl.interleave(lo, hi).to(x.dtype)
-                else:
-                    w = _bytes_f32(tile, WKIND).to(x.dtype)
+            if WKIND == 0:
+                # Even / odd k of x meet the low / high nibbles in two half-depth dots (no
+                # interleave of the dequantized tile into k order).
+                offs_k = g * GROUP + tl.arange(0, GROUP)
+                x = tl.load(x_rows + offs_k[None, :],
+                            mask=m_mask[:, None] & (offs_k < K)[None, :] & valid, other=0.0)
+                xe, xo = tl.split(tl.reshape(x, (BLOCK_M, GROUP // 2, 2)))
+                lo, hi = _nibbles_f32(tile)
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
                             mask=n_mask & valid, other=0.0)
-                acc += tl.dot(x, tl.trans(w), input_precision=DOT_PREC) * s[None, :]
+                dot = tl.dot(xe, tl.trans(lo.to(xe.dtype)), input_precision=DOT_PREC)
+                dot = tl.dot(xo, tl.trans(hi.to(xo.dtype)), dot, input_precision=DOT_PREC)
+                acc += dot * s[None, :]
+            else:
+                offs_k = g * GROUP + tl.arange(0, GROUP)
+                x = tl.load(x_rows + offs_k[None, :],
+                            mask=m_mask[:, None] & (offs_k < K)[None, :] & valid, other=0.0)
+                if A8:
+                    acc += tl.dot(x, tl.trans(tile))
+                else:
+                    w = _bytes_f32(tile, WKIND).to(x.dtype)
+                    s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
+                                mask=n_mask & valid, other=0.0)
+                    acc += tl.dot(x, tl.trans(w), input_precision=DOT_PREC) * s[None, :]
     if A8:
         sx = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
         sw = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
@@ -495,14 +508,15 @@ def _num_sms(device: torch.device) -> int:
 def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: int, group: int,
            wkind: int, bias: torch.Tensor | None, out_dtype: torch.dtype, path: str,
            x_scales: torch.Tensor | None = None, split_k: int = 0,
-           quant_x: torch.dtype | None = None) -> torch.Tensor:
+           quant_x: torch.dtype | None = None, config: triton.Config | None = None) -> torch.Tensor:
     """Run one quantized matmul kernel on 2-D x2 [M, K] (row-major); returns [M, N] of out_dtype.
 
     path: "gemv" (M <= GEMV_MAX_M) or "gemm". x_scales [M, 1] float32 marks a W8A8 call (x2 is
     then the quantized activations). split_k > 0 forces the K split (benchmarks; at most
     MAX_SPLIT_K, and only for M <= SMALL_M). quant_x (float8_e4m3fn or int8, GEMV only) makes a
-    W8A8 call on the float activations x2: the GEMV quantizes them per token itself. Layers call
-    the per-scheme dispatchers below.
+    W8A8 call on the float activations x2: the GEMV quantizes them per token itself. config (CUDA,
+    benchmarks) runs that launch configuration instead of the autotuned or default one. Layers
+    call the per-scheme dispatchers below.
     """
     m, k = x2.shape
     n = w.shape[0]
@@ -514,7 +528,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         raise ValueError("quant_x is for the GEMV path, on float activations without x_scales")
     a8 = x_scales is not None or quant_x is not None
     sms = _num_sms(x2.device)
-    tune = x2.is_cuda and autotune_enabled()
+    tune = x2.is_cuda and autotune_enabled() and config is None
     flags = dict(WKIND=wkind, A8=a8, GROUP=group, HAS_BIAS=bias is not None)
     locks = None
     if path == "gemv":
@@ -526,14 +540,14 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
             flags["QX"] = 2 if quant_x == torch.int8 else 1
             flags["QX_BLOCK"] = min(1024, triton.next_power_of_2(k))
         kernel = _gemv_tuned if tune else _gemv_split
-        fixed = GEMV_CONFIGS[DEFAULT_GEMV] if x2.is_cuda else triton.Config(INTERPRET_GEMV)
+        fixed = config or (GEMV_CONFIGS[DEFAULT_GEMV] if x2.is_cuda else triton.Config(INTERPRET_GEMV))
         candidates = GEMV_CONFIGS if tune else [fixed]
     else:
         flags["M_BUCKET"] = m_bucket(m)
         flags["DOT_PREC"] = "ieee" if x2.dtype == torch.float32 else "tf32"
         kernel = _gemm_tuned if tune else _gemm_split
         pruned = _gemm_prune(GEMM_CONFIGS_BY_BUCKET[flags["M_BUCKET"]], None, **flags)
-        fixed = pruned[0] if x2.is_cuda else triton.Config(INTERPRET_GEMM)
+        fixed = config or (pruned[0] if x2.is_cuda else triton.Config(INTERPRET_GEMM))
         candidates = pruned if tune else [fixed]
     # Partials for a K split, sized for the largest split any candidate config may choose.
     max_split = max(split_for(m, n, k, group, sms, split_k, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_M")

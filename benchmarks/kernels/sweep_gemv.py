@@ -1,0 +1,117 @@
+"""Sweep the GEMV's launch settings (tile width, warps, unroll, K splits) at batch-1 decode shapes.
+
+For int4 weight-only (group 128), fp8 W8A8 and unquantized bf16 weights at the Llama-3-8B layer
+shapes, every (config, split) pair is timed at M = 1 (median of CUDA-graph replays, rotating
+weight sets so one timing moves > 200 MB), with the config the autotuner picks and cuBLAS (bf16)
+as the same-run baselines. Bytes are the weights and scales once; GB/s is over the copy
+bandwidth measured in the same run. Each timed config is checked against its reference.
+
+    PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_kernels  # noqa: E402
+import bench_quant  # noqa: E402
+from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels.quant_act import quant_per_token  # noqa: E402
+
+# (BLOCK_N, num_warps, UNROLL): the candidates swept, a superset of qm.GEMV_CONFIGS' shapes.
+TILES = [(16, 2, 1), (32, 2, 1), (32, 4, 1), (32, 4, 2), (64, 4, 1), (64, 4, 2), (64, 8, 1),
+         (128, 4, 1), (128, 8, 1), (256, 8, 1)]
+SPLITS = [1, 2, 4, 8, 16]
+
+
+def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: int):
+    """fn(weights) running one launch of the scheme's GEMV with a fixed config and split."""
+    if scheme == "int4":
+        return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
+                                   x.dtype, "gemv", split_k=split, config=config)
+    if scheme == "fp8":
+        def f(w):
+            xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+            return qm.launch(xq, w[0], w[1], 0, qm.KTILE_8BIT, qm.W_FP8, None, x.dtype, "gemv",
+                             x_scales=sx, split_k=split, config=config)
+        return f
+    return lambda w: qm.launch(x, w[0], w[0], 0, qm.KTILE_8BIT, qm.W_FLOAT, None, x.dtype, "gemv",
+                               split_k=split, config=config)
+
+
+def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
+    if scheme == "int4":
+        return qm.int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
+    if scheme == "fp8":
+        return qm.fp8_linear_ref(x, w[0], w[1])
+    return (x.float() @ w[0].float().T).to(x.dtype)
+
+
+def time_fn(fn, sets: list[tuple]) -> float:
+    return bench_kernels.time_calls([lambda w=w: fn(w) for w in sets], reps=20)
+
+
+def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float) -> dict:
+    probe = bench_quant.make_weights(scheme, n, k)
+    nbytes = bench_quant.weight_bytes(probe)
+    sets = [probe] + [bench_quant.make_weights(scheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    want = reference(scheme, x, probe).float()
+    groups = triton.cdiv(k, bench_quant.GROUP if scheme == "int4" else qm.KTILE_8BIT)
+    rows = []
+    for block_n, warps, unroll in TILES:
+        cfg = triton.Config({"BLOCK_N": block_n, "UNROLL": unroll}, num_warps=warps, num_stages=3)
+        for split in SPLITS:
+            if split > groups:
+                continue
+            fn = runner(scheme, x, cfg, split)
+            err = ((fn(probe).float() - want).norm() / want.norm()).item()
+            us = time_fn(fn, sets)
+            rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll, "split": split,
+                         "us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
+    best = min(rows, key=lambda r: r["us"])
+    out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best}
+    # The dispatcher's own choice (autotuned, heuristic split) and, for bf16, cuBLAS.
+    tuned = runner(scheme, x, None, 0)
+    tuned(probe)
+    out["autotuned_us"] = round(time_fn(tuned, sets), 2)
+    if scheme == "bf16":
+        out["cublas_us"] = round(time_fn(lambda w: x @ w[0].T, sets), 2)
+    print(f"{scheme:5s} {name:8s} best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
+          f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} w{best['num_warps']} "
+          f"U{best['UNROLL']} split{best['split']} | autotuned {out['autotuned_us']:7.2f} us"
+          + (f" | cuBLAS {out['cublas_us']:7.2f} us" if "cublas_us" in out else ""), flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--schemes", default="int4,fp8,bf16")
+    ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES))
+    args = ap.parse_args()
+    ceil = bench_quant.ceilings()
+    print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
+    results = []
+    t0 = time.time()
+    for scheme in args.schemes.split(","):
+        for name in args.shapes.split(","):
+            n, k = bench_quant.SHAPES[name]
+            results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"]))
+    with open(args.json, "w") as f:
+        json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
+                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "triton": triton.__version__}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
