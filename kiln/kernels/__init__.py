@@ -18,3 +18,27 @@ def use_triton(t: torch.Tensor) -> bool:
         return True
     # Under TRITON_INTERPRET=1 the Triton kernels run on the CPU (tests only).
     return os.environ.get("TRITON_INTERPRET", "") == "1" and os.environ.get("KILN_KERNELS", "") == "triton"
+
+
+_PDL_DEVICES: dict[int, bool] = {}
+
+
+def pdl_enabled(t: torch.Tensor) -> bool:
+    """Whether launches on t's device use programmatic dependent launch (KILN_PDL=1, CUDA sm90+).
+
+    A kernel so launched may be scheduled while the kernel before it in the stream still runs;
+    every kiln kernel compiled with PDL=True waits for its predecessor's completion and memory
+    (griddepcontrol.wait) before its first load or store, so results do not change. What is
+    saved is the launch and scheduling latency between consecutive kernels.
+    """
+    if not t.is_cuda or os.environ.get("KILN_PDL", "0") != "1":
+        return False
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _PDL_DEVICES:
+        _PDL_DEVICES[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return _PDL_DEVICES[index]
+
+
+def pdl_args(t: torch.Tensor) -> dict:
+    """Launch keyword arguments: the kernels' PDL constexpr, plus Triton's launch_pdl when on."""
+    return {"PDL": True, "launch_pdl": True} if pdl_enabled(t) else {"PDL": False}

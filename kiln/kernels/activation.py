@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
@@ -18,7 +19,8 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, x_row_stride, out_row_stride, inter,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -43,5 +45,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(inter))
     grid = (rows.shape[0], triton.cdiv(inter, block))
     _silu_and_mul_kernel[grid](rows, out.view(-1, inter), rows.stride(0), inter, inter,
-                               BLOCK=block, num_warps=4)
+                               BLOCK=block, num_warps=4, **pdl_args(x))
     return out

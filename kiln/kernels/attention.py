@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
 from kiln.layers.forward_context import AttentionMetadata
@@ -194,9 +195,10 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
                     block_table_stride, qk_scale, v_scale, window, group,
                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                    KV_FP8: tl.constexpr):
+                    KV_FP8: tl.constexpr, PDL: tl.constexpr = False):
     # Program (row tile, kv head, sequence). A tile's rows are (query token, head of the group)
     # pairs, token-major, so K/V are read once for the whole group. Tiles run largest-first.
+    pdl_start(PDL)
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2)
@@ -267,12 +269,13 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              BLOCK_SIZE: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                             KV_FP8: tl.constexpr):
+                             KV_FP8: tl.constexpr, PDL: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over `partition` keys of the context (a
     # run-time value: one compiled variant serves every partition size the dispatcher picks).
     # Sizes are read on the device, so the grid only depends on num_seqs and max_seq_len;
     # partitions past the context (or before the window) exit at once.
+    pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -320,8 +323,9 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                           part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
                           max_partitions, partition, HEAD_DIM: tl.constexpr,
-                          BLOCK_P: tl.constexpr, USE_WINDOW: tl.constexpr):
+                          BLOCK_P: tl.constexpr, USE_WINDOW: tl.constexpr, PDL: tl.constexpr = False):
     # Program (sequence, query head): merge the partitions' partial softmax results.
+    pdl_start(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -423,14 +427,14 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         num_warps=tuning.get("num_warps", 4),
-        num_stages=tuning.get("num_stages", 2))
+        num_stages=tuning.get("num_stages", 2), **pdl_args(q))
     if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
             out.stride(0), out.stride(1), window, num_q_heads, num_parts, partition,
             # One block width for every partition count: one compiled variant (masked lanes
             # cost next to nothing here).
-            HEAD_DIM=head_dim, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4, **pdl_args(q))
 
 
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
@@ -461,7 +465,7 @@ def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
         meta.block_tables.stride(0), qk_scale, v_scale, window, group,
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        num_warps=num_warps, num_stages=num_stages)
+        num_warps=num_warps, num_stages=num_stages, **pdl_args(q))
 
 
 def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,

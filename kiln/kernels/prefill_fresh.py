@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 
 # A finite start for the running max, so that an all-masked row never makes NaN.
 _NEG_START = tl.constexpr(-1.0e30)
@@ -46,10 +47,11 @@ def _attend_tiles(q, m, l, acc, k_desc, v_desc, qk_scale, rows, row0, kv_col, lo
 @triton.jit(do_not_specialize_on_alignment=["query_start_ptr"])
 def _fresh_prefill_kernel(q_desc, k_desc, v_desc, query_start_ptr, out_ptr, out_tok_stride,
                           out_head_stride, qk_scale, group, HEAD_DIM: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
     # Program (query tile, query head, sequence); tiles run largest-first (the causal triangle
     # makes the last tiles the longest). Rows past the sequence's end read the next sequence's
     # (or zero-filled) tokens: they are never stored, and every kept row sees its own key.
+    pdl_start(PDL)
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
@@ -129,5 +131,5 @@ def fresh_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q_desc, k_desc, v_desc, query_start_loc, out, out.stride(0), out.stride(1),
         float(scale) * 1.4426950408889634, group, HEAD_DIM=head_dim, BLOCK_M=block_m,
         BLOCK_N=block_n, num_warps=config.get("num_warps", 4),
-        num_stages=config.get("num_stages", 3))
+        num_stages=config.get("num_stages", 3), **pdl_args(q))
     return out

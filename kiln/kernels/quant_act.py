@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 
 FP8_MAX = 448.0
 INT8_MAX = 127.0
@@ -66,8 +67,9 @@ def quantize_to_codes(x, scale, IS_INT8: tl.constexpr):
 
 @triton.jit
 def _quant_per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
-                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     # One program per row: a first pass finds the amax, a second (from L1/L2) scales and casts.
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     scale = token_scale(x_row, K, True, IS_INT8, BLOCK)
@@ -107,6 +109,6 @@ def quant_per_token(x: torch.Tensor, dtype: torch.dtype,
         s[m:].fill_(1.0)
     block = min(4096, triton.next_power_of_2(k))
     _quant_per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0),
-                                  IS_INT8=dtype == torch.int8, BLOCK=block,
+                                  IS_INT8=dtype == torch.int8, BLOCK=block, **pdl_args(x),
                                   num_warps=max(1, min(8, block // 256)))
     return q, s

@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
@@ -138,13 +139,14 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
-                 QX_BLOCK: tl.constexpr = 1024):
+                 QX_BLOCK: tl.constexpr = 1024, PDL: tl.constexpr = False):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
     # QX 1 (fp8) / 2 (int8): x is the float activation and each program quantizes it per token
     # itself with _quant_per_token_kernel's own helpers, so the products are the bits of the
     # separate quantization launch, which is saved.
+    pdl_start(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -230,11 +232,12 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, M_BUCKET: tl.constexpr,
                  SPLIT_K, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-                 SWIZZLE: tl.constexpr):
+                 SWIZZLE: tl.constexpr, PDL: tl.constexpr = False):
     # Grid (M tiles x N tiles, K splits). Weight-only: the dequantized tile (x's dtype) feeds
     # tl.dot and the group's scale multiplies the float32 product, so scales cost one
     # [BLOCK_M, BLOCK_N] FMA per group. W8A8: int8 x int8 (int32) or fp8 x fp8 (float32) dots,
     # both scales applied once at the end.
+    pdl_start(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -303,8 +306,10 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
 
 @triton.jit
 def _splitk_reduce_kernel(p_ptr, bias_ptr, out_ptr, M, N, stride_om,
-                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = False):
     # Fixed summation order, so split-K results are deterministic (no atomics).
+    pdl_start(PDL)
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -555,6 +560,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
     part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
     chosen = {}
+    pdl = pdl_args(x2)
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),
@@ -570,10 +576,10 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         return (tiles_m * triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
 
     if tune:
-        kernel[grid](*args, **flags)
+        kernel[grid](*args, **flags, **pdl)
     elif x2.is_cuda:
         kernel[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
-                     num_stages=fixed.num_stages)
+                     num_stages=fixed.num_stages, **pdl)
     else:
         kernel[grid](*args, **flags, **fixed.kwargs)
     split = chosen["split"]
@@ -582,7 +588,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         block = min(1024, triton.next_power_of_2(n))
         _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
             part, bias if has_bias else out, out, m, n, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4)
+            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl)
     return out
 
 

@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -25,9 +26,10 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
-                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     # One program per row: the whole row sits in registers, so x (and the residual) are read once
     # and the sum is written back in the same pass.
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -61,7 +63,7 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     res_arg = res2 if res2 is not None else x2
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps)
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

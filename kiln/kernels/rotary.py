@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import use_triton
+from kiln.kernels import pdl_args, use_triton
+from kiln.kernels.pdl import pdl_start
 from kiln.kernels.attention import FP8_E4M3_MAX, is_fp8_kv_cache, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
@@ -88,10 +89,12 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
                             cos_sin_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
                             k_out_tok_stride, k_out_head_stride, num_q_heads, num_kv_heads, k_scale,
                             v_scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
-                            WRITE_CACHE: tl.constexpr, KV_FP8: tl.constexpr, K_OUT: tl.constexpr):
+                            WRITE_CACHE: tl.constexpr, KV_FP8: tl.constexpr, K_OUT: tl.constexpr,
+                            PDL: tl.constexpr = False):
     # Program (t, 0) rotates token t's query heads; (t, 1) rotates its key heads and writes keys
     # and values to the cache, so q and k/v of one token proceed in parallel. With K_OUT the
     # rotated keys also go to k_out (for attention that reads the step's own keys).
+    pdl_start(PDL)
     tok = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
     half = tl.arange(0, HALF)
@@ -156,7 +159,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
         k_out_arg.stride(0), k_out_arg.stride(1), num_q_heads, num_kv_heads, float(k_scale),
         float(v_scale), HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
-        KV_FP8=write_cache and is_fp8_kv_cache(dst), K_OUT=k_out is not None, num_warps=4)
+        KV_FP8=write_cache and is_fp8_kv_cache(dst), K_OUT=k_out is not None, num_warps=4,
+        **pdl_args(q))
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,

@@ -55,3 +55,30 @@ def test_batched_decode_with_graphs_equals_eager(tmp_path):
     graph = LLM(str(tmp_path), dtype="float32", device="cuda", gpu_memory_utilization=0.3,
                 max_num_seqs=16).generate(prompts, sp)
     assert [o.outputs[0].token_ids for o in eager] == [o.outputs[0].token_ids for o in graph]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs sm90+")
+@pytest.mark.parametrize("triton_gemv", ["0", "1"])
+def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, triton_gemv):
+    """KILN_PDL=1 (kernels scheduled before their predecessor ends, each waiting for it in-kernel)
+    gives the same tokens and logprobs as ordinary launches, eager and through CUDA graphs, with
+    the decode GEMVs on cuBLAS or on the Triton kernel (an all-Triton chain)."""
+    from kiln import LLM, SamplingParams
+    from kiln.models.random_model import write_random_model
+
+    write_random_model("tiny-llama", tmp_path, seed=3, dtype="bfloat16")
+    prompts = [{"prompt_token_ids": list(range(7, 7 + 5 * i + 3))} for i in range(10)]
+    sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
+    monkeypatch.setenv("KILN_TRITON_GEMV", triton_gemv)
+    results = {}
+    for pdl in ("0", "1"):
+        monkeypatch.setenv("KILN_PDL", pdl)
+        for eager in (True, False):
+            llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=eager,
+                      gpu_memory_utilization=0.3, max_num_seqs=16)
+            outs = llm.generate(prompts, sp)
+            results[pdl, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+            del llm
+    for eager in (True, False):
+        assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"
