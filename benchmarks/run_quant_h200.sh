@@ -2,7 +2,7 @@
 # One device call for `kiln build` on the H200: the quantized-matmul GPU tests and kernel benchmark,
 # FP8 and INT4 weight-only engines of the Llama-3-8B architecture (random bf16 weights; build time,
 # kernel tuning stored in engine.json), their batch-1 decode (FUSED_COMPARE=1: also with the split-K
-# reduce as a separate kernel, KILN_QUANT_FUSED_SPLITK=0),
+# reduce as a separate kernel, KILN_QUANT_FUSED_SPLITK=0; PDL_COMPARE=1: also with KILN_PDL=1),
 # fp8 1000 x 128/128 throughput, and the FP8 accuracy report of the demo model.
 # The log goes to $OUT/run.log and each measurement to its own JSON (at most 8 files come back).
 set -uo pipefail
@@ -31,6 +31,10 @@ for Q in ${SCHEMES:-fp8 int4-wo}; do
   if [ "${ACT_COMPARE:-0}" = 1 ]; then  # W8A8 GEMVs quantizing their own activations
     echo "== $Q with KILN_QUANT_FUSED_ACT=1" | tee -a "$LOG"
     KILN_QUANT_FUSED_ACT=1 $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_${Q}_fused_act.json" 2>&1 | tail -6 | tee -a "$LOG"
+  fi
+  if [ "${PDL_COMPARE:-0}" = 1 ]; then  # programmatic dependent launch
+    echo "== $Q with KILN_PDL=1" | tee -a "$LOG"
+    KILN_PDL=1 $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_${Q}_pdl.json" 2>&1 | tail -6 | tee -a "$LOG"
   fi
   if [ "${FUSED_COMPARE:-0}" = 1 ]; then
     echo "== $Q with KILN_QUANT_FUSED_SPLITK=0" | tee -a "$LOG"

@@ -134,8 +134,8 @@ def quant_configs():
             yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} w{cfg.num_warps}",
                    quant_matmul._gemv_kernel,
                    {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
-                    "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024, "_ptrs": ptrs,
-                    **cfg.kwargs},
+                    "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                    "INT4_ASM": wkind == quant_matmul.W_INT4, "_ptrs": ptrs, **cfg.kwargs},
                    "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:

@@ -122,6 +122,44 @@ def _nibbles_f32(b):
     return lo, hi
 
 
+# Eight nibbles of a 32-bit word (k = 8j + i at bits 4i) to float32 q = nibble - 8, two at a time:
+# OR-ing a nibble into bf16 128.0 (0x4300) gives 128 + nibble exactly; one packed bf16 FMA
+# subtracts 136 from both halves; each half then moves to the top of a float32 (exact).
+_INT4_WORD_ASM = tl.constexpr("""
+{
+.reg .b32 kq0, kq1, kq2, kq3, kone, koff;
+mov.b32 kone, 0x3F803F80;
+mov.b32 koff, 0xC308C308;
+shr.u32 kq1, $8, 4;
+shr.u32 kq2, $8, 8;
+shr.u32 kq3, $8, 12;
+lop3.b32 kq0, $8, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq1, kq1, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq2, kq2, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq3, kq3, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 kq0, kq0, kone, koff;
+fma.rn.bf16x2 kq1, kq1, kone, koff;
+fma.rn.bf16x2 kq2, kq2, kone, koff;
+fma.rn.bf16x2 kq3, kq3, kone, koff;
+shl.b32 $0, kq0, 16;
+shl.b32 $1, kq1, 16;
+shl.b32 $2, kq2, 16;
+shl.b32 $3, kq3, 16;
+and.b32 $4, kq0, 0xFFFF0000;
+and.b32 $5, kq1, 0xFFFF0000;
+and.b32 $6, kq2, 0xFFFF0000;
+and.b32 $7, kq3, 0xFFFF0000;
+}
+""")
+
+
+@triton.jit
+def _int4_words_f32(word):
+    """int32 words of packed nibbles -> 8 float32 tensors (k = 8j + 0 .. 8j + 7), CUDA only."""
+    return tl.inline_asm_elementwise(_INT4_WORD_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [word],
+                                     dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+
+
 @triton.jit
 def _bytes_f32(b, WKIND: tl.constexpr):
     """int8 (given as uint8 bits), fp8 or float tile -> float32."""
@@ -139,13 +177,16 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
-                 QX_BLOCK: tl.constexpr = 1024, PDL: tl.constexpr = False):
+                 QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False,
+                 PDL: tl.constexpr = False):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
     # QX 1 (fp8) / 2 (int8): x is the float activation and each program quantizes it per token
     # itself with _quant_per_token_kernel's own helpers, so the products are the bits of the
     # separate quantization launch, which is saved.
+    # INT4_ASM (CUDA): int4 weights are read as 32-bit words and dequantized by _int4_words_f32,
+    # about half the instructions per weight of the nibble-by-nibble path.
     pdl_start(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -165,13 +206,33 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
-            tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
             if WKIND == 4:
                 s = 1.0  # unquantized weights have no scales (s_ptr is not read)
             else:
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
                             mask=n_mask & valid, other=0.0)
-            if WKIND == 0:
+            if WKIND == 0 and INT4_ASM:
+                words = w_ptr.to(tl.pointer_type(tl.int32))
+                offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
+                word = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
+                               mask=n_mask[:, None] & valid, other=0)
+                q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_f32(word)
+                offs_j = g * GROUP + 8 * tl.arange(0, GROUP // 8)
+                for m in tl.static_range(BLOCK_M):
+                    x_mask = (offs_j < K) & (m < M) & valid
+                    x_row = x_ptr + m * stride_xm + offs_j
+                    p = q0 * tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q1 * tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q2 * tl.load(x_row + 2, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q3 * tl.load(x_row + 3, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q4 * tl.load(x_row + 4, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q5 * tl.load(x_row + 5, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q6 * tl.load(x_row + 6, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    p += q7 * tl.load(x_row + 7, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+                    part = tl.sum(p, axis=1) * s
+                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+            elif WKIND == 0:
+                tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
                 lo, hi = _nibbles_f32(tile)
                 # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles:
                 # splitting x costs far less than interleaving the whole dequantized tile into
@@ -184,6 +245,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                     part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
                     acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
             else:
+                tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
                 w = _bytes_f32(tile, WKIND)
                 offs_k = g * GROUP + tl.arange(0, GROUP)
                 for m in tl.static_range(BLOCK_M):
@@ -488,6 +550,13 @@ def fused_act_quant_enabled() -> bool:
     return os.environ.get("KILN_QUANT_FUSED_ACT", "0") == "1"
 
 
+def int4_asm_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the GEMV may read int4 weights as 32-bit words through PTX (CUDA; 4-byte aligned
+    rows; KILN_INT4_ASM=0 keeps the nibble-by-nibble path)."""
+    return (x2.is_cuda and os.environ.get("KILN_INT4_ASM", "1") == "1" and w.data_ptr() % 4 == 0
+            and w.stride(0) % 4 == 0)
+
+
 SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
 _MIN_GEMV_BLOCK_N = min([c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS] + [INTERPRET_GEMV["BLOCK_N"]])
 _split_locks: dict[torch.device, torch.Tensor] = {}
@@ -541,6 +610,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         if fused_splitk_enabled() and triton.cdiv(n, _MIN_GEMV_BLOCK_N) <= SPLIT_LOCKS:
             locks = split_locks(x2.device)
         flags["FUSED_SPLITK"] = locks is not None
+        if wkind == W_INT4 and int4_asm_ok(x2, w):
+            flags["INT4_ASM"] = True
         if quant_x is not None:
             flags["QX"] = 2 if quant_x == torch.int8 else 1
             flags["QX_BLOCK"] = min(1024, triton.next_power_of_2(k))
