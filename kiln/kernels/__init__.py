@@ -5,6 +5,7 @@ environment variable ``KILN_KERNELS=reference`` forces the references everywhere
 for parity checks on the GPU).
 """
 
+import contextlib
 import os
 
 import torch
@@ -21,17 +22,34 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 _PDL_DEVICES: dict[int, bool] = {}
+_PDL_SCOPE = [False]
+PDL_MAX_BATCH = 64  # decode graphs up to this batch size launch with PDL under KILN_PDL=auto
+
+
+@contextlib.contextmanager
+def pdl_scope(on: bool):
+    """Within: kernels launch with programmatic dependent launch under KILN_PDL=auto (the
+    default). The model runner opens it around capturing small decode graphs, so only those
+    replays use PDL (and the warm-up before each capture compiles its kernel variants)."""
+    before = _PDL_SCOPE[0]
+    _PDL_SCOPE[0] = on
+    try:
+        yield
+    finally:
+        _PDL_SCOPE[0] = before
 
 
 def pdl_enabled(t: torch.Tensor) -> bool:
-    """Whether launches on t's device use programmatic dependent launch (KILN_PDL=1, CUDA sm90+).
+    """Whether a launch on t's device uses programmatic dependent launch (CUDA sm90+).
 
+    KILN_PDL=auto (default): inside pdl_scope(True) only; 1: every launch; 0: never.
     A kernel so launched may be scheduled while the kernel before it in the stream still runs;
     every kiln kernel compiled with PDL=True waits for its predecessor's completion and memory
     (griddepcontrol.wait) before its first load or store, so results do not change. What is
     saved is the launch and scheduling latency between consecutive kernels.
     """
-    if not t.is_cuda or os.environ.get("KILN_PDL", "0") != "1":
+    mode = os.environ.get("KILN_PDL", "auto")
+    if not t.is_cuda or mode == "0" or (mode != "1" and not _PDL_SCOPE[0]):
         return False
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if index not in _PDL_DEVICES:

@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from kiln.kernels import PDL_MAX_BATCH, pdl_scope
 from kiln.layers.forward_context import AttentionMetadata
 
 logger = logging.getLogger("kiln")
@@ -73,12 +74,15 @@ class DecodeGraphs:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for b in reversed(self.buckets):
-                for _ in range(2):  # compile and autotune outside the capture
-                    self._forward(b)
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self._forward(b)
+                # Small batches, where launch latency weighs most, run with programmatic
+                # dependent launch (KILN_PDL=auto; kiln.kernels.pdl_enabled).
+                with pdl_scope(b <= PDL_MAX_BATCH):
+                    for _ in range(2):  # compile and autotune outside the capture
+                        self._forward(b)
+                    torch.cuda.synchronize()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                        self._forward(b)
                 pool = graph.pool()
                 self.graphs[b] = graph
         torch.cuda.current_stream().wait_stream(stream)

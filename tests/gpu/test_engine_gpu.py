@@ -61,9 +61,10 @@ def test_batched_decode_with_graphs_equals_eager(tmp_path):
                     reason="programmatic dependent launch needs sm90+")
 @pytest.mark.parametrize("triton_gemv", ["0", "1"])
 def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, triton_gemv):
-    """KILN_PDL=1 (kernels scheduled before their predecessor ends, each waiting for it in-kernel)
-    gives the same tokens and logprobs as ordinary launches, eager and through CUDA graphs, with
-    the decode GEMVs on cuBLAS or on the Triton kernel (an all-Triton chain)."""
+    """KILN_PDL=1 (every launch: kernels scheduled before their predecessor ends, each waiting for
+    it in-kernel) and the default KILN_PDL=auto (small decode graphs) give the same tokens and
+    logprobs as ordinary launches, eager and through CUDA graphs, with the decode GEMVs on cuBLAS
+    or on the Triton kernel (an all-Triton chain)."""
     from kiln import LLM, SamplingParams
     from kiln.models.random_model import write_random_model
 
@@ -72,7 +73,7 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, tri
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
     monkeypatch.setenv("KILN_TRITON_GEMV", triton_gemv)
     results = {}
-    for pdl in ("0", "1"):
+    for pdl in ("0", "1", "auto"):
         monkeypatch.setenv("KILN_PDL", pdl)
         for eager in (True, False):
             llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=eager,
@@ -81,4 +82,22 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, tri
             results[pdl, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
             del llm
     for eager in (True, False):
-        assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"
+        assert results["1", eager] == results["0", eager], f"KILN_PDL=1, enforce_eager={eager}"
+        assert results["auto", eager] == results["0", eager], f"KILN_PDL=auto, enforce_eager={eager}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs sm90+")
+def test_pdl_auto_covers_small_decode_graphs_only(monkeypatch):
+    from kiln import kernels
+
+    monkeypatch.delenv("KILN_PDL", raising=False)
+    t = torch.zeros(1, device="cuda")
+    assert not kernels.pdl_enabled(t)
+    with kernels.pdl_scope(True):
+        assert kernels.pdl_args(t) == {"PDL": True, "launch_pdl": True}
+    monkeypatch.setenv("KILN_PDL", "0")
+    with kernels.pdl_scope(True):
+        assert not kernels.pdl_enabled(t)
+    monkeypatch.setenv("KILN_PDL", "1")
+    assert kernels.pdl_enabled(t)
