@@ -16,7 +16,8 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-_KERNEL_MODULES = ("kiln.kernels.prefill_fresh", "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
+# Helpers first: the kernel modules reloaded after them pick up their interpreted versions.
+_KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.prefill_fresh", "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
                    "kiln.kernels.rotary", "kiln.kernels.quant_act", "kiln.kernels.quant_matmul")
 
 
