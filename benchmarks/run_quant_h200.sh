@@ -24,7 +24,7 @@ DEMO=$(python3 -c "import kiln.demo as d; print(d.DEMO_MODEL)")
 for Q in ${SCHEMES:-fp8 int4-wo}; do
   E=/tmp/e8b-$Q
   T0=$SECONDS
-  $K build $M --output $E --quant $Q --eval-tokens 1024 --calib-samples 32 --overwrite --no-progress 2>&1 | tail -4 | tee -a "$LOG"
+  $K build $M --output $E --quant $Q --eval-tokens 1024 --calib-samples 32 --max-batch-size ${MAX_BATCH:-1024} --overwrite --no-progress 2>&1 | tail -4 | tee -a "$LOG"
   echo "build $Q wall $((SECONDS - T0)) s" | tee -a "$LOG"
   python3 -c "import json,sys; t=json.load(open('$E/engine.json'))['kernel_tuning']; print('kernel_tuning', t['status'], t.get('seconds'), len(t['results']), 'entries')" | tee -a "$LOG"
   $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/latency_8b_$Q.json" 2>&1 | tail -6 | tee -a "$LOG"

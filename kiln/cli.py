@@ -25,6 +25,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"])
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
+    g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="decode batch sizes to capture as CUDA graphs (default: 1, 2, 4, 8, every "
+                        "16 up to 256, then GEMM-friendly sizes up to --max-num-seqs)")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule the next step while the device runs this one (default: on "
                         "for CUDA, off for the CPU)")
@@ -39,6 +42,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 num_kv_blocks=args.num_kv_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
                 enable_prefix_caching=args.enable_prefix_caching,
                 scheduling_policy=args.scheduling_policy, enforce_eager=args.enforce_eager,
+                cuda_graph_sizes=args.cuda_graph_sizes,
                 async_scheduling=args.async_scheduling, kv_cache_dtype=args.kv_cache_dtype,
                 device=args.device, seed=args.seed)
 

@@ -83,9 +83,18 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "auto"
     enforce_eager: bool = False
+    # Decode batch sizes captured as CUDA graphs (None: kiln.runner.cuda_graphs.batch_buckets).
+    cuda_graph_sizes: tuple[int, ...] | None = None
     # Schedule step n+1 while the device runs step n (None: on for CUDA, off for the CPU, where
     # the device is the host and nothing overlaps).
     async_scheduling: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.cuda_graph_sizes is not None:
+            sizes = tuple(self.cuda_graph_sizes)
+            if not sizes or any(int(b) != b or b < 1 for b in sizes):
+                raise KilnError(f"cuda_graph_sizes must be positive integers, got {list(sizes)}")
+            object.__setattr__(self, "cuda_graph_sizes", tuple(sorted(set(int(b) for b in sizes))))
 
     def with_num_kv_blocks(self, num_blocks: int) -> "EngineConfig":
         """A copy with the KV block count fixed (after memory profiling)."""

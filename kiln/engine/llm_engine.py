@@ -6,7 +6,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,9 @@ def _apply_engine_limits(config: EngineConfig, info: dict) -> EngineConfig:
             raise KilnError(f"max_model_len {config.model.max_model_len} exceeds the engine's "
                             f"max_seq_len {max_len}; rebuild with a larger --max-seq-len")
     if max_batch and config.scheduler.max_num_seqs > max_batch:
+        logger.warning("max_num_seqs %d exceeds the engine's max_batch_size %d: using %d (rebuild "
+                       "with a larger --max-batch-size to run more)", config.scheduler.max_num_seqs,
+                       max_batch, max_batch)
         config = replace(config, scheduler=replace(config.scheduler, max_num_seqs=int(max_batch)))
     return config
 
@@ -135,7 +138,8 @@ class LLMEngine:
                 and use_triton(torch.empty(0, device=self.device))):
             t1 = time.perf_counter()
             reserved = torch.cuda.memory_reserved(self.device)
-            self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len)
+            self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len,
+                                              config.cuda_graph_sizes)
             logger.info("decode CUDA graphs captured in %.1f s (%.2f GiB)", time.perf_counter() - t1,
                         (torch.cuda.memory_reserved(self.device) - reserved) / 2**30)
         from kiln.scheduler.scheduler import Scheduler
@@ -166,6 +170,7 @@ class LLMEngine:
                   max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
                   scheduling_policy: str = "fcfs", max_waiting_requests: int | None = None,
                   device: str = "auto", enforce_eager: bool = False,
+                  cuda_graph_sizes: Sequence[int] | None = None,
                   async_scheduling: bool | None = None) -> "LLMEngine":
         """Build an engine from flat keyword arguments (the CLI's and LLM's)."""
         if model is None:
@@ -183,7 +188,9 @@ class LLMEngine:
                                       max_num_batched_tokens=max_num_batched_tokens,
                                       scheduling_policy=scheduling_policy,
                                       max_waiting_requests=max_waiting_requests),
-            device=device, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
+            device=device, enforce_eager=enforce_eager,
+            cuda_graph_sizes=tuple(cuda_graph_sizes) if cuda_graph_sizes else None,
+            async_scheduling=async_scheduling)
         return cls(cfg)
 
     def _set_kv_cache_dtype(self, config: EngineConfig) -> EngineConfig:
@@ -216,7 +223,9 @@ class LLMEngine:
             return memory.num_kv_blocks_cpu(block_bytes, config.cache, config.scheduler)
         peak = self._profile_activation_bytes(config)
         if not config.enforce_eager:  # the decode graphs' shared logits buffer (cuda_graphs.py)
-            peak += config.scheduler.max_num_seqs * args.vocab_size * 4
+            from kiln.runner.cuda_graphs import batch_buckets
+            rows = batch_buckets(config.scheduler.max_num_seqs, config.cuda_graph_sizes)[-1]
+            peak += rows * args.vocab_size * self.dtype.itemsize
         blocks = memory.num_kv_blocks_cuda(block_bytes, config.cache, self.device, peak)
         return min(blocks, memory.blocks_needed_at_most(config.cache, config.scheduler))
 

@@ -52,10 +52,15 @@ class LMHead(nn.Module):
     def forward(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, hidden_size] -> [N, vocab_size] float32 (matmul in the model dtype, like HF).
 
-        ``out`` (float32 [N, vocab_size]) receives the logits instead of a new tensor: the decode
-        graphs of every batch size write into one shared buffer this way.
+        ``out`` ([N, vocab_size]) receives the logits instead of a new tensor: the decode graphs of
+        every batch size write into one shared buffer this way. An ``out`` in the model dtype
+        takes the matmul's result as it is, with no float32 copy (the decode graphs' buffer: a
+        greedy step's argmax needs no float32 logits, and float32 of a bf16 value is exact).
         """
-        logits = F.linear(hidden, self.table())
+        table = self.table()
+        if out is not None and out.dtype == hidden.dtype == table.dtype:
+            return torch.mm(hidden, table.t(), out=out)
+        logits = F.linear(hidden, table)
         if out is None:
             return logits.float()
         return out.copy_(logits)

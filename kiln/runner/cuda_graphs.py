@@ -9,6 +9,7 @@ rest of the bucket with rows that write nowhere (slot -1) and read one cached to
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -18,12 +19,41 @@ from kiln.layers.forward_context import AttentionMetadata
 logger = logging.getLogger("kiln")
 
 
-def batch_buckets(max_num_seqs: int) -> list[int]:
-    """Captured batch sizes: 1, 2, 4, 8, then every 16 up to max_num_seqs (always included)."""
-    sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
-    sizes += list(range(16, max_num_seqs, 16))
-    sizes.append(max_num_seqs)
-    return sorted(set(sizes))
+# Up to SMALL_BATCH_MAX rows a decode step reads its weights more than it computes, and every 16
+# rows get their own graph. Above it the GEMMs are compute-bound and cuBLAS picks tiles by the row
+# count: the buckets are multiples of LARGE_BATCH_STEP there, which measured faster than the
+# row counts between them (benchmarks/kernels/bench_gemm_rows.py).
+SMALL_BATCH_MAX = 256
+LARGE_BATCH_STEP = 128
+
+
+def batch_buckets(max_num_seqs: int, sizes: Sequence[int] | None = None) -> list[int]:
+    """Captured batch sizes.
+
+    Default: 1, 2, 4, 8, every 16 up to SMALL_BATCH_MAX, then every LARGE_BATCH_STEP, the last
+    one the first of its kind at or above max_num_seqs (a batch of max_num_seqs pads up to it).
+    With ``sizes``, those of them up to max_num_seqs (like vLLM's cuda_graph_sizes; larger
+    batches run without a graph).
+    """
+    if sizes is not None:
+        picked = sorted({int(b) for b in sizes if 1 <= int(b) <= max_num_seqs})
+        if not picked:
+            raise ValueError(f"no CUDA graph size in {list(sizes)} is within max_num_seqs "
+                             f"{max_num_seqs}")
+        return picked
+    out = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
+    out += list(range(16, min(max_num_seqs, SMALL_BATCH_MAX + 1), 16))
+    if max_num_seqs <= SMALL_BATCH_MAX:
+        out.append(max_num_seqs)
+    else:
+        top = -(-max_num_seqs // LARGE_BATCH_STEP) * LARGE_BATCH_STEP
+        out += list(range(SMALL_BATCH_MAX + LARGE_BATCH_STEP, top + 1, LARGE_BATCH_STEP))
+    return sorted(set(out))
+
+
+def logits_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the decode graphs' logits: the lm_head's matmul dtype."""
+    return model.lm_head.table().dtype
 
 
 class DecodeGraphs:
@@ -34,11 +64,12 @@ class DecodeGraphs:
     """
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], max_num_seqs: int,
-                 max_model_len: int, block_size: int, device: torch.device):
+                 max_model_len: int, block_size: int, device: torch.device,
+                 sizes: Sequence[int] | None = None):
         self.model = model
         self.kv_caches = kv_caches
         self.max_model_len = max_model_len
-        self.buckets = batch_buckets(max_num_seqs)
+        self.buckets = batch_buckets(max_num_seqs, sizes)
         self.max_batch = self.buckets[-1]
         n = self.max_batch
         self.max_blocks = -(-max_model_len // block_size)
@@ -50,10 +81,12 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         # One logits buffer for every bucket (a graph's outputs stay allocated for its replays:
-        # one output per bucket would hold sum(buckets) rows of vocabulary-wide float32, 25 GB for
+        # one output per bucket would hold sum(buckets) rows of vocabulary-wide logits, 12 GB for
         # 8B Llama 3 at 1024 sequences). Only one step's logits are live at a time: the sampler
-        # reads them on the stream before the next replay writes.
-        self.logits = torch.empty(n, model.args.vocab_size, dtype=torch.float32, device=device)
+        # reads them on the stream before the next replay writes. They stay in the model dtype:
+        # greedy steps take the argmax as they are, the sampler converts (logits_dtype below).
+        self.logits = torch.empty(n, model.args.vocab_size, dtype=logits_dtype(model),
+                                  device=device)
 
     def _meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(

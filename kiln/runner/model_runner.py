@@ -6,6 +6,7 @@ It decides nothing about which requests run; it only computes what it is given.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,12 +38,14 @@ class ModelRunner:
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
 
-    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture CUDA graphs for decode steps of up to max_num_seqs sequences."""
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int,
+                              sizes: Sequence[int] | None = None) -> None:
+        """Capture CUDA graphs for decode steps of up to max_num_seqs sequences (at the batch
+        sizes ``sizes`` when given, else cuda_graphs.batch_buckets')."""
         from kiln.runner.cuda_graphs import DecodeGraphs
 
         graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len,
-                              self.block_size, self.device)
+                              self.block_size, self.device, sizes=sizes)
         graphs.capture()
         self.graphs = graphs
 

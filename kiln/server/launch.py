@@ -50,6 +50,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="engine seed")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
+    parser.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                        help="decode batch sizes to capture as CUDA graphs (default: kiln's "
+                             "buckets up to --max-num-seqs)")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
                         help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
@@ -68,6 +71,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 enable_prefix_caching=args.enable_prefix_caching, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
                 enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                cuda_graph_sizes=args.cuda_graph_sizes,
                 kv_cache_dtype=args.kv_cache_dtype,
                 max_waiting_requests=args.max_waiting_requests)
 

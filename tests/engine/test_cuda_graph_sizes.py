@@ -1,0 +1,76 @@
+"""Which decode batch sizes get a CUDA graph, the --cuda-graph-sizes option, and the decode graphs'
+logits buffer in the model dtype (all checked without a GPU)."""
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kiln import cli
+from kiln.config import EngineConfig, ModelConfig
+from kiln.errors import KilnError
+from kiln.layers.embedding import LMHead
+from kiln.runner.cuda_graphs import LARGE_BATCH_STEP, SMALL_BATCH_MAX, batch_buckets
+
+
+def test_default_buckets_small_batches_every_16():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(8) == [1, 2, 4, 8]
+    assert batch_buckets(40) == [1, 2, 4, 8, 16, 32, 40]
+    assert batch_buckets(256) == [1, 2, 4, 8] + list(range(16, 257, 16))
+
+
+@pytest.mark.parametrize("max_num_seqs", [257, 300, 512, 1000, 1024, 2048])
+def test_default_buckets_large_batches_are_multiples_of_the_large_step(max_num_seqs):
+    b = batch_buckets(max_num_seqs)
+    assert b == sorted(set(b))
+    assert b[:20] == [1, 2, 4, 8] + list(range(16, SMALL_BATCH_MAX + 1, 16))
+    large = b[20:]
+    assert large and all(x % LARGE_BATCH_STEP == 0 for x in large)
+    assert large == list(range(SMALL_BATCH_MAX + LARGE_BATCH_STEP, large[-1] + 1, LARGE_BATCH_STEP))
+    # the largest covers max_num_seqs with less than one step of padding
+    assert max_num_seqs <= b[-1] < max_num_seqs + LARGE_BATCH_STEP
+    if max_num_seqs in (1000,):
+        assert b[-1] == 1024 and 1008 not in b
+
+
+def test_given_sizes_are_kept_up_to_max_num_seqs():
+    assert batch_buckets(100, [64, 1, 8, 8, 512]) == [1, 8, 64]
+    with pytest.raises(ValueError, match="within max_num_seqs 4"):
+        batch_buckets(4, [8, 16])
+
+
+def test_engine_config_checks_and_sorts_cuda_graph_sizes():
+    cfg = EngineConfig(model=ModelConfig(model="m"), cuda_graph_sizes=(32, 1, 8, 8))
+    assert cfg.cuda_graph_sizes == (1, 8, 32)
+    assert EngineConfig(model=ModelConfig(model="m")).cuda_graph_sizes is None
+    for bad in [(0, 8), (-1,), ()]:
+        with pytest.raises(KilnError, match="cuda_graph_sizes"):
+            EngineConfig(model=ModelConfig(model="m"), cuda_graph_sizes=bad)
+
+
+def test_cli_flag_reaches_the_engine_kwargs():
+    p = argparse.ArgumentParser()
+    cli.add_engine_args(p)
+    args = p.parse_args(["--cuda-graph-sizes", "1", "16", "512"])
+    assert cli.engine_kwargs(args)["cuda_graph_sizes"] == [1, 16, 512]
+    assert cli.engine_kwargs(p.parse_args([]))["cuda_graph_sizes"] is None
+
+
+def test_lm_head_writes_model_dtype_logits_unconverted():
+    torch.manual_seed(0)
+    head = LMHead(50, 16, torch.bfloat16, "cpu")
+    head.weight.copy_(torch.randn(50, 16))
+    hidden = torch.randn(5, 16).to(torch.bfloat16)
+    ref = F.linear(hidden, head.weight)
+    out = torch.empty(8, 50, dtype=torch.bfloat16)
+    got = head(hidden, out=out[:5])
+    assert got.dtype == torch.bfloat16 and got.data_ptr() == out.data_ptr()
+    assert torch.equal(got, ref)
+    # the argmax of the bf16 logits is the argmax of their float32 copy (the conversion is exact)
+    assert torch.equal(got.argmax(-1), head(hidden).argmax(-1))
+    # a float32 buffer still receives the float32 copy, and no buffer gives float32
+    out32 = torch.empty(5, 50, dtype=torch.float32)
+    assert torch.equal(head(hidden, out=out32), ref.float())
+    assert head(hidden).dtype == torch.float32
