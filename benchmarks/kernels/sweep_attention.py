@@ -4,6 +4,11 @@ Times each setting with CUDA-graph replays (see bench_kernels.py) and prints the
 the dispatcher's defaults in kiln/kernels/attention.py were chosen from this output.
 
     PYTHONPATH=. python benchmarks/kernels/sweep_attention.py --out sweep.json
+
+``--decode-shapes "1000,1,192;1000,1,256" --kv bf16,fp8 --only decode`` sweeps the decode kernel
+at other (batch, new tokens, context) shapes, over a wider grid with one partition per sequence
+(partition 8192, as in the decode CUDA graphs, whose max_seq_len is max_model_len), with a bf16
+and an fp8 e4m3 cache.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ def run(kind: str, q, cache, meta, tuning):
     return out
 
 
-def sweep(kind: str, shape, configs) -> list[dict]:
+def sweep(kind: str, shape, configs, kv: str = "bf16") -> list[dict]:
     """Time every setting at one (batch, new tokens, context) shape; errors are recorded."""
     batch, q_len, ctx = shape
-    nbytes = batch * ctx * HK * HEAD_DIM * 4
+    nbytes = batch * ctx * HK * HEAD_DIM * (2 if kv == "fp8" else 4)
     cache, sets = paged_setup(batch, ctx, q_len, n_sets(nbytes) if kind == "decode" else 2)
+    if kv == "fp8":
+        cache = cache.to(torch.float8_e4m3fn)
     q0, m0 = sets[0]
     ref = attention.paged_attention(q0, cache, m0, SCALE).float()
     rows = []
@@ -41,10 +48,12 @@ def sweep(kind: str, shape, configs) -> list[dict]:
             err = float((run(kind, q0, cache, m0, cfg).float() - ref).norm() / ref.norm())
             us = time_calls([lambda q=q, m=m: run(kind, q, cache, m, cfg) for q, m in sets], reps=15)
         except Exception as exc:  # a setting that does not fit (shared memory, registers)
-            rows.append({"kind": kind, "shape": shape, "cfg": cfg, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            rows.append({"kind": kind, "kv": kv, "shape": shape, "cfg": cfg, "error": f"{type(exc).__name__}: {exc}"[:200]})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        rows.append({"kind": kind, "shape": shape, "cfg": cfg, "us": round(us, 2), "rel_err": err})
+        gbs = batch * ctx * HK * HEAD_DIM * 2 * cache.element_size() / us / 1e3
+        rows.append({"kind": kind, "kv": kv, "shape": shape, "cfg": cfg, "us": round(us, 2),
+                     "kv_gb_s": round(gbs, 1), "rel_err": err})
         print(json.dumps(rows[-1]), flush=True)
     del cache, sets
     torch.cuda.empty_cache()
@@ -55,6 +64,10 @@ def main() -> None:
     """Run the sweep over the Llama-3-8B shapes and print the best settings per shape."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="sweep.json")
+    ap.add_argument("--decode-shapes", default=None,
+                    help="'batch,new,ctx;...': decode shapes over the wide one-partition grid")
+    ap.add_argument("--kv", default="bf16", help="cache dtypes for --decode-shapes: bf16,fp8")
+    ap.add_argument("--only", default=None, choices=["decode", "prefill"])
     args = ap.parse_args()
     prefill_cfgs = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in
                     [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 8, 3),
@@ -64,17 +77,30 @@ def main() -> None:
     decode_cfgs += [dict(partition=256, block_n=64, num_warps=8, num_stages=2),
                     dict(partition=512, block_n=128, num_warps=8, num_stages=3)]
     rows = []
-    for shape in ((1, 2048, 2048), (4, 2048, 2048)):
-        rows += sweep("prefill", shape, prefill_cfgs)
-    for shape in ((1, 1, 4096), (32, 1, 512), (32, 1, 4096), (256, 1, 4096)):
-        rows += sweep("decode", shape, decode_cfgs)
+    if args.only != "decode":
+        for shape in ((1, 2048, 2048), (4, 2048, 2048)):
+            rows += sweep("prefill", shape, prefill_cfgs)
+    if args.decode_shapes:
+        wide = [dict(partition=8192, block_n=n, num_warps=w, num_stages=s)
+                for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3)]
+        for spec in args.decode_shapes.split(";"):
+            shape = tuple(int(v) for v in spec.split(","))
+            for kv in args.kv.split(","):
+                rows += sweep("decode", shape, wide, kv)
+    elif args.only != "prefill":
+        for shape in ((1, 1, 4096), (32, 1, 512), (32, 1, 4096), (256, 1, 4096)):
+            rows += sweep("decode", shape, decode_cfgs)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     print("\nbest per shape:")
-    for kind, shape in {(r["kind"], tuple(r["shape"])) for r in rows}:
-        ok = [r for r in rows if r["kind"] == kind and tuple(r["shape"]) == shape and "us" in r]
+    for kind, kv, shape in sorted({(r["kind"], r.get("kv", "bf16"), tuple(r["shape"])) for r in rows}):
+        ok = [r for r in rows if r["kind"] == kind and r.get("kv", "bf16") == kv
+              and tuple(r["shape"]) == shape and "us" in r]
         ok.sort(key=lambda r: r["us"])
-        print(kind, shape, [(r["us"], r["cfg"]) for r in ok[:3]])
+        default = [r for r in ok if r["cfg"].get("block_n") == 128 and r["cfg"].get("num_warps") == 4
+                   and r["cfg"].get("num_stages") == 2 and r["cfg"].get("partition") == 8192]
+        print(kind, kv, shape, "default", [(r["us"], r.get("kv_gb_s")) for r in default],
+              "best", [(r["us"], r.get("kv_gb_s"), r["cfg"]) for r in ok[:4]])
 
 
 if __name__ == "__main__":
