@@ -26,8 +26,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"])
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
     g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
-                   help="decode batch sizes to capture as CUDA graphs (default: 1, 2, 4, 8, every "
-                        "16 up to 256, then GEMM-friendly sizes up to --max-num-seqs)")
+                   help="decode batch sizes to capture as CUDA graphs (default: 1, 2, 4, 8, then every "
+                        "16 up to --max-num-seqs)")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule the next step while the device runs this one (default: on "
                         "for CUDA, off for the CPU)")

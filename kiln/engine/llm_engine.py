@@ -269,9 +269,14 @@ class LLMEngine:
         (a ragged prefill, two prefills, a decode beside a prefill chunk, decode-only steps of two
         and of one sequence), then one longer sequence: a prompt, chunks over it of the sizes that
         give each query-tile height of the tiled attention kernel, and a decode over a context
-        long enough to be split into partitions. Each step computes its logits; all of it runs
-        eagerly on a scratch cache. (Missing variants compile while serving: see CompileWatch.)
+        long enough to be split into partitions. When max_num_seqs allows decode batches large
+        enough for the large-batch decode tile (kernels.attention.LARGE_DECODE_TILE), a decode of
+        that many short sequences follows, alone and beside a prefill chunk (mixed steps and
+        eager decodes use it too, not only the captured graphs). Each step computes its logits;
+        all of it runs eagerly on a scratch cache. (Missing variants compile while serving: see
+        CompileWatch.)
         """
+        from kiln.kernels.attention import _num_sms, large_decode_min_seqs
         from kiln.layers.forward_context import build_step_inputs
 
         args = self.model.args
@@ -292,6 +297,12 @@ class LLMEngine:
         if pos + 1 <= self.max_model_len:
             steps += long_steps + [[(pos, 1, 3)]]
             lengths.append(pos + 1)
+        n_large = large_decode_min_seqs(args.num_key_value_heads, _num_sms(self.device))
+        if self.config.scheduler.max_num_seqs >= n_large and self.max_model_len >= 4:
+            big = list(range(len(lengths), len(lengths) + n_large))
+            steps += [[(0, 2, s) for s in big], [(2, 1, s) for s in big],
+                      [(3, 1, s) for s in big[1:]] + [(0, 4, big[0])]]
+            lengths += [4] * n_large
         per_seq = [-(-n // block_size) for n in lengths]
         firsts = [sum(per_seq[:i]) for i in range(len(per_seq))]
         tables = [list(range(f, f + n)) for f, n in zip(firsts, per_seq)]

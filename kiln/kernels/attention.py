@@ -393,6 +393,19 @@ def _decode_partition_size(num_seqs: int, num_kv_heads: int, max_seq_len: int, n
     return max(128, triton.next_power_of_2(triton.cdiv(max_seq_len, parts)))
 
 
+# Decode launches whose (sequence, kv head) programs alone give two per SM run one partition per
+# sequence; for them, 64-key tiles on two warps with three stages measured faster than 128-key
+# tiles on four warps: 199-203 against 231 us at 1000 sequences of 192 keys (bf16 cache), 208
+# against 250 (fp8), 59 against 64-71 at 256 sequences; 2-4% slower at 256 keys, where 128-key
+# tiles waste nothing (benchmarks/kernels/sweep_decode_large_h200.json).
+LARGE_DECODE_TILE = dict(block_n=64, num_warps=2, num_stages=3)
+
+
+def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
+    """The sequence count from which a decode launch takes LARGE_DECODE_TILE."""
+    return -(-2 * num_sms // num_kv_heads)
+
+
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0) -> None:
@@ -416,6 +429,11 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
                                device=q.device)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n = 16 if q.dtype == torch.float32 else (128 if head_dim <= 128 else 32)
+    num_warps, num_stages = 4, 2
+    if (q.dtype != torch.float32 and head_dim <= 128
+            and num_seqs >= large_decode_min_seqs(num_kv_heads, _num_sms(q.device))):
+        block_n, num_warps, num_stages = (LARGE_DECODE_TILE[k] for k in
+                                          ("block_n", "num_warps", "num_stages"))
     block_n = min(tuning.get("block_n", block_n), partition)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
@@ -426,8 +444,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         partition, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        num_warps=tuning.get("num_warps", 4),
-        num_stages=tuning.get("num_stages", 2), **pdl_args(q))
+        num_warps=tuning.get("num_warps", num_warps),
+        num_stages=tuning.get("num_stages", num_stages), **pdl_args(q))
     if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,

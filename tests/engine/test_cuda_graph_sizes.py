@@ -11,28 +11,14 @@ from kiln import cli
 from kiln.config import EngineConfig, ModelConfig
 from kiln.errors import KilnError
 from kiln.layers.embedding import LMHead
-from kiln.runner.cuda_graphs import LARGE_BATCH_STEP, SMALL_BATCH_MAX, batch_buckets
+from kiln.runner.cuda_graphs import batch_buckets
 
 
-def test_default_buckets_small_batches_every_16():
+def test_default_buckets():
     assert batch_buckets(1) == [1]
     assert batch_buckets(8) == [1, 2, 4, 8]
     assert batch_buckets(40) == [1, 2, 4, 8, 16, 32, 40]
-    assert batch_buckets(256) == [1, 2, 4, 8] + list(range(16, 257, 16))
-
-
-@pytest.mark.parametrize("max_num_seqs", [257, 300, 512, 1000, 1024, 2048])
-def test_default_buckets_large_batches_are_multiples_of_the_large_step(max_num_seqs):
-    b = batch_buckets(max_num_seqs)
-    assert b == sorted(set(b))
-    assert b[:20] == [1, 2, 4, 8] + list(range(16, SMALL_BATCH_MAX + 1, 16))
-    large = b[20:]
-    assert large and all(x % LARGE_BATCH_STEP == 0 for x in large)
-    assert large == list(range(SMALL_BATCH_MAX + LARGE_BATCH_STEP, large[-1] + 1, LARGE_BATCH_STEP))
-    # the largest covers max_num_seqs with less than one step of padding
-    assert max_num_seqs <= b[-1] < max_num_seqs + LARGE_BATCH_STEP
-    if max_num_seqs in (1000,):
-        assert b[-1] == 1024 and 1008 not in b
+    assert batch_buckets(1000) == [1, 2, 4, 8] + list(range(16, 1000, 16)) + [1000]
 
 
 def test_given_sizes_are_kept_up_to_max_num_seqs():

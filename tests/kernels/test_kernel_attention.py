@@ -29,6 +29,31 @@ def test_decode_single_partition(dtype, group, block_size, gen, poison_allocatio
     run_case(seqs, 2 * group, 2, 32, block_size, dtype, gen)
 
 
+@pytest.mark.parametrize("sms, large", [(64, False), (1, True)])
+def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monkeypatch):
+    # A batch whose (sequence, kv head) programs give two per SM takes 64-key tiles on two warps
+    # (LARGE_DECODE_TILE); a smaller one keeps 128-key tiles. Both agree with the reference over
+    # contexts that end inside, at and past a 64-key tile.
+    from triton.runtime import interpreter
+
+    monkeypatch.setattr(attention, "_num_sms", lambda device: sms)
+    seen = []
+    real = interpreter.InterpretedFunction.run
+
+    def recording(self, *args, **kwargs):
+        if self.fn.__name__ == "_decode_partition_kernel":
+            seen.append((kwargs["BLOCK_N"], kwargs.get("num_warps"), kwargs.get("num_stages")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording)
+    seqs = [(63, 1), (64, 1), (150, 1), (0, 1), (191, 1), (128, 1)]
+    assert (len(seqs) >= attention.large_decode_min_seqs(2, sms)) == large
+    run_case(seqs, 8, 2, 32, 16, torch.float16, gen)
+    t = attention.LARGE_DECODE_TILE
+    want = (t["block_n"], t["num_warps"], t["num_stages"]) if large else (128, 4, 2)
+    assert seen == [want]
+
+
 @pytest.mark.parametrize("window", [None, 70])
 @pytest.mark.parametrize("group", [1, 4])
 def test_decode_split_partitions(window, group, gen, poison_allocations, monkeypatch):

@@ -58,3 +58,33 @@ def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch):
     assert not missing, f"variants first met while serving: {missing}"
     assert engine.stats()["prefix_cache_hits"] > 0
     assert torch.float16 == engine.dtype
+
+
+def test_warm_up_covers_large_decode_batches(tmp_path, launches, monkeypatch):
+    """With max_num_seqs at or past the large-batch decode threshold, the warm-up launches the
+    large-batch decode tile, so a workload of that many concurrent requests compiles nothing new
+    (its mixed steps and, here, eager decode steps use it)."""
+    from kiln.engine.llm_engine import LLMEngine
+    from kiln.models.random_model import write_random_model
+
+    monkeypatch.setattr(attention, "_num_sms", lambda device: 4)
+    write_random_model("tiny-llama", tmp_path, seed=0, dtype="float16")
+    n_large = attention.large_decode_min_seqs(2, 4)  # tiny-llama: 2 kv heads
+    engine = LLMEngine.from_args(str(tmp_path), dtype="float16", device="cpu",
+                                 max_num_batched_tokens=64, max_num_seqs=n_large + 2,
+                                 max_model_len=256)
+    launches.clear()
+    engine._warm_up_kernels(engine.config.cache.block_size)
+    warmed = set(launches)
+    large = attention.LARGE_DECODE_TILE
+    tile = (("BLOCK_N", large["block_n"]),)
+    assert any(name == "_decode_partition_kernel" and set(tile) <= set(consts)
+               and warps == large["num_warps"] for name, consts, warps, _ in warmed)
+    launches.clear()
+    for i in range(n_large + 2):
+        engine.add_request(str(i), {"prompt_token_ids": [3 + i, 5, 7 + i, 11] * (1 + i % 3)},
+                           SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    missing = sorted(launches - warmed, key=str)
+    assert not missing, f"variants first met while serving: {missing}"
