@@ -130,6 +130,8 @@ def main() -> None:
         shapes = args.shapes and name == "prefill"
         if shapes and cuda:
             acts.append(torch.profiler.ProfilerActivity.CPU)
+        # Other prompts than the timed run's: the same ones would hit the prefix cache.
+        prompts = common.random_prompts(args.num_prompts, args.input_len, vocab, 1007 + out_len)
         with torch.profiler.profile(activities=acts, record_shapes=shapes) as prof:
             prof_seconds, _ = drive(engine, prompts, params, f"{name}-p")
         out[name]["profiled_seconds"] = prof_seconds
