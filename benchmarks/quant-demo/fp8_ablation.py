@@ -6,6 +6,9 @@ SmoothQuant smoothing or with some layers left in float, and is scored with the 
 report (top-1 agreement and mean KL against the float model) on held-out demo-corpus windows.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/quant-demo/fp8_ablation.py --json OUT.json
+
+``--floor`` scores, instead, the unquantized model computed in bfloat16 and in float16 against the
+same float32 reference: how many argmaxes rounding alone flips on this model (its noise floor).
 """
 
 from __future__ import annotations
@@ -59,11 +62,26 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--floor", action="store_true",
+                    help="score the model computed in bfloat16 / float16 instead of fp8 variants")
     args = ap.parse_args()
     base = load_model(DEMO_MODEL, dtype="float32")
     tok = load_tokenizer(DEMO_MODEL)
     ref = reference_outputs(base, load_windows(tok, None, args.eval_windows, args.seq_len + 1,
                                                split="test"))
+    if args.floor:
+        rows = []
+        for dtype in ("bfloat16", "float16"):
+            r = evaluate(load_model(DEMO_MODEL, dtype=dtype), ref)
+            rows.append({"variant": f"no quantization, computed in {dtype}",
+                         "top1_agreement": r.top1_agreement, "mean_kl": r.mean_kl})
+            print(f"{rows[-1]['variant']:<58} top-1 {r.top1_agreement:.2%}  KL {r.mean_kl:.6f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"model": "kiln demo-model", "reference": "float32",
+                           "eval_tokens": ref.windows.num_samples * args.seq_len, "rows": rows},
+                          f, indent=1)
+        return
     calib = load_windows(tok, None, 16, args.seq_len, split="train")
     variants = [("fp8 W8A8 (per-channel weights, per-token activations)", {}),
                 ("weights only in fp8", {"activations": False}),
