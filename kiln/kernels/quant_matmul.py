@@ -171,13 +171,13 @@ def _bytes_f32(b, WKIND: tl.constexpr):
         return ((u ^ 0x80) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split_cfg"])
 def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
-                 QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False,
+                 QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False, split_cfg=0,
                  PDL: tl.constexpr = False):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
@@ -187,6 +187,9 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # separate quantization launch, which is saved.
     # INT4_ASM (CUDA): int4 weights are read as 32-bit words and dequantized by _int4_words_f32
     # (two nibbles per packed instruction; 5-9% faster per 8B layer shape on the H200).
+    # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
+    # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
+    # in it share one compiled kernel.
     pdl_start(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -390,7 +393,10 @@ def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
 
 
 # Candidates timed on the first call per (rows/bucket, N, K, weight kind, group, dtypes). More
-# rows per thread (larger BLOCK_N per warp) share each converted x value across rows.
+# rows per thread (larger BLOCK_N per warp) share each converted x value across rows. The first
+# six take the K split of pick_split_k; the others name theirs (split_cfg), the settings that won
+# per 8B layer shape in the batch-1 sweep (benchmarks/kernels/sweep_gemv_*_h200.json), where the
+# heuristic's split lost up to 40% (int4 down: 34.8 us tuned, 21.0 us at split 16).
 GEMV_CONFIGS = [
     _cfg(4, 3, BLOCK_N=32, UNROLL=2),
     _cfg(4, 3, BLOCK_N=64, UNROLL=1),
@@ -398,6 +404,14 @@ GEMV_CONFIGS = [
     _cfg(4, 3, BLOCK_N=128, UNROLL=1),
     _cfg(8, 3, BLOCK_N=128, UNROLL=1),
     _cfg(8, 3, BLOCK_N=256, UNROLL=1),
+    _cfg(4, 3, BLOCK_N=128, UNROLL=1, split_cfg=8),
+    _cfg(4, 3, BLOCK_N=128, UNROLL=1, split_cfg=16),
+    _cfg(4, 3, BLOCK_N=64, UNROLL=1, split_cfg=16),
+    _cfg(4, 3, BLOCK_N=64, UNROLL=2, split_cfg=8),
+    _cfg(2, 3, BLOCK_N=32, UNROLL=1, split_cfg=2),
+    _cfg(2, 3, BLOCK_N=32, UNROLL=1, split_cfg=8),
+    _cfg(2, 3, BLOCK_N=32, UNROLL=1, split_cfg=16),
+    _cfg(2, 3, BLOCK_N=16, UNROLL=1, split_cfg=8),
 ]
 GEMM_CONFIGS_BY_BUCKET = {
     16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
@@ -448,23 +462,27 @@ def pick_split_k(tiles: int, num_groups: int, num_sms: int) -> int:
 
 
 def split_for(m: int, n: int, k: int, group: int, num_sms: int, hint: int, block_n: int,
-              block_m: int | None) -> int:
+              block_m: int | None, cfg_split: int = 0) -> int:
     """SPLIT_K of one launch, from the tile sizes of the configuration being run.
 
     hint > 0 forces a split (benchmarks); rows above SMALL_M never split (no partial buffer is
-    allocated for them). block_m is None for the GEMV (all rows in one tile).
+    allocated for them). block_m is None for the GEMV (all rows in one tile). cfg_split > 0 is
+    the configuration's own split (GEMV split_cfg), at most one per K group.
     """
     if hint > 0:
         return hint
     if m > SMALL_M:
         return 1
+    if cfg_split > 0:
+        return max(1, min(cfg_split, MAX_SPLIT_K, triton.cdiv(k, group)))
     tiles = triton.cdiv(n, block_n) * (1 if block_m is None else triton.cdiv(m, block_m))
     return pick_split_k(tiles, triton.cdiv(k, group), num_sms)
 
 
 def _split_heuristic(args: dict) -> int:
     return split_for(args["M"], args["N"], args["K"], args["GROUP"], args["num_sms"],
-                     args["split_hint"], args["BLOCK_N"], args["BLOCK_M"] if "SWIZZLE" in args else None)
+                     args["split_hint"], args["BLOCK_N"], args["BLOCK_M"] if "SWIZZLE" in args else None,
+                     int(args.get("split_cfg") or 0))
 
 
 def _gemm_prune(configs, named_args, **kwargs):
@@ -627,7 +645,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         candidates = pruned if tune else [fixed]
     # Partials for a K split, sized for the largest split any candidate config may choose.
     max_split = max(split_for(m, n, k, group, sms, split_k, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_M")
-                              if path == "gemm" else None) for c in candidates)
+                              if path == "gemm" else None, c.kwargs.get("split_cfg", 0))
+                    for c in candidates)
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
     part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
     chosen = {}
@@ -642,7 +661,9 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         # Called with the final meta-parameters of each launch (the last call is the real one).
         # (Recomputed rather than read from meta: the interpreter hands over wrapped values.)
         block_m = None if path == "gemv" else meta["BLOCK_M"]
-        chosen["split"] = split_for(m, n, k, group, sms, split_k, meta["BLOCK_N"], block_m)
+        cfg_split = int(meta.get("split_cfg") or 0) if path == "gemv" else 0
+        chosen["split"] = split_for(m, n, k, group, sms, split_k, meta["BLOCK_N"], block_m,
+                                    cfg_split)
         tiles_m = 1 if block_m is None else triton.cdiv(m, block_m)
         return (tiles_m * triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
 

@@ -196,6 +196,56 @@ def test_forced_split_k(path, split, gen, poison_allocations):
     assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("cfg_split, want", [(0, None), (1, 1), (2, 2), (16, 8), (64, 8)])
+def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_allocations):
+    """A GEMV launch configuration with split_cfg runs that K split (at most one per K group;
+    0 keeps the heuristic's), gives the same sums as any split, and the same bits as the same
+    split forced through split_k."""
+    import triton
+
+    n, k, group = 40, 8 * 64, 64  # 8 K groups
+    qweight, scales = int4_case(n, k, group, gen)
+    x = randx(2, k, torch.float32, gen)
+    bias = torch.randn(n, generator=gen)
+    splits = []
+    real = qm._splitk_reduce_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*a, **kw):
+                splits.append(kw["SPLIT_K"])
+                return real[grid](*a, **kw)
+            return run
+
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "0")  # the separate reduce shows the split
+    monkeypatch.setattr(qm, "_splitk_reduce_kernel", Spy())
+    cfg = triton.Config(dict(qm.INTERPRET_GEMV, **({"split_cfg": cfg_split} if cfg_split else {})))
+    args = (x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float32, "gemv")
+    out = qm.launch(*args, config=cfg)
+    ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
+    assert rel_err(out, ref) < TOL[torch.float32]
+    heuristic = qm.split_for(2, n, k, group, qm._num_sms(x.device), 0, qm.INTERPRET_GEMV["BLOCK_N"],
+                             None)
+    used = want if want is not None else heuristic
+    assert splits == ([used] if used > 1 else [])
+    if used > 1:
+        splits.clear()
+        assert torch.equal(out, qm.launch(*args, split_k=used))
+
+
+def test_gemv_candidates_with_a_split_share_the_compiled_kernels():
+    """split_cfg is a run-time argument of the GEMV: the candidates that name a split add only
+    the (BLOCK_N, warps, UNROLL) combinations not already among the heuristic-split ones."""
+    named = [c for c in qm.GEMV_CONFIGS if c.kwargs.get("split_cfg")]
+    plain = [c for c in qm.GEMV_CONFIGS if not c.kwargs.get("split_cfg")]
+    assert named and plain and qm.GEMV_CONFIGS[qm.DEFAULT_GEMV] in plain
+    assert all(1 < c.kwargs["split_cfg"] <= qm.MAX_SPLIT_K for c in named)
+    import inspect
+
+    param = inspect.signature(qm._gemv_kernel.fn).parameters["split_cfg"]
+    assert param.annotation is inspect.Parameter.empty and param.default == 0  # not a constexpr
+
+
 @pytest.mark.parametrize("scheme", ["int4", "fp8"])
 @pytest.mark.parametrize("split", [2, 3, 5])
 def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeypatch,
