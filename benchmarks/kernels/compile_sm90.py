@@ -89,6 +89,12 @@ def configs():
                dtype, 8, 3)
         yield ("add+rmsnorm h4096", rmsnorm._rms_norm_kernel, {"HAS_RESIDUAL": True, "BLOCK": 4096},
                dtype, 8, 3)
+        if dtype == "bf16":
+            for res in (False, True):
+                yield (f"rmsnorm+fp8 quant h4096 residual={res}", rmsnorm._rms_norm_quant_kernel,
+                       {"out_ty": triton.language.bfloat16, "HAS_RESIDUAL": res, "IS_INT8": False,
+                        "BLOCK": 4096, "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}},
+                       dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
         for k_out in (False, True):
             yield (f"rotary+kv D128 k_out={k_out}", rotary._rotary_write_kv_kernel,

@@ -760,13 +760,47 @@ def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
 
 
+def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor,
+                             bias: torch.Tensor | None) -> torch.Tensor:
+    """fp8_linear of activations a norm already quantized (kernels.rmsnorm.QuantizedRows)."""
+    n, k = weight.shape
+    if x.shape[-1] != k or x.q.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"fp8_linear: quantized x has K={x.shape[-1]} of {x.q.dtype}, the weight "
+                         f"expects K={k} of float8_e4m3fn")
+    m = x.m
+    xq, sx = x.q, x.scale
+    ws = weight_scale.float()
+    if not use_triton(xq) or m == 0:
+        y = (xq[:m].float() @ weight.float().T) * sx[:m] * ws[None, :]
+        if bias is not None:
+            y = y + bias.float()
+        out = y.to(x.dtype)
+    elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
+        fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
+        y = torch._scaled_mm(xq, weight.contiguous().t(), scale_a=sx, scale_b=ws.reshape(1, -1),
+                             bias=fused_bias, out_dtype=torch.bfloat16)[:m]
+        if bias is not None and fused_bias is None:
+            y = y.float() + bias.float()
+        out = y.to(x.dtype)
+    else:
+        path = "gemv" if m <= GEMV_MAX_M else "gemm"
+        out = launch(xq[:m], weight.contiguous(), ws.contiguous(), 0, KTILE_8BIT, W_FP8, bias,
+                     x.dtype, path, x_scales=sx[:m])
+    return out.reshape(*x.shape[:-1], n)
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp8 W8A8 linear (dispatcher): per-token fp8 activations times fp8 weights [N, K] (+ bias).
 
     M <= GEMV_MAX_M: Triton GEMV; M <= SMALL_M: Triton fp8 tl.dot with split-K; larger M:
-    torch._scaled_mm where supported (else the Triton GEMM).
+    torch._scaled_mm where supported (else the Triton GEMM). x may also be a
+    kernels.rmsnorm.QuantizedRows (a norm quantized it): the same products, no quantization here.
     """
+    from kiln.kernels.rmsnorm import QuantizedRows
+
+    if isinstance(x, QuantizedRows):
+        return _fp8_linear_prequantized(x, weight, weight_scale, bias)
     n, k = weight.shape
     _check(x, k, "fp8_linear")
     if not use_triton(x) or x.numel() == 0:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+from dataclasses import dataclass
+
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
+from kiln.kernels.quant_act import quant_per_token, quantize_to_codes
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -25,14 +30,9 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
-                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    # One program per row: the whole row sits in registers, so x (and the residual) are read once
-    # and the sum is written back in the same pass.
-    pdl_start(PDL)
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < hidden
+def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden, eps,
+                out_ty: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back)."""
     x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * res_row_stride + cols, mask=mask, other=0.0)
@@ -43,9 +43,48 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_strid
     mean_sq = tl.sum(h * h, axis=0) / hidden
     normed = (h * tl.rsqrt(mean_sq + eps)).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    out_ty = out_ptr.dtype.element_ty
     y = normed.to(tl.float32).to(out_ty).to(tl.float32) * w.to(out_ty).to(tl.float32)
+    return y.to(out_ty).to(tl.float32)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
+                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    # One program per row: the whole row sits in registers, so x (and the residual) are read once
+    # and the sum is written back in the same pass.
+    pdl_start(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    out_ty = out_ptr.dtype.element_ty
+    y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
+                    eps, out_ty, HAS_RESIDUAL)
     tl.store(out_ptr + row * out_row_stride + cols, y.to(out_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_quant_kernel(x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, x_row_stride, res_row_stride,
+                           q_row_stride, M, hidden, eps, out_ty: tl.constexpr,
+                           HAS_RESIDUAL: tl.constexpr, IS_INT8: tl.constexpr, BLOCK: tl.constexpr,
+                           PDL: tl.constexpr = False):
+    # As _rms_norm_kernel, then the row's per-token quantization from the same registers: the
+    # codes and scale quant_per_token would make of the out_ty output, which is never written.
+    # Rows M.. of a padded grid get zero codes and scale 1 (what quant_per_token pads with).
+    pdl_start(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    if row >= M:
+        tl.store(q_ptr + row * q_row_stride + cols, tl.zeros([BLOCK], tl.float32).to(
+            q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, 1.0)
+        return
+    y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
+                    eps, out_ty, HAS_RESIDUAL)
+    qmax = 127.0 if IS_INT8 else 448.0
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12), qmax)
+    tl.store(s_ptr + row, scale)
+    tl.store(q_ptr + row * q_row_stride + cols, quantize_to_codes(y, scale, IS_INT8), mask=mask)
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -64,6 +103,81 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
         HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2))
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """Activations already quantized per token, for a W8A8 linear: codes ``q`` [R, K] and float32
+    ``scale`` [R, 1] of the first ``m`` rows (R >= m: rows past m are padding, zero codes with
+    scale 1), standing for a tensor of ``shape`` and ``dtype`` that was never materialized."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    m: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+
+def norm_quant_enabled() -> bool:
+    """Whether fp8 engines let their RMSNorms quantize the qkv / gate_up inputs (KILN_NORM_QUANT=1).
+    Off by default until measured on the H200."""
+    return os.environ.get("KILN_NORM_QUANT", "0") == "1"
+
+
+# Rows above which the norm pads its quantized output to a multiple of 16 (torch._scaled_mm's
+# need; kiln.kernels.quant_matmul.SMALL_M, below which the Triton kernels read m rows).
+QUANT_PAD_ABOVE = 16
+
+
+def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                    eps: float, qdtype: torch.dtype) -> QuantizedRows:
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
+    m, hidden = x.numel() // x.shape[-1], x.shape[-1]
+    pad = 16 if m > QUANT_PAD_ABOVE else 1
+    if not use_triton(x) or m == 0:
+        if residual is None:
+            y = rms_norm_ref(x, weight, eps)
+        else:
+            y, new_residual = fused_add_rms_norm_ref(x, residual, weight, eps)
+            residual.copy_(new_residual)
+        q, s = quant_per_token(y.to(out_dtype).reshape(m, hidden), qdtype, pad_rows_to=pad)
+        return QuantizedRows(q, s, m, tuple(x.shape), out_dtype)
+    x2 = _as_rows(x)
+    rows = -(-m // pad) * pad
+    q = torch.empty(rows, hidden, dtype=qdtype, device=x.device)
+    s = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    res2 = residual.view(-1, hidden) if residual is not None else x2
+    block = triton.next_power_of_2(hidden)
+    _rms_norm_quant_kernel[(rows,)](
+        x2, res2, weight.contiguous(), q, s, x2.stride(0), res2.stride(0), q.stride(0), m, hidden,
+        eps, out_ty=_TL_DTYPES[out_dtype], HAS_RESIDUAL=residual is not None,
+        IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=max(1, min(16, block // 512)),
+        **pdl_args(x2))
+    return QuantizedRows(q, s, m, tuple(x.shape), out_dtype)
+
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                   qdtype: torch.dtype) -> QuantizedRows:
+    """RMSNorm whose output is quantized per token to ``qdtype`` (float8_e4m3fn or int8) in the
+    same kernel: the codes and scales quant_per_token gives for rms_norm's output."""
+    return _quantized_norm(x, None, weight, eps, qdtype)
+
+
+def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                             eps: float, qdtype: torch.dtype) -> tuple[QuantizedRows, torch.Tensor]:
+    """fused_add_rms_norm with its output quantized per token (see rms_norm_quant); ``residual``
+    is updated in place to x + residual, as there."""
+    if not (x.dtype == residual.dtype and x.shape == residual.shape and residual.is_contiguous()):
+        residual.copy_(x + residual)
+        return _quantized_norm(residual, None, weight, eps, qdtype), residual
+    return _quantized_norm(x, residual, weight, eps, qdtype), residual
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
