@@ -96,6 +96,10 @@ def configs():
                         "BLOCK": 4096, "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}},
                        dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
+        if dtype == "bf16":
+            yield ("silu_mul+fp8 quant I14336", activation._silu_and_mul_quant_kernel,
+                   {"IS_INT8": False, "BLOCK": 16384,
+                    "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}}, dtype, 16, 3)
         for k_out in (False, True):
             yield (f"rotary+kv D128 k_out={k_out}", rotary._rotary_write_kv_kernel,
                    {"HALF": 64, "BLOCK_H": 32, "WRITE_CACHE": True, "KV_FP8": False,

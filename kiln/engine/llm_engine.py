@@ -112,10 +112,10 @@ class LLMEngine:
         else:
             self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
         args = self.model.args
-        from kiln.kernels.rmsnorm import norm_quant_enabled
-        if norm_quant_enabled() and hasattr(self.model, "fuse_norm_quant"):
-            logger.info("KILN_NORM_QUANT: %d RMSNorms quantize their fp8 linears' inputs",
-                        self.model.fuse_norm_quant())
+        from kiln.kernels.quant_act import producer_quant_enabled
+        if producer_quant_enabled() and hasattr(self.model, "quantize_in_producers"):
+            logger.info("KILN_PRODUCER_QUANT: %d norms and activations quantize their fp8 "
+                        "linears' inputs", self.model.quantize_in_producers())
         self.dtype = self.model.embed_tokens.weight.dtype
         config = self._set_kv_cache_dtype(config)
         self.tokenizer = load_tokenizer(config.model.tokenizer or model_dir)

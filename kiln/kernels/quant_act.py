@@ -7,6 +7,9 @@ clamped to [-127, 127]). The scales are float32 [M, 1].
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -20,6 +23,30 @@ SCALE_FLOOR = 1e-12
 # 1.5 * 2**23: adding and subtracting it rounds a float32 of magnitude < 2**22 to the nearest
 # integer, ties to even (the FPU's own rounding), with no conversion instruction.
 _ROUND_MAGIC = 12582912.0
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """Activations already quantized per token, for a W8A8 linear: codes ``q`` [R, K] and float32
+    ``scale`` [R, 1] of the first ``m`` rows (R >= m: rows past m are padding, zero codes with
+    scale 1), standing for a tensor of ``shape`` and ``dtype`` that was never materialized."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    m: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+
+def producer_quant_enabled() -> bool:
+    """Whether fp8 engines let the producers of their linears' inputs (the RMSNorms before qkv and
+    gate_up, SiLU-mul before down) quantize them per token in their own kernels
+    (KILN_PRODUCER_QUANT=1). Off by default until measured on the H200."""
+    return os.environ.get("KILN_PRODUCER_QUANT", "0") == "1"
 
 
 def quant_per_token_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +90,49 @@ def quantize_to_codes(x, scale, IS_INT8: tl.constexpr):
         return ((y + 12582912.0) - 12582912.0).to(tl.int8)
     else:
         return y.to(tl.float8e4nv)
+
+
+@triton.jit
+def store_row_quantized(y, q_ptr, s_ptr, row, cols, mask, q_row_stride, IS_INT8: tl.constexpr):
+    """Quantize one row held whole in registers (float32 y over `cols`) per token and store its
+    codes and scale: the bits _quant_per_token_kernel gives for the same values."""
+    qmax = 127.0 if IS_INT8 else 448.0
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12), qmax)
+    tl.store(s_ptr + row, scale)
+    tl.store(q_ptr + row * q_row_stride + cols, quantize_to_codes(y, scale, IS_INT8), mask=mask)
+
+
+@triton.jit
+def store_padding_row(q_ptr, s_ptr, row, cols, mask, q_row_stride, BLOCK: tl.constexpr):
+    """A padding row of quantized activations: zero codes, scale 1 (as quant_per_token pads)."""
+    zeros = tl.zeros([BLOCK], tl.float32).to(q_ptr.dtype.element_ty)
+    tl.store(q_ptr + row * q_row_stride + cols, zeros, mask=mask)
+    tl.store(s_ptr + row, 1.0)
+
+
+# Above this many rows, producers pad their quantized output to a multiple of 16 rows (what
+# torch._scaled_mm takes; kiln.kernels.quant_matmul.SMALL_M, up to which the Triton kernels
+# read exactly m rows).
+QUANT_PAD_ABOVE = 16
+
+
+def quantized_rows_buffers(m: int, k: int, dtype: torch.dtype,
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (codes [R, k], float32 scales [R, 1]) for m rows, R padded as above."""
+    pad = 16 if m > QUANT_PAD_ABOVE else 1
+    rows = -(-m // pad) * pad
+    return (torch.empty(rows, k, dtype=dtype, device=device),
+            torch.empty(rows, 1, dtype=torch.float32, device=device))
+
+
+def quantize_rows(y: torch.Tensor, dtype: torch.dtype, lead_shape: tuple[int, ...]
+                       ) -> QuantizedRows:
+    """A producer's float output y [..., K] quantized per token by quant_per_token (a separate
+    launch), padded like quantized_rows_buffers: the producers' fallback and reference."""
+    m, k = y.numel() // y.shape[-1], y.shape[-1]
+    q, s = quant_per_token(y.reshape(m, k), dtype,
+                           pad_rows_to=16 if m > QUANT_PAD_ABOVE else 1)
+    return QuantizedRows(q, s, m, tuple(lead_shape), y.dtype)
 
 
 @triton.jit

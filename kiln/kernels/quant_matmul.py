@@ -762,7 +762,7 @@ def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
 
 def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor,
                              bias: torch.Tensor | None) -> torch.Tensor:
-    """fp8_linear of activations a norm already quantized (kernels.rmsnorm.QuantizedRows)."""
+    """fp8_linear of activations their producer already quantized (quant_act.QuantizedRows)."""
     n, k = weight.shape
     if x.shape[-1] != k or x.q.dtype != torch.float8_e4m3fn:
         raise ValueError(f"fp8_linear: quantized x has K={x.shape[-1]} of {x.q.dtype}, the weight "
@@ -795,9 +795,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
 
     M <= GEMV_MAX_M: Triton GEMV; M <= SMALL_M: Triton fp8 tl.dot with split-K; larger M:
     torch._scaled_mm where supported (else the Triton GEMM). x may also be a
-    kernels.rmsnorm.QuantizedRows (a norm quantized it): the same products, no quantization here.
+    quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
     """
-    from kiln.kernels.rmsnorm import QuantizedRows
+    from kiln.kernels.quant_act import QuantizedRows
 
     if isinstance(x, QuantizedRows):
         return _fp8_linear_prequantized(x, weight, weight_scale, bias)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from dataclasses import dataclass
-
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
-from kiln.kernels.quant_act import quant_per_token, quantize_to_codes
+from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
+                                    store_padding_row, store_row_quantized)
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -75,16 +72,11 @@ def _rms_norm_quant_kernel(x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, x_row_stride, re
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
     if row >= M:
-        tl.store(q_ptr + row * q_row_stride + cols, tl.zeros([BLOCK], tl.float32).to(
-            q_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_ptr + row, 1.0)
+        store_padding_row(q_ptr, s_ptr, row, cols, mask, q_row_stride, BLOCK)
         return
     y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
                     eps, out_ty, HAS_RESIDUAL)
-    qmax = 127.0 if IS_INT8 else 448.0
-    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12), qmax)
-    tl.store(s_ptr + row, scale)
-    tl.store(q_ptr + row * q_row_stride + cols, quantize_to_codes(y, scale, IS_INT8), mask=mask)
+    store_row_quantized(y, q_ptr, s_ptr, row, cols, mask, q_row_stride, IS_INT8)
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -105,51 +97,20 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
         HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2))
 
 
-@dataclass(frozen=True)
-class QuantizedRows:
-    """Activations already quantized per token, for a W8A8 linear: codes ``q`` [R, K] and float32
-    ``scale`` [R, 1] of the first ``m`` rows (R >= m: rows past m are padding, zero codes with
-    scale 1), standing for a tensor of ``shape`` and ``dtype`` that was never materialized."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    m: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.q.device
-
-
-def norm_quant_enabled() -> bool:
-    """Whether fp8 engines let their RMSNorms quantize the qkv / gate_up inputs (KILN_NORM_QUANT=1).
-    Off by default until measured on the H200."""
-    return os.environ.get("KILN_NORM_QUANT", "0") == "1"
-
-
-# Rows above which the norm pads its quantized output to a multiple of 16 (torch._scaled_mm's
-# need; kiln.kernels.quant_matmul.SMALL_M, below which the Triton kernels read m rows).
-QUANT_PAD_ABOVE = 16
-
-
 def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
                     eps: float, qdtype: torch.dtype) -> QuantizedRows:
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     m, hidden = x.numel() // x.shape[-1], x.shape[-1]
-    pad = 16 if m > QUANT_PAD_ABOVE else 1
     if not use_triton(x) or m == 0:
         if residual is None:
             y = rms_norm_ref(x, weight, eps)
         else:
             y, new_residual = fused_add_rms_norm_ref(x, residual, weight, eps)
             residual.copy_(new_residual)
-        q, s = quant_per_token(y.to(out_dtype).reshape(m, hidden), qdtype, pad_rows_to=pad)
-        return QuantizedRows(q, s, m, tuple(x.shape), out_dtype)
+        return quantize_rows(y.to(out_dtype), qdtype, tuple(x.shape))
     x2 = _as_rows(x)
-    rows = -(-m // pad) * pad
-    q = torch.empty(rows, hidden, dtype=qdtype, device=x.device)
-    s = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    q, s = quantized_rows_buffers(m, hidden, qdtype, x.device)
+    rows = q.shape[0]
     res2 = residual.view(-1, hidden) if residual is not None else x2
     block = triton.next_power_of_2(hidden)
     _rms_norm_quant_kernel[(rows,)](

@@ -113,17 +113,18 @@ class LlamaFamilyModel(nn.Module):
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
                               tied_to=self.embed_tokens if args.tie_word_embeddings else None)
 
-    def fuse_norm_quant(self, enable: bool = True) -> int:
-        """Let the RMSNorms whose only reader is an fp8 W8A8 linear (qkv_proj after the input norm,
-        gate_up_proj after the post-attention norm) quantize their output per token in the norm
-        kernel, which saves the linear's own quantization launch (bit-identical products). Returns
-        how many norms do so; ``enable=False`` undoes it."""
+    def quantize_in_producers(self, enable: bool = True) -> int:
+        """Let the modules whose only reader is an fp8 W8A8 linear (the input norm before qkv_proj,
+        the post-attention norm before gate_up_proj, SiLU-mul before down_proj) quantize their
+        output per token in their own kernel, which saves the linear's quantization launch
+        (bit-identical products). Returns how many do so; ``enable=False`` undoes it."""
         count = 0
         for layer in self.layers:
-            for norm, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
-                                 (layer.post_attention_layernorm, layer.mlp.gate_up_proj)):
+            for producer, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
+                                     (layer.post_attention_layernorm, layer.mlp.gate_up_proj),
+                                     (layer.mlp.act, layer.mlp.down_proj)):
                 fp8 = enable and getattr(linear.method, "scheme", None) == "fp8"
-                norm.quant_dtype = torch.float8_e4m3fn if fp8 else None
+                producer.quant_dtype = torch.float8_e4m3fn if fp8 else None
                 count += fp8
         return count
 

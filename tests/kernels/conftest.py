@@ -17,8 +17,11 @@ import torch
 
 CUDA = torch.cuda.is_available()
 # Helpers first: the kernel modules reloaded after them pick up their interpreted versions.
-_KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.prefill_fresh", "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
-                   "kiln.kernels.rotary", "kiln.kernels.quant_act", "kiln.kernels.quant_matmul")
+# In dependency order: a module is reloaded after those it imports from (quant_act before the
+# norm and activation kernels, whose QuantizedRows must be the class quant_matmul checks for).
+_KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.prefill_fresh",
+                   "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
+                   "kiln.kernels.rotary", "kiln.kernels.quant_matmul")
 
 
 

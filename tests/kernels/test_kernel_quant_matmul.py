@@ -9,22 +9,12 @@ the touched ones identified and counted. torch._scaled_mm (fp8 prefill) is GPU-o
 tests/gpu/test_quant_gpu.py covers it.
 """
 
-import importlib
-import sys
-
 import pytest
 import torch
 
 from kernel_cases import TOL, rel_err
-
-# A module imported earlier by another test folder holds compiled (not interpreted) kernels;
-# tests/kernels/conftest.py rebuilds the kernel modules it knows, this one included here.
-for _name in ("kiln.kernels.quant_act", "kiln.kernels.quant_matmul"):
-    if _name in sys.modules and not torch.cuda.is_available():
-        importlib.reload(sys.modules[_name])
-
-from kiln.kernels import quant_act, quant_matmul as qm  # noqa: E402
-from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref  # noqa: E402
+from kiln.kernels import quant_act, quant_matmul as qm
+from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref
 
 MS = [1, 3, 17, 64]
 DTYPES = [torch.float32, torch.float16]

@@ -1,5 +1,5 @@
-"""KILN_NORM_QUANT: an fp8 engine's RMSNorms quantize their linears' inputs (checked on the CPU
-through the references; the Triton kernel's bits are checked in tests/kernels)."""
+"""KILN_PRODUCER_QUANT: an fp8 engine's norms and SiLU-mul quantize their linears' inputs (checked
+on the CPU through the references; the Triton kernels' bits are checked in tests/kernels)."""
 
 import torch
 
@@ -28,23 +28,25 @@ def _engine(tmp_path, scheme):
     return build_engine(opts)["path"]
 
 
-def test_fp8_engine_norms_quantize_with_the_same_logits(tmp_path):
+def test_fp8_engine_producers_quantize_with_the_same_logits(tmp_path):
     path = _engine(tmp_path, "fp8")
     model, _ = load_engine_model(path, "cpu", dtype="bfloat16", check_target=False)
     tokens = [5, 9, 13, 40, 7, 7, 21, 3, 11, 2, 30, 17, 8, 4, 19, 6, 25, 12, 1, 14]  # 20 rows: padded
     plain = _logits(model, tokens)
-    assert model.fuse_norm_quant() == 2 * model.args.num_hidden_layers
-    assert all(layer.input_layernorm.quant_dtype == torch.float8_e4m3fn for layer in model.layers)
+    assert model.quantize_in_producers() == 3 * model.args.num_hidden_layers
+    assert all(layer.input_layernorm.quant_dtype == torch.float8_e4m3fn
+               and layer.mlp.act.quant_dtype == torch.float8_e4m3fn for layer in model.layers)
     assert model.norm.quant_dtype is None  # the final norm feeds the bf16 lm_head
     fused = _logits(model, tokens)
     assert torch.equal(fused, plain)
     short = _logits(model, tokens[:3])  # 3 rows: no padding
-    assert model.fuse_norm_quant(False) == 0 and model.layers[0].input_layernorm.quant_dtype is None
+    assert model.quantize_in_producers(False) == 0
+    assert model.layers[0].input_layernorm.quant_dtype is None and model.layers[0].mlp.act.quant_dtype is None
     assert torch.equal(_logits(model, tokens[:3]), short)
 
 
-def test_norms_of_other_schemes_stay_float(tmp_path):
+def test_producers_of_other_schemes_stay_float(tmp_path):
     path = _engine(tmp_path, "int8-wo")
     model, _ = load_engine_model(path, "cpu", dtype="float32")
-    assert model.fuse_norm_quant() == 0
+    assert model.quantize_in_producers() == 0
     assert all(layer.post_attention_layernorm.quant_dtype is None for layer in model.layers)
