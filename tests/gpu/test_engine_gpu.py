@@ -101,3 +101,35 @@ def test_pdl_auto_covers_small_decode_graphs_only(monkeypatch):
         assert not kernels.pdl_enabled(t)
     monkeypatch.setenv("KILN_PDL", "1")
     assert kernels.pdl_enabled(t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 engines need an FP8 GPU")
+def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
+    """KILN_PRODUCER_QUANT=1 (norms and SiLU-mul quantize the fp8 linears' inputs) gives an fp8
+    engine the same tokens and logprobs as the separate quantization launches, eager and
+    through CUDA graphs."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=5, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
+                                       QuantConfig("fp8"), eval_tokens=0, device="cuda",
+                                       progress=False))["path"]
+    prompts = [{"prompt_token_ids": list(range(9, 9 + 4 * i + 2))} for i in range(12)]
+    sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=3)
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_PRODUCER_QUANT", flag)
+        for eager in (True, False):
+            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+                      max_num_seqs=16)
+            if flag == "1":
+                assert llm.engine.model.layers[0].mlp.act.quant_dtype == torch.float8_e4m3fn
+            outs = llm.generate(prompts, sp)
+            results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+            del llm
+    for eager in (True, False):
+        assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"

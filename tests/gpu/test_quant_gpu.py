@@ -342,3 +342,54 @@ def test_unquantized_linear_uses_the_gemv_only_when_asked(gen, monkeypatch):
     check(layer(x), ref.to(torch.bfloat16), torch.bfloat16, 2, 6144)
     many = randx(64, 4096, torch.bfloat16, gen)  # prefill rows stay on cuBLAS
     assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight))
+
+
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("cfg", range(len(qm.GEMV_CONFIGS)))
+def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_allocations):
+    """Each GEMV launch configuration the autotuner may pick (those naming their K split too)
+    gives the reference's products, int4 and fp8, at batch 1 and 4."""
+    n, k = shape
+    config = qm.GEMV_CONFIGS[cfg]
+    qweight, scales = int4_case(n, k, 128, gen)
+    w8, s8 = fp8_case(n, k, gen)
+    for m in (1, 4):
+        x = randx(m, k, torch.bfloat16, gen)
+        out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, torch.bfloat16,
+                        "gemv", config=config)
+        check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128), torch.bfloat16, m, n)
+        xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+        out = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, None, torch.bfloat16, "gemv",
+                        x_scales=sx, config=config)
+        check(out, qm.fp8_linear_ref(x, w8, s8), torch.bfloat16, m, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 20, 1000])
+def test_producers_quantize_bit_identically(m, dtype, gen, poison_allocations):
+    """The quantizing RMSNorm and SiLU-mul (KILN_PRODUCER_QUANT) give the codes and scales of
+    the separate quantization launch, and fp8_linear on them the bits of the usual path (GEMV,
+    Triton GEMM and torch._scaled_mm row counts)."""
+    from kiln.kernels.activation import silu_and_mul, silu_and_mul_quant
+    from kiln.kernels.rmsnorm import fused_add_rms_norm, fused_add_rms_norm_quant
+
+    hidden, inter = 4096, 14336
+    x = randx(m, hidden, dtype, gen)
+    residual = randx(m, hidden, dtype, gen)
+    w = (torch.rand(hidden, generator=gen, device="cuda") + 0.5).to(dtype)
+    normed, res_a = fused_add_rms_norm(x, residual.clone(), w, 1e-5)
+    rows, res_b = fused_add_rms_norm_quant(x, residual.clone(), w, 1e-5, torch.float8_e4m3fn)
+    assert torch.equal(res_a, res_b)
+    q, s = quant_per_token(normed, torch.float8_e4m3fn)
+    assert torch.equal(rows.q[:m].view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(rows.scale[:m], s)
+    w8, s8 = fp8_case(6144, hidden, gen)
+    assert torch.equal(qm.fp8_linear(rows, w8, s8), qm.fp8_linear(normed, w8, s8))
+    gate_up = randx(m, 2 * inter, dtype, gen)
+    act = silu_and_mul(gate_up)
+    arows = silu_and_mul_quant(gate_up, torch.float8_e4m3fn)
+    q, s = quant_per_token(act, torch.float8_e4m3fn)
+    assert torch.equal(arows.q[:m].view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(arows.scale[:m], s)
+    w8, s8 = fp8_case(hidden, inter, gen)
+    assert torch.equal(qm.fp8_linear(arows, w8, s8), qm.fp8_linear(act, w8, s8))
