@@ -32,7 +32,7 @@ QUANT_PTRS = {"xs_ptr": "*fp32", "s_ptr": "*fp32", "part_ptr": "*fp32", "lock_pt
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
 # specialises such arguments at launch, which is what lets it vectorise the masked loads).
 ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group", "M", "split_hint", "SPLIT_K",
-            "num_sms"}
+            "num_sms", "split_cfg"}
 
 
 def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: int):
@@ -148,6 +148,10 @@ def quant_configs():
                     "INT4_ASM": wkind == quant_matmul.W_INT4, "_ptrs": ptrs, **cfg.kwargs},
                    "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
+            for block_n, warps in ((64, 4), (128, 4), (128, 8)):
+                yield (f"int4 tc-gemv N{block_n} w{warps}", quant_matmul._int4_tc_gemv_kernel,
+                       {"GROUP": group, "BLOCK_N": block_n, "BLOCK_M": 16, "HAS_BIAS": False,
+                        "X_BF16": True, "ASM": True, "_ptrs": ptrs}, "bf16", warps, 3)
             for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:
                 yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}",
                        quant_matmul._gemm_kernel,

@@ -160,6 +160,115 @@ def _int4_words_f32(word):
                                      dtype=(tl.float32,) * 8, is_pure=True, pack=1)
 
 
+# The same two-at-a-time trick, kept in 16 bits for tensor-core operands: the eight nibbles of a
+# word as bf16 (base 128.0 = 0x4300, minus 136) or fp16 (base 1024.0 = 0x6400, minus 1032)
+# values q = nibble - 8, each 16-bit half of a packed result being one output.
+_INT4_WORD_16_ASM = """
+{{
+.reg .b32 kq0, kq1, kq2, kq3, kone, koff;
+mov.b32 kone, {one};
+mov.b32 koff, {off};
+shr.u32 kq1, $8, 4;
+shr.u32 kq2, $8, 8;
+shr.u32 kq3, $8, 12;
+lop3.b32 kq0, $8, 0x000F000F, {base}, 0xEA;
+lop3.b32 kq1, kq1, 0x000F000F, {base}, 0xEA;
+lop3.b32 kq2, kq2, 0x000F000F, {base}, 0xEA;
+lop3.b32 kq3, kq3, 0x000F000F, {base}, 0xEA;
+fma.rn.{ty}x2 kq0, kq0, kone, koff;
+fma.rn.{ty}x2 kq1, kq1, kone, koff;
+fma.rn.{ty}x2 kq2, kq2, kone, koff;
+fma.rn.{ty}x2 kq3, kq3, kone, koff;
+mov.b32 {{$0, $4}}, kq0;
+mov.b32 {{$1, $5}}, kq1;
+mov.b32 {{$2, $6}}, kq2;
+mov.b32 {{$3, $7}}, kq3;
+}}
+"""
+_INT4_WORD_BF16_ASM = tl.constexpr(_INT4_WORD_16_ASM.format(one="0x3F803F80", off="0xC308C308",
+                                                            base="0x43004300", ty="bf16"))
+_INT4_WORD_F16_ASM = tl.constexpr(_INT4_WORD_16_ASM.format(one="0x3C003C00", off="0xE408E408",
+                                                           base="0x64006400", ty="f16"))
+
+
+@triton.jit
+def _int4_words_16(word, X_BF16: tl.constexpr, ASM: tl.constexpr):
+    """int32 words of packed nibbles -> 8 tensors of q = nibble - 8 (k = 8j + 0 .. 8j + 7) in
+    bf16 (X_BF16) or fp16; exact. ASM (CUDA): two values per PTX instruction; else plain ops."""
+    if ASM:
+        if X_BF16:
+            return tl.inline_asm_elementwise(_INT4_WORD_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r",
+                                             [word], dtype=(tl.bfloat16,) * 8, is_pure=True,
+                                             pack=1)
+        else:
+            return tl.inline_asm_elementwise(_INT4_WORD_F16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r",
+                                             [word], dtype=(tl.float16,) * 8, is_pure=True,
+                                             pack=1)
+    else:
+        ty = tl.bfloat16 if X_BF16 else tl.float16
+        return (((word & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 4) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 8) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 12) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 16) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 20) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 24) & 15) - 8).to(tl.float32).to(ty),
+                (((word >> 28) & 15) - 8).to(tl.float32).to(ty))
+
+
+@triton.jit
+def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N, K, stride_xm,
+                         stride_wn, stride_sn, stride_sg, stride_om, SPLIT_K,
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, ASM: tl.constexpr,
+                         PDL: tl.constexpr = False):
+    # int4 weight-only product for a few rows on the tensor cores, operands swapped: out^T tile
+    # [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so the dequantized weights are
+    # the dot's first operand, straight from registers, and x (BLOCK_M <= 16 rows, padded) the
+    # small second one. Per K group, the eight nibbles of each 32-bit word are eight [BLOCK_N,
+    # GROUP / 8] operands, each dotted with the x columns k = 8c + i that it holds: a fixed
+    # permutation of k within the group, the same on both sides. Grid (N tiles, K splits).
+    pdl_start(PDL)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows = tl.arange(0, BLOCK_M)
+    m_mask = rows < M
+    WORDS: tl.constexpr = GROUP // 8
+    cols = tl.arange(0, WORDS)
+    words = w_ptr.to(tl.pointer_type(tl.int32))
+    w_rows = words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4)
+    num_groups = tl.cdiv(K, GROUP)
+    per_split = tl.cdiv(num_groups, SPLIT_K)
+    g_begin = pid_k * per_split
+    g_end = tl.minimum(g_begin + per_split, num_groups)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for g in range(g_begin, g_end):
+        word = tl.load(w_rows + (g * WORDS + cols)[None, :], mask=n_mask[:, None], other=0)
+        q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_16(word, X_BF16, ASM)
+        xk = x_ptr + rows[None, :] * stride_xm + (g * GROUP + 8 * cols)[:, None]
+        xm = m_mask[None, :]
+        part = tl.dot(q0, tl.load(xk, mask=xm, other=0.0))
+        part = tl.dot(q1, tl.load(xk + 1, mask=xm, other=0.0), part)
+        part = tl.dot(q2, tl.load(xk + 2, mask=xm, other=0.0), part)
+        part = tl.dot(q3, tl.load(xk + 3, mask=xm, other=0.0), part)
+        part = tl.dot(q4, tl.load(xk + 4, mask=xm, other=0.0), part)
+        part = tl.dot(q5, tl.load(xk + 5, mask=xm, other=0.0), part)
+        part = tl.dot(q6, tl.load(xk + 6, mask=xm, other=0.0), part)
+        part = tl.dot(q7, tl.load(xk + 7, mask=xm, other=0.0), part)
+        s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg, mask=n_mask, other=0.0)
+        acc += part * s[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + rows[None, :] * stride_om + offs_n[:, None],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(part_ptr + (pid_k * M + rows[None, :]) * N + offs_n[:, None], acc, mask=mask)
+
+
 @triton.jit
 def _bytes_f32(b, WKIND: tl.constexpr):
     """int8 (given as uint8 bits), fp8 or float tile -> float32."""
@@ -700,6 +809,51 @@ def _check(x: torch.Tensor, k: int, what: str) -> None:
         raise ValueError(f"{what}: x must be float16/bfloat16/float32, got {x.dtype}")
 
 
+TC_GEMV_MAX_M = 16     # rows the tensor-core int4 product takes (one BLOCK_M = 16 tile)
+TC_GEMV_BLOCK_N = 64
+
+
+def int4_tc_enabled() -> bool:
+    """Whether int4 decode rows (up to GEMV_MAX_M) take the tensor-core kernel instead of the FMA
+    GEMV (KILN_INT4_TC=1). Off by default until measured on the H200."""
+    return os.environ.get("KILN_INT4_TC", "0") == "1"
+
+
+def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group: int,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype, split_k: int = 0,
+                 block_n: int = TC_GEMV_BLOCK_N, num_warps: int = 4,
+                 num_stages: int = 3) -> torch.Tensor:
+    """int4 weight-only x2 [M <= 16, K] @ dequant(qweight, scales).T on the tensor cores
+    (_int4_tc_gemv_kernel): float16/bfloat16 x, K groups of 128 (the dots need K >= 16 per
+    nibble position). split_k 0 picks the split as the GEMV does."""
+    m, k = x2.shape
+    n = qweight.shape[0]
+    if m > TC_GEMV_MAX_M or group != 128 or x2.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"int4_tc_gemv takes up to {TC_GEMV_MAX_M} float16/bfloat16 rows and "
+                         f"groups of 128, got {m} {x2.dtype} rows, group {group}")
+    if qweight.stride(0) % 4 or qweight.data_ptr() % 4:
+        raise ValueError("int4_tc_gemv reads the packed weights as 32-bit words: rows must be "
+                         "4-byte aligned")
+    groups = k // group
+    split = split_k or pick_split_k(triton.cdiv(n, block_n), groups, _num_sms(x2.device))
+    split = max(1, min(split, groups, MAX_SPLIT_K))
+    out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
+    part = torch.empty(split * m * n, dtype=torch.float32, device=x2.device) if split > 1 else out
+    has_bias = bias is not None
+    launch_opts = dict(num_warps=num_warps, num_stages=num_stages) if x2.is_cuda else {}
+    _int4_tc_gemv_kernel[(triton.cdiv(n, block_n), split)](
+        x2, qweight, scales, bias if has_bias else out, out, part, m, n, k, x2.stride(0),
+        qweight.stride(0), scales.stride(0), scales.stride(1), out.stride(0), split,
+        GROUP=group, BLOCK_N=block_n, BLOCK_M=16, HAS_BIAS=has_bias,
+        X_BF16=x2.dtype == torch.bfloat16, ASM=x2.is_cuda, **launch_opts, **pdl_args(x2))
+    if split > 1:
+        block = min(1024, triton.next_power_of_2(n))
+        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
+            part, bias if has_bias else out, out, m, n, out.stride(0),
+            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl_args(x2))
+    return out
+
+
 def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias."""
@@ -712,8 +866,13 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return int4_wo_linear_ref(x, qweight, scales, group_size, bias)
     x2 = _rows(x)
     s = scales.float().contiguous()
+    qweight = qweight.contiguous()
+    if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128
+            and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0
+            and qweight.data_ptr() % 4 == 0):
+        return int4_tc_gemv(x2, qweight, s, group_size, bias, x.dtype).reshape(*x.shape[:-1], n)
     path = "gemv" if x2.shape[0] <= GEMV_MAX_M else "gemm"
-    out = launch(x2, qweight.contiguous(), s, s.stride(1), group_size, W_INT4, bias, x.dtype, path)
+    out = launch(x2, qweight, s, s.stride(1), group_size, W_INT4, bias, x.dtype, path)
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -393,3 +393,18 @@ def test_producers_quantize_bit_identically(m, dtype, gen, poison_allocations):
     assert torch.equal(arows.scale[:m], s)
     w8, s8 = fp8_case(hidden, inter, gen)
     assert torch.equal(qm.fp8_linear(arows, w8, s8), qm.fp8_linear(act, w8, s8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336), (96, 384)])
+@pytest.mark.parametrize("m", [1, 4, 16])
+def test_int4_tensor_core_gemv(m, shape, dtype, gen, poison_allocations):
+    """The tensor-core int4 product (KILN_INT4_TC) against the reference, the PTX dequantization
+    included (the CPU interpreter runs the plain one)."""
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    for block_n in (64, 128):
+        out = qm.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n)
+        check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)

@@ -400,3 +400,35 @@ def test_activation_quant_padding(gen):
 def test_module_constants_consistent():
     assert quant_act.FP8_MAX == float(torch.finfo(torch.float8_e4m3fn).max)
     assert qm.GEMV_MAX_M <= qm.SMALL_M <= 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16])  # the 3.6 interpreter's bf16 tl.dot is wrong
+@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (16, 2)])
+def test_int4_tensor_core_gemv(m, split, dtype, gen, poison_allocations):
+    """The tensor-core int4 product (operands swapped, nibbles as eight permuted-k operands)
+    against the reference, ragged N, with bias and a K split (bf16: tests/gpu)."""
+    n, k, group = 72, 4 * 128, 128
+    qweight, scales = int4_case(n, k, group, gen)
+    x = randx(m, k, torch.float32, gen).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype)
+    ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
+    out = qm.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32)
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, ref) < TOL[torch.float16]
+
+
+def test_int4_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
+    n, k = 40, 2 * 128
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(2, k, torch.float32, gen).to(torch.float16)
+    calls = []
+    real = qm.int4_tc_gemv
+    monkeypatch.setattr(qm, "int4_tc_gemv", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setenv("KILN_INT4_TC", "1")
+    got = qm.int4_wo_linear(x, qweight, scales, 128)
+    assert calls and rel_err(got, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float16]
+    monkeypatch.setenv("KILN_INT4_TC", "0")
+    qm.int4_wo_linear(x, qweight, scales, 128)
+    assert len(calls) == 1  # off: the FMA GEMV
+    with pytest.raises(ValueError, match="groups of 128"):
+        qm.int4_tc_gemv(x, qweight[:, :32], scales[:, :1].repeat(1, 1), 64, None, torch.float16)
