@@ -7,6 +7,9 @@ as the same-run baselines. Bytes are the weights and scales once; GB/s is over t
 bandwidth measured in the same run. Each timed config is checked against its reference.
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
+
+Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (qm.int4_tc_gemv: BLOCK_N and warps of
+TC_TILES, every split) on the same int4 weights, beside the FMA GEMV's autotuned choice.
 """
 
 from __future__ import annotations
@@ -30,10 +33,19 @@ from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 TILES = [(16, 2, 1), (32, 2, 1), (32, 4, 1), (32, 4, 2), (64, 4, 1), (64, 4, 2), (64, 8, 1),
          (128, 4, 1), (128, 8, 1), (256, 8, 1)]
 SPLITS = [1, 2, 4, 8, 16]
+# (BLOCK_N, num_warps) of the tensor-core int4 kernel: 4 warps and BLOCK_N >= 64 give wgmma,
+# fewer warps mma.sync.
+TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 
 
 def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: int):
     """fn(weights) running one launch of the scheme's GEMV with a fixed config and split."""
+    if scheme == "int4-tc":
+        if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
+            return runner("int4", x, None, split)
+        return lambda w: qm.int4_tc_gemv(x, w[0], w[1], bench_quant.GROUP, None, x.dtype,
+                                         split_k=split, block_n=config.kwargs["BLOCK_N"],
+                                         num_warps=config.num_warps)
     if scheme == "int4":
         return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
                                    x.dtype, "gemv", split_k=split, config=config)
@@ -48,7 +60,7 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
 
 
 def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
-    if scheme == "int4":
+    if scheme in ("int4", "int4-tc"):
         return qm.int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
     if scheme == "fp8":
         return qm.fp8_linear_ref(x, w[0], w[1])
@@ -60,14 +72,16 @@ def time_fn(fn, sets: list[tuple]) -> float:
 
 
 def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float) -> dict:
-    probe = bench_quant.make_weights(scheme, n, k)
+    wscheme = "int4" if scheme == "int4-tc" else scheme
+    probe = bench_quant.make_weights(wscheme, n, k)
     nbytes = bench_quant.weight_bytes(probe)
-    sets = [probe] + [bench_quant.make_weights(scheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
+    sets = [probe] + [bench_quant.make_weights(wscheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     want = reference(scheme, x, probe).float()
-    groups = triton.cdiv(k, bench_quant.GROUP if scheme == "int4" else qm.KTILE_8BIT)
+    groups = triton.cdiv(k, bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
     rows = []
-    for block_n, warps, unroll in TILES:
+    tiles = [(b, w, 1) for b, w in TC_TILES] if scheme == "int4-tc" else TILES
+    for block_n, warps, unroll in tiles:
         cfg = triton.Config({"BLOCK_N": block_n, "UNROLL": unroll}, num_warps=warps, num_stages=3)
         for split in SPLITS:
             if split > groups:
