@@ -502,17 +502,21 @@ def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
 
 
 # Candidates timed on the first call per (rows/bucket, N, K, weight kind, group, dtypes). More
-# rows per thread (larger BLOCK_N per warp) share each converted x value across rows. The first
-# six take the K split of pick_split_k; the others name theirs (split_cfg), the settings that won
-# per 8B layer shape in the batch-1 sweep (benchmarks/kernels/sweep_gemv_*_h200.json), where the
-# heuristic's split lost up to 40% (int4 down: 34.8 us tuned, 21.0 us at split 16).
-GEMV_CONFIGS = [
+# rows per thread (larger BLOCK_N per warp) share each converted x value across rows. These take
+# the K split of pick_split_k.
+GEMV_BASE_CONFIGS = [
     _cfg(4, 3, BLOCK_N=32, UNROLL=2),
     _cfg(4, 3, BLOCK_N=64, UNROLL=1),
     _cfg(4, 3, BLOCK_N=64, UNROLL=2),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1),
     _cfg(8, 3, BLOCK_N=128, UNROLL=1),
     _cfg(8, 3, BLOCK_N=256, UNROLL=1),
+]
+# Candidates naming their own split (split_cfg): the settings that won per 8B layer shape in the
+# batch-1 sweep (benchmarks/kernels/sweep_gemv_*_h200.json), where the heuristic's split lost up
+# to 40% (int4 down: 34.8 us tuned, 21.0 us at split 16). Tuned only under KILN_GEMV_TUNE_SPLIT=1
+# until the autotuner has run them on the H200.
+GEMV_SPLIT_CONFIGS = [
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, split_cfg=8),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, split_cfg=16),
     _cfg(4, 3, BLOCK_N=64, UNROLL=1, split_cfg=16),
@@ -522,6 +526,8 @@ GEMV_CONFIGS = [
     _cfg(2, 3, BLOCK_N=32, UNROLL=1, split_cfg=16),
     _cfg(2, 3, BLOCK_N=16, UNROLL=1, split_cfg=8),
 ]
+GEMV_CONFIGS = GEMV_BASE_CONFIGS + (GEMV_SPLIT_CONFIGS
+                                    if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
 GEMM_CONFIGS_BY_BUCKET = {
     16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
          _cfg(4, 4, BLOCK_M=16, BLOCK_N=128, UNROLL=1, SWIZZLE=1),
