@@ -98,8 +98,19 @@ def test_queue_full_is_429(make_engine):
 
 def test_cancelling_many_streams_frees_everything(make_engine):
     n = 12
-    # Outputs long enough (500 tokens) that no request can finish before the cancellation.
-    with thread_server(make_engine(max_model_len=512, max_num_seqs=4)) as srv:
+    # Outputs long enough (500 tokens) that no request can finish before the cancellation: each
+    # step also waits 50 ms, so the first four take at least 25 s, however slowly the twelve
+    # arrive on a loaded machine (once, without the wait, a running request finished and a
+    # waiting one started before the last had arrived).
+    engine = make_engine(max_model_len=512, max_num_seqs=4)
+    real_step = engine.step
+
+    def slow_step():
+        time.sleep(0.05)
+        return real_step()
+
+    engine.step = slow_step
+    with thread_server(engine) as srv:
         url = f"{srv.base_url}/v1/completions"
 
         async def main():
