@@ -149,9 +149,12 @@ def quant_configs():
                    "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
-                yield (f"int4 tc-gemv N{block_n} w{warps}", quant_matmul._int4_tc_gemv_kernel,
-                       {"GROUP": group, "BLOCK_N": block_n, "BLOCK_M": 16, "HAS_BIAS": False,
-                        "X_BF16": True, "ASM": True, "_ptrs": ptrs}, "bf16", warps, 3)
+                for one in (True, False):
+                    yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",
+                           quant_matmul._int4_tc_gemv_kernel,
+                           {"GROUP": group, "BLOCK_N": block_n, "BLOCK_M": 16, "HAS_BIAS": False,
+                            "X_BF16": True, "ASM": True, "ONE_DOT": one, "_ptrs": ptrs},
+                           "bf16", warps, 3)
             for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:
                 yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}",
                        quant_matmul._gemm_kernel,

@@ -221,7 +221,7 @@ def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N,
                          stride_wn, stride_sn, stride_sg, stride_om, SPLIT_K,
                          GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                          HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, ASM: tl.constexpr,
-                         PDL: tl.constexpr = False):
+                         ONE_DOT: tl.constexpr = False, PDL: tl.constexpr = False):
     # int4 weight-only product for a few rows on the tensor cores, operands swapped: out^T tile
     # [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so the dequantized weights are
     # the dot's first operand, straight from registers, and x (BLOCK_M <= 16 rows, padded) the
@@ -247,16 +247,28 @@ def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N,
     for g in range(g_begin, g_end):
         word = tl.load(w_rows + (g * WORDS + cols)[None, :], mask=n_mask[:, None], other=0)
         q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_16(word, X_BF16, ASM)
-        xk = x_ptr + rows[None, :] * stride_xm + (g * GROUP + 8 * cols)[:, None]
-        xm = m_mask[None, :]
-        part = tl.dot(q0, tl.load(xk, mask=xm, other=0.0))
-        part = tl.dot(q1, tl.load(xk + 1, mask=xm, other=0.0), part)
-        part = tl.dot(q2, tl.load(xk + 2, mask=xm, other=0.0), part)
-        part = tl.dot(q3, tl.load(xk + 3, mask=xm, other=0.0), part)
-        part = tl.dot(q4, tl.load(xk + 4, mask=xm, other=0.0), part)
-        part = tl.dot(q5, tl.load(xk + 5, mask=xm, other=0.0), part)
-        part = tl.dot(q6, tl.load(xk + 6, mask=xm, other=0.0), part)
-        part = tl.dot(q7, tl.load(xk + 7, mask=xm, other=0.0), part)
+        if ONE_DOT:
+            # The eight nibble tensors back in k order (join's new dim is the minor one: k = 8c +
+            # 4u + 2v + b from join(join(join(q0, q4), join(q2, q6)), join(join(q1, q5), ...)),
+            # then one dot with x^T over the whole group.
+            w = tl.join(tl.join(tl.join(q0, q4), tl.join(q2, q6)),
+                        tl.join(tl.join(q1, q5), tl.join(q3, q7)))
+            w = tl.reshape(w, (BLOCK_N, GROUP))
+            offs_k = g * GROUP + tl.arange(0, GROUP)
+            xt = tl.load(x_ptr + rows[None, :] * stride_xm + offs_k[:, None], mask=m_mask[None, :],
+                         other=0.0)
+            part = tl.dot(w, xt)
+        else:
+            xk = x_ptr + rows[None, :] * stride_xm + (g * GROUP + 8 * cols)[:, None]
+            xm = m_mask[None, :]
+            part = tl.dot(q0, tl.load(xk, mask=xm, other=0.0))
+            part = tl.dot(q1, tl.load(xk + 1, mask=xm, other=0.0), part)
+            part = tl.dot(q2, tl.load(xk + 2, mask=xm, other=0.0), part)
+            part = tl.dot(q3, tl.load(xk + 3, mask=xm, other=0.0), part)
+            part = tl.dot(q4, tl.load(xk + 4, mask=xm, other=0.0), part)
+            part = tl.dot(q5, tl.load(xk + 5, mask=xm, other=0.0), part)
+            part = tl.dot(q6, tl.load(xk + 6, mask=xm, other=0.0), part)
+            part = tl.dot(q7, tl.load(xk + 7, mask=xm, other=0.0), part)
         s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg, mask=n_mask, other=0.0)
         acc += part * s[:, None]
     mask = n_mask[:, None] & m_mask[None, :]
@@ -828,10 +840,12 @@ def int4_tc_enabled() -> bool:
 def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group: int,
                  bias: torch.Tensor | None, out_dtype: torch.dtype, split_k: int = 0,
                  block_n: int = TC_GEMV_BLOCK_N, num_warps: int = 4,
-                 num_stages: int = 3) -> torch.Tensor:
+                 num_stages: int = 3, one_dot: bool = True) -> torch.Tensor:
     """int4 weight-only x2 [M <= 16, K] @ dequant(qweight, scales).T on the tensor cores
     (_int4_tc_gemv_kernel): float16/bfloat16 x, K groups of 128 (the dots need K >= 16 per
-    nibble position). split_k 0 picks the split as the GEMV does."""
+    nibble position). split_k 0 picks the split as the GEMV does. one_dot (the default) puts each
+    group's weights back in k order for one dot; False keeps eight dots, one per nibble position,
+    whose x slices the compiler stages one by one (compile_sm90.py: a barrier each)."""
     m, k = x2.shape
     n = qweight.shape[0]
     if m > TC_GEMV_MAX_M or group != 128 or x2.dtype not in (torch.float16, torch.bfloat16):
@@ -851,7 +865,8 @@ def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
         x2, qweight, scales, bias if has_bias else out, out, part, m, n, k, x2.stride(0),
         qweight.stride(0), scales.stride(0), scales.stride(1), out.stride(0), split,
         GROUP=group, BLOCK_N=block_n, BLOCK_M=16, HAS_BIAS=has_bias,
-        X_BF16=x2.dtype == torch.bfloat16, ASM=x2.is_cuda, **launch_opts, **pdl_args(x2))
+        X_BF16=x2.dtype == torch.bfloat16, ASM=x2.is_cuda, ONE_DOT=one_dot, **launch_opts,
+        **pdl_args(x2))
     if split > 1:
         block = min(1024, triton.next_power_of_2(n))
         _splitk_reduce_kernel[(m, triton.cdiv(n, block))](

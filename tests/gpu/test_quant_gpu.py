@@ -406,5 +406,7 @@ def test_int4_tensor_core_gemv(m, shape, dtype, gen, poison_allocations):
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
     for block_n in (64, 128):
-        out = qm.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n)
-        check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
+        for one_dot in (True, False):
+            out = qm.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n,
+                                  one_dot=one_dot)
+            check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)

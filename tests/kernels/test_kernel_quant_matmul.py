@@ -404,7 +404,8 @@ def test_module_constants_consistent():
 
 @pytest.mark.parametrize("dtype", [torch.float16])  # the 3.6 interpreter's bf16 tl.dot is wrong
 @pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (16, 2)])
-def test_int4_tensor_core_gemv(m, split, dtype, gen, poison_allocations):
+@pytest.mark.parametrize("one_dot", [True, False])
+def test_int4_tensor_core_gemv(m, split, one_dot, dtype, gen, poison_allocations):
     """The tensor-core int4 product (operands swapped, nibbles as eight permuted-k operands)
     against the reference, ragged N, with bias and a K split (bf16: tests/gpu)."""
     n, k, group = 72, 4 * 128, 128
@@ -412,7 +413,8 @@ def test_int4_tensor_core_gemv(m, split, dtype, gen, poison_allocations):
     x = randx(m, k, torch.float32, gen).to(dtype)
     bias = torch.randn(n, generator=gen).to(dtype)
     ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
-    out = qm.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32)
+    out = qm.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32,
+                          one_dot=one_dot)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[torch.float16]
 
