@@ -77,8 +77,13 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     """Reference fp8 W8A8 linear: per-token fp8 activations, float32 product of the fp8 values."""
     from kiln.kernels.quant_act import quant_per_token_ref
     xq, sx = quant_per_token_ref(x.reshape(-1, x.shape[-1]), torch.float8_e4m3fn)
-    y = (xq.float() @ weight.float().T) * sx * weight_scale.float()[None, :]
-    return _finish_ref(y, bias, x)
+    return _finish_ref(_fp8_product_ref(xq, sx, weight, weight_scale), bias, x)
+
+
+def _fp8_product_ref(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor,
+                     weight_scale: torch.Tensor) -> torch.Tensor:
+    """float32 product of per-token fp8 codes xq [M, K] (scales sx [M, 1]) and fp8 weights."""
+    return (xq.float() @ weight.float().T) * sx * weight_scale.float()[None, :]
 
 
 def int8_sq_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -929,8 +934,15 @@ def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     (the only output type torch accepts with it), cast to out_dtype afterwards. fast_accum uses
     the tensor cores' reduced-precision fp8 accumulation (faster; the bench measures both).
     """
-    m = x2.shape[0]
     xq, sx = quant_per_token(x2, torch.float8_e4m3fn, pad_rows_to=16)
+    return _scaled_mm_rows(xq, sx, x2.shape[0], weight, weight_scale, bias, out_dtype, fast_accum)
+
+
+def _scaled_mm_rows(xq: torch.Tensor, sx: torch.Tensor, m: int, weight: torch.Tensor,
+                    weight_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+                    fast_accum: bool = False) -> torch.Tensor:
+    """torch._scaled_mm of fp8 codes xq [R, K] (R a multiple of 16, scales sx [R, 1]); the first
+    m rows of the product (+ bias) in out_dtype."""
     fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
     y = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.float().reshape(1, -1),
                          bias=fused_bias, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
@@ -949,23 +961,15 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
                          f"expects K={k} of float8_e4m3fn")
     m = x.m
     xq, sx = x.q, x.scale
-    ws = weight_scale.float()
     if not use_triton(xq) or m == 0:
-        y = (xq[:m].float() @ weight.float().T) * sx[:m] * ws[None, :]
-        if bias is not None:
-            y = y + bias.float()
-        out = y.to(x.dtype)
+        y = _fp8_product_ref(xq[:m], sx[:m], weight, weight_scale)
+        out = (y if bias is None else y + bias.float()).to(x.dtype)
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
-        fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
-        y = torch._scaled_mm(xq, weight.contiguous().t(), scale_a=sx, scale_b=ws.reshape(1, -1),
-                             bias=fused_bias, out_dtype=torch.bfloat16)[:m]
-        if bias is not None and fused_bias is None:
-            y = y.float() + bias.float()
-        out = y.to(x.dtype)
+        out = _scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype)
     else:
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
-        out = launch(xq[:m], weight.contiguous(), ws.contiguous(), 0, KTILE_8BIT, W_FP8, bias,
-                     x.dtype, path, x_scales=sx[:m])
+        out = launch(xq[:m], weight.contiguous(), weight_scale.float().contiguous(), 0, KTILE_8BIT,
+                     W_FP8, bias, x.dtype, path, x_scales=sx[:m])
     return out.reshape(*x.shape[:-1], n)
 
 
