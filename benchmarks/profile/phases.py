@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.profile.profile_engine import group_of  # noqa: E402
+from benchmarks.profile.profile_engine import group_of, kernel_table  # noqa: E402
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
@@ -41,25 +41,6 @@ def drive(engine, prompts, params, tag: str) -> tuple[float, int]:
         steps += 1
     common.sync(engine.device)
     return time.perf_counter() - t0, steps
-
-
-def kernel_table(prof, cuda: bool) -> dict[str, list]:
-    """{kernel name: [calls, ms]} of the device-side events of a profile (on a CPU run, a smoke
-    test: the host self time of the aten ops)."""
-    kernels: dict[str, list] = defaultdict(lambda: [0, 0.0])
-    for evt in prof.key_averages():
-        if not cuda:
-            dev_us = evt.self_cpu_time_total if evt.key.startswith("aten::") else 0.0
-        elif evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        else:
-            dev_us = getattr(evt, "self_device_time_total", None)
-            if dev_us is None:
-                dev_us = getattr(evt, "self_cuda_time_total", 0.0)
-        if dev_us > 0:
-            kernels[evt.key][0] += evt.count
-            kernels[evt.key][1] += dev_us / 1e3
-    return kernels
 
 
 def gemm_shapes(prof) -> list[dict]:

@@ -51,6 +51,25 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def kernel_table(prof, cuda: bool) -> dict[str, list]:
+    """{kernel name: [calls, ms]} of the device-side events of a profile (on a CPU run, a smoke
+    test: the host self time of the aten ops)."""
+    kernels: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for evt in prof.key_averages():
+        if not cuda:
+            dev_us = evt.self_cpu_time_total if evt.key.startswith("aten::") else 0.0
+        elif evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        else:
+            dev_us = getattr(evt, "self_device_time_total", None)
+            if dev_us is None:
+                dev_us = getattr(evt, "self_cuda_time_total", 0.0)
+        if dev_us > 0:
+            kernels[evt.key][0] += evt.count
+            kernels[evt.key][1] += dev_us / 1e3
+    return kernels
+
+
 def write_host_profile(prof: cProfile.Profile, path: str, r: dict) -> None:
     """The host functions that took the time of the profiled steps, by cumulative and own time."""
     buf = io.StringIO()
@@ -139,19 +158,7 @@ def main() -> None:
         return
     if args.trace:
         prof.export_chrome_trace(args.trace)
-    kernels: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for evt in prof.key_averages():
-        dev_us = getattr(evt, "self_device_time_total", None)
-        if dev_us is None:
-            dev_us = getattr(evt, "self_cuda_time_total", 0.0)
-        if engine.device.type != "cuda":  # CPU run (a smoke test): CPU self time of the ops
-            dev_us = 0.0 if evt.key.startswith("aten::") is False else evt.self_cpu_time_total
-        elif evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        if dev_us <= 0:
-            continue
-        kernels[evt.key][0] += evt.count
-        kernels[evt.key][1] += dev_us / 1e3
+    kernels = kernel_table(prof, engine.device.type == "cuda")
     busy = sum(v[1] for v in kernels.values())
     wall_ms = r["wall"] * 1e3
     n = max(1, r["profiled_steps"])
