@@ -163,10 +163,28 @@ def quant_configs():
                        "bf16", cfg.num_warps, cfg.num_stages)
 
 
+def tc_gemv_configs():
+    """The tensor-core GEMV (fp8 W8A8 and bf16 weights, operands swapped) at its candidates."""
+    for name, ty in (("fp8", "*fp8e4nv"), ("bf16", "*bf16")):
+        a8 = name == "fp8"
+        ptrs = {"x_ptr": ty, "w_ptr": ty, "xs_ptr": "*fp32" if a8 else ty,
+                "ws_ptr": "*fp32" if a8 else ty, "part_ptr": "*fp32", "lock_ptr": "*i32"}
+        seen = set()
+        for cfg in quant_matmul.TC_GEMV_CONFIGS:
+            key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages)
+            if key in seen:  # split_cfg is a run-time argument: no new variant
+                continue
+            seen.add(key)
+            yield (f"{name} tc-gemv N{key[0]} K{key[1]} w{key[2]} s{key[3]}",
+                   quant_matmul._tc_gemv_kernel,
+                   {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                    "BLOCK_N": key[0], "BLOCK_K": key[1], "_ptrs": ptrs}, "bf16", key[2], key[3])
+
+
 def main() -> int:
     failed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    every = list(configs()) + list(quant_configs())
+    every = list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
     for label, fn, constexprs, dtype, warps, stages in (c for c in every if only in c[0]):
         try:
             kernel = compile_one(fn, constexprs, dtype, warps, stages)

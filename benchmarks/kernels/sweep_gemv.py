@@ -8,7 +8,9 @@ bandwidth measured in the same run. Each timed config is checked against its ref
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
 
-Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (qm.int4_tc_gemv: BLOCK_N and warps of
+Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
+split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
+for bf16). Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (qm.int4_tc_gemv: BLOCK_N and warps of
 TC_TILES, every split) on the same int4 weights, beside the FMA GEMV's autotuned choice.
 """
 
@@ -38,8 +40,25 @@ SPLITS = [1, 2, 4, 8, 16]
 TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 
 
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (qm.tc_gemv), fp8 and bf16.
+TC_GEMV_TILES = {"fp8-tc": [(64, 128, 4, 4), (64, 256, 4, 4), (64, 128, 4, 6), (128, 128, 4, 3),
+                            (128, 256, 4, 3)],
+                 "bf16-tc": [(64, 64, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (128, 64, 4, 4),
+                             (128, 128, 4, 3)]}
+
+
 def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: int):
     """fn(weights) running one launch of the scheme's GEMV with a fixed config and split."""
+    if scheme in TC_GEMV_TILES:
+        base = scheme[:-3]
+        if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
+            return runner(base, x, None, split)
+        if base == "fp8":
+            def f(w):
+                xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+                return qm.tc_gemv(xq, sx, w[0], w[1], None, x.dtype, split_k=split, config=config)
+            return f
+        return lambda w: qm.tc_gemv(x, None, w[0], None, None, x.dtype, split_k=split, config=config)
     if scheme == "int4-tc":
         if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
             return runner("int4", x, None, split)
@@ -62,7 +81,7 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
 def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
     if scheme in ("int4", "int4-tc"):
         return qm.int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
-    if scheme == "fp8":
+    if scheme in ("fp8", "fp8-tc"):
         return qm.fp8_linear_ref(x, w[0], w[1])
     return (x.float() @ w[0].float().T).to(x.dtype)
 
@@ -71,18 +90,28 @@ def time_fn(fn, sets: list[tuple]) -> float:
     return bench_kernels.time_calls([lambda w=w: fn(w) for w in sets], reps=20)
 
 
-def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float) -> dict:
-    wscheme = "int4" if scheme == "int4-tc" else scheme
+def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
+                verbose: bool = False) -> dict:
+    wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
     probe = bench_quant.make_weights(wscheme, n, k)
     nbytes = bench_quant.weight_bytes(probe)
     sets = [probe] + [bench_quant.make_weights(wscheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     want = reference(scheme, x, probe).float()
-    groups = triton.cdiv(k, bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
     rows = []
-    tiles = [(b, w, 1) for b, w in TC_TILES] if scheme == "int4-tc" else TILES
-    for block_n, warps, unroll in tiles:
-        cfg = triton.Config({"BLOCK_N": block_n, "UNROLL": unroll}, num_warps=warps, num_stages=3)
+    if scheme in TC_GEMV_TILES:
+        tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
+    elif scheme == "int4-tc":
+        tiles = [(b, w, 1, 3) for b, w in TC_TILES]
+    else:
+        tiles = [(b, w, u, 3) for b, w, u in TILES]
+    for block_n, warps, unroll, stages in tiles:
+        # (the tensor-core GEMV's K tile rides in the UNROLL column of the rows)
+        kw = {"BLOCK_N": block_n, "BLOCK_K" if scheme in TC_GEMV_TILES else "UNROLL": unroll}
+        cfg = triton.Config(kw, num_warps=warps, num_stages=stages)
+        step = unroll if scheme in TC_GEMV_TILES else (
+            bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
+        groups = triton.cdiv(k, step)
         for split in SPLITS:
             if split > groups:
                 continue
@@ -90,18 +119,29 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float) -> dic
             err = ((fn(probe).float() - want).norm() / want.norm()).item()
             us = time_fn(fn, sets)
             rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll, "split": split,
+                         "num_stages": stages,
                          "us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
+            if verbose:
+                print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}: {us:7.2f} us "
+                      f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"])
     out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best}
     # The dispatcher's own choice (autotuned, heuristic split) and, for bf16, cuBLAS.
     tuned = runner(scheme, x, None, 0)
     tuned(probe)
     out["autotuned_us"] = round(time_fn(tuned, sets), 2)
-    if scheme == "bf16":
+    if scheme in TC_GEMV_TILES:  # the tensor-core GEMV as its own autotuner picks
+        auto = (lambda w: qm.tc_gemv(*quant_per_token(x, torch.float8_e4m3fn), w[0], w[1], None,
+                                     x.dtype)) if wscheme == "fp8" else (
+            lambda w: qm.tc_gemv(x, None, w[0], None, None, x.dtype))
+        auto(probe)
+        out["tc_autotuned_us"] = round(time_fn(auto, sets), 2)
+    if wscheme == "bf16":
         out["cublas_us"] = round(time_fn(lambda w: x @ w[0].T, sets), 2)
     print(f"{scheme:5s} {name:8s} best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
           f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} w{best['num_warps']} "
           f"U{best['UNROLL']} split{best['split']} | autotuned {out['autotuned_us']:7.2f} us"
+          + (f" | tc autotuned {out['tc_autotuned_us']:7.2f} us" if "tc_autotuned_us" in out else "")
           + (f" | cuBLAS {out['cublas_us']:7.2f} us" if "cublas_us" in out else ""), flush=True)
     return out
 
@@ -111,6 +151,7 @@ def main() -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--schemes", default="int4,fp8,bf16")
     ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES))
+    ap.add_argument("--verbose", action="store_true", help="print every timed config")
     args = ap.parse_args()
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
@@ -119,11 +160,12 @@ def main() -> int:
     for scheme in args.schemes.split(","):
         for name in args.shapes.split(","):
             n, k = bench_quant.SHAPES[name]
-            results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"]))
-    with open(args.json, "w") as f:
-        json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
-                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "triton": triton.__version__}, f, indent=1)
+            results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose))
+            # Written after every shape, so a run cut short keeps what it measured.
+            with open(args.json, "w") as f:
+                json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
+                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "triton": triton.__version__}, f, indent=1)
     return 0
 
 

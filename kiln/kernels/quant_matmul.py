@@ -222,6 +222,78 @@ def _int4_words_16(word, X_BF16: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr, tile, pid_k, M, N,
+                 stride_om, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr):
+    """Store one program's float32 tile acc of out[rows2, cols2] (row and column indices
+    broadcast to acc's shape, either orientation). Unsplit: with the bias, in out's dtype.
+    Split: as split pid_k's partial; with FUSED_SPLITK the last of the tile's SPLIT_K programs to
+    arrive sums the partials in split order (the additions of _splitk_reduce_kernel, so the same
+    bits) and re-arms the tile's counter lock_ptr[tile] for the next launch: no second kernel."""
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols2, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows2 * stride_om + cols2, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(part_ptr + (pid_k * M + rows2) * N + cols2, acc, mask=mask)
+        if FUSED_SPLITK:
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                tl.debug_barrier()
+                total = tl.zeros_like(acc)
+                for sk in range(0, SPLIT_K):
+                    total += tl.load(part_ptr + (sk * M + rows2) * N + cols2, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + cols2, mask=mask, other=0.0).to(tl.float32)
+                tl.store(out_ptr + rows2 * stride_om + cols2, total.to(out_ptr.dtype.element_ty),
+                         mask=mask)
+                tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                    M, N, K, stride_xm, stride_wn, stride_om, num_sms, split_hint,
+                    A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
+                    BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    split_cfg=0, PDL: tl.constexpr = False):
+    # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
+    # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
+    # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
+    # the weights, the bytes that matter, go from memory to shared memory to the tensor cores
+    # untouched by the registers (no conversion, no FMAs), and x pads only the dot's narrow side.
+    # Grid (N tiles, K splits); split_cfg as in _gemv_kernel (read by the heuristic only).
+    pdl_start(PDL)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows = tl.arange(0, BLOCK_M)
+    m_mask = rows < M
+    kk = tl.arange(0, BLOCK_K)
+    steps = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(steps, SPLIT_K)
+    s_begin = pid_k * per_split
+    s_end = tl.minimum(s_begin + per_split, steps)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    x_cols = x_ptr + rows[None, :] * stride_xm
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for step in range(s_begin, s_end):
+        offs_k = step * BLOCK_K + kk
+        k_ok = offs_k < K
+        w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
+        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(w, xt, acc)
+    if A8:
+        sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
+        sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
+        acc = acc * sw[:, None] * sx[None, :]
+    _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :], out_ptr,
+                 part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K, HAS_BIAS,
+                 FUSED_SPLITK)
+
+
+@triton.jit
 def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N, K, stride_xm,
                          stride_wn, stride_sn, stride_sg, stride_om, SPLIT_K,
                          GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -390,31 +462,9 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         acc *= x_scale[:, None]
     elif A8:
         acc *= tl.load(xs_ptr + rows, mask=m_mask, other=0.0)[:, None]
-    mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + offs_n[None, :], acc, mask=mask)
-        if FUSED_SPLITK:
-            # The last of the tile's SPLIT_K programs to arrive sums the partials in split order
-            # (the same additions as _splitk_reduce_kernel, so the same bits) and re-arms the
-            # tile's counter for the next launch: no second kernel.
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
-                tl.debug_barrier()
-                total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                for sk in range(0, SPLIT_K):
-                    total += tl.load(part_ptr + (sk * M + rows[:, None]) * N + offs_n[None, :],
-                                     mask=mask, other=0.0, cache_modifier=".cg")
-                if HAS_BIAS:
-                    total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-                tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :],
-                         total.to(out_ptr.dtype.element_ty), mask=mask)
-                tl.atomic_xchg(lock_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :], out_ptr,
+                 part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K, HAS_BIAS,
+                 FUSED_SPLITK)
 
 
 @triton.jit
@@ -626,10 +676,32 @@ def _gemm_prune(configs, named_args, **kwargs):
     return keep
 
 
+# Candidates of the tensor-core GEMV (BLOCK_N x BLOCK_K weight tiles of 16 KB in fp8 at BLOCK_K
+# 256, in bf16 at 128): the K split by pick_split_k over K / BLOCK_K steps, or named (split_cfg).
+TC_GEMV_CONFIGS = [
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256),
+    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=4),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=8),
+    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128, split_cfg=8),
+]
+INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
+
+
+def _tc_split_heuristic(args: dict) -> int:
+    return split_for(args["M"], args["N"], args["K"], args["BLOCK_K"], args["num_sms"],
+                     args["split_hint"], args["BLOCK_N"], None, int(args.get("split_cfg") or 0))
+
+
 _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
 _gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK"])(_gemv_split)
+_tc_gemv_split = triton.heuristics({"SPLIT_K": _tc_split_heuristic})(_tc_gemv_kernel)
+_tc_gemv_tuned = triton.autotune(TC_GEMV_CONFIGS, key=["N", "K", "A8", "BLOCK_M", "HAS_BIAS",
+                                                       "FUSED_SPLITK", "split_hint"])(_tc_gemv_split)
 _gemm_tuned = triton.autotune(GEMM_CONFIGS,
                               key=_TUNE_KEY + ["M_BUCKET"],
                               prune_configs_by={"early_config_prune": _gemm_prune})(_gemm_split)
@@ -637,11 +709,11 @@ _gemm_tuned = triton.autotune(GEMM_CONFIGS,
 
 def tuned_kernels() -> dict:
     """The autotuned kernels by name; each one's `.cache` maps tuning keys to chosen configs."""
-    return {"gemv": _gemv_tuned, "gemm": _gemm_tuned}
+    return {"gemv": _gemv_tuned, "gemm": _gemm_tuned, "tc_gemv": _tc_gemv_tuned}
 
 
 def _candidates(name: str) -> list[triton.Config]:
-    return GEMV_CONFIGS if name == "gemv" else GEMM_CONFIGS
+    return {"gemv": GEMV_CONFIGS, "tc_gemv": TC_GEMV_CONFIGS}.get(name, GEMM_CONFIGS)
 
 
 def _same_config(a: triton.Config, entry: dict) -> bool:
@@ -880,6 +952,81 @@ def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     return out
 
 
+def tc_gemv_enabled(kind: str) -> bool:
+    """Whether decode rows (up to SMALL_M) of kind "fp8" (W8A8) or "float" (unquantized
+    float16/bfloat16 weights) take the tensor-core GEMV (tc_gemv). KILN_TC_GEMV=1 turns both on,
+    =fp8 or =float one. Off by default until measured on the H200."""
+    flag = os.environ.get("KILN_TC_GEMV", "0")
+    return flag == "1" or flag == kind
+
+
+def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether tc_gemv takes this product: at most SMALL_M rows, fp8 weights with fp8 codes or
+    float16/bfloat16 weights with x of their dtype, K a multiple of 32 (one fp8 dot step)."""
+    if x2.shape[0] > SMALL_M or w.shape[1] % 32:
+        return False
+    if w.dtype == torch.float8_e4m3fn:
+        return x2.dtype == torch.float8_e4m3fn
+    return w.dtype in (torch.float16, torch.bfloat16) and x2.dtype == w.dtype
+
+
+def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
+            w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
+            split_k: int = 0, config: triton.Config | None = None) -> torch.Tensor:
+    """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
+    accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
+    x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
+    bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
+    configuration (benchmarks); else the autotuned one (or the first candidate)."""
+    m, k = x2.shape
+    n = w.shape[0]
+    a8 = x_scales is not None
+    if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
+        raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
+                         f"and weights with both scales, or float16/bfloat16 of one dtype without; "
+                         f"got x {tuple(x2.shape)} {x2.dtype}, w {tuple(w.shape)} {w.dtype}")
+    if split_k > MAX_SPLIT_K:
+        raise ValueError(f"split_k={split_k} needs split_k <= {MAX_SPLIT_K}")
+    sms = _num_sms(x2.device)
+    tune = x2.is_cuda and autotune_enabled() and config is None
+    fixed = config or (TC_GEMV_CONFIGS[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
+    candidates = TC_GEMV_CONFIGS if tune else [fixed]
+    max_split = max(split_for(m, n, k, c.kwargs["BLOCK_K"], sms, split_k, c.kwargs["BLOCK_N"], None,
+                              c.kwargs.get("split_cfg", 0)) for c in candidates)
+    locks = None
+    if max_split > 1 and fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS:
+        locks = split_locks(x2.device)
+    out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
+    part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
+    has_bias = bias is not None
+    chosen = {}
+
+    def grid(meta):
+        chosen["split"] = split_for(m, n, k, meta["BLOCK_K"], sms, split_k, meta["BLOCK_N"], None,
+                                    int(meta.get("split_cfg") or 0))
+        return (triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
+
+    args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
+            part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
+            out.stride(0), sms, split_k)
+    flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
+    if tune:
+        _tc_gemv_tuned[grid](*args, **flags, **pdl_args(x2))
+    elif x2.is_cuda:
+        _tc_gemv_split[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
+                             num_stages=fixed.num_stages, **pdl_args(x2))
+    else:
+        _tc_gemv_split[grid](*args, **flags, **fixed.kwargs)
+    split = chosen["split"]
+    assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"
+    if split > 1 and locks is None:
+        block = min(1024, triton.next_power_of_2(n))
+        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
+            part, bias if has_bias else out, out, m, n, out.stride(0),
+            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl_args(x2))
+    return out
+
+
 def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias."""
@@ -966,6 +1113,9 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
         out = (y if bias is None else y + bias.float()).to(x.dtype)
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
         out = _scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype)
+    elif tc_gemv_enabled("fp8") and tc_gemv_ok(xq[:m], weight):
+        out = tc_gemv(xq[:m], sx[:m], weight.contiguous(), weight_scale.float().contiguous(), bias,
+                      x.dtype)
     else:
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
         out = launch(xq[:m], weight.contiguous(), weight_scale.float().contiguous(), 0, KTILE_8BIT,
@@ -998,6 +1148,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     elif m <= GEMV_MAX_M and fused_act_quant_enabled():
         out = launch(x2, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, "gemv",
                      quant_x=torch.float8_e4m3fn)
+    elif m <= SMALL_M and tc_gemv_enabled("fp8") and k % 32 == 0:
+        xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
+        out = tc_gemv(xq, sx, weight, ws, bias, x.dtype)
     else:
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
@@ -1014,13 +1167,18 @@ def triton_gemv_enabled() -> bool:
 def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
-    (float32 accumulation, like the quantized GEMVs); more rows or no Triton: F.linear."""
+    (float32 accumulation, like the quantized GEMVs), or up to SMALL_M rows through tc_gemv
+    when KILN_TC_GEMV names float; more rows or no Triton: F.linear."""
     n, k = weight.shape
     _check(x, k, "float_gemv_linear")
     x2 = _rows(x)
-    if not use_triton(x) or x.numel() == 0 or x2.shape[0] > GEMV_MAX_M:
+    if not use_triton(x) or x.numel() == 0 or x2.shape[0] > SMALL_M:
         return torch.nn.functional.linear(x, weight, bias)
     weight = weight.contiguous()
+    if tc_gemv_enabled("float") and tc_gemv_ok(x2, weight):
+        return tc_gemv(x2, None, weight, None, bias, x.dtype).reshape(*x.shape[:-1], n)
+    if x2.shape[0] > GEMV_MAX_M:
+        return torch.nn.functional.linear(x, weight, bias)
     # W_FLOAT reads no scales: the weight itself stands in for the scales argument.
     out = launch(x2, weight, weight, 0, KTILE_8BIT, W_FLOAT, bias, x.dtype, "gemv")
     return out.reshape(*x.shape[:-1], n)

@@ -50,13 +50,15 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
         """``F.linear`` with the stored weight and bias (decode rows through the Triton GEMV when
-        KILN_TRITON_GEMV=1)."""
+        KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float)."""
         if x.is_cuda:
-            from kiln.kernels import quant_matmul
+            from kiln.kernels import quant_matmul as qm
 
-            if (x.numel() <= quant_matmul.GEMV_MAX_M * x.shape[-1]
-                    and quant_matmul.triton_gemv_enabled()):
-                return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
+            rows = x.numel() // x.shape[-1]
+            if ((rows <= qm.GEMV_MAX_M and qm.triton_gemv_enabled())
+                    or (rows <= qm.SMALL_M and qm.tc_gemv_enabled("float")
+                        and x.dtype == layer.weight.dtype and x.shape[-1] % 32 == 0)):
+                return qm.float_gemv_linear(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
     def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,

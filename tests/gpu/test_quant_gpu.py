@@ -410,3 +410,39 @@ def test_int4_tensor_core_gemv(m, shape, dtype, gen, poison_allocations):
             out = qm.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n,
                                   one_dot=one_dot)
             check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336), (96, 384)])
+@pytest.mark.parametrize("m", [1, 4, 16])
+def test_tensor_core_gemv_every_candidate(m, shape, dtype, gen, poison_allocations):
+    """The tensor-core GEMV (KILN_TC_GEMV), fp8 codes and unquantized weights, at every launch
+    configuration the autotuner may pick (named splits included, fused split-K reduce) against
+    the references, with bias."""
+    n, k = shape
+    w8, s8 = fp8_case(n, k, gen)
+    w16 = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(dtype)
+    x = randx(m, k, dtype, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+    ref8 = qm.fp8_linear_ref(x, w8, s8, bias)
+    ref16 = (x.float() @ w16.float().T + bias.float())
+    for config in qm.TC_GEMV_CONFIGS:
+        check(qm.tc_gemv(xq, sx, w8, s8, bias, dtype, config=config), ref8, dtype, m, n)
+        check(qm.tc_gemv(x, None, w16, None, bias, dtype, config=config), ref16.to(dtype), dtype, m, n)
+
+
+def test_tensor_core_gemv_dispatch_and_autotune(gen, monkeypatch, poison_allocations):
+    """KILN_TC_GEMV=1: fp8_linear and the unquantized Linear send decode rows to the autotuned
+    tensor-core GEMV (the autotuner's choice is recorded for kiln build), prefill rows elsewhere."""
+    from kiln.layers.linear import Linear
+
+    monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "1")
+    monkeypatch.setenv("KILN_TC_GEMV", "1")
+    w8, s8 = fp8_case(6144, 4096, gen)
+    x = randx(2, 4096, torch.bfloat16, gen)
+    check(qm.fp8_linear(x, w8, s8), qm.fp8_linear_ref(x, w8, s8), torch.bfloat16, 2, 6144)
+    assert any(e["kernel"] == "tc_gemv" for e in qm.export_tuning())
+    layer = Linear(4096, 6144, bias=False, dtype=torch.bfloat16, device="cuda")
+    layer.weight.data.copy_(torch.randn(6144, 4096, generator=gen, device="cuda") * 0.02)
+    check(layer(x), (x.float() @ layer.weight.float().T).to(torch.bfloat16), torch.bfloat16, 2, 6144)

@@ -434,3 +434,68 @@ def test_int4_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     assert len(calls) == 1  # off: the FMA GEMV
     with pytest.raises(ValueError, match="groups of 128"):
         qm.int4_tc_gemv(x, qweight[:, :32], scales[:, :1].repeat(1, 1), 64, None, torch.float16)
+
+
+@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (16, 2), (5, 0)])
+def test_tensor_core_gemv_fp8(m, split, gen, poison_allocations):
+    """The tensor-core GEMV on fp8 codes (operands swapped) against the fp8 product reference:
+    ragged N, K not a multiple of the K tile, bias, forced and heuristic K splits (the fused
+    split-K reduce), and a float16 output."""
+    n, k = 72, 7 * 32
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
+    ref = qm.fp8_linear_ref(x, weight, ws, bias)
+    out = qm.tc_gemv(xq, sx, weight, ws, bias, torch.float16, split_k=split)
+    assert out.shape == (m, n) and out.dtype == torch.float16
+    assert rel_err(out, ref) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("m,split", [(1, 1), (4, 2), (11, 3)])
+def test_tensor_core_gemv_float(m, split, gen, poison_allocations):
+    """Unquantized float16 weights through the tensor-core GEMV against F.linear (bf16: tests/gpu,
+    the 3.6 interpreter's bf16 tl.dot is wrong)."""
+    n, k = 40, 3 * 32 + 32
+    w = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    x = randx(m, k, torch.float16, gen)
+    ref = torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16)
+    out = qm.tc_gemv(x, None, w, None, bias, torch.float16, split_k=split)
+    assert rel_err(out, ref) < TOL[torch.float16]
+    with pytest.raises(ValueError, match="tc_gemv takes"):
+        qm.tc_gemv(x, None, w.float(), None, None, torch.float16)  # float32 weights
+    with pytest.raises(ValueError, match="tc_gemv takes"):
+        qm.tc_gemv(randx(17, k, torch.float16, gen), None, w, None, None, torch.float16)
+
+
+def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
+    """KILN_TC_GEMV routes fp8 decode rows (plain and producer-quantized) and unquantized ones to
+    tc_gemv, fp8 and float separately; off, the FMA GEMV and tl.dot kernels run."""
+    n, k = 40, 4 * 32
+    weight, ws = fp8_case(n, k, gen)
+    w16 = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
+    x = randx(3, k, torch.float16, gen)
+    calls = []
+    real = qm.tc_gemv
+    monkeypatch.setattr(qm, "tc_gemv", lambda *a, **kw: calls.append(a[2].dtype) or real(*a, **kw))
+    # quantize with the reference so the interpreter's fp8 rounding bug cannot differ the paths
+    monkeypatch.setattr(qm, "quant_per_token", lambda x2, dt: quant_per_token_ref(x2, dt))
+    off = qm.fp8_linear(x, weight, ws)
+    monkeypatch.setenv("KILN_TC_GEMV", "fp8")
+    on = qm.fp8_linear(x, weight, ws)
+    assert calls == [torch.float8_e4m3fn] and rel_err(on, off) < TOL[torch.float16]
+    q, sq = quant_per_token_ref(x, torch.float8_e4m3fn)
+    qp = torch.zeros(16, k).to(torch.float8_e4m3fn)
+    sp = torch.ones(16, 1)
+    qp[:3], sp[:3] = q, sq
+    pre = quant_act.QuantizedRows(qp, sp, 3, tuple(x.shape), torch.float16)
+    assert rel_err(qm.fp8_linear(pre, weight, ws), off) < TOL[torch.float16] and len(calls) == 2
+    qm.float_gemv_linear(x, w16)
+    assert len(calls) == 2  # "fp8" leaves unquantized weights alone
+    monkeypatch.setenv("KILN_TC_GEMV", "float")
+    ref = torch.nn.functional.linear(x.float(), w16.float()).to(torch.float16)
+    assert rel_err(qm.float_gemv_linear(x, w16), ref) < TOL[torch.float16]
+    assert calls[-1] == torch.float16 and len(calls) == 3
+    qm.fp8_linear(x, weight, ws)
+    assert len(calls) == 3
