@@ -147,13 +147,6 @@ def quant_configs():
                     "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                     "INT4_ASM": wkind == quant_matmul.W_INT4, "_ptrs": ptrs, **cfg.kwargs},
                    "bf16", cfg.num_warps, cfg.num_stages)
-        cfg = quant_matmul.GEMV_CONFIGS[quant_matmul.DEFAULT_GEMV]
-        yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} w{cfg.num_warps} PDL+prefetch",
-               quant_matmul._gemv_kernel,
-               {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
-                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": True, "PREFETCH": 2048,
-                "_ptrs": ptrs, **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
@@ -186,9 +179,6 @@ def tc_gemv_configs():
                    quant_matmul._tc_gemv_kernel,
                    {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                     "BLOCK_N": key[0], "BLOCK_K": key[1], "_ptrs": ptrs}, "bf16", key[2], key[3])
-        yield (f"{name} tc-gemv N64 K128 w4 s4 PDL+prefetch", quant_matmul._tc_gemv_kernel,
-               {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16, "BLOCK_N": 64,
-                "BLOCK_K": 128, "PDL": True, "PREFETCH": 2048, "_ptrs": ptrs}, "bf16", 4, 4)
 
 
 def main() -> int:

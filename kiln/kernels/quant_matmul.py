@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.pdl import pdl_start, prefetch_l2
+from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
@@ -256,15 +256,14 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     M, N, K, stride_xm, stride_wn, stride_om, num_sms, split_hint,
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
+                    split_cfg=0, PDL: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
     # the weights, the bytes that matter, go from memory to shared memory to the tensor cores
     # untouched by the registers (no conversion, no FMAs), and x pads only the dot's narrow side.
     # Grid (N tiles, K splits); split_cfg as in _gemv_kernel (read by the heuristic only).
-    # PREFETCH > 0 (launched with PDL): up to that many bytes of each weight row's share are
-    # prefetched into L2 before waiting for the previous kernel.
+    pdl_start(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -276,13 +275,6 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     per_split = tl.cdiv(steps, SPLIT_K)
     s_begin = pid_k * per_split
     s_end = tl.minimum(s_begin + per_split, steps)
-    if PREFETCH > 0:
-        ELT: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        ahead = tl.minimum((tl.minimum(s_end * BLOCK_K, K) - s_begin * BLOCK_K) * ELT,
-                           PREFETCH) // 16 * 16
-        prefetch_l2(w_ptr + offs_n.to(tl.int64) * stride_wn + s_begin * BLOCK_K,
-                    tl.zeros([BLOCK_N], tl.int32) + ahead, (n_mask & (ahead > 0)).to(tl.int32))
-    pdl_start(PDL)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -384,7 +376,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False, split_cfg=0,
-                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
+                 PDL: tl.constexpr = False):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -396,22 +388,11 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
     # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
     # in it share one compiled kernel.
-    # PREFETCH > 0 (launched with PDL): up to that many bytes of each weight row's share are
-    # prefetched into L2 before waiting for the previous kernel (see _tc_gemv_kernel).
+    pdl_start(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    if PREFETCH > 0:
-        GROUP_ELEMS: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP  # weight elements per group
-        ELT: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        per = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
-        first = pid_k * per
-        last = tl.minimum(first + per, tl.cdiv(K, GROUP))
-        ahead = tl.minimum((last - first) * GROUP_ELEMS * ELT, PREFETCH) // 16 * 16
-        prefetch_l2(w_ptr + offs_n.to(tl.int64) * stride_wn + first * GROUP_ELEMS,
-                    tl.zeros([BLOCK_N], tl.int32) + ahead, (n_mask & (ahead > 0)).to(tl.int32))
-    pdl_start(PDL)
     rows = tl.arange(0, BLOCK_M)
     if QX != 0:
         x_scale = tl.zeros([BLOCK_M], tl.float32)
@@ -874,8 +855,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
     chosen = {}
     pdl = pdl_args(x2)
-    if pdl["PDL"] and path == "gemv":
-        pdl["PREFETCH"] = prefetch_bytes(w)
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),
@@ -973,16 +952,6 @@ def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     return out
 
 
-def prefetch_bytes(w: torch.Tensor) -> int:
-    """Bytes of each weight row's share a GEMV launched with PDL prefetches into L2 before it
-    waits for the previous kernel (KILN_PDL_PREFETCH, default 2048; 0 turns it off). 0 where the
-    rows are not 16-byte aligned (the bulk prefetch needs it)."""
-    cap = int(os.environ.get("KILN_PDL_PREFETCH", "2048"))
-    if cap <= 0 or w.data_ptr() % 16 or (w.stride(0) * w.element_size()) % 16:
-        return 0
-    return cap
-
-
 def tc_gemv_enabled(kind: str) -> bool:
     """Whether decode rows (up to SMALL_M) of kind "fp8" (W8A8) or "float" (unquantized
     float16/bfloat16 weights) take the tensor-core GEMV (tc_gemv). KILN_TC_GEMV=1 turns both on,
@@ -1041,14 +1010,11 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
-    pdl = pdl_args(x2)
-    if pdl["PDL"]:
-        pdl["PREFETCH"] = prefetch_bytes(w)
     if tune:
-        _tc_gemv_tuned[grid](*args, **flags, **pdl)
+        _tc_gemv_tuned[grid](*args, **flags, **pdl_args(x2))
     elif x2.is_cuda:
         _tc_gemv_split[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
-                             num_stages=fixed.num_stages, **pdl)
+                             num_stages=fixed.num_stages, **pdl_args(x2))
     else:
         _tc_gemv_split[grid](*args, **flags, **fixed.kwargs)
     split = chosen["split"]
