@@ -293,6 +293,7 @@ def test_gemv_quantizing_its_own_activations_equals_the_separate_launch(qdtype, 
     # Through the dispatchers, with the switch.
     linear = qm.fp8_linear if qdtype != torch.int8 else qm.int8_sq_linear
     weight = w if qdtype != torch.int8 else w.view(torch.int8)
+    monkeypatch.setenv("KILN_TC_GEMV", "0")  # fp8 rows on the FMA GEMV either way
     monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "0")
     off = linear(x, weight, s, bias)
     monkeypatch.setenv("KILN_QUANT_FUSED_ACT", "1")
@@ -470,8 +471,8 @@ def test_tensor_core_gemv_float(m, split, gen, poison_allocations):
 
 
 def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
-    """KILN_TC_GEMV routes fp8 decode rows (plain and producer-quantized) and unquantized ones to
-    tc_gemv, fp8 and float separately; off, the FMA GEMV and tl.dot kernels run."""
+    """KILN_TC_GEMV (default 1) routes fp8 decode rows (plain and producer-quantized) and
+    unquantized ones to tc_gemv, fp8 and float separately; 0: the FMA GEMV and tl.dot kernels."""
     n, k = 40, 4 * 32
     weight, ws = fp8_case(n, k, gen)
     w16 = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
@@ -481,7 +482,13 @@ def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     monkeypatch.setattr(qm, "tc_gemv", lambda *a, **kw: calls.append(a[2].dtype) or real(*a, **kw))
     # quantize with the reference so the interpreter's fp8 rounding bug cannot differ the paths
     monkeypatch.setattr(qm, "quant_per_token", lambda x2, dt: quant_per_token_ref(x2, dt))
+    monkeypatch.setenv("KILN_TC_GEMV", "0")
     off = qm.fp8_linear(x, weight, ws)
+    assert not calls
+    monkeypatch.delenv("KILN_TC_GEMV")  # the default: on
+    qm.fp8_linear(x, weight, ws)
+    assert calls == [torch.float8_e4m3fn]
+    calls.clear()
     monkeypatch.setenv("KILN_TC_GEMV", "fp8")
     on = qm.fp8_linear(x, weight, ws)
     assert calls == [torch.float8_e4m3fn] and rel_err(on, off) < TOL[torch.float16]
