@@ -170,7 +170,7 @@ def tc_gemv_configs():
         ptrs = {"x_ptr": ty, "w_ptr": ty, "xs_ptr": "*fp32" if a8 else ty,
                 "ws_ptr": "*fp32" if a8 else ty, "part_ptr": "*fp32", "lock_ptr": "*i32"}
         seen = set()
-        for cfg in quant_matmul.TC_GEMV_CONFIGS:
+        for cfg in (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT):
             key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages)
             if key in seen:  # split_cfg is a run-time argument: no new variant
                 continue

@@ -676,18 +676,31 @@ def _gemm_prune(configs, named_args, **kwargs):
     return keep
 
 
-# Candidates of the tensor-core GEMV (BLOCK_N x BLOCK_K weight tiles of 16 KB in fp8 at BLOCK_K
-# 256, in bf16 at 128): the K split by pick_split_k over K / BLOCK_K steps, or named (split_cfg).
-TC_GEMV_CONFIGS = [
-    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
+# Candidates of the tensor-core GEMV, per kind: the K split by pick_split_k over K / BLOCK_K
+# steps, or named (split_cfg, a run-time argument: no compiled variant of its own). Chosen from
+# the batch-1 sweep of the 8B layer shapes on the H200 (benchmarks/kernels/sweep_gemv_tc_h200.json):
+# fp8 won with 256-wide K tiles (BLOCK_N 64, split 1/2/4; gate_up BLOCK_N 128), bf16 with
+# BLOCK_N 64 x BLOCK_K 128 (split 1/2/4). Few candidates keep start-up short where no engine
+# stores the tuning (a bf16 checkpoint).
+TC_GEMV_CONFIGS_FP8 = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256),
-    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128),
-    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=1),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=4),
-    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=8),
-    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128, split_cfg=8),
+    _cfg(4, 3, BLOCK_N=128, BLOCK_K=256, split_cfg=1),
 ]
+TC_GEMV_CONFIGS_FLOAT = [
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=2),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
+]
+TC_GEMV_CONFIGS = TC_GEMV_CONFIGS_FP8 + TC_GEMV_CONFIGS_FLOAT
 INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
+
+
+def _tc_prune(configs, named_args, **kwargs):
+    """Keep the candidates of this call's kind (fp8 codes or float weights)."""
+    wanted = TC_GEMV_CONFIGS_FP8 if kwargs["A8"] else TC_GEMV_CONFIGS_FLOAT
+    return [c for c in configs if any(c is w for w in wanted)]
 
 
 def _tc_split_heuristic(args: dict) -> int:
@@ -701,7 +714,8 @@ _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK"])(_gemv_split)
 _tc_gemv_split = triton.heuristics({"SPLIT_K": _tc_split_heuristic})(_tc_gemv_kernel)
 _tc_gemv_tuned = triton.autotune(TC_GEMV_CONFIGS, key=["N", "K", "A8", "BLOCK_M", "HAS_BIAS",
-                                                       "FUSED_SPLITK", "split_hint"])(_tc_gemv_split)
+                                                       "FUSED_SPLITK", "split_hint"],
+                                 prune_configs_by={"early_config_prune": _tc_prune})(_tc_gemv_split)
 _gemm_tuned = triton.autotune(GEMM_CONFIGS,
                               key=_TUNE_KEY + ["M_BUCKET"],
                               prune_configs_by={"early_config_prune": _gemm_prune})(_gemm_split)
@@ -990,8 +1004,9 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
         raise ValueError(f"split_k={split_k} needs split_k <= {MAX_SPLIT_K}")
     sms = _num_sms(x2.device)
     tune = x2.is_cuda and autotune_enabled() and config is None
-    fixed = config or (TC_GEMV_CONFIGS[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
-    candidates = TC_GEMV_CONFIGS if tune else [fixed]
+    kind_configs = TC_GEMV_CONFIGS_FP8 if a8 else TC_GEMV_CONFIGS_FLOAT
+    fixed = config or (kind_configs[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
+    candidates = kind_configs if tune else [fixed]
     max_split = max(split_for(m, n, k, c.kwargs["BLOCK_K"], sms, split_k, c.kwargs["BLOCK_N"], None,
                               c.kwargs.get("split_cfg", 0)) for c in candidates)
     locks = None
