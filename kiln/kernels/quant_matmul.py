@@ -685,6 +685,7 @@ def _gemm_prune(configs, named_args, **kwargs):
 TC_GEMV_CONFIGS_FP8 = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=1),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=2),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=4),
     _cfg(4, 3, BLOCK_N=128, BLOCK_K=256, split_cfg=1),
 ]
