@@ -12,6 +12,9 @@ Kernels (Triton, CUDA):
                 streams its weight rows along K once; dequantized values meet x in float32 FMAs.
   _gemm_kernel  larger M (prefill): tiles dequantized to x's dtype (or raw int8/fp8 for W8A8)
                 feeding tl.dot.
+  _tc_gemv_kernel  fp8 W8A8 and unquantized bf16/fp16 decode rows (M <= 16) on the tensor cores,
+                operands swapped so the weights stream through shared memory untouched (the
+                default for those rows; KILN_TC_GEMV).
 Both can split K across programs (partials in float32, summed by _splitk_reduce_kernel), so a
 layer with few output tiles (N = 4096) still fills the GPU. fp8 prefill uses torch._scaled_mm
 (row-wise scales); int8 W8A8 prefill uses the Triton int8 GEMM (torch._int_mm is a bench option).
@@ -1144,8 +1147,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp8 W8A8 linear (dispatcher): per-token fp8 activations times fp8 weights [N, K] (+ bias).
 
-    M <= GEMV_MAX_M: Triton GEMV; M <= SMALL_M: Triton fp8 tl.dot with split-K; larger M:
-    torch._scaled_mm where supported (else the Triton GEMM). x may also be a
+    M <= SMALL_M: the tensor-core GEMV (KILN_TC_GEMV, the default), else the Triton GEMV
+    (M <= GEMV_MAX_M) or fp8 tl.dot with split-K; larger M: torch._scaled_mm where supported
+    (else the Triton GEMM). x may also be a
     quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
     """
     from kiln.kernels.quant_act import QuantizedRows
