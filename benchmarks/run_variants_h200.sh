@@ -2,7 +2,7 @@
 # One device call comparing runtime switches on one engine: builds (or reuses) an engine of the
 # Llama-3-8B architecture (random bf16 weights; QUANT none = the checkpoint itself, else
 # `kiln build --quant QUANT`), then runs batch-1 decode (128 in / 256 out) and, with TP=1, the
-# 1000 x 128/128 throughput at 1024 sequences, once per variant. VARIANTS is a ';'-separated list
+# 1000 x 128/128 throughput at 1024 sequences, once per variant (BATCH sets the latency batch size). VARIANTS is a ';'-separated list
 # of NAME=ENV settings ("base=" for none), e.g. "base=;tc=KILN_TC_GEMV=fp8;both=KILN_TC_GEMV=fp8 KILN_PRODUCER_QUANT=1".
 # Every result line goes to $OUT/variants.jsonl (one JSON object per run) and the log to $OUT/variants.log.
 set -uo pipefail
@@ -29,9 +29,9 @@ for v in "${VS[@]}"; do
   name=${v%%=*}; envs=${v#*=}
   echo "== $QUANT $name: ${envs:-(defaults)}" | tee -a "$LOG"
   if [ "${B1:-1}" = 1 ]; then
-    env $envs $K bench latency --model $E --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 \
+    env $envs $K bench latency --model $E --batch-size ${BATCH:-1} --input-len 128 --output-len 256 --num-iters 3 \
       --num-iters-warmup 1 --no-progress --json /tmp/v.json 2>&1 | tail -3 | tee -a "$LOG"
-    python3 -c "import json; d=json.load(open('/tmp/v.json')); d['variant']='$name'; d['env']='$envs'; d['quant']='$QUANT'; d['run']='b1'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
+    python3 -c "import json; d=json.load(open('/tmp/v.json')); d['variant']='$name'; d['env']='$envs'; d['quant']='$QUANT'; d['run']='b${BATCH:-1}'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
   fi
   if [ "${TP:-0}" = 1 ]; then
     env $envs $K bench throughput --model $E --num-prompts 1000 --input-len 128 --output-len 128 \
