@@ -680,17 +680,22 @@ def _gemm_prune(configs, named_args, **kwargs):
 
 
 # Candidates of the tensor-core GEMV, per kind: the K split by pick_split_k over K / BLOCK_K
-# steps, or named (split_cfg, a run-time argument: no compiled variant of its own). Chosen from
-# the batch-1 sweep of the 8B layer shapes on the H200 (benchmarks/kernels/sweep_gemv_tc_h200.json):
-# fp8 won with 256-wide K tiles (BLOCK_N 64, split 1/2/4; gate_up BLOCK_N 128), bf16 with
-# BLOCK_N 64 x BLOCK_K 128 (split 1/2/4). Few candidates keep start-up short where no engine
-# stores the tuning (a bf16 checkpoint).
+# steps, or named (split_cfg, a run-time argument: no compiled variant of its own). bf16: the
+# batch-1 sweep's winners at the 8B layer shapes on the H200 (BLOCK_N 64 x BLOCK_K 128, split
+# 1/2/4; benchmarks/kernels/sweep_gemv_tc_h200.json); few, so a bf16 checkpoint (no engine.json
+# to store the tuning) tunes little at start-up. fp8: the set the engine runs were measured with.
+# fp8 dots on sm_90 accumulate in reduced precision along one chain (Triton's default there), so
+# no fp8 split runs more than TC_FP8_CHAIN_MAX of K: a cut set with whole-K splits (the sweep's
+# fastest at some shapes) failed the float16 tolerance at K = 14336 on the H200 (2.9e-3 > 2e-3).
+TC_FP8_CHAIN_MAX = 4096
 TC_GEMV_CONFIGS_FP8 = [
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256),
-    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=1),
-    _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=2),
+    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=4),
-    _cfg(4, 3, BLOCK_N=128, BLOCK_K=256, split_cfg=1),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=8),
+    _cfg(4, 3, BLOCK_N=128, BLOCK_K=128, split_cfg=8),
 ]
 TC_GEMV_CONFIGS_FLOAT = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
@@ -707,9 +712,20 @@ def _tc_prune(configs, named_args, **kwargs):
     return [c for c in configs if any(c is w for w in wanted)]
 
 
+def tc_split(m: int, n: int, k: int, block_k: int, num_sms: int, hint: int, block_n: int,
+             cfg_split: int, a8: bool) -> int:
+    """SPLIT_K of one tensor-core GEMV launch: split_for over K / block_k steps, raised for fp8 so
+    that no split is longer than TC_FP8_CHAIN_MAX (a forced hint is kept as given)."""
+    split = split_for(m, n, k, block_k, num_sms, hint, block_n, None, cfg_split)
+    if a8 and hint <= 0:
+        split = max(split, min(MAX_SPLIT_K, triton.cdiv(k, TC_FP8_CHAIN_MAX)))
+    return min(split, triton.cdiv(k, block_k)) if hint <= 0 else split
+
+
 def _tc_split_heuristic(args: dict) -> int:
-    return split_for(args["M"], args["N"], args["K"], args["BLOCK_K"], args["num_sms"],
-                     args["split_hint"], args["BLOCK_N"], None, int(args.get("split_cfg") or 0))
+    return tc_split(args["M"], args["N"], args["K"], args["BLOCK_K"], args["num_sms"],
+                    args["split_hint"], args["BLOCK_N"], int(args.get("split_cfg") or 0),
+                    bool(args["A8"]))
 
 
 _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
@@ -1011,8 +1027,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     kind_configs = TC_GEMV_CONFIGS_FP8 if a8 else TC_GEMV_CONFIGS_FLOAT
     fixed = config or (kind_configs[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
     candidates = kind_configs if tune else [fixed]
-    max_split = max(split_for(m, n, k, c.kwargs["BLOCK_K"], sms, split_k, c.kwargs["BLOCK_N"], None,
-                              c.kwargs.get("split_cfg", 0)) for c in candidates)
+    max_split = max(tc_split(m, n, k, c.kwargs["BLOCK_K"], sms, split_k, c.kwargs["BLOCK_N"],
+                             c.kwargs.get("split_cfg", 0), a8) for c in candidates)
     locks = None
     if max_split > 1 and fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS:
         locks = split_locks(x2.device)
@@ -1022,8 +1038,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     chosen = {}
 
     def grid(meta):
-        chosen["split"] = split_for(m, n, k, meta["BLOCK_K"], sms, split_k, meta["BLOCK_N"], None,
-                                    int(meta.get("split_cfg") or 0))
+        chosen["split"] = tc_split(m, n, k, meta["BLOCK_K"], sms, split_k, meta["BLOCK_N"],
+                                   int(meta.get("split_cfg") or 0), a8)
         return (triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
 
     args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,

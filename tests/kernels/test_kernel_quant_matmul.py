@@ -506,3 +506,18 @@ def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     assert calls[-1] == torch.float16 and len(calls) == 3
     qm.fp8_linear(x, weight, ws)
     assert len(calls) == 3
+
+
+def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
+    """fp8 tensor-core dots accumulate in reduced precision along one split (sm_90), so the split
+    keeps each under TC_FP8_CHAIN_MAX of K; float weights and forced splits are left alone."""
+    k = 14336
+    assert qm.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=True) == 4
+    assert qm.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=False) == 1
+    assert qm.tc_split(1, 4096, k, 256, 132, 2, 64, 0, a8=True) == 2  # forced (benchmarks)
+    assert qm.tc_split(1, 4096, 4096, 256, 132, 0, 64, 1, a8=True) == 1
+    assert qm.tc_split(1, 4096, 14336, 128, 132, 0, 64, 8, a8=True) == 8
+    assert all(k // qm.tc_split(1, n, k, c.kwargs["BLOCK_K"], 132, 0, c.kwargs["BLOCK_N"],
+                                c.kwargs.get("split_cfg", 0), True) <= qm.TC_FP8_CHAIN_MAX
+               for c in qm.TC_GEMV_CONFIGS_FP8 for n, k in ((6144, 4096), (4096, 14336),
+                                                             (28672, 4096), (8192, 28672)))
