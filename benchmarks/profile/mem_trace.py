@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.profile.profile_engine import workload_args  # noqa: E402
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
@@ -45,12 +46,7 @@ def live_allocations_by_site(top: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--num-prompts", type=int, default=1000)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--max-num-seqs", type=int, default=1024)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    workload_args(p, num_prompts=1000, output_len=128, max_num_seqs=1024)
     p.add_argument("--every", type=int, default=8, help="print allocated memory every N steps")
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args()

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.profile.profile_engine import group_of, kernel_table  # noqa: E402
+from benchmarks.profile.profile_engine import group_of, kernel_table, workload_args  # noqa: E402
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
@@ -74,12 +74,7 @@ def summarize(kernels: dict[str, list], top: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--num-prompts", type=int, default=1000)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--max-num-seqs", type=int, default=1024)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    workload_args(p, num_prompts=1000, output_len=128, max_num_seqs=1024)
     p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--shapes", action="store_true", help="GEMM time by shape in the prefill run")
     p.add_argument("--top", type=int, default=30)

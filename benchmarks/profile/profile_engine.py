@@ -81,14 +81,20 @@ def write_host_profile(prof: cProfile.Profile, path: str, r: dict) -> None:
     print(buf.getvalue()[:6000])
 
 
+def workload_args(p: argparse.ArgumentParser, num_prompts: int, output_len: int,
+                  max_num_seqs: int) -> None:
+    """The model and workload options the profiling scripts share (their own defaults)."""
+    p.add_argument("--model", required=True)
+    p.add_argument("--num-prompts", type=int, default=num_prompts)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=output_len)
+    p.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--num-prompts", type=int, default=1)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=96)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    workload_args(p, num_prompts=1, output_len=96, max_num_seqs=256)
     p.add_argument("--skip-steps", type=int, default=0)
     p.add_argument("--steps", type=int, default=0, help="steps to profile (0: all after the skipped)")
     p.add_argument("--no-async-scheduling", action="store_true")

@@ -835,6 +835,29 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _run(kernel, grid, args: tuple, flags: dict, fixed: triton.Config, tune: bool,
+         x2: torch.Tensor, pdl: dict) -> None:
+    """Launch kernel (autotuned when tune, else with the fixed configuration; the interpreter
+    takes no warps or stages)."""
+    if tune:
+        kernel[grid](*args, **flags, **pdl)
+    elif x2.is_cuda:
+        kernel[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
+                     num_stages=fixed.num_stages, **pdl)
+    else:
+        kernel[grid](*args, **flags, **fixed.kwargs)
+
+
+def _reduce_splits(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, split: int,
+                   pdl: dict) -> None:
+    """Sum split's float32 partials [split, M, N] (+ bias) into out with _splitk_reduce_kernel."""
+    m, n = out.shape
+    block = min(1024, triton.next_power_of_2(n))
+    _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
+        part, bias if bias is not None else out, out, m, n, out.stride(0),
+        SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4, **pdl)
+
+
 def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: int, group: int,
            wkind: int, bias: torch.Tensor | None, out_dtype: torch.dtype, path: str,
            x_scales: torch.Tensor | None = None, split_k: int = 0,
@@ -905,20 +928,11 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         tiles_m = 1 if block_m is None else triton.cdiv(m, block_m)
         return (tiles_m * triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
 
-    if tune:
-        kernel[grid](*args, **flags, **pdl)
-    elif x2.is_cuda:
-        kernel[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
-                     num_stages=fixed.num_stages, **pdl)
-    else:
-        kernel[grid](*args, **flags, **fixed.kwargs)
+    _run(kernel, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"
     if split > 1 and locks is None:
-        block = min(1024, triton.next_power_of_2(n))
-        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
-            part, bias if has_bias else out, out, m, n, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl)
+        _reduce_splits(part, bias, out, split, pdl)
     return out
 
 
@@ -979,10 +993,7 @@ def int4_tc_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
         X_BF16=x2.dtype == torch.bfloat16, ASM=x2.is_cuda, ONE_DOT=one_dot, **launch_opts,
         **pdl_args(x2))
     if split > 1:
-        block = min(1024, triton.next_power_of_2(n))
-        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
-            part, bias if has_bias else out, out, m, n, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl_args(x2))
+        _reduce_splits(part, bias, out, split, pdl_args(x2))
     return out
 
 
@@ -1046,20 +1057,12 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
-    if tune:
-        _tc_gemv_tuned[grid](*args, **flags, **pdl_args(x2))
-    elif x2.is_cuda:
-        _tc_gemv_split[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
-                             num_stages=fixed.num_stages, **pdl_args(x2))
-    else:
-        _tc_gemv_split[grid](*args, **flags, **fixed.kwargs)
+    pdl = pdl_args(x2)
+    _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"
     if split > 1 and locks is None:
-        block = min(1024, triton.next_power_of_2(n))
-        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
-            part, bias if has_bias else out, out, m, n, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4, **pdl_args(x2))
+        _reduce_splits(part, bias, out, split, pdl)
     return out
 
 
