@@ -118,6 +118,16 @@ def configs():
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                         "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
                         "DOT_PREC": "tf32", "KV_FP8": False}, dtype, 4, 2)
+        if dtype == "bf16":
+            yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
+                   {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
+                    "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": False,
+                    "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 8, 3)
+            for asm in (False, True):
+                yield (f"decode fp8-kv G4 N64 w2 asm={asm}", attention._decode_partition_kernel,
+                       {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": 64,
+                        "SINGLE": True, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
+                        "FP8_ASM": asm, "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 2, 3)
         yield ("decode reduce", attention._decode_reduce_kernel,
                {"HEAD_DIM": 128, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
         for window in (False, True):

@@ -8,7 +8,8 @@ the dispatcher's defaults in kiln/kernels/attention.py were chosen from this out
 ``--decode-shapes "1000,1,192;1000,1,256" --kv bf16,fp8 --only decode`` sweeps the decode kernel
 at other (batch, new tokens, context) shapes, over a wider grid with one partition per sequence
 (partition 8192, as in the decode CUDA graphs, whose max_seq_len is max_model_len), with a bf16
-and an fp8 e4m3 cache.
+and an fp8 e4m3 cache (the latter with and without the PTX widening, ``fp8_asm``); ``--tiles``
+narrows that grid.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
                     help="'batch,new,ctx;...': decode shapes over the wide one-partition grid")
     ap.add_argument("--kv", default="bf16", help="cache dtypes for --decode-shapes: bf16,fp8")
     ap.add_argument("--only", default=None, choices=["decode", "prefill"])
+    ap.add_argument("--tiles", default=None,
+                    help="'block_n,warps,stages;...': restrict --decode-shapes' grid to these tiles")
     args = ap.parse_args()
     prefill_cfgs = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in
                     [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 8, 3),
@@ -81,12 +84,16 @@ def main() -> None:
         for shape in ((1, 2048, 2048), (4, 2048, 2048)):
             rows += sweep("prefill", shape, prefill_cfgs)
     if args.decode_shapes:
-        wide = [dict(partition=8192, block_n=n, num_warps=w, num_stages=s)
-                for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3)]
+        tiles = ([tuple(int(v) for v in t.split(",")) for t in args.tiles.split(";")] if args.tiles
+                 else [(n, w, s) for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3)])
+        wide = [dict(partition=8192, block_n=n, num_warps=w, num_stages=s) for n, w, s in tiles]
         for spec in args.decode_shapes.split(";"):
             shape = tuple(int(v) for v in spec.split(","))
             for kv in args.kv.split(","):
-                rows += sweep("decode", shape, wide, kv)
+                # fp8: with and without the PTX widening of the cached values (fp8_asm).
+                cfgs = ([dict(c, fp8_asm=a) for c in wide for a in (False, True)] if kv == "fp8"
+                        else wide)
+                rows += sweep("decode", shape, cfgs, kv)
     elif args.only != "prefill":
         for shape in ((1, 1, 4096), (32, 1, 512), (32, 1, 4096), (256, 1, 4096)):
             rows += sweep("decode", shape, decode_cfgs)

@@ -11,6 +11,9 @@ calibrated scales (a checkpoint run with an fp8 cache) the scales are 1.0, as in
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -135,12 +138,49 @@ def _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride, cache
             + kv_head * cache_head_stride)
 
 
+# Four e4m3 codes of a 32-bit word (bytes 0..3) -> float16, two per instruction (sm_89+).
+_E4M3X4_F16_ASM = tl.constexpr("""
+{
+.reg .b16 klo, khi;
+.reg .b32 kp, kq;
+mov.b32 {klo, khi}, $4;
+cvt.rn.f16x2.e4m3x2 kp, klo;
+cvt.rn.f16x2.e4m3x2 kq, khi;
+mov.b32 {$0, $1}, kp;
+mov.b32 {$2, $3}, kq;
+}
+""")
+
+
+@triton.jit
+def _widen_fp8_words(words):
+    """int32 words [R, C] of four e4m3 codes each -> float16 [R, 4 C] in memory order.
+
+    Converting before any layout change keeps the values' move into the dot's operand layout
+    16-bit (shared-memory matrix loads), where an 8-bit tile would be read byte by byte.
+    """
+    b0, b1, b2, b3 = tl.inline_asm_elementwise(_E4M3X4_F16_ASM, "=h,=h,=h,=h,r", [words],
+                                               dtype=(tl.float16,) * 4, is_pure=True, pack=1)
+    x = tl.join(tl.join(b0, b2), tl.join(b1, b3))
+    return tl.reshape(x, (words.shape[0], words.shape[1] * 4))
+
+
+@triton.jit
+def _fp8_dot_q(q):
+    """q for the dots against an fp8 cache: float16 for any 16-bit q (exact for bfloat16 values
+    of magnitude 6.1e-5 .. 65504, clamped beyond; smaller ones keep float16's subnormal steps,
+    which move a score by under 1e-7 of |k|), float32 unchanged."""
+    if q.dtype == tl.float32:
+        return q
+    return tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
+
+
 @triton.jit
 def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo, k_hi, window,
                   qk_scale, cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                   MASKED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                  KV_FP8: tl.constexpr):
+                  KV_FP8: tl.constexpr, FP8_ASM: tl.constexpr = False):
     """Online-softmax update of (m, l, acc) with keys k_lo .. k_hi - 1 (k_lo a tile multiple).
 
     With MASKED false every key in the range must be visible to every query row (no mask work).
@@ -155,16 +195,28 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             offs = _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :],
-                        mask=valid[:, None], other=0.0)
+            if FP8_ASM:
+                v = _widen_fp8_words(tl.load(
+                    (cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
+                    + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None], other=0))
+            else:
+                v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :],
+                            mask=valid[:, None], other=0.0)
         else:
             offs = _kv_offsets(block_table_row, toks, None, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
-            v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
+            if FP8_ASM:
+                v = _widen_fp8_words(tl.load(
+                    (cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
+                    + tl.arange(0, HEAD_DIM // 4)[None, :]))
+            else:
+                v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
         if KV_FP8:
             # Every e4m3 value is exact in float16/bfloat16/float32, so the dots see the cached
-            # values unrounded; the scales are applied in float32 outside the dots.
+            # values unrounded; the scales are applied in float32 outside the dots. A 16-bit q
+            # arrives as float16 (_fp8_dot_q): e4m3 widens to float16 two values per
+            # instruction, while bfloat16 would take a further quarter-rate conversion each.
             k = k.to(q.dtype)
             v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
@@ -195,7 +247,8 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
                     block_table_stride, qk_scale, v_scale, window, group,
                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                    KV_FP8: tl.constexpr, PDL: tl.constexpr = False):
+                    KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
+                    FP8_ASM: tl.constexpr = False):
     # Program (row tile, kv head, sequence). A tile's rows are (query token, head of the group)
     # pairs, token-major, so K/V are read once for the whole group. Tiles run largest-first.
     pdl_start(PDL)
@@ -216,6 +269,8 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
     tok_idx = (q_start + toks).to(tl.int64)
     q = tl.load(q_ptr + tok_idx[:, None] * q_tok_stride + heads[:, None] * q_head_stride + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
+    if KV_FP8:
+        q = _fp8_dot_q(q)
     ctx_len = seq_len - q_len
     q_pos = ctx_len + toks
     min_pos = ctx_len + row0 // group
@@ -240,15 +295,15 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo,
                               full_lo, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC, KV_FP8)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_lo,
                               full_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              False, USE_WINDOW, DOT_PREC, KV_FP8)
+                              False, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_hi,
                               k_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC, KV_FP8)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
     if KV_FP8:
         acc = acc * v_scale
     l = tl.where(l > 0.0, l, 1.0)
@@ -269,7 +324,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              BLOCK_SIZE: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                             KV_FP8: tl.constexpr, PDL: tl.constexpr = False):
+                             KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
+                             FP8_ASM: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over `partition` keys of the context (a
     # run-time value: one compiled variant serves every partition size the dispatcher picks).
@@ -294,6 +350,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
                 + dims[None, :], mask=row_ok[:, None], other=0.0)
+    if KV_FP8:
+        q = _fp8_dot_q(q)
     q_pos = tl.zeros([BLOCK_G], tl.int32) + (seq_len - 1)
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
@@ -303,7 +361,7 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head,
                               lo // BLOCK_N * BLOCK_N, hi, window, qk_scale, cache_kv_stride,
                               cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
-                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8)
+                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
     if KV_FP8:
         # acc is linear in the values, so partial results can be scaled before the reduce.
         acc = acc * v_scale
@@ -370,6 +428,18 @@ def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
             and q.shape[1] % kv_cache.shape[3] == 0)
 
 
+def fp8_asm_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+    """Whether an fp8 cache's values widen through PTX (_widen_fp8_words): CUDA sm_89+, a
+    16-bit q; KILN_FP8_KV_ASM=0 keeps Triton's own conversion."""
+    return (is_fp8_kv_cache(kv_cache) and q.is_cuda and q.dtype != torch.float32
+            and _capability(q.device) >= (8, 9) and os.environ.get("KILN_FP8_KV_ASM", "1") == "1")
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -409,7 +479,8 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0) -> None:
-    """Flash-decoding launch; `tuning` (benchmarks only) overrides partition/block_n/warps/stages."""
+    """Flash-decoding launch; `tuning` (benchmarks only) overrides partition/block_n/warps/stages
+    and fp8_asm."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
@@ -444,6 +515,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         partition, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
+        FP8_ASM=tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache)),
         num_warps=tuning.get("num_warps", num_warps),
         num_stages=tuning.get("num_stages", num_stages), **pdl_args(q))
     if not single:
