@@ -52,7 +52,8 @@ def main() -> None:
     args = p.parse_args()
 
     engine, startup = common.start_engine(args.model, dict(
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens))
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_cache_dtype=args.kv_cache_dtype))
     dev = engine.device
     print(f"started in {startup:.1f} s; allocated {torch.cuda.memory_allocated(dev) / GIB:.2f} GiB, "
           f"reserved {torch.cuda.memory_reserved(dev) / GIB:.2f} GiB, "

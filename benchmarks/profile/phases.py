@@ -75,7 +75,6 @@ def summarize(kernels: dict[str, list], top: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     workload_args(p, num_prompts=1000, output_len=128, max_num_seqs=1024)
-    p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--shapes", action="store_true", help="GEMM time by shape in the prefill run")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--label", default="")

@@ -90,6 +90,7 @@ def workload_args(p: argparse.ArgumentParser, num_prompts: int, output_len: int,
     p.add_argument("--output-len", type=int, default=output_len)
     p.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
 
 
 def main() -> None:
@@ -110,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
 
     kwargs = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  enforce_eager=args.enforce_eager)
+                  enforce_eager=args.enforce_eager, kv_cache_dtype=args.kv_cache_dtype)
     if args.no_async_scheduling:
         kwargs["async_scheduling"] = False
     engine, startup = common.start_engine(args.model, kwargs)

@@ -138,7 +138,7 @@ def _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride, cache
             + kv_head * cache_head_stride)
 
 
-# Four e4m3 codes of a 32-bit word (bytes 0..3) -> float16, two per instruction (sm_89+).
+# Four e4m3 codes of a 32-bit word (bytes 0..3) -> four float16, two per instruction (sm_89+).
 _E4M3X4_F16_ASM = tl.constexpr("""
 {
 .reg .b16 klo, khi;
@@ -153,11 +153,14 @@ mov.b32 {$2, $3}, kq;
 
 
 @triton.jit
-def _widen_fp8_words(words):
-    """int32 words [R, C] of four e4m3 codes each -> float16 [R, 4 C] in memory order.
+def _widen_fp8(words):
+    """int32 words [R, C] of four e4m3 codes each -> float16 [R, 4 C] in memory order, exact
+    (CUDA sm_89+).
 
-    Converting before any layout change keeps the values' move into the dot's operand layout
-    16-bit (shared-memory matrix loads), where an 8-bit tile would be read byte by byte.
+    Taking the tile as 32-bit words keeps the conversion in the loaded layout, so the dots see
+    plain 16-bit operands, which move into the operand layouts by shared-memory matrix loads.
+    With Triton's own conversion the operand layouts follow the 8-bit origin: 8-bit tiles are
+    read byte by byte or every matrix instruction needs register copies.
     """
     b0, b1, b2, b3 = tl.inline_asm_elementwise(_E4M3X4_F16_ASM, "=h,=h,=h,=h,r", [words],
                                                dtype=(tl.float16,) * 4, is_pure=True, pack=1)
@@ -166,13 +169,20 @@ def _widen_fp8_words(words):
 
 
 @triton.jit
+def _words(ptr, offs, HEAD_DIM: tl.constexpr):
+    """Pointers to the 32-bit words of the 8-bit rows at element offsets offs: [len, HEAD_DIM / 4]."""
+    return ((ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
+            + tl.arange(0, HEAD_DIM // 4)[None, :])
+
+
+@triton.jit
 def _fp8_dot_q(q):
     """q for the dots against an fp8 cache: float16 for any 16-bit q (exact for bfloat16 values
     of magnitude 6.1e-5 .. 65504, clamped beyond; smaller ones keep float16's subnormal steps,
     which move a score by under 1e-7 of |k|), float32 unchanged."""
-    if q.dtype == tl.float32:
-        return q
-    return tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
+    if q.dtype != tl.float32:
+        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
+    return q
 
 
 @triton.jit
@@ -194,29 +204,31 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             valid = toks < k_hi
             offs = _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
-            k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
             if FP8_ASM:
-                v = _widen_fp8_words(tl.load(
-                    (cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
-                    + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None], other=0))
+                k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM), mask=valid[:, None],
+                                       other=0))
+                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
+                                       mask=valid[:, None], other=0))
             else:
+                k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None],
+                            other=0.0)
                 v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :],
                             mask=valid[:, None], other=0.0)
         else:
             offs = _kv_offsets(block_table_row, toks, None, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
-            k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
             if FP8_ASM:
-                v = _widen_fp8_words(tl.load(
-                    (cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
-                    + tl.arange(0, HEAD_DIM // 4)[None, :]))
+                k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM)))
+                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
             else:
+                k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
                 v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
-        if KV_FP8:
+        if KV_FP8 and not FP8_ASM:
             # Every e4m3 value is exact in float16/bfloat16/float32, so the dots see the cached
             # values unrounded; the scales are applied in float32 outside the dots. A 16-bit q
             # arrives as float16 (_fp8_dot_q): e4m3 widens to float16 two values per
             # instruction, while bfloat16 would take a further quarter-rate conversion each.
+            # (FP8_ASM: _widen_fp8 already gave float16.)
             k = k.to(q.dtype)
             v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
