@@ -121,7 +121,7 @@ def configs():
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
-                    "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": False,
+                    "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
                     "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 8, 3)
             for asm in (False, True):
                 yield (f"decode fp8-kv G4 N64 w2 asm={asm}", attention._decode_partition_kernel,
@@ -133,11 +133,10 @@ def configs():
         for window in (False, True):
             yield (f"prefill G4 M128 window={window}", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
-                    "USE_WINDOW": window, "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False},
-                   dtype, 8, 3)
+                    "USE_WINDOW": window, "DOT_PREC": "tf32", "KV_FP8": False}, dtype, 8, 3)
     yield ("prefill fp32 M32", attention._prefill_kernel,
            {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 32, "BLOCK_N": 16,
-            "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False, "FP8_ASM": False}, "fp32", 4, 3)
+            "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False}, "fp32", 4, 3)
     yield ("decode fp32 fp8-kv", attention._decode_partition_kernel,
            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": 16, "SINGLE": False,
             "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": True, "FP8_ASM": False,

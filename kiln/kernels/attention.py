@@ -259,8 +259,7 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
                     block_table_stride, qk_scale, v_scale, window, group,
                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                    KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
-                    FP8_ASM: tl.constexpr = False):
+                    KV_FP8: tl.constexpr, PDL: tl.constexpr = False):
     # Program (row tile, kv head, sequence). A tile's rows are (query token, head of the group)
     # pairs, token-major, so K/V are read once for the whole group. Tiles run largest-first.
     pdl_start(PDL)
@@ -307,15 +306,15 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo,
                               full_lo, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8, False)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_lo,
                               full_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              False, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
+                              False, USE_WINDOW, DOT_PREC, KV_FP8, False)
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, full_hi,
                               k_hi, window, qk_scale, cache_kv_stride, cache_block_stride,
                               cache_slot_stride, cache_head_stride, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                              True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
+                              True, USE_WINDOW, DOT_PREC, KV_FP8, False)
     if KV_FP8:
         acc = acc * v_scale
     l = tl.where(l > 0.0, l, 1.0)
@@ -441,10 +440,12 @@ def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
 
 
 def fp8_asm_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
-    """Whether an fp8 cache's values widen through PTX (_widen_fp8_words): CUDA sm_89+, a
-    16-bit q; KILN_FP8_KV_ASM=0 keeps Triton's own conversion."""
+    """Whether decode attention widens an fp8 cache's values through PTX (_widen_fp8): CUDA
+    sm_89+, a 16-bit q, a 4-byte aligned cache (it is read as 32-bit words);
+    KILN_FP8_KV_ASM=0 keeps Triton's own conversion."""
     return (is_fp8_kv_cache(kv_cache) and q.is_cuda and q.dtype != torch.float32
-            and _capability(q.device) >= (8, 9) and os.environ.get("KILN_FP8_KV_ASM", "1") == "1")
+            and kv_cache.data_ptr() % 4 == 0 and _capability(q.device) >= (8, 9)
+            and os.environ.get("KILN_FP8_KV_ASM", "1") == "1")
 
 
 @functools.lru_cache(maxsize=None)

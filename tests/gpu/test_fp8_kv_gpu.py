@@ -14,6 +14,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+from kiln.kernels import attention  # noqa: E402
 from kiln.kernels.attention import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref,  # noqa: E402
                                     paged_attention, paged_attention_ref, quantize_kv_ref)
 from kiln.kernels.rotary import rotary_and_write_kv, rotary_and_write_kv_ref  # noqa: E402
@@ -127,6 +128,21 @@ def test_decode_attention_fp8(dtype, group, block_size, window, gen, poison_allo
         lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
         lens[0] = 1
         check_attention([(n - 1, 1) for n in lens], 8 * group, 8, 128, block_size, dtype, gen, window)
+
+
+@pytest.mark.parametrize("asm", ["0", "1"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_attention_fp8_both_widenings(asm, dtype, gen, poison_allocations, monkeypatch):
+    # KILN_FP8_KV_ASM=1 (the default on sm_89+) reads the cache as words widened by PTX, =0
+    # leaves the conversion to Triton; both at the small-batch tile and at the large-batch one.
+    monkeypatch.setenv("KILN_FP8_KV_ASM", asm)
+    if asm == "1":
+        q = torch.zeros(1, 32, 128, dtype=dtype, device="cuda")
+        cache = torch.zeros(2, 1, 16, 8, 128, dtype=FP8_KV_DTYPE, device="cuda")
+        assert attention.fp8_asm_ok(q, cache) == (torch.cuda.get_device_capability() >= (8, 9))
+    for batch in (3, 100):
+        lens = torch.randint(1, 600, (batch,), generator=gen, device="cuda").tolist()
+        check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, dtype, gen)
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])

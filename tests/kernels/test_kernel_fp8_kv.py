@@ -298,3 +298,13 @@ def test_fp8_grid_sanity():
     # The grid the tests draw from: 126 finite magnitudes per sign (incl. zero), max 448.
     assert FP8_GRID.numel() == 254 and float(FP8_GRID.max()) == FP8_E4M3_MAX
     assert math.isclose(float(FP8_GRID[FP8_GRID > 0].min()), 2 ** -9)
+
+
+def test_ptx_widening_only_for_cuda_fp8_caches():
+    # The PTX widening (sm_89+) never applies off CUDA, to other caches or to a float32 q; the
+    # CUDA cases run in tests/gpu.
+    q = torch.zeros(2, 4, 16, dtype=torch.bfloat16)
+    fp8_cache = torch.zeros(2, 4, 4, 2, 16, dtype=torch.float8_e4m3fn)
+    assert not attention.fp8_asm_ok(q, fp8_cache)
+    assert not attention.fp8_asm_ok(q, fp8_cache.to(torch.bfloat16))
+    assert not attention.fp8_asm_ok(q.float(), fp8_cache)
