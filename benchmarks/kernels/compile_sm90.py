@@ -26,7 +26,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 PTR_TYPES = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
              "pos_ptr": "*i64", "slot_ptr": "*i64", "cos_sin_ptr": "*fp32",
              "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}
-FLOAT_ARGS = {"qk_scale", "eps"}
+FLOAT_ARGS = {"qk_scale", "eps", "k_scale", "v_scale"}
 # The quantized matmuls' pointers besides the activations (x, bias, out).
 QUANT_PTRS = {"xs_ptr": "*fp32", "s_ptr": "*fp32", "part_ptr": "*fp32", "lock_ptr": "*i32"}
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton

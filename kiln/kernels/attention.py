@@ -3,8 +3,8 @@
 One call handles a flat batch mixing prefill chunks (several new tokens that attend to cached context
 and to each other causally) and decode tokens (one new token each).
 
-FP8 KV cache: a cache of dtype float8_e4m3fn holds ``clamp(k / k_scale, -448, 448)`` rounded to
-e4m3 (likewise v with v_scale), with one (k_scale, v_scale) pair of Python floats per layer; a read
+FP8 KV cache: a cache of dtype float8_e4m3fn holds ``clamp(k * (1 / k_scale), -448, 448)`` rounded
+to e4m3 (likewise v with v_scale), with one (k_scale, v_scale) pair of Python floats per layer; a read
 dequantizes ``fp8.to(float32) * scale``. Scales are ignored for caches of any other dtype. Without
 calibrated scales (a checkpoint run with an fp8 cache) the scales are 1.0, as in vLLM.
 """
@@ -35,11 +35,13 @@ def is_fp8_kv_cache(kv_cache: torch.Tensor) -> bool:
 
 
 def quantize_kv_ref(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``clamp(x / scale, -448, 448)`` in float32, rounded to float8_e4m3fn (nearest, ties to even)."""
-    # A 0-dim tensor on x's device, not a Python scalar: CUDA torch turns division by a host
-    # scalar into multiplication by its reciprocal, which rounds differently from x / scale.
-    divisor = torch.full((), scale, dtype=torch.float32, device=x.device)
-    return (x.float() / divisor).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_KV_DTYPE)
+    """``clamp(x * (1 / scale), -448, 448)`` in float32 (the reciprocal of the float32 scale
+    correctly rounded), rounded to float8_e4m3fn (nearest, ties to even)."""
+    # 0-dim tensors on x's device, not Python scalars: the reciprocal is one IEEE float32
+    # division, exactly as the kernels compute it.
+    inv = (torch.ones((), dtype=torch.float32, device=x.device)
+           / torch.full((), scale, dtype=torch.float32, device=x.device))
+    return (x.float() * inv).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_KV_DTYPE)
 
 
 def dequantize_kv_ref(x: torch.Tensor, scale: float) -> torch.Tensor:

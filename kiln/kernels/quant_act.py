@@ -1,6 +1,6 @@
 """Per-token dynamic activation quantization (fp8 e4m3 and int8) for the W8A8 linear layers.
 
-For each row x of [M, K]: s = max(amax(|x|), 1e-12) / QMAX and x_q = cast(x / s) with
+For each row x of [M, K]: s = max(amax(|x|), 1e-12) / QMAX and x_q = cast(x * (1 / s)) with
 QMAX = 448 (fp8 e4m3, round to nearest even, saturating) or 127 (int8, round half to even,
 clamped to [-127, 127]). The scales are float32 [M, 1].
 """
@@ -58,7 +58,9 @@ def quant_per_token_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tens
     # multiplication by its reciprocal, which can differ from the kernel's IEEE division by an ulp.
     divisor = torch.full((), qmax, dtype=torch.float32, device=x.device)
     scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(SCALE_FLOOR) / divisor
-    y = xf / scale
+    # Codes are x times the correctly rounded reciprocal of the scale (one division per row),
+    # as the kernels compute them: a division per element costs them a branchy IEEE sequence.
+    y = xf * (torch.ones((), dtype=torch.float32, device=x.device) / scale)
     if dtype == torch.float8_e4m3fn:
         q = y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     elif dtype == torch.int8:
@@ -84,9 +86,10 @@ def token_scale(x_row, K, valid, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def quantize_to_codes(x, scale, IS_INT8: tl.constexpr):
-    """float32 x -> int8 or fp8 e4m3 codes of x / scale (saturating; ties to even)."""
+    """float32 x -> int8 or fp8 e4m3 codes of x * (1 / scale) (saturating; ties to even; the
+    reciprocal of the scalar scale correctly rounded)."""
     qmax = 127.0 if IS_INT8 else 448.0
-    y = tl.minimum(tl.maximum(tl.div_rn(x, scale), -qmax), qmax)
+    y = tl.minimum(tl.maximum(x * tl.div_rn(1.0, scale), -qmax), qmax)
     if IS_INT8:
         return ((y + 12582912.0) - 12582912.0).to(tl.int8)
     else:

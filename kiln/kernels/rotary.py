@@ -40,9 +40,10 @@ def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 @triton.jit
 def _quantize_fp8(x, scale):
-    """clamp(x / scale, -448, 448) in float32, ready for the store's rounding to e4m3."""
-    # div_rn: correctly rounded like the reference's torch division (plain / may approximate).
-    q = tl.math.div_rn(x.to(tl.float32), scale)
+    """clamp(x * (1 / scale), -448, 448) in float32, ready for the store's rounding to e4m3."""
+    # The reciprocal correctly rounded once (div_rn; plain / may approximate), as the reference
+    # computes it; a division per element would cost a branchy IEEE sequence each.
+    q = x.to(tl.float32) * tl.math.div_rn(1.0, scale)
     # NaN stays NaN (as torch.clamp keeps it) instead of saturating to a finite value.
     q = tl.maximum(q, -_FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
     return tl.minimum(q, _FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
@@ -199,7 +200,7 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
 
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
     slot_mapping: [T] (-1 = do not write). A float8_e4m3fn cache stores
-    clamp(k / k_scale, -448, 448) and clamp(v / v_scale, -448, 448) rounded to e4m3; other caches
+    clamp(k * (1 / k_scale), -448, 448) and likewise v, rounded to e4m3; other caches
     ignore the scales. ``k_out`` [T, Hk, D] (optional) receives the rotated keys, unscaled.
     """
     if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1
