@@ -119,8 +119,15 @@ def test_cancelling_many_streams_frees_everything(make_engine):
                 tasks = [asyncio.create_task(_first_chunk(
                     client, url, {"prompt": [40 + i, 41], "max_tokens": 500, "ignore_eos": True,
                                   "stream": True}, ev)) for i, ev in enumerate(events)]
-                # Some are running and streaming, the rest are waiting in the engine.
-                await asyncio.wait_for(events[0].wait(), 30)
+                # Some are running and streaming, the rest are waiting in the engine. Which four
+                # run depends on the order the twelve arrive in: wait for any first chunk (the
+                # first request's can come only after 25 s, if it was queued behind four others).
+                waiters = [asyncio.create_task(ev.wait()) for ev in events]
+                done, pending = await asyncio.wait(waiters, timeout=30,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in pending:
+                    w.cancel()
+                assert done, "no stream sent a first chunk within 30 s"
                 # Generous: on a loaded 2-core machine the twelve requests arrive slowly.
                 assert await _wait_for(lambda: srv.engine.stats().get("num_running") == 4
                                        and srv.engine.stats().get("num_waiting") == n - 4, 90)

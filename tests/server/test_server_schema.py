@@ -4,6 +4,11 @@ type, body) conforms to the schema. Bounded: few examples per operation, few tok
 from __future__ import annotations
 
 import schemathesis
+# from_url imports this lazily; pytest rewrites a plugin's modules (an AST pass) on import, and
+# Python 3.11 can raise "SystemError: AST constructor recursion depth mismatch" when that runs
+# while another thread builds an AST (seen in CI after a failed server test left threads behind).
+# Importing it here does it before any server thread exists.
+import schemathesis.specs.openapi.schemas  # noqa: F401
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
