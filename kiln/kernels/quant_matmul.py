@@ -255,6 +255,24 @@ def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr,
 
 
 @triton.jit
+def _split_range(steps, SPLIT_K, pid_k):
+    """The K steps [begin, end) of split pid_k when `steps` are cut into SPLIT_K equal runs."""
+    per_split = tl.cdiv(steps, SPLIT_K)
+    begin = pid_k * per_split
+    return begin, tl.minimum(begin + per_split, steps)
+
+
+@triton.jit
+def _few_rows_tile(M, N, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Program (N tile, K split) of a kernel for a few rows: (pid_n, pid_k, output columns and
+    their mask, the BLOCK_M rows and their mask)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_M)
+    return pid_n, tl.program_id(1), offs_n, offs_n < N, rows, rows < M
+
+
+@triton.jit
 def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                     M, N, K, stride_xm, stride_wn, stride_om, num_sms, split_hint,
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
@@ -267,17 +285,9 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # untouched by the registers (no conversion, no FMAs), and x pads only the dot's narrow side.
     # Grid (N tiles, K splits); split_cfg as in _gemv_kernel (read by the heuristic only).
     pdl_start(PDL)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    rows = tl.arange(0, BLOCK_M)
-    m_mask = rows < M
+    pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
     kk = tl.arange(0, BLOCK_K)
-    steps = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(steps, SPLIT_K)
-    s_begin = pid_k * per_split
-    s_end = tl.minimum(s_begin + per_split, steps)
+    s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -309,20 +319,12 @@ def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N,
     # GROUP / 8] operands, each dotted with the x columns k = 8c + i that it holds: a fixed
     # permutation of k within the group, the same on both sides. Grid (N tiles, K splits).
     pdl_start(PDL)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    rows = tl.arange(0, BLOCK_M)
-    m_mask = rows < M
+    pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
     WORDS: tl.constexpr = GROUP // 8
     cols = tl.arange(0, WORDS)
     words = w_ptr.to(tl.pointer_type(tl.int32))
     w_rows = words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4)
-    num_groups = tl.cdiv(K, GROUP)
-    per_split = tl.cdiv(num_groups, SPLIT_K)
-    g_begin = pid_k * per_split
-    g_end = tl.minimum(g_begin + per_split, num_groups)
+    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for g in range(g_begin, g_end):
         word = tl.load(w_rows + (g * WORDS + cols)[None, :], mask=n_mask[:, None], other=0)
@@ -402,9 +404,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
             row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
             x_scale = tl.where(rows == m, row_scale, x_scale)
-    per_split = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
-    g_begin = pid_k * per_split
-    g_end = tl.minimum(g_begin + per_split, tl.cdiv(K, GROUP))
+    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for g0 in range(g_begin, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
@@ -497,9 +497,7 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
     m_mask = offs_m < M
     n_mask = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    per_split = tl.cdiv(tl.cdiv(K, GROUP), SPLIT_K)
-    g_begin = pid_k * per_split
-    g_end = tl.minimum(g_begin + per_split, tl.cdiv(K, GROUP))
+    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
     if A8 and WKIND == 3:
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
     else:
