@@ -15,11 +15,13 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kiln.kernels import activation, attention, prefill_fresh, quant_matmul, rmsnorm, rotary
+from kiln.kernels import (activation, argmax, attention, prefill_fresh, quant_matmul, rmsnorm,
+                          rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -32,7 +34,7 @@ QUANT_PTRS = {"xs_ptr": "*fp32", "s_ptr": "*fp32", "part_ptr": "*fp32", "lock_pt
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
 # specialises such arguments at launch, which is what lets it vectorise the masked loads).
 ODD_INTS = {"num_kv_heads", "max_partitions", "window", "group", "M", "split_hint", "SPLIT_K",
-            "num_sms", "split_cfg"}
+            "num_sms", "split_cfg", "chunk_blocks", "splits"}
 
 
 def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: int):
@@ -112,24 +114,35 @@ def configs():
                    {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_N": 64,
                     "_descs": {"q_desc": (64, head_dim), "k_desc": (64, head_dim),
                                "v_desc": (64, head_dim)}}, dtype, 4, 3)
+        small = attention.SMALL_DECODE_TILE
         for single in (True, False):
             for window in (False, True):
-                yield (f"decode G4 single={single} window={window}", attention._decode_partition_kernel,
+                yield (f"decode G4 N{small['block_n']} single={single} window={window}",
+                       attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
-                        "BLOCK_N": 128, "SINGLE": single, "USE_WINDOW": window,
-                        "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False}, dtype, 4, 2)
+                        "BLOCK_N": small["block_n"], "SINGLE": single, "USE_WINDOW": window,
+                        "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False}, dtype,
+                       small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
                     "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
                     "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 8, 3)
             for asm in (False, True):
-                yield (f"decode fp8-kv G4 N64 w2 asm={asm}", attention._decode_partition_kernel,
-                       {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": 64,
-                        "SINGLE": True, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
-                        "FP8_ASM": asm, "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 2, 3)
-        yield ("decode reduce", attention._decode_reduce_kernel,
-               {"HEAD_DIM": 128, "BLOCK_P": 16, "USE_WINDOW": False}, dtype, 4, 2)
+                for tile, single in ((attention.LARGE_DECODE_TILE, True),
+                                     (attention.SMALL_DECODE_TILE, False)):
+                    yield (f"decode fp8-kv G4 N{tile['block_n']} w{tile['num_warps']} asm={asm}",
+                           attention._decode_partition_kernel,
+                           {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
+                            "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
+                            "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": asm,
+                            "_ptrs": {"cache_ptr": "*fp8e4nv"}},
+                           dtype, tile["num_warps"], tile["num_stages"])
+        for window in (False, True):
+            yield (f"decode reduce window={window}", attention._decode_reduce_kernel,
+                   {"HEAD_DIM": 128, "BLOCK_N": attention.SMALL_DECODE_TILE["block_n"],
+                    "BLOCK_P": 16, "USE_WINDOW": window},
+                   dtype, 4, 2)
         for window in (False, True):
             yield (f"prefill G4 M128 window={window}", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
@@ -196,10 +209,23 @@ def tc_gemv_configs():
                     "BLOCK_N": key[0], "BLOCK_K": key[1], "_ptrs": ptrs}, "bf16", key[2], key[3])
 
 
+def argmax_configs():
+    """The split argmax over a [M, 128256] logits row: the one launch configuration, per dtype
+    (bf16/fp16 from the decode graphs' logits, fp32 from the eager head and the sampler)."""
+    ptrs = {"out_ptr": "*i64", "part_val_ptr": "*fp32", "part_idx_ptr": "*i32", "lock_ptr": "*i32"}
+    for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16),
+                               ("fp32", torch.float32)):
+        block = argmax.block_for(torch_dtype)
+        yield (f"argmax V128256 B{block} w{argmax.NUM_WARPS}", argmax._argmax_kernel,
+               {"BLOCK": block, "PART_BLOCK": argmax.PART_BLOCK, "PDL": False, "_ptrs": ptrs},
+               dtype, argmax.NUM_WARPS, 3)
+
+
 def main() -> int:
     failed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    every = list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
+    every = (list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
+             + list(argmax_configs()))
     for label, fn, constexprs, dtype, warps, stages in (c for c in every if only in c[0]):
         try:
             kernel = compile_one(fn, constexprs, dtype, warps, stages)

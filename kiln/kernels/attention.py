@@ -325,14 +325,31 @@ def _prefill_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_star
              + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["block_table_stride", "max_partitions", "partition"],
+@triton.jit
+def _partitions(seq_len, window, max_partitions, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr):
+    """A sequence's partitions of its visible keys: (first key, keys per partition, count).
+
+    The keys from `first` (0, or the window's first key rounded down to a tile) to seq_len are cut
+    into at most max_partitions runs of whole BLOCK_N tiles, as even as tiles allow: the split
+    follows each sequence's own length on the device, so a short context still spreads over many
+    programs in a graph captured for max_model_len.
+    """
+    first = 0
+    if USE_WINDOW:
+        first = tl.maximum(seq_len - window, 0) // BLOCK_N * BLOCK_N
+    span = seq_len - first
+    keys = tl.maximum(tl.cdiv(tl.cdiv(span, max_partitions), BLOCK_N), 1) * BLOCK_N
+    return first, keys, tl.cdiv(span, keys)
+
+
+@triton.jit(do_not_specialize=["block_table_stride", "max_partitions"],
             do_not_specialize_on_alignment=_META_PTRS)
 def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
                              out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                              q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                              cache_kv_stride, cache_block_stride, cache_slot_stride,
                              cache_head_stride, block_table_stride, qk_scale, v_scale, window,
-                             num_q_heads, max_partitions, group, partition,
+                             num_q_heads, max_partitions, group,
                              BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr,
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
@@ -340,10 +357,9 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
                              FP8_ASM: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
-    # heads of the kv head at once (rows of the dot), over `partition` keys of the context (a
-    # run-time value: one compiled variant serves every partition size the dispatcher picks).
-    # Sizes are read on the device, so the grid only depends on num_seqs and max_seq_len;
-    # partitions past the context (or before the window) exit at once.
+    # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
+    # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
+    # max_partitions; programs past a sequence's partition count exit at once.
     pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -351,11 +367,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     seq_len = tl.load(seq_lens_ptr + seq)
     q_start = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
-    lo = part * partition
-    if USE_WINDOW:
-        lo = tl.maximum(lo, seq_len - window)
-    hi = tl.minimum(part * partition + partition, seq_len)
-    if (q_len == 0) | (lo >= hi):
+    first, keys, count = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
+    lo = first + part * keys  # a tile multiple: keys before the window are masked
+    hi = tl.minimum(lo + keys, seq_len)
+    if (q_len == 0) | (part >= count):
         return
     g = tl.arange(0, BLOCK_G)
     heads = kv_head * group + g
@@ -372,7 +387,7 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     block_table_row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
     # Masks are cheap next to the key/value loads here, so every tile takes the masked path.
     m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head,
-                              lo // BLOCK_N * BLOCK_N, hi, window, qk_scale, cache_kv_stride,
+                              lo, hi, window, qk_scale, cache_kv_stride,
                               cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
                               BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
     if KV_FP8:
@@ -389,11 +404,11 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["max_partitions", "partition"],
+@triton.jit(do_not_specialize=["max_partitions"],
             do_not_specialize_on_alignment=["seq_lens_ptr", "query_start_ptr"])
 def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                           part_sum_ptr, out_tok_stride, out_head_stride, window, num_q_heads,
-                          max_partitions, partition, HEAD_DIM: tl.constexpr,
+                          max_partitions, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_P: tl.constexpr, USE_WINDOW: tl.constexpr, PDL: tl.constexpr = False):
     # Program (sequence, query head): merge the partitions' partial softmax results.
     pdl_start(PDL)
@@ -404,17 +419,14 @@ def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, 
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
     if q_len == 0:
         return
-    # The same partitions as the partition kernel did not skip.
-    first = 0
-    if USE_WINDOW:
-        first = tl.maximum(seq_len - window, 0) // partition
-    last = tl.cdiv(seq_len, partition)
+    # The partitions the partition kernel ran (BLOCK_N: its tile, which sets their bounds).
+    _, _, last = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
     base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
     dims = tl.arange(0, HEAD_DIM)
     run_max = tl.max(tl.full([BLOCK_P], _NEG_START, tl.float32), axis=0)
     total = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
     acc = tl.zeros([HEAD_DIM], tl.float32)
-    for p0 in range(first, last, BLOCK_P):
+    for p0 in range(0, last, BLOCK_P):
         parts = p0 + tl.arange(0, BLOCK_P)
         ok = parts < last
         pmax = tl.load(part_max_ptr + base + parts, mask=ok, other=float("-inf"))
@@ -461,21 +473,21 @@ def _num_sms(device: torch.device) -> int:
     return 1
 
 
-def _decode_partition_size(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
-    """Keys per partition (a power of two, at least 128): as few partitions as give about two
-    programs per SM, so a large batch runs one partition per (sequence, kv head) and skips the
-    reduce.
+def _decode_partitions(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
+                       block_n: int) -> int:
+    """How many partitions (the launch grid's third size) each sequence's keys may be split
+    into: as many as give about two programs per SM, so a large batch runs one partition per
+    (sequence, kv head) and skips the reduce, and never more than max_seq_len has tiles.
 
-    Depends only on values fixed for a captured decode graph (num_seqs, max_seq_len), which fixes
-    max_seq_len to max_model_len: the partition count must not follow max_seq_len alone, or a
-    batch of 512 short sequences launches 16 partitions per head, 15 of them empty, and a reduce
-    over them all (measured on an H200: 22% of the 1000 x 128/128 run's GPU time in attention).
-    At batch 1 this gives 256-key partitions, which benchmarks/kernels/sweep_attention.py found
-    as fast as any.
+    Depends only on values fixed for a captured decode graph (num_seqs, max_seq_len, which a
+    graph fixes to max_model_len). The kernels cut each sequence's own keys into that many
+    (_partitions), so a batch of 512 short sequences launches no empty partitions and a
+    reduce over them (which cost 22% of the 1000 x 128/128 run's GPU time in attention on an
+    H200, when partitions had a fixed size), and at batch 1 a 200-key context runs on all its
+    partitions, not one.
     """
     programs = num_seqs * num_kv_heads
-    parts = min(max(1, -(-2 * num_sms // programs)), triton.cdiv(max_seq_len, 128))
-    return max(128, triton.next_power_of_2(triton.cdiv(max_seq_len, parts)))
+    return min(max(1, -(-2 * num_sms // programs)), triton.cdiv(max_seq_len, block_n))
 
 
 # Decode launches whose (sequence, kv head) programs alone give two per SM run one partition per
@@ -484,6 +496,12 @@ def _decode_partition_size(num_seqs: int, num_kv_heads: int, max_seq_len: int, n
 # against 250 (fp8), 59 against 64-71 at 256 sequences; 2-4% slower at 256 keys, where 128-key
 # tiles waste nothing (benchmarks/kernels/sweep_decode_large_h200.json).
 LARGE_DECODE_TILE = dict(block_n=64, num_warps=2, num_stages=3)
+# Smaller batches split each context into partitions (_partitions), whose whole tiles set how far
+# a short context spreads: timed as in a decode graph (max_seq_len 8192) on an H200, 64-key tiles
+# on four warps took 6.30 / 7.55 / 8.76 / 14.52 us at batch 1 with 200 / 400 / 1000 / 4096 keys,
+# against 7.01 / 8.59 / 9.09 / 14.15 for 128-key tiles, and 45.1 against 49.0 at 32 sequences of
+# 1000 keys (benchmarks/kernels/sweep_decode_graph_h200.json).
+SMALL_DECODE_TILE = dict(block_n=64, num_warps=4, num_stages=2)
 
 
 def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
@@ -494,17 +512,26 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0) -> None:
-    """Flash-decoding launch; `tuning` (benchmarks only) overrides partition/block_n/warps/stages
-    and fp8_asm."""
+    """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
+    partition (keys per partition of max_seq_len), block_n/warps/stages and fp8_asm."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
     group = num_q_heads // num_kv_heads
     num_seqs = meta.num_seqs
     max_seq_len = max(meta.max_seq_len, 1)
-    partition = tuning.get("partition") or _decode_partition_size(num_seqs, num_kv_heads, max_seq_len,
-                                                                  _num_sms(q.device))
-    num_parts = triton.cdiv(max_seq_len, partition)
+    # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
+    block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
+    if q.dtype != torch.float32 and head_dim <= 128:
+        large = num_seqs >= large_decode_min_seqs(num_kv_heads, _num_sms(q.device))
+        tile = LARGE_DECODE_TILE if large else SMALL_DECODE_TILE
+        block_n, num_warps, num_stages = (tile[k] for k in ("block_n", "num_warps", "num_stages"))
+    block_n = tuning.get("block_n", block_n)
+    if "partition" in tuning:  # keys per partition of max_seq_len, as the sweeps give them
+        num_parts = triton.cdiv(max_seq_len, tuning["partition"])
+    else:
+        num_parts = tuning.get("partitions") or _decode_partitions(
+            num_seqs, num_kv_heads, max_seq_len, _num_sms(q.device), block_n)
     single = num_parts == 1
     if single:
         part_acc = part_max = part_sum = out  # unused
@@ -513,21 +540,13 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         part_sum = torch.empty_like(part_max)
         part_acc = torch.empty(num_seqs, num_q_heads, num_parts, head_dim, dtype=torch.float32,
                                device=q.device)
-    # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
-    block_n = 16 if q.dtype == torch.float32 else (128 if head_dim <= 128 else 32)
-    num_warps, num_stages = 4, 2
-    if (q.dtype != torch.float32 and head_dim <= 128
-            and num_seqs >= large_decode_min_seqs(num_kv_heads, _num_sms(q.device))):
-        block_n, num_warps, num_stages = (LARGE_DECODE_TILE[k] for k in
-                                          ("block_n", "num_warps", "num_stages"))
-    block_n = min(tuning.get("block_n", block_n), partition)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         meta.block_tables.stride(0), qk_scale, v_scale, window, num_q_heads, num_parts, group,
-        partition, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         FP8_ASM=tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache)),
@@ -536,10 +555,11 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     if not single:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
-            out.stride(0), out.stride(1), window, num_q_heads, num_parts, partition,
+            out.stride(0), out.stride(1), window, num_q_heads, num_parts,
             # One block width for every partition count: one compiled variant (masked lanes
             # cost next to nothing here).
-            HEAD_DIM=head_dim, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4, **pdl_args(q))
+            HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4,
+            **pdl_args(q))
 
 
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,

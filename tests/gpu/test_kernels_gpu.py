@@ -6,6 +6,7 @@ so an output element the kernel fails to write shows up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -113,8 +114,11 @@ def test_apply_rotary(dtype, gen, poison_allocations):
     assert rel_err(k_out, k_ref) < TOL[dtype] / 2
 
 
-def check_attention(seqs, num_q_heads, num_kv_heads, head_dim, block_size, dtype, gen, window=None):
+def check_attention(seqs, num_q_heads, num_kv_heads, head_dim, block_size, dtype, gen, window=None,
+                    graph_max_seq_len=None):
     kv_cache, meta = paged_case(seqs, num_kv_heads, head_dim, block_size, dtype, gen)
+    if graph_max_seq_len:  # as a decode CUDA graph launches: max_seq_len is max_model_len
+        meta = dataclasses.replace(meta, max_seq_len=graph_max_seq_len)
     q = randn(meta.num_tokens, num_q_heads, head_dim, gen=gen, dtype=dtype)
     out = paged_attention(q, kv_cache, meta, head_dim ** -0.5, window)
     ref = paged_attention_ref(q, kv_cache, meta, head_dim ** -0.5, window)
@@ -137,6 +141,18 @@ def test_decode_attention(dtype, group, block_size, window, gen, poison_allocati
         lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
         lens[0] = 1
         check_attention([(n - 1, 1) for n in lens], 8 * group, 8, 128, block_size, dtype, gen, window)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, 100])
+def test_decode_attention_graph_grid(dtype, window, gen, poison_allocations):
+    # Inside a decode graph the grid is sized for max_model_len (8192) and each sequence splits
+    # its own keys over it: contexts of one key, less than a tile, a few tiles and thousands.
+    short = [1, 50, 200, 4000]
+    ragged = short + torch.randint(1, 3000, (16,), generator=gen, device="cuda").tolist()
+    for lens in ([200], [4000], short, ragged):
+        check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, dtype, gen, window,
+                        graph_max_seq_len=8192)
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])

@@ -32,7 +32,7 @@ def test_decode_single_partition(dtype, group, block_size, gen, poison_allocatio
 @pytest.mark.parametrize("sms, large", [(64, False), (1, True)])
 def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monkeypatch):
     # A batch whose (sequence, kv head) programs give two per SM takes 64-key tiles on two warps
-    # (LARGE_DECODE_TILE); a smaller one keeps 128-key tiles. Both agree with the reference over
+    # (LARGE_DECODE_TILE); a smaller one SMALL_DECODE_TILE. Both agree with the reference over
     # contexts that end inside, at and past a 64-key tile.
     from triton.runtime import interpreter
 
@@ -49,8 +49,8 @@ def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monk
     seqs = [(63, 1), (64, 1), (150, 1), (0, 1), (191, 1), (128, 1)]
     assert (len(seqs) >= attention.large_decode_min_seqs(2, sms)) == large
     run_case(seqs, 8, 2, 32, 16, torch.float16, gen)
-    t = attention.LARGE_DECODE_TILE
-    want = (t["block_n"], t["num_warps"], t["num_stages"]) if large else (128, 4, 2)
+    t = attention.LARGE_DECODE_TILE if large else attention.SMALL_DECODE_TILE
+    want = (t["block_n"], t["num_warps"], t["num_stages"])
     assert seen == [want]
 
 
@@ -62,6 +62,38 @@ def test_decode_split_partitions(window, group, gen, poison_allocations, monkeyp
     monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
     seqs = [(300, 1), (37, 1), (129, 1), (255, 1)]
     run_case(seqs, 2 * group, 2, 16, 16, torch.float32, gen, window)
+
+
+@pytest.mark.parametrize("window", [None, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_partitions_follow_each_context(window, dtype, gen, poison_allocations, monkeypatch):
+    # A decode graph fixes max_seq_len to max_model_len, so the launch grid has as many partitions
+    # as a long context could use; each sequence cuts its own keys into that many runs of whole
+    # tiles. Short and ragged contexts (one key, one tile, a partial tile, many tiles), with and
+    # without a window, agree with the reference, and the reduce merges them.
+    import dataclasses
+
+    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    launched = []
+    real = attention._decode_reduce_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(attention, "_decode_reduce_kernel", Recording())
+    seqs = [(0, 1), (16, 1), (39, 1), (128, 1), (300, 1)]
+    kv_cache, meta = paged_case(seqs, 2, 32, 16, dtype, gen)
+    meta = dataclasses.replace(meta, max_seq_len=4096)
+    q = torch.randn(meta.num_tokens, 8, 32, generator=gen).to(dtype)
+    out = paged_attention(q, kv_cache, meta, 32 ** -0.5, window)
+    ref = paged_attention_ref(q, kv_cache, meta, 32 ** -0.5, window)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+    assert launched == [(len(seqs), 8)]
+    # Two programs per SM: 128 over 5 sequences x 2 kv heads.
+    assert attention._decode_partitions(len(seqs), 2, 4096, 64, 16) == 13
 
 
 def test_decode_skips_sequences_without_new_tokens(gen, poison_allocations, monkeypatch):
