@@ -5,6 +5,7 @@
 # 1000 x 128/128 throughput at 1024 sequences, once per variant (BATCH sets the latency batch size). VARIANTS is a ';'-separated list
 # of NAME=ENV settings ("base=" for none), e.g. "base=;tc=KILN_TC_GEMV=fp8;both=KILN_TC_GEMV=fp8 KILN_PRODUCER_QUANT=1";
 # tokens of the form --flag=value go to the bench commands instead ("kv8=--kv-cache-dtype=fp8").
+# BUILD_ARGS adds flags to the build (give such an engine its own BUILD_TAG).
 # Every result line goes to $OUT/variants.jsonl (one JSON object per run) and the log to $OUT/variants.log.
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -21,8 +22,8 @@ else
   if [ ! -d "$E" ]; then
     T0=$SECONDS
     env ${BUILD_ENV:-} $K build $M --output $E --quant $QUANT --eval-tokens 256 --calib-samples 32 \
-      --max-batch-size 1024 --overwrite --no-progress 2>&1 | tail -3 | tee -a "$LOG"
-    echo "build $QUANT (${BUILD_ENV:-default env}) wall $((SECONDS - T0)) s" | tee -a "$LOG"
+      --max-batch-size 1024 --overwrite --no-progress ${BUILD_ARGS:-} 2>&1 | tail -3 | tee -a "$LOG"
+    echo "build $QUANT ${BUILD_ARGS:-} (${BUILD_ENV:-default env}) wall $((SECONDS - T0)) s" | tee -a "$LOG"
   fi
 fi
 IFS=';' read -ra VS <<< "${VARIANTS:-base=}"
@@ -35,11 +36,11 @@ for v in "${VS[@]}"; do
   if [ "${B1:-1}" = 1 ]; then
     env $envs $K bench latency --model $E --batch-size ${BATCH:-1} --input-len 128 --output-len 256 --num-iters 3 \
       --num-iters-warmup 1 --no-progress $args --json /tmp/v.json 2>&1 | tail -3 | tee -a "$LOG"
-    python3 -c "import json; d=json.load(open('/tmp/v.json')); d['variant']='$name'; d['env']='$envs'; d['args']='$args'; d['quant']='$QUANT'; d['run']='b${BATCH:-1}'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
+    python3 -c "import json; d=json.load(open('/tmp/v.json')); d['variant']='$name'; d['env']='$envs'; d['args']='$args'; d['quant']='$QUANT${BUILD_TAG:-}'; d['run']='b${BATCH:-1}'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
   fi
   if [ "${TP:-0}" = 1 ]; then
     env $envs $K bench throughput --model $E --num-prompts 1000 --input-len 128 --output-len 128 \
       --max-num-seqs 1024 --max-num-batched-tokens 8192 --no-progress $args --json /tmp/t.json 2>&1 | tail -2 | tee -a "$LOG"
-    python3 -c "import json; d=json.load(open('/tmp/t.json')); d['variant']='$name'; d['env']='$envs'; d['args']='$args'; d['quant']='$QUANT'; d['run']='tp1024'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
+    python3 -c "import json; d=json.load(open('/tmp/t.json')); d['variant']='$name'; d['env']='$envs'; d['args']='$args'; d['quant']='$QUANT${BUILD_TAG:-}'; d['run']='tp1024'; print(json.dumps(d))" >> "$OUT/variants.jsonl"
   fi
 done

@@ -93,6 +93,9 @@ def _check_scheme_target(options: BuildOptions, target: GpuTarget) -> None:
                         f"got {options.kv_cache_dtype!r}")
     if scheme in W8A8_SCHEMES and not target.is_cpu and target.compute_capability < (8, 0):
         raise KilnError(f"--quant {scheme} needs sm_80+, not {target.describe()}")
+    if options.quant.lm_head == "fp8" and (target.is_cpu or target.compute_capability < (8, 9)):
+        raise KilnError(f"--lm-head-quant fp8 needs a GPU with FP8 tensor cores (sm_89+), not "
+                        f"{target.describe()}; pass --target-gpu h200 (or h100, l40s) to cross-build")
 
 
 def _copy_side_files(src: Path, dst: Path) -> list[str]:

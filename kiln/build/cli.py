@@ -7,7 +7,7 @@ import sys
 
 from kiln.build.gpu_target import KNOWN_GPUS
 from kiln.config import SUPPORTED_KV_CACHE_DTYPES
-from kiln.quant.config import SCHEMES, QuantConfig
+from kiln.quant.config import LM_HEAD_SCHEMES, SCHEMES, QuantConfig
 
 
 def add_build_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,6 +19,10 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face checkpoint directory")
     p.add_argument("--output", "-o", required=True, metavar="ENGINE_DIR")
     p.add_argument("--quant", default="none", choices=SCHEMES)
+    p.add_argument("--lm-head-quant", default="none", choices=LM_HEAD_SCHEMES,
+                   help="fp8: store the LM head as fp8 W8A8 too (per-channel weight scales, "
+                        "per-token activations; with any --quant). Default: keep it in the "
+                        "model dtype, as the other tools do; it is read once per decode step")
     p.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES)
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128)")
     p.add_argument("--smoothquant-alpha", type=float, default=0.5)
@@ -49,7 +53,7 @@ def options_from_args(args: argparse.Namespace):
     from kiln.build.builder import BuildOptions
 
     quant = QuantConfig(scheme=args.quant, group_size=args.group_size,
-                        smoothquant_alpha=args.smoothquant_alpha)
+                        smoothquant_alpha=args.smoothquant_alpha, lm_head=args.lm_head_quant)
     return BuildOptions(
         model_dir=args.model_dir, output=args.output, quant=quant, kv_cache_dtype=args.kv_cache_dtype,
         calib_data=args.calib_data, calib_samples=args.calib_samples,

@@ -23,12 +23,15 @@ M_VALUES = (1, 2, 4, 16, 64, 256, 1024)
 
 
 def _quantized_layers(model: nn.Module) -> list[nn.Module]:
-    """One Linear per distinct (scheme, shape, bias), in model order."""
+    """One Linear (or quantized LM head) per distinct (scheme, shape, bias), in model order."""
+    from kiln.layers.embedding import LMHead
     from kiln.layers.linear import Linear, UnquantizedLinearMethod
 
     seen, layers = set(), []
     for module in model.modules():
-        if not isinstance(module, Linear) or isinstance(module.method, UnquantizedLinearMethod):
+        if isinstance(module, LMHead) and module.is_quantized:
+            pass
+        elif not isinstance(module, Linear) or isinstance(module.method, UnquantizedLinearMethod):
             continue
         key = (type(module.method).__name__, module.in_features, module.out_features,
                module.has_bias)

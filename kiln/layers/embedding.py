@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kiln.errors import KilnError
+
 
 class VocabEmbedding(nn.Module):
     """Looks up rows of a [vocab_size, hidden_size] table."""
@@ -30,13 +32,25 @@ class LMHead(nn.Module):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype,
-                 device: torch.device | str, tied_to: VocabEmbedding | None = None):
+                 device: torch.device | str, tied_to: VocabEmbedding | None = None,
+                 method=None):
         super().__init__()
         self.vocab_size = vocab_size
+        self.dtype = dtype
         # A plain attribute list keeps the tied module out of this module's parameters, so it is
         # neither listed nor loaded twice.
         self._tied = [tied_to] if tied_to is not None else []
-        if tied_to is None:
+        # With a quantized LinearMethod (an engine built with --lm-head-quant) the head stores
+        # that method's tensors (weight, weight_scale) and computes through it, as a Linear would.
+        self.method = method
+        self.in_features, self.out_features = hidden_size, vocab_size
+        self.output_sizes, self.has_bias = (vocab_size,), False
+        if method is not None:
+            if tied_to is not None:
+                raise KilnError("a quantized LM head needs its own weight; this model ties it to "
+                                "the token embedding")
+            method.create_weights(self, dtype, device)
+        elif tied_to is None:
             self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device),
                                        requires_grad=False)
 
@@ -45,8 +59,15 @@ class LMHead(nn.Module):
         """Whether the head shares the token embedding's weight."""
         return bool(self._tied)
 
+    @property
+    def is_quantized(self) -> bool:
+        """Whether the head computes through a quantized LinearMethod."""
+        return self.method is not None
+
     def table(self) -> torch.Tensor:
-        """The [vocab_size, hidden_size] matrix the head multiplies with."""
+        """The [vocab_size, hidden_size] matrix the head multiplies with (unquantized heads)."""
+        if self.method is not None:
+            raise KilnError("a quantized LM head has no float table")
         return self._tied[0].weight if self._tied else self.weight
 
     def forward(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,10 +78,15 @@ class LMHead(nn.Module):
         takes the matmul's result as it is, with no float32 copy (the decode graphs' buffer: a
         greedy step's argmax needs no float32 logits, and float32 of a bf16 value is exact).
         """
-        table = self.table()
-        if out is not None and out.dtype == hidden.dtype == table.dtype:
-            return torch.mm(hidden, table.t(), out=out)
-        logits = F.linear(hidden, table)
+        if self.method is not None:
+            logits = self.method.apply(self, hidden)  # in the model dtype
+            if out is not None and out.dtype == logits.dtype:
+                return out.copy_(logits)
+        else:
+            table = self.table()
+            if out is not None and out.dtype == hidden.dtype == table.dtype:
+                return torch.mm(hidden, table.t(), out=out)
+            logits = F.linear(hidden, table)
         if out is None:
             return logits.float()
         return out.copy_(logits)

@@ -23,8 +23,8 @@ from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
 
-# (prefix such as "layers.0.self_attn.qkv_proj", in_features, output_sizes) -> a LinearMethod for
-# that layer, or None to keep it unquantized.
+# (prefix such as "layers.0.self_attn.qkv_proj", or "lm_head", in_features, output_sizes) -> a
+# LinearMethod for that layer, or None to keep it unquantized.
 LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
@@ -110,8 +110,11 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
+        head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
+                       if linear_method_factory is not None else None)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
-                              tied_to=self.embed_tokens if args.tie_word_embeddings else None)
+                              tied_to=self.embed_tokens if args.tie_word_embeddings else None,
+                              method=head_method)
 
     def quantize_in_producers(self, enable: bool = True) -> int:
         """Let the modules whose only reader is an fp8 W8A8 linear (the input norm before qkv_proj,

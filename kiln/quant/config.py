@@ -9,6 +9,8 @@ from kiln.errors import KilnError
 from kiln.layers.linear import LinearMethod
 
 SCHEMES = ("none", "fp8", "int8-sq", "int8-wo", "int4-wo")
+# What the LM head may be stored as (kiln build --lm-head-quant): "none" keeps it in the model dtype.
+LM_HEAD_SCHEMES = ("none", "fp8")
 # Schemes whose build needs activation statistics from calibration data.
 CALIBRATED_SCHEMES = ("int8-sq", "int4-wo")
 # Schemes that quantize activations too (need a GPU with the matching tensor cores to be fast).
@@ -22,7 +24,8 @@ class QuantConfig:
     ``group_size``: int4 group along K. ``smoothquant_alpha``: migration strength of SmoothQuant.
     ``awq_grid``: number of exponents a in [0, 1) tried by AWQ. ``clip_search``: search a
     per-group clipping ratio for int4. ``max_calib_rows``: input rows kept per layer for the
-    searches.
+    searches. ``lm_head``: "fp8" stores the LM head as fp8 W8A8 too (per-channel weight scales,
+    per-token activations), whatever the scheme of the decoder layers; "none" keeps it as is.
     """
 
     scheme: str = "none"
@@ -31,10 +34,14 @@ class QuantConfig:
     awq_grid: int = 20
     clip_search: bool = True
     max_calib_rows: int = 512
+    lm_head: str = "none"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise KilnError(f"unknown quantization {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if self.lm_head not in LM_HEAD_SCHEMES:
+            raise KilnError(f"unknown LM head quantization {self.lm_head!r}; choose one of "
+                            f"{', '.join(LM_HEAD_SCHEMES)}")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             raise KilnError(f"smoothquant alpha must be in [0, 1], got {self.smoothquant_alpha}")
         if self.awq_grid < 1:
@@ -46,13 +53,14 @@ class QuantConfig:
         return self.scheme in CALIBRATED_SCHEMES
 
     def params(self) -> dict[str, Any]:
-        """The knobs that matter for this scheme, for engine.json."""
+        """The knobs that matter for this scheme, for engine.json (``lm_head`` when quantized)."""
+        head = {"lm_head": self.lm_head} if self.lm_head != "none" else {}
         if self.scheme == "int4-wo":
             return {"group_size": self.group_size, "awq_grid": self.awq_grid,
-                    "clip_search": self.clip_search, "max_calib_rows": self.max_calib_rows}
+                    "clip_search": self.clip_search, "max_calib_rows": self.max_calib_rows, **head}
         if self.scheme == "int8-sq":
-            return {"alpha": self.smoothquant_alpha}
-        return {}
+            return {"alpha": self.smoothquant_alpha, **head}
+        return head
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, JSON-ready."""
@@ -64,7 +72,8 @@ def linear_method_factory(quantization: dict[str, Any]
     """The per-layer LinearMethod chooser for an engine's ``quantization`` record (None: unquantized).
 
     ``quantization["runtime_input_scale"]`` lists the layer prefixes that keep an ``input_scale``
-    (scaling that could not be folded into a preceding op).
+    (scaling that could not be folded into a preceding op). The prefix ``lm_head`` gets a method
+    only when ``quantization["lm_head"]`` names one (else None: the head stays as it is).
     """
     from kiln.quant.fp8 import Fp8LinearMethod
     from kiln.quant.int4 import Int4WeightOnlyLinearMethod
@@ -75,12 +84,20 @@ def linear_method_factory(quantization: dict[str, Any]
     if scheme not in SCHEMES:
         raise KilnError(f"engine uses quantization {scheme!r}, which this kiln does not know; "
                         "upgrade kiln or rebuild the engine")
-    if scheme == "none":
+    head = quantization.get("lm_head", "none")
+    if head not in LM_HEAD_SCHEMES:
+        raise KilnError(f"engine stores its LM head as {head!r}, which this kiln does not know; "
+                        "upgrade kiln or rebuild the engine")
+    if scheme == "none" and head == "none":
         return None
     with_scale = frozenset(quantization.get("runtime_input_scale", ()))
     group_size = int(quantization.get("group_size") or 128)
 
-    def factory(prefix: str, in_features: int, output_sizes: tuple[int, ...]) -> LinearMethod:
+    def factory(prefix: str, in_features: int, output_sizes: tuple[int, ...]) -> LinearMethod | None:
+        if prefix == "lm_head":
+            return Fp8LinearMethod() if head == "fp8" else None
+        if scheme == "none":
+            return None
         if scheme == "fp8":
             return Fp8LinearMethod()
         if scheme == "int8-wo":

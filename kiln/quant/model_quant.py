@@ -13,7 +13,9 @@ the same function with weights that quantize better:
   not smooth it (per-token dynamic int8 alone).
 
 down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
-rescaled. The embeddings, norms and LM head stay in the model dtype.
+rescaled. The embeddings and norms stay in the model dtype; so does the LM head, unless
+``QuantConfig.lm_head`` is "fp8" (fp8 W8A8 like the fp8 scheme's layers; not for a head tied to
+the token embedding, whose table must stay a float lookup).
 """
 
 from __future__ import annotations
@@ -152,10 +154,18 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                 out.tensors[f"{prefix}.input_scale"] = input_scale.contiguous()
         if progress is not None:
             progress(i + 1)
-    quantized_prefixes = {f"layers.{i}.{n}" for i in range(len(model.layers)) for n in LAYER_LINEARS}
+    quantized_prefixes = ({f"layers.{i}.{n}" for i in range(len(model.layers)) for n in LAYER_LINEARS}
+                          if scheme != "none" else set())
+    if config.lm_head == "fp8":
+        if model.lm_head.is_tied:
+            raise KilnError("--lm-head-quant fp8 needs an LM head of its own; this model ties it to "
+                            "the token embedding (tie_word_embeddings)")
+        out.tensors.update({f"lm_head.{k}": v.contiguous()
+                            for k, v in Fp8LinearMethod.quantize(model.lm_head.weight.detach()).items()})
+        quantized_prefixes.add("lm_head")
     for pname, p in model.named_parameters():
         owner = pname.rpartition(".")[0]
-        if scheme != "none" and owner in quantized_prefixes:
+        if owner in quantized_prefixes:
             continue
         out.tensors[pname] = p.detach().to(dtype).contiguous()
     if scheme == "int4-wo":

@@ -43,7 +43,7 @@ def batch_buckets(max_num_seqs: int, sizes: Sequence[int] | None = None) -> list
 
 def logits_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype of the decode graphs' logits: the lm_head's matmul dtype."""
-    return model.lm_head.table().dtype
+    return model.lm_head.dtype
 
 
 class DecodeGraphs:

@@ -166,3 +166,63 @@ def test_cli_build(tiny, tmp_path, capsys):
     model, info = load_engine_model(out, "cpu")
     tokens = greedy(model, [0, 5, 6, 7], 6)
     assert len(tokens) == 6 and all(0 <= t < 4096 for t in tokens)
+
+
+@pytest.mark.parametrize("scheme", ["none", "int8-wo", "fp8"])
+def test_fp8_lm_head(tiny, tmp_path, scheme):
+    # --lm-head-quant fp8 stores the head as fp8 codes + per-channel scales beside any scheme,
+    # records it in engine.json, and the loaded head computes the fp8 W8A8 product.
+    from kiln.build.cli import add_build_parser, options_from_args
+    from kiln.kernels.quant_matmul import fp8_linear_ref
+
+    src, calib = tiny
+    parser = argparse.ArgumentParser(prog="kiln")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", str(src), "-o", str(tmp_path / "x"), "--quant", scheme,
+                              "--lm-head-quant", "fp8"])
+    assert options_from_args(args).quant.lm_head == "fp8"
+    out = tmp_path / "engine"
+    info = build_engine(_options(src, calib, out, scheme, target_gpu="h200",
+                                 quant=QuantConfig(scheme, lm_head="fp8")))
+    assert info["quantization"]["lm_head"] == "fp8"
+    stored = load_file(str(out / WEIGHTS_FILE))
+    assert stored["lm_head.weight"].dtype == torch.float8_e4m3fn
+    assert stored["lm_head.weight_scale"].shape == (4096,)
+    engine, loaded = load_engine_model(out, "cpu", check_target=False)
+    assert engine.lm_head.is_quantized and loaded["quantization"]["lm_head"] == "fp8"
+    hidden = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))
+    want = fp8_linear_ref(hidden, stored["lm_head.weight"], stored["lm_head.weight_scale"])
+    assert torch.equal(engine.compute_logits(hidden), want.float())
+    # The rest of the model is what the same build without the option gives.
+    plain = tmp_path / "plain"
+    build_engine(_options(src, calib, plain, scheme, target_gpu="h200", eval_tokens=0))
+    other = load_file(str(plain / WEIGHTS_FILE))
+    assert set(stored) - set(other) == {"lm_head.weight_scale"}
+    for name in set(other) - {"lm_head.weight"}:
+        assert torch.equal(stored[name].float(), other[name].float()), name
+    ref = load_model(src, dtype="float32")
+    windows = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    a, b = next(forward_windows(engine, windows)), next(forward_windows(ref, windows))
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.5
+
+
+def test_fp8_lm_head_refusals(tiny, tmp_path):
+    import dataclasses
+
+    src, calib = tiny
+    with pytest.raises(KilnError, match="--lm-head-quant fp8 needs a GPU with FP8"):
+        build_engine(_options(src, calib, tmp_path / "e", "int8-wo",
+                              quant=QuantConfig("int8-wo", lm_head="fp8")))
+    with pytest.raises(KilnError, match="unknown LM head quantization 'int4'"):
+        QuantConfig("fp8", lm_head="int4")
+    model = load_model(src, dtype="float32")
+    tied = LlamaFamilyModel(dataclasses.replace(model.args, tie_word_embeddings=True),
+                            torch.float32, "cpu")
+    with pytest.raises(KilnError, match="ties it to the token embedding"):
+        quantize_model(tied, QuantConfig("none", lm_head="fp8"), None, torch.float32)
+    with pytest.raises(KilnError, match="stores its LM head as 'fp4'"):
+        linear_method_factory({"scheme": "fp8", "lm_head": "fp4"})
+    assert linear_method_factory({"scheme": "none"}) is None
+    factory = linear_method_factory({"scheme": "none", "lm_head": "fp8"})
+    assert factory("layers.0.mlp.down_proj", 8, (8,)) is None
+    assert factory("lm_head", 8, (8,)).scheme == "fp8"
