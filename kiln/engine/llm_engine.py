@@ -276,12 +276,15 @@ class LLMEngine:
         long enough to be split into partitions. When max_num_seqs allows decode batches large
         enough for the large-batch decode tile (kernels.attention.LARGE_DECODE_TILE), a decode of
         that many short sequences follows, alone and beside a prefill chunk (mixed steps and
-        eager decodes use it too, not only the captured graphs). Each step computes its logits;
-        all of it runs eagerly on a scratch cache. (Missing variants compile while serving: see
-        CompileWatch.)
+        eager decodes use it too, not only the captured graphs). Each step computes its logits
+        and their greedy argmax (float32 as the eager head and the sampler give them; once more
+        in the decode graphs' logits dtype, whose argmax runs after each replay); all of it runs
+        eagerly on a scratch cache. (Missing variants compile while serving: see CompileWatch.)
         """
+        from kiln.kernels.argmax import argmax
         from kiln.kernels.attention import _num_sms, large_decode_min_seqs
         from kiln.layers.forward_context import build_step_inputs
+        from kiln.runner.cuda_graphs import logits_dtype
 
         args = self.model.args
         group = max(1, args.num_attention_heads // args.num_key_value_heads)
@@ -317,7 +320,9 @@ class LLMEngine:
             meta, positions, (ends_t,) = build_step_inputs(seqs, block_size, self.device, (ends,))
             ids = torch.randint(0, args.vocab_size, (len(positions),), device=self.device)
             hidden = self.model(ids, positions, caches, meta)
-            self.model.compute_logits(hidden.index_select(0, ends_t))
+            logits = self.model.compute_logits(hidden.index_select(0, ends_t))
+            argmax(logits)
+        argmax(logits.to(logits_dtype(self.model)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         del caches

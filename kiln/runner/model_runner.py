@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from kiln.batch import ModelOutput, SchedulerOutput, TokenLogprobs
+from kiln.kernels.argmax import argmax
 from kiln.layers.forward_context import AttentionMetadata, build_step_inputs
 from kiln.runner import memory
 from kiln.sample.metadata import GREEDY_TEMPERATURE_EPS, SamplingBatch, SamplingRow
@@ -137,7 +138,7 @@ class ModelRunner:
         if not sampling:
             return StepResult.empty()
         if all(_is_plain_greedy(s.sampling_params) for s in sampling):
-            result = SamplerOutput(token_ids=logits.argmax(dim=-1))
+            result = SamplerOutput(token_ids=argmax(logits))
         else:
             batch = SamplingBatch.build(
                 [SamplingRow(params=s.sampling_params, seed=s.seed, output_index=s.output_index,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kiln.kernels.argmax import argmax
 from kiln.sample.filters import apply_min_p, apply_top_k, apply_top_k_top_p
 from kiln.sample.logprobs import gather_logprobs
 from kiln.sample.metadata import SamplingBatch
@@ -46,7 +47,7 @@ class Sampler:
                 logits, batch.prompt_token_ids, batch.output_token_ids, batch.repetition_penalty,
                 batch.frequency_penalty, batch.presence_penalty)
         if batch.all_greedy:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = argmax(logits)
         else:
             token_ids = self._sample_random(logits, batch)
         if batch.max_num_logprobs is None:
@@ -71,5 +72,5 @@ class Sampler:
         noise = exponential(batch.seeds, batch.output_index, logits.shape[1])
         sampled = (probs / noise).argmax(dim=-1)
         if batch.any_greedy:
-            sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
+            sampled = torch.where(greedy, argmax(logits), sampled)
         return sampled

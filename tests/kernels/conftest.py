@@ -21,7 +21,7 @@ CUDA = torch.cuda.is_available()
 # norm and activation kernels, whose QuantizedRows must be the class quant_matmul checks for).
 _KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.prefill_fresh",
                    "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
-                   "kiln.kernels.rotary", "kiln.kernels.quant_matmul")
+                   "kiln.kernels.rotary", "kiln.kernels.quant_matmul", "kiln.kernels.argmax")
 
 
 
