@@ -480,11 +480,12 @@ def _decode_partitions(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_s
     (sequence, kv head) and skips the reduce, and never more than max_seq_len has tiles.
 
     Depends only on values fixed for a captured decode graph (num_seqs, max_seq_len, which a
-    graph fixes to max_model_len). The kernels cut each sequence's own keys into that many
-    (_partitions), so a batch of 512 short sequences launches no empty partitions and a
-    reduce over them (which cost 22% of the 1000 x 128/128 run's GPU time in attention on an
-    H200, when partitions had a fixed size), and at batch 1 a 200-key context runs on all its
-    partitions, not one.
+    graph fixes to max_model_len). The count must not follow max_seq_len alone: a batch of 512
+    short sequences would launch partitions that are nearly all empty and a reduce over them
+    (22% of the 1000 x 128/128 run's GPU time in attention on an H200, when it did). The
+    kernels cut each sequence's own keys into at most that many runs of whole tiles
+    (_partitions), so at batch 1 a 200-key context spreads over four 64-key partitions where
+    a fixed 256-key partition size gave it one.
     """
     programs = num_seqs * num_kv_heads
     return min(max(1, -(-2 * num_sms // programs)), triton.cdiv(max_seq_len, block_n))

@@ -133,3 +133,45 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
             del llm
     for eager in (True, False):
         assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 engines need an FP8 GPU")
+def test_fp8_lm_head_engine(tmp_path):
+    """An engine built with --lm-head-quant fp8 on the GPU tunes the head with the other
+    quantized layers, computes the fp8 W8A8 product for any row count, and generates through
+    CUDA graphs."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import load_engine_model
+    from kiln.kernels.quant_matmul import fp8_linear_ref
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=7, dtype="bfloat16")
+    info = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                     QuantConfig("fp8", lm_head="fp8"), eval_tokens=0,
+                                     device="cuda", progress=False))
+    model, _ = load_engine_model(info["path"], "cuda")
+    head = model.lm_head
+    assert head.is_quantized and head.weight.dtype == torch.float8_e4m3fn
+    shapes = info["kernel_tuning"].get("layer_shapes", [])
+    assert info["kernel_tuning"]["status"] != "tuned" or ["Fp8LinearMethod", 64, 512] in shapes
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for m in (1, 3, 16, 40):
+            hidden = torch.randn(m, 64, generator=gen, device="cuda").to(torch.bfloat16)
+            want = fp8_linear_ref(hidden, head.weight, head.weight_scale).float()
+            got = model.compute_logits(hidden)
+            assert got.dtype == torch.float32
+            assert ((got - want).norm() / want.norm()).item() < 2e-2, m
+    del model
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(5)]
+    for eager in (True, False):
+        llm = LLM(info["path"], device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+                  max_num_seqs=8)
+        outs = llm.generate(prompts, sp)
+        assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
+        assert all(0 <= t < 512 for o in outs for t in o.outputs[0].token_ids)
+        del llm
