@@ -7,6 +7,7 @@ as the same-run baselines. Bytes are the weights and scales once; GB/s is over t
 bandwidth measured in the same run. Each timed config is checked against its reference.
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
+        [--shapes qkv,o,gate_up,down,lm_head]
 
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
@@ -38,6 +39,8 @@ SPLITS = [1, 2, 4, 8, 16]
 # (BLOCK_N, num_warps) of the tensor-core int4 kernel: 4 warps and BLOCK_N >= 64 give wgmma,
 # fewer warps mma.sync.
 TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
+# The layer shapes, plus the LM head (128256 x 4096) for `--shapes lm_head`.
+SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (qm.tc_gemv), fp8 and bf16.
@@ -150,7 +153,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--schemes", default="int4,fp8,bf16")
-    ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES))
+    ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES),
+                    help=f"comma-separated, of {', '.join(SHAPES)} (lm_head: not by default)")
     ap.add_argument("--verbose", action="store_true", help="print every timed config")
     args = ap.parse_args()
     ceil = bench_quant.ceilings()
@@ -159,7 +163,7 @@ def main() -> int:
     t0 = time.time()
     for scheme in args.schemes.split(","):
         for name in args.shapes.split(","):
-            n, k = bench_quant.SHAPES[name]
+            n, k = SHAPES[name]
             results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose))
             # Written after every shape, so a run cut short keeps what it measured.
             with open(args.json, "w") as f:
