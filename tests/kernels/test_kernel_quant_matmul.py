@@ -91,9 +91,12 @@ def test_w8a8_references_match_float64(qdtype, gen):
     want = (xq @ weight.double().T) * sx * ws.double()[None, :]
     assert rel_err(got, want) < 1e-5
     assert torch.equal(got[2], torch.zeros(n))
-    # The quantization itself is close to the float input (fp8 ~ 2**-4, int8 ~ 1/254 relative).
+    # The quantization itself is close to the float input. e4m3 rounds each code by up to 2**-4
+    # relative (more in its subnormal range); over 3,000 seeds this product's error had a median
+    # of 2.5% and a maximum of 6.7% (the former bound of 5% failed about 1% of seeds). int8
+    # rounds by up to 1/254 of the row's maximum: median 0.6%, maximum 2.1% (bound 2% before).
     exact = x.double() @ (weight.double() * ws.double()[:, None]).T
-    assert rel_err(got, exact) < (0.05 if qdtype == torch.float8_e4m3fn else 0.02)
+    assert rel_err(got, exact) < (0.1 if qdtype == torch.float8_e4m3fn else 0.04)
 
 
 def test_reference_keeps_leading_shape_and_dtype(gen):
