@@ -29,9 +29,9 @@ def _quantized_layers(model: nn.Module) -> list[nn.Module]:
 
     seen, layers = set(), []
     for module in model.modules():
-        if isinstance(module, LMHead) and module.is_quantized:
-            pass
-        elif not isinstance(module, Linear) or isinstance(module.method, UnquantizedLinearMethod):
+        # An unquantized LM head has no method; a quantized one computes like a Linear.
+        method = getattr(module, "method", None) if isinstance(module, (Linear, LMHead)) else None
+        if method is None or isinstance(method, UnquantizedLinearMethod):
             continue
         key = (type(module.method).__name__, module.in_features, module.out_features,
                module.has_bias)

@@ -80,8 +80,6 @@ class LMHead(nn.Module):
         """
         if self.method is not None:
             logits = self.method.apply(self, hidden)  # in the model dtype
-            if out is not None and out.dtype == logits.dtype:
-                return out.copy_(logits)
         else:
             table = self.table()
             if out is not None and out.dtype == hidden.dtype == table.dtype:
