@@ -77,11 +77,13 @@ def resources(kernel) -> str:
     regs = re.search(r"REG:(\d+)", usage)
     stack = re.search(r"STACK:(\d+)", usage)
     mma = sorted({m for m in re.findall(r"\b(HGMMA|HMMA|QGMMA)\b", sass)})
+    prefetches = len(re.findall(r"\bUBLKPF\b", sass))
     shared_ops = len(re.findall(r"\b(?:LDS|STS|LDSM)\b", sass))
     wide = len(re.findall(r"\b(?:LDG\.E|LDGSTS\.E(?:\.BYPASS)?)(?:\.LTC128B)?\.128", sass))
     return (f"regs={regs.group(1) if regs else '?'} stack={stack.group(1) if stack else '?'} "
             f"smem={kernel.metadata.shared} mma={'+'.join(mma) or '-'} 16B-loads={wide} "
-            f"shared-ops={shared_ops} sass-lines={sass.count(chr(10))}")
+            f"shared-ops={shared_ops} sass-lines={sass.count(chr(10))}"
+            + (f" bulk-prefetches={prefetches}" if prefetches else ""))
 
 
 def configs():
@@ -175,6 +177,13 @@ def quant_configs():
                     "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                     "INT4_ASM": wkind == quant_matmul.W_INT4, "_ptrs": ptrs, **cfg.kwargs},
                    "bf16", cfg.num_warps, cfg.num_stages)
+        cfg = quant_matmul.GEMV_CONFIGS[quant_matmul.DEFAULT_GEMV]
+        yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
+               quant_matmul._gemv_kernel,
+               {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
+                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4, "_ptrs": ptrs,
+                **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
@@ -207,6 +216,13 @@ def tc_gemv_configs():
                    quant_matmul._tc_gemv_kernel,
                    {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                     "BLOCK_N": key[0], "BLOCK_K": key[1], "_ptrs": ptrs}, "bf16", key[2], key[3])
+        # the decode graphs' variant: early PDL with the weight prefetch before the wait
+        cfg = (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT)[0]
+        yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
+               quant_matmul._tc_gemv_kernel,
+               {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 2,
+                "PREFETCH": 4, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def argmax_configs():

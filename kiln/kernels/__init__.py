@@ -57,6 +57,16 @@ def pdl_enabled(t: torch.Tensor) -> bool:
     return _PDL_DEVICES[index]
 
 
+def pdl_early() -> bool:
+    """KILN_PDL_EARLY=1: PDL kernels let the next kernel be scheduled before they wait for the
+    previous one (kiln.kernels.pdl.pdl_start's PDL=2), so a GEMV's weight prefetch can overlap
+    the small kernels before it."""
+    return os.environ.get("KILN_PDL_EARLY", "0") == "1"
+
+
 def pdl_args(t: torch.Tensor) -> dict:
-    """Launch keyword arguments: the kernels' PDL constexpr, plus Triton's launch_pdl when on."""
-    return {"PDL": True, "launch_pdl": True} if pdl_enabled(t) else {"PDL": False}
+    """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early), plus
+    Triton's launch_pdl when on."""
+    if not pdl_enabled(t):
+        return {"PDL": False}
+    return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.pdl import pdl_start
+from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
@@ -255,6 +255,15 @@ def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr,
 
 
 @triton.jit
+def _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, k_begin, k_end, ELEM_BYTES: tl.constexpr):
+    """L2 prefetch of elements [k_begin, k_end) of weight rows offs_n (where n_mask), one bulk
+    prefetch per row (rows 16-byte aligned, the range a multiple of 16 bytes)."""
+    addr = (w_ptr + offs_n.to(tl.int64) * stride_wn + k_begin).to(tl.int64, bitcast=True)
+    nbytes = (k_end - k_begin) * ELEM_BYTES
+    prefetch_l2(addr, tl.zeros_like(offs_n) + nbytes, n_mask & (nbytes > 0))
+
+
+@triton.jit
 def _split_range(steps, SPLIT_K, pid_k):
     """The K steps [begin, end) of split pid_k when `steps` are cut into SPLIT_K equal runs."""
     per_split = tl.cdiv(steps, SPLIT_K)
@@ -277,18 +286,24 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     M, N, K, stride_xm, stride_wn, stride_om, num_sms, split_hint,
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    split_cfg=0, PDL: tl.constexpr = False):
+                    split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
     # the weights, the bytes that matter, go from memory to shared memory to the tensor cores
     # untouched by the registers (no conversion, no FMAs), and x pads only the dot's narrow side.
     # Grid (N tiles, K splits); split_cfg as in _gemv_kernel (read by the heuristic only).
-    pdl_start(PDL)
+    # PREFETCH > 0 (CUDA, with PDL): before waiting for the kernel before, ask for the first
+    # PREFETCH K steps of this program's weight rows in L2 (they do not depend on it).
     pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
     kk = tl.arange(0, BLOCK_K)
     s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    if PREFETCH > 0:
+        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, s_begin * BLOCK_K,
+                       tl.minimum(tl.minimum(s_end, s_begin + PREFETCH) * BLOCK_K, K),
+                       w_ptr.dtype.element_ty.primitive_bitwidth // 8)
+    pdl_start(PDL)
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for step in range(s_begin, s_end):
@@ -381,7 +396,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False, split_cfg=0,
-                 PDL: tl.constexpr = False):
+                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -393,18 +408,26 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
     # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
     # in it share one compiled kernel.
-    pdl_start(PDL)
+    # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     rows = tl.arange(0, BLOCK_M)
+    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
+    if PREFETCH > 0:
+        # weight elements per group and per row (int4: bytes of two nibbles)
+        PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
+        row_len = K // 2 if WKIND == 0 else K
+        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
+                       tl.minimum(tl.minimum(g_end, g_begin + PREFETCH) * PER_GROUP, row_len),
+                       w_ptr.dtype.element_ty.primitive_bitwidth // 8)
+    pdl_start(PDL)
     if QX != 0:
         x_scale = tl.zeros([BLOCK_M], tl.float32)
         for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
             row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
             x_scale = tl.where(rows == m, row_scale, x_scale)
-    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for g0 in range(g_begin, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
@@ -816,6 +839,22 @@ _MIN_GEMV_BLOCK_N = min([c.kwargs["BLOCK_N"] for c in GEMV_CONFIGS] + [INTERPRET
 _split_locks: dict[torch.device, torch.Tensor] = {}
 
 
+def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
+    """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH K steps (tc_gemv) or groups
+    (_gemv_kernel) of each program's weight rows are asked into L2 before the kernel waits for
+    the one before it. Only under PDL (otherwise nothing runs before that kernel ends), and only
+    where every prefetched row range is 16-byte aligned (the bulk prefetch's rule): the weight's
+    address, its row stride, one step's bytes (step_bytes) and its row's bytes."""
+    steps = int(os.environ.get("KILN_GEMV_PREFETCH", "0"))
+    if steps <= 0 or not pdl.get("PDL"):
+        return {}
+    row_bytes = w.shape[1] * w.element_size()
+    if (w.data_ptr() % 16 or (w.stride(0) * w.element_size()) % 16 or step_bytes % 16
+            or row_bytes % 16):
+        return {}
+    return {"PREFETCH": steps}
+
+
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the GEMV then reduces with the separate kernel)."""
@@ -910,6 +949,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
     chosen = {}
     pdl = pdl_args(x2)
+    if path == "gemv":
+        flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),
@@ -1056,6 +1097,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
     pdl = pdl_args(x2)
+    # (the smallest K step of any candidate: BLOCK_K 32 fp8 / 16 float is 32 bytes)
+    flags.update(prefetch_steps(w, 32, pdl))
     _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"

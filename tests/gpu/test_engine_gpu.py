@@ -73,8 +73,12 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, tri
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
     monkeypatch.setenv("KILN_TRITON_GEMV", triton_gemv)
     results = {}
-    for pdl in ("0", "1", "auto"):
-        monkeypatch.setenv("KILN_PDL", pdl)
+    for pdl in ("0", "1", "auto", "early"):
+        monkeypatch.setenv("KILN_PDL", "1" if pdl == "early" else pdl)
+        # early: kernels let the next one be scheduled before they wait, and the GEMVs ask for
+        # their whole weight slice in L2 before waiting
+        monkeypatch.setenv("KILN_PDL_EARLY", "1" if pdl == "early" else "0")
+        monkeypatch.setenv("KILN_GEMV_PREFETCH", "1000000" if pdl == "early" else "0")
         for eager in (True, False):
             llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=eager,
                       gpu_memory_utilization=0.3, max_num_seqs=16)
@@ -84,6 +88,7 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, tri
     for eager in (True, False):
         assert results["1", eager] == results["0", eager], f"KILN_PDL=1, enforce_eager={eager}"
         assert results["auto", eager] == results["0", eager], f"KILN_PDL=auto, enforce_eager={eager}"
+        assert results["early", eager] == results["0", eager], f"early PDL, enforce_eager={eager}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),

@@ -299,6 +299,34 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, tc, gen, monk
                              counters_rearmed)
 
 
+@pytest.mark.skipif(torch.cuda.get_device_capability() < (9, 0),
+                    reason="PDL and the bulk L2 prefetch need sm90+")
+@pytest.mark.parametrize("early", ["0", "1"])
+@pytest.mark.parametrize("tc", ["0", "1"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypatch):
+    """KILN_GEMV_PREFETCH (the GEMVs ask for their first weight steps in L2 before waiting for the
+    kernel before, under PDL, with the early trigger or without): the same bits, eagerly and
+    across CUDA-graph replays, for int4, fp8 and bf16 weights (fp8 and bf16 through the FMA GEMV
+    with tc 0 and the tensor-core GEMV with tc 1)."""
+    monkeypatch.setenv("KILN_TC_GEMV", tc)
+    monkeypatch.setenv("KILN_PDL", "1")
+    monkeypatch.setenv("KILN_PDL_EARLY", early)
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    weight, ws = fp8_case(n, k, gen)
+    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    x = randx(m, k, torch.bfloat16, gen)
+
+    def products():
+        return [qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws),
+                qm.float_gemv_linear(x, wf)]
+
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_PREFETCH", products,
+                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_gemv_quantizing_its_own_activations_bit_identical(m, shape, gen, monkeypatch):
