@@ -182,7 +182,8 @@ def quant_configs():
                quant_matmul._gemv_kernel,
                {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
                 "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4, "_ptrs": ptrs,
+                "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4,
+                "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
@@ -222,7 +223,8 @@ def tc_gemv_configs():
                quant_matmul._tc_gemv_kernel,
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 2,
-                "PREFETCH": 4, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
+                "PREFETCH": 4, "PREFETCH_MB": 16, "_ptrs": ptrs}, "bf16", cfg.num_warps,
+               cfg.num_stages)
 
 
 def argmax_configs():

@@ -264,6 +264,17 @@ def _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, k_begin, k_end, ELEM_BYTES:
 
 
 @triton.jit
+def _prefetch_budget(PREFETCH: tl.constexpr, PREFETCH_MB: tl.constexpr, step_bytes):
+    """K steps one program prefetches: PREFETCH, or fewer so that the launch's programs together
+    ask for at most PREFETCH_MB MiB (when > 0) of step_bytes each per step."""
+    if PREFETCH_MB > 0:
+        programs = tl.num_programs(0) * tl.num_programs(1)
+        return tl.minimum(PREFETCH, (PREFETCH_MB * 1048576) // (programs * step_bytes))
+    else:
+        return PREFETCH
+
+
+@triton.jit
 def _split_range(steps, SPLIT_K, pid_k):
     """The K steps [begin, end) of split pid_k when `steps` are cut into SPLIT_K equal runs."""
     per_split = tl.cdiv(steps, SPLIT_K)
@@ -286,7 +297,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     M, N, K, stride_xm, stride_wn, stride_om, num_sms, split_hint,
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
+                    split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                    PREFETCH_MB: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -294,15 +306,17 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # untouched by the registers (no conversion, no FMAs), and x pads only the dot's narrow side.
     # Grid (N tiles, K splits); split_cfg as in _gemv_kernel (read by the heuristic only).
     # PREFETCH > 0 (CUDA, with PDL): before waiting for the kernel before, ask for the first
-    # PREFETCH K steps of this program's weight rows in L2 (they do not depend on it).
+    # PREFETCH K steps of this program's weight rows in L2 (they do not depend on it); with
+    # PREFETCH_MB > 0 at most that many MiB over the whole launch (_prefetch_budget).
     pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
     kk = tl.arange(0, BLOCK_K)
     s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     if PREFETCH > 0:
+        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * BLOCK_K * ELEM)
         _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, s_begin * BLOCK_K,
-                       tl.minimum(tl.minimum(s_end, s_begin + PREFETCH) * BLOCK_K, K),
-                       w_ptr.dtype.element_ty.primitive_bitwidth // 8)
+                       tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
     pdl_start(PDL)
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -396,7 +410,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False, split_cfg=0,
-                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
+                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                 PREFETCH_MB: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -419,9 +434,10 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         # weight elements per group and per row (int4: bytes of two nibbles)
         PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
         row_len = K // 2 if WKIND == 0 else K
+        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
         _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
-                       tl.minimum(tl.minimum(g_end, g_begin + PREFETCH) * PER_GROUP, row_len),
-                       w_ptr.dtype.element_ty.primitive_bitwidth // 8)
+                       tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
     pdl_start(PDL)
     if QX != 0:
         x_scale = tl.zeros([BLOCK_M], tl.float32)
@@ -842,17 +858,19 @@ _split_locks: dict[torch.device, torch.Tensor] = {}
 def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
     """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH K steps (tc_gemv) or groups
     (_gemv_kernel) of each program's weight rows are asked into L2 before the kernel waits for
-    the one before it. Only under PDL (otherwise nothing runs before that kernel ends), and only
+    the one before it, at most KILN_GEMV_PREFETCH_MB MiB over the launch when that is set. Only
+    under PDL (otherwise nothing runs before that kernel ends), and only
     where every prefetched row range is 16-byte aligned (the bulk prefetch's rule): the weight's
     address, its row stride, one step's bytes (step_bytes) and its row's bytes."""
     steps = int(os.environ.get("KILN_GEMV_PREFETCH", "0"))
     if steps <= 0 or not pdl.get("PDL"):
         return {}
+    budget = {"PREFETCH_MB": int(os.environ.get("KILN_GEMV_PREFETCH_MB", "0"))}
     row_bytes = w.shape[1] * w.element_size()
     if (w.data_ptr() % 16 or (w.stride(0) * w.element_size()) % 16 or step_bytes % 16
             or row_bytes % 16):
         return {}
-    return {"PREFETCH": steps}
+    return {"PREFETCH": steps, **(budget if budget["PREFETCH_MB"] > 0 else {})}
 
 
 def split_locks(device: torch.device) -> torch.Tensor | None:

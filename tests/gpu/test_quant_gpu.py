@@ -307,12 +307,15 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, tc, gen, monk
 @pytest.mark.parametrize("m", [1, 4])
 def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypatch):
     """KILN_GEMV_PREFETCH (the GEMVs ask for their first weight steps in L2 before waiting for the
-    kernel before, under PDL, with the early trigger or without): the same bits, eagerly and
+    kernel before, under PDL, with the early trigger and a budget or without): the same bits, eagerly and
     across CUDA-graph replays, for int4, fp8 and bf16 weights (fp8 and bf16 through the FMA GEMV
     with tc 0 and the tensor-core GEMV with tc 1)."""
     monkeypatch.setenv("KILN_TC_GEMV", tc)
     monkeypatch.setenv("KILN_PDL", "1")
     monkeypatch.setenv("KILN_PDL_EARLY", early)
+    # with the early trigger also a launch-wide budget (1 MiB: whole slices of the small shape,
+    # part of a step or none of the 8B shapes')
+    monkeypatch.setenv("KILN_GEMV_PREFETCH_MB", "1" if early == "1" else "0")
     n, k = shape
     qweight, scales = int4_case(n, k, 128, gen)
     weight, ws = fp8_case(n, k, gen)

@@ -43,6 +43,8 @@ def test_gemv_prefetch_only_under_pdl_and_on_aligned_rows(monkeypatch):
     assert qm.prefetch_steps(w, 64, on) == {}  # off by default
     monkeypatch.setenv("KILN_GEMV_PREFETCH", "3")
     assert qm.prefetch_steps(w, 64, on) == {"PREFETCH": 3}
+    monkeypatch.setenv("KILN_GEMV_PREFETCH_MB", "16")
+    assert qm.prefetch_steps(w, 64, on) == {"PREFETCH": 3, "PREFETCH_MB": 16}
     assert qm.prefetch_steps(w, 64, {"PDL": False}) == {}  # nothing runs before the wait
     assert qm.prefetch_steps(w, 24, on) == {}  # a step that is not 16-byte aligned
     assert qm.prefetch_steps(torch.zeros(64, 4100, dtype=torch.uint8), 64, on) == {}  # row stride
