@@ -44,6 +44,9 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
     other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"].
     """
     constexprs = dict(constexprs)
+    for param in fn.params:  # constexprs left out take their defaults (not run-time arguments)
+        if param.is_constexpr and param.name not in constexprs and param.has_default:
+            constexprs[param.name] = param.default
     descs = constexprs.pop("_descs", {})
     ptrs = {**PTR_TYPES, **constexprs.pop("_ptrs", {})}
     signature, attrs = {}, {}
@@ -125,6 +128,14 @@ def configs():
                         "BLOCK_N": small["block_n"], "SINGLE": single, "USE_WINDOW": window,
                         "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False}, dtype,
                        small["num_warps"], small["num_stages"])
+        for kv_fp8 in ((False, True) if dtype == "bf16" else (False,)):
+            ptrs = {"lock_ptr": "*i32", **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}
+            yield (f"decode G4 N{small['block_n']} fused reduce fp8-kv={kv_fp8}",
+                   attention._decode_partition_kernel,
+                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
+                    "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
+                    "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
+                    "_ptrs": ptrs}, dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
+from kiln.kernels.quant_matmul import SPLIT_LOCKS, split_locks
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
 from kiln.layers.forward_context import AttentionMetadata
@@ -355,11 +356,17 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
                              KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
-                             FP8_ASM: tl.constexpr = False):
+                             FP8_ASM: tl.constexpr = False, lock_ptr=None,
+                             FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
+                             MERGE_P: tl.constexpr = 1):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
     # max_partitions; programs past a sequence's partition count exit at once.
+    # FUSED_REDUCE (not SINGLE): the last of a (sequence, kv head)'s partitions to arrive
+    # (counter lock_ptr[seq * kv heads + kv_head]) merges their partial results for the group's
+    # heads itself (_merge_partitions, GROUP_P2 >= group heads, MERGE_P partitions per step)
+    # and re-arms the counter: no reduce launch.
     pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -402,6 +409,55 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.store(part_max_ptr + idx, m, mask=row_ok)
         tl.store(part_sum_ptr + idx, l, mask=row_ok)
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        if FUSED_REDUCE:
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            lock = lock_ptr + seq * tl.num_programs(1) + kv_head
+            arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
+            if arrived == count - 1:
+                tl.debug_barrier()
+                _merge_partitions(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq, q_start,
+                                  kv_head * group, group, count, num_q_heads, max_partitions,
+                                  out_tok_stride, out_head_stride, GROUP_P2, HEAD_DIM, MERGE_P,
+                                  True)
+                tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _merge_partitions(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq, q_start, head0,
+                      heads, count, num_q_heads, max_partitions, out_tok_stride, out_head_stride,
+                      ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr,
+                      OTHER_SMS: tl.constexpr):
+    """Merge partitions [0, count) of query heads head0 .. head0 + heads - 1 (ROWS >= heads, a
+    power of two) of sequence seq into their outputs: each partition's softmax statistics (max
+    and sum, log2 domain) and value sums rescaled to the running maximum, BLOCK_P partitions
+    per step. OTHER_SMS: the partials were written by other programs of the same launch, so
+    they are read from L2 (.cg), past this SM's L1."""
+    r = tl.arange(0, ROWS)
+    head = head0 + r
+    head_ok = r < heads
+    base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
+    dims = tl.arange(0, HEAD_DIM)
+    run_max = tl.full([ROWS], _NEG_START, tl.float32)
+    total = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+    cache: tl.constexpr = ".cg" if OTHER_SMS else ""
+    for p0 in range(0, count, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P)
+        ok = head_ok[:, None] & (parts < count)[None, :]
+        idx = base[:, None] + parts[None, :]
+        pmax = tl.load(part_max_ptr + idx, mask=ok, other=float("-inf"), cache_modifier=cache)
+        psum = tl.load(part_sum_ptr + idx, mask=ok, other=0.0, cache_modifier=cache)
+        pacc = tl.load(part_acc_ptr + idx[:, :, None] * HEAD_DIM + dims[None, None, :],
+                       mask=ok[:, :, None], other=0.0, cache_modifier=cache)
+        new_max = tl.maximum(run_max, tl.max(pmax, axis=1))
+        rescale = tl.exp2(run_max - new_max)
+        w = tl.exp2(pmax - new_max[:, None])
+        total = total * rescale + tl.sum(w * psum, axis=1)
+        acc = acc * rescale[:, None] + tl.sum(pacc * w[:, :, None], axis=1)
+        run_max = new_max
+    out = acc / total[:, None]
+    tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + head[:, None] * out_head_stride
+             + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["max_partitions"],
@@ -421,27 +477,9 @@ def _decode_reduce_kernel(seq_lens_ptr, query_start_ptr, out_ptr, part_acc_ptr, 
         return
     # The partitions the partition kernel ran (BLOCK_N: its tile, which sets their bounds).
     _, _, last = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
-    base = (seq.to(tl.int64) * num_q_heads + head) * max_partitions
-    dims = tl.arange(0, HEAD_DIM)
-    run_max = tl.max(tl.full([BLOCK_P], _NEG_START, tl.float32), axis=0)
-    total = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
-    acc = tl.zeros([HEAD_DIM], tl.float32)
-    for p0 in range(0, last, BLOCK_P):
-        parts = p0 + tl.arange(0, BLOCK_P)
-        ok = parts < last
-        pmax = tl.load(part_max_ptr + base + parts, mask=ok, other=float("-inf"))
-        psum = tl.load(part_sum_ptr + base + parts, mask=ok, other=0.0)
-        pacc = tl.load(part_acc_ptr + (base + parts)[:, None] * HEAD_DIM + dims[None, :],
-                       mask=ok[:, None], other=0.0)
-        new_max = tl.maximum(run_max, tl.max(pmax, axis=0))
-        rescale = tl.exp2(run_max - new_max)
-        w = tl.exp2(pmax - new_max)
-        total = total * rescale + tl.sum(w * psum, axis=0)
-        acc = acc * rescale + tl.sum(pacc * w[:, None], axis=0)
-        run_max = new_max
-    out = acc / total
-    tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + head * out_head_stride + dims,
-             out.to(out_ptr.dtype.element_ty))
+    _merge_partitions(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq, q_start, head, 1,
+                      last, num_q_heads, max_partitions, out_tok_stride, out_head_stride, 1,
+                      HEAD_DIM, BLOCK_P, False)
 
 
 def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -505,6 +543,12 @@ LARGE_DECODE_TILE = dict(block_n=64, num_warps=2, num_stages=3)
 SMALL_DECODE_TILE = dict(block_n=64, num_warps=4, num_stages=2)
 
 
+def fused_reduce_enabled() -> bool:
+    """KILN_ATTN_FUSED_REDUCE=1: split decode attention merges its partitions in the partition
+    kernel (the last program of each sequence and kv head to finish), without the reduce launch."""
+    return os.environ.get("KILN_ATTN_FUSED_REDUCE", "0") == "1"
+
+
 def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
     """The sequence count from which a decode launch takes LARGE_DECODE_TILE."""
     return -(-2 * num_sms // num_kv_heads)
@@ -542,6 +586,16 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         part_acc = torch.empty(num_seqs, num_q_heads, num_parts, head_dim, dtype=torch.float32,
                                device=q.device)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    num_warps = tuning.get("num_warps", num_warps)
+    fused = {}
+    if not single and fused_reduce_enabled() and num_seqs * num_kv_heads <= SPLIT_LOCKS:
+        locks = split_locks(q.device)
+        if locks is not None:
+            rows = triton.next_power_of_2(group)
+            # the merge's [rows, partitions, head_dim] float32 tile: at most 64 values a thread
+            per_step = max(1, min(16, 64 * 32 * num_warps // (rows * head_dim)))
+            fused = dict(lock_ptr=locks, FUSED_REDUCE=True, GROUP_P2=rows,
+                         MERGE_P=1 << (per_step.bit_length() - 1))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -550,10 +604,9 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        FP8_ASM=tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache)),
-        num_warps=tuning.get("num_warps", num_warps),
-        num_stages=tuning.get("num_stages", num_stages), **pdl_args(q))
-    if not single:
+        FP8_ASM=tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache)), **fused,
+        num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages), **pdl_args(q))
+    if not single and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
             out.stride(0), out.stride(1), window, num_q_heads, num_parts,

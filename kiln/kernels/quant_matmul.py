@@ -875,7 +875,10 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
 
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
-    while capturing before they exist, and the GEMV then reduces with the separate kernel)."""
+    while capturing before they exist, and the caller then reduces with a separate kernel).
+    Shared by the GEMVs' fused split-K and decode attention's fused merge: kernels of one
+    stream touch them only after waiting for the kernel before, and re-arm every counter they
+    use before they end."""
     locks = _split_locks.get(device)
     if locks is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():

@@ -33,3 +33,14 @@ def gen():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed={seed}")
     return torch.Generator(device="cuda").manual_seed(seed)
+
+
+@pytest.fixture(params=["0", "1"], ids=["reduce", "fused"])
+def fused_reduce(request, monkeypatch):
+    """Split decode attention merged by the reduce kernel, or in the partition kernel."""
+    monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", request.param)
+    yield request.param
+    from kiln.kernels import quant_matmul
+
+    locks = quant_matmul.split_locks(torch.device("cuda"))
+    assert not bool(locks.any()), "an arrival counter was left armed"

@@ -123,7 +123,8 @@ ATTN_CASES = ([(dt, g, 16, None) for dt in DTYPES for g in (1, 4, 8)]
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (300 if c[3] else None,) for c in ATTN_CASES])
-def test_decode_attention_fp8(dtype, group, block_size, window, gen, poison_allocations):
+def test_decode_attention_fp8(dtype, group, block_size, window, gen, poison_allocations,
+                              fused_reduce):
     for batch in (1, 5, 64):  # single and split partitions
         lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
         lens[0] = 1
@@ -152,7 +153,7 @@ def test_mixed_prefill_decode_attention_fp8(dtype, group, block_size, window, ge
 
 
 @pytest.mark.parametrize("head_dim", [64, 256])
-def test_attention_fp8_other_head_dims(head_dim, gen, poison_allocations):
+def test_attention_fp8_other_head_dims(head_dim, gen, poison_allocations, fused_reduce):
     check_attention([(0, 200), (300, 1)], 16, 4, head_dim, 16, torch.bfloat16, gen)
     check_attention([(300, 1), (1000, 1)], 16, 4, head_dim, 16, torch.bfloat16, gen)
 

@@ -135,7 +135,7 @@ ATTN_CASES = ([(dt, g, 16, None) for dt in DTYPES for g in (1, 4, 8)]
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (300 if c[3] else None,) for c in ATTN_CASES])
-def test_decode_attention(dtype, group, block_size, window, gen, poison_allocations):
+def test_decode_attention(dtype, group, block_size, window, gen, poison_allocations, fused_reduce):
     # Ragged contexts from 1 to ~3000 keys; batch sizes that give single and split partitions.
     for batch in (1, 5, 64):
         lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
@@ -145,7 +145,7 @@ def test_decode_attention(dtype, group, block_size, window, gen, poison_allocati
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("window", [None, 100])
-def test_decode_attention_graph_grid(dtype, window, gen, poison_allocations):
+def test_decode_attention_graph_grid(dtype, window, gen, poison_allocations, fused_reduce):
     # Inside a decode graph the grid is sized for max_model_len (8192) and each sequence splits
     # its own keys over it: contexts of one key, less than a tile, a few tiles and thousands.
     short = [1, 50, 200, 4000]
@@ -205,7 +205,7 @@ def test_fresh_prompts_read_their_own_kv(dtype, group, head_dim, gen, poison_all
         assert err < TOL[dtype], f"{seqs[:3]}: relative error {err:.2e}"
 
 
-def test_decode_attention_replays_in_cuda_graph(gen):
+def test_decode_attention_replays_in_cuda_graph(gen, fused_reduce):
     """Captured once with max_seq_len fixed; replayed with new lengths and tables on the device."""
     block_size, num_kv_heads, head_dim, batch, max_len = 16, 8, 128, 8, 2048
     max_blocks = max_len // block_size

@@ -54,25 +54,40 @@ def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monk
     assert seen == [want]
 
 
+def counters_rearmed():
+    from kiln.kernels import quant_matmul
+
+    locks = quant_matmul.split_locks(torch.device("cpu"))
+    assert not bool(locks.any()), "an arrival counter was left armed"
+
+
+@pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("window", [None, 70])
-@pytest.mark.parametrize("group", [1, 4])
-def test_decode_split_partitions(window, group, gen, poison_allocations, monkeypatch):
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_decode_split_partitions(window, group, fused, gen, poison_allocations, monkeypatch):
     # Pretend to be a large chip so the decode path splits contexts into 128-key partitions and
-    # runs the reduce kernel (contexts of up to 3 partitions, one inside its first partition).
+    # merges them: with the reduce kernel, or (fused) in the partition kernel's last program of
+    # each sequence and kv head (contexts of up to 3 partitions, one inside its first partition).
+    monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
     monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
     seqs = [(300, 1), (37, 1), (129, 1), (255, 1)]
     run_case(seqs, 2 * group, 2, 16, 16, torch.float32, gen, window)
+    counters_rearmed()
 
 
+@pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("window", [None, 70])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_decode_partitions_follow_each_context(window, dtype, gen, poison_allocations, monkeypatch):
+def test_decode_partitions_follow_each_context(window, dtype, fused, gen, poison_allocations,
+                                               monkeypatch):
     # A decode graph fixes max_seq_len to max_model_len, so the launch grid has as many partitions
     # as a long context could use; each sequence cuts its own keys into that many runs of whole
     # tiles. Short and ragged contexts (one key, one tile, a partial tile, many tiles), with and
-    # without a window, agree with the reference, and the reduce merges them.
+    # without a window, agree with the reference, and the reduce (or, fused, the partition
+    # kernel's last program per sequence and kv head) merges them.
     import dataclasses
 
+    monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
     monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
     launched = []
     real = attention._decode_reduce_kernel
@@ -91,17 +106,22 @@ def test_decode_partitions_follow_each_context(window, dtype, gen, poison_alloca
     ref = paged_attention_ref(q, kv_cache, meta, 32 ** -0.5, window)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
-    assert launched == [(len(seqs), 8)]
+    assert launched == ([] if fused == "1" else [(len(seqs), 8)])
+    counters_rearmed()
     # Two programs per SM: 128 over 5 sequences x 2 kv heads.
     assert attention._decode_partitions(len(seqs), 2, 4096, 64, 16) == 13
 
 
-def test_decode_skips_sequences_without_new_tokens(gen, poison_allocations, monkeypatch):
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_decode_skips_sequences_without_new_tokens(fused, gen, poison_allocations, monkeypatch):
     # A sequence with no new token (padding of a fixed-size decode batch) writes nothing and
-    # must not disturb its neighbours, on both the direct and the split path.
+    # must not disturb its neighbours, on both the direct and the split path (its programs
+    # arrive at no counter when the split path merges in the partition kernel).
+    monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
     for sms in (1, 64):
         monkeypatch.setattr(attention, "_num_sms", lambda device, sms=sms: sms)
         run_case([(50, 1), (200, 0), (7, 1)], 4, 2, 16, 16, torch.float32, gen)
+    counters_rearmed()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
