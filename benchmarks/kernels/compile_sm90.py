@@ -128,14 +128,17 @@ def configs():
                         "BLOCK_N": small["block_n"], "SINGLE": single, "USE_WINDOW": window,
                         "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False}, dtype,
                        small["num_warps"], small["num_stages"])
-        for kv_fp8 in ((False, True) if dtype == "bf16" else (False,)):
-            ptrs = {"lock_ptr": "*i32", **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}
-            yield (f"decode G4 N{small['block_n']} fused reduce fp8-kv={kv_fp8}",
+        for kv_fp8, quant in (((False, 0), (True, 0), (False, 4096), (True, 4096))
+                              if dtype == "bf16" else ((False, 0),)):
+            ptrs = {"lock_ptr": "*i32", "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32",
+                    **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}
+            yield (f"decode G4 N{small['block_n']} fused reduce fp8-kv={kv_fp8} quant-row={quant}",
                    attention._decode_partition_kernel,
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
                     "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
-                    "_ptrs": ptrs}, dtype, small["num_warps"], small["num_stages"])
+                    "QUANT_ROW": quant, "_ptrs": ptrs}, dtype, small["num_warps"],
+                   small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,

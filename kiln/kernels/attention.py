@@ -20,6 +20,8 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
+from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantize_rows,
+                                    quantized_rows_buffers, store_row_quantized)
 from kiln.kernels.quant_matmul import SPLIT_LOCKS, split_locks
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
@@ -358,7 +360,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
                              FP8_ASM: tl.constexpr = False, lock_ptr=None,
                              FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
-                             MERGE_P: tl.constexpr = 1):
+                             MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
+                             codes_stride=0, QUANT_ROW: tl.constexpr = 0):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -366,7 +369,11 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # FUSED_REDUCE (not SINGLE): the last of a (sequence, kv head)'s partitions to arrive
     # (counter lock_ptr[seq * kv heads + kv_head]) merges their partial results for the group's
     # heads itself (_merge_partitions, GROUP_P2 >= group heads, MERGE_P partitions per step)
-    # and re-arms the counter: no reduce launch.
+    # and re-arms the counter: no reduce launch. QUANT_ROW > 0 (with FUSED_REDUCE; a power of two
+    # >= num_q_heads * HEAD_DIM, out's heads contiguous): the last kv head of a sequence to be
+    # merged (counter lock_ptr[num_seqs * kv heads + seq]) also quantizes the token's whole
+    # output row per token to fp8 codes (codes_ptr, row stride codes_stride) and scale
+    # (scales_ptr), the bits quant_per_token gives for out: o_proj's quantization launch saved.
     pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -420,6 +427,19 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                                   out_tok_stride, out_head_stride, GROUP_P2, HEAD_DIM, MERGE_P,
                                   True)
                 tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
+                if QUANT_ROW > 0:
+                    tl.debug_barrier()  # this kv head's merged outputs precede the release below
+                    row_lock = lock_ptr + tl.num_programs(0) * tl.num_programs(1) + seq
+                    merged = tl.atomic_add(row_lock, 1, sem="acq_rel", scope="gpu")
+                    if merged == tl.num_programs(1) - 1:
+                        tl.debug_barrier()
+                        cols = tl.arange(0, QUANT_ROW)
+                        ok = cols < num_q_heads * HEAD_DIM
+                        y = tl.load(out_ptr + q_start.to(tl.int64) * out_tok_stride + cols, mask=ok,
+                                    other=0.0, cache_modifier=".cg").to(tl.float32)
+                        store_row_quantized(y, codes_ptr, scales_ptr, q_start.to(tl.int64), cols,
+                                            ok, codes_stride, False)
+                        tl.atomic_xchg(row_lock, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -551,6 +571,12 @@ def fused_reduce_enabled() -> bool:
     return os.environ.get("KILN_ATTN_FUSED_REDUCE", "1") == "1"
 
 
+def quant_out_enabled() -> bool:
+    """KILN_ATTN_QUANT_OUT=1: with KILN_PRODUCER_QUANT, fp8 engines' attention also quantizes
+    o_proj's input (in the decode kernel where it merges its partitions; see paged_attention)."""
+    return os.environ.get("KILN_ATTN_QUANT_OUT", "0") == "1"
+
+
 def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
     """The sequence count from which a decode launch takes LARGE_DECODE_TILE."""
     return -(-2 * num_sms // num_kv_heads)
@@ -558,9 +584,12 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
-                  v_scale: float = 1.0) -> None:
+                  v_scale: float = 1.0, quant_dtype: torch.dtype | None = None
+                  ) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
-    partition (keys per partition of max_seq_len), block_n/warps/stages and fp8_asm."""
+    partition (keys per partition of max_seq_len), block_n/warps/stages and fp8_asm.
+    quant_dtype (float8_e4m3fn): where the kernel can (a fused merge, at most QUANT_PAD_ABOVE
+    rows), it also quantizes out per token and returns those rows; otherwise None."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
@@ -598,6 +627,15 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             per_step = max(1, min(16, 64 * 32 * num_warps // (rows * head_dim)))
             fused = dict(lock_ptr=locks, FUSED_REDUCE=True, GROUP_P2=rows,
                          MERGE_P=1 << (per_step.bit_length() - 1))
+    quantized = None
+    width = num_q_heads * head_dim
+    if (fused and quant_dtype == torch.float8_e4m3fn and out.shape[0] <= QUANT_PAD_ABOVE
+            and out.stride(1) == head_dim and out.stride(2) == 1
+            and num_seqs * (num_kv_heads + 1) <= SPLIT_LOCKS):
+        codes, scales = quantized_rows_buffers(out.shape[0], width, quant_dtype, q.device)
+        quantized = QuantizedRows(codes, scales, out.shape[0], (out.shape[0], width), out.dtype)
+        fused.update(codes_ptr=codes, scales_ptr=scales, codes_stride=codes.stride(0),
+                     QUANT_ROW=triton.next_power_of_2(width))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -616,6 +654,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             # cost next to nothing here).
             HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4,
             **pdl_args(q))
+    return quantized
 
 
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
@@ -663,11 +702,27 @@ def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
             and fresh_prefill_supports(q))
 
 
+def _launch_scales(kv_cache: torch.Tensor, scale: float, sliding_window: int | None,
+                   k_scale: float, v_scale: float) -> tuple[float, int, float]:
+    """The kernels' (log2-domain softmax scale, window or 0, value scale of an fp8 cache)."""
+    qk_scale = float(scale) * _LOG2E
+    if not is_fp8_kv_cache(kv_cache):
+        return qk_scale, int(sliding_window) if sliding_window else 0, 1.0
+    # q . (k8 * k_scale) == (q . k8) * k_scale: the key scale rides on the softmax scale.
+    return (qk_scale * float(k_scale), int(sliding_window) if sliding_window else 0,
+            float(v_scale))
+
+
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                     sliding_window: int | None = None, k_scale: float = 1.0,
                     v_scale: float = 1.0,
-                    fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D].
+                    fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    quant_dtype: torch.dtype | None = None) -> torch.Tensor | QuantizedRows:
+    """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
+    or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
+    [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
+    kernel itself where it merges its partitions (decode batches of up to QUANT_PAD_ABOVE rows),
+    else by quantize_rows; the same codes and scales either way.
 
     The new tokens' K/V must already be written (see kernels.rotary.rotary_and_write_kv).
     Decode-only batches (max_query_len == 1) take a split-context (flash-decoding) kernel whose
@@ -680,16 +735,23 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     when wants_fresh_kv says so) lets the batch's trailing fresh prompts (meta.fresh_from) take
     a kernel that reads them from these tensors instead of the cache: the same values, faster.
     """
+    if quant_dtype is not None:
+        quantized = None
+        if _triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window,
+                                                           k_scale, v_scale)
+            quantized = _paged_decode(q, kv_cache, meta, out, qk_scale, window,
+                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype)
+        else:
+            out = paged_attention(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale,
+                                  fresh_kv)
+        rows = out.reshape(out.shape[0], -1)
+        return quantized or quantize_rows(rows, quant_dtype, tuple(rows.shape))
     if not _triton_ok(q, kv_cache) or meta.num_seqs == 0:
         return paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    window = int(sliding_window) if sliding_window else 0
-    qk_scale = float(scale) * _LOG2E
-    fp8_v_scale = 1.0
-    if is_fp8_kv_cache(kv_cache):
-        # q . (k8 * k_scale) == (q . k8) * k_scale: the key scale rides on the softmax scale.
-        qk_scale *= float(k_scale)
-        fp8_v_scale = float(v_scale)
+    qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
         return out

@@ -47,6 +47,9 @@ class PagedSelfAttention(nn.Module):
         # Plain floats, fixed before CUDA graphs are captured (they are baked into the launches).
         self.k_scale = 1.0
         self.v_scale = 1.0
+        # float8_e4m3fn when o_proj is an fp8 W8A8 linear and the attention quantizes its input
+        # (LlamaFamilyModel.quantize_in_producers); None: o_proj quantizes for itself.
+        self.quant_dtype: torch.dtype | None = None
 
     def set_kv_cache_scales(self, k_scale: float, v_scale: float) -> None:
         """Set the fp8 KV-cache scales of this layer (cached value = K / k_scale, V / v_scale)."""
@@ -74,5 +77,8 @@ class PagedSelfAttention(nn.Module):
         q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
                             self.v_scale, k_out)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
-                              self.v_scale, None if k_out is None else (k_out, v))
+                              self.v_scale, None if k_out is None else (k_out, v),
+                              quant_dtype=self.quant_dtype)
+        if self.quant_dtype is not None:  # rows quantized per token for an fp8 W8A8 o_proj
+            return self.o_proj(out)
         return self.o_proj(out.reshape(num_tokens, self.q_size))

@@ -118,15 +118,21 @@ class LlamaFamilyModel(nn.Module):
 
     def quantize_in_producers(self, enable: bool = True) -> int:
         """Let the modules whose only reader is an fp8 W8A8 linear (the input norm before qkv_proj,
-        the post-attention norm before gate_up_proj, SiLU-mul before down_proj) quantize their
-        output per token in their own kernel, which saves the linear's quantization launch
-        (bit-identical products). Returns how many do so; ``enable=False`` undoes it."""
+        the attention before o_proj, the post-attention norm before gate_up_proj, SiLU-mul before
+        down_proj) quantize their output per token in their own kernel, which saves the linear's
+        quantization launch (the attention: in decode steps whose kernel merges its partitions).
+        Returns how many do so; ``enable=False`` undoes it."""
+        from kiln.kernels.attention import quant_out_enabled
+
         count = 0
         for layer in self.layers:
             for producer, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
+                                     (layer.self_attn, layer.self_attn.o_proj),
                                      (layer.post_attention_layernorm, layer.mlp.gate_up_proj),
                                      (layer.mlp.act, layer.mlp.down_proj)):
                 fp8 = enable and getattr(linear.method, "scheme", None) == "fp8"
+                if producer is layer.self_attn:
+                    fp8 = fp8 and quant_out_enabled()
                 producer.quant_dtype = torch.float8_e4m3fn if fp8 else None
                 count += fp8
         return count

@@ -126,18 +126,21 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
     prompts = [{"prompt_token_ids": list(range(9, 9 + 4 * i + 2))} for i in range(12)]
     sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=3)
     results = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("KILN_PRODUCER_QUANT", flag)
+    for flag in ("0", "1", "attn"):  # attn: the attention quantizes o_proj's input as well
+        monkeypatch.setenv("KILN_PRODUCER_QUANT", "0" if flag == "0" else "1")
+        monkeypatch.setenv("KILN_ATTN_QUANT_OUT", "1" if flag == "attn" else "0")
         for eager in (True, False):
             llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
                       max_num_seqs=16)
-            if flag == "1":
+            if flag != "0":
                 assert llm.engine.model.layers[0].mlp.act.quant_dtype == torch.float8_e4m3fn
+            assert (llm.engine.model.layers[0].self_attn.quant_dtype is not None) == (flag == "attn")
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
             del llm
     for eager in (True, False):
         assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"
+        assert results["attn", eager] == results["0", eager], f"attn, enforce_eager={eager}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),

@@ -205,6 +205,31 @@ def test_fresh_prompts_read_their_own_kv(dtype, group, head_dim, gen, poison_all
         assert err < TOL[dtype], f"{seqs[:3]}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 5, 16, 40])
+def test_decode_attention_quantizes_its_output(batch, dtype, gen, poison_allocations):
+    """quant_dtype=fp8 (an fp8 o_proj reads the output): decode batches of up to 16 rows whose
+    kernel merges its partitions quantize the rows in the kernel; larger ones (40) through
+    quantize_rows. Either way the codes and scales of quant_per_token on the plain output, bit
+    for bit, eagerly and in a graph grid (max_seq_len 8192)."""
+    from kiln.kernels import quant_act, quant_matmul
+
+    for graph in (False, True):
+        lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
+        lens[0] = 1
+        kv_cache, meta = paged_case([(n - 1, 1) for n in lens], 8, 128, 16, dtype, gen)
+        if graph:
+            meta = dataclasses.replace(meta, max_seq_len=8192)
+        q = randn(meta.num_tokens, 32, 128, gen=gen, dtype=dtype)
+        plain = paged_attention(q, kv_cache, meta, 128 ** -0.5)
+        rows = paged_attention(q, kv_cache, meta, 128 ** -0.5, quant_dtype=torch.float8_e4m3fn)
+        want_q, want_s = quant_act.quant_per_token(plain.reshape(batch, -1), torch.float8_e4m3fn)
+        assert rows.m == batch and rows.shape == (batch, 32 * 128)
+        assert torch.equal(rows.q[:batch].view(torch.uint8), want_q[:batch].view(torch.uint8))
+        assert torch.equal(rows.scale[:batch], want_s[:batch])
+        assert not bool(quant_matmul.split_locks(q.device).any())
+
+
 def test_decode_attention_replays_in_cuda_graph(gen, fused_reduce):
     """Captured once with max_seq_len fixed; replayed with new lengths and tables on the device."""
     block_size, num_kv_heads, head_dim, batch, max_len = 16, 8, 128, 8, 2048

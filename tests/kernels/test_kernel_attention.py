@@ -165,3 +165,40 @@ def test_head_dim_64_and_128(gen, poison_allocations):
     for head_dim in (64, 128):
         run_case([(0, 9), (20, 1)], 4, 2, head_dim, 16, torch.float16, gen)
         run_case([(20, 1), (3, 1)], 4, 2, head_dim, 16, torch.float16, gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seqs", [[(300, 1), (37, 1), (129, 1), (0, 1)],
+                                  [(50, 1), (200, 0), (7, 1)],
+                                  [(40, 3), (90, 1)]])
+def test_attention_output_quantized_for_o_proj(seqs, dtype, gen, poison_allocations, monkeypatch):
+    # quant_dtype=fp8 (an fp8 o_proj reads the output): a decode batch whose kernel merges its
+    # partitions quantizes the rows itself (no quantization launch); other batches (a prompt
+    # chunk here) through quantize_rows. Codes and scales are those of quant_per_token on the
+    # plain output, bit for bit, and every counter is re-armed.
+    from kiln.kernels import quant_act
+
+    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    kv_cache, meta = paged_case(seqs, 2, 32, 16, dtype, gen)
+    q = torch.randn(meta.num_tokens, 8, 32, generator=gen).to(dtype)
+    plain = paged_attention(q, kv_cache, meta, 32 ** -0.5)
+    # the separate launch's bits (the interpreter's own fp8 conversion on both sides: it can
+    # round a value just under a power of two, such as 127.6, down a binade, unlike CUDA)
+    want_q, want_s = quant_act.quant_per_token(plain.reshape(meta.num_tokens, -1),
+                                               torch.float8_e4m3fn)
+    launches = []
+    real = quant_act._quant_per_token_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(quant_act, "_quant_per_token_kernel", Recording())
+    rows = paged_attention(q, kv_cache, meta, 32 ** -0.5, quant_dtype=torch.float8_e4m3fn)
+    assert rows.m == meta.num_tokens and rows.shape == (meta.num_tokens, 8 * 32)
+    assert rows.dtype == dtype
+    assert torch.equal(rows.q[:rows.m].view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(rows.scale[:rows.m], want_s)
+    assert launches == ([] if meta.max_query_len == 1 else [(meta.num_tokens,)])
+    counters_rearmed()
