@@ -299,7 +299,7 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, tc, gen, monk
                              counters_rearmed)
 
 
-@pytest.mark.skipif(torch.cuda.get_device_capability() < (9, 0),
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
                     reason="PDL and the bulk L2 prefetch need sm90+")
 @pytest.mark.parametrize("early", ["0", "1"])
 @pytest.mark.parametrize("tc", ["0", "1"])
