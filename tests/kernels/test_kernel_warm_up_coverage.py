@@ -43,7 +43,10 @@ def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch):
     launches.clear()
     engine._warm_up_kernels(engine.config.cache.block_size)
     warmed = set(launches)
-    assert any(name == "_decode_reduce_kernel" for name, *_ in warmed), "no split decode warmed"
+    # a split decode: partitions merged in the partition kernel (the default) or by the reduce
+    assert any(name == "_decode_reduce_kernel"
+               or (name == "_decode_partition_kernel" and ("SINGLE", False) in consts)
+               for name, consts, *_ in warmed), "no split decode warmed"
     launches.clear()
     lengths = [5, 40, 150, 300, 40]  # the last repeats the second prompt's tokens: a prefix hit
     prompts = [[3 + (i * 7 + j) % 200 for j in range(n)] for i, n in enumerate(lengths[:-1])]
