@@ -865,12 +865,12 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
     steps = int(os.environ.get("KILN_GEMV_PREFETCH", "0"))
     if steps <= 0 or not pdl.get("PDL"):
         return {}
-    budget = {"PREFETCH_MB": int(os.environ.get("KILN_GEMV_PREFETCH_MB", "0"))}
     row_bytes = w.shape[1] * w.element_size()
     if (w.data_ptr() % 16 or (w.stride(0) * w.element_size()) % 16 or step_bytes % 16
             or row_bytes % 16):
         return {}
-    return {"PREFETCH": steps, **(budget if budget["PREFETCH_MB"] > 0 else {})}
+    budget = int(os.environ.get("KILN_GEMV_PREFETCH_MB", "0"))
+    return {"PREFETCH": steps, **({"PREFETCH_MB": budget} if budget > 0 else {})}
 
 
 def split_locks(device: torch.device) -> torch.Tensor | None:
@@ -1118,7 +1118,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
     pdl = pdl_args(x2)
-    # (the smallest K step of any candidate: BLOCK_K 32 fp8 / 16 float is 32 bytes)
+    # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
+    # 32 bytes
     flags.update(prefetch_steps(w, 32, pdl))
     _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]

@@ -126,13 +126,14 @@ class LlamaFamilyModel(nn.Module):
 
         count = 0
         for layer in self.layers:
-            for producer, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
-                                     (layer.self_attn, layer.self_attn.o_proj),
-                                     (layer.post_attention_layernorm, layer.mlp.gate_up_proj),
-                                     (layer.mlp.act, layer.mlp.down_proj)):
-                fp8 = enable and getattr(linear.method, "scheme", None) == "fp8"
-                if producer is layer.self_attn:
-                    fp8 = fp8 and quant_out_enabled()
+            # (producer, its reader, whether this producer may quantize: the attention only
+            # under KILN_ATTN_QUANT_OUT)
+            for producer, linear, allowed in (
+                    (layer.input_layernorm, layer.self_attn.qkv_proj, True),
+                    (layer.self_attn, layer.self_attn.o_proj, quant_out_enabled()),
+                    (layer.post_attention_layernorm, layer.mlp.gate_up_proj, True),
+                    (layer.mlp.act, layer.mlp.down_proj, True)):
+                fp8 = enable and allowed and getattr(linear.method, "scheme", None) == "fp8"
                 producer.quant_dtype = torch.float8_e4m3fn if fp8 else None
                 count += fp8
         return count

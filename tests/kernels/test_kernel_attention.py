@@ -54,6 +54,19 @@ def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monk
     assert seen == [want]
 
 
+def record_grids(monkeypatch, module, name) -> list:
+    """Replace module's kernel `name` with one that records each launch's grid, then launches."""
+    grids, real = [], getattr(module, name)
+
+    class Recording:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(module, name, Recording())
+    return grids
+
+
 def counters_rearmed():
     from kiln.kernels import quant_matmul
 
@@ -89,15 +102,7 @@ def test_decode_partitions_follow_each_context(window, dtype, fused, gen, poison
 
     monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
     monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
-    launched = []
-    real = attention._decode_reduce_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(attention, "_decode_reduce_kernel", Recording())
+    launched = record_grids(monkeypatch, attention, "_decode_reduce_kernel")
     seqs = [(0, 1), (16, 1), (39, 1), (128, 1), (300, 1)]
     kv_cache, meta = paged_case(seqs, 2, 32, 16, dtype, gen)
     meta = dataclasses.replace(meta, max_seq_len=4096)
@@ -186,15 +191,7 @@ def test_attention_output_quantized_for_o_proj(seqs, dtype, gen, poison_allocati
     # round a value just under a power of two, such as 127.6, down a binade, unlike CUDA)
     want_q, want_s = quant_act.quant_per_token(plain.reshape(meta.num_tokens, -1),
                                                torch.float8_e4m3fn)
-    launches = []
-    real = quant_act._quant_per_token_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(quant_act, "_quant_per_token_kernel", Recording())
+    launches = record_grids(monkeypatch, quant_act, "_quant_per_token_kernel")
     rows = paged_attention(q, kv_cache, meta, 32 ** -0.5, quant_dtype=torch.float8_e4m3fn)
     assert rows.m == meta.num_tokens and rows.shape == (meta.num_tokens, 8 * 32)
     assert rows.dtype == dtype
