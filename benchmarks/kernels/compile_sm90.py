@@ -184,13 +184,19 @@ def quant_configs():
         ptrs = {**QUANT_PTRS, "w_ptr": wptr}
         if wkind == quant_matmul.W_FP8:
             ptrs["x_ptr"] = "*fp8e4nv"
+        # int4: float16 products over double words (the default for 16-bit x), over words, and
+        # float32 products; one and four rows
+        modes = (4, 2, 1) if wkind == quant_matmul.W_INT4 else (0,)
         for cfg in quant_matmul.GEMV_CONFIGS:
-            yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} w{cfg.num_warps}",
-                   quant_matmul._gemv_kernel,
-                   {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
-                    "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                    "INT4_ASM": wkind == quant_matmul.W_INT4, "_ptrs": ptrs, **cfg.kwargs},
-                   "bf16", cfg.num_warps, cfg.num_stages)
+            for mode in modes:
+                for block_m in ((1, 4) if mode else (1,)):
+                    yield (f"{name} gemv M{block_m} N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} "
+                           f"w{cfg.num_warps}" + (f" asm{mode}" if mode else ""),
+                           quant_matmul._gemv_kernel,
+                           {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group,
+                            "BLOCK_M": block_m, "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,
+                            "QX_BLOCK": 1024, "INT4_ASM": mode, "_ptrs": ptrs, **cfg.kwargs},
+                           "bf16", cfg.num_warps, cfg.num_stages)
         cfg = quant_matmul.GEMV_CONFIGS[quant_matmul.DEFAULT_GEMV]
         yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
                quant_matmul._gemv_kernel,

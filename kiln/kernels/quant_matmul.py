@@ -224,6 +224,139 @@ def _int4_words_16(word, X_BF16: tl.constexpr, ASM: tl.constexpr):
                 (((word >> 28) & 15) - 8).to(tl.float32).to(ty))
 
 
+# int4 x float16 products two at a time (INT4_ASM 2/3). One 32-bit word holds k = 8j + i at bits
+# 4i. OR-ing a masked word into fp16 1024.0 (0x6400) puts nibbles i and i + 4 in the two halves
+# as 1024 + n (mask 0x000F000F) or 1024 + 16 n (mask 0x00F000F0); one packed add (-1032) or FMA
+# (x 1/16, -72) makes both q = n - 8 exactly. Four packed FMAs then take the word's dot with x
+# pairs (x[i], x[i + 4]) in float16 (four products per half, so no half can overflow while
+# |x| < 2048), and the two halves are summed in float32.
+_INT4_WORD_DOT_ASM = tl.constexpr("""
+{
+.reg .b32 kw8, kh0, kh1, kh2, kh3, kmo, kms, kmr, kacc;
+.reg .f16 klo, khi;
+.reg .f32 kflo, kfhi;
+mov.b32 kmo, 0xE408E408;
+mov.b32 kms, 0x2C002C00;
+mov.b32 kmr, 0xD480D480;
+shr.u32 kw8, $1, 8;
+lop3.b32 kh0, $1, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh1, $1, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 kh2, kw8, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh3, kw8, 0x00F000F0, 0x64006400, 0xEA;
+add.rn.f16x2 kh0, kh0, kmo;
+fma.rn.f16x2 kh1, kh1, kms, kmr;
+add.rn.f16x2 kh2, kh2, kmo;
+fma.rn.f16x2 kh3, kh3, kms, kmr;
+mul.rn.f16x2 kacc, kh0, $2;
+fma.rn.f16x2 kacc, kh1, $3, kacc;
+fma.rn.f16x2 kacc, kh2, $4, kacc;
+fma.rn.f16x2 kacc, kh3, $5, kacc;
+mov.b32 {klo, khi}, kacc;
+cvt.f32.f16 kflo, klo;
+cvt.f32.f16 kfhi, khi;
+add.f32 $0, kflo, kfhi;
+}
+""")
+
+# The same over two consecutive words (one 64-bit load, k = 16j .. 16j + 15): eight products per
+# half before the float32 sum (no half can overflow while |x| < 1024), half the conversions.
+_INT4_DWORD_DOT_ASM = tl.constexpr("""
+{
+.reg .b32 ka, kb, ka8, kb8, kh0, kh1, kh2, kh3, kh4, kh5, kh6, kh7, kmo, kms, kmr, kacc;
+.reg .f16 klo, khi;
+.reg .f32 kflo, kfhi;
+mov.b32 kmo, 0xE408E408;
+mov.b32 kms, 0x2C002C00;
+mov.b32 kmr, 0xD480D480;
+mov.b64 {ka, kb}, $1;
+shr.u32 ka8, ka, 8;
+shr.u32 kb8, kb, 8;
+lop3.b32 kh0, ka, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh1, ka, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 kh2, ka8, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh3, ka8, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 kh4, kb, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh5, kb, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 kh6, kb8, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 kh7, kb8, 0x00F000F0, 0x64006400, 0xEA;
+add.rn.f16x2 kh0, kh0, kmo;
+fma.rn.f16x2 kh1, kh1, kms, kmr;
+add.rn.f16x2 kh2, kh2, kmo;
+fma.rn.f16x2 kh3, kh3, kms, kmr;
+add.rn.f16x2 kh4, kh4, kmo;
+fma.rn.f16x2 kh5, kh5, kms, kmr;
+add.rn.f16x2 kh6, kh6, kmo;
+fma.rn.f16x2 kh7, kh7, kms, kmr;
+mul.rn.f16x2 kacc, kh0, $2;
+fma.rn.f16x2 kacc, kh1, $3, kacc;
+fma.rn.f16x2 kacc, kh2, $4, kacc;
+fma.rn.f16x2 kacc, kh3, $5, kacc;
+fma.rn.f16x2 kacc, kh4, $6, kacc;
+fma.rn.f16x2 kacc, kh5, $7, kacc;
+fma.rn.f16x2 kacc, kh6, $8, kacc;
+fma.rn.f16x2 kacc, kh7, $9, kacc;
+mov.b32 {klo, khi}, kacc;
+cvt.f32.f16 kflo, klo;
+cvt.f32.f16 kfhi, khi;
+add.f32 $0, kflo, kfhi;
+}
+""")
+
+# x as 32-bit words of bfloat16 pairs (x0 x1, x2 x3, x4 x5, x6 x7; low half first) -> the float16
+# pairs the word dot takes: (x0, x4), (x1, x5), (x2, x6), (x3, x7). Values beyond float16's range
+# become inf (no saturation), which the GEMV's overflow check then sees.
+_X_PAIRS_BF16_ASM = tl.constexpr("""
+{
+.reg .f32 ka0, ka1, kb0, kb1, kc0, kc1, kd0, kd1;
+shl.b32 ka0, $4, 16;
+and.b32 ka1, $4, 0xFFFF0000;
+shl.b32 kb0, $5, 16;
+and.b32 kb1, $5, 0xFFFF0000;
+shl.b32 kc0, $6, 16;
+and.b32 kc1, $6, 0xFFFF0000;
+shl.b32 kd0, $7, 16;
+and.b32 kd1, $7, 0xFFFF0000;
+cvt.rn.f16x2.f32 $0, kc0, ka0;
+cvt.rn.f16x2.f32 $1, kc1, ka1;
+cvt.rn.f16x2.f32 $2, kd0, kb0;
+cvt.rn.f16x2.f32 $3, kd1, kb1;
+}
+""")
+# The same for float16 x: a byte permute per pair.
+_X_PAIRS_F16_ASM = tl.constexpr("""
+prmt.b32 $0, $4, $6, 0x5410;
+prmt.b32 $1, $4, $6, 0x7632;
+prmt.b32 $2, $5, $7, 0x5410;
+prmt.b32 $3, $5, $7, 0x7632;
+""")
+
+
+@triton.jit
+def _x_pairs_f16(a, b, c, d, X_F16: tl.constexpr):
+    """Four int32 words of 16-bit x (8 consecutive values) -> four float16 pairs, as int32."""
+    if X_F16:
+        return tl.inline_asm_elementwise(_X_PAIRS_F16_ASM, "=r,=r,=r,=r,r,r,r,r", [a, b, c, d],
+                                         dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(_X_PAIRS_BF16_ASM, "=r,=r,=r,=r,r,r,r,r", [a, b, c, d],
+                                         dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _int4_dword_dot(dword, p0, p1, p2, p3, p4, p5, p6, p7):
+    """int64 double words of packed nibbles . float16 x pairs -> float32 dot per double word."""
+    return tl.inline_asm_elementwise(_INT4_DWORD_DOT_ASM, "=r,l,r,r,r,r,r,r,r,r",
+                                     [dword, p0, p1, p2, p3, p4, p5, p6, p7],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _int4_word_dot(word, p0, p1, p2, p3):
+    """int32 words of packed nibbles . float16 x pairs (broadcast) -> float32 dot per word."""
+    return tl.inline_asm_elementwise(_INT4_WORD_DOT_ASM, "=r,r,r,r,r,r", [word, p0, p1, p2, p3],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
 @triton.jit
 def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr, tile, pid_k, M, N,
                  stride_om, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr):
@@ -403,48 +536,16 @@ def _bytes_f32(b, WKIND: tl.constexpr):
         return ((u ^ 0x80) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
 
 
-@triton.jit(do_not_specialize=["split_cfg"])
-def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
-                 M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
-                 WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                 SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
-                 BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
-                 QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = False, split_cfg=0,
-                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0):
-    # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
-    # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
-    # scale multiplies a [BLOCK_N] vector, not every element.
-    # QX 1 (fp8) / 2 (int8): x is the float activation and each program quantizes it per token
-    # itself with _quant_per_token_kernel's own helpers, so the products are the bits of the
-    # separate quantization launch, which is saved.
-    # INT4_ASM (CUDA): int4 weights are read as 32-bit words and dequantized by _int4_words_f32
-    # (two nibbles per packed instruction; 5-9% faster per 8B layer shape on the H200).
-    # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
-    # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
-    # in it share one compiled kernel.
-    # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    rows = tl.arange(0, BLOCK_M)
-    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
-    if PREFETCH > 0:
-        # weight elements per group and per row (int4: bytes of two nibbles)
-        PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
-        row_len = K // 2 if WKIND == 0 else K
-        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
-        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
-                       tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
-    pdl_start(PDL)
-    if QX != 0:
-        x_scale = tl.zeros([BLOCK_M], tl.float32)
-        for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
-            row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
-            x_scale = tl.where(rows == m, row_scale, x_scale)
+@triton.jit
+def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
+              stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+              QX: tl.constexpr, INT4_ASM: tl.constexpr):
+    """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
+    scales (see _gemv_kernel)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
+    acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
     for g0 in range(g_begin, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
@@ -454,7 +555,54 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             else:
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
                             mask=n_mask & valid, other=0.0)
-            if WKIND == 0 and INT4_ASM:
+            if WKIND == 0 and INT4_ASM >= 4:
+                dwords = w_ptr.to(tl.pointer_type(tl.int64))
+                offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
+                dword = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8) + offs_d[None, :],
+                                mask=n_mask[:, None] & valid, other=0)
+                x_words = x_ptr.to(tl.pointer_type(tl.int32))
+                for m in tl.static_range(BLOCK_M):
+                    x_mask = (offs_d * 16 < K) & (m < M) & valid
+                    x_row = x_words + m * (stride_xm // 2) + 8 * offs_d
+                    p0, p1, p2, p3 = _x_pairs_f16(tl.load(x_row, mask=x_mask, other=0),
+                                                  tl.load(x_row + 1, mask=x_mask, other=0),
+                                                  tl.load(x_row + 2, mask=x_mask, other=0),
+                                                  tl.load(x_row + 3, mask=x_mask, other=0),
+                                                  INT4_ASM == 5)
+                    p4, p5, p6, p7 = _x_pairs_f16(tl.load(x_row + 4, mask=x_mask, other=0),
+                                                  tl.load(x_row + 5, mask=x_mask, other=0),
+                                                  tl.load(x_row + 6, mask=x_mask, other=0),
+                                                  tl.load(x_row + 7, mask=x_mask, other=0),
+                                                  INT4_ASM == 5)
+                    dots = _int4_dword_dot(dword, p0[None, :], p1[None, :], p2[None, :],
+                                           p3[None, :], p4[None, :], p5[None, :], p6[None, :],
+                                           p7[None, :])
+                    if BLOCK_M == 1:  # scaled per double word; summed once, at the end
+                        acc_d += dots * s[:, None]
+                    else:
+                        part = tl.sum(dots, axis=1) * s
+                        acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+            elif WKIND == 0 and INT4_ASM >= 2:
+                words = w_ptr.to(tl.pointer_type(tl.int32))
+                offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
+                word = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
+                               mask=n_mask[:, None] & valid, other=0)
+                x_words = x_ptr.to(tl.pointer_type(tl.int32))
+                for m in tl.static_range(BLOCK_M):
+                    x_mask = (offs_w * 8 < K) & (m < M) & valid
+                    x_row = x_words + m * (stride_xm // 2) + 4 * offs_w
+                    p0, p1, p2, p3 = _x_pairs_f16(tl.load(x_row, mask=x_mask, other=0),
+                                                  tl.load(x_row + 1, mask=x_mask, other=0),
+                                                  tl.load(x_row + 2, mask=x_mask, other=0),
+                                                  tl.load(x_row + 3, mask=x_mask, other=0),
+                                                  INT4_ASM == 3)
+                    dots = _int4_word_dot(word, p0[None, :], p1[None, :], p2[None, :], p3[None, :])
+                    if BLOCK_M == 1:  # scaled per word; summed over the words once, at the end
+                        acc_w += dots * s[:, None]
+                    else:
+                        part = tl.sum(dots, axis=1) * s
+                        acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+            elif WKIND == 0 and INT4_ASM:
                 words = w_ptr.to(tl.pointer_type(tl.int32))
                 offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
                 word = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
@@ -499,6 +647,68 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                                                QX == 2).to(tl.float32)
                     part = tl.sum(w * xv[None, :], axis=1) * s
                     acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    if WKIND == 0 and INT4_ASM >= 4 and BLOCK_M == 1:
+        acc = tl.sum(acc_d, axis=1)[None, :]
+    elif WKIND == 0 and INT4_ASM >= 2 and BLOCK_M == 1:
+        acc = tl.sum(acc_w, axis=1)[None, :]
+    return acc
+
+
+@triton.jit(do_not_specialize=["split_cfg"])
+def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                 M, N, K, stride_xm, stride_wn, stride_sn, stride_sg, stride_om, num_sms, split_hint,
+                 WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                 SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
+                 BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
+                 QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
+                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                 PREFETCH_MB: tl.constexpr = 0):
+    # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
+    # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
+    # scale multiplies a [BLOCK_N] vector, not every element.
+    # QX 1 (fp8) / 2 (int8): x is the float activation and each program quantizes it per token
+    # itself with _quant_per_token_kernel's own helpers, so the products are the bits of the
+    # separate quantization launch, which is saved.
+    # INT4_ASM (CUDA): int4 weights are read as 32-bit words. 1: dequantized by _int4_words_f32
+    # (two nibbles per packed instruction; 5-9% faster per 8B layer shape on the H200) and
+    # multiplied in float32. 2 (bfloat16 x) / 3 (float16 x): multiplied two at a time in float16
+    # by _int4_word_dot (about 35% fewer instructions per weight in the sm_90 SASS); 4 / 5: the
+    # same over 64-bit double words (_int4_dword_dot, about 40% fewer). A tile that comes out
+    # with an inf or nan is computed again as in 1, so float16's range never decides the result.
+    # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
+    # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
+    # in it share one compiled kernel.
+    # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows = tl.arange(0, BLOCK_M)
+    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
+    if PREFETCH > 0:
+        # weight elements per group and per row (int4: bytes of two nibbles)
+        PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
+        row_len = K // 2 if WKIND == 0 else K
+        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
+        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
+                       tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
+    pdl_start(PDL)
+    x_scale = tl.zeros([BLOCK_M], tl.float32)
+    if QX != 0:
+        for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
+            row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
+            x_scale = tl.where(rows == m, row_scale, x_scale)
+    acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
+                    stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
+                    UNROLL, QX, INT4_ASM)
+    if INT4_ASM >= 2:
+        # float16 products overflow only where |x| is in the thousands: any inf or nan in the
+        # tile re-runs it with float32 products (which give inf or nan only from the data)
+        if tl.sum(((acc - acc) != 0).to(tl.int32)) > 0:
+            acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M,
+                            K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M,
+                            BLOCK_N, UNROLL, QX, 1)
     m_mask = rows < M
     if QX != 0:
         acc *= x_scale[:, None]
@@ -768,7 +978,8 @@ def _tc_split_heuristic(args: dict) -> int:
 _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
 _gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
-_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK"])(_gemv_split)
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK", "INT4_ASM"])(
+    _gemv_split)
 _tc_gemv_split = triton.heuristics({"SPLIT_K": _tc_split_heuristic})(_tc_gemv_kernel)
 _tc_gemv_tuned = triton.autotune(TC_GEMV_CONFIGS, key=["N", "K", "A8", "BLOCK_M", "HAS_BIAS",
                                                        "FUSED_SPLITK", "split_hint"],
@@ -848,6 +1059,20 @@ def int4_asm_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     rows; KILN_INT4_ASM=0 keeps the nibble-by-nibble path)."""
     return (x2.is_cuda and os.environ.get("KILN_INT4_ASM", "1") == "1" and w.data_ptr() % 4 == 0
             and w.stride(0) % 4 == 0)
+
+
+def int4_asm_mode(x2: torch.Tensor, w: torch.Tensor) -> int:
+    """The GEMV's INT4_ASM for int4 weights that int4_asm_ok admits. Float16 products, two at a
+    time, for 16-bit x read as 32-bit words (4-byte aligned rows): over one 32-bit weight word
+    per product chain (2: bfloat16 x, 3: float16 x; KILN_INT4_F16=1) or over two, read as 64 bits
+    (4 / 5, the default where weight rows are 8-byte aligned; KILN_INT4_F16=2). Otherwise, and
+    with KILN_INT4_F16=0, 1: float32 products (_int4_words_f32)."""
+    mode = os.environ.get("KILN_INT4_F16", "2")
+    if (mode in ("1", "2") and x2.dtype in (torch.bfloat16, torch.float16)
+            and x2.data_ptr() % 4 == 0 and x2.stride(0) % 2 == 0 and x2.shape[1] % 16 == 0):
+        pair = mode == "2" and w.data_ptr() % 8 == 0 and w.stride(0) % 8 == 0
+        return (4 if pair else 2) + (x2.dtype == torch.float16)
+    return 1
 
 
 SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
@@ -948,7 +1173,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
             locks = split_locks(x2.device)
         flags["FUSED_SPLITK"] = locks is not None
         if wkind == W_INT4 and int4_asm_ok(x2, w):
-            flags["INT4_ASM"] = True
+            flags["INT4_ASM"] = int4_asm_mode(x2, w)
         if quant_x is not None:
             flags["QX"] = 2 if quant_x == torch.int8 else 1
             flags["QX_BLOCK"] = min(1024, triton.next_power_of_2(k))

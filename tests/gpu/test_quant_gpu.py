@@ -75,6 +75,52 @@ def test_int4_wo(m, shape, dtype, gen, poison_allocations):
           qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(96, 384), (4096, 14336), (28672, 4096)])
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_int4_gemv_float16_products(m, shape, dtype, gen, monkeypatch, poison_allocations):
+    """The GEMV's float16 products over double words (INT4_ASM 4/5, the default for 16-bit x)
+    and over words (2/3, KILN_INT4_F16=1), and its float32 ones (KILN_INT4_F16=0) against the
+    reference, one row at every base launch configuration, more rows at the default one; the
+    paths agree to within the output's rounding."""
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(m, k, dtype, gen)
+    ref = qm.int4_wo_linear_ref(x, qweight, scales, 128)
+    monkeypatch.delenv("KILN_INT4_F16", raising=False)
+    assert qm.int4_asm_mode(x, qweight) == (4 if dtype == torch.bfloat16 else 5)
+    for config in qm.GEMV_BASE_CONFIGS if m == 1 else [None]:
+        outs = []
+        for f16 in ("2", "1", "0"):
+            monkeypatch.setenv("KILN_INT4_F16", f16)
+            out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, dtype,
+                            "gemv", config=config)
+            check(out, ref, dtype, m, n)
+            outs.append(out.float())
+        assert rel_err(outs[0], outs[2]) < TOL[dtype] and rel_err(outs[1], outs[2]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("f16", ["2", "1"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3])
+def test_int4_gemv_float16_overflow_falls_back(m, dtype, f16, gen, monkeypatch, poison_allocations):
+    """x beyond what float16 products hold (values past float16's range for bfloat16 x, products
+    past it for float16 x) in a few K columns: the tiles that overflow are computed again in
+    float32, so the result is the reference's, finite, in every output column."""
+    monkeypatch.setenv("KILN_INT4_F16", f16)
+    n, k = 4096, 4096
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(m, k, dtype, gen)
+    big = 1.0e5 if dtype == torch.bfloat16 else 3.0e4
+    x[:, 1000] = big
+    x[:, 2051] = -big / 2
+    ref = qm.int4_wo_linear_ref(x, qweight, scales, 128)
+    assert ref.isfinite().all()
+    out = qm.int4_wo_linear(x, qweight, scales, 128)
+    assert out.isfinite().all()
+    check(out, ref, dtype, m, n)
+
+
 @pytest.mark.parametrize("group", [32, 64])
 @pytest.mark.parametrize("m", [1, 17])
 def test_int4_wo_small_groups(m, group, gen, poison_allocations):

@@ -524,3 +524,90 @@ def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
                                 c.kwargs.get("split_cfg", 0), True) <= qm.TC_FP8_CHAIN_MAX
                for c in qm.TC_GEMV_CONFIGS_FP8 for n, k in ((6144, 4096), (4096, 14336),
                                                              (28672, 4096), (8192, 28672)))
+
+
+def test_int4_asm_mode_by_dtype_and_alignment(monkeypatch):
+    """The GEMV's int4 product path: float16 products over 64-bit double words for bf16 (4) and
+    fp16 (5) rows when the weight rows are 8-byte aligned, over 32-bit words (2 / 3) when not or
+    with KILN_INT4_F16=1; float32 ones (1) for float32 x, misaligned x rows or KILN_INT4_F16=0."""
+    monkeypatch.delenv("KILN_INT4_F16", raising=False)
+    x = torch.zeros(2, 256, dtype=torch.bfloat16)
+    w = torch.zeros(8, 128, dtype=torch.uint8)
+    assert qm.int4_asm_mode(x, w) == 4
+    assert qm.int4_asm_mode(x.half(), w) == 5
+    assert qm.int4_asm_mode(x, torch.zeros(8, 132, dtype=torch.uint8)[:, :128]) == 2  # stride 132
+    assert qm.int4_asm_mode(x.float(), w) == 1
+    assert qm.int4_asm_mode(torch.zeros(2, 258, dtype=torch.bfloat16)[:, 1:257], w) == 1
+    assert qm.int4_asm_mode(torch.zeros(2, 257, dtype=torch.bfloat16)[:, :256], w) == 1  # odd stride
+    monkeypatch.setenv("KILN_INT4_F16", "1")
+    assert qm.int4_asm_mode(x, w) == 2
+    assert qm.int4_asm_mode(x.half(), w) == 3
+    monkeypatch.setenv("KILN_INT4_F16", "0")
+    assert qm.int4_asm_mode(x, w) == 1
+
+
+def _asm_constants(asm: str) -> dict:
+    """'mov.b32 NAME, 0x...;' constants of a PTX block."""
+    import re
+
+    return {name: int(value, 16) for name, value in re.findall(r"mov\.b32 (\w+), (0x[0-9A-F]+);", asm)}
+
+
+def test_int4_word_dot_arithmetic_emulated(gen):
+    """The float16 word product (_INT4_WORD_DOT_ASM) emulated step by step with its own masks and
+    constants in numpy float16: every nibble gives q = n - 8 exactly, each pairs with the x of
+    its k, and the word's dot equals the float64 one to float16 rounding of the products. (The
+    PTX itself runs only on CUDA: tests/gpu/test_quant_gpu.py.)"""
+    import numpy as np
+    import re
+
+    asm = qm._INT4_WORD_DOT_ASM.value
+    c = _asm_constants(asm)
+    masks = [int(v, 16) for v in re.findall(r"lop3\.b32 \w+, [\w$]+, (0x[0-9A-F]+), 0x64006400, 0xEA",
+                                               asm)]
+    assert len(masks) == 4
+
+    def halves(v):  # a 32-bit word as (low, high) float16
+        return np.array([v & 0xFFFF, v >> 16], dtype=np.uint16).view(np.float16)
+
+    words = torch.randint(0, 2 ** 32, (64,), generator=gen, dtype=torch.int64).tolist()
+    xs = (torch.randn(64, 8, generator=gen) * 4).half().numpy()
+    for word, x in zip(words, xs):
+        shifted = [word, word, word >> 8, word >> 8]
+        qs = []
+        for i, (w, mask) in enumerate(zip(shifted, masks)):
+            h = halves((w & mask) | 0x64006400)
+            if i % 2 == 0:  # add.rn.f16x2 with kmo
+                q = (h + halves(c["kmo"])).astype(np.float16)
+            else:  # fma.rn.f16x2 with kms, kmr (exact: no rounding happens)
+                q = (h.astype(np.float64) * halves(c["kms"]) + halves(c["kmr"])).astype(np.float16)
+            qs.append(q)
+        nib = [(word >> (4 * i)) & 15 for i in range(8)]
+        for i in range(4):  # pair i holds k = i (low half) and k = i + 4 (high half)
+            assert qs[i].tolist() == [nib[i] - 8, nib[i + 4] - 8]
+        acc = np.zeros(2, np.float16)
+        for i in range(4):
+            pair = np.array([x[i], x[i + 4]], np.float16)
+            acc = (qs[i].astype(np.float32) * pair + acc).astype(np.float16)
+        dot = float(acc[0].astype(np.float32) + acc[1].astype(np.float32))
+        exact = sum((nib[i] - 8) * float(x[i]) for i in range(8))
+        assert abs(dot - exact) <= 2 ** -9 * (sum(abs((nib[i] - 8) * float(x[i])) for i in range(8)) + 1e-3)
+
+
+def test_x_pairs_layout_emulated(gen):
+    """_X_PAIRS_F16_ASM's byte permutes turn x words (x0 x1, x2 x3, x4 x5, x6 x7) into the pairs
+    the word product takes: (x0, x4), (x1, x5), (x2, x6), (x3, x7)."""
+    import re
+
+    asm = qm._X_PAIRS_F16_ASM.value
+    perms = re.findall(r"prmt\.b32 \$(\d), \$(\d), \$(\d), (0x[0-9A-F]+);", asm)
+    vals = torch.randint(0, 2 ** 16, (8,), generator=gen).tolist()
+    regs = {4 + j: vals[2 * j] | (vals[2 * j + 1] << 16) for j in range(4)}
+
+    def prmt(a, b, sel):
+        src = a.to_bytes(4, "little") + b.to_bytes(4, "little")
+        return int.from_bytes(bytes(src[(sel >> (4 * i)) & 7] for i in range(4)), "little")
+
+    out = {int(d): prmt(regs[int(a)], regs[int(b)], int(sel, 16)) for d, a, b, sel in perms}
+    for i in range(4):
+        assert out[i] == vals[i] | (vals[i + 4] << 16)
