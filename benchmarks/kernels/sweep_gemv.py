@@ -34,7 +34,7 @@ from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 
 # (BLOCK_N, num_warps, UNROLL): the candidates swept, a superset of qm.GEMV_CONFIGS' shapes.
 TILES = [(16, 2, 1), (32, 2, 1), (32, 4, 1), (32, 4, 2), (64, 4, 1), (64, 4, 2), (64, 8, 1),
-         (128, 4, 1), (128, 8, 1), (256, 8, 1)]
+         (128, 4, 1), (128, 8, 1), (256, 4, 1), (256, 8, 1)]
 SPLITS = [1, 2, 4, 8, 16]
 # (BLOCK_N, num_warps) of the tensor-core int4 kernel: 4 warps and BLOCK_N >= 64 give wgmma,
 # fewer warps mma.sync.
