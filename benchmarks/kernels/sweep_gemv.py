@@ -7,7 +7,7 @@ as the same-run baselines. Bytes are the weights and scales once; GB/s is over t
 bandwidth measured in the same run. Each timed config is checked against its reference.
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
-        [--shapes qkv,o,gate_up,down,lm_head]
+        [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only]
 
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
@@ -94,7 +94,7 @@ def time_fn(fn, sets: list[tuple]) -> float:
 
 
 def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
-                verbose: bool = False) -> dict:
+                verbose: bool = False, autotuned_only: bool = False) -> dict:
     wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
     probe = bench_quant.make_weights(wscheme, n, k)
     nbytes = bench_quant.weight_bytes(probe)
@@ -108,7 +108,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
     else:
         tiles = [(b, w, u, 3) for b, w, u in TILES]
-    for block_n, warps, unroll, stages in tiles:
+    for block_n, warps, unroll, stages in ([] if autotuned_only else tiles):
         # (the tensor-core GEMV's K tile rides in the UNROLL column of the rows)
         kw = {"BLOCK_N": block_n, "BLOCK_K" if scheme in TC_GEMV_TILES else "UNROLL": unroll}
         cfg = triton.Config(kw, num_warps=warps, num_stages=stages)
@@ -127,7 +127,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
             if verbose:
                 print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}: {us:7.2f} us "
                       f"rel_err {err:.1e}", flush=True)
-    best = min(rows, key=lambda r: r["us"])
+    best = min(rows, key=lambda r: r["us"]) if rows else None
     out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best}
     # The dispatcher's own choice (autotuned, heuristic split) and, for bf16, cuBLAS.
     tuned = runner(scheme, x, None, 0)
@@ -141,9 +141,13 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         out["tc_autotuned_us"] = round(time_fn(auto, sets), 2)
     if wscheme == "bf16":
         out["cublas_us"] = round(time_fn(lambda w: x @ w[0].T, sets), 2)
-    print(f"{scheme:5s} {name:8s} best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
-          f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} w{best['num_warps']} "
-          f"U{best['UNROLL']} split{best['split']} | autotuned {out['autotuned_us']:7.2f} us"
+    print(f"{scheme:5s} {name:8s}", end=" ")
+    if best is not None:
+        print(f"best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
+              f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
+              f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}", end=" ")
+    print(f"| autotuned {out['autotuned_us']:7.2f} us "
+          f"({nbytes / out['autotuned_us'] / 1e3:6.0f} GB/s)"
           + (f" | tc autotuned {out['tc_autotuned_us']:7.2f} us" if "tc_autotuned_us" in out else "")
           + (f" | cuBLAS {out['cublas_us']:7.2f} us" if "cublas_us" in out else ""), flush=True)
     return out
@@ -156,6 +160,8 @@ def main() -> int:
     ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES),
                     help=f"comma-separated, of {', '.join(SHAPES)} (lm_head: not by default)")
     ap.add_argument("--verbose", action="store_true", help="print every timed config")
+    ap.add_argument("--autotuned-only", action="store_true",
+                    help="time only the dispatcher's autotuned choice (no grid)")
     args = ap.parse_args()
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
@@ -164,7 +170,8 @@ def main() -> int:
     for scheme in args.schemes.split(","):
         for name in args.shapes.split(","):
             n, k = SHAPES[name]
-            results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose))
+            results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose,
+                                       args.autotuned_only))
             # Written after every shape, so a run cut short keeps what it measured.
             with open(args.json, "w") as f:
                 json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,

@@ -553,3 +553,18 @@ def test_tensor_core_gemv_dispatch_and_autotune(gen, monkeypatch, poison_allocat
     layer = Linear(4096, 6144, bias=False, dtype=torch.bfloat16, device="cuda")
     layer.weight.data.copy_(torch.randn(6144, 4096, generator=gen, device="cuda") * 0.02)
     check(layer(x), (x.float() @ layer.weight.float().T).to(torch.bfloat16), torch.bfloat16, 2, 6144)
+
+
+def test_gemv_tuner_times_from_memory(gen):
+    """The GEMV autotuner's timer runs the launch, and returns the median between its 20th and
+    80th percentiles in milliseconds, as Triton's autotuner expects."""
+    qweight, scales = int4_case(4096, 4096, 128, gen)
+    x = randx(1, 4096, torch.bfloat16, gen)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, torch.bfloat16, "gemv")
+
+    med, lo, hi = qm.bench_from_memory(fn, quantiles=(0.5, 0.2, 0.8))
+    assert len(calls) == 51 and 0 < lo <= med <= hi < 10
