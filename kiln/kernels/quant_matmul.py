@@ -992,7 +992,7 @@ def bench_from_memory(fn, quantiles=None, reps: int = 50):
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
-        torch.sum(buf, out=total)  # reads only: evicts the weights, dirties nothing
+        torch.sum(buf, dim=0, out=total)  # reads only: evicts the weights, dirties nothing
         starts[i].record()
         fn()
         ends[i].record()
