@@ -986,9 +986,9 @@ def bench_from_memory(fn, quantiles=None, reps: int = 50):
 
     Measured on the H200 (benchmarks/h200-quant/run-k): the int4 GEMV's tuned picks timed alone
     improved (per 8B layer, batch 1: 63.6 against 74.7 us, the sweep's best 62.0), but the
-    engine tuned this way decoded no faster (377.7 against 383.8 tok/s): inside the decode
-    graphs, under PDL, a kernel timed alone is not the kernel the step waits for. So it is an
-    option (KILN_GEMV_TUNE_BENCH=memory), not the default."""
+    engine tuned this way decoded no faster (377.7 against 377.0 tok/s, one machine): inside the
+    decode graphs, under PDL, a kernel timed alone is not the kernel the step waits for. So it
+    is an option (KILN_GEMV_TUNE_BENCH=memory), not the default."""
     buf = torch.empty(64 << 20, dtype=torch.float32, device="cuda")  # as do_bench: per call
     total = torch.empty((), dtype=torch.float32, device="cuda")
     fn()
