@@ -198,14 +198,6 @@ def quant_configs():
                             "QX_BLOCK": 1024, "INT4_ASM": mode, "_ptrs": ptrs, **cfg.kwargs},
                            "bf16", cfg.num_warps, cfg.num_stages)
         cfg = quant_matmul.GEMV_CONFIGS[quant_matmul.DEFAULT_GEMV]
-        if wkind == quant_matmul.W_INT4:
-            for block_m in (1, 4):
-                yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} asm4 pipelined",
-                       quant_matmul._gemv_kernel,
-                       {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
-                        "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                        "INT4_ASM": 4, "INT4_PIPE": True, "_ptrs": ptrs, **cfg.kwargs},
-                       "bf16", cfg.num_warps, cfg.num_stages)
         yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
                quant_matmul._gemv_kernel,
                {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,

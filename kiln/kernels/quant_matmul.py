@@ -541,20 +541,12 @@ def _bytes_f32(b, WKIND: tl.constexpr):
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr, PIPE: tl.constexpr = False):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
     scales (see _gemv_kernel)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
     acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
-    if PIPE:  # INT4_ASM 4/5: the first group's double words, before the loop
-        dword_rows = (w_ptr.to(tl.pointer_type(tl.int64))
-                      + offs_n.to(tl.int64)[:, None] * (stride_wn // 8))
-        offs_d0 = tl.arange(0, GROUP // 16)
-        nxt = tl.load(dword_rows + (g_begin * (GROUP // 16) + offs_d0)[None, :],
-                      mask=n_mask[:, None] & (g_begin < g_end), other=0)
-    else:
-        nxt = tl.zeros([BLOCK_N, GROUP // 16], tl.int64)
     for g0 in range(g_begin, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
@@ -565,15 +557,10 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
                             mask=n_mask & valid, other=0.0)
             if WKIND == 0 and INT4_ASM >= 4:
+                dwords = w_ptr.to(tl.pointer_type(tl.int64))
                 offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
-                if PIPE:  # this group's words came with the last iteration; ask for the next
-                    dword = nxt
-                    nxt = tl.load(dword_rows + (offs_d + GROUP // 16)[None, :],
-                                  mask=n_mask[:, None] & (g + 1 < g_end), other=0)
-                else:
-                    dwords = w_ptr.to(tl.pointer_type(tl.int64))
-                    dword = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8)
-                                    + offs_d[None, :], mask=n_mask[:, None] & valid, other=0)
+                dword = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8) + offs_d[None, :],
+                                mask=n_mask[:, None] & valid, other=0)
                 x_words = x_ptr.to(tl.pointer_type(tl.int32))
                 for m in tl.static_range(BLOCK_M):
                     x_mask = (offs_d * 16 < K) & (m < M) & valid
@@ -676,7 +663,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0, INT4_PIPE: tl.constexpr = False):
+                 PREFETCH_MB: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -689,9 +676,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # by _int4_word_dot (about 35% fewer instructions per weight in the sm_90 SASS); 4 / 5: the
     # same over 64-bit double words (_int4_dword_dot, about 40% fewer). A tile that comes out
     # with an inf or nan is computed again as in 1, so float16's range never decides the result.
-    # INT4_PIPE (KILN_INT4_PIPE=1, with INT4_ASM 4/5 and UNROLL 1; not yet timed on a GPU): each
-    # iteration asks for the next group's double words before multiplying its own, so their
-    # memory latency overlaps this group's arithmetic (the loop otherwise waits on its loads).
     # split_cfg: the K split a launch configuration asks for (0: the heuristic's); only the
     # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
     # in it share one compiled kernel.
@@ -718,7 +702,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             x_scale = tl.where(rows == m, row_scale, x_scale)
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM, INT4_PIPE and INT4_ASM >= 4 and UNROLL == 1)
+                    UNROLL, QX, INT4_ASM)
     if INT4_ASM >= 2:
         # float16 products overflow only where |x| is in the thousands: any inf or nan in the
         # tile re-runs it with float32 products (which give inf or nan only from the data)
@@ -1033,8 +1017,7 @@ def _gemv_bench(fn, quantiles=None):
 
 
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
-_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK", "INT4_ASM",
-                                                             "INT4_PIPE"],
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK", "INT4_ASM"],
                               do_bench=_gemv_bench)(_gemv_split)
 _tc_gemv_split = triton.heuristics({"SPLIT_K": _tc_split_heuristic})(_tc_gemv_kernel)
 _tc_gemv_tuned = triton.autotune(TC_GEMV_CONFIGS, key=["N", "K", "A8", "BLOCK_M", "HAS_BIAS",
@@ -1230,8 +1213,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         flags["FUSED_SPLITK"] = locks is not None
         if wkind == W_INT4 and int4_asm_ok(x2, w):
             flags["INT4_ASM"] = int4_asm_mode(x2, w)
-            if flags["INT4_ASM"] >= 4 and os.environ.get("KILN_INT4_PIPE", "0") == "1":
-                flags["INT4_PIPE"] = True
         if quant_x is not None:
             flags["QX"] = 2 if quant_x == torch.int8 else 1
             flags["QX_BLOCK"] = min(1024, triton.next_power_of_2(k))

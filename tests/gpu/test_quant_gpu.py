@@ -82,8 +82,7 @@ def test_int4_gemv_float16_products(m, shape, dtype, gen, monkeypatch, poison_al
     """The GEMV's float16 products over double words (INT4_ASM 4/5, the default for 16-bit x)
     and over words (2/3, KILN_INT4_F16=1), and its float32 ones (KILN_INT4_F16=0) against the
     reference, one row at every base launch configuration, more rows at the default one; the
-    paths agree to within the output's rounding, and the pipelined double-word loop
-    (KILN_INT4_PIPE=1) gives the plain loop's bits."""
+    paths agree to within the output's rounding."""
     n, k = shape
     qweight, scales = int4_case(n, k, 128, gen)
     x = randx(m, k, dtype, gen)
@@ -92,16 +91,13 @@ def test_int4_gemv_float16_products(m, shape, dtype, gen, monkeypatch, poison_al
     assert qm.int4_asm_mode(x, qweight) == (4 if dtype == torch.bfloat16 else 5)
     for config in qm.GEMV_BASE_CONFIGS if m == 1 else [None]:
         outs = []
-        for f16, pipe in (("2", "0"), ("1", "0"), ("0", "0"), ("2", "1")):
+        for f16 in ("2", "1", "0"):
             monkeypatch.setenv("KILN_INT4_F16", f16)
-            monkeypatch.setenv("KILN_INT4_PIPE", pipe)
             out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, dtype,
                             "gemv", config=config)
             check(out, ref, dtype, m, n)
             outs.append(out.float())
         assert rel_err(outs[0], outs[2]) < TOL[dtype] and rel_err(outs[1], outs[2]) < TOL[dtype]
-        if config is None or config.kwargs["UNROLL"] == 1:  # the pipelined loop: the same bits
-            assert torch.equal(outs[3], outs[0])
 
 
 @pytest.mark.parametrize("f16", ["2", "1"])
