@@ -344,6 +344,14 @@ def _x_pairs_f16(a, b, c, d, X_F16: tl.constexpr):
 
 
 @triton.jit
+def _x_pairs_at(x_words, mask, X_F16: tl.constexpr):
+    """The float16 pairs of the 8 x values at x_words[0:4] (int32 pointers, masked to 0)."""
+    return _x_pairs_f16(tl.load(x_words, mask=mask, other=0), tl.load(x_words + 1, mask=mask, other=0),
+                        tl.load(x_words + 2, mask=mask, other=0), tl.load(x_words + 3, mask=mask, other=0),
+                        X_F16)
+
+
+@triton.jit
 def _int4_dword_dot(dword, p0, p1, p2, p3, p4, p5, p6, p7):
     """int64 double words of packed nibbles . float16 x pairs -> float32 dot per double word."""
     return tl.inline_asm_elementwise(_INT4_DWORD_DOT_ASM, "=r,l,r,r,r,r,r,r,r,r",
@@ -565,16 +573,8 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
                 for m in tl.static_range(BLOCK_M):
                     x_mask = (offs_d * 16 < K) & (m < M) & valid
                     x_row = x_words + m * (stride_xm // 2) + 8 * offs_d
-                    p0, p1, p2, p3 = _x_pairs_f16(tl.load(x_row, mask=x_mask, other=0),
-                                                  tl.load(x_row + 1, mask=x_mask, other=0),
-                                                  tl.load(x_row + 2, mask=x_mask, other=0),
-                                                  tl.load(x_row + 3, mask=x_mask, other=0),
-                                                  INT4_ASM == 5)
-                    p4, p5, p6, p7 = _x_pairs_f16(tl.load(x_row + 4, mask=x_mask, other=0),
-                                                  tl.load(x_row + 5, mask=x_mask, other=0),
-                                                  tl.load(x_row + 6, mask=x_mask, other=0),
-                                                  tl.load(x_row + 7, mask=x_mask, other=0),
-                                                  INT4_ASM == 5)
+                    p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 5)
+                    p4, p5, p6, p7 = _x_pairs_at(x_row + 4, x_mask, INT4_ASM == 5)
                     dots = _int4_dword_dot(dword, p0[None, :], p1[None, :], p2[None, :],
                                            p3[None, :], p4[None, :], p5[None, :], p6[None, :],
                                            p7[None, :])
@@ -592,11 +592,7 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
                 for m in tl.static_range(BLOCK_M):
                     x_mask = (offs_w * 8 < K) & (m < M) & valid
                     x_row = x_words + m * (stride_xm // 2) + 4 * offs_w
-                    p0, p1, p2, p3 = _x_pairs_f16(tl.load(x_row, mask=x_mask, other=0),
-                                                  tl.load(x_row + 1, mask=x_mask, other=0),
-                                                  tl.load(x_row + 2, mask=x_mask, other=0),
-                                                  tl.load(x_row + 3, mask=x_mask, other=0),
-                                                  INT4_ASM == 3)
+                    p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 3)
                     dots = _int4_word_dot(word, p0[None, :], p1[None, :], p2[None, :], p3[None, :])
                     if BLOCK_M == 1:  # scaled per word; summed over the words once, at the end
                         acc_w += dots * s[:, None]
@@ -704,8 +700,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
                     UNROLL, QX, INT4_ASM)
     if INT4_ASM >= 2:
-        # float16 products overflow only where |x| is in the thousands: any inf or nan in the
-        # tile re-runs it with float32 products (which give inf or nan only from the data)
+        # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
+        # the tile re-runs it with float32 products (which give inf or nan only from the data)
         if tl.sum(((acc - acc) != 0).to(tl.int32)) > 0:
             acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M,
                             K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M,
@@ -978,6 +974,8 @@ def _tc_split_heuristic(args: dict) -> int:
 
 _gemv_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemv_kernel)
 _gemm_split = triton.heuristics({"SPLIT_K": _split_heuristic})(_gemm_kernel)
+
+
 def bench_from_memory(fn, quantiles=None, reps: int = 50):
     """Time fn (one GEMV launch) with its weights in HBM, not L2, and L2 holding clean lines.
     Triton's do_bench empties L2 by zeroing a 256 MB buffer, which leaves it full of dirty lines
