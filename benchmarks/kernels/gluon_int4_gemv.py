@@ -9,9 +9,9 @@ rows x COLS double words, the scales load in the tile's row slice and x in its c
 nothing passes through shared memory (compiled for sm_90 on the CPU: 0 shared-memory
 instructions, 64 registers at 4 x 2 on 4 warps, 352 loop instructions per 128 weights per
 thread against 358). PREFETCH carries the next group's words and scales in registers.
-The product is kiln's own PTX (`qm._INT4_DWORD_DOT_ASM`, `qm._X_PAIRS_BF16_ASM`). The kernel
-writes float32 partials [SPLIT_K, N]; their sum is not timed (kiln's GEMV sums its splits in
-its last program), so a close race favours this prototype by that sum.
+The product is kiln's own PTX (`qm._INT4_DWORD_DOT_ASM`, `qm._X_PAIRS_BF16_ASM`), and the K
+splits are summed as kiln's GEMV sums them (the last program of each output tile adds the
+float32 partials in split order), so the race is like for like.
 
     PYTHONPATH=. python3 benchmarks/kernels/gluon_int4_gemv.py --json OUT.json
 """
@@ -55,7 +55,7 @@ def _pairs(x, mask):
 
 
 @gluon.jit
-def int4_gemv_gluon(x_ptr, w_ptr, s_ptr, part_ptr, N, K, stride_wn, stride_sn,
+def int4_gemv_gluon(x_ptr, w_ptr, s_ptr, part_ptr, out_ptr, lock_ptr, N, K, stride_wn, stride_sn,
                     SPLIT_K: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
                     WARPS: gl.constexpr, PREFETCH: gl.constexpr):
     GROUP: gl.constexpr = 128
@@ -100,17 +100,33 @@ def int4_gemv_gluon(x_ptr, w_ptr, s_ptr, part_ptr, N, K, stride_wn, stride_sn,
                                          dtype=gl.float32, is_pure=True, pack=1)
         acc += dots * s[:, None]
     out = gl.sum(acc, axis=1)
-    gl.store(part_ptr + pid_k * N + offs_n, out, mask=n_mask)
+    if SPLIT_K == 1:
+        gl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_mask)
+    else:  # kiln's fused split-K: the tile's last program sums the partials in split order
+        gl.store(part_ptr + pid_k * N + offs_n, out, mask=n_mask)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            gl.thread_barrier()
+            total = gl.zeros_like(out)
+            for sk in range(0, SPLIT_K):
+                total += gl.load(part_ptr + sk * N + offs_n, mask=n_mask, other=0.0,
+                                 cache_modifier=".cg")
+            gl.store(out_ptr + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+            gl.atomic_xchg(lock_ptr + pid_n, 0, sem="relaxed", scope="gpu")
 
 
 def block_n(rows: int, cols: int, warps: int) -> int:
     return rows * (32 // (8 // cols)) * warps
 
 
-def launch(x, qweight, scales, part, split, rows, cols, warps, prefetch):
+def launch(x, qweight, scales, part, out, locks, split, rows, cols, warps, prefetch):
+    """One launch: out [N] (x's dtype) = x [1, K] @ dequant(qweight, scales).T, split over K with
+    kiln's fused reduce (part: [split, N] float32 partials; locks: zeroed int32 counters, one per
+    output tile, re-armed by the kernel)."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
     int4_gemv_gluon[(triton.cdiv(n, block_n(rows, cols, warps)), split)](
-        x, qweight, scales, part, n, k, qweight.stride(0), scales.stride(0),
+        x, qweight, scales, part, out, locks, n, k, qweight.stride(0), scales.stride(0),
         SPLIT_K=split, ROWS=rows, COLS=cols, WARPS=warps, PREFETCH=prefetch, num_warps=warps)
 
 
@@ -126,7 +142,8 @@ def main() -> int:
         sets = [probe] + [bench_quant.make_weights("int4", n, k)
                           for _ in range(bench_quant.n_sets(nbytes) - 1)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        want = qm.int4_wo_linear_ref(x, probe[0], probe[1], 128).float()
+        want = qm.int4_wo_linear_ref(x, probe[0], probe[1], 128).float()[0]
+        locks = torch.zeros(n, dtype=torch.int32, device="cuda")
         row = {"shape": name, "N": n, "K": k, "bytes": nbytes, "gluon": []}
         bn, warps, unroll, split = KILN_BEST[name]
         cfg = triton.Config({"BLOCK_N": bn, "UNROLL": unroll}, num_warps=warps, num_stages=3)
@@ -140,10 +157,11 @@ def main() -> int:
             for prefetch in (False, True):
                 for split in SPLITS:
                     part = torch.empty(split, n, dtype=torch.float32, device="cuda")
-                    launch(x, probe[0], probe[1], part, split, rows, cols, warps, prefetch)
-                    err = ((part.sum(0) - want).norm() / want.norm()).item()
-                    us = bench_quant.time_calls([lambda w=w: launch(x, w[0], w[1], part, split, rows,
-                                                                    cols, warps, prefetch)
+                    out = torch.empty(n, dtype=x.dtype, device="cuda")
+                    launch(x, probe[0], probe[1], part, out, locks, split, rows, cols, warps, prefetch)
+                    err = ((out.float() - want).norm() / want.norm()).item()
+                    us = bench_quant.time_calls([lambda w=w: launch(x, w[0], w[1], part, out, locks,
+                                                                    split, rows, cols, warps, prefetch)
                                                  for w in sets])
                     row["gluon"].append({"rows": rows, "cols": cols, "warps": warps,
                                          "prefetch": prefetch, "split": split, "us": round(us, 2),
