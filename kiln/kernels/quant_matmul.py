@@ -225,83 +225,44 @@ def _int4_words_16(word, X_BF16: tl.constexpr, ASM: tl.constexpr):
                 (((word >> 28) & 15) - 8).to(tl.float32).to(ty))
 
 
-# int4 x float16 products two at a time (INT4_ASM 2/3). One 32-bit word holds k = 8j + i at bits
-# 4i. OR-ing a masked word into fp16 1024.0 (0x6400) puts nibbles i and i + 4 in the two halves
-# as 1024 + n (mask 0x000F000F) or 1024 + 16 n (mask 0x00F000F0); one packed add (-1032) or FMA
-# (x 1/16, -72) makes both q = n - 8 exactly. Four packed FMAs then take the word's dot with x
-# pairs (x[i], x[i + 4]) in float16 (four products per half, so no half can overflow while
-# |x| < 2048), and the two halves are summed in float32.
-_INT4_WORD_DOT_ASM = tl.constexpr("""
-{
-.reg .b32 kw8, kh0, kh1, kh2, kh3, kmo, kms, kmr, kacc;
-.reg .f16 klo, khi;
-.reg .f32 kflo, kfhi;
-mov.b32 kmo, 0xE408E408;
-mov.b32 kms, 0x2C002C00;
-mov.b32 kmr, 0xD480D480;
-shr.u32 kw8, $1, 8;
-lop3.b32 kh0, $1, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh1, $1, 0x00F000F0, 0x64006400, 0xEA;
-lop3.b32 kh2, kw8, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh3, kw8, 0x00F000F0, 0x64006400, 0xEA;
-add.rn.f16x2 kh0, kh0, kmo;
-fma.rn.f16x2 kh1, kh1, kms, kmr;
-add.rn.f16x2 kh2, kh2, kmo;
-fma.rn.f16x2 kh3, kh3, kms, kmr;
-mul.rn.f16x2 kacc, kh0, $2;
-fma.rn.f16x2 kacc, kh1, $3, kacc;
-fma.rn.f16x2 kacc, kh2, $4, kacc;
-fma.rn.f16x2 kacc, kh3, $5, kacc;
-mov.b32 {klo, khi}, kacc;
-cvt.f32.f16 kflo, klo;
-cvt.f32.f16 kfhi, khi;
-add.f32 $0, kflo, kfhi;
-}
-""")
+def _int4_dot_ptx(words: int) -> str:
+    """PTX of the float16 int4 product over `words` consecutive 32-bit weight words ($1: one
+    32-bit or, for two, one 64-bit register; $2.. the x pairs; $0 the float32 dot).
 
-# The same over two consecutive words (one 64-bit load, k = 16j .. 16j + 15): eight products per
-# half before the float32 sum (no half can overflow while |x| < 1024), half the conversions.
-_INT4_DWORD_DOT_ASM = tl.constexpr("""
-{
-.reg .b32 ka, kb, ka8, kb8, kh0, kh1, kh2, kh3, kh4, kh5, kh6, kh7, kmo, kms, kmr, kacc;
-.reg .f16 klo, khi;
-.reg .f32 kflo, kfhi;
-mov.b32 kmo, 0xE408E408;
-mov.b32 kms, 0x2C002C00;
-mov.b32 kmr, 0xD480D480;
-mov.b64 {ka, kb}, $1;
-shr.u32 ka8, ka, 8;
-shr.u32 kb8, kb, 8;
-lop3.b32 kh0, ka, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh1, ka, 0x00F000F0, 0x64006400, 0xEA;
-lop3.b32 kh2, ka8, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh3, ka8, 0x00F000F0, 0x64006400, 0xEA;
-lop3.b32 kh4, kb, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh5, kb, 0x00F000F0, 0x64006400, 0xEA;
-lop3.b32 kh6, kb8, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 kh7, kb8, 0x00F000F0, 0x64006400, 0xEA;
-add.rn.f16x2 kh0, kh0, kmo;
-fma.rn.f16x2 kh1, kh1, kms, kmr;
-add.rn.f16x2 kh2, kh2, kmo;
-fma.rn.f16x2 kh3, kh3, kms, kmr;
-add.rn.f16x2 kh4, kh4, kmo;
-fma.rn.f16x2 kh5, kh5, kms, kmr;
-add.rn.f16x2 kh6, kh6, kmo;
-fma.rn.f16x2 kh7, kh7, kms, kmr;
-mul.rn.f16x2 kacc, kh0, $2;
-fma.rn.f16x2 kacc, kh1, $3, kacc;
-fma.rn.f16x2 kacc, kh2, $4, kacc;
-fma.rn.f16x2 kacc, kh3, $5, kacc;
-fma.rn.f16x2 kacc, kh4, $6, kacc;
-fma.rn.f16x2 kacc, kh5, $7, kacc;
-fma.rn.f16x2 kacc, kh6, $8, kacc;
-fma.rn.f16x2 kacc, kh7, $9, kacc;
-mov.b32 {klo, khi}, kacc;
-cvt.f32.f16 kflo, klo;
-cvt.f32.f16 kfhi, khi;
-add.f32 $0, kflo, kfhi;
-}
-""")
+    One word holds k = 8j + i at bits 4i. OR-ing a masked word into fp16 1024.0 (0x6400) puts
+    nibbles i and i + 4 in the two halves as 1024 + n (mask 0x000F000F) or 1024 + 16 n (mask
+    0x00F000F0); one packed add (-1032) or FMA (x 1/16, -72) makes both q = n - 8 exactly. Packed
+    FMAs then take the dot with x pairs (x[i], x[i + 4]) in float16, 4 * words products per half
+    (no half can overflow while |x| < 2048 / words), and the two halves are summed in float32.
+    """
+    regs = ["$1"] if words == 1 else ["kw0", "kw1"]
+    h = [f"kh{i}" for i in range(4 * words)]
+    declared = (regs if words > 1 else []) + [f"kw{w}s8" for w in range(words)] + h
+    lines = [".reg .b32 " + ", ".join(declared + ["kmo", "kms", "kmr", "kacc"]) + ";",
+             ".reg .f16 klo, khi;", ".reg .f32 kflo, kfhi;",
+             "mov.b32 kmo, 0xE408E408;", "mov.b32 kms, 0x2C002C00;", "mov.b32 kmr, 0xD480D480;"]
+    if words > 1:
+        lines.append("mov.b64 {kw0, kw1}, $1;")
+    for w, reg in enumerate(regs):
+        lines.append(f"shr.u32 kw{w}s8, {reg}, 8;")
+    for w, reg in enumerate(regs):
+        for i, (src, mask) in enumerate(((reg, "0x000F000F"), (reg, "0x00F000F0"),
+                                         (f"kw{w}s8", "0x000F000F"), (f"kw{w}s8", "0x00F000F0"))):
+            lines.append(f"lop3.b32 {h[4 * w + i]}, {src}, {mask}, 0x64006400, 0xEA;")
+    for i, r in enumerate(h):
+        lines.append(f"add.rn.f16x2 {r}, {r}, kmo;" if i % 2 == 0 else f"fma.rn.f16x2 {r}, {r}, kms, kmr;")
+    for i, r in enumerate(h):
+        lines.append(f"mul.rn.f16x2 kacc, {r}, ${i + 2};" if i == 0
+                     else f"fma.rn.f16x2 kacc, {r}, ${i + 2}, kacc;")
+    lines += ["mov.b32 {klo, khi}, kacc;", "cvt.f32.f16 kflo, klo;", "cvt.f32.f16 kfhi, khi;",
+              "add.f32 $0, kflo, kfhi;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+# INT4_ASM 2/3: one word per product chain; 4/5: two (one 64-bit load, k = 16j .. 16j + 15),
+# half the conversions per weight.
+_INT4_WORD_DOT_ASM = tl.constexpr(_int4_dot_ptx(1))
+_INT4_DWORD_DOT_ASM = tl.constexpr(_int4_dot_ptx(2))
 
 # x as 32-bit words of bfloat16 pairs (x0 x1, x2 x3, x4 x5, x6 x7; low half first) -> the float16
 # pairs the word dot takes: (x0, x4), (x1, x5), (x2, x6), (x3, x7). Values beyond float16's range
