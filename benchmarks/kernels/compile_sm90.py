@@ -229,14 +229,17 @@ def tc_gemv_configs():
                 "ws_ptr": "*fp32" if a8 else ty, "part_ptr": "*fp32", "lock_ptr": "*i32"}
         seen = set()
         for cfg in (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT):
-            key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages)
+            sk = cfg.kwargs.get("STREAM_K", 0)
+            key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages, sk)
             if key in seen:  # split_cfg is a run-time argument: no new variant
                 continue
             seen.add(key)
-            yield (f"{name} tc-gemv N{key[0]} K{key[1]} w{key[2]} s{key[3]}",
+            yield (f"{name} tc-gemv N{key[0]} K{key[1]} w{key[2]} s{key[3]}"
+                   + (f" stream-K {sk}/SM" if sk else ""),
                    quant_matmul._tc_gemv_kernel,
                    {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                    "BLOCK_N": key[0], "BLOCK_K": key[1], "_ptrs": ptrs}, "bf16", key[2], key[3])
+                    "BLOCK_N": key[0], "BLOCK_K": key[1], "STREAM_K": sk, "_ptrs": ptrs},
+                   "bf16", key[2], key[3])
         # the decode graphs' variant: early PDL with the weight prefetch before the wait
         cfg = (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT)[0]
         yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",

@@ -401,7 +401,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                    PREFETCH_MB: tl.constexpr = 0):
+                    PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -411,16 +411,39 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # PREFETCH > 0 (CUDA, with PDL): before waiting for the kernel before, ask for the first
     # PREFETCH K steps of this program's weight rows in L2 (they do not depend on it); with
     # PREFETCH_MB > 0 at most that many MiB over the whole launch (_prefetch_budget).
-    pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
+    # STREAM_K > 0: grid (P, 1) instead, and the tiles' K steps, taken in order as one run of
+    # units (tile by tile), are cut into P equal runs, one per program, so every program streams
+    # the same number of weight bytes whatever the tile count (no partial last wave). A program
+    # whose run covers part of a tile leaves a partial (_tc_stream_k_tiles).
+    if STREAM_K > 0:
+        pdl_start(PDL)
+        _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                           M, N, K, stride_xm, stride_wn, stride_om, A8, HAS_BIAS, FUSED_SPLITK,
+                           BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
+        s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
+        if PREFETCH > 0:
+            ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+            steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * BLOCK_K * ELEM)
+            _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, s_begin * BLOCK_K,
+                           tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
+        pdl_start(PDL)
+        acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
+                           s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K)
+        _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
+                     out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
+                     HAS_BIAS, FUSED_SPLITK)
+
+
+@triton.jit
+def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
+                 stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
+    [s_begin, s_end) (fp8: times both scales)."""
     kk = tl.arange(0, BLOCK_K)
-    s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
-    if PREFETCH > 0:
-        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * BLOCK_K * ELEM)
-        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, s_begin * BLOCK_K,
-                       tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
-    pdl_start(PDL)
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for step in range(s_begin, s_end):
@@ -433,9 +456,51 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
         sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
-    _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :], out_ptr,
-                 part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K, HAS_BIAS,
-                 FUSED_SPLITK)
+    return acc
+
+
+@triton.jit
+def _stream_k_owner(unit, P, U):
+    """The program whose run holds unit `unit` when U units are cut into P runs, run p being
+    [p * U // P, (p + 1) * U // P)."""
+    return ((unit + 1) * P - 1) // U
+
+
+@triton.jit
+def _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                       M, N, K, stride_xm, stride_wn, stride_om, A8: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One stream-K program of _tc_gemv_kernel: the units [p U / P, (p + 1) U / P) of the
+    U = tiles x K steps, tile by tile. A tile's contributors are the programs whose runs meet
+    it, numbered from 0 in program order; contributor c of a tile with C of them stores its
+    partial as split c and the tile is finished as a C-way split (_finish_tile: with
+    FUSED_SPLITK the last to arrive sums them in contributor order). Without FUSED_SPLITK every
+    tile leaves partials, even a whole one (C is then taken as unbounded), for the caller to
+    sum over the zero-filled buffer."""
+    p = tl.program_id(0)
+    P = tl.num_programs(0)
+    steps = tl.cdiv(K, BLOCK_K)
+    units = tl.cdiv(N, BLOCK_N) * steps
+    u_begin = (p * units) // P
+    u_end = ((p + 1) * units) // P
+    rows = tl.arange(0, BLOCK_M)
+    m_mask = rows < M
+    for tile in range(u_begin // steps, tl.cdiv(u_end, steps)):
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        first = _stream_k_owner(tile * steps, P, units)
+        last = _stream_k_owner((tile + 1) * steps - 1, P, units)
+        acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask,
+                           tl.maximum(u_begin, tile * steps) - tile * steps,
+                           tl.minimum(u_end, (tile + 1) * steps) - tile * steps, K, stride_xm,
+                           stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K)
+        contributors = last - first + 1
+        if not FUSED_SPLITK:
+            contributors = 0x7FFFFFFF
+        _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
+                     out_ptr, part_ptr, lock_ptr, bias_ptr, tile, p - first, M, N, stride_om,
+                     contributors, HAS_BIAS, FUSED_SPLITK)
 
 
 @triton.jit
@@ -901,11 +966,13 @@ TC_GEMV_CONFIGS_FP8 = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=256, split_cfg=4),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=8),
     _cfg(4, 3, BLOCK_N=128, BLOCK_K=128, split_cfg=8),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2),
 ]
 TC_GEMV_CONFIGS_FLOAT = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=2),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2),
 ]
 TC_GEMV_CONFIGS = TC_GEMV_CONFIGS_FP8 + TC_GEMV_CONFIGS_FLOAT
 INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
@@ -914,7 +981,10 @@ INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
 def _tc_prune(configs, named_args, **kwargs):
     """Keep the candidates of this call's kind (fp8 codes or float weights)."""
     wanted = TC_GEMV_CONFIGS_FP8 if kwargs["A8"] else TC_GEMV_CONFIGS_FLOAT
-    return [c for c in configs if any(c is w for w in wanted)]
+    # a forced split (split_hint) leaves out the stream-K candidates, which cut K themselves
+    return [c for c in configs if any(c is w for w in wanted)
+            and not (c.kwargs.get("STREAM_K")
+                     and (named_args["split_hint"] > 0 or not stream_k_enabled()))]
 
 
 def tc_split(m: int, n: int, k: int, block_k: int, num_sms: int, hint: int, block_n: int,
@@ -925,6 +995,20 @@ def tc_split(m: int, n: int, k: int, block_k: int, num_sms: int, hint: int, bloc
     if a8 and hint <= 0:
         split = max(split, min(MAX_SPLIT_K, triton.cdiv(k, TC_FP8_CHAIN_MAX)))
     return min(split, triton.cdiv(k, block_k)) if hint <= 0 else split
+
+
+def tc_stream_k(n: int, k: int, block_n: int, block_k: int, num_sms: int, per_sm: int,
+                a8: bool) -> tuple[int, int]:
+    """(programs, most contributors of one tile) of a stream-K tensor-core GEMV launch: per_sm
+    programs per SM (at most one per unit), raised for fp8 so that no program's run within one
+    tile is longer than TC_FP8_CHAIN_MAX of K."""
+    steps = triton.cdiv(k, block_k)
+    units = triton.cdiv(n, block_n) * steps
+    programs = min(units, num_sms * per_sm)
+    if a8 and steps * block_k > TC_FP8_CHAIN_MAX:
+        programs = max(programs, triton.cdiv(units, max(1, TC_FP8_CHAIN_MAX // block_k)))
+    # every run holds at least units // programs units, so a tile meets at most this many runs
+    return programs, triton.cdiv(steps - 1, max(1, units // programs)) + 1
 
 
 def _tc_split_heuristic(args: dict) -> int:
@@ -993,7 +1077,16 @@ def tuned_kernels() -> dict:
 
 
 def _candidates(name: str) -> list[triton.Config]:
-    return {"gemv": GEMV_CONFIGS, "tc_gemv": TC_GEMV_CONFIGS}.get(name, GEMM_CONFIGS)
+    if name == "tc_gemv":
+        return [c for c in TC_GEMV_CONFIGS if stream_k_enabled() or not c.kwargs.get("STREAM_K")]
+    return {"gemv": GEMV_CONFIGS}.get(name, GEMM_CONFIGS)
+
+
+def stream_k_enabled() -> bool:
+    """Whether the tensor-core GEMV's stream-K candidates (equal runs of the tiles' K steps per
+    program, STREAM_K) may be tuned or taken from an engine's stored tuning (KILN_TC_STREAM_K,
+    default 1; 0 leaves them out)."""
+    return os.environ.get("KILN_TC_STREAM_K", "1") != "0"
 
 
 def _same_config(a: triton.Config, entry: dict) -> bool:
@@ -1316,25 +1409,40 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
                          f"got x {tuple(x2.shape)} {x2.dtype}, w {tuple(w.shape)} {w.dtype}")
     if split_k > MAX_SPLIT_K:
         raise ValueError(f"split_k={split_k} needs split_k <= {MAX_SPLIT_K}")
+    if split_k > 0 and config is not None and config.kwargs.get("STREAM_K"):
+        raise ValueError("a stream-K configuration cuts K itself: it takes no split_k")
     sms = _num_sms(x2.device)
     tune = x2.is_cuda and autotune_enabled() and config is None
     kind_configs = TC_GEMV_CONFIGS_FP8 if a8 else TC_GEMV_CONFIGS_FLOAT
     fixed = config or (kind_configs[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
     candidates = kind_configs if tune else [fixed]
-    max_split = max(tc_split(m, n, k, c.kwargs["BLOCK_K"], sms, split_k, c.kwargs["BLOCK_N"],
-                             c.kwargs.get("split_cfg", 0), a8) for c in candidates)
+
+    def shape(c: dict) -> tuple[int, int]:
+        """(grid width, K splits or most contributors per tile) of configuration kwargs c."""
+        if c.get("STREAM_K"):
+            return tc_stream_k(n, k, c["BLOCK_N"], c["BLOCK_K"], sms, c["STREAM_K"], a8)
+        return (triton.cdiv(n, c["BLOCK_N"]),
+                tc_split(m, n, k, c["BLOCK_K"], sms, split_k, c["BLOCK_N"],
+                         int(c.get("split_cfg") or 0), a8))
+
+    max_split = max(max(shape(c.kwargs)[1] for c in candidates), 1)
     locks = None
     if max_split > 1 and fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS:
         locks = split_locks(x2.device)
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
-    part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
+    # stream-K without the fused reduce leaves no partial in the slots of a tile's missing
+    # contributors: they must read as zeros to the separate reduce
+    zero = locks is None and any(c.kwargs.get("STREAM_K") for c in candidates)
+    part = ((torch.zeros if zero else torch.empty)(max_split * m * n, dtype=torch.float32,
+                                                   device=x2.device) if max_split > 1 else out)
     has_bias = bias is not None
     chosen = {}
 
     def grid(meta):
-        chosen["split"] = tc_split(m, n, k, meta["BLOCK_K"], sms, split_k, meta["BLOCK_N"],
-                                   int(meta.get("split_cfg") or 0), a8)
-        return (triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
+        width, chosen["split"] = shape(meta)
+        if meta.get("STREAM_K"):
+            return (width, 1)
+        return (width, chosen["split"])
 
     args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),

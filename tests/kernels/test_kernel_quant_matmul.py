@@ -11,6 +11,7 @@ tests/gpu/test_quant_gpu.py covers it.
 
 import pytest
 import torch
+import triton
 
 from kernel_cases import TOL, rel_err
 from kiln.kernels import quant_act, quant_matmul as qm
@@ -471,6 +472,71 @@ def test_tensor_core_gemv_float(m, split, gen, poison_allocations):
         qm.tc_gemv(x, None, w.float(), None, None, torch.float16)  # float32 weights
     with pytest.raises(ValueError, match="tc_gemv takes"):
         qm.tc_gemv(randx(17, k, torch.float16, gen), None, w, None, None, torch.float16)
+
+
+@pytest.mark.parametrize("n,k,per_sm", [(1000, 1000, 1), (4096, 14336, 2), (96, 32 * 7, 8),
+                                         (5, 64, 3), (28672, 4096, 2)])
+@pytest.mark.parametrize("a8", [False, True])
+def test_stream_k_runs_cover_every_unit_once(n, k, per_sm, a8):
+    """tc_stream_k's programs cut the units (tiles x K steps) into equal runs that cover each
+    unit once; no tile meets more runs than the partial buffer holds; fp8 runs stay within
+    TC_FP8_CHAIN_MAX of K per tile; the kernel's owner formula finds the run of every unit."""
+    block_n, block_k, sms = 64, 128, 132
+    programs, most = qm.tc_stream_k(n, k, block_n, block_k, sms, per_sm, a8)
+    steps = -(-k // block_k)
+    units = -(-n // block_n) * steps
+    runs = [(p * units // programs, (p + 1) * units // programs) for p in range(programs)]
+    assert runs[0][0] == 0 and runs[-1][1] == units and all(a < b for a, b in runs)
+    assert all(runs[i][1] == runs[i + 1][0] for i in range(programs - 1))
+    assert max(b - a for a, b in runs) - min(b - a for a, b in runs) <= 1
+    owner = [((u + 1) * programs - 1) // units for u in range(units)]
+    assert all(a <= u < b for u in range(units) for a, b in [runs[owner[u]]])
+    for tile in range(units // steps):
+        assert owner[(tile + 1) * steps - 1] - owner[tile * steps] + 1 <= most
+    if a8 and steps * block_k > qm.TC_FP8_CHAIN_MAX:  # a run's part of one tile is at most the run
+        assert max(b - a for a, b in runs) * block_k <= qm.TC_FP8_CHAIN_MAX
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize("m,n,k,per_sm", [(1, 72, 7 * 32, 1), (3, 40, 5 * 32, 3), (16, 100, 9 * 32, 2),
+                                          (2, 16, 2 * 32, 8)])
+def test_tensor_core_gemv_stream_k(m, n, k, per_sm, fused, gen, monkeypatch, poison_allocations):
+    """The stream-K tensor-core GEMV (equal runs of tiles x K steps per program; tiles cut
+    between programs summed by the last contributor, or, without the fused reduce, by the
+    separate reduce over a zero-filled buffer) against the references, fp8 codes and float16
+    weights, ragged N and K, with bias; a stream-K configuration refuses a forced split."""
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", fused)
+    config = triton.Config({**qm.INTERPRET_TC_GEMV, "STREAM_K": per_sm})
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
+    out = qm.tc_gemv(xq, sx, weight, ws, bias, torch.float16, config=config)
+    assert out.shape == (m, n) and rel_err(out, qm.fp8_linear_ref(x, weight, ws, bias)) < TOL[torch.float16]
+    w = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
+    ref = torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16)
+    assert rel_err(qm.tc_gemv(x, None, w, None, bias, torch.float16, config=config), ref) < TOL[torch.float16]
+    with pytest.raises(ValueError, match="stream-K"):
+        qm.tc_gemv(x, None, w, None, None, torch.float16, split_k=2, config=config)
+
+
+def test_stream_k_switch(monkeypatch):
+    """KILN_TC_STREAM_K=0 keeps the stream-K candidates out of tuning and out of an engine's
+    stored tuning; by default both take them."""
+    sk = next(c for c in qm.TC_GEMV_CONFIGS if c.kwargs.get("STREAM_K"))
+    entry = {"kernel": "tc_gemv", "key": ["stream-k-switch-test"], "config": dict(sk.kwargs),
+             "num_warps": sk.num_warps, "num_stages": sk.num_stages}
+    cache = qm.tuned_kernels()["tc_gemv"].cache
+    try:
+        monkeypatch.setenv("KILN_TC_STREAM_K", "0")
+        assert qm.import_tuning([entry]) == 0
+        assert not qm._tc_prune([sk], {"split_hint": 0}, A8=bool(sk in qm.TC_GEMV_CONFIGS_FP8))
+        monkeypatch.delenv("KILN_TC_STREAM_K")
+        assert qm.import_tuning([entry]) == 1
+        assert qm._tc_prune([sk], {"split_hint": 0}, A8=sk in qm.TC_GEMV_CONFIGS_FP8) == [sk]
+        assert not qm._tc_prune([sk], {"split_hint": 2}, A8=sk in qm.TC_GEMV_CONFIGS_FP8)
+    finally:
+        cache.pop(("stream-k-switch-test",), None)
 
 
 def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):

@@ -1,0 +1,86 @@
+"""The tensor-core GEMV at batch 1: stream-K launches (STREAM_K programs per SM, each streaming an
+equal run of the tiles' K steps) against the split-K candidates the autotuner had before.
+
+Per 8B layer shape, fp8 W8A8 and bf16: every split-K candidate of qm.TC_GEMV_CONFIGS_* (without
+STREAM_K) is timed and the best kept (what the autotuner would pick), then each stream-K variant.
+Timing is bench_kernels' (median of CUDA-graph replays, rotating weight sets so one timing moves
+> 200 MB); each launch is checked against the reference first. GB/s counts the weights once.
+
+    PYTHONPATH=. python3 benchmarks/kernels/bench_stream_k.py --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_quant  # noqa: E402
+import sweep_gemv  # noqa: E402
+from kiln.kernels import quant_matmul as qm  # noqa: E402
+
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM) tried per scheme. Shared memory per program:
+# bf16 64 x 128 x 4 stages 80 KB (2 fit on an SM), 64 x 64 40 KB; fp8 64 x 128 40 KB.
+VARIANTS = {"bf16-tc": [(64, 128, 4, 4, 1), (64, 128, 4, 4, 2), (64, 64, 4, 4, 2), (64, 64, 4, 4, 4),
+                        (64, 64, 4, 6, 3), (128, 64, 4, 4, 2)],
+            "fp8-tc": [(64, 128, 4, 4, 2), (64, 128, 4, 4, 3), (64, 128, 4, 4, 4), (64, 256, 4, 4, 2),
+                       (128, 128, 4, 3, 2)]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--schemes", default="bf16-tc,fp8-tc")
+    ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES))
+    args = ap.parse_args()
+    ceil = bench_quant.ceilings()
+    print(f"copy {ceil['copy_GBps']:.0f} GB/s", flush=True)
+    results = []
+    t0 = time.time()
+    for scheme in args.schemes.split(","):
+        wscheme = scheme[:-3]
+        kind = qm.TC_GEMV_CONFIGS_FP8 if wscheme == "fp8" else qm.TC_GEMV_CONFIGS_FLOAT
+        for name in args.shapes.split(","):
+            n, k = sweep_gemv.SHAPES[name]
+            probe = bench_quant.make_weights(wscheme, n, k)
+            nbytes = bench_quant.weight_bytes(probe)
+            sets = [probe] + [bench_quant.make_weights(wscheme, n, k)
+                              for _ in range(bench_quant.n_sets(nbytes) - 1)]
+            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            want = sweep_gemv.reference(scheme, x, probe).float()
+            rows = []
+            cands = [("split", c) for c in kind if not c.kwargs.get("STREAM_K")]
+            cands += [("stream-K", triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "STREAM_K": sk},
+                                                 num_warps=w, num_stages=st))
+                      for bn, bk, w, st, sk in VARIANTS[scheme]]
+            for family, cfg in cands:
+                fn = sweep_gemv.runner(scheme, x, cfg, 0)
+                err = ((fn(probe).float() - want).norm() / want.norm()).item()
+                us = sweep_gemv.time_fn(fn, sets)
+                rows.append({"family": family, "config": dict(cfg.kwargs), "num_warps": cfg.num_warps,
+                             "num_stages": cfg.num_stages, "us": round(us, 2),
+                             "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
+            best = {f: min((r for r in rows if r["family"] == f), key=lambda r: r["us"])
+                    for f in ("split", "stream-K")}
+            results.append({"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes,
+                            "rows": rows, "best": best})
+            print(f"{scheme:7s} {name:8s} split-K best {best['split']['us']:7.2f} us "
+                  f"({best['split']['GBps']:5.0f} GB/s) | stream-K best {best['stream-K']['us']:7.2f} us "
+                  f"({best['stream-K']['GBps']:5.0f} GB/s) {best['stream-K']['config']} "
+                  f"w{best['stream-K']['num_warps']} s{best['stream-K']['num_stages']} | max rel_err "
+                  f"{max(r['rel_err'] for r in rows):.1e}", flush=True)
+            with open(args.json, "w") as f:
+                json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
+                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "triton": triton.__version__}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
