@@ -1,8 +1,9 @@
-"""The tensor-core GEMV at batch 1: stream-K launches (STREAM_K programs per SM, each streaming an
+"""The GEMVs at batch 1: stream-K launches (STREAM_K programs per SM, each streaming an
 equal run of the tiles' K steps) against the split-K candidates the autotuner had before.
 
 Per 8B layer shape, fp8 W8A8 and bf16: every split-K candidate of qm.TC_GEMV_CONFIGS_* (without
 STREAM_K) is timed and the best kept (what the autotuner would pick), then each stream-K variant.
+int4: the FMA GEMV (qm.launch), its base and named-split candidates against stream-K variants.
 Timing is bench_kernels' (median of CUDA-graph replays, rotating weight sets so one timing moves
 > 200 MB); each launch is checked against the reference first. GB/s counts the weights once.
 
@@ -27,6 +28,10 @@ from kiln.kernels import quant_matmul as qm  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, warps, stages, programs per SM) tried per scheme. Shared memory per program:
 # bf16 64 x 128 x 4 stages 80 KB (2 fit on an SM), 64 x 64 40 KB; fp8 64 x 128 40 KB.
+# int4 (FMA GEMV, qm.launch): (BLOCK_N, warps, UNROLL, stages, programs per SM); registers allow
+# about 7 programs per SM at BLOCK_N 64 and 5 at 128 on 4 warps.
+INT4_VARIANTS = [(64, 4, 1, 3, 4), (64, 4, 1, 3, 6), (128, 4, 1, 3, 3), (128, 4, 1, 3, 4),
+                 (32, 2, 1, 3, 8), (256, 8, 1, 3, 2)]
 VARIANTS = {"bf16-tc": [(64, 128, 4, 4, 1), (64, 128, 4, 4, 2), (64, 64, 4, 4, 2), (64, 64, 4, 4, 4),
                         (64, 64, 4, 6, 3), (128, 64, 4, 4, 2)],
             "fp8-tc": [(64, 128, 4, 4, 2), (64, 128, 4, 4, 3), (64, 128, 4, 4, 4), (64, 256, 4, 4, 2),
@@ -36,7 +41,7 @@ VARIANTS = {"bf16-tc": [(64, 128, 4, 4, 1), (64, 128, 4, 4, 2), (64, 64, 4, 4, 2
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
-    ap.add_argument("--schemes", default="bf16-tc,fp8-tc")
+    ap.add_argument("--schemes", default="bf16-tc,fp8-tc,int4")
     ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES))
     args = ap.parse_args()
     ceil = bench_quant.ceilings()
@@ -44,8 +49,11 @@ def main() -> int:
     results = []
     t0 = time.time()
     for scheme in args.schemes.split(","):
-        wscheme = scheme[:-3]
-        kind = qm.TC_GEMV_CONFIGS_FP8 if wscheme == "fp8" else qm.TC_GEMV_CONFIGS_FLOAT
+        wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
+        if scheme == "int4":  # every base and named-split candidate
+            kind = qm.GEMV_BASE_CONFIGS + qm.GEMV_SPLIT_CONFIGS
+        else:
+            kind = qm.TC_GEMV_CONFIGS_FP8 if wscheme == "fp8" else qm.TC_GEMV_CONFIGS_FLOAT
         for name in args.shapes.split(","):
             n, k = sweep_gemv.SHAPES[name]
             probe = bench_quant.make_weights(wscheme, n, k)
@@ -56,9 +64,14 @@ def main() -> int:
             want = sweep_gemv.reference(scheme, x, probe).float()
             rows = []
             cands = [("split", c) for c in kind if not c.kwargs.get("STREAM_K")]
-            cands += [("stream-K", triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "STREAM_K": sk},
-                                                 num_warps=w, num_stages=st))
-                      for bn, bk, w, st, sk in VARIANTS[scheme]]
+            if scheme == "int4":
+                cands += [("stream-K", triton.Config({"BLOCK_N": bn, "UNROLL": u, "STREAM_K": sk},
+                                                     num_warps=w, num_stages=st))
+                          for bn, w, u, st, sk in INT4_VARIANTS]
+            else:
+                cands += [("stream-K", triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "STREAM_K": sk},
+                                                     num_warps=w, num_stages=st))
+                          for bn, bk, w, st, sk in VARIANTS[scheme]]
             for family, cfg in cands:
                 fn = sweep_gemv.runner(scheme, x, cfg, 0)
                 err = ((fn(probe).float() - want).norm() / want.norm()).item()

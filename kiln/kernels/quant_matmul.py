@@ -467,6 +467,28 @@ def _stream_k_owner(unit, P, U):
 
 
 @triton.jit
+def _stream_k_run(N, steps, BLOCK_N: tl.constexpr):
+    """This program's run of a stream-K launch over cdiv(N, BLOCK_N) tiles of `steps` K steps:
+    (p, P, steps, units, first unit, end unit)."""
+    p = tl.program_id(0)
+    P = tl.num_programs(0)
+    units = tl.cdiv(N, BLOCK_N) * steps
+    return p, P, steps, units, (p * units) // P, ((p + 1) * units) // P
+
+
+@triton.jit
+def _stream_k_contributor(tile, steps, p, P, units, FUSED_SPLITK: tl.constexpr):
+    """(this program's number among the tile's contributors, their count) for _finish_tile: the
+    programs whose runs meet the tile, in program order. Without FUSED_SPLITK the count is
+    unbounded, so that every tile, whole ones too, leaves its partials for the separate reduce."""
+    first = _stream_k_owner(tile * steps, P, units)
+    contributors = _stream_k_owner((tile + 1) * steps - 1, P, units) - first + 1
+    if not FUSED_SPLITK:
+        contributors = 0x7FFFFFFF
+    return p - first, contributors
+
+
+@triton.jit
 def _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                        M, N, K, stride_xm, stride_wn, stride_om, A8: tl.constexpr,
                        HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -478,28 +500,19 @@ def _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     FUSED_SPLITK the last to arrive sums them in contributor order). Without FUSED_SPLITK every
     tile leaves partials, even a whole one (C is then taken as unbounded), for the caller to
     sum over the zero-filled buffer."""
-    p = tl.program_id(0)
-    P = tl.num_programs(0)
-    steps = tl.cdiv(K, BLOCK_K)
-    units = tl.cdiv(N, BLOCK_N) * steps
-    u_begin = (p * units) // P
-    u_end = ((p + 1) * units) // P
+    p, P, steps, units, u_begin, u_end = _stream_k_run(N, tl.cdiv(K, BLOCK_K), BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
     m_mask = rows < M
     for tile in range(u_begin // steps, tl.cdiv(u_end, steps)):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
-        first = _stream_k_owner(tile * steps, P, units)
-        last = _stream_k_owner((tile + 1) * steps - 1, P, units)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask,
                            tl.maximum(u_begin, tile * steps) - tile * steps,
                            tl.minimum(u_end, (tile + 1) * steps) - tile * steps, K, stride_xm,
                            stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K)
-        contributors = last - first + 1
-        if not FUSED_SPLITK:
-            contributors = 0x7FFFFFFF
+        contributor, contributors = _stream_k_contributor(tile, steps, p, P, units, FUSED_SPLITK)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
-                     out_ptr, part_ptr, lock_ptr, bias_ptr, tile, p - first, M, N, stride_om,
+                     out_ptr, part_ptr, lock_ptr, bias_ptr, tile, contributor, M, N, stride_om,
                      contributors, HAS_BIAS, FUSED_SPLITK)
 
 
@@ -685,7 +698,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0):
+                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -702,26 +715,62 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # SPLIT_K heuristic and the grid read it. A run-time value, so configurations that differ only
     # in it share one compiled kernel.
     # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
+    # STREAM_K > 0: grid (P, 1), P programs each streaming an equal run of the tiles' K groups,
+    # as in _tc_gemv_kernel (_stream_k_tiles).
     rows = tl.arange(0, BLOCK_M)
-    g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
-    if PREFETCH > 0:
-        # weight elements per group and per row (int4: bytes of two nibbles)
-        PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
-        row_len = K // 2 if WKIND == 0 else K
-        ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
-        _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
-                       tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
+    m_mask = rows < M
+    if STREAM_K == 0:
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
+        if PREFETCH > 0:
+            # weight elements per group and per row (int4: bytes of two nibbles)
+            PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
+            row_len = K // 2 if WKIND == 0 else K
+            ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+            steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
+            _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
+                           tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
     pdl_start(PDL)
     x_scale = tl.zeros([BLOCK_M], tl.float32)
     if QX != 0:
         for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
             row_scale = token_scale(x_ptr + m * stride_xm, K, m < M, QX == 2, QX_BLOCK)
             x_scale = tl.where(rows == m, row_scale, x_scale)
+    if STREAM_K == 0:
+        acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
+                         g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
+        _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
+                     out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
+                     SPLIT_K, HAS_BIAS, FUSED_SPLITK)
+    else:
+        p, P, steps, units, u_begin, u_end = _stream_k_run(N, tl.cdiv(K, GROUP), BLOCK_N)
+        for tile in range(u_begin // steps, tl.cdiv(u_end, steps)):
+            offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < N
+            acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
+                             tl.maximum(u_begin, tile * steps) - tile * steps,
+                             tl.minimum(u_end, (tile + 1) * steps) - tile * steps, M, K,
+                             stride_xm, stride_wn, stride_sn, stride_sg, WKIND, A8, GROUP,
+                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
+            contributor, contributors = _stream_k_contributor(tile, steps, p, P, units,
+                                                              FUSED_SPLITK)
+            _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
+                         out_ptr, part_ptr, lock_ptr, bias_ptr, tile, contributor, M, N,
+                         stride_om, contributors, HAS_BIAS, FUSED_SPLITK)
+
+
+@triton.jit
+def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask, g_begin, g_end,
+               M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
+               A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
+               INT4_ASM: tl.constexpr):
+    """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
+    scales (W8A8)."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
                     UNROLL, QX, INT4_ASM)
@@ -732,14 +781,11 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M,
                             K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M,
                             BLOCK_N, UNROLL, QX, 1)
-    m_mask = rows < M
     if QX != 0:
         acc *= x_scale[:, None]
     elif A8:
         acc *= tl.load(xs_ptr + rows, mask=m_mask, other=0.0)[:, None]
-    _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :], out_ptr,
-                 part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K, HAS_BIAS,
-                 FUSED_SPLITK)
+    return acc
 
 
 @triton.jit
@@ -866,8 +912,15 @@ GEMV_SPLIT_CONFIGS = [
     _cfg(2, 3, BLOCK_N=32, UNROLL=1, split_cfg=16),
     _cfg(2, 3, BLOCK_N=16, UNROLL=1, split_cfg=8),
 ]
-GEMV_CONFIGS = GEMV_BASE_CONFIGS + (GEMV_SPLIT_CONFIGS
-                                    if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
+# Stream-K candidates (STREAM_K programs per SM, each an equal run of the tiles' K groups; see
+# _gemv_kernel). Tuned only under KILN_GEMV_STREAM_K=1 until measured on the H200.
+GEMV_STREAM_K_CONFIGS = [
+    _cfg(4, 3, BLOCK_N=64, UNROLL=1, STREAM_K=4),
+    _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
+]
+GEMV_CONFIGS = (GEMV_BASE_CONFIGS
+                + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
+                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "0") == "1" else []))
 GEMM_CONFIGS_BY_BUCKET = {
     16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
          _cfg(4, 4, BLOCK_M=16, BLOCK_N=128, UNROLL=1, SWIZZLE=1),
@@ -1003,10 +1056,19 @@ def tc_stream_k(n: int, k: int, block_n: int, block_k: int, num_sms: int, per_sm
     programs per SM (at most one per unit), raised for fp8 so that no program's run within one
     tile is longer than TC_FP8_CHAIN_MAX of K."""
     steps = triton.cdiv(k, block_k)
-    units = triton.cdiv(n, block_n) * steps
+    longest = max(1, TC_FP8_CHAIN_MAX // block_k) if a8 and steps * block_k > TC_FP8_CHAIN_MAX else 0
+    return stream_k_grid(triton.cdiv(n, block_n), steps, num_sms, per_sm, longest)
+
+
+def stream_k_grid(tiles: int, steps: int, num_sms: int, per_sm: int,
+                  longest: int = 0) -> tuple[int, int]:
+    """(programs, most contributors of one tile) of a stream-K launch over tiles x steps units:
+    per_sm programs per SM (at most one per unit), more where runs would exceed `longest` units
+    (when > 0)."""
+    units = tiles * steps
     programs = min(units, num_sms * per_sm)
-    if a8 and steps * block_k > TC_FP8_CHAIN_MAX:
-        programs = max(programs, triton.cdiv(units, max(1, TC_FP8_CHAIN_MAX // block_k)))
+    if longest > 0:
+        programs = max(programs, triton.cdiv(units, longest))
     # every run holds at least units // programs units, so a tile meets at most this many runs
     return programs, triton.cdiv(steps - 1, max(1, units // programs)) + 1
 
@@ -1060,7 +1122,15 @@ def _gemv_bench(fn, quantiles=None):
 
 
 _TUNE_KEY = ["N", "K", "WKIND", "A8", "GROUP", "split_hint", "HAS_BIAS"]
+
+
+def _gemv_prune(configs, named_args, **kwargs):
+    """A forced split (split_hint) leaves out the stream-K candidates, which cut K themselves."""
+    return [c for c in configs if not (named_args["split_hint"] > 0 and c.kwargs.get("STREAM_K"))]
+
+
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK", "INT4_ASM"],
+                              prune_configs_by={"early_config_prune": _gemv_prune},
                               do_bench=_gemv_bench)(_gemv_split)
 _tc_gemv_split = triton.heuristics({"SPLIT_K": _tc_split_heuristic})(_tc_gemv_kernel)
 _tc_gemv_tuned = triton.autotune(TC_GEMV_CONFIGS, key=["N", "K", "A8", "BLOCK_M", "HAS_BIAS",
@@ -1278,12 +1348,27 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         pruned = _gemm_prune(GEMM_CONFIGS_BY_BUCKET[flags["M_BUCKET"]], None, **flags)
         fixed = config or (pruned[0] if x2.is_cuda else triton.Config(INTERPRET_GEMM))
         candidates = pruned if tune else [fixed]
+    if split_k > 0 and path == "gemv" and fixed.kwargs.get("STREAM_K") and not tune:
+        raise ValueError("a stream-K configuration cuts K itself: it takes no split_k")
+
+    def shape(c: dict) -> tuple[int, int]:
+        """(programs along N, K splits or most contributors per tile) of configuration kwargs c."""
+        block_m = c.get("BLOCK_M") if path == "gemm" else None
+        if c.get("STREAM_K"):  # (GEMV only) programs, in a grid (programs, 1)
+            return stream_k_grid(triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(k, group), sms,
+                                 c["STREAM_K"])
+        tiles_m = 1 if block_m is None else triton.cdiv(m, block_m)
+        return (tiles_m * triton.cdiv(n, c["BLOCK_N"]),
+                split_for(m, n, k, group, sms, split_k, c["BLOCK_N"], block_m,
+                          int(c.get("split_cfg") or 0) if path == "gemv" else 0))
+
     # Partials for a K split, sized for the largest split any candidate config may choose.
-    max_split = max(split_for(m, n, k, group, sms, split_k, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_M")
-                              if path == "gemm" else None, c.kwargs.get("split_cfg", 0))
-                    for c in candidates)
+    max_split = max(max(shape(c.kwargs)[1] for c in candidates), 1)
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
-    part = torch.empty(max_split * m * n, dtype=torch.float32, device=x2.device) if max_split > 1 else out
+    # stream-K without the fused reduce: a tile's missing contributors must read as zeros
+    zero = locks is None and any(c.kwargs.get("STREAM_K") for c in candidates)
+    part = ((torch.zeros if zero else torch.empty)(max_split * m * n, dtype=torch.float32,
+                                                   device=x2.device) if max_split > 1 else out)
     chosen = {}
     pdl = pdl_args(x2)
     if path == "gemv":
@@ -1297,12 +1382,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     def grid(meta):
         # Called with the final meta-parameters of each launch (the last call is the real one).
         # (Recomputed rather than read from meta: the interpreter hands over wrapped values.)
-        block_m = None if path == "gemv" else meta["BLOCK_M"]
-        cfg_split = int(meta.get("split_cfg") or 0) if path == "gemv" else 0
-        chosen["split"] = split_for(m, n, k, group, sms, split_k, meta["BLOCK_N"], block_m,
-                                    cfg_split)
-        tiles_m = 1 if block_m is None else triton.cdiv(m, block_m)
-        return (tiles_m * triton.cdiv(n, meta["BLOCK_N"]), chosen["split"])
+        width, chosen["split"] = shape(meta)
+        return (width, 1) if meta.get("STREAM_K") else (width, chosen["split"])
 
     _run(kernel, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]

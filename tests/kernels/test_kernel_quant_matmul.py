@@ -190,6 +190,43 @@ def test_forced_split_k(path, split, gen, poison_allocations):
     assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize("m,n,groups,per_sm", [(1, 40, 8, 1), (2, 72, 5, 3), (4, 16, 3, 8),
+                                               (3, 100, 9, 2)])
+def test_gemv_stream_k(m, n, groups, per_sm, fused, gen, monkeypatch, poison_allocations):
+    """The stream-K FMA GEMV (STREAM_K programs per SM, equal runs of the tiles' K groups; cut
+    tiles summed by their last contributor, or by the separate reduce over a zero-filled buffer)
+    against the references: int4 (group 64), fp8 codes with x scales, and fp8 quantizing x itself
+    (the bits of the separate quantization), with bias; a stream-K configuration refuses a forced split."""
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", fused)
+    config = triton.Config({**qm.INTERPRET_GEMV, "STREAM_K": per_sm})
+    group = 64
+    k = groups * group
+    qweight, scales = int4_case(n, k, group, gen)
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    out = qm.launch(x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float16,
+                    "gemv", config=config)
+    assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
+    w8, s8 = fp8_case(n, groups * qm.KTILE_8BIT, gen)
+    x8 = randx(m, groups * qm.KTILE_8BIT, torch.float16, gen)
+    ref8 = qm.fp8_linear_ref(x8, w8, s8, bias)
+    xq, sx = quant_per_token_ref(x8, torch.float8_e4m3fn)
+    out = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, bias, torch.float16, "gemv",
+                    x_scales=sx, config=config)
+    assert rel_err(out, ref8) < TOL[torch.float16]
+    # quantizing x itself: the bits of kiln's separate quantization then the same launch
+    xq, sx = quant_per_token(x8, torch.float8_e4m3fn)
+    separate = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, bias, torch.float16, "gemv",
+                         x_scales=sx, config=config)
+    fused = qm.launch(x8, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, bias, torch.float16, "gemv",
+                      quant_x=torch.float8_e4m3fn, config=config)
+    assert torch.equal(fused, separate)
+    with pytest.raises(ValueError, match="stream-K"):
+        qm.launch(x, qweight, scales, scales.stride(1), group, qm.W_INT4, None, torch.float16,
+                  "gemv", split_k=2, config=config)
+
+
 @pytest.mark.parametrize("cfg_split, want", [(0, None), (1, 1), (2, 2), (16, 8), (64, 8)])
 def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_allocations):
     """A GEMV launch configuration with split_cfg runs that K split (at most one per K group;
