@@ -913,14 +913,16 @@ GEMV_SPLIT_CONFIGS = [
     _cfg(2, 3, BLOCK_N=16, UNROLL=1, split_cfg=8),
 ]
 # Stream-K candidates (STREAM_K programs per SM, each an equal run of the tiles' K groups; see
-# _gemv_kernel). Tuned only under KILN_GEMV_STREAM_K=1 until measured on the H200.
+# _gemv_kernel), tuned unless KILN_GEMV_STREAM_K=0. On the H200 (benchmarks/h200-quant/run-l):
+# int4 gate_up 31.25 -> 29.46 us at BLOCK_N 128 x 4 per SM (the other 8B layers keep split-K),
+# and 8B int4-wo batch 1 363.0 / 363.2 -> 370.1 / 370.4 tok/s.
 GEMV_STREAM_K_CONFIGS = [
     _cfg(4, 3, BLOCK_N=64, UNROLL=1, STREAM_K=4),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
 ]
 GEMV_CONFIGS = (GEMV_BASE_CONFIGS
                 + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
-                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "0") == "1" else []))
+                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "1") != "0" else []))
 GEMM_CONFIGS_BY_BUCKET = {
     16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
          _cfg(4, 4, BLOCK_M=16, BLOCK_N=128, UNROLL=1, SWIZZLE=1),
@@ -1154,9 +1156,11 @@ def _candidates(name: str) -> list[triton.Config]:
 
 def stream_k_enabled() -> bool:
     """Whether the tensor-core GEMV's stream-K candidates (equal runs of the tiles' K steps per
-    program, STREAM_K) may be tuned or taken from an engine's stored tuning (KILN_TC_STREAM_K,
-    default 1; 0 leaves them out)."""
-    return os.environ.get("KILN_TC_STREAM_K", "1") != "0"
+    program, STREAM_K) may be tuned or taken from an engine's stored tuning (KILN_TC_STREAM_K=1;
+    off by default). On the H200 they were 5-20% slower than the split-K candidates at every 8B
+    layer, bf16 and fp8, and the 8B batch-1 engines were no faster with them (bf16 233.4 / 233.5
+    against 233.5 / 234.8 tok/s, fp8 348.4 against 348.4; benchmarks/h200-quant/run-l)."""
+    return os.environ.get("KILN_TC_STREAM_K", "0") == "1"
 
 
 def _same_config(a: triton.Config, entry: dict) -> bool:

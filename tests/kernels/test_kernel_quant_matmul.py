@@ -558,17 +558,17 @@ def test_tensor_core_gemv_stream_k(m, n, k, per_sm, fused, gen, monkeypatch, poi
 
 
 def test_stream_k_switch(monkeypatch):
-    """KILN_TC_STREAM_K=0 keeps the stream-K candidates out of tuning and out of an engine's
-    stored tuning; by default both take them."""
+    """The tensor-core GEMV's stream-K candidates stay out of tuning and out of an engine's
+    stored tuning by default (KILN_TC_STREAM_K=0); KILN_TC_STREAM_K=1 lets both take them."""
     sk = next(c for c in qm.TC_GEMV_CONFIGS if c.kwargs.get("STREAM_K"))
     entry = {"kernel": "tc_gemv", "key": ["stream-k-switch-test"], "config": dict(sk.kwargs),
              "num_warps": sk.num_warps, "num_stages": sk.num_stages}
     cache = qm.tuned_kernels()["tc_gemv"].cache
     try:
-        monkeypatch.setenv("KILN_TC_STREAM_K", "0")
+        monkeypatch.delenv("KILN_TC_STREAM_K", raising=False)
         assert qm.import_tuning([entry]) == 0
         assert not qm._tc_prune([sk], {"split_hint": 0}, A8=bool(sk in qm.TC_GEMV_CONFIGS_FP8))
-        monkeypatch.delenv("KILN_TC_STREAM_K")
+        monkeypatch.setenv("KILN_TC_STREAM_K", "1")
         assert qm.import_tuning([entry]) == 1
         assert qm._tc_prune([sk], {"split_hint": 0}, A8=sk in qm.TC_GEMV_CONFIGS_FP8) == [sk]
         assert not qm._tc_prune([sk], {"split_hint": 2}, A8=sk in qm.TC_GEMV_CONFIGS_FP8)
