@@ -35,9 +35,10 @@ def prefetch_l2(addr, nbytes, mask):
 
 @triton.jit
 def prefetch_next_weight(next_ptr, next_bytes, LANES: tl.constexpr = 256):
-    """This program's share of an L2 prefetch of the first next_bytes of next_ptr (the weight the
-    next GEMV reads; its whole 128-byte lines): the launch's programs split the lines evenly, each thread asking
-    for its lines with `prefetch.global.L2` (one instruction per line, nothing waits for it).
+    """This program's share of an L2 prefetch of the whole 128-byte lines in the first next_bytes
+    of next_ptr (the weight the next GEMV reads): the launch's programs split the lines evenly,
+    each thread asking for its lines with `prefetch.global.L2` (one instruction per line,
+    nothing waits for it).
     Called after a GEMV program's own work, so the lines arrive while the kernels in between
     (RoPE, attention, norms) leave the memory bus idle. CUDA only (inline PTX)."""
     prog = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)

@@ -1047,7 +1047,7 @@ def _tc_prune(configs, named_args, **kwargs):
     # a forced split (split_hint) leaves out the stream-K candidates, which cut K themselves
     return [c for c in configs if any(c is w for w in wanted)
             and not (c.kwargs.get("STREAM_K")
-                     and (named_args["split_hint"] > 0 or not stream_k_enabled()))]
+                     and (named_args["split_hint"] > 0 or not tc_stream_k_enabled()))]
 
 
 def tc_split(m: int, n: int, k: int, block_k: int, num_sms: int, hint: int, block_n: int,
@@ -1158,11 +1158,11 @@ def tuned_kernels() -> dict:
 
 def _candidates(name: str) -> list[triton.Config]:
     if name == "tc_gemv":
-        return [c for c in TC_GEMV_CONFIGS if stream_k_enabled() or not c.kwargs.get("STREAM_K")]
+        return [c for c in TC_GEMV_CONFIGS if tc_stream_k_enabled() or not c.kwargs.get("STREAM_K")]
     return {"gemv": GEMV_CONFIGS}.get(name, GEMM_CONFIGS)
 
 
-def stream_k_enabled() -> bool:
+def tc_stream_k_enabled() -> bool:
     """Whether the tensor-core GEMV's stream-K candidates (equal runs of the tiles' K steps per
     program, STREAM_K) may be tuned or taken from an engine's stored tuning (KILN_TC_STREAM_K=1;
     off by default). On the H200 they were 5-20% slower than the split-K candidates at every 8B
