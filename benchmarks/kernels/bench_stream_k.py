@@ -13,7 +13,6 @@ Timing is bench_kernels' (median of CUDA-graph replays, rotating weight sets so 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -88,10 +87,7 @@ def main() -> int:
                   f"({best['stream-K']['GBps']:5.0f} GB/s) {best['stream-K']['config']} "
                   f"w{best['stream-K']['num_warps']} s{best['stream-K']['num_stages']} | max rel_err "
                   f"{max(r['rel_err'] for r in rows):.1e}", flush=True)
-            with open(args.json, "w") as f:
-                json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
-                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "triton": triton.__version__}, f, indent=1)
+            sweep_gemv.write_results(args.json, ceil, results, t0)
     return 0
 
 

@@ -173,11 +173,16 @@ def main() -> int:
             results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose,
                                        args.autotuned_only))
             # Written after every shape, so a run cut short keeps what it measured.
-            with open(args.json, "w") as f:
-                json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
-                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "triton": triton.__version__}, f, indent=1)
+            write_results(args.json, ceil, results, t0)
     return 0
+
+
+def write_results(path: str, ceil: dict, results: list, t0: float) -> None:
+    """The sweep's JSON: ceilings, results so far, seconds since t0, device and versions."""
+    with open(path, "w") as f:
+        json.dump({"ceilings": ceil, "results": results, "seconds": time.time() - t0,
+                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "triton": triton.__version__}, f, indent=1)
 
 
 if __name__ == "__main__":

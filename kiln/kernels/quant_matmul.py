@@ -474,11 +474,11 @@ def _stream_k_owner(unit, P, U):
 @triton.jit
 def _stream_k_run(N, steps, BLOCK_N: tl.constexpr):
     """This program's run of a stream-K launch over cdiv(N, BLOCK_N) tiles of `steps` K steps:
-    (p, P, steps, units, first unit, end unit)."""
+    (p, P, units, first unit, end unit)."""
     p = tl.program_id(0)
     P = tl.num_programs(0)
     units = tl.cdiv(N, BLOCK_N) * steps
-    return p, P, steps, units, (p * units) // P, ((p + 1) * units) // P
+    return p, P, units, (p * units) // P, ((p + 1) * units) // P
 
 
 @triton.jit
@@ -505,7 +505,8 @@ def _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     FUSED_SPLITK the last to arrive sums them in contributor order). Without FUSED_SPLITK every
     tile leaves partials, even a whole one (C is then taken as unbounded), for the caller to
     sum over the zero-filled buffer."""
-    p, P, steps, units, u_begin, u_end = _stream_k_run(N, tl.cdiv(K, BLOCK_K), BLOCK_N)
+    steps = tl.cdiv(K, BLOCK_K)
+    p, P, units, u_begin, u_end = _stream_k_run(N, steps, BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
     m_mask = rows < M
     for tile in range(u_begin // steps, tl.cdiv(u_end, steps)):
@@ -753,7 +754,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
     else:
-        p, P, steps, units, u_begin, u_end = _stream_k_run(N, tl.cdiv(K, GROUP), BLOCK_N)
+        steps = tl.cdiv(K, GROUP)
+        p, P, units, u_begin, u_end = _stream_k_run(N, steps, BLOCK_N)
         for tile in range(u_begin // steps, tl.cdiv(u_end, steps)):
             offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             n_mask = offs_n < N
