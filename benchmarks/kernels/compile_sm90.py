@@ -206,13 +206,6 @@ def quant_configs():
                 "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4,
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
-        # the decode graphs' variant that prefetches the next GEMV's weight (KILN_L2_NEXT)
-        yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} + next weight into L2",
-               quant_matmul._gemv_kernel,
-               {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
-                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                "INT4_ASM": 4 if wkind == quant_matmul.W_INT4 else 0, "PDL": 1, "NEXT": True,
-                "_ptrs": ptrs, **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
@@ -256,11 +249,6 @@ def tc_gemv_configs():
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 2,
                 "PREFETCH": 4, "PREFETCH_MB": 16, "_ptrs": ptrs}, "bf16", cfg.num_warps,
                cfg.num_stages)
-        yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} + next weight into L2",
-               quant_matmul._tc_gemv_kernel,
-               {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
-                "NEXT": True, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def argmax_configs():

@@ -1,5 +1,5 @@
 """The start of every kiln kernel under programmatic dependent launch (see kiln.kernels.pdl_enabled),
-the L2 prefetch a GEMV issues before it waits, and the one it issues for the next GEMV."""
+and the L2 prefetch a GEMV issues before it waits."""
 
 import triton
 import triton.language as tl
@@ -31,27 +31,3 @@ def prefetch_l2(addr, nbytes, mask):
         "{ .reg .pred p; setp.ne.b32 p, $3, 0; "
         "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
         "=r,l,r,r", [addr, nbytes, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def prefetch_next_weight(next_ptr, next_bytes, LANES: tl.constexpr = 256):
-    """This program's share of an L2 prefetch of the whole 128-byte lines in the first next_bytes
-    of next_ptr (the weight the next GEMV reads): the launch's programs split the lines evenly,
-    each thread asking for its lines with `prefetch.global.L2` (one instruction per line,
-    nothing waits for it).
-    Called after a GEMV program's own work, so the lines arrive while the kernels in between
-    (RoPE, attention, norms) leave the memory bus idle. CUDA only (inline PTX)."""
-    prog = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-    programs = tl.num_programs(0) * tl.num_programs(1)
-    lines = next_bytes // 128  # whole lines only: never past the end of the weight
-    per = tl.cdiv(lines, programs)
-    first = prog * per
-    base = next_ptr.to(tl.pointer_type(tl.int8))
-    for i in range(0, per, LANES):
-        idx = i + tl.arange(0, LANES)
-        line = first + idx
-        mask = (idx < per) & (line < lines)
-        addr = (base + line.to(tl.int64) * 128).to(tl.int64, bitcast=True)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-            "=r,l,r", [addr, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)

@@ -23,9 +23,7 @@ References (`*_ref`) dequantize and multiply in float32 on any device.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 
 import torch
 import triton
@@ -33,7 +31,7 @@ import triton.language as tl
 import triton.testing
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.pdl import pdl_start, prefetch_l2, prefetch_next_weight
+from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
 # Weight kinds (constexpr WKIND in the kernels).
@@ -403,8 +401,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                    PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0, next_ptr=None,
-                    next_bytes=0, NEXT: tl.constexpr = False):
+                    PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -437,8 +434,6 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK)
-    if NEXT:  # (l2_prefetch_next) this program's share of the next GEMV's weight, into L2
-        prefetch_next_weight(next_ptr, next_bytes)
 
 
 @triton.jit
@@ -704,8 +699,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0, next_ptr=None,
-                 next_bytes=0, NEXT: tl.constexpr = False):
+                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -769,8 +763,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                          out_ptr, part_ptr, lock_ptr, bias_ptr, tile, contributor, M, N,
                          stride_om, contributors, HAS_BIAS, FUSED_SPLITK)
-    if NEXT:  # (l2_prefetch_next) this program's share of the next GEMV's weight, into L2
-        prefetch_next_weight(next_ptr, next_bytes)
 
 
 @triton.jit
@@ -1273,57 +1265,6 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
     return {"PREFETCH": steps, **({"PREFETCH_MB": budget} if budget > 0 else {})}
 
 
-_l2_next = threading.local()
-
-
-@contextlib.contextmanager
-def l2_prefetch_next(weight: torch.Tensor | None):
-    """While open, the decode GEMV launches (tc_gemv, launch's GEMV path; CUDA) end with each
-    program asking L2 for its share of the first l2_next_bytes() of `weight`, the weight the
-    next GEMV of the forward reads (the model wires the pairs: kiln.models.llama, KILN_L2_NEXT).
-    None: no prefetch. Results are unchanged: a prefetch writes nothing."""
-    before = getattr(_l2_next, "weight", None)
-    _l2_next.weight = weight
-    try:
-        yield
-    finally:
-        _l2_next.weight = before
-
-
-L2_NEXT_TARGETS = ("o_proj", "gate_up_proj", "down_proj", "qkv_proj")
-
-
-def l2_next_targets() -> tuple[str, ...]:
-    """The linears whose weight the GEMV before them prefetches (KILN_L2_NEXT: a comma list of
-    L2_NEXT_TARGETS, "all", or empty, the default: none). "o_proj": qkv_proj's GEMV asks for
-    o_proj's weight, which then arrives during RoPE and attention; "gate_up_proj": o_proj's asks
-    for gate_up's; "down_proj": gate_up's for down's; "qkv_proj": down's for the next layer's
-    qkv. An unknown name is an error."""
-    flag = os.environ.get("KILN_L2_NEXT", "").strip()
-    if flag == "all":
-        return L2_NEXT_TARGETS
-    names = tuple(n for n in (p.strip() for p in flag.split(",")) if n)
-    unknown = [n for n in names if n not in L2_NEXT_TARGETS]
-    if unknown:
-        raise ValueError(f"KILN_L2_NEXT names {unknown}; known: {', '.join(L2_NEXT_TARGETS)} or all")
-    return names
-
-
-def l2_next_bytes(weight: torch.Tensor) -> int:
-    """How much of the next weight a GEMV prefetches: all of it, at most KILN_L2_NEXT_MB MiB
-    (default 32: the H200's L2 holds 60 MB)."""
-    cap = int(float(os.environ.get("KILN_L2_NEXT_MB", "32")) * 1048576)
-    return min(weight.numel() * weight.element_size(), cap)
-
-
-def _next_flags(x2: torch.Tensor) -> dict:
-    """The kernel arguments of l2_prefetch_next for a launch on x2 (none off CUDA or when unset)."""
-    weight = getattr(_l2_next, "weight", None)
-    if weight is None or not x2.is_cuda or not weight.is_cuda:
-        return {}
-    return {"next_ptr": weight, "next_bytes": l2_next_bytes(weight), "NEXT": True}
-
-
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the caller then reduces with a separate kernel).
@@ -1438,7 +1379,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     pdl = pdl_args(x2)
     if path == "gemv":
         flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
-        flags.update(_next_flags(x2))
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),
@@ -1594,8 +1534,7 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
-    flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16,
-                 **_next_flags(x2))
+    flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

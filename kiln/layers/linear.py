@@ -93,23 +93,10 @@ class Linear(nn.Module):
         self.has_bias = bias
         self.method = method or UnquantizedLinearMethod()
         self.method.create_weights(self, dtype, device)
-        # [the Linear the forward runs next], when this layer's decode GEMV should prefetch that
-        # layer's weight into L2 (kiln.models.llama wires it; a list keeps it out of children)
-        self._l2_next: list[Linear] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the layer's linear method (its decode GEMV prefetching the next layer's weight
-        into L2 when wired: kernels.quant_matmul.l2_prefetch_next)."""
-        if self._l2_next:
-            from kiln.kernels.quant_matmul import l2_prefetch_next
-
-            with l2_prefetch_next(self._l2_next[0].streamed_weight()):
-                return self.method.apply(self, x)
+        """Apply the layer's linear method."""
         return self.method.apply(self, x)
-
-    def streamed_weight(self) -> torch.Tensor:
-        """The largest of this layer's parameters: the weight its GEMV streams from memory."""
-        return max(self.parameters(recurse=False), key=lambda p: p.numel() * p.element_size())
 
     def set_method(self, method: LinearMethod, dtype: torch.dtype,
                    device: torch.device | str) -> None:

@@ -110,32 +110,11 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        self.wire_l2_prefetch()
         head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
                        if linear_method_factory is not None else None)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
                               tied_to=self.embed_tokens if args.tie_word_embeddings else None,
                               method=head_method)
-
-    def wire_l2_prefetch(self, targets: Sequence[str] | None = None) -> int:
-        """Let each decode GEMV ask L2 for the weight of the linear the forward runs next
-        (kernels.quant_matmul.l2_prefetch_next), for the targets named (default: KILN_L2_NEXT;
-        empty: none). Returns how many linears prefetch."""
-        from kiln.kernels.quant_matmul import l2_next_targets
-
-        targets = l2_next_targets() if targets is None else tuple(targets)
-        count = 0
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            following = self.layers[i + 1].self_attn.qkv_proj if i + 1 < len(self.layers) else None
-            for before, target, name in ((attn.qkv_proj, attn.o_proj, "o_proj"),
-                                         (attn.o_proj, mlp.gate_up_proj, "gate_up_proj"),
-                                         (mlp.gate_up_proj, mlp.down_proj, "down_proj"),
-                                         (mlp.down_proj, following, "qkv_proj")):
-                wired = name in targets and target is not None
-                before._l2_next = [target] if wired else []
-                count += wired
-        return count
 
     def quantize_in_producers(self, enable: bool = True) -> int:
         """Let the modules whose only reader is an fp8 W8A8 linear (the input norm before qkv_proj,

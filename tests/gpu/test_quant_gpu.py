@@ -569,32 +569,3 @@ def test_gemv_tuner_times_from_memory(gen):
 
     med, lo, hi = qm.bench_from_memory(fn, quantiles=(0.5, 0.2, 0.8))
     assert len(calls) == 51 and 0 < lo <= med <= hi < 10
-
-
-@pytest.mark.parametrize("m", [1, 4])
-def test_next_weight_prefetch_changes_no_bit(m, gen, monkeypatch, poison_allocations):
-    """A decode GEMV that ends by asking L2 for the next GEMV's weight (l2_prefetch_next) gives
-    the bits it gives without: bf16 and fp8 on the tensor cores, int4 and fp8 on the FMA GEMV
-    (split-K and stream-K), with the whole next weight or a cap that is no multiple of a line."""
-    n, k = 6144, 4096
-    nxt = torch.randn(4096, 4096, generator=gen, device="cuda").to(torch.bfloat16)
-    w16 = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
-    w8, s8 = fp8_case(n, k, gen)
-    qweight, scales = int4_case(n, k, 128, gen)
-    x = randx(m, k, torch.bfloat16, gen)
-    xq, sx = quant_per_token(x, torch.float8_e4m3fn)
-    runs = [lambda: qm.tc_gemv(x, None, w16, None, None, torch.bfloat16),
-            lambda: qm.tc_gemv(xq, sx, w8, s8, None, torch.bfloat16)]
-    for config in (None, qm.GEMV_STREAM_K_CONFIGS[0]):
-        runs += [lambda c=config: qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4,
-                                            None, torch.bfloat16, "gemv", config=c),
-                 lambda c=config: qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, None,
-                                            torch.bfloat16, "gemv", x_scales=sx, config=c)]
-    for cap in ("64", "0.3"):
-        monkeypatch.setenv("KILN_L2_NEXT_MB", cap)
-        for run in runs:
-            plain = run()
-            with qm.l2_prefetch_next(nxt):
-                assert qm._next_flags(x)["next_bytes"] == qm.l2_next_bytes(nxt)
-                fetched = run()
-            assert torch.equal(fetched, plain)
