@@ -921,6 +921,7 @@ GEMV_SPLIT_CONFIGS = [
 GEMV_STREAM_K_CONFIGS = [
     _cfg(4, 3, BLOCK_N=64, UNROLL=1, STREAM_K=4),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
+    _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=4),
 ]
 GEMV_CONFIGS = (GEMV_BASE_CONFIGS
                 + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
