@@ -15,8 +15,8 @@ import json, sys
 t = json.load(open(sys.argv[1] + "/engine.json"))["kernel_tuning"]
 print(sys.argv[1], t.get("status"), t.get("seconds"), "s")
 for e in t.get("results", []):
-    if e["key"][0] == 1 or e["key"][:1] == ["1"]:
-        print(" ", e["kernel"], e["key"][:4], e["config"], e["num_warps"], e["num_stages"])
+    if "gemv" in e["kernel"]:
+        print(" ", e["kernel"], e["key"][:5], e["config"], e["num_warps"], e["num_stages"])
 PY
 done
 QUANT=none TP=1 B1=0 VARIANTS="base=" timeout 100 bash benchmarks/run_variants_h200.sh
