@@ -915,9 +915,9 @@ GEMV_SPLIT_CONFIGS = [
     _cfg(2, 3, BLOCK_N=16, UNROLL=1, split_cfg=8),
 ]
 # Stream-K candidates (STREAM_K programs per SM, each an equal run of the tiles' K groups; see
-# _gemv_kernel), tuned unless KILN_GEMV_STREAM_K=0. On the H200 (benchmarks/h200-quant/run-l):
-# int4 gate_up 31.25 -> 29.46 us at BLOCK_N 128 x 4 per SM (the other 8B layers keep split-K),
-# and 8B int4-wo batch 1 363.0 / 363.2 -> 370.1 / 370.4 tok/s.
+# _gemv_kernel), tuned unless KILN_GEMV_STREAM_K=0. On the H200: int4 gate_up 31.25 -> 29.46 us at
+# BLOCK_N 128 x 4 per SM (benchmarks/h200-quant/run-l); 8B int4-wo batch 1 with these three
+# candidates 388.8 tok/s against 340.5 with split-K alone, one machine (run-m).
 GEMV_STREAM_K_CONFIGS = [
     _cfg(4, 3, BLOCK_N=64, UNROLL=1, STREAM_K=4),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
