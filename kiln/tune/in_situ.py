@@ -1,0 +1,154 @@
+"""Choose the decode GEMVs' launch configurations by the time of whole decode steps.
+
+The GEMV autotuners time each candidate configuration alone, one launch after another. Inside a
+captured decode step, under programmatic dependent launch, a kernel timed alone is not the kernel
+the step waits for: on the H200 an engine tuned with a better per-kernel timer decoded no faster
+(benchmarks/h200-quant, run-k), and adding stream-K candidates that won little alone made an int4
+engine 14% faster (run-m). This tuner times the step itself.
+
+A *slot* is one tuned GEMV launch the decode step makes: (autotuned kernel name, its tuning key).
+`coordinate_descent` tries every candidate of one slot with the others fixed, keeps the fastest
+step, moves to the next slot, and repeats for a number of rounds. The CUDA side (`slots_of`,
+`set_configs`, `graph_step_ms`) records the slots of a decode forward, installs an assignment in
+the autotuners' caches and times CUDA-graph replays of the step; the driver is
+`benchmarks/kernels/tune_in_situ.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+Slot = tuple[str, tuple]
+
+# The decode GEMVs' autotuned kernels (kiln.kernels.quant_matmul.tuned_kernels names).
+GEMV_KERNELS = ("gemv", "tc_gemv")
+
+
+def coordinate_descent(slots: Sequence[Hashable], candidates: dict, start: dict,
+                       measure: Callable[[dict], float], rounds: int = 1,
+                       min_gain: float = 0.0, same: Callable = lambda a, b: a is b):
+    """Minimise measure(assignment) one slot at a time.
+
+    slots: the order to visit; candidates[slot]: the configurations to try there; start: the
+    first assignment (slot -> configuration); measure: the cost of an assignment (an exception
+    marks a candidate as unusable, it is skipped); a candidate replaces the current one only if
+    it is faster by more than min_gain (a fraction), so that noise does not pick. Stops after
+    `rounds` passes or a pass without change. Returns (assignment, its cost, trace), the trace a
+    list of {"slot", "config", "cost"} (cost None and "error" for a failed trial), the first
+    entry the start.
+    """
+    current = dict(start)
+    best = measure(current)
+    trace = [{"slot": None, "config": None, "cost": best}]
+    for _ in range(rounds):
+        changed = False
+        for slot in slots:
+            for cand in candidates[slot]:
+                if same(cand, current[slot]):
+                    continue
+                trial = {**current, slot: cand}
+                try:
+                    cost = measure(trial)
+                except Exception as exc:  # a candidate that cannot launch here is skipped
+                    trace.append({"slot": slot, "config": cand, "cost": None, "error": str(exc)})
+                    continue
+                trace.append({"slot": slot, "config": cand, "cost": cost})
+                if cost < best * (1.0 - min_gain):
+                    current, best, changed = trial, cost, True
+        if not changed:
+            break
+    return current, best, trace
+
+
+def same_config(a, b) -> bool:
+    """Two triton.Config objects that launch the same way."""
+    return (dict(a.kwargs) == dict(b.kwargs) and a.num_warps == b.num_warps
+            and a.num_stages == b.num_stages)
+
+
+class _Recorder(dict):
+    """A tuning cache that remembers which keys were read."""
+
+    def __init__(self, data, seen: list, name: str):
+        super().__init__(data)
+        self._seen, self._name = seen, name
+
+    def __getitem__(self, key):
+        if (self._name, key) not in self._seen:
+            self._seen.append((self._name, key))
+        return super().__getitem__(key)
+
+
+def slots_of(forward: Callable[[], object], kernels: dict) -> list[Slot]:
+    """The (kernel name, tuning key) slots that forward() reads from the autotuners' caches,
+    in first-use order (kernels: name -> autotuner, e.g. quant_matmul.tuned_kernels())."""
+    seen: list[Slot] = []
+    saved = {name: k.cache for name, k in kernels.items()}
+    try:
+        for name, k in kernels.items():
+            k.cache = _Recorder(k.cache, seen, name)
+        forward()
+    finally:
+        for name, k in kernels.items():
+            k.cache = dict(k.cache) if isinstance(k.cache, _Recorder) else saved[name]
+    return seen
+
+
+def slot_candidates(kernel, name: str, key: tuple, configs: list) -> list:
+    """The configurations the autotuner would weigh for this key: its pruning applied to
+    configs, with the key's values as the named arguments."""
+    prune = getattr(kernel, "early_config_prune", None)
+    named = dict(zip(getattr(kernel, "keys", ()), key))
+    if prune is None or not named:
+        return list(configs)
+    return list(prune(list(configs), named, **named))
+
+
+def set_configs(kernels: dict, assignment: dict) -> None:
+    """Install an assignment (slot -> triton.Config) in the autotuners' caches."""
+    for (name, key), cfg in assignment.items():
+        kernels[name].cache[key] = cfg
+
+
+def graph_step_ms(runner, batch: int, context: int, max_model_len: int, reps: int = 50,
+                  windows: int = 5) -> float:
+    """Median time in ms of one replay of a freshly captured decode graph for `batch` sequences
+    of `context` tokens each (CUDA). The rows read distinct cache blocks; the graph is dropped
+    afterwards."""
+    from kiln.runner.cuda_graphs import DecodeGraphs
+
+    g = DecodeGraphs(runner.model, runner.kv_caches, batch, max_model_len, runner.block_size,
+                     runner.device, sizes=[batch])
+    _fill_inputs(g, batch, context, runner.block_size, runner.num_kv_blocks)
+    g.capture()
+    graph = g.graphs[batch]
+    per_window = []
+    for _ in range(windows):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        per_window.append(start.elapsed_time(end) / reps)
+    del g, graph
+    return sorted(per_window)[len(per_window) // 2]
+
+
+def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) -> None:
+    """A decode step's inputs in a DecodeGraphs' buffers: each row at position context - 1,
+    reading its own run of cache blocks and writing its new token into the last one."""
+    per_row = math.ceil(context / block_size)
+    if per_row > g.max_blocks:
+        raise ValueError(f"context {context} exceeds the graphs' {g.max_blocks} blocks per row")
+    tables = torch.arange(batch * per_row, device=g.block_tables.device).view(batch, per_row)
+    tables = tables % num_blocks
+    g.block_tables[:batch].zero_()
+    g.block_tables[:batch, :per_row] = tables.to(torch.int32)
+    g.seq_lens[:batch] = context
+    g.positions[:batch] = context - 1
+    g.slot_mapping[:batch] = tables[:, -1] * block_size + (context - 1) % block_size

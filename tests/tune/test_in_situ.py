@@ -1,0 +1,121 @@
+"""The whole-step GEMV tuner's logic (kiln.tune.in_situ) on the CPU, with fake kernels and costs."""
+
+import types
+
+import pytest
+import torch
+import triton
+
+from kiln.tune import in_situ
+
+
+def test_coordinate_descent_finds_the_separable_minimum_and_logs_every_trial():
+    slots = ["a", "b"]
+    cands = {"a": [0, 1, 2], "b": [0, 1, 2]}
+    cost = {"a": {0: 5.0, 1: 1.0, 2: 3.0}, "b": {0: 4.0, 1: 2.0, 2: 0.5}}
+    calls = []
+
+    def measure(assign):
+        calls.append(dict(assign))
+        return 10.0 + cost["a"][assign["a"]] + cost["b"][assign["b"]]
+
+    best, ms, trace = in_situ.coordinate_descent(slots, cands, {"a": 0, "b": 0}, measure, rounds=3,
+                                                 same=lambda x, y: x == y)
+    assert best == {"a": 1, "b": 2} and ms == pytest.approx(11.5)
+    assert trace[0] == {"slot": None, "config": None, "cost": 19.0}
+    # round 1: 2 trials per slot; round 2 finds nothing better and stops (no third round)
+    assert len(trace) == 1 + 4 + 4 and len(calls) == len(trace)
+
+
+def test_coordinate_descent_keeps_the_current_config_unless_the_gain_beats_min_gain():
+    best, ms, _ = in_situ.coordinate_descent(["s"], {"s": ["x", "y"]}, {"s": "x"},
+                                             lambda a: {"x": 100.0, "y": 99.9}[a["s"]],
+                                             min_gain=0.005, same=lambda p, q: p == q)
+    assert best == {"s": "x"} and ms == 100.0
+    best, _, _ = in_situ.coordinate_descent(["s"], {"s": ["x", "y"]}, {"s": "x"},
+                                            lambda a: {"x": 100.0, "y": 99.0}[a["s"]],
+                                            min_gain=0.005, same=lambda p, q: p == q)
+    assert best == {"s": "y"}
+
+
+def test_coordinate_descent_skips_a_candidate_that_fails():
+    def measure(assign):
+        if assign["s"] == "bad":
+            raise RuntimeError("does not launch")
+        return {"ok": 2.0, "good": 1.0}[assign["s"]]
+
+    best, ms, trace = in_situ.coordinate_descent(["s"], {"s": ["bad", "good"]}, {"s": "ok"},
+                                                 measure, same=lambda p, q: p == q)
+    assert best == {"s": "good"} and ms == 1.0
+    assert trace[1]["cost"] is None and "does not launch" in trace[1]["error"]
+
+
+class FakeTuner:
+    """The parts of a Triton autotuner the tuner uses: keys, cache, early_config_prune."""
+
+    def __init__(self, keys, cache, prune=None):
+        self.keys, self.cache, self.early_config_prune = keys, cache, prune
+
+    def run(self, key):
+        return self.cache[key]
+
+
+def test_slots_of_records_keys_in_first_use_order_and_restores_plain_caches():
+    c1, c2 = triton.Config({"BLOCK_N": 64}), triton.Config({"BLOCK_N": 128})
+    gemv = FakeTuner(["N", "K"], {(4096, 4096): c1, (6144, 4096): c2, (1, 1): c1})
+    tc = FakeTuner(["N", "K"], {(28672, 4096): c2})
+
+    def forward():
+        gemv.run((6144, 4096))
+        tc.run((28672, 4096))
+        gemv.run((4096, 4096))
+        gemv.run((6144, 4096))  # read again: recorded once
+        gemv.cache[(7, 7)] = c1  # a key tuned during the forward stays in the cache
+
+    slots = in_situ.slots_of(forward, {"gemv": gemv, "tc_gemv": tc})
+    assert slots == [("gemv", (6144, 4096)), ("tc_gemv", (28672, 4096)), ("gemv", (4096, 4096))]
+    assert type(gemv.cache) is dict and type(tc.cache) is dict
+    assert gemv.cache[(7, 7)] is c1 and len(gemv.cache) == 4
+
+
+def test_slot_candidates_apply_the_kernels_pruning_with_the_key_as_named_arguments():
+    sk = triton.Config({"BLOCK_N": 128, "STREAM_K": 4})
+    plain = triton.Config({"BLOCK_N": 64})
+
+    def prune(configs, named_args, **kwargs):
+        return [c for c in configs if not (named_args["split_hint"] > 0 and c.kwargs.get("STREAM_K"))]
+
+    k = FakeTuner(["N", "K", "split_hint"], {}, prune)
+    assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 0, "torch.bfloat16"), [plain, sk]) == [plain, sk]
+    assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 2, "torch.bfloat16"), [plain, sk]) == [plain]
+    assert in_situ.slot_candidates(FakeTuner(["N"], {}), "gemv", (1,), [plain, sk]) == [plain, sk]
+
+
+def test_set_configs_installs_an_assignment():
+    c = triton.Config({"BLOCK_N": 32})
+    k = FakeTuner(["N"], {(1,): triton.Config({"BLOCK_N": 64})})
+    in_situ.set_configs({"gemv": k}, {("gemv", (1,)): c})
+    assert k.cache[(1,)] is c
+
+
+def test_same_config_compares_launch_parameters():
+    a = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3)
+    assert in_situ.same_config(a, triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3))
+    assert not in_situ.same_config(a, triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3))
+    assert not in_situ.same_config(a, triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3))
+
+
+def test_fill_inputs_gives_each_row_its_own_blocks_and_the_slot_of_its_new_token():
+    n, max_blocks = 4, 16
+    g = types.SimpleNamespace(
+        max_blocks=max_blocks, block_tables=torch.full((n, max_blocks), 7, dtype=torch.int32),
+        seq_lens=torch.ones(n, dtype=torch.int32), positions=torch.zeros(n, dtype=torch.int64),
+        slot_mapping=torch.full((n,), -1, dtype=torch.int64))
+    in_situ._fill_inputs(g, 3, 40, 16, 1000)
+    assert g.block_tables[:3, :3].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert int(g.block_tables[:3, 3:].abs().sum()) == 0 and g.block_tables[3].tolist() == [7] * 16
+    assert g.seq_lens[:3].tolist() == [40] * 3 and g.positions[:3].tolist() == [39] * 3
+    assert g.slot_mapping[:3].tolist() == [2 * 16 + 7, 5 * 16 + 7, 8 * 16 + 7]
+    assert g.slot_mapping[3] == -1
+    with pytest.raises(ValueError, match="exceeds"):
+        in_situ._fill_inputs(g, 1, 16 * 17, 16, 1000)
