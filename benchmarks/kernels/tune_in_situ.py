@@ -10,6 +10,10 @@ loading seeds the autotuners with) and records the run under kernel_tuning.in_si
 
     PYTHONPATH=. python3 benchmarks/kernels/tune_in_situ.py --model ENGINE_DIR --batch-size 1 \
         --context 256 --json OUT.json [--write]
+
+The candidates are the autotuners' own (kiln.kernels.quant_matmul._candidates), so switches such
+as KILN_TC_STREAM_K=1 widen them. The tensor-core GEMV's tuning key does not hold the row count
+(every decode batch up to 16 rows shares it), the FMA GEMV's holds BLOCK_M (1, 2 or 4).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     if args.write:
         path = Path(args.model) / "engine.json"
+        if not path.is_file():
+            raise SystemExit(f"--write needs an engine directory (kiln build); {path} does not exist")
         info = json.loads(path.read_text())
         tuning = info.get("kernel_tuning") or {}
         if tuning.get("status") != "tuned":
