@@ -104,7 +104,10 @@ def slot_candidates(kernel, name: str, key: tuple, configs: list) -> list:
     named = dict(zip(getattr(kernel, "keys", ()), key))
     if prune is None or not named:
         return list(configs)
-    return list(prune(list(configs), named, **named))
+    try:
+        return list(prune(list(configs), named, **named))
+    except KeyError:  # a key shorter than the kernel's names: every candidate is tried (one
+        return list(configs)  # that cannot launch fails its trial and is skipped)
 
 
 def set_configs(kernels: dict, assignment: dict) -> None:

@@ -89,6 +89,8 @@ def test_slot_candidates_apply_the_kernels_pruning_with_the_key_as_named_argumen
     assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 0, "torch.bfloat16"), [plain, sk]) == [plain, sk]
     assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 2, "torch.bfloat16"), [plain, sk]) == [plain]
     assert in_situ.slot_candidates(FakeTuner(["N"], {}), "gemv", (1,), [plain, sk]) == [plain, sk]
+    assert in_situ.slot_candidates(FakeTuner(["N", "split_hint"], {}, prune), "gemv", (1,),
+                                   [plain, sk]) == [plain, sk]  # a short key: nothing pruned
 
 
 def test_set_configs_installs_an_assignment():
