@@ -74,7 +74,7 @@ def main() -> None:
     if not slots:
         raise SystemExit("the decode step launches no autotuned GEMV (nothing to tune)")
     start = {s: kernels[s[0]].cache[s[1]] for s in slots}
-    cands = {s: in_situ.slot_candidates(kernels[s[0]], s[0], s[1], qm._candidates(s[0]))
+    cands = {s: in_situ.slot_candidates(kernels[s[0]], s[1], qm._candidates(s[0]))
              for s in slots}
     print(f"{len(slots)} GEMV slots, {sum(len(c) for c in cands.values())} candidates; "
           f"start-up {startup:.1f} s")

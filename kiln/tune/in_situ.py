@@ -97,7 +97,7 @@ def slots_of(forward: Callable[[], object], kernels: dict) -> list[Slot]:
     return seen
 
 
-def slot_candidates(kernel, name: str, key: tuple, configs: list) -> list:
+def slot_candidates(kernel, key: tuple, configs: list) -> list:
     """The configurations the autotuner would weigh for this key: its pruning applied to
     configs, with the key's values as the named arguments."""
     prune = getattr(kernel, "early_config_prune", None)

@@ -86,10 +86,10 @@ def test_slot_candidates_apply_the_kernels_pruning_with_the_key_as_named_argumen
         return [c for c in configs if not (named_args["split_hint"] > 0 and c.kwargs.get("STREAM_K"))]
 
     k = FakeTuner(["N", "K", "split_hint"], {}, prune)
-    assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 0, "torch.bfloat16"), [plain, sk]) == [plain, sk]
-    assert in_situ.slot_candidates(k, "gemv", (4096, 4096, 2, "torch.bfloat16"), [plain, sk]) == [plain]
-    assert in_situ.slot_candidates(FakeTuner(["N"], {}), "gemv", (1,), [plain, sk]) == [plain, sk]
-    assert in_situ.slot_candidates(FakeTuner(["N", "split_hint"], {}, prune), "gemv", (1,),
+    assert in_situ.slot_candidates(k, (4096, 4096, 0, "torch.bfloat16"), [plain, sk]) == [plain, sk]
+    assert in_situ.slot_candidates(k, (4096, 4096, 2, "torch.bfloat16"), [plain, sk]) == [plain]
+    assert in_situ.slot_candidates(FakeTuner(["N"], {}), (1,), [plain, sk]) == [plain, sk]
+    assert in_situ.slot_candidates(FakeTuner(["N", "split_hint"], {}, prune), (1,),
                                    [plain, sk]) == [plain, sk]  # a short key: nothing pruned
 
 
