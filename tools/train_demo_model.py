@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--draft-variants", default=None, help="as --demo-variants, for the draft model")
     p.add_argument("--demo-weight-decay", type=float, default=None)
     p.add_argument("--draft-weight-decay", type=float, default=None)
+    p.add_argument("--demo-shape", default=None,
+                   help="demo architecture as hidden:layers:heads:kv_heads:intermediate (default 384:8:6:2:768)")
     p.add_argument("--draft-shape", default=None,
                    help="draft architecture as hidden:layers:heads:kv_heads:intermediate (default 256:2:4:1:704)")
     p.add_argument("--demo-batch", type=int, default=None)
@@ -99,15 +101,24 @@ def with_steps(shape: ModelShape, steps: int, dropout: float) -> ModelShape:
     return replace(shape, steps=steps, dropout=dropout, warmup_steps=min(shape.warmup_steps, max(1, steps // 10)))
 
 
+def _with_shape(shape: ModelShape, spec: str) -> ModelShape:
+    """``shape`` with the architecture of "hidden:layers:heads:kv_heads:intermediate"."""
+    from dataclasses import replace
+
+    hidden, layers, heads, kv_heads, intermediate = (int(v) for v in spec.split(":"))
+    return replace(shape, hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                   intermediate_size=intermediate, head_dim=hidden // heads)
+
+
 def shapes_for(args: argparse.Namespace) -> tuple[ModelShape, ModelShape]:
     """The two model shapes with any command-line overrides applied."""
     from dataclasses import replace
 
     demo, draft = (TOY_DEMO_SHAPE, TOY_DRAFT_SHAPE) if args.toy else (DEMO_SHAPE, DRAFT_SHAPE)
+    if args.demo_shape is not None:
+        demo = _with_shape(demo, args.demo_shape)
     if args.draft_shape is not None:
-        hidden, layers, heads, kv_heads, intermediate = (int(v) for v in args.draft_shape.split(":"))
-        draft = replace(draft, hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
-                        intermediate_size=intermediate, head_dim=hidden // heads)
+        draft = _with_shape(draft, args.draft_shape)
     if args.demo_weight_decay is not None:
         demo = replace(demo, weight_decay=args.demo_weight_decay)
     if args.draft_weight_decay is not None:
