@@ -187,7 +187,10 @@ def quant_configs():
         # int4: float16 products over double words (the default for 16-bit x), over words, and
         # float32 products; one and four rows
         modes = (4, 2, 1) if wkind == quant_matmul.W_INT4 else (0,)
-        for cfg in quant_matmul.GEMV_CONFIGS + quant_matmul.GEMV_STREAM_K_CONFIGS:
+        # the stream-K candidates too when KILN_GEMV_STREAM_K=0 leaves them out of GEMV_CONFIGS
+        extra = [c for c in quant_matmul.GEMV_STREAM_K_CONFIGS
+                 if all(c is not g for g in quant_matmul.GEMV_CONFIGS)]
+        for cfg in quant_matmul.GEMV_CONFIGS + extra:
             for mode in modes:
                 for block_m in ((1, 4) if mode else (1,)):
                     yield (f"{name} gemv M{block_m} N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} "

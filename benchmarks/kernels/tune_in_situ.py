@@ -28,7 +28,6 @@ import torch
 from kiln.bench import common
 from kiln.kernels import PDL_MAX_BATCH, pdl_scope
 from kiln.kernels import quant_matmul as qm
-from kiln.runner.cuda_graphs import DecodeGraphs
 from kiln.tune import in_situ
 
 
@@ -59,9 +58,7 @@ def main() -> None:
     max_len = engine.max_model_len
     kernels = {n: k for n, k in qm.tuned_kernels().items() if n in in_situ.GEMV_KERNELS}
 
-    probe = DecodeGraphs(runner.model, runner.kv_caches, args.batch_size, max_len, runner.block_size,
-                         runner.device, sizes=[args.batch_size])
-    in_situ._fill_inputs(probe, args.batch_size, args.context, runner.block_size, runner.num_kv_blocks)
+    probe = in_situ.decode_graphs(runner, args.batch_size, args.context, max_len)  # never captured
 
     def forward():
         with torch.inference_mode(), pdl_scope(args.batch_size <= PDL_MAX_BATCH):

@@ -1299,6 +1299,16 @@ def _run(kernel, grid, args: tuple, flags: dict, fixed: triton.Config, tune: boo
         kernel[grid](*args, **flags, **fixed.kwargs)
 
 
+def _partials(max_split: int, m: int, n: int, out: torch.Tensor, zeroed: bool) -> torch.Tensor:
+    """The float32 buffer of up to max_split K-split partials of an [m, n] output (out itself,
+    unused, when nothing is split). zeroed: stream-K without the fused reduce leaves no partial
+    in the slots of a tile's missing contributors, which must then read as zeros to the reduce."""
+    if max_split <= 1:
+        return out
+    return (torch.zeros if zeroed else torch.empty)(max_split * m * n, dtype=torch.float32,
+                                                    device=out.device)
+
+
 def _reduce_splits(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, split: int,
                    pdl: dict) -> None:
     """Sum split's float32 partials [split, M, N] (+ bias) into out with _splitk_reduce_kernel."""
@@ -1372,10 +1382,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     # Partials for a K split, sized for the largest split any candidate config may choose.
     max_split = max(max(shape(c.kwargs)[1] for c in candidates), 1)
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
-    # stream-K without the fused reduce: a tile's missing contributors must read as zeros
-    zero = locks is None and any(c.kwargs.get("STREAM_K") for c in candidates)
-    part = ((torch.zeros if zero else torch.empty)(max_split * m * n, dtype=torch.float32,
-                                                   device=x2.device) if max_split > 1 else out)
+    part = _partials(max_split, m, n, out, locks is None and any(c.kwargs.get("STREAM_K")
+                                                                 for c in candidates))
     chosen = {}
     pdl = pdl_args(x2)
     if path == "gemv":
@@ -1518,19 +1526,14 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     if max_split > 1 and fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS:
         locks = split_locks(x2.device)
     out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
-    # stream-K without the fused reduce leaves no partial in the slots of a tile's missing
-    # contributors: they must read as zeros to the separate reduce
-    zero = locks is None and any(c.kwargs.get("STREAM_K") for c in candidates)
-    part = ((torch.zeros if zero else torch.empty)(max_split * m * n, dtype=torch.float32,
-                                                   device=x2.device) if max_split > 1 else out)
+    part = _partials(max_split, m, n, out, locks is None and any(c.kwargs.get("STREAM_K")
+                                                                 for c in candidates))
     has_bias = bias is not None
     chosen = {}
 
     def grid(meta):
         width, chosen["split"] = shape(meta)
-        if meta.get("STREAM_K"):
-            return (width, 1)
-        return (width, chosen["split"])
+        return (width, 1) if meta.get("STREAM_K") else (width, chosen["split"])
 
     args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),

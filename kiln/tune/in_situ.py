@@ -121,11 +121,7 @@ def graph_step_ms(runner, batch: int, context: int, max_model_len: int, reps: in
     """Median time in ms of one replay of a freshly captured decode graph for `batch` sequences
     of `context` tokens each (CUDA). The rows read distinct cache blocks; the graph is dropped
     afterwards."""
-    from kiln.runner.cuda_graphs import DecodeGraphs
-
-    g = DecodeGraphs(runner.model, runner.kv_caches, batch, max_model_len, runner.block_size,
-                     runner.device, sizes=[batch])
-    _fill_inputs(g, batch, context, runner.block_size, runner.num_kv_blocks)
+    g = decode_graphs(runner, batch, context, max_model_len)
     g.capture()
     graph = g.graphs[batch]
     per_window = []
@@ -140,6 +136,17 @@ def graph_step_ms(runner, batch: int, context: int, max_model_len: int, reps: in
         per_window.append(start.elapsed_time(end) / reps)
     del g, graph
     return sorted(per_window)[len(per_window) // 2]
+
+
+def decode_graphs(runner, batch: int, context: int, max_model_len: int):
+    """A DecodeGraphs of the runner's model and caches for `batch` sequences, not yet captured,
+    its inputs those of a decode step at `context` tokens per sequence (_fill_inputs)."""
+    from kiln.runner.cuda_graphs import DecodeGraphs
+
+    g = DecodeGraphs(runner.model, runner.kv_caches, batch, max_model_len, runner.block_size,
+                     runner.device, sizes=[batch])
+    _fill_inputs(g, batch, context, runner.block_size, runner.num_kv_blocks)
+    return g
 
 
 def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) -> None:

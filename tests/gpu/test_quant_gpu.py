@@ -435,7 +435,8 @@ def test_unquantized_linear_uses_the_gemv_only_when_asked(gen, monkeypatch):
                                        + len(qm.GEMV_STREAM_K_CONFIGS)))
 def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_allocations):
     """Each GEMV launch configuration the autotuner may pick (those naming their K split too,
-    KILN_GEMV_TUNE_SPLIT=1, and the stream-K ones, KILN_GEMV_STREAM_K=1) gives the reference's products, int4 and fp8, at batch 1 and 4."""
+    KILN_GEMV_TUNE_SPLIT=1, and the stream-K ones, tuned by default) gives the reference's
+    products, int4 and fp8, at batch 1 and 4."""
     n, k = shape
     config = (qm.GEMV_BASE_CONFIGS + qm.GEMV_SPLIT_CONFIGS + qm.GEMV_STREAM_K_CONFIGS)[cfg]
     qweight, scales = int4_case(n, k, 128, gen)
