@@ -30,7 +30,8 @@ def poison_allocations(monkeypatch):
 @pytest.fixture
 def gen():
     """A CUDA generator with a fresh random seed (printed for replay)."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    # KILN_TEST_SEED=<seed> replays a failure.
+    seed = int(os.environ.get("KILN_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     print(f"seed={seed}")
     return torch.Generator(device="cuda").manual_seed(seed)
 

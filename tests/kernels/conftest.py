@@ -102,6 +102,7 @@ def poison_allocations(monkeypatch):
 @pytest.fixture
 def gen():
     """A generator with a fresh random seed (printed, so a failure can be replayed)."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    # KILN_TEST_SEED=<seed> replays a failure.
+    seed = int(os.environ.get("KILN_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
