@@ -116,6 +116,10 @@ def render_card(report: dict) -> str:
             lines.append(f"| `{name}`{kept} | {v['dropout']:g} | {v['steps']} / {v['steps_done']} | "
                          f"{v['best_val_loss']:.4f} | {v['best_step']} | {v['train_seconds']:.0f} s |")
     demo, draft = models["demo-model"], models["draft-model"]
+    for name, m in models.items():
+        if m.get("reused_from"):
+            lines += ["", f"`{name}` was not trained by this run: it is the one an earlier run trained "
+                          f"(`{m['reused_from']}`), with the same tokenizer; its rows above are that run's."]
     lines += [
         "",
         "## Held-out results (test split)",

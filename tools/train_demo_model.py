@@ -6,6 +6,9 @@ the train split, train the demo model and the draft model, save both in Hugging 
 
     python tools/train_demo_model.py --out /tmp/demo --compile  # the shipped recipe (a GPU)
     python tools/train_demo_model.py --out /tmp/demo --toy      # tiny shapes, seconds, any CPU
+
+``--demo-shape`` tries another demo architecture; ``--draft-from kiln/demo/draft-model`` keeps the
+shipped draft instead of training one (refused before any training if the tokenizer differs).
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="demo architecture as hidden:layers:heads:kv_heads:intermediate (default 384:8:6:2:768)")
     p.add_argument("--draft-shape", default=None,
                    help="draft architecture as hidden:layers:heads:kv_heads:intermediate (default 256:2:4:1:704)")
+    p.add_argument("--draft-from", type=Path, default=None,
+                   help="keep this trained draft model instead of training one (its tokenizer must be the one "
+                        "this run trains, byte for byte)")
     p.add_argument("--demo-batch", type=int, default=None)
     p.add_argument("--draft-batch", type=int, default=None)
     p.add_argument("--demo-time-limit", type=float, default=120.0,
@@ -186,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer_dir = out / "tokenizer"
     demo_tokenizer.save_hf_tokenizer(tokenizer, tokenizer_dir, model_max_length=args.max_positions)
     vocab_size = tokenizer.get_vocab_size()
+    if args.draft_from is not None and ((args.draft_from / "tokenizer.json").read_bytes()
+                                        != (tokenizer_dir / "tokenizer.json").read_bytes()):
+        # Checked before any training: both models must share token ids.
+        raise SystemExit(f"--draft-from {args.draft_from}: its tokenizer.json differs from the one this run trained")
     special = {t: tokenizer.token_to_id(t) for t in demo_tokenizer.SPECIAL_TOKENS}
     eot_id = special[demo_tokenizer.END_OF_TEXT]
     eos_ids = [eot_id, special[demo_tokenizer.IM_END]]
@@ -201,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     report_models: dict = {}
     families = ((demo_shape, args.demo_variants, args.demo_time_limit),
                 (draft_shape, args.draft_variants, args.draft_time_limit))
+    if args.draft_from is not None:
+        families = families[:1]
     for offset, (base_shape, variants_spec, time_limit) in enumerate(families):
         best_model, chosen, variants = None, None, []
         for dropout, steps in parse_variants(variants_spec):
@@ -238,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         say(f"{shape.name}: kept dropout {shape.dropout}, {shape.steps} steps; saved to {model_dir}")
 
+    if args.draft_from is not None:
+        report_models["draft-model"] = reuse_draft(args.draft_from, out, tokenizer_dir, say)
+
     report = evaluate_saved(args, out, splits, test_stream, val_stream, seq_len, device, report_models, say)
     report.update(
         seed=args.seed, compiled=args.compile, eval_every=eval_every, eval_seq_len=seq_len,
@@ -251,6 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     (out / "README.md").write_text(demo_card.render_card(report))
     say(f"done in {report['total_seconds']:.1f}s; wrote {out}")
     return 0
+
+
+def reuse_draft(source: Path, out: Path, tokenizer_dir: Path, say) -> dict:
+    """Copy a draft model trained by an earlier run into ``out``, with its report entry.
+
+    main has already checked that its tokenizer is the one this run trained. Its entry comes
+    from the earlier run's report.json beside it (the shipped layout: kiln/demo/report.json
+    beside kiln/demo/draft-model), marked as reused.
+    """
+    import shutil
+
+    earlier = json.loads((source.parent / "report.json").read_text())["models"]["draft-model"]
+    entry = {k: v for k, v in earlier.items() if k not in ("test", "val_loss_saved")}
+    entry["reused_from"] = str(source)
+    shutil.copytree(source, out / "draft-model", dirs_exist_ok=True)
+    say(f"draft-model: reused from {source}")
+    return entry
 
 
 def evaluate_saved(args, out: Path, splits, test_stream, val_stream, seq_len, device, report_models, say) -> dict:
