@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{shape.name}: kept dropout {shape.dropout}, {shape.steps} steps; saved to {model_dir}")
 
     if args.draft_from is not None:
-        report_models["draft-model"] = reuse_draft(args.draft_from, out, tokenizer_dir, say)
+        report_models["draft-model"] = reuse_draft(args.draft_from, out, say)
 
     report = evaluate_saved(args, out, splits, test_stream, val_stream, seq_len, device, report_models, say)
     report.update(
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def reuse_draft(source: Path, out: Path, tokenizer_dir: Path, say) -> dict:
+def reuse_draft(source: Path, out: Path, say) -> dict:
     """Copy a draft model trained by an earlier run into ``out``, with its report entry.
 
     main has already checked that its tokenizer is the one this run trained. Its entry comes
