@@ -6,7 +6,8 @@ candidate configurations, each trial timed as replays of a freshly captured deco
 --context tokens per sequence. Afterwards the engine's own choices and the chosen ones are timed
 again, alternating, so the reported gain is not the minimum of many noisy trials. --write stores
 the chosen configurations in an engine directory's engine.json (kernel_tuning.results, the entries
-loading seeds the autotuners with) and records the run under kernel_tuning.in_situ.
+loading seeds the autotuners with) and records the run under kernel_tuning.in_situ. The search is
+kiln.tune.in_situ.tune_decode_step, the one `kiln build` runs (--step-tuning-batch-sizes).
 
     PYTHONPATH=. python3 benchmarks/kernels/tune_in_situ.py --model ENGINE_DIR --batch-size 1 \
         --context 256 --json OUT.json [--write]
@@ -26,13 +27,7 @@ from pathlib import Path
 import torch
 
 from kiln.bench import common
-from kiln.kernels import PDL_MAX_BATCH, pdl_scope
-from kiln.kernels import quant_matmul as qm
 from kiln.tune import in_situ
-
-
-def config_json(cfg) -> dict:
-    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
 def main() -> None:
@@ -54,60 +49,13 @@ def main() -> None:
         raise SystemExit("tune_in_situ.py times CUDA graphs: it needs a CUDA GPU")
     t0 = time.perf_counter()
     engine, startup = common.start_engine(args.model, dict(max_num_seqs=max(8, args.batch_size)))
-    runner = engine.runner
-    max_len = engine.max_model_len
-    kernels = {n: k for n, k in qm.tuned_kernels().items() if n in in_situ.GEMV_KERNELS}
-
-    probe = in_situ.decode_graphs(runner, args.batch_size, args.context, max_len)  # never captured
-
-    def forward():
-        with torch.inference_mode(), pdl_scope(args.batch_size <= PDL_MAX_BATCH):
-            probe._forward(args.batch_size)
-        torch.cuda.synchronize()
-
-    forward()  # anything not yet tuned is tuned here, outside the recording
-    slots = in_situ.slots_of(forward, kernels)
-    del probe
-    if not slots:
+    print(f"start-up {startup:.1f} s")
+    best, record = in_situ.tune_decode_step(engine, args.batch_size, args.context, args.reps,
+                                            args.windows, args.rounds, args.min_gain, args.confirm)
+    if not best:
         raise SystemExit("the decode step launches no autotuned GEMV (nothing to tune)")
-    start = {s: kernels[s[0]].cache[s[1]] for s in slots}
-    cands = {s: in_situ.slot_candidates(kernels[s[0]], s[1], qm._candidates(s[0]))
-             for s in slots}
-    print(f"{len(slots)} GEMV slots, {sum(len(c) for c in cands.values())} candidates; "
-          f"start-up {startup:.1f} s")
-
-    def measure(assign):
-        in_situ.set_configs(kernels, assign)
-        return in_situ.graph_step_ms(runner, args.batch_size, args.context, max_len, args.reps,
-                                     args.windows)
-
-    best, best_ms, trace = in_situ.coordinate_descent(slots, cands, start, measure, args.rounds,
-                                                      args.min_gain, in_situ.same_config)
-    before, after = [], []
-    for _ in range(args.confirm):
-        before.append(measure(start))
-        after.append(measure(best))
-    in_situ.set_configs(kernels, best)
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    print(f"step {med(before):.4f} -> {med(after):.4f} ms (confirm runs: {before} / {after})")
-    changed = []
-    for s in slots:
-        if not in_situ.same_config(start[s], best[s]):
-            changed.append({"kernel": s[0], "key": list(s[1]), "from": config_json(start[s]),
-                            "to": config_json(best[s])})
-            print(f"  {s[0]} {s[1][:4]}: {start[s]} -> {best[s]}")
-    result = {
-        "model": args.model, "batch_size": args.batch_size, "context": args.context,
-        "reps": args.reps, "windows": args.windows, "rounds": args.rounds,
-        "min_gain": args.min_gain, "slots": len(slots), "trials": len(trace) - 1,
-        "step_ms_before": before, "step_ms_after": after, "changed": changed,
-        "trace": [{"kernel": t["slot"][0] if t["slot"] else None,
-                   "key": list(t["slot"][1]) if t["slot"] else None,
-                   **(config_json(t["config"]) if t["config"] is not None else {}),
-                   "ms": t["cost"], **({"error": t["error"]} if "error" in t else {})}
-                  for t in trace],
-        "seconds": time.perf_counter() - t0, "environment": common.environment(runner.device),
-    }
+    result = {"model": args.model, **record, "seconds": time.perf_counter() - t0,
+              "environment": common.environment(engine.runner.device)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     if args.write:
@@ -115,17 +63,10 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"--write needs an engine directory (kiln build); {path} does not exist")
         info = json.loads(path.read_text())
-        tuning = info.get("kernel_tuning") or {}
-        if tuning.get("status") != "tuned":
-            raise SystemExit(f"{path}: no stored kernel tuning to update (status "
-                             f"{tuning.get('status')!r})")
-        entries = [e for e in tuning.get("results", [])
-                   if (e["kernel"], tuple(e["key"])) not in best]
-        for (name, key), cfg in best.items():
-            entries.append({"kernel": name, "key": list(key), **config_json(cfg)})
-        tuning["results"] = entries
-        tuning["in_situ"] = {k: result[k] for k in ("batch_size", "context", "rounds", "min_gain",
-                                                     "step_ms_before", "step_ms_after")}
+        try:
+            info["kernel_tuning"] = in_situ.store_choices(info.get("kernel_tuning") or {}, best, record)
+        except ValueError as exc:
+            raise SystemExit(f"{path}: {exc}")
         path.write_text(json.dumps(info, indent=2) + "\n")
         print(f"wrote {len(best)} choices to {path}")
 

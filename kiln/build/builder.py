@@ -24,7 +24,7 @@ from kiln.build.accuracy import evaluate, limit_violations, parse_max_drop, refe
 from kiln.build.engine_dir import (ENGINE_FORMAT, FORMAT_VERSION, WEIGHTS_FILE, is_engine_dir,
                                    load_engine_model, save_engine_weights, write_engine_info)
 from kiln.build.gpu_target import GpuTarget, device_target, resolve_target
-from kiln.build.tuning import not_tuned, tune_quant_kernels
+from kiln.build.tuning import not_tuned, tune_decode_steps, tune_quant_kernels
 from kiln.errors import KilnError
 from kiln.quant.calibration import collect_stats, load_windows
 from kiln.quant.config import W8A8_SCHEMES, QuantConfig
@@ -57,6 +57,9 @@ class BuildOptions:
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
+    # Batch sizes whose captured decode step re-chooses the GEMV configurations on the target GPU
+    # (kiln.build.tuning.tune_decode_steps); empty skips it.
+    step_tuning_batch_sizes: tuple[int, ...] = (1,)
 
 
 def _sha256_files(files: list[Path]) -> dict[str, Any]:
@@ -245,8 +248,15 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
             if broken:
                 raise KilnError(f"engine fails --max-accuracy-drop {options.max_accuracy_drop}: "
                                 f"{'; '.join(broken)}; nothing was written to {out}")
-        del engine_model
+        del engine_model, reference
         info["accuracy"] = accuracy
+        if info["kernel_tuning"].get("status") == "tuned" and options.step_tuning_batch_sizes:
+            write_engine_info(staging, info)  # the engine the step tuning loads
+            sizes = options.step_tuning_batch_sizes
+            update, close = progress.stage("tune decode steps", len(set(sizes)))
+            info["kernel_tuning"] = tune_decode_steps(staging, device, sizes, info["kernel_tuning"],
+                                                      progress=update)
+            close()
         info["build"] = {"time_s": round(time.perf_counter() - started, 2),
                          "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "device": str(device), "torch": torch.__version__}

@@ -41,11 +41,28 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
                    help="fail the build when worse: top1=D,kl=K,ppl=P (top1: allowed top-1 "
                         "disagreement; kl: mean KL nats; ppl: relative perplexity increase); a bare "
                         "number means top1")
+    p.add_argument("--step-tuning-batch-sizes", default="1", type=_batch_sizes, metavar="LIST",
+                   help="after the per-kernel tuning, re-choose the decode GEMVs' launch "
+                        "configurations by the time of the whole captured decode step at these "
+                        "batch sizes (comma-separated; on the target GPU only); none skips it")
     p.add_argument("--device", default="auto", help="where to build: auto, cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ENGINE_DIR")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_build)
     return p
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """--step-tuning-batch-sizes: "1,4" -> (1, 4); "none" or "" -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes or none, got {text!r}")
+    if any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
+    return sizes
 
 
 def options_from_args(args: argparse.Namespace):
@@ -60,7 +77,8 @@ def options_from_args(args: argparse.Namespace):
         calib_seq_len=args.calib_seq_len, eval_data=args.eval_data, eval_tokens=args.eval_tokens,
         target_gpu=args.target_gpu, max_batch_size=args.max_batch_size,
         max_seq_len=args.max_seq_len, max_accuracy_drop=args.max_accuracy_drop, device=args.device,
-        overwrite=args.overwrite, progress=args.progress)
+        overwrite=args.overwrite, progress=args.progress,
+        step_tuning_batch_sizes=args.step_tuning_batch_sizes)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -79,4 +97,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     where = "cpu" if target["name"] == "cpu" else f"{target['display_name']} ({target['sm']})"
     print(f"built {info['quantization']['scheme']} engine for {where} in {info['build']['time_s']:.1f}s "
           f"-> {info['path']}\n{score}", file=sys.stdout)
+    for run in info["kernel_tuning"].get("in_situ", []):
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        if run.get("step_ms_before"):
+            print(f"decode step at batch {run['batch_size']}: {med(run['step_ms_before']):.3f} -> "
+                  f"{med(run['step_ms_after']):.3f} ms after step tuning "
+                  f"({run['changed']} of {run['slots']} GEMV launches changed)", file=sys.stdout)
     return 0

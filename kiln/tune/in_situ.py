@@ -10,14 +10,17 @@ A *slot* is one tuned GEMV launch the decode step makes: (autotuned kernel name,
 `coordinate_descent` tries every candidate of one slot with the others fixed, keeps the fastest
 step, moves to the next slot, and repeats for a number of rounds. The CUDA side (`slots_of`,
 `set_configs`, `graph_step_ms`) records the slots of a decode forward, installs an assignment in
-the autotuners' caches and times CUDA-graph replays of the step; the driver is
-`benchmarks/kernels/tune_in_situ.py`.
+the autotuners' caches and times CUDA-graph replays of the step. `tune_decode_step` runs the whole
+search on a started engine; `store_choices` writes its result into engine.json's kernel_tuning
+record. `kiln build` runs it on the target GPU (--step-tuning-batch-sizes); the stand-alone driver
+is `benchmarks/kernels/tune_in_situ.py`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, Sequence
+import time
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -162,3 +165,102 @@ def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) 
     g.seq_lens[:batch] = context
     g.positions[:batch] = context - 1
     g.slot_mapping[:batch] = tables[:, -1] * block_size + (context - 1) % block_size
+
+
+def config_json(cfg) -> dict:
+    """A triton.Config as engine.json stores a tuning choice."""
+    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _median(xs: Sequence[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int = 50,
+                     windows: int = 5, rounds: int = 1, min_gain: float = 0.002, confirm: int = 3,
+                     log: Callable[[str], Any] = print) -> tuple[dict, dict]:
+    """Choose the decode GEMVs' configurations of a started engine (CUDA) by the time of its
+    captured decode step at `batch_size` rows of `context` tokens.
+
+    Records the tuned GEMV launches of one decode forward, runs coordinate descent over their
+    candidates (the autotuners' own, pruned as they would be), then re-times the engine's own
+    choices and the chosen ones `confirm` times, alternating, so that the reported gain is not
+    the minimum of many noisy trials. The choices stay installed in the autotuners' caches.
+    Returns (assignment slot -> triton.Config, record); the assignment is empty when the step
+    launches no tuned GEMV (every product on cuBLAS)."""
+    from kiln.kernels import PDL_MAX_BATCH, pdl_scope
+    from kiln.kernels import quant_matmul as qm
+
+    started = time.perf_counter()
+    runner = engine.runner
+    max_len = engine.max_model_len
+    kernels = {n: k for n, k in qm.tuned_kernels().items() if n in GEMV_KERNELS}
+    probe = decode_graphs(runner, batch_size, context, max_len)  # never captured
+
+    def forward():
+        with torch.inference_mode(), pdl_scope(batch_size <= PDL_MAX_BATCH):
+            probe._forward(batch_size)
+        torch.cuda.synchronize()
+
+    forward()  # anything not yet tuned is tuned here, outside the recording
+    slots = slots_of(forward, kernels)
+    del probe
+    record: dict[str, Any] = {"batch_size": batch_size, "context": context, "reps": reps,
+                              "windows": windows, "rounds": rounds, "min_gain": min_gain,
+                              "slots": len(slots)}
+    if not slots:
+        record.update(trials=0, changed=[], trace=[], reason="the decode step launches no tuned GEMV",
+                      seconds=round(time.perf_counter() - started, 2))
+        return {}, record
+    start = {s: kernels[s[0]].cache[s[1]] for s in slots}
+    cands = {s: slot_candidates(kernels[s[0]], s[1], qm._candidates(s[0])) for s in slots}
+    log(f"batch {batch_size}: {len(slots)} GEMV slots, {sum(len(c) for c in cands.values())} candidates")
+
+    def measure(assign):
+        set_configs(kernels, assign)
+        return graph_step_ms(runner, batch_size, context, max_len, reps, windows)
+
+    best, _, trace = coordinate_descent(slots, cands, start, measure, rounds, min_gain, same_config)
+    before, after = [], []
+    for _ in range(confirm):
+        before.append(measure(start))
+        after.append(measure(best))
+    if _median(after) >= _median(before):  # the search's gain did not hold up: keep the engine's
+        best = dict(start)
+        after = list(before)
+    set_configs(kernels, best)
+    log(f"batch {batch_size}: step {_median(before):.4f} -> {_median(after):.4f} ms "
+        f"(confirm runs {[round(x, 4) for x in before]} / {[round(x, 4) for x in after]})")
+    changed = []
+    for s in slots:
+        if not same_config(start[s], best[s]):
+            changed.append({"kernel": s[0], "key": list(s[1]), "from": config_json(start[s]),
+                            "to": config_json(best[s])})
+            log(f"  {s[0]} {s[1][:4]}: {config_json(start[s])} -> {config_json(best[s])}")
+    record.update(trials=len(trace) - 1, step_ms_before=before, step_ms_after=after,
+                  changed=changed,
+                  trace=[{"kernel": t["slot"][0] if t["slot"] else None,
+                          "key": list(t["slot"][1]) if t["slot"] else None,
+                          **(config_json(t["config"]) if t["config"] is not None else {}),
+                          "ms": t["cost"], **({"error": t["error"]} if "error" in t else {})}
+                         for t in trace],
+                  seconds=round(time.perf_counter() - started, 2))
+    return best, record
+
+
+def store_choices(tuning: dict, best: dict, record: dict) -> dict:
+    """engine.json's kernel_tuning record with a decode-step tuning's choices in its results
+    (replacing the entries of the same kernel and key, which loading would otherwise seed) and
+    the run summarised under "in_situ" (one entry per batch size, the latest kept)."""
+    if tuning.get("status") != "tuned":
+        raise ValueError(f"no stored kernel tuning to update (status {tuning.get('status')!r})")
+    entries = [e for e in tuning.get("results", []) if (e["kernel"], tuple(e["key"])) not in best]
+    for (name, key), cfg in best.items():
+        entries.append({"kernel": name, "key": list(key), **config_json(cfg)})
+    summary = {k: record[k] for k in ("batch_size", "context", "rounds", "min_gain", "slots",
+                                      "trials", "step_ms_before", "step_ms_after", "seconds")
+               if k in record}
+    summary["changed"] = len(record.get("changed", []))
+    runs = [r for r in tuning.get("in_situ", []) if isinstance(r, dict)
+            and r.get("batch_size") != record["batch_size"]] if isinstance(tuning.get("in_situ"), list) else []
+    return {**tuning, "results": entries, "in_situ": runs + [summary]}

@@ -71,3 +71,60 @@ def test_apply_only_takes_tuned_records_for_cuda_and_the_same_triton(clean_cache
     other = {"kernel_tuning": {**tuned["kernel_tuning"], "triton": "0.0.1"}}
     assert apply_kernel_tuning(other, "cuda") == 0
     assert not clean_caches["gemv"].cache
+
+
+@pytest.mark.parametrize("text,want", [("1", (1,)), ("1,4,16", (1, 4, 16)), ("none", ()), ("", ())])
+def test_step_tuning_batch_sizes_flag(text, want):
+    import argparse
+
+    from kiln.build.cli import add_build_parser, options_from_args
+
+    parser = argparse.ArgumentParser(prog="kiln")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", "m", "-o", "e", "--step-tuning-batch-sizes", text])
+    assert options_from_args(args).step_tuning_batch_sizes == want
+    assert options_from_args(parser.parse_args(["build", "m", "-o", "e"])).step_tuning_batch_sizes == (1,)
+
+
+@pytest.mark.parametrize("text", ["0", "1,x", "-2"])
+def test_step_tuning_batch_sizes_flag_refuses_bad_values(text, capsys):
+    import argparse
+
+    from kiln.build.cli import add_build_parser
+
+    parser = argparse.ArgumentParser(prog="kiln")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "m", "-o", "e", "--step-tuning-batch-sizes", text])
+    assert "--step-tuning-batch-sizes" in capsys.readouterr().err
+
+
+def test_cpu_build_records_no_step_tuning_and_the_step_tuning_engine_fits(tmp_path):
+    """A build without the target GPU stores no tuning, so the decode-step tuning does not run;
+    the engine that tuning loads holds the KV blocks its widest step needs (each row its own
+    run of blocks at the context) with room for the tuner's graphs' block tables."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from build_helpers import write_calib_file, write_tiny_checkpoint
+
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.tuning import step_tuning_engine
+    from kiln.quant.config import QuantConfig
+    from kiln.tune.in_situ import decode_graphs
+
+    src = write_tiny_checkpoint(tmp_path / "model")
+    calib = write_calib_file(tmp_path / "calib.txt")
+    info = build_engine(BuildOptions(str(src), str(tmp_path / "e"), quant=QuantConfig("int8-wo"),
+                                     calib_data=str(calib), calib_samples=2, calib_seq_len=32,
+                                     eval_tokens=0, target_gpu="cpu", device="cpu", progress=False,
+                                     step_tuning_batch_sizes=(1, 4)))
+    assert info["kernel_tuning"]["status"] == "not-tuned" and "in_situ" not in info["kernel_tuning"]
+    engine = step_tuning_engine(info["path"], torch.device("cpu"), (1, 4), 256)
+    runner = engine.runner
+    assert runner.num_kv_blocks >= 4 * math.ceil(256 / runner.block_size)
+    g = decode_graphs(runner, 4, 256, engine.max_model_len)  # fills the inputs, captures nothing
+    assert g.seq_lens[:4].tolist() == [256] * 4
+    assert len(set(g.block_tables[:4, :16].flatten().tolist())) == 4 * 16

@@ -183,3 +183,37 @@ def test_fp8_lm_head_engine(tmp_path):
         assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
         assert all(0 <= t < 512 for o in outs for t in o.outputs[0].token_ids)
         del llm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 engines need an FP8 GPU")
+def test_build_tunes_the_decode_step(tmp_path):
+    """`kiln build` on the target GPU re-chooses the decode GEMVs by the whole step's time at
+    each --step-tuning-batch-sizes entry: engine.json summarises each run, its choices are ones
+    loading seeds the autotuners with, the step it kept is no slower than the one it started
+    from, and the engine generates through CUDA graphs."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.kernels import quant_matmul as qm
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=11, dtype="bfloat16")
+    info = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"), QuantConfig("fp8"),
+                                     eval_tokens=0, device="cuda", progress=False,
+                                     step_tuning_batch_sizes=(2, 1)))
+    tuning = info["kernel_tuning"]
+    assert tuning["status"] == "tuned"
+    runs = tuning["in_situ"]
+    assert [r["batch_size"] for r in runs] == [1, 2]
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    for r in runs:
+        assert r["slots"] > 0 and r["trials"] > 0
+        assert med(r["step_ms_after"]) <= med(r["step_ms_before"])
+    assert qm.import_tuning(tuning["results"]) == len(tuning["results"])
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(3)]
+    llm = LLM(info["path"], device="cuda", gpu_memory_utilization=0.3, max_num_seqs=8)
+    outs = llm.generate(prompts, sp)
+    assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
+    del llm

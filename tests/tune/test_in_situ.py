@@ -121,3 +121,41 @@ def test_fill_inputs_gives_each_row_its_own_blocks_and_the_slot_of_its_new_token
     assert g.slot_mapping[3] == -1
     with pytest.raises(ValueError, match="exceeds"):
         in_situ._fill_inputs(g, 1, 16 * 17, 16, 1000)
+
+
+def _tuning():
+    return {"status": "tuned", "results": [
+        {"kernel": "gemv", "key": [4096, 4096, 1], "config": {"BLOCK_N": 64}, "num_warps": 4,
+         "num_stages": 3},
+        {"kernel": "gemm", "key": [4096, 4096, 16], "config": {"BLOCK_M": 16}, "num_warps": 4,
+         "num_stages": 4}]}
+
+
+def test_store_choices_replaces_the_same_keys_and_keeps_one_summary_per_batch_size():
+    new = triton.Config({"BLOCK_N": 128, "STREAM_K": 4}, num_warps=8, num_stages=3)
+    other = triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=3)
+    best = {("gemv", (4096, 4096, 1)): new, ("gemv", (6144, 4096, 1)): other}
+    record = {"batch_size": 1, "context": 256, "rounds": 1, "min_gain": 0.002, "slots": 2,
+              "trials": 9, "step_ms_before": [2.7, 2.8, 2.7], "step_ms_after": [2.6, 2.6, 2.6],
+              "seconds": 12.0, "changed": [{"kernel": "gemv"}], "trace": [{"ms": 1.0}]}
+    tuning = in_situ.store_choices(_tuning(), best, record)
+    by_key = {(e["kernel"], tuple(e["key"])): e for e in tuning["results"]}
+    assert len(tuning["results"]) == 3  # one replaced, one added, the gemm entry kept
+    assert by_key["gemv", (4096, 4096, 1)] == {"kernel": "gemv", "key": [4096, 4096, 1],
+                                               "config": {"BLOCK_N": 128, "STREAM_K": 4},
+                                               "num_warps": 8, "num_stages": 3}
+    assert by_key["gemm", (4096, 4096, 16)]["config"] == {"BLOCK_M": 16}
+    assert tuning["in_situ"] == [{"batch_size": 1, "context": 256, "rounds": 1, "min_gain": 0.002,
+                                  "slots": 2, "trials": 9, "step_ms_before": [2.7, 2.8, 2.7],
+                                  "step_ms_after": [2.6, 2.6, 2.6], "seconds": 12.0, "changed": 1}]
+    again = in_situ.store_choices(tuning, best, {**record, "batch_size": 4})
+    again = in_situ.store_choices(again, best, {**record, "trials": 5})
+    assert [r["batch_size"] for r in again["in_situ"]] == [4, 1] and again["in_situ"][1]["trials"] == 5
+    # the stored entries are what loading seeds the autotuners with
+    import kiln.kernels.quant_matmul as qm
+    assert all(qm._same_config(cfg, by_key[s]) for s, cfg in best.items())
+
+
+def test_store_choices_needs_a_stored_tuning():
+    with pytest.raises(ValueError, match="not-tuned"):
+        in_situ.store_choices({"status": "not-tuned", "results": []}, {}, {"batch_size": 1})
