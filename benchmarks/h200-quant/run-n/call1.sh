@@ -5,7 +5,7 @@
 # Call 1: int4 (about 5 minutes on a cold machine); call 2 (call2.sh): fp8 and bf16.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T="python3 benchmarks/kernels/tune_in_situ.py --batch-size 1 --context 256"
-QUANT=int4-wo VARIANTS="built=" timeout 200 bash benchmarks/run_variants_h200.sh
+QUANT=int4-wo VARIANTS="built=" timeout 300 bash benchmarks/run_variants_h200.sh
 cp -r /tmp/e8b-int4-wo /tmp/e8b-int4-wo-insitu
 # candidates: the stream-K ones (default) and the forced-split ones (KILN_GEMV_TUNE_SPLIT=1, which
 # the run of the tuned copy then needs too, to accept them)
