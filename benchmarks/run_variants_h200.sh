@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call comparing runtime switches on one engine: builds (or reuses) an engine of the
 # Llama-3-8B architecture (random bf16 weights; QUANT none = the checkpoint itself, else
-# `kiln build --quant QUANT`), then runs batch-1 decode (128 in / 256 out) and, with TP=1, the
+# `kiln build --quant QUANT`; QUANT none with a BUILD_TAG builds a --quant none engine), then runs batch-1 decode (128 in / 256 out) and, with TP=1, the
 # 1000 x 128/128 throughput at 1024 sequences, once per variant (BATCH sets the latency batch size). VARIANTS is a ';'-separated list
 # of NAME=ENV settings ("base=" for none), e.g. "base=;tc=KILN_TC_GEMV=fp8;both=KILN_TC_GEMV=fp8 KILN_PRODUCER_QUANT=1";
 # tokens of the form --flag=value go to the bench commands instead ("kv8=--kv-cache-dtype=fp8").
@@ -15,7 +15,7 @@ LOG="$OUT/variants.log"
 QUANT=${QUANT:-fp8}
 M=/tmp/llama-3-8b
 [ -d $M ] || $K random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 | tee -a "$LOG"
-if [ "$QUANT" = none ]; then
+if [ "$QUANT" = none ] && [ -z "${BUILD_TAG:-}" ]; then  # the checkpoint itself; with a BUILD_TAG a --quant none engine
   E=$M
 else
   E=/tmp/e8b-$QUANT${BUILD_TAG:-}

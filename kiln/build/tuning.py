@@ -45,14 +45,36 @@ def not_tuned(reason: str) -> dict[str, Any]:
     return {"status": "not-tuned", "reason": reason, "results": []}
 
 
+def _float_gemv_layers(model: nn.Module) -> list[nn.Module]:
+    """One unquantized Linear per distinct (shape, bias) whose decode rows a Triton GEMV computes
+    on CUDA (the tensor-core GEMV for float weights, KILN_TC_GEMV; or KILN_TRITON_GEMV=1)."""
+    from kiln.kernels import quant_matmul as qm
+    from kiln.layers.linear import Linear, UnquantizedLinearMethod
+
+    if not (qm.tc_gemv_enabled("float") or qm.triton_gemv_enabled()):
+        return []
+    seen, layers = set(), []
+    for module in model.modules():
+        if (isinstance(module, Linear) and isinstance(module.method, UnquantizedLinearMethod)
+                and module.in_features % 32 == 0):
+            key = (module.in_features, module.out_features, module.has_bias)
+            if key not in seen:
+                seen.add(key)
+                layers.append(module)
+    return layers
+
+
 def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype,
                        m_values: tuple[int, ...] = M_VALUES) -> dict[str, Any]:
-    """Autotune the Triton quantized-matmul kernels for every quantized layer shape of ``model``
-    on ``device``; returns engine.json's ``kernel_tuning`` record."""
+    """Autotune the Triton matmul kernels for every quantized layer shape of ``model`` on
+    ``device``, and on CUDA the decode GEMV of every unquantized layer shape that one serves
+    (rows up to SMALL_M; more rows run on cuBLAS); returns engine.json's ``kernel_tuning``
+    record."""
     from kiln.kernels import quant_matmul as qm
 
     layers = _quantized_layers(model)
-    if not layers:
+    float_layers = _float_gemv_layers(model) if device.type == "cuda" else []
+    if not layers and not float_layers:
         return {"status": "not-needed", "reason": "no quantized layers: every product runs on "
                 "cuBLAS", "results": []}
     if device.type != "cuda":
@@ -61,11 +83,12 @@ def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtyp
         return not_tuned("KILN_QUANT_AUTOTUNE=0: the kernels use their default configurations")
     import triton
 
+    small = tuple(m for m in m_values if m <= qm.SMALL_M)
     started = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
-        for layer in layers:
-            for m in m_values:
+        for layer, ms in [(l, m_values) for l in layers] + [(l, small) for l in float_layers]:
+            for m in ms:
                 x = torch.randn(m, layer.in_features, generator=gen, device=device).to(dtype)
                 layer(x)
     torch.cuda.synchronize(device)
@@ -73,7 +96,7 @@ def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtyp
     return {"status": "tuned", "gpu": torch.cuda.get_device_name(device),
             "triton": triton.__version__, "seconds": round(time.perf_counter() - started, 2),
             "layer_shapes": [[type(l.method).__name__, l.in_features, l.out_features]
-                             for l in layers],
+                             for l in layers + float_layers],
             "m_values": list(m_values), "results": results}
 
 

@@ -128,3 +128,26 @@ def test_cpu_build_records_no_step_tuning_and_the_step_tuning_engine_fits(tmp_pa
     g = decode_graphs(runner, 4, 256, engine.max_model_len)  # fills the inputs, captures nothing
     assert g.seq_lens[:4].tolist() == [256] * 4
     assert len(set(g.block_tables[:4, :16].flatten().tolist())) == 4 * 16
+
+
+def test_float_layers_a_triton_gemv_serves_are_tuned_on_cuda_only(monkeypatch):
+    """Unquantized layers whose decode rows take the tensor-core GEMV are tuned by a build on
+    the GPU, one per distinct shape (K a multiple of 32); a CPU build still needs none."""
+    from kiln.build.tuning import _float_gemv_layers
+
+    a = Linear(256, 128, bias=False, dtype=torch.float32, device="cpu")
+    b = Linear(256, 128, bias=False, dtype=torch.float32, device="cpu")  # same shape as a
+    c = Linear(128, 256, bias=True, dtype=torch.float32, device="cpu")
+    odd = Linear(100, 64, bias=False, dtype=torch.float32, device="cpu")  # K not a multiple of 32
+    q = Linear(256, 128, bias=False, dtype=torch.float32, device="cpu",
+               method=Int4WeightOnlyLinearMethod(group_size=128))
+    model = torch.nn.Sequential(a, b, c, odd, q)
+    monkeypatch.setenv("KILN_TC_GEMV", "1")
+    assert _float_gemv_layers(model) == [a, c]
+    monkeypatch.setenv("KILN_TC_GEMV", "fp8")
+    assert _float_gemv_layers(model) == []
+    monkeypatch.setenv("KILN_TRITON_GEMV", "1")
+    assert _float_gemv_layers(model) == [a, c]
+    monkeypatch.setenv("KILN_TC_GEMV", "1")
+    plain = torch.nn.Sequential(a, c)
+    assert tune_quant_kernels(plain, torch.device("cpu"), torch.float32)["status"] == "not-needed"
