@@ -9,6 +9,7 @@ engine.json and move the staging directory into place. Any failure removes the s
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -34,6 +35,9 @@ KV_CACHE_DTYPES = ("auto", "fp8")
 # Top-level files of a checkpoint copied into the engine (config, generation config, tokenizer).
 _COPIED_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 _NOT_COPIED = ("model.safetensors.index.json", "engine.json")
+
+
+logger = logging.getLogger("kiln")
 
 
 @dataclass(frozen=True)
@@ -254,8 +258,12 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
             write_engine_info(staging, info)  # the engine the step tuning loads
             sizes = options.step_tuning_batch_sizes
             update, close = progress.stage("tune decode steps", len(set(sizes)))
-            info["kernel_tuning"] = tune_decode_steps(staging, device, sizes, info["kernel_tuning"],
-                                                      progress=update)
+            try:
+                info["kernel_tuning"] = tune_decode_steps(staging, device, sizes,
+                                                          info["kernel_tuning"], progress=update)
+            except Exception as exc:  # an optional search: the per-kernel tuning still stands
+                logger.warning("decode-step tuning failed, keeping the per-kernel tuning: %s", exc)
+                info["kernel_tuning"]["in_situ_error"] = f"{type(exc).__name__}: {exc}"
             close()
         info["build"] = {"time_s": round(time.perf_counter() - started, 2),
                          "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -131,12 +131,16 @@ def tune_decode_steps(engine_dir, device: torch.device, batch_sizes: tuple[int, 
     dependent launch the fastest kernel alone is not always the fastest step. On the H200, the
     8B int4-wo engine's batch-1 step went from 2.737 to 2.619 ms this way (365.8 -> 381.6 tok/s,
     benchmarks/h200-quant/run-n). The engine is loaded from engine_dir (its engine.json written
-    with `tuning`) with a small KV cache and no graphs of its own, and dropped afterwards."""
+    with `tuning`) with a small KV cache and no graphs of its own, and dropped afterwards. The
+    FMA GEMV's key holds the decode rows' bucket (1, 2 or 4), so each batch size keeps its own
+    choices there; the tensor-core GEMV's does not, and the smallest batch size's choice stands."""
     import gc
 
     from kiln.tune import in_situ
 
-    sizes = sorted(set(batch_sizes))
+    # Largest first: the tensor-core GEMV's tuning key holds no row count (every batch up to 16
+    # rows shares its choice), so the smallest batch size, the latency-bound one, has the last word.
+    sizes = sorted(set(batch_sizes), reverse=True)
     engine = step_tuning_engine(engine_dir, device, sizes, context)
     try:
         for b in sizes:

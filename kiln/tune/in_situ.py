@@ -251,7 +251,8 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
 def store_choices(tuning: dict, best: dict, record: dict) -> dict:
     """engine.json's kernel_tuning record with a decode-step tuning's choices in its results
     (replacing the entries of the same kernel and key, which loading would otherwise seed) and
-    the run summarised under "in_situ" (one entry per batch size, the latest kept)."""
+    the run summarised under "in_situ" (one entry per batch size, the latest kept, in batch size
+    order)."""
     if tuning.get("status") != "tuned":
         raise ValueError(f"no stored kernel tuning to update (status {tuning.get('status')!r})")
     entries = [e for e in tuning.get("results", []) if (e["kernel"], tuple(e["key"])) not in best]
@@ -263,4 +264,5 @@ def store_choices(tuning: dict, best: dict, record: dict) -> dict:
     summary["changed"] = len(record.get("changed", []))
     runs = [r for r in tuning.get("in_situ", []) if isinstance(r, dict)
             and r.get("batch_size") != record["batch_size"]] if isinstance(tuning.get("in_situ"), list) else []
-    return {**tuning, "results": entries, "in_situ": runs + [summary]}
+    runs = sorted(runs + [summary], key=lambda r: r["batch_size"])
+    return {**tuning, "results": entries, "in_situ": runs}

@@ -151,3 +151,54 @@ def test_float_layers_a_triton_gemv_serves_are_tuned_on_cuda_only(monkeypatch):
     monkeypatch.setenv("KILN_TC_GEMV", "1")
     plain = torch.nn.Sequential(a, c)
     assert tune_quant_kernels(plain, torch.device("cpu"), torch.float32)["status"] == "not-needed"
+
+
+def test_build_stores_the_step_tuning_and_survives_its_failure(tmp_path, monkeypatch, capsys):
+    """The builder's wiring, with the GPU parts stood in for: a tuned record goes through the
+    decode-step tuning at the asked batch sizes, and what it returns is what engine.json keeps and
+    `kiln build` prints; when that tuning raises, the build still succeeds with the per-kernel
+    tuning and records the error."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from build_helpers import write_calib_file, write_tiny_checkpoint
+
+    import kiln.build.builder as builder
+    from kiln.cli import main
+
+    src = write_tiny_checkpoint(tmp_path / "model")
+    calib = write_calib_file(tmp_path / "calib.txt")
+    record = {"status": "tuned", "triton": triton.__version__, "results": []}
+    monkeypatch.setattr(builder, "tune_quant_kernels", lambda *a, **k: dict(record))
+    calls = []
+
+    def fake_steps(engine_dir, device, sizes, tuning, progress=None):
+        calls.append((Path(engine_dir).name, tuple(sizes)))
+        assert json.loads((Path(engine_dir) / "engine.json").read_text())["kernel_tuning"] == tuning
+        return {**tuning, "in_situ": [{"batch_size": 1, "slots": 4, "changed": 2,
+                                       "step_ms_before": [2.7, 2.8, 2.7],
+                                       "step_ms_after": [2.6, 2.6, 2.6]}]}
+
+    monkeypatch.setattr(builder, "tune_decode_steps", fake_steps)
+    args = ["build", str(src), "-o", str(tmp_path / "e"), "--quant", "int8-wo", "--target-gpu", "cpu",
+            "--device", "cpu", "--calib-data", str(calib), "--calib-samples", "2",
+            "--calib-seq-len", "32", "--eval-tokens", "0", "--no-progress"]
+    assert main(args + ["--step-tuning-batch-sizes", "4,1"]) == 0
+    assert calls and calls[0][1] == (4, 1) and calls[0][0].startswith(".e.building-")
+    stored = json.loads((tmp_path / "e" / "engine.json").read_text())["kernel_tuning"]
+    assert stored["in_situ"][0]["changed"] == 2
+    assert "decode step at batch 1: 2.700 -> 2.600 ms after step tuning (2 of 4" in capsys.readouterr().out
+    calls.clear()
+    assert main(args + ["--overwrite", "--step-tuning-batch-sizes", "none"]) == 0
+    assert not calls and "in_situ" not in json.loads((tmp_path / "e" / "engine.json").read_text())["kernel_tuning"]
+
+    def broken(*a, **k):
+        raise RuntimeError("graph capture failed")
+
+    monkeypatch.setattr(builder, "tune_decode_steps", broken)
+    assert main(args + ["--overwrite"]) == 0
+    stored = json.loads((tmp_path / "e" / "engine.json").read_text())["kernel_tuning"]
+    assert stored["status"] == "tuned" and "graph capture failed" in stored["in_situ_error"]
+    assert "decode-step tuning failed" in capsys.readouterr().out

@@ -150,7 +150,7 @@ def test_store_choices_replaces_the_same_keys_and_keeps_one_summary_per_batch_si
                                   "step_ms_after": [2.6, 2.6, 2.6], "seconds": 12.0, "changed": 1}]
     again = in_situ.store_choices(tuning, best, {**record, "batch_size": 4})
     again = in_situ.store_choices(again, best, {**record, "trials": 5})
-    assert [r["batch_size"] for r in again["in_situ"]] == [4, 1] and again["in_situ"][1]["trials"] == 5
+    assert [r["batch_size"] for r in again["in_situ"]] == [1, 4] and again["in_situ"][0]["trials"] == 5
     # the stored entries are what loading seeds the autotuners with
     import kiln.kernels.quant_matmul as qm
     assert all(qm._same_config(cfg, by_key[s]) for s, cfg in best.items())
