@@ -6,6 +6,8 @@ import pytest
 import torch
 import triton
 
+from build_helpers import write_calib_file, write_tiny_checkpoint
+
 from kiln.build.tuning import _quantized_layers, apply_kernel_tuning, tune_quant_kernels
 from kiln.kernels import quant_matmul as qm
 from kiln.layers.linear import Linear
@@ -104,12 +106,6 @@ def test_cpu_build_records_no_step_tuning_and_the_step_tuning_engine_fits(tmp_pa
     the engine that tuning loads holds the KV blocks its widest step needs (each row its own
     run of blocks at the context) with room for the tuner's graphs' block tables."""
     import math
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from build_helpers import write_calib_file, write_tiny_checkpoint
-
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.build.tuning import step_tuning_engine
     from kiln.quant.config import QuantConfig
@@ -159,11 +155,7 @@ def test_build_stores_the_step_tuning_and_survives_its_failure(tmp_path, monkeyp
     `kiln build` prints; when that tuning raises, the build still succeeds with the per-kernel
     tuning and records the error."""
     import json
-    import sys
     from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from build_helpers import write_calib_file, write_tiny_checkpoint
 
     import kiln.build.builder as builder
     from kiln.cli import main
