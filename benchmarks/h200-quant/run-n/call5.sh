@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# call3.sh and call4.sh in one device call (a machine goes back 30 s after a call, and with it the
-# models of call 3): both wider demo models trained at once on the H200, then measured there.
+# The prepared calls 3 (training) and 4 (measuring) in one device call (a machine goes back 30 s after
+# a call, and with it the trained models): both wider demo models trained at once on the H200, then
+# measured there.
 # The shipped model's figures are already on record (fp8 97.73% on the H200, run-m; CPU builds in
 # quant-demo/builds_cpu.json; margins in quant-demo/fp8_margins.json), so it is not measured again.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
