@@ -98,10 +98,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"built {info['quantization']['scheme']} engine for {where} in {info['build']['time_s']:.1f}s "
           f"-> {info['path']}\n{score}", file=sys.stdout)
     for run in info["kernel_tuning"].get("in_situ", []):
-        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
         if run.get("step_ms_before"):
-            print(f"decode step at batch {run['batch_size']}: {med(run['step_ms_before']):.3f} -> "
-                  f"{med(run['step_ms_after']):.3f} ms after step tuning "
+            from kiln.tune.in_situ import median
+
+            print(f"decode step at batch {run['batch_size']}: {median(run['step_ms_before']):.3f} -> "
+                  f"{median(run['step_ms_after']):.3f} ms after step tuning "
                   f"({run['changed']} of {run['slots']} GEMV launches changed)", file=sys.stdout)
     if info["kernel_tuning"].get("in_situ_error"):
         print(f"decode-step tuning failed (per-kernel tuning kept): "

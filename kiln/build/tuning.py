@@ -22,16 +22,15 @@ logger = logging.getLogger("kiln")
 M_VALUES = (1, 2, 4, 16, 64, 256, 1024)
 
 
-def _quantized_layers(model: nn.Module) -> list[nn.Module]:
-    """One Linear (or quantized LM head) per distinct (scheme, shape, bias), in model order."""
+def _distinct_layers(model: nn.Module, keep) -> list[nn.Module]:
+    """One module per distinct (method, shape, bias) among those keep(module, method) accepts, in
+    model order (method: a Linear's or LM head's LinearMethod, None for an unquantized head)."""
     from kiln.layers.embedding import LMHead
-    from kiln.layers.linear import Linear, UnquantizedLinearMethod
+    from kiln.layers.linear import Linear
 
     seen, layers = set(), []
     for module in model.modules():
-        # An unquantized LM head has no method; a quantized one computes like a Linear.
-        method = getattr(module, "method", None) if isinstance(module, (Linear, LMHead)) else None
-        if method is None or isinstance(method, UnquantizedLinearMethod):
+        if not isinstance(module, (Linear, LMHead)) or not keep(module, module.method):
             continue
         key = (type(module.method).__name__, module.in_features, module.out_features,
                module.has_bias)
@@ -39,6 +38,14 @@ def _quantized_layers(model: nn.Module) -> list[nn.Module]:
             seen.add(key)
             layers.append(module)
     return layers
+
+
+def _quantized_layers(model: nn.Module) -> list[nn.Module]:
+    """One Linear (or quantized LM head) per distinct (scheme, shape, bias), in model order."""
+    from kiln.layers.linear import UnquantizedLinearMethod
+
+    return _distinct_layers(model, lambda m, method: method is not None
+                            and not isinstance(method, UnquantizedLinearMethod))
 
 
 def not_tuned(reason: str) -> dict[str, Any]:
@@ -53,15 +60,9 @@ def _float_gemv_layers(model: nn.Module) -> list[nn.Module]:
 
     if not (qm.tc_gemv_enabled("float") or qm.triton_gemv_enabled()):
         return []
-    seen, layers = set(), []
-    for module in model.modules():
-        if (isinstance(module, Linear) and isinstance(module.method, UnquantizedLinearMethod)
-                and module.in_features % 32 == 0):
-            key = (module.in_features, module.out_features, module.has_bias)
-            if key not in seen:
-                seen.add(key)
-                layers.append(module)
-    return layers
+    return _distinct_layers(model, lambda m, method: isinstance(m, Linear)
+                            and isinstance(method, UnquantizedLinearMethod)
+                            and m.in_features % 32 == 0)
 
 
 def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype,

@@ -172,7 +172,8 @@ def config_json(cfg) -> dict:
     return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
-def _median(xs: Sequence[float]) -> float:
+def median(xs: Sequence[float]) -> float:
+    """The middle value (the upper one of an even count)."""
     return sorted(xs)[len(xs) // 2]
 
 
@@ -225,11 +226,11 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
     for _ in range(confirm):
         before.append(measure(start))
         after.append(measure(best))
-    if _median(after) >= _median(before):  # the search's gain did not hold up: keep the engine's
+    if median(after) >= median(before):  # the search's gain did not hold up: keep the engine's
         best = dict(start)
         after = list(before)
     set_configs(kernels, best)
-    log(f"batch {batch_size}: step {_median(before):.4f} -> {_median(after):.4f} ms "
+    log(f"batch {batch_size}: step {median(before):.4f} -> {median(after):.4f} ms "
         f"(confirm runs {[round(x, 4) for x in before]} / {[round(x, 4) for x in after]})")
     changed = []
     for s in slots:
@@ -262,7 +263,8 @@ def store_choices(tuning: dict, best: dict, record: dict) -> dict:
                                       "trials", "step_ms_before", "step_ms_after", "seconds")
                if k in record}
     summary["changed"] = len(record.get("changed", []))
-    runs = [r for r in tuning.get("in_situ", []) if isinstance(r, dict)
-            and r.get("batch_size") != record["batch_size"]] if isinstance(tuning.get("in_situ"), list) else []
-    runs = sorted(runs + [summary], key=lambda r: r["batch_size"])
-    return {**tuning, "results": entries, "in_situ": runs}
+    previous = tuning.get("in_situ")  # a list; the first stand-alone runs wrote one dict
+    runs = [r for r in previous if r.get("batch_size") != record["batch_size"]] \
+        if isinstance(previous, list) else []
+    return {**tuning, "results": entries,
+            "in_situ": sorted(runs + [summary], key=lambda r: r["batch_size"])}
