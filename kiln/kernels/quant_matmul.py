@@ -401,7 +401,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     A8: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                    PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
+                    PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
+                    EARLY_W: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -415,6 +416,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # units (tile by tile), are cut into P equal runs, one per program, so every program streams
     # the same number of weight bytes whatever the tile count (no partial last wave). A program
     # whose run covers part of a tile leaves a partial (_tc_stream_k_tiles).
+    # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
+    # loaded into registers before waiting for the kernel before (_tc_tile_acc).
     if STREAM_K > 0:
         pdl_start(PDL)
         _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -428,9 +431,9 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
             steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * BLOCK_K * ELEM)
             _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, s_begin * BLOCK_K,
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
-        pdl_start(PDL)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
-                           s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K)
+                           s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
+                           EARLY_W)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK)
@@ -439,14 +442,31 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
 @triton.jit
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+                 EARLY_W: tl.constexpr = 0):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
-    [s_begin, s_end) (fp8: times both scales)."""
+    [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
+    its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
+    no kernel writes) are loaded into registers before that wait, so that under PDL their reads
+    overlap the end of the kernel before. The products are summed in the same order either way."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    for step in range(s_begin, s_end):
+    first = s_begin
+    if EARLY_W > 0:
+        # one [BLOCK_N, EARLY_W * BLOCK_K] load, so that all of its reads are issued before any
+        # of it is stored for the dot; its K runs in order, as the steps would
+        ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
+        oke = ke < tl.minimum(s_end * BLOCK_K, K)
+        we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
+        pdl_start(PDL)
+        xe = tl.load(x_cols + ke[:, None], mask=m_mask[None, :] & oke[:, None], other=0.0)
+        acc = tl.dot(we, xe, acc)
+        first = tl.minimum(s_begin + EARLY_W, s_end)
+    else:
+        pdl_start(PDL)
+    for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
@@ -1266,6 +1286,16 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
     return {"PREFETCH": steps, **({"PREFETCH_MB": budget} if budget > 0 else {})}
 
 
+def early_weight_steps(pdl: dict) -> dict:
+    """The tensor-core GEMV's EARLY_W launch argument: KILN_GEMV_EARLY_W (0, 1, 2 or 4) K steps of
+    each program's weight tiles are loaded into registers before the kernel waits for the one
+    before it. Only under PDL (otherwise nothing runs before that kernel ends)."""
+    steps = int(os.environ.get("KILN_GEMV_EARLY_W", "0"))
+    if steps not in (0, 1, 2, 4):
+        raise ValueError(f"KILN_GEMV_EARLY_W={steps}: expected 0, 1, 2 or 4")
+    return {"EARLY_W": steps} if steps and pdl.get("PDL") else {}
+
+
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the caller then reduces with a separate kernel).
@@ -1543,6 +1573,7 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes
     flags.update(prefetch_steps(w, 32, pdl))
+    flags.update(early_weight_steps(pdl))
     _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"

@@ -297,13 +297,14 @@ def test_build_time_tuning_seeds_the_autotuners(gen, monkeypatch):
             k.cache.update(saved[name])
 
 
-def assert_switch_keeps_bits(monkeypatch, var, run, refill, replays, check=lambda: None):
-    """``run()`` gives the same bits with the environment switch ``var`` at 1 as at 0, eagerly
-    and across replays of a CUDA graph captured with it at 1 (``refill()`` changes the inputs in
-    place before each replay); ``check()`` runs after the eager comparison and at the end."""
+def assert_switch_keeps_bits(monkeypatch, var, run, refill, replays, check=lambda: None, on="1"):
+    """``run()`` gives the same bits with the environment switch ``var`` at ``on`` as at 0,
+    eagerly and across replays of a CUDA graph captured with it at ``on`` (``refill()`` changes
+    the inputs in place before each replay); ``check()`` runs after the eager comparison and at
+    the end."""
     monkeypatch.setenv(var, "0")
     want = run()
-    monkeypatch.setenv(var, "1")
+    monkeypatch.setenv(var, on)
     assert all(torch.equal(a, b) for a, b in zip(run(), want))
     check()
     g = torch.cuda.CUDAGraph()
@@ -315,7 +316,7 @@ def assert_switch_keeps_bits(monkeypatch, var, run, refill, replays, check=lambd
         torch.cuda.synchronize()
         monkeypatch.setenv(var, "0")
         want = run()
-        monkeypatch.setenv(var, "1")
+        monkeypatch.setenv(var, on)
         assert all(torch.equal(a, b) for a, b in zip(outs, want))
     check()
 
@@ -374,6 +375,29 @@ def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypat
 
     assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_PREFETCH", products,
                              lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="PDL needs sm90+")
+@pytest.mark.parametrize("steps", ["1", "2", "4"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 4])
+def test_tensor_core_gemv_early_weights_change_no_bit(m, shape, steps, gen, monkeypatch):
+    """KILN_GEMV_EARLY_W (the tensor-core GEMV loads its first 1, 2 or 4 weight tiles before waiting
+    for the kernel before, under PDL): the same bits, eagerly and across CUDA-graph replays, for
+    fp8 and bf16 weights."""
+    monkeypatch.setenv("KILN_TC_GEMV", "1")
+    monkeypatch.setenv("KILN_PDL", "1")
+    n, k = shape
+    weight, ws = fp8_case(n, k, gen)
+    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    x = randx(m, k, torch.bfloat16, gen)
+
+    def products():
+        return [qm.fp8_linear(x, weight, ws), qm.float_gemv_linear(x, wf)]
+
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_W", products,
+                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2, on=steps)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -616,6 +616,46 @@ def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("split", [1, 3, 7, 0])
+@pytest.mark.parametrize("a8", [True, False])
+def test_tensor_core_gemv_early_weight_steps_change_no_bit(split, a8, gen, monkeypatch,
+                                                             poison_allocations):
+    """EARLY_W 1, 2 and 4 (the first weight tiles loaded before the PDL wait; on CUDA only under
+    PDL, forced here so the interpreter runs the peeled steps): EARLY_W 0's result, fp8 and
+    float16, with K ragged against the K tile and splits of 7, 3, 2 and 1 steps (peeled steps
+    beyond a split's end and beyond K are empty). The interpreter's dot sums one long K tile in
+    another order than two short ones, so it is compared to float32 rounding here; the bits are
+    compared on the GPU (tests/gpu/test_quant_gpu.py)."""
+    n, k = 72, 7 * 32
+    x = randx(3, k, torch.float16, gen)
+    if a8:
+        w, ws = fp8_case(n, k, gen)
+        xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
+    else:
+        w, ws = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16), None
+        xq, sx = x, None
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    outs = []
+    for early in (0, 1, 2, 4):
+        monkeypatch.setattr(qm, "early_weight_steps", lambda pdl, e=early: {"EARLY_W": e})
+        outs.append(qm.tc_gemv(xq, sx, w, ws, bias, torch.float16, split_k=split))
+    assert all(rel_err(out, outs[0]) < 1e-3 for out in outs[1:])
+    ref = (qm.fp8_linear_ref(x, w, ws, bias) if a8
+           else torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16))
+    assert rel_err(outs[0], ref) < TOL[torch.float16]
+
+
+def test_early_weight_steps_switch(monkeypatch):
+    """KILN_GEMV_EARLY_W: 0 (default), 1, 2 or 4 steps, only under PDL; anything else is refused."""
+    assert qm.early_weight_steps({"PDL": 1}) == {}
+    monkeypatch.setenv("KILN_GEMV_EARLY_W", "2")
+    assert qm.early_weight_steps({"PDL": 1}) == {"EARLY_W": 2}
+    assert qm.early_weight_steps({"PDL": False}) == {}
+    monkeypatch.setenv("KILN_GEMV_EARLY_W", "3")
+    with pytest.raises(ValueError, match="KILN_GEMV_EARLY_W"):
+        qm.early_weight_steps({"PDL": 1})
+
+
 def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
     """fp8 tensor-core dots accumulate in reduced precision along one split (sm_90), so the split
     keeps each under TC_FP8_CHAIN_MAX of K; float weights and forced splits are left alone."""

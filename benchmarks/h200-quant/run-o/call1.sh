@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Prepared in the session of 2026-12-03 (ninth), NOT yet run. fp8 8B engines built with the decode-step
-# tuning (the default now, --step-tuning-batch-sizes 1) and without it (none), batch 1 alternating;
-# the build's wall time with the step tuning is the 3-minute bar's figure.
+# Session of 2026-12-03 (tenth). fp8 8B engine built with the default decode-step tuning (its build
+# wall time is the 3-minute bar's figure), then batch 1 with the tensor-core GEMV loading its first
+# 1, 2 or 4 weight tiles before the PDL wait (KILN_GEMV_EARLY_W), alternating with the default;
+# then the GPU test that EARLY_W changes no bit.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-QUANT=fp8 VARIANTS="tuned=" timeout 330 bash benchmarks/run_variants_h200.sh
-QUANT=fp8 BUILD_TAG=-nost BUILD_ARGS="--step-tuning-batch-sizes none" VARIANTS="nost=" timeout 120 bash benchmarks/run_variants_h200.sh
-QUANT=fp8 VARIANTS="tuned2=" timeout 45 bash benchmarks/run_variants_h200.sh
-QUANT=fp8 BUILD_TAG=-nost VARIANTS="nost2=" timeout 45 bash benchmarks/run_variants_h200.sh
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv | tee $OUT/gpu.txt
+QUANT=fp8 VARIANTS="base=;ew2=KILN_GEMV_EARLY_W=2;ew1=KILN_GEMV_EARLY_W=1;ew4=KILN_GEMV_EARLY_W=4;base2=;ew2b=KILN_GEMV_EARLY_W=2" \
+  timeout 470 bash benchmarks/run_variants_h200.sh
 python3 -c "import json; print(json.dumps(json.load(open('/tmp/e8b-fp8/engine.json'))['kernel_tuning'].get('in_situ'), indent=1))" > $OUT/in_situ_fp8.json
-grep -h "build\|step" $OUT/variants.log | head -20
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py -k early_weights 2>&1 | tail -15 | tee $OUT/early_w_tests.log

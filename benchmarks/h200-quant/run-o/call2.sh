@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Prepared (ninth session), NOT yet run: as call1.sh, int4-wo. On a warm machine the checkpoint of
-# call 1 is reused.
+# Session of 2026-12-03 (tenth), right after call1.sh on a warm machine (reuses /tmp/llama-3-8b and
+# /tmp/e8b-fp8). bf16 checkpoint at batch 1 with KILN_GEMV_EARLY_W alternating with the default;
+# then an fp8 engine built without the step tuning against call 1's, alternating.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-QUANT=int4-wo VARIANTS="tuned=" timeout 360 bash benchmarks/run_variants_h200.sh
-QUANT=int4-wo BUILD_TAG=-nost BUILD_ARGS="--step-tuning-batch-sizes none" VARIANTS="nost=" timeout 150 bash benchmarks/run_variants_h200.sh
-QUANT=int4-wo VARIANTS="tuned2=" timeout 45 bash benchmarks/run_variants_h200.sh
-QUANT=int4-wo BUILD_TAG=-nost VARIANTS="nost2=" timeout 45 bash benchmarks/run_variants_h200.sh
-python3 -c "import json; print(json.dumps(json.load(open('/tmp/e8b-int4-wo/engine.json'))['kernel_tuning'].get('in_situ'), indent=1))" > $OUT/in_situ_int4.json
-grep -h "build\|step" $OUT/variants.log | head -20
+QUANT=none VARIANTS="base=;ew2=KILN_GEMV_EARLY_W=2;ew4=KILN_GEMV_EARLY_W=4;base2=;ew2b=KILN_GEMV_EARLY_W=2;ew1=KILN_GEMV_EARLY_W=1" \
+  timeout 330 bash benchmarks/run_variants_h200.sh
+QUANT=fp8 BUILD_TAG=-nost BUILD_ARGS="--step-tuning-batch-sizes none" VARIANTS="nost=" timeout 150 bash benchmarks/run_variants_h200.sh
+QUANT=fp8 VARIANTS="tuned2=" timeout 45 bash benchmarks/run_variants_h200.sh
+QUANT=fp8 BUILD_TAG=-nost VARIANTS="nost2=" timeout 45 bash benchmarks/run_variants_h200.sh
