@@ -637,7 +637,7 @@ def test_tensor_core_gemv_early_weight_steps_change_no_bit(split, a8, gen, monke
     bias = torch.randn(n, generator=gen).to(torch.float16)
     outs = []
     for early in (0, 1, 2, 4):
-        monkeypatch.setattr(qm, "early_weight_steps", lambda pdl, e=early: {"EARLY_W": e})
+        monkeypatch.setattr(qm, "early_weight_steps", lambda pdl, a8, e=early: {"EARLY_W": e})
         outs.append(qm.tc_gemv(xq, sx, w, ws, bias, torch.float16, split_k=split))
     assert all(rel_err(out, outs[0]) < 1e-3 for out in outs[1:])
     ref = (qm.fp8_linear_ref(x, w, ws, bias) if a8
@@ -646,14 +646,19 @@ def test_tensor_core_gemv_early_weight_steps_change_no_bit(split, a8, gen, monke
 
 
 def test_early_weight_steps_switch(monkeypatch):
-    """KILN_GEMV_EARLY_W: 0 (default), 1, 2 or 4 steps, only under PDL; anything else is refused."""
-    assert qm.early_weight_steps({"PDL": 1}) == {}
+    """KILN_GEMV_EARLY_W: unset, 1 step for fp8 weights and none for float ones; set, 0, 1, 2 or
+    4 steps for both; only under PDL; anything else is refused."""
+    assert qm.early_weight_steps({"PDL": 1}, a8=True) == {"EARLY_W": 1}
+    assert qm.early_weight_steps({"PDL": 1}, a8=False) == {}
+    assert qm.early_weight_steps({"PDL": False}, a8=True) == {}
     monkeypatch.setenv("KILN_GEMV_EARLY_W", "2")
-    assert qm.early_weight_steps({"PDL": 1}) == {"EARLY_W": 2}
-    assert qm.early_weight_steps({"PDL": False}) == {}
+    assert qm.early_weight_steps({"PDL": 1}, a8=False) == {"EARLY_W": 2}
+    assert qm.early_weight_steps({"PDL": False}, a8=False) == {}
+    monkeypatch.setenv("KILN_GEMV_EARLY_W", "0")
+    assert qm.early_weight_steps({"PDL": 1}, a8=True) == {}
     monkeypatch.setenv("KILN_GEMV_EARLY_W", "3")
     with pytest.raises(ValueError, match="KILN_GEMV_EARLY_W"):
-        qm.early_weight_steps({"PDL": 1})
+        qm.early_weight_steps({"PDL": 1}, a8=True)
 
 
 def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prepared (ninth session), NOT yet run: every GPU test, since every build on the GPU in them now
+# Every GPU test, since every build on the GPU in them now
 # runs the decode-step tuning.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 set -o pipefail
-timeout 560 python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu 2>&1 | tail -40 | tee $OUT/tests_gpu.log
+timeout 500 python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu 2>&1 | tail -40 | tee $OUT/tests_gpu.log
