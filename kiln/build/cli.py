@@ -104,6 +104,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"decode step at batch {run['batch_size']}: {median(run['step_ms_before']):.3f} -> "
                   f"{median(run['step_ms_after']):.3f} ms after step tuning "
                   f"({run['changed']} of {run['slots']} GEMV launches changed)", file=sys.stdout)
+    cost = info["kernel_tuning"].get("in_situ_seconds")
+    if cost:
+        print(f"step tuning took {cost['total']:.1f} s ({cost['engine_start']:.1f} s starting its "
+              f"engine)", file=sys.stdout)
     if info["kernel_tuning"].get("in_situ_error"):
         print(f"decode-step tuning failed (per-kernel tuning kept): "
               f"{info['kernel_tuning']['in_situ_error']}", file=sys.stdout)

@@ -171,7 +171,8 @@ def test_build_stores_the_step_tuning_and_survives_its_failure(tmp_path, monkeyp
         assert json.loads((Path(engine_dir) / "engine.json").read_text())["kernel_tuning"] == tuning
         return {**tuning, "in_situ": [{"batch_size": 1, "slots": 4, "changed": 2,
                                        "step_ms_before": [2.7, 2.8, 2.7],
-                                       "step_ms_after": [2.6, 2.6, 2.6]}]}
+                                       "step_ms_after": [2.6, 2.6, 2.6]}],
+                "in_situ_seconds": {"engine_start": 12.5, "total": 40.25}}
 
     monkeypatch.setattr(builder, "tune_decode_steps", fake_steps)
     args = ["build", str(src), "-o", str(tmp_path / "e"), "--quant", "int8-wo", "--target-gpu", "cpu",
@@ -181,7 +182,9 @@ def test_build_stores_the_step_tuning_and_survives_its_failure(tmp_path, monkeyp
     assert calls and calls[0][1] == (4, 1) and calls[0][0].startswith(".e.building-")
     stored = json.loads((tmp_path / "e" / "engine.json").read_text())["kernel_tuning"]
     assert stored["in_situ"][0]["changed"] == 2
-    assert "decode step at batch 1: 2.700 -> 2.600 ms after step tuning (2 of 4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "decode step at batch 1: 2.700 -> 2.600 ms after step tuning (2 of 4" in printed
+    assert "step tuning took 40.2 s (12.5 s starting its engine)" in printed
     calls.clear()
     assert main(args + ["--overwrite", "--step-tuning-batch-sizes", "none"]) == 0
     assert not calls and "in_situ" not in json.loads((tmp_path / "e" / "engine.json").read_text())["kernel_tuning"]

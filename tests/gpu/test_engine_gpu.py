@@ -210,6 +210,9 @@ def test_build_tunes_the_decode_step(tmp_path):
     for r in runs:
         assert r["slots"] > 0 and r["trials"] > 0
         assert med(r["step_ms_after"]) <= med(r["step_ms_before"])
+    cost = tuning["in_situ_seconds"]
+    assert 0 < cost["engine_start"] < cost["total"]
+    assert cost["total"] >= sum(r["seconds"] for r in runs)
     assert qm.import_tuning(tuning["results"]) == len(tuning["results"])
     sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(3)]
