@@ -455,8 +455,8 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     first = s_begin
     if EARLY_W > 0:
-        # one [BLOCK_N, EARLY_W * BLOCK_K] load, so that all of its reads are issued before any
-        # of it is stored for the dot; its K runs in order, as the steps would
+        # one [BLOCK_N, EARLY_W * BLOCK_K] load (two separate ones made ptxas wait for the first
+        # before issuing the second); its K runs in order, as the steps' would
         ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
