@@ -656,9 +656,10 @@ def test_early_weight_steps_switch(monkeypatch):
     assert qm.early_weight_steps({"PDL": False}, a8=False) == {}
     monkeypatch.setenv("KILN_GEMV_EARLY_W", "0")
     assert qm.early_weight_steps({"PDL": 1}, a8=True) == {}
-    monkeypatch.setenv("KILN_GEMV_EARLY_W", "3")
-    with pytest.raises(ValueError, match="KILN_GEMV_EARLY_W"):
-        qm.early_weight_steps({"PDL": 1}, a8=True)
+    for bad in ("3", "on"):
+        monkeypatch.setenv("KILN_GEMV_EARLY_W", bad)
+        with pytest.raises(ValueError, match="KILN_GEMV_EARLY_W"):
+            qm.early_weight_steps({"PDL": 1}, a8=True)
 
 
 def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
