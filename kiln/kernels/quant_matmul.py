@@ -606,104 +606,133 @@ def _bytes_f32(b, WKIND: tl.constexpr):
 
 
 @triton.jit
+def _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn, stride_sg,
+               WKIND: tl.constexpr, GROUP: tl.constexpr, INT4_ASM: tl.constexpr):
+    """K group g's scales and weights as _gemv_use takes them: int4 as 64-bit double words
+    (INT4_ASM >= 4), 32-bit words (1 to 3) or bytes; other kinds as their raw tile."""
+    if WKIND == 4:
+        s = 1.0  # unquantized weights have no scales (s_ptr is not read)
+    else:
+        s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
+                    mask=n_mask & valid, other=0.0)
+    if WKIND == 0 and INT4_ASM >= 4:
+        dwords = w_ptr.to(tl.pointer_type(tl.int64))
+        offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
+        w = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8) + offs_d[None, :],
+                    mask=n_mask[:, None] & valid, other=0)
+    elif WKIND == 0 and INT4_ASM:
+        words = w_ptr.to(tl.pointer_type(tl.int32))
+        offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
+        w = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
+                    mask=n_mask[:, None] & valid, other=0)
+    else:
+        w = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
+    return s, w
+
+
+@triton.jit
+def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, stride_xm,
+              WKIND: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+              QX: tl.constexpr, INT4_ASM: tl.constexpr):
+    """Add K group g's products of the weights w (scales s, both from _gemv_load) with x's rows
+    to the accumulators (acc [BLOCK_M, BLOCK_N]; one row with INT4_ASM 2/3: acc_w per word, 4/5:
+    acc_d per double word, summed by _gemv_acc at the end)."""
+    if WKIND == 0 and INT4_ASM >= 4:
+        offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
+        x_words = x_ptr.to(tl.pointer_type(tl.int32))
+        for m in tl.static_range(BLOCK_M):
+            x_mask = (offs_d * 16 < K) & (m < M) & valid
+            x_row = x_words + m * (stride_xm // 2) + 8 * offs_d
+            p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 5)
+            p4, p5, p6, p7 = _x_pairs_at(x_row + 4, x_mask, INT4_ASM == 5)
+            dots = _int4_dword_dot(w, p0[None, :], p1[None, :], p2[None, :], p3[None, :],
+                                   p4[None, :], p5[None, :], p6[None, :], p7[None, :])
+            if BLOCK_M == 1:  # scaled per double word; summed once, at the end
+                acc_d += dots * s[:, None]
+            else:
+                part = tl.sum(dots, axis=1) * s
+                acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    elif WKIND == 0 and INT4_ASM >= 2:
+        offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
+        x_words = x_ptr.to(tl.pointer_type(tl.int32))
+        for m in tl.static_range(BLOCK_M):
+            x_mask = (offs_w * 8 < K) & (m < M) & valid
+            x_row = x_words + m * (stride_xm // 2) + 4 * offs_w
+            p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 3)
+            dots = _int4_word_dot(w, p0[None, :], p1[None, :], p2[None, :], p3[None, :])
+            if BLOCK_M == 1:  # scaled per word; summed over the words once, at the end
+                acc_w += dots * s[:, None]
+            else:
+                part = tl.sum(dots, axis=1) * s
+                acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    elif WKIND == 0 and INT4_ASM:
+        q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_f32(w)
+        offs_j = g * GROUP + 8 * tl.arange(0, GROUP // 8)
+        for m in tl.static_range(BLOCK_M):
+            x_mask = (offs_j < K) & (m < M) & valid
+            x_row = x_ptr + m * stride_xm + offs_j
+            p = q0 * tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q1 * tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q2 * tl.load(x_row + 2, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q3 * tl.load(x_row + 3, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q4 * tl.load(x_row + 4, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q5 * tl.load(x_row + 5, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q6 * tl.load(x_row + 6, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q7 * tl.load(x_row + 7, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            part = tl.sum(p, axis=1) * s
+            acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    elif WKIND == 0:
+        lo, hi = _nibbles_f32(w)
+        # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles:
+        # splitting x costs far less than interleaving the whole dequantized tile into
+        # k order (a shared-memory round trip on sm_90).
+        offs_k = g * GROUP + tl.arange(0, GROUP)
+        for m in tl.static_range(BLOCK_M):
+            x_mask = (offs_k < K) & (m < M) & valid
+            xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(xv, (GROUP // 2, 2)))
+            part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
+            acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    else:
+        wf = _bytes_f32(w, WKIND)
+        offs_k = g * GROUP + tl.arange(0, GROUP)
+        for m in tl.static_range(BLOCK_M):
+            x_mask = (offs_k < K) & (m < M) & valid
+            xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
+            if QX != 0:  # the code's value, as the GEMV would read it back
+                xv = quantize_to_codes(xv, tl.sum(tl.where(rows == m, x_scale, 0.0), axis=0),
+                                       QX == 2).to(tl.float32)
+            part = tl.sum(wf * xv[None, :], axis=1) * s
+            acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    return acc, acc_w, acc_d
+
+
+@triton.jit
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False,
+              s_first=None, w_first=None):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
-    scales (see _gemv_kernel)."""
+    scales (see _gemv_kernel). EARLY: group g_begin's scales and weights were loaded already
+    (s_first, w_first: _gemv_load's), and the loop starts after it; the sums keep their order."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
     acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
-    for g0 in range(g_begin, g_end, UNROLL):
+    g_first = g_begin
+    if EARLY:
+        acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s_first, w_first, x_ptr, x_scale, rows,
+                                      g_begin, g_begin < g_end, M, K, stride_xm, WKIND, GROUP,
+                                      BLOCK_M, QX, INT4_ASM)
+        g_first = g_begin + 1
+    for g0 in range(g_first, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
-            if WKIND == 4:
-                s = 1.0  # unquantized weights have no scales (s_ptr is not read)
-            else:
-                s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
-                            mask=n_mask & valid, other=0.0)
-            if WKIND == 0 and INT4_ASM >= 4:
-                dwords = w_ptr.to(tl.pointer_type(tl.int64))
-                offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
-                dword = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8) + offs_d[None, :],
-                                mask=n_mask[:, None] & valid, other=0)
-                x_words = x_ptr.to(tl.pointer_type(tl.int32))
-                for m in tl.static_range(BLOCK_M):
-                    x_mask = (offs_d * 16 < K) & (m < M) & valid
-                    x_row = x_words + m * (stride_xm // 2) + 8 * offs_d
-                    p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 5)
-                    p4, p5, p6, p7 = _x_pairs_at(x_row + 4, x_mask, INT4_ASM == 5)
-                    dots = _int4_dword_dot(dword, p0[None, :], p1[None, :], p2[None, :],
-                                           p3[None, :], p4[None, :], p5[None, :], p6[None, :],
-                                           p7[None, :])
-                    if BLOCK_M == 1:  # scaled per double word; summed once, at the end
-                        acc_d += dots * s[:, None]
-                    else:
-                        part = tl.sum(dots, axis=1) * s
-                        acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
-            elif WKIND == 0 and INT4_ASM >= 2:
-                words = w_ptr.to(tl.pointer_type(tl.int32))
-                offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
-                word = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
-                               mask=n_mask[:, None] & valid, other=0)
-                x_words = x_ptr.to(tl.pointer_type(tl.int32))
-                for m in tl.static_range(BLOCK_M):
-                    x_mask = (offs_w * 8 < K) & (m < M) & valid
-                    x_row = x_words + m * (stride_xm // 2) + 4 * offs_w
-                    p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 3)
-                    dots = _int4_word_dot(word, p0[None, :], p1[None, :], p2[None, :], p3[None, :])
-                    if BLOCK_M == 1:  # scaled per word; summed over the words once, at the end
-                        acc_w += dots * s[:, None]
-                    else:
-                        part = tl.sum(dots, axis=1) * s
-                        acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
-            elif WKIND == 0 and INT4_ASM:
-                words = w_ptr.to(tl.pointer_type(tl.int32))
-                offs_w = g * (GROUP // 8) + tl.arange(0, GROUP // 8)
-                word = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
-                               mask=n_mask[:, None] & valid, other=0)
-                q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_f32(word)
-                offs_j = g * GROUP + 8 * tl.arange(0, GROUP // 8)
-                for m in tl.static_range(BLOCK_M):
-                    x_mask = (offs_j < K) & (m < M) & valid
-                    x_row = x_ptr + m * stride_xm + offs_j
-                    p = q0 * tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q1 * tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q2 * tl.load(x_row + 2, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q3 * tl.load(x_row + 3, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q4 * tl.load(x_row + 4, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q5 * tl.load(x_row + 5, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q6 * tl.load(x_row + 6, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    p += q7 * tl.load(x_row + 7, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                    part = tl.sum(p, axis=1) * s
-                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
-            elif WKIND == 0:
-                tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
-                lo, hi = _nibbles_f32(tile)
-                # x at even / odd k (tiny, served from L1) pairs with the low / high nibbles:
-                # splitting x costs far less than interleaving the whole dequantized tile into
-                # k order (a shared-memory round trip on sm_90).
-                offs_k = g * GROUP + tl.arange(0, GROUP)
-                for m in tl.static_range(BLOCK_M):
-                    x_mask = (offs_k < K) & (m < M) & valid
-                    xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
-                    xe, xo = tl.split(tl.reshape(xv, (GROUP // 2, 2)))
-                    part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
-                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
-            else:
-                tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
-                w = _bytes_f32(tile, WKIND)
-                offs_k = g * GROUP + tl.arange(0, GROUP)
-                for m in tl.static_range(BLOCK_M):
-                    x_mask = (offs_k < K) & (m < M) & valid
-                    xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
-                    if QX != 0:  # the code's value, as the GEMV would read it back
-                        xv = quantize_to_codes(xv, tl.sum(tl.where(rows == m, x_scale, 0.0), axis=0),
-                                               QX == 2).to(tl.float32)
-                    part = tl.sum(w * xv[None, :], axis=1) * s
-                    acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+            s, w = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn,
+                              stride_sg, WKIND, GROUP, INT4_ASM)
+            acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid,
+                                          M, K, stride_xm, WKIND, GROUP, BLOCK_M, QX, INT4_ASM)
     if WKIND == 0 and INT4_ASM >= 4 and BLOCK_M == 1:
         acc = tl.sum(acc_d, axis=1)[None, :]
     elif WKIND == 0 and INT4_ASM >= 2 and BLOCK_M == 1:
@@ -719,7 +748,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
+                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
+                 EARLY_W: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -738,7 +768,11 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
     # STREAM_K > 0: grid (P, 1), P programs each streaming an equal run of the tiles' K groups,
     # as in _tc_gemv_kernel (_stream_k_tiles).
+    # EARLY_W 1 (split-K grid, with PDL): the first K group's weights and scales, which no kernel
+    # writes, are loaded before waiting for the kernel before (_gemv_load), the rest after.
     rows = tl.arange(0, BLOCK_M)
+    s_first = None
+    w_first = None
     m_mask = rows < M
     if STREAM_K == 0:
         pid_n = tl.program_id(0)
@@ -754,6 +788,10 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
             _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
                            tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
+        if EARLY_W > 0:
+            s_first, w_first = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g_begin, g_begin < g_end,
+                                          K, stride_wn, stride_sn, stride_sg, WKIND, GROUP,
+                                          INT4_ASM)
     pdl_start(PDL)
     x_scale = tl.zeros([BLOCK_M], tl.float32)
     if QX != 0:
@@ -763,7 +801,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     if STREAM_K == 0:
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
-                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, EARLY_W > 0, s_first,
+                         w_first)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -790,12 +829,12 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr):
+               INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False, s_first=None, w_first=None):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
-    scales (W8A8)."""
+    scales (W8A8). EARLY, s_first, w_first: as in _gemv_acc."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM)
+                    UNROLL, QX, INT4_ASM, EARLY, s_first, w_first)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)
@@ -1299,6 +1338,16 @@ def early_weight_steps(pdl: dict, a8: bool) -> dict:
     return {"EARLY_W": steps} if steps and pdl.get("PDL") else {}
 
 
+def early_group(pdl: dict) -> dict:
+    """The FMA GEMV's EARLY_W launch argument: with KILN_GEMV_EARLY_G=1 (off by default, not yet
+    measured on the H200) each split-K program loads its first K group's weights and scales
+    before it waits for the kernel before it. Only under PDL."""
+    flag = os.environ.get("KILN_GEMV_EARLY_G", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"KILN_GEMV_EARLY_G={flag!r}: expected 0 or 1")
+    return {"EARLY_W": 1} if flag == "1" and pdl.get("PDL") else {}
+
+
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the caller then reduces with a separate kernel).
@@ -1421,6 +1470,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     pdl = pdl_args(x2)
     if path == "gemv":
         flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
+        flags.update(early_group(pdl))
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),

@@ -379,6 +379,30 @@ def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypat
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
                     reason="PDL needs sm90+")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_early_group_changes_no_bit(m, shape, gen, monkeypatch):
+    """KILN_GEMV_EARLY_G=1 (the FMA GEMV loads its first K group before waiting for the kernel
+    before, under PDL): the same bits, eagerly and across CUDA-graph replays, for int4 (the
+    default double-word products), fp8 and bf16 weights (fp8 and bf16 through the FMA GEMV)."""
+    monkeypatch.setenv("KILN_TC_GEMV", "0")
+    monkeypatch.setenv("KILN_PDL", "1")
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    weight, ws = fp8_case(n, k, gen)
+    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    x = randx(m, k, torch.bfloat16, gen)
+
+    def products():
+        return [qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws),
+                qm.float_gemv_linear(x, wf)]
+
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_G", products,
+                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="PDL needs sm90+")
 @pytest.mark.parametrize("steps", ["1", "2", "4"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", [1, 4])

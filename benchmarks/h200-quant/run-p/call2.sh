@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prepared in the session of 2026-12-03 (tenth), NOT run (too little device time was left to start a
-# machine): where the fp8 8B engine's
+# Prepared in the session of 2026-12-03 (tenth), NOT yet run (that session's device time ran out).
+# Where the fp8 8B engine's
 # 1000 x 128/128 run at 1024 sequences spends its GPU time (every step profiled), for the 32k bar.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 M=/tmp/llama-3-8b; E=/tmp/e8b-fp8
