@@ -4,7 +4,10 @@ Prints registers, spills and shared memory per kernel (from the cubin, via the c
 ships with Triton) and checks the attention kernels' SASS for the matrix instructions. Run it on
 a CPU machine before spending GPU time: a kernel that does not compile or spills shows here.
 
-    PYTHONPATH=. python benchmarks/kernels/compile_sm90.py
+    PYTHONPATH=. python benchmarks/kernels/compile_sm90.py [LABEL-FILTER]
+
+With SASS_DIR=DIR each kernel's SASS (addresses and encodings stripped) is also written to
+DIR/<label>.sass, so that two trees' kernels can be compared with `diff -r`.
 """
 
 from __future__ import annotations
@@ -68,8 +71,16 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def resources(kernel) -> str:
-    """Registers / spills / shared memory of a compiled kernel, read from its cubin."""
+def plain_sass(sass: str) -> str:
+    """cuobjdump's SASS with the addresses, encodings and headers left out: one instruction a line."""
+    lines = (re.sub(r"/\*[0-9a-f]{4,}\*/", "", ln).split(";")[0].strip()
+             for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln))
+    return "\n".join(ln for ln in lines if ln) + "\n"
+
+
+def resources(kernel, sass_file: str | None = None) -> str:
+    """Registers / spills / shared memory of a compiled kernel, read from its cubin (its plain
+    SASS written to sass_file when given)."""
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -77,6 +88,9 @@ def resources(kernel) -> str:
         usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
                                text=True).stdout
         sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True).stdout
+    if sass_file:
+        with open(sass_file, "w") as out:
+            out.write(plain_sass(sass))
     regs = re.search(r"REG:(\d+)", usage)
     stack = re.search(r"STACK:(\d+)", usage)
     mma = sorted({m for m in re.findall(r"\b(HGMMA|HMMA|QGMMA)\b", sass)})
@@ -209,6 +223,12 @@ def quant_configs():
                 "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4,
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
+        yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} PDL + early first group",
+               quant_matmul._gemv_kernel,
+               {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
+                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                "INT4_ASM": 4 if wkind == quant_matmul.W_INT4 else 0, "PDL": 1, "EARLY_W": 1,
+                "_ptrs": ptrs, **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
@@ -252,6 +272,12 @@ def tc_gemv_configs():
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 2,
                 "PREFETCH": 4, "PREFETCH_MB": 16, "_ptrs": ptrs}, "bf16", cfg.num_warps,
                cfg.num_stages)
+        # under PDL with the first weight tile loaded before the wait (KILN_GEMV_EARLY_W)
+        yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL + early first tile",
+               quant_matmul._tc_gemv_kernel,
+               {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
+                "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def argmax_configs():
@@ -271,10 +297,15 @@ def main() -> int:
     only = sys.argv[1] if len(sys.argv) > 1 else ""
     every = (list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
              + list(argmax_configs()))
+    sass_dir = os.environ.get("SASS_DIR")
+    if sass_dir:
+        os.makedirs(sass_dir, exist_ok=True)
     for label, fn, constexprs, dtype, warps, stages in (c for c in every if only in c[0]):
         try:
             kernel = compile_one(fn, constexprs, dtype, warps, stages)
-            print(f"{dtype:5s} {label:42s} {resources(kernel)}")
+            name = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{dtype} {label}").strip("_")
+            sass_file = os.path.join(sass_dir, name + ".sass") if sass_dir else None
+            print(f"{dtype:5s} {label:42s} {resources(kernel, sass_file)}")
         except Exception as exc:  # report every failing configuration, then fail
             failed += 1
             print(f"{dtype:5s} {label:42s} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
