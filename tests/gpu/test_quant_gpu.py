@@ -346,6 +346,23 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, tc, gen, monk
                              counters_rearmed)
 
 
+def gemv_products(m, shape, gen, int4=True):
+    """(products, refill) for the GEMV switch tests, over a bfloat16 x [m, K]: products() the
+    decode products of x with random int4 (unless int4 is False), fp8 and bf16 weights of shape
+    (N, K) through kiln's dispatchers; refill() new values in x, in place."""
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen) if int4 else (None, None)
+    weight, ws = fp8_case(n, k, gen)
+    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    x = randx(m, k, torch.bfloat16, gen)
+
+    def products():
+        return ([qm.int4_wo_linear(x, qweight, scales, 128)] if int4 else []) + [
+            qm.fp8_linear(x, weight, ws), qm.float_gemv_linear(x, wf)]
+
+    return products, lambda: x.copy_(randx(m, k, torch.bfloat16, gen))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
                     reason="PDL and the bulk L2 prefetch need sm90+")
 @pytest.mark.parametrize("early", ["0", "1"])
@@ -363,18 +380,8 @@ def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypat
     # with the early trigger also a launch-wide budget (1 MiB: whole slices of the small shape,
     # part of a step or none of the 8B shapes')
     monkeypatch.setenv("KILN_GEMV_PREFETCH_MB", "1" if early == "1" else "0")
-    n, k = shape
-    qweight, scales = int4_case(n, k, 128, gen)
-    weight, ws = fp8_case(n, k, gen)
-    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
-    x = randx(m, k, torch.bfloat16, gen)
-
-    def products():
-        return [qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws),
-                qm.float_gemv_linear(x, wf)]
-
-    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_PREFETCH", products,
-                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
+    products, refill = gemv_products(m, shape, gen)
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_PREFETCH", products, refill, 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
@@ -387,18 +394,8 @@ def test_gemv_early_group_changes_no_bit(m, shape, gen, monkeypatch):
     default double-word products), fp8 and bf16 weights (fp8 and bf16 through the FMA GEMV)."""
     monkeypatch.setenv("KILN_TC_GEMV", "0")
     monkeypatch.setenv("KILN_PDL", "1")
-    n, k = shape
-    qweight, scales = int4_case(n, k, 128, gen)
-    weight, ws = fp8_case(n, k, gen)
-    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
-    x = randx(m, k, torch.bfloat16, gen)
-
-    def products():
-        return [qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws),
-                qm.float_gemv_linear(x, wf)]
-
-    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_G", products,
-                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2)
+    products, refill = gemv_products(m, shape, gen)
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_G", products, refill, 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
@@ -412,16 +409,8 @@ def test_tensor_core_gemv_early_weights_change_no_bit(m, shape, steps, gen, monk
     fp8 and bf16 weights."""
     monkeypatch.setenv("KILN_TC_GEMV", "1")
     monkeypatch.setenv("KILN_PDL", "1")
-    n, k = shape
-    weight, ws = fp8_case(n, k, gen)
-    wf = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
-    x = randx(m, k, torch.bfloat16, gen)
-
-    def products():
-        return [qm.fp8_linear(x, weight, ws), qm.float_gemv_linear(x, wf)]
-
-    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_W", products,
-                             lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 2, on=steps)
+    products, refill = gemv_products(m, shape, gen, int4=False)
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_W", products, refill, 2, on=steps)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
