@@ -201,17 +201,15 @@ def quant_configs():
         # int4: float16 products over double words (the default for 16-bit x), over words, and
         # float32 products; one and four rows
         modes = (4, 2, 1) if wkind == quant_matmul.W_INT4 else (0,)
-        # the stream-K and pipelined candidates too when the environment leaves them out of
-        # GEMV_CONFIGS
-        extra = [c for c in quant_matmul.GEMV_STREAM_K_CONFIGS + quant_matmul.GEMV_PIPE_CONFIGS
+        # the stream-K candidates too when KILN_GEMV_STREAM_K=0 leaves them out of GEMV_CONFIGS
+        extra = [c for c in quant_matmul.GEMV_STREAM_K_CONFIGS
                  if all(c is not g for g in quant_matmul.GEMV_CONFIGS)]
         for cfg in quant_matmul.GEMV_CONFIGS + extra:
             for mode in modes:
                 for block_m in ((1, 4) if mode else (1,)):
                     yield (f"{name} gemv M{block_m} N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} "
                            f"w{cfg.num_warps}" + (f" asm{mode}" if mode else "")
-                           + (f" stream-K {cfg.kwargs['STREAM_K']}/SM" if cfg.kwargs.get("STREAM_K") else "")
-                           + (f" pipe{cfg.kwargs['PIPE']}" if cfg.kwargs.get("PIPE", 1) > 1 else ""),
+                           + (f" stream-K {cfg.kwargs['STREAM_K']}/SM" if cfg.kwargs.get("STREAM_K") else ""),
                            quant_matmul._gemv_kernel,
                            {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group,
                             "BLOCK_M": block_m, "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,

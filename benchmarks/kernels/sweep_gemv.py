@@ -7,10 +7,7 @@ as the same-run baselines. Bytes are the weights and scales once; GB/s is over t
 bandwidth measured in the same run. Each timed config is checked against its reference.
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
-        [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only] [--pipes 1,3,4]
-
-``--pipes`` also times the FMA GEMV's software-pipelined K loop (PIPE stages, see
-qm._gemv_kernel) for the tiles of UNROLL 1, with num_stages = max(3, PIPE).
+        [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only]
 
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
@@ -97,8 +94,7 @@ def time_fn(fn, sets: list[tuple]) -> float:
 
 
 def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
-                verbose: bool = False, autotuned_only: bool = False,
-                pipes: tuple[int, ...] = (1,)) -> dict:
+                verbose: bool = False, autotuned_only: bool = False) -> dict:
     wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
     probe = bench_quant.make_weights(wscheme, n, k)
     nbytes = bench_quant.weight_bytes(probe)
@@ -111,14 +107,10 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     elif scheme == "int4-tc":
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
     else:
-        tiles = [(b, w, u, 3, 1) for b, w, u in TILES]
-        tiles += [(b, w, u, max(3, p), p) for p in pipes if p > 1 for b, w, u in TILES if u == 1]
-    tiles = [t if len(t) == 5 else (*t, 1) for t in tiles]
-    for block_n, warps, unroll, stages, pipe in ([] if autotuned_only else tiles):
+        tiles = [(b, w, u, 3) for b, w, u in TILES]
+    for block_n, warps, unroll, stages in ([] if autotuned_only else tiles):
         # (the tensor-core GEMV's K tile rides in the UNROLL column of the rows)
         kw = {"BLOCK_N": block_n, "BLOCK_K" if scheme in TC_GEMV_TILES else "UNROLL": unroll}
-        if pipe > 1:
-            kw["PIPE"] = pipe
         cfg = triton.Config(kw, num_warps=warps, num_stages=stages)
         step = unroll if scheme in TC_GEMV_TILES else (
             bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
@@ -130,10 +122,10 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
             err = ((fn(probe).float() - want).norm() / want.norm()).item()
             us = time_fn(fn, sets)
             rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll, "split": split,
-                         "num_stages": stages, "PIPE": pipe,
+                         "num_stages": stages,
                          "us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
             if verbose:
-                print(f"  {name} BN{block_n} w{warps} U{unroll} P{pipe} split{split}: {us:7.2f} us "
+                print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}: {us:7.2f} us "
                       f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"]) if rows else None
     out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best}
@@ -153,7 +145,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     if best is not None:
         print(f"best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
               f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
-              f"w{best['num_warps']} U{best['UNROLL']} P{best['PIPE']} split{best['split']}", end=" ")
+              f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}", end=" ")
     print(f"| autotuned {out['autotuned_us']:7.2f} us "
           f"({nbytes / out['autotuned_us'] / 1e3:6.0f} GB/s)"
           + (f" | tc autotuned {out['tc_autotuned_us']:7.2f} us" if "tc_autotuned_us" in out else "")
@@ -168,8 +160,6 @@ def main() -> int:
     ap.add_argument("--shapes", default=",".join(bench_quant.SHAPES),
                     help=f"comma-separated, of {', '.join(SHAPES)} (lm_head: not by default)")
     ap.add_argument("--verbose", action="store_true", help="print every timed config")
-    ap.add_argument("--pipes", default="1",
-                    help="comma-separated PIPE stage counts of the FMA GEMV's K loop (1: plain)")
     ap.add_argument("--autotuned-only", action="store_true",
                     help="time only the dispatcher's autotuned choice (no grid)")
     args = ap.parse_args()
@@ -181,8 +171,7 @@ def main() -> int:
         for name in args.shapes.split(","):
             n, k = SHAPES[name]
             results.append(sweep_shape(scheme, name, n, k, ceil["copy_GBps"], args.verbose,
-                                       args.autotuned_only,
-                                       tuple(int(p) for p in args.pipes.split(","))))
+                                       args.autotuned_only))
             # Written after every shape, so a run cut short keeps what it measured.
             write_results(args.json, ceil, results, t0)
     return 0

@@ -712,12 +712,10 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
               QX: tl.constexpr, INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False,
-              s_first=None, w_first=None, PIPE: tl.constexpr = 1):
+              s_first=None, w_first=None):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
     scales (see _gemv_kernel). EARLY: group g_begin's scales and weights were loaded already
-    (s_first, w_first: _gemv_load's), and the loop starts after it; the sums keep their order.
-    PIPE > 1: the loop's loads are software-pipelined PIPE - 1 iterations ahead (asynchronous
-    copies through shared memory on CUDA); 1: each load is issued in its own iteration."""
+    (s_first, w_first: _gemv_load's), and the loop starts after it; the sums keep their order."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
     acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
@@ -727,7 +725,7 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
                                       g_begin, g_begin < g_end, M, K, stride_xm, WKIND, GROUP,
                                       BLOCK_M, QX, INT4_ASM)
         g_first = g_begin + 1
-    for g0 in tl.range(g_first, g_end, UNROLL, num_stages=PIPE):
+    for g0 in range(g_first, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
@@ -751,7 +749,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                  PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                 EARLY_W: tl.constexpr = 0, PIPE: tl.constexpr = 1):
+                 EARLY_W: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -772,9 +770,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # as in _tc_gemv_kernel (_stream_k_tiles).
     # EARLY_W 1 (split-K grid, with PDL): the first K group's weights and scales, which no kernel
     # writes, are loaded before waiting for the kernel before (_gemv_load), the rest after.
-    # PIPE > 1: the K loop's weight and scale loads are software-pipelined PIPE - 1 groups ahead
-    # (cp.async into shared memory on sm_80+), so a program keeps several groups in flight
-    # without holding them in registers; 1: plain loads, each consumed in its own iteration.
     rows = tl.arange(0, BLOCK_M)
     s_first = None
     w_first = None
@@ -807,7 +802,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
                          A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, EARLY_W > 0, s_first,
-                         w_first, PIPE)
+                         w_first)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -821,7 +816,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                              tl.maximum(u_begin, tile * steps) - tile * steps,
                              tl.minimum(u_end, (tile + 1) * steps) - tile * steps, M, K,
                              stride_xm, stride_wn, stride_sn, stride_sg, WKIND, A8, GROUP,
-                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, PIPE=PIPE)
+                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
             contributor, contributors = _stream_k_contributor(tile, steps, p, P, units,
                                                               FUSED_SPLITK)
             _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
@@ -834,13 +829,12 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False, s_first=None, w_first=None,
-               PIPE: tl.constexpr = 1):
+               INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False, s_first=None, w_first=None):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
-    scales (W8A8). EARLY, s_first, w_first, PIPE: as in _gemv_acc."""
+    scales (W8A8). EARLY, s_first, w_first: as in _gemv_acc."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM, EARLY, s_first, w_first, PIPE)
+                    UNROLL, QX, INT4_ASM, EARLY, s_first, w_first)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)
@@ -988,21 +982,9 @@ GEMV_STREAM_K_CONFIGS = [
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=4),
 ]
-# Software-pipelined candidates (PIPE stages: the K loop's weight loads go through shared memory
-# by asynchronous copies, PIPE - 1 groups ahead; see _gemv_kernel), tuned under
-# KILN_GEMV_PIPE=1 until measured on the H200.
-GEMV_PIPE_CONFIGS = [
-    _cfg(4, 3, BLOCK_N=64, UNROLL=1, PIPE=3),
-    _cfg(4, 4, BLOCK_N=64, UNROLL=1, PIPE=4),
-    _cfg(4, 3, BLOCK_N=128, UNROLL=1, PIPE=3),
-    _cfg(8, 4, BLOCK_N=128, UNROLL=1, PIPE=4),
-    _cfg(4, 4, BLOCK_N=64, UNROLL=1, STREAM_K=4, PIPE=4),
-    _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3, PIPE=3),
-]
 GEMV_CONFIGS = (GEMV_BASE_CONFIGS
                 + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
-                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "1") != "0" else [])
-                + (GEMV_PIPE_CONFIGS if os.environ.get("KILN_GEMV_PIPE", "0") == "1" else []))
+                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "1") != "0" else []))
 GEMM_CONFIGS_BY_BUCKET = {
     16: [_cfg(4, 4, BLOCK_M=16, BLOCK_N=64, UNROLL=1, SWIZZLE=1),
          _cfg(4, 4, BLOCK_M=16, BLOCK_N=128, UNROLL=1, SWIZZLE=1),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -412,42 +411,6 @@ def test_tensor_core_gemv_early_weights_change_no_bit(m, shape, steps, gen, monk
     monkeypatch.setenv("KILN_PDL", "1")
     products, refill = gemv_products(m, shape, gen, int4=False)
     assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_W", products, refill, 2, on=steps)
-
-
-def unpiped(cfg):
-    """The launch configuration cfg with a plain K loop (PIPE 1), the rest the same."""
-    return triton.Config({k: v for k, v in cfg.kwargs.items() if k != "PIPE"},
-                         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-@pytest.mark.parametrize("cfg", qm.GEMV_PIPE_CONFIGS, ids=lambda c: str(c.kwargs))
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("m", [1, 4])
-def test_pipelined_gemv_changes_no_bit(m, shape, cfg, gen):
-    """Every software-pipelined GEMV candidate (PIPE stages of asynchronous copies) gives the bits
-    of the same launch with a plain K loop, for int4 (the default double-word products), int8
-    weight-only and fp8 W8A8 weights, and stays close to the torch reference."""
-    n, k = shape
-    qweight, scales = int4_case(n, k, 128, gen)
-    w8, ws8 = int8_case(n, k, gen)
-    wf8, wsf8 = fp8_case(n, k, gen)
-    x = randx(m, k, torch.bfloat16, gen)
-    xq, sx = quant_per_token(x, torch.float8_e4m3fn)
-    runs = {
-        "int4": (lambda c: qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None,
-                                     x.dtype, "gemv", config=c),
-                 qm.int4_wo_linear_ref(x, qweight, scales, 128)),
-        "int8": (lambda c: qm.launch(x, w8.view(torch.uint8), ws8, 0, qm.KTILE_8BIT, qm.W_INT8_U,
-                                     None, x.dtype, "gemv", config=c),
-                 qm.int8_wo_linear_ref(x, w8, ws8)),
-        "fp8": (lambda c: qm.launch(xq, wf8, wsf8, 0, qm.KTILE_8BIT, qm.W_FP8, None, x.dtype,
-                                    "gemv", x_scales=sx, config=c),
-                qm.fp8_linear_ref(x, wf8, wsf8)),
-    }
-    for name, (run, ref) in runs.items():
-        piped, plain = run(cfg), run(unpiped(cfg))
-        assert torch.equal(piped, plain), name
-        check(piped, ref, x.dtype, m, n)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

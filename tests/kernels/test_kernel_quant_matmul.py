@@ -336,26 +336,6 @@ def test_gemv_early_group_changes_no_bit(scheme, m, split, gen, monkeypatch, poi
     assert torch.equal(outs[1], outs[0])
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int8"])
-@pytest.mark.parametrize("m,split", [(1, 1), (3, 3)])
-def test_gemv_pipelined_loop_changes_no_bit(scheme, m, split, gen, poison_allocations):
-    """PIPE (the K loop's loads software-pipelined; on CUDA asynchronous copies through shared
-    memory, here the interpreter's plain loop over tl.range) gives the bits of the plain loop, with
-    and without the unrolled tail."""
-    n, k = 40, 8 * 64
-    x = randx(m, k, torch.float32, gen)
-    if scheme == "int4":
-        w, s = int4_case(n, k, 64, gen)
-        args = (x, w, s, s.stride(1), 64, qm.W_INT4)
-    else:
-        w, s = int8_case(n, k, gen)
-        args = (x, w.view(torch.uint8), s, 0, qm.KTILE_8BIT, qm.W_INT8_U)
-    outs = [qm.launch(*args, None, torch.float32, "gemv", split_k=split,
-                      config=triton.Config({**qm.INTERPRET_GEMV, **extra}))
-            for extra in ({}, {"PIPE": 3}, {"PIPE": 3, "UNROLL": 3})]
-    assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
-
-
 def test_early_group_switch(monkeypatch):
     """KILN_GEMV_EARLY_G: off unless 1, and only under PDL; anything but 0 or 1 is refused."""
     assert qm.early_group({"PDL": 1}) == {}
