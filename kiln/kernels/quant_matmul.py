@@ -1091,15 +1091,6 @@ TC_GEMV_CONFIGS_FLOAT = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2),
 ]
-# Three-stage bf16 candidates (KILN_TC_FLOAT_S3=1, off until measured): with the first tile
-# loaded early (KILN_GEMV_EARLY_W=1) a program then holds as much shared memory (81,920 bytes) as
-# a four-stage one without it.
-if os.environ.get("KILN_TC_FLOAT_S3", "0") == "1":
-    TC_GEMV_CONFIGS_FLOAT += [
-        _cfg(4, 3, BLOCK_N=64, BLOCK_K=128),
-        _cfg(4, 3, BLOCK_N=64, BLOCK_K=128, split_cfg=2),
-        _cfg(4, 3, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
-    ]
 TC_GEMV_CONFIGS = TC_GEMV_CONFIGS_FP8 + TC_GEMV_CONFIGS_FLOAT
 INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
 
