@@ -223,12 +223,6 @@ def quant_configs():
                 "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4,
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
-        yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} PDL + early first group",
-               quant_matmul._gemv_kernel,
-               {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
-                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                "INT4_ASM": 4 if wkind == quant_matmul.W_INT4 else 0, "PDL": 1, "EARLY_W": 1,
-                "_ptrs": ptrs, **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):

@@ -711,21 +711,13 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False,
-              s_first=None, w_first=None):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
-    scales (see _gemv_kernel). EARLY: group g_begin's scales and weights were loaded already
-    (s_first, w_first: _gemv_load's), and the loop starts after it; the sums keep their order."""
+    scales (see _gemv_kernel)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
     acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
-    g_first = g_begin
-    if EARLY:
-        acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s_first, w_first, x_ptr, x_scale, rows,
-                                      g_begin, g_begin < g_end, M, K, stride_xm, WKIND, GROUP,
-                                      BLOCK_M, QX, INT4_ASM)
-        g_first = g_begin + 1
-    for g0 in range(g_first, g_end, UNROLL):
+    for g0 in range(g_begin, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
@@ -748,8 +740,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                 EARLY_W: tl.constexpr = 0):
+                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -768,11 +759,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
     # STREAM_K > 0: grid (P, 1), P programs each streaming an equal run of the tiles' K groups,
     # as in _tc_gemv_kernel (_stream_k_tiles).
-    # EARLY_W 1 (split-K grid, with PDL): the first K group's weights and scales, which no kernel
-    # writes, are loaded before waiting for the kernel before (_gemv_load), the rest after.
     rows = tl.arange(0, BLOCK_M)
-    s_first = None
-    w_first = None
     m_mask = rows < M
     if STREAM_K == 0:
         pid_n = tl.program_id(0)
@@ -788,10 +775,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
             _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
                            tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
-        if EARLY_W > 0:
-            s_first, w_first = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g_begin, g_begin < g_end,
-                                          K, stride_wn, stride_sn, stride_sg, WKIND, GROUP,
-                                          INT4_ASM)
     pdl_start(PDL)
     x_scale = tl.zeros([BLOCK_M], tl.float32)
     if QX != 0:
@@ -801,8 +784,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     if STREAM_K == 0:
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
-                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, EARLY_W > 0, s_first,
-                         w_first)
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -829,12 +811,12 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr, EARLY: tl.constexpr = False, s_first=None, w_first=None):
+               INT4_ASM: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
-    scales (W8A8). EARLY, s_first, w_first: as in _gemv_acc."""
+    scales (W8A8)."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM, EARLY, s_first, w_first)
+                    UNROLL, QX, INT4_ASM)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)
@@ -1338,16 +1320,6 @@ def early_weight_steps(pdl: dict, a8: bool) -> dict:
     return {"EARLY_W": steps} if steps and pdl.get("PDL") else {}
 
 
-def early_group(pdl: dict) -> dict:
-    """The FMA GEMV's EARLY_W launch argument: with KILN_GEMV_EARLY_G=1 (off by default, not yet
-    measured on the H200) each split-K program loads its first K group's weights and scales
-    before it waits for the kernel before it. Only under PDL."""
-    flag = os.environ.get("KILN_GEMV_EARLY_G", "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"KILN_GEMV_EARLY_G={flag!r}: expected 0 or 1")
-    return {"EARLY_W": 1} if flag == "1" and pdl.get("PDL") else {}
-
-
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the caller then reduces with a separate kernel).
@@ -1470,7 +1442,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     pdl = pdl_args(x2)
     if path == "gemv":
         flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
-        flags.update(early_group(pdl))
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
             *((locks if locks is not None else out,) if path == "gemv" else ()),

@@ -386,20 +386,6 @@ def test_gemv_weight_prefetch_changes_no_bit(m, shape, tc, early, gen, monkeypat
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
                     reason="PDL needs sm90+")
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("m", [1, 4])
-def test_gemv_early_group_changes_no_bit(m, shape, gen, monkeypatch):
-    """KILN_GEMV_EARLY_G=1 (the FMA GEMV loads its first K group before waiting for the kernel
-    before, under PDL): the same bits, eagerly and across CUDA-graph replays, for int4 (the
-    default double-word products), fp8 and bf16 weights (fp8 and bf16 through the FMA GEMV)."""
-    monkeypatch.setenv("KILN_TC_GEMV", "0")
-    monkeypatch.setenv("KILN_PDL", "1")
-    products, refill = gemv_products(m, shape, gen)
-    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_G", products, refill, 2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
-                    reason="PDL needs sm90+")
 @pytest.mark.parametrize("steps", ["1", "2", "4"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", [1, 4])

@@ -305,48 +305,6 @@ def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeyp
     assert torch.equal(again, separate)
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int8", "fp8-quant-x", "float"])
-@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (2, 8)])
-def test_gemv_early_group_changes_no_bit(scheme, m, split, gen, monkeypatch, poison_allocations):
-    """EARLY_W 1 in the FMA GEMV (each split-K program's first K group loaded before the PDL
-    wait; on CUDA only under PDL with KILN_GEMV_EARLY_G=1, forced here so the interpreter runs
-    it): the same bits as without, for every weight kind, one group per split (8 of 8) and
-    several."""
-    n, k = 40, 8 * 64
-    x = randx(m, k, torch.float32, gen)
-    bias = torch.randn(n, generator=gen)
-    kw = {}
-    if scheme == "int4":
-        w, s = int4_case(n, k, 64, gen)
-        args = (x, w, s, s.stride(1), 64, qm.W_INT4)
-    elif scheme == "int8":
-        w, s = int8_case(n, k, gen)
-        args = (x, w.view(torch.uint8), s, 0, qm.KTILE_8BIT, qm.W_INT8_U)
-    elif scheme == "fp8-quant-x":
-        w, s = fp8_case(n, k, gen)
-        args = (x, w, s, 0, qm.KTILE_8BIT, qm.W_FP8)
-        kw = {"quant_x": torch.float8_e4m3fn}
-    else:
-        w = torch.randn(n, k, generator=gen) * 0.05
-        args = (x, w, w, 0, qm.KTILE_8BIT, qm.W_FLOAT)
-    outs = []
-    for flags in ({}, {"EARLY_W": 1}):
-        monkeypatch.setattr(qm, "early_group", lambda pdl, f=flags: f)
-        outs.append(qm.launch(*args, bias, torch.float32, "gemv", split_k=split, **kw))
-    assert torch.equal(outs[1], outs[0])
-
-
-def test_early_group_switch(monkeypatch):
-    """KILN_GEMV_EARLY_G: off unless 1, and only under PDL; anything but 0 or 1 is refused."""
-    assert qm.early_group({"PDL": 1}) == {}
-    monkeypatch.setenv("KILN_GEMV_EARLY_G", "1")
-    assert qm.early_group({"PDL": 1}) == {"EARLY_W": 1}
-    assert qm.early_group({"PDL": False}) == {}
-    monkeypatch.setenv("KILN_GEMV_EARLY_G", "2")
-    with pytest.raises(ValueError, match="KILN_GEMV_EARLY_G"):
-        qm.early_group({"PDL": 1})
-
-
 @pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
 @pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (4, 2)])
 def test_gemv_quantizing_its_own_activations_equals_the_separate_launch(qdtype, m, split, gen,
