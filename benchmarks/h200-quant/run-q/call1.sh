@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran on tree afa38a9 (the PIPE code); that code was removed in 23c98fa after these results.
 # Session of 2026-12-03 (twelfth), call 1. The FMA GEMV's software-pipelined K loop (PIPE stages of
 # cp.async copies through shared memory; candidates under KILN_GEMV_PIPE=1): its GPU bit test and
 # run-p's early-group bit test, the int4 per-layer sweep with and without pipelining, then the

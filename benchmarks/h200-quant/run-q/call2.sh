@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran on tree 7fbcd65 (KILN_TC_FLOAT_S3 present); removed in 3e59c5f after these results.
 # Session of 2026-12-03 (twelfth), call 2. (1) bf16 checkpoint at batch 1: three-stage tensor-core
 # GEMV candidates (KILN_TC_FLOAT_S3=1) with and without the early first tile (KILN_GEMV_EARLY_W=1),
 # alternating with the default; their GPU tests first. (2) If time is left: run-p's kernel-time

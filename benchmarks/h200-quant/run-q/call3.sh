@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran on tree 3e59c5f (KILN_GEMV_EARLY_G still present); the switch was removed in 002afef after these results.
 # Session of 2026-12-03 (twelfth), call 3: run-p's int4 A/B of KILN_GEMV_EARLY_G=1 (the FMA GEMV
 # loads its first K group before the PDL wait), alternating with the default on one engine
 # (built without the step tuning, so both variants run the same tuned configurations).
