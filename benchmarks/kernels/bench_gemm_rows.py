@@ -6,6 +6,12 @@ then be faster than a smaller one. This times the step's GEMMs of Llama-3-8B (qk
 down, lm_head), bf16 and fp8 row-wise, at every row count of a list, summed per decode step
 (32 layers plus the head), and reports for each M the time and the fastest bucket at or above it.
 
+fp8 schemes: `fp8` (row-wise scales, the engine's call), `fp8fast` (the same with
+use_fast_accum: the tensor cores' own fp8 accumulation, no periodic promotion to float32),
+`fp8tw` / `fp8twfast` (one scale per tensor: cuBLASLt's path), and `fp8head*` (the same as `fp8` /
+`fp8fast` with the lm_head in fp8 too). Each fp8 scheme also reports its error against a float32
+product of the same codes (max and mean relative to the output's RMS).
+
     PYTHONPATH=. python3 benchmarks/kernels/bench_gemm_rows.py --rows 256:1024:16 --json OUT.json
 """
 
@@ -48,9 +54,11 @@ def main() -> int:
         weights = {}
         for name, (n, k) in LAYERS.items():
             w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-            if scheme == "fp8" and name != "lm_head":  # the fp8 engine keeps a bf16 head
-                weights[name] = (w.to(torch.float8_e4m3fn),
-                                 torch.rand(1, n, device=dev, dtype=torch.float32) + 0.5)
+            fp8 = scheme.startswith("fp8") and (name != "lm_head" or scheme.startswith("fp8head"))
+            if fp8:  # the fp8 engine keeps a bf16 head unless built with --lm-head-quant fp8
+                ws = (torch.ones((), device=dev) if scheme.startswith("fp8tw")
+                      else torch.rand(1, n, device=dev, dtype=torch.float32) + 0.5)
+                weights[name] = (w.to(torch.float8_e4m3fn), ws)
             else:
                 weights[name] = (w, None)
         per_m = []
@@ -58,7 +66,9 @@ def main() -> int:
             x = torch.randn(m, 4096, device=dev, dtype=torch.bfloat16)
             x14 = torch.randn(m, 14336, device=dev, dtype=torch.bfloat16)
             xq, xq14 = x.to(torch.float8_e4m3fn), x14.to(torch.float8_e4m3fn)
-            sx = torch.rand(m, 1, device=dev, dtype=torch.float32) + 0.5
+            sx = (torch.ones((), device=dev) if scheme.startswith("fp8tw")
+                  else torch.rand(m, 1, device=dev, dtype=torch.float32) + 0.5)
+            fast = scheme.endswith("fast")
             row = {"m": m}
             total = 0.0
             for name, (w, ws) in weights.items():
@@ -69,7 +79,13 @@ def main() -> int:
                 else:
                     a = xq14 if big else xq
                     call = lambda a=a, w=w, ws=ws: torch._scaled_mm(  # noqa: E731
-                        a, w.t(), scale_a=sx, scale_b=ws, out_dtype=torch.bfloat16)
+                        a, w.t(), scale_a=sx, scale_b=ws, out_dtype=torch.bfloat16,
+                        use_fast_accum=fast)
+                    if m == rows[0]:  # error of this call against float32 products of the codes
+                        ref = (a.float() @ w.float().t()) * sx * ws
+                        err = (call().float() - ref).abs() / ref.pow(2).mean().sqrt()
+                        row.setdefault("rel_err", {})[name] = {"max": err.max().item(),
+                                                               "mean": err.mean().item()}
                 us = bench_kernels.time_calls([call], reps=args.reps)
                 n, k = LAYERS[name]
                 row[name] = {"us": us, "tflops": 2 * m * n * k / us / 1e6}
@@ -85,6 +101,9 @@ def main() -> int:
             row["best_bucket"] = best["m"]
             row["best_step_us"] = best["step_us"]
         out["results"][scheme] = per_m
+        if "rel_err" in per_m[0]:
+            print(f"{scheme}: error / output RMS at M={rows[0]}: " + "  ".join(
+                f"{k} max {v['max']:.2e} mean {v['mean']:.2e}" for k, v in per_m[0]["rel_err"].items()))
         slow = [(r["m"], r["best_bucket"], round(r["step_us"] / r["best_step_us"], 3))
                 for r in per_m if r["best_bucket"] != r["m"]]
         print(f"{scheme}: row counts where a larger bucket is faster (M, bucket, ratio): {slow}")

@@ -1653,22 +1653,30 @@ def scaled_mm_supported(x2: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                   bias: torch.Tensor | None, out_dtype: torch.dtype,
-                  fast_accum: bool = False) -> torch.Tensor:
+                  fast_accum: bool | None = None) -> torch.Tensor:
     """fp8 W8A8 through torch._scaled_mm with row-wise scales (CUDA, sm89+); x2 [M, K] -> [M, N].
 
     Rows are padded to a multiple of 16 for cuBLASLt/CUTLASS; row-wise scaling returns bfloat16
     (the only output type torch accepts with it), cast to out_dtype afterwards. fast_accum uses
-    the tensor cores' reduced-precision fp8 accumulation (faster; the bench measures both).
+    the tensor cores' reduced-precision fp8 accumulation (None: KILN_FP8_FAST_ACCUM decides).
     """
     xq, sx = quant_per_token(x2, torch.float8_e4m3fn, pad_rows_to=16)
     return _scaled_mm_rows(xq, sx, x2.shape[0], weight, weight_scale, bias, out_dtype, fast_accum)
 
 
+def fp8_fast_accum_enabled() -> bool:
+    """KILN_FP8_FAST_ACCUM=1: torch._scaled_mm accumulates fp8 products in the tensor cores' own
+    accumulator instead of promoting partial sums to float32 every few K steps (faster, less exact)."""
+    return os.environ.get("KILN_FP8_FAST_ACCUM", "0") == "1"
+
+
 def _scaled_mm_rows(xq: torch.Tensor, sx: torch.Tensor, m: int, weight: torch.Tensor,
                     weight_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-                    fast_accum: bool = False) -> torch.Tensor:
+                    fast_accum: bool | None = None) -> torch.Tensor:
     """torch._scaled_mm of fp8 codes xq [R, K] (R a multiple of 16, scales sx [R, 1]); the first
-    m rows of the product (+ bias) in out_dtype."""
+    m rows of the product (+ bias) in out_dtype. fast_accum None follows KILN_FP8_FAST_ACCUM."""
+    if fast_accum is None:
+        fast_accum = fp8_fast_accum_enabled()
     fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
     y = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.float().reshape(1, -1),
                          bias=fused_bias, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
