@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ran on tree 45d6c38.
+# Ran on tree 013ee15.
 # Session of 2026-12-03 (thirteenth), call 1: fp8 GEMM accumulation and scaling modes.
 # 1. torch._scaled_mm per 8B layer at decode and prefill row counts: row-wise (the engine's call),
 #    row-wise with use_fast_accum, tensor-wise (cuBLASLt), fp8 lm_head; error of each.
