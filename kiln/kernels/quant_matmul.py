@@ -1665,9 +1665,11 @@ def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
 
 
 def fp8_fast_accum_enabled() -> bool:
-    """KILN_FP8_FAST_ACCUM=1: torch._scaled_mm accumulates fp8 products in the tensor cores' own
-    accumulator instead of promoting partial sums to float32 every few K steps (faster, less exact)."""
-    return os.environ.get("KILN_FP8_FAST_ACCUM", "0") == "1"
+    """Whether torch._scaled_mm accumulates fp8 products in the tensor cores' own accumulator
+    (use_fast_accum) instead of promoting partial sums to float32 every few K steps: the default
+    (the fp8 8B engine's 1000 x 128/128 throughput +7% on the H200, the demo model's fp8 top-1
+    agreement 97.73% against 97.78%; benchmarks/h200-quant run-r). KILN_FP8_FAST_ACCUM=0 promotes."""
+    return os.environ.get("KILN_FP8_FAST_ACCUM", "1") != "0"
 
 
 def _scaled_mm_rows(xq: torch.Tensor, sx: torch.Tensor, m: int, weight: torch.Tensor,

@@ -762,3 +762,26 @@ def test_x_pairs_layout_emulated(gen):
     out = {int(d): prmt(regs[int(a)], regs[int(b)], int(sel, 16)) for d, a, b, sel in perms}
     for i in range(4):
         assert out[i] == vals[i] | (vals[i + 4] << 16)
+
+
+@pytest.mark.parametrize("env,want", [(None, True), ("1", True), ("0", False)])
+def test_scaled_mm_accumulation_follows_the_switch(env, want, monkeypatch):
+    """torch._scaled_mm gets use_fast_accum from KILN_FP8_FAST_ACCUM (default on), unless the
+    caller says; its result keeps the first m rows. The product itself is GPU-only (tests/gpu)."""
+    if env is None:
+        monkeypatch.delenv("KILN_FP8_FAST_ACCUM", raising=False)
+    else:
+        monkeypatch.setenv("KILN_FP8_FAST_ACCUM", env)
+    seen = []
+
+    def fake_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, use_fast_accum):
+        seen.append(use_fast_accum)
+        return torch.zeros(a.shape[0], b.shape[1], dtype=out_dtype)
+
+    monkeypatch.setattr(torch, "_scaled_mm", fake_scaled_mm)
+    xq = torch.zeros(16, 32, dtype=torch.float8_e4m3fn)
+    w = torch.zeros(48, 32, dtype=torch.float8_e4m3fn)
+    out = qm._scaled_mm_rows(xq, torch.ones(16, 1), 5, w, torch.ones(48), None, torch.bfloat16)
+    qm._scaled_mm_rows(xq, torch.ones(16, 1), 5, w, torch.ones(48), None, torch.bfloat16,
+                       fast_accum=not want)
+    assert out.shape == (5, 48) and seen == [want, not want]
