@@ -82,6 +82,8 @@ def main() -> None:
                     help="with --decode-shapes: time as inside a decode CUDA graph captured for this "
                          "max_model_len, each tile with the dispatcher's partition count (and, "
                          "with --partitions, with those counts too)")
+    ap.add_argument("--fp8-asm", default="both", choices=["both", "on", "off"],
+                    help="fp8 rows: with and without the PTX widening, or only one")
     ap.add_argument("--partitions", default="",
                     help="with --graph-max-seq-len: further partition counts to time, e.g. '8,16,64'")
     args = ap.parse_args()
@@ -109,8 +111,8 @@ def main() -> None:
             shape = tuple(int(v) for v in spec.split(","))
             for kv in args.kv.split(","):
                 # fp8: with and without the PTX widening of the cached values (fp8_asm).
-                cfgs = ([dict(c, fp8_asm=a) for c in wide for a in (False, True)] if kv == "fp8"
-                        else wide)
+                asm = {"both": (False, True), "on": (True,), "off": (False,)}[args.fp8_asm]
+                cfgs = [dict(c, fp8_asm=a) for c in wide for a in asm] if kv == "fp8" else wide
                 rows += sweep("decode", shape, cfgs, kv, args.graph_max_seq_len)
     elif args.only != "prefill":
         for shape in ((1, 1, 4096), (32, 1, 512), (32, 1, 4096), (256, 1, 4096)):

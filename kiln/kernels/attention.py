@@ -563,6 +563,25 @@ LARGE_DECODE_TILE = dict(block_n=64, num_warps=2, num_stages=3)
 SMALL_DECODE_TILE = dict(block_n=64, num_warps=4, num_stages=2)
 
 
+def decode_tile(large: bool) -> dict:
+    """The decode launch's tile: LARGE_DECODE_TILE or SMALL_DECODE_TILE, unless
+    KILN_ATTN_LARGE_TILE / KILN_ATTN_SMALL_TILE give "block_n,num_warps,num_stages" (A/B runs).
+
+    The K/V loads sit behind a block-table load, so Triton's pipeliner (3.6) needs five stages
+    before it double-buffers them: up to four, each tile's loads are issued after the tile
+    before it is consumed and waited for in full (one buffer; sm_90 SASS of
+    benchmarks/kernels/compile_sm90.py)."""
+    name = "KILN_ATTN_LARGE_TILE" if large else "KILN_ATTN_SMALL_TILE"
+    flag = os.environ.get(name, "")
+    if not flag:
+        return LARGE_DECODE_TILE if large else SMALL_DECODE_TILE
+    try:
+        block_n, num_warps, num_stages = (int(v) for v in flag.split(","))
+    except ValueError:
+        raise ValueError(f"{name}={flag!r}: expected block_n,num_warps,num_stages") from None
+    return dict(block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+
+
 def fused_reduce_enabled() -> bool:
     """KILN_ATTN_FUSED_REDUCE=1 (the default; 0 launches the reduce kernel): split decode
     attention merges its partitions in the partition kernel (the last program of each sequence
@@ -600,7 +619,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
     if q.dtype != torch.float32 and head_dim <= 128:
         large = num_seqs >= large_decode_min_seqs(num_kv_heads, _num_sms(q.device))
-        tile = LARGE_DECODE_TILE if large else SMALL_DECODE_TILE
+        tile = decode_tile(large)
         block_n, num_warps, num_stages = (tile[k] for k in ("block_n", "num_warps", "num_stages"))
     block_n = tuning.get("block_n", block_n)
     if "partition" in tuning:  # keys per partition of max_seq_len, as the sweeps give them

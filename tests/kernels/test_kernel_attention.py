@@ -29,14 +29,18 @@ def test_decode_single_partition(dtype, group, block_size, gen, poison_allocatio
     run_case(seqs, 2 * group, 2, 32, block_size, dtype, gen)
 
 
+@pytest.mark.parametrize("override", [None, "32,2,5"])
 @pytest.mark.parametrize("sms, large", [(64, False), (1, True)])
-def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monkeypatch):
+def test_decode_tile_follows_the_batch(sms, large, override, gen, poison_allocations, monkeypatch):
     # A batch whose (sequence, kv head) programs give two per SM takes 64-key tiles on two warps
-    # (LARGE_DECODE_TILE); a smaller one SMALL_DECODE_TILE. Both agree with the reference over
+    # (LARGE_DECODE_TILE); a smaller one SMALL_DECODE_TILE; KILN_ATTN_LARGE_TILE /
+    # KILN_ATTN_SMALL_TILE replace the one they name. All agree with the reference over
     # contexts that end inside, at and past a 64-key tile.
     from triton.runtime import interpreter
 
     monkeypatch.setattr(attention, "_num_sms", lambda device: sms)
+    if override:
+        monkeypatch.setenv("KILN_ATTN_LARGE_TILE" if large else "KILN_ATTN_SMALL_TILE", override)
     seen = []
     real = interpreter.InterpretedFunction.run
 
@@ -51,7 +55,14 @@ def test_decode_tile_follows_the_batch(sms, large, gen, poison_allocations, monk
     run_case(seqs, 8, 2, 32, 16, torch.float16, gen)
     t = attention.LARGE_DECODE_TILE if large else attention.SMALL_DECODE_TILE
     want = (t["block_n"], t["num_warps"], t["num_stages"])
-    assert seen == [want]
+    assert seen == [tuple(int(v) for v in override.split(",")) if override else want]
+
+
+def test_decode_tile_override_must_name_three_numbers(monkeypatch):
+    monkeypatch.setenv("KILN_ATTN_LARGE_TILE", "64,2")
+    with pytest.raises(ValueError, match="KILN_ATTN_LARGE_TILE='64,2': expected"):
+        attention.decode_tile(True)
+    assert attention.decode_tile(False) == attention.SMALL_DECODE_TILE
 
 
 def record_grids(monkeypatch, module, name) -> list:
