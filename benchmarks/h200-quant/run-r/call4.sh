@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ran on tree TREE.
+# Ran on tree 0f92604.
 # Session of 2026-12-03 (thirteenth), call 4: decode attention with five pipeline stages (the
 # first count at which Triton 3.6 double-buffers the K/V loads behind the block-table load).
 # 1. GPU tests of fast fp8 accumulation (now the default) and of the tile switch.
