@@ -143,15 +143,28 @@ def test_int8_wo(m, shape, dtype, gen, poison_allocations):
           dtype, m, n)
 
 
+# torch._scaled_mm (M > SMALL_M) with fast accumulation (KILN_FP8_FAST_ACCUM, the default): the
+# tensor cores' own fp8 accumulator loses bits with K. Its float16 results (torch's row-wise path
+# returns bfloat16, cast afterwards) measured 2.2e-3 (K 4096) to 3.3e-3 (K 14336) on the H200.
+FAST_ACCUM_TOL = {torch.bfloat16: 8e-3, torch.float16: 5e-3}
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", MS)
-def test_fp8(m, shape, dtype, gen, poison_allocations):
+def test_fp8(m, shape, dtype, fast, gen, poison_allocations, monkeypatch):
+    monkeypatch.setenv("KILN_FP8_FAST_ACCUM", fast)
     n, k = shape
     weight, ws = fp8_case(n, k, gen)
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    check(qm.fp8_linear(x, weight, ws, bias), qm.fp8_linear_ref(x, weight, ws, bias), dtype, m, n)
+    out, ref = qm.fp8_linear(x, weight, ws, bias), qm.fp8_linear_ref(x, weight, ws, bias)
+    if fast == "1" and m > qm.SMALL_M:
+        assert out.shape == (m, n) and out.dtype == dtype and not out.isnan().any()
+        assert rel_err(out, ref) < FAST_ACCUM_TOL[dtype]
+    else:
+        check(out, ref, dtype, m, n)
 
 
 @pytest.mark.parametrize("m", [5, 17, 64])
