@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ran on tree TREE.
+# Ran on tree ca9c624.
 # Session of 2026-12-03 (thirteenth), call 5: the GPU suite after call 4's test_fp8 failures
 # (fast accumulation's float16 error above the promoted path's 2e-3 bound); test_fp8 now checks
 # both accumulation modes, each at its own bound.
