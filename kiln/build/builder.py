@@ -248,6 +248,11 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
             accuracy = {**report.to_dict(), "device": device.type,
                         "kv_cache_dtype": options.kv_cache_dtype,
                         "compute_dtype": str(engine_model.embed_tokens.weight.dtype).replace("torch.", "")}
+            if device.type == "cuda" and "fp8" in (options.quant.scheme, options.quant.lm_head):
+                # fp8 GEMMs of more than 16 rows accumulate as KILN_FP8_FAST_ACCUM said here.
+                from kiln.kernels.quant_matmul import fp8_fast_accum_enabled
+
+                accuracy["fp8_fast_accum"] = fp8_fast_accum_enabled()
             broken = limit_violations(report, limits)
             if broken:
                 raise KilnError(f"engine fails --max-accuracy-drop {options.max_accuracy_drop}: "
