@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -80,10 +82,17 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float | N
     return 2 * nbytes / times[len(times) // 2] / 1e9
 
 
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASS", re.IGNORECASE)
+
+
 def environment(device: torch.device) -> dict:
     """Facts about where the numbers were taken."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           # The runtime switches set for this run (kernel choices, A/B settings); never a
+           # credential such as KILN_API_KEY.
+           "kiln_env": {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith("KILN_") and not _SECRET.search(k)}}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

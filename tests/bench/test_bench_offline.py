@@ -46,11 +46,15 @@ def test_latency_with_one_output_token_reports_ttft_only(tiny_dir, tmp_path, cap
     assert "no decode step" in capsys.readouterr().out
 
 
-def test_throughput_json(tiny_dir, tmp_path, capsys):
+def test_throughput_json(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KILN_ATTN_LARGE_TILE", "64,2,5")
+    monkeypatch.setenv("KILN_API_KEY", "not-for-the-json")
     out = tmp_path / "tp.json"
     run_cli("bench", "throughput", "--model", tiny_dir, "--num-prompts", "12", "--input-len", "16",
             "--output-len", "8", "--max-num-seqs", "4", "--no-progress", "--json", str(out))
     r = json.loads(out.read_text())
     assert r["output_tokens_per_s"] > 0 and r["requests_per_s"] > 0
     assert r["engine"]["max_num_seqs"] == 4 and r["engine"]["quantization"] == "none"
+    assert r["environment"]["kiln_env"]["KILN_ATTN_LARGE_TILE"] == "64,2,5"
+    assert "KILN_API_KEY" not in r["environment"]["kiln_env"]
     assert "throughput: 12 requests" in capsys.readouterr().out
