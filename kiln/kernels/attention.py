@@ -195,12 +195,16 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
                   qk_scale, cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                   MASKED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
-                  KV_FP8: tl.constexpr, FP8_ASM: tl.constexpr = False):
+                  KV_FP8: tl.constexpr, FP8_ASM: tl.constexpr = False,
+                  ONE_QUERY: tl.constexpr = False, LATE_V: tl.constexpr = False):
     """Online-softmax update of (m, l, acc) with keys k_lo .. k_hi - 1 (k_lo a tile multiple).
 
     With MASKED false every key in the range must be visible to every query row (no mask work).
     With KV_FP8 the cache holds unscaled e4m3 values: they widen exactly to q's dtype, and the
     caller folds k_scale into qk_scale and multiplies the final acc by v_scale.
+    ONE_QUERY: a single query row at position k_hi - 1 (decode), so the causal mask is the
+    range's end. LATE_V (with FP8_ASM): each tile's values are read after its softmax rather than
+    beside its keys, so a tile's keys and values are never in registers together.
     """
     dims = tl.arange(0, HEAD_DIM)
     for start in range(k_lo, k_hi, BLOCK_N):
@@ -212,8 +216,9 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             if FP8_ASM:
                 k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM), mask=valid[:, None],
                                        other=0))
-                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
-                                       mask=valid[:, None], other=0))
+                if not LATE_V:
+                    v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
+                                           mask=valid[:, None], other=0))
             else:
                 k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None],
                             other=0.0)
@@ -224,7 +229,8 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             if FP8_ASM:
                 k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM)))
-                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
+                if not LATE_V:
+                    v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
             else:
                 k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
                 v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
@@ -237,7 +243,13 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             k = k.to(q.dtype)
             v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        if MASKED:
+        if MASKED and ONE_QUERY:
+            # one query at the last position: every key below k_hi is causally visible
+            visible = valid
+            if USE_WINDOW:
+                visible = visible & (toks > q_pos - window)
+            s = tl.where(visible[None, :], s, float("-inf"))
+        elif MASKED:
             visible = (toks[None, :] <= q_pos[:, None]) & valid[None, :]
             if USE_WINDOW:
                 visible = visible & (toks[None, :] > q_pos[:, None] - window)
@@ -246,6 +258,12 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
+        if FP8_ASM and LATE_V:
+            if MASKED:
+                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
+                                       mask=valid[:, None], other=0))
+            else:
+                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m = m_new
     return m, l, acc
@@ -358,7 +376,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
                              USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
                              KV_FP8: tl.constexpr, PDL: tl.constexpr = False,
-                             FP8_ASM: tl.constexpr = False, lock_ptr=None,
+                             FP8_ASM: tl.constexpr = False, LATE_V: tl.constexpr = False,
+                             lock_ptr=None,
                              FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
                              MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
                              codes_stride=0, QUANT_ROW: tl.constexpr = 0):
@@ -394,16 +413,16 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                 + dims[None, :], mask=row_ok[:, None], other=0.0)
     if KV_FP8:
         q = _fp8_dot_q(q)
-    q_pos = tl.zeros([BLOCK_G], tl.int32) + (seq_len - 1)
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
     block_table_row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
     # Masks are cheap next to the key/value loads here, so every tile takes the masked path.
-    m, l, acc = _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head,
+    m, l, acc = _attend_range(q, m, l, acc, seq_len - 1, cache_ptr, block_table_row, kv_head,
                               lo, hi, window, qk_scale, cache_kv_stride,
                               cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
-                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM)
+                              BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM,
+                              True, LATE_V)
     if KV_FP8:
         # acc is linear in the values, so partial results can be scaled before the reduce.
         acc = acc * v_scale
@@ -590,6 +609,19 @@ def fused_reduce_enabled() -> bool:
     return os.environ.get("KILN_ATTN_FUSED_REDUCE", "1") == "1"
 
 
+def late_values_enabled() -> bool:
+    """KILN_ATTN_LATE_V=1 (the default; 0 reads them beside the keys): fp8-cache decode launches
+    with LARGE_DECODE_TILE read each tile's values after the tile's softmax (_attend_range's
+    LATE_V). Keys and values are then never in registers together: 161 registers a thread
+    instead of 199 (sm_90), three warps per scheduler instead of two, five programs per SM
+    instead of four. On an H200 at 1000 sequences, one partition each: 139.1 -> 121.3 us at 128
+    keys, 189.7 -> 163.1 at 192, 234.1 -> 204.5 at 256. Smaller batches (the small tile, split
+    partitions) are as fast or 2-4% slower with it (5.43 -> 5.62 us at 1 x 400 keys as a decode
+    graph runs it), so they keep the values beside the keys
+    (benchmarks/kernels/proto_fp8_decode_h200.json)."""
+    return os.environ.get("KILN_ATTN_LATE_V", "1") == "1"
+
+
 def quant_out_enabled() -> bool:
     """KILN_ATTN_QUANT_OUT=1: with KILN_PRODUCER_QUANT, fp8 engines' attention also quantizes
     o_proj's input (in the decode kernel where it merges its partitions; see paged_attention)."""
@@ -617,6 +649,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     max_seq_len = max(meta.max_seq_len, 1)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
+    large = False
     if q.dtype != torch.float32 and head_dim <= 128:
         large = num_seqs >= large_decode_min_seqs(num_kv_heads, _num_sms(q.device))
         tile = decode_tile(large)
@@ -655,6 +688,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         quantized = QuantizedRows(codes, scales, out.shape[0], (out.shape[0], width), out.dtype)
         fused.update(codes_ptr=codes, scales_ptr=scales, codes_stride=codes.stride(0),
                      QUANT_ROW=triton.next_power_of_2(width))
+    fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -663,8 +697,10 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        FP8_ASM=tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache)), **fused,
-        num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages), **pdl_args(q))
+        FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
+        **fused,
+        num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
+        **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,

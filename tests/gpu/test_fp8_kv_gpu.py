@@ -146,6 +146,18 @@ def test_decode_attention_fp8_both_widenings(asm, dtype, gen, poison_allocations
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, dtype, gen)
 
 
+@pytest.mark.parametrize("late", ["0", "1"])
+@pytest.mark.parametrize("window", [None, 200])
+def test_decode_attention_fp8_values_late_or_beside_keys(late, window, gen, poison_allocations,
+                                                          monkeypatch):
+    # KILN_ATTN_LATE_V=1 (the default): the large-batch tile reads each tile's values after its
+    # softmax; =0 beside its keys. 100 sequences take the large tile, 3 the small one.
+    monkeypatch.setenv("KILN_ATTN_LATE_V", late)
+    for batch in (3, 100):
+        lens = torch.randint(1, 700, (batch,), generator=gen, device="cuda").tolist()
+        check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, torch.bfloat16, gen, window)
+
+
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])
 def test_mixed_prefill_decode_attention_fp8(dtype, group, block_size, window, gen, poison_allocations):
     seqs = [(0, 300), (517, 64), (1000, 1), (0, 1), (40, 0), (129, 250), (2000, 1)]

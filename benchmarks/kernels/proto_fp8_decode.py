@@ -1,0 +1,275 @@
+"""Prototype: where an fp8 KV cache's decode attention spends its time, and what a different
+operand path gives (one partition per sequence, no window; 1000 sequences of 192 keys).
+
+The engine's fp8 decode kernel widens the cached e4m3 values to float16 in registers and moves
+them into the matrix operands through shared memory: at 1000 x 192 it reads 2.1 TB/s of fp8
+bytes where the bf16 kernel reads 3.9 TB/s (ncu, run-s). The variants here, each checked against
+paged_attention_ref:
+
+  K: widen (the engine's PTX widening) | own (Triton's conversion) | mma8 (e4m3 dots with q split
+     into two e4m3 parts, hi + lo / 16: no conversion of the keys at all)
+  V: widen (engine) | t-own / t-widen / t-mma8: values stored transposed per cache block
+     ([block, kv head, dim, slot], so a tile's keys are contiguous, as an e4m3 operand needs);
+     t-mma8 splits p into two e4m3 parts the same way.
+
+    PYTHONPATH=. python benchmarks/kernels/proto_fp8_decode.py [--compile-only] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kiln.kernels.attention import _LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8  # noqa: E402
+
+K_MODES = {"widen": 0, "own": 1, "mma8": 2}
+V_MODES = {"widen": 0, "t-own": 1, "t-widen": 2, "t-mma8": 3}
+
+
+@triton.jit
+def _split_e4m3(x, scale):
+    """x (float32) / scale -> (hi, lo) e4m3 with x / scale ~ hi + lo / 16."""
+    y = x / scale
+    hi = y.to(tl.float8e4nv)
+    lo = ((y - hi.to(tl.float32)) * 16.0).to(tl.float8e4nv)
+    return hi, lo
+
+
+@triton.jit
+def _proto_kernel(q_ptr, cache_ptr, vt_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
+                  q_tok_stride, q_head_stride, cache_kv_stride, cache_block_stride,
+                  cache_slot_stride, cache_head_stride, vt_block_stride, vt_head_stride,
+                  block_table_stride, qk_scale, group,
+                  BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, K_MODE: tl.constexpr, V_MODE: tl.constexpr):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    g = tl.arange(0, BLOCK_G)
+    heads = kv_head * group + g
+    row_ok = g < group
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+                + dims[None, :], mask=row_ok[:, None], other=0.0)
+    if K_MODE == 2:
+        q32 = q.to(tl.float32)
+        q_amax = tl.maximum(tl.max(tl.abs(q32), axis=1), 1e-30)
+        q_scale = q_amax / 448.0
+        q_hi, q_lo = _split_e4m3(q32, q_scale[:, None])
+    else:
+        q = _fp8_dot_q(q)
+    m = tl.full([BLOCK_G], _NEG_START, tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
+    for start in range(0, seq_len, BLOCK_N):
+        toks = start + tl.arange(0, BLOCK_N)
+        valid = toks < seq_len
+        blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
+        offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
+            + kv_head * cache_head_stride
+        if K_MODE == 0:
+            k = _widen_fp8(tl.load((cache_ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                   other=0))
+            s = tl.dot(q, tl.trans(k))
+        elif K_MODE == 1:
+            k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k.to(tl.float16)))
+        else:
+            k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+            kt = tl.trans(k)
+            s = (tl.dot(q_hi, kt) + tl.dot(q_lo, kt) * 0.0625) * q_scale[:, None]
+        s = s * qk_scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        if V_MODE == 0:
+            v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                   other=0))
+            pv = tl.dot(p.to(tl.float16), v)
+        else:
+            # transposed values, read per cache block ([blocks of the tile, dim, slot], slots
+            # contiguous) and permuted to [dim, token]; tokens past the context are zeroed
+            # after the (unmasked, vectorized) read
+            NB: tl.constexpr = BLOCK_N // BLOCK_SIZE
+            btoks = start + tl.arange(0, NB) * BLOCK_SIZE
+            vblocks = tl.load(row + btoks // BLOCK_SIZE, mask=btoks < seq_len).to(tl.int64)
+            base = vblocks * vt_block_stride + kv_head * vt_head_stride
+            tok_ok = tl.reshape(tl.permute(((btoks[:, None] + tl.arange(0, BLOCK_SIZE)[None, :])
+                                            < seq_len)[:, None, :] & (dims >= 0)[None, :, None],
+                                           (1, 0, 2)), (HEAD_DIM, BLOCK_N))
+            if V_MODE == 2:
+                WB: tl.constexpr = BLOCK_SIZE // 4
+                wptr = (vt_ptr + base).to(tl.pointer_type(tl.int32))[:, None, None] \
+                    + (dims * WB)[None, :, None] + tl.arange(0, WB)[None, None, :]
+                words = tl.reshape(tl.permute(tl.load(wptr), (1, 0, 2)), (HEAD_DIM, BLOCK_N // 4))
+                vt = tl.where(tok_ok, _widen_fp8(words), 0.0)
+                pv = tl.dot(p.to(tl.float16), tl.trans(vt))
+            else:
+                vptr = vt_ptr + base[:, None, None] + (dims * BLOCK_SIZE)[None, :, None] \
+                    + tl.arange(0, BLOCK_SIZE)[None, None, :]
+                vt = tl.reshape(tl.permute(tl.load(vptr), (1, 0, 2)), (HEAD_DIM, BLOCK_N))
+                vt = tl.where(tok_ok, vt, tl.zeros_like(vt))
+                if V_MODE == 1:
+                    pv = tl.dot(p.to(tl.float16), tl.trans(vt.to(tl.float16)))
+                else:
+                    p_hi, p_lo = _split_e4m3(p, 1.0 / 256.0)
+                    v8 = tl.trans(vt)
+                    pv = (tl.dot(p_hi, v8) + tl.dot(p_lo, v8) * 0.0625) * (1.0 / 256.0)
+        acc = acc * alpha[:, None] + pv
+        m = m_new
+    out = acc / l[:, None]
+    tl.store(out_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+             + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def transposed_values(cache: torch.Tensor) -> torch.Tensor:
+    """The value half of a [2, blocks, slots, kv heads, dim] cache as [blocks, kv heads, dim, slots]."""
+    return cache[1].permute(0, 2, 3, 1).contiguous()
+
+
+# (K mode, V mode, BLOCK_G, block_n, warps, stages); e4m3 dots need wgmma: 64 rows, 4 warps.
+VARIANTS = [("widen", "widen", 16, 64, 2, 3), ("widen", "t-widen", 16, 64, 2, 3),
+            ("own", "t-own", 16, 64, 2, 3), ("mma8", "widen", 64, 64, 4, 3)]
+
+
+# The engine's kernel with launch settings (tuning of attention._paged_decode) at 1000 x ctx.
+ENGINE = [({"late_v": False}, "early-v"), ({}, "default"),
+          ({"block_n": 64, "num_warps": 2, "num_stages": 2}, "s2"),
+          ({"block_n": 64, "num_warps": 2, "num_stages": 3, "late_v": False, "maxnreg": 168},
+           "early-v mr168"),
+          ({"block_n": 32, "num_warps": 2, "num_stages": 3}, "N32"),
+          ({"block_n": 32, "num_warps": 2, "num_stages": 3, "maxnreg": 128}, "N32 mr128"),
+          ({"block_n": 32, "num_warps": 2, "num_stages": 5}, "N32 s5"),
+          ({"block_n": 64, "num_warps": 4, "num_stages": 2}, "w4 s2"),
+          ({"block_n": 64, "num_warps": 4, "num_stages": 3}, "w4 s3")]
+# Smaller batches (the dispatcher's partitions, max_seq_len as a decode graph fixes it).
+SMALL = [(1, 400), (1, 2000), (32, 1000), (128, 512)]
+
+
+def launch(q, cache, vt, meta, qk_scale, k_mode, v_mode, block_g=16, block_n=64, num_warps=2,
+           num_stages=3):
+    _, _, block_size, hk, head_dim = cache.shape
+    out = torch.empty_like(q)
+    group = q.shape[1] // hk
+    _proto_kernel[(meta.num_seqs, hk)](
+        q, cache, vt, meta.block_tables, meta.seq_lens, out,
+        q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
+        cache.stride(3), vt.stride(0), vt.stride(1), meta.block_tables.stride(0), qk_scale, group,
+        BLOCK_G=max(block_g, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_N=block_n, K_MODE=K_MODES[k_mode], V_MODE=V_MODES[v_mode],
+        num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+def compile_only():
+    """sm_90 SASS statistics of each variant (no GPU needed)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from compile_sm90 import compile_one, resources  # noqa: PLC0415
+    for km, vm, bg, bn, nw, ns in VARIANTS:
+        consts = {"BLOCK_G": bg, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn,
+                  "K_MODE": K_MODES[km], "V_MODE": V_MODES[vm],
+                  "_ptrs": {"cache_ptr": "*fp8e4nv", "vt_ptr": "*fp8e4nv"}}
+        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}"
+        try:
+            print(f"{name:40s} {resources(compile_one(_proto_kernel, consts, 'bf16', nw, ns))}",
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.compile_only:
+        compile_only()
+        return
+    from bench_kernels import HEAD_DIM, n_sets, paged_setup, time_calls  # noqa: PLC0415
+    from kiln.kernels import attention  # noqa: PLC0415
+    scale = HEAD_DIM ** -0.5
+    rows = []
+    for ctx in (192, 256, 128):
+        for kv in ("fp8", "bf16"):
+            cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
+            if kv == "fp8":
+                cache = cache.to(torch.float8_e4m3fn)
+            q0, m0 = sets[0]
+            ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
+            outs = [torch.empty_like(q) for q, _ in sets]
+            for tuning, label in ENGINE if kv == "fp8" else ENGINE[1:2]:
+                out = outs[0]
+                tun = dict(tuning, partitions=1)
+                try:
+                    attention._paged_decode(q0, cache, m0, out, scale * _LOG2E, 0, tun)
+                    err = float((out.float() - ref).norm() / ref.norm())
+                    us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
+                        q, cache, m, o, scale * _LOG2E, 0, tun) for (q, m), o in zip(sets, outs)],
+                        reps=15)
+                    rows.append({"variant": f"engine {kv} 1000x{ctx} {label}", "us": round(us, 2),
+                                 "rel_err": err})
+                except Exception as exc:  # noqa: BLE001
+                    rows.append({"variant": f"engine {kv} 1000x{ctx} {label}",
+                                 "error": f"{type(exc).__name__}: {exc}"[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+            del cache, sets
+            torch.cuda.empty_cache()
+    import dataclasses  # noqa: PLC0415
+    for batch, ctx in SMALL:
+        cache, sets = paged_setup(batch, ctx, 1, n_sets(batch * ctx * 8 * HEAD_DIM * 2))
+        cache = cache.to(torch.float8_e4m3fn)
+        sets = [(q, dataclasses.replace(m, max_seq_len=8192)) for q, m in sets]
+        outs = [torch.empty_like(q) for q, _ in sets]
+        for late in (False, True):
+            tun = {"late_v": late}
+            us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
+                q, cache, m, o, scale * _LOG2E, 0, tun) for (q, m), o in zip(sets, outs)], reps=15)
+            rows.append({"variant": f"engine fp8 {batch}x{ctx} graph late_v={late}", "us": round(us, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+        del cache, sets
+    batch, ctx = 1000, 192
+    nbytes = batch * ctx * 8 * HEAD_DIM * 2
+    cache, sets = paged_setup(batch, ctx, 1, n_sets(nbytes))
+    cache = cache.to(torch.float8_e4m3fn)
+    vt = transposed_values(cache)
+    q0, m0 = sets[0]
+    ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
+    # the same fp8 bytes as a bf16 cache of half the context: what bandwidth alone would give
+    cache16, sets16 = paged_setup(batch, ctx // 2, 1, n_sets(nbytes))
+    us16 = time_calls([lambda q=q, m=m: attention.paged_attention(q, cache16, m, scale)
+                       for q, m in sets16], reps=15)
+    rows.append({"variant": f"engine bf16 cache, {ctx // 2} keys (same bytes)", "us": round(us16, 2),
+                 "TBps": round(nbytes / us16 / 1e6, 2)})
+    print(json.dumps(rows[-1]), flush=True)
+    del cache16, sets16
+    for km, vm, bg, bn, nw, ns in VARIANTS:
+        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}"
+        try:
+            o = launch(q0, cache, vt, m0, scale * _LOG2E, km, vm, bg, bn, nw, ns)
+            err = float((o.float() - ref).norm() / ref.norm())
+            us = time_calls([lambda q=q, m=m: launch(q, cache, vt, m, scale * _LOG2E, km, vm, bg, bn,
+                                                     nw, ns) for q, m in sets], reps=15)
+            rows.append({"variant": name, "us": round(us, 2),
+                         "fp8_TBps": round(nbytes / us / 1e6, 2), "rel_err": err})
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
