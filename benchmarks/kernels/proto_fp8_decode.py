@@ -1,18 +1,25 @@
-"""Prototype: where an fp8 KV cache's decode attention spends its time, and what a different
-operand path gives (one partition per sequence, no window; 1000 sequences of 192 keys).
+"""Prototype: where an fp8 KV cache's decode attention spends its time, and what other operand
+paths and program shapes give (one partition per sequence, no window; 1000 sequences).
 
 The engine's fp8 decode kernel widens the cached e4m3 values to float16 in registers and moves
-them into the matrix operands through shared memory: at 1000 x 192 it reads 2.1 TB/s of fp8
-bytes where the bf16 kernel reads 3.9 TB/s (ncu, run-s). The variants here, each checked against
-paged_attention_ref:
+the values into the matrix operand through shared memory: at 1000 x 192 it read 2.1 TB/s of fp8
+bytes where the bf16 kernel reads 3.9 TB/s (ncu, run-s). Every variant is checked against
+paged_attention_ref. Results: benchmarks/h200-quant/README.md, run-t.
 
-  K: widen (the engine's PTX widening) | own (Triton's conversion) | mma8 (e4m3 dots with q split
-     into two e4m3 parts, hi + lo / 16: no conversion of the keys at all)
+``_proto_kernel`` (1000 x 192):
+  K: widen (the engine's PTX widening) | own (Triton's conversion) | mma8 (e4m3 dots through
+     wgmma, 64 rows and 4 warps, q split into two e4m3 parts, hi + lo / 16)
   V: widen (engine) | t-own / t-widen / t-mma8: values stored transposed per cache block
-     ([block, kv head, dim, slot], so a tile's keys are contiguous, as an e4m3 operand needs);
-     t-mma8 splits p into two e4m3 parts the same way.
+     ([block, kv head, dim, slot]) and read as [block, dim, slot] then permuted | t2-widen: the
+     same layout read as a 2-D tile of words [dim, 4 slots], which widens straight into the
+     operand (no shared-memory transposition; 22.8 KB of shared memory instead of 39)
+``_proto_heads_kernel``: several kv heads of a sequence per program, one loop per head or one
+flat loop over (head, tile).
+Without --prototype-only it also times the engine's kernel (attention._paged_decode) with launch
+settings (tiles, maxnreg, late or early values) at 128 / 192 / 256 keys, and at small batches.
 
-    PYTHONPATH=. python benchmarks/kernels/proto_fp8_decode.py [--compile-only] [--json OUT]
+    PYTHONPATH=. python benchmarks/kernels/proto_fp8_decode.py [--compile-only] [--prototype-only]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from kiln.kernels.attention import _LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8  # noqa: E402
 
 K_MODES = {"widen": 0, "own": 1, "mma8": 2}
-V_MODES = {"widen": 0, "t-own": 1, "t-widen": 2, "t-mma8": 3}
+V_MODES = {"widen": 0, "t-own": 1, "t-widen": 2, "t-mma8": 3, "t2-widen": 4}
 
 
 @triton.jit
@@ -93,7 +100,18 @@ def _proto_kernel(q_ptr, cache_ptr, vt_ptr, block_tables_ptr, seq_lens_ptr, out_
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        if V_MODE == 0:
+        if V_MODE == 4:
+            # transposed values as a 2-D tile of words [dim, word]: a word holds 4 slots of one
+            # dim, so the widened tile is [dim, token] in memory order, keys along the rows
+            wt = start + 4 * tl.arange(0, BLOCK_N // 4)
+            wblocks = tl.load(row + wt // BLOCK_SIZE, mask=wt < seq_len).to(tl.int64)
+            wptr = (vt_ptr + wblocks * vt_block_stride + kv_head * vt_head_stride
+                    + wt % BLOCK_SIZE).to(tl.pointer_type(tl.int32))
+            wok = (wt < seq_len)[None, :] & (dims >= 0)[:, None]
+            vt = _widen_fp8(tl.load(wptr[None, :] + (dims * (BLOCK_SIZE // 4))[:, None], mask=wok,
+                                    other=0))
+            pv = tl.dot(p.to(tl.float16), tl.trans(vt))
+        elif V_MODE == 0:
             v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
                                    + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
                                    other=0))
@@ -134,14 +152,128 @@ def _proto_kernel(q_ptr, cache_ptr, vt_ptr, block_tables_ptr, seq_lens_ptr, out_
              + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
+                        q_tok_stride, q_head_stride, cache_kv_stride, cache_block_stride,
+                        cache_slot_stride, cache_head_stride, block_table_stride, qk_scale, group,
+                        BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                        BLOCK_N: tl.constexpr, HPP: tl.constexpr, FLAT: tl.constexpr):
+    """HPP kv heads of one sequence per program (engine widening, values read late): FLAT runs
+    one loop over (head, tile) so the pipeliner can fetch the next head's first tile during the
+    last tile of the head before; otherwise a loop over tiles per head."""
+    seq = tl.program_id(0)
+    head0 = tl.program_id(1) * HPP
+    seq_len = tl.load(seq_lens_ptr + seq)
+    g = tl.arange(0, BLOCK_G)
+    row_ok = g < group
+    dims = tl.arange(0, HEAD_DIM)
+    row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
+    q_base = q_ptr + seq.to(tl.int64) * q_tok_stride
+    if FLAT:
+        n_tiles = tl.cdiv(seq_len, BLOCK_N)
+        m = tl.full([BLOCK_G], _NEG_START, tl.float32)
+        l = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+        for it in range(0, HPP * n_tiles):
+            h = it // n_tiles
+            t = it - h * n_tiles
+            kv_head = head0 + h
+            heads = kv_head * group + g
+            q = _fp8_dot_q(tl.load(q_base + heads[:, None] * q_head_stride + dims[None, :],
+                                   mask=row_ok[:, None], other=0.0))
+            first = t == 0
+            m = tl.where(first, _NEG_START, m)
+            l = tl.where(first, 0.0, l)
+            acc = tl.where(first, 0.0, acc)
+            toks = t * BLOCK_N + tl.arange(0, BLOCK_N)
+            valid = toks < seq_len
+            blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
+            offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
+                + kv_head * cache_head_stride
+            k = _widen_fp8(tl.load((cache_ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                   other=0))
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)
+            v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                   other=0))
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+            m = m_new
+            tl.store(out_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+                     + dims[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (t == n_tiles - 1))
+    else:
+        for h in tl.static_range(HPP):
+            kv_head = head0 + h
+            heads = kv_head * group + g
+            q = _fp8_dot_q(tl.load(q_base + heads[:, None] * q_head_stride + dims[None, :],
+                                   mask=row_ok[:, None], other=0.0))
+            m = tl.full([BLOCK_G], _NEG_START, tl.float32)
+            l = tl.zeros([BLOCK_G], tl.float32)
+            acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+            for start in range(0, seq_len, BLOCK_N):
+                toks = start + tl.arange(0, BLOCK_N)
+                valid = toks < seq_len
+                blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
+                offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
+                    + kv_head * cache_head_stride
+                k = _widen_fp8(tl.load((cache_ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                       + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                       other=0))
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                s = tl.where(valid[None, :], s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=1))
+                alpha = tl.exp2(m - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l = l * alpha + tl.sum(p, axis=1)
+                v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
+                                       + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
+                                       other=0))
+                acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+                m = m_new
+            tl.store(out_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+                     + dims[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])
+
+
+# (heads per program, flat loop, block_n, warps, stages)
+HEAD_VARIANTS = [(1, False, 64, 2, 3), (2, False, 64, 2, 3), (4, False, 64, 2, 3),
+                 (8, False, 64, 2, 3), (1, True, 64, 2, 3), (2, True, 64, 2, 3),
+                 (4, True, 64, 2, 3), (8, True, 64, 2, 3), (2, True, 64, 2, 5),
+                 (4, True, 64, 2, 5), (8, True, 64, 2, 5), (4, True, 32, 2, 3),
+                 (4, True, 32, 2, 5), (8, True, 32, 2, 5)]
+
+
+def launch_heads(q, cache, meta, qk_scale, hpp, flat, block_n=64, num_warps=2, num_stages=3):
+    _, _, block_size, hk, head_dim = cache.shape
+    out = torch.empty_like(q)
+    group = q.shape[1] // hk
+    _proto_heads_kernel[(meta.num_seqs, hk // hpp)](
+        q, cache, meta.block_tables, meta.seq_lens, out, q.stride(0), q.stride(1), cache.stride(0),
+        cache.stride(1), cache.stride(2), cache.stride(3), meta.block_tables.stride(0), qk_scale,
+        group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, HPP=hpp, FLAT=flat, num_warps=num_warps,
+        num_stages=num_stages)
+    return out
+
+
 def transposed_values(cache: torch.Tensor) -> torch.Tensor:
     """The value half of a [2, blocks, slots, kv heads, dim] cache as [blocks, kv heads, dim, slots]."""
     return cache[1].permute(0, 2, 3, 1).contiguous()
 
 
 # (K mode, V mode, BLOCK_G, block_n, warps, stages); e4m3 dots need wgmma: 64 rows, 4 warps.
-VARIANTS = [("widen", "widen", 16, 64, 2, 3), ("widen", "t-widen", 16, 64, 2, 3),
-            ("own", "t-own", 16, 64, 2, 3), ("mma8", "widen", 64, 64, 4, 3)]
+VARIANTS = [("widen", "widen", 16, 64, 2, 3, 0), ("widen", "t2-widen", 16, 64, 2, 3, 0),
+            ("widen", "t2-widen", 16, 64, 2, 3, 168), ("widen", "t2-widen", 16, 64, 2, 2, 0),
+            ("widen", "t2-widen", 16, 32, 2, 3, 0), ("widen", "t2-widen", 16, 32, 2, 3, 128),
+            ("widen", "t2-widen", 16, 64, 4, 3, 0), ("widen", "t2-widen", 16, 64, 4, 2, 0),
+            ("widen", "t2-widen", 16, 64, 4, 3, 128), ("widen", "t2-widen", 16, 128, 4, 2, 0),
+            ("widen", "t2-widen", 16, 128, 8, 3, 0), ("widen", "t2-widen", 16, 32, 2, 5, 0)]
 
 
 # The engine's kernel with launch settings (tuning of attention._paged_decode) at 1000 x ctx.
@@ -159,7 +291,7 @@ SMALL = [(1, 400), (1, 2000), (32, 1000), (128, 512)]
 
 
 def launch(q, cache, vt, meta, qk_scale, k_mode, v_mode, block_g=16, block_n=64, num_warps=2,
-           num_stages=3):
+           num_stages=3, maxnreg=0):
     _, _, block_size, hk, head_dim = cache.shape
     out = torch.empty_like(q)
     group = q.shape[1] // hk
@@ -169,7 +301,7 @@ def launch(q, cache, vt, meta, qk_scale, k_mode, v_mode, block_g=16, block_n=64,
         cache.stride(3), vt.stride(0), vt.stride(1), meta.block_tables.stride(0), qk_scale, group,
         BLOCK_G=max(block_g, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, K_MODE=K_MODES[k_mode], V_MODE=V_MODES[v_mode],
-        num_warps=num_warps, num_stages=num_stages)
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     return out
 
 
@@ -177,7 +309,16 @@ def compile_only():
     """sm_90 SASS statistics of each variant (no GPU needed)."""
     sys.path.insert(0, os.path.dirname(__file__))
     from compile_sm90 import compile_one, resources  # noqa: PLC0415
-    for km, vm, bg, bn, nw, ns in VARIANTS:
+    for hpp, flat, bn, nw, ns in HEAD_VARIANTS:
+        consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "HPP": hpp,
+                  "FLAT": flat, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
+        name = f"heads {hpp} flat={flat} N{bn} w{nw} s{ns}"
+        try:
+            print(f"{name:40s} {resources(compile_one(_proto_heads_kernel, consts, 'bf16', nw, ns))}",
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+    for km, vm, bg, bn, nw, ns, _ in VARIANTS:
         consts = {"BLOCK_G": bg, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn,
                   "K_MODE": K_MODES[km], "V_MODE": V_MODES[vm],
                   "_ptrs": {"cache_ptr": "*fp8e4nv", "vt_ptr": "*fp8e4nv"}}
@@ -193,6 +334,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--prototype-only", action="store_true", help="skip the engine's launches")
     args = ap.parse_args()
     if args.compile_only:
         compile_only()
@@ -201,7 +343,7 @@ def main():
     from kiln.kernels import attention  # noqa: PLC0415
     scale = HEAD_DIM ** -0.5
     rows = []
-    for ctx in (192, 256, 128):
+    for ctx in () if args.prototype_only else (192, 256, 128):
         for kv in ("fp8", "bf16"):
             cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
             if kv == "fp8":
@@ -227,7 +369,7 @@ def main():
             del cache, sets
             torch.cuda.empty_cache()
     import dataclasses  # noqa: PLC0415
-    for batch, ctx in SMALL:
+    for batch, ctx in () if args.prototype_only else SMALL:
         cache, sets = paged_setup(batch, ctx, 1, n_sets(batch * ctx * 8 * HEAD_DIM * 2))
         cache = cache.to(torch.float8_e4m3fn)
         sets = [(q, dataclasses.replace(m, max_seq_len=8192)) for q, m in sets]
@@ -246,6 +388,11 @@ def main():
     vt = transposed_values(cache)
     q0, m0 = sets[0]
     ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
+    outs = [torch.empty_like(q) for q, _ in sets]
+    us_eng = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, scale * _LOG2E, 0)
+                         for (q, m), o in zip(sets, outs)], reps=15)
+    rows.append({"variant": f"engine fp8 {batch}x{ctx} default", "us": round(us_eng, 2)})
+    print(json.dumps(rows[-1]), flush=True)
     # the same fp8 bytes as a bf16 cache of half the context: what bandwidth alone would give
     cache16, sets16 = paged_setup(batch, ctx // 2, 1, n_sets(nbytes))
     us16 = time_calls([lambda q=q, m=m: attention.paged_attention(q, cache16, m, scale)
@@ -254,18 +401,40 @@ def main():
                  "TBps": round(nbytes / us16 / 1e6, 2)})
     print(json.dumps(rows[-1]), flush=True)
     del cache16, sets16
-    for km, vm, bg, bn, nw, ns in VARIANTS:
-        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}"
+    for km, vm, bg, bn, nw, ns, mr in VARIANTS:
+        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}" + (f" mr{mr}" if mr else "")
         try:
-            o = launch(q0, cache, vt, m0, scale * _LOG2E, km, vm, bg, bn, nw, ns)
+            o = launch(q0, cache, vt, m0, scale * _LOG2E, km, vm, bg, bn, nw, ns, mr)
             err = float((o.float() - ref).norm() / ref.norm())
             us = time_calls([lambda q=q, m=m: launch(q, cache, vt, m, scale * _LOG2E, km, vm, bg, bn,
-                                                     nw, ns) for q, m in sets], reps=15)
+                                                     nw, ns, mr) for q, m in sets], reps=15)
             rows.append({"variant": name, "us": round(us, 2),
                          "fp8_TBps": round(nbytes / us / 1e6, 2), "rel_err": err})
         except Exception as exc:  # noqa: BLE001
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         print(json.dumps(rows[-1]), flush=True)
+    for ctx in (128, 192, 256):
+        cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
+        cache = cache.to(torch.float8_e4m3fn)
+        q0, m0 = sets[0]
+        ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
+        outs = [torch.empty_like(q) for q, _ in sets]
+        us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, scale * _LOG2E, 0)
+                         for (q, m), o in zip(sets, outs)], reps=15)
+        rows.append({"variant": f"engine fp8 1000x{ctx} default", "us": round(us, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+        for hpp, flat, bn, nw, ns in HEAD_VARIANTS:
+            name = f"heads {hpp} flat={flat} N{bn} w{nw} s{ns} 1000x{ctx}"
+            try:
+                o = launch_heads(q0, cache, m0, scale * _LOG2E, hpp, flat, bn, nw, ns)
+                err = float((o.float() - ref).norm() / ref.norm())
+                us = time_calls([lambda q=q, m=m: launch_heads(q, cache, m, scale * _LOG2E, hpp, flat,
+                                                               bn, nw, ns) for q, m in sets], reps=15)
+                rows.append({"variant": name, "us": round(us, 2), "rel_err": err})
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            print(json.dumps(rows[-1]), flush=True)
+        del cache, sets
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
