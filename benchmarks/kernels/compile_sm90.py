@@ -150,7 +150,7 @@ def configs():
                    attention._decode_partition_kernel,
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
-                    "FP8_ASM": kv_fp8, "LATE_V": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
+                    "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
                     "QUANT_ROW": quant, "_ptrs": ptrs}, dtype, small["num_warps"],
                    small["num_stages"])
         if dtype == "bf16":
@@ -165,7 +165,8 @@ def configs():
                            attention._decode_partition_kernel,
                            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                             "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
-                            "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": asm, "LATE_V": asm,
+                            "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": asm,
+                            "LATE_V": asm and single,
                             "_ptrs": {"cache_ptr": "*fp8e4nv"}},
                            dtype, tile["num_warps"], tile["num_stages"])
         for window in (False, True):

@@ -638,7 +638,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
                   v_scale: float = 1.0, quant_dtype: torch.dtype | None = None
                   ) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
-    partition (keys per partition of max_seq_len), block_n/warps/stages and fp8_asm.
+    partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
+    late_values_enabled) and maxnreg (a register cap for the compiler).
     quant_dtype (float8_e4m3fn): where the kernel can (a fused merge, at most QUANT_PAD_ABOVE
     rows), it also quantizes out per token and returns those rows; otherwise None."""
     tuning = tuning or {}
