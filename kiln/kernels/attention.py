@@ -181,6 +181,15 @@ def _words(ptr, offs, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _widened_tile(ptr, offs, valid, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The e4m3 rows at element offsets offs, widened to float16 [len, HEAD_DIM] (_widen_fp8);
+    with MASKED, rows where valid is false read as zeros."""
+    if MASKED:
+        return _widen_fp8(tl.load(_words(ptr, offs, HEAD_DIM), mask=valid[:, None], other=0))
+    return _widen_fp8(tl.load(_words(ptr, offs, HEAD_DIM)))
+
+
+@triton.jit
 def _fp8_dot_q(q):
     """q for the dots against an fp8 cache: float16 for any 16-bit q (exact for bfloat16 values
     of magnitude 6.1e-5 .. 65504, clamped beyond; smaller ones keep float16's subnormal steps,
@@ -214,11 +223,9 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             offs = _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             if FP8_ASM:
-                k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM), mask=valid[:, None],
-                                       other=0))
+                k = _widened_tile(cache_ptr, offs, valid, True, HEAD_DIM)
                 if not LATE_V:
-                    v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
-                                           mask=valid[:, None], other=0))
+                    v = _widened_tile(cache_ptr + cache_kv_stride, offs, valid, True, HEAD_DIM)
             else:
                 k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None],
                             other=0.0)
@@ -228,9 +235,9 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             offs = _kv_offsets(block_table_row, toks, None, kv_head, cache_block_stride,
                                cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             if FP8_ASM:
-                k = _widen_fp8(tl.load(_words(cache_ptr, offs, HEAD_DIM)))
+                k = _widened_tile(cache_ptr, offs, None, False, HEAD_DIM)
                 if not LATE_V:
-                    v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
+                    v = _widened_tile(cache_ptr + cache_kv_stride, offs, None, False, HEAD_DIM)
             else:
                 k = tl.load(cache_ptr + offs[:, None] + dims[None, :])
                 v = tl.load(cache_ptr + cache_kv_stride + offs[:, None] + dims[None, :])
@@ -260,10 +267,9 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
         l = l * alpha + tl.sum(p, axis=1)
         if FP8_ASM and LATE_V:
             if MASKED:
-                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM),
-                                       mask=valid[:, None], other=0))
+                v = _widened_tile(cache_ptr + cache_kv_stride, offs, valid, True, HEAD_DIM)
             else:
-                v = _widen_fp8(tl.load(_words(cache_ptr + cache_kv_stride, offs, HEAD_DIM)))
+                v = _widened_tile(cache_ptr + cache_kv_stride, offs, None, False, HEAD_DIM)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m = m_new
     return m, l, acc
