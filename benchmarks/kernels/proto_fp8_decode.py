@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kiln.kernels.attention import _LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8  # noqa: E402
+from kiln.kernels.attention import (_LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8,  # noqa: E402
+                                    _widened_tile)
 
 K_MODES = {"widen": 0, "own": 1, "mma8": 2}
 V_MODES = {"widen": 0, "t-own": 1, "t-widen": 2, "t-mma8": 3, "t2-widen": 4}
@@ -153,6 +154,27 @@ def _proto_kernel(q_ptr, cache_ptr, vt_ptr, block_tables_ptr, seq_lens_ptr, out_
 
 
 @triton.jit
+def _late_values_tile(q, m, l, acc, toks, seq_len, row, kv_head, cache_ptr, qk_scale,
+                      cache_kv_stride, cache_block_stride, cache_slot_stride, cache_head_stride,
+                      HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """One tile's online-softmax update, values read after the softmax (as the engine's LATE_V)."""
+    valid = toks < seq_len
+    blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
+    offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
+        + kv_head * cache_head_stride
+    k = _widened_tile(cache_ptr, offs, valid, True, HEAD_DIM)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    v = _widened_tile(cache_ptr + cache_kv_stride, offs, valid, True, HEAD_DIM)
+    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+    return m_new, l, acc
+
+
+@triton.jit
 def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
                         q_tok_stride, q_head_stride, cache_kv_stride, cache_block_stride,
                         cache_slot_stride, cache_head_stride, block_table_stride, qk_scale, group,
@@ -169,6 +191,7 @@ def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_pt
     dims = tl.arange(0, HEAD_DIM)
     row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
     q_base = q_ptr + seq.to(tl.int64) * q_tok_stride
+    out_base = out_ptr + seq.to(tl.int64) * q_tok_stride
     if FLAT:
         n_tiles = tl.cdiv(seq_len, BLOCK_N)
         m = tl.full([BLOCK_G], _NEG_START, tl.float32)
@@ -185,27 +208,12 @@ def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_pt
             m = tl.where(first, _NEG_START, m)
             l = tl.where(first, 0.0, l)
             acc = tl.where(first, 0.0, acc)
-            toks = t * BLOCK_N + tl.arange(0, BLOCK_N)
-            valid = toks < seq_len
-            blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
-            offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
-                + kv_head * cache_head_stride
-            k = _widen_fp8(tl.load((cache_ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
-                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
-                                   other=0))
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = tl.where(valid[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, axis=1)
-            v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
-                                   + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
-                                   other=0))
-            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
-            m = m_new
-            tl.store(out_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
-                     + dims[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+            m, l, acc = _late_values_tile(q, m, l, acc, t * BLOCK_N + tl.arange(0, BLOCK_N), seq_len,
+                                          row, kv_head, cache_ptr, qk_scale, cache_kv_stride,
+                                          cache_block_stride, cache_slot_stride, cache_head_stride,
+                                          HEAD_DIM, BLOCK_SIZE)
+            tl.store(out_base + heads[:, None] * q_head_stride + dims[None, :],
+                     (acc / l[:, None]).to(out_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & (t == n_tiles - 1))
     else:
         for h in tl.static_range(HPP):
@@ -217,28 +225,12 @@ def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_pt
             l = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
             for start in range(0, seq_len, BLOCK_N):
-                toks = start + tl.arange(0, BLOCK_N)
-                valid = toks < seq_len
-                blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
-                offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
-                    + kv_head * cache_head_stride
-                k = _widen_fp8(tl.load((cache_ptr + offs).to(tl.pointer_type(tl.int32))[:, None]
-                                       + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
-                                       other=0))
-                s = tl.dot(q, tl.trans(k)) * qk_scale
-                s = tl.where(valid[None, :], s, float("-inf"))
-                m_new = tl.maximum(m, tl.max(s, axis=1))
-                alpha = tl.exp2(m - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l = l * alpha + tl.sum(p, axis=1)
-                v = _widen_fp8(tl.load((cache_ptr + cache_kv_stride + offs).to(tl.pointer_type(tl.int32))[:, None]
-                                       + tl.arange(0, HEAD_DIM // 4)[None, :], mask=valid[:, None],
-                                       other=0))
-                acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
-                m = m_new
-            tl.store(out_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
-                     + dims[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
-                     mask=row_ok[:, None])
+                m, l, acc = _late_values_tile(q, m, l, acc, start + tl.arange(0, BLOCK_N), seq_len,
+                                              row, kv_head, cache_ptr, qk_scale, cache_kv_stride,
+                                              cache_block_stride, cache_slot_stride,
+                                              cache_head_stride, HEAD_DIM, BLOCK_SIZE)
+            tl.store(out_base + heads[:, None] * q_head_stride + dims[None, :],
+                     (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 # (heads per program, flat loop, block_n, warps, stages)
