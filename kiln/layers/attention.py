@@ -9,6 +9,7 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels.attention import paged_attention, wants_fresh_kv
+from kiln.kernels.quant_act import QuantizedRows
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -60,8 +61,12 @@ class PagedSelfAttention(nn.Module):
         self.v_scale = float(v_scale)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``."""
+                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
+
+        ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
+        result is [len(rows), hidden]; every token's K/V is still written. With no rows the
+        projection is skipped."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -79,6 +84,14 @@ class PagedSelfAttention(nn.Module):
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale, None if k_out is None else (k_out, v),
                               quant_dtype=self.quant_dtype)
-        if self.quant_dtype is not None:  # rows quantized per token for an fp8 W8A8 o_proj
-            return self.o_proj(out)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        if isinstance(out, QuantizedRows):  # rows quantized per token for an fp8 W8A8 o_proj
+            if rows is not None:
+                out = QuantizedRows(out.q.index_select(0, rows), out.scale.index_select(0, rows),
+                                    rows.shape[0], (rows.shape[0], *out.shape[1:]), out.dtype)
+        else:
+            out = out.reshape(num_tokens, self.q_size)
+            if rows is not None:
+                out = out.index_select(0, rows)
+        if rows is not None and rows.shape[0] == 0:
+            return hidden.new_empty((0, hidden.shape[1]))
+        return self.o_proj(out)

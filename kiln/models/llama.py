@@ -61,17 +61,24 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.mlp_bias, dtype, device)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
-                kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+                kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
-        The add is deferred into the next norm so that it fuses with it.
+        The add is deferred into the next norm so that it fuses with it. ``rows``: after the
+        attention (which writes every token's K/V), only those rows go on (see
+        LlamaFamilyModel.forward).
         """
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
+        if rows is not None:
+            residual = residual.index_select(0, rows)
+            if rows.shape[0] == 0:
+                return hidden, residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -139,12 +146,24 @@ class LlamaFamilyModel(nn.Module):
         return count
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
-                meta: AttentionMetadata) -> torch.Tensor:
-        """Final-norm hidden states [T, H] of the T new tokens; writes their K/V into ``kv_caches``."""
+                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states [T, H] of the T new tokens; writes their K/V into ``kv_caches``.
+
+        ``rows`` (int64 indices into the T tokens, e.g. the rows whose logits are sampled):
+        returns only those rows' hidden states, [len(rows), H]. The last layer then runs
+        o_proj and the MLP on those rows alone, after its attention has written every token's
+        K/V; the other rows' outputs would only feed logits nobody reads. Every operation past
+        the attention is row by row, so the rows are the full computation's up to the GEMMs'
+        own rounding at a different row count.
+        """
         hidden = self.embed_tokens(input_ids)
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        last = len(self.layers) - 1
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
+                                     rows if i == last else None)
+        if hidden.shape[0] == 0:
+            return hidden
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -6,6 +6,7 @@ It decides nothing about which requests run; it only computes what it is given.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,9 @@ class ModelRunner:
         # The last launched step's sampled ids (on the device) and each request's row in them.
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
+        # Past the last layer's attention, compute only the sampled rows (KILN_LAST_LAYER_ROWS=0:
+        # every row, as before): skips o_proj and the MLP of the last layer for prompt tokens.
+        self.sampled_rows_only = os.environ.get("KILN_LAST_LAYER_ROWS", "1") != "0"
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int,
                               sizes: Sequence[int] | None = None) -> None:
@@ -131,10 +135,14 @@ class ModelRunner:
             ids, positions, meta, rows = self._prepare(out)
             if fill is not None:
                 ids.index_copy_(0, fill[0], fill[1])
-            hidden = self.model(ids, positions, self.kv_caches, meta)
+            # Past the last layer's attention only the sampled rows are computed.
+            hidden = self.model(ids, positions, self.kv_caches, meta,
+                                rows if self.sampled_rows_only and rows.shape[0] < ids.shape[0]
+                                else None)
             if not sampling:
                 return StepResult.empty()
-            logits = self.model.compute_logits(hidden.index_select(0, rows))
+            logits = self.model.compute_logits(hidden if hidden.shape[0] == rows.shape[0]
+                                               else hidden.index_select(0, rows))
         if not sampling:
             return StepResult.empty()
         if all(_is_plain_greedy(s.sampling_params) for s in sampling):

@@ -88,8 +88,10 @@ class PagedRunner:
         self.lengths[new_seq] = num_blocks * self.block_size
 
     @torch.no_grad()
-    def step(self, batch: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
-        """Run new tokens of several sequences in one flat forward; per sequence [n, V] logits."""
+    def step(self, batch: list[tuple[str, list[int]]], rows: list[int] | None = None):
+        """Run new tokens of several sequences in one flat forward; per sequence [n, V] logits.
+        With ``rows`` (indices into the flat tokens) the model computes those rows alone past its
+        last attention, and the step returns their logits [len(rows), V]."""
         seqs, ids, positions = [], [], []
         for seq, new in batch:
             table = self.tables.setdefault(seq, [])
@@ -101,6 +103,11 @@ class PagedRunner:
             positions += range(start, start + len(new))
             self.lengths[seq] = start + len(new)
         meta = build_attention_metadata(seqs, self.block_size)
+        if rows is not None:
+            hidden = self.model(torch.tensor(ids), torch.tensor(positions), self.caches, meta,
+                                torch.tensor(rows, dtype=torch.int64))
+            assert hidden.shape == (len(rows), self.model.args.hidden_size)
+            return self.model.compute_logits(hidden) if rows else hidden
         hidden = self.model(torch.tensor(ids), torch.tensor(positions), self.caches, meta)
         logits = self.model.compute_logits(hidden)
         assert logits.dtype == torch.float32 and hidden.shape == (len(ids), self.model.args.hidden_size)

@@ -120,6 +120,22 @@ def test_flat_batch_equals_each_alone(pair):
         assert rel_err(together[seq], logits) < 1e-5, seq
 
 
+def test_sampled_rows_alone_past_the_last_attention(pair):
+    """The engine computes only the sampled rows after the last layer's attention: their logits
+    are the full forward's, and every token's K/V is still cached (also with no row at all)."""
+    _, _, model = pair
+    prompts = [("a", _prompt(5, 11)), ("b", _prompt(17, 12)), ("c", _prompt(30, 13))]
+    full, pruned, empty = PagedRunner(model), PagedRunner(model), PagedRunner(model)
+    want = torch.cat(full.step(prompts))
+    rows = [4, 21, 51, 8]  # the prompts' last tokens and one inside b, out of order
+    assert rel_err(pruned.step(prompts, rows=rows), want[rows]) < 1e-5
+    assert empty.step(prompts, rows=[]).shape == (0, model.args.hidden_size)
+    follow = [("a", [7]), ("b", _prompt(3, 14)), ("c", [9])]
+    want = torch.cat(full.step(follow))
+    assert rel_err(torch.cat(pruned.step(follow)), want) < 1e-5
+    assert rel_err(empty.step(follow, rows=[0, 3]), want[[0, 3]]) < 1e-5
+
+
 def test_decode_weight_bytes_count_the_embedding_only_when_tied(pair):
     """`kiln bench latency` counts the bytes a decode step reads: the input-embedding table is read
     one row per token, so it counts only when the LM head reads it as its weight."""
