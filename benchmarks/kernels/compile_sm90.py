@@ -158,17 +158,26 @@ def configs():
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
                     "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
                     "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 8, 3)
-            for asm in (False, True):
+            for asm, wide in ((False, False), (True, False), (True, True)):
                 for tile, single in ((attention.LARGE_DECODE_TILE, True),
                                      (attention.SMALL_DECODE_TILE, False)):
-                    yield (f"decode fp8-kv G4 N{tile['block_n']} w{tile['num_warps']} asm={asm}",
+                    yield (f"decode fp8-kv G4 N{tile['block_n']} w{tile['num_warps']} asm={asm}"
+                           + (" keys-wide" if wide else ""),
                            attention._decode_partition_kernel,
                            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                             "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
                             "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": asm,
-                            "LATE_V": asm and single,
+                            "LATE_V": asm and single, "KEYS_WIDE": wide,
                             "_ptrs": {"cache_ptr": "*fp8e4nv"}},
                            dtype, tile["num_warps"], tile["num_stages"])
+            for tile, single in ((attention.LARGE_DECODE_TILE, True),
+                                 (attention.SMALL_DECODE_TILE, False)):
+                yield (f"decode G4 N{tile['block_n']} w{tile['num_warps']} single={single} keys-wide",
+                       attention._decode_partition_kernel,
+                       {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
+                        "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
+                        "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False, "KEYS_WIDE": True},
+                       dtype, tile["num_warps"], tile["num_stages"])
         for window in (False, True):
             yield (f"decode reduce window={window}", attention._decode_reduce_kernel,
                    {"HEAD_DIM": 128, "BLOCK_N": attention.SMALL_DECODE_TILE["block_n"],

@@ -205,7 +205,8 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                   MASKED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_ASM: tl.constexpr = False,
-                  ONE_QUERY: tl.constexpr = False, LATE_V: tl.constexpr = False):
+                  ONE_QUERY: tl.constexpr = False, LATE_V: tl.constexpr = False,
+                  KEYS_WIDE: tl.constexpr = False):
     """Online-softmax update of (m, l, acc) with keys k_lo .. k_hi - 1 (k_lo a tile multiple).
 
     With MASKED false every key in the range must be visible to every query row (no mask work).
@@ -214,6 +215,8 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
     ONE_QUERY: a single query row at position k_hi - 1 (decode), so the causal mask is the
     range's end. LATE_V (with FP8_ASM): each tile's values are read after its softmax rather than
     beside its keys, so a tile's keys and values are never in registers together.
+    KEYS_WIDE: the scores come from K Q^T, transposed (keys the dot's wide operand, the few query
+    rows the narrow one), rather than from Q K^T.
     """
     dims = tl.arange(0, HEAD_DIM)
     for start in range(k_lo, k_hi, BLOCK_N):
@@ -249,7 +252,13 @@ def _attend_range(q, m, l, acc, q_pos, cache_ptr, block_table_row, kv_head, k_lo
             # (FP8_ASM: _widen_fp8 already gave float16.)
             k = k.to(q.dtype)
             v = v.to(q.dtype)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if KEYS_WIDE:
+            # With q as the wide operand, sm_90 reads its (loop-invariant) fragments from shared
+            # memory every tile and gathers them with register moves (about a quarter of the fp8
+            # decode loop's instructions); as the narrow operand its fragments need no gathering.
+            s = tl.trans(tl.dot(k, tl.trans(q), input_precision=DOT_PREC)) * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         if MASKED and ONE_QUERY:
             # one query at the last position: every key below k_hi is causally visible
             visible = valid
@@ -386,7 +395,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              lock_ptr=None,
                              FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
                              MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
-                             codes_stride=0, QUANT_ROW: tl.constexpr = 0):
+                             codes_stride=0, QUANT_ROW: tl.constexpr = 0,
+                             KEYS_WIDE: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -428,7 +438,7 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                               lo, hi, window, qk_scale, cache_kv_stride,
                               cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
                               BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PREC, KV_FP8, FP8_ASM,
-                              True, LATE_V)
+                              True, LATE_V, KEYS_WIDE)
     if KV_FP8:
         # acc is linear in the values, so partial results can be scaled before the reduce.
         acc = acc * v_scale
@@ -607,6 +617,16 @@ def decode_tile(large: bool) -> dict:
     return dict(block_n=block_n, num_warps=num_warps, num_stages=num_stages)
 
 
+def keys_wide_enabled() -> bool:
+    """KILN_ATTN_KEYS_WIDE=1 (the default; 0 turns it off): decode launches with
+    LARGE_DECODE_TILE compute their scores as K Q^T (_attend_range's KEYS_WIDE). On an H200 at
+    1000 sequences, one partition each, us per layer: fp8 cache 116.8 -> 109.9 at 128 keys,
+    163.1 -> 151.7 at 192, 204.2 -> 189.2 at 256; bf16 cache 205.9 -> 198.1 at 192. Split
+    partitions (the small tile) are slower with it (32 x 1000 keys: 34.9 -> 41.7), so they keep
+    Q K^T (benchmarks/h200-quant/run-u, call 4)."""
+    return os.environ.get("KILN_ATTN_KEYS_WIDE", "1") == "1"
+
+
 def fused_reduce_enabled() -> bool:
     """KILN_ATTN_FUSED_REDUCE=1 (the default; 0 launches the reduce kernel): split decode
     attention merges its partitions in the partition kernel (the last program of each sequence
@@ -705,7 +725,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         BLOCK_SIZE=block_size, BLOCK_N=block_n, SINGLE=single,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
-        **fused,
+        KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:

@@ -146,13 +146,16 @@ def test_decode_attention_fp8_both_widenings(asm, dtype, gen, poison_allocations
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, dtype, gen)
 
 
+@pytest.mark.parametrize("keys_wide", ["0", "1"])
 @pytest.mark.parametrize("late", ["0", "1"])
 @pytest.mark.parametrize("window", [None, 200])
-def test_decode_attention_fp8_values_late_or_beside_keys(late, window, gen, poison_allocations,
-                                                          monkeypatch):
+def test_decode_attention_fp8_values_late_or_beside_keys(late, keys_wide, window, gen,
+                                                          poison_allocations, monkeypatch):
     # KILN_ATTN_LATE_V=1 (the default): the large-batch tile reads each tile's values after its
-    # softmax; =0 beside its keys. 100 sequences take the large tile, 3 the small one.
+    # softmax; =0 beside its keys. KILN_ATTN_KEYS_WIDE=1 (the default): its scores are K Q^T;
+    # =0 Q K^T. 100 sequences take the large tile, 3 the small one.
     monkeypatch.setenv("KILN_ATTN_LATE_V", late)
+    monkeypatch.setenv("KILN_ATTN_KEYS_WIDE", keys_wide)
     for batch in (3, 100):
         lens = torch.randint(1, 700, (batch,), generator=gen, device="cuda").tolist()
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, torch.bfloat16, gen, window)
