@@ -15,11 +15,14 @@ paged_attention_ref. Results: benchmarks/h200-quant/README.md, run-t.
      operand (no shared-memory transposition; 22.8 KB of shared memory instead of 39)
 ``_proto_heads_kernel``: several kv heads of a sequence per program, one loop per head or one
 flat loop over (head, tile).
+``_proto_swap_kernel``: the scores as K Q^T (keys the dot's wide operand): e4m3 keys into wgmma
+with q split hi + lo, or keys widened to float16 (K_F16; what the engine's KEYS_WIDE became),
+with P V as the engine's or transposed too (SWAP_PV). --swap-only times these (run-u).
 Without --prototype-only it also times the engine's kernel (attention._paged_decode) with launch
 settings (tiles, maxnreg, late or early values) at 128 / 192 / 256 keys, and at small batches.
 
     PYTHONPATH=. python benchmarks/kernels/proto_fp8_decode.py [--compile-only] [--prototype-only]
-        [--json OUT]
+        [--engine-only] [--swap-only] [--json OUT]
 """
 
 from __future__ import annotations
@@ -233,6 +236,97 @@ def _proto_heads_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_pt
                      (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _proto_swap_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
+                       q_tok_stride, q_head_stride, cache_kv_stride, cache_block_stride,
+                       cache_slot_stride, cache_head_stride, block_table_stride, qk_scale, group,
+                       BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                       BLOCK_N: tl.constexpr, SWAP_PV: tl.constexpr, K_F16: tl.constexpr = False):
+    """Keys as the wide operand: S^T = K Q^T with the e4m3 key tile straight from shared memory
+    (BLOCK_N >= 64 rows, one warpgroup) and q split into two e4m3 parts (hi + lo / 16) as the
+    narrow one, so keys are never widened. Values are widened after the softmax (the engine's
+    late values); SWAP_PV keeps the transposed orientation for them too (acc^T += V^T P^T, the
+    softmax reduced along the keys), otherwise S^T is transposed back and P V runs as the engine's."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    g = tl.arange(0, BLOCK_G)
+    heads = kv_head * group + g
+    row_ok = g < group
+    dims = tl.arange(0, HEAD_DIM)
+    q32 = tl.load(q_ptr + seq.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+                  + dims[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q_scale = tl.maximum(tl.max(tl.abs(q32), axis=1), 1e-30) / 448.0
+    q_hi, q_lo = _split_e4m3(q32, q_scale[:, None])
+    qs = q_scale * qk_scale
+    if K_F16:  # keys widened to float16 (the engine's widening), q float16: mma.sync operands
+        q16 = tl.clamp(q32, -65504.0, 65504.0).to(tl.float16)
+        qs = tl.full([BLOCK_G], 1.0, tl.float32) * qk_scale
+    m = tl.full([BLOCK_G], _NEG_START, tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    if SWAP_PV:
+        acc = tl.zeros([HEAD_DIM, BLOCK_G], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
+    for start in range(0, seq_len, BLOCK_N):
+        toks = start + tl.arange(0, BLOCK_N)
+        valid = toks < seq_len
+        blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid).to(tl.int64)
+        offs = blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride \
+            + kv_head * cache_head_stride
+        if K_F16:
+            k = _widened_tile(cache_ptr, offs, valid, True, HEAD_DIM)
+            st = tl.dot(k, tl.trans(q16)) * qs[None, :]
+        else:
+            k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+            st = (tl.dot(k, tl.trans(q_hi)) + tl.dot(k, tl.trans(q_lo)) * 0.0625) * qs[None, :]
+        if SWAP_PV:
+            st = tl.where(valid[:, None], st, float("-inf"))
+            m_new = tl.maximum(m, tl.max(st, axis=0))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(st - m_new[None, :])
+            l = l * alpha + tl.sum(p, axis=0)
+            v = _widened_tile(cache_ptr + cache_kv_stride, offs, valid, True, HEAD_DIM)
+            acc = acc * alpha[None, :] + tl.dot(tl.trans(v), p.to(tl.float16))
+        else:
+            s = tl.where(valid[None, :], tl.trans(st), float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)
+            v = _widened_tile(cache_ptr + cache_kv_stride, offs, valid, True, HEAD_DIM)
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+        m = m_new
+    out_base = out_ptr + seq.to(tl.int64) * q_tok_stride
+    if SWAP_PV:
+        tl.store(out_base + heads[None, :] * q_head_stride + dims[:, None],
+                 (acc / l[None, :]).to(out_ptr.dtype.element_ty), mask=row_ok[None, :])
+    else:
+        tl.store(out_base + heads[:, None] * q_head_stride + dims[None, :],
+                 (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+# (SWAP_PV, block_n, warps, stages, K_F16); call 1 of run-u timed the e4m3 ones (K_F16 False)
+SWAP_VARIANTS = [(True, 64, 4, 2, False), (True, 64, 4, 3, True), (True, 64, 4, 2, True),
+                 (False, 64, 4, 3, True), (False, 64, 2, 3, True), (False, 32, 2, 3, True),
+                 (True, 64, 2, 3, True)]
+
+
+def launch_swap(q, cache, meta, qk_scale, swap_pv, block_n=64, num_warps=4, num_stages=3,
+                k_f16=False):
+    _, _, block_size, hk, head_dim = cache.shape
+    out = torch.empty_like(q)
+    group = q.shape[1] // hk
+    _proto_swap_kernel[(meta.num_seqs, hk)](
+        q, cache, meta.block_tables, meta.seq_lens, out, q.stride(0), q.stride(1), cache.stride(0),
+        cache.stride(1), cache.stride(2), cache.stride(3), meta.block_tables.stride(0), qk_scale,
+        group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, SWAP_PV=swap_pv, K_F16=k_f16, num_warps=num_warps,
+        num_stages=num_stages)
+    return out
+
+
 # (heads per program, flat loop, block_n, warps, stages)
 HEAD_VARIANTS = [(1, False, 64, 2, 3), (2, False, 64, 2, 3), (4, False, 64, 2, 3),
                  (8, False, 64, 2, 3), (1, True, 64, 2, 3), (2, True, 64, 2, 3),
@@ -269,7 +363,11 @@ VARIANTS = [("widen", "widen", 16, 64, 2, 3, 0), ("widen", "t2-widen", 16, 64, 2
 
 
 # The engine's kernel with launch settings (tuning of attention._paged_decode) at 1000 x ctx.
-ENGINE = [({"late_v": False}, "early-v"), ({}, "default"),
+ENGINE = [({"late_v": False}, "early-v"), ({}, "default"), ({"keys_wide": True}, "keys-wide"),
+          ({"keys_wide": True, "late_v": False}, "keys-wide early-v"),
+          ({"keys_wide": True, "block_n": 64, "num_warps": 4, "num_stages": 3}, "keys-wide w4 s3"),
+          ({"keys_wide": True, "block_n": 32, "num_warps": 2, "num_stages": 3}, "keys-wide N32"),
+          ({"keys_wide": True, "block_n": 128, "num_warps": 4, "num_stages": 2}, "keys-wide N128 w4 s2"),
           ({"block_n": 64, "num_warps": 2, "num_stages": 2}, "s2"),
           ({"block_n": 64, "num_warps": 2, "num_stages": 3, "late_v": False, "maxnreg": 168},
            "early-v mr168"),
@@ -301,6 +399,15 @@ def compile_only():
     """sm_90 SASS statistics of each variant (no GPU needed)."""
     sys.path.insert(0, os.path.dirname(__file__))
     from compile_sm90 import compile_one, resources  # noqa: PLC0415
+    for swap, bn, nw, ns, kf in SWAP_VARIANTS:
+        consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "SWAP_PV": swap,
+                  "K_F16": kf, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
+        name = f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf}"
+        try:
+            print(f"{name:40s} {resources(compile_one(_proto_swap_kernel, consts, 'bf16', nw, ns))}",
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     for hpp, flat, bn, nw, ns in HEAD_VARIANTS:
         consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "HPP": hpp,
                   "FLAT": flat, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
@@ -327,6 +434,10 @@ def main():
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prototype-only", action="store_true", help="skip the engine's launches")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="only the engine's kernel with launch settings at 1000 sequences")
+    ap.add_argument("--swap-only", action="store_true",
+                    help="with --prototype-only: the keys-as-wide-operand kernels and the engine's")
     args = ap.parse_args()
     if args.compile_only:
         compile_only()
@@ -343,7 +454,7 @@ def main():
             q0, m0 = sets[0]
             ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
             outs = [torch.empty_like(q) for q, _ in sets]
-            for tuning, label in ENGINE if kv == "fp8" else ENGINE[1:2]:
+            for tuning, label in ENGINE if kv == "fp8" else ENGINE[1:4]:
                 out = outs[0]
                 tun = dict(tuning, partitions=1)
                 try:
@@ -366,14 +477,21 @@ def main():
         cache = cache.to(torch.float8_e4m3fn)
         sets = [(q, dataclasses.replace(m, max_seq_len=8192)) for q, m in sets]
         outs = [torch.empty_like(q) for q, _ in sets]
-        for late in (False, True):
-            tun = {"late_v": late}
+        for tun in ({"late_v": False}, {"late_v": True}, {"keys_wide": True},
+                    {"keys_wide": True, "late_v": True}):
             us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
                 q, cache, m, o, scale * _LOG2E, 0, tun) for (q, m), o in zip(sets, outs)], reps=15)
-            rows.append({"variant": f"engine fp8 {batch}x{ctx} graph late_v={late}", "us": round(us, 2)})
+            rows.append({"variant": f"engine fp8 {batch}x{ctx} graph {json.dumps(tun)}",
+                         "us": round(us, 2)})
             print(json.dumps(rows[-1]), flush=True)
         del cache, sets
+    if args.engine_only:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     batch, ctx = 1000, 192
+    batch_ctx = (batch, ctx)
     nbytes = batch * ctx * 8 * HEAD_DIM * 2
     cache, sets = paged_setup(batch, ctx, 1, n_sets(nbytes))
     cache = cache.to(torch.float8_e4m3fn)
@@ -393,6 +511,39 @@ def main():
                  "TBps": round(nbytes / us16 / 1e6, 2)})
     print(json.dumps(rows[-1]), flush=True)
     del cache16, sets16
+    for ctx in (192, 128, 256):
+        if ctx != batch_ctx[1]:
+            cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
+            cache = cache.to(torch.float8_e4m3fn)
+            q0, m0 = sets[0]
+            ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
+            outs = [torch.empty_like(q) for q, _ in sets]
+            us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
+                q, cache, m, o, scale * _LOG2E, 0) for (q, m), o in zip(sets, outs)], reps=15)
+            rows.append({"variant": f"engine fp8 1000x{ctx} default", "us": round(us, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+        for swap, bn, nw, ns, kf in SWAP_VARIANTS:
+            name = f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf} 1000x{ctx}"
+            try:
+                o = launch_swap(q0, cache, m0, scale * _LOG2E, swap, bn, nw, ns, kf)
+                err = float((o.float() - ref).norm() / ref.norm())
+                us = time_calls([lambda q=q, m=m: launch_swap(q, cache, m, scale * _LOG2E, swap, bn,
+                                                              nw, ns, kf) for q, m in sets], reps=15)
+                rows.append({"variant": name, "us": round(us, 2), "rel_err": err})
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.swap_only:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
+    batch, ctx = batch_ctx
+    cache, sets = paged_setup(batch, ctx, 1, n_sets(nbytes))
+    cache = cache.to(torch.float8_e4m3fn)
+    vt = transposed_values(cache)
+    q0, m0 = sets[0]
+    ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
     for km, vm, bg, bn, nw, ns, mr in VARIANTS:
         name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}" + (f" mr{mr}" if mr else "")
         try:
