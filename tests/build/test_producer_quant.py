@@ -11,13 +11,14 @@ from kiln.layers.forward_context import build_attention_metadata
 from kiln.quant.config import QuantConfig
 
 
-def _logits(model, tokens):
+def _logits(model, tokens, rows=None):
     args = model.args
     caches = [torch.zeros(2, 4, 16, args.num_key_value_heads, args.head_dim, dtype=torch.bfloat16)
               for _ in range(args.num_hidden_layers)]
     meta = build_attention_metadata([(0, len(tokens), [0, 1, 2, 3])], 16)
     with torch.no_grad():
-        hidden = model(torch.tensor(tokens), torch.arange(len(tokens)), caches, meta)
+        hidden = model(torch.tensor(tokens), torch.arange(len(tokens)), caches, meta,
+                       None if rows is None else torch.tensor(rows))
         return model.compute_logits(hidden)
 
 
@@ -45,6 +46,8 @@ def test_fp8_engine_producers_quantize_with_the_same_logits(tmp_path, attn, monk
     assert model.norm.quant_dtype is None  # the final norm feeds the bf16 lm_head
     fused = _logits(model, tokens)
     assert torch.equal(fused, plain)
+    # the last layer on a few rows only (the engine's sampled rows), quantized rows included
+    assert torch.allclose(_logits(model, tokens, [19, 4]), fused[[19, 4]], rtol=0, atol=1e-6)
     short = _logits(model, tokens[:3])  # 3 rows: no padding
     assert model.quantize_in_producers(False) == 0
     assert model.layers[0].input_layernorm.quant_dtype is None and model.layers[0].mlp.act.quant_dtype is None
