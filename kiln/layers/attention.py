@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -9,7 +10,6 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels.attention import paged_attention, wants_fresh_kv
-from kiln.kernels.quant_act import QuantizedRows
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -84,10 +84,11 @@ class PagedSelfAttention(nn.Module):
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale, None if k_out is None else (k_out, v),
                               quant_dtype=self.quant_dtype)
-        if isinstance(out, QuantizedRows):  # rows quantized per token for an fp8 W8A8 o_proj
+        if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
             if rows is not None:
-                out = QuantizedRows(out.q.index_select(0, rows), out.scale.index_select(0, rows),
-                                    rows.shape[0], (rows.shape[0], *out.shape[1:]), out.dtype)
+                out = dataclasses.replace(out, q=out.q.index_select(0, rows),
+                                          scale=out.scale.index_select(0, rows), m=rows.shape[0],
+                                          shape=(rows.shape[0], *out.shape[1:]))
         else:
             out = out.reshape(num_tokens, self.q_size)
             if rows is not None:
