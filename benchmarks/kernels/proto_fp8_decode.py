@@ -429,6 +429,56 @@ def compile_only():
             print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
 
 
+def _record(rows, name, calls, check=None, ref=None, nbytes=0, bytes_key="fp8_TBps"):
+    """Time `calls` (time_calls, 15 reps) and append the row {variant, us[, bytes_key], rel_err}:
+    rel_err of check()'s output against ref when check is given. An exception becomes the row's
+    error. The row is printed as it is added."""
+    from bench_kernels import time_calls  # noqa: PLC0415
+    try:
+        err = None
+        if check is not None:
+            out = check()
+            err = float((out.float() - ref).norm() / ref.norm())
+        us = time_calls(calls, reps=15)
+        row = {"variant": name, "us": round(us, 2)}
+        if nbytes:
+            row[bytes_key] = round(nbytes / us / 1e6, 2)
+        if err is not None:
+            row["rel_err"] = err
+    except Exception as exc:  # noqa: BLE001
+        row = {"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def _case(batch, ctx, fp8=True):
+    """paged_setup's sets at batch x ctx (fp8 cache unless fp8 is false), and the reference output
+    of the first set: (cache, sets, ref)."""
+    from bench_kernels import HEAD_DIM, n_sets, paged_setup  # noqa: PLC0415
+    from kiln.kernels import attention  # noqa: PLC0415
+    cache, sets = paged_setup(batch, ctx, 1, n_sets(batch * ctx * 8 * HEAD_DIM * 2))
+    if fp8:
+        cache = cache.to(torch.float8_e4m3fn)
+    q0, m0 = sets[0]
+    return cache, sets, attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
+
+
+def _engine_calls(cache, sets, tuning=None):
+    """One attention._paged_decode call per set, each into its own output."""
+    from bench_kernels import HEAD_DIM  # noqa: PLC0415
+    from kiln.kernels import attention  # noqa: PLC0415
+    qk_scale = HEAD_DIM ** -0.5 * _LOG2E
+    outs = [torch.empty_like(q) for q, _ in sets]
+    return [lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, qk_scale, 0, tuning)
+            for (q, m), o in zip(sets, outs)], outs
+
+
+def _write(rows, path):
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile-only", action="store_true")
@@ -442,33 +492,17 @@ def main():
     if args.compile_only:
         compile_only()
         return
-    from bench_kernels import HEAD_DIM, n_sets, paged_setup, time_calls  # noqa: PLC0415
+    from bench_kernels import HEAD_DIM, n_sets, paged_setup  # noqa: PLC0415
     from kiln.kernels import attention  # noqa: PLC0415
-    scale = HEAD_DIM ** -0.5
+    qk_scale = HEAD_DIM ** -0.5 * _LOG2E
     rows = []
     for ctx in () if args.prototype_only else (192, 256, 128):
         for kv in ("fp8", "bf16"):
-            cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
-            if kv == "fp8":
-                cache = cache.to(torch.float8_e4m3fn)
-            q0, m0 = sets[0]
-            ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
-            outs = [torch.empty_like(q) for q, _ in sets]
+            cache, sets, ref = _case(1000, ctx, kv == "fp8")
             for tuning, label in ENGINE if kv == "fp8" else ENGINE[1:4]:
-                out = outs[0]
-                tun = dict(tuning, partitions=1)
-                try:
-                    attention._paged_decode(q0, cache, m0, out, scale * _LOG2E, 0, tun)
-                    err = float((out.float() - ref).norm() / ref.norm())
-                    us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
-                        q, cache, m, o, scale * _LOG2E, 0, tun) for (q, m), o in zip(sets, outs)],
-                        reps=15)
-                    rows.append({"variant": f"engine {kv} 1000x{ctx} {label}", "us": round(us, 2),
-                                 "rel_err": err})
-                except Exception as exc:  # noqa: BLE001
-                    rows.append({"variant": f"engine {kv} 1000x{ctx} {label}",
-                                 "error": f"{type(exc).__name__}: {exc}"[:300]})
-                print(json.dumps(rows[-1]), flush=True)
+                calls, outs = _engine_calls(cache, sets, dict(tuning, partitions=1))
+                _record(rows, f"engine {kv} 1000x{ctx} {label}", calls,
+                        lambda c=calls[0], o=outs[0]: (c(), o)[1], ref)
             del cache, sets
             torch.cuda.empty_cache()
     import dataclasses  # noqa: PLC0415
@@ -476,111 +510,55 @@ def main():
         cache, sets = paged_setup(batch, ctx, 1, n_sets(batch * ctx * 8 * HEAD_DIM * 2))
         cache = cache.to(torch.float8_e4m3fn)
         sets = [(q, dataclasses.replace(m, max_seq_len=8192)) for q, m in sets]
-        outs = [torch.empty_like(q) for q, _ in sets]
         for tun in ({"late_v": False}, {"late_v": True}, {"keys_wide": True},
                     {"keys_wide": True, "late_v": True}):
-            us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
-                q, cache, m, o, scale * _LOG2E, 0, tun) for (q, m), o in zip(sets, outs)], reps=15)
-            rows.append({"variant": f"engine fp8 {batch}x{ctx} graph {json.dumps(tun)}",
-                         "us": round(us, 2)})
-            print(json.dumps(rows[-1]), flush=True)
+            _record(rows, f"engine fp8 {batch}x{ctx} graph {json.dumps(tun)}",
+                    _engine_calls(cache, sets, tun)[0])
         del cache, sets
     if args.engine_only:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        _write(rows, args.json)
         return
     batch, ctx = 1000, 192
-    batch_ctx = (batch, ctx)
     nbytes = batch * ctx * 8 * HEAD_DIM * 2
-    cache, sets = paged_setup(batch, ctx, 1, n_sets(nbytes))
-    cache = cache.to(torch.float8_e4m3fn)
-    vt = transposed_values(cache)
-    q0, m0 = sets[0]
-    ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
-    outs = [torch.empty_like(q) for q, _ in sets]
-    us_eng = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, scale * _LOG2E, 0)
-                         for (q, m), o in zip(sets, outs)], reps=15)
-    rows.append({"variant": f"engine fp8 {batch}x{ctx} default", "us": round(us_eng, 2)})
-    print(json.dumps(rows[-1]), flush=True)
+    cache, sets, ref = _case(batch, ctx)
+    _record(rows, f"engine fp8 {batch}x{ctx} default", _engine_calls(cache, sets)[0])
     # the same fp8 bytes as a bf16 cache of half the context: what bandwidth alone would give
     cache16, sets16 = paged_setup(batch, ctx // 2, 1, n_sets(nbytes))
-    us16 = time_calls([lambda q=q, m=m: attention.paged_attention(q, cache16, m, scale)
-                       for q, m in sets16], reps=15)
-    rows.append({"variant": f"engine bf16 cache, {ctx // 2} keys (same bytes)", "us": round(us16, 2),
-                 "TBps": round(nbytes / us16 / 1e6, 2)})
-    print(json.dumps(rows[-1]), flush=True)
-    del cache16, sets16
-    for ctx in (192, 128, 256):
-        if ctx != batch_ctx[1]:
-            cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
-            cache = cache.to(torch.float8_e4m3fn)
-            q0, m0 = sets[0]
-            ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
-            outs = [torch.empty_like(q) for q, _ in sets]
-            us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(
-                q, cache, m, o, scale * _LOG2E, 0) for (q, m), o in zip(sets, outs)], reps=15)
-            rows.append({"variant": f"engine fp8 1000x{ctx} default", "us": round(us, 2)})
-            print(json.dumps(rows[-1]), flush=True)
+    _record(rows, f"engine bf16 cache, {ctx // 2} keys (same bytes)",
+            [lambda q=q, m=m: attention.paged_attention(q, cache16, m, HEAD_DIM ** -0.5)
+             for q, m in sets16], nbytes=nbytes, bytes_key="TBps")
+    for sctx in (192, 128, 256):
+        if sctx != ctx:
+            cache, sets, ref = _case(batch, sctx)
+            _record(rows, f"engine fp8 1000x{sctx} default", _engine_calls(cache, sets)[0])
+        q0, m0 = sets[0]
         for swap, bn, nw, ns, kf in SWAP_VARIANTS:
-            name = f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf} 1000x{ctx}"
-            try:
-                o = launch_swap(q0, cache, m0, scale * _LOG2E, swap, bn, nw, ns, kf)
-                err = float((o.float() - ref).norm() / ref.norm())
-                us = time_calls([lambda q=q, m=m: launch_swap(q, cache, m, scale * _LOG2E, swap, bn,
-                                                              nw, ns, kf) for q, m in sets], reps=15)
-                rows.append({"variant": name, "us": round(us, 2), "rel_err": err})
-            except Exception as exc:  # noqa: BLE001
-                rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            print(json.dumps(rows[-1]), flush=True)
+            _record(rows, f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf} 1000x{sctx}",
+                    [lambda q=q, m=m: launch_swap(q, cache, m, qk_scale, swap, bn, nw, ns, kf)
+                     for q, m in sets],
+                    lambda: launch_swap(q0, cache, m0, qk_scale, swap, bn, nw, ns, kf), ref)
     if args.swap_only:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        _write(rows, args.json)
         return
-    batch, ctx = batch_ctx
-    cache, sets = paged_setup(batch, ctx, 1, n_sets(nbytes))
-    cache = cache.to(torch.float8_e4m3fn)
+    cache, sets, ref = _case(batch, ctx)
     vt = transposed_values(cache)
     q0, m0 = sets[0]
-    ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
     for km, vm, bg, bn, nw, ns, mr in VARIANTS:
-        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}" + (f" mr{mr}" if mr else "")
-        try:
-            o = launch(q0, cache, vt, m0, scale * _LOG2E, km, vm, bg, bn, nw, ns, mr)
-            err = float((o.float() - ref).norm() / ref.norm())
-            us = time_calls([lambda q=q, m=m: launch(q, cache, vt, m, scale * _LOG2E, km, vm, bg, bn,
-                                                     nw, ns, mr) for q, m in sets], reps=15)
-            rows.append({"variant": name, "us": round(us, 2),
-                         "fp8_TBps": round(nbytes / us / 1e6, 2), "rel_err": err})
-        except Exception as exc:  # noqa: BLE001
-            rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-        print(json.dumps(rows[-1]), flush=True)
-    for ctx in (128, 192, 256):
-        cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
-        cache = cache.to(torch.float8_e4m3fn)
+        _record(rows, f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}" + (f" mr{mr}" if mr else ""),
+                [lambda q=q, m=m: launch(q, cache, vt, m, qk_scale, km, vm, bg, bn, nw, ns, mr)
+                 for q, m in sets],
+                lambda: launch(q0, cache, vt, m0, qk_scale, km, vm, bg, bn, nw, ns, mr), ref,
+                nbytes=nbytes)
+    for hctx in (128, 192, 256):
+        cache, sets, ref = _case(1000, hctx)
         q0, m0 = sets[0]
-        ref = attention.paged_attention_ref(q0, cache, m0, scale).float()
-        outs = [torch.empty_like(q) for q, _ in sets]
-        us = time_calls([lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, scale * _LOG2E, 0)
-                         for (q, m), o in zip(sets, outs)], reps=15)
-        rows.append({"variant": f"engine fp8 1000x{ctx} default", "us": round(us, 2)})
-        print(json.dumps(rows[-1]), flush=True)
+        _record(rows, f"engine fp8 1000x{hctx} default", _engine_calls(cache, sets)[0])
         for hpp, flat, bn, nw, ns in HEAD_VARIANTS:
-            name = f"heads {hpp} flat={flat} N{bn} w{nw} s{ns} 1000x{ctx}"
-            try:
-                o = launch_heads(q0, cache, m0, scale * _LOG2E, hpp, flat, bn, nw, ns)
-                err = float((o.float() - ref).norm() / ref.norm())
-                us = time_calls([lambda q=q, m=m: launch_heads(q, cache, m, scale * _LOG2E, hpp, flat,
-                                                               bn, nw, ns) for q, m in sets], reps=15)
-                rows.append({"variant": name, "us": round(us, 2), "rel_err": err})
-            except Exception as exc:  # noqa: BLE001
-                rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            print(json.dumps(rows[-1]), flush=True)
-        del cache, sets
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            _record(rows, f"heads {hpp} flat={flat} N{bn} w{nw} s{ns} 1000x{hctx}",
+                    [lambda q=q, m=m: launch_heads(q, cache, m, qk_scale, hpp, flat, bn, nw, ns)
+                     for q, m in sets],
+                    lambda: launch_heads(q0, cache, m0, qk_scale, hpp, flat, bn, nw, ns), ref)
+    _write(rows, args.json)
 
 
 if __name__ == "__main__":
