@@ -84,6 +84,8 @@ class PagedSelfAttention(nn.Module):
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale, None if k_out is None else (k_out, v),
                               quant_dtype=self.quant_dtype)
+        if rows is not None and rows.shape[0] == 0:
+            return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
             if rows is not None:
                 out = dataclasses.replace(out, q=out.q.index_select(0, rows),
@@ -93,6 +95,4 @@ class PagedSelfAttention(nn.Module):
             out = out.reshape(num_tokens, self.q_size)
             if rows is not None:
                 out = out.index_select(0, rows)
-        if rows is not None and rows.shape[0] == 0:
-            return hidden.new_empty((0, hidden.shape[1]))
         return self.o_proj(out)
