@@ -196,6 +196,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--engine-only", action="store_true",
+                    help="the engine's kernel and the no-prefetch prototype (3 stages) alone")
     args = ap.parse_args()
     if args.compile_only:
         compile_only()
@@ -236,7 +238,7 @@ def main():
                 for (q, m), o in zip(sets, outs)],
                lambda: (attention._paged_decode(q0, cache, m0, outs[0], qk_scale, 0,
                                                 {"partitions": 1}), outs[0])[1], ref)
-        for pipe, tail, bn, nw, ns, mr in VARIANTS:
+        for pipe, tail, bn, nw, ns, mr in [(0, False, 64, 2, 3, 0)] if args.engine_only else VARIANTS:
             record(f"pipe{pipe} tail={tail} N{bn} w{nw} s{ns} mr{mr} {label}",
                    [lambda q=q, m=m: launch(q, cache, m, qk_scale, pipe, tail, bn, nw, ns, mr)
                     for q, m in sets],

@@ -416,9 +416,16 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     seq_len = tl.load(seq_lens_ptr + seq)
     q_start = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
-    first, keys, count = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
-    lo = first + part * keys  # a tile multiple: keys before the window are masked
-    hi = tl.minimum(lo + keys, seq_len)
+    if SINGLE and not USE_WINDOW:
+        # One partition from key 0: a constant start lets the compiler see every key position
+        # is non-negative (shifts, not signed divisions, for the block-table arithmetic).
+        lo = 0
+        hi = seq_len
+        count = 1
+    else:
+        first, keys, count = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
+        lo = first + part * keys  # a tile multiple: keys before the window are masked
+        hi = tl.minimum(lo + keys, seq_len)
     if (q_len == 0) | (part >= count):
         return
     g = tl.arange(0, BLOCK_G)
@@ -773,15 +780,17 @@ def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
 def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
                    sliding_window: int | None = None) -> bool:
     """Whether paged_attention would read fresh prompts' keys/values from the step's own tensors
-    (``fresh_kv``), so the caller should keep the rotated keys (rotary_and_write_kv's k_out).
+    (``fresh_kv``), so the caller should keep the rotated keys (rotary_and_write_kv's k_out; with
+    an fp8 cache the keys' and values' codes, k_out and v_out in float16: its attention must see
+    the quantized values, as later steps will).
 
     That path (kiln.kernels.prefill_fresh) needs a Triton-capable device, a half-precision
-    activation dtype, head_dim 64 or 128, no sliding window, and a cache that stores K/V as they
-    are (an fp8 cache's attention must see the quantized values, as later steps will).
+    activation dtype, head_dim 64 or 128 and no sliding window. KILN_FRESH_FP8=0 keeps fp8
+    caches' prompts on the paged kernel.
     """
     return (meta.max_query_len > 1 and meta.fresh_from < meta.num_seqs and not sliding_window
-            and _triton_ok(q, kv_cache) and not is_fp8_kv_cache(kv_cache)
-            and fresh_prefill_supports(q))
+            and _triton_ok(q, kv_cache) and fresh_prefill_supports(q)
+            and (not is_fp8_kv_cache(kv_cache) or os.environ.get("KILN_FRESH_FP8", "1") == "1"))
 
 
 def _launch_scales(kv_cache: torch.Tensor, scale: float, sliding_window: int | None,
@@ -813,9 +822,10 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     Launch sizes come from the host-side fields of meta: no device-to-host sync.
     ``k_scale``/``v_scale`` dequantize an fp8 cache (plain floats, fixed per layer, so they are
     baked into captured graphs); caches of other dtypes ignore them.
-    ``fresh_kv`` (rotated keys [T, Hk, D], values [T, Hk, D] of all T new tokens; pass it only
-    when wants_fresh_kv says so) lets the batch's trailing fresh prompts (meta.fresh_from) take
-    a kernel that reads them from these tensors instead of the cache: the same values, faster.
+    ``fresh_kv`` (rotated keys [T, Hk, D], values [T, Hk, D] of all T new tokens; for an fp8
+    cache their e4m3 codes in float16; pass it only when wants_fresh_kv says so) lets the batch's
+    trailing fresh prompts (meta.fresh_from) take a kernel that reads them from these tensors
+    instead of the cache: the same values, faster.
     """
     if quant_dtype is not None:
         quantized = None
@@ -844,7 +854,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         body = meta.decode_split[1]
     n = body.num_seqs
     fresh = body.fresh_from if fresh_kv is not None else n
-    if fresh < n and not fresh_prefill_ok(q, *fresh_kv):
+    fp8 = is_fp8_kv_cache(kv_cache)
+    if fresh < n and not fresh_prefill_ok(q, *fresh_kv, codes=fp8):
         fresh = n
     if fresh > 0:  # chunks over a cached prefix (or everything): the tiled paged kernel
         _paged_prefill(q, kv_cache, body.rows(0, fresh) if fresh < n else body, out, qk_scale,
@@ -852,5 +863,6 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     if fresh < n:
         part = body.rows(fresh, n) if fresh > 0 else body
         fresh_prefill_attention(q, fresh_kv[0], fresh_kv[1], part.query_start_loc,
-                                part.max_query_len, scale, out)
+                                part.max_query_len, scale, out,
+                                fp8_scales=(k_scale, v_scale) if fp8 else None)
     return out

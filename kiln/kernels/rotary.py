@@ -12,7 +12,7 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
-from kiln.kernels.attention import FP8_E4M3_MAX, is_fp8_kv_cache, write_kv_ref
+from kiln.kernels.attention import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
 
@@ -56,7 +56,8 @@ def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
     """Rotate num_heads heads of one token from src into dst, BLOCK_H heads at a time (if valid).
 
     With QUANT the rotated values (rounded to the input dtype first, as in the reference) are
-    stored as fp8 of value / scale.
+    stored as fp8 of value / scale: the e4m3 codes, widened exactly to dst's dtype if that is a
+    wider float (an fp8 cache's codes for attention that reads the step's own keys).
     """
     half = tl.arange(0, HALF)
     for h0 in range(0, num_heads, BLOCK_H):
@@ -77,8 +78,8 @@ def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
         lo = (c1 - s2).to(ty)
         hi = (c2 + s1).to(ty)
         if QUANT:
-            lo = _quantize_fp8(lo, scale)
-            hi = _quantize_fp8(hi, scale)
+            lo = _quantize_fp8(lo, scale).to(tl.float8e4nv)
+            hi = _quantize_fp8(hi, scale).to(tl.float8e4nv)
         tl.store(dst, lo.to(dst_ptr.dtype.element_ty), mask=mask)
         tl.store(dst + HALF, hi.to(dst_ptr.dtype.element_ty), mask=mask)
 
@@ -91,10 +92,12 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
                             k_out_tok_stride, k_out_head_stride, num_q_heads, num_kv_heads, k_scale,
                             v_scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                             WRITE_CACHE: tl.constexpr, KV_FP8: tl.constexpr, K_OUT: tl.constexpr,
-                            PDL: tl.constexpr = False):
+                            PDL: tl.constexpr = False, v_out_ptr=None, v_out_tok_stride=0,
+                            v_out_head_stride=0):
     # Program (t, 0) rotates token t's query heads; (t, 1) rotates its key heads and writes keys
     # and values to the cache, so q and k/v of one token proceed in parallel. With K_OUT the
-    # rotated keys also go to k_out (for attention that reads the step's own keys).
+    # rotated keys also go to k_out (for attention that reads the step's own keys); with an fp8
+    # cache (KV_FP8) k_out gets the cache's codes, and the values' codes go to v_out.
     pdl_start(PDL)
     tok = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
@@ -122,17 +125,22 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
         dim = tl.arange(0, 2 * HALF)
         for h0 in range(0, num_kv_heads, BLOCK_H):
             heads = h0 + tl.arange(0, BLOCK_H)
-            mask = (heads < num_kv_heads)[:, None] & (slot >= 0)
+            head_ok = (heads < num_kv_heads)[:, None]
+            mask = head_ok & (slot >= 0)
+            # (every token's values are read: v_out wants them for padding tokens too)
             val = tl.load(v_ptr + tok * v_tok_stride + heads[:, None] * v_head_stride + dim[None, :],
-                          mask=mask, other=0.0)
+                          mask=head_ok if K_OUT and KV_FP8 else mask, other=0.0)
             if KV_FP8:
-                val = _quantize_fp8(val, v_scale)
+                val = _quantize_fp8(val, v_scale).to(tl.float8e4nv)
+                if K_OUT:
+                    tl.store(v_out_ptr + tok * v_out_tok_stride + heads[:, None] * v_out_head_stride
+                             + dim[None, :], val.to(v_out_ptr.dtype.element_ty), mask=head_ok)
             tl.store(key_dst + cache_kv_stride + heads[:, None] * cache_head_stride + dim[None, :],
                      val.to(cache_ptr.dtype.element_ty), mask=mask)
         if K_OUT:
             _rotate_heads(k_ptr + tok * k_tok_stride, k_head_stride,
                           k_out_ptr + tok * k_out_tok_stride, k_out_head_stride, num_kv_heads,
-                          cos, sin, pos >= 0, 1.0, HALF, BLOCK_H, False)
+                          cos, sin, pos >= 0, k_scale, HALF, BLOCK_H, KV_FP8)
 
 
 def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) -> bool:
@@ -147,21 +155,26 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) ->
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
             cos_sin_cache: torch.Tensor, q_out: torch.Tensor, dst: torch.Tensor,
             dst_strides: tuple[int, int, int], slot_mapping: torch.Tensor, write_cache: bool,
-            k_scale: float = 1.0, v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> None:
+            k_scale: float = 1.0, v_scale: float = 1.0, k_out: torch.Tensor | None = None,
+            v_out: torch.Tensor | None = None) -> None:
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     half = head_dim // 2
     # Keep a head chunk to ~2K elements per half so the registers hold it without spilling.
     block_h = min(triton.next_power_of_2(max(num_q_heads, num_kv_heads)), max(1, 2048 // half))
     k_out_arg = k_out if k_out is not None else k
+    kv_fp8 = write_cache and is_fp8_kv_cache(dst)
+    codes = {}
+    if kv_fp8 and k_out is not None:
+        codes = dict(v_out_ptr=v_out, v_out_tok_stride=v_out.stride(0),
+                     v_out_head_stride=v_out.stride(1))
     _rotary_write_kv_kernel[(num_tokens, 2)](
         q, k, v, positions, cos_sin_cache, q_out, dst, slot_mapping, k_out_arg,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
         k_out_arg.stride(0), k_out_arg.stride(1), num_q_heads, num_kv_heads, float(k_scale),
         float(v_scale), HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
-        KV_FP8=write_cache and is_fp8_kv_cache(dst), K_OUT=k_out is not None, num_warps=4,
-        **pdl_args(q))
+        KV_FP8=kv_fp8, K_OUT=k_out is not None, num_warps=4, **codes, **pdl_args(q))
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -179,37 +192,50 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                             cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, k_scale: float = 1.0,
-                            v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> torch.Tensor:
+                            v_scale: float = 1.0, k_out: torch.Tensor | None = None,
+                            v_out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: rotate q and k, write rotated k and v into the paged cache (and rotated k into
-    ``k_out`` when given); returns rotated q.
+    ``k_out`` when given; for an fp8 cache the codes of k and v into ``k_out`` and ``v_out``);
+    returns rotated q.
 
     The scales quantize k/v for an fp8 cache (see kernels.attention.write_kv_ref).
     """
     q, k = apply_rotary_ref(q, k, positions, cos_sin_cache)
     write_kv_ref(k, v, kv_cache, slot_mapping, k_scale, v_scale)
     if k_out is not None:
-        k_out.copy_(k)
+        if is_fp8_kv_cache(kv_cache):
+            k_out.copy_(quantize_kv_ref(k, k_scale))
+            v_out.copy_(quantize_kv_ref(v, v_scale))
+        else:
+            k_out.copy_(k)
     return q
 
 
 def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                         cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                         slot_mapping: torch.Tensor, k_scale: float = 1.0,
-                        v_scale: float = 1.0, k_out: torch.Tensor | None = None) -> torch.Tensor:
+                        v_scale: float = 1.0, k_out: torch.Tensor | None = None,
+                        v_out: torch.Tensor | None = None) -> torch.Tensor:
     """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D].
 
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
     slot_mapping: [T] (-1 = do not write). A float8_e4m3fn cache stores
     clamp(k * (1 / k_scale), -448, 448) and likewise v, rounded to e4m3; other caches
-    ignore the scales. ``k_out`` [T, Hk, D] (optional) receives the rotated keys, unscaled.
+    ignore the scales. ``k_out`` [T, Hk, D] (optional) receives the rotated keys, unscaled; with
+    an fp8 cache it receives the keys' e4m3 codes instead, and ``v_out`` (then required) the
+    values' codes, both for every token (slot -1 too), in their own dtype (float16 holds every
+    code exactly).
     """
+    if k_out is not None and is_fp8_kv_cache(kv_cache) and v_out is None:
+        raise ValueError("an fp8 cache's codes go to k_out and v_out: v_out is missing")
     if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1
-            and (k_out is None or k_out.stride(-1) == 1)):
+            and (k_out is None or k_out.stride(-1) == 1)
+            and (v_out is None or v_out.stride(-1) == 1)):
         return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping,
-                                       k_scale, v_scale, k_out)
+                                       k_scale, v_scale, k_out, v_out)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     # Slots index the flattened (block, offset) dims of the contiguous cache.
     strides = (kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3))
     _launch(q, k, v, positions, cos_sin_cache, q_out, kv_cache, strides, slot_mapping,
-            write_cache=True, k_scale=k_scale, v_scale=v_scale, k_out=k_out)
+            write_cache=True, k_scale=k_scale, v_scale=v_scale, k_out=k_out, v_out=v_out)
     return q_out

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import paged_attention, wants_fresh_kv
+from kiln.kernels.attention import is_fp8_kv_cache, paged_attention, wants_fresh_kv
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -76,13 +76,20 @@ class PagedSelfAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        # Fresh prompts' attention can read their rotated keys from here instead of the cache.
-        k_out = (torch.empty(k.shape, dtype=k.dtype, device=k.device)
-                 if wants_fresh_kv(q, kv_cache, meta, self.sliding_window) else None)
+        # Fresh prompts' attention can read their rotated keys from here instead of the cache
+        # (an fp8 cache's: the codes of keys and values, in float16).
+        k_out = v_out = None
+        if wants_fresh_kv(q, kv_cache, meta, self.sliding_window):
+            if is_fp8_kv_cache(kv_cache):
+                k_out = torch.empty(k.shape, dtype=torch.float16, device=k.device)
+                v_out = torch.empty(v.shape, dtype=torch.float16, device=v.device)
+            else:
+                k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
-                            self.v_scale, k_out)
+                            self.v_scale, k_out, v_out)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
-                              self.v_scale, None if k_out is None else (k_out, v),
+                              self.v_scale,
+                              None if k_out is None else (k_out, v if v_out is None else v_out),
                               quant_dtype=self.quant_dtype)
         if rows is not None and rows.shape[0] == 0:
             return hidden.new_empty((0, hidden.shape[1]))

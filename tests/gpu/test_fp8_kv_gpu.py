@@ -177,6 +177,85 @@ def test_llama3_8b_prefill_2048_fp8(gen, poison_allocations):
     check_attention([(0, 2048)], 32, 8, 128, 16, torch.bfloat16, gen)
 
 
+def fresh_codes(cache, meta):
+    """The codes rotary_and_write_kv puts beside an fp8 cache for fresh prompts: every new
+    token's keys and values, as float16 [T, Hk, D]."""
+    slots = meta.slot_mapping.long()
+    return (cache[0].flatten(0, 1)[slots].to(torch.float16),
+            cache[1].flatten(0, 1)[slots].to(torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("group,head_dim", [(4, 128), (1, 128), (4, 64)])
+def test_fresh_prompts_fp8_read_the_codes(dtype, group, head_dim, gen, poison_allocations,
+                                          monkeypatch):
+    """Fresh prompts over an fp8 cache take the kernel that reads the step's own codes (float16
+    beside the cache); the output matches the paged kernel on the cache and the reference, alone,
+    after decodes and a chunk over cached context, and at the 1000 x 128 run's step shape."""
+    fresh_calls = []
+    real = attention.fresh_prefill_attention
+    monkeypatch.setattr(attention, "fresh_prefill_attention",
+                        lambda *a, **k: fresh_calls.append(1) or real(*a, **k))
+    k_scale, v_scale = 0.013, 0.21
+    for seqs in ([(0, 2048)], [(0, 300), (0, 1), (0, 517), (0, 64)],
+                 [(1000, 1), (3, 1), (517, 64), (0, 300), (0, 129)], [(0, 128)] * 256):
+        cache, meta = fp8_paged_case(seqs, 8, head_dim, 16, gen, k_scale, v_scale)
+        q = randn(meta.num_tokens, 8 * group, head_dim, gen=gen, dtype=dtype, scale=0.1)
+        assert attention.wants_fresh_kv(q, cache, meta)
+        calls = len(fresh_calls)
+        scale = head_dim ** -0.5
+        out = paged_attention(q, cache, meta, scale, None, k_scale, v_scale,
+                              fresh_kv=fresh_codes(cache, meta))
+        assert len(fresh_calls) == calls + 1
+        assert not out.isnan().any(), "an output element was not written"
+        paged = paged_attention(q, cache, meta, scale, None, k_scale, v_scale)
+        ref = paged_attention_ref(q, cache, meta, scale, None, k_scale, v_scale)
+        for other, name in ((paged, "paged kernel"), (ref, "reference")):
+            err = rel_err(out, other)
+            assert err < TOL[dtype], f"{seqs[:3]}: relative error {err:.2e} against the {name}"
+    monkeypatch.setenv("KILN_FRESH_FP8", "0")
+    assert not attention.wants_fresh_kv(q, cache, meta)
+
+
+def test_fresh_prompt_fp8_one_key_is_exact(gen):
+    # A one-token prompt: its single key has softmax weight 1, so the fresh kernel's output is
+    # v8 * v_scale bit for bit, as the paged kernels give it.
+    v_scale = 0.0371
+    cache, meta = fp8_paged_case([(0, 1)] * 3 + [(0, 5)], 2, 128, 16, gen, 0.5, v_scale)
+    q = randn(meta.num_tokens, 8, 128, gen=gen, dtype=torch.bfloat16)
+    out = paged_attention(q, cache, meta, 128 ** -0.5, None, 0.5, v_scale,
+                          fresh_kv=fresh_codes(cache, meta))
+    paged = paged_attention(q, cache, meta, 128 ** -0.5, None, 0.5, v_scale)
+    want = dequantize_kv_ref(cache[1].flatten(0, 1)[meta.slot_mapping.long()[:3]], v_scale)
+    assert torch.equal(out[:3], want.to(torch.bfloat16)[:, :, None, :].expand(3, 2, 4, 128)
+                       .reshape(3, 8, 128))
+    assert torch.equal(out[:3], paged[:3])
+
+
+def test_rotary_codes_beside_the_fp8_cache(gen):
+    """k_out / v_out (float16) receive every token's codes: where a slot is written, the very
+    bytes the kernel put in the cache."""
+    num_tokens, num_kv_heads, head_dim, max_pos = 300, 8, 128, 8192
+    qkv = randn(num_tokens, (32 + 2 * num_kv_heads) * head_dim, gen=gen, dtype=torch.bfloat16,
+                scale=3.0)
+    q, k, v = qkv.split([32 * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], -1)
+    q, k, v = (t.view(num_tokens, -1, head_dim) for t in (q, k, v))
+    positions = torch.randint(0, max_pos, (num_tokens,), generator=gen, device="cuda")
+    slots = torch.randperm(40 * 16, generator=gen, device="cuda")[:num_tokens]
+    slots[::7] = -1
+    cache = torch.empty(2, 40, 16, num_kv_heads, head_dim, dtype=FP8_KV_DTYPE, device="cuda")
+    k_out = torch.full(k.shape, math.nan, dtype=torch.float16, device="cuda")
+    v_out = torch.full(v.shape, math.nan, dtype=torch.float16, device="cuda")
+    rotary_and_write_kv(q, k, v, positions, cos_sin_cache(max_pos, head_dim), cache, slots,
+                        0.0173, 0.031, k_out, v_out)
+    assert not k_out.isnan().any() and not v_out.isnan().any()
+    keep = slots >= 0
+    flat = cache.view(torch.uint8).view(2, -1, num_kv_heads, head_dim)
+    for which, codes in enumerate((k_out, v_out)):
+        assert torch.equal(codes[keep].to(FP8_KV_DTYPE).view(torch.uint8), flat[which, slots[keep]])
+    assert torch.equal(v_out, quantize_kv_ref(v, 0.031).to(torch.float16))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_read_is_exact_with_one_key(dtype, gen):
     # One visible key has softmax weight exactly 1: the output must be v8 * v_scale bit for bit.

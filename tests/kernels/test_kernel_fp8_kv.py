@@ -192,6 +192,32 @@ def test_triton_write_matches_reference_bytes(dtype, num_q_heads, num_kv_heads, 
     check_written_bytes(cache, ref_cache, slots, num_kv_heads, head_dim)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_codes_beside_the_cache_for_fresh_prompts(dtype, gen, exact_fp8_conversion):
+    """With an fp8 cache, k_out / v_out (float16) get every token's codes, padding tokens too:
+    where a slot is written, the very bytes of the cache; kernel and reference agree."""
+    num_tokens, max_pos = 11, 300
+    q, k, v, slots, cache = write_case(num_tokens, 8, 2, 32, 16, dtype, gen)
+    k.mul_(4.0)
+    v[0, 0, :4] = torch.tensor([500.0, -500.0, 1e-6, 0.0]).to(dtype)
+    positions = torch.randint(0, max_pos, (num_tokens,), generator=gen)
+    cs = cos_sin_cache(max_pos, 32)
+    k_scale, v_scale = 0.0173, 0.31
+    ref_cache = cache.clone()
+    outs = [torch.full(k.shape, math.nan, dtype=torch.float16) for _ in range(4)]
+    rotary_and_write_kv(q, k, v, positions, cs, cache, slots, k_scale, v_scale, *outs[:2])
+    rotary_and_write_kv_ref(q, k, v, positions, cs, ref_cache, slots, k_scale, v_scale, *outs[2:])
+    check_written_bytes(cache, ref_cache, slots, 2, 32)
+    flat = cache.view(2, -1, 2, 32)
+    keep = slots >= 0
+    for which, (got, want) in enumerate(((outs[0], outs[2]), (outs[1], outs[3]))):
+        assert not got.isnan().any(), "a token's codes were not written"
+        assert torch.equal(got, want), f"{int((got != want).sum())} codes differ ({'kv'[which]})"
+        assert torch.equal(fp8_bytes(got[keep].to(FP8_KV_DTYPE)), fp8_bytes(flat[which, slots[keep]]))
+    with pytest.raises(ValueError, match="v_out"):
+        rotary_and_write_kv(q, k, v, positions, cs, cache, slots, k_scale, v_scale, outs[0])
+
+
 def test_triton_write_without_conversion_fix_is_within_interpreter_error(gen):
     # The plain interpreter: where it rounds correctly the bytes match, and it errs on a minority
     # of elements only (its known rounding bug), never on unwritten slots.
