@@ -170,6 +170,17 @@ def configs():
                             "LATE_V": asm and single, "KEYS_WIDE": wide,
                             "_ptrs": {"cache_ptr": "*fp8e4nv"}},
                            dtype, tile["num_warps"], tile["num_stages"])
+            large = attention.LARGE_DECODE_TILE
+            for kv_fp8 in (True, False):
+                yield (f"decode fp8-kv={kv_fp8} G4 N{large['block_n']} single keys-wide quant-row=4096",
+                       attention._decode_partition_kernel,
+                       {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
+                        "BLOCK_N": large["block_n"], "SINGLE": True, "USE_WINDOW": False,
+                        "DOT_PREC": "tf32", "KV_FP8": kv_fp8, "FP8_ASM": kv_fp8,
+                        "LATE_V": kv_fp8, "KEYS_WIDE": True, "QUANT_ROW": 4096,
+                        "_ptrs": {"lock_ptr": "*i32", "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32",
+                                  **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}},
+                       dtype, large["num_warps"], large["num_stages"])
             for tile, single in ((attention.LARGE_DECODE_TILE, True),
                                  (attention.SMALL_DECODE_TILE, False)):
                 yield (f"decode G4 N{tile['block_n']} w{tile['num_warps']} single={single} keys-wide",

@@ -453,6 +453,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         out = acc / l[:, None]
         tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + heads[:, None] * out_head_stride
                  + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        if QUANT_ROW > 0:
+            # the last kv head of the sequence to finish quantizes its token's whole row
+            _quantize_row_when_last(lock_ptr + seq, out_ptr, codes_ptr, scales_ptr, q_start,
+                                    codes_stride, num_q_heads * HEAD_DIM, QUANT_ROW)
     else:
         idx = (seq.to(tl.int64) * num_q_heads + heads) * max_partitions + part
         tl.store(part_max_ptr + idx, m, mask=row_ok)
@@ -470,18 +474,31 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                                   True)
                 tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
                 if QUANT_ROW > 0:
-                    tl.debug_barrier()  # this kv head's merged outputs precede the release below
-                    row_lock = lock_ptr + tl.num_programs(0) * tl.num_programs(1) + seq
-                    merged = tl.atomic_add(row_lock, 1, sem="acq_rel", scope="gpu")
-                    if merged == tl.num_programs(1) - 1:
-                        tl.debug_barrier()
-                        cols = tl.arange(0, QUANT_ROW)
-                        ok = cols < num_q_heads * HEAD_DIM
-                        y = tl.load(out_ptr + q_start.to(tl.int64) * out_tok_stride + cols, mask=ok,
-                                    other=0.0, cache_modifier=".cg").to(tl.float32)
-                        store_row_quantized(y, codes_ptr, scales_ptr, q_start.to(tl.int64), cols,
-                                            ok, codes_stride, False)
-                        tl.atomic_xchg(row_lock, 0, sem="relaxed", scope="gpu")
+                    _quantize_row_when_last(
+                        lock_ptr + tl.num_programs(0) * tl.num_programs(1) + seq, out_ptr,
+                        codes_ptr, scales_ptr, q_start, codes_stride, num_q_heads * HEAD_DIM,
+                        QUANT_ROW)
+
+
+@triton.jit
+def _quantize_row_when_last(row_lock, out_ptr, codes_ptr, scales_ptr, q_start, codes_stride,
+                            width, QUANT_ROW: tl.constexpr):
+    """Count this program's part of token q_start's output row (its heads, stored by it) at
+    row_lock; the last of the row's tl.num_programs(1) parts to arrive quantizes the whole row
+    per token (the bits quant_per_token gives) and re-arms the counter. The row's heads are
+    contiguous in out (row start q_start * width)."""
+    tl.debug_barrier()  # this program's outputs precede the release below
+    merged = tl.atomic_add(row_lock, 1, sem="acq_rel", scope="gpu")
+    if merged == tl.num_programs(1) - 1:
+        tl.debug_barrier()
+        cols = tl.arange(0, QUANT_ROW)
+        ok = cols < width
+        row = q_start.to(tl.int64)
+        # other programs wrote most of the row: read it from L2 (.cg), past this SM's L1
+        y = tl.load(out_ptr + row * width + cols, mask=ok, other=0.0,
+                    cache_modifier=".cg").to(tl.float32)
+        store_row_quantized(y, codes_ptr, scales_ptr, row, cols, ok, codes_stride, False)
+        tl.atomic_xchg(row_lock, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -715,13 +732,22 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
                          MERGE_P=1 << (per_step.bit_length() - 1))
     quantized = None
     width = num_q_heads * head_dim
-    if (fused and quant_dtype == torch.float8_e4m3fn and out.shape[0] <= QUANT_PAD_ABOVE
-            and out.stride(1) == head_dim and out.stride(2) == 1
-            and num_seqs * (num_kv_heads + 1) <= SPLIT_LOCKS):
-        codes, scales = quantized_rows_buffers(out.shape[0], width, quant_dtype, q.device)
-        quantized = QuantizedRows(codes, scales, out.shape[0], (out.shape[0], width), out.dtype)
-        fused.update(codes_ptr=codes, scales_ptr=scales, codes_stride=codes.stride(0),
-                     QUANT_ROW=triton.next_power_of_2(width))
+    rows_ok = (quant_dtype == torch.float8_e4m3fn and out.stride(0) == width
+               and out.stride(1) == head_dim and out.stride(2) == 1)
+    # A fused merge (at most QUANT_PAD_ABOVE rows) or one partition per sequence over an fp8
+    # cache (a large batch) quantizes the rows in the kernel; its counters follow the merge's
+    # (fused) or are its own. (Over a bf16 cache the single-partition kernel would need 214
+    # registers a thread instead of 168 for it on sm_90: four programs per SM instead of five.)
+    if rows_ok and ((fused and out.shape[0] <= QUANT_PAD_ABOVE
+                     and num_seqs * (num_kv_heads + 1) <= SPLIT_LOCKS)
+                    or (single and is_fp8_kv_cache(kv_cache) and num_seqs <= SPLIT_LOCKS)):
+        locks = fused.get("lock_ptr") if fused else split_locks(q.device)
+        if locks is not None:
+            codes, scales = quantized_rows_buffers(out.shape[0], width, quant_dtype, q.device)
+            quantized = QuantizedRows(codes, scales, out.shape[0], (out.shape[0], width),
+                                      out.dtype)
+            fused.update(lock_ptr=locks, codes_ptr=codes, scales_ptr=scales,
+                         codes_stride=codes.stride(0), QUANT_ROW=triton.next_power_of_2(width))
     fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,

@@ -206,12 +206,13 @@ def test_fresh_prompts_read_their_own_kv(dtype, group, head_dim, gen, poison_all
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [1, 5, 16, 40])
+@pytest.mark.parametrize("batch", [1, 5, 16, 24, 40, 300])
 def test_decode_attention_quantizes_its_output(batch, dtype, gen, poison_allocations):
     """quant_dtype=fp8 (an fp8 o_proj reads the output): decode batches of up to 16 rows whose
-    kernel merges its partitions quantize the rows in the kernel; larger ones (40) through
-    quantize_rows. Either way the codes and scales of quant_per_token on the plain output, bit
-    for bit, eagerly and in a graph grid (max_seq_len 8192)."""
+    kernel merges its partitions, and batches that run one partition per sequence (40 and 300
+    sequences of 8 kv heads on an H200's 132 SMs), quantize the rows in the kernel; others (24)
+    through quantize_rows. Either way the codes and scales of quant_per_token on the plain
+    output, bit for bit, eagerly and in a graph grid (max_seq_len 8192)."""
     from kiln.kernels import quant_act, quant_matmul
 
     for graph in (False, True):

@@ -85,6 +85,32 @@ def counters_rearmed():
     assert not bool(locks.any()), "an arrival counter was left armed"
 
 
+def test_large_decode_batch_over_fp8_cache_quantizes_its_output(gen, poison_allocations,
+                                                                 monkeypatch):
+    # Over an fp8 cache, a decode batch with one partition per sequence (70 sequences, 140
+    # programs on 64 SMs) quantizes its rows in the kernel too: the last kv head of each
+    # sequence to finish does the row. Bits of quant_per_token on the plain output, no separate
+    # launch, every counter re-armed.
+    from kiln.kernels import quant_act
+
+    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    seqs = [(20 + 3 * i, 1) for i in range(70)]
+    kv_cache, meta = paged_case(seqs, 2, 32, 16, torch.float16, gen)
+    cache8 = kv_cache.to(torch.float8_e4m3fn)
+    q = torch.randn(meta.num_tokens, 8, 32, generator=gen).to(torch.bfloat16)
+    plain = paged_attention(q, cache8, meta, 32 ** -0.5, None, 0.5, 0.25)
+    want_q, want_s = quant_act.quant_per_token(plain.reshape(meta.num_tokens, -1),
+                                               torch.float8_e4m3fn)
+    launches = record_grids(monkeypatch, quant_act, "_quant_per_token_kernel")
+    rows = paged_attention(q, cache8, meta, 32 ** -0.5, None, 0.5, 0.25,
+                           quant_dtype=torch.float8_e4m3fn)
+    assert rows.m == 70 and rows.q.shape[0] == 80  # padded to a multiple of 16 rows
+    assert torch.equal(rows.q[:70].view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(rows.scale[:70], want_s)
+    assert launches == []
+    counters_rearmed()
+
+
 @pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("window", [None, 70])
 @pytest.mark.parametrize("group", [1, 4, 8])
@@ -186,12 +212,14 @@ def test_head_dim_64_and_128(gen, poison_allocations):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seqs", [[(300, 1), (37, 1), (129, 1), (0, 1)],
                                   [(50, 1), (200, 0), (7, 1)],
-                                  [(40, 3), (90, 1)]])
+                                  [(40, 3), (90, 1)],
+                                  [(20 + 3 * i, 1) for i in range(70)]])
 def test_attention_output_quantized_for_o_proj(seqs, dtype, gen, poison_allocations, monkeypatch):
     # quant_dtype=fp8 (an fp8 o_proj reads the output): a decode batch whose kernel merges its
     # partitions quantizes the rows itself (no quantization launch); other batches (a prompt
-    # chunk here) through quantize_rows. Codes and scales are those of quant_per_token on the
-    # plain output, bit for bit, and every counter is re-armed.
+    # chunk here, and over this 16-bit cache the 70 sequences: 140 programs on 64 SMs, one
+    # partition each) through quantize_rows. Codes and scales are those of quant_per_token on
+    # the plain output, bit for bit, and every counter is re-armed.
     from kiln.kernels import quant_act
 
     monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
@@ -208,5 +236,6 @@ def test_attention_output_quantized_for_o_proj(seqs, dtype, gen, poison_allocati
     assert rows.dtype == dtype
     assert torch.equal(rows.q[:rows.m].view(torch.uint8), want_q.view(torch.uint8))
     assert torch.equal(rows.scale[:rows.m], want_s)
-    assert launches == ([] if meta.max_query_len == 1 else [(meta.num_tokens,)])
+    fused = meta.max_query_len == 1 and meta.num_seqs < 64
+    assert launches == ([] if fused else [(meta.num_tokens,)])
     counters_rearmed()
