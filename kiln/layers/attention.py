@@ -10,6 +10,7 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels.attention import is_fp8_kv_cache, paged_attention, wants_fresh_kv
+from kiln.kernels.quant_act import quantized_rows_buffers
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
@@ -95,9 +96,13 @@ class PagedSelfAttention(nn.Module):
             return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
             if rows is not None:
-                out = dataclasses.replace(out, q=out.q.index_select(0, rows),
-                                          scale=out.scale.index_select(0, rows), m=rows.shape[0],
-                                          shape=(rows.shape[0], *out.shape[1:]))
+                # into buffers padded as the producers pad them (cuBLAS takes 16-row multiples)
+                m = rows.shape[0]
+                codes, scales = quantized_rows_buffers(m, out.q.shape[1], out.q.dtype, out.q.device)
+                torch.index_select(out.q, 0, rows, out=codes[:m])
+                torch.index_select(out.scale, 0, rows, out=scales[:m])
+                out = dataclasses.replace(out, q=codes, scale=scales, m=m,
+                                          shape=(m, *out.shape[1:]))
         else:
             out = out.reshape(num_tokens, self.q_size)
             if rows is not None:

@@ -145,6 +145,42 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="fp8 engines need an FP8 GPU")
+def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch):
+    """Decode batches large enough for one partition per sequence over an fp8 cache: with
+    KILN_ATTN_QUANT_OUT=1 the attention kernel quantizes o_proj's input itself (also for the last
+    layer's sampled rows, re-padded for cuBLAS), and the tokens and logprobs are those of the
+    separate quantization launch, eager and through CUDA graphs; nothing compiles after start-up."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.kernels.attention import _num_sms, large_decode_min_seqs
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=6, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
+                                       QuantConfig("fp8"), eval_tokens=0, device="cuda",
+                                       progress=False))["path"]
+    n = large_decode_min_seqs(2, _num_sms(torch.device("cuda"))) + 8  # tiny-llama: 2 kv heads
+    prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 7))}
+               for i in range(n)]
+    sp = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_ATTN_QUANT_OUT", flag)
+        for eager in (True, False):
+            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+                      max_num_seqs=n + 8, kv_cache_dtype="fp8")
+            outs = llm.generate(prompts, sp)
+            results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+            compiles = llm.engine.stats()["kernel_compiles_after_startup"]
+            assert compiles == 0, f"KILN_ATTN_QUANT_OUT={flag}, eager={eager}: {compiles}"
+            del llm
+    for eager in (True, False):
+        assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 engines need an FP8 GPU")
 def test_fp8_lm_head_engine(tmp_path):
     """An engine built with --lm-head-quant fp8 on the GPU tunes the head with the other
     quantized layers, computes the fp8 W8A8 product for any row count, and generates through
