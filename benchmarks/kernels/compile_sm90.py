@@ -307,23 +307,28 @@ def argmax_configs():
                dtype, argmax.NUM_WARPS, 3)
 
 
+def report(label: str, fn, constexprs: dict, dtype: str, warps: int, stages: int) -> bool:
+    """Compile one configuration and print its resources (its SASS to $SASS_DIR when set), or
+    print why it failed; True if it compiled."""
+    sass_dir = os.environ.get("SASS_DIR")
+    try:
+        kernel = compile_one(fn, constexprs, dtype, warps, stages)
+        name = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{dtype} {label}").strip("_")
+        if sass_dir:
+            os.makedirs(sass_dir, exist_ok=True)
+        sass_file = os.path.join(sass_dir, name + ".sass") if sass_dir else None
+        print(f"{dtype:5s} {label:42s} {resources(kernel, sass_file)}", flush=True)
+        return True
+    except Exception as exc:  # report every failing configuration; the caller decides
+        print(f"{dtype:5s} {label:42s} FAILED: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return False
+
+
 def main() -> int:
-    failed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
     every = (list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
              + list(argmax_configs()))
-    sass_dir = os.environ.get("SASS_DIR")
-    if sass_dir:
-        os.makedirs(sass_dir, exist_ok=True)
-    for label, fn, constexprs, dtype, warps, stages in (c for c in every if only in c[0]):
-        try:
-            kernel = compile_one(fn, constexprs, dtype, warps, stages)
-            name = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{dtype} {label}").strip("_")
-            sass_file = os.path.join(sass_dir, name + ".sass") if sass_dir else None
-            print(f"{dtype:5s} {label:42s} {resources(kernel, sass_file)}")
-        except Exception as exc:  # report every failing configuration, then fail
-            failed += 1
-            print(f"{dtype:5s} {label:42s} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    failed = sum(not report(*c) for c in every if only in c[0])
     return 1 if failed else 0
 
 

@@ -21,7 +21,6 @@ TAIL: a last tile of at most BLOCK_N / 2 keys runs as a half tile (every other t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,15 +29,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kiln.kernels.attention import _LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8, _words  # noqa: E402
-
-
-@triton.jit
-def _offsets(row, toks, valid, kv_head, cache_block_stride, cache_slot_stride, cache_head_stride,
-             BLOCK_SIZE: tl.constexpr):
-    blocks = tl.load(row + toks // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-    return (blocks * cache_block_stride + (toks % BLOCK_SIZE) * cache_slot_stride
-            + kv_head * cache_head_stride)
+from kiln.kernels.attention import (_LOG2E, _NEG_START, _fp8_dot_q, _kv_offsets,  # noqa: E402
+                                    _widen_fp8, _words)
 
 
 @triton.jit
@@ -87,26 +79,26 @@ def _pipe_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
         for start in range(0, main_hi, BLOCK_N):
             toks = start + ar
             valid = toks < seq_len
-            offs = _offsets(row, toks, valid, kv_head, cache_block_stride, cache_slot_stride,
-                            cache_head_stride, BLOCK_SIZE)
+            offs = _kv_offsets(row, toks, valid, kv_head, cache_block_stride, cache_slot_stride,
+                               cache_head_stride, BLOCK_SIZE)
             kw = tl.load(_words(cache_ptr, offs, HEAD_DIM), mask=valid[:, None], other=0)
             vw = tl.load(_words(v_base, offs, HEAD_DIM), mask=valid[:, None], other=0)
             m, l, acc = _tile(q, m, l, acc, kw, vw, valid, qk_scale)
     else:
         valid = ar < main_hi
-        offs = _offsets(row, ar, valid, kv_head, cache_block_stride, cache_slot_stride,
-                        cache_head_stride, BLOCK_SIZE)
+        offs = _kv_offsets(row, ar, valid, kv_head, cache_block_stride, cache_slot_stride,
+                           cache_head_stride, BLOCK_SIZE)
         kw = tl.load(_words(cache_ptr, offs, HEAD_DIM), mask=valid[:, None], other=0)
         nvalid = ar + BLOCK_N < main_hi
-        noffs = _offsets(row, ar + BLOCK_N, nvalid, kv_head, cache_block_stride,
-                         cache_slot_stride, cache_head_stride, BLOCK_SIZE)
+        noffs = _kv_offsets(row, ar + BLOCK_N, nvalid, kv_head, cache_block_stride,
+                            cache_slot_stride, cache_head_stride, BLOCK_SIZE)
         for start in tl.range(0, main_hi, BLOCK_N, num_stages=1):
             vw = tl.load(_words(v_base, offs, HEAD_DIM), mask=valid[:, None], other=0)
             nkw = tl.load(_words(cache_ptr, noffs, HEAD_DIM), mask=nvalid[:, None], other=0)
             toks2 = start + 2 * BLOCK_N + ar
             valid2 = toks2 < main_hi
-            offs2 = _offsets(row, toks2, valid2, kv_head, cache_block_stride, cache_slot_stride,
-                             cache_head_stride, BLOCK_SIZE)
+            offs2 = _kv_offsets(row, toks2, valid2, kv_head, cache_block_stride, cache_slot_stride,
+                                cache_head_stride, BLOCK_SIZE)
             m, l, acc = _tile(q, m, l, acc, kw, vw, valid, qk_scale)
             kw = nkw
             offs = noffs
@@ -118,8 +110,8 @@ def _pipe_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
         for start in range(main_hi, seq_len, HALF):
             t_toks = start + tl.arange(0, HALF)
             t_valid = t_toks < seq_len
-            t_offs = _offsets(row, t_toks, t_valid, kv_head, cache_block_stride,
-                              cache_slot_stride, cache_head_stride, BLOCK_SIZE)
+            t_offs = _kv_offsets(row, t_toks, t_valid, kv_head, cache_block_stride,
+                                 cache_slot_stride, cache_head_stride, BLOCK_SIZE)
             t_kw = tl.load(_words(cache_ptr, t_offs, HEAD_DIM), mask=t_valid[:, None], other=0)
             t_vw = tl.load(_words(v_base, t_offs, HEAD_DIM), mask=t_valid[:, None], other=0)
             m, l, acc = _tile(q, m, l, acc, t_kw, t_vw, t_valid, qk_scale)
@@ -153,20 +145,14 @@ VARIANTS = [(0, False, 64, 2, 1, 0), (0, False, 64, 2, 3, 0), (1, False, 64, 2, 
 
 
 def compile_only():
-    from compile_sm90 import compile_one, resources  # noqa: PLC0415
-    sass_dir = os.environ.get("SASS_DIR")
+    """sm_90 SASS statistics of each variant (no GPU needed; SASS_DIR as compile_sm90's)."""
+    from compile_sm90 import report  # noqa: PLC0415
     for pipe, tail, bn, nw, ns, mr in VARIANTS:
-        name = f"pipe{pipe} tail={tail} N{bn} w{nw} s{ns} mr{mr}"
-        consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "PIPE": pipe,
-                  "TAIL": tail, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
         if mr:
-            continue  # compile_one takes no register cap
-        sass = os.path.join(sass_dir, name.replace(" ", "_") + ".sass") if sass_dir else None
-        try:
-            print(f"{name:32s} {resources(compile_one(_pipe_kernel, consts, 'bf16', nw, ns), sass)}",
-                  flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"{name:32s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            continue  # compile_sm90 takes no register cap
+        report(f"pipe{pipe} tail={tail} N{bn} w{nw} s{ns}", _pipe_kernel,
+               {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "PIPE": pipe,
+                "TAIL": tail, "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", nw, ns)
 
 
 def mixed_setup(batch, lo, hi, copies, fp8=True):
@@ -202,24 +188,11 @@ def main():
     if args.compile_only:
         compile_only()
         return
-    from bench_kernels import HEAD_DIM, n_sets, paged_setup, time_calls  # noqa: PLC0415
+    from bench_kernels import HEAD_DIM, n_sets, paged_setup  # noqa: PLC0415
     from kiln.kernels import attention  # noqa: PLC0415
+    from proto_fp8_decode import _engine_calls, _record, _write  # noqa: PLC0415
     qk_scale = HEAD_DIM ** -0.5 * _LOG2E
     rows = []
-
-    def record(name, calls, check=None, ref=None):
-        try:
-            err = None
-            if check is not None:
-                err = float((check().float() - ref).norm() / ref.norm())
-            row = {"variant": name, "us": round(time_calls(calls, reps=15), 2)}
-            if err is not None:
-                row["rel_err"] = err
-        except Exception as exc:  # noqa: BLE001
-            row = {"variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
     cases = [("1000x192", None), ("1000x129-256", (129, 256)), ("1000x256", None),
              ("1000x128", None), ("1000x193", None)]
     for label, span in cases:
@@ -231,23 +204,17 @@ def main():
             cache = cache.to(torch.float8_e4m3fn)
         q0, m0 = sets[0]
         ref = attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
-        outs = [torch.empty_like(q) for q, _ in sets]
-        record(f"engine {label}",
-               [lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, qk_scale, 0,
-                                                              {"partitions": 1})
-                for (q, m), o in zip(sets, outs)],
-               lambda: (attention._paged_decode(q0, cache, m0, outs[0], qk_scale, 0,
-                                                {"partitions": 1}), outs[0])[1], ref)
-        for pipe, tail, bn, nw, ns, mr in [(0, False, 64, 2, 3, 0)] if args.engine_only else VARIANTS:
-            record(f"pipe{pipe} tail={tail} N{bn} w{nw} s{ns} mr{mr} {label}",
-                   [lambda q=q, m=m: launch(q, cache, m, qk_scale, pipe, tail, bn, nw, ns, mr)
-                    for q, m in sets],
-                   lambda: launch(q0, cache, m0, qk_scale, pipe, tail, bn, nw, ns, mr), ref)
+        calls, outs = _engine_calls(cache, sets, {"partitions": 1})
+        _record(rows, f"engine {label}", calls, lambda c=calls[0], o=outs[0]: (c(), o)[1], ref)
+        variants = [(0, False, 64, 2, 3, 0)] if args.engine_only else VARIANTS
+        for pipe, tail, bn, nw, ns, mr in variants:
+            _record(rows, f"pipe{pipe} tail={tail} N{bn} w{nw} s{ns} mr{mr} {label}",
+                    [lambda q=q, m=m, c=cache: launch(q, c, m, qk_scale, pipe, tail, bn, nw, ns,
+                                                      mr) for q, m in sets],
+                    lambda c=cache: launch(q0, c, m0, qk_scale, pipe, tail, bn, nw, ns, mr), ref)
         del cache, sets
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    _write(rows, args.json)
 
 
 if __name__ == "__main__":

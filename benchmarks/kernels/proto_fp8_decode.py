@@ -396,37 +396,22 @@ def launch(q, cache, vt, meta, qk_scale, k_mode, v_mode, block_g=16, block_n=64,
 
 
 def compile_only():
-    """sm_90 SASS statistics of each variant (no GPU needed)."""
+    """sm_90 SASS statistics of each variant (no GPU needed; SASS_DIR as compile_sm90's)."""
     sys.path.insert(0, os.path.dirname(__file__))
-    from compile_sm90 import compile_one, resources  # noqa: PLC0415
+    from compile_sm90 import report  # noqa: PLC0415
     for swap, bn, nw, ns, kf in SWAP_VARIANTS:
-        consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "SWAP_PV": swap,
-                  "K_F16": kf, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
-        name = f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf}"
-        try:
-            print(f"{name:40s} {resources(compile_one(_proto_swap_kernel, consts, 'bf16', nw, ns))}",
-                  flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        report(f"swap pv={swap} N{bn} w{nw} s{ns} k16={kf}", _proto_swap_kernel,
+               {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "SWAP_PV": swap,
+                "K_F16": kf, "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", nw, ns)
     for hpp, flat, bn, nw, ns in HEAD_VARIANTS:
-        consts = {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "HPP": hpp,
-                  "FLAT": flat, "_ptrs": {"cache_ptr": "*fp8e4nv"}}
-        name = f"heads {hpp} flat={flat} N{bn} w{nw} s{ns}"
-        try:
-            print(f"{name:40s} {resources(compile_one(_proto_heads_kernel, consts, 'bf16', nw, ns))}",
-                  flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        report(f"heads {hpp} flat={flat} N{bn} w{nw} s{ns}", _proto_heads_kernel,
+               {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn, "HPP": hpp,
+                "FLAT": flat, "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", nw, ns)
     for km, vm, bg, bn, nw, ns, _ in VARIANTS:
-        consts = {"BLOCK_G": bg, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn,
-                  "K_MODE": K_MODES[km], "V_MODE": V_MODES[vm],
-                  "_ptrs": {"cache_ptr": "*fp8e4nv", "vt_ptr": "*fp8e4nv"}}
-        name = f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}"
-        try:
-            print(f"{name:40s} {resources(compile_one(_proto_kernel, consts, 'bf16', nw, ns))}",
-                  flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"{name:40s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        report(f"K={km} V={vm} G{bg} N{bn} w{nw} s{ns}", _proto_kernel,
+               {"BLOCK_G": bg, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": bn,
+                "K_MODE": K_MODES[km], "V_MODE": V_MODES[vm],
+                "_ptrs": {"cache_ptr": "*fp8e4nv", "vt_ptr": "*fp8e4nv"}}, "bf16", nw, ns)
 
 
 def _record(rows, name, calls, check=None, ref=None, nbytes=0, bytes_key="fp8_TBps"):
