@@ -27,6 +27,11 @@ from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_o
                                         fresh_prefill_supports)
 from kiln.layers.forward_context import AttentionMetadata
 
+try:  # Gluon (Triton's explicit-layout dialect) as Triton 3.6 has it
+    from kiln.kernels import decode_gluon
+except (ImportError, AttributeError):  # pragma: no cover - older Triton
+    decode_gluon = None
+
 FP8_KV_DTYPE = torch.float8_e4m3fn
 # Largest finite float8_e4m3fn value: quantized K/V saturate here instead of becoming NaN.
 FP8_E4M3_MAX = 448.0
@@ -672,6 +677,16 @@ def late_values_enabled() -> bool:
     return os.environ.get("KILN_ATTN_LATE_V", "1") == "1"
 
 
+def gluon_decode_enabled() -> bool:
+    """KILN_ATTN_GLUON=1 (the default; 0 keeps the Triton kernel): large decode launches over an
+    fp8 cache (one partition per sequence, no sliding window, head_dim 128, at most 16 query
+    heads per kv head) run kiln.kernels.decode_gluon's one-warp kernel. On an H200, us per
+    layer: 1000 sequences over 129..256 keys 163.0 -> 127.5, 1000 x 192 153.1 -> 128.8,
+    256 x 1024 193.8 -> 148.3, 64 x 4000 183.2 -> 135.8; the fp8 8B engine at 1000 x 128/128
+    31,495-31,622 -> 32,668-32,763 output tok/s (benchmarks/h200-quant/README.md, run-w)."""
+    return decode_gluon is not None and os.environ.get("KILN_ATTN_GLUON", "1") == "1"
+
+
 def quant_out_enabled() -> bool:
     """KILN_ATTN_QUANT_OUT=1: with KILN_PRODUCER_QUANT, fp8 engines' attention also quantizes
     o_proj's input (in the decode kernel where it merges its partitions, or over an fp8 cache
@@ -753,6 +768,14 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             fused.update(lock_ptr=locks, codes_ptr=codes, scales_ptr=scales,
                          codes_stride=codes.stride(0), QUANT_ROW=triton.next_power_of_2(width))
     fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
+    # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
+    # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
+    gluon_tile = tuning.get("gluon", decode_gluon.DEFAULT_TILE if gluon_decode_enabled() else None)
+    if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
+            and group <= 16 and quantized is None):
+        decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, *gluon_tile,
+                                pdl=pdl_args(q))
+        return None
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),

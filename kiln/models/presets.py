@@ -78,6 +78,8 @@ def _all_presets() -> dict[str, dict[str, Any]]:
         "tiny-mistral": _mistral(64, 128, 2, 4, 2, 512, 512, 10000.0, 16),
         "tiny-qwen2": _qwen2(64, 128, 2, 4, 2, 512, 512, 1000000.0, tie=True),
         "tiny-qwen3": _qwen3(64, 128, 2, 4, 2, 32, 512, 512, 1000000.0, tie=False),
+        # head_dim 128 (the fp8 decode kernels' shape), two query heads per kv head
+        "tiny-llama-d128": _llama(256, 512, 2, 2, 1, 512, 1024, 500000.0),
     }
 
 

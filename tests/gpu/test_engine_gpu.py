@@ -181,6 +181,53 @@ def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="fp8 engines need an FP8 GPU")
+def test_gluon_decode_attention_in_the_engine(tmp_path, monkeypatch):
+    """Decode batches large enough for one partition per sequence over an fp8 cache with head_dim
+    128 run the Gluon kernel (KILN_ATTN_GLUON=1, the default), eager and through CUDA graphs,
+    with nothing compiled after start-up; greedy tokens agree with the Triton kernel's
+    (KILN_ATTN_GLUON=0) under the top-5 rule."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.kernels import decode_gluon
+    from kiln.kernels.attention import _num_sms, large_decode_min_seqs
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=3, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
+                                       QuantConfig("fp8"), eval_tokens=0, device="cuda",
+                                       progress=False))["path"]
+    n = large_decode_min_seqs(1, _num_sms(torch.device("cuda"))) + 8  # one kv head
+    prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 60))}
+               for i in range(n)]
+    sp = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=5)
+    launches = []
+    real = decode_gluon.decode_fp8
+    monkeypatch.setattr(decode_gluon, "decode_fp8",
+                        lambda *a, **k: (launches.append(a[0].shape[0]), real(*a, **k)))
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_ATTN_GLUON", flag)
+        for eager in (True, False):
+            launches.clear()
+            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+                      max_num_seqs=n + 8, kv_cache_dtype="fp8")
+            outs = llm.generate(prompts, sp)
+            results[flag, eager] = [o.outputs[0] for o in outs]
+            compiles = llm.engine.stats()["kernel_compiles_after_startup"]
+            assert compiles == 0, f"KILN_ATTN_GLUON={flag}, eager={eager}: {compiles}"
+            assert bool(launches) == (flag == "1"), (flag, eager, launches[:4])
+            del llm
+    for eager in (True, False):
+        for a, b in zip(results["0", eager], results["1", eager]):
+            for i, (ta, tb) in enumerate(zip(a.token_ids, b.token_ids)):
+                if ta != tb:
+                    assert ta in b.logprobs[i] and tb in a.logprobs[i], (eager, i)
+                    break
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 engines need an FP8 GPU")
 def test_fp8_lm_head_engine(tmp_path):
     """An engine built with --lm-head-quant fp8 on the GPU tunes the head with the other
     quantized layers, computes the fp8 W8A8 product for any row count, and generates through

@@ -14,7 +14,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-from kiln.kernels import attention  # noqa: E402
+from kiln.kernels import attention, decode_gluon  # noqa: E402
 from kiln.kernels.attention import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref,  # noqa: E402
                                     paged_attention, paged_attention_ref, quantize_kv_ref)
 from kiln.kernels.rotary import rotary_and_write_kv, rotary_and_write_kv_ref  # noqa: E402
@@ -137,6 +137,7 @@ def test_decode_attention_fp8_both_widenings(asm, dtype, gen, poison_allocations
     # KILN_FP8_KV_ASM=1 (the default on sm_89+) reads the cache as words widened by PTX, =0
     # leaves the conversion to Triton; both at the small-batch tile and at the large-batch one.
     monkeypatch.setenv("KILN_FP8_KV_ASM", asm)
+    monkeypatch.setenv("KILN_ATTN_GLUON", "0")  # the Triton kernel's large tile
     if asm == "1":
         q = torch.zeros(1, 32, 128, dtype=dtype, device="cuda")
         cache = torch.zeros(2, 1, 16, 8, 128, dtype=FP8_KV_DTYPE, device="cuda")
@@ -156,9 +157,48 @@ def test_decode_attention_fp8_values_late_or_beside_keys(late, keys_wide, window
     # =0 Q K^T. 100 sequences take the large tile, 3 the small one.
     monkeypatch.setenv("KILN_ATTN_LATE_V", late)
     monkeypatch.setenv("KILN_ATTN_KEYS_WIDE", keys_wide)
+    monkeypatch.setenv("KILN_ATTN_GLUON", "0")  # the Triton kernel's large tile
     for batch in (3, 100):
         lens = torch.randint(1, 700, (batch,), generator=gen, device="cuda").tolist()
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, torch.bfloat16, gen, window)
+
+
+@pytest.mark.parametrize("tile", [(32, 3), (32, 2), (16, 4)])
+@pytest.mark.parametrize("dtype,group,block_size", [(torch.bfloat16, 4, 16), (torch.float16, 8, 16),
+                                                    (torch.bfloat16, 7, 32), (torch.bfloat16, 1, 16),
+                                                    (torch.float16, 16, 16)])
+def test_decode_attention_fp8_gluon(tile, dtype, group, block_size, gen, poison_allocations,
+                                    monkeypatch):
+    # KILN_ATTN_GLUON=1: large decode batches over an fp8 cache run the one-warp Gluon kernel
+    # (kiln.kernels.decode_gluon); contexts around its tile edges, then spread to 700 keys.
+    monkeypatch.setenv("KILN_ATTN_GLUON", "1")
+    monkeypatch.setattr(decode_gluon, "DEFAULT_TILE", tile)
+    launched = []
+    real = decode_gluon.decode_fp8
+    monkeypatch.setattr(decode_gluon, "decode_fp8",
+                        lambda *a, **k: (launched.append(a[0].shape[0]), real(*a, **k)))
+    lens = torch.randint(1, 700, (100,), generator=gen, device="cuda").tolist()
+    lens[:10] = [1, 2, 15, 16, 17, 31, 32, 33, 48, 64]
+    check_attention([(n - 1, 1) for n in lens], 8 * group, 8, 128, block_size, dtype, gen)
+    assert launched == [100]
+
+
+def test_decode_attention_fp8_gluon_strided_q_and_scales(gen, poison_allocations, monkeypatch):
+    # q and out as views into wider rows (q is a slice of the qkv projection in the engine),
+    # scales far from 1, and one zero-length query in the batch.
+    monkeypatch.setenv("KILN_ATTN_GLUON", "1")
+    seqs = [(n - 1, 1) for n in torch.randint(1, 400, (60,), generator=gen, device="cuda").tolist()]
+    seqs.insert(5, (50, 0))
+    k_scale, v_scale = 3.7, 0.0021
+    cache, meta = fp8_paged_case(seqs, 8, 128, 16, gen, k_scale, v_scale)
+    wide = randn(meta.num_tokens, 48, 128, gen=gen, dtype=torch.bfloat16, scale=0.1)
+    q = wide[:, :32]
+    out = torch.full((meta.num_tokens, 40, 128), math.nan, dtype=torch.bfloat16, device="cuda")
+    qk_scale = 128 ** -0.5 * attention._LOG2E * k_scale
+    decode_gluon.decode_fp8(q, cache, meta, out[:, 4:36], qk_scale, v_scale)
+    ref = paged_attention_ref(q, cache, meta, 128 ** -0.5, None, k_scale, v_scale)
+    assert rel_err(out[:, 4:36], ref) < TOL[torch.bfloat16]
+    assert out[:, :4].isnan().all() and out[:, 36:].isnan().all()
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])

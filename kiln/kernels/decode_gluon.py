@@ -1,0 +1,255 @@
+"""Decode attention over an fp8 KV cache for large batches, written in Gluon (Triton's
+explicit-layout dialect) so that every register layout is chosen rather than inferred.
+
+One program is one warp: one (sequence, kv head), the group's query heads as the rows of the
+tensor-core tiles, all of the sequence's keys, tile by tile, with the tiles' e4m3 keys and
+values copied into a ring of shared-memory slots STAGES - 1 tiles ahead (cp.async).
+
+Why a second kernel: in the Triton kernel (kiln.kernels.attention) the widened values and the
+probabilities pass through shared memory every tile, the operands of the matrix instructions
+are gathered with register moves, and both warps of a program widen and multiply the same keys
+(the compiler splits the score tile's 16 padded query columns between them). Here:
+- keys: each thread reads 32 contiguous bytes of a key row and widens them to float16 straight
+  into the B operand of S = Q K^T. The head dims are permuted so that those bytes are the
+  operand's elements (and q is loaded under the same permutation, so the dot is unchanged):
+  MMA k index 16 s + 8 h + 2 t + j holds dim 32 t + 4 s + 2 h + j;
+- values: each thread reads 16 bytes of four key rows (keys 2t, 2t+1, 2t+8, 2t+9 of each
+  16-key step), pairs the two keys' bytes (prmt) and widens each pair, which gives the B operand
+  of O = P V directly (its registers hold two keys of one dim). Output column n holds dim
+  16 (n mod 8) + 4 (n div 32) + (n div 8) mod 4;
+- the probabilities stay in registers: the accumulator layout of S is the A operand layout of P.
+
+The cache is read as int32 words (four e4m3 codes each), so the cache must be 4-byte aligned
+and the head dim 128 (32 words). CUDA sm_89+ (cvt e4m3x2); the launch wrapper is in
+kiln.kernels.attention.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+# Four e4m3 codes of a 32-bit word (bytes 0..3) -> four float16, two per instruction.
+_E4M3X4_ASM = gl.constexpr("""
+{
+.reg .b16 klo, khi;
+.reg .b32 kp, kq;
+mov.b32 {klo, khi}, $4;
+cvt.rn.f16x2.e4m3x2 kp, klo;
+cvt.rn.f16x2.e4m3x2 kq, khi;
+mov.b32 {$0, $1}, kp;
+mov.b32 {$2, $3}, kq;
+}
+""")
+
+# Words of keys 2p ($8) and 2p + 1 ($9) at the same four dims -> dim c of key 2p, then of key
+# 2p + 1, for c = 0..3 ($0..$7): bytes paired across the keys first, so each conversion gives
+# one dim's two keys.
+_E4M3_KEY_PAIRS_ASM = gl.constexpr("""
+{
+.reg .b32 lo, hi, r0, r1, r2, r3;
+.reg .b16 h0, h1, h2, h3;
+prmt.b32 lo, $8, $9, 0x5140;
+prmt.b32 hi, $8, $9, 0x7362;
+mov.b32 {h0, h1}, lo;
+mov.b32 {h2, h3}, hi;
+cvt.rn.f16x2.e4m3x2 r0, h0;
+cvt.rn.f16x2.e4m3x2 r1, h1;
+cvt.rn.f16x2.e4m3x2 r2, h2;
+cvt.rn.f16x2.e4m3x2 r3, h3;
+mov.b32 {$0, $1}, r0;
+mov.b32 {$2, $3}, r1;
+mov.b32 {$4, $5}, r2;
+mov.b32 {$6, $7}, r3;
+}
+""")
+
+HEAD_DIM = gl.constexpr(128)
+
+
+
+def word_layouts(block_n: int):
+    """The register layouts of a tile's key and value words [block_n, 32] (block_n 16 or 32):
+    keys: lane 4 g + t holds rows 8 n + g and words 8 t .. 8 t + 7 (two 16-byte reads a row);
+    values: rows 2 t + {0, 1, 8, 9} of each 16 and words 4 g .. 4 g + 3 (one 16-byte read)."""
+    steps = [[8, 0], [16, 0]][:block_n // 16]
+    keys = gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [0, 4]] + steps,
+        lane_bases=[[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]], warp_bases=[], block_bases=[],
+        shape=[block_n, 32])
+    values = gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [1, 0]] + steps,
+        lane_bases=[[2, 0], [4, 0], [0, 4], [0, 8], [0, 16]], warp_bases=[], block_bases=[],
+        shape=[block_n, 32])
+    return keys, values
+
+
+@gluon.jit
+def _pdl_wait(PDL: gl.constexpr):
+    if PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _tile_blocks(tile, seq_len, table_row, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
+                 COPY: gl.constexpr):
+    """The cache blocks of tile `tile`'s rows (0 past the context), in the copy layout's rows."""
+    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, COPY))
+    return gl.load(table_row + toks // BLOCK_SIZE, mask=toks < seq_len, other=0)
+
+
+@gluon.jit
+def _issue_tile(k_slot, v_slot, tile, blk, seq_len, kv_words, v_words, block_words, slot_words,
+                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, COPY: gl.constexpr):
+    """Start copying tile `tile`'s key and value rows (int32 words; their cache blocks `blk`)
+    into one ring slot; rows past the context are zero-filled. One commit group per tile."""
+    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, COPY))
+    ok = toks < seq_len
+    row = blk.to(gl.int64) * block_words + (toks % BLOCK_SIZE) * slot_words
+    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, COPY))
+    ptrs = kv_words + row[:, None] + cols[None, :]
+    mask = ok[:, None] & (cols < 32)[None, :]
+    async_copy.async_copy_global_to_shared(k_slot, ptrs, mask=mask)
+    async_copy.async_copy_global_to_shared(v_slot, ptrs + v_words, mask=mask)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _keys_operand(kw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
+    """Key words [BLOCK_N, 32] (thread (g, t): rows 8 n + g, words 8 t .. 8 t + 7) -> the B
+    operand K^T [128 permuted dims, BLOCK_N] of S = Q K^T, float16, no data movement."""
+    b0, b1, b2, b3 = gl.inline_asm_elementwise(_E4M3X4_ASM, "=h,=h,=h,=h,r", [kw],
+                                               dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+    x = gl.join(gl.join(b0, b1), gl.join(b2, b3))          # [key, word, j, h]: byte 2 h + j
+    x = gl.reshape(x, [BLOCK_N, 4, 8, 2, 2])                # [key, t, s, j, h]
+    x = gl.permute(x, [2, 4, 1, 3, 0])                      # [s, h, t, j, key]
+    x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
+    return gl.convert_layout(x, B_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _values_operand(vw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
+    """Value words [BLOCK_N, 32] (thread (g, t): rows 2 t, 2 t + 1, 2 t + 8, 2 t + 9 of each 16,
+    words 4 g .. 4 g + 3) -> the B operand V [BLOCK_N, 128 permuted dims] of O = P V."""
+    pairs = gl.permute(gl.reshape(vw, [BLOCK_N // 2, 2, 32]), [0, 2, 1])
+    even, odd = gl.split(pairs)                             # keys 2 p and 2 p + 1: [p, word]
+    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
+        _E4M3_KEY_PAIRS_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [even, odd],
+        dtype=(gl.float16,) * 8, is_pure=True, pack=1)
+    x = gl.join(gl.join(gl.join(o0, o1), gl.join(o4, o5)),
+                gl.join(gl.join(o2, o3), gl.join(o6, o7)))   # [p, word, a, i, j]: dim 4 w + 2 i + j
+    x = gl.reshape(x, [BLOCK_N // 2, 8, 4, 2, 2, 2])         # [p, g, u, a, i, j]
+    x = gl.permute(x, [0, 3, 2, 4, 5, 1])                   # [p, a, u, i, j, g]
+    x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
+    return gl.convert_layout(x, B_OP, assert_trivial=True)
+
+
+# The metadata change from step to step: no specialization on their values or alignment (a
+# variant compiled while serving).
+@gluon.jit(do_not_specialize=["block_table_stride", "group"],
+           do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "query_start_ptr"])
+def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
+                      q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
+                      cache_kv_words, cache_block_words, cache_slot_words, cache_head_words,
+                      block_table_stride, qk_scale, v_scale, group,
+                      BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
+                      KW: gl.constexpr, VW: gl.constexpr, PDL: gl.constexpr = False):
+    # Program (sequence, kv head); one warp. qk_scale folds the key scale and log2(e). KW / VW:
+    # word_layouts(BLOCK_N).
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
+                                                  instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
+    SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
+
+    _pdl_wait(PDL)
+    seq = gl.program_id(0)
+    kv_head = gl.program_id(1)
+    seq_len = gl.load(seq_lens_ptr + seq)
+    q_start = gl.load(query_start_ptr + seq)
+    q_len = gl.load(query_start_ptr + seq + 1) - q_start
+    if q_len > 0:
+        rows = gl.arange(0, 16, layout=gl.SliceLayout(1, A_OP))
+        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, A_OP))
+        dims = 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+        heads = kv_head * group + rows
+        q = gl.load(q_ptr + q_start.to(gl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+                    + dims[None, :], mask=(rows < group)[:, None], other=0.0)
+        q = gl.minimum(gl.maximum(q.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+
+        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
+        kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
+        num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
+        for i in gl.static_range(STAGES - 1):
+            _issue_tile(k_ring.index(i), v_ring.index(i), i,
+                        _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
+                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
+                        BLOCK_SIZE, COPY)
+        # the block-table entries of the next tile to copy, read a tile ahead
+        blk = _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+
+        m = gl.full([16], -1.0e30, gl.float32, layout=gl.SliceLayout(1, MMA))
+        l = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, MMA))
+        acc = gl.zeros([16, HEAD_DIM], gl.float32, layout=MMA)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, MMA))
+        for i in range(num_tiles):
+            async_copy.wait_group(STAGES - 2)
+            gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
+            nxt = i + STAGES - 1
+            _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
+                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
+                        BLOCK_SIZE, COPY)
+            blk = _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+            kw = k_ring.index(i % STAGES).load(KW)
+            kt = _keys_operand(kw, BLOCK_N, B_OP)
+            s = mma_v2(q, kt, gl.zeros([16, BLOCK_N], gl.float32, layout=MMA)) * qk_scale
+            s = gl.where((i * BLOCK_N + cols < seq_len)[None, :], s, float("-inf"))
+            m_new = gl.maximum(m, gl.max(s, axis=1))
+            alpha = gl.exp2(m - m_new)
+            p = gl.exp2(s - m_new[:, None])
+            l = l * alpha + gl.sum(p, axis=1)
+            vw = v_ring.index(i % STAGES).load(VW)
+            vb = _values_operand(vw, BLOCK_N, B_OP)
+            pa = gl.convert_layout(p.to(gl.float16), A_OP)
+            acc = mma_v2(pa, vb, acc * alpha[:, None])
+            m = m_new
+        async_copy.wait_group(0)
+
+        out = acc * (v_scale / l)[:, None]
+        orow = gl.arange(0, 16, layout=gl.SliceLayout(1, MMA))
+        n = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, MMA))
+        odim = 16 * (n % 8) + 4 * (n // 32) + (n // 8) % 4
+        oheads = kv_head * group + orow
+        gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[:, None] * out_head_stride
+                 + odim[None, :], out.to(out_ptr.dtype.element_ty), mask=(orow < group)[:, None])
+
+
+# (block_n, stages) of the launch: 32-key tiles, three ring slots (two tiles in flight).
+DEFAULT_TILE = (32, 3)
+
+
+def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n: int = 32,
+               stages: int = 3, pdl: dict | None = None) -> None:
+    """out[t] = attention of decode token t (one per sequence of meta) over its sequence's keys
+    in the fp8 cache, without a sliding window. q, out: [num_seqs, Hq, 128] (rows may be
+    strided); kv_cache: float8_e4m3fn [2, blocks, block_size, Hk, 128], 4-byte aligned;
+    qk_scale: softmax scale x log2(e) x k_scale. Hq / Hk must be at most 16."""
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    assert head_dim == 128 and q.shape[1] // num_kv_heads <= 16
+    keys, values = word_layouts(block_n)
+    pdl = pdl or {}
+    decode_fp8_kernel[(meta.num_seqs, num_kv_heads)](
+        q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        kv_cache.stride(0) // 4, kv_cache.stride(1) // 4, kv_cache.stride(2) // 4,
+        kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale,
+        q.shape[1] // num_kv_heads, BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages,
+        KW=keys, VW=values, PDL=bool(pdl.get("PDL")), num_warps=1,
+        **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))

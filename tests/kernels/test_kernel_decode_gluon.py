@@ -1,0 +1,78 @@
+"""The Gluon decode kernel (kiln.kernels.decode_gluon) without a GPU: it compiles for sm_90, so its
+chosen register layouts turn into the tensor-core operands without moving data (the kernel asks
+for that with assert_trivial conversions, which fail at compile time otherwise), and its
+shared-memory ring is the size its tiles need. Its results are tested on the GPU
+(tests/gpu/test_fp8_kv_gpu.py, test_engine_gpu.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from kiln.kernels import decode_gluon
+
+
+_COMPILE = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from kiln.kernels import decode_gluon
+
+fn = decode_gluon.decode_fp8_kernel
+out = {}
+for block_n, stages in json.loads(sys.argv[1]):
+    keys, values = decode_gluon.word_layouts(block_n)
+    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "KW": keys,
+                  "VW": values, "PDL": True}
+    ptrs = {"cache_ptr": "*fp8e4nv", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
+            "query_start_ptr": "*i32"}
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = ptrs.get(name, "*bf16")
+        else:
+            signature[name] = "fp32" if name in ("qk_scale", "v_scale") else "i32"
+    src = GluonASTSource(fn, signature,
+                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": 1, "num_stages": 1})
+    out[f"{block_n},{stages}"] = {"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]}
+print(json.dumps(out))
+"""
+TILES = [decode_gluon.DEFAULT_TILE, (16, 4), (32, 2)]
+
+
+def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
+    # In a fresh interpreter: this folder's conftest turns Triton's own helpers into interpreted
+    # ones, which the compiler cannot take.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(TILES)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernels = json.loads(done.stdout.strip().splitlines()[-1])
+    for block_n, stages in TILES:
+        k = kernels[f"{block_n},{stages}"]
+        # keys and values: `stages` slots of block_n rows x 128 one-byte codes each
+        assert k["shared"] == 2 * stages * block_n * 128
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in k["ptx"]
+        assert "cvt.rn.f16x2.e4m3x2" in k["ptx"] and "prmt.b32" in k["ptx"]
+        assert "cp.async" in k["ptx"] and "griddepcontrol.wait" in k["ptx"]
+
+
+def test_word_layouts_cover_each_word_once():
+    from triton.experimental.gluon import language as gl  # noqa: F401
+
+    for block_n in (16, 32):
+        for layout in decode_gluon.word_layouts(block_n):
+            # 32 lanes x 2^regs elements = the tile, and every basis distinct (a bijection)
+            bases = layout.reg_bases + layout.lane_bases
+            assert 2 ** len(bases) == block_n * 32
+            seen = {(0, 0)}
+            for b in bases:
+                seen |= {(r ^ b[0], c ^ b[1]) for r, c in seen}
+            assert len(seen) == block_n * 32
