@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-TILES = [(32, 3), (32, 2), (32, 4), (16, 3), (16, 4)]
+TILES = [(32, 3, False), (32, 2, False), (16, 4, False), (32, 3, True), (32, 2, True),
+         (16, 3, True), (16, 4, True)]
 
 
 def main():
@@ -49,7 +50,8 @@ def main():
         q0, m0 = sets[0]
         ref = attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
         for name, tuning in [("triton", {"gluon": None})] + [
-                (f"gluon N{bn} s{st}", {"gluon": (bn, st)}) for bn, st in TILES]:
+                (f"gluon{' keys-m' if km else ''} N{bn} s{st}", {"gluon": (bn, st, km)})
+                for bn, st, km in TILES]:
             calls, outs = _engine_calls(cache, sets, tuning)
             _record(rows, f"{label} {name}", calls, lambda c=calls[0], o=outs[0]: (c(), o)[1],
                     ref, nbytes, "TBps")

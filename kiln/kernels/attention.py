@@ -680,11 +680,25 @@ def late_values_enabled() -> bool:
 def gluon_decode_enabled() -> bool:
     """KILN_ATTN_GLUON=1 (the default; 0 keeps the Triton kernel): large decode launches over an
     fp8 cache (one partition per sequence, no sliding window, head_dim 128, at most 16 query
-    heads per kv head) run kiln.kernels.decode_gluon's one-warp kernel. On an H200, us per
-    layer: 1000 sequences over 129..256 keys 163.0 -> 127.5, 1000 x 192 153.1 -> 128.8,
-    256 x 1024 193.8 -> 148.3, 64 x 4000 183.2 -> 135.8; the fp8 8B engine at 1000 x 128/128
-    31,495-31,622 -> 32,668-32,763 output tok/s (benchmarks/h200-quant/README.md, run-w)."""
+    heads per kv head) run kiln.kernels.decode_gluon's one-warp kernels. On an H200, us per
+    layer, Triton against the transposed Gluon kernel (gluon_decode_tile's default): 1000
+    sequences over 129..256 keys 163.1 -> 111.6, 1000 x 192 152.4 -> 114.2, 256 x 1024
+    193.3 -> 146.1, 64 x 4000 181.6 -> 133.8; the fp8 8B engine at 1000 x 128/128 31,078 ->
+    32,768 / 32,836 output tok/s (benchmarks/h200-quant/README.md, run-w call 3)."""
     return decode_gluon is not None and os.environ.get("KILN_ATTN_GLUON", "1") == "1"
+
+
+def gluon_decode_tile() -> tuple[int, int, bool]:
+    """The Gluon decode launch's (block_n, stages, keys_m): decode_gluon.DEFAULT_TILE, unless
+    KILN_ATTN_GLUON_TILE gives "block_n,stages,keys_m" (A/B runs; keys_m 0 or 1)."""
+    flag = os.environ.get("KILN_ATTN_GLUON_TILE", "")
+    if not flag:
+        return decode_gluon.DEFAULT_TILE
+    try:
+        block_n, stages, keys_m = (int(v) for v in flag.split(","))
+    except ValueError:
+        raise ValueError(f"KILN_ATTN_GLUON_TILE={flag!r}: expected block_n,stages,keys_m") from None
+    return block_n, stages, bool(keys_m)
 
 
 def quant_out_enabled() -> bool:
@@ -770,11 +784,13 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
     # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
     # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
-    gluon_tile = tuning.get("gluon", decode_gluon.DEFAULT_TILE if gluon_decode_enabled() else None)
+    gluon_tile = tuning.get("gluon", gluon_decode_tile() if gluon_decode_enabled() else None)
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
             and group <= 16 and quantized is None):
-        decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, *gluon_tile,
-                                pdl=pdl_args(q))
+        block_n, stages, keys_m = gluon_tile
+        # the transposed kernel takes at most 8 query heads per kv head
+        decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
+                                keys_m and group <= 8, pdl=pdl_args(q))
         return None
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,

@@ -1,27 +1,31 @@
 """Decode attention over an fp8 KV cache for large batches, written in Gluon (Triton's
 explicit-layout dialect) so that every register layout is chosen rather than inferred.
 
-One program is one warp: one (sequence, kv head), the group's query heads as the rows of the
-tensor-core tiles, all of the sequence's keys, tile by tile, with the tiles' e4m3 keys and
-values copied into a ring of shared-memory slots STAGES - 1 tiles ahead (cp.async).
+One program is one warp: one (sequence, kv head) and all of the sequence's keys, tile by tile,
+with the tiles' e4m3 keys and values copied into a ring of shared-memory slots STAGES - 1 tiles
+ahead (cp.async). Two kernels:
+- decode_fp8_keys_m_kernel (up to 8 query heads per kv head, the default): keys and head dims
+  are the rows of the tensor-core tiles and the query heads their 8 columns, S^T = K Q^T and
+  O^T = V^T P^T; P^T changes layout once a tile (accumulator to B operand);
+- decode_fp8_kernel (up to 16): the query heads are the rows (padded to 16), S = Q K^T and
+  O = P V, and P stays in registers (the accumulator layout of S is the A operand layout of P).
 
-Why a second kernel: in the Triton kernel (kiln.kernels.attention) the widened values and the
-probabilities pass through shared memory every tile, the operands of the matrix instructions
-are gathered with register moves, and both warps of a program widen and multiply the same keys
-(the compiler splits the score tile's 16 padded query columns between them). Here:
+Why not the Triton kernel (kiln.kernels.attention): there the widened values and the
+probabilities pass through shared memory every tile, the operands of the matrix instructions are
+gathered with register moves, and both warps of a program widen and multiply the same keys (the
+compiler splits the score tile's 16 padded query columns between them). Here:
 - keys: each thread reads 32 contiguous bytes of a key row and widens them to float16 straight
-  into the B operand of S = Q K^T. The head dims are permuted so that those bytes are the
-  operand's elements (and q is loaded under the same permutation, so the dot is unchanged):
-  MMA k index 16 s + 8 h + 2 t + j holds dim 32 t + 4 s + 2 h + j;
+  into the key operand. The head dims are permuted so that those bytes are the operand's
+  elements (and q is loaded under the same permutation, so the dot is unchanged): MMA k index
+  16 s + 8 h + 2 t + j holds dim 32 t + 4 s + 2 h + j;
 - values: each thread reads 16 bytes of four key rows (keys 2t, 2t+1, 2t+8, 2t+9 of each
-  16-key step), pairs the two keys' bytes (prmt) and widens each pair, which gives the B operand
-  of O = P V directly (its registers hold two keys of one dim). Output column n holds dim
-  16 (n mod 8) + 4 (n div 32) + (n div 8) mod 4;
-- the probabilities stay in registers: the accumulator layout of S is the A operand layout of P.
+  16-key step), pairs the two keys' bytes (prmt) and widens each pair, which gives the value
+  operand directly (its registers hold two keys of one dim). Output dim index n (a column of O,
+  a row of O^T) holds dim 16 (n mod 8) + 4 (n div 32) + (n div 8) mod 4.
 
 The cache is read as int32 words (four e4m3 codes each), so the cache must be 4-byte aligned
-and the head dim 128 (32 words). CUDA sm_89+ (cvt e4m3x2); the launch wrapper is in
-kiln.kernels.attention.
+and the head dim 128 (32 words). CUDA sm_89+ (cvt e4m3x2); the dispatcher is
+kiln.kernels.attention's paged_attention, the reference its paged_attention_ref.
 """
 
 from __future__ import annotations
@@ -148,6 +152,119 @@ def _values_operand(vw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
     return gl.convert_layout(x, B_OP, assert_trivial=True)
 
 
+@gluon.jit
+def _keys_rows_operand(kw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
+    """Key words [BLOCK_N, 32] in the same thread layout as _keys_operand -> the A operand
+    K [BLOCK_N, 128 permuted dims] of S^T = K Q^T (rows g and g + 8 of each 16 are the
+    fragment's two row halves)."""
+    b0, b1, b2, b3 = gl.inline_asm_elementwise(_E4M3X4_ASM, "=h,=h,=h,=h,r", [kw],
+                                               dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+    x = gl.join(gl.join(b0, b1), gl.join(b2, b3))          # [key, word, j, h]
+    x = gl.reshape(x, [BLOCK_N, 4, 8, 2, 2])                # [key, t, s, j, h]
+    x = gl.permute(x, [0, 2, 4, 1, 3])                      # [key, s, h, t, j]
+    x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
+    return gl.convert_layout(x, A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _values_rows_operand(vw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
+    """Value words [BLOCK_N, 32] in _values_operand's thread layout -> the A operand
+    V^T [128 permuted dims, BLOCK_N] of O^T = V^T P^T. Row m holds dim
+    16 (m mod 8) + 4 (m div 32) + (m div 8) mod 4, as _values_operand's column m."""
+    pairs = gl.permute(gl.reshape(vw, [BLOCK_N // 2, 2, 32]), [0, 2, 1])
+    even, odd = gl.split(pairs)
+    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
+        _E4M3_KEY_PAIRS_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [even, odd],
+        dtype=(gl.float16,) * 8, is_pure=True, pack=1)
+    x = gl.join(gl.join(gl.join(o0, o1), gl.join(o4, o5)),
+                gl.join(gl.join(o2, o3), gl.join(o6, o7)))   # [p, word, a, i, j]
+    x = gl.reshape(x, [BLOCK_N // 2, 8, 4, 2, 2, 2])         # [p, g, u, a, i, j]
+    x = gl.permute(x, [2, 4, 5, 1, 0, 3])                   # [u, i, j, g, p, a]
+    x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
+    return gl.convert_layout(x, A_OP, assert_trivial=True)
+
+
+@gluon.jit(do_not_specialize=["block_table_stride", "group"],
+           do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "query_start_ptr"])
+def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
+                             out_ptr, q_tok_stride, q_head_stride, out_tok_stride,
+                             out_head_stride, cache_kv_words, cache_block_words,
+                             cache_slot_words, cache_head_words, block_table_stride, qk_scale,
+                             v_scale, group, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
+                             STAGES: gl.constexpr, KW: gl.constexpr, VW: gl.constexpr,
+                             PDL: gl.constexpr = False):
+    # decode_fp8_kernel transposed, for at most 8 query heads per kv head: keys and head dims are
+    # the rows of the tensor-core tiles (no padding there) and the query heads their 8 columns,
+    # S^T = K Q^T and O^T = V^T P^T. Half the matrix instructions and accumulator registers;
+    # P^T changes layout (C fragment to B operand) once a tile.
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
+                                                  instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
+    SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
+
+    _pdl_wait(PDL)
+    seq = gl.program_id(0)
+    kv_head = gl.program_id(1)
+    seq_len = gl.load(seq_lens_ptr + seq)
+    q_start = gl.load(query_start_ptr + seq)
+    q_len = gl.load(query_start_ptr + seq + 1) - q_start
+    if q_len > 0:
+        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, B_OP))
+        cols = gl.arange(0, 8, layout=gl.SliceLayout(0, B_OP))
+        dims = 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+        heads = kv_head * group + cols
+        qt = gl.load(q_ptr + q_start.to(gl.int64) * q_tok_stride + heads[None, :] * q_head_stride
+                     + dims[:, None], mask=(cols < group)[None, :], other=0.0)
+        qt = gl.minimum(gl.maximum(qt.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+
+        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
+        kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
+        num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
+        for i in gl.static_range(STAGES - 1):
+            _issue_tile(k_ring.index(i), v_ring.index(i), i,
+                        _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
+                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
+                        BLOCK_SIZE, COPY)
+        blk = _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+
+        m = gl.full([8], -1.0e30, gl.float32, layout=gl.SliceLayout(0, MMA))
+        l = gl.zeros([8], gl.float32, layout=gl.SliceLayout(0, MMA))
+        acc = gl.zeros([HEAD_DIM, 8], gl.float32, layout=MMA)
+        keys = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
+        for i in range(num_tiles):
+            async_copy.wait_group(STAGES - 2)
+            gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
+            nxt = i + STAGES - 1
+            _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
+                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
+                        BLOCK_SIZE, COPY)
+            blk = _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+            ka = _keys_rows_operand(k_ring.index(i % STAGES).load(KW), BLOCK_N, A_OP)
+            st = mma_v2(ka, qt, gl.zeros([BLOCK_N, 8], gl.float32, layout=MMA)) * qk_scale
+            st = gl.where((i * BLOCK_N + keys < seq_len)[:, None], st, float("-inf"))
+            m_new = gl.maximum(m, gl.max(st, axis=0))
+            alpha = gl.exp2(m - m_new)
+            pt = gl.exp2(st - m_new[None, :])
+            l = l * alpha + gl.sum(pt, axis=0)
+            va = _values_rows_operand(v_ring.index(i % STAGES).load(VW), BLOCK_N, A_OP)
+            pb = gl.convert_layout(pt.to(gl.float16), B_OP)
+            acc = mma_v2(va, pb, acc * alpha[None, :])
+            m = m_new
+        async_copy.wait_group(0)
+
+        out = acc * (v_scale / l)[None, :]
+        mrow = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
+        ocol = gl.arange(0, 8, layout=gl.SliceLayout(0, MMA))
+        odim = 16 * (mrow % 8) + 4 * (mrow // 32) + (mrow // 8) % 4
+        oheads = kv_head * group + ocol
+        gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[None, :] * out_head_stride
+                 + odim[:, None], out.to(out_ptr.dtype.element_ty), mask=(ocol < group)[None, :])
+
+
 # The metadata change from step to step: no specialization on their values or alignment (a
 # variant compiled while serving).
 @gluon.jit(do_not_specialize=["block_table_stride", "group"],
@@ -231,25 +348,31 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
                  + odim[None, :], out.to(out_ptr.dtype.element_ty), mask=(orow < group)[:, None])
 
 
-# (block_n, stages) of the launch: 32-key tiles, three ring slots (two tiles in flight).
-DEFAULT_TILE = (32, 3)
+# (block_n, stages, keys_m) of the launch: 32-key tiles, three ring slots (two tiles in flight),
+# keys and head dims as the tile rows (decode_fp8_keys_m_kernel) where the group allows. On an
+# H200, us at 1000 sequences over 129..256 keys: 111.6 against 127.9 with the query heads as rows
+# (benchmarks/h200-quant/README.md, run-w call 3).
+DEFAULT_TILE = (32, 3, True)
 
 
 def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n: int = 32,
-               stages: int = 3, pdl: dict | None = None) -> None:
+               stages: int = 3, keys_m: bool = False, pdl: dict | None = None) -> None:
     """out[t] = attention of decode token t (one per sequence of meta) over its sequence's keys
     in the fp8 cache, without a sliding window. q, out: [num_seqs, Hq, 128] (rows may be
     strided); kv_cache: float8_e4m3fn [2, blocks, block_size, Hk, 128], 4-byte aligned;
-    qk_scale: softmax scale x log2(e) x k_scale. Hq / Hk must be at most 16."""
+    qk_scale: softmax scale x log2(e) x k_scale. Hq / Hk must be at most 16 (at most 8 with
+    keys_m, which launches decode_fp8_keys_m_kernel)."""
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
-    assert head_dim == 128 and q.shape[1] // num_kv_heads <= 16
+    group = q.shape[1] // num_kv_heads
+    assert head_dim == 128 and group <= (8 if keys_m else 16)
     keys, values = word_layouts(block_n)
     pdl = pdl or {}
-    decode_fp8_kernel[(meta.num_seqs, num_kv_heads)](
+    kernel = decode_fp8_keys_m_kernel if keys_m else decode_fp8_kernel
+    kernel[(meta.num_seqs, num_kv_heads)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0) // 4, kv_cache.stride(1) // 4, kv_cache.stride(2) // 4,
-        kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale,
-        q.shape[1] // num_kv_heads, BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages,
-        KW=keys, VW=values, PDL=bool(pdl.get("PDL")), num_warps=1,
+        kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale, group,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, KW=keys, VW=values,
+        PDL=bool(pdl.get("PDL")), num_warps=1,
         **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))

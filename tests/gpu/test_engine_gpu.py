@@ -200,7 +200,7 @@ def test_gluon_decode_attention_in_the_engine(tmp_path, monkeypatch):
     n = large_decode_min_seqs(1, _num_sms(torch.device("cuda"))) + 8  # one kv head
     prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 60))}
                for i in range(n)]
-    sp = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=5)
+    sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=5)
     launches = []
     real = decode_gluon.decode_fp8
     monkeypatch.setattr(decode_gluon, "decode_fp8",
@@ -210,8 +210,9 @@ def test_gluon_decode_attention_in_the_engine(tmp_path, monkeypatch):
         monkeypatch.setenv("KILN_ATTN_GLUON", flag)
         for eager in (True, False):
             launches.clear()
+            # every prompt in the first step, so that the decode steps hold all n sequences
             llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
-                      max_num_seqs=n + 8, kv_cache_dtype="fp8")
+                      max_num_seqs=n + 8, kv_cache_dtype="fp8", max_num_batched_tokens=16384)
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [o.outputs[0] for o in outs]
             compiles = llm.engine.stats()["kernel_compiles_after_startup"]

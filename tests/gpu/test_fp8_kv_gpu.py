@@ -163,7 +163,8 @@ def test_decode_attention_fp8_values_late_or_beside_keys(late, keys_wide, window
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, torch.bfloat16, gen, window)
 
 
-@pytest.mark.parametrize("tile", [(32, 3), (32, 2), (16, 4)])
+@pytest.mark.parametrize("tile", [(32, 3, False), (32, 2, False), (16, 4, False), (32, 3, True),
+                                  (16, 4, True)])
 @pytest.mark.parametrize("dtype,group,block_size", [(torch.bfloat16, 4, 16), (torch.float16, 8, 16),
                                                     (torch.bfloat16, 7, 32), (torch.bfloat16, 1, 16),
                                                     (torch.float16, 16, 16)])
@@ -176,11 +177,12 @@ def test_decode_attention_fp8_gluon(tile, dtype, group, block_size, gen, poison_
     launched = []
     real = decode_gluon.decode_fp8
     monkeypatch.setattr(decode_gluon, "decode_fp8",
-                        lambda *a, **k: (launched.append(a[0].shape[0]), real(*a, **k)))
+                        lambda *a, **k: (launched.append((a[0].shape[0], a[8])), real(*a, **k)))
     lens = torch.randint(1, 700, (100,), generator=gen, device="cuda").tolist()
     lens[:10] = [1, 2, 15, 16, 17, 31, 32, 33, 48, 64]
     check_attention([(n - 1, 1) for n in lens], 8 * group, 8, 128, block_size, dtype, gen)
-    assert launched == [100]
+    # groups over 8 take the query-heads-as-rows kernel whatever the tile asks
+    assert launched == [(100, tile[2] and group <= 8)]
 
 
 def test_decode_attention_fp8_gluon_strided_q_and_scales(gen, poison_allocations, monkeypatch):
@@ -195,10 +197,12 @@ def test_decode_attention_fp8_gluon_strided_q_and_scales(gen, poison_allocations
     q = wide[:, :32]
     out = torch.full((meta.num_tokens, 40, 128), math.nan, dtype=torch.bfloat16, device="cuda")
     qk_scale = 128 ** -0.5 * attention._LOG2E * k_scale
-    decode_gluon.decode_fp8(q, cache, meta, out[:, 4:36], qk_scale, v_scale)
     ref = paged_attention_ref(q, cache, meta, 128 ** -0.5, None, k_scale, v_scale)
-    assert rel_err(out[:, 4:36], ref) < TOL[torch.bfloat16]
-    assert out[:, :4].isnan().all() and out[:, 36:].isnan().all()
+    for keys_m in (False, True):
+        out.fill_(math.nan)
+        decode_gluon.decode_fp8(q, cache, meta, out[:, 4:36], qk_scale, v_scale, keys_m=keys_m)
+        assert rel_err(out[:, 4:36], ref) < TOL[torch.bfloat16], keys_m
+        assert out[:, :4].isnan().all() and out[:, 36:].isnan().all()
 
 
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])

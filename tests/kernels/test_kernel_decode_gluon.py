@@ -21,9 +21,9 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from kiln.kernels import decode_gluon
 
-fn = decode_gluon.decode_fp8_kernel
 out = {}
-for block_n, stages in json.loads(sys.argv[1]):
+for block_n, stages, keys_m in json.loads(sys.argv[1]):
+    fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
     keys, values = decode_gluon.word_layouts(block_n)
     constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "KW": keys,
                   "VW": values, "PDL": True}
@@ -41,10 +41,10 @@ for block_n, stages in json.loads(sys.argv[1]):
                          {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": 1, "num_stages": 1})
-    out[f"{block_n},{stages}"] = {"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]}
+    out[f"{block_n},{stages},{keys_m}"] = {"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]}
 print(json.dumps(out))
 """
-TILES = [decode_gluon.DEFAULT_TILE, (16, 4), (32, 2)]
+TILES = [(32, 3, False), (16, 4, False), (32, 2, True), (16, 4, True)]
 
 
 def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
@@ -55,8 +55,8 @@ def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = json.loads(done.stdout.strip().splitlines()[-1])
-    for block_n, stages in TILES:
-        k = kernels[f"{block_n},{stages}"]
+    for block_n, stages, keys_m in TILES:
+        k = kernels[f"{block_n},{stages},{keys_m}"]
         # keys and values: `stages` slots of block_n rows x 128 one-byte codes each
         assert k["shared"] == 2 * stages * block_n * 128
         assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in k["ptx"]
@@ -65,8 +65,6 @@ def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
 
 
 def test_word_layouts_cover_each_word_once():
-    from triton.experimental.gluon import language as gl  # noqa: F401
-
     for block_n in (16, 32):
         for layout in decode_gluon.word_layouts(block_n):
             # 32 lanes x 2^regs elements = the tile, and every basis distinct (a bijection)
