@@ -73,7 +73,8 @@ HEAD_DIM = gl.constexpr(128)
 
 
 
-def word_layouts(block_n: int):
+@gluon.constexpr_function
+def word_layouts(block_n):
     """The register layouts of a tile's key and value words [block_n, 32] (block_n 16 or 32):
     keys: lane 4 g + t holds rows 8 n + g and words 8 t .. 8 t + 7 (two 16-byte reads a row);
     values: rows 2 t + {0, 1, 8, 9} of each 16 and words 4 g .. 4 g + 3 (one 16-byte read)."""
@@ -87,6 +88,18 @@ def word_layouts(block_n: int):
         lane_bases=[[2, 0], [4, 0], [0, 4], [0, 8], [0, 16]], warp_bases=[], block_bases=[],
         shape=[block_n, 32])
     return keys, values
+
+
+# The kernels build these from BLOCK_N rather than take them as arguments: launch arguments
+# must serialize to JSON for the engine's compile watch (kiln.engine.compile_watch).
+@gluon.constexpr_function
+def _key_words(block_n):
+    return word_layouts(block_n)[0]
+
+
+@gluon.constexpr_function
+def _value_words(block_n):
+    return word_layouts(block_n)[1]
 
 
 @gluon.jit
@@ -191,8 +204,7 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              out_head_stride, cache_kv_words, cache_block_words,
                              cache_slot_words, cache_head_words, block_table_stride, qk_scale,
                              v_scale, group, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-                             STAGES: gl.constexpr, KW: gl.constexpr, VW: gl.constexpr,
-                             PDL: gl.constexpr = False):
+                             STAGES: gl.constexpr, PDL: gl.constexpr = False):
     # decode_fp8_kernel transposed, for at most 8 query heads per kv head: keys and head dims are
     # the rows of the tensor-core tiles (no padding there) and the query heads their 8 columns,
     # S^T = K Q^T and O^T = V^T P^T. Half the matrix instructions and accumulator registers;
@@ -203,6 +215,8 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
     SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
+    KW: gl.constexpr = _key_words(BLOCK_N)
+    VW: gl.constexpr = _value_words(BLOCK_N)
 
     _pdl_wait(PDL)
     seq = gl.program_id(0)
@@ -274,15 +288,16 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
                       cache_kv_words, cache_block_words, cache_slot_words, cache_head_words,
                       block_table_stride, qk_scale, v_scale, group,
                       BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
-                      KW: gl.constexpr, VW: gl.constexpr, PDL: gl.constexpr = False):
-    # Program (sequence, kv head); one warp. qk_scale folds the key scale and log2(e). KW / VW:
-    # word_layouts(BLOCK_N).
+                      PDL: gl.constexpr = False):
+    # Program (sequence, kv head); one warp. qk_scale folds the key scale and log2(e).
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
                                                   instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
     SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
+    KW: gl.constexpr = _key_words(BLOCK_N)
+    VW: gl.constexpr = _value_words(BLOCK_N)
 
     _pdl_wait(PDL)
     seq = gl.program_id(0)
@@ -365,7 +380,6 @@ def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n:
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     group = q.shape[1] // num_kv_heads
     assert head_dim == 128 and group <= (8 if keys_m else 16)
-    keys, values = word_layouts(block_n)
     pdl = pdl or {}
     kernel = decode_fp8_keys_m_kernel if keys_m else decode_fp8_kernel
     kernel[(meta.num_seqs, num_kv_heads)](
@@ -373,6 +387,6 @@ def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n:
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0) // 4, kv_cache.stride(1) // 4, kv_cache.stride(2) // 4,
         kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale, group,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, KW=keys, VW=values,
-        PDL=bool(pdl.get("PDL")), num_warps=1,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, PDL=bool(pdl.get("PDL")),
+        num_warps=1,
         **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))

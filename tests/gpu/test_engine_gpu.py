@@ -194,10 +194,10 @@ def test_gluon_decode_attention_in_the_engine(tmp_path, monkeypatch):
     from kiln.quant.config import QuantConfig
 
     write_random_model("tiny-llama-d128", tmp_path / "src", seed=3, dtype="bfloat16")
+    n = large_decode_min_seqs(1, _num_sms(torch.device("cuda"))) + 8  # one kv head
     engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
                                        QuantConfig("fp8"), eval_tokens=0, device="cuda",
-                                       progress=False))["path"]
-    n = large_decode_min_seqs(1, _num_sms(torch.device("cuda"))) + 8  # one kv head
+                                       progress=False, max_batch_size=n + 8))["path"]
     prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 60))}
                for i in range(n)]
     sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=5)

@@ -24,9 +24,7 @@ from kiln.kernels import decode_gluon
 out = {}
 for block_n, stages, keys_m in json.loads(sys.argv[1]):
     fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
-    keys, values = decode_gluon.word_layouts(block_n)
-    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "KW": keys,
-                  "VW": values, "PDL": True}
+    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True}
     ptrs = {"cache_ptr": "*fp8e4nv", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
             "query_start_ptr": "*i32"}
     signature = {}
