@@ -722,9 +722,11 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
                   ) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
     partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
-    late_values_enabled) and maxnreg (a register cap for the compiler).
+    late_values_enabled), maxnreg (a register cap for the compiler) and gluon (the Gluon
+    kernel's (block_n, stages, keys_m), or None for the Triton kernel; see gluon_decode_tile).
     quant_dtype (float8_e4m3fn): where the kernel can (a fused merge, at most QUANT_PAD_ABOVE
-    rows), it also quantizes out per token and returns those rows; otherwise None."""
+    rows, or one partition per sequence over an fp8 cache), it also quantizes out per token
+    and returns those rows; otherwise None."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
