@@ -136,14 +136,62 @@ def _issue_tile(k_slot, v_slot, tile, blk, seq_len, kv_words, v_words, block_wor
 
 
 @gluon.jit
+def _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, v_words, block_words, slot_words,
+                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
+                COPY: gl.constexpr):
+    """Start copying tiles 0 .. STAGES - 2 into the ring; returns the cache blocks of the next
+    tile to copy (its block-table entries are read a tile ahead of its copy)."""
+    for i in gl.static_range(STAGES - 1):
+        _issue_tile(k_ring.index(i), v_ring.index(i), i,
+                    _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
+                    kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE, COPY)
+    return _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+
+
+@gluon.jit
+def _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, v_words, block_words,
+               slot_words, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
+               STAGES: gl.constexpr, COPY: gl.constexpr):
+    """Wait for tile i's copies, start tile i + STAGES - 1's into the slot tile i - 1 left (blk:
+    its cache blocks); returns the blocks of the tile after it."""
+    async_copy.wait_group(STAGES - 2)
+    gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
+    nxt = i + STAGES - 1
+    _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
+                kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE, COPY)
+    return _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+
+
+@gluon.jit
+def _widened_keys(kw, BLOCK_N: gl.constexpr):
+    """Key words [BLOCK_N, 32] -> float16 [key, t, s, j, h]: the code of byte 2 h + j of word
+    8 t + s of the key's row (the operands' layouts start from this one)."""
+    b0, b1, b2, b3 = gl.inline_asm_elementwise(_E4M3X4_ASM, "=h,=h,=h,=h,r", [kw],
+                                               dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+    x = gl.join(gl.join(b0, b1), gl.join(b2, b3))          # [key, word, j, h]
+    return gl.reshape(x, [BLOCK_N, 4, 8, 2, 2])
+
+
+@gluon.jit
+def _widened_value_pairs(vw, BLOCK_N: gl.constexpr):
+    """Value words [BLOCK_N, 32] -> float16 [p, g, u, a, i, j]: key 2 p + a at dim
+    4 (4 g + u) + 2 i + j, each conversion giving a key pair (keys 2 p and 2 p + 1 are split
+    apart first, then their bytes paired by _E4M3_KEY_PAIRS_ASM)."""
+    pairs = gl.permute(gl.reshape(vw, [BLOCK_N // 2, 2, 32]), [0, 2, 1])
+    even, odd = gl.split(pairs)                             # keys 2 p and 2 p + 1: [p, word]
+    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
+        _E4M3_KEY_PAIRS_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [even, odd],
+        dtype=(gl.float16,) * 8, is_pure=True, pack=1)
+    x = gl.join(gl.join(gl.join(o0, o1), gl.join(o4, o5)),
+                gl.join(gl.join(o2, o3), gl.join(o6, o7)))   # [p, word, a, i, j]
+    return gl.reshape(x, [BLOCK_N // 2, 8, 4, 2, 2, 2])
+
+
+@gluon.jit
 def _keys_operand(kw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
     """Key words [BLOCK_N, 32] (thread (g, t): rows 8 n + g, words 8 t .. 8 t + 7) -> the B
     operand K^T [128 permuted dims, BLOCK_N] of S = Q K^T, float16, no data movement."""
-    b0, b1, b2, b3 = gl.inline_asm_elementwise(_E4M3X4_ASM, "=h,=h,=h,=h,r", [kw],
-                                               dtype=(gl.float16,) * 4, is_pure=True, pack=1)
-    x = gl.join(gl.join(b0, b1), gl.join(b2, b3))          # [key, word, j, h]: byte 2 h + j
-    x = gl.reshape(x, [BLOCK_N, 4, 8, 2, 2])                # [key, t, s, j, h]
-    x = gl.permute(x, [2, 4, 1, 3, 0])                      # [s, h, t, j, key]
+    x = gl.permute(_widened_keys(kw, BLOCK_N), [2, 4, 1, 3, 0])  # [s, h, t, j, key]
     x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
     return gl.convert_layout(x, B_OP, assert_trivial=True)
 
@@ -152,14 +200,7 @@ def _keys_operand(kw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
 def _values_operand(vw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
     """Value words [BLOCK_N, 32] (thread (g, t): rows 2 t, 2 t + 1, 2 t + 8, 2 t + 9 of each 16,
     words 4 g .. 4 g + 3) -> the B operand V [BLOCK_N, 128 permuted dims] of O = P V."""
-    pairs = gl.permute(gl.reshape(vw, [BLOCK_N // 2, 2, 32]), [0, 2, 1])
-    even, odd = gl.split(pairs)                             # keys 2 p and 2 p + 1: [p, word]
-    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
-        _E4M3_KEY_PAIRS_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [even, odd],
-        dtype=(gl.float16,) * 8, is_pure=True, pack=1)
-    x = gl.join(gl.join(gl.join(o0, o1), gl.join(o4, o5)),
-                gl.join(gl.join(o2, o3), gl.join(o6, o7)))   # [p, word, a, i, j]: dim 4 w + 2 i + j
-    x = gl.reshape(x, [BLOCK_N // 2, 8, 4, 2, 2, 2])         # [p, g, u, a, i, j]
+    x = _widened_value_pairs(vw, BLOCK_N)                   # [p, g, u, a, i, j]
     x = gl.permute(x, [0, 3, 2, 4, 5, 1])                   # [p, a, u, i, j, g]
     x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
     return gl.convert_layout(x, B_OP, assert_trivial=True)
@@ -170,11 +211,7 @@ def _keys_rows_operand(kw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
     """Key words [BLOCK_N, 32] in the same thread layout as _keys_operand -> the A operand
     K [BLOCK_N, 128 permuted dims] of S^T = K Q^T (rows g and g + 8 of each 16 are the
     fragment's two row halves)."""
-    b0, b1, b2, b3 = gl.inline_asm_elementwise(_E4M3X4_ASM, "=h,=h,=h,=h,r", [kw],
-                                               dtype=(gl.float16,) * 4, is_pure=True, pack=1)
-    x = gl.join(gl.join(b0, b1), gl.join(b2, b3))          # [key, word, j, h]
-    x = gl.reshape(x, [BLOCK_N, 4, 8, 2, 2])                # [key, t, s, j, h]
-    x = gl.permute(x, [0, 2, 4, 1, 3])                      # [key, s, h, t, j]
+    x = gl.permute(_widened_keys(kw, BLOCK_N), [0, 2, 4, 1, 3])  # [key, s, h, t, j]
     x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
     return gl.convert_layout(x, A_OP, assert_trivial=True)
 
@@ -184,14 +221,7 @@ def _values_rows_operand(vw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
     """Value words [BLOCK_N, 32] in _values_operand's thread layout -> the A operand
     V^T [128 permuted dims, BLOCK_N] of O^T = V^T P^T. Row m holds dim
     16 (m mod 8) + 4 (m div 32) + (m div 8) mod 4, as _values_operand's column m."""
-    pairs = gl.permute(gl.reshape(vw, [BLOCK_N // 2, 2, 32]), [0, 2, 1])
-    even, odd = gl.split(pairs)
-    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
-        _E4M3_KEY_PAIRS_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [even, odd],
-        dtype=(gl.float16,) * 8, is_pure=True, pack=1)
-    x = gl.join(gl.join(gl.join(o0, o1), gl.join(o4, o5)),
-                gl.join(gl.join(o2, o3), gl.join(o6, o7)))   # [p, word, a, i, j]
-    x = gl.reshape(x, [BLOCK_N // 2, 8, 4, 2, 2, 2])         # [p, g, u, a, i, j]
+    x = _widened_value_pairs(vw, BLOCK_N)                   # [p, g, u, a, i, j]
     x = gl.permute(x, [2, 4, 5, 1, 0, 3])                   # [u, i, j, g, p, a]
     x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
     return gl.convert_layout(x, A_OP, assert_trivial=True)
@@ -238,25 +268,17 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
         kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
         num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
-        for i in gl.static_range(STAGES - 1):
-            _issue_tile(k_ring.index(i), v_ring.index(i), i,
-                        _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
-                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
-                        BLOCK_SIZE, COPY)
-        blk = _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+        blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
+                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES, COPY)
 
         m = gl.full([8], -1.0e30, gl.float32, layout=gl.SliceLayout(0, MMA))
         l = gl.zeros([8], gl.float32, layout=gl.SliceLayout(0, MMA))
         acc = gl.zeros([HEAD_DIM, 8], gl.float32, layout=MMA)
         keys = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
         for i in range(num_tiles):
-            async_copy.wait_group(STAGES - 2)
-            gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
-            nxt = i + STAGES - 1
-            _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
-                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
-                        BLOCK_SIZE, COPY)
-            blk = _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+            blk = _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, cache_kv_words,
+                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES,
+                             COPY)
             ka = _keys_rows_operand(k_ring.index(i % STAGES).load(KW), BLOCK_N, A_OP)
             st = mma_v2(ka, qt, gl.zeros([BLOCK_N, 8], gl.float32, layout=MMA)) * qk_scale
             st = gl.where((i * BLOCK_N + keys < seq_len)[:, None], st, float("-inf"))
@@ -319,26 +341,17 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
         table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
         kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
         num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
-        for i in gl.static_range(STAGES - 1):
-            _issue_tile(k_ring.index(i), v_ring.index(i), i,
-                        _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
-                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
-                        BLOCK_SIZE, COPY)
-        # the block-table entries of the next tile to copy, read a tile ahead
-        blk = _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+        blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
+                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES, COPY)
 
         m = gl.full([16], -1.0e30, gl.float32, layout=gl.SliceLayout(1, MMA))
         l = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, MMA))
         acc = gl.zeros([16, HEAD_DIM], gl.float32, layout=MMA)
         cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, MMA))
         for i in range(num_tiles):
-            async_copy.wait_group(STAGES - 2)
-            gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
-            nxt = i + STAGES - 1
-            _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
-                        kv_words, cache_kv_words, cache_block_words, cache_slot_words, BLOCK_N,
-                        BLOCK_SIZE, COPY)
-            blk = _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+            blk = _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, cache_kv_words,
+                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES,
+                             COPY)
             kw = k_ring.index(i % STAGES).load(KW)
             kt = _keys_operand(kw, BLOCK_N, B_OP)
             s = mma_v2(q, kt, gl.zeros([16, BLOCK_N], gl.float32, layout=MMA)) * qk_scale
