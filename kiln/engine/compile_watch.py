@@ -31,6 +31,19 @@ class CompileWatch:
             return False
         return True
 
+    @staticmethod
+    def uninstall_any() -> None:
+        """Stop whichever watch is installed (an earlier engine's, in this process): a new engine
+        starts unwatched, so that its own start-up compiles are neither counted against the
+        earlier engine nor described to the hook (Triton serializes every compile's launch
+        arguments for it), and installs its own watch once warmed up."""
+        try:
+            from triton import knobs
+
+            knobs.runtime.jit_cache_hook = None
+        except (ImportError, AttributeError):
+            pass
+
     def _on_miss(self, *, fn=None, repr: str = "", **_) -> None:  # noqa: A002 - Triton's name
         name = getattr(fn, "name", None) or repr.split("[", 1)[0] or "?"
         self.count += 1

@@ -100,6 +100,8 @@ class LLMEngine:
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.model.seed)
         t0 = time.perf_counter()
+        from kiln.engine.compile_watch import CompileWatch
+        CompileWatch.uninstall_any()  # an earlier engine's; this one's follows its warm-up
         from kiln.build.engine_dir import is_engine_dir, load_engine_model
 
         # An engine directory (kiln build) holds processed weights: loaded as they are, after a
@@ -160,7 +162,6 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.load_seconds = time.perf_counter() - t0
-        from kiln.engine.compile_watch import CompileWatch
         self.compile_watch = CompileWatch()
         if self.device.type == "cuda":
             self.compile_watch.install()

@@ -31,3 +31,20 @@ def test_engine_stats_report_compiles_after_startup(tiny_model_dir):
 
     llm = LLM(tiny_model_dir, dtype="float32", device="cpu")
     assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+
+
+def test_a_new_engine_starts_unwatched(tiny_model_dir):
+    # An earlier engine's watch stops when the next engine starts: that engine's start-up
+    # compiles are neither counted against it nor serialized for its hook.
+    from triton import knobs
+
+    from kiln import LLM
+
+    previous = knobs.runtime.jit_cache_hook
+    earlier = CompileWatch()
+    try:
+        assert earlier.install()
+        LLM(tiny_model_dir, dtype="float32", device="cpu")
+        assert knobs.runtime.jit_cache_hook is None  # a CPU engine installs none of its own
+    finally:
+        knobs.runtime.jit_cache_hook = previous
