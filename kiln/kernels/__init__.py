@@ -22,6 +22,21 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 _PDL_DEVICES: dict[int, bool] = {}
+# Four e4m3 codes of a 32-bit word (bytes 0..3) -> four float16, two per instruction (PTX,
+# sm_89+): $0..$3 the codes of bytes 0..3, $4 the word. The fp8-cache attention kernels (Triton
+# and Gluon) wrap it in their dialect's constexpr.
+E4M3X4_F16_PTX = """
+{
+.reg .b16 klo, khi;
+.reg .b32 kp, kq;
+mov.b32 {klo, khi}, $4;
+cvt.rn.f16x2.e4m3x2 kp, klo;
+cvt.rn.f16x2.e4m3x2 kq, khi;
+mov.b32 {$0, $1}, kp;
+mov.b32 {$2, $3}, kq;
+}
+"""
+
 _PDL_SCOPE = [False]
 PDL_MAX_BATCH = 64  # decode graphs up to this batch size launch with PDL under KILN_PDL=auto
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import pdl_args, use_triton
+from kiln.kernels import E4M3X4_F16_PTX, pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantize_rows,
                                     quantized_rows_buffers, store_row_quantized)
@@ -148,18 +148,8 @@ def _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride, cache
             + kv_head * cache_head_stride)
 
 
-# Four e4m3 codes of a 32-bit word (bytes 0..3) -> four float16, two per instruction (sm_89+).
-_E4M3X4_F16_ASM = tl.constexpr("""
-{
-.reg .b16 klo, khi;
-.reg .b32 kp, kq;
-mov.b32 {klo, khi}, $4;
-cvt.rn.f16x2.e4m3x2 kp, klo;
-cvt.rn.f16x2.e4m3x2 kq, khi;
-mov.b32 {$0, $1}, kp;
-mov.b32 {$2, $3}, kq;
-}
-""")
+# Four e4m3 codes of a 32-bit word -> four float16 (sm_89+).
+_E4M3X4_F16_ASM = tl.constexpr(E4M3X4_F16_PTX)
 
 
 @triton.jit

@@ -34,18 +34,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-# Four e4m3 codes of a 32-bit word (bytes 0..3) -> four float16, two per instruction.
-_E4M3X4_ASM = gl.constexpr("""
-{
-.reg .b16 klo, khi;
-.reg .b32 kp, kq;
-mov.b32 {klo, khi}, $4;
-cvt.rn.f16x2.e4m3x2 kp, klo;
-cvt.rn.f16x2.e4m3x2 kq, khi;
-mov.b32 {$0, $1}, kp;
-mov.b32 {$2, $3}, kq;
-}
-""")
+from kiln.kernels import E4M3X4_F16_PTX
+
+_E4M3X4_ASM = gl.constexpr(E4M3X4_F16_PTX)  # four e4m3 codes of a word -> float16
 
 # Words of keys 2p ($8) and 2p + 1 ($9) at the same four dims -> dim c of key 2p, then of key
 # 2p + 1, for c = 0..3 ($0..$7): bytes paired across the keys first, so each conversion gives
@@ -70,6 +61,14 @@ mov.b32 {$6, $7}, r3;
 """)
 
 HEAD_DIM = gl.constexpr(128)
+# One warp's mma.sync m16n8k16 tiles and their operands; the copies' layout (16-byte vectors,
+# 8 lanes a 128-byte row); the ring's slots (16-byte chunks XOR-swizzled by row).
+_MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
+                                              instr_shape=[16, 8]))
+_A_OP = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_MMA.value, k_width=2))
+_B_OP = gl.constexpr(gl.DotOperandLayout(operand_index=1, parent=_MMA.value, k_width=2))
+_COPY = gl.constexpr(gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0]))
+_SMEM = gl.constexpr(gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]))
 
 
 
@@ -112,22 +111,47 @@ def _pdl_wait(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _tile_blocks(tile, seq_len, table_row, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-                 COPY: gl.constexpr):
+def _sequence(seq_lens_ptr, query_start_ptr, PDL: gl.constexpr):
+    """This program's (sequence, kv head) and the sequence's length, first query row and query
+    count, read after the previous kernel (PDL)."""
+    _pdl_wait(PDL)
+    seq = gl.program_id(0)
+    kv_head = gl.program_id(1)
+    seq_len = gl.load(seq_lens_ptr + seq)
+    q_start = gl.load(query_start_ptr + seq)
+    q_len = gl.load(query_start_ptr + seq + 1) - q_start
+    return seq, kv_head, seq_len, q_start, q_len
+
+
+@gluon.jit
+def _key_dims(kk):
+    """The head dim at MMA k index kk of the key operands (and of q): 32 t + 4 s + 2 h + j for
+    kk = 16 s + 8 h + 2 t + j."""
+    return 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+
+
+@gluon.jit
+def _value_dims(n):
+    """The head dim at output index n (a column of O, a row of O^T)."""
+    return 16 * (n % 8) + 4 * (n // 32) + (n // 8) % 4
+
+
+@gluon.jit
+def _tile_blocks(tile, seq_len, table_row, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr):
     """The cache blocks of tile `tile`'s rows (0 past the context), in the copy layout's rows."""
-    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, COPY))
+    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, _COPY))
     return gl.load(table_row + toks // BLOCK_SIZE, mask=toks < seq_len, other=0)
 
 
 @gluon.jit
 def _issue_tile(k_slot, v_slot, tile, blk, seq_len, kv_words, v_words, block_words, slot_words,
-                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, COPY: gl.constexpr):
+                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr):
     """Start copying tile `tile`'s key and value rows (int32 words; their cache blocks `blk`)
     into one ring slot; rows past the context are zero-filled. One commit group per tile."""
-    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, COPY))
+    toks = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, _COPY))
     ok = toks < seq_len
     row = blk.to(gl.int64) * block_words + (toks % BLOCK_SIZE) * slot_words
-    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, COPY))
+    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, _COPY))
     ptrs = kv_words + row[:, None] + cols[None, :]
     mask = ok[:, None] & (cols < 32)[None, :]
     async_copy.async_copy_global_to_shared(k_slot, ptrs, mask=mask)
@@ -137,29 +161,28 @@ def _issue_tile(k_slot, v_slot, tile, blk, seq_len, kv_words, v_words, block_wor
 
 @gluon.jit
 def _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, v_words, block_words, slot_words,
-                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
-                COPY: gl.constexpr):
+                BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr):
     """Start copying tiles 0 .. STAGES - 2 into the ring; returns the cache blocks of the next
     tile to copy (its block-table entries are read a tile ahead of its copy)."""
     for i in gl.static_range(STAGES - 1):
         _issue_tile(k_ring.index(i), v_ring.index(i), i,
-                    _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY), seq_len,
-                    kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE, COPY)
-    return _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+                    _tile_blocks(i, seq_len, table_row, BLOCK_N, BLOCK_SIZE), seq_len,
+                    kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE)
+    return _tile_blocks(STAGES - 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE)
 
 
 @gluon.jit
 def _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, v_words, block_words,
                slot_words, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-               STAGES: gl.constexpr, COPY: gl.constexpr):
+               STAGES: gl.constexpr):
     """Wait for tile i's copies, start tile i + STAGES - 1's into the slot tile i - 1 left (blk:
     its cache blocks); returns the blocks of the tile after it."""
     async_copy.wait_group(STAGES - 2)
     gl.thread_barrier()  # every lane's copies of tile i landed; slot i - 1 is free
     nxt = i + STAGES - 1
     _issue_tile(k_ring.index(nxt % STAGES), v_ring.index(nxt % STAGES), nxt, blk, seq_len,
-                kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE, COPY)
-    return _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE, COPY)
+                kv_words, v_words, block_words, slot_words, BLOCK_N, BLOCK_SIZE)
+    return _tile_blocks(nxt + 1, seq_len, table_row, BLOCK_N, BLOCK_SIZE)
 
 
 @gluon.jit
@@ -188,43 +211,43 @@ def _widened_value_pairs(vw, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def _keys_operand(kw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
+def _keys_operand(kw, BLOCK_N: gl.constexpr):
     """Key words [BLOCK_N, 32] (thread (g, t): rows 8 n + g, words 8 t .. 8 t + 7) -> the B
     operand K^T [128 permuted dims, BLOCK_N] of S = Q K^T, float16, no data movement."""
     x = gl.permute(_widened_keys(kw, BLOCK_N), [2, 4, 1, 3, 0])  # [s, h, t, j, key]
     x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
-    return gl.convert_layout(x, B_OP, assert_trivial=True)
+    return gl.convert_layout(x, _B_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _values_operand(vw, BLOCK_N: gl.constexpr, B_OP: gl.constexpr):
+def _values_operand(vw, BLOCK_N: gl.constexpr):
     """Value words [BLOCK_N, 32] (thread (g, t): rows 2 t, 2 t + 1, 2 t + 8, 2 t + 9 of each 16,
     words 4 g .. 4 g + 3) -> the B operand V [BLOCK_N, 128 permuted dims] of O = P V."""
     x = _widened_value_pairs(vw, BLOCK_N)                   # [p, g, u, a, i, j]
     x = gl.permute(x, [0, 3, 2, 4, 5, 1])                   # [p, a, u, i, j, g]
     x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
-    return gl.convert_layout(x, B_OP, assert_trivial=True)
+    return gl.convert_layout(x, _B_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _keys_rows_operand(kw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
+def _keys_rows_operand(kw, BLOCK_N: gl.constexpr):
     """Key words [BLOCK_N, 32] in the same thread layout as _keys_operand -> the A operand
     K [BLOCK_N, 128 permuted dims] of S^T = K Q^T (rows g and g + 8 of each 16 are the
     fragment's two row halves)."""
     x = gl.permute(_widened_keys(kw, BLOCK_N), [0, 2, 4, 1, 3])  # [key, s, h, t, j]
     x = gl.reshape(x, [BLOCK_N, HEAD_DIM])
-    return gl.convert_layout(x, A_OP, assert_trivial=True)
+    return gl.convert_layout(x, _A_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _values_rows_operand(vw, BLOCK_N: gl.constexpr, A_OP: gl.constexpr):
+def _values_rows_operand(vw, BLOCK_N: gl.constexpr):
     """Value words [BLOCK_N, 32] in _values_operand's thread layout -> the A operand
     V^T [128 permuted dims, BLOCK_N] of O^T = V^T P^T. Row m holds dim
     16 (m mod 8) + 4 (m div 32) + (m div 8) mod 4, as _values_operand's column m."""
     x = _widened_value_pairs(vw, BLOCK_N)                   # [p, g, u, a, i, j]
     x = gl.permute(x, [2, 4, 5, 1, 0, 3])                   # [u, i, j, g, p, a]
     x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
-    return gl.convert_layout(x, A_OP, assert_trivial=True)
+    return gl.convert_layout(x, _A_OP, assert_trivial=True)
 
 
 @gluon.jit(do_not_specialize=["block_table_stride", "group"],
@@ -239,63 +262,50 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # the rows of the tensor-core tiles (no padding there) and the query heads their 8 columns,
     # S^T = K Q^T and O^T = V^T P^T. Half the matrix instructions and accumulator registers;
     # P^T changes layout (C fragment to B operand) once a tile.
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
-                                                  instr_shape=[16, 8])
-    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
-    SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
     KW: gl.constexpr = _key_words(BLOCK_N)
     VW: gl.constexpr = _value_words(BLOCK_N)
-
-    _pdl_wait(PDL)
-    seq = gl.program_id(0)
-    kv_head = gl.program_id(1)
-    seq_len = gl.load(seq_lens_ptr + seq)
-    q_start = gl.load(query_start_ptr + seq)
-    q_len = gl.load(query_start_ptr + seq + 1) - q_start
+    seq, kv_head, seq_len, q_start, q_len = _sequence(seq_lens_ptr, query_start_ptr, PDL)
     if q_len > 0:
-        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, B_OP))
-        cols = gl.arange(0, 8, layout=gl.SliceLayout(0, B_OP))
-        dims = 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, _B_OP))
+        cols = gl.arange(0, 8, layout=gl.SliceLayout(0, _B_OP))
+        dims = _key_dims(kk)
         heads = kv_head * group + cols
         qt = gl.load(q_ptr + q_start.to(gl.int64) * q_tok_stride + heads[None, :] * q_head_stride
                      + dims[:, None], mask=(cols < group)[None, :], other=0.0)
         qt = gl.minimum(gl.maximum(qt.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
 
-        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
-        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
+        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
         table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
         kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
         num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
         blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
-                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES, COPY)
+                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
 
-        m = gl.full([8], -1.0e30, gl.float32, layout=gl.SliceLayout(0, MMA))
-        l = gl.zeros([8], gl.float32, layout=gl.SliceLayout(0, MMA))
-        acc = gl.zeros([HEAD_DIM, 8], gl.float32, layout=MMA)
-        keys = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
+        m = gl.full([8], -1.0e30, gl.float32, layout=gl.SliceLayout(0, _MMA))
+        l = gl.zeros([8], gl.float32, layout=gl.SliceLayout(0, _MMA))
+        acc = gl.zeros([HEAD_DIM, 8], gl.float32, layout=_MMA)
+        keys = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, _MMA))
         for i in range(num_tiles):
             blk = _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, cache_kv_words,
-                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES,
-                             COPY)
-            ka = _keys_rows_operand(k_ring.index(i % STAGES).load(KW), BLOCK_N, A_OP)
-            st = mma_v2(ka, qt, gl.zeros([BLOCK_N, 8], gl.float32, layout=MMA)) * qk_scale
+                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
+            ka = _keys_rows_operand(k_ring.index(i % STAGES).load(KW), BLOCK_N)
+            st = mma_v2(ka, qt, gl.zeros([BLOCK_N, 8], gl.float32, layout=_MMA)) * qk_scale
             st = gl.where((i * BLOCK_N + keys < seq_len)[:, None], st, float("-inf"))
             m_new = gl.maximum(m, gl.max(st, axis=0))
             alpha = gl.exp2(m - m_new)
             pt = gl.exp2(st - m_new[None, :])
             l = l * alpha + gl.sum(pt, axis=0)
-            va = _values_rows_operand(v_ring.index(i % STAGES).load(VW), BLOCK_N, A_OP)
-            pb = gl.convert_layout(pt.to(gl.float16), B_OP)
+            va = _values_rows_operand(v_ring.index(i % STAGES).load(VW), BLOCK_N)
+            pb = gl.convert_layout(pt.to(gl.float16), _B_OP)
             acc = mma_v2(va, pb, acc * alpha[None, :])
             m = m_new
         async_copy.wait_group(0)
 
         out = acc * (v_scale / l)[None, :]
-        mrow = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
-        ocol = gl.arange(0, 8, layout=gl.SliceLayout(0, MMA))
-        odim = 16 * (mrow % 8) + 4 * (mrow // 32) + (mrow // 8) % 4
+        mrow = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, _MMA))
+        ocol = gl.arange(0, 8, layout=gl.SliceLayout(0, _MMA))
+        odim = _value_dims(mrow)
         oheads = kv_head * group + ocol
         gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[None, :] * out_head_stride
                  + odim[:, None], out.to(out_ptr.dtype.element_ty), mask=(ocol < group)[None, :])
@@ -312,65 +322,52 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
                       BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
                       PDL: gl.constexpr = False):
     # Program (sequence, kv head); one warp. qk_scale folds the key scale and log2(e).
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
-                                                  instr_shape=[16, 8])
-    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    COPY: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
-    SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
     KW: gl.constexpr = _key_words(BLOCK_N)
     VW: gl.constexpr = _value_words(BLOCK_N)
-
-    _pdl_wait(PDL)
-    seq = gl.program_id(0)
-    kv_head = gl.program_id(1)
-    seq_len = gl.load(seq_lens_ptr + seq)
-    q_start = gl.load(query_start_ptr + seq)
-    q_len = gl.load(query_start_ptr + seq + 1) - q_start
+    seq, kv_head, seq_len, q_start, q_len = _sequence(seq_lens_ptr, query_start_ptr, PDL)
     if q_len > 0:
-        rows = gl.arange(0, 16, layout=gl.SliceLayout(1, A_OP))
-        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, A_OP))
-        dims = 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+        rows = gl.arange(0, 16, layout=gl.SliceLayout(1, _A_OP))
+        kk = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, _A_OP))
+        dims = _key_dims(kk)
         heads = kv_head * group + rows
         q = gl.load(q_ptr + q_start.to(gl.int64) * q_tok_stride + heads[:, None] * q_head_stride
                     + dims[None, :], mask=(rows < group)[:, None], other=0.0)
         q = gl.minimum(gl.maximum(q.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
 
-        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
-        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], SMEM)
+        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
+        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
         table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
         kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
         num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
         blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
-                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES, COPY)
+                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
 
-        m = gl.full([16], -1.0e30, gl.float32, layout=gl.SliceLayout(1, MMA))
-        l = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, MMA))
-        acc = gl.zeros([16, HEAD_DIM], gl.float32, layout=MMA)
-        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, MMA))
+        m = gl.full([16], -1.0e30, gl.float32, layout=gl.SliceLayout(1, _MMA))
+        l = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, _MMA))
+        acc = gl.zeros([16, HEAD_DIM], gl.float32, layout=_MMA)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, _MMA))
         for i in range(num_tiles):
             blk = _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, cache_kv_words,
-                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES,
-                             COPY)
+                             cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
             kw = k_ring.index(i % STAGES).load(KW)
-            kt = _keys_operand(kw, BLOCK_N, B_OP)
-            s = mma_v2(q, kt, gl.zeros([16, BLOCK_N], gl.float32, layout=MMA)) * qk_scale
+            kt = _keys_operand(kw, BLOCK_N)
+            s = mma_v2(q, kt, gl.zeros([16, BLOCK_N], gl.float32, layout=_MMA)) * qk_scale
             s = gl.where((i * BLOCK_N + cols < seq_len)[None, :], s, float("-inf"))
             m_new = gl.maximum(m, gl.max(s, axis=1))
             alpha = gl.exp2(m - m_new)
             p = gl.exp2(s - m_new[:, None])
             l = l * alpha + gl.sum(p, axis=1)
             vw = v_ring.index(i % STAGES).load(VW)
-            vb = _values_operand(vw, BLOCK_N, B_OP)
-            pa = gl.convert_layout(p.to(gl.float16), A_OP)
+            vb = _values_operand(vw, BLOCK_N)
+            pa = gl.convert_layout(p.to(gl.float16), _A_OP)
             acc = mma_v2(pa, vb, acc * alpha[:, None])
             m = m_new
         async_copy.wait_group(0)
 
         out = acc * (v_scale / l)[:, None]
-        orow = gl.arange(0, 16, layout=gl.SliceLayout(1, MMA))
-        n = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, MMA))
-        odim = 16 * (n % 8) + 4 * (n // 32) + (n // 8) % 4
+        orow = gl.arange(0, 16, layout=gl.SliceLayout(1, _MMA))
+        n = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, _MMA))
+        odim = _value_dims(n)
         oheads = kv_head * group + orow
         gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[:, None] * out_head_stride
                  + odim[None, :], out.to(out_ptr.dtype.element_ty), mask=(orow < group)[:, None])
