@@ -22,8 +22,10 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
-from kiln.kernels import (activation, argmax, attention, prefill_fresh, quant_matmul, rmsnorm,
+from kiln.kernels import (activation, argmax, attention, decode_gluon, prefill_fresh, quant_matmul,
+                          rmsnorm,
                           rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -67,7 +69,8 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
             signature[name] = "i32"
             if name not in ODD_INTS:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
+    source = GluonASTSource if fn.is_gluon() else ASTSource
+    src = source(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
@@ -324,10 +327,21 @@ def report(label: str, fn, constexprs: dict, dtype: str, warps: int, stages: int
         return False
 
 
+def gluon_configs():
+    """The Gluon decode kernels (kiln.kernels.decode_gluon), one warp, at the default tile and the
+    others the GPU tests run."""
+    for keys_m in (True, False):
+        fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
+        for block_n, stages in ((32, 3), (32, 2), (16, 4)):
+            yield (f"gluon decode fp8-kv keys_m={keys_m} N{block_n} s{stages}", fn,
+                   {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True,
+                    "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", 1, 1)
+
+
 def main() -> int:
     only = sys.argv[1] if len(sys.argv) > 1 else ""
     every = (list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
-             + list(argmax_configs()))
+             + list(argmax_configs()) + list(gluon_configs()))
     failed = sum(not report(*c) for c in every if only in c[0])
     return 1 if failed else 0
 
