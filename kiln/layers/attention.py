@@ -52,8 +52,6 @@ class PagedSelfAttention(nn.Module):
         # float8_e4m3fn when o_proj is an fp8 W8A8 linear and the attention quantizes its input
         # (LlamaFamilyModel.quantize_in_producers); None: o_proj quantizes for itself.
         self.quant_dtype: torch.dtype | None = None
-        # kiln.kernels.l2_prefetch.L2Prefetcher shared by the model's layers, or None
-        self.l2_prefetch = None
 
     def set_kv_cache_scales(self, k_scale: float, v_scale: float) -> None:
         """Set the fp8 KV-cache scales of this layer (cached value = K / k_scale, V / v_scale)."""
@@ -72,8 +70,6 @@ class PagedSelfAttention(nn.Module):
         projection is skipped."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
-        if self.l2_prefetch is not None:  # o_proj's weights, while RoPE and the attention run
-            self.l2_prefetch.fork("o_proj", self.o_proj, hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)

@@ -38,15 +38,10 @@ class GatedMLP(nn.Module):
                                    device)
         self.act = SiluAndMul()
         self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
-        # kiln.kernels.l2_prefetch.L2Prefetcher shared by the model's layers, or None
-        self.l2_prefetch = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]."""
-        gate_up = self.gate_up_proj(x)
-        if self.l2_prefetch is not None:  # down_proj's weights, while SiLU-mul runs
-            self.l2_prefetch.fork("down_proj", self.down_proj, x)
-        return self.down_proj(self.act(gate_up))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -80,8 +75,6 @@ class DecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
-        if self.mlp.l2_prefetch is not None:  # gate_up_proj's, while the norm runs
-            self.mlp.l2_prefetch.fork("gate_up_proj", self.mlp.gate_up_proj, hidden)
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
@@ -129,13 +122,6 @@ class LlamaFamilyModel(nn.Module):
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
                               tied_to=self.embed_tokens if args.tie_word_embeddings else None,
                               method=head_method)
-        # KILN_L2_PREFETCH: small decode forwards ask L2 for the next linear's weights on a side
-        # stream while the kernels between the linears run (kiln.kernels.l2_prefetch)
-        from kiln.kernels.l2_prefetch import L2Prefetcher
-
-        self.l2_prefetch = L2Prefetcher.from_env(device)
-        for layer in self.layers:
-            layer.self_attn.l2_prefetch = layer.mlp.l2_prefetch = self.l2_prefetch
 
     def quantize_in_producers(self, enable: bool = True) -> int:
         """Let the modules whose only reader is an fp8 W8A8 linear (the input norm before qkv_proj,
@@ -173,14 +159,9 @@ class LlamaFamilyModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
-        prefetch = self.l2_prefetch
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
                                      rows if i == last else None)
-            if prefetch is not None and i < last:  # the next qkv_proj's, while its norm runs
-                prefetch.fork("qkv_proj", self.layers[i + 1].self_attn.qkv_proj, hidden)
-        if prefetch is not None:
-            prefetch.join()
         if hidden.shape[0] == 0:
             return hidden
         hidden, _ = self.norm(hidden, residual)
