@@ -774,16 +774,17 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             fused.update(lock_ptr=locks, codes_ptr=codes, scales_ptr=scales,
                          codes_stride=codes.stride(0), QUANT_ROW=triton.next_power_of_2(width))
     fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
-    # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
-    # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
+    # One partition per sequence over an fp8 cache: the Gluon kernel (which also quantizes the
+    # rows when asked, KILN_ATTN_QUANT_OUT).
     gluon_tile = tuning.get("gluon", gluon_decode_tile() if gluon_decode_enabled() else None)
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
-            and group <= 16 and quantized is None):
+            and group <= 16):
         block_n, stages, keys_m = gluon_tile
+        quant = None if quantized is None else (fused["lock_ptr"], quantized.q, quantized.scale)
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
-                                keys_m and group <= 8, pdl=pdl_args(q))
-        return None
+                                keys_m and group <= 8, pdl=pdl_args(q), quant=quant)
+        return quantized
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),

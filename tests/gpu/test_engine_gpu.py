@@ -145,35 +145,46 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="fp8 engines need an FP8 GPU")
-def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset,kv_heads", [("tiny-llama", 2), ("tiny-llama-d128", 1)])
+def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch, preset, kv_heads):
     """Decode batches large enough for one partition per sequence over an fp8 cache: with
     KILN_ATTN_QUANT_OUT=1 the attention kernel quantizes o_proj's input itself (also for the last
     layer's sampled rows, re-padded for cuBLAS), and the tokens and logprobs are those of the
-    separate quantization launch, eager and through CUDA graphs; nothing compiles after start-up."""
+    separate quantization launch, eager and through CUDA graphs; nothing compiles after start-up.
+    tiny-llama (head_dim 64) runs the Triton kernel, tiny-llama-d128 the Gluon one."""
     from kiln import LLM, SamplingParams
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.kernels.attention import _num_sms, large_decode_min_seqs
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
 
-    write_random_model("tiny-llama", tmp_path / "src", seed=6, dtype="bfloat16")
+    write_random_model(preset, tmp_path / "src", seed=6, dtype="bfloat16")
+    n = large_decode_min_seqs(kv_heads, _num_sms(torch.device("cuda"))) + 8
     engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
                                        QuantConfig("fp8"), eval_tokens=0, device="cuda",
-                                       progress=False))["path"]
-    n = large_decode_min_seqs(2, _num_sms(torch.device("cuda"))) + 8  # tiny-llama: 2 kv heads
+                                       progress=False, max_batch_size=n + 8))["path"]
     prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 7))}
                for i in range(n)]
     sp = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
+    from kiln.kernels import decode_gluon
+
+    quant_launches = []
+    real = decode_gluon.decode_fp8
+    monkeypatch.setattr(decode_gluon, "decode_fp8", lambda *a, **k: (
+        quant_launches.append(k.get("quant") is not None), real(*a, **k)))
     results = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("KILN_ATTN_QUANT_OUT", flag)
         for eager in (True, False):
+            quant_launches.clear()
             llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
-                      max_num_seqs=n + 8, kv_cache_dtype="fp8")
+                      max_num_seqs=n + 8, kv_cache_dtype="fp8", max_num_batched_tokens=16384)
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
             compiles = llm.engine.stats()["kernel_compiles_after_startup"]
             assert compiles == 0, f"KILN_ATTN_QUANT_OUT={flag}, eager={eager}: {compiles}"
+            # the Gluon kernel (head_dim 128) quantized rows exactly when asked
+            assert any(quant_launches) == (flag == "1" and kv_heads == 1), (flag, eager)
             del llm
     for eager in (True, False):
         assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"

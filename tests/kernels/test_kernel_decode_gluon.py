@@ -22,27 +22,37 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from kiln.kernels import decode_gluon
 
 out = {}
-for block_n, stages, keys_m in json.loads(sys.argv[1]):
+for block_n, stages, keys_m, quant_row in json.loads(sys.argv[1]):
     fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
-    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True}
+    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True,
+                  "QUANT_ROW": quant_row}
     ptrs = {"cache_ptr": "*fp8e4nv", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
-            "query_start_ptr": "*i32"}
-    signature = {}
-    for name in fn.arg_names:
+            "query_start_ptr": "*i32", "lock_ptr": "*i32", "codes_ptr": "*fp8e4nv",
+            "scales_ptr": "*fp32"}
+    # 16-divisible as launches give them: the tensors' addresses, and the quantized rows' stride
+    aligned = {"q_ptr", "cache_ptr", "out_ptr", "lock_ptr", "codes_ptr", "scales_ptr",
+               "codes_stride"}
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
             signature[name] = ptrs.get(name, "*bf16")
         else:
             signature[name] = "fp32" if name in ("qk_scale", "v_scale") else "i32"
+        if name in aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
     src = GluonASTSource(fn, signature,
-                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": 1, "num_stages": 1})
-    out[f"{block_n},{stages},{keys_m}"] = {"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]}
+    out[f"{block_n},{stages},{keys_m},{quant_row}"] = {"shared": kernel.metadata.shared,
+                                                      "ptx": kernel.asm["ptx"]}
 print(json.dumps(out))
 """
-TILES = [(32, 3, False), (16, 4, False), (32, 2, True), (16, 4, True)]
+# (block_n, stages, keys_m, QUANT_ROW: 0, or the row quantization of a 32-head row)
+TILES = [(32, 3, False, 0), (16, 4, False, 0), (32, 2, True, 0), (16, 4, True, 0),
+         (32, 3, True, 4096), (32, 3, False, 4096)]
 
 
 def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
@@ -53,13 +63,18 @@ def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = json.loads(done.stdout.strip().splitlines()[-1])
-    for block_n, stages, keys_m in TILES:
-        k = kernels[f"{block_n},{stages},{keys_m}"]
-        # keys and values: `stages` slots of block_n rows x 128 one-byte codes each
+    for block_n, stages, keys_m, quant_row in TILES:
+        k = kernels[f"{block_n},{stages},{keys_m},{quant_row}"]
+        # keys and values: `stages` slots of block_n rows x 128 one-byte codes each (the ring's
+        # space is reused by the row quantization's reduction)
         assert k["shared"] == 2 * stages * block_n * 128
         assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in k["ptx"]
         assert "cvt.rn.f16x2.e4m3x2" in k["ptx"] and "prmt.b32" in k["ptx"]
         assert "cp.async" in k["ptx"] and "griddepcontrol.wait" in k["ptx"]
+        # the row quantization: an acq_rel arrival count, the row read from L2, e4m3 codes
+        quantizes = ("atom.global.gpu.acq_rel.add" in k["ptx"] and "ld.global.cg.v4" in k["ptx"]
+                     and "cvt.rn.satfinite.e4m3x2.f32" in k["ptx"])
+        assert quantizes == bool(quant_row), (block_n, stages, keys_m, quant_row)
 
 
 def test_word_layouts_cover_each_word_once():
