@@ -694,10 +694,11 @@ def gluon_decode_tile() -> tuple[int, int, bool]:
 def quant_out_enabled() -> bool:
     """KILN_ATTN_QUANT_OUT=1: with KILN_PRODUCER_QUANT, fp8 engines' attention also quantizes
     o_proj's input (in the decode kernel where it merges its partitions, or over an fp8 cache
-    where it runs one partition per sequence; see paged_attention). Off: no gain at batch 1
-    (346.1 against 346.4 tok/s, run-j), and the 1000 x 128/128 fp8 run met a kernel variant
-    compiling after start-up with it (26,527 against about 30,300 tok/s; benchmarks/h200-quant,
-    run-v), so the large-batch path is not measured cleanly yet."""
+    where it runs one partition per sequence, the Triton or the Gluon kernel; see
+    paged_attention). Off: no gain at batch 1 (346.1 against 346.4 tok/s, run-j), and the
+    1000 x 128/128 fp8 run met a kernel variant compiling after start-up with it (26,527 against
+    about 30,300 tok/s; benchmarks/h200-quant, run-v), so the large-batch path is not measured
+    cleanly yet (the Gluon kernel's row quantization has not run on an H200 yet: run-x)."""
     return os.environ.get("KILN_ATTN_QUANT_OUT", "0") == "1"
 
 
