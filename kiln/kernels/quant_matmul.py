@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from kiln.kernels import pdl_args, use_triton
+from kiln.kernels import int4_gluon, pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
@@ -1619,6 +1619,9 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x2 = _rows(x)
     s = scales.float().contiguous()
     qweight = qweight.contiguous()
+    if int4_gluon.int4_mma_enabled() and int4_gluon.int4_mma_ok(x2, qweight, group_size):
+        out = int4_gluon.int4_mma_gemv(x2, qweight, s, bias, pdl=pdl_args(x2))
+        return out.reshape(*x.shape[:-1], n)
     if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128
             and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0
             and qweight.data_ptr() % 4 == 0):
