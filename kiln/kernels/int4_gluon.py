@@ -29,6 +29,7 @@ its int4_wo_linear_ref. CUDA sm_90+ (bfloat16 subtract, sub.bf16x2), group size 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -122,7 +123,7 @@ def _weights_operand(words, ROWS: gl.constexpr):
     w = gl.join(gl.join(gl.join(o0, o1), gl.join(o2, o3)),
                 gl.join(gl.join(o4, o5), gl.join(o6, o7)))
     w = gl.reshape(w, [ROWS, 4, 4, 2, 2, 2])                 # [row, c, i, e, s0, s1]
-    w = gl.permute(w, _W_PERM.value)                               # [row, i, s1, s0, c, e]
+    w = gl.permute(w, _W_PERM.value)                         # [row, i, s1, s0, c, e]
     w = gl.reshape(w, [ROWS, _GROUP])
     return gl.convert_layout(w, _A_OP, assert_trivial=True)
 
@@ -137,7 +138,7 @@ def _x_operand(x_ptr, stride_xm, M, k0):
     offs = (n[:, None, None] * stride_xm + k0 + c[None, :, None] * 32 + e32[None, None, :])
     x = gl.load(x_ptr + offs, mask=(n < M)[:, None, None], other=0.0)   # [n, c, 32]
     x = gl.reshape(x, [8, 4, 4, 2, 2, 2])                    # [n, c, i, e, s1, s0]
-    x = gl.permute(x, _X_PERM.value)                               # [i, s1, s0, c, e, n]
+    x = gl.permute(x, _X_PERM.value)                         # [i, s1, s0, c, e, n]
     x = gl.reshape(x, [_GROUP, 8])
     return gl.convert_layout(x, _B_OP, assert_trivial=True)
 
@@ -200,10 +201,16 @@ def int4_mma_enabled() -> bool:
     return os.environ.get("KILN_INT4_MMA", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def _sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
 def int4_mma_ok(x2: torch.Tensor, qweight: torch.Tensor, group: int) -> bool:
     """Whether int4_mma_gemv takes this product: CUDA sm_90+, at most MAX_ROWS bfloat16 rows with
     contiguous k, groups of 128, weight rows 16-byte aligned."""
-    return (x2.is_cuda and torch.cuda.get_device_capability(x2.device) >= (9, 0)
+    return (x2.is_cuda and _sm90(x2.device.index if x2.device.index is not None
+                                 else torch.cuda.current_device())
             and x2.dtype == torch.bfloat16 and 0 < x2.shape[0] <= MAX_ROWS and x2.stride(1) == 1
             and group == GROUP and x2.shape[1] % GROUP == 0 and qweight.data_ptr() % 16 == 0
             and qweight.stride(0) % 16 == 0 and qweight.stride(1) == 1)
