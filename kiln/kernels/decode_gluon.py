@@ -35,6 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from kiln.kernels import E4M3X4_F16_PTX
+from kiln.kernels.pdl import gluon_pdl_start
 
 _E4M3X4_ASM = gl.constexpr(E4M3X4_F16_PTX)  # four e4m3 codes of a word -> float16
 
@@ -102,19 +103,10 @@ def _value_words(block_n):
 
 
 @gluon.jit
-def _pdl_wait(PDL: gl.constexpr):
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def _sequence(seq_lens_ptr, query_start_ptr, PDL: gl.constexpr):
     """This program's (sequence, kv head) and the sequence's length, first query row and query
     count, read after the previous kernel (PDL)."""
-    _pdl_wait(PDL)
+    gluon_pdl_start(PDL)
     seq = gl.program_id(0)
     kv_head = gl.program_id(1)
     seq_len = gl.load(seq_lens_ptr + seq)

@@ -38,6 +38,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+from kiln.kernels.pdl import gluon_pdl_start
+
 GROUP = 128       # k of one scale group, one step of the kernel
 _GROUP = gl.constexpr(GROUP)
 MAX_ROWS = 8      # decode rows (x rows) one launch takes: the n side of the m16n8 tiles
@@ -103,15 +105,6 @@ def word_layout(rows):
 
 
 @gluon.jit
-def _pdl_wait(PDL: gl.constexpr):
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def _weights_operand(words, ROWS: gl.constexpr):
     """A group's words [ROWS, 16] (word_layout) -> the A operand [ROWS, 128 permuted k] of
     bfloat16 n - 8, no data movement: kk = 32 i + 16 s1 + 8 s0 + 2 c + e holds nibble
@@ -167,7 +160,7 @@ def int4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride
     groups = K // 128
     for g in gl.static_range(STAGES - 1):
         _issue_group(ring.index(g), w_words, copy_rows, copy_ok & (g < groups), stride_w, g)
-    _pdl_wait(PDL)
+    gluon_pdl_start(PDL)
 
     rows = pid * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, _MMA))
     row_ok = rows < N
