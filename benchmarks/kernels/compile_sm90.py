@@ -338,10 +338,11 @@ def gluon_configs():
                     "QUANT_ROW": quant_row,
                     "_ptrs": {"cache_ptr": "*fp8e4nv", "lock_ptr": "*i32",
                               "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32"}}, "bf16", 1, 1)
-    for rows, stages in ((16, 8), (32, 6), (64, 4)):
-        yield (f"gluon int4 mma gemv R{rows} s{stages}", int4_gluon.int4_mma_gemv_kernel,
-               {"ROWS": rows, "STAGES": stages, "HAS_BIAS": False, "PDL": True,
-                "_ptrs": {"w_ptr": "*u8", "s_ptr": "*fp32"}}, "bf16", 1, 1)
+    for dtype in ("bf16", "fp16"):
+        for rows, stages in ((16, 8), (32, 6), (64, 4)):
+            yield (f"gluon int4 mma gemv R{rows} s{stages}", int4_gluon.int4_mma_gemv_kernel,
+                   {"ROWS": rows, "STAGES": stages, "HAS_BIAS": False, "PDL": True,
+                    "_ptrs": {"w_ptr": "*u8", "s_ptr": "*fp32"}}, dtype, 1, 1)
 
 
 def main() -> int:

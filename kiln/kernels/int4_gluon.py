@@ -5,11 +5,12 @@ without moving.
 Why: kiln's FMA GEMV (kiln.kernels.quant_matmul) spends about 2.8 instructions a weight on
 unpacking, converting and multiplying (sm_90 SASS of its loop), and at batch 1 it streams the 8B
 model's int4 weights at about half the copy bandwidth, latency-bound at low occupancy. Here the
-unpacking costs 1.375 instructions a weight (per word of eight: three shifts, four mask-and-ors,
-four bfloat16 subtracts), the products run on the tensor cores (mma.sync m16n8k16, bfloat16 in,
-float32 out, one instruction per 256 weights), and a ring of shared-memory slots keeps
-STAGES - 1 groups of every program's rows in flight. The whole loop is 3.06, 2.52 and 2.25
-instructions a weight at 16, 32 and 64 rows a program (compile_sm90.py).
+unpacking costs 1.375 instructions a weight for bfloat16 x (per word of eight: three shifts, four
+mask-and-ors, four subtracts) and 1.125 for float16 x (one shift: see _INT4X8_F16_ASM), the
+products run on the tensor cores (mma.sync m16n8k16, float32 out, one instruction per 256
+weights), and a ring of shared-memory slots keeps STAGES - 1 groups of every program's rows in
+flight. The whole loop is 3.06, 2.52 and 2.25 instructions a weight at 16, 32 and 64 rows a
+program for bfloat16, 2.83, 2.27 and 2.00 for float16 (compile_sm90.py).
 
 Layout. One program is one warp and ROWS output rows (16, 32 or 64) over all of K. The packed
 weights, qweight [N, K // 2] uint8 (byte b of a row holds k = 2 b in its low nibble and 2 b + 1 in
@@ -17,7 +18,8 @@ its high one), are read as int32 words, one scale group of 128 k (64 bytes, 16 w
 time, copied (cp.async) into a ring of STAGES shared-memory slots STAGES - 1 groups ahead. Lane
 4 g + c of the warp takes words 4 c .. 4 c + 3 of rows g and g + 8 of each 16 (one 16-byte read
 each): k = 32 c + 8 i + p for word i, nibble p. The unpacking gives, per word and shift s (0..3),
-one bfloat16 pair: nibbles p = s and s + 4, as (128 + n) - 136 = n - 8, exact. The matrix k index
+one pair in x's dtype: nibbles p = s and s + 4, as (128 + n) - 136 = n - 8 in bfloat16, exact
+(float16: see _INT4X8_F16_ASM). The matrix k index
 kk = 32 i + 16 s1 + 8 s0 + 2 c + e (s = 2 s1 + s0, e the pair's half) is where the operand layout
 wants exactly those registers, so k is permuted: kk holds k = 32 c + 8 i + s + 4 e, and x is
 loaded under the same permutation (each lane reads 32 contiguous x values of its row, the B
@@ -25,6 +27,8 @@ operand's column g). The dot of a group is taken in float32 and scaled per row.
 
 The dispatcher is kiln.kernels.quant_matmul's int4_wo_linear (KILN_INT4_MMA=1); the reference
 its int4_wo_linear_ref. CUDA sm_90+ (bfloat16 subtract, sub.bf16x2), group size 128.
+tests/kernels/test_kernel_int4_gluon.py interprets the unpacking asm and replays the permutation
+in numpy; tests/gpu/test_int4_gluon_gpu.py runs the kernel.
 """
 
 from __future__ import annotations
@@ -80,6 +84,31 @@ X_PERM = (2, 4, 5, 1, 3, 0)
 _W_PERM = gl.constexpr(W_PERM)
 _X_PERM = gl.constexpr(X_PERM)
 
+# The float16 form (x float16): nibbles at bits 0-3 of a half OR'd into 1024.0 (0x6400) and
+# 1032 taken off; those at bits 4-7 OR'd in as 1024 + 16 n and mapped by (v / 16) - 72, both
+# exact, which saves two of the three shifts.
+_INT4X8_F16_ASM = gl.constexpr("""
+{
+.reg .b32 t2, r0, r1, r2, r3, z, h, o;
+mov.b32 z, 0x64086408;
+mov.b32 h, 0x2c002c00;
+mov.b32 o, 0xd480d480;
+shr.b32 t2, $8, 8;
+lop3.b32 r0, $8, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 r1, $8, 0x00f000f0, 0x64006400, 0xea;
+lop3.b32 r2, t2, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 r3, t2, 0x00f000f0, 0x64006400, 0xea;
+sub.f16x2 r0, r0, z;
+fma.rn.f16x2 r1, r1, h, o;
+sub.f16x2 r2, r2, z;
+fma.rn.f16x2 r3, r3, h, o;
+mov.b32 {$0, $1}, r0;
+mov.b32 {$2, $3}, r1;
+mov.b32 {$4, $5}, r2;
+mov.b32 {$6, $7}, r3;
+}
+""")
+
 # One warp's mma.sync m16n8k16 tiles and their operands; the ring's copies (16-byte vectors) and
 # slots (dense rows: a lane's 16-byte reads of rows g, g + 1 fall in distinct banks).
 _MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
@@ -105,13 +134,18 @@ def word_layout(rows):
 
 
 @gluon.jit
-def _weights_operand(words, ROWS: gl.constexpr):
+def _weights_operand(words, ROWS: gl.constexpr, X_F16: gl.constexpr):
     """A group's words [ROWS, 16] (word_layout) -> the A operand [ROWS, 128 permuted k] of
-    bfloat16 n - 8, no data movement: kk = 32 i + 16 s1 + 8 s0 + 2 c + e holds nibble
-    s + 4 e (s = 2 s1 + s0) of word 4 c + i."""
-    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
-        _INT4X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(gl.bfloat16,) * 8,
-        is_pure=True, pack=1)
+    n - 8 in x's dtype (bfloat16, or float16 with X_F16), no data movement:
+    kk = 32 i + 16 s1 + 8 s0 + 2 c + e holds nibble s + 4 e (s = 2 s1 + s0) of word 4 c + i."""
+    if X_F16:
+        o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
+            _INT4X8_F16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(gl.float16,) * 8,
+            is_pure=True, pack=1)
+    else:
+        o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
+            _INT4X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(gl.bfloat16,) * 8,
+            is_pure=True, pack=1)
     # o(2 s + e) is nibble s + 4 e; a join adds its index as the last dim: [row, word, e, s0, s1]
     w = gl.join(gl.join(gl.join(o0, o1), gl.join(o2, o3)),
                 gl.join(gl.join(o4, o5), gl.join(o6, o7)))
@@ -174,7 +208,8 @@ def int4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride
         _issue_group(ring.index(nxt % STAGES), w_words, copy_rows, copy_ok & (nxt < groups),
                      stride_w, nxt)
         nxt_scale = gl.load(s_row + g + 1, mask=row_ok & (g + 1 < groups), other=0.0)
-        a = _weights_operand(ring.index(g % STAGES).load(WL), ROWS)
+        a = _weights_operand(ring.index(g % STAGES).load(WL), ROWS,
+                             x_ptr.dtype.element_ty == gl.float16)
         b = _x_operand(x_ptr, stride_xm, M, g * 128)
         part = mma_v2(a, b, gl.zeros([ROWS, 8], gl.float32, layout=_MMA))
         acc += part * scale[:, None]
@@ -189,8 +224,8 @@ def int4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride
 
 
 def int4_mma_enabled() -> bool:
-    """KILN_INT4_MMA=1: int4 weight-only decode rows (up to 8, groups of 128, bfloat16 x) take
-    int4_mma_gemv. Off by default: not yet measured on an H200."""
+    """KILN_INT4_MMA=1: int4 weight-only decode rows (up to 8, groups of 128, bfloat16 or float16
+    x) take int4_mma_gemv. Off by default: not yet measured on an H200."""
     return os.environ.get("KILN_INT4_MMA", "0") == "1"
 
 
@@ -200,11 +235,11 @@ def _sm90(device_index: int) -> bool:
 
 
 def int4_mma_ok(x2: torch.Tensor, qweight: torch.Tensor, group: int) -> bool:
-    """Whether int4_mma_gemv takes this product: CUDA sm_90+, at most MAX_ROWS bfloat16 rows with
-    contiguous k, groups of 128, weight rows 16-byte aligned."""
+    """Whether int4_mma_gemv takes this product: CUDA sm_90+, at most MAX_ROWS bfloat16 or
+    float16 rows with contiguous k, groups of 128, weight rows 16-byte aligned."""
     return (x2.is_cuda and _sm90(x2.device.index if x2.device.index is not None
                                  else torch.cuda.current_device())
-            and x2.dtype == torch.bfloat16 and 0 < x2.shape[0] <= MAX_ROWS and x2.stride(1) == 1
+            and x2.dtype in (torch.bfloat16, torch.float16) and 0 < x2.shape[0] <= MAX_ROWS and x2.stride(1) == 1
             and group == GROUP and x2.shape[1] % GROUP == 0 and qweight.data_ptr() % 16 == 0
             and qweight.stride(0) % 16 == 0 and qweight.stride(1) == 1)
 
@@ -220,8 +255,8 @@ def default_tile(n: int) -> tuple[int, int]:
 def int4_mma_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                   bias: torch.Tensor | None, tile: tuple[int, int] | None = None,
                   pdl: dict | None = None) -> torch.Tensor:
-    """x2 [M <= 8, K] bfloat16 @ dequant(qweight [N, K // 2], scales [N, K // 128] float32).T
-    (+ bias) -> [M, N] bfloat16 (see the module doc; check int4_mma_ok first)."""
+    """x2 [M <= 8, K] bfloat16 or float16 @ dequant(qweight [N, K // 2], scales [N, K // 128]
+    float32).T (+ bias) -> [M, N] of x2's dtype (see the module doc; check int4_mma_ok first)."""
     m, k = x2.shape
     n = qweight.shape[0]
     rows, stages = tile or default_tile(n)

@@ -27,17 +27,18 @@ def int4_case(n, k, gen):
 @pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336), (28672, 4096), (1000, 384),
                                    (40, 128)])
 @pytest.mark.parametrize("m", [1, 2, 5, 8])
-def test_int4_mma_gemv(m, shape, gen, poison_allocations):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_int4_mma_gemv(dtype, m, shape, gen, poison_allocations):
     """Every tile against the reference, with and without bias; N not a multiple of the rows."""
     n, k = shape
     qweight, scales = int4_case(n, k, gen)
-    x = (torch.randn(m, k, generator=gen, device="cuda") * 2).to(torch.bfloat16)
-    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    x = (torch.randn(m, k, generator=gen, device="cuda") * 2).to(dtype)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
     for tile in (None, (16, 8), (32, 6), (64, 4), (16, 2)):
         for b in (None, bias):
             out = int4_gluon.int4_mma_gemv(x, qweight, scales, b, tile)
             ref = qm.int4_wo_linear_ref(x, qweight, scales, 128, b)
-            assert out.shape == (m, n) and out.dtype == torch.bfloat16
+            assert out.shape == (m, n) and out.dtype == dtype
             assert not out.isnan().any()
             assert rel_err(out, ref) < TOL, (tile, b is None)
 
@@ -60,8 +61,8 @@ def test_int4_mma_gemv_strided_x_and_extreme_values(gen, poison_allocations):
 
 
 def test_dispatcher_takes_it_when_on(gen, monkeypatch, poison_allocations):
-    """KILN_INT4_MMA=1: int4_wo_linear sends up to 8 bfloat16 rows with groups of 128 here, and
-    the rest (9 rows, groups of 64, float16 x) to the other kernels."""
+    """KILN_INT4_MMA=1: int4_wo_linear sends up to 8 bfloat16 or float16 rows with groups of 128
+    here, and the rest (9 rows, groups of 64) to the other kernels."""
     calls = []
     real = int4_gluon.int4_mma_gemv
     monkeypatch.setattr(int4_gluon, "int4_mma_gemv",
@@ -76,10 +77,11 @@ def test_dispatcher_takes_it_when_on(gen, monkeypatch, poison_allocations):
             out = qm.int4_wo_linear(x, qweight, scales, 128)
             assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL
         x16 = torch.randn(2, k, generator=gen, device="cuda").to(torch.float16)
-        qm.int4_wo_linear(x16, qweight, scales, 128)
+        out = qm.int4_wo_linear(x16, qweight, scales, 128)
+        assert rel_err(out, qm.int4_wo_linear_ref(x16, qweight, scales, 128)) < TOL
         s64 = torch.rand(n, k // 64, generator=gen, device="cuda") * 0.05
         qm.int4_wo_linear(x16.to(torch.bfloat16), qweight, s64, 64)
-        assert calls == ([1, 8] if flag == "1" else [])
+        assert calls == ([1, 8, 2] if flag == "1" else [])
 
 
 def test_int4_engine_with_the_mma_gemv(tmp_path, monkeypatch):

@@ -27,10 +27,10 @@ from kiln.kernels import int4_gluon
 
 out = {}
 fn = int4_gluon.int4_mma_gemv_kernel
-for rows, stages, has_bias in json.loads(sys.argv[1]):
+for rows, stages, has_bias, dt in json.loads(sys.argv[1]):
     constexprs = {"ROWS": rows, "STAGES": stages, "HAS_BIAS": has_bias, "PDL": True}
-    ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*fp32", "bias_ptr": "*bf16",
-            "out_ptr": "*bf16"}
+    ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*u8", "s_ptr": "*fp32", "bias_ptr": f"*{dt}",
+            "out_ptr": f"*{dt}"}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -43,11 +43,13 @@ for rows, stages, has_bias in json.loads(sys.argv[1]):
                          {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": 1, "num_stages": 1})
-    out[f"{rows},{stages},{has_bias}"] = {"shared": kernel.metadata.shared,
-                                          "ptx": kernel.asm["ptx"]}
+    out[f"{rows},{stages},{has_bias},{dt}"] = {"shared": kernel.metadata.shared,
+                                               "ptx": kernel.asm["ptx"]}
 print(json.dumps(out))
 """
-TILES = [(16, 12, False), (32, 6, True), (64, 4, False), (16, 2, True)]
+# (rows, ring slots, bias, x dtype)
+TILES = [(16, 12, False, "bf16"), (32, 6, True, "bf16"), (64, 4, False, "bf16"),
+         (16, 2, True, "bf16"), (16, 12, True, "fp16"), (32, 6, False, "fp16")]
 
 
 def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
@@ -58,12 +60,17 @@ def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = json.loads(done.stdout.strip().splitlines()[-1])
-    for rows, stages, has_bias in TILES:
-        k = kernels[f"{rows},{stages},{has_bias}"]
+    for rows, stages, has_bias, dt in TILES:
+        k = kernels[f"{rows},{stages},{has_bias},{dt}"]
         assert k["shared"] == stages * rows * 64  # one group's 64 bytes a row per ring slot
         ptx = k["ptx"]
-        assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
-        assert "sub.bf16x2" in ptx and "lop3.b32" in ptx
+        if dt == "bf16":
+            assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
+            assert "sub.bf16x2" in ptx and "f16x2" not in ptx.replace("bf16x2", "")
+        else:
+            assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx
+            assert "sub.f16x2" in ptx and "fma.rn.f16x2" in ptx and "bf16" not in ptx
+        assert "lop3.b32" in ptx
         assert "cp.async.cg.shared.global" in ptx and "griddepcontrol.wait" in ptx
 
 
@@ -129,3 +136,58 @@ def test_off_cuda_and_off_by_default(monkeypatch):
     # the CPU dispatcher still takes the reference path with the switch on
     torch.testing.assert_close(int4_wo_linear(x, qweight, scales, 128),
                                int4_wo_linear_ref(x, qweight, scales, 128))
+
+
+def _run_ptx(asm: str, word: int, half: str) -> list[float]:
+    """A small interpreter for the unpacking asm's PTX (mov, shr, lop3 0xea, packed sub/fma):
+    the eight outputs ($0..$7) for input word $8, as floats of `half` (bf16 or f16)."""
+    ft = torch.bfloat16 if half == "bf16" else torch.float16
+
+    def halves(v):
+        return torch.tensor([v & 0xFFFF, v >> 16], dtype=torch.int32).to(torch.int16).view(ft)
+
+    def pack(t):
+        lo, hi = (int(b) & 0xFFFF for b in t.view(torch.int16).tolist())
+        return lo | (hi << 16)
+
+    regs, outs = {"$8": word}, {}
+    val = (lambda a: int(a, 16) if a.startswith("0x") else
+           int(a) if a.isdigit() else regs[a])
+    for stmt in asm.replace("\n", " ").split(";"):
+        stmt = stmt.strip(" {}")
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        op, args = stmt.split(None, 1)
+        if op == "mov.b32" and args.startswith("{"):
+            lo, hi, src = (a.strip(" {}") for a in args.replace("}", ",").split(",") if a.strip())
+            outs[lo], outs[hi] = halves(regs[src]).float().tolist()
+            continue
+        a = [x.strip() for x in args.split(",")]
+        if op == "mov.b32":
+            regs[a[0]] = val(a[1])
+        elif op == "shr.b32":
+            regs[a[0]] = val(a[1]) >> val(a[2])
+        elif op == "lop3.b32":
+            assert a[4] == "0xea"  # (a & b) | c
+            regs[a[0]] = (val(a[1]) & val(a[2])) | val(a[3])
+        elif op in (f"sub.{half}x2",):
+            regs[a[0]] = pack((halves(val(a[1])).double() - halves(val(a[2])).double()).to(ft))
+        elif op == f"fma.rn.{half}x2":
+            r = halves(val(a[1])).double() * halves(val(a[2])).double() + halves(val(a[3])).double()
+            regs[a[0]] = pack(r.to(ft))
+        else:
+            raise AssertionError(f"unknown instruction {op}")
+    return [outs[f"${i}"] for i in range(8)]
+
+
+@pytest.mark.parametrize("half", ["bf16", "f16"])
+def test_unpacking_asm_gives_each_nibble_minus_8(half):
+    """The asm strings themselves, interpreted: output 2 s + e is nibble s + 4 e minus 8, for
+    every nibble value in every position."""
+    asm = (int4_gluon._INT4X8_BF16_ASM if half == "bf16" else int4_gluon._INT4X8_F16_ASM).value
+    gen = torch.Generator().manual_seed(0)
+    words = [0, 0xFFFFFFFF, 0x76543210, 0x89ABCDEF, 0xFEDCBA98]
+    words += torch.randint(0, 2 ** 32, (200,), generator=gen, dtype=torch.int64).tolist()
+    for w in words:
+        want = [((w >> (4 * (s + 4 * e))) & 15) - 8 for s in range(4) for e in range(2)]
+        assert _run_ptx(asm, w, half) == want, hex(w)
