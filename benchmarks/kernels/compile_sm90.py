@@ -339,10 +339,12 @@ def gluon_configs():
                     "_ptrs": {"cache_ptr": "*fp8e4nv", "lock_ptr": "*i32",
                               "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32"}}, "bf16", 1, 1)
     for dtype in ("bf16", "fp16"):
-        for rows, stages in ((16, 8), (32, 6), (64, 4)):
-            yield (f"gluon int4 mma gemv R{rows} s{stages}", int4_gluon.int4_mma_gemv_kernel,
-                   {"ROWS": rows, "STAGES": stages, "HAS_BIAS": False, "PDL": True,
-                    "_ptrs": {"w_ptr": "*u8", "s_ptr": "*fp32"}}, dtype, 1, 1)
+        for rows, stages, split in ((16, 8, 1), (16, 8, 4), (32, 6, 1), (64, 4, 1)):
+            yield (f"gluon int4 mma gemv R{rows} s{stages} split{split}",
+                   int4_gluon.int4_mma_gemv_kernel,
+                   {"ROWS": rows, "STAGES": stages, "SPLIT": split, "HAS_BIAS": False,
+                    "PDL": True, "_ptrs": {"w_ptr": "*u8", "s_ptr": "*fp32", "part_ptr": "*fp32",
+                                           "lock_ptr": "*i32"}}, dtype, 1, 1)
 
 
 def main() -> int:

@@ -42,9 +42,9 @@ SPLITS = [1, 2, 4, 8, 16]
 # (BLOCK_N, num_warps) of the tensor-core int4 kernel: 4 warps and BLOCK_N >= 64 give wgmma,
 # fewer warps mma.sync.
 TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
-# (rows, ring slots) of the Gluon int4 GEMV (kiln.kernels.int4_gluon), one warp a program.
-MMA_TILES = [(16, 4), (16, 8), (16, 12), (16, 16), (32, 4), (32, 6), (32, 8), (64, 3), (64, 4),
-             (64, 6)]
+# (rows, ring slots) of the Gluon int4 GEMV (kiln.kernels.int4_gluon), one warp a program; each
+# with every split of SPLITS (the split rides in the rows' "split").
+MMA_TILES = [(16, 4), (16, 8), (16, 12), (32, 4), (32, 6), (32, 8), (64, 4)]
 # The layer shapes, plus the LM head (128256 x 4096) for `--shapes lm_head`.
 SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
 
@@ -77,8 +77,9 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
     if scheme == "int4-mma":
         if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
             return runner("int4", x, None, split)
-        tile = (config.kwargs["BLOCK_N"], config.num_stages)
-        return lambda w: int4_gluon.int4_mma_gemv(x, w[0], w[1], None, tile)
+        tile = (config.kwargs["BLOCK_N"], config.num_stages, split)
+        locks = qm.split_locks(x.device)
+        return lambda w: int4_gluon.int4_mma_gemv(x, w[0], w[1], None, tile, locks=locks)
     if scheme == "int4":
         return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
                                    x.dtype, "gemv", split_k=split, config=config)
@@ -117,7 +118,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
     elif scheme == "int4-tc":
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
-    elif scheme == "int4-mma":  # (rows, 1 warp, -, ring slots); K is never split
+    elif scheme == "int4-mma":  # (rows, 1 warp, -, ring slots)
         tiles = [(r, 1, 1, st) for r, st in MMA_TILES]
     else:
         tiles = [(b, w, u, 3) for b, w, u in TILES]
@@ -128,7 +129,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         step = unroll if scheme in TC_GEMV_TILES else (
             bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
         groups = triton.cdiv(k, step)
-        for split in (SPLITS if scheme != "int4-mma" else [1]):
+        for split in SPLITS:
             if split > groups:
                 continue
             fn = runner(scheme, x, cfg, split)

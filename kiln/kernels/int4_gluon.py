@@ -9,10 +9,12 @@ unpacking costs 1.375 instructions a weight for bfloat16 x (per word of eight: t
 mask-and-ors, four subtracts) and 1.125 for float16 x (one shift: see _INT4X8_F16_ASM), the
 products run on the tensor cores (mma.sync m16n8k16, float32 out, one instruction per 256
 weights), and a ring of shared-memory slots keeps STAGES - 1 groups of every program's rows in
-flight. The whole loop is 3.06, 2.52 and 2.25 instructions a weight at 16, 32 and 64 rows a
-program for bfloat16, 2.83, 2.27 and 2.00 for float16 (compile_sm90.py).
+flight. The whole loop is 2.95, 2.42 and 2.13 instructions a weight at 16, 32 and 64 rows a
+program for bfloat16, 2.72, 2.19 and 1.89 for float16 (compile_sm90.py), so the small layers need
+several programs an SM issuing at once: K is split for them (default_tile).
 
-Layout. One program is one warp and ROWS output rows (16, 32 or 64) over all of K. The packed
+Layout. One program is one warp and ROWS output rows (16, 32 or 64) over one of SPLIT equal runs
+of K's groups (the last program of a row tile sums the float32 partials in split order). The packed
 weights, qweight [N, K // 2] uint8 (byte b of a row holds k = 2 b in its low nibble and 2 b + 1 in
 its high one), are read as int32 words, one scale group of 128 k (64 bytes, 16 words a row) at a
 time, copied (cp.async) into a ring of STAGES shared-memory slots STAGES - 1 groups ahead. Lane
@@ -180,47 +182,79 @@ def _issue_group(slot, w_words, rows, row_ok, stride_w, g):
 
 
 @gluon.jit(do_not_specialize=["M"])
-def int4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_w,
-                         stride_s, stride_om, ROWS: gl.constexpr, STAGES: gl.constexpr,
-                         HAS_BIAS: gl.constexpr, PDL: gl.constexpr = False):
-    # Program: rows [pid * ROWS, pid * ROWS + ROWS) of out^T, all of K. stride_w: a weight row's
-    # int32 words. The weights depend on no earlier kernel: the ring starts before the PDL wait.
+def int4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr, M, N, K,
+                         stride_xm, stride_w, stride_s, stride_om, ROWS: gl.constexpr,
+                         STAGES: gl.constexpr, SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr,
+                         PDL: gl.constexpr = False):
+    # Program (pid, pid_k): rows [pid * ROWS, pid * ROWS + ROWS) of out^T over the pid_k-th of
+    # SPLIT equal runs of K's groups. stride_w: a weight row's int32 words. The weights depend on
+    # no earlier kernel: the ring starts before the PDL wait. With SPLIT > 1 each program leaves
+    # its float32 partial in part [SPLIT, M, N] and the last of a row tile's programs to arrive
+    # (counter lock_ptr[pid], re-armed) sums them in split order, so the bits do not depend on
+    # the arrival order.
     WL: gl.constexpr = word_layout(ROWS)
     pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    total_groups = K // 128
+    per_split = (total_groups + SPLIT - 1) // SPLIT
+    g0 = pid_k * per_split
+    groups = gl.minimum(per_split, total_groups - g0)
     copy_rows = pid * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, _COPY))
     copy_ok = copy_rows < N
     w_words = w_ptr.to(gl.pointer_type(gl.int32))
     ring = gl.allocate_shared_memory(gl.int32, [STAGES, ROWS, 16], _SMEM)
-    groups = K // 128
-    for g in gl.static_range(STAGES - 1):
-        _issue_group(ring.index(g), w_words, copy_rows, copy_ok & (g < groups), stride_w, g)
+    for j in gl.static_range(STAGES - 1):
+        _issue_group(ring.index(j), w_words, copy_rows, copy_ok & (j < groups), stride_w, g0 + j)
     gluon_pdl_start(PDL)
 
     rows = pid * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, _MMA))
     row_ok = rows < N
-    s_row = s_ptr + rows.to(gl.int64) * stride_s
+    s_row = s_ptr + rows.to(gl.int64) * stride_s + g0
     acc = gl.zeros([ROWS, 8], gl.float32, layout=_MMA)
-    scale = gl.load(s_row, mask=row_ok, other=0.0)
-    for g in range(groups):
+    scale = gl.load(s_row, mask=row_ok & (groups > 0), other=0.0)
+    for j in range(groups):
         async_copy.wait_group(STAGES - 2)
-        gl.thread_barrier()  # every lane's copies of group g landed; slot g - 1 is free
-        nxt = g + STAGES - 1
+        gl.thread_barrier()  # every lane's copies of group j landed; slot j - 1 is free
+        nxt = j + STAGES - 1
         _issue_group(ring.index(nxt % STAGES), w_words, copy_rows, copy_ok & (nxt < groups),
-                     stride_w, nxt)
-        nxt_scale = gl.load(s_row + g + 1, mask=row_ok & (g + 1 < groups), other=0.0)
-        a = _weights_operand(ring.index(g % STAGES).load(WL), ROWS,
+                     stride_w, g0 + nxt)
+        nxt_scale = gl.load(s_row + j + 1, mask=row_ok & (j + 1 < groups), other=0.0)
+        a = _weights_operand(ring.index(j % STAGES).load(WL), ROWS,
                              x_ptr.dtype.element_ty == gl.float16)
-        b = _x_operand(x_ptr, stride_xm, M, g * 128)
+        b = _x_operand(x_ptr, stride_xm, M, (g0 + j) * 128)
         part = mma_v2(a, b, gl.zeros([ROWS, 8], gl.float32, layout=_MMA))
         acc += part * scale[:, None]
         scale = nxt_scale
     async_copy.wait_group(0)
 
+    cols = gl.arange(0, 8, layout=gl.SliceLayout(0, _MMA))
+    mask = row_ok[:, None] & (cols < M)[None, :]
+    if SPLIT > 1:
+        gl.store(part_ptr + (pid_k * M + cols[None, :]).to(gl.int64) * N + rows[:, None], acc,
+                 mask=mask)
+        gl.thread_barrier()  # every lane's partial stores precede the release below
+        arrived = gl.atomic_add(lock_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:
+            gl.thread_barrier()
+            acc = gl.zeros([ROWS, 8], gl.float32, layout=_MMA)
+            for k in gl.static_range(SPLIT):
+                # other programs wrote most of these: read them from L2 (.cg), past this SM's L1
+                acc += gl.load(part_ptr + (k * M + cols[None, :]).to(gl.int64) * N
+                               + rows[:, None], mask=mask, other=0.0, cache_modifier=".cg")
+            _store_out(acc, bias_ptr, out_ptr, rows, row_ok, cols, mask, stride_om, HAS_BIAS)
+            gl.atomic_xchg(lock_ptr + pid, 0, sem="relaxed", scope="gpu")
+    else:
+        _store_out(acc, bias_ptr, out_ptr, rows, row_ok, cols, mask, stride_om, HAS_BIAS)
+
+
+@gluon.jit
+def _store_out(acc, bias_ptr, out_ptr, rows, row_ok, cols, mask, stride_om,
+               HAS_BIAS: gl.constexpr):
+    """out[m, row] = acc[row, m] (+ bias[row]) in out's dtype."""
     if HAS_BIAS:
         acc += gl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(gl.float32)[:, None]
-    cols = gl.arange(0, 8, layout=gl.SliceLayout(0, _MMA))
     gl.store(out_ptr + cols[None, :] * stride_om + rows[:, None],
-             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < M)[None, :])
+             acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def int4_mma_enabled() -> bool:
@@ -244,29 +278,49 @@ def int4_mma_ok(x2: torch.Tensor, qweight: torch.Tensor, group: int) -> bool:
             and qweight.stride(0) % 16 == 0 and qweight.stride(1) == 1)
 
 
-def default_tile(n: int) -> tuple[int, int]:
-    """(rows, ring slots) of a launch over n output rows: 16 rows and 12 slots (11 KB of weights
-    in flight a program) up to n = 8192, so that the 4096-row layers still give about two
-    programs an SM; 32 rows and 6 slots above. A first guess, to be set from
-    `sweep_gemv.py --schemes int4-mma` on the H200."""
-    return (16, 12) if n <= 8192 else (32, 6)
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_tile(n: int, k: int, sms: int) -> tuple[int, int, int]:
+    """(rows, ring slots, K splits) of a launch over n output rows and k inputs. A warp issues at
+    most one instruction a cycle and the loop takes 2-3 a weight, so streaming at the copy rate
+    needs about six warps an SM issuing: 16 rows and 8 slots up to n = 8192, 32 and 6 above,
+    and as many K splits (each at least 4 groups) as bring the programs to about 6 an SM. A
+    first guess, to be set from `sweep_gemv.py --schemes int4-mma` on the H200."""
+    rows, stages = (16, 8) if n <= 8192 else (32, 6)
+    tiles = -(-n // rows)
+    split = max(1, min(-(-6 * sms // tiles), k // GROUP // 4))
+    return rows, stages, split
 
 
 def int4_mma_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                  bias: torch.Tensor | None, tile: tuple[int, int] | None = None,
-                  pdl: dict | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None, tile: tuple[int, int, int] | None = None,
+                  pdl: dict | None = None, locks: torch.Tensor | None = None) -> torch.Tensor:
     """x2 [M <= 8, K] bfloat16 or float16 @ dequant(qweight [N, K // 2], scales [N, K // 128]
-    float32).T (+ bias) -> [M, N] of x2's dtype (see the module doc; check int4_mma_ok first)."""
+    float32).T (+ bias) -> [M, N] of x2's dtype (see the module doc; check int4_mma_ok first).
+    tile: (rows, ring slots, K splits), default_tile's unless given. locks: zeroed int32 arrival
+    counters, one per row tile (kiln.kernels.quant_matmul.split_locks), which a split K needs;
+    without them K is not split."""
     m, k = x2.shape
     n = qweight.shape[0]
-    rows, stages = tile or default_tile(n)
-    assert rows in (16, 32, 64) and stages >= 2 and scales.dtype == torch.float32
+    rows, stages, split = tile or default_tile(n, k, _num_sms(
+        x2.device.index if x2.device.index is not None else torch.cuda.current_device()))
+    assert rows in (16, 32, 64) and stages >= 2 and split >= 1 and scales.dtype == torch.float32
+    tiles = triton.cdiv(n, rows)
+    if locks is None or locks.numel() < tiles:
+        split = 1
+    split = min(split, k // GROUP)
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    part = (torch.empty(split, m, n, dtype=torch.float32, device=x2.device) if split > 1
+            else out)
     pdl = pdl or {}
     has_bias = bias is not None
-    int4_mma_gemv_kernel[(triton.cdiv(n, rows),)](
-        x2, qweight, scales, bias if has_bias else out, out, m, n, k, x2.stride(0),
-        qweight.stride(0) // 4, scales.stride(0), out.stride(0), ROWS=rows, STAGES=stages,
+    int4_mma_gemv_kernel[(tiles, split)](
+        x2, qweight, scales, bias if has_bias else out, out, part,
+        locks if split > 1 else out, m, n, k, x2.stride(0), qweight.stride(0) // 4,
+        scales.stride(0), out.stride(0), ROWS=rows, STAGES=stages, SPLIT=split,
         HAS_BIAS=has_bias, PDL=bool(pdl.get("PDL")), num_warps=1,
         **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))
     return out

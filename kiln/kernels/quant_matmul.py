@@ -1620,7 +1620,8 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     s = scales.float().contiguous()
     qweight = qweight.contiguous()
     if int4_gluon.int4_mma_enabled() and int4_gluon.int4_mma_ok(x2, qweight, group_size):
-        out = int4_gluon.int4_mma_gemv(x2, qweight, s, bias, pdl=pdl_args(x2))
+        out = int4_gluon.int4_mma_gemv(x2, qweight, s, bias, pdl=pdl_args(x2),
+                                       locks=split_locks(x2.device))
         return out.reshape(*x.shape[:-1], n)
     if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128
             and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0

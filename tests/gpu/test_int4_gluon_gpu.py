@@ -29,18 +29,24 @@ def int4_case(n, k, gen):
 @pytest.mark.parametrize("m", [1, 2, 5, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_int4_mma_gemv(dtype, m, shape, gen, poison_allocations):
-    """Every tile against the reference, with and without bias; N not a multiple of the rows."""
+    """Every tile (rows, ring slots, K splits) against the reference, with and without bias; N
+    not a multiple of the rows, K splits of unequal or no groups; the split-K counters are
+    re-armed, and a split K gives the same bits run after run."""
     n, k = shape
     qweight, scales = int4_case(n, k, gen)
     x = (torch.randn(m, k, generator=gen, device="cuda") * 2).to(dtype)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    for tile in (None, (16, 8), (32, 6), (64, 4), (16, 2)):
+    locks = qm.split_locks(x.device)
+    for tile in (None, (16, 8, 1), (16, 8, 4), (32, 6, 3), (64, 4, 1), (16, 2, 5)):
         for b in (None, bias):
-            out = int4_gluon.int4_mma_gemv(x, qweight, scales, b, tile)
+            out = int4_gluon.int4_mma_gemv(x, qweight, scales, b, tile, locks=locks)
             ref = qm.int4_wo_linear_ref(x, qweight, scales, 128, b)
             assert out.shape == (m, n) and out.dtype == dtype
             assert not out.isnan().any()
             assert rel_err(out, ref) < TOL, (tile, b is None)
+            again = int4_gluon.int4_mma_gemv(x, qweight, scales, b, tile, locks=locks)
+            assert torch.equal(out, again), tile
+    assert not bool(locks.any())
 
 
 def test_int4_mma_gemv_strided_x_and_extreme_values(gen, poison_allocations):
@@ -54,7 +60,7 @@ def test_int4_mma_gemv_strided_x_and_extreme_values(gen, poison_allocations):
     x = wide[:, 128:128 + k]
     x[0, :64] = 3.0e30
     x[1, 64:96] = -2.0e-30
-    out = int4_gluon.int4_mma_gemv(x, qweight, scales, None)
+    out = int4_gluon.int4_mma_gemv(x, qweight, scales, None, locks=qm.split_locks(x.device))
     ref = qm.int4_wo_linear_ref(x, qweight, scales, 128)
     for row in range(3):  # row by row: row 0's values would hide the others' errors
         assert rel_err(out[row].float(), ref[row].float()) < TOL, row

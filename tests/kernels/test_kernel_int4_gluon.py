@@ -27,10 +27,11 @@ from kiln.kernels import int4_gluon
 
 out = {}
 fn = int4_gluon.int4_mma_gemv_kernel
-for rows, stages, has_bias, dt in json.loads(sys.argv[1]):
-    constexprs = {"ROWS": rows, "STAGES": stages, "HAS_BIAS": has_bias, "PDL": True}
+for rows, stages, split, has_bias, dt in json.loads(sys.argv[1]):
+    constexprs = {"ROWS": rows, "STAGES": stages, "SPLIT": split, "HAS_BIAS": has_bias,
+                  "PDL": True}
     ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*u8", "s_ptr": "*fp32", "bias_ptr": f"*{dt}",
-            "out_ptr": f"*{dt}"}
+            "out_ptr": f"*{dt}", "part_ptr": "*fp32", "lock_ptr": "*i32"}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -43,13 +44,13 @@ for rows, stages, has_bias, dt in json.loads(sys.argv[1]):
                          {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": 1, "num_stages": 1})
-    out[f"{rows},{stages},{has_bias},{dt}"] = {"shared": kernel.metadata.shared,
-                                               "ptx": kernel.asm["ptx"]}
+    out[f"{rows},{stages},{split},{has_bias},{dt}"] = {"shared": kernel.metadata.shared,
+                                                        "ptx": kernel.asm["ptx"]}
 print(json.dumps(out))
 """
-# (rows, ring slots, bias, x dtype)
-TILES = [(16, 12, False, "bf16"), (32, 6, True, "bf16"), (64, 4, False, "bf16"),
-         (16, 2, True, "bf16"), (16, 12, True, "fp16"), (32, 6, False, "fp16")]
+# (rows, ring slots, K splits, bias, x dtype)
+TILES = [(16, 8, 4, False, "bf16"), (32, 6, 1, True, "bf16"), (64, 4, 1, False, "bf16"),
+         (16, 2, 3, True, "bf16"), (16, 12, 1, True, "fp16"), (32, 6, 2, False, "fp16")]
 
 
 def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
@@ -60,8 +61,8 @@ def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = json.loads(done.stdout.strip().splitlines()[-1])
-    for rows, stages, has_bias, dt in TILES:
-        k = kernels[f"{rows},{stages},{has_bias},{dt}"]
+    for rows, stages, split, has_bias, dt in TILES:
+        k = kernels[f"{rows},{stages},{split},{has_bias},{dt}"]
         assert k["shared"] == stages * rows * 64  # one group's 64 bytes a row per ring slot
         ptx = k["ptx"]
         if dt == "bf16":
@@ -71,6 +72,9 @@ def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
             assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx
             assert "sub.f16x2" in ptx and "fma.rn.f16x2" in ptx and "bf16" not in ptx
         assert "lop3.b32" in ptx
+        # a split K: partials, an acq_rel arrival count, the last program's reads from L2
+        splits = "atom.global.gpu.acq_rel.add" in ptx and "ld.global.cg" in ptx
+        assert splits == (split > 1), (rows, stages, split)
         assert "cp.async.cg.shared.global" in ptx and "griddepcontrol.wait" in ptx
 
 
@@ -191,3 +195,13 @@ def test_unpacking_asm_gives_each_nibble_minus_8(half):
     for w in words:
         want = [((w >> (4 * (s + 4 * e))) & 15) - 8 for s in range(4) for e in range(2)]
         assert _run_ptx(asm, w, half) == want, hex(w)
+
+
+def test_default_tiles_of_the_8b_layers():
+    """About six programs an SM on a 132-SM H200, each K split at least four groups."""
+    sms = 132
+    assert int4_gluon.default_tile(6144, 4096, sms) == (16, 8, 3)      # qkv
+    assert int4_gluon.default_tile(4096, 4096, sms) == (16, 8, 4)      # o
+    assert int4_gluon.default_tile(28672, 4096, sms) == (32, 6, 1)     # gate_up
+    assert int4_gluon.default_tile(4096, 14336, sms) == (16, 8, 4)     # down
+    assert int4_gluon.default_tile(64, 256, sms) == (16, 8, 1)         # too few groups to split
