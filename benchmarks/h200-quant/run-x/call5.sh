@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Next machine, call B: the int4-wo 8B engine at batch 1 (128 in / 256 out) with the Gluon int4
+# GEMV (KILN_INT4_MMA=1) and without, alternating; set default_tile from call A's sweep first.
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
+T0=$SECONDS
+QUANT=int4-wo TP=0 B1=1 VARIANTS="base=;mma=KILN_INT4_MMA=1;base2=;mma2=KILN_INT4_MMA=1" \
+  timeout 580 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+cat $OUT/variants.jsonl | python3 -c "import sys,json; [print(d['variant'], d['run'], d.get('decode_tokens_per_s'), d.get('kernel_compiles_after_startup')) for d in map(json.loads, sys.stdin)]"
+tail -3 $OUT/variants.log
+echo "end at $((SECONDS - T0)) s" | tee -a $OUT/times.log
