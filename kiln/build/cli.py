@@ -21,8 +21,10 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quant", default="none", choices=SCHEMES)
     p.add_argument("--lm-head-quant", default="none", choices=LM_HEAD_SCHEMES,
                    help="fp8: store the LM head as fp8 W8A8 too (per-channel weight scales, "
-                        "per-token activations; with any --quant). Default: keep it in the "
-                        "model dtype, as the other tools do; it is read once per decode step")
+                        "per-token activations); int8-wo / int4-wo: weight-only (per-channel / "
+                        "--group-size groups, rounded to nearest); with any --quant. Default: "
+                        "keep it in the model dtype, as the other tools do; it is read once per "
+                        "decode step")
     p.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES)
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128)")
     p.add_argument("--smoothquant-alpha", type=float, default=0.5)

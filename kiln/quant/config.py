@@ -10,7 +10,7 @@ from kiln.layers.linear import LinearMethod
 
 SCHEMES = ("none", "fp8", "int8-sq", "int8-wo", "int4-wo")
 # What the LM head may be stored as (kiln build --lm-head-quant): "none" keeps it in the model dtype.
-LM_HEAD_SCHEMES = ("none", "fp8")
+LM_HEAD_SCHEMES = ("none", "fp8", "int8-wo", "int4-wo")
 # Schemes whose build needs activation statistics from calibration data.
 CALIBRATED_SCHEMES = ("int8-sq", "int4-wo")
 # Schemes that quantize activations too (need a GPU with the matching tensor cores to be fast).
@@ -25,7 +25,9 @@ class QuantConfig:
     ``awq_grid``: number of exponents a in [0, 1) tried by AWQ. ``clip_search``: search a
     per-group clipping ratio for int4. ``max_calib_rows``: input rows kept per layer for the
     searches. ``lm_head``: "fp8" stores the LM head as fp8 W8A8 too (per-channel weight scales,
-    per-token activations), whatever the scheme of the decoder layers; "none" keeps it as is.
+    per-token activations), "int8-wo" as int8 weight-only (per-channel scales) and "int4-wo" as
+    int4 weight-only (groups of ``group_size``, rounded to nearest: no calibration), whatever the
+    scheme of the decoder layers; "none" keeps it as is.
     """
 
     scheme: str = "none"
@@ -55,6 +57,8 @@ class QuantConfig:
     def params(self) -> dict[str, Any]:
         """The knobs that matter for this scheme, for engine.json (``lm_head`` when quantized)."""
         head = {"lm_head": self.lm_head} if self.lm_head != "none" else {}
+        if self.lm_head == "int4-wo":
+            head["lm_head_group_size"] = self.group_size
         if self.scheme == "int4-wo":
             return {"group_size": self.group_size, "awq_grid": self.awq_grid,
                     "clip_search": self.clip_search, "max_calib_rows": self.max_calib_rows, **head}
@@ -92,10 +96,17 @@ def linear_method_factory(quantization: dict[str, Any]
         return None
     with_scale = frozenset(quantization.get("runtime_input_scale", ()))
     group_size = int(quantization.get("group_size") or 128)
+    head_group_size = int(quantization.get("lm_head_group_size") or 128)
 
     def factory(prefix: str, in_features: int, output_sizes: tuple[int, ...]) -> LinearMethod | None:
         if prefix == "lm_head":
-            return Fp8LinearMethod() if head == "fp8" else None
+            if head == "fp8":
+                return Fp8LinearMethod()
+            if head == "int8-wo":
+                return Int8WeightOnlyLinearMethod()
+            if head == "int4-wo":
+                return Int4WeightOnlyLinearMethod(head_group_size)
+            return None
         if scheme == "none":
             return None
         if scheme == "fp8":

@@ -14,8 +14,9 @@ the same function with weights that quantize better:
 
 down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
 rescaled. The embeddings and norms stay in the model dtype; so does the LM head, unless
-``QuantConfig.lm_head`` is "fp8" (fp8 W8A8 like the fp8 scheme's layers; not for a head tied to
-the token embedding, whose table must stay a float lookup).
+``QuantConfig.lm_head`` names a scheme: "fp8" (fp8 W8A8 like the fp8 scheme's layers), "int8-wo"
+or "int4-wo" (weight-only, rounded to nearest); not for a head tied to the token embedding, whose
+table must stay a float lookup.
 """
 
 from __future__ import annotations
@@ -156,12 +157,12 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
             progress(i + 1)
     quantized_prefixes = ({f"layers.{i}.{n}" for i in range(len(model.layers)) for n in LAYER_LINEARS}
                           if scheme != "none" else set())
-    if config.lm_head == "fp8":
+    if config.lm_head != "none":
         if model.lm_head.is_tied:
-            raise KilnError("--lm-head-quant fp8 needs an LM head of its own; this model ties it to "
-                            "the token embedding (tie_word_embeddings)")
+            raise KilnError(f"--lm-head-quant {config.lm_head} needs an LM head of its own; this "
+                            "model ties it to the token embedding (tie_word_embeddings)")
         out.tensors.update({f"lm_head.{k}": v.contiguous()
-                            for k, v in Fp8LinearMethod.quantize(model.lm_head.weight.detach()).items()})
+                            for k, v in _quantize_head(model.lm_head.weight.detach(), config).items()})
         quantized_prefixes.add("lm_head")
     for pname, p in model.named_parameters():
         owner = pname.rpartition(".")[0]
@@ -174,6 +175,16 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
     elif scheme == "int8-sq":
         out.details = {"smoothed": "qkv_proj, gate_up_proj, down_proj (folded); o_proj unsmoothed"}
     return out
+
+
+def _quantize_head(w: torch.Tensor, config: QuantConfig) -> dict[str, torch.Tensor]:
+    """The LM head's engine tensors under config.lm_head (no calibration: the int4 groups are
+    rounded to nearest, unclipped)."""
+    if config.lm_head == "fp8":
+        return Fp8LinearMethod.quantize(w)
+    if config.lm_head == "int8-wo":
+        return Int8WeightOnlyLinearMethod.quantize(w)
+    return Int4WeightOnlyLinearMethod(config.group_size).quantize(w, 1.0)
 
 
 def _quantize_linear(linear: Linear, config: QuantConfig, clip) -> dict[str, torch.Tensor]:

@@ -206,6 +206,42 @@ def test_fp8_lm_head(tiny, tmp_path, scheme):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.5
 
 
+@pytest.mark.parametrize("head", ["int8-wo", "int4-wo"])
+@pytest.mark.parametrize("scheme", ["none", "int4-wo"])
+def test_weight_only_lm_head(tiny, tmp_path, scheme, head):
+    # --lm-head-quant int8-wo / int4-wo stores the head weight-only (rounded to nearest, no
+    # calibration) beside any scheme, on a CPU target too; engine.json records it (and the int4
+    # head's group size), and the loaded head computes the weight-only product.
+    from kiln.kernels.quant_matmul import int4_wo_linear_ref, int8_wo_linear_ref
+    from kiln.quant.int4 import quantize_int4_groupwise
+
+    src, calib = tiny
+    out = tmp_path / "engine"
+    info = build_engine(_options(src, calib, out, scheme,
+                                 quant=QuantConfig(scheme, lm_head=head, group_size=64)))
+    assert info["quantization"]["lm_head"] == head
+    stored = load_file(str(out / WEIGHTS_FILE))
+    ref_model = load_model(src, dtype="float32")
+    w = ref_model.lm_head.weight.detach()
+    hidden = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))
+    engine, loaded = load_engine_model(out, "cpu")
+    assert engine.lm_head.is_quantized and loaded["quantization"]["lm_head"] == head
+    if head == "int4-wo":
+        assert loaded["quantization"]["lm_head_group_size"] == 64
+        packed, scales = quantize_int4_groupwise(w, 64, 1.0)
+        assert torch.equal(stored["lm_head.qweight"], packed)
+        assert torch.equal(stored["lm_head.scales"], scales)
+        want = int4_wo_linear_ref(hidden, packed, scales, 64)
+    else:
+        assert stored["lm_head.qweight"].dtype == torch.int8
+        want = int8_wo_linear_ref(hidden, stored["lm_head.qweight"], stored["lm_head.scales"])
+    assert "lm_head.weight" not in stored
+    assert torch.equal(engine.compute_logits(hidden), want.float())
+    windows = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    a, b = next(forward_windows(engine, windows)), next(forward_windows(ref_model, windows))
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.5
+
+
 def test_fp8_lm_head_refusals(tiny, tmp_path):
     import dataclasses
 
@@ -218,11 +254,16 @@ def test_fp8_lm_head_refusals(tiny, tmp_path):
     model = load_model(src, dtype="float32")
     tied = LlamaFamilyModel(dataclasses.replace(model.args, tie_word_embeddings=True),
                             torch.float32, "cpu")
-    with pytest.raises(KilnError, match="ties it to the token embedding"):
-        quantize_model(tied, QuantConfig("none", lm_head="fp8"), None, torch.float32)
+    for head in ("fp8", "int4-wo"):
+        with pytest.raises(KilnError, match=f"lm-head-quant {head} needs an LM head of its own"):
+            quantize_model(tied, QuantConfig("none", lm_head=head), None, torch.float32)
     with pytest.raises(KilnError, match="stores its LM head as 'fp4'"):
         linear_method_factory({"scheme": "fp8", "lm_head": "fp4"})
     assert linear_method_factory({"scheme": "none"}) is None
     factory = linear_method_factory({"scheme": "none", "lm_head": "fp8"})
     assert factory("layers.0.mlp.down_proj", 8, (8,)) is None
     assert factory("lm_head", 8, (8,)).scheme == "fp8"
+    factory = linear_method_factory({"scheme": "fp8", "lm_head": "int4-wo",
+                                     "lm_head_group_size": 32})
+    assert factory("layers.0.mlp.down_proj", 8, (8,)).scheme == "fp8"
+    assert factory("lm_head", 8, (8,)).group_size == 32
