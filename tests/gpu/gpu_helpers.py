@@ -11,3 +11,14 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 def randn(*shape, gen, dtype=torch.float32, scale=1.0):
     """Normal noise on CUDA from ``gen``, times ``scale``, in ``dtype``."""
     return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(dtype)
+
+
+def assert_top5_agree(ours, theirs, what=None):
+    """The usual rule for two greedy runs (CompletionOutputs with logprobs of 5): where the tokens
+    of a pair first differ, each side's token is in the other's top-5, and the comparison of
+    that pair stops there."""
+    for a, b in zip(ours, theirs, strict=True):
+        for i, (ta, tb) in enumerate(zip(a.token_ids, b.token_ids)):
+            if ta != tb:
+                assert ta in b.logprobs[i] and tb in a.logprobs[i], (what, i)
+                break
