@@ -6,63 +6,29 @@ shared-memory ring is the size its tiles need. Its results are tested on the GPU
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from gluon_sm90 import compile_sm90
 
 from kiln.kernels import decode_gluon
 
 
-_COMPILE = r"""
-import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
-from kiln.kernels import decode_gluon
-
-out = {}
-for block_n, stages, keys_m, quant_row in json.loads(sys.argv[1]):
-    fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
-    constexprs = {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True,
-                  "QUANT_ROW": quant_row}
-    ptrs = {"cache_ptr": "*fp8e4nv", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
-            "query_start_ptr": "*i32", "lock_ptr": "*i32", "codes_ptr": "*fp8e4nv",
-            "scales_ptr": "*fp32"}
-    # 16-divisible as launches give them: the tensors' addresses, and the quantized rows' stride
-    aligned = {"q_ptr", "cache_ptr", "out_ptr", "lock_ptr", "codes_ptr", "scales_ptr",
-               "codes_stride"}
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = ptrs.get(name, "*bf16")
-        else:
-            signature[name] = "fp32" if name in ("qk_scale", "v_scale") else "i32"
-        if name in aligned:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(fn, signature,
-                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": 1, "num_stages": 1})
-    out[f"{block_n},{stages},{keys_m},{quant_row}"] = {"shared": kernel.metadata.shared,
-                                                      "ptx": kernel.asm["ptx"]}
-print(json.dumps(out))
-"""
-# (block_n, stages, keys_m, QUANT_ROW: 0, or the row quantization of a 32-head row)
 TILES = [(32, 3, False, 0), (16, 4, False, 0), (32, 2, True, 0), (16, 4, True, 0),
          (32, 3, True, 4096), (32, 3, False, 4096)]
 
 
 def test_gluon_decode_compiles_for_sm90_with_trivial_operand_layouts():
-    # In a fresh interpreter: this folder's conftest turns Triton's own helpers into interpreted
-    # ones, which the compiler cannot take.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(TILES)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    kernels = json.loads(done.stdout.strip().splitlines()[-1])
+    types = {"cache_ptr": "*fp8e4nv", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
+             "query_start_ptr": "*i32", "lock_ptr": "*i32", "codes_ptr": "*fp8e4nv",
+             "scales_ptr": "*fp32", "qk_scale": "fp32", "v_scale": "fp32"}
+    # 16-divisible as launches give them: the tensors' addresses, and the quantized rows' stride
+    aligned = {"q_ptr", "cache_ptr", "out_ptr", "lock_ptr", "codes_ptr", "scales_ptr",
+               "codes_stride"}
+    compiled = compile_sm90([
+        (decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel,
+         {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True,
+          "QUANT_ROW": quant_row}, types, aligned)
+        for block_n, stages, keys_m, quant_row in TILES])
+    kernels = {f"{block_n},{stages},{keys_m},{quant_row}": k
+               for (block_n, stages, keys_m, quant_row), k in zip(TILES, compiled)}
     for block_n, stages, keys_m, quant_row in TILES:
         k = kernels[f"{block_n},{stages},{keys_m},{quant_row}"]
         # keys and values: `stages` slots of block_n rows x 128 one-byte codes each (the ring's

@@ -6,61 +6,30 @@ Its results on the GPU: tests/gpu/test_int4_gluon_gpu.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from gluon_sm90 import compile_sm90
 
 from kiln.kernels import int4_gluon
 from kiln.kernels.quant_matmul import int4_wo_linear, int4_wo_linear_ref
 
-_COMPILE = r"""
-import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
-from kiln.kernels import int4_gluon
-
-out = {}
-fn = int4_gluon.int4_mma_gemv_kernel
-for rows, stages, split, has_bias, dt in json.loads(sys.argv[1]):
-    constexprs = {"ROWS": rows, "STAGES": stages, "SPLIT": split, "HAS_BIAS": has_bias,
-                  "PDL": True}
-    ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*u8", "s_ptr": "*fp32", "bias_ptr": f"*{dt}",
-            "out_ptr": f"*{dt}", "part_ptr": "*fp32", "lock_ptr": "*i32"}
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-            continue
-        signature[name] = ptrs.get(name, "i32")
-        if name != "M":  # 16-divisible, as the 8B shapes' launches give them
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(fn, signature,
-                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": 1, "num_stages": 1})
-    out[f"{rows},{stages},{split},{has_bias},{dt}"] = {"shared": kernel.metadata.shared,
-                                                        "ptx": kernel.asm["ptx"]}
-print(json.dumps(out))
-"""
 # (rows, ring slots, K splits, bias, x dtype)
 TILES = [(16, 8, 4, False, "bf16"), (32, 6, 1, True, "bf16"), (64, 4, 1, False, "bf16"),
          (16, 2, 3, True, "bf16"), (16, 12, 1, True, "fp16"), (32, 6, 2, False, "fp16")]
 
 
 def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
-    # In a fresh interpreter: this folder's conftest turns Triton's own helpers into interpreted
-    # ones, which the compiler cannot take.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(TILES)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    kernels = json.loads(done.stdout.strip().splitlines()[-1])
+    fn = int4_gluon.int4_mma_gemv_kernel
+    # 16-divisible, as the 8B shapes' launches give them: everything but the row count
+    aligned = set(fn.arg_names) - {"M"}
+    compiled = compile_sm90([
+        (fn, {"ROWS": rows, "STAGES": stages, "SPLIT": split, "HAS_BIAS": has_bias, "PDL": True},
+         {"x_ptr": f"*{dt}", "w_ptr": "*u8", "s_ptr": "*fp32", "bias_ptr": f"*{dt}",
+          "out_ptr": f"*{dt}", "part_ptr": "*fp32", "lock_ptr": "*i32"}, aligned)
+        for rows, stages, split, has_bias, dt in TILES])
+    kernels = {f"{rows},{stages},{split},{has_bias},{dt}": k
+               for (rows, stages, split, has_bias, dt), k in zip(TILES, compiled)}
     for rows, stages, split, has_bias, dt in TILES:
         k = kernels[f"{rows},{stages},{split},{has_bias},{dt}"]
         assert k["shared"] == stages * rows * 64  # one group's 64 bytes a row per ring slot

@@ -1,0 +1,50 @@
+"""Compiling Gluon kernels for sm_90 on a machine without a GPU, for the kernels' CPU tests.
+
+The compile runs in a fresh interpreter: this folder's conftest turns Triton's own helpers into
+interpreted ones, which the compiler cannot take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+_SCRIPT = r"""
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+
+out = []
+for module, name, constexprs, types, aligned in json.loads(sys.argv[1]):
+    fn = getattr(importlib.import_module(module), name)
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+            continue
+        signature[arg] = types.get(arg, "*bf16" if arg.endswith("_ptr") else "i32")
+        if arg in aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = GluonASTSource(fn, signature,
+                         {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": 1, "num_stages": 1})
+    out.append({"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]})
+print(json.dumps(out))
+"""
+
+
+def compile_sm90(cases: list[tuple]) -> list[dict]:
+    """Compile each (gluon kernel, constexprs, argument types, 16-divisible arguments) for sm_90,
+    one warp; argument types default to *bf16 for pointers (names ending in _ptr) and i32.
+    Returns each kernel's {"shared": bytes, "ptx": text}."""
+    spec = [(fn.fn.__module__, fn.fn.__name__, constexprs, types, sorted(aligned))
+            for fn, constexprs, types, aligned in cases]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(spec)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
