@@ -6,10 +6,11 @@ Why: kiln's FMA GEMV (kiln.kernels.quant_matmul) spends about 2.8 instructions a
 unpacking, converting and multiplying (sm_90 SASS of its loop), and at batch 1 it streams the 8B
 model's int4 weights at about half the copy bandwidth, latency-bound at low occupancy. Here the
 unpacking costs 1.375 instructions a weight for bfloat16 x (per word of eight: three shifts, four
-mask-and-ors, four subtracts) and 1.125 for float16 x (one shift: see _INT4X8_F16_ASM), the
+mask-and-ors, four packed FMAs taking the offset off: kiln.kernels.INT4X8_BF16_PAIRS_PTX, which
+the FMA GEMV's unpacking shares) and 1.125 for float16 x (one shift: see _INT4X8_F16_ASM), the
 products run on the tensor cores (mma.sync m16n8k16, float32 out, one instruction per 256
 weights), and a ring of shared-memory slots keeps STAGES - 1 groups of every program's rows in
-flight. The whole loop is 2.95, 2.42 and 2.13 instructions a weight at 16, 32 and 64 rows a
+flight. The whole loop is 2.97, 2.44 and 2.14 instructions a weight at 16, 32 and 64 rows a
 program for bfloat16, 2.72, 2.19 and 1.89 for float16 (compile_sm90.py), so the small layers need
 several programs an SM issuing at once: K is split for them (default_tile).
 
@@ -28,7 +29,7 @@ loaded under the same permutation (each lane reads 32 contiguous x values of its
 operand's column g). The dot of a group is taken in float32 and scaled per row.
 
 The dispatcher is kiln.kernels.quant_matmul's int4_wo_linear (KILN_INT4_MMA=1); the reference
-its int4_wo_linear_ref. CUDA sm_90+ (bfloat16 subtract, sub.bf16x2), group size 128.
+its int4_wo_linear_ref. CUDA sm_90+ (packed bfloat16 FMA, fma.rn.bf16x2), group size 128.
 tests/kernels/test_kernel_int4_gluon.py interprets the unpacking asm and replays the permutation
 in numpy; tests/gpu/test_int4_gluon_gpu.py runs the kernel.
 """
@@ -44,6 +45,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+from kiln.kernels import INT4X8_BF16_PAIRS_PTX
 from kiln.kernels.pdl import gluon_pdl_start
 
 GROUP = 128       # k of one scale group, one step of the kernel
@@ -51,27 +53,11 @@ _GROUP = gl.constexpr(GROUP)
 MAX_ROWS = 8      # decode rows (x rows) one launch takes: the n side of the m16n8 tiles
 
 # Word w of a lane's four (nibbles p = 0..7 at bits 4 p) -> bfloat16 pairs (n - 8) for
-# p = (s, s + 4), s = 0..3: each nibble pair OR'd into bfloat16 128.0 (0x4300), then 136 taken
-# off, both exact.
-_INT4X8_BF16_ASM = gl.constexpr("""
-{
-.reg .b32 t1, t2, t3, r0, r1, r2, r3, z;
-mov.b32 z, 0x43084308;
-shr.b32 t1, $8, 4;
-shr.b32 t2, $8, 8;
-shr.b32 t3, $8, 12;
-lop3.b32 r0, $8, 0x000f000f, 0x43004300, 0xea;
-lop3.b32 r1, t1, 0x000f000f, 0x43004300, 0xea;
-lop3.b32 r2, t2, 0x000f000f, 0x43004300, 0xea;
-lop3.b32 r3, t3, 0x000f000f, 0x43004300, 0xea;
-sub.bf16x2 r0, r0, z;
-sub.bf16x2 r1, r1, z;
-sub.bf16x2 r2, r2, z;
-sub.bf16x2 r3, r3, z;
-mov.b32 {$0, $1}, r0;
-mov.b32 {$2, $3}, r1;
-mov.b32 {$4, $5}, r2;
-mov.b32 {$6, $7}, r3;
+# p = (s, s + 4), s = 0..3: INT4X8_BF16_PAIRS_PTX's pairs, split into the eight outputs.
+_INT4X8_BF16_ASM = gl.constexpr(INT4X8_BF16_PAIRS_PTX + """mov.b32 {$0, $1}, kq0;
+mov.b32 {$2, $3}, kq1;
+mov.b32 {$4, $5}, kq2;
+mov.b32 {$6, $7}, kq3;
 }
 """)
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from kiln.kernels import int4_gluon, pdl_args, use_triton
+from kiln.kernels import INT4X8_BF16_PAIRS_PTX, int4_gluon, pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
@@ -132,25 +132,9 @@ def _nibbles_f32(b):
 
 
 # Eight nibbles of a 32-bit word (k = 8j + i at bits 4i) to float32 q = nibble - 8, two at a time:
-# OR-ing a nibble into bf16 128.0 (0x4300) gives 128 + nibble exactly; one packed bf16 FMA
-# subtracts 136 from both halves; each half then moves to the top of a float32 (exact).
-_INT4_WORD_ASM = tl.constexpr("""
-{
-.reg .b32 kq0, kq1, kq2, kq3, kone, koff;
-mov.b32 kone, 0x3F803F80;
-mov.b32 koff, 0xC308C308;
-shr.u32 kq1, $8, 4;
-shr.u32 kq2, $8, 8;
-shr.u32 kq3, $8, 12;
-lop3.b32 kq0, $8, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq1, kq1, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq2, kq2, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq3, kq3, 0x000F000F, 0x43004300, 0xEA;
-fma.rn.bf16x2 kq0, kq0, kone, koff;
-fma.rn.bf16x2 kq1, kq1, kone, koff;
-fma.rn.bf16x2 kq2, kq2, kone, koff;
-fma.rn.bf16x2 kq3, kq3, kone, koff;
-shl.b32 $0, kq0, 16;
+# the bfloat16 pairs of INT4X8_BF16_PAIRS_PTX, each half then moved to the top of a float32
+# (exact).
+_INT4_WORD_ASM = tl.constexpr(INT4X8_BF16_PAIRS_PTX + """shl.b32 $0, kq0, 16;
 shl.b32 $1, kq1, 16;
 shl.b32 $2, kq2, 16;
 shl.b32 $3, kq3, 16;

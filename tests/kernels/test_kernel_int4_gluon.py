@@ -36,7 +36,7 @@ def test_int4_mma_gemv_compiles_for_sm90_with_trivial_operand_layouts():
         ptx = k["ptx"]
         if dt == "bf16":
             assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
-            assert "sub.bf16x2" in ptx and "f16x2" not in ptx.replace("bf16x2", "")
+            assert "fma.rn.bf16x2" in ptx and "f16x2" not in ptx.replace("bf16x2", "")
         else:
             assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx
             assert "sub.f16x2" in ptx and "fma.rn.f16x2" in ptx and "bf16" not in ptx
@@ -138,10 +138,10 @@ def _run_ptx(asm: str, word: int, half: str) -> list[float]:
         a = [x.strip() for x in args.split(",")]
         if op == "mov.b32":
             regs[a[0]] = val(a[1])
-        elif op == "shr.b32":
+        elif op in ("shr.b32", "shr.u32"):
             regs[a[0]] = val(a[1]) >> val(a[2])
         elif op == "lop3.b32":
-            assert a[4] == "0xea"  # (a & b) | c
+            assert a[4].lower() == "0xea"  # (a & b) | c
             regs[a[0]] = (val(a[1]) & val(a[2])) | val(a[3])
         elif op in (f"sub.{half}x2",):
             regs[a[0]] = pack((halves(val(a[1])).double() - halves(val(a[2])).double()).to(ft))
