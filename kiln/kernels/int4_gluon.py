@@ -46,7 +46,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from kiln.kernels import INT4X8_BF16_PAIRS_PTX
-from kiln.kernels.pdl import gluon_pdl_start
+from kiln.kernels.gluon_common import A_OPERAND as _A_OP
+from kiln.kernels.gluon_common import B_OPERAND as _B_OP
+from kiln.kernels.gluon_common import MMA as _MMA
+from kiln.kernels.gluon_common import gluon_pdl_start
 
 GROUP = 128       # k of one scale group, one step of the kernel
 _GROUP = gl.constexpr(GROUP)
@@ -97,12 +100,9 @@ mov.b32 {$6, $7}, r3;
 }
 """)
 
-# One warp's mma.sync m16n8k16 tiles and their operands; the ring's copies (16-byte vectors) and
-# slots (dense rows: a lane's 16-byte reads of rows g, g + 1 fall in distinct banks).
-_MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
-                                              instr_shape=[16, 8]))
-_A_OP = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_MMA.value, k_width=2))
-_B_OP = gl.constexpr(gl.DotOperandLayout(operand_index=1, parent=_MMA.value, k_width=2))
+# The ring's copies (16-byte vectors) and slots (dense rows: a lane's 16-byte reads of rows g,
+# g + 1 fall in distinct banks). One warp's mma layouts (_MMA, _A_OP, _B_OP) come from
+# gluon_common.
 _COPY = gl.constexpr(gl.BlockedLayout([1, 4], [8, 4], [1, 1], [1, 0]))
 _SMEM = gl.constexpr(gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
 # x of a group: lane 4 g + c holds x row g, k 32 c .. 32 c + 31 (four 16-byte reads)

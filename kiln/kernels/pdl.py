@@ -1,10 +1,8 @@
-"""The start of every kiln kernel (Triton and Gluon) under programmatic dependent launch (see
-kiln.kernels.pdl_enabled), and the L2 prefetch a GEMV issues before it waits."""
+"""The start of every kiln kernel under programmatic dependent launch (see kiln.kernels.pdl_enabled),
+and the L2 prefetch a GEMV issues before it waits."""
 
 import triton
 import triton.language as tl
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
 
 
 @triton.jit
@@ -22,17 +20,6 @@ def pdl_start(PDL: tl.constexpr):
     elif PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@gluon.jit
-def gluon_pdl_start(PDL: gl.constexpr):
-    """pdl_start (PDL 1) for Gluon kernels: wait for the previous kernel in the stream, then let
-    the next one be scheduled."""
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
