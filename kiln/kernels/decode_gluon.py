@@ -198,6 +198,22 @@ def _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, v_words, block_wor
 
 
 @gluon.jit
+def _ring_open(cache_ptr, block_tables_ptr, seq, kv_head, seq_len, block_table_stride,
+               cache_kv_words, cache_block_words, cache_slot_words, cache_head_words,
+               BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr):
+    """The key and value rings of this program's (sequence, kv head), its block-table row, its
+    cache words, its tile count, and the ring started (_ring_start; the blocks it returns)."""
+    k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
+    v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
+    table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
+    kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
+    num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
+    blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
+                      cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
+    return k_ring, v_ring, table_row, kv_words, num_tiles, blk
+
+
+@gluon.jit
 def _ring_next(k_ring, v_ring, i, blk, seq_len, table_row, kv_words, v_words, block_words,
                slot_words, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
                STAGES: gl.constexpr):
@@ -302,13 +318,10 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                      + dims[:, None], mask=(cols < group)[None, :], other=0.0)
         qt = gl.minimum(gl.maximum(qt.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
 
-        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
-        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
-        table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
-        kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
-        num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
-        blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
-                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
+        k_ring, v_ring, table_row, kv_words, num_tiles, blk = _ring_open(
+            cache_ptr, block_tables_ptr, seq, kv_head, seq_len, block_table_stride,
+            cache_kv_words, cache_block_words, cache_slot_words, cache_head_words, BLOCK_N,
+            BLOCK_SIZE, STAGES)
 
         m = gl.full([8], -1.0e30, gl.float32, layout=gl.SliceLayout(0, _MMA))
         l = gl.zeros([8], gl.float32, layout=gl.SliceLayout(0, _MMA))
@@ -366,13 +379,10 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
                     + dims[None, :], mask=(rows < group)[:, None], other=0.0)
         q = gl.minimum(gl.maximum(q.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
 
-        k_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
-        v_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 32], _SMEM)
-        table_row = block_tables_ptr + seq.to(gl.int64) * block_table_stride
-        kv_words = cache_ptr.to(gl.pointer_type(gl.int32)) + kv_head * cache_head_words
-        num_tiles = (seq_len + BLOCK_N - 1) // BLOCK_N
-        blk = _ring_start(k_ring, v_ring, seq_len, table_row, kv_words, cache_kv_words,
-                          cache_block_words, cache_slot_words, BLOCK_N, BLOCK_SIZE, STAGES)
+        k_ring, v_ring, table_row, kv_words, num_tiles, blk = _ring_open(
+            cache_ptr, block_tables_ptr, seq, kv_head, seq_len, block_table_stride,
+            cache_kv_words, cache_block_words, cache_slot_words, cache_head_words, BLOCK_N,
+            BLOCK_SIZE, STAGES)
 
         m = gl.full([16], -1.0e30, gl.float32, layout=gl.SliceLayout(1, _MMA))
         l = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, _MMA))
