@@ -24,8 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from kiln.kernels import (activation, argmax, attention, decode_gluon, int4_gluon, prefill_fresh,
-                          quant_matmul, rmsnorm, rotary)
+from kiln.kernels import (activation, argmax, attention, decode_gluon, prefill_fresh, quant_matmul,
+                          rmsnorm, rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -327,8 +327,8 @@ def report(label: str, fn, constexprs: dict, dtype: str, warps: int, stages: int
 
 
 def gluon_configs():
-    """The Gluon kernels, one warp: the decode attention (kiln.kernels.decode_gluon) at the default
-    tile and the others the GPU tests run, and the int4 GEMV (kiln.kernels.int4_gluon)."""
+    """The Gluon decode kernels (kiln.kernels.decode_gluon), one warp, at the default tile and the
+    others the GPU tests run."""
     for keys_m in (True, False):
         fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
         for block_n, stages, quant_row in ((32, 3, 0), (32, 2, 0), (16, 4, 0), (32, 3, 4096)):
@@ -338,14 +338,6 @@ def gluon_configs():
                     "QUANT_ROW": quant_row,
                     "_ptrs": {"cache_ptr": "*fp8e4nv", "lock_ptr": "*i32",
                               "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32"}}, "bf16", 1, 1)
-    for dtype in ("bf16", "fp16"):
-        for rows, stages, split in ((16, 8, 1), (16, 8, 4), (32, 6, 1), (64, 4, 1)):
-            yield (f"gluon int4 mma gemv R{rows} s{stages} split{split}",
-                   int4_gluon.int4_mma_gemv_kernel,
-                   {"ROWS": rows, "STAGES": stages, "SPLIT": split, "HAS_BIAS": False,
-                    "PDL": True, "_ptrs": {"w_ptr": "*u8", "s_ptr": "*fp32", "part_ptr": "*fp32",
-                                           "lock_ptr": "*i32"}}, dtype, 1, 1)
-
 
 def main() -> int:
     only = sys.argv[1] if len(sys.argv) > 1 else ""

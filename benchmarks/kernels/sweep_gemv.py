@@ -12,9 +12,7 @@ bandwidth measured in the same run. Each timed config is checked against its ref
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
 for bf16). Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (qm.int4_tc_gemv: BLOCK_N and warps of
-TC_TILES, every split) on the same int4 weights, beside the FMA GEMV's autotuned choice. Scheme
-``int4-mma`` sweeps the Gluon int4 GEMV (kiln.kernels.int4_gluon: rows and ring slots of
-MMA_TILES, in the rows' BLOCK_N and num_stages) the same way.
+TC_TILES, every split) on the same int4 weights, beside the FMA GEMV's autotuned choice.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import triton
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_kernels  # noqa: E402
 import bench_quant  # noqa: E402
-from kiln.kernels import int4_gluon  # noqa: E402
 from kiln.kernels import quant_matmul as qm  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 
@@ -42,9 +39,6 @@ SPLITS = [1, 2, 4, 8, 16]
 # (BLOCK_N, num_warps) of the tensor-core int4 kernel: 4 warps and BLOCK_N >= 64 give wgmma,
 # fewer warps mma.sync.
 TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
-# (rows, ring slots) of the Gluon int4 GEMV (kiln.kernels.int4_gluon), one warp a program; each
-# with every split of SPLITS (the split rides in the rows' "split").
-MMA_TILES = [(16, 4), (16, 8), (16, 12), (32, 4), (32, 6), (32, 8), (64, 4)]
 # The layer shapes, plus the LM head (128256 x 4096) for `--shapes lm_head`.
 SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
 
@@ -74,12 +68,6 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
         return lambda w: qm.int4_tc_gemv(x, w[0], w[1], bench_quant.GROUP, None, x.dtype,
                                          split_k=split, block_n=config.kwargs["BLOCK_N"],
                                          num_warps=config.num_warps)
-    if scheme == "int4-mma":
-        if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
-            return runner("int4", x, None, split)
-        tile = (config.kwargs["BLOCK_N"], config.num_stages, split)
-        locks = qm.split_locks(x.device)
-        return lambda w: int4_gluon.int4_mma_gemv(x, w[0], w[1], None, tile, locks=locks)
     if scheme == "int4":
         return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
                                    x.dtype, "gemv", split_k=split, config=config)
@@ -94,7 +82,7 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
 
 
 def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
-    if scheme in ("int4", "int4-tc", "int4-mma"):
+    if scheme in ("int4", "int4-tc"):
         return qm.int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
     if scheme in ("fp8", "fp8-tc"):
         return qm.fp8_linear_ref(x, w[0], w[1])
@@ -107,7 +95,7 @@ def time_fn(fn, sets: list[tuple]) -> float:
 
 def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
                 verbose: bool = False, autotuned_only: bool = False) -> dict:
-    wscheme = "int4" if scheme == "int4-mma" else scheme[:-3] if scheme.endswith("-tc") else scheme
+    wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
     probe = bench_quant.make_weights(wscheme, n, k)
     nbytes = bench_quant.weight_bytes(probe)
     sets = [probe] + [bench_quant.make_weights(wscheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
@@ -118,8 +106,6 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
     elif scheme == "int4-tc":
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
-    elif scheme == "int4-mma":  # (rows, 1 warp, -, ring slots)
-        tiles = [(r, 1, 1, st) for r, st in MMA_TILES]
     else:
         tiles = [(b, w, u, 3) for b, w, u in TILES]
     for block_n, warps, unroll, stages in ([] if autotuned_only else tiles):

@@ -36,29 +36,6 @@ mov.b32 {$0, $1}, kp;
 mov.b32 {$2, $3}, kq;
 }
 """
-# Eight int4 nibbles of a 32-bit word $8 (nibble i at bits 4 i, stored as q + 8) -> four bfloat16
-# pairs q = nibble - 8, exact (PTX, sm_90+): kq<s> holds nibbles s (low half) and s + 4 (high
-# half). Each nibble is OR'd into bfloat16 128.0 (0x4300), giving 128 + nibble exactly, and one
-# packed FMA takes 136 off both halves. The int4 GEMVs (Triton and Gluon) append their own moves
-# out of kq0..kq3 and close the block.
-INT4X8_BF16_PAIRS_PTX = """
-{
-.reg .b32 kq0, kq1, kq2, kq3, kone, koff;
-mov.b32 kone, 0x3F803F80;
-mov.b32 koff, 0xC308C308;
-shr.u32 kq1, $8, 4;
-shr.u32 kq2, $8, 8;
-shr.u32 kq3, $8, 12;
-lop3.b32 kq0, $8, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq1, kq1, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq2, kq2, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq3, kq3, 0x000F000F, 0x43004300, 0xEA;
-fma.rn.bf16x2 kq0, kq0, kone, koff;
-fma.rn.bf16x2 kq1, kq1, kone, koff;
-fma.rn.bf16x2 kq2, kq2, kone, koff;
-fma.rn.bf16x2 kq3, kq3, kone, koff;
-"""
-
 _PDL_SCOPE = [False]
 PDL_MAX_BATCH = 64  # decode graphs up to this batch size launch with PDL under KILN_PDL=auto
 

@@ -1,5 +1,5 @@
-"""What the Gluon kernels (decode_gluon, int4_gluon) share: their start under programmatic dependent
-launch, and the layouts of one warp's mma.sync m16n8k16 tiles and operands."""
+"""What the Gluon decode kernels (decode_gluon) take from outside: their start under programmatic
+dependent launch, and the layouts of one warp's mma.sync m16n8k16 tiles and operands."""
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl

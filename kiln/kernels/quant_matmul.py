@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from kiln.kernels import INT4X8_BF16_PAIRS_PTX, int4_gluon, pdl_args, use_triton
+from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.quant_act import quant_per_token, quantize_to_codes, token_scale
 
@@ -131,10 +131,33 @@ def _nibbles_f32(b):
     return lo, hi
 
 
+# Eight int4 nibbles of a 32-bit word $8 (nibble i at bits 4 i, stored as q + 8) -> four bfloat16
+# pairs q = nibble - 8, exact (PTX, sm_90+): kq<s> holds nibbles s (low half) and s + 4 (high
+# half). Each nibble is OR'd into bfloat16 128.0 (0x4300), giving 128 + nibble exactly, and one
+# packed FMA takes 136 off both halves. _INT4_WORD_ASM appends its moves out of kq0..kq3 and
+# closes the block.
+_INT4X8_BF16_PAIRS_PTX = """
+{
+.reg .b32 kq0, kq1, kq2, kq3, kone, koff;
+mov.b32 kone, 0x3F803F80;
+mov.b32 koff, 0xC308C308;
+shr.u32 kq1, $8, 4;
+shr.u32 kq2, $8, 8;
+shr.u32 kq3, $8, 12;
+lop3.b32 kq0, $8, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq1, kq1, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq2, kq2, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 kq3, kq3, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 kq0, kq0, kone, koff;
+fma.rn.bf16x2 kq1, kq1, kone, koff;
+fma.rn.bf16x2 kq2, kq2, kone, koff;
+fma.rn.bf16x2 kq3, kq3, kone, koff;
+"""
+
 # Eight nibbles of a 32-bit word (k = 8j + i at bits 4i) to float32 q = nibble - 8, two at a time:
-# the bfloat16 pairs of INT4X8_BF16_PAIRS_PTX, each half then moved to the top of a float32
+# the bfloat16 pairs of _INT4X8_BF16_PAIRS_PTX, each half then moved to the top of a float32
 # (exact).
-_INT4_WORD_ASM = tl.constexpr(INT4X8_BF16_PAIRS_PTX + """shl.b32 $0, kq0, 16;
+_INT4_WORD_ASM = tl.constexpr(_INT4X8_BF16_PAIRS_PTX + """shl.b32 $0, kq0, 16;
 shl.b32 $1, kq1, 16;
 shl.b32 $2, kq2, 16;
 shl.b32 $3, kq3, 16;
@@ -1603,10 +1626,6 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x2 = _rows(x)
     s = scales.float().contiguous()
     qweight = qweight.contiguous()
-    if int4_gluon.int4_mma_enabled() and int4_gluon.int4_mma_ok(x2, qweight, group_size):
-        out = int4_gluon.int4_mma_gemv(x2, qweight, s, bias, pdl=pdl_args(x2),
-                                       locks=split_locks(x2.device))
-        return out.reshape(*x.shape[:-1], n)
     if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128
             and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0
             and qweight.data_ptr() % 4 == 0):

@@ -603,3 +603,37 @@ def test_gemv_tuner_times_from_memory(gen):
 
     med, lo, hi = qm.bench_from_memory(fn, quantiles=(0.5, 0.2, 0.8))
     assert len(calls) == 51 and 0 < lo <= med <= hi < 10
+
+
+@pytest.mark.parametrize("head", ["int8-wo", "int4-wo"])
+def test_weight_only_lm_head_engine(tmp_path, head):
+    """An engine built with --lm-head-quant int8-wo / int4-wo on the GPU generates through CUDA
+    graphs (the decode graphs write the head's logits into their shared buffer), nothing compiled
+    after start-up, and its head computes the weight-only product for 1 and 40 rows."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import load_engine_model
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=8, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                       QuantConfig("int4-wo", lm_head=head), eval_tokens=0,
+                                       device="cuda", progress=False, calib_samples=4))["path"]
+    model, _ = load_engine_model(engine, "cuda")
+    head_mod = model.lm_head
+    for rows in (1, 40):
+        hidden = torch.randn(rows, 256, device="cuda").to(torch.bfloat16)
+        got = model.compute_logits(hidden)
+        if head == "int4-wo":
+            want = qm.int4_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales, 128)
+        else:
+            want = qm.int8_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales)
+        assert rel_err(got, want.float()) < TOL[torch.bfloat16], rows
+    del model
+    llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+    outs = llm.generate([{"prompt_token_ids": list(range(3, 30))}] * 3,
+                        SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
+    assert all(len(o.outputs[0].token_ids) == 10 for o in outs)
+    assert outs[0].outputs[0].token_ids == outs[2].outputs[0].token_ids
+    assert llm.engine.stats()["kernel_compiles_after_startup"] == 0

@@ -785,3 +785,59 @@ def test_scaled_mm_accumulation_follows_the_switch(env, want, monkeypatch):
     qm._scaled_mm_rows(xq, torch.ones(16, 1), 5, w, torch.ones(48), None, torch.bfloat16,
                        fast_accum=not want)
     assert out.shape == (5, 48) and seen == [want, not want]
+
+
+def _interpret_int4_word_asm(asm: str, word: int) -> list[float]:
+    """Runs the int4 GEMV's unpacking PTX (mov, shr, lop3 0xea, bf16x2 fma, shl, and) on one
+    input word $8 and returns its eight outputs $0..$7 read as float32 bits. The interpreter
+    has no GPU: the GPU tests check the compiled kernel, this checks the asm text itself."""
+    def bf16_pair(v):
+        return torch.tensor([v & 0xFFFF, v >> 16], dtype=torch.int32).to(torch.int16).view(
+            torch.bfloat16)
+
+    def packed(t):
+        lo, hi = (int(b) & 0xFFFF for b in t.view(torch.int16).tolist())
+        return lo | (hi << 16)
+
+    regs = {"$8": word}
+
+    def val(a):
+        return int(a, 16) if a.startswith("0x") else int(a) if a.isdigit() else regs[a]
+
+    for stmt in asm.replace("\n", " ").split(";"):
+        stmt = stmt.strip(" {}")
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        op, rest = stmt.split(None, 1)
+        a = [x.strip() for x in rest.split(",")]
+        if op == "mov.b32":
+            regs[a[0]] = val(a[1])
+        elif op == "shr.u32":
+            regs[a[0]] = val(a[1]) >> val(a[2])
+        elif op == "shl.b32":
+            regs[a[0]] = (val(a[1]) << val(a[2])) & 0xFFFFFFFF
+        elif op == "and.b32":
+            regs[a[0]] = val(a[1]) & val(a[2])
+        elif op == "lop3.b32":
+            assert a[4].lower() == "0xea", a  # (a & b) | c
+            regs[a[0]] = (val(a[1]) & val(a[2])) | val(a[3])
+        elif op == "fma.rn.bf16x2":
+            r = (bf16_pair(val(a[1])).double() * bf16_pair(val(a[2])).double()
+                 + bf16_pair(val(a[3])).double())
+            regs[a[0]] = packed(r.to(torch.bfloat16))
+        else:
+            raise AssertionError(f"instruction {op} not interpreted")
+    return [torch.tensor([regs[f"${i}"]], dtype=torch.int64).to(torch.int32).view(torch.float32).item()
+            for i in range(8)]
+
+
+def test_int4_word_asm_gives_each_nibble_minus_8():
+    """The int4 GEMV's unpacking asm, interpreted: output s (s < 4) is nibble s minus 8 and
+    output 4 + s nibble s + 4 minus 8, for every nibble value in every position. A wrong
+    constant, shift or mask in the text fails this."""
+    gen = torch.Generator().manual_seed(0)
+    words = [0, 0xFFFFFFFF, 0x76543210, 0x89ABCDEF, 0xFEDCBA98]
+    words += torch.randint(0, 2 ** 32, (200,), generator=gen, dtype=torch.int64).tolist()
+    for w in words:
+        want = [float(((w >> (4 * i)) & 15) - 8) for i in range(8)]
+        assert _interpret_int4_word_asm(qm._INT4_WORD_ASM.value, w) == want, hex(w)
