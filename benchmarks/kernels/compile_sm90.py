@@ -331,13 +331,11 @@ def gluon_configs():
     others the GPU tests run."""
     for keys_m in (True, False):
         fn = decode_gluon.decode_fp8_keys_m_kernel if keys_m else decode_gluon.decode_fp8_kernel
-        for block_n, stages, quant_row in ((32, 3, 0), (32, 2, 0), (16, 4, 0), (32, 3, 4096)):
-            yield (f"gluon decode fp8-kv keys_m={keys_m} N{block_n} s{stages}"
-                   + (" row-quant" if quant_row else ""), fn,
+        for block_n, stages in ((32, 3), (32, 2), (16, 4)):
+            yield (f"gluon decode fp8-kv keys_m={keys_m} N{block_n} s{stages}", fn,
                    {"BLOCK_N": block_n, "BLOCK_SIZE": 16, "STAGES": stages, "PDL": True,
-                    "QUANT_ROW": quant_row,
-                    "_ptrs": {"cache_ptr": "*fp8e4nv", "lock_ptr": "*i32",
-                              "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32"}}, "bf16", 1, 1)
+                    "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", 1, 1)
+
 
 def main() -> int:
     only = sys.argv[1] if len(sys.argv) > 1 else ""

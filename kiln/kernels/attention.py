@@ -694,11 +694,12 @@ def gluon_decode_tile() -> tuple[int, int, bool]:
 def quant_out_enabled() -> bool:
     """KILN_ATTN_QUANT_OUT=1: with KILN_PRODUCER_QUANT, fp8 engines' attention also quantizes
     o_proj's input (in the decode kernel where it merges its partitions, or over an fp8 cache
-    where it runs one partition per sequence, the Triton or the Gluon kernel; see
-    paged_attention). Off: no gain at batch 1 (346.1 against 346.4 tok/s, run-j), and the
-    1000 x 128/128 fp8 run met a kernel variant compiling after start-up with it (26,527 against
-    about 30,300 tok/s; benchmarks/h200-quant, run-v), so the large-batch path is not measured
-    cleanly yet (the Gluon kernel's row quantization has not run on an H200 yet: run-x)."""
+    where it runs one partition per sequence: the Triton kernel, so such batches then leave the
+    Gluon kernel; see paged_attention). Off: no gain at batch 1 (346.1 against 346.4 tok/s,
+    run-j); at 1000 x 128/128 fp8 a kernel variant compiled after start-up with it (26,527
+    against about 30,300 tok/s, run-v). A Gluon-kernel version of the row quantization was
+    correct but 1.2% slower there (31,657 / 32,065 against 32,072 / 32,425, again one kernel
+    compiled after start-up) and was removed (benchmarks/h200-quant/README.md, run-y)."""
     return os.environ.get("KILN_ATTN_QUANT_OUT", "0") == "1"
 
 
@@ -775,17 +776,16 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             fused.update(lock_ptr=locks, codes_ptr=codes, scales_ptr=scales,
                          codes_stride=codes.stride(0), QUANT_ROW=triton.next_power_of_2(width))
     fp8_asm = tuning.get("fp8_asm", fp8_asm_ok(q, kv_cache))
-    # One partition per sequence over an fp8 cache: the Gluon kernel (which also quantizes the
-    # rows when asked, KILN_ATTN_QUANT_OUT).
+    # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
+    # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
     gluon_tile = tuning.get("gluon", gluon_decode_tile() if gluon_decode_enabled() else None)
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
-            and group <= 16):
+            and group <= 16 and quantized is None):
         block_n, stages, keys_m = gluon_tile
-        quant = None if quantized is None else (fused["lock_ptr"], quantized.q, quantized.scale)
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
-                                keys_m and group <= 8, pdl=pdl_args(q), quant=quant)
-        return quantized
+                                keys_m and group <= 8, pdl=pdl_args(q))
+        return None
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),

@@ -114,41 +114,6 @@ def _sequence(seq_lens_ptr, query_start_ptr, PDL: gl.constexpr):
     return seq, kv_head, seq_len, q_start, q_len
 
 
-_ROW = gl.constexpr(gl.BlockedLayout([8], [32], [1], [0]))  # 16-byte vectors of a bf16 row
-
-
-@gluon.jit
-def _quantize_row_when_last(row_lock, out_ptr, codes_ptr, scales_ptr, q_start, width,
-                            QUANT_ROW: gl.constexpr):
-    """Count this program's heads of token q_start's output row (stored by it) at row_lock; the
-    last of the row's gl.num_programs(1) programs to arrive quantizes the whole row per token
-    to fp8 e4m3 (the bits kiln.kernels.quant_act's per-token quantization gives for the row)
-    and re-arms the counter. Rows of out and of codes are `width` apart (heads contiguous);
-    QUANT_ROW: width rounded up to a multiple of 256."""
-    gl.thread_barrier()  # every lane's stores precede the release below
-    merged = gl.atomic_add(row_lock, 1, sem="acq_rel", scope="gpu")
-    if merged == gl.num_programs(1) - 1:
-        gl.thread_barrier()
-        row = q_start.to(gl.int64)
-        src = out_ptr + row * width
-        amax = gl.zeros([256], gl.float32, layout=_ROW)
-        for c in range(0, QUANT_ROW, 256):
-            cols = c + gl.arange(0, 256, layout=_ROW)
-            # other programs wrote most of the row: read it from L2 (.cg), past this SM's L1
-            y = gl.load(src + cols, mask=cols < width, other=0.0, cache_modifier=".cg")
-            amax = gl.maximum(amax, gl.abs(y.to(gl.float32)))
-        scale = gl.div_rn(gl.maximum(gl.max(amax, axis=0), 1e-12), 448.0)
-        inv = gl.div_rn(1.0, scale)
-        gl.store(scales_ptr + row, scale)
-        for c in range(0, QUANT_ROW, 256):
-            cols = c + gl.arange(0, 256, layout=_ROW)
-            y = gl.load(src + cols, mask=cols < width, other=0.0, cache_modifier=".cg")
-            codes = gl.minimum(gl.maximum(y.to(gl.float32) * inv, -448.0), 448.0)
-            gl.store(codes_ptr + row * width + cols, codes.to(gl.float8e4nv),
-                     mask=cols < width)
-        gl.atomic_xchg(row_lock, 0, sem="relaxed", scope="gpu")
-
-
 @gluon.jit
 def _key_dims(kk):
     """The head dim at MMA k index kk of the key operands (and of q): 32 t + 4 s + 2 h + j for
@@ -298,10 +263,8 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              out_ptr, q_tok_stride, q_head_stride, out_tok_stride,
                              out_head_stride, cache_kv_words, cache_block_words,
                              cache_slot_words, cache_head_words, block_table_stride, qk_scale,
-                             v_scale, group, lock_ptr, codes_ptr, scales_ptr, codes_stride,
-                             BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-                             STAGES: gl.constexpr, PDL: gl.constexpr = False,
-                             QUANT_ROW: gl.constexpr = 0):
+                             v_scale, group, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
+                             STAGES: gl.constexpr, PDL: gl.constexpr = False):
     # decode_fp8_kernel transposed, for at most 8 query heads per kv head: keys and head dims are
     # the rows of the tensor-core tiles (no padding there) and the query heads their 8 columns,
     # S^T = K Q^T and O^T = V^T P^T. Half the matrix instructions and accumulator registers;
@@ -350,9 +313,6 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         oheads = kv_head * group + ocol
         gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[None, :] * out_head_stride
                  + odim[:, None], out.to(out_ptr.dtype.element_ty), mask=(ocol < group)[None, :])
-        if QUANT_ROW > 0:
-            _quantize_row_when_last(lock_ptr + seq, out_ptr, codes_ptr, scales_ptr, q_start,
-                                    codes_stride, QUANT_ROW)
 
 
 # The metadata change from step to step: no specialization on their values or alignment (a
@@ -362,10 +322,9 @@ def decode_fp8_keys_m_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
                       q_tok_stride, q_head_stride, out_tok_stride, out_head_stride,
                       cache_kv_words, cache_block_words, cache_slot_words, cache_head_words,
-                      block_table_stride, qk_scale, v_scale, group, lock_ptr, codes_ptr,
-                      scales_ptr, codes_stride, BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-                      STAGES: gl.constexpr, PDL: gl.constexpr = False,
-                      QUANT_ROW: gl.constexpr = 0):
+                      block_table_stride, qk_scale, v_scale, group,
+                      BLOCK_N: gl.constexpr, BLOCK_SIZE: gl.constexpr, STAGES: gl.constexpr,
+                      PDL: gl.constexpr = False):
     # Program (sequence, kv head); one warp. qk_scale folds the key scale and log2(e).
     KW: gl.constexpr = _key_words(BLOCK_N)
     VW: gl.constexpr = _value_words(BLOCK_N)
@@ -413,9 +372,6 @@ def decode_fp8_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_st
         oheads = kv_head * group + orow
         gl.store(out_ptr + q_start.to(gl.int64) * out_tok_stride + oheads[:, None] * out_head_stride
                  + odim[None, :], out.to(out_ptr.dtype.element_ty), mask=(orow < group)[:, None])
-        if QUANT_ROW > 0:
-            _quantize_row_when_last(lock_ptr + seq, out_ptr, codes_ptr, scales_ptr, q_start,
-                                    codes_stride, QUANT_ROW)
 
 
 # (block_n, stages, keys_m) of the launch: 32-key tiles, three ring slots (two tiles in flight),
@@ -426,37 +382,22 @@ DEFAULT_TILE = (32, 3, True)
 
 
 def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n: int = 32,
-               stages: int = 3, keys_m: bool = False, pdl: dict | None = None,
-               quant: tuple | None = None) -> None:
+               stages: int = 3, keys_m: bool = False, pdl: dict | None = None) -> None:
     """out[t] = attention of decode token t (one per sequence of meta) over its sequence's keys
     in the fp8 cache, without a sliding window. q, out: [num_seqs, Hq, 128] (rows may be
     strided); kv_cache: float8_e4m3fn [2, blocks, block_size, Hk, 128], 4-byte aligned;
     qk_scale: softmax scale x log2(e) x k_scale. Hq / Hk must be at most 16 (at most 8 with
-    keys_m, which launches decode_fp8_keys_m_kernel). quant (locks, codes, scales): also quantize
-    each token's output row per token into codes [>= num_seqs, Hq * 128] (float8_e4m3fn) and
-    scales [>= num_seqs, 1] (float32), counting at locks[seq] (zeroed int32 counters, re-armed);
-    out must then be contiguous."""
+    keys_m, which launches decode_fp8_keys_m_kernel)."""
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     group = q.shape[1] // num_kv_heads
     assert head_dim == 128 and group <= (8 if keys_m else 16)
     pdl = pdl or {}
     kernel = decode_fp8_keys_m_kernel if keys_m else decode_fp8_kernel
-    if quant is not None:
-        locks, codes, scales = quant
-        width = q.shape[1] * head_dim
-        # rows `width` apart in out and in codes: the kernel takes one stride (codes_stride)
-        assert (out.stride(0) == width and out.stride(1) == head_dim and codes.shape[1] == width
-                and codes.stride(0) == width)
-        quant_args = (locks, codes, scales, codes.stride(0))
-        quant_row = -(-width // 256) * 256
-    else:
-        quant_args = (out, out, out, 0)
-        quant_row = 0
     kernel[(meta.num_seqs, num_kv_heads)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0) // 4, kv_cache.stride(1) // 4, kv_cache.stride(2) // 4,
         kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale, group,
-        *quant_args, BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages,
-        PDL=bool(pdl.get("PDL")), QUANT_ROW=quant_row, num_warps=1,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, PDL=bool(pdl.get("PDL")),
+        num_warps=1,
         **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))

@@ -170,7 +170,8 @@ def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch, preset
     KILN_ATTN_QUANT_OUT=1 the attention kernel quantizes o_proj's input itself (also for the last
     layer's sampled rows, re-padded for cuBLAS), and the tokens and logprobs are those of the
     separate quantization launch, eager and through CUDA graphs; nothing compiles after start-up.
-    tiny-llama (head_dim 64) runs the Triton kernel, tiny-llama-d128 the Gluon one."""
+    Only the Triton kernel quantizes: tiny-llama-d128 (head_dim 128) runs the Gluon kernel
+    without it, so there the comparison is also Gluon against Triton."""
     from kiln import LLM, SamplingParams
     from kiln.kernels import decode_gluon
 
@@ -178,23 +179,23 @@ def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch, preset
     prompts = [{"prompt_token_ids": list(range(9 + i % 50, 9 + i % 50 + 3 + i % 7))}
                for i in range(n)]
     sp = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
-    quant_launches = []
+    gluon_launches = []
     real = decode_gluon.decode_fp8
     monkeypatch.setattr(decode_gluon, "decode_fp8", lambda *a, **k: (
-        quant_launches.append(k.get("quant") is not None), real(*a, **k)))
+        gluon_launches.append(1), real(*a, **k)))
     results = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("KILN_ATTN_QUANT_OUT", flag)
         for eager in (True, False):
-            quant_launches.clear()
+            gluon_launches.clear()
             llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
                       max_num_seqs=n + 8, kv_cache_dtype="fp8", max_num_batched_tokens=16384)
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
             compiles = llm.engine.stats()["kernel_compiles_after_startup"]
             assert compiles == 0, f"KILN_ATTN_QUANT_OUT={flag}, eager={eager}: {compiles}"
-            # the Gluon kernel (head_dim 128) quantized rows exactly when asked
-            assert any(quant_launches) == (flag == "1" and kv_heads == 1), (flag, eager)
+            if flag == "0":  # the Gluon kernel ran the head_dim-128 engine's large batches
+                assert bool(gluon_launches) == (kv_heads == 1), eager
             del llm
     for eager in (True, False):
         assert results["1", eager] == results["0", eager], f"enforce_eager={eager}"

@@ -205,39 +205,6 @@ def test_decode_attention_fp8_gluon_strided_q_and_scales(gen, poison_allocations
         assert out[:, :4].isnan().all() and out[:, 36:].isnan().all()
 
 
-@pytest.mark.parametrize("group,keys_m", [(4, True), (4, False), (16, True)])
-def test_decode_attention_fp8_gluon_quantizes_its_output(group, keys_m, gen, poison_allocations,
-                                                          monkeypatch):
-    # quant_dtype=fp8 (KILN_ATTN_QUANT_OUT: an fp8 o_proj reads the output): the Gluon kernel's
-    # last program of each token quantizes the token's row, bit for bit as quant_per_token does
-    # on the plain output, and re-arms its counter. Group 16 takes the heads-as-rows kernel.
-    from kiln.kernels import quant_act, quant_matmul
-
-    monkeypatch.setenv("KILN_ATTN_GLUON", "1")
-    monkeypatch.setattr(decode_gluon, "DEFAULT_TILE", (32, 3, keys_m))
-    launched = []
-    real = decode_gluon.decode_fp8
-    monkeypatch.setattr(decode_gluon, "decode_fp8", lambda *a, **k: (
-        launched.append((a[8], k.get("quant") is not None)), real(*a, **k)))
-    lens = torch.randint(1, 700, (300,), generator=gen, device="cuda").tolist()
-    lens[:4] = [1, 2, 32, 33]
-    k_scale, v_scale = 0.7, 0.3
-    cache, meta = fp8_paged_case([(n - 1, 1) for n in lens], 8, 128, 16, gen, k_scale, v_scale)
-    q = randn(meta.num_tokens, 8 * group, 128, gen=gen, dtype=torch.bfloat16, scale=0.1)
-    scale = 128 ** -0.5
-    for _ in range(2):  # twice: the counters must have been re-armed
-        plain = paged_attention(q, cache, meta, scale, None, k_scale, v_scale)
-        rows = paged_attention(q, cache, meta, scale, None, k_scale, v_scale,
-                               quant_dtype=torch.float8_e4m3fn)
-        want_q, want_s = quant_act.quant_per_token(plain.reshape(300, -1), torch.float8_e4m3fn)
-        assert rows.m == 300 and rows.shape == (300, 8 * group * 128)
-        assert torch.equal(rows.q[:300].view(torch.uint8), want_q[:300].view(torch.uint8))
-        assert torch.equal(rows.scale[:300], want_s[:300])
-        assert not bool(quant_matmul.split_locks(q.device).any())
-    km = keys_m and group <= 8
-    assert launched == [(km, False), (km, True)] * 2
-
-
 @pytest.mark.parametrize("dtype,group,block_size,window", [c[:3] + (100 if c[3] else None,) for c in ATTN_CASES])
 def test_mixed_prefill_decode_attention_fp8(dtype, group, block_size, window, gen, poison_allocations):
     seqs = [(0, 300), (517, 64), (1000, 1), (0, 1), (40, 0), (129, 250), (2000, 1)]
