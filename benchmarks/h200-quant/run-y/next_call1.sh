@@ -9,9 +9,9 @@ timeout 200 python3 -m pytest -q -n 3 tests/gpu/test_quant_gpu.py tests/gpu/test
   -k "weight_only_lm_head or quant_out" > $OUT/gpu_tests.log 2>&1
 tail -4 $OUT/gpu_tests.log
 echo "tests done at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-QUANT=int4-wo TP=0 B1=1 VARIANTS="bf16-head=" timeout 230 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+QUANT=int4-wo TP=0 B1=1 VARIANTS="bf16-head=" timeout 300 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
 QUANT=int4-wo TP=0 B1=1 BUILD_TAG=-head-int4 BUILD_ARGS="--lm-head-quant int4-wo" VARIANTS="int4-head=" \
-  timeout $((560 - SECONDS + T0)) bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+  timeout $((585 - SECONDS + T0)) bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
 [ $((SECONDS - T0)) -lt 520 ] && QUANT=int4-wo TP=0 B1=1 VARIANTS="bf16-head2=" \
   timeout $((585 - SECONDS + T0)) bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
 cat $OUT/variants.jsonl | python3 -c "import sys,json; [print(d['variant'], d['quant'], d['run'], d.get('decode_tokens_per_s'), d.get('kernel_compiles_after_startup')) for d in map(json.loads, sys.stdin)]"
