@@ -35,10 +35,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from kiln.kernels import E4M3X4_F16_PTX
-from kiln.kernels.gluon_common import A_OPERAND as _A_OP
-from kiln.kernels.gluon_common import B_OPERAND as _B_OP
-from kiln.kernels.gluon_common import MMA as _MMA
-from kiln.kernels.gluon_common import gluon_pdl_start
 
 _E4M3X4_ASM = gl.constexpr(E4M3X4_F16_PTX)  # four e4m3 codes of a word -> float16
 
@@ -66,9 +62,14 @@ mov.b32 {$6, $7}, r3;
 
 HEAD_DIM = gl.constexpr(128)
 # The copies' layout (16-byte vectors, 8 lanes a 128-byte row); the ring's slots (16-byte chunks
-# XOR-swizzled by row). One warp's mma layouts (_MMA, _A_OP, _B_OP) come from gluon_common.
+# XOR-swizzled by row); one warp's mma.sync m16n8k16 tiles (accumulators) and their A and B
+# operands (16-bit elements).
 _COPY = gl.constexpr(gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0]))
 _SMEM = gl.constexpr(gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]))
+_MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1],
+                                              instr_shape=[16, 8]))
+_A_OP = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_MMA.value, k_width=2))
+_B_OP = gl.constexpr(gl.DotOperandLayout(operand_index=1, parent=_MMA.value, k_width=2))
 
 
 
@@ -102,10 +103,21 @@ def _value_words(block_n):
 
 
 @gluon.jit
+def _pdl_start(PDL: gl.constexpr):
+    """kiln.kernels.pdl.pdl_start (PDL 1) in Gluon: wait for the previous kernel in the stream,
+    then let the next one be scheduled."""
+    if PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _sequence(seq_lens_ptr, query_start_ptr, PDL: gl.constexpr):
     """This program's (sequence, kv head) and the sequence's length, first query row and query
     count, read after the previous kernel (PDL)."""
-    gluon_pdl_start(PDL)
+    _pdl_start(PDL)
     seq = gl.program_id(0)
     kv_head = gl.program_id(1)
     seq_len = gl.load(seq_lens_ptr + seq)
