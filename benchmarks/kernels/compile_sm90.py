@@ -247,6 +247,21 @@ def quant_configs():
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
+            # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
+            for row_block in (16, 64):
+                for cfg in quant_matmul.GEMV_CONFIGS:
+                    for mode, block_m in ((4, 1), (4, 4), (1, 1)):
+                        yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
+                               f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
+                               f"row-block {row_block}"
+                               + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
+                                  if cfg.kwargs.get("STREAM_K") else ""),
+                               quant_matmul._gemv_kernel,
+                               {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
+                                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,
+                                "QX_BLOCK": 1024, "INT4_ASM": mode, "ROW_BLOCK": row_block,
+                                "_ptrs": ptrs, **cfg.kwargs},
+                               "bf16", cfg.num_warps, cfg.num_stages)
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",
@@ -255,11 +270,14 @@ def quant_configs():
                             "X_BF16": True, "ASM": True, "ONE_DOT": one, "_ptrs": ptrs},
                            "bf16", warps, 3)
             for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:
-                yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}",
-                       quant_matmul._gemm_kernel,
-                       {"WKIND": wkind, "A8": False, "GROUP": group, "M_BUCKET": 256,
-                        "HAS_BIAS": False, "DOT_PREC": "tf32", "_ptrs": ptrs, **cfg.kwargs},
-                       "bf16", cfg.num_warps, cfg.num_stages)
+                for row_block in (1, 16):
+                    yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}"
+                           + (f" row-block {row_block}" if row_block > 1 else ""),
+                           quant_matmul._gemm_kernel,
+                           {"WKIND": wkind, "A8": False, "GROUP": group, "M_BUCKET": 256,
+                            "HAS_BIAS": False, "DOT_PREC": "tf32", "_ptrs": ptrs, **cfg.kwargs,
+                            **({"ROW_BLOCK": row_block} if row_block > 1 else {})},
+                           "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def tc_gemv_configs():

@@ -104,9 +104,23 @@ def int8_sq_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torc
 # ------------------------------------------------------------------------------ Triton helpers
 
 @triton.jit
+def _int4_rows(offs_n, stride_wn, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr):
+    """Byte offset of each row's group 0 in int4 weights stored in blocks of ROW_BLOCK rows
+    (tile_int4_rows): [N / ROW_BLOCK, K / GROUP, ROW_BLOCK, GROUP / 2] bytes, so that group g of
+    a block's rows is one run of ROW_BLOCK * GROUP / 2 bytes, at g * ROW_BLOCK * GROUP / 2."""
+    n = offs_n.to(tl.int64)
+    return (n // ROW_BLOCK) * (ROW_BLOCK * stride_wn) + (n % ROW_BLOCK) * (GROUP // 2)
+
+
+@triton.jit
 def _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid,
-                 GROUP: tl.constexpr, WKIND: tl.constexpr):
-    """Raw weight tile of K-group g: [BLOCK_N, GROUP // 2] bytes for int4, else [BLOCK_N, GROUP]."""
+                 GROUP: tl.constexpr, WKIND: tl.constexpr, ROW_BLOCK: tl.constexpr):
+    """Raw weight tile of K-group g: [BLOCK_N, GROUP // 2] bytes for int4, else [BLOCK_N, GROUP].
+    ROW_BLOCK > 1 (int4): the rows are stored in blocks (_int4_rows)."""
+    if WKIND == 0 and ROW_BLOCK > 1:
+        offs_b = g * (ROW_BLOCK * (GROUP // 2)) + tl.arange(0, GROUP // 2)
+        rows = w_ptr + _int4_rows(offs_n, stride_wn, GROUP, ROW_BLOCK)[:, None]
+        return tl.load(rows + offs_b[None, :], mask=n_mask[:, None] & valid, other=0.0)
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     if WKIND == 0:
         offs_b = g * (GROUP // 2) + tl.arange(0, GROUP // 2)
@@ -614,15 +628,27 @@ def _bytes_f32(b, WKIND: tl.constexpr):
 
 @triton.jit
 def _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn, stride_sg,
-               WKIND: tl.constexpr, GROUP: tl.constexpr, INT4_ASM: tl.constexpr):
+               WKIND: tl.constexpr, GROUP: tl.constexpr, INT4_ASM: tl.constexpr,
+               ROW_BLOCK: tl.constexpr):
     """K group g's scales and weights as _gemv_use takes them: int4 as 64-bit double words
-    (INT4_ASM >= 4), 32-bit words (1 to 3) or bytes; other kinds as their raw tile."""
+    (INT4_ASM >= 4), 32-bit words (1 to 3) or bytes; other kinds as their raw tile. ROW_BLOCK > 1:
+    int4 rows stored in blocks (_int4_rows)."""
     if WKIND == 4:
         s = 1.0  # unquantized weights have no scales (s_ptr is not read)
     else:
         s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g * stride_sg,
                     mask=n_mask & valid, other=0.0)
-    if WKIND == 0 and INT4_ASM >= 4:
+    if WKIND == 0 and INT4_ASM >= 4 and ROW_BLOCK > 1:
+        dwords = w_ptr.to(tl.pointer_type(tl.int64))
+        offs_d = g * (ROW_BLOCK * (GROUP // 16)) + tl.arange(0, GROUP // 16)
+        w = tl.load(dwords + (_int4_rows(offs_n, stride_wn, GROUP, ROW_BLOCK) // 8)[:, None]
+                    + offs_d[None, :], mask=n_mask[:, None] & valid, other=0)
+    elif WKIND == 0 and INT4_ASM and ROW_BLOCK > 1:
+        words = w_ptr.to(tl.pointer_type(tl.int32))
+        offs_w = g * (ROW_BLOCK * (GROUP // 8)) + tl.arange(0, GROUP // 8)
+        w = tl.load(words + (_int4_rows(offs_n, stride_wn, GROUP, ROW_BLOCK) // 4)[:, None]
+                    + offs_w[None, :], mask=n_mask[:, None] & valid, other=0)
+    elif WKIND == 0 and INT4_ASM >= 4:
         dwords = w_ptr.to(tl.pointer_type(tl.int64))
         offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
         w = tl.load(dwords + offs_n.to(tl.int64)[:, None] * (stride_wn // 8) + offs_d[None, :],
@@ -633,7 +659,7 @@ def _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn, 
         w = tl.load(words + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + offs_w[None, :],
                     mask=n_mask[:, None] & valid, other=0)
     else:
-        w = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
+        w = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND, ROW_BLOCK)
     return s, w
 
 
@@ -718,7 +744,7 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
     scales (see _gemv_kernel)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -729,7 +755,7 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
             g = g0 + u
             valid = g < g_end
             s, w = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn,
-                              stride_sg, WKIND, GROUP, INT4_ASM)
+                              stride_sg, WKIND, GROUP, INT4_ASM, ROW_BLOCK)
             acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid,
                                           M, K, stride_xm, WKIND, GROUP, BLOCK_M, QX, INT4_ASM)
     if WKIND == 0 and INT4_ASM >= 4 and BLOCK_M == 1:
@@ -747,7 +773,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr = 0,
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0):
+                 PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
+                 ROW_BLOCK: tl.constexpr = 1):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -766,6 +793,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # PREFETCH > 0 (CUDA, with PDL): as in _tc_gemv_kernel, over the first PREFETCH groups.
     # STREAM_K > 0: grid (P, 1), P programs each streaming an equal run of the tiles' K groups,
     # as in _tc_gemv_kernel (_stream_k_tiles).
+    # ROW_BLOCK > 1 (int4, no PREFETCH): the weights are stored in blocks of ROW_BLOCK rows
+    # (tile_int4_rows), so a program's rows of one group are runs of ROW_BLOCK * 64 bytes.
     rows = tl.arange(0, BLOCK_M)
     m_mask = rows < M
     if STREAM_K == 0:
@@ -775,6 +804,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
         n_mask = offs_n < N
         g_begin, g_end = _split_range(tl.cdiv(K, GROUP), SPLIT_K, pid_k)
         if PREFETCH > 0:
+            tl.static_assert(ROW_BLOCK == 1, "the L2 prefetch reads row-major weights")
             # weight elements per group and per row (int4: bytes of two nibbles)
             PER_GROUP: tl.constexpr = GROUP // 2 if WKIND == 0 else GROUP
             row_len = K // 2 if WKIND == 0 else K
@@ -791,7 +821,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     if STREAM_K == 0:
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
-                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -805,7 +835,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                              tl.maximum(u_begin, tile * steps) - tile * steps,
                              tl.minimum(u_end, (tile + 1) * steps) - tile * steps, M, K,
                              stride_xm, stride_wn, stride_sn, stride_sg, WKIND, A8, GROUP,
-                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM)
+                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK)
             contributor, contributors = _stream_k_contributor(tile, steps, p, P, units,
                                                               FUSED_SPLITK)
             _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
@@ -818,19 +848,19 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr):
+               INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
     scales (W8A8)."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM)
+                    UNROLL, QX, INT4_ASM, ROW_BLOCK)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)
         if tl.sum(((acc - acc) != 0).to(tl.int32)) > 0:
             acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M,
                             K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M,
-                            BLOCK_N, UNROLL, QX, 1)
+                            BLOCK_N, UNROLL, QX, 1, ROW_BLOCK)
     if QX != 0:
         acc *= x_scale[:, None]
     elif A8:
@@ -844,7 +874,8 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
                  WKIND: tl.constexpr, A8: tl.constexpr, GROUP: tl.constexpr, M_BUCKET: tl.constexpr,
                  SPLIT_K, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-                 SWIZZLE: tl.constexpr, PDL: tl.constexpr = False):
+                 SWIZZLE: tl.constexpr, PDL: tl.constexpr = False, ROW_BLOCK: tl.constexpr = 1):
+    # ROW_BLOCK > 1 (int4): weights stored in blocks of rows, as for _gemv_kernel.
     # Grid (M tiles x N tiles, K splits). Weight-only: the dequantized tile (x's dtype) feeds
     # tl.dot and the group's scale multiplies the float32 product, so scales cost one
     # [BLOCK_M, BLOCK_N] FMA per group. W8A8: int8 x int8 (int32) or fp8 x fp8 (float32) dots,
@@ -874,7 +905,8 @@ def _gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr,
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
-            tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND)
+            tile = _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid, GROUP, WKIND,
+                                ROW_BLOCK)
             if WKIND == 0:
                 # Even / odd k of x meet the low / high nibbles in two half-depth dots (no
                 # interleave of the dequantized tile into k order).
@@ -1383,15 +1415,17 @@ def _reduce_splits(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Ten
 def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: int, group: int,
            wkind: int, bias: torch.Tensor | None, out_dtype: torch.dtype, path: str,
            x_scales: torch.Tensor | None = None, split_k: int = 0,
-           quant_x: torch.dtype | None = None, config: triton.Config | None = None) -> torch.Tensor:
+           quant_x: torch.dtype | None = None, config: triton.Config | None = None,
+           row_block: int = 1) -> torch.Tensor:
     """Run one quantized matmul kernel on 2-D x2 [M, K] (row-major); returns [M, N] of out_dtype.
 
     path: "gemv" (M <= GEMV_MAX_M) or "gemm". x_scales [M, 1] float32 marks a W8A8 call (x2 is
     then the quantized activations). split_k > 0 forces the K split (benchmarks; at most
     MAX_SPLIT_K, and only for M <= SMALL_M). quant_x (float8_e4m3fn or int8, GEMV only) makes a
     W8A8 call on the float activations x2: the GEMV quantizes them per token itself. config (CUDA,
-    benchmarks) runs that launch configuration instead of the autotuned or default one. Layers
-    call the per-scheme dispatchers below.
+    benchmarks) runs that launch configuration instead of the autotuned or default one.
+    row_block > 1 (int4): w holds its rows in blocks of that many (tile_int4_rows). Layers call
+    the per-scheme dispatchers below.
     """
     m, k = x2.shape
     n = w.shape[0]
@@ -1405,6 +1439,10 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     sms = _num_sms(x2.device)
     tune = x2.is_cuda and autotune_enabled() and config is None
     flags = dict(WKIND=wkind, A8=a8, GROUP=group, HAS_BIAS=bias is not None)
+    if row_block > 1:
+        if wkind != W_INT4 or n % row_block:
+            raise ValueError(f"row_block {row_block} needs int4 weights with N ({n}) a multiple of it")
+        flags["ROW_BLOCK"] = row_block
     locks = None
     if path == "gemv":
         flags["BLOCK_M"] = triton.next_power_of_2(m)
@@ -1447,7 +1485,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
                                                                  for c in candidates))
     chosen = {}
     pdl = pdl_args(x2)
-    if path == "gemv":
+    if path == "gemv" and row_block == 1:  # (the L2 prefetch reads row-major weights)
         flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
     has_bias = bias is not None
     args = (x2, x_scales if x_scales is not None else x2, w, scales, bias if has_bias else out, out, part,
@@ -1613,25 +1651,58 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     return out
 
 
+def tile_int4_rows(qweight: torch.Tensor, row_block: int, group_size: int) -> torch.Tensor:
+    """Packed int4 weights [N, K // 2] (row-major) -> the same shape holding its rows in blocks
+    of row_block: [N / row_block, K / group, row_block, group / 2] bytes, so that one group of a
+    block's rows is one contiguous run (row_block * group / 2 bytes) for the GEMV to stream."""
+    n, half = qweight.shape
+    g = group_size // 2
+    if n % row_block or half % g:
+        raise ValueError(f"tile_int4_rows: N {n} / K {2 * half} do not fit blocks of {row_block} "
+                         f"rows and groups of {group_size}")
+    return (qweight.reshape(n // row_block, row_block, half // g, g).permute(0, 2, 1, 3)
+            .contiguous().reshape(n, half))
+
+
+def untile_int4_rows(tiled: torch.Tensor, row_block: int, group_size: int) -> torch.Tensor:
+    """The inverse of tile_int4_rows: row-major packed int4 weights [N, K // 2]."""
+    n, half = tiled.shape
+    g = group_size // 2
+    return (tiled.reshape(n // row_block, half // g, row_block, g).permute(0, 2, 1, 3)
+            .contiguous().reshape(n, half))
+
+
+def int4_row_block(n: int, group_size: int) -> int:
+    """Rows per block for the int4 GEMV's blocked weight layout (tile_int4_rows) of an N-row
+    layer: KILN_INT4_ROW_BLOCK (0 or unset: 1, row-major) where it divides N, else 1. CUDA
+    layers only; the layer tiles its weights once at load (kiln.quant.int4)."""
+    block = int(os.environ.get("KILN_INT4_ROW_BLOCK", "0") or 0)
+    return block if block > 1 and n % block == 0 and group_size % 16 == 0 else 1
+
+
 def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias."""
+                   bias: torch.Tensor | None = None, row_block: int = 1) -> torch.Tensor:
+    """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias.
+    row_block > 1: qweight holds its rows in blocks of that many (tile_int4_rows)."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
     _check(x, k, "int4_wo_linear")
     if group_size not in (32, 64, 128) or k % group_size or scales.shape != (n, k // group_size):
         raise ValueError(f"int4_wo_linear: group_size {group_size} / scales {tuple(scales.shape)} "
                          f"do not fit K={k}, N={n}")
     if not use_triton(x) or x.numel() == 0:
+        if row_block > 1:
+            qweight = untile_int4_rows(qweight, row_block, group_size)
         return int4_wo_linear_ref(x, qweight, scales, group_size, bias)
     x2 = _rows(x)
     s = scales.float().contiguous()
     qweight = qweight.contiguous()
-    if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128
+    if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128 and row_block == 1
             and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0
             and qweight.data_ptr() % 4 == 0):
         return int4_tc_gemv(x2, qweight, s, group_size, bias, x.dtype).reshape(*x.shape[:-1], n)
     path = "gemv" if x2.shape[0] <= GEMV_MAX_M else "gemm"
-    out = launch(x2, qweight, s, s.stride(1), group_size, W_INT4, bias, x.dtype, path)
+    out = launch(x2, qweight, s, s.stride(1), group_size, W_INT4, bias, x.dtype, path,
+                 row_block=row_block)
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -190,6 +190,83 @@ def test_forced_split_k(path, split, gen, poison_allocations):
     assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
 
 
+def test_int4_row_block_layout_round_trip(gen):
+    """tile_int4_rows stores group g of a block's rows as one run; untile_int4_rows undoes it."""
+    qweight, _ = int4_case(96, 256, 64, gen)
+    tiled = qm.tile_int4_rows(qweight, 32, 64)
+    assert tiled.shape == qweight.shape and not torch.equal(tiled, qweight)
+    # block 1 (rows 32..63), group 2: rows 32..63's bytes 64..95, one after another
+    flat = tiled.reshape(-1)
+    start = (1 * 4 + 2) * 32 * 32
+    assert torch.equal(flat[start:start + 32 * 32], qweight[32:64, 64:96].reshape(-1))
+    assert torch.equal(qm.untile_int4_rows(tiled, 32, 64), qweight)
+    with pytest.raises(ValueError, match="blocks of 64 rows"):
+        qm.tile_int4_rows(qweight, 64, 64)
+
+
+@pytest.mark.parametrize("row_block", [8, 32])
+@pytest.mark.parametrize("m", [1, 3, 21])
+def test_int4_row_block_kernels_equal_row_major(m, row_block, gen, poison_allocations):
+    """The GEMV (1 and 3 rows; split-K and stream-K) and GEMM (21 rows) on weights stored in
+    blocks of rows give the row-major launch's bits (the same products in the same order); 32
+    rows a block is wider than the interpreter's 16-row tiles."""
+    n, k, group = 96, 384, 64
+    qweight, scales = int4_case(n, k, group, gen)
+    tiled = qm.tile_int4_rows(qweight, row_block, group)
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    want = qm.int4_wo_linear(x, qweight, scales, group, bias)
+    assert rel_err(want, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
+    assert torch.equal(qm.int4_wo_linear(x, tiled, scales, group, bias, row_block=row_block), want)
+    if m <= qm.GEMV_MAX_M:
+        config = triton.Config({**qm.INTERPRET_GEMV, "STREAM_K": 2})
+        args = (x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float16, "gemv")
+        streamed = qm.launch(*args, config=config)
+        assert torch.equal(qm.launch(x, tiled, *args[2:], config=config, row_block=row_block),
+                           streamed)
+    with pytest.raises(ValueError, match="multiple of it"):
+        qm.launch(x, tiled, scales, scales.stride(1), group, qm.W_INT4, None, torch.float16,
+                  "gemv" if m <= qm.GEMV_MAX_M else "gemm", row_block=64)
+
+
+def test_int4_row_block_reference_path_untiles(gen, monkeypatch):
+    """Off the Triton path (KILN_KERNELS=reference) blocked weights go through the reference."""
+    monkeypatch.setenv("KILN_KERNELS", "reference")
+    qweight, scales = int4_case(64, 256, 128, gen)
+    x = randx(2, 256, torch.float32, gen)
+    want = qm.int4_wo_linear_ref(x, qweight, scales, 128)
+    got = qm.int4_wo_linear(x, qm.tile_int4_rows(qweight, 16, 128), scales, 128, row_block=16)
+    assert torch.equal(got, want)
+
+
+def test_int4_layer_stores_row_blocks_after_loading(gen, monkeypatch, poison_allocations):
+    """An int4 Linear on the Triton path tiles its qweight once loaded (KILN_INT4_ROW_BLOCK) and
+    computes the row-major layer's bits; without the setting it stays row-major."""
+    from kiln.layers.linear import Linear
+    from kiln.quant.int4 import Int4WeightOnlyLinearMethod
+
+    qweight, scales = int4_case(64, 256, 128, gen)
+    x = randx(2, 256, torch.float16, gen)
+    outs = {}
+    for env in ("0", "16"):
+        monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
+        layer = Linear(256, (32, 32), False, torch.float16, "cpu", Int4WeightOnlyLinearMethod(128))
+        layer.qweight.data.copy_(qweight)
+        layer.scales.data.copy_(scales)
+        layer.method.finish_loading(layer)
+        assert layer.int4_row_block == {"0": 1, "16": 16}[env]
+        assert torch.equal(layer.qweight, qweight) == (env == "0")
+        outs[env] = layer(x)
+    assert torch.equal(outs["16"], outs["0"])
+
+
+@pytest.mark.parametrize("env,n,want", [("", 4096, 1), ("0", 4096, 1), ("16", 4096, 16),
+                                        ("64", 6144, 64), ("64", 4128, 1), ("1", 4096, 1)])
+def test_int4_row_block_setting(env, n, want, monkeypatch):
+    monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
+    assert qm.int4_row_block(n, 128) == want
+
+
 @pytest.mark.parametrize("fused", ["1", "0"])
 @pytest.mark.parametrize("m,n,groups,per_sm", [(1, 40, 8, 1), (2, 72, 5, 3), (4, 16, 3, 8),
                                                (3, 100, 9, 2)])
