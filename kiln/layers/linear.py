@@ -33,6 +33,10 @@ class LinearMethod:
         """Copy one checkpoint tensor into the layer (into shard ``shard``'s rows when fused)."""
         raise NotImplementedError
 
+    def finish_loading(self, layer: nn.Module) -> None:
+        """Called once every tensor of the model is loaded (kiln.models.loader.load_weights): a
+        method may rearrange its tensors for the kernels of the device they are on here."""
+
 
 class UnquantizedLinearMethod(LinearMethod):
     """Plain weight [out, in] (and bias [out]) in the model dtype."""

@@ -151,7 +151,7 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) 
     Raises KilnError naming the tensor for a shape mismatch, an unexpected tensor, or a model
     weight that no checkpoint tensor filled.
     """
-    from kiln.layers.linear import Linear
+    from kiln.layers.linear import Linear, LinearMethod
 
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
@@ -182,6 +182,11 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) 
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise KilnError(f"checkpoint is missing weights: {', '.join(missing[:3])}{more}")
+    with torch.no_grad():
+        for module in model.modules():  # Linears and quantized LM heads
+            method = getattr(module, "method", None)
+            if isinstance(method, LinearMethod):
+                method.finish_loading(module)
 
 
 def _expected_targets(model: nn.Module, modules: dict[str, nn.Module]) -> set[tuple[str, int | None]]:

@@ -9,8 +9,10 @@ low nibble and k = 2j + 1 in the high nibble, each as q + 8 with q in [-8, 7]; s
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from kiln.errors import KilnError
+from kiln.kernels import use_triton
 from kiln.layers.linear import Linear
 from kiln.quant import _ops
 from kiln.quant.base import QuantLinearMethod, register
@@ -126,7 +128,21 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel."""
         return _ops.int4_wo_linear(self.scale_input(layer, x), layer.qweight, layer.scales,
-                                   self.group_size, layer.bias)
+                                   self.group_size, layer.bias,
+                                   row_block=getattr(layer, "int4_row_block", 1))
+
+    def finish_loading(self, layer: nn.Module) -> None:
+        """Where the Triton kernels compute (CUDA) and KILN_INT4_ROW_BLOCK is set, store qweight in
+        blocks of rows for the GEMV (kiln.kernels.quant_matmul.tile_int4_rows; same shape, in
+        place) and remember the block in ``layer.int4_row_block``. The loader has just written
+        every tensor row-major (a load that misses one fails), so this always starts from
+        row-major weights. Engines on disk stay row-major."""
+        block = 1
+        if use_triton(layer.qweight):
+            block = _ops.int4_row_block(layer.qweight.shape[0], self.group_size)
+        if block > 1:
+            layer.qweight.data.copy_(_ops.tile_int4_rows(layer.qweight.data, block, self.group_size))
+        layer.int4_row_block = block
 
     def quantize(self, weight: torch.Tensor, clip: torch.Tensor | float = 1.0
                  ) -> dict[str, torch.Tensor]:

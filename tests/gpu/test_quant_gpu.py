@@ -34,6 +34,7 @@ def triton_path(monkeypatch):
     the autotuner.
     """
     monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.delenv("KILN_INT4_ROW_BLOCK", raising=False)  # (the tests that want it set it)
     monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "0")
 
 
@@ -637,3 +638,57 @@ def test_weight_only_lm_head_engine(tmp_path, head):
     assert all(len(o.outputs[0].token_ids) == 10 for o in outs)
     assert outs[0].outputs[0].token_ids == outs[2].outputs[0].token_ids
     assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+
+
+@pytest.mark.parametrize("row_block", [16, 64])
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336)])
+def test_int4_row_blocks_give_row_major_bits(shape, row_block, gen, monkeypatch, poison_allocations):
+    """int4 weights stored in blocks of rows (tile_int4_rows, KILN_INT4_ROW_BLOCK): every GEMV
+    candidate (split-K and stream-K) over double words, the word and float32 paths and four rows
+    at the default configuration, and the GEMM at 64 rows, each gives the row-major launch's
+    bits (the same products in the same order)."""
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    tiled = qm.tile_int4_rows(qweight, row_block, 128)
+    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    runs = [(1, "2", c) for c in qm.GEMV_CONFIGS + qm.GEMV_SPLIT_CONFIGS]
+    runs += [(1, "1", None), (1, "0", None), (4, "2", None), (64, "2", None)]
+    for m, f16, config in runs:
+        monkeypatch.setenv("KILN_INT4_F16", f16)
+        x = randx(m, k, torch.bfloat16, gen)
+        args = (scales, scales.stride(1), 128, qm.W_INT4, bias, torch.bfloat16,
+                "gemv" if m <= qm.GEMV_MAX_M else "gemm")
+        want = qm.launch(x, qweight, *args, config=config)
+        got = qm.launch(x, tiled, *args, config=config, row_block=row_block)
+        assert torch.equal(got, want), (m, f16, config)
+        if config is None:
+            check(want, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
+
+
+def test_int4_row_block_engine(tmp_path, monkeypatch):
+    """An int4-wo engine loaded with KILN_INT4_ROW_BLOCK=16 stores its layers' weights in blocks of
+    16 rows (engine files untouched) and decodes the row-major engine's greedy tokens."""
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=9, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                       QuantConfig("int4-wo", lm_head="int4-wo"), eval_tokens=0,
+                                       device="cuda", progress=False, calib_samples=4))["path"]
+    prompts = [{"prompt_token_ids": list(range(3 + i, 40 + 2 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    tokens, blocks = {}, {}
+    for env in ("0", "16"):
+        monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
+        llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+        model = llm.engine.model
+        blocks[env] = sorted({getattr(m, "int4_row_block", None) for m in model.modules()
+                              if hasattr(m, "qweight")})
+        tokens[env] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm, model
+        torch.cuda.empty_cache()
+    assert blocks == {"0": [1], "16": [16]}
+    assert tokens["16"] == tokens["0"]
