@@ -7,7 +7,11 @@ as the same-run baselines. Bytes are the weights and scales once; GB/s is over t
 bandwidth measured in the same run. Each timed config is checked against its reference.
 
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
-        [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only]
+        [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only] [--int4-row-block LB]
+
+``--int4-row-block LB`` stores the int4 weights in blocks of LB rows (qm.tile_int4_rows, what
+KILN_INT4_ROW_BLOCK does to an engine's layers at load) and times the FMA GEMV on them; the
+autotuned row then tunes on the blocked weights too.
 
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
@@ -41,6 +45,7 @@ SPLITS = [1, 2, 4, 8, 16]
 TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 # The layer shapes, plus the LM head (128256 x 4096) for `--shapes lm_head`.
 SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
+ROW_BLOCK = 1  # --int4-row-block: int4 weights stored in blocks of this many rows
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (qm.tc_gemv), fp8 and bf16.
@@ -70,7 +75,8 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
                                          num_warps=config.num_warps)
     if scheme == "int4":
         return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
-                                   x.dtype, "gemv", split_k=split, config=config)
+                                   x.dtype, "gemv", split_k=split, config=config,
+                                   row_block=ROW_BLOCK)
     if scheme == "fp8":
         def f(w):
             xq, sx = quant_per_token(x, torch.float8_e4m3fn)
@@ -101,6 +107,9 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     sets = [probe] + [bench_quant.make_weights(wscheme, n, k) for _ in range(bench_quant.n_sets(nbytes) - 1)]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     want = reference(scheme, x, probe).float()
+    if scheme == "int4" and ROW_BLOCK > 1:  # timed and checked on the blocked layout
+        sets = [(qm.tile_int4_rows(w[0], ROW_BLOCK, bench_quant.GROUP), *w[1:]) for w in sets]
+        probe = sets[0]
     rows = []
     if scheme in TC_GEMV_TILES:
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
@@ -128,7 +137,8 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
                 print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}: {us:7.2f} us "
                       f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"]) if rows else None
-    out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best}
+    out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best,
+           "int4_row_block": ROW_BLOCK if scheme == "int4" else 1}
     # The dispatcher's own choice (autotuned, heuristic split) and, for bf16, cuBLAS.
     tuned = runner(scheme, x, None, 0)
     tuned(probe)
@@ -162,7 +172,11 @@ def main() -> int:
     ap.add_argument("--verbose", action="store_true", help="print every timed config")
     ap.add_argument("--autotuned-only", action="store_true",
                     help="time only the dispatcher's autotuned choice (no grid)")
+    ap.add_argument("--int4-row-block", type=int, default=1,
+                    help="int4 weights stored in blocks of this many rows (qm.tile_int4_rows)")
     args = ap.parse_args()
+    global ROW_BLOCK
+    ROW_BLOCK = args.int4_row_block
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
     results = []
