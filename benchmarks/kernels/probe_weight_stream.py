@@ -14,8 +14,12 @@ Patterns, at the 8B layer shapes as int4 (K / 2 bytes a row) and fp8 (K bytes a 
   tiled - the same weights stored as [N / LB, steps, LB, CHUNK]: the LB rows of a block lie
           together per step, so a program's step is one contiguous run of LB x CHUNK bytes
           (LB 16 and 64), the layout a build could write for the GEMV.
-Each pattern is timed at every (BLOCK_N, warps, split, unroll) of a small grid; the best per
-pattern and shape is reported as GB/s and its share of the copy bandwidth measured in the same run
+Each pattern runs twice: with its loads free to overlap (the compiler unrolls the loop and
+hoists them), and with every step's addresses depending on the data of the step before (DEP: one
+step in flight per thread, as in a GEMV whose long loop body ptxas does not overlap with the next
+step's loads; the int4 GEMV's loop issues its group's loads and then waits on them). Each is timed
+at every (BLOCK_N, warps, split, unroll) of a small grid; the best per pattern and shape is
+reported as GB/s and its share of the copy bandwidth measured in the same run
 (medians of CUDA-graph replays, rotating weight sets so one timing moves > 200 MB, as
 sweep_gemv.py times the GEMVs). Every timed launch is checked against a host XOR of the rows.
 
@@ -51,14 +55,20 @@ SPLITS = [1, 2, 4, 8, 16]
 QUICK_TILES = [(64, 4, 1), (128, 4, 1)]
 CHECK_TILES = [(32, 2, 1), (64, 4, 2), (128, 4, 1)]  # UNROLL 2 meets the masked tail
 QUICK_SPLITS = [1, 4, 16]
+# 0: loads free to overlap; 1: each step's addresses depend on the step before's data (DEP)
+DEPS = [0, 1]
 
 
 @triton.jit
-def _stream_kernel(w_ptr, out_ptr, N, steps, stride_blk, stride_row, stride_step,
+def _stream_kernel(w_ptr, out_ptr, N, steps, stride_blk, stride_row, stride_step, zero,
                    LB: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
-                   SPLIT, UNROLL: tl.constexpr):
+                   SPLIT, UNROLL: tl.constexpr, DEP: tl.constexpr):
     # w_ptr: the weights as int64 words. Row n's step s (CH words) starts at word
     # (n // LB) * stride_blk + (n % LB) * stride_row + s * stride_step.
+    # DEP: each load's addresses depend on the words the one before it read (their row's maximum
+    # ANDed with a run-time 0),
+    # so a thread has one step in flight, as in a GEMV whose loop body the compiler cannot
+    # overlap with the next step's loads; without DEP the compiler may hoist loads freely.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -67,13 +77,18 @@ def _stream_kernel(w_ptr, out_ptr, N, steps, stride_blk, stride_row, stride_step
     s_begin = pid_k * per
     s_end = tl.minimum(s_begin + per, steps)
     acc = tl.zeros([BLOCK_N, CH], tl.int64)
+    link = tl.zeros([BLOCK_N], tl.int64)
     cols = tl.arange(0, CH)
     for s0 in range(s_begin, s_end, UNROLL):
         for u in tl.static_range(UNROLL):
             s = s0 + u
-            word = tl.load(w_ptr + base[:, None] + s.to(tl.int64) * stride_step + cols[None, :],
-                           mask=(rows < N)[:, None] & (s < s_end), other=0)
+            offs = base[:, None] + s.to(tl.int64) * stride_step + cols[None, :]
+            if DEP:
+                offs += link[:, None]
+            word = tl.load(w_ptr + offs, mask=(rows < N)[:, None] & (s < s_end), other=0)
             acc = acc ^ word
+            if DEP:  # (per row, times 16: the loads stay 16-byte vectors)
+                link = tl.max(word & zero, axis=1) * 16
     tl.store(out_ptr + pid_k * N + rows, tl.xor_sum(acc, axis=1), mask=rows < N)
 
 
@@ -103,12 +118,12 @@ def splits_xor(out: torch.Tensor) -> torch.Tensor:
 
 
 def launch(flat: torch.Tensor, strides: tuple[int, int, int], n: int, nbytes: int, lb: int,
-           chunk: int, block_n: int, warps: int, split: int, unroll: int,
+           chunk: int, block_n: int, warps: int, split: int, unroll: int, dep: int,
            out: torch.Tensor) -> None:
     steps = nbytes // chunk
     grid = (triton.cdiv(n, block_n), split)
-    _stream_kernel[grid](flat, out, n, steps, *strides, LB=lb, BLOCK_N=block_n, CH=chunk // 8,
-                         SPLIT=split, UNROLL=unroll, num_warps=warps)
+    _stream_kernel[grid](flat, out, n, steps, *strides, 0, LB=lb, BLOCK_N=block_n, CH=chunk // 8,
+                         SPLIT=split, UNROLL=unroll, DEP=dep, num_warps=warps)
 
 
 def check(n: int, nbytes: int, device: str, tiles, splits) -> int:
@@ -120,13 +135,14 @@ def check(n: int, nbytes: int, device: str, tiles, splits) -> int:
         flat, strides = layout(w, lb, chunk)
         for block_n, warps, unroll in tiles:
             for split in splits:
-                out = torch.zeros(split, n, dtype=torch.int64, device=device)
-                launch(flat, strides, n, nbytes, lb, chunk, block_n, warps, split, unroll, out)
-                got = splits_xor(out)
-                if not torch.equal(got, want):
-                    bad += 1
-                    print(f"WRONG {pattern} LB{lb} C{chunk} BN{block_n} w{warps} U{unroll} "
-                          f"split{split}", flush=True)
+                for dep in DEPS:
+                    out = torch.zeros(split, n, dtype=torch.int64, device=device)
+                    launch(flat, strides, n, nbytes, lb, chunk, block_n, warps, split, unroll,
+                           dep, out)
+                    if not torch.equal(splits_xor(out), want):
+                        bad += 1
+                        print(f"WRONG {pattern} LB{lb} C{chunk} BN{block_n} w{warps} U{unroll} "
+                              f"split{split} dep{dep}", flush=True)
     return bad
 
 
@@ -139,28 +155,29 @@ def probe_shape(name: str, n: int, nbytes: int, copy_gbps: float, tiles, splits)
     out = {"shape": name, "N": n, "row_bytes": nbytes, "bytes": n * nbytes, "patterns": []}
     for pattern, lb, chunk in PATTERNS:
         laid = [layout(w, lb, chunk) for w in sets]
-        rows = []
-        for block_n, warps, unroll in tiles:
-            for split in splits:
-                if split > nbytes // chunk:
-                    continue
-                res = torch.zeros(split, n, dtype=torch.int64, device="cuda")
-                calls = [lambda f=f, s=s: launch(f, s, n, nbytes, lb, chunk, block_n, warps,
-                                                 split, unroll, res) for f, s in laid]
-                calls[0]()
-                ok = torch.equal(splits_xor(res), want)
-                us = bench_kernels.time_calls(calls, reps=20)
-                rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll,
-                             "split": split, "us": round(us, 2),
-                             "GBps": round(n * nbytes / us / 1e3, 1), "correct": ok})
-        best = min(rows, key=lambda r: r["us"])
-        out["patterns"].append({"pattern": pattern, "LB": lb, "chunk": chunk, "rows": rows,
-                                "best": best})
-        print(f"{name:8s} {n * nbytes / 1e6:6.1f} MB {pattern:5s} LB{lb:<3d} C{chunk:<4d} "
-              f"best {best['us']:7.2f} us {best['GBps']:7.0f} GB/s "
-              f"({100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
-              f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}"
-              + ("" if all(r["correct"] for r in rows) else "  WRONG RESULTS"), flush=True)
+        for dep in DEPS:
+            rows = []
+            for block_n, warps, unroll in tiles:
+                for split in splits:
+                    if split > nbytes // chunk:
+                        continue
+                    res = torch.zeros(split, n, dtype=torch.int64, device="cuda")
+                    calls = [lambda f=f, s=s: launch(f, s, n, nbytes, lb, chunk, block_n, warps,
+                                                     split, unroll, dep, res) for f, s in laid]
+                    calls[0]()
+                    ok = torch.equal(splits_xor(res), want)
+                    us = bench_kernels.time_calls(calls, reps=20)
+                    rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll,
+                                 "split": split, "us": round(us, 2),
+                                 "GBps": round(n * nbytes / us / 1e3, 1), "correct": ok})
+            best = min(rows, key=lambda r: r["us"])
+            out["patterns"].append({"pattern": pattern, "LB": lb, "chunk": chunk, "dep": dep,
+                                    "rows": rows, "best": best})
+            print(f"{name:12s} {n * nbytes / 1e6:6.1f} MB {pattern:5s} LB{lb:<3d} C{chunk:<4d} "
+                  f"dep{dep} best {best['us']:7.2f} us {best['GBps']:7.0f} GB/s "
+                  f"({100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
+                  f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}"
+                  + ("" if all(r["correct"] for r in rows) else "  WRONG RESULTS"), flush=True)
         del laid
     del sets
     return out
