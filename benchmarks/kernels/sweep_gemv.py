@@ -11,7 +11,9 @@ bandwidth measured in the same run. Each timed config is checked against its ref
 
 ``--int4-row-block LB`` stores the int4 weights in blocks of LB rows (qm.tile_int4_rows, what
 KILN_INT4_ROW_BLOCK does to an engine's layers at load) and times the FMA GEMV on them; the
-autotuned row then tunes on the blocked weights too.
+autotuned row then tunes on the blocked weights too. ``--int4-scales-kn`` stores the int4 group
+scales K-group-major ([K / 128, N], read through a transposed view: the kernel takes any scale
+strides), so that a program's scales of one group are contiguous instead of a row stride apart.
 
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
@@ -46,6 +48,7 @@ TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 # The layer shapes, plus the LM head (128256 x 4096) for `--shapes lm_head`.
 SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
 ROW_BLOCK = 1  # --int4-row-block: int4 weights stored in blocks of this many rows
+SCALES_KN = False  # --int4-scales-kn: int4 scales stored [K / group, N]
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (qm.tc_gemv), fp8 and bf16.
@@ -110,6 +113,9 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     if scheme == "int4" and ROW_BLOCK > 1:  # timed and checked on the blocked layout
         sets = [(qm.tile_int4_rows(w[0], ROW_BLOCK, bench_quant.GROUP), *w[1:]) for w in sets]
         probe = sets[0]
+    if scheme == "int4" and SCALES_KN:  # [N, G] views of [G, N] scales (strides 1, N)
+        sets = [(w[0], w[1].t().contiguous().t()) for w in sets]
+        probe = sets[0]
     rows = []
     if scheme in TC_GEMV_TILES:
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
@@ -138,7 +144,8 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
                       f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"]) if rows else None
     out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best,
-           "int4_row_block": ROW_BLOCK if scheme == "int4" else 1}
+           "int4_row_block": ROW_BLOCK if scheme == "int4" else 1,
+           "int4_scales_kn": SCALES_KN and scheme == "int4"}
     # The dispatcher's own choice (autotuned, heuristic split) and, for bf16, cuBLAS.
     tuned = runner(scheme, x, None, 0)
     tuned(probe)
@@ -174,9 +181,12 @@ def main() -> int:
                     help="time only the dispatcher's autotuned choice (no grid)")
     ap.add_argument("--int4-row-block", type=int, default=1,
                     help="int4 weights stored in blocks of this many rows (qm.tile_int4_rows)")
+    ap.add_argument("--int4-scales-kn", action="store_true",
+                    help="int4 scales stored [K / group, N] (a transposed view)")
     args = ap.parse_args()
-    global ROW_BLOCK
+    global ROW_BLOCK, SCALES_KN
     ROW_BLOCK = args.int4_row_block
+    SCALES_KN = args.int4_scales_kn
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
     results = []
