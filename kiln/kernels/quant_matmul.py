@@ -1674,8 +1674,8 @@ def untile_int4_rows(tiled: torch.Tensor, row_block: int, group_size: int) -> to
 
 def int4_row_block(n: int, group_size: int) -> int:
     """Rows per block for the int4 GEMV's blocked weight layout (tile_int4_rows) of an N-row
-    layer: KILN_INT4_ROW_BLOCK (0 or unset: 1, row-major) where it divides N, else 1. CUDA
-    layers only; the layer tiles its weights once at load (kiln.quant.int4)."""
+    layer: KILN_INT4_ROW_BLOCK (0 or unset: 1, row-major) where it divides N, else 1. Layers on
+    the Triton path tile their weights once loaded (kiln.quant.int4's finish_loading)."""
     block = int(os.environ.get("KILN_INT4_ROW_BLOCK", "0") or 0)
     return block if block > 1 and n % block == 0 and group_size % 16 == 0 else 1
 

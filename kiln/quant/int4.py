@@ -4,6 +4,8 @@ Layout (notes/quant_interface.md): qweight uint8 [N, K // 2], byte j of row n ho
 low nibble and k = 2j + 1 in the high nibble, each as q + 8 with q in [-8, 7]; scales float32
 [N, K // group_size]; w[n, k] = q[n, k] * scales[n, k // group_size]. An optional ``input_scale``
 [K] (activation-aware scaling that could not be folded into a preceding op) multiplies x first.
+That is the engine's layout on disk; with KILN_INT4_ROW_BLOCK a loaded layer on the Triton path
+holds qweight in blocks of rows instead (``finish_loading``; ``layer.int4_row_block``).
 """
 
 from __future__ import annotations
