@@ -10,7 +10,8 @@ row's steps, CHUNK bytes of every row per step) and only XORs them together, so 
 is the memory system, not the GEMV's arithmetic.
 
 Patterns, at the 8B layer shapes as int4 (K / 2 bytes a row) and fp8 (K bytes a row):
-  rows  - row-major [N, row bytes], as the engines store weights today (CHUNK 64, 128, 256);
+  rows  - row-major [N, row bytes], as the engines store weights today (CHUNK 64 to 1024: how
+          long a run of each row a step must read to stream well);
   tiled - the same weights stored as [N / LB, steps, LB, CHUNK]: the LB rows of a block lie
           together per step, so a program's step is one contiguous run of LB x CHUNK bytes
           (LB 16 and 64), the layout a build could write for the GEMV.
@@ -47,13 +48,21 @@ import triton.language as tl  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 # (pattern, rows per block LB (1: row-major), CHUNK bytes a row per step)
-PATTERNS = [("rows", 1, 64), ("rows", 1, 128), ("rows", 1, 256),
+PATTERNS = [("rows", 1, 64), ("rows", 1, 128), ("rows", 1, 256), ("rows", 1, 512), ("rows", 1, 1024),
             ("tiled", 16, 64), ("tiled", 64, 64), ("tiled", 16, 128)]
 # (BLOCK_N, num_warps, UNROLL)
-TILES = [(32, 2, 1), (64, 4, 1), (64, 4, 2), (128, 4, 1), (128, 8, 2), (256, 8, 1)]
+TILES = [(16, 2, 1), (16, 4, 1), (32, 2, 1), (32, 4, 1), (64, 4, 1), (64, 4, 2), (128, 4, 1),
+         (128, 8, 2), (256, 8, 1)]
+# A program's step holds BLOCK_N x CHUNK bytes in registers: tiles above this are left out
+# (a 1 KB chunk runs at 16 rows a program, a 64-byte one at up to 256).
+MAX_STEP_BYTES = 16384
 SPLITS = [1, 2, 4, 8, 16]
-QUICK_TILES = [(64, 4, 1), (128, 4, 1)]
-CHECK_TILES = [(32, 2, 1), (64, 4, 2), (128, 4, 1)]  # UNROLL 2 meets the masked tail
+QUICK_TILES = [(16, 4, 1), (32, 4, 1), (64, 4, 1), (128, 4, 1)]
+CHECK_TILES = [(16, 2, 1), (32, 2, 1), (64, 4, 2), (128, 4, 1)]  # UNROLL 2 meets the masked tail
+
+
+def fits(block_n: int, unroll: int, chunk: int) -> bool:
+    return block_n * chunk * unroll <= MAX_STEP_BYTES
 QUICK_SPLITS = [1, 4, 16]
 # 0: loads free to overlap; 1: each step's addresses depend on the step before's data (DEP)
 DEPS = [0, 1]
@@ -134,6 +143,8 @@ def check(n: int, nbytes: int, device: str, tiles, splits) -> int:
     for pattern, lb, chunk in PATTERNS:
         flat, strides = layout(w, lb, chunk)
         for block_n, warps, unroll in tiles:
+            if not fits(block_n, unroll, chunk):
+                continue
             for split in splits:
                 for dep in DEPS:
                     out = torch.zeros(split, n, dtype=torch.int64, device=device)
@@ -158,6 +169,8 @@ def probe_shape(name: str, n: int, nbytes: int, copy_gbps: float, tiles, splits)
         for dep in DEPS:
             rows = []
             for block_n, warps, unroll in tiles:
+                if not fits(block_n, unroll, chunk):
+                    continue
                 for split in splits:
                     if split > nbytes // chunk:
                         continue

@@ -11,7 +11,7 @@ timeout 170 python3 -m pytest -q -n 3 tests/gpu/test_quant_gpu.py tests/gpu/test
   -k "weight_only_lm_head or quant_out or row_block" > $OUT/gpu_tests.log 2>&1
 tail -4 $OUT/gpu_tests.log
 echo "tests done at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-timeout 130 python3 benchmarks/kernels/probe_weight_stream.py --quick --json $OUT/probe.json \
+timeout 150 python3 benchmarks/kernels/probe_weight_stream.py --quick --json $OUT/probe.json \
   > $OUT/probe.log 2>&1
 grep -v "^ " $OUT/probe.log | tail -100
 echo "probe done at $((SECONDS - T0)) s" | tee -a $OUT/times.log
