@@ -7,7 +7,7 @@
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
 left() { echo $((585 - SECONDS + T0)); }
-timeout 170 python3 -m pytest -q -n 3 tests/gpu/test_quant_gpu.py tests/gpu/test_engine_gpu.py \
+timeout 200 python3 -m pytest -q -n 3 tests/gpu/test_quant_gpu.py tests/gpu/test_engine_gpu.py \
   -k "weight_only_lm_head or quant_out or row_block" > $OUT/gpu_tests.log 2>&1
 tail -4 $OUT/gpu_tests.log
 echo "tests done at $((SECONDS - T0)) s" | tee -a $OUT/times.log
