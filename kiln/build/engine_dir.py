@@ -148,6 +148,8 @@ def _load_processed(model: nn.Module, weights: Path, device: torch.device | str)
     """Copy every stored tensor into the parameter of the same name; all must match up."""
     from safetensors import safe_open
 
+    from kiln.models.loader import finish_loading
+
     params = dict(model.named_parameters())
     dev = torch.device(device)
     open_device = "cpu" if dev.type != "cuda" else str(dev if dev.index is not None else "cuda:0")
@@ -175,3 +177,4 @@ def _load_processed(model: nn.Module, weights: Path, device: torch.device | str)
     if missing:
         raise KilnError(f"engine weights lack {', '.join(missing[:3])}"
                         f"{' and more' if len(missing) > 3 else ''}; rebuild the engine")
+    finish_loading(model)

@@ -151,7 +151,7 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) 
     Raises KilnError naming the tensor for a shape mismatch, an unexpected tensor, or a model
     weight that no checkpoint tensor filled.
     """
-    from kiln.layers.linear import Linear, LinearMethod
+    from kiln.layers.linear import Linear
 
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
@@ -182,8 +182,17 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) 
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise KilnError(f"checkpoint is missing weights: {', '.join(missing[:3])}{more}")
+    finish_loading(model)
+
+
+def finish_loading(model: nn.Module) -> None:
+    """Let every LinearMethod (Linears and quantized LM heads) rearrange its layer's tensors now
+    that all are loaded (LinearMethod.finish_loading). Every loader of a whole model calls it
+    last: load_weights here, and the engine loader (kiln.build.engine_dir)."""
+    from kiln.layers.linear import LinearMethod
+
     with torch.no_grad():
-        for module in model.modules():  # Linears and quantized LM heads
+        for module in model.modules():
             method = getattr(module, "method", None)
             if isinstance(method, LinearMethod):
                 method.finish_loading(module)

@@ -267,3 +267,31 @@ def test_fp8_lm_head_refusals(tiny, tmp_path):
                                      "lm_head_group_size": 32})
     assert factory("layers.0.mlp.down_proj", 8, (8,)).scheme == "fp8"
     assert factory("lm_head", 8, (8,)).group_size == 32
+
+
+def test_int4_engine_loads_into_row_blocks(tiny, tmp_path, monkeypatch):
+    # KILN_INT4_ROW_BLOCK: an int4 engine loaded for the Triton kernels holds every int4 layer's
+    # qweight (the int4 LM head's too) in blocks of rows, through the engine loader's
+    # finish_loading; the engine files stay row-major. On the CPU the dispatcher's reference path
+    # reads the blocks back, so the logits are the row-major engine's bits.
+    import kiln.quant.int4 as int4
+    from kiln.kernels.quant_matmul import untile_int4_rows
+
+    src, calib = tiny
+    out = tmp_path / "engine"
+    build_engine(_options(src, calib, out, "int4-wo",
+                          quant=QuantConfig("int4-wo", lm_head="int4-wo", group_size=64)))
+    plain, _ = load_engine_model(out, "cpu")
+    monkeypatch.setenv("KILN_INT4_ROW_BLOCK", "16")
+    monkeypatch.setattr(int4, "use_triton", lambda t: True)  # as when loading onto the GPU
+    blocked, _ = load_engine_model(out, "cpu")
+    pairs = [(a, b) for a, b in zip(plain.modules(), blocked.modules())
+             if isinstance(getattr(a, "method", None), int4.Int4WeightOnlyLinearMethod)]
+    assert len(pairs) > 2 and any(a is plain.lm_head for a, _ in pairs)
+    for a, b in pairs:
+        assert a.int4_row_block == 1 and b.int4_row_block == 16
+        assert not torch.equal(b.qweight, a.qweight)
+        assert torch.equal(untile_int4_rows(b.qweight, 16, a.method.group_size), a.qweight)
+    assert torch.equal(load_file(str(out / WEIGHTS_FILE))["lm_head.qweight"], plain.lm_head.qweight)
+    windows = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(next(forward_windows(blocked, windows)), next(forward_windows(plain, windows)))
