@@ -56,6 +56,13 @@ TC_GEMV_TILES = {"fp8-tc": [(64, 128, 4, 4), (64, 256, 4, 4), (64, 128, 4, 6), (
                             (128, 256, 4, 3)],
                  "bf16-tc": [(64, 64, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (128, 64, 4, 4),
                              (128, 128, 4, 3)]}
+# --tc-long-k adds these: few rows a program, each read in runs of 512 to 1,024 bytes a step (the
+# rows' run length, not the tile's area, may set how well a GEMV streams:
+# probe_weight_stream.py). They compile for sm_90 without spills (mma.sync, 48-96 KB shared).
+TC_GEMV_LONG_K = {"fp8-tc": [(16, 512, 4, 4), (16, 1024, 4, 4), (32, 512, 4, 4), (32, 1024, 4, 3),
+                             (16, 1024, 2, 4)],
+                  "bf16-tc": [(16, 256, 4, 4), (16, 512, 4, 4), (32, 256, 4, 4), (32, 512, 4, 3),
+                              (16, 512, 2, 4)]}
 
 
 def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: int):
@@ -179,6 +186,8 @@ def main() -> int:
     ap.add_argument("--verbose", action="store_true", help="print every timed config")
     ap.add_argument("--autotuned-only", action="store_true",
                     help="time only the dispatcher's autotuned choice (no grid)")
+    ap.add_argument("--tc-long-k", action="store_true",
+                    help="add the tensor-core GEMV's few-row, long-K tiles (TC_GEMV_LONG_K)")
     ap.add_argument("--int4-row-block", type=int, default=1,
                     help="int4 weights stored in blocks of this many rows (qm.tile_int4_rows)")
     ap.add_argument("--int4-scales-kn", action="store_true",
@@ -187,6 +196,9 @@ def main() -> int:
     global ROW_BLOCK, SCALES_KN
     ROW_BLOCK = args.int4_row_block
     SCALES_KN = args.int4_scales_kn
+    if args.tc_long_k:
+        for scheme, tiles in TC_GEMV_LONG_K.items():
+            TC_GEMV_TILES[scheme] = TC_GEMV_TILES[scheme] + tiles
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['matmul_bf16_TFLOPs']:.0f} TFLOP/s")
     results = []
