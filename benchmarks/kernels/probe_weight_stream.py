@@ -46,6 +46,8 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))  # bench_kernels, bench_quant (CUDA only)
+
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 # (pattern, rows per block LB (1: row-major), CHUNK bytes a row per step)
 PATTERNS = [("rows", 1, 64), ("rows", 1, 128), ("rows", 1, 256), ("rows", 1, 512), ("rows", 1, 1024),
@@ -158,7 +160,6 @@ def check(n: int, nbytes: int, device: str, tiles, splits) -> int:
 
 
 def probe_shape(name: str, n: int, nbytes: int, copy_gbps: float, tiles, splits) -> dict:
-    sys.path.insert(0, os.path.dirname(__file__))
     import bench_kernels  # noqa: E402  (this folder: the CUDA-graph timer)
     sets = [torch.randint(0, 256, (n, nbytes), dtype=torch.uint8, device="cuda")
             for _ in range(bench_kernels.n_sets(n * nbytes, cap=16))]
@@ -224,8 +225,7 @@ def main() -> int:
         bad = check(128, 1024, device, CHECK_TILES, [1, 3])
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
         return 1 if bad else 0
-    sys.path.insert(0, os.path.dirname(__file__))
-    import bench_quant  # noqa: E402
+    import bench_quant  # noqa: E402  (this folder: the copy-bandwidth ceiling)
     bad = check(256, 2048, "cuda", CHECK_TILES + tiles, [1, 3])
     ceil = bench_quant.ceilings()
     print(f"copy {ceil['copy_GBps']:.0f} GB/s; correctness check: {bad} wrong", flush=True)
