@@ -28,6 +28,8 @@ import torch
 
 import bench_kernels  # noqa: E402  (this folder: the shared CUDA-event timer)
 from kiln.kernels import quant_matmul as qm
+from kiln.kernels.quant_ref import (fp8_linear_ref, int4_wo_linear_ref, int8_sq_linear_ref,
+                                    int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -91,17 +93,17 @@ def paths(scheme: str, m: int) -> dict[str, tuple[Callable, Callable]]:
             out["triton_gemv"] = (lambda x, w: qm.float_gemv_linear(x, w[0]), ref)
         return out
     if scheme == "int4":
-        ref = lambda x, w: qm.int4_wo_linear_ref(x, w[0], w[1], GROUP)  # noqa: E731
+        ref = lambda x, w: int4_wo_linear_ref(x, w[0], w[1], GROUP)  # noqa: E731
         out["dispatch"] = (lambda x, w: qm.int4_wo_linear(x, w[0], w[1], GROUP), ref)
         kern = lambda path: (lambda x, w: qm.launch(x, w[0], w[1], w[1].stride(1), GROUP, qm.W_INT4,  # noqa: E731
                                                       None, x.dtype, path), ref)
     elif scheme == "int8":
-        ref = lambda x, w: qm.int8_wo_linear_ref(x, w[0], w[1])  # noqa: E731
+        ref = lambda x, w: int8_wo_linear_ref(x, w[0], w[1])  # noqa: E731
         out["dispatch"] = (lambda x, w: qm.int8_wo_linear(x, w[0], w[1]), ref)
         kern = lambda path: (lambda x, w: qm.launch(x, w[0].view(torch.uint8), w[1], 0, qm.KTILE_8BIT,  # noqa: E731
                                                       qm.W_INT8_U, None, x.dtype, path), ref)
     elif scheme == "fp8":
-        ref = lambda x, w: qm.fp8_linear_ref(x, w[0], w[1])  # noqa: E731
+        ref = lambda x, w: fp8_linear_ref(x, w[0], w[1])  # noqa: E731
         out["dispatch"] = (lambda x, w: qm.fp8_linear(x, w[0], w[1]), ref)
 
         def kern(path):
@@ -112,7 +114,7 @@ def paths(scheme: str, m: int) -> dict[str, tuple[Callable, Callable]]:
         out["scaled_mm"] = (lambda x, w: qm.fp8_scaled_mm(x, w[0], w[1], None, x.dtype), ref)
         out["scaled_mm_fast"] = (lambda x, w: qm.fp8_scaled_mm(x, w[0], w[1], None, x.dtype, True), ref)
     else:  # int8sq
-        ref = lambda x, w: qm.int8_sq_linear_ref(x, w[0], w[1])  # noqa: E731
+        ref = lambda x, w: int8_sq_linear_ref(x, w[0], w[1])  # noqa: E731
         out["dispatch"] = (lambda x, w: qm.int8_sq_linear(x, w[0], w[1]), ref)
 
         def kern(path):

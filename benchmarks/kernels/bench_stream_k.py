@@ -1,9 +1,11 @@
 """The GEMVs at batch 1: stream-K launches (STREAM_K programs per SM, each streaming an
 equal run of the tiles' K steps) against the split-K candidates the autotuner had before.
 
-Per 8B layer shape, fp8 W8A8 and bf16: every split-K candidate of qm.TC_GEMV_CONFIGS_* (without
+Per 8B layer shape, fp8 W8A8 and bf16: every split-K candidate of
+mma_gemv.TC_GEMV_CONFIGS_* (without
 STREAM_K) is timed and the best kept (what the autotuner would pick), then each stream-K variant.
-int4: the FMA GEMV (qm.launch), its base and named-split candidates against stream-K variants.
+int4: the FMA GEMV (quant_matmul.launch), its base and named-split candidates against stream-K
+variants.
 Timing is bench_kernels' (median of CUDA-graph replays, rotating weight sets so one timing moves
 > 200 MB); each launch is checked against the reference first. GB/s counts the weights once.
 
@@ -23,11 +25,12 @@ import triton
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_quant  # noqa: E402
 import sweep_gemv  # noqa: E402
-from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels import fma_gemv, mma_gemv  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, warps, stages, programs per SM) tried per scheme. Shared memory per program:
 # bf16 64 x 128 x 4 stages 80 KB (2 fit on an SM), 64 x 64 40 KB; fp8 64 x 128 40 KB.
-# int4 (FMA GEMV, qm.launch): (BLOCK_N, warps, UNROLL, stages, programs per SM); registers allow
+# int4 (FMA GEMV, quant_matmul.launch): (BLOCK_N, warps, UNROLL, stages, programs per SM); registers
+# allow
 # about 7 programs per SM at BLOCK_N 64 and 5 at 128 on 4 warps.
 INT4_VARIANTS = [(64, 4, 1, 3, 4), (64, 4, 1, 3, 6), (128, 4, 1, 3, 3), (128, 4, 1, 3, 4),
                  (32, 2, 1, 3, 8), (256, 8, 1, 3, 2)]
@@ -50,9 +53,10 @@ def main() -> int:
     for scheme in args.schemes.split(","):
         wscheme = scheme[:-3] if scheme.endswith("-tc") else scheme
         if scheme == "int4":  # every base and named-split candidate
-            kind = qm.GEMV_BASE_CONFIGS + qm.GEMV_SPLIT_CONFIGS
+            kind = fma_gemv.GEMV_BASE_CONFIGS + fma_gemv.GEMV_SPLIT_CONFIGS
         else:
-            kind = qm.TC_GEMV_CONFIGS_FP8 if wscheme == "fp8" else qm.TC_GEMV_CONFIGS_FLOAT
+            kind = (mma_gemv.TC_GEMV_CONFIGS_FP8 if wscheme == "fp8"
+                    else mma_gemv.TC_GEMV_CONFIGS_FLOAT)
         for name in args.shapes.split(","):
             n, k = sweep_gemv.SHAPES[name]
             probe = bench_quant.make_weights(wscheme, n, k)

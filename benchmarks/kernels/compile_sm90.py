@@ -24,8 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from kiln.kernels import (activation, argmax, attention, decode_gluon, prefill_fresh, quant_matmul,
-                          rmsnorm, rotary)
+from kiln.kernels import (activation, argmax, attention, decode_gluon, fma_gemv, prefill_fresh,
+                          quant_gemm, quant_matmul, rmsnorm, rotary, mma_gemv)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -225,22 +225,22 @@ def quant_configs():
         # float32 products; one and four rows
         modes = (4, 2, 1) if wkind == quant_matmul.W_INT4 else (0,)
         # the stream-K candidates too when KILN_GEMV_STREAM_K=0 leaves them out of GEMV_CONFIGS
-        extra = [c for c in quant_matmul.GEMV_STREAM_K_CONFIGS
-                 if all(c is not g for g in quant_matmul.GEMV_CONFIGS)]
-        for cfg in quant_matmul.GEMV_CONFIGS + extra:
+        extra = [c for c in fma_gemv.GEMV_STREAM_K_CONFIGS
+                 if all(c is not g for g in fma_gemv.GEMV_CONFIGS)]
+        for cfg in fma_gemv.GEMV_CONFIGS + extra:
             for mode in modes:
                 for block_m in ((1, 4) if mode else (1,)):
                     yield (f"{name} gemv M{block_m} N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} "
                            f"w{cfg.num_warps}" + (f" asm{mode}" if mode else "")
                            + (f" stream-K {cfg.kwargs['STREAM_K']}/SM" if cfg.kwargs.get("STREAM_K") else ""),
-                           quant_matmul._gemv_kernel,
+                           fma_gemv._gemv_kernel,
                            {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group,
                             "BLOCK_M": block_m, "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,
                             "QX_BLOCK": 1024, "INT4_ASM": mode, "_ptrs": ptrs, **cfg.kwargs},
                            "bf16", cfg.num_warps, cfg.num_stages)
-        cfg = quant_matmul.GEMV_CONFIGS[quant_matmul.DEFAULT_GEMV]
+        cfg = fma_gemv.GEMV_CONFIGS[fma_gemv.DEFAULT_GEMV]
         yield (f"{name} gemv M1 N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
-               quant_matmul._gemv_kernel,
+               fma_gemv._gemv_kernel,
                {"WKIND": wkind, "A8": wkind == quant_matmul.W_FP8, "GROUP": group, "BLOCK_M": 1,
                 "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                 "INT4_ASM": wkind == quant_matmul.W_INT4, "PDL": 2, "PREFETCH": 4,
@@ -249,14 +249,14 @@ def quant_configs():
         if wkind == quant_matmul.W_INT4:
             # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
             for row_block in (16, 64):
-                for cfg in quant_matmul.GEMV_CONFIGS:
+                for cfg in fma_gemv.GEMV_CONFIGS:
                     for mode, block_m in ((4, 1), (4, 4), (1, 1)):
                         yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
                                f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
                                f"row-block {row_block}"
                                + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
                                   if cfg.kwargs.get("STREAM_K") else ""),
-                               quant_matmul._gemv_kernel,
+                               fma_gemv._gemv_kernel,
                                {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
                                 "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,
                                 "QX_BLOCK": 1024, "INT4_ASM": mode, "ROW_BLOCK": row_block,
@@ -265,15 +265,16 @@ def quant_configs():
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",
-                           quant_matmul._int4_tc_gemv_kernel,
+                           mma_gemv._int4_tc_gemv_kernel,
                            {"GROUP": group, "BLOCK_N": block_n, "BLOCK_M": 16, "HAS_BIAS": False,
                             "X_BF16": True, "ASM": True, "ONE_DOT": one, "_ptrs": ptrs},
                            "bf16", warps, 3)
-            for cfg in quant_matmul.GEMM_CONFIGS_BY_BUCKET[256][:1] + quant_matmul.GEMM_CONFIGS_BY_BUCKET[16][:1]:
+            buckets = quant_gemm.GEMM_CONFIGS_BY_BUCKET
+            for cfg in buckets[256][:1] + buckets[16][:1]:
                 for row_block in (1, 16):
                     yield (f"{name} gemm M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']}"
                            + (f" row-block {row_block}" if row_block > 1 else ""),
-                           quant_matmul._gemm_kernel,
+                           quant_gemm._gemm_kernel,
                            {"WKIND": wkind, "A8": False, "GROUP": group, "M_BUCKET": 256,
                             "HAS_BIAS": False, "DOT_PREC": "tf32", "_ptrs": ptrs, **cfg.kwargs,
                             **({"ROW_BLOCK": row_block} if row_block > 1 else {})},
@@ -287,7 +288,7 @@ def tc_gemv_configs():
         ptrs = {"x_ptr": ty, "w_ptr": ty, "xs_ptr": "*fp32" if a8 else ty,
                 "ws_ptr": "*fp32" if a8 else ty, "part_ptr": "*fp32", "lock_ptr": "*i32"}
         seen = set()
-        for cfg in (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT):
+        for cfg in (mma_gemv.TC_GEMV_CONFIGS_FP8 if a8 else mma_gemv.TC_GEMV_CONFIGS_FLOAT):
             sk = cfg.kwargs.get("STREAM_K", 0)
             key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages, sk)
             if key in seen:  # split_cfg is a run-time argument: no new variant
@@ -295,21 +296,21 @@ def tc_gemv_configs():
             seen.add(key)
             yield (f"{name} tc-gemv N{key[0]} K{key[1]} w{key[2]} s{key[3]}"
                    + (f" stream-K {sk}/SM" if sk else ""),
-                   quant_matmul._tc_gemv_kernel,
+                   mma_gemv._tc_gemv_kernel,
                    {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                     "BLOCK_N": key[0], "BLOCK_K": key[1], "STREAM_K": sk, "_ptrs": ptrs},
                    "bf16", key[2], key[3])
         # the decode graphs' variant: early PDL with the weight prefetch before the wait
-        cfg = (quant_matmul.TC_GEMV_CONFIGS_FP8 if a8 else quant_matmul.TC_GEMV_CONFIGS_FLOAT)[0]
+        cfg = (mma_gemv.TC_GEMV_CONFIGS_FP8 if a8 else mma_gemv.TC_GEMV_CONFIGS_FLOAT)[0]
         yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",
-               quant_matmul._tc_gemv_kernel,
+               mma_gemv._tc_gemv_kernel,
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 2,
                 "PREFETCH": 4, "PREFETCH_MB": 16, "_ptrs": ptrs}, "bf16", cfg.num_warps,
                cfg.num_stages)
         # under PDL with the first weight tile loaded before the wait (KILN_GEMV_EARLY_W)
         yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL + early first tile",
-               quant_matmul._tc_gemv_kernel,
+               mma_gemv._tc_gemv_kernel,
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)

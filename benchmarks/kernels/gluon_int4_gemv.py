@@ -1,6 +1,6 @@
 """Prototype, not used by kiln and not yet run on a GPU: the int4 double-word GEMV (one bf16 row,
 group 128) written in Gluon, Triton's explicit-layout dialect, to time against kiln's Triton
-GEMV (`qm._gemv_kernel`, INT4_ASM 4) on the H200.
+GEMV (`fma_gemv._gemv_kernel`, INT4_ASM 4) on the H200.
 
 Why: in the Triton kernel each K group's scales go through shared memory (two barriers per
 group in the sm_90 SASS: the compiler's layout for the scale vector differs from the one the
@@ -9,7 +9,8 @@ rows x COLS double words, the scales load in the tile's row slice and x in its c
 nothing passes through shared memory (compiled for sm_90 on the CPU: 0 shared-memory
 instructions, 64 registers at 4 x 2 on 4 warps, 352 loop instructions per 128 weights per
 thread against 358). PREFETCH carries the next group's words and scales in registers.
-The product is kiln's own PTX (`qm._INT4_DWORD_DOT_ASM`, `qm._X_PAIRS_BF16_ASM`), and the K
+The product is kiln's own PTX (`int4_bits._INT4_DWORD_DOT_ASM`, `int4_bits._X_PAIRS_BF16_ASM`), and
+the K
 splits are summed as kiln's GEMV sums them (the last program of each output tile adds the
 float32 partials in split order), so the race is like for like.
 
@@ -32,9 +33,11 @@ from triton.experimental.gluon import language as gl
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_quant  # noqa: E402
 from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels import int4_bits  # noqa: E402
+from kiln.kernels.quant_ref import int4_wo_linear_ref  # noqa: E402
 
-DOT_ASM = gl.constexpr(qm._INT4_DWORD_DOT_ASM.value)
-PAIRS_ASM = gl.constexpr(qm._X_PAIRS_BF16_ASM.value)
+DOT_ASM = gl.constexpr(int4_bits._INT4_DWORD_DOT_ASM.value)
+PAIRS_ASM = gl.constexpr(int4_bits._X_PAIRS_BF16_ASM.value)
 # (ROWS, COLS, WARPS) per thread / per CTA, and the K splits tried
 TILES = [(2, 2, 4), (4, 2, 4), (8, 2, 4), (4, 4, 4), (4, 2, 8), (8, 2, 8)]
 SPLITS = [1, 2, 4, 8, 16]
@@ -142,7 +145,7 @@ def main() -> int:
         sets = [probe] + [bench_quant.make_weights("int4", n, k)
                           for _ in range(bench_quant.n_sets(nbytes) - 1)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        want = qm.int4_wo_linear_ref(x, probe[0], probe[1], 128).float()[0]
+        want = int4_wo_linear_ref(x, probe[0], probe[1], 128).float()[0]
         locks = torch.zeros(n, dtype=torch.int32, device="cuda")
         row = {"shape": name, "N": n, "K": k, "bytes": nbytes, "gluon": []}
         bn, warps, unroll, split = KILN_BEST[name]

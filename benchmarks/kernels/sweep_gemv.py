@@ -9,15 +9,17 @@ bandwidth measured in the same run. Each timed config is checked against its ref
     PYTHONPATH=. python3 benchmarks/kernels/sweep_gemv.py --json OUT.json [--schemes int4,fp8]
         [--shapes qkv,o,gate_up,down,lm_head] [--autotuned-only] [--int4-row-block LB]
 
-``--int4-row-block LB`` stores the int4 weights in blocks of LB rows (qm.tile_int4_rows, what
+``--int4-row-block LB`` stores the int4 weights in blocks of LB rows (int4_bits.tile_int4_rows, what
 KILN_INT4_ROW_BLOCK does to an engine's layers at load) and times the FMA GEMV on them; the
 autotuned row then tunes on the blocked weights too. ``--int4-scales-kn`` stores the int4 group
 scales K-group-major ([K / 128, N], read through a transposed view: the kernel takes any scale
 strides), so that a program's scales of one group are contiguous instead of a row stride apart.
 
-Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (qm.tc_gemv: TC_GEMV_TILES, every
+Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (mma_gemv.tc_gemv: TC_GEMV_TILES,
+every
 split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and cuBLAS
-for bf16). Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (qm.int4_tc_gemv: BLOCK_N and warps of
+for bf16). Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (mma_gemv.int4_tc_gemv: BLOCK_N and
+warps of
 TC_TILES, every split) on the same int4 weights, beside the FMA GEMV's autotuned choice.
 """
 
@@ -36,9 +38,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import bench_kernels  # noqa: E402
 import bench_quant  # noqa: E402
 from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels import int4_bits, mma_gemv  # noqa: E402
+from kiln.kernels.quant_ref import fp8_linear_ref, int4_wo_linear_ref  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 
-# (BLOCK_N, num_warps, UNROLL): the candidates swept, a superset of qm.GEMV_CONFIGS' shapes.
+# (BLOCK_N, num_warps, UNROLL): the candidates swept, a superset of fma_gemv.GEMV_CONFIGS' shapes.
 TILES = [(16, 2, 1), (32, 2, 1), (32, 4, 1), (32, 4, 2), (64, 4, 1), (64, 4, 2), (64, 8, 1),
          (128, 4, 1), (128, 8, 1), (256, 4, 1), (256, 8, 1)]
 SPLITS = [1, 2, 4, 8, 16]
@@ -51,7 +55,8 @@ ROW_BLOCK = 1  # --int4-row-block: int4 weights stored in blocks of this many ro
 SCALES_KN = False  # --int4-scales-kn: int4 scales stored [K / group, N]
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (qm.tc_gemv), fp8 and bf16.
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (mma_gemv.tc_gemv), fp8 and
+# bf16.
 TC_GEMV_TILES = {"fp8-tc": [(64, 128, 4, 4), (64, 256, 4, 4), (64, 128, 4, 6), (128, 128, 4, 3),
                             (128, 256, 4, 3)],
                  "bf16-tc": [(64, 64, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (128, 64, 4, 4),
@@ -74,13 +79,15 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
         if base == "fp8":
             def f(w):
                 xq, sx = quant_per_token(x, torch.float8_e4m3fn)
-                return qm.tc_gemv(xq, sx, w[0], w[1], None, x.dtype, split_k=split, config=config)
+                return mma_gemv.tc_gemv(xq, sx, w[0], w[1], None, x.dtype, split_k=split,
+                                        config=config)
             return f
-        return lambda w: qm.tc_gemv(x, None, w[0], None, None, x.dtype, split_k=split, config=config)
+        return lambda w: mma_gemv.tc_gemv(x, None, w[0], None, None, x.dtype, split_k=split,
+                                          config=config)
     if scheme == "int4-tc":
         if config is None:  # the baseline: the FMA GEMV as the dispatcher runs it
             return runner("int4", x, None, split)
-        return lambda w: qm.int4_tc_gemv(x, w[0], w[1], bench_quant.GROUP, None, x.dtype,
+        return lambda w: mma_gemv.int4_tc_gemv(x, w[0], w[1], bench_quant.GROUP, None, x.dtype,
                                          split_k=split, block_n=config.kwargs["BLOCK_N"],
                                          num_warps=config.num_warps)
     if scheme == "int4":
@@ -99,9 +106,9 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
 
 def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
     if scheme in ("int4", "int4-tc"):
-        return qm.int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
+        return int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
     if scheme in ("fp8", "fp8-tc"):
-        return qm.fp8_linear_ref(x, w[0], w[1])
+        return fp8_linear_ref(x, w[0], w[1])
     return (x.float() @ w[0].float().T).to(x.dtype)
 
 
@@ -118,7 +125,8 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     want = reference(scheme, x, probe).float()
     if scheme == "int4" and ROW_BLOCK > 1:  # timed and checked on the blocked layout
-        sets = [(qm.tile_int4_rows(w[0], ROW_BLOCK, bench_quant.GROUP), *w[1:]) for w in sets]
+        sets = [(int4_bits.tile_int4_rows(w[0], ROW_BLOCK, bench_quant.GROUP),
+                 *w[1:]) for w in sets]
         probe = sets[0]
     if scheme == "int4" and SCALES_KN:  # [N, G] views of [G, N] scales (strides 1, N)
         sets = [(w[0], w[1].t().contiguous().t()) for w in sets]
@@ -158,9 +166,10 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     tuned(probe)
     out["autotuned_us"] = round(time_fn(tuned, sets), 2)
     if scheme in TC_GEMV_TILES:  # the tensor-core GEMV as its own autotuner picks
-        auto = (lambda w: qm.tc_gemv(*quant_per_token(x, torch.float8_e4m3fn), w[0], w[1], None,
+        auto = (lambda w: mma_gemv.tc_gemv(*quant_per_token(x, torch.float8_e4m3fn), w[0], w[1],
+                                           None,
                                      x.dtype)) if wscheme == "fp8" else (
-            lambda w: qm.tc_gemv(x, None, w[0], None, None, x.dtype))
+            lambda w: mma_gemv.tc_gemv(x, None, w[0], None, None, x.dtype))
         auto(probe)
         out["tc_autotuned_us"] = round(time_fn(auto, sets), 2)
     if wscheme == "bf16":
@@ -189,7 +198,8 @@ def main() -> int:
     ap.add_argument("--tc-long-k", action="store_true",
                     help="add the tensor-core GEMV's few-row, long-K tiles (TC_GEMV_LONG_K)")
     ap.add_argument("--int4-row-block", type=int, default=1,
-                    help="int4 weights stored in blocks of this many rows (qm.tile_int4_rows)")
+                    help="int4 weights stored in blocks of this many rows "
+                         "(int4_bits.tile_int4_rows)")
     ap.add_argument("--int4-scales-kn", action="store_true",
                     help="int4 scales stored [K / group, N] (a transposed view)")
     args = ap.parse_args()

@@ -56,9 +56,10 @@ def _float_gemv_layers(model: nn.Module) -> list[nn.Module]:
     """One unquantized Linear per distinct (shape, bias) whose decode rows a Triton GEMV computes
     on CUDA (the tensor-core GEMV for float weights, KILN_TC_GEMV; or KILN_TRITON_GEMV=1)."""
     from kiln.kernels import quant_matmul as qm
+    from kiln.kernels import mma_gemv
     from kiln.layers.linear import Linear, UnquantizedLinearMethod
 
-    if not (qm.tc_gemv_enabled("float") or qm.triton_gemv_enabled()):
+    if not (mma_gemv.tc_gemv_enabled("float") or qm.triton_gemv_enabled()):
         return []
     return _distinct_layers(model, lambda m, method: isinstance(m, Linear)
                             and isinstance(method, UnquantizedLinearMethod)
@@ -72,6 +73,7 @@ def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtyp
     (rows up to SMALL_M; more rows run on cuBLAS); returns engine.json's ``kernel_tuning``
     record."""
     from kiln.kernels import quant_matmul as qm
+    from kiln.kernels import qmm_common
 
     layers = _quantized_layers(model)
     float_layers = _float_gemv_layers(model) if device.type == "cuda" else []
@@ -80,7 +82,7 @@ def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtyp
                 "cuBLAS", "results": []}
     if device.type != "cuda":
         return not_tuned("built without the target GPU (the CPU runs the references)")
-    if not qm.autotune_enabled():
+    if not qmm_common.autotune_enabled():
         return not_tuned("KILN_QUANT_AUTOTUNE=0: the kernels use their default configurations")
     import triton
 

@@ -22,7 +22,7 @@ from kiln.kernels import E4M3X4_F16_PTX, pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantize_rows,
                                     quantized_rows_buffers, store_row_quantized)
-from kiln.kernels.quant_matmul import SPLIT_LOCKS, split_locks
+from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
 from kiln.layers.forward_context import AttentionMetadata

@@ -115,7 +115,7 @@ def store_padding_row(q_ptr, s_ptr, row, cols, mask, q_row_stride, BLOCK: tl.con
 
 
 # Above this many rows, producers pad their quantized output to a multiple of 16 rows (what
-# torch._scaled_mm takes; kiln.kernels.quant_matmul.SMALL_M, up to which the Triton kernels
+# torch._scaled_mm takes; kiln.kernels.qmm_common.SMALL_M, up to which the Triton kernels
 # read exactly m rows).
 QUANT_PAD_ABOVE = 16
 

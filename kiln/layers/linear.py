@@ -57,10 +57,11 @@ class UnquantizedLinearMethod(LinearMethod):
         KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float)."""
         if x.is_cuda:
             from kiln.kernels import quant_matmul as qm
+            from kiln.kernels import mma_gemv
 
             rows = x.numel() // x.shape[-1]
             if ((rows <= qm.GEMV_MAX_M and qm.triton_gemv_enabled())
-                    or (rows <= qm.SMALL_M and qm.tc_gemv_enabled("float")
+                    or (rows <= qm.SMALL_M and mma_gemv.tc_gemv_enabled("float")
                         and x.dtype == layer.weight.dtype and x.shape[-1] % 32 == 0)):
                 return qm.float_gemv_linear(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)

@@ -135,7 +135,7 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
 
     def finish_loading(self, layer: nn.Module) -> None:
         """Where the Triton kernels compute (CUDA) and KILN_INT4_ROW_BLOCK is set, store qweight in
-        blocks of rows for the GEMV (kiln.kernels.quant_matmul.tile_int4_rows; same shape, in
+        blocks of rows for the GEMV (kiln.kernels.int4_bits.tile_int4_rows; same shape, in
         place) and remember the block in ``layer.int4_row_block``. The loader has just written
         every tensor row-major (a load that misses one fails), so this always starts from
         row-major weights. Engines on disk stay row-major."""

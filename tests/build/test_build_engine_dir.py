@@ -173,7 +173,7 @@ def test_fp8_lm_head(tiny, tmp_path, scheme):
     # --lm-head-quant fp8 stores the head as fp8 codes + per-channel scales beside any scheme,
     # records it in engine.json, and the loaded head computes the fp8 W8A8 product.
     from kiln.build.cli import add_build_parser, options_from_args
-    from kiln.kernels.quant_matmul import fp8_linear_ref
+    from kiln.kernels.quant_ref import fp8_linear_ref
 
     src, calib = tiny
     parser = argparse.ArgumentParser(prog="kiln")
@@ -212,7 +212,7 @@ def test_weight_only_lm_head(tiny, tmp_path, scheme, head):
     # --lm-head-quant int8-wo / int4-wo stores the head weight-only (rounded to nearest, no
     # calibration) beside any scheme, on a CPU target too; engine.json records it (and the int4
     # head's group size), and the loaded head computes the weight-only product.
-    from kiln.kernels.quant_matmul import int4_wo_linear_ref, int8_wo_linear_ref
+    from kiln.kernels.quant_ref import int4_wo_linear_ref, int8_wo_linear_ref
     from kiln.quant.int4 import quantize_int4_groupwise
 
     src, calib = tiny
@@ -275,7 +275,7 @@ def test_int4_engine_loads_into_row_blocks(tiny, tmp_path, monkeypatch):
     # finish_loading; the engine files stay row-major. On the CPU the dispatcher's reference path
     # reads the blocks back, so the logits are the row-major engine's bits.
     import kiln.quant.int4 as int4
-    from kiln.kernels.quant_matmul import untile_int4_rows
+    from kiln.kernels.int4_bits import untile_int4_rows
 
     src, calib = tiny
     out = tmp_path / "engine"

@@ -10,6 +10,7 @@ from build_helpers import write_calib_file, write_tiny_checkpoint
 
 from kiln.build.tuning import _quantized_layers, apply_kernel_tuning, tune_quant_kernels
 from kiln.kernels import quant_matmul as qm
+from kiln.kernels import fma_gemv, quant_gemm
 from kiln.layers.linear import Linear
 from kiln.quant.int4 import Int4WeightOnlyLinearMethod
 
@@ -30,20 +31,21 @@ def test_export_then_import_restores_the_choices(clean_caches):
     gemv, gemm = clean_caches["gemv"], clean_caches["gemm"]
     key_v = (4096, 14336, qm.W_FP8, True, 128, 0, False, 1, "torch.bfloat16", "torch.float32")
     key_m = (6144, 4096, qm.W_INT4, False, 128, 0, True, 64, "torch.float16")
-    gemv.cache[key_v] = qm.GEMV_CONFIGS[3]
-    gemm.cache[key_m] = qm.GEMM_CONFIGS_BY_BUCKET[64][1]
+    gemv.cache[key_v] = fma_gemv.GEMV_CONFIGS[3]
+    gemm.cache[key_m] = quant_gemm.GEMM_CONFIGS_BY_BUCKET[64][1]
     entries = qm.export_tuning()
     assert len(entries) == 2 and {e["kernel"] for e in entries} == {"gemv", "gemm"}
     gemv.cache.clear()
     gemm.cache.clear()
     assert qm.import_tuning(entries) == 2
-    assert gemv.cache[key_v] is qm.GEMV_CONFIGS[3]
-    assert gemm.cache[key_m] is qm.GEMM_CONFIGS_BY_BUCKET[64][1]
+    assert gemv.cache[key_v] is fma_gemv.GEMV_CONFIGS[3]
+    assert gemm.cache[key_m] is quant_gemm.GEMM_CONFIGS_BY_BUCKET[64][1]
 
 
 def test_import_skips_unknown_kernels_and_foreign_configs(clean_caches):
-    good = {"kernel": "gemv", "key": [1, 2], "config": dict(qm.GEMV_CONFIGS[0].kwargs),
-            "num_warps": qm.GEMV_CONFIGS[0].num_warps, "num_stages": qm.GEMV_CONFIGS[0].num_stages}
+    first = fma_gemv.GEMV_CONFIGS[0]
+    good = {"kernel": "gemv", "key": [1, 2], "config": dict(first.kwargs),
+            "num_warps": first.num_warps, "num_stages": first.num_stages}
     foreign = {**good, "key": [3, 4], "config": {"BLOCK_N": 4096, "UNROLL": 9}}
     other_warps = {**good, "key": [5, 6], "num_warps": 32}
     unknown = {**good, "kernel": "nope"}
@@ -64,8 +66,9 @@ def test_records_without_a_gpu_or_without_quantized_layers():
 
 
 def test_apply_only_takes_tuned_records_for_cuda_and_the_same_triton(clean_caches):
-    entry = {"kernel": "gemv", "key": [7], "config": dict(qm.GEMV_CONFIGS[1].kwargs),
-             "num_warps": qm.GEMV_CONFIGS[1].num_warps, "num_stages": qm.GEMV_CONFIGS[1].num_stages}
+    second = fma_gemv.GEMV_CONFIGS[1]
+    entry = {"kernel": "gemv", "key": [7], "config": dict(second.kwargs),
+             "num_warps": second.num_warps, "num_stages": second.num_stages}
     tuned = {"kernel_tuning": {"status": "tuned", "triton": triton.__version__, "results": [entry]}}
     assert apply_kernel_tuning(tuned, "cpu") == 0
     assert apply_kernel_tuning({"kernel_tuning": {"status": "not-tuned", "results": [entry]}},

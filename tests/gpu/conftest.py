@@ -41,7 +41,7 @@ def fused_reduce(request, monkeypatch):
     """Split decode attention merged by the reduce kernel, or in the partition kernel."""
     monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", request.param)
     yield request.param
-    from kiln.kernels import quant_matmul
+    from kiln.kernels import qmm_common
 
-    locks = quant_matmul.split_locks(torch.device("cuda"))
+    locks = qmm_common.split_locks(torch.device("cuda"))
     assert not bool(locks.any()), "an arrival counter was left armed"

@@ -246,7 +246,7 @@ def test_fp8_lm_head_engine(tmp_path):
     from kiln import LLM, SamplingParams
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.build.engine_dir import load_engine_model
-    from kiln.kernels.quant_matmul import fp8_linear_ref
+    from kiln.kernels.quant_ref import fp8_linear_ref
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
 

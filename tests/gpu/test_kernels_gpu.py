@@ -213,7 +213,7 @@ def test_decode_attention_quantizes_its_output(batch, dtype, gen, poison_allocat
     sequences of 8 kv heads on an H200's 132 SMs), quantize the rows in the kernel; others (24)
     through quantize_rows. Either way the codes and scales of quant_per_token on the plain
     output, bit for bit, eagerly and in a graph grid (max_seq_len 8192)."""
-    from kiln.kernels import quant_act, quant_matmul
+    from kiln.kernels import qmm_common, quant_act
 
     for graph in (False, True):
         lens = torch.randint(1, 3000, (batch,), generator=gen, device="cuda").tolist()
@@ -228,7 +228,7 @@ def test_decode_attention_quantizes_its_output(batch, dtype, gen, poison_allocat
         assert rows.m == batch and rows.shape == (batch, 32 * 128)
         assert torch.equal(rows.q[:batch].view(torch.uint8), want_q[:batch].view(torch.uint8))
         assert torch.equal(rows.scale[:batch], want_s[:batch])
-        assert not bool(quant_matmul.split_locks(q.device).any())
+        assert not bool(qmm_common.split_locks(q.device).any())
 
 
 def test_decode_attention_replays_in_cuda_graph(gen, fused_reduce):

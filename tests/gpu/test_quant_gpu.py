@@ -15,6 +15,9 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from kiln.kernels import quant_matmul as qm  # noqa: E402
+from kiln.kernels import fma_gemv, int4_bits, qmm_common, mma_gemv  # noqa: E402
+from kiln.kernels.quant_ref import (fp8_linear_ref, int4_wo_linear_ref, int8_sq_linear_ref,  # noqa: E402
+                                    int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref  # noqa: E402
 from gpu_helpers import rel_err  # noqa: E402
 
@@ -74,7 +77,7 @@ def test_int4_wo(m, shape, dtype, gen, poison_allocations):
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
     check(qm.int4_wo_linear(x, qweight, scales, 128, bias),
-          qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
+          int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -88,10 +91,10 @@ def test_int4_gemv_float16_products(m, shape, dtype, gen, monkeypatch, poison_al
     n, k = shape
     qweight, scales = int4_case(n, k, 128, gen)
     x = randx(m, k, dtype, gen)
-    ref = qm.int4_wo_linear_ref(x, qweight, scales, 128)
+    ref = int4_wo_linear_ref(x, qweight, scales, 128)
     monkeypatch.delenv("KILN_INT4_F16", raising=False)
-    assert qm.int4_asm_mode(x, qweight) == (4 if dtype == torch.bfloat16 else 5)
-    for config in qm.GEMV_BASE_CONFIGS if m == 1 else [None]:
+    assert fma_gemv.int4_asm_mode(x, qweight) == (4 if dtype == torch.bfloat16 else 5)
+    for config in fma_gemv.GEMV_BASE_CONFIGS if m == 1 else [None]:
         outs = []
         for f16 in ("2", "1", "0"):
             monkeypatch.setenv("KILN_INT4_F16", f16)
@@ -116,7 +119,7 @@ def test_int4_gemv_float16_overflow_falls_back(m, dtype, f16, gen, monkeypatch, 
     big = 1.0e5 if dtype == torch.bfloat16 else 3.0e4
     x[:, 1000] = big
     x[:, 2051] = -big / 2
-    ref = qm.int4_wo_linear_ref(x, qweight, scales, 128)
+    ref = int4_wo_linear_ref(x, qweight, scales, 128)
     assert ref.isfinite().all()
     out = qm.int4_wo_linear(x, qweight, scales, 128)
     assert out.isfinite().all()
@@ -129,7 +132,8 @@ def test_int4_wo_small_groups(m, group, gen, poison_allocations):
     n, k = 320, 1024
     qweight, scales = int4_case(n, k, group, gen)
     x = randx(m, k, torch.float16, gen)
-    check(qm.int4_wo_linear(x, qweight, scales, group), qm.int4_wo_linear_ref(x, qweight, scales, group),
+    check(qm.int4_wo_linear(x, qweight, scales, group), int4_wo_linear_ref(x, qweight, scales,
+                                                                           group),
           torch.float16, m, n)
 
 
@@ -141,7 +145,7 @@ def test_int8_wo(m, shape, dtype, gen, poison_allocations):
     weight, scales = int8_case(n, k, gen)
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    check(qm.int8_wo_linear(x, weight, scales, bias), qm.int8_wo_linear_ref(x, weight, scales, bias),
+    check(qm.int8_wo_linear(x, weight, scales, bias), int8_wo_linear_ref(x, weight, scales, bias),
           dtype, m, n)
 
 
@@ -161,7 +165,7 @@ def test_fp8(m, shape, dtype, fast, gen, poison_allocations, monkeypatch):
     weight, ws = fp8_case(n, k, gen)
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    check(qm.fp8_linear(x, weight, ws, bias), qm.fp8_linear_ref(x, weight, ws, bias), dtype, m, n,
+    check(qm.fp8_linear(x, weight, ws, bias), fp8_linear_ref(x, weight, ws, bias), dtype, m, n,
           FAST_ACCUM_TOL if fast == "1" and m > qm.SMALL_M else None)
 
 
@@ -173,7 +177,7 @@ def test_fp8_triton_gemm_at_larger_m(m, gen, poison_allocations):
     x = randx(m, k, torch.bfloat16, gen)
     xq, sx = quant_per_token(x, torch.float8_e4m3fn)
     out = qm.launch(xq, weight, ws, 0, qm.KTILE_8BIT, qm.W_FP8, None, torch.bfloat16, "gemm", x_scales=sx)
-    check(out, qm.fp8_linear_ref(x, weight, ws), torch.bfloat16, m, n)
+    check(out, fp8_linear_ref(x, weight, ws), torch.bfloat16, m, n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -184,7 +188,8 @@ def test_int8_sq(m, shape, dtype, gen, poison_allocations):
     weight, ws = int8_case(n, k, gen)
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    check(qm.int8_sq_linear(x, weight, ws, bias), qm.int8_sq_linear_ref(x, weight, ws, bias), dtype, m, n)
+    check(qm.int8_sq_linear(x, weight, ws, bias), int8_sq_linear_ref(x, weight, ws, bias), dtype,
+          m, n)
 
 
 @pytest.mark.parametrize("m", [17, 64, 300])
@@ -192,7 +197,7 @@ def test_int8_sq_int_mm(m, gen):
     n, k = 4096, 4096
     weight, ws = int8_case(n, k, gen)
     x = randx(m, k, torch.bfloat16, gen)
-    check(qm.int8_sq_int_mm(x, weight, ws, None, torch.bfloat16), qm.int8_sq_linear_ref(x, weight, ws),
+    check(qm.int8_sq_int_mm(x, weight, ws, None, torch.bfloat16), int8_sq_linear_ref(x, weight, ws),
           torch.bfloat16, m, n)
 
 
@@ -205,7 +210,7 @@ def test_forced_split_k(path, m, split, gen, poison_allocations):
     bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
     out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, bias, torch.bfloat16, path,
                     split_k=split)
-    check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
+    check(out, int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
 
 
 def test_3d_input_and_float32(gen, poison_allocations):
@@ -214,7 +219,7 @@ def test_3d_input_and_float32(gen, poison_allocations):
     x = (torch.randn(2, 9, k, generator=gen, device="cuda")).float()
     out = qm.int4_wo_linear(x, qweight, scales, 128)
     assert out.shape == (2, 9, n)
-    assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float32]
+    assert rel_err(out, int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
@@ -244,8 +249,8 @@ def test_graph_capture_after_warmup(gen):
     x.copy_(randx(1, k, torch.bfloat16, gen))
     g.replay()
     torch.cuda.synchronize()
-    assert rel_err(a, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
-    assert rel_err(b, qm.fp8_linear_ref(x, weight, ws)) < TOL[torch.bfloat16]
+    assert rel_err(a, int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
+    assert rel_err(b, fp8_linear_ref(x, weight, ws)) < TOL[torch.bfloat16]
     del outs
 
 
@@ -257,9 +262,9 @@ def test_autotuned_paths(m, gen, monkeypatch, poison_allocations):
     qweight, scales = int4_case(n, k, 128, gen)
     w8, s8 = int8_case(n, k, gen)
     x = randx(m, k, torch.bfloat16, gen)
-    check(qm.int4_wo_linear(x, qweight, scales, 128), qm.int4_wo_linear_ref(x, qweight, scales, 128),
+    check(qm.int4_wo_linear(x, qweight, scales, 128), int4_wo_linear_ref(x, qweight, scales, 128),
           torch.bfloat16, m, n)
-    check(qm.int8_sq_linear(x, w8, s8), qm.int8_sq_linear_ref(x, w8, s8), torch.bfloat16, m, n)
+    check(qm.int8_sq_linear(x, w8, s8), int8_sq_linear_ref(x, w8, s8), torch.bfloat16, m, n)
     assert qm.tuned_kernels()["gemv" if m <= qm.GEMV_MAX_M else "gemm"].cache
 
 
@@ -300,7 +305,7 @@ def test_build_time_tuning_seeds_the_autotuners(gen, monkeypatch):
         for m in record["m_values"]:
             x = randx(m, 1024, torch.bfloat16, gen)
             out = layer(x)
-            assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
+            assert rel_err(out, int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.bfloat16]
         assert {name: set(k.cache) for name, k in qm.tuned_kernels().items()} == keys
     finally:
         for name, k in qm.tuned_kernels().items():
@@ -350,7 +355,7 @@ def test_gemv_fused_split_k_bit_identical_and_replayable(m, shape, tc, gen, monk
         return qm.int4_wo_linear(x, qweight, scales, 128), qm.fp8_linear(x, weight, ws)
 
     def counters_rearmed():
-        assert not bool(qm.split_locks(x.device).any())
+        assert not bool(qmm_common.split_locks(x.device).any())
 
     assert_switch_keeps_bits(monkeypatch, "KILN_QUANT_FUSED_SPLITK", both,
                              lambda: x.copy_(randx(m, k, torch.bfloat16, gen)), 3,
@@ -465,25 +470,27 @@ def test_unquantized_linear_uses_the_gemv_only_when_asked(gen, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336)])
-@pytest.mark.parametrize("cfg", range(len(qm.GEMV_BASE_CONFIGS) + len(qm.GEMV_SPLIT_CONFIGS)
-                                       + len(qm.GEMV_STREAM_K_CONFIGS)))
+@pytest.mark.parametrize("cfg",
+                         range(len(fma_gemv.GEMV_BASE_CONFIGS) + len(fma_gemv.GEMV_SPLIT_CONFIGS)
+                                       + len(fma_gemv.GEMV_STREAM_K_CONFIGS)))
 def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_allocations):
     """Each GEMV launch configuration the autotuner may pick (those naming their K split too,
     KILN_GEMV_TUNE_SPLIT=1, and the stream-K ones, tuned by default) gives the reference's
     products, int4 and fp8, at batch 1 and 4."""
     n, k = shape
-    config = (qm.GEMV_BASE_CONFIGS + qm.GEMV_SPLIT_CONFIGS + qm.GEMV_STREAM_K_CONFIGS)[cfg]
+    config = (fma_gemv.GEMV_BASE_CONFIGS + fma_gemv.GEMV_SPLIT_CONFIGS
+              + fma_gemv.GEMV_STREAM_K_CONFIGS)[cfg]
     qweight, scales = int4_case(n, k, 128, gen)
     w8, s8 = fp8_case(n, k, gen)
     for m in (1, 4):
         x = randx(m, k, torch.bfloat16, gen)
         out = qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, torch.bfloat16,
                         "gemv", config=config)
-        check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128), torch.bfloat16, m, n)
+        check(out, int4_wo_linear_ref(x, qweight, scales, 128), torch.bfloat16, m, n)
         xq, sx = quant_per_token(x, torch.float8_e4m3fn)
         out = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, None, torch.bfloat16, "gemv",
                         x_scales=sx, config=config)
-        check(out, qm.fp8_linear_ref(x, w8, s8), torch.bfloat16, m, n)
+        check(out, fp8_linear_ref(x, w8, s8), torch.bfloat16, m, n)
 
 
 def codes_match_but_for_sum_order(qa, sa, qb, sb) -> bool:
@@ -549,9 +556,9 @@ def test_int4_tensor_core_gemv(m, shape, dtype, gen, poison_allocations):
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
     for block_n in (64, 128):
         for one_dot in (True, False):
-            out = qm.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n,
+            out = mma_gemv.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n,
                                   one_dot=one_dot)
-            check(out, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
+            check(out, int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -567,12 +574,13 @@ def test_tensor_core_gemv_every_candidate(m, shape, dtype, gen, poison_allocatio
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
     xq, sx = quant_per_token(x, torch.float8_e4m3fn)
-    ref8 = qm.fp8_linear_ref(x, w8, s8, bias)
+    ref8 = fp8_linear_ref(x, w8, s8, bias)
     ref16 = (x.float() @ w16.float().T + bias.float())
-    for config in qm.TC_GEMV_CONFIGS_FP8:
-        check(qm.tc_gemv(xq, sx, w8, s8, bias, dtype, config=config), ref8, dtype, m, n)
-    for config in qm.TC_GEMV_CONFIGS_FLOAT:
-        check(qm.tc_gemv(x, None, w16, None, bias, dtype, config=config), ref16.to(dtype), dtype, m, n)
+    for config in mma_gemv.TC_GEMV_CONFIGS_FP8:
+        check(mma_gemv.tc_gemv(xq, sx, w8, s8, bias, dtype, config=config), ref8, dtype, m, n)
+    for config in mma_gemv.TC_GEMV_CONFIGS_FLOAT:
+        check(mma_gemv.tc_gemv(x, None, w16, None, bias, dtype, config=config), ref16.to(dtype),
+              dtype, m, n)
 
 
 def test_tensor_core_gemv_dispatch_and_autotune(gen, monkeypatch, poison_allocations):
@@ -584,7 +592,7 @@ def test_tensor_core_gemv_dispatch_and_autotune(gen, monkeypatch, poison_allocat
     monkeypatch.setenv("KILN_TC_GEMV", "1")
     w8, s8 = fp8_case(6144, 4096, gen)
     x = randx(2, 4096, torch.bfloat16, gen)
-    check(qm.fp8_linear(x, w8, s8), qm.fp8_linear_ref(x, w8, s8), torch.bfloat16, 2, 6144)
+    check(qm.fp8_linear(x, w8, s8), fp8_linear_ref(x, w8, s8), torch.bfloat16, 2, 6144)
     assert any(e["kernel"] == "tc_gemv" for e in qm.export_tuning())
     layer = Linear(4096, 6144, bias=False, dtype=torch.bfloat16, device="cuda")
     layer.weight.data.copy_(torch.randn(6144, 4096, generator=gen, device="cuda") * 0.02)
@@ -602,7 +610,7 @@ def test_gemv_tuner_times_from_memory(gen):
         calls.append(1)
         qm.launch(x, qweight, scales, scales.stride(1), 128, qm.W_INT4, None, torch.bfloat16, "gemv")
 
-    med, lo, hi = qm.bench_from_memory(fn, quantiles=(0.5, 0.2, 0.8))
+    med, lo, hi = fma_gemv.bench_from_memory(fn, quantiles=(0.5, 0.2, 0.8))
     assert len(calls) == 51 and 0 < lo <= med <= hi < 10
 
 
@@ -627,9 +635,9 @@ def test_weight_only_lm_head_engine(tmp_path, head):
         hidden = torch.randn(rows, 256, device="cuda").to(torch.bfloat16)
         got = model.compute_logits(hidden)
         if head == "int4-wo":
-            want = qm.int4_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales, 128)
+            want = int4_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales, 128)
         else:
-            want = qm.int8_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales)
+            want = int8_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales)
         assert rel_err(got, want.float()) < TOL[torch.bfloat16], rows
     del model
     llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
@@ -649,9 +657,9 @@ def test_int4_row_blocks_give_row_major_bits(shape, row_block, gen, monkeypatch,
     bits (the same products in the same order)."""
     n, k = shape
     qweight, scales = int4_case(n, k, 128, gen)
-    tiled = qm.tile_int4_rows(qweight, row_block, 128)
+    tiled = int4_bits.tile_int4_rows(qweight, row_block, 128)
     bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
-    runs = [(1, "2", c) for c in qm.GEMV_CONFIGS + qm.GEMV_SPLIT_CONFIGS]
+    runs = [(1, "2", c) for c in fma_gemv.GEMV_CONFIGS + fma_gemv.GEMV_SPLIT_CONFIGS]
     runs += [(1, "1", None), (1, "0", None), (4, "2", None), (64, "2", None)]
     for m, f16, config in runs:
         monkeypatch.setenv("KILN_INT4_F16", f16)
@@ -662,7 +670,7 @@ def test_int4_row_blocks_give_row_major_bits(shape, row_block, gen, monkeypatch,
         got = qm.launch(x, tiled, *args, config=config, row_block=row_block)
         assert torch.equal(got, want), (m, f16, config)
         if config is None:
-            check(want, qm.int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
+            check(want, int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, m, n)
 
 
 def test_int4_row_block_engine(tmp_path, monkeypatch):

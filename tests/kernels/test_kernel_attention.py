@@ -79,9 +79,9 @@ def record_grids(monkeypatch, module, name) -> list:
 
 
 def counters_rearmed():
-    from kiln.kernels import quant_matmul
+    from kiln.kernels import qmm_common
 
-    locks = quant_matmul.split_locks(torch.device("cpu"))
+    locks = qmm_common.split_locks(torch.device("cpu"))
     assert not bool(locks.any()), "an arrival counter was left armed"
 
 

@@ -15,6 +15,9 @@ import triton
 
 from kernel_cases import TOL, rel_err
 from kiln.kernels import quant_act, quant_matmul as qm
+from kiln.kernels import fma_gemv, int4_bits, qmm_common, quant_gemm, mma_gemv
+from kiln.kernels.quant_ref import (dequantize_int4_ref, fp8_linear_ref, int4_wo_linear_ref,
+                                    int8_sq_linear_ref, int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref
 
 MS = [1, 3, 17, 64]
@@ -62,15 +65,15 @@ def test_int4_reference_matches_float64(gen):
     w = q * scales.double().repeat_interleave(group, 1)
     want = x.double() @ w.T + bias.double()
     # q * scale rounded once to float32, as the float64 product rounded to float32.
-    assert torch.equal(qm.dequantize_int4_ref(qweight, scales, group), w.float())
-    assert rel_err(qm.int4_wo_linear_ref(x, qweight, scales, group, bias), want) < 1e-6
+    assert torch.equal(dequantize_int4_ref(qweight, scales, group), w.float())
+    assert rel_err(int4_wo_linear_ref(x, qweight, scales, group, bias), want) < 1e-6
 
 
 def test_int8_wo_reference_matches_float64(gen):
     weight, scales = int8_case(20, 72, gen)
     x = randx(3, 72, torch.float32, gen)
     want = x.double() @ (weight.double() * scales.double()[:, None]).T
-    assert rel_err(qm.int8_wo_linear_ref(x, weight, scales), want) < 1e-6
+    assert rel_err(int8_wo_linear_ref(x, weight, scales), want) < 1e-6
 
 
 @pytest.mark.parametrize("qdtype", [torch.float8_e4m3fn, torch.int8])
@@ -84,11 +87,11 @@ def test_w8a8_references_match_float64(qdtype, gen):
     if qdtype == torch.int8:
         weight, ws = int8_case(n, k, gen)
         xq = torch.round(x.double() / sx).clamp(-127, 127)
-        got = qm.int8_sq_linear_ref(x, weight, ws)
+        got = int8_sq_linear_ref(x, weight, ws)
     else:
         weight, ws = fp8_case(n, k, gen)
         xq = (x.double() / sx).clamp(-448, 448).to(torch.float8_e4m3fn).double()
-        got = qm.fp8_linear_ref(x, weight, ws)
+        got = fp8_linear_ref(x, weight, ws)
     want = (xq @ weight.double().T) * sx * ws.double()[None, :]
     assert rel_err(got, want) < 1e-5
     assert torch.equal(got[2], torch.zeros(n))
@@ -103,7 +106,7 @@ def test_w8a8_references_match_float64(qdtype, gen):
 def test_reference_keeps_leading_shape_and_dtype(gen):
     qweight, scales = int4_case(8, 64, 32, gen)
     x = randx(6, 64, torch.float16, gen, lead=(2, 3))
-    y = qm.int4_wo_linear_ref(x, qweight, scales, 32)
+    y = int4_wo_linear_ref(x, qweight, scales, 32)
     assert y.shape == (2, 3, 8) and y.dtype == torch.float16
 
 
@@ -117,7 +120,7 @@ def test_int4_wo_kernel(m, dtype, gen, poison_allocations):
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen).to(dtype)
     out = qm.int4_wo_linear(x, qweight, scales, group, bias)
-    ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
+    ref = int4_wo_linear_ref(x, qweight, scales, group, bias)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -130,7 +133,7 @@ def test_int4_wo_kernel_groups_and_3d_input(group, gen, poison_allocations):
         x = randx(lead[0] * lead[1], k, torch.float16, gen, lead=lead)
         out = qm.int4_wo_linear(x, qweight, scales, group)
         assert out.shape == (*lead, n)
-        assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group)) < TOL[torch.float16]
+        assert rel_err(out, int4_wo_linear_ref(x, qweight, scales, group)) < TOL[torch.float16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -142,7 +145,7 @@ def test_int8_wo_kernel(m, dtype, gen, poison_allocations):
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen).to(dtype)
     out = qm.int8_wo_linear(x, weight, scales, bias)
-    ref = qm.int8_wo_linear_ref(x, weight, scales, bias)
+    ref = int8_wo_linear_ref(x, weight, scales, bias)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -155,7 +158,7 @@ def test_int8_sq_kernel(m, dtype, gen, poison_allocations):
     x = randx(m, k, dtype, gen)
     bias = torch.randn(n, generator=gen).to(dtype)
     out = qm.int8_sq_linear(x, weight, scales, bias)
-    ref = qm.int8_sq_linear_ref(x, weight, scales, bias)
+    ref = int8_sq_linear_ref(x, weight, scales, bias)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -171,7 +174,7 @@ def test_fp8_kernels_on_reference_quantized_x(m, dtype, gen, poison_allocations)
     xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
     path = "gemv" if m <= qm.GEMV_MAX_M else "gemm"
     out = qm.launch(xq, weight, ws, 0, qm.KTILE_8BIT, qm.W_FP8, bias, dtype, path, x_scales=sx)
-    ref = qm.fp8_linear_ref(x, weight, ws, bias)
+    ref = fp8_linear_ref(x, weight, ws, bias)
     assert out.dtype == dtype
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -187,21 +190,21 @@ def test_forced_split_k(path, split, gen, poison_allocations):
     bias = torch.randn(n, generator=gen)
     out = qm.launch(x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float32, path,
                     split_k=split)
-    assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
+    assert rel_err(out, int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float32]
 
 
 def test_int4_row_block_layout_round_trip(gen):
     """tile_int4_rows stores group g of a block's rows as one run; untile_int4_rows undoes it."""
     qweight, _ = int4_case(96, 256, 64, gen)
-    tiled = qm.tile_int4_rows(qweight, 32, 64)
+    tiled = int4_bits.tile_int4_rows(qweight, 32, 64)
     assert tiled.shape == qweight.shape and not torch.equal(tiled, qweight)
     # block 1 (rows 32..63), group 2: rows 32..63's bytes 64..95, one after another
     flat = tiled.reshape(-1)
     start = (1 * 4 + 2) * 32 * 32
     assert torch.equal(flat[start:start + 32 * 32], qweight[32:64, 64:96].reshape(-1))
-    assert torch.equal(qm.untile_int4_rows(tiled, 32, 64), qweight)
+    assert torch.equal(int4_bits.untile_int4_rows(tiled, 32, 64), qweight)
     with pytest.raises(ValueError, match="blocks of 64 rows"):
-        qm.tile_int4_rows(qweight, 64, 64)
+        int4_bits.tile_int4_rows(qweight, 64, 64)
 
 
 @pytest.mark.parametrize("row_block", [8, 32])
@@ -212,14 +215,14 @@ def test_int4_row_block_kernels_equal_row_major(m, row_block, gen, poison_alloca
     rows a block is wider than the interpreter's 16-row tiles."""
     n, k, group = 96, 384, 64
     qweight, scales = int4_case(n, k, group, gen)
-    tiled = qm.tile_int4_rows(qweight, row_block, group)
+    tiled = int4_bits.tile_int4_rows(qweight, row_block, group)
     x = randx(m, k, torch.float16, gen)
     bias = torch.randn(n, generator=gen).to(torch.float16)
     want = qm.int4_wo_linear(x, qweight, scales, group, bias)
-    assert rel_err(want, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
+    assert rel_err(want, int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
     assert torch.equal(qm.int4_wo_linear(x, tiled, scales, group, bias, row_block=row_block), want)
     if m <= qm.GEMV_MAX_M:
-        config = triton.Config({**qm.INTERPRET_GEMV, "STREAM_K": 2})
+        config = triton.Config({**fma_gemv.INTERPRET_GEMV, "STREAM_K": 2})
         args = (x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float16, "gemv")
         streamed = qm.launch(*args, config=config)
         assert torch.equal(qm.launch(x, tiled, *args[2:], config=config, row_block=row_block),
@@ -234,8 +237,9 @@ def test_int4_row_block_reference_path_untiles(gen, monkeypatch):
     monkeypatch.setenv("KILN_KERNELS", "reference")
     qweight, scales = int4_case(64, 256, 128, gen)
     x = randx(2, 256, torch.float32, gen)
-    want = qm.int4_wo_linear_ref(x, qweight, scales, 128)
-    got = qm.int4_wo_linear(x, qm.tile_int4_rows(qweight, 16, 128), scales, 128, row_block=16)
+    want = int4_wo_linear_ref(x, qweight, scales, 128)
+    got = qm.int4_wo_linear(x, int4_bits.tile_int4_rows(qweight, 16, 128), scales, 128,
+                            row_block=16)
     assert torch.equal(got, want)
 
 
@@ -264,7 +268,7 @@ def test_int4_layer_stores_row_blocks_after_loading(gen, monkeypatch, poison_all
                                         ("64", 6144, 64), ("64", 4128, 1), ("1", 4096, 1)])
 def test_int4_row_block_setting(env, n, want, monkeypatch):
     monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
-    assert qm.int4_row_block(n, 128) == want
+    assert int4_bits.int4_row_block(n, 128) == want
 
 
 @pytest.mark.parametrize("fused", ["1", "0"])
@@ -276,7 +280,7 @@ def test_gemv_stream_k(m, n, groups, per_sm, fused, gen, monkeypatch, poison_all
     against the references: int4 (group 64), fp8 codes with x scales, and fp8 quantizing x itself
     (the bits of the separate quantization), with bias; a stream-K configuration refuses a forced split."""
     monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", fused)
-    config = triton.Config({**qm.INTERPRET_GEMV, "STREAM_K": per_sm})
+    config = triton.Config({**fma_gemv.INTERPRET_GEMV, "STREAM_K": per_sm})
     group = 64
     k = groups * group
     qweight, scales = int4_case(n, k, group, gen)
@@ -284,10 +288,10 @@ def test_gemv_stream_k(m, n, groups, per_sm, fused, gen, monkeypatch, poison_all
     bias = torch.randn(n, generator=gen).to(torch.float16)
     out = qm.launch(x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float16,
                     "gemv", config=config)
-    assert rel_err(out, qm.int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
+    assert rel_err(out, int4_wo_linear_ref(x, qweight, scales, group, bias)) < TOL[torch.float16]
     w8, s8 = fp8_case(n, groups * qm.KTILE_8BIT, gen)
     x8 = randx(m, groups * qm.KTILE_8BIT, torch.float16, gen)
-    ref8 = qm.fp8_linear_ref(x8, w8, s8, bias)
+    ref8 = fp8_linear_ref(x8, w8, s8, bias)
     xq, sx = quant_per_token_ref(x8, torch.float8_e4m3fn)
     out = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, bias, torch.float16, "gemv",
                     x_scales=sx, config=config)
@@ -316,7 +320,7 @@ def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_a
     x = randx(2, k, torch.float32, gen)
     bias = torch.randn(n, generator=gen)
     splits = []
-    real = qm._splitk_reduce_kernel
+    real = qmm_common._splitk_reduce_kernel
 
     class Spy:
         def __getitem__(self, grid):
@@ -326,13 +330,15 @@ def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_a
             return run
 
     monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "0")  # the separate reduce shows the split
-    monkeypatch.setattr(qm, "_splitk_reduce_kernel", Spy())
-    cfg = triton.Config(dict(qm.INTERPRET_GEMV, **({"split_cfg": cfg_split} if cfg_split else {})))
+    monkeypatch.setattr(qmm_common, "_splitk_reduce_kernel", Spy())
+    cfg = triton.Config(dict(fma_gemv.INTERPRET_GEMV,
+                             **({"split_cfg": cfg_split} if cfg_split else {})))
     args = (x, qweight, scales, scales.stride(1), group, qm.W_INT4, bias, torch.float32, "gemv")
     out = qm.launch(*args, config=cfg)
-    ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
+    ref = int4_wo_linear_ref(x, qweight, scales, group, bias)
     assert rel_err(out, ref) < TOL[torch.float32]
-    heuristic = qm.split_for(2, n, k, group, qm._num_sms(x.device), 0, qm.INTERPRET_GEMV["BLOCK_N"],
+    heuristic = qmm_common.split_for(2, n, k, group, qmm_common._num_sms(x.device), 0,
+                                     fma_gemv.INTERPRET_GEMV["BLOCK_N"],
                              None)
     used = want if want is not None else heuristic
     assert splits == ([used] if used > 1 else [])
@@ -344,13 +350,14 @@ def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_a
 def test_gemv_candidates_with_a_split_share_the_compiled_kernels():
     """split_cfg is a run-time argument of the GEMV: the candidates that name a split (tuned under
     KILN_GEMV_TUNE_SPLIT=1) add no compiled variant for a split alone."""
-    named, plain = qm.GEMV_SPLIT_CONFIGS, qm.GEMV_BASE_CONFIGS
+    named, plain = fma_gemv.GEMV_SPLIT_CONFIGS, fma_gemv.GEMV_BASE_CONFIGS
     assert named and not any(c.kwargs.get("split_cfg") for c in plain)
-    assert qm.GEMV_CONFIGS[:len(plain)] == plain and qm.GEMV_CONFIGS[qm.DEFAULT_GEMV] in plain
-    assert all(1 < c.kwargs["split_cfg"] <= qm.MAX_SPLIT_K for c in named)
+    configs = fma_gemv.GEMV_CONFIGS
+    assert configs[:len(plain)] == plain and configs[fma_gemv.DEFAULT_GEMV] in plain
+    assert all(1 < c.kwargs["split_cfg"] <= qmm_common.MAX_SPLIT_K for c in named)
     import inspect
 
-    param = inspect.signature(qm._gemv_kernel.fn).parameters["split_cfg"]
+    param = inspect.signature(fma_gemv._gemv_kernel.fn).parameters["split_cfg"]
     assert param.annotation is inspect.Parameter.empty and param.default == 0  # not a constexpr
 
 
@@ -377,7 +384,7 @@ def test_gemv_fused_split_k_equals_the_reduce_kernel(scheme, split, gen, monkeyp
     monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", "1")
     fused = qm.launch(*args, split_k=split, **kw)
     assert torch.equal(fused, separate)
-    assert not bool(qm.split_locks(x.device).any())
+    assert not bool(qmm_common.split_locks(x.device).any())
     again = qm.launch(*args, split_k=split, **kw)  # a second launch finds the counters re-armed
     assert torch.equal(again, separate)
 
@@ -444,10 +451,12 @@ def test_float_gemv_matches_linear(m, dtype, gen, poison_allocations):
 
 def test_split_heuristic():
     # Few output tiles and a long K split until ~2 programs per SM; many tiles never split.
-    assert qm.pick_split_k(tiles=32, num_groups=112, num_sms=132) == 16
-    assert qm.pick_split_k(tiles=896, num_groups=32, num_sms=132) == 1
-    assert qm.pick_split_k(tiles=4, num_groups=8, num_sms=132) == 2  # keeps >= 4 groups per split
-    assert [qm.m_bucket(m) for m in (1, 16, 17, 64, 200, 5000)] == [16, 16, 64, 64, 256, 1024]
+    assert qmm_common.pick_split_k(tiles=32, num_groups=112, num_sms=132) == 16
+    assert qmm_common.pick_split_k(tiles=896, num_groups=32, num_sms=132) == 1
+    assert qmm_common.pick_split_k(tiles=4, num_groups=8,
+                                   num_sms=132) == 2  # keeps >= 4 groups per split
+    assert [quant_gemm.m_bucket(m) for m in (1, 16, 17, 64, 200, 5000)] == [16, 16, 64, 64, 256,
+                                                                            1024]
 
 
 def test_dispatchers_validate_shapes(gen):
@@ -533,8 +542,8 @@ def test_int4_tensor_core_gemv(m, split, one_dot, dtype, gen, poison_allocations
     qweight, scales = int4_case(n, k, group, gen)
     x = randx(m, k, torch.float32, gen).to(dtype)
     bias = torch.randn(n, generator=gen).to(dtype)
-    ref = qm.int4_wo_linear_ref(x, qweight, scales, group, bias)
-    out = qm.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32,
+    ref = int4_wo_linear_ref(x, qweight, scales, group, bias)
+    out = mma_gemv.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32,
                           one_dot=one_dot)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[torch.float16]
@@ -545,16 +554,17 @@ def test_int4_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     qweight, scales = int4_case(n, k, 128, gen)
     x = randx(2, k, torch.float32, gen).to(torch.float16)
     calls = []
-    real = qm.int4_tc_gemv
+    real = mma_gemv.int4_tc_gemv
     monkeypatch.setattr(qm, "int4_tc_gemv", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setenv("KILN_INT4_TC", "1")
     got = qm.int4_wo_linear(x, qweight, scales, 128)
-    assert calls and rel_err(got, qm.int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float16]
+    assert calls and rel_err(got, int4_wo_linear_ref(x, qweight, scales, 128)) < TOL[torch.float16]
     monkeypatch.setenv("KILN_INT4_TC", "0")
     qm.int4_wo_linear(x, qweight, scales, 128)
     assert len(calls) == 1  # off: the FMA GEMV
     with pytest.raises(ValueError, match="groups of 128"):
-        qm.int4_tc_gemv(x, qweight[:, :32], scales[:, :1].repeat(1, 1), 64, None, torch.float16)
+        mma_gemv.int4_tc_gemv(x, qweight[:, :32], scales[:, :1].repeat(1, 1), 64, None,
+                              torch.float16)
 
 
 @pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (16, 2), (5, 0)])
@@ -567,8 +577,8 @@ def test_tensor_core_gemv_fp8(m, split, gen, poison_allocations):
     x = randx(m, k, torch.float16, gen)
     bias = torch.randn(n, generator=gen).to(torch.float16)
     xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
-    ref = qm.fp8_linear_ref(x, weight, ws, bias)
-    out = qm.tc_gemv(xq, sx, weight, ws, bias, torch.float16, split_k=split)
+    ref = fp8_linear_ref(x, weight, ws, bias)
+    out = mma_gemv.tc_gemv(xq, sx, weight, ws, bias, torch.float16, split_k=split)
     assert out.shape == (m, n) and out.dtype == torch.float16
     assert rel_err(out, ref) < TOL[torch.float16]
 
@@ -582,12 +592,12 @@ def test_tensor_core_gemv_float(m, split, gen, poison_allocations):
     bias = torch.randn(n, generator=gen).to(torch.float16)
     x = randx(m, k, torch.float16, gen)
     ref = torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16)
-    out = qm.tc_gemv(x, None, w, None, bias, torch.float16, split_k=split)
+    out = mma_gemv.tc_gemv(x, None, w, None, bias, torch.float16, split_k=split)
     assert rel_err(out, ref) < TOL[torch.float16]
     with pytest.raises(ValueError, match="tc_gemv takes"):
-        qm.tc_gemv(x, None, w.float(), None, None, torch.float16)  # float32 weights
+        mma_gemv.tc_gemv(x, None, w.float(), None, None, torch.float16)  # float32 weights
     with pytest.raises(ValueError, match="tc_gemv takes"):
-        qm.tc_gemv(randx(17, k, torch.float16, gen), None, w, None, None, torch.float16)
+        mma_gemv.tc_gemv(randx(17, k, torch.float16, gen), None, w, None, None, torch.float16)
 
 
 @pytest.mark.parametrize("n,k,per_sm", [(1000, 1000, 1), (4096, 14336, 2), (96, 32 * 7, 8),
@@ -598,7 +608,7 @@ def test_stream_k_runs_cover_every_unit_once(n, k, per_sm, a8):
     unit once; no tile meets more runs than the partial buffer holds; fp8 runs stay within
     TC_FP8_CHAIN_MAX of K per tile; the kernel's owner formula finds the run of every unit."""
     block_n, block_k, sms = 64, 128, 132
-    programs, most = qm.tc_stream_k(n, k, block_n, block_k, sms, per_sm, a8)
+    programs, most = mma_gemv.tc_stream_k(n, k, block_n, block_k, sms, per_sm, a8)
     steps = -(-k // block_k)
     units = -(-n // block_n) * steps
     runs = [(p * units // programs, (p + 1) * units // programs) for p in range(programs)]
@@ -609,8 +619,9 @@ def test_stream_k_runs_cover_every_unit_once(n, k, per_sm, a8):
     assert all(a <= u < b for u in range(units) for a, b in [runs[owner[u]]])
     for tile in range(units // steps):
         assert owner[(tile + 1) * steps - 1] - owner[tile * steps] + 1 <= most
-    if a8 and steps * block_k > qm.TC_FP8_CHAIN_MAX:  # a run's part of one tile is at most the run
-        assert max(b - a for a, b in runs) * block_k <= qm.TC_FP8_CHAIN_MAX
+    # a run's part of one tile is at most the run
+    if a8 and steps * block_k > mma_gemv.TC_FP8_CHAIN_MAX:
+        assert max(b - a for a, b in runs) * block_k <= mma_gemv.TC_FP8_CHAIN_MAX
 
 
 @pytest.mark.parametrize("fused", ["1", "0"])
@@ -622,35 +633,40 @@ def test_tensor_core_gemv_stream_k(m, n, k, per_sm, fused, gen, monkeypatch, poi
     separate reduce over a zero-filled buffer) against the references, fp8 codes and float16
     weights, ragged N and K, with bias; a stream-K configuration refuses a forced split."""
     monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", fused)
-    config = triton.Config({**qm.INTERPRET_TC_GEMV, "STREAM_K": per_sm})
+    config = triton.Config({**mma_gemv.INTERPRET_TC_GEMV, "STREAM_K": per_sm})
     weight, ws = fp8_case(n, k, gen)
     x = randx(m, k, torch.float16, gen)
     bias = torch.randn(n, generator=gen).to(torch.float16)
     xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
-    out = qm.tc_gemv(xq, sx, weight, ws, bias, torch.float16, config=config)
-    assert out.shape == (m, n) and rel_err(out, qm.fp8_linear_ref(x, weight, ws, bias)) < TOL[torch.float16]
+    out = mma_gemv.tc_gemv(xq, sx, weight, ws, bias, torch.float16, config=config)
+    assert out.shape == (m, n) and rel_err(out, fp8_linear_ref(x, weight, ws,
+                                                               bias)) < TOL[torch.float16]
     w = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
     ref = torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16)
-    assert rel_err(qm.tc_gemv(x, None, w, None, bias, torch.float16, config=config), ref) < TOL[torch.float16]
+    assert rel_err(mma_gemv.tc_gemv(x, None, w, None, bias, torch.float16, config=config),
+                   ref) < TOL[torch.float16]
     with pytest.raises(ValueError, match="stream-K"):
-        qm.tc_gemv(x, None, w, None, None, torch.float16, split_k=2, config=config)
+        mma_gemv.tc_gemv(x, None, w, None, None, torch.float16, split_k=2, config=config)
 
 
 def test_stream_k_switch(monkeypatch):
     """The tensor-core GEMV's stream-K candidates stay out of tuning and out of an engine's
     stored tuning by default (KILN_TC_STREAM_K=0); KILN_TC_STREAM_K=1 lets both take them."""
-    sk = next(c for c in qm.TC_GEMV_CONFIGS if c.kwargs.get("STREAM_K"))
+    sk = next(c for c in mma_gemv.TC_GEMV_CONFIGS if c.kwargs.get("STREAM_K"))
     entry = {"kernel": "tc_gemv", "key": ["stream-k-switch-test"], "config": dict(sk.kwargs),
              "num_warps": sk.num_warps, "num_stages": sk.num_stages}
     cache = qm.tuned_kernels()["tc_gemv"].cache
     try:
         monkeypatch.delenv("KILN_TC_STREAM_K", raising=False)
         assert qm.import_tuning([entry]) == 0
-        assert not qm._tc_prune([sk], {"split_hint": 0}, A8=bool(sk in qm.TC_GEMV_CONFIGS_FP8))
+        assert not mma_gemv._tc_prune([sk], {"split_hint": 0},
+                                      A8=bool(sk in mma_gemv.TC_GEMV_CONFIGS_FP8))
         monkeypatch.setenv("KILN_TC_STREAM_K", "1")
         assert qm.import_tuning([entry]) == 1
-        assert qm._tc_prune([sk], {"split_hint": 0}, A8=sk in qm.TC_GEMV_CONFIGS_FP8) == [sk]
-        assert not qm._tc_prune([sk], {"split_hint": 2}, A8=sk in qm.TC_GEMV_CONFIGS_FP8)
+        assert mma_gemv._tc_prune([sk], {"split_hint": 0},
+                                  A8=sk in mma_gemv.TC_GEMV_CONFIGS_FP8) == [sk]
+        assert not mma_gemv._tc_prune([sk], {"split_hint": 2},
+                                      A8=sk in mma_gemv.TC_GEMV_CONFIGS_FP8)
     finally:
         cache.pop(("stream-k-switch-test",), None)
 
@@ -663,7 +679,7 @@ def test_tensor_core_gemv_dispatch(gen, monkeypatch, poison_allocations):
     w16 = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
     x = randx(3, k, torch.float16, gen)
     calls = []
-    real = qm.tc_gemv
+    real = mma_gemv.tc_gemv
     monkeypatch.setattr(qm, "tc_gemv", lambda *a, **kw: calls.append(a[2].dtype) or real(*a, **kw))
     # quantize with the reference so the interpreter's fp8 rounding bug cannot differ the paths
     monkeypatch.setattr(qm, "quant_per_token", lambda x2, dt: quant_per_token_ref(x2, dt))
@@ -714,10 +730,10 @@ def test_tensor_core_gemv_early_weight_steps_change_no_bit(split, a8, gen, monke
     bias = torch.randn(n, generator=gen).to(torch.float16)
     outs = []
     for early in (0, 1, 2, 4):
-        monkeypatch.setattr(qm, "early_weight_steps", lambda pdl, a8, e=early: {"EARLY_W": e})
-        outs.append(qm.tc_gemv(xq, sx, w, ws, bias, torch.float16, split_k=split))
+        monkeypatch.setattr(mma_gemv, "early_weight_steps", lambda pdl, a8, e=early: {"EARLY_W": e})
+        outs.append(mma_gemv.tc_gemv(xq, sx, w, ws, bias, torch.float16, split_k=split))
     assert all(rel_err(out, outs[0]) < 1e-3 for out in outs[1:])
-    ref = (qm.fp8_linear_ref(x, w, ws, bias) if a8
+    ref = (fp8_linear_ref(x, w, ws, bias) if a8
            else torch.nn.functional.linear(x.float(), w.float(), bias.float()).to(torch.float16))
     assert rel_err(outs[0], ref) < TOL[torch.float16]
 
@@ -725,32 +741,32 @@ def test_tensor_core_gemv_early_weight_steps_change_no_bit(split, a8, gen, monke
 def test_early_weight_steps_switch(monkeypatch):
     """KILN_GEMV_EARLY_W: unset, 1 step for fp8 weights and none for float ones; set, 0, 1, 2 or
     4 steps for both; only under PDL; anything else is refused."""
-    assert qm.early_weight_steps({"PDL": 1}, a8=True) == {"EARLY_W": 1}
-    assert qm.early_weight_steps({"PDL": 1}, a8=False) == {}
-    assert qm.early_weight_steps({"PDL": False}, a8=True) == {}
+    assert mma_gemv.early_weight_steps({"PDL": 1}, a8=True) == {"EARLY_W": 1}
+    assert mma_gemv.early_weight_steps({"PDL": 1}, a8=False) == {}
+    assert mma_gemv.early_weight_steps({"PDL": False}, a8=True) == {}
     monkeypatch.setenv("KILN_GEMV_EARLY_W", "2")
-    assert qm.early_weight_steps({"PDL": 1}, a8=False) == {"EARLY_W": 2}
-    assert qm.early_weight_steps({"PDL": False}, a8=False) == {}
+    assert mma_gemv.early_weight_steps({"PDL": 1}, a8=False) == {"EARLY_W": 2}
+    assert mma_gemv.early_weight_steps({"PDL": False}, a8=False) == {}
     monkeypatch.setenv("KILN_GEMV_EARLY_W", "0")
-    assert qm.early_weight_steps({"PDL": 1}, a8=True) == {}
+    assert mma_gemv.early_weight_steps({"PDL": 1}, a8=True) == {}
     for bad in ("3", "on"):
         monkeypatch.setenv("KILN_GEMV_EARLY_W", bad)
         with pytest.raises(ValueError, match="KILN_GEMV_EARLY_W"):
-            qm.early_weight_steps({"PDL": 1}, a8=True)
+            mma_gemv.early_weight_steps({"PDL": 1}, a8=True)
 
 
 def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
     """fp8 tensor-core dots accumulate in reduced precision along one split (sm_90), so the split
     keeps each under TC_FP8_CHAIN_MAX of K; float weights and forced splits are left alone."""
     k = 14336
-    assert qm.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=True) == 4
-    assert qm.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=False) == 1
-    assert qm.tc_split(1, 4096, k, 256, 132, 2, 64, 0, a8=True) == 2  # forced (benchmarks)
-    assert qm.tc_split(1, 4096, 4096, 256, 132, 0, 64, 1, a8=True) == 1
-    assert qm.tc_split(1, 4096, 14336, 128, 132, 0, 64, 8, a8=True) == 8
-    assert all(k // qm.tc_split(1, n, k, c.kwargs["BLOCK_K"], 132, 0, c.kwargs["BLOCK_N"],
-                                c.kwargs.get("split_cfg", 0), True) <= qm.TC_FP8_CHAIN_MAX
-               for c in qm.TC_GEMV_CONFIGS_FP8 for n, k in ((6144, 4096), (4096, 14336),
+    assert mma_gemv.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=True) == 4
+    assert mma_gemv.tc_split(1, 4096, k, 256, 132, 0, 64, 1, a8=False) == 1
+    assert mma_gemv.tc_split(1, 4096, k, 256, 132, 2, 64, 0, a8=True) == 2  # forced (benchmarks)
+    assert mma_gemv.tc_split(1, 4096, 4096, 256, 132, 0, 64, 1, a8=True) == 1
+    assert mma_gemv.tc_split(1, 4096, 14336, 128, 132, 0, 64, 8, a8=True) == 8
+    assert all(k // mma_gemv.tc_split(1, n, k, c.kwargs["BLOCK_K"], 132, 0, c.kwargs["BLOCK_N"],
+                                c.kwargs.get("split_cfg", 0), True) <= mma_gemv.TC_FP8_CHAIN_MAX
+               for c in mma_gemv.TC_GEMV_CONFIGS_FP8 for n, k in ((6144, 4096), (4096, 14336),
                                                              (28672, 4096), (8192, 28672)))
 
 
@@ -761,17 +777,18 @@ def test_int4_asm_mode_by_dtype_and_alignment(monkeypatch):
     monkeypatch.delenv("KILN_INT4_F16", raising=False)
     x = torch.zeros(2, 256, dtype=torch.bfloat16)
     w = torch.zeros(8, 128, dtype=torch.uint8)
-    assert qm.int4_asm_mode(x, w) == 4
-    assert qm.int4_asm_mode(x.half(), w) == 5
-    assert qm.int4_asm_mode(x, torch.zeros(8, 132, dtype=torch.uint8)[:, :128]) == 2  # stride 132
-    assert qm.int4_asm_mode(x.float(), w) == 1
-    assert qm.int4_asm_mode(torch.zeros(2, 258, dtype=torch.bfloat16)[:, 1:257], w) == 1
-    assert qm.int4_asm_mode(torch.zeros(2, 257, dtype=torch.bfloat16)[:, :256], w) == 1  # odd stride
+    assert fma_gemv.int4_asm_mode(x, w) == 4
+    assert fma_gemv.int4_asm_mode(x.half(), w) == 5
+    assert fma_gemv.int4_asm_mode(x, torch.zeros(8, 132, dtype=torch.uint8)[:, :128]) == 2  # stride
+    assert fma_gemv.int4_asm_mode(x.float(), w) == 1
+    assert fma_gemv.int4_asm_mode(torch.zeros(2, 258, dtype=torch.bfloat16)[:, 1:257], w) == 1
+    assert fma_gemv.int4_asm_mode(torch.zeros(2, 257, dtype=torch.bfloat16)[:, :256],
+                                  w) == 1  # odd stride
     monkeypatch.setenv("KILN_INT4_F16", "1")
-    assert qm.int4_asm_mode(x, w) == 2
-    assert qm.int4_asm_mode(x.half(), w) == 3
+    assert fma_gemv.int4_asm_mode(x, w) == 2
+    assert fma_gemv.int4_asm_mode(x.half(), w) == 3
     monkeypatch.setenv("KILN_INT4_F16", "0")
-    assert qm.int4_asm_mode(x, w) == 1
+    assert fma_gemv.int4_asm_mode(x, w) == 1
 
 
 def _asm_constants(asm: str) -> dict:
@@ -789,7 +806,7 @@ def test_int4_word_dot_arithmetic_emulated(gen):
     import numpy as np
     import re
 
-    asm = qm._INT4_WORD_DOT_ASM.value
+    asm = int4_bits._INT4_WORD_DOT_ASM.value
     c = _asm_constants(asm)
     masks = [int(v, 16) for v in re.findall(r"lop3\.b32 \w+, [\w$]+, (0x[0-9A-F]+), 0x64006400, 0xEA",
                                                asm)]
@@ -827,7 +844,7 @@ def test_x_pairs_layout_emulated(gen):
     the word product takes: (x0, x4), (x1, x5), (x2, x6), (x3, x7)."""
     import re
 
-    asm = qm._X_PAIRS_F16_ASM.value
+    asm = int4_bits._X_PAIRS_F16_ASM.value
     perms = re.findall(r"prmt\.b32 \$(\d), \$(\d), \$(\d), (0x[0-9A-F]+);", asm)
     vals = torch.randint(0, 2 ** 16, (8,), generator=gen).tolist()
     regs = {4 + j: vals[2 * j] | (vals[2 * j + 1] << 16) for j in range(4)}
@@ -917,4 +934,4 @@ def test_int4_word_asm_gives_each_nibble_minus_8():
     words += torch.randint(0, 2 ** 32, (200,), generator=gen, dtype=torch.int64).tolist()
     for w in words:
         want = [float(((w >> (4 * i)) & 15) - 8) for i in range(8)]
-        assert _interpret_int4_word_asm(qm._INT4_WORD_ASM.value, w) == want, hex(w)
+        assert _interpret_int4_word_asm(int4_bits._INT4_WORD_ASM.value, w) == want, hex(w)

@@ -35,17 +35,19 @@ def test_early_pdl_is_a_launch_argument_only_under_pdl(monkeypatch):
 
 
 def test_gemv_prefetch_only_under_pdl_and_on_aligned_rows(monkeypatch):
-    from kiln.kernels import quant_matmul as qm
+    from kiln.kernels import qmm_common
 
     w = torch.zeros(64, 4096, dtype=torch.uint8)
     on = {"PDL": 1, "launch_pdl": True}
     monkeypatch.delenv("KILN_GEMV_PREFETCH", raising=False)
-    assert qm.prefetch_steps(w, 64, on) == {}  # off by default
+    assert qmm_common.prefetch_steps(w, 64, on) == {}  # off by default
     monkeypatch.setenv("KILN_GEMV_PREFETCH", "3")
-    assert qm.prefetch_steps(w, 64, on) == {"PREFETCH": 3}
+    assert qmm_common.prefetch_steps(w, 64, on) == {"PREFETCH": 3}
     monkeypatch.setenv("KILN_GEMV_PREFETCH_MB", "16")
-    assert qm.prefetch_steps(w, 64, on) == {"PREFETCH": 3, "PREFETCH_MB": 16}
-    assert qm.prefetch_steps(w, 64, {"PDL": False}) == {}  # nothing runs before the wait
-    assert qm.prefetch_steps(w, 24, on) == {}  # a step that is not 16-byte aligned
-    assert qm.prefetch_steps(torch.zeros(64, 4100, dtype=torch.uint8), 64, on) == {}  # row stride
-    assert qm.prefetch_steps(w.view(-1)[8:8 + 64 * 4080].view(64, 4080), 64, on) == {}  # address
+    assert qmm_common.prefetch_steps(w, 64, on) == {"PREFETCH": 3, "PREFETCH_MB": 16}
+    assert qmm_common.prefetch_steps(w, 64, {"PDL": False}) == {}  # nothing runs before the wait
+    assert qmm_common.prefetch_steps(w, 24, on) == {}  # a step that is not 16-byte aligned
+    assert qmm_common.prefetch_steps(torch.zeros(64, 4100, dtype=torch.uint8), 64,
+                                     on) == {}  # row stride
+    assert qmm_common.prefetch_steps(w.view(-1)[8:8 + 64 * 4080].view(64, 4080), 64,
+                                     on) == {}  # address

@@ -5,6 +5,7 @@ import torch, triton
 sys.path.insert(0, "benchmarks/kernels")
 import bench_quant
 from kiln.kernels import quant_matmul as qm
+from kiln.kernels import mma_gemv
 
 os.environ.setdefault("KILN_QUANT_AUTOTUNE", "0")
 torch.manual_seed(0)
@@ -21,6 +22,6 @@ for name, n, k, (bn, warps, unroll, split) in (("gate_up", 28672, 4096, (64, 4, 
 for name, n, k in (("qkv", 6144, 4096), ("gate_up", 28672, 4096)):
     w = bench_quant.make_weights("bf16", n, k)
     for _ in range(3):
-        qm.tc_gemv(x, None, w[0], None, None, x.dtype)
+        mma_gemv.tc_gemv(x, None, w[0], None, None, x.dtype)
 torch.cuda.synchronize()
 print("done")
