@@ -32,7 +32,7 @@ def main():
     from bench_kernels import HEAD_DIM, HK, n_sets, paged_setup  # noqa: PLC0415
     from proto_decode_pipe import mixed_setup  # noqa: PLC0415
     from proto_fp8_decode import _engine_calls, _record, _write  # noqa: PLC0415
-    from kiln.kernels import attention  # noqa: PLC0415
+    from kiln.kernels import attention_ref  # noqa: PLC0415
     rows = []
     cases = [("1000x129-256", 1000, (129, 256))]
     if not args.quick:
@@ -48,7 +48,7 @@ def main():
             keys = batch * ctx
         nbytes = int(keys * HK * HEAD_DIM * 2)
         q0, m0 = sets[0]
-        ref = attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
+        ref = attention_ref.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
         for name, tuning in [("triton", {"gluon": None})] + [
                 (f"gluon{' keys-m' if km else ''} N{bn} s{st}", {"gluon": (bn, st, km)})
                 for bn, st, km in TILES]:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.activation import silu_and_mul, silu_and_mul_ref
-from kiln.kernels.attention import paged_attention, paged_attention_ref
+from kiln.kernels.attention import paged_attention
+from kiln.kernels.attention_ref import paged_attention_ref
 from kiln.kernels.rmsnorm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
 from kiln.kernels.rotary import rotary_and_write_kv, rotary_and_write_kv_ref
 from kiln.layers.forward_context import build_attention_metadata

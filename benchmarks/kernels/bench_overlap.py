@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_kernels  # noqa: E402
 from bench_kernels import HEAD_DIM, paged_setup  # noqa: E402
-from kiln.kernels import attention  # noqa: E402
+from kiln.kernels import decode_attention  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SCALE = HEAD_DIM ** -0.5
@@ -70,7 +70,7 @@ class Half:
         for name in ("qkv", "attn", "o", "gate_up", "down"):
             if name == "attn":
                 if "attn" in parts:
-                    attention._paged_decode(self.q, self.cache, self.meta, self.out,
+                    decode_attention._paged_decode(self.q, self.cache, self.meta, self.out,
                                             SCALE * 1.4426950408889634, 0, None)
             elif "gemm" in parts:
                 w, ws = weights[name]

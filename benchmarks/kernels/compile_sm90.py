@@ -24,8 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from kiln.kernels import (activation, argmax, attention, decode_gluon, fma_gemv, prefill_fresh,
-                          quant_gemm, quant_matmul, rmsnorm, rotary, mma_gemv)
+from kiln.kernels import (activation, argmax, attention, decode_attention, decode_gluon, fma_gemv,
+                          mma_gemv, prefill_fresh, quant_gemm, quant_matmul, rmsnorm, rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -135,11 +135,11 @@ def configs():
                    {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_N": 64,
                     "_descs": {"q_desc": (64, head_dim), "k_desc": (64, head_dim),
                                "v_desc": (64, head_dim)}}, dtype, 4, 3)
-        small = attention.SMALL_DECODE_TILE
+        small = decode_attention.SMALL_DECODE_TILE
         for single in (True, False):
             for window in (False, True):
                 yield (f"decode G4 N{small['block_n']} single={single} window={window}",
-                       attention._decode_partition_kernel,
+                       decode_attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                         "BLOCK_N": small["block_n"], "SINGLE": single, "USE_WINDOW": window,
                         "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False}, dtype,
@@ -149,7 +149,7 @@ def configs():
             ptrs = {"lock_ptr": "*i32", "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32",
                     **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}
             yield (f"decode G4 N{small['block_n']} fused reduce fp8-kv={kv_fp8} quant-row={quant}",
-                   attention._decode_partition_kernel,
+                   decode_attention._decode_partition_kernel,
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
                     "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
@@ -161,21 +161,21 @@ def configs():
                     "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": True,
                     "_ptrs": {"cache_ptr": "*fp8e4nv"}}, dtype, 8, 3)
             for asm, wide in ((False, False), (True, False), (True, True)):
-                for tile, single in ((attention.LARGE_DECODE_TILE, True),
-                                     (attention.SMALL_DECODE_TILE, False)):
+                for tile, single in ((decode_attention.LARGE_DECODE_TILE, True),
+                                     (decode_attention.SMALL_DECODE_TILE, False)):
                     yield (f"decode fp8-kv G4 N{tile['block_n']} w{tile['num_warps']} asm={asm}"
                            + (" keys-wide" if wide else ""),
-                           attention._decode_partition_kernel,
+                           decode_attention._decode_partition_kernel,
                            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                             "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
                             "DOT_PREC": "tf32", "KV_FP8": True, "FP8_ASM": asm,
                             "LATE_V": asm and single, "KEYS_WIDE": wide,
                             "_ptrs": {"cache_ptr": "*fp8e4nv"}},
                            dtype, tile["num_warps"], tile["num_stages"])
-            large = attention.LARGE_DECODE_TILE
+            large = decode_attention.LARGE_DECODE_TILE
             for kv_fp8 in (True, False):
                 yield (f"decode fp8-kv={kv_fp8} G4 N{large['block_n']} single keys-wide quant-row=4096",
-                       attention._decode_partition_kernel,
+                       decode_attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                         "BLOCK_N": large["block_n"], "SINGLE": True, "USE_WINDOW": False,
                         "DOT_PREC": "tf32", "KV_FP8": kv_fp8, "FP8_ASM": kv_fp8,
@@ -183,17 +183,17 @@ def configs():
                         "_ptrs": {"lock_ptr": "*i32", "codes_ptr": "*fp8e4nv", "scales_ptr": "*fp32",
                                   **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}},
                        dtype, large["num_warps"], large["num_stages"])
-            for tile, single in ((attention.LARGE_DECODE_TILE, True),
-                                 (attention.SMALL_DECODE_TILE, False)):
+            for tile, single in ((decode_attention.LARGE_DECODE_TILE, True),
+                                 (decode_attention.SMALL_DECODE_TILE, False)):
                 yield (f"decode G4 N{tile['block_n']} w{tile['num_warps']} single={single} keys-wide",
-                       attention._decode_partition_kernel,
+                       decode_attention._decode_partition_kernel,
                        {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
                         "BLOCK_N": tile["block_n"], "SINGLE": single, "USE_WINDOW": False,
                         "DOT_PREC": "tf32", "KV_FP8": False, "FP8_ASM": False, "KEYS_WIDE": True},
                        dtype, tile["num_warps"], tile["num_stages"])
         for window in (False, True):
-            yield (f"decode reduce window={window}", attention._decode_reduce_kernel,
-                   {"HEAD_DIM": 128, "BLOCK_N": attention.SMALL_DECODE_TILE["block_n"],
+            yield (f"decode reduce window={window}", decode_attention._decode_reduce_kernel,
+                   {"HEAD_DIM": 128, "BLOCK_N": decode_attention.SMALL_DECODE_TILE["block_n"],
                     "BLOCK_P": 16, "USE_WINDOW": window},
                    dtype, 4, 2)
         for window in (False, True):
@@ -203,11 +203,11 @@ def configs():
     yield ("prefill fp32 M32", attention._prefill_kernel,
            {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 32, "BLOCK_N": 16,
             "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False}, "fp32", 4, 3)
-    yield ("decode fp32 fp8-kv", attention._decode_partition_kernel,
+    yield ("decode fp32 fp8-kv", decode_attention._decode_partition_kernel,
            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": 16, "SINGLE": False,
             "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": True, "FP8_ASM": False,
             "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "fp32", 4, 2)
-    yield ("decode fp32", attention._decode_partition_kernel,
+    yield ("decode fp32", decode_attention._decode_partition_kernel,
            {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16,
             "BLOCK_N": 16, "SINGLE": False, "USE_WINDOW": False, "DOT_PREC": "ieee", "KV_FP8": False,
             "FP8_ASM": False},

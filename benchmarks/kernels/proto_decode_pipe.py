@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kiln.kernels.attention import (_LOG2E, _NEG_START, _fp8_dot_q, _kv_offsets,  # noqa: E402
-                                    _widen_fp8, _words)
+from kiln.kernels.attention_tiles import (_LOG2E, _NEG_START, _fp8_dot_q, _kv_offsets,  # noqa: E402
+                                          _widen_fp8, _words)
 
 
 @triton.jit
@@ -189,7 +189,7 @@ def main():
         compile_only()
         return
     from bench_kernels import HEAD_DIM, n_sets, paged_setup  # noqa: PLC0415
-    from kiln.kernels import attention  # noqa: PLC0415
+    from kiln.kernels import attention_ref  # noqa: PLC0415
     from proto_fp8_decode import _engine_calls, _record, _write  # noqa: PLC0415
     qk_scale = HEAD_DIM ** -0.5 * _LOG2E
     rows = []
@@ -203,7 +203,7 @@ def main():
             cache, sets = paged_setup(1000, ctx, 1, n_sets(1000 * ctx * 8 * HEAD_DIM * 2))
             cache = cache.to(torch.float8_e4m3fn)
         q0, m0 = sets[0]
-        ref = attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
+        ref = attention_ref.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
         calls, outs = _engine_calls(cache, sets, {"partitions": 1})
         _record(rows, f"engine {label}", calls, lambda c=calls[0], o=outs[0]: (c(), o)[1], ref)
         variants = [(0, False, 64, 2, 3, 0)] if args.engine_only else VARIANTS

@@ -18,7 +18,8 @@ flat loop over (head, tile).
 ``_proto_swap_kernel``: the scores as K Q^T (keys the dot's wide operand): e4m3 keys into wgmma
 with q split hi + lo, or keys widened to float16 (K_F16; what the engine's KEYS_WIDE became),
 with P V as the engine's or transposed too (SWAP_PV). --swap-only times these (run-u).
-Without --prototype-only it also times the engine's kernel (attention._paged_decode) with launch
+Without --prototype-only it also times the engine's kernel (decode_attention._paged_decode) with
+launch
 settings (tiles, maxnreg, late or early values) at 128 / 192 / 256 keys, and at small batches.
 
     PYTHONPATH=. python benchmarks/kernels/proto_fp8_decode.py [--compile-only] [--prototype-only]
@@ -37,8 +38,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kiln.kernels.attention import (_LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8,  # noqa: E402
-                                    _widened_tile)
+from kiln.kernels.attention_tiles import (_LOG2E, _NEG_START, _fp8_dot_q, _widen_fp8,  # noqa: E402
+                                          _widened_tile)
 
 K_MODES = {"widen": 0, "own": 1, "mma8": 2}
 V_MODES = {"widen": 0, "t-own": 1, "t-widen": 2, "t-mma8": 3, "t2-widen": 4}
@@ -362,7 +363,7 @@ VARIANTS = [("widen", "widen", 16, 64, 2, 3, 0), ("widen", "t2-widen", 16, 64, 2
             ("widen", "t2-widen", 16, 128, 8, 3, 0), ("widen", "t2-widen", 16, 32, 2, 5, 0)]
 
 
-# The engine's kernel with launch settings (tuning of attention._paged_decode) at 1000 x ctx.
+# The engine's kernel with launch settings (tuning of decode_attention._paged_decode) at 1000 x ctx.
 ENGINE = [({"late_v": False}, "early-v"), ({}, "default"), ({"keys_wide": True}, "keys-wide"),
           ({"keys_wide": True, "late_v": False}, "keys-wide early-v"),
           ({"keys_wide": True, "block_n": 64, "num_warps": 4, "num_stages": 3}, "keys-wide w4 s3"),
@@ -440,21 +441,21 @@ def _case(batch, ctx, fp8=True):
     """paged_setup's sets at batch x ctx (fp8 cache unless fp8 is false), and the reference output
     of the first set: (cache, sets, ref)."""
     from bench_kernels import HEAD_DIM, n_sets, paged_setup  # noqa: PLC0415
-    from kiln.kernels import attention  # noqa: PLC0415
+    from kiln.kernels import attention_ref  # noqa: PLC0415
     cache, sets = paged_setup(batch, ctx, 1, n_sets(batch * ctx * 8 * HEAD_DIM * 2))
     if fp8:
         cache = cache.to(torch.float8_e4m3fn)
     q0, m0 = sets[0]
-    return cache, sets, attention.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
+    return cache, sets, attention_ref.paged_attention_ref(q0, cache, m0, HEAD_DIM ** -0.5).float()
 
 
 def _engine_calls(cache, sets, tuning=None):
-    """One attention._paged_decode call per set, each into its own output."""
+    """One decode_attention._paged_decode call per set, each into its own output."""
     from bench_kernels import HEAD_DIM  # noqa: PLC0415
-    from kiln.kernels import attention  # noqa: PLC0415
+    from kiln.kernels import decode_attention  # noqa: PLC0415
     qk_scale = HEAD_DIM ** -0.5 * _LOG2E
     outs = [torch.empty_like(q) for q, _ in sets]
-    return [lambda q=q, m=m, o=o: attention._paged_decode(q, cache, m, o, qk_scale, 0, tuning)
+    return [lambda q=q, m=m, o=o: decode_attention._paged_decode(q, cache, m, o, qk_scale, 0, tuning)
             for (q, m), o in zip(sets, outs)], outs
 
 

@@ -22,7 +22,7 @@ import json
 import torch
 
 from bench_kernels import HEAD_DIM, HK, HQ, BLOCK, n_sets, paged_setup, time_calls
-from kiln.kernels import attention
+from kiln.kernels import attention, decode_attention
 
 SCALE = HEAD_DIM ** -0.5
 LOG2E = 1.4426950408889634
@@ -31,7 +31,7 @@ LOG2E = 1.4426950408889634
 def run(kind: str, q, cache, meta, tuning):
     """One launch of the decode or prefill path with explicit launch settings."""
     out = torch.empty_like(q)
-    launch = attention._paged_decode if kind == "decode" else attention._paged_prefill
+    launch = decode_attention._paged_decode if kind == "decode" else attention._paged_prefill
     launch(q, cache, meta, out, SCALE * LOG2E, 0, tuning)
     return out
 

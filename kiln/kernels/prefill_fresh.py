@@ -55,8 +55,8 @@ def _fresh_prefill_kernel(q_desc, k_desc, v_desc, query_start_ptr, out_ptr, out_
     # makes the last tiles the longest). Rows past the sequence's end read the next sequence's
     # (or zero-filled) tokens: they are never stored, and every kept row sees its own key.
     # CODES: k and v hold an fp8 cache's e4m3 codes as float16, q (16-bit) enters the dots as
-    # float16 as in the paged kernels (kiln.kernels.attention._fp8_dot_q); qk_scale carries the
-    # key scale and the output is multiplied by v_scale.
+    # float16 as in the paged kernels (kiln.kernels.attention_tiles._fp8_dot_q); qk_scale carries
+    # the key scale and the output is multiplied by v_scale.
     pdl_start(PDL)
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
     head = tl.program_id(1)

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
-from kiln.kernels.attention import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
+from kiln.kernels.attention_ref import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
 
@@ -198,7 +198,7 @@ def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     ``k_out`` when given; for an fp8 cache the codes of k and v into ``k_out`` and ``v_out``);
     returns rotated q.
 
-    The scales quantize k/v for an fp8 cache (see kernels.attention.write_kv_ref).
+    The scales quantize k/v for an fp8 cache (see kernels.attention_ref.write_kv_ref).
     """
     q, k = apply_rotary_ref(q, k, positions, cos_sin_cache)
     write_kv_ref(k, v, kv_cache, slot_mapping, k_scale, v_scale)

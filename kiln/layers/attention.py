@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import is_fp8_kv_cache, paged_attention, wants_fresh_kv
+from kiln.kernels.attention import paged_attention, wants_fresh_kv
+from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.quant_act import quantized_rows_buffers
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear

@@ -129,7 +129,7 @@ class LlamaFamilyModel(nn.Module):
         down_proj) quantize their output per token in their own kernel, which saves the linear's
         quantization launch (the attention: in decode steps whose kernel merges its partitions).
         Returns how many do so; ``enable=False`` undoes it."""
-        from kiln.kernels.attention import quant_out_enabled
+        from kiln.kernels.decode_attention import quant_out_enabled
 
         count = 0
         for layer in self.layers:

@@ -25,7 +25,7 @@ def _large_batch_fp8_engine(tmp_path, preset: str, seed: int, kv_heads: int):
     being 8 more than the sequence count from which decode takes the large-batch tile (one
     partition per sequence)."""
     from kiln.build.builder import BuildOptions, build_engine
-    from kiln.kernels.attention import _num_sms, large_decode_min_seqs
+    from kiln.kernels.decode_attention import _num_sms, large_decode_min_seqs
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
 

@@ -14,9 +14,10 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-from kiln.kernels import attention, decode_gluon  # noqa: E402
-from kiln.kernels.attention import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref,  # noqa: E402
-                                    paged_attention, paged_attention_ref, quantize_kv_ref)
+from kiln.kernels import attention, attention_tiles, decode_attention, decode_gluon  # noqa: E402
+from kiln.kernels.attention import paged_attention  # noqa: E402
+from kiln.kernels.attention_ref import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref,  # noqa: E402
+                                        paged_attention_ref, quantize_kv_ref)
 from kiln.kernels.rotary import rotary_and_write_kv, rotary_and_write_kv_ref  # noqa: E402
 from kiln.layers.forward_context import build_attention_metadata  # noqa: E402
 from gpu_helpers import randn, rel_err  # noqa: E402
@@ -141,7 +142,8 @@ def test_decode_attention_fp8_both_widenings(asm, dtype, gen, poison_allocations
     if asm == "1":
         q = torch.zeros(1, 32, 128, dtype=dtype, device="cuda")
         cache = torch.zeros(2, 1, 16, 8, 128, dtype=FP8_KV_DTYPE, device="cuda")
-        assert attention.fp8_asm_ok(q, cache) == (torch.cuda.get_device_capability() >= (8, 9))
+        sm89 = torch.cuda.get_device_capability() >= (8, 9)
+        assert decode_attention.fp8_asm_ok(q, cache) == sm89
     for batch in (3, 100):
         lens = torch.randint(1, 600, (batch,), generator=gen, device="cuda").tolist()
         check_attention([(n - 1, 1) for n in lens], 32, 8, 128, 16, dtype, gen)
@@ -196,7 +198,7 @@ def test_decode_attention_fp8_gluon_strided_q_and_scales(gen, poison_allocations
     wide = randn(meta.num_tokens, 48, 128, gen=gen, dtype=torch.bfloat16, scale=0.1)
     q = wide[:, :32]
     out = torch.full((meta.num_tokens, 40, 128), math.nan, dtype=torch.bfloat16, device="cuda")
-    qk_scale = 128 ** -0.5 * attention._LOG2E * k_scale
+    qk_scale = 128 ** -0.5 * attention_tiles._LOG2E * k_scale
     ref = paged_attention_ref(q, cache, meta, 128 ** -0.5, None, k_scale, v_scale)
     for keys_m in (False, True):
         out.fill_(math.nan)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 from kiln.kernels.activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
 from kiln.kernels import attention  # noqa: E402
-from kiln.kernels.attention import paged_attention, paged_attention_ref, wants_fresh_kv  # noqa: E402
+from kiln.kernels.attention import paged_attention, wants_fresh_kv  # noqa: E402
+from kiln.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from kiln.kernels.rmsnorm import (fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm,  # noqa: E402
                                   rms_norm_ref)
 from kiln.kernels.rotary import (apply_rotary, apply_rotary_ref, rotary_and_write_kv,  # noqa: E402

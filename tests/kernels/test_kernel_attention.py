@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from kernel_cases import TOL, paged_case, rel_err
-from kiln.kernels import attention
-from kiln.kernels.attention import paged_attention, paged_attention_ref
+from kiln.kernels import attention, decode_attention
+from kiln.kernels.attention import paged_attention
+from kiln.kernels.attention_ref import paged_attention_ref
 
 
 def run_case(seqs, num_q_heads, num_kv_heads, head_dim, block_size, dtype, gen, window=None):
@@ -38,7 +39,7 @@ def test_decode_tile_follows_the_batch(sms, large, override, gen, poison_allocat
     # contexts that end inside, at and past a 64-key tile.
     from triton.runtime import interpreter
 
-    monkeypatch.setattr(attention, "_num_sms", lambda device: sms)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: sms)
     if override:
         monkeypatch.setenv("KILN_ATTN_LARGE_TILE" if large else "KILN_ATTN_SMALL_TILE", override)
     seen = []
@@ -51,9 +52,9 @@ def test_decode_tile_follows_the_batch(sms, large, override, gen, poison_allocat
 
     monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording)
     seqs = [(63, 1), (64, 1), (150, 1), (0, 1), (191, 1), (128, 1)]
-    assert (len(seqs) >= attention.large_decode_min_seqs(2, sms)) == large
+    assert (len(seqs) >= decode_attention.large_decode_min_seqs(2, sms)) == large
     run_case(seqs, 8, 2, 32, 16, torch.float16, gen)
-    t = attention.LARGE_DECODE_TILE if large else attention.SMALL_DECODE_TILE
+    t = decode_attention.LARGE_DECODE_TILE if large else decode_attention.SMALL_DECODE_TILE
     want = (t["block_n"], t["num_warps"], t["num_stages"])
     assert seen == [tuple(int(v) for v in override.split(",")) if override else want]
 
@@ -61,8 +62,8 @@ def test_decode_tile_follows_the_batch(sms, large, override, gen, poison_allocat
 def test_decode_tile_override_must_name_three_numbers(monkeypatch):
     monkeypatch.setenv("KILN_ATTN_LARGE_TILE", "64,2")
     with pytest.raises(ValueError, match="KILN_ATTN_LARGE_TILE='64,2': expected"):
-        attention.decode_tile(True)
-    assert attention.decode_tile(False) == attention.SMALL_DECODE_TILE
+        decode_attention.decode_tile(True)
+    assert decode_attention.decode_tile(False) == decode_attention.SMALL_DECODE_TILE
 
 
 def record_grids(monkeypatch, module, name) -> list:
@@ -93,7 +94,7 @@ def test_large_decode_batch_over_fp8_cache_quantizes_its_output(gen, poison_allo
     # launch, every counter re-armed.
     from kiln.kernels import quant_act
 
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     seqs = [(20 + 3 * i, 1) for i in range(70)]
     kv_cache, meta = paged_case(seqs, 2, 32, 16, torch.float16, gen)
     cache8 = kv_cache.to(torch.float8_e4m3fn)
@@ -119,7 +120,7 @@ def test_decode_split_partitions(window, group, fused, gen, poison_allocations, 
     # merges them: with the reduce kernel, or (fused) in the partition kernel's last program of
     # each sequence and kv head (contexts of up to 3 partitions, one inside its first partition).
     monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     seqs = [(300, 1), (37, 1), (129, 1), (255, 1)]
     run_case(seqs, 2 * group, 2, 16, 16, torch.float32, gen, window)
     counters_rearmed()
@@ -138,8 +139,8 @@ def test_decode_partitions_follow_each_context(window, dtype, fused, gen, poison
     import dataclasses
 
     monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
-    launched = record_grids(monkeypatch, attention, "_decode_reduce_kernel")
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
+    launched = record_grids(monkeypatch, decode_attention, "_decode_reduce_kernel")
     seqs = [(0, 1), (16, 1), (39, 1), (128, 1), (300, 1)]
     kv_cache, meta = paged_case(seqs, 2, 32, 16, dtype, gen)
     meta = dataclasses.replace(meta, max_seq_len=4096)
@@ -151,7 +152,7 @@ def test_decode_partitions_follow_each_context(window, dtype, fused, gen, poison
     assert launched == ([] if fused == "1" else [(len(seqs), 8)])
     counters_rearmed()
     # Two programs per SM: 128 over 5 sequences x 2 kv heads.
-    assert attention._decode_partitions(len(seqs), 2, 4096, 64, 16) == 13
+    assert decode_attention._decode_partitions(len(seqs), 2, 4096, 64, 16) == 13
 
 
 @pytest.mark.parametrize("fused", ["0", "1"])
@@ -161,7 +162,7 @@ def test_decode_skips_sequences_without_new_tokens(fused, gen, poison_allocation
     # arrive at no counter when the split path merges in the partition kernel).
     monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", fused)
     for sms in (1, 64):
-        monkeypatch.setattr(attention, "_num_sms", lambda device, sms=sms: sms)
+        monkeypatch.setattr(decode_attention, "_num_sms", lambda device, sms=sms: sms)
         run_case([(50, 1), (200, 0), (7, 1)], 4, 2, 16, 16, torch.float32, gen)
     counters_rearmed()
 
@@ -186,7 +187,7 @@ def test_mixed_batch_with_leading_decodes(window, gen, poison_allocations, monke
         monkeypatch.setattr(attention, name, lambda q, c, meta, *a, real=real, name=name, **k:
                             calls.append((name, meta.num_seqs)) or real(q, c, meta, *a, **k))
     for sms in (1, 64):
-        monkeypatch.setattr(attention, "_num_sms", lambda device, sms=sms: sms)
+        monkeypatch.setattr(decode_attention, "_num_sms", lambda device, sms=sms: sms)
         run_case(seqs, 8, 2, 32, 16, torch.float32, gen, window)
     assert calls[:2] == [("_paged_decode", 4), ("_paged_prefill", 4)]
 
@@ -222,7 +223,7 @@ def test_attention_output_quantized_for_o_proj(seqs, dtype, gen, poison_allocati
     # the plain output, bit for bit, and every counter is re-armed.
     from kiln.kernels import quant_act
 
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     kv_cache, meta = paged_case(seqs, 2, 32, 16, dtype, gen)
     q = torch.randn(meta.num_tokens, 8, 32, generator=gen).to(dtype)
     plain = paged_attention(q, kv_cache, meta, 32 ** -0.5)

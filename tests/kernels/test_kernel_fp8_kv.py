@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from kernel_cases import TOL, paged_case, rel_err
-from kiln.kernels import attention, rotary
-from kiln.kernels.attention import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref, paged_attention,
-                                    paged_attention_ref, quantize_kv_ref, write_kv_ref)
+from kiln.kernels import attention, decode_attention, rotary
+from kiln.kernels.attention import paged_attention
+from kiln.kernels.attention_ref import (FP8_E4M3_MAX, FP8_KV_DTYPE, dequantize_kv_ref,
+                                        paged_attention_ref, quantize_kv_ref, write_kv_ref)
 from kiln.kernels.rotary import apply_rotary_ref, rotary_and_write_kv, rotary_and_write_kv_ref
 
 # Every finite e4m3 value (both signs), as float32: 0x7f / 0xff are the NaN codes.
@@ -269,7 +270,7 @@ def test_triton_decode_fp8(dtype, group, gen, poison_allocations, no_reference):
 def test_triton_decode_split_partitions_fp8(window, gen, poison_allocations, no_reference,
                                             monkeypatch):
     # Split contexts (the reduce kernel runs): v_scale must apply once, before the merge.
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     run_fp8_case([(300, 1), (37, 1), (129, 1)], 4, 2, 16, 16, torch.float32, gen, window)
 
 
@@ -331,6 +332,6 @@ def test_ptx_widening_only_for_cuda_fp8_caches():
     # CUDA cases run in tests/gpu.
     q = torch.zeros(2, 4, 16, dtype=torch.bfloat16)
     fp8_cache = torch.zeros(2, 4, 4, 2, 16, dtype=torch.float8_e4m3fn)
-    assert not attention.fp8_asm_ok(q, fp8_cache)
-    assert not attention.fp8_asm_ok(q, fp8_cache.to(torch.bfloat16))
-    assert not attention.fp8_asm_ok(q.float(), fp8_cache)
+    assert not decode_attention.fp8_asm_ok(q, fp8_cache)
+    assert not decode_attention.fp8_asm_ok(q, fp8_cache.to(torch.bfloat16))
+    assert not decode_attention.fp8_asm_ok(q.float(), fp8_cache)

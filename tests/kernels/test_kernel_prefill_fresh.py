@@ -6,7 +6,8 @@ import torch
 
 from kernel_cases import TOL, paged_case, rel_err
 from kiln.kernels import attention
-from kiln.kernels.attention import paged_attention, paged_attention_ref, wants_fresh_kv
+from kiln.kernels.attention import paged_attention, wants_fresh_kv
+from kiln.kernels.attention_ref import paged_attention_ref
 from kiln.kernels.prefill_fresh import fresh_prefill_attention, fresh_prefill_ok
 
 

@@ -14,7 +14,7 @@ import torch
 from triton.runtime import interpreter
 
 from kiln import SamplingParams
-from kiln.kernels import attention
+from kiln.kernels import attention, decode_attention
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch):
     from kiln.models.random_model import write_random_model
 
     # A chip of 64 SMs, so that long contexts are split into partitions as on a GPU.
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     write_random_model("tiny-llama", tmp_path, seed=0, dtype="float16")
     engine = LLMEngine.from_args(str(tmp_path), dtype="float16", device="cpu",
                                  max_num_batched_tokens=48, max_num_seqs=8, max_model_len=512)
@@ -70,16 +70,16 @@ def test_warm_up_covers_large_decode_batches(tmp_path, launches, monkeypatch):
     from kiln.engine.llm_engine import LLMEngine
     from kiln.models.random_model import write_random_model
 
-    monkeypatch.setattr(attention, "_num_sms", lambda device: 4)
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 4)
     write_random_model("tiny-llama", tmp_path, seed=0, dtype="float16")
-    n_large = attention.large_decode_min_seqs(2, 4)  # tiny-llama: 2 kv heads
+    n_large = decode_attention.large_decode_min_seqs(2, 4)  # tiny-llama: 2 kv heads
     engine = LLMEngine.from_args(str(tmp_path), dtype="float16", device="cpu",
                                  max_num_batched_tokens=64, max_num_seqs=n_large + 2,
                                  max_model_len=256)
     launches.clear()
     engine._warm_up_kernels(engine.config.cache.block_size)
     warmed = set(launches)
-    large = attention.LARGE_DECODE_TILE
+    large = decode_attention.LARGE_DECODE_TILE
     tile = (("BLOCK_N", large["block_n"]),)
     assert any(name == "_decode_partition_kernel" and set(tile) <= set(consts)
                and warps == large["num_warps"] for name, consts, warps, _ in warmed)

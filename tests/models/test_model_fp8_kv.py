@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import FP8_KV_DTYPE
+from kiln.kernels.attention_ref import FP8_KV_DTYPE
 from kiln.models.loader import load_model
 from model_helpers import PagedRunner, hf_config, rel_err, save_hf_checkpoint
 

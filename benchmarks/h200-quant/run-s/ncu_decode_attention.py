@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "kernels"))
 from bench_kernels import HEAD_DIM, paged_setup  # noqa: E402
-from kiln.kernels import attention  # noqa: E402
+from kiln.kernels import decode_attention  # noqa: E402
 
 for kv in ("bf16", "fp8"):
     cache, sets = paged_setup(1000, 192, 1, 1)
@@ -21,7 +21,7 @@ for kv in ("bf16", "fp8"):
     q, meta = sets[0]
     out = torch.empty_like(q)
     for _ in range(3):
-        attention._paged_decode(q, cache, meta, out, HEAD_DIM ** -0.5 * 1.4426950408889634, 0, None)
+        decode_attention._paged_decode(q, cache, meta, out, HEAD_DIM ** -0.5 * 1.4426950408889634, 0, None)
     torch.cuda.synchronize()
     print(kv, "done", flush=True)
     del cache, sets
