@@ -281,6 +281,12 @@ def quant_configs():
                            "bf16", cfg.num_warps, cfg.num_stages)
 
 
+# (BLOCK_N, BLOCK_K, warps, stages) of the flat stream-K tensor-core GEMV (FLAT) compiled here:
+# every tile bench_stream_k.py --flat times.
+FLAT_TILES = [(64, 128, 4, 4), (64, 128, 4, 6), (64, 128, 4, 8), (64, 64, 4, 4), (64, 64, 4, 6),
+              (64, 64, 4, 8), (128, 64, 4, 4), (64, 256, 4, 4), (128, 128, 4, 3)]
+
+
 def tc_gemv_configs():
     """The tensor-core GEMV (fp8 W8A8 and bf16 weights, operands swapped) at its candidates."""
     for name, ty in (("fp8", "*fp8e4nv"), ("bf16", "*bf16")):
@@ -290,16 +296,25 @@ def tc_gemv_configs():
         seen = set()
         for cfg in (mma_gemv.TC_GEMV_CONFIGS_FP8 if a8 else mma_gemv.TC_GEMV_CONFIGS_FLOAT):
             sk = cfg.kwargs.get("STREAM_K", 0)
-            key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages, sk)
+            flat = bool(cfg.kwargs.get("FLAT"))
+            key = (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages, sk,
+                   flat)
             if key in seen:  # split_cfg is a run-time argument: no new variant
                 continue
             seen.add(key)
             yield (f"{name} tc-gemv N{key[0]} K{key[1]} w{key[2]} s{key[3]}"
-                   + (f" stream-K {sk}/SM" if sk else ""),
+                   + (f" stream-K {sk}/SM" if sk else "") + (" flat" if flat else ""),
                    mma_gemv._tc_gemv_kernel,
                    {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                    "BLOCK_N": key[0], "BLOCK_K": key[1], "STREAM_K": sk, "_ptrs": ptrs},
-                   "bf16", key[2], key[3])
+                    "BLOCK_N": key[0], "BLOCK_K": key[1], "STREAM_K": sk, "FLAT": flat,
+                    "_ptrs": ptrs}, "bf16", key[2], key[3])
+        # stream-K as one loop over a program's units (FLAT), at the tiles the sweeps time
+        for bn, bk, warps, stages in FLAT_TILES:
+            yield (f"{name} tc-gemv N{bn} K{bk} w{warps} s{stages} stream-K flat",
+                   mma_gemv._tc_gemv_kernel,
+                   {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                    "BLOCK_N": bn, "BLOCK_K": bk, "STREAM_K": 2, "FLAT": True, "PDL": 1,
+                    "_ptrs": ptrs}, "bf16", warps, stages)
         # the decode graphs' variant: early PDL with the weight prefetch before the wait
         cfg = (mma_gemv.TC_GEMV_CONFIGS_FP8 if a8 else mma_gemv.TC_GEMV_CONFIGS_FLOAT)[0]
         yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} early PDL + L2 prefetch",

@@ -29,7 +29,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                    EARLY_W: tl.constexpr = 0):
+                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -42,10 +42,16 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # STREAM_K > 0: grid (P, 1) instead, and the tiles' K steps, taken in order as one run of
     # units (tile by tile), are cut into P equal runs, one per program, so every program streams
     # the same number of weight bytes whatever the tile count (no partial last wave). A program
-    # whose run covers part of a tile leaves a partial (_tc_stream_k_tiles).
+    # whose run covers part of a tile leaves a partial (_tc_stream_k_tiles). FLAT: the run as one
+    # loop over its units instead of a K loop per tile (_tc_stream_k_flat).
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
-    if STREAM_K > 0:
+    if STREAM_K > 0 and FLAT:
+        pdl_start(PDL)
+        _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                          M, N, K, stride_xm, stride_wn, stride_om, A8, HAS_BIAS, FUSED_SPLITK,
+                          BLOCK_M, BLOCK_N, BLOCK_K)
+    elif STREAM_K > 0:
         pdl_start(PDL)
         _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
                            M, N, K, stride_xm, stride_wn, stride_om, A8, HAS_BIAS, FUSED_SPLITK,
@@ -136,6 +142,78 @@ def _tc_stream_k_tiles(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
 
 
 @triton.jit
+def _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+                      M, N, K, stride_xm, stride_wn, stride_om, A8: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """_tc_stream_k_tiles' program as one loop over its units (tile, K step) instead of a K loop
+    per tile. With a loop per tile, Triton's pipeliner fills its copies at each tile's start and
+    drains them at its end, and with one or two programs per SM the memory system idles at
+    every tile change (why stream-K lost to split-K on the H200, run-l). One loop keeps the next
+    tile's weight copies in flight across the change.
+
+    The pipeliner (Triton 3.6) gives up on a loop whose body holds the fused reduce's atomics
+    (compiled for sm_90: one stage of shared memory), so inside the loop a tile is only stored:
+    whole, or as a partial without the fused reduce. With it, the run's first and last tiles,
+    the only ones other programs may share, are kept in registers and finished after the loop.
+    Each tile's products are summed in the same order from zero and scaled and finished as
+    there, so the bits are the same."""
+    steps = tl.cdiv(K, BLOCK_K)
+    p, P, units, u_begin, u_end = _stream_k_run(N, steps, BLOCK_N)
+    rows = tl.arange(0, BLOCK_M)
+    m_mask = rows < M
+    kk = tl.arange(0, BLOCK_K)
+    x_cols = x_ptr + rows[None, :] * stride_xm
+    first_tile = u_begin // steps
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    first_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    last_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for u in range(u_begin, u_end):
+        tile = u // steps
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        offs_k = (u - tile * steps) * BLOCK_K + kk
+        k_ok = offs_k < K
+        w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + offs_k[None, :],
+                    mask=n_mask[:, None] & k_ok[None, :], other=0.0)
+        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(w, xt, acc)
+        if (u == (tile + 1) * steps - 1) | (u == u_end - 1):  # the run's last unit of this tile
+            done = acc
+            if A8:
+                sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
+                sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
+                done = acc * sw[:, None] * sx[None, :]
+            contributor, contributors = _stream_k_contributor(tile, steps, p, P, units,
+                                                              FUSED_SPLITK)
+            if not FUSED_SPLITK:  # every tile a partial for the separate reduce
+                _finish_tile(done, rows[None, :], offs_n[:, None],
+                             n_mask[:, None] & m_mask[None, :], out_ptr, part_ptr, lock_ptr,
+                             bias_ptr, tile, contributor, M, N, stride_om, contributors, HAS_BIAS,
+                             False)
+            elif contributors == 1:  # a whole tile: the literal 1 compiles the store alone
+                _finish_tile(done, rows[None, :], offs_n[:, None],
+                             n_mask[:, None] & m_mask[None, :], out_ptr, part_ptr, lock_ptr,
+                             bias_ptr, tile, 0, M, N, stride_om, 1, HAS_BIAS, False)
+            elif tile == first_tile:
+                first_done = done
+            else:
+                last_done = done
+            acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    if FUSED_SPLITK:
+        last_tile = (u_end - 1) // steps
+        for i in tl.static_range(2):
+            tile = first_tile if i == 0 else last_tile
+            contributor, contributors = _stream_k_contributor(tile, steps, p, P, units, True)
+            if (contributors > 1) & ((i == 0) | (last_tile != first_tile)):
+                offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+                _finish_tile(first_done if i == 0 else last_done, rows[None, :], offs_n[:, None],
+                             (offs_n < N)[:, None] & m_mask[None, :], out_ptr, part_ptr, lock_ptr,
+                             bias_ptr, tile, contributor, M, N, stride_om, contributors, HAS_BIAS,
+                             True)
+
+
+@triton.jit
 def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N, K, stride_xm,
                          stride_wn, stride_sn, stride_sg, stride_om, SPLIT_K,
                          GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -200,6 +278,7 @@ def _int4_tc_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, M, N,
 # fp8 dots on sm_90 accumulate in reduced precision along one chain (Triton's default there), so
 # no fp8 split runs more than TC_FP8_CHAIN_MAX of K: a cut set with whole-K splits (the sweep's
 # fastest at some shapes) failed the float16 tolerance at K = 14336 on the H200 (2.9e-3 > 2e-3).
+# The stream-K candidates, the flat ones (FLAT) too, are tuned only with KILN_TC_STREAM_K=1.
 TC_FP8_CHAIN_MAX = 4096
 TC_GEMV_CONFIGS_FP8 = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
@@ -210,12 +289,16 @@ TC_GEMV_CONFIGS_FP8 = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=8),
     _cfg(4, 3, BLOCK_N=128, BLOCK_K=128, split_cfg=8),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2),
+    _cfg(4, 6, BLOCK_N=64, BLOCK_K=128, STREAM_K=2, FLAT=True),
+    _cfg(4, 8, BLOCK_N=64, BLOCK_K=128, STREAM_K=1, FLAT=True),
 ]
 TC_GEMV_CONFIGS_FLOAT = [
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=2),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, split_cfg=4),
     _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2),
+    _cfg(4, 4, BLOCK_N=64, BLOCK_K=128, STREAM_K=2, FLAT=True),
+    _cfg(4, 6, BLOCK_N=64, BLOCK_K=128, STREAM_K=1, FLAT=True),
 ]
 TC_GEMV_CONFIGS = TC_GEMV_CONFIGS_FP8 + TC_GEMV_CONFIGS_FLOAT
 INTERPRET_TC_GEMV = {"BLOCK_N": 16, "BLOCK_K": 32}
@@ -267,7 +350,9 @@ def tc_stream_k_enabled() -> bool:
     program, STREAM_K) may be tuned or taken from an engine's stored tuning (KILN_TC_STREAM_K=1;
     off by default). On the H200 they were 5-20% slower than the split-K candidates at every 8B
     layer, bf16 and fp8, and the 8B batch-1 engines were no faster with them (bf16 233.4 / 233.5
-    against 233.5 / 234.8 tok/s, fp8 348.4 against 348.4; benchmarks/h200-quant/run-l)."""
+    against 233.5 / 234.8 tok/s, fp8 348.4 against 348.4; benchmarks/h200-quant/run-l). The
+    flat candidates (FLAT: one loop over a program's units, copies kept in flight across tile
+    changes) came after that and have not run on the H200 yet (benchmarks/h200-quant, run-z)."""
     return os.environ.get("KILN_TC_STREAM_K", "0") == "1"
 
 

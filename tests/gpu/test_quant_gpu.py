@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from kiln.kernels import quant_matmul as qm  # noqa: E402
-from kiln.kernels import fma_gemv, int4_bits, qmm_common, mma_gemv  # noqa: E402
+from kiln.kernels import fma_gemv, int4_bits, mma_gemv, qmm_common  # noqa: E402
 from kiln.kernels.quant_ref import (fp8_linear_ref, int4_wo_linear_ref, int8_sq_linear_ref,  # noqa: E402
                                     int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref  # noqa: E402
@@ -581,6 +582,35 @@ def test_tensor_core_gemv_every_candidate(m, shape, dtype, gen, poison_allocatio
     for config in mma_gemv.TC_GEMV_CONFIGS_FLOAT:
         check(mma_gemv.tc_gemv(x, None, w16, None, bias, dtype, config=config), ref16.to(dtype),
               dtype, m, n)
+
+
+@pytest.mark.parametrize("tile", [(64, 128, 4, 4, 2), (64, 128, 4, 6, 1), (64, 64, 4, 6, 3),
+                                  (128, 64, 4, 4, 2)])
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 4096), (4096, 14336), (96, 384)])
+@pytest.mark.parametrize("m", [1, 16])
+def test_tensor_core_gemv_flat_stream_k_gives_the_tile_loop_bits(m, shape, tile, gen,
+                                                                 poison_allocations):
+    """Stream-K as one loop over a program's units (FLAT) gives the bits of the loop per tile,
+    fp8 codes and bfloat16 weights, with bias and the fused reduce, and leaves every arrival
+    counter re-armed."""
+    n, k = shape
+    bn, bk, warps, stages, per_sm = tile
+    kw = {"BLOCK_N": bn, "BLOCK_K": bk, "STREAM_K": per_sm}
+    tiles = triton.Config(kw, num_warps=warps, num_stages=stages)
+    flat = triton.Config({**kw, "FLAT": True}, num_warps=warps, num_stages=stages)
+    w8, s8 = fp8_case(n, k, gen)
+    w16 = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    x = randx(m, k, torch.bfloat16, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    xq, sx = quant_per_token(x, torch.float8_e4m3fn)
+    want = mma_gemv.tc_gemv(xq, sx, w8, s8, bias, torch.bfloat16, config=tiles)
+    check(want, fp8_linear_ref(x, w8, s8, bias), torch.bfloat16, m, n)
+    assert torch.equal(mma_gemv.tc_gemv(xq, sx, w8, s8, bias, torch.bfloat16, config=flat), want)
+    want = mma_gemv.tc_gemv(x, None, w16, None, bias, torch.bfloat16, config=tiles)
+    assert torch.equal(mma_gemv.tc_gemv(x, None, w16, None, bias, torch.bfloat16, config=flat),
+                       want)
+    torch.cuda.synchronize()
+    assert not bool(qmm_common.split_locks(x.device).any())
 
 
 def test_tensor_core_gemv_dispatch_and_autotune(gen, monkeypatch, poison_allocations):

@@ -15,7 +15,7 @@ import triton
 
 from kernel_cases import TOL, rel_err
 from kiln.kernels import quant_act, quant_matmul as qm
-from kiln.kernels import fma_gemv, int4_bits, qmm_common, quant_gemm, mma_gemv
+from kiln.kernels import fma_gemv, int4_bits, mma_gemv, qmm_common, quant_gemm
 from kiln.kernels.quant_ref import (dequantize_int4_ref, fp8_linear_ref, int4_wo_linear_ref,
                                     int8_sq_linear_ref, int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token, quant_per_token_ref
@@ -647,6 +647,30 @@ def test_tensor_core_gemv_stream_k(m, n, k, per_sm, fused, gen, monkeypatch, poi
                    ref) < TOL[torch.float16]
     with pytest.raises(ValueError, match="stream-K"):
         mma_gemv.tc_gemv(x, None, w, None, None, torch.float16, split_k=2, config=config)
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize("m,n,k,per_sm", [(1, 72, 7 * 32, 1), (3, 40, 5 * 32, 3), (16, 100, 9 * 32, 2),
+                                          (2, 16, 2 * 32, 8), (1, 48, 3 * 32, 5)])
+def test_tensor_core_gemv_flat_stream_k_gives_the_tile_loop_bits(m, n, k, per_sm, fused, gen,
+                                                                 monkeypatch, poison_allocations):
+    """FLAT (one loop over a program's units) gives the bits of the loop per tile: fp8 codes
+    and float16 weights, runs that start and end inside tiles, programs whose run lies inside one
+    tile, ragged N and K, with bias, fused and separate reduce."""
+    monkeypatch.setenv("KILN_QUANT_FUSED_SPLITK", fused)
+    tiles = triton.Config({**mma_gemv.INTERPRET_TC_GEMV, "STREAM_K": per_sm})
+    flat = triton.Config({**mma_gemv.INTERPRET_TC_GEMV, "STREAM_K": per_sm, "FLAT": True})
+    weight, ws = fp8_case(n, k, gen)
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    xq, sx = quant_per_token_ref(x, torch.float8_e4m3fn)
+    want = mma_gemv.tc_gemv(xq, sx, weight, ws, bias, torch.float16, config=tiles)
+    assert rel_err(want, fp8_linear_ref(x, weight, ws, bias)) < TOL[torch.float16]
+    assert torch.equal(mma_gemv.tc_gemv(xq, sx, weight, ws, bias, torch.float16, config=flat), want)
+    w = (torch.randn(n, k, generator=gen) * 0.05).to(torch.float16)
+    want = mma_gemv.tc_gemv(x, None, w, None, bias, torch.float16, config=tiles)
+    assert torch.equal(mma_gemv.tc_gemv(x, None, w, None, bias, torch.float16, config=flat), want)
+    assert not bool(qmm_common.split_locks(x.device).any())
 
 
 def test_stream_k_switch(monkeypatch):
