@@ -71,7 +71,7 @@ class Half:
             if name == "attn":
                 if "attn" in parts:
                     decode_attention._paged_decode(self.q, self.cache, self.meta, self.out,
-                                            SCALE * 1.4426950408889634, 0, None)
+                                                   SCALE * 1.4426950408889634, 0, None)
             elif "gemm" in parts:
                 w, ws = weights[name]
                 gemm(self.x[name], w, ws, fast)

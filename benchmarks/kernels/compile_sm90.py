@@ -45,13 +45,15 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
     """Compile fn for sm_90 with 16-divisible pointers/ints (as Llama-3-8B shapes give).
 
     Tensor-descriptor arguments take their block shapes from constexprs["_descs"]; pointer types
-    other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"].
+    other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"]; a register cap
+    (maxnreg) from constexprs["_maxnreg"].
     """
     constexprs = dict(constexprs)
     for param in fn.params:  # constexprs left out take their defaults (not run-time arguments)
         if param.is_constexpr and param.name not in constexprs and param.has_default:
             constexprs[param.name] = param.default
     descs = constexprs.pop("_descs", {})
+    maxnreg = constexprs.pop("_maxnreg", None)
     ptrs = {**PTR_TYPES, **constexprs.pop("_ptrs", {})}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -70,7 +72,8 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = GluonASTSource if fn.is_gluon() else ASTSource
     src = source(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages,
+                                                       **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
 def plain_sass(sass: str) -> str:
@@ -247,6 +250,17 @@ def quant_configs():
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
+            # the register-capped candidates (KILN_GEMV_MAXNREG=1): caps that do not spill
+            for cfg in fma_gemv.GEMV_MAXNREG_CONFIGS:
+                for mode, block_m in ((4, 1), (4, 4), (1, 1)):
+                    yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
+                           f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
+                           f"maxnreg {cfg.maxnreg}",
+                           fma_gemv._gemv_kernel,
+                           {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
+                            "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                            "INT4_ASM": mode, "_ptrs": ptrs, "_maxnreg": cfg.maxnreg,
+                            **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
             # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
             for row_block in (16, 64):
                 for cfg in fma_gemv.GEMV_CONFIGS:

@@ -286,13 +286,14 @@ def _num_sms(device: torch.device) -> int:
 
 def _run(kernel, grid, args: tuple, flags: dict, fixed: triton.Config, tune: bool,
          x2: torch.Tensor, pdl: dict) -> None:
-    """Launch kernel (autotuned when tune, else with the fixed configuration; the interpreter
-    takes no warps or stages)."""
+    """Launch kernel (autotuned when tune, else with the fixed configuration, its register cap
+    included; the interpreter takes no warps, stages or cap)."""
     if tune:
         kernel[grid](*args, **flags, **pdl)
     elif x2.is_cuda:
         kernel[grid](*args, **flags, **fixed.kwargs, num_warps=fixed.num_warps,
-                     num_stages=fixed.num_stages, **pdl)
+                     num_stages=fixed.num_stages,
+                     **({"maxnreg": fixed.maxnreg} if fixed.maxnreg else {}), **pdl)
     else:
         kernel[grid](*args, **flags, **fixed.kwargs)
 

@@ -63,20 +63,22 @@ def _candidates(name: str) -> list[triton.Config]:
 
 def _same_config(a: triton.Config, entry: dict) -> bool:
     return (dict(a.kwargs) == dict(entry.get("config", {})) and a.num_warps == entry.get("num_warps")
-            and a.num_stages == entry.get("num_stages"))
+            and a.num_stages == entry.get("num_stages") and a.maxnreg == entry.get("maxnreg"))
 
 
 def export_tuning() -> list[dict]:
     """The autotuners' choices so far, as JSON-ready entries (what `kiln build` stores).
 
     Each entry: kernel name, the autotuner's cache key (the tuning-key values, then the dtypes of
-    the tensor arguments) and the chosen launch configuration.
+    the tensor arguments) and the chosen launch configuration (with its register cap, maxnreg,
+    when it has one).
     """
     entries = []
     for name, kernel in tuned_kernels().items():
         for key, cfg in kernel.cache.items():
             entries.append({"kernel": name, "key": list(key), "config": dict(cfg.kwargs),
-                            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
     return entries
 
 

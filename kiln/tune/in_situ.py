@@ -69,7 +69,7 @@ def coordinate_descent(slots: Sequence[Hashable], candidates: dict, start: dict,
 def same_config(a, b) -> bool:
     """Two triton.Config objects that launch the same way."""
     return (dict(a.kwargs) == dict(b.kwargs) and a.num_warps == b.num_warps
-            and a.num_stages == b.num_stages)
+            and a.num_stages == b.num_stages and a.maxnreg == b.maxnreg)
 
 
 class _Recorder(dict):
@@ -168,8 +168,9 @@ def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) 
 
 
 def config_json(cfg) -> dict:
-    """A triton.Config as engine.json stores a tuning choice."""
-    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    """A triton.Config as engine.json stores a tuning choice (export_tuning's form)."""
+    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
 
 
 def median(xs: Sequence[float]) -> float:

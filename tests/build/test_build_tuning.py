@@ -54,6 +54,22 @@ def test_import_skips_unknown_kernels_and_foreign_configs(clean_caches):
     assert list(clean_caches["gemv"].cache) == [(1, 2)]
 
 
+def test_register_capped_choices_round_trip_only_where_they_are_candidates(clean_caches,
+                                                                           monkeypatch):
+    """A stored choice with a register cap (maxnreg) is taken only where the capped candidates
+    are tuned (KILN_GEMV_MAXNREG=1 puts them in GEMV_CONFIGS); it never stands in for the
+    uncapped configuration of the same tile, and it exports with its cap."""
+    capped = fma_gemv.GEMV_MAXNREG_CONFIGS[0]
+    entry = {"kernel": "gemv", "key": [9], "config": dict(capped.kwargs),
+             "num_warps": capped.num_warps, "num_stages": capped.num_stages, "maxnreg": 64}
+    assert any(qm._same_config(c, {**entry, "maxnreg": None}) for c in qm.GEMV_CONFIGS)
+    assert qm.import_tuning([entry]) == 0
+    monkeypatch.setattr(qm, "GEMV_CONFIGS", qm.GEMV_CONFIGS + fma_gemv.GEMV_MAXNREG_CONFIGS)
+    assert qm.import_tuning([entry]) == 1
+    assert clean_caches["gemv"].cache[(9,)] is capped
+    assert qm.export_tuning() == [entry]
+
+
 def test_records_without_a_gpu_or_without_quantized_layers():
     layer = Linear(256, 128, bias=False, dtype=torch.float32, device="cpu",
                    method=Int4WeightOnlyLinearMethod(group_size=128))

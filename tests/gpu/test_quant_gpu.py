@@ -473,7 +473,7 @@ def test_unquantized_linear_uses_the_gemv_only_when_asked(gen, monkeypatch):
 @pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336)])
 @pytest.mark.parametrize("cfg",
                          range(len(fma_gemv.GEMV_BASE_CONFIGS) + len(fma_gemv.GEMV_SPLIT_CONFIGS)
-                                       + len(fma_gemv.GEMV_STREAM_K_CONFIGS)))
+                               + len(fma_gemv.GEMV_STREAM_K_CONFIGS)))
 def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_allocations):
     """Each GEMV launch configuration the autotuner may pick (those naming their K split too,
     KILN_GEMV_TUNE_SPLIT=1, and the stream-K ones, tuned by default) gives the reference's
@@ -492,6 +492,26 @@ def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_all
         out = qm.launch(xq, w8, s8, 0, qm.KTILE_8BIT, qm.W_FP8, None, torch.bfloat16, "gemv",
                         x_scales=sx, config=config)
         check(out, fp8_linear_ref(x, w8, s8), torch.bfloat16, m, n)
+
+
+@pytest.mark.parametrize("cfg", range(len(fma_gemv.GEMV_MAXNREG_CONFIGS)))
+@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336), (28672, 4096), (96, 384)])
+def test_register_capped_gemv_gives_the_uncapped_bits(cfg, shape, gen, poison_allocations):
+    """A register-capped GEMV candidate (KILN_GEMV_MAXNREG=1) gives its uncapped twin's bits
+    (int4, one row, with bias, unsplit and split): the cap changes the registers, not the
+    arithmetic."""
+    n, k = shape
+    capped = fma_gemv.GEMV_MAXNREG_CONFIGS[cfg]
+    twin = triton.Config(dict(capped.kwargs), num_warps=capped.num_warps,
+                         num_stages=capped.num_stages)
+    qweight, scales = int4_case(n, k, 128, gen)
+    x = randx(1, k, torch.bfloat16, gen)
+    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    for split in (1, 4):
+        args = (x, qweight, scales, scales.stride(1), 128, qm.W_INT4, bias, torch.bfloat16, "gemv")
+        want = qm.launch(*args, split_k=split, config=twin)
+        check(want, int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, 1, n)
+        assert torch.equal(qm.launch(*args, split_k=split, config=capped), want)
 
 
 def codes_match_but_for_sum_order(qa, sa, qb, sb) -> bool:
@@ -558,7 +578,7 @@ def test_int4_tensor_core_gemv(m, shape, dtype, gen, poison_allocations):
     for block_n in (64, 128):
         for one_dot in (True, False):
             out = mma_gemv.int4_tc_gemv(x, qweight, scales, 128, bias, dtype, block_n=block_n,
-                                  one_dot=one_dot)
+                                        one_dot=one_dot)
             check(out, int4_wo_linear_ref(x, qweight, scales, 128, bias), dtype, m, n)
 
 

@@ -338,8 +338,7 @@ def test_gemv_config_names_its_split(cfg_split, want, gen, monkeypatch, poison_a
     ref = int4_wo_linear_ref(x, qweight, scales, group, bias)
     assert rel_err(out, ref) < TOL[torch.float32]
     heuristic = qmm_common.split_for(2, n, k, group, qmm_common._num_sms(x.device), 0,
-                                     fma_gemv.INTERPRET_GEMV["BLOCK_N"],
-                             None)
+                                     fma_gemv.INTERPRET_GEMV["BLOCK_N"], None)
     used = want if want is not None else heuristic
     assert splits == ([used] if used > 1 else [])
     if used > 1:
@@ -449,6 +448,19 @@ def test_float_gemv_matches_linear(m, dtype, gen, poison_allocations):
                        torch.nn.functional.linear(more, w, bias))
 
 
+def test_register_capped_gemv_candidates_only_at_one_row():
+    """The register-capped candidates (KILN_GEMV_MAXNREG=1) are weighed for one row only, where
+    their caps do not spill; a forced split still leaves out stream-K."""
+    capped = fma_gemv.GEMV_MAXNREG_CONFIGS
+    assert capped and all(c.maxnreg for c in capped)
+    configs = fma_gemv.GEMV_BASE_CONFIGS + fma_gemv.GEMV_STREAM_K_CONFIGS + capped
+    one = fma_gemv._gemv_prune(configs, {"split_hint": 0}, BLOCK_M=1)
+    assert one == configs
+    assert fma_gemv._gemv_prune(configs, {"split_hint": 0}, BLOCK_M=4) == configs[:-len(capped)]
+    forced = fma_gemv._gemv_prune(configs, {"split_hint": 2}, BLOCK_M=1)
+    assert not any(c.kwargs.get("STREAM_K") for c in forced) and all(c in forced for c in capped)
+
+
 def test_split_heuristic():
     # Few output tiles and a long K split until ~2 programs per SM; many tiles never split.
     assert qmm_common.pick_split_k(tiles=32, num_groups=112, num_sms=132) == 16
@@ -543,8 +555,8 @@ def test_int4_tensor_core_gemv(m, split, one_dot, dtype, gen, poison_allocations
     x = randx(m, k, torch.float32, gen).to(dtype)
     bias = torch.randn(n, generator=gen).to(dtype)
     ref = int4_wo_linear_ref(x, qweight, scales, group, bias)
-    out = mma_gemv.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split, block_n=32,
-                          one_dot=one_dot)
+    out = mma_gemv.int4_tc_gemv(x, qweight, scales, group, bias, dtype, split_k=split,
+                                block_n=32, one_dot=one_dot)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < TOL[torch.float16]
 
@@ -789,9 +801,10 @@ def test_tensor_core_gemv_fp8_splits_bound_the_reduced_precision_chain():
     assert mma_gemv.tc_split(1, 4096, 4096, 256, 132, 0, 64, 1, a8=True) == 1
     assert mma_gemv.tc_split(1, 4096, 14336, 128, 132, 0, 64, 8, a8=True) == 8
     assert all(k // mma_gemv.tc_split(1, n, k, c.kwargs["BLOCK_K"], 132, 0, c.kwargs["BLOCK_N"],
-                                c.kwargs.get("split_cfg", 0), True) <= mma_gemv.TC_FP8_CHAIN_MAX
+                                      c.kwargs.get("split_cfg", 0), True)
+               <= mma_gemv.TC_FP8_CHAIN_MAX
                for c in mma_gemv.TC_GEMV_CONFIGS_FP8 for n, k in ((6144, 4096), (4096, 14336),
-                                                             (28672, 4096), (8192, 28672)))
+                                                                   (28672, 4096), (8192, 28672)))
 
 
 def test_int4_asm_mode_by_dtype_and_alignment(monkeypatch):

@@ -105,6 +105,9 @@ def test_same_config_compares_launch_parameters():
     assert in_situ.same_config(a, triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3))
     assert not in_situ.same_config(a, triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3))
     assert not in_situ.same_config(a, triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3))
+    capped = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3, maxnreg=64)
+    assert not in_situ.same_config(a, capped)
+    assert in_situ.config_json(capped)["maxnreg"] == 64 and "maxnreg" not in in_situ.config_json(a)
 
 
 def test_fill_inputs_gives_each_row_its_own_blocks_and_the_slot_of_its_new_token():
