@@ -14,7 +14,7 @@ import torch
 from triton.runtime import interpreter
 
 from kiln import SamplingParams
-from kiln.kernels import attention, decode_attention
+from kiln.kernels import decode_attention
 
 
 @pytest.fixture
