@@ -255,7 +255,9 @@ def quant_configs():
                 for mode, block_m in ((4, 1), (4, 4), (1, 1)):
                     yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
                            f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
-                           f"maxnreg {cfg.maxnreg}",
+                           f"maxnreg {cfg.maxnreg}"
+                           + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
+                              if cfg.kwargs.get("STREAM_K") else ""),
                            fma_gemv._gemv_kernel,
                            {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
                             "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,

@@ -140,20 +140,23 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
     elif scheme == "int4-tc":
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
-    elif MAXNREG and scheme == "int4":  # (BLOCK_N, warps, UNROLL, stages, cap): capped, then twin
-        tiles = [(c.kwargs["BLOCK_N"], c.num_warps, c.kwargs["UNROLL"], c.num_stages, cap)
+    elif MAXNREG and scheme == "int4":  # (..., cap, STREAM_K): each capped, then its twin
+        tiles = [(c.kwargs["BLOCK_N"], c.num_warps, c.kwargs["UNROLL"], c.num_stages, cap,
+                  c.kwargs.get("STREAM_K", 0))
                  for c in fma_gemv.GEMV_MAXNREG_CONFIGS for cap in (c.maxnreg, None)]
     else:
         tiles = [(b, w, u, 3) for b, w, u in TILES]
-    for block_n, warps, unroll, stages, *cap in ([] if autotuned_only else tiles):
+    for block_n, warps, unroll, stages, *capped in ([] if autotuned_only else tiles):
         # (the tensor-core GEMV's K tile rides in the UNROLL column of the rows)
         kw = {"BLOCK_N": block_n, "BLOCK_K" if scheme in TC_GEMV_TILES else "UNROLL": unroll}
-        maxnreg = cap[0] if cap else None
+        maxnreg, stream_k = capped if capped else (None, 0)
+        if stream_k:
+            kw["STREAM_K"] = stream_k
         cfg = triton.Config(kw, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
         step = unroll if scheme in TC_GEMV_TILES else (
             bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
         groups = triton.cdiv(k, step)
-        for split in SPLITS:
+        for split in ([0] if stream_k else SPLITS):  # (stream-K cuts K itself)
             if split > groups:
                 continue
             fn = runner(scheme, x, cfg, split)
@@ -165,10 +168,11 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
                     raise AssertionError(f"maxnreg {maxnreg} changed the bits of {kw} split {split}")
             us = time_fn(fn, sets)
             rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll, "split": split,
-                         "num_stages": stages, "maxnreg": maxnreg,
+                         "num_stages": stages, "maxnreg": maxnreg, "STREAM_K": stream_k,
                          "us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
             if verbose:
                 print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}"
+                      + (f" stream-K{stream_k}" if stream_k else "")
                       + (f" maxnreg{maxnreg}" if maxnreg else "") + f": {us:7.2f} us "
                       f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"]) if rows else None
@@ -192,6 +196,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         print(f"best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
               f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
               f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}"
+              + (f" stream-K{best['STREAM_K']}" if best.get("STREAM_K") else "")
               + (f" maxnreg{best['maxnreg']}" if best.get("maxnreg") else ""), end=" ")
     print(f"| autotuned {out['autotuned_us']:7.2f} us "
           f"({nbytes / out['autotuned_us'] / 1e3:6.0f} GB/s)"

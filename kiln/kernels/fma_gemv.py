@@ -302,12 +302,22 @@ GEMV_STREAM_K_CONFIGS = [
 # programs of 4 warps per SM, 44% of the warps). These caps are the lowest at which the int4
 # GEMV (INT4_ASM 4, one row) compiles for sm_90 without spilling (compile_sm90.py "maxnreg"):
 # BLOCK_N 64 72 -> 64 registers (8 programs per SM), 64 x 2 80 -> 64 (6 -> 8), 128 on 8 warps
-# 74 -> 64 (3 -> 4), 32 x 2 56 -> 48. Not yet run on the H200 (benchmarks/h200-quant, run-z).
+# 74 -> 64 (3 -> 4), 32 x 2 56 -> 48. The stream-K candidates run a fixed 3 or 4 programs per SM
+# whatever their registers; capped at 80 they neither spill (the 64-row one spills 8 bytes a
+# thread uncapped, at 64 registers) nor hold the whole register file (the 128-row ones take 127
+# a thread, 4 x 128 x 127 of 65,536), which leaves room for the next kernel's programs that PDL
+# schedules beside them. Not yet run on the H200 (benchmarks/h200-quant, run-z).
 GEMV_MAXNREG_CONFIGS = [
     triton.Config({"BLOCK_N": 64, "UNROLL": 1}, num_warps=4, num_stages=3, maxnreg=64),
     triton.Config({"BLOCK_N": 64, "UNROLL": 2}, num_warps=4, num_stages=3, maxnreg=64),
     triton.Config({"BLOCK_N": 128, "UNROLL": 1}, num_warps=8, num_stages=3, maxnreg=64),
     triton.Config({"BLOCK_N": 32, "UNROLL": 2}, num_warps=4, num_stages=3, maxnreg=48),
+    triton.Config({"BLOCK_N": 64, "UNROLL": 1, "STREAM_K": 4}, num_warps=4, num_stages=3,
+                  maxnreg=80),
+    triton.Config({"BLOCK_N": 128, "UNROLL": 1, "STREAM_K": 3}, num_warps=4, num_stages=3,
+                  maxnreg=80),
+    triton.Config({"BLOCK_N": 128, "UNROLL": 1, "STREAM_K": 4}, num_warps=4, num_stages=3,
+                  maxnreg=80),
 ]
 GEMV_CONFIGS = (GEMV_BASE_CONFIGS
                 + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
