@@ -61,7 +61,15 @@ def _candidates(name: str) -> list[triton.Config]:
     return {"gemv": GEMV_CONFIGS}.get(name, GEMM_CONFIGS)
 
 
+def config_json(cfg: triton.Config) -> dict:
+    """A launch configuration as engine.json stores a tuning choice: its kwargs, warps, stages
+    and, when it has one, its register cap (maxnreg)."""
+    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
+
+
 def _same_config(a: triton.Config, entry: dict) -> bool:
+    """Whether a launches as the stored entry (config_json's form) says."""
     return (dict(a.kwargs) == dict(entry.get("config", {})) and a.num_warps == entry.get("num_warps")
             and a.num_stages == entry.get("num_stages") and a.maxnreg == entry.get("maxnreg"))
 
@@ -76,9 +84,7 @@ def export_tuning() -> list[dict]:
     entries = []
     for name, kernel in tuned_kernels().items():
         for key, cfg in kernel.cache.items():
-            entries.append({"kernel": name, "key": list(key), "config": dict(cfg.kwargs),
-                            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-                            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
+            entries.append({"kernel": name, "key": list(key), **config_json(cfg)})
     return entries
 
 

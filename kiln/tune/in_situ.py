@@ -68,8 +68,9 @@ def coordinate_descent(slots: Sequence[Hashable], candidates: dict, start: dict,
 
 def same_config(a, b) -> bool:
     """Two triton.Config objects that launch the same way."""
-    return (dict(a.kwargs) == dict(b.kwargs) and a.num_warps == b.num_warps
-            and a.num_stages == b.num_stages and a.maxnreg == b.maxnreg)
+    from kiln.kernels import quant_matmul as qm
+
+    return qm._same_config(a, qm.config_json(b))
 
 
 class _Recorder(dict):
@@ -168,9 +169,10 @@ def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) 
 
 
 def config_json(cfg) -> dict:
-    """A triton.Config as engine.json stores a tuning choice (export_tuning's form)."""
-    return {"config": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
+    """A triton.Config as engine.json stores a tuning choice (quant_matmul.config_json)."""
+    from kiln.kernels import quant_matmul as qm
+
+    return qm.config_json(cfg)
 
 
 def median(xs: Sequence[float]) -> float:
