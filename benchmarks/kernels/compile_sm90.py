@@ -250,34 +250,23 @@ def quant_configs():
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
-            # the register-capped candidates (KILN_GEMV_MAXNREG=1): caps that do not spill
-            for cfg in fma_gemv.GEMV_MAXNREG_CONFIGS:
+            # the register-capped candidates (KILN_GEMV_MAXNREG=1: caps that do not spill), and
+            # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
+            variants = [(f"maxnreg {c.maxnreg}", {"_maxnreg": c.maxnreg}, c)
+                        for c in fma_gemv.GEMV_MAXNREG_CONFIGS]
+            variants += [(f"row-block {rb}", {"ROW_BLOCK": rb}, c)
+                         for rb in (16, 64) for c in fma_gemv.GEMV_CONFIGS]
+            for label, extra, cfg in variants:
                 for mode, block_m in ((4, 1), (4, 4), (1, 1)):
                     yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
-                           f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
-                           f"maxnreg {cfg.maxnreg}"
+                           f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} {label}"
                            + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
                               if cfg.kwargs.get("STREAM_K") else ""),
                            fma_gemv._gemv_kernel,
                            {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
                             "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                            "INT4_ASM": mode, "_ptrs": ptrs, "_maxnreg": cfg.maxnreg,
-                            **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
-            # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
-            for row_block in (16, 64):
-                for cfg in fma_gemv.GEMV_CONFIGS:
-                    for mode, block_m in ((4, 1), (4, 4), (1, 1)):
-                        yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
-                               f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} "
-                               f"row-block {row_block}"
-                               + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
-                                  if cfg.kwargs.get("STREAM_K") else ""),
-                               fma_gemv._gemv_kernel,
-                               {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
-                                "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0,
-                                "QX_BLOCK": 1024, "INT4_ASM": mode, "ROW_BLOCK": row_block,
-                                "_ptrs": ptrs, **cfg.kwargs},
-                               "bf16", cfg.num_warps, cfg.num_stages)
+                            "INT4_ASM": mode, "_ptrs": ptrs, **extra, **cfg.kwargs},
+                           "bf16", cfg.num_warps, cfg.num_stages)
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",
