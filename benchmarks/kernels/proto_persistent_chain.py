@@ -1,0 +1,469 @@
+"""Prototype: the batch-1 GEMVs of a decode step (the 8B decoder's four a layer, then the LM
+head) as ONE persistent launch, the phases separated by a grid-wide barrier, against the same
+chain launched phase by phase and against the engine's tensor-core GEMV (mma_gemv.tc_gemv).
+
+Why: the bf16 tensor-core GEMV's batch-1 times on the H200 fit t = 4.6 us + bytes / 4.235 TB/s
+a launch (benchmarks/h200-quant, run-z). The 129 GEMV launches of an 8B step (15.0 GB of bf16
+weights) then cost 3.55 ms of streaming and 0.59 ms of per-launch ramp and tail; the bf16 bar
+(255 tok/s, 3.92 ms a step) leaves 0.37 ms for everything but the streaming, attention and
+norms included. For int4 (about 4 GB) the per-launch share is larger still. A persistent kernel
+pays a barrier a phase instead, and loads its first weight tile of the next phase before it
+waits (the weights do not depend on the phase before).
+
+The kernel (_chain_kernel): P programs, a table of phases (weight offset, N, K, input offset,
+output offset). Each phase is a bf16 GEMV y = W x over [N, K], cut as stream-K: the units (a
+BLOCK_N x BLOCK_K weight tile, N tiles x K steps in order) are split into P equal runs, and a
+program's run is one loop (copies stay in flight across tile changes, as mma_gemv's FLAT
+candidates). Whole tiles are stored; a run's first and last tiles, which other programs may
+share, are added to the zero-filled output with atomics after the loop. The input of phase p is
+the first K outputs of phase p - 1, read as float32 and rounded to bf16 (the chain only needs a
+data dependence between phases, not a model's semantics).
+
+Modes timed (medians of CUDA-graph replays):
+  persistent - one launch; before each phase but the first, every program arrives at a counter
+               in global memory (release) and spins until all P have (acquire). All P programs
+               must be resident at once, so P is checked against the compiled kernel's
+               occupancy; a wait that spins too long gives up and flags an error, so a mistake
+               costs a second, not a hung device.
+  nosync     - the same single launch without the barriers: wrong results (not checked), but
+               the streaming rate with the phases back to back; persistent - nosync is what the
+               barriers cost.
+  per_phase  - the same kernel, one launch a phase.
+  engine     - mma_gemv.tc_gemv per phase, autotuned, captured under PDL as the decode graphs are.
+and the device-to-device copy bandwidth (bench_quant.ceilings), all in the same run. Every
+checked mode is compared phase by phase with a float32 product of its own inputs.
+
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_chain.py [--layers 32] [--json OUT]
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_chain.py --check-only   # CPU too
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_chain.py --compile-only # sm_90, no GPU
+
+Without CUDA (or with --check-only) it checks a small chain only, in Triton's interpreter
+(TRITON_INTERPRET=1 is set for you when no GPU is present); there the persistent mode runs one
+program, since the interpreter runs programs one after another and P > 1 would never meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))  # bench_quant, probe_weight_stream
+
+TAB = 5                 # a phase's row of the table: w_off, N, K, x_off, y_off
+MAX_SPIN = 1 << 20      # polls of the barrier counter before a program gives up (about a second)
+LAYER = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
+LM_HEAD = ("lm_head", 128256, 4096)
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY): bf16 64 x 128 is 16 KB a stage.
+VARIANTS = [(64, 128, 4, 4, 1, 0), (64, 128, 4, 4, 1, 1), (64, 128, 4, 6, 1, 1),
+            (64, 128, 4, 4, 2, 1), (64, 64, 4, 6, 2, 1), (64, 64, 4, 8, 2, 1),
+            (128, 64, 4, 4, 2, 1), (64, 128, 8, 6, 1, 1), (64, 128, 8, 6, 1, 2),
+            (64, 128, 4, 4, 2, 2)]
+CHECK_VARIANTS = [(16, 32, 4, 2, 1, 0), (16, 32, 4, 2, 1, 1), (32, 64, 4, 2, 1, 1),
+                  (16, 32, 4, 2, 1, 2)]
+
+
+@triton.jit
+def _grid_sync(bar_ptr, err_ptr, target, MAX_SPIN: tl.constexpr):
+    """Every program's stores so far visible to every program after it: arrive at the counter
+    (release, after the whole program's stores: bar.sync first) and poll it (acquire) until
+    `target` programs have arrived in all. Gives up after MAX_SPIN polls (err = 1), and once
+    err is set no later wait spins."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu") + 1
+    spins = tl.load(err_ptr, volatile=True) * MAX_SPIN
+    while (seen < target) & (spins < MAX_SPIN):
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        spins += 1
+    if seen < target:
+        tl.atomic_xchg(err_ptr, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _unit(w, x_base, y_base, u, tile, steps, u_begin, u_end, first_tile, acc, first_done,
+          last_done, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+          F32_DOT: tl.constexpr):
+    """One unit (weight tile w of K step u - tile * steps) into acc; at the run's last unit of
+    the tile, a whole tile is stored and a shared one kept for after the loop."""
+    rows = tl.arange(0, BLOCK_M)
+    offs_k = (u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+    xt = tl.load(x_base + offs_k[:, None] + rows[None, :] * 0, mask=(rows == 0)[None, :],
+                 other=0.0).to(tl.bfloat16)
+    if F32_DOT:  # Triton's interpreter: a dot of loaded and converted bf16 gives garbage there
+        acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+    else:
+        acc = tl.dot(w, xt, acc)
+    if (u == (tile + 1) * steps - 1) | (u == u_end - 1):
+        if (tile * steps >= u_begin) & ((tile + 1) * steps <= u_end):
+            offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            tl.store(y_base + offs_n[:, None] + rows[None, :] * 0, acc,
+                     mask=(rows == 0)[None, :])
+        elif tile == first_tile:
+            first_done = acc
+        else:
+            last_done = acc
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    return acc, first_done, last_done
+
+
+@triton.jit
+def _w_tile(w_base, u, steps, K, valid, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The weight tile of unit u (tile u // steps, K step u % steps); zeros unless valid."""
+    tile = u // steps
+    nn = tl.arange(0, BLOCK_N)
+    offs = ((tile * BLOCK_N + nn).to(tl.int64)[:, None] * K
+            + ((u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :])
+    return tl.load(w_base + offs, mask=valid & (nn < BLOCK_N)[:, None], other=0.0)
+
+
+@triton.jit
+def _add_shared(done, y_base, tile, steps, u_begin, u_end, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """Add a tile this run only partly covers to the zero-filled output (atomics)."""
+    if (tile * steps < u_begin) | ((tile + 1) * steps > u_end):
+        rows = tl.arange(0, BLOCK_M)
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.atomic_add(y_base + offs_n[:, None] + rows[None, :] * 0, done,
+                      mask=(rows == 0)[None, :], sem="relaxed")
+
+
+@triton.jit
+def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
+                  SYNC: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr,
+                  F32_DOT: tl.constexpr = False):
+    # Phases [ph_begin, ph_end) of the table, each a stream-K bf16 GEMV (module docstring);
+    # SYNC: a grid barrier before each phase but the first; EARLY (0, 1 or 2): the run's first
+    # EARLY weight tiles of a phase are loaded into registers before that barrier.
+    p = tl.program_id(0)
+    P = tl.num_programs(0)
+    for ph in range(ph_begin, ph_end):
+        row = tab_ptr + ph * 5
+        w_base = w_ptr + tl.multiple_of(tl.load(row), 64)
+        N = tl.load(row + 1).to(tl.int32)
+        K = tl.multiple_of(tl.load(row + 2).to(tl.int32), BLOCK_K)
+        x_base = y_ptr + tl.multiple_of(tl.load(row + 3), 16)
+        y_base = y_ptr + tl.multiple_of(tl.load(row + 4), 16)
+        steps = K // BLOCK_K
+        units = (N // BLOCK_N) * steps
+        u_begin = (p * units) // P
+        u_end = ((p + 1) * units) // P
+        first_tile = u_begin // steps
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        first_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        last_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        # EARLY 1 or 2: the run's first units' weight tiles, loaded before the barrier
+        if EARLY >= 1:
+            w0 = _w_tile(w_base, u_begin, steps, K, u_begin < u_end, BLOCK_N, BLOCK_K)
+        if EARLY >= 2:
+            w1 = _w_tile(w_base, u_begin + 1, steps, K, u_begin + 1 < u_end, BLOCK_N, BLOCK_K)
+        if SYNC:
+            if ph > ph_begin:
+                _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
+        if EARLY >= 1:
+            if u_begin < u_end:
+                acc, first_done, last_done = _unit(w0, x_base, y_base, u_begin, first_tile,
+                                                   steps, u_begin, u_end, first_tile, acc,
+                                                   first_done, last_done, BLOCK_N, BLOCK_K,
+                                                   BLOCK_M, F32_DOT)
+        if EARLY >= 2:
+            if u_begin + 1 < u_end:
+                acc, first_done, last_done = _unit(w1, x_base, y_base, u_begin + 1,
+                                                   (u_begin + 1) // steps, steps, u_begin, u_end,
+                                                   first_tile, acc, first_done, last_done,
+                                                   BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        start = tl.minimum(u_begin + EARLY, u_end)
+        for u in range(start, u_end):
+            tile = u // steps
+            w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K)
+            acc, first_done, last_done = _unit(w, x_base, y_base, u, tile, steps, u_begin,
+                                               u_end, first_tile, acc, first_done, last_done,
+                                               BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        if u_begin < u_end:
+            _add_shared(first_done, y_base, first_tile, steps, u_begin, u_end, BLOCK_N, BLOCK_M)
+            last_tile = (u_end - 1) // steps
+            if last_tile != first_tile:
+                _add_shared(last_done, y_base, last_tile, steps, u_begin, u_end, BLOCK_N,
+                            BLOCK_M)
+
+
+class Chain:
+    """The phases' weights in one bf16 buffer, the table, and the float32 activations (x0 first,
+    then each phase's output)."""
+
+    def __init__(self, shapes: list[tuple[str, int, int]], device: str, seed: int = 0):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        self.shapes = shapes
+        rows, w_off, y_off = [], 0, _align(shapes[0][2], 16)
+        x_off = 0
+        for _, n, k in shapes:
+            rows.append([w_off, n, k, x_off, y_off])
+            x_off, w_off, y_off = y_off, w_off + _align(n * k, 64), y_off + _align(n, 16)
+        self.table = torch.tensor(rows, dtype=torch.int64, device=device)
+        self.w = torch.empty(w_off, dtype=torch.bfloat16, device=device)
+        for (off, n, k, _, _), _ in zip(rows, shapes):
+            self.w[off:off + n * k].view(n, k).normal_(0.0, k ** -0.5, generator=gen)
+        self.y = torch.zeros(y_off, dtype=torch.float32, device=device)
+        self.x0 = torch.randn(shapes[0][2], generator=gen, device=device)
+        self.rows = rows
+        self.bar = torch.zeros(1, dtype=torch.int32, device=device)
+        self.err = torch.zeros(1, dtype=torch.int32, device=device)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(n * k for _, n, k in self.shapes) * 2
+
+    def weight(self, ph: int) -> torch.Tensor:
+        off, n, k, _, _ = self.rows[ph]
+        return self.w[off:off + n * k].view(n, k)
+
+    def reset(self) -> None:
+        """Outputs to zero (the shared tiles' atomics add to them), x0 in place, counter to 0."""
+        self.y.zero_()
+        self.y[:self.x0.numel()].copy_(self.x0)
+        self.bar.zero_()
+
+    def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
+        block_n, block_k, warps, stages, _, early = variant
+        opts = dict(num_warps=warps, num_stages=stages) if self.w.is_cuda else {}
+        _chain_kernel[(programs,)](self.w, self.table, self.y, self.bar, self.err, begin, end,
+                                   SYNC=sync, EARLY=early, BLOCK_N=block_n,
+                                   BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
+                                   F32_DOT=not self.w.is_cuda, **opts)
+
+    def check(self, outputs: list[torch.Tensor]) -> float:
+        """Worst relative error (norm) of each phase's output against a float32 product of the
+        phase's own input (the output before it, first K, rounded to bf16)."""
+        worst, x = 0.0, self.x0
+        for ph, out in enumerate(outputs):
+            out = out.reshape(-1)
+            k = self.rows[ph][2]
+            ref = self.weight(ph).float() @ _to_bf16(x[:k].float(), self.w.is_cuda)
+            worst = max(worst, ((out.float() - ref).norm() / ref.norm()).item())
+            x = out.float()
+        return worst
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [self.y[y_off:y_off + n] for (_, n, _, _, y_off) in self.rows]
+
+
+def _to_bf16(x: torch.Tensor, nearest: bool) -> torch.Tensor:
+    """x rounded to bf16 as the kernel does (float32 values): to nearest on the GPU; Triton 3.6's
+    interpreter truncates instead (its conversion keeps the high 16 bits)."""
+    if nearest:
+        return x.to(torch.bfloat16).float()
+    return (x.contiguous().view(torch.int32) & -65536).view(torch.float32)
+
+
+def _align(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def fits(chain: Chain, variant: tuple, nphases: int) -> int:
+    """How many programs of this variant's single launch (SYNC) an SM holds at once, from the
+    kernel compiled for exactly that launch (its registers and shared memory)."""
+    block_n, block_k, warps, stages, _, early = variant
+    kern = _chain_kernel.warmup(chain.w, chain.table, chain.y, chain.bar, chain.err, 0, nphases,
+                                SYNC=True, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k,
+                                BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=False, num_warps=warps,
+                                num_stages=stages, grid=(1,))
+    kern._init_handles()
+    props = torch.cuda.get_device_properties(chain.w.device)
+    regs_per_warp = _align(kern.n_regs * 32, 256)
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
+    by_smem = smem // (kern.metadata.shared + 1024)
+    by_warps = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps)
+    print(f"{variant}: {kern.n_regs} registers, {kern.metadata.shared} B shared, "
+          f"{kern.n_spills} spills: {min(by_regs, by_smem, by_warps)} programs an SM", flush=True)
+    return min(by_regs, by_smem, by_warps)
+
+
+def compile_only() -> None:
+    """Each variant's single-launch kernel compiled for sm_90 without a GPU: registers, spills,
+    shared memory (compile_sm90.py's report)."""
+    import compile_sm90
+    ptrs = {"tab_ptr": "*i64", "y_ptr": "*fp32", "bar_ptr": "*i32", "err_ptr": "*i32"}
+    for variant in VARIANTS:
+        block_n, block_k, warps, stages, _, early = variant
+        kern = compile_sm90.compile_one(
+            _chain_kernel, {"SYNC": True, "EARLY": early, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                            "BLOCK_M": 16, "MAX_SPIN": MAX_SPIN, "F32_DOT": False, "_ptrs": ptrs},
+            "bf16", warps, stages)
+        print(variant, compile_sm90.resources(kern), flush=True)
+
+
+def run_check(device: str, variants: list[tuple], shapes: list[tuple[str, int, int]],
+              programs: list[int]) -> int:
+    """Each variant's per-phase and persistent launches against the float32 products."""
+    bad = 0
+    for variant in variants:
+        block_n, block_k = variant[:2]
+        chain = Chain(shapes, device)
+        assert all(n % block_n == 0 and k % block_k == 0 for _, n, k in shapes)
+        for mode in ("per_phase", "persistent"):
+            for p in programs:
+                if mode == "persistent" and device == "cpu" and p > 1:
+                    continue  # the interpreter runs programs in turn: a barrier of P > 1 never meets
+                chain.reset()
+                if mode == "persistent":
+                    chain.launch(variant, p, 0, len(shapes), True)
+                else:
+                    for ph in range(len(shapes)):
+                        chain.launch(variant, p, ph, ph + 1, False)
+                err = chain.check(chain.outputs())
+                ok = err < (2e-3 if device == "cuda" else 1e-5) and chain.err.item() == 0
+                bad += not ok
+                print(f"  {mode:<10} {variant} programs {p}: rel err {err:.2e} "
+                      f"{'ok' if ok else 'WRONG'}", flush=True)
+    return bad
+
+
+def time_graph(fn, reps: int) -> float:
+    """Median ms of a CUDA-graph replay of fn (captured after one eager call)."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def engine_chain(chain: Chain) -> tuple:
+    """The chain through mma_gemv.tc_gemv, phase by phase (bf16 in and out), under PDL."""
+    from kiln.kernels import mma_gemv, pdl_scope
+    outs: list[torch.Tensor] = []
+    x0 = chain.x0.to(torch.bfloat16)[None, :]
+
+    def run() -> None:
+        outs.clear()
+        x = x0
+        for ph, (_, _, k, _, _) in enumerate(chain.rows):
+            out = mma_gemv.tc_gemv(x[:, :k], None, chain.weight(ph), None, None, torch.bfloat16)
+            outs.append(out)
+            x = out
+    return run, outs, pdl_scope
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--no-lm-head", action="store_true")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json")
+    ap.add_argument("--check-only", action="store_true", help="correctness only (small chain)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile the variants for sm_90 and report their resources (no GPU needed)")
+    args = ap.parse_args()
+    if args.compile_only:
+        compile_only()
+        return 0
+    if args.check_only or not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            from probe_weight_stream import _interpreter_numpy_fix
+            _interpreter_numpy_fix()
+        small = [("a", 192, 64), ("b", 64, 128), ("c", 128, 64), ("d", 32, 128)]
+        programs = [1, 3, 7]
+        if device == "cuda":  # every SM: most programs' runs are empty at these sizes
+            programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
+        bad = run_check(device, CHECK_VARIANTS, small, programs)
+        print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
+        return 1 if bad else 0
+
+    import bench_quant
+    dev = torch.device("cuda")
+    shapes = LAYER * args.layers + ([] if args.no_lm_head else [LM_HEAD])
+    t0 = time.time()
+    ceil = bench_quant.ceilings()
+    copy = ceil["copy_GBps"]
+    chain = Chain(shapes, "cuda")
+    gb = chain.weight_bytes / 1e9
+    print(f"copy {copy:.0f} GB/s; {len(shapes)} phases, {gb:.2f} GB of bf16 weights: "
+          f"{gb / copy * 1e3:.3f} ms at the copy rate", flush=True)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    results = []
+
+    def record(mode: str, variant, ms: float, err: float | None, note: str = "") -> None:
+        over = (ms - gb / copy * 1e3) / len(shapes) * 1e3
+        results.append({"mode": mode, "variant": variant, "ms": ms, "GBps": gb / ms * 1e3,
+                        "of_copy": gb / ms * 1e3 / copy, "over_copy_us_per_phase": over,
+                        "rel_err": err, "note": note})
+        print(f"{mode:<10} {str(variant):<26} {ms:7.3f} ms  {gb / ms * 1e3:6.0f} GB/s "
+              f"({gb / ms * 1e3 / copy:6.1%} of copy)  +{over:5.2f} us/phase  "
+              f"err {err if err is None else f'{err:.1e}'} {note}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"ceilings": ceil, "phases": len(shapes), "weight_GB": gb,
+                           "results": results, "seconds": time.time() - t0,
+                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "triton": triton.__version__}, f, indent=1)
+
+    # the engine's GEMV first (its autotuning happens in the eager call before capture)
+    run, outs, pdl_scope = engine_chain(chain)
+    with pdl_scope(True):
+        ms = time_graph(run, args.reps)
+    record("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs))
+    for variant in VARIANTS:
+        per_sm = variant[4]
+        try:
+            room = fits(chain, variant, len(shapes))
+        except Exception as exc:  # a variant that does not compile is reported, not fatal
+            print(f"{variant}: does not compile: {str(exc).splitlines()[0][:200]}", flush=True)
+            continue
+        programs = sms * per_sm
+        nphases = len(shapes)
+
+        def per_phase() -> None:
+            chain.reset()
+            for ph in range(nphases):
+                chain.launch(variant, programs, ph, ph + 1, False)
+        ms = time_graph(per_phase, args.reps)
+        record("per_phase", variant, ms, chain.check(chain.outputs()))
+        if room < per_sm:
+            print(f"{variant}: {room} programs fit an SM, not {per_sm}: no single launch",
+                  flush=True)
+            continue
+
+        def one_launch(sync: bool):
+            def fn() -> None:
+                chain.reset()
+                chain.launch(variant, programs, 0, nphases, sync)
+            return fn
+        chain.err.zero_()
+        ms = time_graph(one_launch(True), args.reps)
+        timed_out = chain.err.item() != 0
+        record("persistent", variant, ms, chain.check(chain.outputs()),
+               "BARRIER TIMED OUT" if timed_out else "")
+        if timed_out:
+            continue
+        ms = time_graph(one_launch(False), args.reps)
+        record("nosync", variant, ms, None, "results race: not checked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
