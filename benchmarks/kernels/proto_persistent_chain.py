@@ -139,7 +139,7 @@ def _add_shared(done, y_base, tile, steps, u_begin, u_end, BLOCK_N: tl.constexpr
                       mask=(rows == 0)[None, :], sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ph_begin", "ph_end"])  # one compiled kernel for every phase range
 def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
                   SYNC: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr,
