@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Device call 1 of the persistent-chain prototype (about 200 s on a fresh H200): is one
+# Device call 1 of the persistent-chain prototype (at most 570 s; a fresh H200): is one
 # persistent launch of the decode step's GEMVs, with a grid barrier a phase, faster than a
-# launch a phase (the engine's tc_gemv under PDL, and the same kernel launched per phase)?
-# First the small correctness check on the GPU (P = 1, 3, 7 and every SM, barriers included),
-# then the 8B chain (32 layers x 4 GEMVs + the LM head, 15.0 GB of bf16) and an 8-layer one.
+# launch a phase (the engine's kernels under PDL, and the same kernel launched per phase)?
+# 1. the small correctness check on the GPU, bf16 and fp8 (P = 1, 3, 7 and every SM; barriers);
+# 2. the 8B chain (32 layers x 4 GEMVs + the LM head): bf16 (15.0 GB), then fp8 (7.5 GB);
+# 3. with what time is left, an 8-layer bf16 chain without the LM head.
 #   bash benchmarks/h200-persistent/call1.sh     (OUT set by the device tool)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
-timeout 120 python3 benchmarks/kernels/proto_persistent_chain.py --check-only \
-  > $OUT/check.log 2>&1
+P=benchmarks/kernels/proto_persistent_chain.py
+timeout 150 python3 $P --check-only > $OUT/check.log 2>&1
 echo "check rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-tail -3 $OUT/check.log
-timeout 300 python3 benchmarks/kernels/proto_persistent_chain.py --layers 32 \
-  --json $OUT/chain32.json > $OUT/chain32.log 2>&1
-echo "chain32 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-cat $OUT/chain32.log
-timeout $((570 - SECONDS + T0)) python3 benchmarks/kernels/proto_persistent_chain.py --layers 8 \
-  --no-lm-head --json $OUT/chain8.json > $OUT/chain8.log 2>&1
-echo "chain8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-grep -v "^(" $OUT/chain8.log
+grep -c " ok$" $OUT/check.log; grep -v " ok$" $OUT/check.log | tail -5
+timeout 240 python3 $P --layers 32 --weights bf16 --json $OUT/chain32_bf16.json \
+  > $OUT/chain32_bf16.log 2>&1
+echo "chain32 bf16 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+cat $OUT/chain32_bf16.log
+timeout $((540 - SECONDS + T0)) python3 $P --layers 32 --weights fp8 \
+  --json $OUT/chain32_fp8.json > $OUT/chain32_fp8.log 2>&1
+echo "chain32 fp8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+cat $OUT/chain32_fp8.log
+if [ $((SECONDS - T0)) -lt 450 ]; then
+  timeout $((570 - SECONDS + T0)) python3 $P --layers 8 --no-lm-head --weights bf16 \
+    --json $OUT/chain8_bf16.json > $OUT/chain8_bf16.log 2>&1
+  echo "chain8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+  grep -v "^(" $OUT/chain8_bf16.log
+fi

@@ -59,17 +59,23 @@ if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
+
 sys.path.insert(0, os.path.dirname(__file__))  # bench_quant, probe_weight_stream
 
 TAB = 5                 # a phase's row of the table: w_off, N, K, x_off, y_off
 MAX_SPIN = 1 << 20      # polls of the barrier counter before a program gives up (about a second)
 LAYER = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LM_HEAD = ("lm_head", 128256, 4096)
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY): bf16 64 x 128 is 16 KB a stage.
-VARIANTS = [(64, 128, 4, 4, 1, 0), (64, 128, 4, 4, 1, 1), (64, 128, 4, 6, 1, 1),
-            (64, 128, 4, 4, 2, 1), (64, 64, 4, 6, 2, 1), (64, 64, 4, 8, 2, 1),
-            (128, 64, 4, 4, 2, 1), (64, 128, 8, 6, 1, 1), (64, 128, 8, 6, 1, 2),
-            (64, 128, 4, 4, 2, 2)]
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY), per kind of weights. A unit of
+# 64 x 128 bf16 or 64 x 256 fp8 is 16 KB a stage.
+VARIANTS = {"bf16": [(64, 128, 4, 4, 1, 0), (64, 128, 4, 4, 1, 1), (64, 128, 4, 6, 1, 1),
+                     (64, 128, 4, 4, 2, 1), (64, 64, 4, 6, 2, 1), (64, 64, 4, 8, 2, 1),
+                     (128, 64, 4, 4, 2, 1), (64, 128, 8, 6, 1, 1), (64, 128, 8, 6, 1, 2),
+                     (64, 128, 4, 4, 2, 2)],
+            "fp8": [(64, 256, 4, 4, 1, 1), (64, 256, 4, 6, 1, 1), (64, 256, 4, 4, 2, 1),
+                    (64, 128, 4, 6, 2, 1), (64, 128, 4, 8, 2, 1), (64, 256, 8, 6, 1, 2),
+                    (128, 128, 4, 4, 2, 1)]}
 CHECK_VARIANTS = [(16, 32, 4, 2, 1, 0), (16, 32, 4, 2, 1, 1), (32, 64, 4, 2, 1, 1),
                   (16, 32, 4, 2, 1, 2)]
 
@@ -92,28 +98,42 @@ def _grid_sync(bar_ptr, err_ptr, target, MAX_SPIN: tl.constexpr):
 
 
 @triton.jit
-def _unit(w, x_base, y_base, u, tile, steps, u_begin, u_end, first_tile, acc, first_done,
-          last_done, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-          F32_DOT: tl.constexpr):
+def _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin, u_end, first_tile, acc,
+          first_done, last_done, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+          BLOCK_M: tl.constexpr, A8: tl.constexpr, F32_DOT: tl.constexpr):
     """One unit (weight tile w of K step u - tile * steps) into acc; at the run's last unit of
-    the tile, a whole tile is stored and a shared one kept for after the loop."""
+    the tile, a whole tile is stored and a shared one kept for after the loop. A8: w holds fp8
+    codes, and the unit's slice of x is quantized to fp8 with a scale of its own (the engine's
+    per-token formula, amax / 448, over BLOCK_K values instead of the row)."""
     rows = tl.arange(0, BLOCK_M)
     offs_k = (u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K)
-    xt = tl.load(x_base + offs_k[:, None] + rows[None, :] * 0, mask=(rows == 0)[None, :],
-                 other=0.0).to(tl.bfloat16)
-    if F32_DOT:  # Triton's interpreter: a dot of loaded and converted bf16 gives garbage there
-        acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+    xf = tl.where(rows[None, :] == 0, tl.load(x_base + offs_k)[:, None], 0.0)
+    if A8:
+        sx = tl.div_rn(tl.maximum(tl.max(tl.max(tl.abs(xf), axis=1), axis=0), 1e-12), 448.0)
+        xq = quantize_to_codes(xf, sx, False)
+        if F32_DOT:  # as below: the interpreter's dots of converted operands are not trusted
+            part = tl.dot(w.to(tl.float32), xq.to(tl.float32))
+        else:
+            part = tl.dot(w, xq)
+        acc += part * sx
     else:
-        acc = tl.dot(w, xt, acc)
+        xt = xf.to(tl.bfloat16)
+        if F32_DOT:  # Triton's interpreter: a dot of loaded and converted bf16 gives garbage there
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+        else:
+            acc = tl.dot(w, xt, acc)
     if (u == (tile + 1) * steps - 1) | (u == u_end - 1):
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        done = acc
+        if A8:
+            done = acc * tl.load(ws_base + offs_n)[:, None]
         if (tile * steps >= u_begin) & ((tile + 1) * steps <= u_end):
-            offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            tl.store(y_base + offs_n[:, None] + rows[None, :] * 0, acc,
+            tl.store(y_base + offs_n[:, None] + rows[None, :] * 0, done,
                      mask=(rows == 0)[None, :])
         elif tile == first_tile:
-            first_done = acc
+            first_done = done
         else:
-            last_done = acc
+            last_done = done
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     return acc, first_done, last_done
 
@@ -140,13 +160,14 @@ def _add_shared(done, y_base, tile, steps, u_begin, u_end, BLOCK_N: tl.constexpr
 
 
 @triton.jit(do_not_specialize=["ph_begin", "ph_end"])  # one compiled kernel for every phase range
-def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
+def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
                   SYNC: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr,
-                  F32_DOT: tl.constexpr = False):
+                  F32_DOT: tl.constexpr = False, A8: tl.constexpr = False):
     # Phases [ph_begin, ph_end) of the table, each a stream-K bf16 GEMV (module docstring);
     # SYNC: a grid barrier before each phase but the first; EARLY (0, 1 or 2): the run's first
-    # EARLY weight tiles of a phase are loaded into registers before that barrier.
+    # EARLY weight tiles of a phase are loaded into registers before that barrier. A8: fp8
+    # weight codes with per-channel scales at ws_ptr (indexed as the phase's outputs), _unit.
     p = tl.program_id(0)
     P = tl.num_programs(0)
     for ph in range(ph_begin, ph_end):
@@ -155,7 +176,9 @@ def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
         N = tl.load(row + 1).to(tl.int32)
         K = tl.multiple_of(tl.load(row + 2).to(tl.int32), BLOCK_K)
         x_base = y_ptr + tl.multiple_of(tl.load(row + 3), 16)
-        y_base = y_ptr + tl.multiple_of(tl.load(row + 4), 16)
+        y_off = tl.multiple_of(tl.load(row + 4), 16)
+        y_base = y_ptr + y_off
+        ws_base = ws_ptr + y_off
         steps = K // BLOCK_K
         units = (N // BLOCK_N) * steps
         u_begin = (p * units) // P
@@ -174,23 +197,23 @@ def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
                 _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
         if EARLY >= 1:
             if u_begin < u_end:
-                acc, first_done, last_done = _unit(w0, x_base, y_base, u_begin, first_tile,
+                acc, first_done, last_done = _unit(w0, x_base, y_base, ws_base, u_begin, first_tile,
                                                    steps, u_begin, u_end, first_tile, acc,
                                                    first_done, last_done, BLOCK_N, BLOCK_K,
-                                                   BLOCK_M, F32_DOT)
+                                                   BLOCK_M, A8, F32_DOT)
         if EARLY >= 2:
             if u_begin + 1 < u_end:
-                acc, first_done, last_done = _unit(w1, x_base, y_base, u_begin + 1,
+                acc, first_done, last_done = _unit(w1, x_base, y_base, ws_base, u_begin + 1,
                                                    (u_begin + 1) // steps, steps, u_begin, u_end,
                                                    first_tile, acc, first_done, last_done,
-                                                   BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+                                                   BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT)
         start = tl.minimum(u_begin + EARLY, u_end)
         for u in range(start, u_end):
             tile = u // steps
             w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K)
-            acc, first_done, last_done = _unit(w, x_base, y_base, u, tile, steps, u_begin,
+            acc, first_done, last_done = _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin,
                                                u_end, first_tile, acc, first_done, last_done,
-                                               BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+                                               BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT)
         if u_begin < u_end:
             _add_shared(first_done, y_base, first_tile, steps, u_begin, u_end, BLOCK_N, BLOCK_M)
             last_tile = (u_end - 1) // steps
@@ -200,21 +223,32 @@ def _chain_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
 
 
 class Chain:
-    """The phases' weights in one bf16 buffer, the table, and the float32 activations (x0 first,
-    then each phase's output)."""
+    """The phases' weights in one buffer (bf16, or fp8 codes with per-channel scales), the table,
+    and the float32 activations (x0 first, then each phase's output)."""
 
-    def __init__(self, shapes: list[tuple[str, int, int]], device: str, seed: int = 0):
+    def __init__(self, shapes: list[tuple[str, int, int]], device: str, seed: int = 0,
+                 kind: str = "bf16"):
         gen = torch.Generator(device=device).manual_seed(seed)
         self.shapes = shapes
+        self.kind = kind
         rows, w_off, y_off = [], 0, _align(shapes[0][2], 16)
         x_off = 0
         for _, n, k in shapes:
             rows.append([w_off, n, k, x_off, y_off])
             x_off, w_off, y_off = y_off, w_off + _align(n * k, 64), y_off + _align(n, 16)
         self.table = torch.tensor(rows, dtype=torch.int64, device=device)
-        self.w = torch.empty(w_off, dtype=torch.bfloat16, device=device)
-        for (off, n, k, _, _), _ in zip(rows, shapes):
-            self.w[off:off + n * k].view(n, k).normal_(0.0, k ** -0.5, generator=gen)
+        a8 = kind == "fp8"
+        self.w = torch.empty(w_off, dtype=torch.float8_e4m3fn if a8 else torch.bfloat16,
+                             device=device)
+        self.ws = torch.ones(y_off, dtype=torch.float32, device=device)  # fp8: per channel
+        for off, n, k, _, out in rows:
+            w = torch.empty(n, k, dtype=torch.bfloat16, device=device)
+            w.normal_(0.0, k ** -0.5, generator=gen)
+            if a8:
+                scale = w.float().abs().amax(dim=1).clamp_min(1e-12) / 448.0
+                self.ws[out:out + n] = scale
+                w = (w.float() / scale[:, None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+            self.w[off:off + n * k].view(n, k).copy_(w)
         self.y = torch.zeros(y_off, dtype=torch.float32, device=device)
         self.x0 = torch.randn(shapes[0][2], generator=gen, device=device)
         self.rows = rows
@@ -223,11 +257,18 @@ class Chain:
 
     @property
     def weight_bytes(self) -> int:
+        if self.kind == "fp8":  # codes and the float32 per-channel scales
+            return sum(n * k + 4 * n for _, n, k in self.shapes)
         return sum(n * k for _, n, k in self.shapes) * 2
 
     def weight(self, ph: int) -> torch.Tensor:
+        """Phase ph's stored weights [N, K] (bf16, or fp8 codes)."""
         off, n, k, _, _ = self.rows[ph]
         return self.w[off:off + n * k].view(n, k)
+
+    def w_scales(self, ph: int) -> torch.Tensor:
+        _, n, _, _, out = self.rows[ph]
+        return self.ws[out:out + n]
 
     def reset(self) -> None:
         """Outputs to zero (the shared tiles' atomics add to them), x0 in place, counter to 0."""
@@ -238,19 +279,27 @@ class Chain:
     def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
         block_n, block_k, warps, stages, _, early = variant
         opts = dict(num_warps=warps, num_stages=stages) if self.w.is_cuda else {}
-        _chain_kernel[(programs,)](self.w, self.table, self.y, self.bar, self.err, begin, end,
-                                   SYNC=sync, EARLY=early, BLOCK_N=block_n,
+        _chain_kernel[(programs,)](self.w, self.ws, self.table, self.y, self.bar, self.err, begin,
+                                   end, SYNC=sync, EARLY=early, BLOCK_N=block_n,
                                    BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
-                                   F32_DOT=not self.w.is_cuda, **opts)
+                                   F32_DOT=not self.w.is_cuda, A8=self.kind == "fp8", **opts)
 
-    def check(self, outputs: list[torch.Tensor]) -> float:
+    def check(self, outputs: list[torch.Tensor], group: int = 0) -> float:
         """Worst relative error (norm) of each phase's output against a float32 product of the
-        phase's own input (the output before it, first K, rounded to bf16)."""
+        phase's own input (the output before it, first K): rounded to bf16, or for fp8 weights
+        quantized to fp8 per `group` values (0: the whole row, as the engine's per-token
+        quantization)."""
         worst, x = 0.0, self.x0
         for ph, out in enumerate(outputs):
             out = out.reshape(-1)
             k = self.rows[ph][2]
-            ref = self.weight(ph).float() @ _to_bf16(x[:k].float(), self.w.is_cuda)
+            if self.kind == "fp8":
+                q, sx = quant_per_token_ref(x[:k].float().reshape(-1, group or k),
+                                            torch.float8_e4m3fn)
+                ref = ((self.weight(ph).float() @ (q.float() * sx).reshape(-1))
+                       * self.w_scales(ph))
+            else:
+                ref = self.weight(ph).float() @ x[:k].float().to(torch.bfloat16).float()
             worst = max(worst, ((out.float() - ref).norm() / ref.norm()).item())
             x = out.float()
         return worst
@@ -259,12 +308,23 @@ class Chain:
         return [self.y[y_off:y_off + n] for (_, n, _, _, y_off) in self.rows]
 
 
-def _to_bf16(x: torch.Tensor, nearest: bool) -> torch.Tensor:
-    """x rounded to bf16 as the kernel does (float32 values): to nearest on the GPU; Triton 3.6's
-    interpreter truncates instead (its conversion keeps the high 16 bits)."""
-    if nearest:
-        return x.to(torch.bfloat16).float()
-    return (x.contiguous().view(torch.int32) & -65536).view(torch.float32)
+def _exact_interpreter_conversions() -> None:
+    """Triton 3.6's interpreter converts float32 to bf16 by truncation and to fp8 e4m3 with a
+    lost carry (125.7 -> 64; tests/kernels/test_kernel_fp8_kv.py): for the CPU check, these two
+    conversions are done by torch instead, rounding to nearest even as the GPU does."""
+    import numpy as np
+    from triton.runtime import interpreter
+    original = interpreter._convert_float
+    targets = {tl.float8e4nv: (torch.float8_e4m3fn, torch.uint8),
+               tl.bfloat16: (torch.bfloat16, torch.int16)}
+
+    def convert(data, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.float32 and output_dtype in targets:
+            dtype, bits = targets[output_dtype]
+            src = torch.from_numpy(np.ascontiguousarray(data).view(np.float32))
+            return src.to(dtype).view(bits).numpy().reshape(data.shape)
+        return original(data, input_dtype, output_dtype, rounding_mode)
+    interpreter._convert_float = convert
 
 
 def _align(n: int, m: int) -> int:
@@ -275,10 +335,11 @@ def fits(chain: Chain, variant: tuple, nphases: int) -> int:
     """How many programs of this variant's single launch (SYNC) an SM holds at once, from the
     kernel compiled for exactly that launch (its registers and shared memory)."""
     block_n, block_k, warps, stages, _, early = variant
-    kern = _chain_kernel.warmup(chain.w, chain.table, chain.y, chain.bar, chain.err, 0, nphases,
-                                SYNC=True, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k,
-                                BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=False, num_warps=warps,
-                                num_stages=stages, grid=(1,))
+    kern = _chain_kernel.warmup(chain.w, chain.ws, chain.table, chain.y, chain.bar, chain.err, 0,
+                                nphases, SYNC=True, EARLY=early, BLOCK_N=block_n,
+                                BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=False,
+                                A8=chain.kind == "fp8", num_warps=warps, num_stages=stages,
+                                grid=(1,))
     kern._init_handles()
     props = torch.cuda.get_device_properties(chain.w.device)
     regs_per_warp = _align(kern.n_regs * 32, 256)
@@ -295,23 +356,26 @@ def compile_only() -> None:
     """Each variant's single-launch kernel compiled for sm_90 without a GPU: registers, spills,
     shared memory (compile_sm90.py's report)."""
     import compile_sm90
-    ptrs = {"tab_ptr": "*i64", "y_ptr": "*fp32", "bar_ptr": "*i32", "err_ptr": "*i32"}
-    for variant in VARIANTS:
-        block_n, block_k, warps, stages, _, early = variant
-        kern = compile_sm90.compile_one(
-            _chain_kernel, {"SYNC": True, "EARLY": early, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                            "BLOCK_M": 16, "MAX_SPIN": MAX_SPIN, "F32_DOT": False, "_ptrs": ptrs},
-            "bf16", warps, stages)
-        print(variant, compile_sm90.resources(kern), flush=True)
+    ptrs = {"ws_ptr": "*fp32", "tab_ptr": "*i64", "y_ptr": "*fp32", "bar_ptr": "*i32",
+            "err_ptr": "*i32"}
+    for kind, variants in VARIANTS.items():
+        for variant in variants:
+            block_n, block_k, warps, stages, _, early = variant
+            kern = compile_sm90.compile_one(
+                _chain_kernel, {"SYNC": True, "EARLY": early, "BLOCK_N": block_n,
+                                "BLOCK_K": block_k, "BLOCK_M": 16, "MAX_SPIN": MAX_SPIN,
+                                "F32_DOT": False, "A8": kind == "fp8", "_ptrs": ptrs},
+                "fp8e4nv" if kind == "fp8" else "bf16", warps, stages)
+            print(kind, variant, compile_sm90.resources(kern), flush=True)
 
 
 def run_check(device: str, variants: list[tuple], shapes: list[tuple[str, int, int]],
-              programs: list[int]) -> int:
+              programs: list[int], kinds: list[str]) -> int:
     """Each variant's per-phase and persistent launches against the float32 products."""
     bad = 0
-    for variant in variants:
+    for kind, variant in ((kind, v) for kind in kinds for v in variants):
         block_n, block_k = variant[:2]
-        chain = Chain(shapes, device)
+        chain = Chain(shapes, device, kind=kind)
         assert all(n % block_n == 0 and k % block_k == 0 for _, n, k in shapes)
         for mode in ("per_phase", "persistent"):
             for p in programs:
@@ -323,10 +387,10 @@ def run_check(device: str, variants: list[tuple], shapes: list[tuple[str, int, i
                 else:
                     for ph in range(len(shapes)):
                         chain.launch(variant, p, ph, ph + 1, False)
-                err = chain.check(chain.outputs())
+                err = chain.check(chain.outputs(), block_k)
                 ok = err < (2e-3 if device == "cuda" else 1e-5) and chain.err.item() == 0
                 bad += not ok
-                print(f"  {mode:<10} {variant} programs {p}: rel err {err:.2e} "
+                print(f"  {kind} {mode:<10} {variant} programs {p}: rel err {err:.2e} "
                       f"{'ok' if ok else 'WRONG'}", flush=True)
     return bad
 
@@ -353,8 +417,10 @@ def time_graph(fn, reps: int) -> float:
 
 
 def engine_chain(chain: Chain) -> tuple:
-    """The chain through mma_gemv.tc_gemv, phase by phase (bf16 in and out), under PDL."""
-    from kiln.kernels import mma_gemv, pdl_scope
+    """The chain through the engine's kernels, phase by phase (bf16 in and out): tc_gemv, after
+    quant_per_token for fp8 weights (per-token fp8 codes of x, as the engine's W8A8 layers)."""
+    from kiln.kernels import mma_gemv
+    from kiln.kernels.quant_act import quant_per_token
     outs: list[torch.Tensor] = []
     x0 = chain.x0.to(torch.bfloat16)[None, :]
 
@@ -362,10 +428,71 @@ def engine_chain(chain: Chain) -> tuple:
         outs.clear()
         x = x0
         for ph, (_, _, k, _, _) in enumerate(chain.rows):
-            out = mma_gemv.tc_gemv(x[:, :k], None, chain.weight(ph), None, None, torch.bfloat16)
+            if chain.kind == "fp8":
+                xq, sx = quant_per_token(x[:, :k], torch.float8_e4m3fn)
+                out = mma_gemv.tc_gemv(xq, sx, chain.weight(ph), chain.w_scales(ph), None,
+                                       torch.bfloat16)
+            else:
+                out = mma_gemv.tc_gemv(x[:, :k], None, chain.weight(ph), None, None,
+                                       torch.bfloat16)
             outs.append(out)
             x = out
-    return run, outs, pdl_scope
+    return run, outs
+
+
+def bench_kind(kind: str, shapes: list, reps: int, copy: float, record) -> None:
+    """Every mode of the module docstring for one kind of weights, recorded with record(kind,
+    mode, variant, ms, GB, phases, err, note)."""
+    from kiln.kernels import pdl_scope
+    chain = Chain(shapes, "cuda", kind=kind)
+    gb = chain.weight_bytes / 1e9
+    nphases = len(shapes)
+    print(f"{kind}: {nphases} phases, {gb:.2f} GB of weights: {gb / copy * 1e3:.3f} ms at the "
+          f"copy rate", flush=True)
+    sms = torch.cuda.get_device_properties(chain.w.device).multi_processor_count
+
+    def rec(mode, variant, ms, err, note=""):
+        record(kind, mode, variant, ms, gb, nphases, err, note)
+
+    # the engine's kernels first (their autotuning happens in the eager call before capture)
+    run, outs = engine_chain(chain)
+    with pdl_scope(True):
+        ms = time_graph(run, reps)
+    rec("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs, 0))
+    for variant in VARIANTS[kind]:
+        per_sm, group = variant[4], variant[1]
+        try:
+            room = fits(chain, variant, nphases)
+        except Exception as exc:  # a variant that does not compile is reported, not fatal
+            print(f"{variant}: does not compile: {str(exc).splitlines()[0][:200]}", flush=True)
+            continue
+        programs = sms * per_sm
+
+        def per_phase() -> None:
+            chain.reset()
+            for ph in range(nphases):
+                chain.launch(variant, programs, ph, ph + 1, False)
+        ms = time_graph(per_phase, reps)
+        rec("per_phase", variant, ms, chain.check(chain.outputs(), group))
+        if room < per_sm:
+            print(f"{variant}: {room} programs fit an SM, not {per_sm}: no single launch",
+                  flush=True)
+            continue
+
+        def one_launch(sync: bool):
+            def fn() -> None:
+                chain.reset()
+                chain.launch(variant, programs, 0, nphases, sync)
+            return fn
+        chain.err.zero_()
+        ms = time_graph(one_launch(True), reps)
+        timed_out = chain.err.item() != 0
+        rec("persistent", variant, ms, chain.check(chain.outputs(), group),
+            "BARRIER TIMED OUT" if timed_out else "")
+        if timed_out:
+            continue
+        ms = time_graph(one_launch(False), reps)
+        rec("nosync", variant, ms, None, "results race: not checked")
 
 
 def main() -> int:
@@ -373,6 +500,9 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--no-lm-head", action="store_true")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--weights", default="bf16,fp8",
+                    help="bf16 and/or fp8 (W8A8: fp8 codes, per-channel scales; the prototype "
+                         "quantizes x per BLOCK_K values, the engine per token)")
     ap.add_argument("--json")
     ap.add_argument("--check-only", action="store_true", help="correctness only (small chain)")
     ap.add_argument("--compile-only", action="store_true",
@@ -386,82 +516,43 @@ def main() -> int:
         if device == "cpu":
             from probe_weight_stream import _interpreter_numpy_fix
             _interpreter_numpy_fix()
+            _exact_interpreter_conversions()
         small = [("a", 192, 64), ("b", 64, 128), ("c", 128, 64), ("d", 32, 128)]
         programs = [1, 3, 7]
         if device == "cuda":  # every SM: most programs' runs are empty at these sizes
             programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
-        bad = run_check(device, CHECK_VARIANTS, small, programs)
+        bad = run_check(device, CHECK_VARIANTS, small, programs, args.weights.split(","))
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
         return 1 if bad else 0
 
     import bench_quant
-    dev = torch.device("cuda")
     shapes = LAYER * args.layers + ([] if args.no_lm_head else [LM_HEAD])
     t0 = time.time()
     ceil = bench_quant.ceilings()
     copy = ceil["copy_GBps"]
-    chain = Chain(shapes, "cuda")
-    gb = chain.weight_bytes / 1e9
-    print(f"copy {copy:.0f} GB/s; {len(shapes)} phases, {gb:.2f} GB of bf16 weights: "
-          f"{gb / copy * 1e3:.3f} ms at the copy rate", flush=True)
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    print(f"copy {copy:.0f} GB/s", flush=True)
     results = []
 
-    def record(mode: str, variant, ms: float, err: float | None, note: str = "") -> None:
-        over = (ms - gb / copy * 1e3) / len(shapes) * 1e3
-        results.append({"mode": mode, "variant": variant, "ms": ms, "GBps": gb / ms * 1e3,
+    def record(kind, mode, variant, ms, gb, nphases, err, note) -> None:
+        over = (ms - gb / copy * 1e3) / nphases * 1e3
+        results.append({"weights": kind, "mode": mode, "variant": variant, "ms": ms,
+                        "weight_GB": gb, "phases": nphases, "GBps": gb / ms * 1e3,
                         "of_copy": gb / ms * 1e3 / copy, "over_copy_us_per_phase": over,
                         "rel_err": err, "note": note})
-        print(f"{mode:<10} {str(variant):<26} {ms:7.3f} ms  {gb / ms * 1e3:6.0f} GB/s "
+        print(f"{kind:<4} {mode:<10} {str(variant):<26} {ms:7.3f} ms  {gb / ms * 1e3:6.0f} GB/s "
               f"({gb / ms * 1e3 / copy:6.1%} of copy)  +{over:5.2f} us/phase  "
               f"err {err if err is None else f'{err:.1e}'} {note}", flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"ceilings": ceil, "phases": len(shapes), "weight_GB": gb,
-                           "results": results, "seconds": time.time() - t0,
-                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "triton": triton.__version__}, f, indent=1)
+                json.dump({"ceilings": ceil, "layers": args.layers,
+                           "lm_head": not args.no_lm_head, "results": results,
+                           "seconds": time.time() - t0, "device": torch.cuda.get_device_name(),
+                           "torch": torch.__version__, "triton": triton.__version__}, f,
+                          indent=1)
 
-    # the engine's GEMV first (its autotuning happens in the eager call before capture)
-    run, outs, pdl_scope = engine_chain(chain)
-    with pdl_scope(True):
-        ms = time_graph(run, args.reps)
-    record("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs))
-    for variant in VARIANTS:
-        per_sm = variant[4]
-        try:
-            room = fits(chain, variant, len(shapes))
-        except Exception as exc:  # a variant that does not compile is reported, not fatal
-            print(f"{variant}: does not compile: {str(exc).splitlines()[0][:200]}", flush=True)
-            continue
-        programs = sms * per_sm
-        nphases = len(shapes)
-
-        def per_phase() -> None:
-            chain.reset()
-            for ph in range(nphases):
-                chain.launch(variant, programs, ph, ph + 1, False)
-        ms = time_graph(per_phase, args.reps)
-        record("per_phase", variant, ms, chain.check(chain.outputs()))
-        if room < per_sm:
-            print(f"{variant}: {room} programs fit an SM, not {per_sm}: no single launch",
-                  flush=True)
-            continue
-
-        def one_launch(sync: bool):
-            def fn() -> None:
-                chain.reset()
-                chain.launch(variant, programs, 0, nphases, sync)
-            return fn
-        chain.err.zero_()
-        ms = time_graph(one_launch(True), args.reps)
-        timed_out = chain.err.item() != 0
-        record("persistent", variant, ms, chain.check(chain.outputs()),
-               "BARRIER TIMED OUT" if timed_out else "")
-        if timed_out:
-            continue
-        ms = time_graph(one_launch(False), args.reps)
-        record("nosync", variant, ms, None, "results race: not checked")
+    for kind in args.weights.split(","):
+        bench_kind(kind, shapes, args.reps, copy, record)
+        torch.cuda.empty_cache()  # the kind's weights went with bench_kind's frame
     return 0
 
 
