@@ -4,7 +4,6 @@
 # launch a phase (the engine's kernels under PDL, and the same kernel launched per phase)?
 # 1. the small correctness check on the GPU, bf16 and fp8 (P = 1, 3, 7 and every SM; barriers);
 # 2. the 8B chain (32 layers x 4 GEMVs + the LM head): bf16 (15.0 GB), then fp8 (7.5 GB);
-# 3. with what time is left, an 8-layer bf16 chain without the LM head.
 #   bash benchmarks/h200-persistent/call1.sh     (OUT set by the device tool)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
@@ -20,9 +19,3 @@ timeout $((540 - SECONDS + T0)) python3 $P --layers 32 --weights fp8 \
   --json $OUT/chain32_fp8.json > $OUT/chain32_fp8.log 2>&1
 echo "chain32 fp8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 cat $OUT/chain32_fp8.log
-if [ $((SECONDS - T0)) -lt 450 ]; then
-  timeout $((570 - SECONDS + T0)) python3 $P --layers 8 --no-lm-head --weights bf16 \
-    --json $OUT/chain8_bf16.json > $OUT/chain8_bf16.log 2>&1
-  echo "chain8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-  grep -v "^(" $OUT/chain8_bf16.log
-fi

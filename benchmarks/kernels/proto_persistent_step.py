@@ -1,0 +1,579 @@
+"""Prototype: a whole batch-1 decode step of a Llama-architecture model (bf16 weights) as ONE
+persistent launch: every layer's RMSNorm, QKV, rotary, attention over the KV cache, output
+projection, RMSNorm, gate/up, SiLU·mul and down projection, then the final norm and the LM head.
+
+The next step after proto_persistent_chain.py (../h200-persistent/README.md). The chain times
+the GEMVs alone; this is the whole step, so its time can be set against the engine's decode step
+at batch 1 (bf16 8B: 4.24-4.33 ms, 231-236 tok/s; the issue #5 bar is 255 tok/s, 3.92 ms).
+
+Phases (a grid barrier between phases, as in proto_persistent_chain), five a layer:
+  0  qkv[l] = W_qkv · bf16(rmsnorm(h) * ln[l, 0])          (each program takes the norm itself)
+  1  attention: units (kv head, CHUNK keys of the cache) take their 4 query heads' rotary, scores,
+     softmax partials; the new token's k and v come from qkv[l] and go into the cache; the last
+     unit of a kv head to finish (a counter) combines that head's chunks into ao[l]
+  2  h += W_o · bf16(ao[l])
+  3  gu[l] = W_gate_up · bf16(rmsnorm(h) * ln[l, 1])
+  4  h += W_down · bf16(silu(gate) * up)                    (SiLU·mul done on the input slices)
+and last: logits = W_head · bf16(rmsnorm(h) * final_norm).
+Each GEMV phase is the chain's stream-K GEMV (_gemv_run): the (tile, K step) units cut into P
+equal runs, whole tiles stored (or added to h), the shared first and last tiles added with
+atomics. The residual stream h stays in float32; every GEMV input is rounded to bf16.
+
+The KV cache is contiguous here ([layers, kv heads, max_ctx, head dim], bf16), not the engine's
+paged cache, and rotary has no scaling: this measures what one launch costs, it is not yet a
+model runner. Checked against a float32 torch step that makes the same roundings (reference()).
+
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_step.py [--pos 256] [--json OUT]
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_step.py --check-only   # CPU too
+    PYTHONPATH=. python benchmarks/kernels/proto_persistent_step.py --compile-only # sm_90, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from proto_persistent_chain import (MAX_SPIN, _exact_interpreter_conversions,  # noqa: E402
+                                    _grid_sync, _w_tile, time_graph)
+
+PHASES_PER_LAYER = 5
+LLAMA3_8B = dict(H=4096, HQ=32, HKV=8, D=128, I=14336, V=128256, L=32, eps=1e-5, theta=500000.0)
+SMALL = dict(H=128, HQ=4, HKV=2, D=32, I=256, V=512, L=2, eps=1e-5, theta=10000.0)
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK)
+VARIANTS = [(64, 128, 4, 4, 1, 1, 16), (64, 128, 4, 4, 1, 0, 16), (64, 128, 8, 6, 1, 1, 32),
+            (64, 128, 4, 4, 2, 1, 16)]
+CHECK_VARIANTS = [(16, 32, 4, 2, 1, 1, 16), (32, 64, 4, 2, 1, 0, 8)]
+
+
+@triton.jit
+def _rstd(h_ptr, H, eps, HB: tl.constexpr):
+    """1 / sqrt(mean(h^2) + eps) of the residual stream (H float32 values; HB >= H)."""
+    offs = tl.arange(0, HB)
+    hv = tl.load(h_ptr + offs, mask=offs < H, other=0.0)
+    return 1.0 / tl.sqrt(tl.sum(hv * hv, axis=0) / H + eps)
+
+
+@triton.jit
+def _x_slice(x_ptr, aux_ptr, rstd, offs_k, I, XMODE: tl.constexpr):
+    """A GEMV input slice (float32): XMODE 0 x as stored; 1 the RMSNorm of x (rstd, weights at
+    aux_ptr); 2 silu(gate) * up, gate at x_ptr and up I values further."""
+    if XMODE == 1:
+        return tl.load(x_ptr + offs_k) * rstd * tl.load(aux_ptr + offs_k)
+    elif XMODE == 2:
+        g = tl.load(x_ptr + offs_k)
+        return g / (1.0 + tl.exp(-g)) * tl.load(x_ptr + I + offs_k)
+    else:
+        return tl.load(x_ptr + offs_k)
+
+
+@triton.jit
+def _step_unit(w, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end, first_tile, I,
+               acc, first_done, last_done, XMODE: tl.constexpr, ADD: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+               F32_DOT: tl.constexpr):
+    """proto_persistent_chain._unit with the input made by _x_slice and, with ADD, whole tiles
+    added to the output (h, which only this program writes at those rows in this phase)."""
+    rows = tl.arange(0, BLOCK_M)
+    offs_k = (u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = _x_slice(x_ptr, aux_ptr, rstd, offs_k, I, XMODE)
+    xt = tl.where(rows[None, :] == 0, x[:, None], 0.0).to(tl.bfloat16)
+    if F32_DOT:  # Triton's interpreter: its bf16 dots are wrong
+        acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+    else:
+        acc = tl.dot(w, xt, acc)
+    if (u == (tile + 1) * steps - 1) | (u == u_end - 1):
+        if (tile * steps >= u_begin) & ((tile + 1) * steps <= u_end):
+            ptrs = out_ptr + (tile * BLOCK_N + tl.arange(0, BLOCK_N))[:, None] + rows[None, :] * 0
+            col0 = (rows == 0)[None, :]
+            if ADD:
+                tl.store(ptrs, tl.load(ptrs, mask=col0, other=0.0) + acc, mask=col0)
+            else:
+                tl.store(ptrs, acc, mask=col0)
+        elif tile == first_tile:
+            first_done = acc
+        else:
+            last_done = acc
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    return acc, first_done, last_done
+
+
+@triton.jit
+def _gemv_run(w_base, w0, N, K, x_ptr, aux_ptr, rstd, out_ptr, p, P, I, XMODE: tl.constexpr,
+              ADD: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr):
+    """This program's run of one stream-K GEMV phase; w0 is its first unit's weight tile when
+    EARLY (loaded before the barrier)."""
+    steps = K // BLOCK_K
+    units = (N // BLOCK_N) * steps
+    u_begin = (p * units) // P
+    u_end = ((p + 1) * units) // P
+    first_tile = u_begin // steps
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    first_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    last_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    if EARLY:
+        if u_begin < u_end:
+            acc, first_done, last_done = _step_unit(
+                w0, x_ptr, aux_ptr, rstd, out_ptr, u_begin, first_tile, steps, u_begin, u_end,
+                first_tile, I, acc, first_done, last_done, XMODE, ADD, BLOCK_N, BLOCK_K,
+                BLOCK_M, F32_DOT)
+    for u in range(tl.minimum(u_begin + EARLY, u_end), u_end):
+        tile = u // steps
+        w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K)
+        acc, first_done, last_done = _step_unit(
+            w, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end, first_tile, I, acc,
+            first_done, last_done, XMODE, ADD, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+    if u_begin < u_end:
+        rows = tl.arange(0, BLOCK_M)
+        col0 = (rows == 0)[None, :]
+        last_tile = (u_end - 1) // steps
+        for i in tl.static_range(2):
+            tile = first_tile if i == 0 else last_tile
+            shared = (tile * steps < u_begin) | ((tile + 1) * steps > u_end)
+            if shared & ((i == 0) | (last_tile != first_tile)):
+                ptrs = (out_ptr + (tile * BLOCK_N + tl.arange(0, BLOCK_N))[:, None]
+                        + rows[None, :] * 0)
+                tl.atomic_add(ptrs, first_done if i == 0 else last_done, mask=col0,
+                              sem="relaxed")
+
+
+@triton.jit
+def _combine(heads, nch, pm_l, pl_l, pa_l, ao_l, GQA: tl.constexpr, D: tl.constexpr,
+             CB: tl.constexpr, NCH_MAX: tl.constexpr):
+    """The attention output of `heads` from their nch chunks' softmax partials."""
+    d = tl.arange(0, D)
+    big_m = tl.full([GQA], float("-inf"), tl.float32)
+    big_l = tl.zeros([GQA], tl.float32)
+    o = tl.zeros([GQA, D], tl.float32)
+    for c0 in range(0, nch, CB):
+        cc = c0 + tl.arange(0, CB)
+        ok = (cc < nch)[None, :]
+        slot = heads[:, None] * NCH_MAX + cc[None, :]
+        mm = tl.load(pm_l + slot, mask=ok, other=float("-inf"))
+        ll = tl.load(pl_l + slot, mask=ok, other=0.0)
+        aa = tl.load(pa_l + slot.to(tl.int64)[:, :, None] * D + d[None, None, :],
+                     mask=ok[:, :, None], other=0.0)
+        new_m = tl.maximum(big_m, tl.max(mm, axis=1))
+        keep = tl.exp(big_m - new_m)
+        wgt = tl.exp(mm - new_m[:, None])
+        big_l = big_l * keep + tl.sum(wgt * ll, axis=1)
+        o = o * keep[:, None] + tl.sum(wgt[:, :, None] * aa, axis=1)
+        big_m = new_m
+    tl.store(ao_l + heads[:, None] * D + d[None, :], o / big_l[:, None])
+
+
+@triton.jit
+def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p, P, qk_scale,
+               log2_theta, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+               CHUNK: tl.constexpr, CB: tl.constexpr, NCH_MAX: tl.constexpr):
+    """Phase 1 of a layer (module docstring): units (kv head g, chunk c of CHUNK cache slots
+    0..pos) in turn over the programs."""
+    GQA: tl.constexpr = HQ // HKV
+    HALF: tl.constexpr = D // 2
+    nch = pos // CHUNK + 1
+    d = tl.arange(0, D)
+    # rotary of position pos, rotate-half layout: d and d + D/2 share frequency d mod D/2
+    inv = tl.exp2(-((d % HALF).to(tl.float32) * 2.0 / D) * log2_theta)
+    ang = pos.to(tl.float32) * inv
+    cos = tl.cos(ang)
+    sin = tl.sin(ang)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    partner = (d + HALF) % D
+    for u in range(p, HKV * nch, P):
+        g = u // nch
+        c = u - g * nch
+        heads = g * GQA + tl.arange(0, GQA)
+        q_rows = qkv_l + heads[:, None] * D
+        q = (tl.load(q_rows + d[None, :]) * cos[None, :]
+             + sign[None, :] * tl.load(q_rows + partner[None, :]) * sin[None, :]) * qk_scale
+        k_row = qkv_l + HQ * D + g * D
+        k_new = tl.load(k_row + d) * cos + sign * tl.load(k_row + partner) * sin
+        v_new = tl.load(qkv_l + (HQ + HKV) * D + g * D + d)
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        slots = (g * max_ctx + t).to(tl.int64)[:, None] * D + d[None, :]
+        cached = (t < pos)[:, None]
+        is_new = (t == pos)[:, None]
+        kt = tl.where(is_new, k_new[None, :],
+                      tl.load(kc_l + slots, mask=cached, other=0.0).to(tl.float32))
+        vt = tl.where(is_new, v_new[None, :],
+                      tl.load(vc_l + slots, mask=cached, other=0.0).to(tl.float32))
+        s = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)
+        s = tl.where((t <= pos)[None, :], s, float("-inf"))
+        m = tl.max(s, axis=1)
+        e = tl.exp(s - m[:, None])
+        slot = heads * NCH_MAX + c
+        tl.store(pm_l + slot, m)
+        tl.store(pl_l + slot, tl.sum(e, axis=1))
+        tl.store(pa_l + slot.to(tl.int64)[:, None] * D + d[None, :],
+                 tl.sum(e[:, :, None] * vt[None, :, :], axis=1))
+        if c == nch - 1:  # the chunk holding the new token puts it in the cache
+            new_slot = (g * max_ctx + pos).to(tl.int64) * D + d
+            tl.store(kc_l + new_slot, k_new.to(tl.bfloat16))
+            tl.store(vc_l + new_slot, v_new.to(tl.bfloat16))
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_l + g, 1, sem="acq_rel", scope="gpu")
+        if arrived == nch - 1:  # the last of this kv head's chunks: combine its query heads
+            _combine(heads, nch, pm_l, pl_l, pa_l, ao_l, GQA, D, CB, NCH_MAX)
+
+
+@triton.jit(do_not_specialize=["pos", "ph_begin", "ph_end"])
+def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, lnw_ptr, fnw_ptr, head_ptr,
+                 h_ptr, kc_ptr, vc_ptr, qkv_ptr, pm_ptr, pl_ptr, pa_ptr, cnt_ptr, ao_ptr, gu_ptr,
+                 logits_ptr, bar_ptr, err_ptr,
+                 pos, n_layers, max_ctx, ph_begin, ph_end, eps, qk_scale, log2_theta,
+                 H: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                 I: tl.constexpr, V: tl.constexpr, HB: tl.constexpr, CHUNK: tl.constexpr,
+                 CB: tl.constexpr, NCH_MAX: tl.constexpr, SYNC: tl.constexpr,
+                 EARLY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr, F32_DOT: tl.constexpr):
+    # Phases [ph_begin, ph_end) of the step (module docstring): phase ph is layer ph // 5's
+    # phase ph % 5, and phase 5 * n_layers the LM head. SYNC: a grid barrier before each
+    # phase but the launch's first; EARLY: a GEMV phase's first weight tile of this program's
+    # run is loaded before it.
+    p = tl.program_id(0)
+    P = tl.num_programs(0)
+    NQKV: tl.constexpr = (HQ + 2 * HKV) * D
+    HQD: tl.constexpr = HQ * D
+    for ph in range(ph_begin, ph_end):
+        layer = ph // 5
+        kind = ph - layer * 5
+        lay = layer.to(tl.int64)
+        in_layer = layer < n_layers
+        # the phase's GEMV (none for attention; its sizes then only keep EARLY's load valid)
+        w_base = head_ptr
+        if in_layer:
+            if kind == 2:
+                w_base = wo_ptr + lay * (H * HQD)
+            elif kind == 3:
+                w_base = wgu_ptr + lay * (2 * I * H)
+            elif kind == 4:
+                w_base = wd_ptr + lay * (H * I)
+            else:
+                w_base = wqkv_ptr + lay * (NQKV * H)
+        N = tl.where(in_layer, tl.where(kind == 0, NQKV, tl.where(kind == 3, 2 * I, H)), V)
+        K = tl.where(in_layer & (kind == 2), HQD, tl.where(in_layer & (kind == 4), I, H))
+        K = tl.multiple_of(K, BLOCK_K)
+        gemv = (~in_layer) | (kind != 1)
+        w0 = tl.zeros([BLOCK_N, BLOCK_K], w_base.dtype.element_ty)
+        if EARLY:
+            steps = K // BLOCK_K
+            u_begin = (p * ((N // BLOCK_N) * steps)) // P
+            u_end = ((p + 1) * ((N // BLOCK_N) * steps)) // P
+            w0 = _w_tile(w_base, u_begin, steps, K, gemv & (u_begin < u_end), BLOCK_N, BLOCK_K)
+        if SYNC:
+            if ph > ph_begin:
+                _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
+        if in_layer & (kind == 1):
+            _attention(qkv_ptr + lay * NQKV, kc_ptr + lay * (HKV * max_ctx * D),
+                       vc_ptr + lay * (HKV * max_ctx * D), pm_ptr + lay * (HQ * NCH_MAX),
+                       pl_ptr + lay * (HQ * NCH_MAX), pa_ptr + lay * (HQ * NCH_MAX * D),
+                       cnt_ptr + lay * HKV, ao_ptr + lay * HQD, pos, max_ctx, p, P, qk_scale,
+                       log2_theta, HQ, HKV, D, CHUNK, CB, NCH_MAX)
+        elif in_layer & (kind == 2):
+            _gemv_run(w_base, w0, N, K, ao_ptr + lay * HQD, ao_ptr, 1.0, h_ptr, p, P, I, 0,
+                      True, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        elif in_layer & (kind == 4):
+            _gemv_run(w_base, w0, N, K, gu_ptr + lay * (2 * I), gu_ptr, 1.0, h_ptr, p, P, I, 2,
+                      True, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        else:  # a normed input: qkv (kind 0), gate/up (3) or the LM head
+            aux = fnw_ptr
+            out = logits_ptr
+            if in_layer:
+                if kind == 0:
+                    aux = lnw_ptr + lay * (2 * H)
+                    out = qkv_ptr + lay * NQKV
+                else:
+                    aux = lnw_ptr + lay * (2 * H) + H
+                    out = gu_ptr + lay * (2 * I)
+            rstd = _rstd(h_ptr, H, eps, HB)
+            _gemv_run(w_base, w0, N, K, h_ptr, aux, rstd, out, p, P, I, 1, False, EARLY,
+                      BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+
+
+class Step:
+    """Random bf16 weights of a Llama-architecture model, a KV cache filled up to pos, and the
+    buffers of one decode step."""
+
+    def __init__(self, cfg: dict, pos: int, max_ctx: int, device: str, seed: int = 0,
+                 cb: int = 16):
+        self.cfg, self.pos, self.max_ctx = cfg, pos, max_ctx
+        self.cb = cb  # chunks the combine takes at a time
+        gen = torch.Generator(device=device).manual_seed(seed)
+        H, HQ, HKV, D, I, V, L = (cfg[k] for k in ("H", "HQ", "HKV", "D", "I", "V", "L"))
+        nqkv = (HQ + 2 * HKV) * D
+
+        def mat(*shape):
+            w = torch.empty(*shape, dtype=torch.bfloat16, device=device)
+            return w.normal_(0.0, shape[-1] ** -0.5, generator=gen)
+        self.wqkv, self.wo = mat(L, nqkv, H), mat(L, H, HQ * D)
+        self.wgu, self.wd, self.head = mat(L, 2 * I, H), mat(L, H, I), mat(V, H)
+        self.lnw = 1.0 + 0.1 * torch.randn(L, 2, H, generator=gen, device=device)
+        self.fnw = 1.0 + 0.1 * torch.randn(H, generator=gen, device=device)
+        self.kc = torch.zeros(L, HKV, max_ctx, D, dtype=torch.bfloat16, device=device)
+        self.vc = torch.zeros_like(self.kc)
+        self.kc[:, :, :pos].normal_(generator=gen)
+        self.vc[:, :, :pos].normal_(generator=gen)
+        self.h0 = torch.randn(H, generator=gen, device=device)
+        self.chunk_max = 0
+        f32 = dict(dtype=torch.float32, device=device)
+        self.h = torch.zeros(H, **f32)
+        self.qkv = torch.zeros(L, nqkv, **f32)
+        self.ao = torch.zeros(L, HQ * D, **f32)
+        self.gu = torch.zeros(L, 2 * I, **f32)
+        self.logits = torch.zeros(V, **f32)
+        self.cnt = torch.zeros(L, HKV, dtype=torch.int32, device=device)
+        self.bar = torch.zeros(1, dtype=torch.int32, device=device)
+        self.err = torch.zeros(1, dtype=torch.int32, device=device)
+        self.parts: dict[int, tuple] = {}
+
+    @property
+    def phases(self) -> int:
+        return PHASES_PER_LAYER * self.cfg["L"] + 1
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * 2 for t in (self.wqkv, self.wo, self.wgu, self.wd, self.head))
+
+    def partials(self, chunk: int) -> tuple:
+        """The softmax partial buffers for chunks of `chunk` keys: (m, l, acc, NCH_MAX)."""
+        if chunk not in self.parts:
+            c = self.cfg
+            nch_max = triton.next_power_of_2(self.pos // chunk + 1)
+            dev = self.h.device
+            self.parts[chunk] = (torch.zeros(c["L"], c["HQ"], nch_max, device=dev),
+                                 torch.zeros(c["L"], c["HQ"], nch_max, device=dev),
+                                 torch.zeros(c["L"], c["HQ"], nch_max, c["D"], device=dev),
+                                 nch_max)
+        return self.parts[chunk]
+
+    def reset(self) -> None:
+        """The step's inputs back: h the embedding, atomic targets and counters to zero."""
+        self.h.copy_(self.h0)
+        for t in (self.qkv, self.gu, self.logits, self.cnt, self.bar):
+            t.zero_()
+
+    def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
+        block_n, block_k, warps, stages, _, early, chunk = variant
+        c = self.cfg
+        pm, pl, pa, nch_max = self.partials(chunk)
+        opts = dict(num_warps=warps, num_stages=stages) if self.h.is_cuda else {}
+        _step_kernel[(programs,)](
+            self.wqkv, self.wo, self.wgu, self.wd, self.lnw, self.fnw, self.head, self.h,
+            self.kc, self.vc, self.qkv, pm, pl, pa, self.cnt, self.ao, self.gu, self.logits,
+            self.bar, self.err, self.pos, c["L"], self.max_ctx, begin, end, c["eps"],
+            c["D"] ** -0.5, math.log2(c["theta"]), H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"],
+            I=c["I"], V=c["V"], HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=self.cb,
+            NCH_MAX=nch_max, SYNC=sync, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k,
+            BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=not self.h.is_cuda, **opts)
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, final h, new k and v of every layer) of a float32 torch step with the
+        kernel's roundings (bf16 GEMV inputs), on a copy of the cache."""
+        c = self.cfg
+        H, HQ, HKV, D, I, L = (c[k] for k in ("H", "HQ", "HKV", "D", "I", "L"))
+        pos, gqa = self.pos, HQ // HKV
+        half = D // 2
+        inv = torch.exp2(-(torch.arange(D, device=self.h.device) % half).float() * 2.0 / D
+                         * math.log2(c["theta"]))
+        ang = pos * inv
+        cos, sin = torch.cos(ang), torch.sin(ang)
+
+        def rope(x):  # [..., D]
+            return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+        def normed(h, w):
+            rstd = 1.0 / torch.sqrt((h * h).sum() / H + c["eps"])
+            return (h * rstd * w).to(torch.bfloat16).float()
+
+        h = self.h0.clone()
+        new_k, new_v = [], []
+        for layer in range(L):
+            qkv = self.wqkv[layer].float() @ normed(h, self.lnw[layer, 0])
+            q = rope(qkv[:HQ * D].view(HQ, D)) * D ** -0.5
+            k_new = rope(qkv[HQ * D:(HQ + HKV) * D].view(HKV, D))
+            v_new = qkv[(HQ + HKV) * D:].view(HKV, D)
+            keys = torch.cat([self.kc[layer, :, :pos].float(), k_new[:, None]], dim=1)
+            vals = torch.cat([self.vc[layer, :, :pos].float(), v_new[:, None]], dim=1)
+            keys, vals = keys.repeat_interleave(gqa, 0), vals.repeat_interleave(gqa, 0)
+            att = torch.softmax((q[:, None, :] * keys).sum(-1), dim=-1)
+            ao = (att[:, :, None] * vals).sum(1).reshape(-1)
+            h = h + self.wo[layer].float() @ ao.to(torch.bfloat16).float()
+            gu = self.wgu[layer].float() @ normed(h, self.lnw[layer, 1])
+            act = torch.nn.functional.silu(gu[:I]) * gu[I:]
+            h = h + self.wd[layer].float() @ act.to(torch.bfloat16).float()
+            new_k.append(k_new)
+            new_v.append(v_new)
+        logits = self.head.float() @ normed(h, self.fnw)
+        return logits, h, torch.stack(new_k), torch.stack(new_v)
+
+    def errors(self, ref: tuple) -> dict:
+        """Relative errors (norm) of logits, h and the new token's cached k and v (against the
+        reference rounded to bf16), and whether the logits' argmax is the same."""
+        logits, h, k_new, v_new = ref
+
+        def rel(a, b):
+            return ((a.float() - b).norm() / b.norm()).item()
+        return {"logits": rel(self.logits, logits), "h": rel(self.h, h),
+                "kv": max(rel(self.kc[:, :, self.pos], k_new.to(torch.bfloat16).float()),
+                          rel(self.vc[:, :, self.pos], v_new.to(torch.bfloat16).float())),
+                "argmax_same": bool(self.logits.argmax() == logits.argmax())}
+
+
+def run_check(device: str, programs: list[int]) -> int:
+    """Per-phase and single launches of the small model against the reference."""
+    bad = 0
+    for pos, cb in ((5, 16), (37, 2)):  # CB 2: the combine's loop at 5 chunks of 8 keys
+        step = Step(SMALL, pos, 64, device, cb=cb)
+        ref = step.reference()
+        for variant in CHECK_VARIANTS:
+            for mode in ("per_phase", "persistent"):
+                for p in programs:
+                    if mode == "persistent" and device == "cpu" and p > 1:
+                        continue  # the interpreter runs programs in turn: see the chain's note
+                    step.reset()
+                    if mode == "persistent":
+                        step.launch(variant, p, 0, step.phases, True)
+                    else:
+                        for ph in range(step.phases):
+                            step.launch(variant, p, ph, ph + 1, False)
+                    err = step.errors(ref)
+                    tol = 2e-3 if device == "cuda" else 1e-5
+                    ok = (err["logits"] < tol and err["h"] < tol and err["kv"] < tol
+                          and step.err.item() == 0)
+                    bad += not ok
+                    print(f"  pos {pos} {mode:<10} {variant} programs {p}: logits {err['logits']:.1e} "
+                          f"h {err['h']:.1e} kv {err['kv']:.1e} {'ok' if ok else 'WRONG'}",
+                          flush=True)
+    return bad
+
+
+def compile_only() -> None:
+    """Each variant's single launch compiled for sm_90 at the 8B sizes, without a GPU."""
+    import compile_sm90
+    c = LLAMA3_8B
+    ptrs = {name: "*fp32" for name in ("lnw_ptr", "fnw_ptr", "h_ptr", "qkv_ptr", "pm_ptr", "pl_ptr",
+                                       "pa_ptr", "ao_ptr", "gu_ptr", "logits_ptr")}
+    ptrs.update({"cnt_ptr": "*i32", "bar_ptr": "*i32", "err_ptr": "*i32"})
+    for variant in VARIANTS:
+        block_n, block_k, warps, stages, _, early, chunk = variant
+        consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], I=c["I"], V=c["V"],
+                      HB=c["H"], CHUNK=chunk, CB=16, NCH_MAX=128, SYNC=True, EARLY=early,
+                      BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
+                      F32_DOT=False, _ptrs=ptrs)
+        kern = compile_sm90.compile_one(_step_kernel, consts, "bf16", warps, stages)
+        print(variant, compile_sm90.resources(kern), flush=True)
+
+
+def room(step: Step, variant: tuple) -> int:
+    """Programs of this variant's single launch an SM holds at once (compiled kernel)."""
+    block_n, block_k, warps, stages, _, early, chunk = variant
+    step.reset()
+    c = step.cfg
+    pm, pl, pa, nch_max = step.partials(chunk)
+    kern = _step_kernel.warmup(
+        step.wqkv, step.wo, step.wgu, step.wd, step.lnw, step.fnw, step.head, step.h, step.kc,
+        step.vc, step.qkv, pm, pl, pa, step.cnt, step.ao, step.gu, step.logits, step.bar,
+        step.err, step.pos, c["L"], step.max_ctx, 0, step.phases, c["eps"], c["D"] ** -0.5,
+        math.log2(c["theta"]), H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], I=c["I"],
+        V=c["V"], HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=step.cb, NCH_MAX=nch_max,
+        SYNC=True, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
+        MAX_SPIN=MAX_SPIN, F32_DOT=False, num_warps=warps, num_stages=stages, grid=(1,))
+    kern._init_handles()
+    props = torch.cuda.get_device_properties(step.h.device)
+    by_regs = 65536 // (-(-kern.n_regs * 32 // 256) * 256 * warps)
+    by_smem = getattr(props, "shared_memory_per_multiprocessor", 233472) // (kern.metadata.shared + 1024)
+    fit = min(by_regs, by_smem, 2048 // (32 * warps))
+    print(f"{variant}: {kern.n_regs} registers, {kern.metadata.shared} B shared, "
+          f"{kern.n_spills} spills: {fit} programs an SM", flush=True)
+    return fit
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pos", default="256,1024", help="positions (context before the new token)")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json")
+    ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--compile-only", action="store_true")
+    args = ap.parse_args()
+    if args.compile_only:
+        compile_only()
+        return 0
+    if args.check_only or not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            from probe_weight_stream import _interpreter_numpy_fix
+            _interpreter_numpy_fix()
+            _exact_interpreter_conversions()
+        programs = [1, 3, 7]
+        if device == "cuda":
+            programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
+        bad = run_check(device, programs)
+        print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
+        return 1 if bad else 0
+
+    import bench_quant
+    t0 = time.time()
+    ceil = bench_quant.ceilings()
+    copy = ceil["copy_GBps"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    results = []
+    cfg = dict(LLAMA3_8B, L=args.layers)
+    for pos in (int(x) for x in args.pos.split(",")):
+        step = Step(cfg, pos, pos + 64, "cuda")
+        gb = step.weight_bytes / 1e9
+        ref = step.reference()
+        print(f"pos {pos}: {step.phases} phases, {gb:.2f} GB of weights, {gb / copy * 1e3:.3f} ms "
+              f"at the copy rate ({copy:.0f} GB/s)", flush=True)
+        for variant in VARIANTS:
+            try:
+                fit = room(step, variant)
+            except Exception as exc:  # reported, not fatal
+                print(f"{variant}: does not compile: {str(exc).splitlines()[0][:200]}", flush=True)
+                continue
+            programs = sms * variant[4]
+            modes = [("per_phase", False)] + ([("persistent", True)] if fit >= variant[4] else [])
+            for mode, sync in modes:
+                def fn() -> None:
+                    step.reset()
+                    if sync:
+                        step.launch(variant, programs, 0, step.phases, True)
+                    else:
+                        for ph in range(step.phases):
+                            step.launch(variant, programs, ph, ph + 1, False)
+                step.err.zero_()
+                ms = time_graph(fn, args.reps)
+                err = step.errors(ref)
+                note = "BARRIER TIMED OUT" if step.err.item() else ""
+                results.append({"pos": pos, "mode": mode, "variant": variant, "ms": ms,
+                                "tok_s": 1e3 / ms, "weight_GB": gb, "of_copy": gb / ms * 1e3 / copy,
+                                "errors": err, "note": note})
+                print(f"pos {pos} {mode:<10} {str(variant):<30} {ms:7.3f} ms {1e3 / ms:6.1f} tok/s "
+                      f"({gb / ms * 1e3 / copy:6.1%} of copy) logits err {err['logits']:.1e} "
+                      f"argmax {'same' if err['argmax_same'] else 'DIFFERS'} {note}", flush=True)
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump({"ceilings": ceil, "layers": args.layers, "results": results,
+                                   "seconds": time.time() - t0,
+                                   "device": torch.cuda.get_device_name(),
+                                   "torch": torch.__version__, "triton": triton.__version__}, f,
+                                  indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
