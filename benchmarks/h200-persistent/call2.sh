@@ -9,10 +9,10 @@
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
 P=benchmarks/kernels/proto_persistent_step.py
-timeout 200 python3 $P --check-only > $OUT/step_check.log 2>&1
+timeout 200 python3 $P --check-only --weights bf16 > $OUT/step_check.log 2>&1
 echo "step check rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -c " ok$" $OUT/step_check.log; grep -v " ok$" $OUT/step_check.log | tail -5
-timeout $((570 - SECONDS + T0)) python3 $P --pos 256,1024 --json $OUT/step_8b.json \
+timeout $((570 - SECONDS + T0)) python3 $P --weights bf16 --pos 256,1024 --json $OUT/step_8b.json \
   > $OUT/step_8b.log 2>&1
 echo "step 8b rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 cat $OUT/step_8b.log

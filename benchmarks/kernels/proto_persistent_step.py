@@ -49,12 +49,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 from proto_persistent_chain import (MAX_SPIN, _exact_interpreter_conversions,  # noqa: E402
                                     _grid_sync, _w_tile, time_graph)
 
+from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
+
 PHASES_PER_LAYER = 5
-LLAMA3_8B = dict(H=4096, HQ=32, HKV=8, D=128, I=14336, V=128256, L=32, eps=1e-5, theta=500000.0)
-SMALL = dict(H=128, HQ=4, HKV=2, D=32, I=256, V=512, L=2, eps=1e-5, theta=10000.0)
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK)
-VARIANTS = [(64, 128, 4, 4, 1, 1, 16), (64, 128, 4, 4, 1, 0, 16), (64, 128, 8, 6, 1, 1, 32),
-            (64, 128, 4, 4, 2, 1, 16)]
+LLAMA3_8B = dict(H=4096, HQ=32, HKV=8, D=128, INTER=14336, V=128256, L=32, eps=1e-5,
+                 theta=500000.0)
+SMALL = dict(H=128, HQ=4, HKV=2, D=32, INTER=256, V=512, L=2, eps=1e-5, theta=10000.0)
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK), per kind of weights
+VARIANTS = {"bf16": [(64, 128, 4, 4, 1, 1, 16), (64, 128, 4, 4, 1, 0, 16),
+                     (64, 128, 8, 6, 1, 1, 32), (64, 128, 4, 4, 2, 1, 16)],
+            "fp8": [(64, 128, 4, 6, 1, 1, 16), (64, 128, 4, 4, 2, 1, 16),
+                    (64, 256, 8, 4, 1, 1, 32), (64, 256, 8, 6, 1, 1, 16)]}
 CHECK_VARIANTS = [(16, 32, 4, 2, 1, 1, 16), (32, 64, 4, 2, 1, 0, 8)]
 
 
@@ -67,53 +72,70 @@ def _rstd(h_ptr, H, eps, HB: tl.constexpr):
 
 
 @triton.jit
-def _x_slice(x_ptr, aux_ptr, rstd, offs_k, I, XMODE: tl.constexpr):
+def _x_slice(x_ptr, aux_ptr, rstd, offs_k, INTER, XMODE: tl.constexpr):
     """A GEMV input slice (float32): XMODE 0 x as stored; 1 the RMSNorm of x (rstd, weights at
-    aux_ptr); 2 silu(gate) * up, gate at x_ptr and up I values further."""
+    aux_ptr); 2 silu(gate) * up, gate at x_ptr and up INTER values further."""
     if XMODE == 1:
         return tl.load(x_ptr + offs_k) * rstd * tl.load(aux_ptr + offs_k)
     elif XMODE == 2:
         g = tl.load(x_ptr + offs_k)
-        return g / (1.0 + tl.exp(-g)) * tl.load(x_ptr + I + offs_k)
+        return g / (1.0 + tl.exp(-g)) * tl.load(x_ptr + INTER + offs_k)
     else:
         return tl.load(x_ptr + offs_k)
 
 
 @triton.jit
-def _step_unit(w, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end, first_tile, I,
-               acc, first_done, last_done, XMODE: tl.constexpr, ADD: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-               F32_DOT: tl.constexpr):
+def _step_unit(w, ws_ptr, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end,
+               first_tile, INTER, acc, first_done, last_done, XMODE: tl.constexpr,
+               ADD: tl.constexpr, A8: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr):
     """proto_persistent_chain._unit with the input made by _x_slice and, with ADD, whole tiles
-    added to the output (h, which only this program writes at those rows in this phase)."""
+    added to the output (h, which only this program writes at those rows in this phase). A8:
+    fp8 weight codes (per-channel scales at ws_ptr) and the input slice quantized to fp8 with a
+    scale of its own, as the chain's A8."""
     rows = tl.arange(0, BLOCK_M)
     offs_k = (u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _x_slice(x_ptr, aux_ptr, rstd, offs_k, I, XMODE)
-    xt = tl.where(rows[None, :] == 0, x[:, None], 0.0).to(tl.bfloat16)
-    if F32_DOT:  # Triton's interpreter: its bf16 dots are wrong
-        acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+    x = _x_slice(x_ptr, aux_ptr, rstd, offs_k, INTER, XMODE)
+    xf = tl.where(rows[None, :] == 0, x[:, None], 0.0)
+    if A8:
+        sx = tl.div_rn(tl.maximum(tl.max(tl.max(tl.abs(xf), axis=1), axis=0), 1e-12), 448.0)
+        xq = quantize_to_codes(xf, sx, False)
+        if F32_DOT:  # the interpreter's dots of converted operands are not trusted
+            part = tl.dot(w.to(tl.float32), xq.to(tl.float32))
+        else:
+            part = tl.dot(w, xq)
+        acc += part * sx
     else:
-        acc = tl.dot(w, xt, acc)
+        xt = xf.to(tl.bfloat16)
+        if F32_DOT:  # Triton's interpreter: its bf16 dots are wrong
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+        else:
+            acc = tl.dot(w, xt, acc)
     if (u == (tile + 1) * steps - 1) | (u == u_end - 1):
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        done = acc
+        if A8:
+            done = acc * tl.load(ws_ptr + offs_n)[:, None]
         if (tile * steps >= u_begin) & ((tile + 1) * steps <= u_end):
-            ptrs = out_ptr + (tile * BLOCK_N + tl.arange(0, BLOCK_N))[:, None] + rows[None, :] * 0
+            ptrs = out_ptr + offs_n[:, None] + rows[None, :] * 0
             col0 = (rows == 0)[None, :]
             if ADD:
-                tl.store(ptrs, tl.load(ptrs, mask=col0, other=0.0) + acc, mask=col0)
+                tl.store(ptrs, tl.load(ptrs, mask=col0, other=0.0) + done, mask=col0)
             else:
-                tl.store(ptrs, acc, mask=col0)
+                tl.store(ptrs, done, mask=col0)
         elif tile == first_tile:
-            first_done = acc
+            first_done = done
         else:
-            last_done = acc
+            last_done = done
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     return acc, first_done, last_done
 
 
 @triton.jit
-def _gemv_run(w_base, w0, N, K, x_ptr, aux_ptr, rstd, out_ptr, p, P, I, XMODE: tl.constexpr,
-              ADD: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr):
+def _gemv_run(w_base, ws_ptr, w0, N, K, x_ptr, aux_ptr, rstd, out_ptr, p, P, INTER,
+              XMODE: tl.constexpr, ADD: tl.constexpr, A8: tl.constexpr, EARLY: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+              F32_DOT: tl.constexpr):
     """This program's run of one stream-K GEMV phase; w0 is its first unit's weight tile when
     EARLY (loaded before the barrier)."""
     steps = K // BLOCK_K
@@ -127,15 +149,15 @@ def _gemv_run(w_base, w0, N, K, x_ptr, aux_ptr, rstd, out_ptr, p, P, I, XMODE: t
     if EARLY:
         if u_begin < u_end:
             acc, first_done, last_done = _step_unit(
-                w0, x_ptr, aux_ptr, rstd, out_ptr, u_begin, first_tile, steps, u_begin, u_end,
-                first_tile, I, acc, first_done, last_done, XMODE, ADD, BLOCK_N, BLOCK_K,
-                BLOCK_M, F32_DOT)
+                w0, ws_ptr, x_ptr, aux_ptr, rstd, out_ptr, u_begin, first_tile, steps, u_begin,
+                u_end, first_tile, INTER, acc, first_done, last_done, XMODE, ADD, A8, BLOCK_N,
+                BLOCK_K, BLOCK_M, F32_DOT)
     for u in range(tl.minimum(u_begin + EARLY, u_end), u_end):
         tile = u // steps
         w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K)
         acc, first_done, last_done = _step_unit(
-            w, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end, first_tile, I, acc,
-            first_done, last_done, XMODE, ADD, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+            w, ws_ptr, x_ptr, aux_ptr, rstd, out_ptr, u, tile, steps, u_begin, u_end, first_tile,
+            INTER, acc, first_done, last_done, XMODE, ADD, A8, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
     if u_begin < u_end:
         rows = tl.arange(0, BLOCK_M)
         col0 = (rows == 0)[None, :]
@@ -230,19 +252,22 @@ def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p
 
 
 @triton.jit(do_not_specialize=["pos", "ph_begin", "ph_end"])
-def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, lnw_ptr, fnw_ptr, head_ptr,
+def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, sqkv_ptr, so_ptr, sgu_ptr, sd_ptr,
+                 lnw_ptr, fnw_ptr, head_ptr,
                  h_ptr, kc_ptr, vc_ptr, qkv_ptr, pm_ptr, pl_ptr, pa_ptr, cnt_ptr, ao_ptr, gu_ptr,
                  logits_ptr, bar_ptr, err_ptr,
                  pos, n_layers, max_ctx, ph_begin, ph_end, eps, qk_scale, log2_theta,
                  H: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-                 I: tl.constexpr, V: tl.constexpr, HB: tl.constexpr, CHUNK: tl.constexpr,
+                 INTER: tl.constexpr, V: tl.constexpr, HB: tl.constexpr, CHUNK: tl.constexpr,
                  CB: tl.constexpr, NCH_MAX: tl.constexpr, SYNC: tl.constexpr,
                  EARLY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr, F32_DOT: tl.constexpr):
+                 BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr, F32_DOT: tl.constexpr,
+                 A8: tl.constexpr = False):
     # Phases [ph_begin, ph_end) of the step (module docstring): phase ph is layer ph // 5's
     # phase ph % 5, and phase 5 * n_layers the LM head. SYNC: a grid barrier before each
     # phase but the launch's first; EARLY: a GEMV phase's first weight tile of this program's
-    # run is loaded before it.
+    # run is loaded before it (the layers' GEMVs; not the LM head's). A8: the layers' weights are
+    # fp8 codes with per-channel scales (s*_ptr, float32), the LM head stays bf16.
     p = tl.program_id(0)
     P = tl.num_programs(0)
     NQKV: tl.constexpr = (HQ + 2 * HKV) * D
@@ -252,27 +277,28 @@ def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, lnw_ptr, fnw_ptr, head_ptr,
         kind = ph - layer * 5
         lay = layer.to(tl.int64)
         in_layer = layer < n_layers
-        # the phase's GEMV (none for attention; its sizes then only keep EARLY's load valid)
-        w_base = head_ptr
-        if in_layer:
-            if kind == 2:
-                w_base = wo_ptr + lay * (H * HQD)
-            elif kind == 3:
-                w_base = wgu_ptr + lay * (2 * I * H)
-            elif kind == 4:
-                w_base = wd_ptr + lay * (H * I)
-            else:
-                w_base = wqkv_ptr + lay * (NQKV * H)
-        N = tl.where(in_layer, tl.where(kind == 0, NQKV, tl.where(kind == 3, 2 * I, H)), V)
-        K = tl.where(in_layer & (kind == 2), HQD, tl.where(in_layer & (kind == 4), I, H))
+        # the layer phase's GEMV (none for attention: its sizes then only keep EARLY's load valid)
+        w_base = wqkv_ptr + lay * (NQKV * H)
+        ws_base = sqkv_ptr + lay * NQKV
+        if kind == 2:
+            w_base = wo_ptr + lay * (H * HQD)
+            ws_base = so_ptr + lay * H
+        elif kind == 3:
+            w_base = wgu_ptr + lay * (2 * INTER * H)
+            ws_base = sgu_ptr + lay * (2 * INTER)
+        elif kind == 4:
+            w_base = wd_ptr + lay * (H * INTER)
+            ws_base = sd_ptr + lay * H
+        N = tl.where(kind == 0, NQKV, tl.where(kind == 3, 2 * INTER, H))
+        K = tl.where(kind == 2, HQD, tl.where(kind == 4, INTER, H))
         K = tl.multiple_of(K, BLOCK_K)
-        gemv = (~in_layer) | (kind != 1)
         w0 = tl.zeros([BLOCK_N, BLOCK_K], w_base.dtype.element_ty)
         if EARLY:
             steps = K // BLOCK_K
             u_begin = (p * ((N // BLOCK_N) * steps)) // P
             u_end = ((p + 1) * ((N // BLOCK_N) * steps)) // P
-            w0 = _w_tile(w_base, u_begin, steps, K, gemv & (u_begin < u_end), BLOCK_N, BLOCK_K)
+            w0 = _w_tile(w_base, u_begin, steps, K, in_layer & (kind != 1) & (u_begin < u_end),
+                         BLOCK_N, BLOCK_K)
         if SYNC:
             if ph > ph_begin:
                 _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
@@ -283,43 +309,58 @@ def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, lnw_ptr, fnw_ptr, head_ptr,
                        cnt_ptr + lay * HKV, ao_ptr + lay * HQD, pos, max_ctx, p, P, qk_scale,
                        log2_theta, HQ, HKV, D, CHUNK, CB, NCH_MAX)
         elif in_layer & (kind == 2):
-            _gemv_run(w_base, w0, N, K, ao_ptr + lay * HQD, ao_ptr, 1.0, h_ptr, p, P, I, 0,
-                      True, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+            _gemv_run(w_base, ws_base, w0, N, K, ao_ptr + lay * HQD, ao_ptr, 1.0, h_ptr, p, P,
+                      INTER, 0, True, A8, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
         elif in_layer & (kind == 4):
-            _gemv_run(w_base, w0, N, K, gu_ptr + lay * (2 * I), gu_ptr, 1.0, h_ptr, p, P, I, 2,
-                      True, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
-        else:  # a normed input: qkv (kind 0), gate/up (3) or the LM head
-            aux = fnw_ptr
-            out = logits_ptr
-            if in_layer:
-                if kind == 0:
-                    aux = lnw_ptr + lay * (2 * H)
-                    out = qkv_ptr + lay * NQKV
-                else:
-                    aux = lnw_ptr + lay * (2 * H) + H
-                    out = gu_ptr + lay * (2 * I)
+            _gemv_run(w_base, ws_base, w0, N, K, gu_ptr + lay * (2 * INTER), gu_ptr, 1.0, h_ptr, p,
+                      P, INTER, 2, True, A8, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        elif in_layer:  # a normed input: qkv (kind 0) or gate/up (3)
+            aux = lnw_ptr + lay * (2 * H)
+            out = qkv_ptr + lay * NQKV
+            if kind == 3:
+                aux = lnw_ptr + lay * (2 * H) + H
+                out = gu_ptr + lay * (2 * INTER)
             rstd = _rstd(h_ptr, H, eps, HB)
-            _gemv_run(w_base, w0, N, K, h_ptr, aux, rstd, out, p, P, I, 1, False, EARLY,
-                      BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+            _gemv_run(w_base, ws_base, w0, N, K, h_ptr, aux, rstd, out, p, P, INTER, 1, False, A8,
+                      EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
+        else:  # the LM head (bf16 always; no early tile)
+            rstd = _rstd(h_ptr, H, eps, HB)
+            _gemv_run(head_ptr, fnw_ptr, tl.zeros([BLOCK_N, BLOCK_K], tl.bfloat16), V, H, h_ptr,
+                      fnw_ptr, rstd, logits_ptr, p, P, INTER, 1, False, False, 0, BLOCK_N, BLOCK_K,
+                      BLOCK_M, F32_DOT)
 
 
 class Step:
-    """Random bf16 weights of a Llama-architecture model, a KV cache filled up to pos, and the
-    buffers of one decode step."""
+    """Random weights of a Llama-architecture model (bf16, or with kind "fp8" the layers' weights
+    as fp8 codes with per-channel scales and the LM head bf16), a KV cache filled up to pos, and
+    the buffers of one decode step."""
 
     def __init__(self, cfg: dict, pos: int, max_ctx: int, device: str, seed: int = 0,
-                 cb: int = 16):
-        self.cfg, self.pos, self.max_ctx = cfg, pos, max_ctx
+                 cb: int = 16, kind: str = "bf16"):
+        self.cfg, self.pos, self.max_ctx, self.kind = cfg, pos, max_ctx, kind
         self.cb = cb  # chunks the combine takes at a time
         gen = torch.Generator(device=device).manual_seed(seed)
-        H, HQ, HKV, D, I, V, L = (cfg[k] for k in ("H", "HQ", "HKV", "D", "I", "V", "L"))
+        H, HQ, HKV, D, INTER, V, L = (cfg[k] for k in ("H", "HQ", "HKV", "D", "INTER", "V", "L"))
         nqkv = (HQ + 2 * HKV) * D
 
         def mat(*shape):
             w = torch.empty(*shape, dtype=torch.bfloat16, device=device)
             return w.normal_(0.0, shape[-1] ** -0.5, generator=gen)
-        self.wqkv, self.wo = mat(L, nqkv, H), mat(L, H, HQ * D)
-        self.wgu, self.wd, self.head = mat(L, 2 * I, H), mat(L, H, I), mat(V, H)
+
+        def layer_mat(*shape):  # fp8: per layer, so the float32 copies stay one layer big
+            w = mat(*shape)
+            if kind != "fp8":
+                return w, torch.ones(shape[:2], device=device)
+            codes = torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
+            scales = torch.empty(shape[:2], device=device)
+            for layer in range(shape[0]):
+                wf = w[layer].float()
+                scales[layer] = wf.abs().amax(dim=1).clamp_min(1e-12) / 448.0
+                codes[layer] = (wf / scales[layer][:, None]).clamp(-448.0, 448.0).to(codes.dtype)
+            return codes, scales
+        (self.wqkv, self.sqkv), (self.wo, self.so) = layer_mat(L, nqkv, H), layer_mat(L, H, HQ * D)
+        (self.wgu, self.sgu), (self.wd, self.sd) = layer_mat(L, 2 * INTER, H), layer_mat(L, H, INTER)
+        self.head = mat(V, H)
         self.lnw = 1.0 + 0.1 * torch.randn(L, 2, H, generator=gen, device=device)
         self.fnw = 1.0 + 0.1 * torch.randn(H, generator=gen, device=device)
         self.kc = torch.zeros(L, HKV, max_ctx, D, dtype=torch.bfloat16, device=device)
@@ -332,7 +373,7 @@ class Step:
         self.h = torch.zeros(H, **f32)
         self.qkv = torch.zeros(L, nqkv, **f32)
         self.ao = torch.zeros(L, HQ * D, **f32)
-        self.gu = torch.zeros(L, 2 * I, **f32)
+        self.gu = torch.zeros(L, 2 * INTER, **f32)
         self.logits = torch.zeros(V, **f32)
         self.cnt = torch.zeros(L, HKV, dtype=torch.int32, device=device)
         self.bar = torch.zeros(1, dtype=torch.int32, device=device)
@@ -345,7 +386,9 @@ class Step:
 
     @property
     def weight_bytes(self) -> int:
-        return sum(t.numel() * 2 for t in (self.wqkv, self.wo, self.wgu, self.wd, self.head))
+        mats = (self.wqkv, self.wo, self.wgu, self.wd, self.head)
+        scales = (self.sqkv, self.so, self.sgu, self.sd) if self.kind == "fp8" else ()
+        return sum(t.numel() * t.element_size() for t in mats + scales)
 
     def partials(self, chunk: int) -> tuple:
         """The softmax partial buffers for chunks of `chunk` keys: (m, l, acc, NCH_MAX)."""
@@ -365,25 +408,34 @@ class Step:
         for t in (self.qkv, self.gu, self.logits, self.cnt, self.bar):
             t.zero_()
 
-    def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
-        block_n, block_k, warps, stages, _, early, chunk = variant
+    def kernel_args(self, variant: tuple, begin: int, end: int, sync: bool) -> tuple:
+        """(arguments, constexpr keywords) of _step_kernel for phases [begin, end)."""
+        block_n, block_k, _, _, _, early, chunk = variant
         c = self.cfg
         pm, pl, pa, nch_max = self.partials(chunk)
-        opts = dict(num_warps=warps, num_stages=stages) if self.h.is_cuda else {}
-        _step_kernel[(programs,)](
-            self.wqkv, self.wo, self.wgu, self.wd, self.lnw, self.fnw, self.head, self.h,
-            self.kc, self.vc, self.qkv, pm, pl, pa, self.cnt, self.ao, self.gu, self.logits,
-            self.bar, self.err, self.pos, c["L"], self.max_ctx, begin, end, c["eps"],
-            c["D"] ** -0.5, math.log2(c["theta"]), H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"],
-            I=c["I"], V=c["V"], HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=self.cb,
-            NCH_MAX=nch_max, SYNC=sync, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k,
-            BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=not self.h.is_cuda, **opts)
+        args = (self.wqkv, self.wo, self.wgu, self.wd, self.sqkv, self.so, self.sgu, self.sd,
+                self.lnw, self.fnw, self.head, self.h, self.kc, self.vc, self.qkv, pm, pl, pa,
+                self.cnt, self.ao, self.gu, self.logits, self.bar, self.err, self.pos, c["L"],
+                self.max_ctx, begin, end, c["eps"], c["D"] ** -0.5, math.log2(c["theta"]))
+        consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], INTER=c["INTER"], V=c["V"],
+                      HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=self.cb,
+                      NCH_MAX=nch_max, SYNC=sync, EARLY=early, BLOCK_N=block_n,
+                      BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
+                      F32_DOT=not self.h.is_cuda, A8=self.kind == "fp8")
+        return args, consts
 
-    def reference(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
+        warps, stages = variant[2:4]
+        args, consts = self.kernel_args(variant, begin, end, sync)
+        opts = dict(num_warps=warps, num_stages=stages) if self.h.is_cuda else {}
+        _step_kernel[(programs,)](*args, **consts, **opts)
+
+    def reference(self, group: int) -> tuple:
         """(logits, final h, new k and v of every layer) of a float32 torch step with the
-        kernel's roundings (bf16 GEMV inputs), on a copy of the cache."""
+        kernel's roundings: bf16 GEMV inputs, or for fp8 layers inputs quantized to fp8 per
+        `group` values (the kernel's BLOCK_K). The cache is only read."""
         c = self.cfg
-        H, HQ, HKV, D, I, L = (c[k] for k in ("H", "HQ", "HKV", "D", "I", "L"))
+        H, HQ, HKV, D, INTER, L = (c[k] for k in ("H", "HQ", "HKV", "D", "INTER", "L"))
         pos, gqa = self.pos, HQ // HKV
         half = D // 2
         inv = torch.exp2(-(torch.arange(D, device=self.h.device) % half).float() * 2.0 / D
@@ -395,13 +447,18 @@ class Step:
             return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
         def normed(h, w):
-            rstd = 1.0 / torch.sqrt((h * h).sum() / H + c["eps"])
-            return (h * rstd * w).to(torch.bfloat16).float()
+            return h * (1.0 / torch.sqrt((h * h).sum() / H + c["eps"])) * w
+
+        def gemv(w, scales, x):
+            if self.kind != "fp8":
+                return w.float() @ x.to(torch.bfloat16).float()
+            q, sx = quant_per_token_ref(x.reshape(-1, group), torch.float8_e4m3fn)
+            return (w.float() @ (q.float() * sx).reshape(-1)) * scales
 
         h = self.h0.clone()
         new_k, new_v = [], []
         for layer in range(L):
-            qkv = self.wqkv[layer].float() @ normed(h, self.lnw[layer, 0])
+            qkv = gemv(self.wqkv[layer], self.sqkv[layer], normed(h, self.lnw[layer, 0]))
             q = rope(qkv[:HQ * D].view(HQ, D)) * D ** -0.5
             k_new = rope(qkv[HQ * D:(HQ + HKV) * D].view(HKV, D))
             v_new = qkv[(HQ + HKV) * D:].view(HKV, D)
@@ -410,13 +467,13 @@ class Step:
             keys, vals = keys.repeat_interleave(gqa, 0), vals.repeat_interleave(gqa, 0)
             att = torch.softmax((q[:, None, :] * keys).sum(-1), dim=-1)
             ao = (att[:, :, None] * vals).sum(1).reshape(-1)
-            h = h + self.wo[layer].float() @ ao.to(torch.bfloat16).float()
-            gu = self.wgu[layer].float() @ normed(h, self.lnw[layer, 1])
-            act = torch.nn.functional.silu(gu[:I]) * gu[I:]
-            h = h + self.wd[layer].float() @ act.to(torch.bfloat16).float()
+            h = h + gemv(self.wo[layer], self.so[layer], ao)
+            gu = gemv(self.wgu[layer], self.sgu[layer], normed(h, self.lnw[layer, 1]))
+            act = torch.nn.functional.silu(gu[:INTER]) * gu[INTER:]
+            h = h + gemv(self.wd[layer], self.sd[layer], act)
             new_k.append(k_new)
             new_v.append(v_new)
-        logits = self.head.float() @ normed(h, self.fnw)
+        logits = self.head.float() @ normed(h, self.fnw).to(torch.bfloat16).float()
         return logits, h, torch.stack(new_k), torch.stack(new_v)
 
     def errors(self, ref: tuple) -> dict:
@@ -432,13 +489,14 @@ class Step:
                 "argmax_same": bool(self.logits.argmax() == logits.argmax())}
 
 
-def run_check(device: str, programs: list[int]) -> int:
+def run_check(device: str, programs: list[int], kinds: list[str]) -> int:
     """Per-phase and single launches of the small model against the reference."""
     bad = 0
-    for pos, cb in ((5, 16), (37, 2)):  # CB 2: the combine's loop at 5 chunks of 8 keys
-        step = Step(SMALL, pos, 64, device, cb=cb)
-        ref = step.reference()
+    # CB 2: the combine's loop runs at 5 chunks of 8 keys
+    for kind, pos, cb in ((kind, pos, cb) for kind in kinds for pos, cb in ((5, 16), (37, 2))):
+        step = Step(SMALL, pos, 64, device, cb=cb, kind=kind)
         for variant in CHECK_VARIANTS:
+            ref = step.reference(variant[1])
             for mode in ("per_phase", "persistent"):
                 for p in programs:
                     if mode == "persistent" and device == "cpu" and p > 1:
@@ -454,7 +512,8 @@ def run_check(device: str, programs: list[int]) -> int:
                     ok = (err["logits"] < tol and err["h"] < tol and err["kv"] < tol
                           and step.err.item() == 0)
                     bad += not ok
-                    print(f"  pos {pos} {mode:<10} {variant} programs {p}: logits {err['logits']:.1e} "
+                    print(f"  {kind} pos {pos} {mode:<10} {variant} programs {p}: "
+                          f"logits {err['logits']:.1e} "
                           f"h {err['h']:.1e} kv {err['kv']:.1e} {'ok' if ok else 'WRONG'}",
                           flush=True)
     return bad
@@ -466,31 +525,28 @@ def compile_only() -> None:
     c = LLAMA3_8B
     ptrs = {name: "*fp32" for name in ("lnw_ptr", "fnw_ptr", "h_ptr", "qkv_ptr", "pm_ptr", "pl_ptr",
                                        "pa_ptr", "ao_ptr", "gu_ptr", "logits_ptr")}
-    ptrs.update({"cnt_ptr": "*i32", "bar_ptr": "*i32", "err_ptr": "*i32"})
-    for variant in VARIANTS:
-        block_n, block_k, warps, stages, _, early, chunk = variant
-        consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], I=c["I"], V=c["V"],
-                      HB=c["H"], CHUNK=chunk, CB=16, NCH_MAX=128, SYNC=True, EARLY=early,
-                      BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
-                      F32_DOT=False, _ptrs=ptrs)
-        kern = compile_sm90.compile_one(_step_kernel, consts, "bf16", warps, stages)
-        print(variant, compile_sm90.resources(kern), flush=True)
+    ptrs.update({"cnt_ptr": "*i32", "bar_ptr": "*i32", "err_ptr": "*i32", "sqkv_ptr": "*fp32",
+                 "so_ptr": "*fp32", "sgu_ptr": "*fp32", "sd_ptr": "*fp32"})
+    for kind, variants in VARIANTS.items():
+        a8 = kind == "fp8"
+        weights = {name: "*fp8e4nv" if a8 else "*bf16"
+                   for name in ("wqkv_ptr", "wo_ptr", "wgu_ptr", "wd_ptr")}
+        for variant in variants:
+            block_n, block_k, warps, stages, _, early, chunk = variant
+            consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], INTER=c["INTER"], V=c["V"],
+                          HB=c["H"], CHUNK=chunk, CB=16, NCH_MAX=128, SYNC=True, EARLY=early,
+                          BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
+                          F32_DOT=False, A8=a8, _ptrs={**ptrs, **weights})
+            kern = compile_sm90.compile_one(_step_kernel, consts, "bf16", warps, stages)
+            print(kind, variant, compile_sm90.resources(kern), flush=True)
 
 
 def room(step: Step, variant: tuple) -> int:
     """Programs of this variant's single launch an SM holds at once (compiled kernel)."""
-    block_n, block_k, warps, stages, _, early, chunk = variant
+    warps, stages = variant[2:4]
     step.reset()
-    c = step.cfg
-    pm, pl, pa, nch_max = step.partials(chunk)
-    kern = _step_kernel.warmup(
-        step.wqkv, step.wo, step.wgu, step.wd, step.lnw, step.fnw, step.head, step.h, step.kc,
-        step.vc, step.qkv, pm, pl, pa, step.cnt, step.ao, step.gu, step.logits, step.bar,
-        step.err, step.pos, c["L"], step.max_ctx, 0, step.phases, c["eps"], c["D"] ** -0.5,
-        math.log2(c["theta"]), H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], I=c["I"],
-        V=c["V"], HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=step.cb, NCH_MAX=nch_max,
-        SYNC=True, EARLY=early, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
-        MAX_SPIN=MAX_SPIN, F32_DOT=False, num_warps=warps, num_stages=stages, grid=(1,))
+    args, consts = step.kernel_args(variant, 0, step.phases, True)
+    kern = _step_kernel.warmup(*args, **consts, num_warps=warps, num_stages=stages, grid=(1,))
     kern._init_handles()
     props = torch.cuda.get_device_properties(step.h.device)
     by_regs = 65536 // (-(-kern.n_regs * 32 // 256) * 256 * warps)
@@ -505,6 +561,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pos", default="256,1024", help="positions (context before the new token)")
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--weights", default="bf16,fp8",
+                    help="bf16 and/or fp8 (the layers' weights fp8 W8A8, the LM head bf16)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json")
     ap.add_argument("--check-only", action="store_true")
@@ -522,7 +580,7 @@ def main() -> int:
         programs = [1, 3, 7]
         if device == "cuda":
             programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
-        bad = run_check(device, programs)
+        bad = run_check(device, programs, args.weights.split(","))
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
         return 1 if bad else 0
 
@@ -533,18 +591,20 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
     cfg = dict(LLAMA3_8B, L=args.layers)
-    for pos in (int(x) for x in args.pos.split(",")):
-        step = Step(cfg, pos, pos + 64, "cuda")
+    for kind, pos in ((k, int(x)) for k in args.weights.split(",") for x in args.pos.split(",")):
+        step = Step(cfg, pos, pos + 64, "cuda", kind=kind)
         gb = step.weight_bytes / 1e9
-        ref = step.reference()
-        print(f"pos {pos}: {step.phases} phases, {gb:.2f} GB of weights, {gb / copy * 1e3:.3f} ms "
-              f"at the copy rate ({copy:.0f} GB/s)", flush=True)
-        for variant in VARIANTS:
+        refs: dict[int, tuple] = {}
+        print(f"{kind} pos {pos}: {step.phases} phases, {gb:.2f} GB of weights, "
+              f"{gb / copy * 1e3:.3f} ms at the copy rate ({copy:.0f} GB/s)", flush=True)
+        for variant in VARIANTS[kind]:
             try:
                 fit = room(step, variant)
             except Exception as exc:  # reported, not fatal
                 print(f"{variant}: does not compile: {str(exc).splitlines()[0][:200]}", flush=True)
                 continue
+            if variant[1] not in refs:
+                refs[variant[1]] = step.reference(variant[1])
             programs = sms * variant[4]
             modes = [("per_phase", False)] + ([("persistent", True)] if fit >= variant[4] else [])
             for mode, sync in modes:
@@ -557,13 +617,14 @@ def main() -> int:
                             step.launch(variant, programs, ph, ph + 1, False)
                 step.err.zero_()
                 ms = time_graph(fn, args.reps)
-                err = step.errors(ref)
+                err = step.errors(refs[variant[1]])
                 note = "BARRIER TIMED OUT" if step.err.item() else ""
-                results.append({"pos": pos, "mode": mode, "variant": variant, "ms": ms,
-                                "tok_s": 1e3 / ms, "weight_GB": gb, "of_copy": gb / ms * 1e3 / copy,
-                                "errors": err, "note": note})
-                print(f"pos {pos} {mode:<10} {str(variant):<30} {ms:7.3f} ms {1e3 / ms:6.1f} tok/s "
-                      f"({gb / ms * 1e3 / copy:6.1%} of copy) logits err {err['logits']:.1e} "
+                results.append({"weights": kind, "pos": pos, "mode": mode, "variant": variant,
+                                "ms": ms, "tok_s": 1e3 / ms, "weight_GB": gb,
+                                "of_copy": gb / ms * 1e3 / copy, "errors": err, "note": note})
+                print(f"{kind} pos {pos} {mode:<10} {str(variant):<30} {ms:7.3f} ms "
+                      f"{1e3 / ms:6.1f} tok/s ({gb / ms * 1e3 / copy:6.1%} of copy) "
+                      f"logits err {err['logits']:.1e} "
                       f"argmax {'same' if err['argmax_same'] else 'DIFFERS'} {note}", flush=True)
                 if args.json:
                     with open(args.json, "w") as f:
