@@ -59,6 +59,7 @@ if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from kiln.kernels.qmm_common import _prefetch_rows  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # bench_quant, probe_weight_stream
@@ -67,15 +68,15 @@ TAB = 5                 # a phase's row of the table: w_off, N, K, x_off, y_off
 MAX_SPIN = 1 << 20      # polls of the barrier counter before a program gives up (about a second)
 LAYER = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LM_HEAD = ("lm_head", 128256, 4096)
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY), per kind of weights. A unit of
-# 64 x 128 bf16 or 64 x 256 fp8 is 16 KB a stage.
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY[, L2PRE]), per kind of weights. A
+# unit of 64 x 128 bf16 or 64 x 256 fp8 is 16 KB a stage.
 VARIANTS = {"bf16": [(64, 128, 4, 4, 1, 0), (64, 128, 4, 4, 1, 1), (64, 128, 4, 6, 1, 1),
                      (64, 128, 4, 4, 2, 1), (64, 64, 4, 6, 2, 1), (64, 64, 4, 8, 2, 1),
                      (128, 64, 4, 4, 2, 1), (64, 128, 8, 6, 1, 1), (64, 128, 8, 6, 1, 2),
-                     (64, 128, 4, 4, 2, 2)],
+                     (64, 128, 4, 4, 2, 2), (64, 128, 4, 4, 1, 1, 8), (64, 128, 8, 6, 1, 2, 8)],
             "fp8": [(64, 256, 4, 4, 1, 1), (64, 256, 4, 6, 1, 1), (64, 256, 4, 4, 2, 1),
                     (64, 128, 4, 6, 2, 1), (64, 128, 4, 8, 2, 1), (64, 256, 8, 6, 1, 2),
-                    (128, 128, 4, 4, 2, 1)]}
+                    (128, 128, 4, 4, 2, 1), (64, 128, 4, 6, 2, 1, 8)]}
 CHECK_VARIANTS = [(16, 32, 4, 2, 1, 0), (16, 32, 4, 2, 1, 1), (32, 64, 4, 2, 1, 1),
                   (16, 32, 4, 2, 1, 2)]
 
@@ -163,11 +164,14 @@ def _add_shared(done, y_base, tile, steps, u_begin, u_end, BLOCK_N: tl.constexpr
 def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end,
                   SYNC: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr,
-                  F32_DOT: tl.constexpr = False, A8: tl.constexpr = False):
+                  F32_DOT: tl.constexpr = False, A8: tl.constexpr = False,
+                  L2PRE: tl.constexpr = 0):
     # Phases [ph_begin, ph_end) of the table, each a stream-K bf16 GEMV (module docstring);
     # SYNC: a grid barrier before each phase but the first; EARLY (0, 1 or 2): the run's first
     # EARLY weight tiles of a phase are loaded into registers before that barrier. A8: fp8
     # weight codes with per-channel scales at ws_ptr (indexed as the phase's outputs), _unit.
+    # L2PRE > 0 (CUDA): before the barrier too, an L2 prefetch of the next L2PRE K steps of the
+    # run's first tile after the early ones, so the memory system keeps busy while programs wait.
     p = tl.program_id(0)
     P = tl.num_programs(0)
     for ph in range(ph_begin, ph_end):
@@ -192,6 +196,13 @@ def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_
             w0 = _w_tile(w_base, u_begin, steps, K, u_begin < u_end, BLOCK_N, BLOCK_K)
         if EARLY >= 2:
             w1 = _w_tile(w_base, u_begin + 1, steps, K, u_begin + 1 < u_end, BLOCK_N, BLOCK_K)
+        if L2PRE > 0:
+            k_begin = (u_begin + EARLY - first_tile * steps) * BLOCK_K
+            k_end = tl.minimum(tl.minimum(k_begin + L2PRE * BLOCK_K, K),
+                               (u_end - first_tile * steps) * BLOCK_K)
+            offs_n = first_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            _prefetch_rows(w_base, offs_n, offs_n < N, K, k_begin, tl.maximum(k_end, k_begin),
+                           w_ptr.dtype.element_ty.primitive_bitwidth // 8)
         if SYNC:
             if ph > ph_begin:
                 _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
@@ -277,12 +288,11 @@ class Chain:
         self.bar.zero_()
 
     def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
-        block_n, block_k, warps, stages, _, early = variant
+        consts, warps, stages = variant_options(variant)
         opts = dict(num_warps=warps, num_stages=stages) if self.w.is_cuda else {}
         _chain_kernel[(programs,)](self.w, self.ws, self.table, self.y, self.bar, self.err, begin,
-                                   end, SYNC=sync, EARLY=early, BLOCK_N=block_n,
-                                   BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
-                                   F32_DOT=not self.w.is_cuda, A8=self.kind == "fp8", **opts)
+                                   end, SYNC=sync, F32_DOT=not self.w.is_cuda,
+                                   A8=self.kind == "fp8", **consts, **opts)
 
     def check(self, outputs: list[torch.Tensor], group: int = 0) -> float:
         """Worst relative error (norm) of each phase's output against a float32 product of the
@@ -327,6 +337,15 @@ def _exact_interpreter_conversions() -> None:
     interpreter._convert_float = convert
 
 
+def variant_options(variant: tuple) -> tuple[dict, int, int]:
+    """(constexprs, warps, stages) of a variant (BLOCK_N, BLOCK_K, warps, stages, programs per
+    SM, EARLY[, L2PRE])."""
+    block_n, block_k, warps, stages, _, early = variant[:6]
+    l2pre = variant[6] if len(variant) > 6 else 0
+    return (dict(BLOCK_N=block_n, BLOCK_K=block_k, EARLY=early, L2PRE=l2pre, BLOCK_M=16,
+                 MAX_SPIN=MAX_SPIN), warps, stages)
+
+
 def _align(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
@@ -334,12 +353,10 @@ def _align(n: int, m: int) -> int:
 def fits(chain: Chain, variant: tuple, nphases: int) -> int:
     """How many programs of this variant's single launch (SYNC) an SM holds at once, from the
     kernel compiled for exactly that launch (its registers and shared memory)."""
-    block_n, block_k, warps, stages, _, early = variant
+    consts, warps, stages = variant_options(variant)
     kern = _chain_kernel.warmup(chain.w, chain.ws, chain.table, chain.y, chain.bar, chain.err, 0,
-                                nphases, SYNC=True, EARLY=early, BLOCK_N=block_n,
-                                BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN, F32_DOT=False,
-                                A8=chain.kind == "fp8", num_warps=warps, num_stages=stages,
-                                grid=(1,))
+                                nphases, SYNC=True, F32_DOT=False, A8=chain.kind == "fp8",
+                                **consts, num_warps=warps, num_stages=stages, grid=(1,))
     kern._init_handles()
     props = torch.cuda.get_device_properties(chain.w.device)
     regs_per_warp = _align(kern.n_regs * 32, 256)
@@ -360,11 +377,10 @@ def compile_only() -> None:
             "err_ptr": "*i32"}
     for kind, variants in VARIANTS.items():
         for variant in variants:
-            block_n, block_k, warps, stages, _, early = variant
+            consts, warps, stages = variant_options(variant)
             kern = compile_sm90.compile_one(
-                _chain_kernel, {"SYNC": True, "EARLY": early, "BLOCK_N": block_n,
-                                "BLOCK_K": block_k, "BLOCK_M": 16, "MAX_SPIN": MAX_SPIN,
-                                "F32_DOT": False, "A8": kind == "fp8", "_ptrs": ptrs},
+                _chain_kernel, {**consts, "SYNC": True, "F32_DOT": False, "A8": kind == "fp8",
+                                "_ptrs": ptrs},
                 "fp8e4nv" if kind == "fp8" else "bf16", warps, stages)
             print(kind, variant, compile_sm90.resources(kern), flush=True)
 

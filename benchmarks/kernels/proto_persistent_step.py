@@ -49,17 +49,21 @@ sys.path.insert(0, os.path.dirname(__file__))
 from proto_persistent_chain import (MAX_SPIN, _exact_interpreter_conversions,  # noqa: E402
                                     _grid_sync, _w_tile, time_graph)
 
+from kiln.kernels.qmm_common import _prefetch_rows  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
 
 PHASES_PER_LAYER = 5
 LLAMA3_8B = dict(H=4096, HQ=32, HKV=8, D=128, INTER=14336, V=128256, L=32, eps=1e-5,
                  theta=500000.0)
 SMALL = dict(H=128, HQ=4, HKV=2, D=32, INTER=256, V=512, L=2, eps=1e-5, theta=10000.0)
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK), per kind of weights
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK[, L2PRE]), per kind of
+# weights
 VARIANTS = {"bf16": [(64, 128, 4, 4, 1, 1, 16), (64, 128, 4, 4, 1, 0, 16),
-                     (64, 128, 8, 6, 1, 1, 32), (64, 128, 4, 4, 2, 1, 16)],
+                     (64, 128, 8, 6, 1, 1, 32), (64, 128, 4, 4, 2, 1, 16),
+                     (64, 128, 4, 4, 1, 1, 16, 8)],
             "fp8": [(64, 128, 4, 6, 1, 1, 16), (64, 128, 4, 4, 2, 1, 16),
-                    (64, 256, 8, 4, 1, 1, 32), (64, 256, 8, 6, 1, 1, 16)]}
+                    (64, 256, 8, 4, 1, 1, 32), (64, 256, 8, 6, 1, 1, 16),
+                    (64, 128, 4, 6, 1, 1, 16, 8)]}
 CHECK_VARIANTS = [(16, 32, 4, 2, 1, 1, 16), (32, 64, 4, 2, 1, 0, 8)]
 
 
@@ -262,12 +266,13 @@ def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, sqkv_ptr, so_ptr, sgu_ptr, s
                  CB: tl.constexpr, NCH_MAX: tl.constexpr, SYNC: tl.constexpr,
                  EARLY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr, F32_DOT: tl.constexpr,
-                 A8: tl.constexpr = False):
+                 A8: tl.constexpr = False, L2PRE: tl.constexpr = 0):
     # Phases [ph_begin, ph_end) of the step (module docstring): phase ph is layer ph // 5's
     # phase ph % 5, and phase 5 * n_layers the LM head. SYNC: a grid barrier before each
     # phase but the launch's first; EARLY: a GEMV phase's first weight tile of this program's
     # run is loaded before it (the layers' GEMVs; not the LM head's). A8: the layers' weights are
-    # fp8 codes with per-channel scales (s*_ptr, float32), the LM head stays bf16.
+    # fp8 codes with per-channel scales (s*_ptr, float32), the LM head stays bf16. L2PRE > 0
+    # (CUDA; with EARLY): an L2 prefetch of the next L2PRE K steps of the run's first tile too.
     p = tl.program_id(0)
     P = tl.num_programs(0)
     NQKV: tl.constexpr = (HQ + 2 * HKV) * D
@@ -299,6 +304,15 @@ def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, sqkv_ptr, so_ptr, sgu_ptr, s
             u_end = ((p + 1) * ((N // BLOCK_N) * steps)) // P
             w0 = _w_tile(w_base, u_begin, steps, K, in_layer & (kind != 1) & (u_begin < u_end),
                          BLOCK_N, BLOCK_K)
+            if L2PRE > 0:
+                first_tile = u_begin // steps
+                k_begin = (u_begin + 1 - first_tile * steps) * BLOCK_K
+                k_end = tl.minimum(tl.minimum(k_begin + L2PRE * BLOCK_K, K),
+                                   (u_end - first_tile * steps) * BLOCK_K)
+                offs_n = first_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+                _prefetch_rows(w_base, offs_n, (offs_n < N) & in_layer & (kind != 1), K, k_begin,
+                               tl.maximum(k_end, k_begin),
+                               w_base.dtype.element_ty.primitive_bitwidth // 8)
         if SYNC:
             if ph > ph_begin:
                 _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
@@ -410,7 +424,7 @@ class Step:
 
     def kernel_args(self, variant: tuple, begin: int, end: int, sync: bool) -> tuple:
         """(arguments, constexpr keywords) of _step_kernel for phases [begin, end)."""
-        block_n, block_k, _, _, _, early, chunk = variant
+        block_n, block_k, _, _, _, early, chunk = variant[:7]
         c = self.cfg
         pm, pl, pa, nch_max = self.partials(chunk)
         args = (self.wqkv, self.wo, self.wgu, self.wd, self.sqkv, self.so, self.sgu, self.sd,
@@ -421,7 +435,8 @@ class Step:
                       HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=self.cb,
                       NCH_MAX=nch_max, SYNC=sync, EARLY=early, BLOCK_N=block_n,
                       BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
-                      F32_DOT=not self.h.is_cuda, A8=self.kind == "fp8")
+                      F32_DOT=not self.h.is_cuda, A8=self.kind == "fp8",
+                      L2PRE=variant[7] if len(variant) > 7 else 0)
         return args, consts
 
     def launch(self, variant: tuple, programs: int, begin: int, end: int, sync: bool) -> None:
@@ -532,11 +547,12 @@ def compile_only() -> None:
         weights = {name: "*fp8e4nv" if a8 else "*bf16"
                    for name in ("wqkv_ptr", "wo_ptr", "wgu_ptr", "wd_ptr")}
         for variant in variants:
-            block_n, block_k, warps, stages, _, early, chunk = variant
+            block_n, block_k, warps, stages, _, early, chunk = variant[:7]
             consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], INTER=c["INTER"], V=c["V"],
                           HB=c["H"], CHUNK=chunk, CB=16, NCH_MAX=128, SYNC=True, EARLY=early,
                           BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
-                          F32_DOT=False, A8=a8, _ptrs={**ptrs, **weights})
+                          F32_DOT=False, A8=a8, _ptrs={**ptrs, **weights},
+                          L2PRE=variant[7] if len(variant) > 7 else 0)
             kern = compile_sm90.compile_one(_step_kernel, consts, "bf16", warps, stages)
             print(kind, variant, compile_sm90.resources(kern), flush=True)
 
