@@ -357,16 +357,23 @@ def fits(chain: Chain, variant: tuple, nphases: int) -> int:
     kern = _chain_kernel.warmup(chain.w, chain.ws, chain.table, chain.y, chain.bar, chain.err, 0,
                                 nphases, SYNC=True, F32_DOT=False, A8=chain.kind == "fp8",
                                 **consts, num_warps=warps, num_stages=stages, grid=(1,))
+    return programs_per_sm(kern, warps, variant)
+
+
+def programs_per_sm(kern, warps: int, label) -> int:
+    """How many programs of a compiled kernel an SM holds at once (registers, shared memory,
+    threads), printed with label."""
     kern._init_handles()
-    props = torch.cuda.get_device_properties(chain.w.device)
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
     regs_per_warp = _align(kern.n_regs * 32, 256)
     by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps)
     smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
     by_smem = smem // (kern.metadata.shared + 1024)
     by_warps = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps)
-    print(f"{variant}: {kern.n_regs} registers, {kern.metadata.shared} B shared, "
-          f"{kern.n_spills} spills: {min(by_regs, by_smem, by_warps)} programs an SM", flush=True)
-    return min(by_regs, by_smem, by_warps)
+    fit = min(by_regs, by_smem, by_warps)
+    print(f"{label}: {kern.n_regs} registers, {kern.metadata.shared} B shared, "
+          f"{kern.n_spills} spills: {fit} programs an SM", flush=True)
+    return fit
 
 
 def compile_only() -> None:

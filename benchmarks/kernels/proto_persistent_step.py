@@ -47,7 +47,7 @@ import triton.language as tl  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from proto_persistent_chain import (MAX_SPIN, _exact_interpreter_conversions,  # noqa: E402
-                                    _grid_sync, _w_tile, time_graph)
+                                    _grid_sync, _w_tile, programs_per_sm, time_graph)
 
 from kiln.kernels.qmm_common import _prefetch_rows  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
@@ -563,14 +563,7 @@ def room(step: Step, variant: tuple) -> int:
     step.reset()
     args, consts = step.kernel_args(variant, 0, step.phases, True)
     kern = _step_kernel.warmup(*args, **consts, num_warps=warps, num_stages=stages, grid=(1,))
-    kern._init_handles()
-    props = torch.cuda.get_device_properties(step.h.device)
-    by_regs = 65536 // (-(-kern.n_regs * 32 // 256) * 256 * warps)
-    by_smem = getattr(props, "shared_memory_per_multiprocessor", 233472) // (kern.metadata.shared + 1024)
-    fit = min(by_regs, by_smem, 2048 // (32 * warps))
-    print(f"{variant}: {kern.n_regs} registers, {kern.metadata.shared} B shared, "
-          f"{kern.n_spills} spills: {fit} programs an SM", flush=True)
-    return fit
+    return programs_per_sm(kern, warps, variant)
 
 
 def main() -> int:
