@@ -1,4 +1,4 @@
-"""Prototype: a whole batch-1 decode step of a Llama-architecture model (bf16 weights) as ONE
+"""Prototype: a whole batch-1 decode step of a Llama-architecture model (bf16 or fp8 W8A8) as ONE
 persistent launch: every layer's RMSNorm, QKV, rotary, attention over the KV cache, output
 projection, RMSNorm, gate/up, SiLU·mul and down projection, then the final norm and the LM head.
 
@@ -16,13 +16,15 @@ Phases (a grid barrier between phases, as in proto_persistent_chain), five a lay
   4  h += W_down · bf16(silu(gate) * up)                    (SiLU·mul done on the input slices)
 and last: logits = W_head · bf16(rmsnorm(h) * final_norm).
 The kernel and its phases are in proto_step_kernels.py; this file holds the model, the
-reference, the checks and the timing. Each GEMV phase is the chain's stream-K GEMV (_gemv_run): the (tile, K step) units cut into P
-equal runs, whole tiles stored (or added to h), the shared first and last tiles added with
-atomics. The residual stream h stays in float32; every GEMV input is rounded to bf16.
+reference, the checks and the timing. Each GEMV phase is the chain's stream-K GEMV (_gemv_run):
+the (tile, K step) units cut into P equal runs, whole tiles stored (or added to h), the shared
+first and last tiles added with atomics. The residual stream h stays in float32; every GEMV input
+is rounded to bf16.
 
-The KV cache is contiguous here ([layers, kv heads, max_ctx, head dim], bf16), not the engine's
-paged cache, and rotary has no scaling: this measures what one launch costs, it is not yet a
-model runner. Checked against a float32 torch step that makes the same roundings (reference()).
+The KV cache is paged as the engine's (per layer [2, blocks, 16 slots, kv heads, head dim], bf16;
+one sequence's block table, in shuffled order). Rotary has no scaling. This measures what one
+launch costs; it is not yet a model runner. Checked against a float32 torch step that makes the
+same roundings (reference()).
 
     PYTHONPATH=. python benchmarks/kernels/proto_persistent_step.py [--pos 256] [--json OUT]
     PYTHONPATH=. python benchmarks/kernels/proto_persistent_step.py --check-only   # CPU too
@@ -55,6 +57,7 @@ from kiln.kernels.quant_act import quant_per_token_ref  # noqa: E402
 PHASES_PER_LAYER = 5
 LLAMA3_8B = dict(H=4096, HQ=32, HKV=8, D=128, INTER=14336, V=128256, L=32, eps=1e-5,
                  theta=500000.0)
+BLOCK_SIZE = 16  # cache slots a block, as the engine's default
 SMALL = dict(H=128, HQ=4, HKV=2, D=32, INTER=256, V=512, L=2, eps=1e-5, theta=10000.0)
 # (BLOCK_N, BLOCK_K, warps, stages, programs per SM, EARLY, CHUNK[, L2PRE]), per kind of
 # weights
@@ -100,10 +103,16 @@ class Step:
         self.head = mat(V, H)
         self.lnw = 1.0 + 0.1 * torch.randn(L, 2, H, generator=gen, device=device)
         self.fnw = 1.0 + 0.1 * torch.randn(H, generator=gen, device=device)
-        self.kc = torch.zeros(L, HKV, max_ctx, D, dtype=torch.bfloat16, device=device)
-        self.vc = torch.zeros_like(self.kc)
-        self.kc[:, :, :pos].normal_(generator=gen)
-        self.vc[:, :, :pos].normal_(generator=gen)
+        # the paged cache: the sequence's blocks in shuffled order among a few more
+        n_table = -(-max_ctx // BLOCK_SIZE)
+        self.n_blocks = n_table + 4
+        self.block_table = torch.randperm(self.n_blocks, generator=gen, device=device)[:n_table]
+        self.block_table = self.block_table.to(torch.int32)
+        self.kv = torch.zeros(L, 2, self.n_blocks, BLOCK_SIZE, HKV, D, dtype=torch.bfloat16,
+                              device=device)
+        slots = self.slots(torch.arange(pos, device=device))
+        self.kv.view(L, 2, -1, HKV, D)[:, :, slots] = torch.randn(
+            L, 2, pos, HKV, D, generator=gen, device=device).to(torch.bfloat16)
         self.h0 = torch.randn(H, generator=gen, device=device)
         self.chunk_max = 0
         f32 = dict(dtype=torch.float32, device=device)
@@ -116,6 +125,16 @@ class Step:
         self.bar = torch.zeros(1, dtype=torch.int32, device=device)
         self.err = torch.zeros(1, dtype=torch.int32, device=device)
         self.parts: dict[int, tuple] = {}
+
+    def slots(self, t: torch.Tensor) -> torch.Tensor:
+        """Flat cache slots (block * BLOCK_SIZE + offset) of positions t."""
+        return self.block_table[t // BLOCK_SIZE].long() * BLOCK_SIZE + t % BLOCK_SIZE
+
+    def cached(self, layer: int, which: int, positions: torch.Tensor) -> torch.Tensor:
+        """Keys (which 0) or values (1) of a layer at positions: [kv heads, len, D] float32."""
+        c = self.cfg
+        flat = self.kv[layer, which].view(-1, c["HKV"], c["D"])
+        return flat[self.slots(positions)].float().transpose(0, 1)
 
     @property
     def phases(self) -> int:
@@ -151,11 +170,12 @@ class Step:
         c = self.cfg
         pm, pl, pa, nch_max = self.partials(chunk)
         args = (self.wqkv, self.wo, self.wgu, self.wd, self.sqkv, self.so, self.sgu, self.sd,
-                self.lnw, self.fnw, self.head, self.h, self.kc, self.vc, self.qkv, pm, pl, pa,
+                self.lnw, self.fnw, self.head, self.h, self.kv, self.block_table, self.qkv, pm,
+                pl, pa,
                 self.cnt, self.ao, self.gu, self.logits, self.bar, self.err, self.pos, c["L"],
-                self.max_ctx, begin, end, c["eps"], c["D"] ** -0.5, math.log2(c["theta"]))
+                self.n_blocks, begin, end, c["eps"], c["D"] ** -0.5, math.log2(c["theta"]))
         consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], INTER=c["INTER"], V=c["V"],
-                      HB=triton.next_power_of_2(c["H"]), CHUNK=chunk, CB=self.cb,
+                      HB=triton.next_power_of_2(c["H"]), BS=BLOCK_SIZE, CHUNK=chunk, CB=self.cb,
                       NCH_MAX=nch_max, SYNC=sync, EARLY=early, BLOCK_N=block_n,
                       BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
                       F32_DOT=not self.h.is_cuda, A8=self.kind == "fp8",
@@ -200,8 +220,9 @@ class Step:
             q = rope(qkv[:HQ * D].view(HQ, D)) * D ** -0.5
             k_new = rope(qkv[HQ * D:(HQ + HKV) * D].view(HKV, D))
             v_new = qkv[(HQ + HKV) * D:].view(HKV, D)
-            keys = torch.cat([self.kc[layer, :, :pos].float(), k_new[:, None]], dim=1)
-            vals = torch.cat([self.vc[layer, :, :pos].float(), v_new[:, None]], dim=1)
+            past = torch.arange(pos, device=h.device)
+            keys = torch.cat([self.cached(layer, 0, past), k_new[:, None]], dim=1)
+            vals = torch.cat([self.cached(layer, 1, past), v_new[:, None]], dim=1)
             keys, vals = keys.repeat_interleave(gqa, 0), vals.repeat_interleave(gqa, 0)
             att = torch.softmax((q[:, None, :] * keys).sum(-1), dim=-1)
             ao = (att[:, :, None] * vals).sum(1).reshape(-1)
@@ -214,6 +235,12 @@ class Step:
         logits = self.head.float() @ normed(h, self.fnw).to(torch.bfloat16).float()
         return logits, h, torch.stack(new_k), torch.stack(new_v)
 
+    def _new_cached(self, which: int) -> torch.Tensor:
+        """What the step wrote at position pos, every layer: [layers, kv heads, D]."""
+        at = torch.tensor([self.pos], device=self.h.device)
+        return torch.stack([self.cached(layer, which, at)[:, 0]
+                            for layer in range(self.cfg["L"])])
+
     def errors(self, ref: tuple) -> dict:
         """Relative errors (norm) of logits, h and the new token's cached k and v (against the
         reference rounded to bf16), and whether the logits' argmax is the same."""
@@ -222,8 +249,8 @@ class Step:
         def rel(a, b):
             return ((a.float() - b).norm() / b.norm()).item()
         return {"logits": rel(self.logits, logits), "h": rel(self.h, h),
-                "kv": max(rel(self.kc[:, :, self.pos], k_new.to(torch.bfloat16).float()),
-                          rel(self.vc[:, :, self.pos], v_new.to(torch.bfloat16).float())),
+                "kv": max(rel(self._new_cached(which), new.to(torch.bfloat16).float())
+                          for which, new in ((0, k_new), (1, v_new))),
                 "argmax_same": bool(self.logits.argmax() == logits.argmax())}
 
 
@@ -263,8 +290,8 @@ def compile_only() -> None:
     c = LLAMA3_8B
     ptrs = {name: "*fp32" for name in ("lnw_ptr", "fnw_ptr", "h_ptr", "qkv_ptr", "pm_ptr", "pl_ptr",
                                        "pa_ptr", "ao_ptr", "gu_ptr", "logits_ptr")}
-    ptrs.update({"cnt_ptr": "*i32", "bar_ptr": "*i32", "err_ptr": "*i32", "sqkv_ptr": "*fp32",
-                 "so_ptr": "*fp32", "sgu_ptr": "*fp32", "sd_ptr": "*fp32"})
+    ptrs.update({"cnt_ptr": "*i32", "bar_ptr": "*i32", "err_ptr": "*i32", "bt_ptr": "*i32",
+                 "sqkv_ptr": "*fp32", "so_ptr": "*fp32", "sgu_ptr": "*fp32", "sd_ptr": "*fp32"})
     for kind, variants in VARIANTS.items():
         a8 = kind == "fp8"
         weights = {name: "*fp8e4nv" if a8 else "*bf16"
@@ -272,7 +299,8 @@ def compile_only() -> None:
         for variant in variants:
             block_n, block_k, warps, stages, _, early, chunk = variant[:7]
             consts = dict(H=c["H"], HQ=c["HQ"], HKV=c["HKV"], D=c["D"], INTER=c["INTER"], V=c["V"],
-                          HB=c["H"], CHUNK=chunk, CB=16, NCH_MAX=128, SYNC=True, EARLY=early,
+                          HB=c["H"], BS=BLOCK_SIZE, CHUNK=chunk, CB=16, NCH_MAX=128,
+                          SYNC=True, EARLY=early,
                           BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16, MAX_SPIN=MAX_SPIN,
                           F32_DOT=False, A8=a8, _ptrs={**ptrs, **weights},
                           L2PRE=variant[7] if len(variant) > 7 else 0)

@@ -158,11 +158,14 @@ def _combine(heads, nch, pm_l, pl_l, pa_l, ao_l, GQA: tl.constexpr, D: tl.conste
 
 
 @triton.jit
-def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p, P, qk_scale,
+def _attention(qkv_l, kc_l, vc_l, bt_ptr, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, p, P, qk_scale,
                log2_theta, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-               CHUNK: tl.constexpr, CB: tl.constexpr, NCH_MAX: tl.constexpr):
-    """Phase 1 of a layer (module docstring): units (kv head g, chunk c of CHUNK cache slots
-    0..pos) in turn over the programs."""
+               BS: tl.constexpr, CHUNK: tl.constexpr, CB: tl.constexpr,
+               NCH_MAX: tl.constexpr):
+    """Phase 1 of a layer (proto_persistent_step.py): units (kv head g, chunk c of CHUNK token
+    positions 0..pos) in turn over the programs. The layer's cache is paged as the engine's:
+    keys at kc_l and values at vc_l, each [blocks, BS slots, kv heads, D], position t in slot
+    t % BS of block bt_ptr[t // BS]."""
     GQA: tl.constexpr = HQ // HKV
     HALF: tl.constexpr = D // 2
     nch = pos // CHUNK + 1
@@ -185,7 +188,8 @@ def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p
         k_new = tl.load(k_row + d) * cos + sign * tl.load(k_row + partner) * sin
         v_new = tl.load(qkv_l + (HQ + HKV) * D + g * D + d)
         t = c * CHUNK + tl.arange(0, CHUNK)
-        slots = (g * max_ctx + t).to(tl.int64)[:, None] * D + d[None, :]
+        block = tl.load(bt_ptr + t // BS, mask=t <= pos, other=0).to(tl.int64)
+        slots = ((block * BS + t % BS) * HKV + g)[:, None] * D + d[None, :]
         cached = (t < pos)[:, None]
         is_new = (t == pos)[:, None]
         kt = tl.where(is_new, k_new[None, :],
@@ -202,7 +206,8 @@ def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p
         tl.store(pa_l + slot.to(tl.int64)[:, None] * D + d[None, :],
                  tl.sum(e[:, :, None] * vt[None, :, :], axis=1))
         if c == nch - 1:  # the chunk holding the new token puts it in the cache
-            new_slot = (g * max_ctx + pos).to(tl.int64) * D + d
+            new_block = tl.load(bt_ptr + pos // BS).to(tl.int64)
+            new_slot = ((new_block * BS + pos % BS) * HKV + g) * D + d
             tl.store(kc_l + new_slot, k_new.to(tl.bfloat16))
             tl.store(vc_l + new_slot, v_new.to(tl.bfloat16))
         tl.debug_barrier()
@@ -214,11 +219,12 @@ def _attention(qkv_l, kc_l, vc_l, pm_l, pl_l, pa_l, cnt_l, ao_l, pos, max_ctx, p
 @triton.jit(do_not_specialize=["pos", "ph_begin", "ph_end"])
 def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, sqkv_ptr, so_ptr, sgu_ptr, sd_ptr,
                  lnw_ptr, fnw_ptr, head_ptr,
-                 h_ptr, kc_ptr, vc_ptr, qkv_ptr, pm_ptr, pl_ptr, pa_ptr, cnt_ptr, ao_ptr, gu_ptr,
+                 h_ptr, kv_ptr, bt_ptr, qkv_ptr, pm_ptr, pl_ptr, pa_ptr, cnt_ptr, ao_ptr, gu_ptr,
                  logits_ptr, bar_ptr, err_ptr,
-                 pos, n_layers, max_ctx, ph_begin, ph_end, eps, qk_scale, log2_theta,
+                 pos, n_layers, n_blocks, ph_begin, ph_end, eps, qk_scale, log2_theta,
                  H: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-                 INTER: tl.constexpr, V: tl.constexpr, HB: tl.constexpr, CHUNK: tl.constexpr,
+                 INTER: tl.constexpr, V: tl.constexpr, HB: tl.constexpr, BS: tl.constexpr,
+                 CHUNK: tl.constexpr,
                  CB: tl.constexpr, NCH_MAX: tl.constexpr, SYNC: tl.constexpr,
                  EARLY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr, F32_DOT: tl.constexpr,
@@ -273,11 +279,12 @@ def _step_kernel(wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, sqkv_ptr, so_ptr, sgu_ptr, s
             if ph > ph_begin:
                 _grid_sync(bar_ptr, err_ptr, (ph - ph_begin) * P, MAX_SPIN)
         if in_layer & (kind == 1):
-            _attention(qkv_ptr + lay * NQKV, kc_ptr + lay * (HKV * max_ctx * D),
-                       vc_ptr + lay * (HKV * max_ctx * D), pm_ptr + lay * (HQ * NCH_MAX),
+            kv_half = n_blocks.to(tl.int64) * (BS * HKV * D)  # one layer's keys (or values)
+            _attention(qkv_ptr + lay * NQKV, kv_ptr + lay * 2 * kv_half,
+                       kv_ptr + (lay * 2 + 1) * kv_half, bt_ptr, pm_ptr + lay * (HQ * NCH_MAX),
                        pl_ptr + lay * (HQ * NCH_MAX), pa_ptr + lay * (HQ * NCH_MAX * D),
-                       cnt_ptr + lay * HKV, ao_ptr + lay * HQD, pos, max_ctx, p, P, qk_scale,
-                       log2_theta, HQ, HKV, D, CHUNK, CB, NCH_MAX)
+                       cnt_ptr + lay * HKV, ao_ptr + lay * HQD, pos, p, P, qk_scale,
+                       log2_theta, HQ, HKV, D, BS, CHUNK, CB, NCH_MAX)
         elif in_layer & (kind == 2):
             _gemv_run(w_base, ws_base, w0, N, K, ao_ptr + lay * HQD, ao_ptr, 1.0, h_ptr, p, P,
                       INTER, 0, True, A8, EARLY, BLOCK_N, BLOCK_K, BLOCK_M, F32_DOT)
