@@ -29,7 +29,9 @@ Modes timed (medians of CUDA-graph replays):
                the streaming rate with the phases back to back; persistent - nosync is what the
                barriers cost.
   per_phase  - the same kernel, one launch a phase.
-  engine     - mma_gemv.tc_gemv per phase, autotuned, captured under PDL as the decode graphs are.
+  engine     - the engine's kernel per phase (mma_gemv.tc_gemv; for fp8 after quant_per_token;
+               for int4 quant_matmul.int4_wo_linear), autotuned, captured under PDL as the
+               decode graphs are.
 and the device-to-device copy bandwidth (bench_quant.ceilings), all in the same run. Every
 checked mode is compared phase by phase with a float32 product of its own inputs.
 
@@ -59,12 +61,14 @@ if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from kiln.kernels.int4_bits import _int4_words_16  # noqa: E402
 from kiln.kernels.qmm_common import _prefetch_rows  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token_ref, quantize_to_codes  # noqa: E402
+from kiln.quant.int4 import quantize_int4_groupwise, unpack_int4  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # bench_quant, probe_weight_stream
 
-TAB = 5                 # a phase's row of the table: w_off, N, K, x_off, y_off
+TAB = 6                 # a phase's row of the table: w_off, N, K, x_off, y_off, s_off
 MAX_SPIN = 1 << 20      # polls of the barrier counter before a program gives up (about a second)
 LAYER = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LM_HEAD = ("lm_head", 128256, 4096)
@@ -76,9 +80,18 @@ VARIANTS = {"bf16": [(64, 128, 4, 4, 1, 0), (64, 128, 4, 4, 1, 1), (64, 128, 4, 
                      (64, 128, 4, 4, 2, 2), (64, 128, 4, 4, 1, 1, 8), (64, 128, 8, 6, 1, 2, 8)],
             "fp8": [(64, 256, 4, 4, 1, 1), (64, 256, 4, 6, 1, 1), (64, 256, 4, 4, 2, 1),
                     (64, 128, 4, 6, 2, 1), (64, 128, 4, 8, 2, 1), (64, 256, 8, 6, 1, 2),
-                    (128, 128, 4, 4, 2, 1), (64, 128, 4, 6, 2, 1, 8)]}
+                    (128, 128, 4, 4, 2, 1), (64, 128, 4, 6, 2, 1, 8)],
+            # int4: BLOCK_K is one group of 128; 64 rows are 4 KB a stage, 256 rows 16 KB
+            "int4": [(64, 128, 4, 4, 2, 1), (128, 128, 4, 4, 1, 1), (128, 128, 4, 6, 2, 1),
+                     (256, 128, 8, 4, 1, 1), (128, 128, 8, 6, 1, 2), (128, 128, 4, 6, 2, 1, 8)]}
 CHECK_VARIANTS = [(16, 32, 4, 2, 1, 0), (16, 32, 4, 2, 1, 1), (32, 64, 4, 2, 1, 1),
                   (16, 32, 4, 2, 1, 2)]
+CHECK_SHAPES = [("a", 192, 64), ("b", 64, 128), ("c", 128, 64), ("d", 32, 128)]
+# int4: one group of 128 k a unit
+CHECK_VARIANTS_INT4 = [(16, 128, 4, 2, 1, 0), (32, 128, 4, 2, 1, 1), (16, 128, 4, 2, 1, 2)]
+CHECK_SHAPES_INT4 = [("a", 128, 128), ("b", 256, 128), ("c", 128, 256), ("d", 32, 128)]
+CHECKS = {"bf16": (CHECK_VARIANTS, CHECK_SHAPES), "fp8": (CHECK_VARIANTS, CHECK_SHAPES),
+          "int4": (CHECK_VARIANTS_INT4, CHECK_SHAPES_INT4)}
 
 
 @triton.jit
@@ -101,11 +114,14 @@ def _grid_sync(bar_ptr, err_ptr, target, MAX_SPIN: tl.constexpr):
 @triton.jit
 def _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin, u_end, first_tile, acc,
           first_done, last_done, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          BLOCK_M: tl.constexpr, A8: tl.constexpr, F32_DOT: tl.constexpr):
+          BLOCK_M: tl.constexpr, A8: tl.constexpr, F32_DOT: tl.constexpr,
+          W4: tl.constexpr = False):
     """One unit (weight tile w of K step u - tile * steps) into acc; at the run's last unit of
     the tile, a whole tile is stored and a shared one kept for after the loop. A8: w holds fp8
     codes, and the unit's slice of x is quantized to fp8 with a scale of its own (the engine's
-    per-token formula, amax / 448, over BLOCK_K values instead of the row)."""
+    per-token formula, amax / 448, over BLOCK_K values instead of the row). W4: w holds int4
+    words of one group of BLOCK_K = 128 k, dequantized to bf16 in registers (kiln's int4 layout
+    and its PTX), times the group's scales (ws_base: [N, K / 128])."""
     rows = tl.arange(0, BLOCK_M)
     offs_k = (u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K)
     xf = tl.where(rows[None, :] == 0, tl.load(x_base + offs_k)[:, None], 0.0)
@@ -117,6 +133,17 @@ def _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin, u_end, first_tile
         else:
             part = tl.dot(w, xq)
         acc += part * sx
+    elif W4:
+        q0, q1, q2, q3, q4, q5, q6, q7 = _int4_words_16(w, True, not F32_DOT)
+        wq = tl.reshape(tl.join(tl.join(tl.join(q0, q4), tl.join(q2, q6)),
+                                tl.join(tl.join(q1, q5), tl.join(q3, q7))), (BLOCK_N, BLOCK_K))
+        xt = xf.to(tl.bfloat16)
+        if F32_DOT:
+            part = tl.dot(wq.to(tl.float32), xt.to(tl.float32))
+        else:
+            part = tl.dot(wq, xt)
+        offs_g = (tile * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64) * steps + (u - tile * steps)
+        acc += part * tl.load(ws_base + offs_g)[:, None]
     else:
         xt = xf.to(tl.bfloat16)
         if F32_DOT:  # Triton's interpreter: a dot of loaded and converted bf16 gives garbage there
@@ -140,13 +167,23 @@ def _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin, u_end, first_tile
 
 
 @triton.jit
-def _w_tile(w_base, u, steps, K, valid, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The weight tile of unit u (tile u // steps, K step u % steps); zeros unless valid."""
+def _w_tile(w_base, u, steps, K, valid, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            W4: tl.constexpr = False):
+    """The weight tile of unit u (tile u // steps, K step u % steps); zeros unless valid. W4:
+    int4 weights as 32-bit words of 8 nibbles (w_base an int32 pointer): [BLOCK_N, BLOCK_K / 8]
+    words."""
     tile = u // steps
     nn = tl.arange(0, BLOCK_N)
-    offs = ((tile * BLOCK_N + nn).to(tl.int64)[:, None] * K
-            + ((u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :])
-    return tl.load(w_base + offs, mask=valid & (nn < BLOCK_N)[:, None], other=0.0)
+    if W4:
+        WK: tl.constexpr = BLOCK_K // 8
+        offs = ((tile * BLOCK_N + nn).to(tl.int64)[:, None] * (K // 8)
+                + ((u - tile * steps) * WK + tl.arange(0, WK))[None, :])
+        w = tl.load(w_base + offs, mask=valid & (nn < BLOCK_N)[:, None], other=0)
+    else:
+        offs = ((tile * BLOCK_N + nn).to(tl.int64)[:, None] * K
+                + ((u - tile * steps) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :])
+        w = tl.load(w_base + offs, mask=valid & (nn < BLOCK_N)[:, None], other=0.0)
+    return w
 
 
 @triton.jit
@@ -165,24 +202,25 @@ def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_
                   SYNC: tl.constexpr, EARLY: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SPIN: tl.constexpr,
                   F32_DOT: tl.constexpr = False, A8: tl.constexpr = False,
-                  L2PRE: tl.constexpr = 0):
+                  L2PRE: tl.constexpr = 0, W4: tl.constexpr = False):
     # Phases [ph_begin, ph_end) of the table, each a stream-K bf16 GEMV (module docstring);
     # SYNC: a grid barrier before each phase but the first; EARLY (0, 1 or 2): the run's first
     # EARLY weight tiles of a phase are loaded into registers before that barrier. A8: fp8
     # weight codes with per-channel scales at ws_ptr (indexed as the phase's outputs), _unit.
     # L2PRE > 0 (CUDA): before the barrier too, an L2 prefetch of the next L2PRE K steps of the
     # run's first tile after the early ones, so the memory system keeps busy while programs wait.
+    # W4: int4 weight-only (w_ptr int32 words, scales [N, K / 128] at ws_ptr + s_off), _unit.
     p = tl.program_id(0)
     P = tl.num_programs(0)
     for ph in range(ph_begin, ph_end):
-        row = tab_ptr + ph * 5
+        row = tab_ptr + ph * 6
         w_base = w_ptr + tl.multiple_of(tl.load(row), 64)
         N = tl.load(row + 1).to(tl.int32)
         K = tl.multiple_of(tl.load(row + 2).to(tl.int32), BLOCK_K)
         x_base = y_ptr + tl.multiple_of(tl.load(row + 3), 16)
         y_off = tl.multiple_of(tl.load(row + 4), 16)
         y_base = y_ptr + y_off
-        ws_base = ws_ptr + y_off
+        ws_base = ws_ptr + tl.multiple_of(tl.load(row + 5), 16)
         steps = K // BLOCK_K
         units = (N // BLOCK_N) * steps
         u_begin = (p * units) // P
@@ -193,15 +231,18 @@ def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_
         last_done = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         # EARLY 1 or 2: the run's first units' weight tiles, loaded before the barrier
         if EARLY >= 1:
-            w0 = _w_tile(w_base, u_begin, steps, K, u_begin < u_end, BLOCK_N, BLOCK_K)
+            w0 = _w_tile(w_base, u_begin, steps, K, u_begin < u_end, BLOCK_N, BLOCK_K, W4)
         if EARLY >= 2:
-            w1 = _w_tile(w_base, u_begin + 1, steps, K, u_begin + 1 < u_end, BLOCK_N, BLOCK_K)
+            w1 = _w_tile(w_base, u_begin + 1, steps, K, u_begin + 1 < u_end, BLOCK_N, BLOCK_K,
+                         W4)
         if L2PRE > 0:
             k_begin = (u_begin + EARLY - first_tile * steps) * BLOCK_K
             k_end = tl.minimum(tl.minimum(k_begin + L2PRE * BLOCK_K, K),
                                (u_end - first_tile * steps) * BLOCK_K)
             offs_n = first_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            _prefetch_rows(w_base, offs_n, offs_n < N, K, k_begin, tl.maximum(k_end, k_begin),
+            ELEMS: tl.constexpr = 8 if W4 else 1  # k a stored element holds
+            _prefetch_rows(w_base, offs_n, offs_n < N, K // ELEMS, k_begin // ELEMS,
+                           tl.maximum(k_end, k_begin) // ELEMS,
                            w_ptr.dtype.element_ty.primitive_bitwidth // 8)
         if SYNC:
             if ph > ph_begin:
@@ -211,20 +252,20 @@ def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_
                 acc, first_done, last_done = _unit(w0, x_base, y_base, ws_base, u_begin, first_tile,
                                                    steps, u_begin, u_end, first_tile, acc,
                                                    first_done, last_done, BLOCK_N, BLOCK_K,
-                                                   BLOCK_M, A8, F32_DOT)
+                                                   BLOCK_M, A8, F32_DOT, W4)
         if EARLY >= 2:
             if u_begin + 1 < u_end:
                 acc, first_done, last_done = _unit(w1, x_base, y_base, ws_base, u_begin + 1,
                                                    (u_begin + 1) // steps, steps, u_begin, u_end,
                                                    first_tile, acc, first_done, last_done,
-                                                   BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT)
+                                                   BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT, W4)
         start = tl.minimum(u_begin + EARLY, u_end)
         for u in range(start, u_end):
             tile = u // steps
-            w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K)
+            w = _w_tile(w_base, u, steps, K, True, BLOCK_N, BLOCK_K, W4)
             acc, first_done, last_done = _unit(w, x_base, y_base, ws_base, u, tile, steps, u_begin,
                                                u_end, first_tile, acc, first_done, last_done,
-                                               BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT)
+                                               BLOCK_N, BLOCK_K, BLOCK_M, A8, F32_DOT, W4)
         if u_begin < u_end:
             _add_shared(first_done, y_base, first_tile, steps, u_begin, u_end, BLOCK_N, BLOCK_M)
             last_tile = (u_end - 1) // steps
@@ -234,32 +275,41 @@ def _chain_kernel(w_ptr, ws_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_
 
 
 class Chain:
-    """The phases' weights in one buffer (bf16, or fp8 codes with per-channel scales), the table,
-    and the float32 activations (x0 first, then each phase's output)."""
+    """The phases' weights in one buffer (bf16; fp8 codes with per-channel scales; or int4 in
+    kiln's layout, 32-bit words of nibbles, with group-128 scales), the table, and the float32
+    activations (x0 first, then each phase's output)."""
 
     def __init__(self, shapes: list[tuple[str, int, int]], device: str, seed: int = 0,
                  kind: str = "bf16"):
         gen = torch.Generator(device=device).manual_seed(seed)
         self.shapes = shapes
         self.kind = kind
-        rows, w_off, y_off = [], 0, _align(shapes[0][2], 16)
+        per_elem = 8 if kind == "int4" else 1  # k a stored element holds
+        rows, w_off, y_off, s_off = [], 0, _align(shapes[0][2], 16), 0
         x_off = 0
         for _, n, k in shapes:
-            rows.append([w_off, n, k, x_off, y_off])
-            x_off, w_off, y_off = y_off, w_off + _align(n * k, 64), y_off + _align(n, 16)
+            # scales: fp8 per channel (at the output's offset), int4 per group of 128
+            scales_at = s_off if kind == "int4" else y_off
+            rows.append([w_off, n, k, x_off, y_off, scales_at])
+            s_off += _align(n * k // 128, 16)
+            x_off, w_off, y_off = y_off, w_off + _align(n * k // per_elem, 64), y_off + _align(n, 16)
         self.table = torch.tensor(rows, dtype=torch.int64, device=device)
-        a8 = kind == "fp8"
-        self.w = torch.empty(w_off, dtype=torch.float8_e4m3fn if a8 else torch.bfloat16,
+        dtype = {"fp8": torch.float8_e4m3fn, "int4": torch.int32}.get(kind, torch.bfloat16)
+        self.w = torch.empty(w_off, dtype=dtype, device=device)
+        self.ws = torch.ones(s_off if kind == "int4" else y_off, dtype=torch.float32,
                              device=device)
-        self.ws = torch.ones(y_off, dtype=torch.float32, device=device)  # fp8: per channel
-        for off, n, k, _, out in rows:
+        for off, n, k, _, _, at in rows:
             w = torch.empty(n, k, dtype=torch.bfloat16, device=device)
             w.normal_(0.0, k ** -0.5, generator=gen)
-            if a8:
+            if kind == "fp8":
                 scale = w.float().abs().amax(dim=1).clamp_min(1e-12) / 448.0
-                self.ws[out:out + n] = scale
+                self.ws[at:at + n] = scale
                 w = (w.float() / scale[:, None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
-            self.w[off:off + n * k].view(n, k).copy_(w)
+            elif kind == "int4":
+                packed, scales = quantize_int4_groupwise(w.float(), 128)
+                self.ws[at:at + scales.numel()] = scales.reshape(-1)
+                w = packed.view(torch.int32)
+            self.w[off:off + n * k // per_elem].view(n, k // per_elem).copy_(w)
         self.y = torch.zeros(y_off, dtype=torch.float32, device=device)
         self.x0 = torch.randn(shapes[0][2], generator=gen, device=device)
         self.rows = rows
@@ -270,16 +320,23 @@ class Chain:
     def weight_bytes(self) -> int:
         if self.kind == "fp8":  # codes and the float32 per-channel scales
             return sum(n * k + 4 * n for _, n, k in self.shapes)
+        if self.kind == "int4":  # nibbles and the float32 group scales
+            return sum(n * k // 2 + 4 * n * k // 128 for _, n, k in self.shapes)
         return sum(n * k for _, n, k in self.shapes) * 2
 
     def weight(self, ph: int) -> torch.Tensor:
-        """Phase ph's stored weights [N, K] (bf16, or fp8 codes)."""
-        off, n, k, _, _ = self.rows[ph]
+        """Phase ph's stored weights: [N, K] bf16 or fp8 codes, or int4 packed uint8 [N, K / 2]."""
+        off, n, k = self.rows[ph][:3]
+        if self.kind == "int4":
+            return self.w[off:off + n * k // 8].view(n, k // 8).view(torch.uint8)
         return self.w[off:off + n * k].view(n, k)
 
     def w_scales(self, ph: int) -> torch.Tensor:
-        _, n, _, _, out = self.rows[ph]
-        return self.ws[out:out + n]
+        """fp8: per-channel scales [N]; int4: group scales [N, K / 128]."""
+        n, k, at = self.rows[ph][1], self.rows[ph][2], self.rows[ph][5]
+        if self.kind == "int4":
+            return self.ws[at:at + n * k // 128].view(n, k // 128)
+        return self.ws[at:at + n]
 
     def reset(self) -> None:
         """Outputs to zero (the shared tiles' atomics add to them), x0 in place, counter to 0."""
@@ -292,7 +349,8 @@ class Chain:
         opts = dict(num_warps=warps, num_stages=stages) if self.w.is_cuda else {}
         _chain_kernel[(programs,)](self.w, self.ws, self.table, self.y, self.bar, self.err, begin,
                                    end, SYNC=sync, F32_DOT=not self.w.is_cuda,
-                                   A8=self.kind == "fp8", **consts, **opts)
+                                   A8=self.kind == "fp8", W4=self.kind == "int4", **consts,
+                                   **opts)
 
     def check(self, outputs: list[torch.Tensor], group: int = 0) -> float:
         """Worst relative error (norm) of each phase's output against a float32 product of the
@@ -308,6 +366,10 @@ class Chain:
                                             torch.float8_e4m3fn)
                 ref = ((self.weight(ph).float() @ (q.float() * sx).reshape(-1))
                        * self.w_scales(ph))
+            elif self.kind == "int4":
+                w = unpack_int4(self.weight(ph)).float() * self.w_scales(ph).repeat_interleave(
+                    128, dim=1)
+                ref = w @ x[:k].float().to(torch.bfloat16).float()
             else:
                 ref = self.weight(ph).float() @ x[:k].float().to(torch.bfloat16).float()
             worst = max(worst, ((out.float() - ref).norm() / ref.norm()).item())
@@ -315,7 +377,7 @@ class Chain:
         return worst
 
     def outputs(self) -> list[torch.Tensor]:
-        return [self.y[y_off:y_off + n] for (_, n, _, _, y_off) in self.rows]
+        return [self.y[row[4]:row[4] + row[1]] for row in self.rows]
 
 
 def _exact_interpreter_conversions() -> None:
@@ -356,7 +418,8 @@ def fits(chain: Chain, variant: tuple, nphases: int) -> int:
     consts, warps, stages = variant_options(variant)
     kern = _chain_kernel.warmup(chain.w, chain.ws, chain.table, chain.y, chain.bar, chain.err, 0,
                                 nphases, SYNC=True, F32_DOT=False, A8=chain.kind == "fp8",
-                                **consts, num_warps=warps, num_stages=stages, grid=(1,))
+                                W4=chain.kind == "int4", **consts, num_warps=warps,
+                                num_stages=stages, grid=(1,))
     return programs_per_sm(kern, warps, variant)
 
 
@@ -385,10 +448,11 @@ def compile_only() -> None:
     for kind, variants in VARIANTS.items():
         for variant in variants:
             consts, warps, stages = variant_options(variant)
+            w_type = {"fp8": "*fp8e4nv", "int4": "*i32"}.get(kind, "*bf16")
             kern = compile_sm90.compile_one(
                 _chain_kernel, {**consts, "SYNC": True, "F32_DOT": False, "A8": kind == "fp8",
-                                "_ptrs": ptrs},
-                "fp8e4nv" if kind == "fp8" else "bf16", warps, stages)
+                                "W4": kind == "int4", "_ptrs": {**ptrs, "w_ptr": w_type}},
+                "bf16", warps, stages)
             print(kind, variant, compile_sm90.resources(kern), flush=True)
 
 
@@ -441,20 +505,25 @@ def time_graph(fn, reps: int) -> float:
 
 def engine_chain(chain: Chain) -> tuple:
     """The chain through the engine's kernels, phase by phase (bf16 in and out): tc_gemv, after
-    quant_per_token for fp8 weights (per-token fp8 codes of x, as the engine's W8A8 layers)."""
+    quant_per_token for fp8 weights (per-token fp8 codes of x, as the engine's W8A8 layers), or
+    the int4 weight-only dispatcher (the FMA GEMV, autotuned)."""
     from kiln.kernels import mma_gemv
     from kiln.kernels.quant_act import quant_per_token
+    from kiln.kernels.quant_matmul import int4_wo_linear
     outs: list[torch.Tensor] = []
     x0 = chain.x0.to(torch.bfloat16)[None, :]
 
     def run() -> None:
         outs.clear()
         x = x0
-        for ph, (_, _, k, _, _) in enumerate(chain.rows):
+        for ph, row in enumerate(chain.rows):
+            k = row[2]
             if chain.kind == "fp8":
                 xq, sx = quant_per_token(x[:, :k], torch.float8_e4m3fn)
                 out = mma_gemv.tc_gemv(xq, sx, chain.weight(ph), chain.w_scales(ph), None,
                                        torch.bfloat16)
+            elif chain.kind == "int4":
+                out = int4_wo_linear(x[:, :k], chain.weight(ph), chain.w_scales(ph), 128)
             else:
                 out = mma_gemv.tc_gemv(x[:, :k], None, chain.weight(ph), None, None,
                                        torch.bfloat16)
@@ -481,7 +550,9 @@ def bench_kind(kind: str, shapes: list, reps: int, copy: float, record) -> None:
     run, outs = engine_chain(chain)
     with pdl_scope(True):
         ms = time_graph(run, reps)
-    rec("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs, 0))
+    label = {"fp8": "quant_per_token + tc_gemv (autotuned, PDL)",
+             "int4": "int4_wo_linear (autotuned, PDL)"}.get(kind, "tc_gemv (autotuned, PDL)")
+    rec("engine", label, ms, chain.check(outs, 0))
     for variant in VARIANTS[kind]:
         per_sm, group = variant[4], variant[1]
         try:
@@ -523,9 +594,10 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--no-lm-head", action="store_true")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--weights", default="bf16,fp8",
-                    help="bf16 and/or fp8 (W8A8: fp8 codes, per-channel scales; the prototype "
-                         "quantizes x per BLOCK_K values, the engine per token)")
+    ap.add_argument("--weights", default="bf16,fp8,int4",
+                    help="bf16, fp8 (W8A8: fp8 codes, per-channel scales; the prototype "
+                         "quantizes x per BLOCK_K values, the engine per token) and/or int4 "
+                         "(weight-only, group 128, x bf16)")
     ap.add_argument("--json")
     ap.add_argument("--check-only", action="store_true", help="correctness only (small chain)")
     ap.add_argument("--compile-only", action="store_true",
@@ -540,11 +612,11 @@ def main() -> int:
             from probe_weight_stream import _interpreter_numpy_fix
             _interpreter_numpy_fix()
             _exact_interpreter_conversions()
-        small = [("a", 192, 64), ("b", 64, 128), ("c", 128, 64), ("d", 32, 128)]
         programs = [1, 3, 7]
         if device == "cuda":  # every SM: most programs' runs are empty at these sizes
             programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
-        bad = run_check(device, CHECK_VARIANTS, small, programs, args.weights.split(","))
+        bad = sum(run_check(device, *CHECKS[kind], programs, [kind])
+                  for kind in args.weights.split(","))
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
         return 1 if bad else 0
 

@@ -24,27 +24,24 @@ def exact_conversions(monkeypatch):
     chain._exact_interpreter_conversions()
 
 
-SMALL_CHAIN = [("a", 192, 64), ("b", 64, 128), ("c", 128, 64), ("d", 32, 128)]
-
-
-@pytest.mark.parametrize("kind", ["bf16", "fp8"])
+@pytest.mark.parametrize("kind", ["bf16", "fp8", "int4"])
 def test_chain_matches_reference(exact_conversions, kind):
     # per-phase launches at 1 and 7 programs (7: runs of one unit, empty runs, shared tiles),
     # the single launch with its barriers at 1; EARLY 0, 1 and 2
-    variants = [chain.CHECK_VARIANTS[0], chain.CHECK_VARIANTS[2], chain.CHECK_VARIANTS[3]]
-    assert chain.run_check("cpu", variants, SMALL_CHAIN, [1, 7], [kind]) == 0
+    variants, shapes = chain.CHECKS[kind]
+    assert chain.run_check("cpu", variants, shapes, [1, 7], [kind]) == 0
 
 
 def test_chain_barrier_gives_up_instead_of_hanging(exact_conversions, monkeypatch):
     # two programs in turn: the first waits for the second, which cannot start until it ends
     monkeypatch.setattr(chain, "MAX_SPIN", 16)
-    c = chain.Chain(SMALL_CHAIN, "cpu")
+    c = chain.Chain(chain.CHECK_SHAPES, "cpu")
     c.reset()
-    c.launch(chain.CHECK_VARIANTS[0], 2, 0, len(SMALL_CHAIN), True)
+    c.launch(chain.CHECK_VARIANTS[0], 2, 0, len(chain.CHECK_SHAPES), True)
     assert c.err.item() == 1
     c.err.zero_()
     c.reset()
-    c.launch(chain.CHECK_VARIANTS[0], 1, 0, len(SMALL_CHAIN), True)
+    c.launch(chain.CHECK_VARIANTS[0], 1, 0, len(chain.CHECK_SHAPES), True)
     assert c.err.item() == 0
     assert c.check(c.outputs(), chain.CHECK_VARIANTS[0][1]) < 1e-5
 
