@@ -4,7 +4,7 @@
 # launch a phase (the engine's kernels under PDL, and the same kernel launched per phase)?
 # 1. the small correctness check on the GPU, bf16, fp8 and int4 (P = 1, 3, 7 and every SM);
 # 2. the 8B chain (32 layers x 4 GEMVs + the LM head): bf16 (15.0 GB), fp8 (7.5 GB), int4
-#    (3.9 GB + group scales), each against the engine's kernel for that weight kind.
+#    (4.0 GB with group scales), each against the engine's kernel for that weight kind.
 #   bash benchmarks/h200-persistent/call1.sh     (OUT set by the device tool)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
