@@ -1,6 +1,6 @@
 """Prototype: the batch-1 GEMVs of a decode step (the 8B decoder's four a layer, then the LM
 head) as ONE persistent launch, the phases separated by a grid-wide barrier, against the same
-chain launched phase by phase and against the engine's tensor-core GEMV (mma_gemv.tc_gemv).
+chain launched phase by phase and against the engine's own kernels for the weight kind.
 
 Why: the bf16 tensor-core GEMV's batch-1 times on the H200 fit t = 4.6 us + bytes / 4.235 TB/s
 a launch (benchmarks/h200-quant, run-z). The 129 GEMV launches of an 8B step (15.0 GB of bf16
@@ -11,13 +11,14 @@ pays a barrier a phase instead, and loads its first weight tile of the next phas
 waits (the weights do not depend on the phase before).
 
 The kernel (_chain_kernel): P programs, a table of phases (weight offset, N, K, input offset,
-output offset). Each phase is a bf16 GEMV y = W x over [N, K], cut as stream-K: the units (a
-BLOCK_N x BLOCK_K weight tile, N tiles x K steps in order) are split into P equal runs, and a
-program's run is one loop (copies stay in flight across tile changes, as mma_gemv's FLAT
-candidates). Whole tiles are stored; a run's first and last tiles, which other programs may
-share, are added to the zero-filled output with atomics after the loop. The input of phase p is
-the first K outputs of phase p - 1, read as float32 and rounded to bf16 (the chain only needs a
-data dependence between phases, not a model's semantics).
+output offset, scales offset). Each phase is a GEMV y = W x over [N, K] (bf16 weights; fp8
+W8A8 with A8; int4 weight-only with W4), cut as stream-K: the units (a BLOCK_N x BLOCK_K
+weight tile, N tiles x K steps in order) are split into P equal runs, and a program's run is
+one loop (copies stay in flight across tile changes, as mma_gemv's FLAT candidates). Whole
+tiles are stored; a run's first and last tiles, which other programs may share, are added to
+the zero-filled output with atomics after the loop. The input of phase p is the first K outputs
+of phase p - 1, read as float32 and rounded to bf16, or for fp8 quantized per unit slice (the
+chain only needs a data dependence between phases, not a model's semantics).
 
 Modes timed (medians of CUDA-graph replays):
   persistent - one launch; before each phase but the first, every program arrives at a counter
