@@ -4,8 +4,9 @@ Layout (notes/quant_interface.md): qweight uint8 [N, K // 2], byte j of row n ho
 low nibble and k = 2j + 1 in the high nibble, each as q + 8 with q in [-8, 7]; scales float32
 [N, K // group_size]; w[n, k] = q[n, k] * scales[n, k // group_size]. An optional ``input_scale``
 [K] (activation-aware scaling that could not be folded into a preceding op) multiplies x first.
-That is the engine's layout on disk; with KILN_INT4_ROW_BLOCK a loaded layer on the Triton path
-holds qweight in blocks of rows instead (``finish_loading``; ``layer.int4_row_block``).
+That is the engine's layout on disk; a loaded layer on the Triton path holds qweight in blocks of
+16 rows instead (``finish_loading``; ``layer.int4_row_block``; KILN_INT4_ROW_BLOCK=0 keeps it
+row-major).
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
                                    row_block=getattr(layer, "int4_row_block", 1))
 
     def finish_loading(self, layer: nn.Module) -> None:
-        """Where the Triton kernels compute (CUDA) and KILN_INT4_ROW_BLOCK is set, store qweight in
-        blocks of rows for the GEMV (kiln.kernels.int4_bits.tile_int4_rows; same shape, in
+        """Where the Triton kernels compute (CUDA), store qweight in blocks of rows for the GEMV
+        (int4_row_block: 16 unless KILN_INT4_ROW_BLOCK says otherwise) (kiln.kernels.int4_bits.tile_int4_rows; same shape, in
         place) and remember the block in ``layer.int4_row_block``. The loader has just written
         every tensor row-major (a load that misses one fails), so this always starts from
         row-major weights. Engines on disk stay row-major."""

@@ -264,7 +264,7 @@ def test_int4_layer_stores_row_blocks_after_loading(gen, monkeypatch, poison_all
     assert torch.equal(outs["16"], outs["0"])
 
 
-@pytest.mark.parametrize("env,n,want", [("", 4096, 1), ("0", 4096, 1), ("16", 4096, 16),
+@pytest.mark.parametrize("env,n,want", [("", 4096, 16), ("0", 4096, 1), ("16", 4096, 16),
                                         ("64", 6144, 64), ("64", 4128, 1), ("1", 4096, 1)])
 def test_int4_row_block_setting(env, n, want, monkeypatch):
     monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
