@@ -136,8 +136,8 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
 
     def finish_loading(self, layer: nn.Module) -> None:
         """Where the Triton kernels compute (CUDA), store qweight in blocks of rows for the GEMV
-        (int4_row_block: 16 unless KILN_INT4_ROW_BLOCK says otherwise) (kiln.kernels.int4_bits.tile_int4_rows; same shape, in
-        place) and remember the block in ``layer.int4_row_block``. The loader has just written
+        (int4_row_block: 16 unless KILN_INT4_ROW_BLOCK says otherwise; tile_int4_rows; same
+        shape, in place) and remember the block in ``layer.int4_row_block``. The loader has just written
         every tensor row-major (a load that misses one fails), so this always starts from
         row-major weights. Engines on disk stay row-major."""
         block = 1
