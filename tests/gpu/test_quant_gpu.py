@@ -38,7 +38,7 @@ def triton_path(monkeypatch):
     the autotuner.
     """
     monkeypatch.delenv("KILN_KERNELS", raising=False)
-    monkeypatch.delenv("KILN_INT4_ROW_BLOCK", raising=False)  # (the tests that want it set it)
+    monkeypatch.delenv("KILN_INT4_ROW_BLOCK", raising=False)  # the default, blocks of 16 (others set it)
     monkeypatch.setenv("KILN_QUANT_AUTOTUNE", "0")
 
 
