@@ -323,6 +323,12 @@ class LLMEngine:
             hidden = self.model(ids, positions, caches, meta)
             logits = self.model.compute_logits(hidden.index_select(0, ends_t))
             argmax(logits)
+        # The LM head alone at 3 and 4 rows (a decode of a few sequences): the steps above give it
+        # 1, 2 or many rows, and the head may be the only layer of its weight kind (an int8-wo
+        # head on an int4-wo engine), whose GEMV would otherwise compile its 4-row tile while
+        # serving (tests/gpu test_weight_only_lm_head_engine[int8-wo] on the H200).
+        for rows in (3, 4):
+            argmax(self.model.compute_logits(hidden[-1:].expand(rows, -1).contiguous()))
         argmax(logits.to(logits_dtype(self.model)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -91,3 +91,33 @@ def test_warm_up_covers_large_decode_batches(tmp_path, launches, monkeypatch):
         engine.step()
     missing = sorted(launches - warmed, key=str)
     assert not missing, f"variants first met while serving: {missing}"
+
+
+def test_warm_up_covers_an_int8_lm_head(tmp_path, launches):
+    """An int4-wo engine with an int8-wo LM head: the head is the only int8 layer, so the warm-up
+    must give it the row counts of a few decoding sequences itself (it once compiled its 4-row
+    GEMV tile while serving, on the H200)."""
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.engine.llm_engine import LLMEngine
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=8, dtype="float16")
+    path = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                     QuantConfig("int4-wo", lm_head="int8-wo", group_size=64),
+                                     eval_tokens=0, device="cpu", progress=False,
+                                     calib_samples=2))["path"]
+    engine = LLMEngine.from_args(path, dtype="float16", device="cpu", max_num_batched_tokens=48,
+                                 max_num_seqs=8, max_model_len=256)
+    launches.clear()
+    engine._warm_up_kernels(engine.config.cache.block_size)
+    warmed = set(launches)
+    launches.clear()
+    for i in range(3):
+        engine.add_request(str(i), {"prompt_token_ids": list(range(3, 30))},
+                           SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert any(name == "_gemv_kernel" for name, *_ in launches), "the head ran no GEMV"
+    missing = sorted(launches - warmed, key=str)
+    assert not missing, f"variants first met while serving: {missing}"
