@@ -457,6 +457,20 @@ def compile_only() -> None:
             print(kind, variant, compile_sm90.resources(kern), flush=True)
 
 
+def check_setup() -> tuple[str, list[int]]:
+    """(device, program counts) of a --check-only run: on the CPU the interpreter made usable
+    (numpy >= 2.4, exact conversions); on CUDA every SM too (most runs are then empty)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        from probe_weight_stream import _interpreter_numpy_fix
+        _interpreter_numpy_fix()
+        _exact_interpreter_conversions()
+    programs = [1, 3, 7]
+    if device == "cuda":
+        programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
+    return device, programs
+
+
 def run_check(device: str, variants: list[tuple], shapes: list[tuple[str, int, int]],
               programs: list[int], kinds: list[str]) -> int:
     """Each variant's per-phase and persistent launches against the float32 products."""
@@ -610,14 +624,7 @@ def main() -> int:
         compile_only()
         return 0
     if args.check_only or not torch.cuda.is_available():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu":
-            from probe_weight_stream import _interpreter_numpy_fix
-            _interpreter_numpy_fix()
-            _exact_interpreter_conversions()
-        programs = [1, 3, 7]
-        if device == "cuda":  # every SM: most programs' runs are empty at these sizes
-            programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
+        device, programs = check_setup()
         bad = sum(run_check(device, *CHECKS[kind], programs, [kind])
                   for kind in args.weights.split(","))
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")

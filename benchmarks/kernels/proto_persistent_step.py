@@ -48,8 +48,8 @@ if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
 import triton  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from proto_persistent_chain import (MAX_SPIN, _exact_interpreter_conversions,  # noqa: E402
-                                    programs_per_sm, time_graph)
+from proto_persistent_chain import (MAX_SPIN, check_setup, programs_per_sm,  # noqa: E402
+                                    time_graph)
 from proto_step_kernels import _step_kernel  # noqa: E402
 
 from kiln.kernels.quant_act import quant_per_token_ref  # noqa: E402
@@ -332,14 +332,7 @@ def main() -> int:
         compile_only()
         return 0
     if args.check_only or not torch.cuda.is_available():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu":
-            from probe_weight_stream import _interpreter_numpy_fix
-            _interpreter_numpy_fix()
-            _exact_interpreter_conversions()
-        programs = [1, 3, 7]
-        if device == "cuda":
-            programs.append(torch.cuda.get_device_properties(0).multi_processor_count)
+        device, programs = check_setup()
         bad = run_check(device, programs, args.weights.split(","))
         print(f"{'all correct' if not bad else f'{bad} wrong'} ({device})")
         return 1 if bad else 0
