@@ -250,11 +250,8 @@ def quant_configs():
                 "PREFETCH_MB": 16, "_ptrs": ptrs,
                 **cfg.kwargs}, "bf16", cfg.num_warps, cfg.num_stages)
         if wkind == quant_matmul.W_INT4:
-            # the register-capped candidates (KILN_GEMV_MAXNREG=1: caps that do not spill), and
             # weights stored in blocks of rows (KILN_INT4_ROW_BLOCK, tile_int4_rows)
-            variants = [(f"maxnreg {c.maxnreg}", {"_maxnreg": c.maxnreg}, c)
-                        for c in fma_gemv.GEMV_MAXNREG_CONFIGS]
-            variants += [(f"row-block {rb}", {"ROW_BLOCK": rb}, c)
+            variants = [(f"row-block {rb}", {"ROW_BLOCK": rb}, c)
                          for rb in (16, 64) for c in fma_gemv.GEMV_CONFIGS]
             for label, extra, cfg in variants:
                 for mode, block_m in ((4, 1), (4, 4), (1, 1)):

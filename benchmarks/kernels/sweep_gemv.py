@@ -15,10 +15,6 @@ autotuned row then tunes on the blocked weights too. ``--int4-scales-kn`` stores
 scales K-group-major ([K / 128, N], read through a transposed view: the kernel takes any scale
 strides), so that a program's scales of one group are contiguous instead of a row stride apart.
 
-``--int4-maxnreg`` sweeps, instead of TILES, the FMA GEMV's register-capped candidates
-(fma_gemv.GEMV_MAXNREG_CONFIGS, tuned under KILN_GEMV_MAXNREG=1) and each one's uncapped twin,
-every split, each capped launch checked to give its twin's bits.
-
 Schemes ``fp8-tc`` and ``bf16-tc`` sweep the tensor-core GEMV (mma_gemv.tc_gemv: TC_GEMV_TILES,
 every split; UNROLL in the rows holds its BLOCK_K) beside the FMA GEMV's autotuned choice (and
 cuBLAS for bf16). Scheme ``int4-tc`` sweeps the tensor-core int4 kernel (mma_gemv.int4_tc_gemv:
@@ -41,7 +37,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import bench_kernels  # noqa: E402
 import bench_quant  # noqa: E402
 from kiln.kernels import quant_matmul as qm  # noqa: E402
-from kiln.kernels import fma_gemv, int4_bits, mma_gemv  # noqa: E402
+from kiln.kernels import int4_bits, mma_gemv  # noqa: E402
 from kiln.kernels.quant_ref import fp8_linear_ref, int4_wo_linear_ref  # noqa: E402
 from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 
@@ -56,7 +52,6 @@ TC_TILES = [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 SHAPES = {**bench_quant.SHAPES, "lm_head": bench_quant.LM_HEAD}
 ROW_BLOCK = 1  # --int4-row-block: int4 weights stored in blocks of this many rows
 SCALES_KN = False  # --int4-scales-kn: int4 scales stored [K / group, N]
-MAXNREG = False  # --int4-maxnreg: the FMA GEMV's register-capped candidates and their twins
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) of the tensor-core GEMV (mma_gemv.tc_gemv), fp8 and
@@ -140,40 +135,27 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
         tiles = [(b, w, bk, stages) for b, bk, w, stages in TC_GEMV_TILES[scheme]]
     elif scheme == "int4-tc":
         tiles = [(b, w, 1, 3) for b, w in TC_TILES]
-    elif MAXNREG and scheme == "int4":  # (..., cap, STREAM_K): each capped, then its twin
-        tiles = [(c.kwargs["BLOCK_N"], c.num_warps, c.kwargs["UNROLL"], c.num_stages, cap,
-                  c.kwargs.get("STREAM_K", 0))
-                 for c in fma_gemv.GEMV_MAXNREG_CONFIGS for cap in (c.maxnreg, None)]
     else:
         tiles = [(b, w, u, 3) for b, w, u in TILES]
-    for block_n, warps, unroll, stages, *capped in ([] if autotuned_only else tiles):
+    for block_n, warps, unroll, stages in ([] if autotuned_only else tiles):
         # (the tensor-core GEMV's K tile rides in the UNROLL column of the rows)
         kw = {"BLOCK_N": block_n, "BLOCK_K" if scheme in TC_GEMV_TILES else "UNROLL": unroll}
-        maxnreg, stream_k = capped if capped else (None, 0)
-        if stream_k:
-            kw["STREAM_K"] = stream_k
-        cfg = triton.Config(kw, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
+        cfg = triton.Config(kw, num_warps=warps, num_stages=stages)
         step = unroll if scheme in TC_GEMV_TILES else (
             bench_quant.GROUP if wscheme == "int4" else qm.KTILE_8BIT)
         groups = triton.cdiv(k, step)
-        for split in ([0] if stream_k else SPLITS):  # (stream-K cuts K itself)
+        for split in SPLITS:
             if split > groups:
                 continue
             fn = runner(scheme, x, cfg, split)
             got = fn(probe)
             err = ((got.float() - want).norm() / want.norm()).item()
-            if maxnreg:  # a register cap changes no arithmetic: the uncapped twin's bits
-                twin = triton.Config(kw, num_warps=warps, num_stages=stages)
-                if not torch.equal(got, runner(scheme, x, twin, split)(probe)):
-                    raise AssertionError(f"maxnreg {maxnreg} changed the bits of {kw} split {split}")
             us = time_fn(fn, sets)
             rows.append({"BLOCK_N": block_n, "num_warps": warps, "UNROLL": unroll, "split": split,
-                         "num_stages": stages, "maxnreg": maxnreg, "STREAM_K": stream_k,
+                         "num_stages": stages,
                          "us": round(us, 2), "GBps": round(nbytes / us / 1e3, 1), "rel_err": err})
             if verbose:
-                print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}"
-                      + (f" stream-K{stream_k}" if stream_k else "")
-                      + (f" maxnreg{maxnreg}" if maxnreg else "") + f": {us:7.2f} us "
+                print(f"  {name} BN{block_n} w{warps} U{unroll} split{split}: {us:7.2f} us "
                       f"rel_err {err:.1e}", flush=True)
     best = min(rows, key=lambda r: r["us"]) if rows else None
     out = {"scheme": scheme, "shape": name, "N": n, "K": k, "bytes": nbytes, "rows": rows, "best": best,
@@ -195,9 +177,7 @@ def sweep_shape(scheme: str, name: str, n: int, k: int, copy_gbps: float,
     if best is not None:
         print(f"best {best['us']:7.2f} us ({best['GBps']:6.0f} GB/s, "
               f"{100 * best['GBps'] / copy_gbps:3.0f}% copy) BN{best['BLOCK_N']} "
-              f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}"
-              + (f" stream-K{best['STREAM_K']}" if best.get("STREAM_K") else "")
-              + (f" maxnreg{best['maxnreg']}" if best.get("maxnreg") else ""), end=" ")
+              f"w{best['num_warps']} U{best['UNROLL']} split{best['split']}", end=" ")
     print(f"| autotuned {out['autotuned_us']:7.2f} us "
           f"({nbytes / out['autotuned_us'] / 1e3:6.0f} GB/s)"
           + (f" | tc autotuned {out['tc_autotuned_us']:7.2f} us" if "tc_autotuned_us" in out else "")
@@ -221,13 +201,10 @@ def main() -> int:
                          "(int4_bits.tile_int4_rows)")
     ap.add_argument("--int4-scales-kn", action="store_true",
                     help="int4 scales stored [K / group, N] (a transposed view)")
-    ap.add_argument("--int4-maxnreg", action="store_true",
-                    help="int4: the register-capped candidates and their uncapped twins")
     args = ap.parse_args()
-    global ROW_BLOCK, SCALES_KN, MAXNREG
+    global ROW_BLOCK, SCALES_KN
     ROW_BLOCK = args.int4_row_block
     SCALES_KN = args.int4_scales_kn
-    MAXNREG = args.int4_maxnreg
     if args.tc_long_k:
         for scheme, tiles in TC_GEMV_LONG_K.items():
             TC_GEMV_TILES[scheme] = TC_GEMV_TILES[scheme] + tiles

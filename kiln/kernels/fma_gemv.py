@@ -297,32 +297,9 @@ GEMV_STREAM_K_CONFIGS = [
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=3),
     _cfg(4, 3, BLOCK_N=128, UNROLL=1, STREAM_K=4),
 ]
-# Register-capped candidates (maxnreg), tuned only under KILN_GEMV_MAXNREG=1. The int4 GEMV is
-# latency-bound at low occupancy (ncu, run-l: 72 registers a thread at BLOCK_N 64 allow 7
-# programs of 4 warps per SM, 44% of the warps). These caps are the lowest at which the int4
-# GEMV (INT4_ASM 4, one row) compiles for sm_90 without spilling (compile_sm90.py "maxnreg"):
-# BLOCK_N 64 72 -> 64 registers (8 programs per SM), 64 x 2 80 -> 64 (6 -> 8), 128 on 8 warps
-# 74 -> 64 (3 -> 4), 32 x 2 56 -> 48. The stream-K candidates run a fixed 3 or 4 programs per SM
-# whatever their registers; capped at 80 they neither spill (the 64-row one spills 8 bytes a
-# thread uncapped, at 64 registers) nor hold the whole register file (the 128-row ones take 127
-# a thread, 4 x 128 x 127 of 65,536), which leaves room for the next kernel's programs that PDL
-# schedules beside them. Not yet run on the H200 (benchmarks/h200-quant, run-z).
-GEMV_MAXNREG_CONFIGS = [
-    triton.Config({"BLOCK_N": 64, "UNROLL": 1}, num_warps=4, num_stages=3, maxnreg=64),
-    triton.Config({"BLOCK_N": 64, "UNROLL": 2}, num_warps=4, num_stages=3, maxnreg=64),
-    triton.Config({"BLOCK_N": 128, "UNROLL": 1}, num_warps=8, num_stages=3, maxnreg=64),
-    triton.Config({"BLOCK_N": 32, "UNROLL": 2}, num_warps=4, num_stages=3, maxnreg=48),
-    triton.Config({"BLOCK_N": 64, "UNROLL": 1, "STREAM_K": 4}, num_warps=4, num_stages=3,
-                  maxnreg=80),
-    triton.Config({"BLOCK_N": 128, "UNROLL": 1, "STREAM_K": 3}, num_warps=4, num_stages=3,
-                  maxnreg=80),
-    triton.Config({"BLOCK_N": 128, "UNROLL": 1, "STREAM_K": 4}, num_warps=4, num_stages=3,
-                  maxnreg=80),
-]
 GEMV_CONFIGS = (GEMV_BASE_CONFIGS
                 + (GEMV_SPLIT_CONFIGS if os.environ.get("KILN_GEMV_TUNE_SPLIT", "0") == "1" else [])
-                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "1") != "0" else [])
-                + (GEMV_MAXNREG_CONFIGS if os.environ.get("KILN_GEMV_MAXNREG", "0") == "1" else []))
+                + (GEMV_STREAM_K_CONFIGS if os.environ.get("KILN_GEMV_STREAM_K", "1") != "0" else []))
 # The CPU interpreter's one configuration: small, so tests stay fast, with UNROLL 2 so that the
 # masked tail of the unrolled loop is exercised.
 INTERPRET_GEMV = {"BLOCK_N": 16, "UNROLL": 2}
@@ -371,11 +348,8 @@ def _gemv_bench(fn, quantiles=None):
 
 
 def _gemv_prune(configs, named_args, **kwargs):
-    """A forced split (split_hint) leaves out the stream-K candidates, which cut K themselves;
-    more than one row leaves out the register-capped ones, which spill there (sm_90: 296-528
-    bytes of stack a thread at four rows)."""
-    return [c for c in configs if not (named_args["split_hint"] > 0 and c.kwargs.get("STREAM_K"))
-            and not (c.maxnreg and kwargs["BLOCK_M"] > 1)]
+    """A forced split (split_hint) leaves out the stream-K candidates, which cut K themselves."""
+    return [c for c in configs if not (named_args["split_hint"] > 0 and c.kwargs.get("STREAM_K"))]
 
 
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_TUNE_KEY + ["BLOCK_M", "FUSED_SPLITK", "INT4_ASM"],

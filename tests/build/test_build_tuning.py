@@ -56,15 +56,17 @@ def test_import_skips_unknown_kernels_and_foreign_configs(clean_caches):
 
 def test_register_capped_choices_round_trip_only_where_they_are_candidates(clean_caches,
                                                                            monkeypatch):
-    """A stored choice with a register cap (maxnreg) is taken only where the capped candidates
-    are tuned (KILN_GEMV_MAXNREG=1 puts them in GEMV_CONFIGS); it never stands in for the
-    uncapped configuration of the same tile, and it exports with its cap."""
-    capped = fma_gemv.GEMV_MAXNREG_CONFIGS[0]
+    """A stored choice with a register cap (maxnreg) is taken only where a candidate with that
+    cap is tuned; it never stands in for the uncapped configuration of the same tile, and it
+    exports with its cap."""
+    twin = qm.GEMV_CONFIGS[0]
+    capped = triton.Config(dict(twin.kwargs), num_warps=twin.num_warps,
+                           num_stages=twin.num_stages, maxnreg=64)
     entry = {"kernel": "gemv", "key": [9], "config": dict(capped.kwargs),
              "num_warps": capped.num_warps, "num_stages": capped.num_stages, "maxnreg": 64}
     assert any(qm._same_config(c, {**entry, "maxnreg": None}) for c in qm.GEMV_CONFIGS)
     assert qm.import_tuning([entry]) == 0
-    monkeypatch.setattr(qm, "GEMV_CONFIGS", qm.GEMV_CONFIGS + fma_gemv.GEMV_MAXNREG_CONFIGS)
+    monkeypatch.setattr(qm, "GEMV_CONFIGS", qm.GEMV_CONFIGS + [capped])
     assert qm.import_tuning([entry]) == 1
     assert clean_caches["gemv"].cache[(9,)] is capped
     assert qm.export_tuning() == [entry]

@@ -494,26 +494,6 @@ def test_every_gemv_candidate_including_named_splits(cfg, shape, gen, poison_all
         check(out, fp8_linear_ref(x, w8, s8), torch.bfloat16, m, n)
 
 
-@pytest.mark.parametrize("cfg", range(len(fma_gemv.GEMV_MAXNREG_CONFIGS)))
-@pytest.mark.parametrize("shape", [(6144, 4096), (4096, 14336), (28672, 4096), (96, 384)])
-def test_register_capped_gemv_gives_the_uncapped_bits(cfg, shape, gen, poison_allocations):
-    """A register-capped GEMV candidate (KILN_GEMV_MAXNREG=1) gives its uncapped twin's bits
-    (int4, one row, with bias; unsplit and split, or stream-K as configured): the cap changes the
-    registers, not the arithmetic."""
-    n, k = shape
-    capped = fma_gemv.GEMV_MAXNREG_CONFIGS[cfg]
-    twin = triton.Config(dict(capped.kwargs), num_warps=capped.num_warps,
-                         num_stages=capped.num_stages)
-    qweight, scales = int4_case(n, k, 128, gen)
-    x = randx(1, k, torch.bfloat16, gen)
-    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
-    for split in ((0,) if capped.kwargs.get("STREAM_K") else (1, 4)):
-        args = (x, qweight, scales, scales.stride(1), 128, qm.W_INT4, bias, torch.bfloat16, "gemv")
-        want = qm.launch(*args, split_k=split, config=twin)
-        check(want, int4_wo_linear_ref(x, qweight, scales, 128, bias), torch.bfloat16, 1, n)
-        assert torch.equal(qm.launch(*args, split_k=split, config=capped), want)
-
-
 def codes_match_but_for_sum_order(qa, sa, qb, sb) -> bool:
     """Whether fp8 codes qa / scales sa equal qb / sb bit for bit (True), or differ only as a
     float32 sum order can make them (False): scales within one bf16 ulp (the row's largest

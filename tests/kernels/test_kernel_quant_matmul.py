@@ -448,18 +448,13 @@ def test_float_gemv_matches_linear(m, dtype, gen, poison_allocations):
                        torch.nn.functional.linear(more, w, bias))
 
 
-def test_register_capped_gemv_candidates_only_at_one_row():
-    """The register-capped candidates (KILN_GEMV_MAXNREG=1) are weighed for one row only, where
-    their caps do not spill; a forced split still leaves out stream-K."""
-    capped = fma_gemv.GEMV_MAXNREG_CONFIGS
-    assert capped and all(c.maxnreg for c in capped)
-    configs = fma_gemv.GEMV_BASE_CONFIGS + fma_gemv.GEMV_STREAM_K_CONFIGS + capped
-    one = fma_gemv._gemv_prune(configs, {"split_hint": 0}, BLOCK_M=1)
-    assert one == configs
-    assert fma_gemv._gemv_prune(configs, {"split_hint": 0}, BLOCK_M=4) == configs[:-len(capped)]
-    forced = fma_gemv._gemv_prune(configs, {"split_hint": 2}, BLOCK_M=1)
-    assert not any(c.kwargs.get("STREAM_K") for c in forced)
-    assert all(c in forced for c in capped if not c.kwargs.get("STREAM_K"))
+def test_forced_split_leaves_out_stream_k_candidates():
+    """A forced split (split_hint) leaves out the stream-K candidates, which cut K themselves;
+    without one every candidate is weighed."""
+    configs = fma_gemv.GEMV_BASE_CONFIGS + fma_gemv.GEMV_STREAM_K_CONFIGS
+    assert fma_gemv._gemv_prune(configs, {"split_hint": 0}, BLOCK_M=1) == configs
+    forced = fma_gemv._gemv_prune(configs, {"split_hint": 2}, BLOCK_M=4)
+    assert forced == fma_gemv.GEMV_BASE_CONFIGS
 
 
 def test_split_heuristic():
