@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args
+from kiln.kernels.activation import silu_mul_values
+from kiln.kernels.dataflow import FlagSlot, wait_rows
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
@@ -29,7 +31,10 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False):
+                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
+                    sig_ptr=None, wait_ptr=None, epoch_ptr=None, err_ptr=None,
+                    SIGNAL: tl.constexpr = False, WAIT: tl.constexpr = False,
+                    SILU: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -46,6 +51,10 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loop over its units instead of a K loop per tile (_tc_stream_k_flat).
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
+    # Row-granular dependencies (kiln.kernels.dataflow; split-K grid only): SIGNAL marks each
+    # finished tile's rows ready in sig_ptr; WAIT waits for the rows of this program's K range in
+    # wait_ptr instead of the kernel before, and for that kernel only before its stores; SILU
+    # reads x as [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits).
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -66,22 +75,27 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W)
+                           EARLY_W, wait_ptr, epoch_ptr, err_ptr, WAIT, SILU)
+        if WAIT:
+            pdl_start(PDL)  # the kernel before is done before this program stores anything
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
-                     HAS_BIAS, FUSED_SPLITK)
+                     HAS_BIAS, FUSED_SPLITK, sig_ptr, epoch_ptr, SIGNAL)
 
 
 @triton.jit
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                 EARLY_W: tl.constexpr = 0):
+                 EARLY_W: tl.constexpr = 0, wait_ptr=None, epoch_ptr=None, err_ptr=None,
+                 WAIT: tl.constexpr = False, SILU: tl.constexpr = False):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
-    overlap the end of the kernel before. The products are summed in the same order either way."""
+    overlap the end of the kernel before. The products are summed in the same order either way.
+    WAIT: waits for the rows [s_begin, s_end) x BLOCK_K of x (both halves with SILU) to be marked
+    ready in wait_ptr instead (dataflow.wait_rows); SILU: x is [gate | up] (_x_tile)."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
@@ -93,23 +107,54 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
-        pdl_start(PDL)
-        xe = tl.load(x_cols + ke[:, None], mask=m_mask[None, :] & oke[:, None], other=0.0)
+        _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
+                 tl.minimum(s_end * BLOCK_K, K), K)
+        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, WAIT)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
     else:
-        pdl_start(PDL)
+        _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
+                 tl.minimum(s_end * BLOCK_K, K), K)
     for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
+        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU, WAIT)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
         sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
     return acc
+
+
+@triton.jit
+def _x_ready(PDL: tl.constexpr, WAIT: tl.constexpr, SILU: tl.constexpr, wait_ptr, epoch_ptr,
+             err_ptr, k_begin, k_end, K):
+    """Before the first read of x: wait for the kernel before (pdl_start) or, with WAIT, for the
+    rows [k_begin, k_end) of x (and of its up half, K further, with SILU) to be marked ready."""
+    if WAIT:
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end)
+        if SILU:
+            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end)
+    else:
+        pdl_start(PDL)
+
+
+@triton.jit
+def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, FRESH: tl.constexpr):
+    """x^T tile at offsets offs of the rows x_cols; SILU: silu(gate) * up of [gate | up] rows
+    (up K further on), silu_and_mul's bits. FRESH: past L1 (values another program just wrote)."""
+    if FRESH:
+        x = tl.load(x_cols + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        if SILU:
+            up = tl.load(x_cols + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            x = silu_mul_values(x, up)
+    else:
+        x = tl.load(x_cols + offs, mask=mask, other=0.0)
+        if SILU:
+            x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
+    return x
 
 
 @triton.jit
@@ -433,17 +478,44 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     return w.dtype in (torch.float16, torch.bfloat16) and x2.dtype == w.dtype
 
 
+def tc_gemv_signals(n: int) -> bool:
+    """Whether a tensor-core GEMV of N outputs can mark its rows ready (tc_gemv's signal): every
+    split is summed in the kernel itself (no reduce kernel after it)."""
+    return fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS and not tc_stream_k_enabled()
+
+
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            split_k: int = 0, config: triton.Config | None = None) -> torch.Tensor:
+            split_k: int = 0, config: triton.Config | None = None,
+            signal: FlagSlot | None = None, wait: FlagSlot | None = None,
+            silu: bool = False) -> torch.Tensor:
     """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
     accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
     x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
     bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
-    configuration (benchmarks); else the autotuned one (or the first candidate)."""
+    configuration (benchmarks); else the autotuned one (or the first candidate).
+
+    Row-granular dependencies (kiln.kernels.dataflow, float weights, no stream-K): ``signal``
+    marks the output's rows ready in its flags as they are finished (see tc_gemv_signals);
+    ``wait`` reads x only as its rows are marked ready there (x written by a launch that
+    signalled into the same flags in this forward). ``silu``: x2 is [M, 2K], [gate | up], and
+    the product is of silu(gate) * up (silu_and_mul's bits)."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
+    dataflow = signal is not None or wait is not None or silu
+    if silu:
+        if k != 2 * w.shape[1]:
+            raise ValueError(f"tc_gemv with silu takes x of 2K columns ([gate | up]), got "
+                             f"{tuple(x2.shape)} for weights {tuple(w.shape)}")
+        k = w.shape[1]
+    if dataflow and (a8 or tc_stream_k_enabled() or (config is not None
+                                                     and config.kwargs.get("STREAM_K"))):
+        raise ValueError("tc_gemv's signal, wait and silu take float weights and split-K "
+                         "launches only")
+    if signal is not None and not tc_gemv_signals(n):
+        raise ValueError("tc_gemv can signal only where split-K tiles are summed in the kernel "
+                         "(KILN_FUSED_SPLITK and at most SPLIT_LOCKS 16-row tiles)")
     if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
         raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
                          f"and weights with both scales, or float16/bfloat16 of one dtype without; "
@@ -484,6 +556,12 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
+    if dataflow:
+        epoch = (signal or wait).epoch
+        flags.update(sig_ptr=signal.flags if signal is not None else None,
+                     wait_ptr=wait.flags if wait is not None else None, epoch_ptr=epoch,
+                     err_ptr=(signal or wait).errors, SIGNAL=signal is not None,
+                     WAIT=wait is not None, SILU=silu)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

@@ -18,7 +18,11 @@ from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear, LinearMethod
+from kiln.kernels import use_triton
+from kiln.kernels import mma_gemv
+from kiln.kernels.dataflow import FlagSlot, RowFlags, dataflow_enabled
+from kiln.kernels.qmm_common import SMALL_M
+from kiln.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
@@ -29,7 +33,11 @@ LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection.
+
+    Given ``flow`` (a FlagSlot, see kiln.kernels.dataflow), unquantized decode rows on the
+    tensor-core GEMV run gate_up -> down with row-granular dependencies, SiLU-mul folded into
+    down's loads: the same bits as the three launches."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype,
                  device: torch.device | str):
@@ -39,9 +47,31 @@ class GatedMLP(nn.Module):
         self.act = SiluAndMul()
         self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, flow: FlagSlot | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]."""
+        if flow is not None and self._flows(x):
+            x2 = x.reshape(-1, x.shape[-1])
+            gate_up = mma_gemv.tc_gemv(x2, None, self.gate_up_proj.weight, None,
+                                       self.gate_up_proj.bias, x.dtype, signal=flow)
+            out = mma_gemv.tc_gemv(gate_up, None, self.down_proj.weight, None,
+                                   self.down_proj.bias, x.dtype, wait=flow, silu=True)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         return self.down_proj(self.act(self.gate_up_proj(x)))
+
+    def _flows(self, x: torch.Tensor) -> bool:
+        """Whether these rows take the row-granular path: unquantized weights of x's dtype on
+        the tensor-core GEMV (the path Linear would take), a gate_up that can signal, and no
+        quantizing SiLU-mul."""
+        gate_up, down = self.gate_up_proj, self.down_proj
+        if not (isinstance(gate_up.method, UnquantizedLinearMethod)
+                and isinstance(down.method, UnquantizedLinearMethod)
+                and self.act.quant_dtype is None and use_triton(x)
+                and mma_gemv.tc_gemv_enabled("float") and x.numel() > 0):
+            return False
+        x2 = x.reshape(-1, x.shape[-1])
+        return (mma_gemv.tc_gemv_ok(x2, gate_up.weight) and down.weight.dtype == x.dtype
+                and down.weight.shape[1] % 32 == 0
+                and mma_gemv.tc_gemv_signals(gate_up.out_features))
 
 
 class DecoderLayer(nn.Module):
@@ -61,13 +91,13 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.mlp_bias, dtype, device)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
-                kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None,
+                flow: FlagSlot | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
         The add is deferred into the next norm so that it fuses with it. ``rows``: after the
         attention (which writes every token's K/V), only those rows go on (see
-        LlamaFamilyModel.forward).
+        LlamaFamilyModel.forward). ``flow``: the MLP's row flags (GatedMLP).
         """
         if residual is None:
             residual = hidden
@@ -80,7 +110,7 @@ class DecoderLayer(nn.Module):
             if rows.shape[0] == 0:
                 return hidden, residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, flow), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -156,16 +186,33 @@ class LlamaFamilyModel(nn.Module):
         the attention is row by row, so the rows are the full computation's up to the GEMMs'
         own rounding at a different row count.
         """
+        flags = self._row_flags(input_ids)
+        if flags is not None:
+            flags.begin()
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
-                                     rows if i == last else None)
+                                     rows if i == last else None,
+                                     flags.slot(i) if flags is not None else None)
         if hidden.shape[0] == 0:
             return hidden
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
+        """The MLPs' row flags for a forward of decode rows under KILN_DATAFLOW=1 (else None),
+        allocated on the first such forward outside a graph capture (the warm-up before it)."""
+        if not dataflow_enabled() or not 0 < input_ids.numel() <= SMALL_M:
+            return None
+        flags = getattr(self, "_flags", None)
+        if flags is None or flags.epoch.device != input_ids.device:
+            if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+                return None
+            flags = RowFlags(len(self.layers), 2 * self.args.intermediate_size, input_ids.device)
+            self._flags = flags
+        return flags
 
     def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits (into

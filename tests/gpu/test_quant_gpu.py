@@ -665,7 +665,11 @@ def test_weight_only_lm_head_engine(tmp_path, head):
         hidden = torch.randn(rows, 256, device="cuda").to(torch.bfloat16)
         got = model.compute_logits(hidden)
         if head == "int4-wo":
-            want = int4_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales, 128)
+            # (the loaded head holds its rows in blocks: int4_bits.INT4_ROW_BLOCK)
+            block = getattr(head_mod, "int4_row_block", 1)
+            qweight = (int4_bits.untile_int4_rows(head_mod.qweight, block, 128) if block > 1
+                       else head_mod.qweight)
+            want = int4_wo_linear_ref(hidden, qweight, head_mod.scales, 128)
         else:
             want = int8_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales)
         assert rel_err(got, want.float()) < TOL[torch.bfloat16], rows

@@ -1,0 +1,80 @@
+# Measurement only (never in kiln): KILN_ABLATE_WAIT drops kernels' waits for the kernel before
+# them under PDL (griddepcontrol.wait), keeping their early launch of the next kernel, so the
+# step streams the same bytes with some or all dependencies gone (wrong outputs). It bounds what
+# finer-grained dependencies (a consumer waiting for the slices of its input it reads, not for
+# the whole producer grid) could save at batch 1.
+#   all  every kiln kernel
+#   mlp  SiLU-mul (and its quantizing variant) and down_proj: only the gate_up -> down boundary
+#   o    o_proj's GEMV: only the attention -> o_proj boundary
+# Comma-separated; mlp,o drops both boundaries.
+import os
+
+_what = set(filter(None, os.environ.get("KILN_ABLATE_WAIT", "").split(",")))
+if _what:
+    import triton
+    import triton.language as tl
+
+    import kiln.kernels as _k
+    import kiln.kernels.pdl as _pdl
+
+    @triton.jit
+    def _pdl_start(PDL: tl.constexpr):
+        if PDL == 3:
+            tl.extra.cuda.gdc_launch_dependents()
+        elif PDL == 2:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
+        elif PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+    _pdl.pdl_start = _pdl_start
+    _scope = [0]
+    _orig_args = _k.pdl_args
+
+    def _pdl_args(t):
+        a = _orig_args(t)
+        if a.get("PDL") and ("all" in _what or _scope[0] > 0):
+            a = dict(a, PDL=3)
+        return a
+
+    _k.pdl_args = _pdl_args
+
+    import kiln.layers.linear as _lin
+    import kiln.layers.activation as _act
+    import kiln.models.llama as _llama
+
+    _orig_linear = _lin.Linear.forward
+    _orig_act = _act.SiluAndMul.forward
+
+    def _linear_fwd(self, *a, **kw):
+        if not getattr(self, "_ablate_nowait", False):
+            return _orig_linear(self, *a, **kw)
+        _scope[0] += 1
+        try:
+            return _orig_linear(self, *a, **kw)
+        finally:
+            _scope[0] -= 1
+
+    def _act_fwd(self, *a, **kw):
+        if "mlp" not in _what:
+            return _orig_act(self, *a, **kw)
+        _scope[0] += 1
+        try:
+            return _orig_act(self, *a, **kw)
+        finally:
+            _scope[0] -= 1
+
+    _lin.Linear.forward = _linear_fwd
+    _act.SiluAndMul.forward = _act_fwd
+    _orig_layer_init = _llama.DecoderLayer.__init__
+
+    def _layer_init(self, *a, **kw):
+        _orig_layer_init(self, *a, **kw)
+        if "mlp" in _what:
+            self.mlp.down_proj._ablate_nowait = True
+        if "o" in _what:
+            self.self_attn.o_proj._ablate_nowait = True
+
+    _llama.DecoderLayer.__init__ = _layer_init
+    print(f"[ablate-wait] {sorted(_what)}", flush=True)

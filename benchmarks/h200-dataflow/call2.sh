@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Device call 2 (at most 580 s): the row-granular MLP (KILN_DATAFLOW=1) on the H200.
+# 1. its GPU tests and the fixed int4 LM-head test;
+# 2. bf16 8B batch 1, 128/256, alternating: default, KILN_DATAFLOW=1, default, KILN_DATAFLOW=1;
+# 3. the whole GPU suite (the tensor-core GEMV and _finish_tile changed for every caller).
+#   bash benchmarks/h200-dataflow/call2.sh      (OUT set by the device tool)
+export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
+T0=$SECONDS
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_dataflow_gpu.py \
+  "tests/gpu/test_quant_gpu.py::test_weight_only_lm_head_engine" > $OUT/tests_dataflow.log 2>&1
+echo "dataflow tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+grep -E "passed|failed|FAILED|Error" $OUT/tests_dataflow.log | tail -15
+QUANT=none VARIANTS="base=;df=KILN_DATAFLOW=1;base2=;df2=KILN_DATAFLOW=1" \
+  timeout 240 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+echo "variants rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+grep -E "^==|decode" $OUT/variants.log | head -20
+left=$((575 - SECONDS + T0))
+timeout $left python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu tests/sample > $OUT/gpu_tests.log 2>&1
+echo "tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+grep -E "passed|failed|FAILED|ERROR" $OUT/gpu_tests.log | tail -25
