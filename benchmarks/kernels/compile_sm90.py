@@ -331,6 +331,16 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
+        if not a8:  # row-granular dependencies (kiln.kernels.dataflow): gate_up, then down
+            flow = {**ptrs, "sig_ptr": "*i32", "wait_ptr": "*i32", "epoch_ptr": "*i32",
+                    "err_ptr": "*i32"}
+            for label, extra in (("signals", {"SIGNAL": True}),
+                                 ("waits, SiLU", {"WAIT": True, "SILU": True})):
+                yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow {label}",
+                       mma_gemv._tc_gemv_kernel,
+                       {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                        "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"],
+                        "PDL": 1, "_ptrs": flow, **extra}, "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def argmax_configs():

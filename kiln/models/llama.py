@@ -204,7 +204,7 @@ class LlamaFamilyModel(nn.Module):
     def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
         """The MLPs' row flags for a forward of decode rows under KILN_DATAFLOW=1 (else None),
         allocated on the first such forward outside a graph capture (the warm-up before it)."""
-        if not dataflow_enabled() or not 0 < input_ids.numel() <= SMALL_M:
+        if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
             return None
         flags = getattr(self, "_flags", None)
         if flags is None or flags.epoch.device != input_ids.device:
