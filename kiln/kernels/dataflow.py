@@ -59,14 +59,13 @@ def wait_rows(flag_ptr, epoch_ptr, err_ptr, r_begin, r_end):
     for g0 in range(r_begin // _FLAG_ROWS, g_end, _WAIT_CHUNK):
         g = g0 + tl.arange(0, _WAIT_CHUNK)
         live = g < g_end
+        pending = 1
         polls = 0
-        seen = tl.atomic_add(flag_ptr + g, 0, mask=live, sem="acquire", scope="gpu")
-        pending = tl.sum(tl.where(live & (seen != epoch), 1, 0))
         while (pending > 0) & (polls < _MAX_POLLS):
             seen = tl.atomic_add(flag_ptr + g, 0, mask=live, sem="acquire", scope="gpu")
             pending = tl.sum(tl.where(live & (seen != epoch), 1, 0))
             polls += 1
-        if polls >= _MAX_POLLS:
+        if pending > 0:
             tl.atomic_add(err_ptr, 1)
     tl.debug_barrier()
 

@@ -14,14 +14,13 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
+from kiln.kernels import mma_gemv, use_triton
+from kiln.kernels.dataflow import FlagSlot, RowFlags, dataflow_enabled
+from kiln.kernels.qmm_common import SMALL_M
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.kernels import use_triton
-from kiln.kernels import mma_gemv
-from kiln.kernels.dataflow import FlagSlot, RowFlags, dataflow_enabled
-from kiln.kernels.qmm_common import SMALL_M
 from kiln.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
@@ -147,6 +146,7 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
+        self._flags: RowFlags | None = None  # the MLPs' row flags (KILN_DATAFLOW), on first use
         head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
                        if linear_method_factory is not None else None)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
@@ -206,7 +206,7 @@ class LlamaFamilyModel(nn.Module):
         allocated on the first such forward outside a graph capture (the warm-up before it)."""
         if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
             return None
-        flags = getattr(self, "_flags", None)
+        flags = self._flags
         if flags is None or flags.epoch.device != input_ids.device:
             if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
                 return None

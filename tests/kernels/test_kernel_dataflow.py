@@ -35,7 +35,7 @@ def test_flowing_mlp_gives_the_launches_bits(rows, hidden, inter, bias):
         assert int(flags.flags[0].abs().sum()) == 0 and int(flags.errors) == 0
 
 
-def test_gate_up_signals_each_granule_once_split(monkeypatch):
+def test_gate_up_signals_each_granule_once_split():
     """A split-K gate_up (partials summed by the last program of each tile) signals too, and the
     consumer reads the summed rows."""
     mlp = _mlp(256, 64, False, seed=3)

@@ -44,29 +44,21 @@ if _what:
     import kiln.layers.activation as _act
     import kiln.models.llama as _llama
 
-    _orig_linear = _lin.Linear.forward
-    _orig_act = _act.SiluAndMul.forward
+    def _no_wait(forward, applies):
+        """forward, whose launches skip their wait where applies(module) holds."""
+        def wrapped(self, *a, **kw):
+            if not applies(self):
+                return forward(self, *a, **kw)
+            _scope[0] += 1
+            try:
+                return forward(self, *a, **kw)
+            finally:
+                _scope[0] -= 1
+        return wrapped
 
-    def _linear_fwd(self, *a, **kw):
-        if not getattr(self, "_ablate_nowait", False):
-            return _orig_linear(self, *a, **kw)
-        _scope[0] += 1
-        try:
-            return _orig_linear(self, *a, **kw)
-        finally:
-            _scope[0] -= 1
-
-    def _act_fwd(self, *a, **kw):
-        if "mlp" not in _what:
-            return _orig_act(self, *a, **kw)
-        _scope[0] += 1
-        try:
-            return _orig_act(self, *a, **kw)
-        finally:
-            _scope[0] -= 1
-
-    _lin.Linear.forward = _linear_fwd
-    _act.SiluAndMul.forward = _act_fwd
+    _lin.Linear.forward = _no_wait(_lin.Linear.forward,
+                                   lambda m: getattr(m, "_ablate_nowait", False))
+    _act.SiluAndMul.forward = _no_wait(_act.SiluAndMul.forward, lambda m: "mlp" in _what)
     _orig_layer_init = _llama.DecoderLayer.__init__
 
     def _layer_init(self, *a, **kw):
