@@ -158,6 +158,16 @@ def configs():
                     "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
                     "QUANT_ROW": quant, "_ptrs": ptrs}, dtype, small["num_warps"],
                    small["num_stages"])
+        # row-granular dependencies (kiln.kernels.dataflow): the decode that signals o_proj
+        for single in (True, False):
+            yield (f"decode G4 N{small['block_n']} single={single} dataflow signals",
+                   decode_attention._decode_partition_kernel,
+                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
+                    "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": False,
+                    "FP8_ASM": False, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
+                    "MERGE_P": 16, "SIGNAL": True,
+                    "_ptrs": {"lock_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32"}},
+                   dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
                    {"HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_M": 128, "BLOCK_N": 128,
@@ -335,7 +345,9 @@ def tc_gemv_configs():
             flow = {**ptrs, "sig_ptr": "*i32", "wait_ptr": "*i32", "epoch_ptr": "*i32",
                     "err_ptr": "*i32"}
             for label, extra in (("signals", {"SIGNAL": True}),
-                                 ("waits, SiLU", {"WAIT": True, "SILU": True})):
+                                 ("waits, SiLU", {"WAIT": True, "SILU": True}),
+                                 ("waits per row (o_proj)", {"WAIT": True, "WAIT_GRAN": 512,
+                                                             "WAIT_STRIDE": 8})):
                 yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow {label}",
                        mma_gemv._tc_gemv_kernel,
                        {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,

@@ -24,7 +24,8 @@ import triton.language as tl
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.attention_ref import is_fp8_kv_cache, paged_attention_ref
 from kiln.kernels.attention_tiles import _LOG2E, _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.decode_attention import _paged_decode
+from kiln.kernels.dataflow import FlagSlot
+from kiln.kernels.decode_attention import _paged_decode, decode_signals
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
@@ -112,6 +113,15 @@ def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
             and q.shape[1] % kv_cache.shape[3] == 0)
 
 
+def decode_signals_ok(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
+    """Whether paged_attention can take ``signal`` for this batch: one token per sequence on
+    the Triton decode kernel, which stores each head group's final output itself
+    (decode_attention.decode_signals)."""
+    return (_triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1
+            and q.shape[0] == meta.num_seqs
+            and decode_signals(meta.num_seqs, kv_cache.shape[3], q.device))
+
+
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                    qk_scale: float, window: int, tuning: dict | None = None,
                    v_scale: float = 1.0) -> None:
@@ -174,7 +184,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                     sliding_window: int | None = None, k_scale: float = 1.0,
                     v_scale: float = 1.0,
                     fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    quant_dtype: torch.dtype | None = None) -> torch.Tensor | QuantizedRows:
+                    quant_dtype: torch.dtype | None = None,
+                    signal: FlagSlot | None = None) -> torch.Tensor | QuantizedRows:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
     or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
     [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
@@ -192,7 +203,20 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     cache their e4m3 codes in float16; pass it only when wants_fresh_kv says so) lets the batch's
     trailing fresh prompts (meta.fresh_from) take a kernel that reads them from these tensors
     instead of the cache: the same values, faster.
+    ``signal`` (kiln.kernels.dataflow; decode batches of one token per sequence on the Triton
+    path, see decode_attention.decode_signals): each token's head groups are marked ready in its
+    flags as the kernel stores them, for an o_proj that waits on them.
     """
+    if signal is not None:
+        if not decode_signals_ok(q, kv_cache, meta) or quant_dtype is not None:
+            raise ValueError("paged_attention signals only for decode batches of one token per "
+                             "sequence on the Triton kernels, unquantized (decode_signals_ok)")
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale,
+                                                       v_scale)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
+                      signal=signal)
+        return out
     if quant_dtype is not None:
         quantized = None
         if _triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1:

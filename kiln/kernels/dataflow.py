@@ -1,17 +1,24 @@
-"""Row-granular dependencies between a decode GEMV and the GEMV that reads its output.
+"""Row-granular dependencies between a decode kernel and the GEMV that reads its output.
 
 Under programmatic dependent launch every kiln kernel waits for the whole kernel before it
 (griddepcontrol.wait) before its first dependent read. At batch 1 each such wait costs the memory
 pipeline its drain and ramp, a few microseconds a boundary: dropping the waits of the MLP's down
-projection (with SiLU-mul) alone took a bf16 8B step from 4.27 to 4.17 ms on the H200
-(benchmarks/h200-dataflow). The weights, most of a GEMV's bytes, depend on nothing.
+projection (with SiLU-mul) alone took a bf16 8B step from 4.27 to 4.17 ms on the H200, those of
+o_proj to 4.15 ms, both to 4.01 (benchmarks/h200-dataflow). The weights, most of a GEMV's bytes,
+depend on nothing.
 
-Here a producer GEMV marks each 16-row granule of its output ready (a release store of the
-step's epoch into a flag) when the granule's final values are written, and the consumer's
-programs, which read only the K slice of their split, wait for those granules alone (acquire
-polls), stream their weights meanwhile, and wait for the whole producer (griddepcontrol.wait)
-only before their own stores. PDL launches the consumer only once every producer program runs,
-so the granules it polls are all being computed: no deadlock.
+Here a producer marks each granule of its output ready (a release store of the step's epoch into
+a flag) when the granule's final values are written, and the consumer GEMV's programs, which read
+only the K slice of their split, wait for those granules alone (acquire polls), stream their
+weights meanwhile, and wait for the whole producer (griddepcontrol.wait) only before their own
+stores. PDL launches the consumer only once every producer program runs, so the granules it polls
+are all being computed: no deadlock. Two producers signal:
+
+- a tensor-core GEMV (gate_up): one flag per 16 output columns, for all its rows at once (a tile
+  holds every row): ``FlagSlot.granule`` 16, ``row_stride`` 0;
+- decode attention (before o_proj): one flag per token row and kv head, set by the program that
+  stores that head group's final output (the single partition, or the merge): ``granule`` the
+  group's query heads times head_dim, ``row_stride`` the kv head count.
 
 The epoch is one int32 on the device, advanced once per forward (``RowFlags.begin``, a kernel
 the decode graph captures), so a flag written in an earlier step never reads as ready.
@@ -25,16 +32,26 @@ import torch
 import triton
 import triton.language as tl
 
-FLAG_ROWS = 16          # output rows per ready flag; producer tiles are multiples of it
+FLAG_ROWS = 16  # a GEMV's output columns (weight rows) per ready flag; its tiles are multiples
 _FLAG_ROWS = tl.constexpr(FLAG_ROWS)
 _WAIT_CHUNK = tl.constexpr(64)        # flags polled at once
 _MAX_POLLS = tl.constexpr(1 << 22)    # a poll loop gives up (counting it) after this many rounds
 
 
-def dataflow_enabled() -> bool:
-    """KILN_DATAFLOW=1: the gated MLP of unquantized decode rows runs gate_up -> down with
-    row-granular dependencies (SiLU-mul folded into down's GEMV). Off by default."""
-    return os.environ.get("KILN_DATAFLOW", "0") == "1"
+_BOUNDARIES = ("attn", "mlp")
+
+
+def dataflow_enabled(boundary: str | None = None) -> bool:
+    """KILN_DATAFLOW: which boundaries of unquantized decode rows run with row-granular
+    dependencies. "1" both; "mlp" gate_up -> down (SiLU-mul folded into down's GEMV); "attn"
+    decode attention -> o_proj; "0" or unset none (the default). ``boundary`` None: whether any
+    does."""
+    flag = os.environ.get("KILN_DATAFLOW", "0")
+    if flag not in ("0", "1", *_BOUNDARIES):
+        raise ValueError(f"KILN_DATAFLOW={flag!r}: expected 0, 1, attn or mlp")
+    if boundary is None:
+        return flag != "0"
+    return flag in ("1", boundary)
 
 
 @triton.jit
@@ -50,19 +67,37 @@ def signal_rows(flag_ptr, epoch_ptr, rows2, cols2, N):
 
 
 @triton.jit
-def wait_rows(flag_ptr, epoch_ptr, err_ptr, r_begin, r_end):
-    """Wait until the granules of rows [r_begin, r_end) hold this step's epoch (acquire), then
-    let every thread of the program go on (barrier). A loop that polls _MAX_POLLS rounds in
-    vain adds 1 at err_ptr and goes on (wrong values rather than a hung GPU)."""
+def signal_granule(flag_ptr, epoch_ptr, index):
+    """After a program's final stores of one granule (every row it covers): mark flag ``index``
+    ready for this step's epoch. The barrier puts every thread's stores before the release."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flag_ptr + index, tl.load(epoch_ptr), sem="release", scope="gpu")
+
+
+@triton.jit
+def wait_rows(flag_ptr, epoch_ptr, err_ptr, c_begin, c_end, n_rows, GRAN: tl.constexpr = 16,
+              ROW_STRIDE: tl.constexpr = 0):
+    """Wait until the granules (GRAN columns each) covering columns [c_begin, c_end) hold this
+    step's epoch (acquire), then let every thread of the program go on (barrier). ROW_STRIDE 0:
+    one flag a granule for all rows; else each of the n_rows rows has its own flags, ROW_STRIDE
+    apart. A loop that polls _MAX_POLLS rounds in vain adds 1 at err_ptr and goes on (wrong
+    values rather than a hung GPU)."""
     epoch = tl.load(epoch_ptr)
-    g_end = tl.cdiv(r_end, _FLAG_ROWS)
-    for g0 in range(r_begin // _FLAG_ROWS, g_end, _WAIT_CHUNK):
-        g = g0 + tl.arange(0, _WAIT_CHUNK)
-        live = g < g_end
+    g_begin = c_begin // GRAN
+    width = tl.cdiv(c_end, GRAN) - g_begin
+    if ROW_STRIDE == 0:
+        total = width
+    else:
+        total = width * n_rows
+    across = tl.maximum(width, 1)
+    for i0 in range(0, total, _WAIT_CHUNK):
+        i = i0 + tl.arange(0, _WAIT_CHUNK)
+        live = i < total
+        flags = flag_ptr + (i // across) * ROW_STRIDE + g_begin + i % across
         pending = 1
         polls = 0
         while (pending > 0) & (polls < _MAX_POLLS):
-            seen = tl.atomic_add(flag_ptr + g, 0, mask=live, sem="acquire", scope="gpu")
+            seen = tl.atomic_add(flags, 0, mask=live, sem="acquire", scope="gpu")
             pending = tl.sum(tl.where(live & (seen != epoch), 1, 0))
             polls += 1
         if pending > 0:
@@ -71,13 +106,13 @@ def wait_rows(flag_ptr, epoch_ptr, err_ptr, r_begin, r_end):
 
 
 class RowFlags:
-    """Ready flags of the row granules of ``slots`` producer outputs of up to ``rows`` rows, plus
-    the step epoch they are compared with, and a count of poll loops that gave up (0 unless
-    something is wrong)."""
+    """Ready flags of ``slots`` producer outputs, ``width`` flags each, plus the step epoch they
+    are compared with, and a count of poll loops that gave up (0 unless something is wrong).
+    A GEMV output of N columns takes cdiv(N, FLAG_ROWS) flags; a decode attention output of T
+    rows T times its kv head count."""
 
-    def __init__(self, slots: int, rows: int, device: torch.device | str):
-        self.flags = torch.zeros(slots, triton.cdiv(rows, FLAG_ROWS), dtype=torch.int32,
-                                 device=device)
+    def __init__(self, slots: int, width: int, device: torch.device | str):
+        self.flags = torch.zeros(slots, width, dtype=torch.int32, device=device)
         self.epoch = torch.zeros(1, dtype=torch.int32, device=device)
         self.errors = torch.zeros(1, dtype=torch.int32, device=device)
 
@@ -85,16 +120,25 @@ class RowFlags:
         """Advance the epoch: call once per forward, before any producer of the forward."""
         self.epoch.add_(1)
 
-    def slot(self, index: int) -> "FlagSlot":
-        """The flags of producer ``index``."""
-        return FlagSlot(self.flags[index], self.epoch, self.errors)
+    def slot(self, index: int, granule: int = FLAG_ROWS, row_stride: int = 0) -> "FlagSlot":
+        """The flags of producer ``index``: one per ``granule`` columns, shared by all rows
+        (``row_stride`` 0) or each row's own, ``row_stride`` flags apart."""
+        return FlagSlot(self.flags[index], self.epoch, self.errors, granule, row_stride)
 
 
 class FlagSlot:
-    """One producer's flags with the shared epoch and error count: what a producer GEMV signals
-    into and its consumer waits on."""
+    """One producer's flags with the shared epoch and error count: what a producer signals into
+    and its consumer waits on. ``granule``: output columns per flag; ``row_stride``: 0 when a
+    flag covers every row (a GEMV tile), else the flags between consecutive rows' (decode
+    attention: its kv head count)."""
 
-    def __init__(self, flags: torch.Tensor, epoch: torch.Tensor, errors: torch.Tensor):
+    def __init__(self, flags: torch.Tensor, epoch: torch.Tensor, errors: torch.Tensor,
+                 granule: int = FLAG_ROWS, row_stride: int = 0):
+        if granule <= 0 or row_stride < 0:
+            raise ValueError(f"a flag slot needs granule > 0 and row_stride >= 0, got {granule} "
+                             f"and {row_stride}")
         self.flags = flags
         self.epoch = epoch
         self.errors = errors
+        self.granule = granule
+        self.row_stride = row_stride

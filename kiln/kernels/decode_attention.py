@@ -16,6 +16,7 @@ import triton.language as tl
 from kiln.kernels import pdl_args
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
+from kiln.kernels.dataflow import FlagSlot, signal_granule
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantized_rows_buffers,
@@ -63,7 +64,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
                              MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
                              codes_stride=0, QUANT_ROW: tl.constexpr = 0,
-                             KEYS_WIDE: tl.constexpr = False):
+                             KEYS_WIDE: tl.constexpr = False, sig_ptr=None, epoch_ptr=None,
+                             SIGNAL: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -76,6 +78,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # merged (counter lock_ptr[num_seqs * kv heads + seq]) also quantizes the token's whole
     # output row per token to fp8 codes (codes_ptr, row stride codes_stride) and scale
     # (scales_ptr), the bits quant_per_token gives for out: o_proj's quantization launch saved.
+    # SIGNAL (SINGLE or FUSED_REDUCE): the program that stores a (token, kv head)'s final output
+    # marks flag sig_ptr[token * kv heads + kv_head] ready for the step's epoch (epoch_ptr), so
+    # that o_proj can read those heads without waiting for the whole launch
+    # (kiln.kernels.dataflow).
     pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -120,6 +126,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         out = acc / l[:, None]
         tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + heads[:, None] * out_head_stride
                  + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        if SIGNAL:
+            signal_granule(sig_ptr, epoch_ptr, q_start * tl.num_programs(1) + kv_head)
         if QUANT_ROW > 0:
             # the last kv head of the sequence to finish quantizes its token's whole row
             _quantize_row_when_last(lock_ptr + seq, out_ptr, codes_ptr, scales_ptr, q_start,
@@ -139,6 +147,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                                   kv_head * group, group, count, num_q_heads, max_partitions,
                                   out_tok_stride, out_head_stride, GROUP_P2, HEAD_DIM, MERGE_P,
                                   True)
+                if SIGNAL:
+                    signal_granule(sig_ptr, epoch_ptr, q_start * tl.num_programs(1) + kv_head)
                 tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
                 if QUANT_ROW > 0:
                     _quantize_row_when_last(
@@ -366,6 +376,14 @@ def quant_out_enabled() -> bool:
     return os.environ.get("KILN_ATTN_QUANT_OUT", "0") == "1"
 
 
+def decode_signals(num_seqs: int, num_kv_heads: int, device: torch.device) -> bool:
+    """Whether a decode launch of num_seqs sequences can mark its output ready per (token, kv
+    head) for o_proj (_paged_decode's signal): it merges its partitions in the kernel (or runs
+    one partition per sequence), so the program that stores each head group's output is known."""
+    return (fused_reduce_enabled() and num_seqs * num_kv_heads <= SPLIT_LOCKS
+            and split_locks(device) is not None)
+
+
 def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
     """The sequence count from which a decode launch takes LARGE_DECODE_TILE."""
     return -(-2 * num_sms // num_kv_heads)
@@ -373,20 +391,24 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
-                  v_scale: float = 1.0, quant_dtype: torch.dtype | None = None
-                  ) -> QuantizedRows | None:
+                  v_scale: float = 1.0, quant_dtype: torch.dtype | None = None,
+                  signal: FlagSlot | None = None) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
     partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
     late_values_enabled), maxnreg (a register cap for the compiler) and gluon (the Gluon
     kernel's (block_n, stages, keys_m), or None for the Triton kernel; see gluon_decode_tile).
     quant_dtype (float8_e4m3fn): where the kernel can (a fused merge, at most QUANT_PAD_ABOVE
     rows, or one partition per sequence over an fp8 cache), it also quantizes out per token
-    and returns those rows; otherwise None."""
+    and returns those rows; otherwise None. signal (kiln.kernels.dataflow; one token per
+    sequence, no quant_dtype, see decode_signals): each (token, kv head)'s output is marked ready
+    in its flags (granule group * head_dim, row stride num_kv_heads) as it is stored."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
     group = num_q_heads // num_kv_heads
     num_seqs = meta.num_seqs
+    if signal is not None:
+        _check_signal(signal, q, meta, num_kv_heads, group * head_dim, quant_dtype)
     max_seq_len = max(meta.max_seq_len, 1)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
@@ -442,8 +464,11 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
     # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
     gluon_tile = tuning.get("gluon", gluon_decode_tile() if gluon_decode_enabled() else None)
+    if signal is not None and not (single or fused):
+        raise ValueError("decode attention signals only where the partition kernel stores the "
+                         "final outputs (one partition, or a fused merge): see decode_signals")
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
-            and group <= 16 and quantized is None):
+            and group <= 16 and quantized is None and signal is None):
         block_n, stages, keys_m = gluon_tile
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
@@ -459,6 +484,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
+        **({} if signal is None else dict(sig_ptr=signal.flags, epoch_ptr=signal.epoch,
+                                          SIGNAL=True)),
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:
@@ -470,3 +497,19 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4,
             **pdl_args(q))
     return quantized
+
+
+def _check_signal(signal: FlagSlot, q: torch.Tensor, meta: AttentionMetadata, num_kv_heads: int,
+                  granule: int, quant_dtype: torch.dtype | None) -> None:
+    """Refuse a signal the decode kernel cannot give: rows other than one token per sequence, a
+    quantized output, or flags of another layout or too few."""
+    if quant_dtype is not None or meta.max_query_len != 1 or q.shape[0] != meta.num_seqs:
+        raise ValueError("decode attention signals only for one token per sequence and an "
+                         "unquantized output")
+    if signal.granule != granule or signal.row_stride != num_kv_heads:
+        raise ValueError(f"decode attention signals one flag per token and kv head (granule "
+                         f"{granule}, row stride {num_kv_heads}); the slot has granule "
+                         f"{signal.granule}, row stride {signal.row_stride}")
+    if signal.flags.numel() < q.shape[0] * num_kv_heads:
+        raise ValueError(f"{q.shape[0]} tokens x {num_kv_heads} kv heads need as many flags; the "
+                         f"slot has {signal.flags.numel()}")

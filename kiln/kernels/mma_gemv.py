@@ -13,7 +13,7 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args
 from kiln.kernels.activation import silu_mul_values
-from kiln.kernels.dataflow import FlagSlot, wait_rows
+from kiln.kernels.dataflow import FLAG_ROWS, FlagSlot, wait_rows
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
@@ -34,7 +34,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
                     sig_ptr=None, wait_ptr=None, epoch_ptr=None, err_ptr=None,
                     SIGNAL: tl.constexpr = False, WAIT: tl.constexpr = False,
-                    SILU: tl.constexpr = False):
+                    SILU: tl.constexpr = False, WAIT_GRAN: tl.constexpr = 16,
+                    WAIT_STRIDE: tl.constexpr = 0):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -52,9 +53,10 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
     # Row-granular dependencies (kiln.kernels.dataflow; split-K grid only): SIGNAL marks each
-    # finished tile's rows ready in sig_ptr; WAIT waits for the rows of this program's K range in
-    # wait_ptr instead of the kernel before, and for that kernel only before its stores; SILU
-    # reads x as [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits).
+    # finished tile's rows ready in sig_ptr; WAIT waits for the granules (WAIT_GRAN columns, each
+    # row's own flags WAIT_STRIDE apart or, 0, shared) of this program's K range in wait_ptr
+    # instead of the kernel before, and for that kernel only before its stores; SILU reads x as
+    # [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits).
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -75,7 +77,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W, wait_ptr, epoch_ptr, err_ptr, WAIT, SILU)
+                           EARLY_W, wait_ptr, epoch_ptr, err_ptr, WAIT, SILU, M, WAIT_GRAN,
+                           WAIT_STRIDE)
         if WAIT:
             pdl_start(PDL)  # the kernel before is done before this program stores anything
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
@@ -88,14 +91,16 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
                  EARLY_W: tl.constexpr = 0, wait_ptr=None, epoch_ptr=None, err_ptr=None,
-                 WAIT: tl.constexpr = False, SILU: tl.constexpr = False):
+                 WAIT: tl.constexpr = False, SILU: tl.constexpr = False, M=0,
+                 WAIT_GRAN: tl.constexpr = 16, WAIT_STRIDE: tl.constexpr = 0):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
     overlap the end of the kernel before. The products are summed in the same order either way.
-    WAIT: waits for the rows [s_begin, s_end) x BLOCK_K of x (both halves with SILU) to be marked
-    ready in wait_ptr instead (dataflow.wait_rows); SILU: x is [gate | up] (_x_tile)."""
+    WAIT: waits for the columns [s_begin, s_end) x BLOCK_K of x's M rows (both halves with SILU)
+    to be marked ready in wait_ptr instead (dataflow.wait_rows with WAIT_GRAN, WAIT_STRIDE);
+    SILU: x is [gate | up] (_x_tile)."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
@@ -108,13 +113,13 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
         _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
-                 tl.minimum(s_end * BLOCK_K, K), K)
+                 tl.minimum(s_end * BLOCK_K, K), K, M, WAIT_GRAN, WAIT_STRIDE)
         xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, WAIT)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
     else:
         _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
-                 tl.minimum(s_end * BLOCK_K, K), K)
+                 tl.minimum(s_end * BLOCK_K, K), K, M, WAIT_GRAN, WAIT_STRIDE)
     for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
@@ -130,13 +135,14 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
 
 @triton.jit
 def _x_ready(PDL: tl.constexpr, WAIT: tl.constexpr, SILU: tl.constexpr, wait_ptr, epoch_ptr,
-             err_ptr, k_begin, k_end, K):
+             err_ptr, k_begin, k_end, K, M, GRAN: tl.constexpr, STRIDE: tl.constexpr):
     """Before the first read of x: wait for the kernel before (pdl_start) or, with WAIT, for the
-    rows [k_begin, k_end) of x (and of its up half, K further, with SILU) to be marked ready."""
+    columns [k_begin, k_end) of x's M rows (and of its up half, K further, with SILU) to be
+    marked ready (granules of GRAN columns; STRIDE as dataflow.wait_rows's ROW_STRIDE)."""
     if WAIT:
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end)
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end, M, GRAN, STRIDE)
         if SILU:
-            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end)
+            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end, M, GRAN, STRIDE)
     else:
         pdl_start(PDL)
 
@@ -401,17 +407,33 @@ def tc_stream_k_enabled() -> bool:
     return os.environ.get("KILN_TC_STREAM_K", "0") == "1"
 
 
-def early_weight_steps(pdl: dict, a8: bool) -> dict:
-    """The tensor-core GEMV's EARLY_W launch argument: KILN_GEMV_EARLY_W (0, 1, 2 or 4) K steps of
-    each program's weight tiles are loaded into registers before the kernel waits for the one
-    before it; unset: 1 for fp8 weights (a8), 0 for float ones. Only under PDL (otherwise
-    nothing runs before that kernel ends). On the H200, 8B batch 1 (benchmarks/h200-quant, run-o):
-    fp8 350.0 -> 354.5 tok/s with 1 (2 and 4: 315 and 310), bf16 232.8 -> 231.0 with 1."""
-    flag = os.environ.get("KILN_GEMV_EARLY_W", "")
+def early_weight_steps(pdl: dict, a8: bool, name: str = "KILN_GEMV_EARLY_W") -> dict:
+    """The tensor-core GEMV's EARLY_W launch argument: KILN_GEMV_EARLY_W (or the variable
+    ``name``; 0, 1, 2 or 4) K steps of each program's weight tiles are loaded into registers
+    before the kernel waits for the one before it; unset: 1 for fp8 weights (a8), 0 for float
+    ones. Only under PDL (otherwise nothing runs before that kernel ends). On the H200, 8B batch 1
+    (benchmarks/h200-quant, run-o): fp8 350.0 -> 354.5 tok/s with 1 (2 and 4: 315 and 310), bf16
+    232.8 -> 231.0 with 1."""
+    flag = os.environ.get(name, "")
     if flag not in ("", "0", "1", "2", "4"):
-        raise ValueError(f"KILN_GEMV_EARLY_W={flag!r}: expected 0, 1, 2 or 4")
+        raise ValueError(f"{name}={flag!r}: expected 0, 1, 2 or 4")
     steps = int(flag) if flag else (1 if a8 else 0)
     return {"EARLY_W": steps} if steps and pdl.get("PDL") else {}
+
+
+def waiter_steps(w: torch.Tensor, pdl: dict) -> dict:
+    """EARLY_W and PREFETCH for a GEMV that waits on row flags (tc_gemv's wait), whose weight
+    reads before its poll can overlap the whole producer, not just its end:
+    KILN_DATAFLOW_EARLY_W (0, 1, 2 or 4 K steps into registers) and KILN_DATAFLOW_PREFETCH (K
+    steps of each program's weight rows into L2), each unset: the GEMVs' own setting
+    (early_weight_steps, prefetch_steps)."""
+    steps = {}
+    if os.environ.get("KILN_DATAFLOW_EARLY_W", ""):
+        early = early_weight_steps(pdl, False, "KILN_DATAFLOW_EARLY_W")
+        steps["EARLY_W"] = early.get("EARLY_W", 0)
+    if os.environ.get("KILN_DATAFLOW_PREFETCH", ""):
+        steps["PREFETCH"] = prefetch_steps(w, 32, pdl, "KILN_DATAFLOW_PREFETCH").get("PREFETCH", 0)
+    return steps
 
 
 TC_GEMV_MAX_M = 16     # rows the tensor-core int4 product takes (one BLOCK_M = 16 tile)
@@ -513,6 +535,9 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
                                                      and config.kwargs.get("STREAM_K"))):
         raise ValueError("tc_gemv's signal, wait and silu take float weights and split-K "
                          "launches only")
+    if signal is not None and (signal.granule != FLAG_ROWS or signal.row_stride != 0):
+        raise ValueError(f"tc_gemv signals one flag per {FLAG_ROWS} output columns for all rows; "
+                         f"the slot has granule {signal.granule}, row stride {signal.row_stride}")
     if signal is not None and not tc_gemv_signals(n):
         raise ValueError("tc_gemv can signal only where split-K tiles are summed in the kernel "
                          "(KILN_FUSED_SPLITK and at most SPLIT_LOCKS 16-row tiles)")
@@ -562,11 +587,15 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
                      wait_ptr=wait.flags if wait is not None else None, epoch_ptr=epoch,
                      err_ptr=(signal or wait).errors, SIGNAL=signal is not None,
                      WAIT=wait is not None, SILU=silu)
+        if wait is not None:
+            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes
     flags.update(prefetch_steps(w, 32, pdl))
     flags.update(early_weight_steps(pdl, a8))
+    if wait is not None:
+        flags.update(waiter_steps(w, pdl))
     _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"

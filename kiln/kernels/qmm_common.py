@@ -254,14 +254,15 @@ SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
 _split_locks: dict[torch.device, torch.Tensor] = {}
 
 
-def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
-    """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH K steps (tc_gemv) or groups
-    (_gemv_kernel) of each program's weight rows are asked into L2 before the kernel waits for
-    the one before it, at most KILN_GEMV_PREFETCH_MB MiB over the launch when that is set. Only
-    under PDL (otherwise nothing runs before that kernel ends), and only
+def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict,
+                   name: str = "KILN_GEMV_PREFETCH") -> dict:
+    """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH (or the variable ``name``) K steps
+    (tc_gemv) or groups (_gemv_kernel) of each program's weight rows are asked into L2 before
+    the kernel waits for the one before it, at most KILN_GEMV_PREFETCH_MB MiB over the launch
+    when that is set. Only under PDL (otherwise nothing runs before that kernel ends), and only
     where every prefetched row range is 16-byte aligned (the bulk prefetch's rule): the weight's
     address, its row stride, one step's bytes (step_bytes) and its row's bytes."""
-    steps = int(os.environ.get("KILN_GEMV_PREFETCH", "0"))
+    steps = int(os.environ.get(name, "0"))
     if steps <= 0 or not pdl.get("PDL"):
         return {}
     row_bytes = w.shape[1] * w.element_size()

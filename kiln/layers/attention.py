@@ -9,11 +9,14 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import paged_attention, wants_fresh_kv
+from kiln.kernels import mma_gemv, use_triton
+from kiln.kernels.attention import decode_signals_ok, paged_attention, wants_fresh_kv
 from kiln.kernels.attention_ref import is_fp8_kv_cache
+from kiln.kernels.dataflow import FlagSlot
+from kiln.kernels.qmm_common import SMALL_M
 from kiln.kernels.quant_act import quantized_rows_buffers
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear
+from kiln.layers.linear import Linear, UnquantizedLinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 
@@ -62,13 +65,23 @@ class PagedSelfAttention(nn.Module):
         self.k_scale = float(k_scale)
         self.v_scale = float(v_scale)
 
+    def flow_slot(self, flags, index: int) -> FlagSlot:
+        """This layer's slot ``index`` of a dataflow.RowFlags laid out for its decode attention:
+        one flag per token and kv head, each covering the kv head's query heads."""
+        return flags.slot(index, granule=self.q_size // self.num_kv_heads,
+                          row_stride=self.num_kv_heads)
+
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
+                meta: AttentionMetadata, rows: torch.Tensor | None = None,
+                flow: FlagSlot | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
 
         ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
         result is [len(rows), hidden]; every token's K/V is still written. With no rows the
-        projection is skipped."""
+        projection is skipped. ``flow`` (a FlagSlot from flow_slot, see kiln.kernels.dataflow):
+        decode rows of an unquantized o_proj on the tensor-core GEMV read each token's head
+        groups as the attention marks them ready, not after the whole attention launch: the
+        same bits."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -89,6 +102,12 @@ class PagedSelfAttention(nn.Module):
                 k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
                             self.v_scale, k_out, v_out)
+        if flow is not None and rows is None and self._flows(q, kv_cache, meta):
+            out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
+                                  self.k_scale, self.v_scale, signal=flow)
+            return mma_gemv.tc_gemv(out.reshape(num_tokens, self.q_size), None,
+                                    self.o_proj.weight, None, self.o_proj.bias, out.dtype,
+                                    wait=flow)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale,
                               None if k_out is None else (k_out, v if v_out is None else v_out),
@@ -109,3 +128,14 @@ class PagedSelfAttention(nn.Module):
             if rows is not None:
                 out = out.index_select(0, rows)
         return self.o_proj(out)
+
+    def _flows(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Whether these decode rows take the row-granular attention -> o_proj path: an
+        unquantized o_proj of q's dtype on the tensor-core GEMV (the path Linear would take),
+        no quantized attention output, and a decode launch that can signal."""
+        weight = self.o_proj.weight if isinstance(self.o_proj.method,
+                                                  UnquantizedLinearMethod) else None
+        return (weight is not None and self.quant_dtype is None and use_triton(q)
+                and mma_gemv.tc_gemv_enabled("float") and 0 < q.shape[0] <= SMALL_M
+                and weight.dtype == q.dtype and weight.dtype in (torch.float16, torch.bfloat16)
+                and self.q_size % 32 == 0 and decode_signals_ok(q, kv_cache, meta))

@@ -15,7 +15,7 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels import mma_gemv, use_triton
-from kiln.kernels.dataflow import FlagSlot, RowFlags, dataflow_enabled
+from kiln.kernels.dataflow import FLAG_ROWS, FlagSlot, RowFlags, dataflow_enabled
 from kiln.kernels.qmm_common import SMALL_M
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
@@ -91,25 +91,27 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flow: FlagSlot | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                flows: tuple[FlagSlot | None, FlagSlot | None] = (None, None)
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
         The add is deferred into the next norm so that it fuses with it. ``rows``: after the
         attention (which writes every token's K/V), only those rows go on (see
-        LlamaFamilyModel.forward). ``flow``: the MLP's row flags (GatedMLP).
+        LlamaFamilyModel.forward). ``flows``: the attention's and the MLP's row flags
+        (PagedSelfAttention, GatedMLP), each None to run without.
         """
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, flows[0])
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden, flow), residual
+        return self.mlp(hidden, flows[1]), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -146,7 +148,8 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        self._flags: RowFlags | None = None  # the MLPs' row flags (KILN_DATAFLOW), on first use
+        # the attentions' and MLPs' row flags (KILN_DATAFLOW), on first use
+        self._flags: RowFlags | None = None
         head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
                        if linear_method_factory is not None else None)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
@@ -192,25 +195,31 @@ class LlamaFamilyModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
+        attn_flows = flags is not None and dataflow_enabled("attn")
+        mlp_flows = flags is not None and dataflow_enabled("mlp")
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            flows = (layer.self_attn.flow_slot(flags, 2 * i) if attn_flows else None,
+                     flags.slot(2 * i + 1) if mlp_flows else None)
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
-                                     rows if i == last else None,
-                                     flags.slot(i) if flags is not None else None)
+                                     rows if i == last else None, flows)
         if hidden.shape[0] == 0:
             return hidden
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
     def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
-        """The MLPs' row flags for a forward of decode rows under KILN_DATAFLOW=1 (else None),
-        allocated on the first such forward outside a graph capture (the warm-up before it)."""
+        """The row flags for a forward of decode rows under KILN_DATAFLOW (else None): layer i's
+        attention in slot 2i, its MLP in 2i + 1; allocated on the first such forward outside a
+        graph capture (the warm-up before it)."""
         if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
             return None
         flags = self._flags
         if flags is None or flags.epoch.device != input_ids.device:
             if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
                 return None
-            flags = RowFlags(len(self.layers), 2 * self.args.intermediate_size, input_ids.device)
+            width = max(-(-2 * self.args.intermediate_size // FLAG_ROWS),
+                        SMALL_M * self.args.num_key_value_heads)
+            flags = RowFlags(2 * len(self.layers), width, input_ids.device)
             self._flags = flags
         return flags
 

@@ -1,7 +1,8 @@
-"""Row-granular dependencies (kiln.kernels.dataflow, KILN_DATAFLOW=1) on CUDA: the gated MLP's
-gate_up -> down with ready flags, under programmatic dependent launch and in CUDA graphs, gives
-the bits of the separate launches at the 8B shapes, with no poll loop giving up; an engine
-decodes the same greedy tokens with and without it, nothing compiled after start-up."""
+"""Row-granular dependencies (kiln.kernels.dataflow, KILN_DATAFLOW) on CUDA: the gated MLP's
+gate_up -> down and decode attention -> o_proj with ready flags, under programmatic dependent
+launch and in CUDA graphs, give the bits of the separate launches at the 8B shapes, with no poll
+loop giving up (also with the waiters' early weight reads); an engine decodes the same greedy
+tokens with and without them, nothing compiled after start-up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from kiln.kernels import dataflow, pdl_scope  # noqa: E402
+from kiln.layers.attention import PagedSelfAttention  # noqa: E402
+from kiln.layers.rotary import RopeConfig, RotaryEmbedding  # noqa: E402
 from kiln.models.llama import GatedMLP  # noqa: E402
+from test_kernels_gpu import paged_case  # noqa: E402
+
+# the waiters' weight reads before their polls (tc_gemv's waiter_steps)
+WAITER_ENVS = [{}, {"KILN_DATAFLOW_EARLY_W": "1"}, {"KILN_DATAFLOW_PREFETCH": "8"}]
 
 
 def _mlp(hidden, inter, dtype, seed):
@@ -22,12 +29,15 @@ def _mlp(hidden, inter, dtype, seed):
     return mlp
 
 
+@pytest.mark.parametrize("waiter", WAITER_ENVS, ids=["plain", "early_w", "prefetch"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 4, 16])
 @pytest.mark.parametrize("shape", [(4096, 14336), (256, 512)])
-def test_flowing_mlp_bits_under_pdl_and_graphs(shape, rows, dtype, monkeypatch):
+def test_flowing_mlp_bits_under_pdl_and_graphs(shape, rows, dtype, waiter, monkeypatch):
     monkeypatch.delenv("KILN_KERNELS", raising=False)
     monkeypatch.setenv("KILN_PDL", "1")
+    for name, value in waiter.items():
+        monkeypatch.setenv(name, value)
     hidden, inter = shape
     mlp = _mlp(hidden, inter, dtype, seed=rows)
     x = torch.randn(rows, hidden, device="cuda").to(dtype)
@@ -49,6 +59,57 @@ def test_flowing_mlp_bits_under_pdl_and_graphs(shape, rows, dtype, monkeypatch):
     assert int(flags.epoch) == 20 + 1 + 50
 
 
+def _attention(dtype, seed):
+    rotary = RotaryEmbedding(128, 8192, RopeConfig(), "cuda")
+    attn = PagedSelfAttention(4096, 32, 8, 128, rotary, qkv_bias=False, o_bias=False,
+                              qk_norm=False, rms_norm_eps=1e-5, sliding_window=None, dtype=dtype,
+                              device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    for p in attn.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=gen, device="cuda") * 0.02)
+    return attn
+
+
+@pytest.mark.parametrize("waiter", WAITER_ENVS, ids=["plain", "early_w", "prefetch"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,graph_len", [(1, 8192), (4, 8192), (16, 8192), (1, 0), (16, 0)])
+def test_flowing_attention_bits_under_pdl_and_graphs(rows, graph_len, dtype, waiter, monkeypatch):
+    """8B attention layer (32 query heads over 8 kv heads) at decode rows: contexts split into
+    partitions and merged in the kernel (max_seq_len as a decode graph fixes it), or one
+    partition each (graph_len 0: the batch's own longest context)."""
+    import dataclasses
+
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.setenv("KILN_PDL", "1")
+    for name, value in waiter.items():
+        monkeypatch.setenv(name, value)
+    attn = _attention(dtype, seed=rows)
+    gen = torch.Generator(device="cuda").manual_seed(11 + rows)
+    contexts = torch.randint(30, 3000, (rows,), generator=gen, device="cuda").tolist()
+    kv_cache, meta = paged_case([(c, 1) for c in contexts], 8, 128, 16, dtype, gen)
+    if graph_len:
+        meta = dataclasses.replace(meta, max_seq_len=graph_len)
+    positions = torch.tensor(contexts, device="cuda")
+    x = torch.randn(rows, 4096, device="cuda").to(dtype)
+    want = attn(positions, x, kv_cache, meta)
+    flags = dataflow.RowFlags(1, 16 * 8, "cuda")
+    slot = attn.flow_slot(flags, 0)
+    for _ in range(20):
+        flags.begin()
+        assert torch.equal(attn(positions, x, kv_cache, meta, flow=slot), want)
+    assert torch.equal(flags.flags[0, :rows * 8], flags.epoch.expand(rows * 8))
+    graph = torch.cuda.CUDAGraph()
+    with pdl_scope(True), torch.cuda.graph(graph):
+        flags.begin()
+        out = attn(positions, x, kv_cache, meta, flow=slot)
+    for _ in range(50):
+        graph.replay()
+        assert torch.equal(out, want)
+    torch.cuda.synchronize()
+    assert int(flags.errors) == 0
+    assert int(flags.epoch) == 20 + 1 + 50
+
+
 def test_engine_greedy_tokens_with_and_without_dataflow(tmp_path, monkeypatch):
     from kiln import LLM, SamplingParams
     from kiln.models.random_model import write_random_model
@@ -58,15 +119,17 @@ def test_engine_greedy_tokens_with_and_without_dataflow(tmp_path, monkeypatch):
     prompts = [{"prompt_token_ids": list(range(3 + i, 40 + 3 * i))} for i in range(5)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=1)
     runs = {}
-    for flag in ("0", "1"):
+    for flag in ("0", "1", "attn"):
         monkeypatch.setenv("KILN_DATAFLOW", flag)
         llm = LLM(str(tmp_path / "m"), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
         outs = llm.generate(prompts, params)
         runs[flag] = [o.outputs[0].token_ids for o in outs]
         assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
         flags = getattr(llm.engine.model, "_flags", None)
-        if flag == "1":  # the decode steps ran the flowing MLP, no poll loop gave up
+        if flag != "0":  # the decode steps ran the flowing boundaries, no poll loop gave up
             assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) > 24
+            assert int((flags.flags[0::2] == flags.epoch).sum()) > 0  # attention
+            assert (int((flags.flags[1::2] == flags.epoch).sum()) > 0) == (flag == "1")  # MLP
         del llm
         torch.cuda.empty_cache()
-    assert runs["1"] == runs["0"]
+    assert runs["1"] == runs["0"] and runs["attn"] == runs["0"]

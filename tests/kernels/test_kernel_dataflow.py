@@ -1,12 +1,30 @@
 """Row-granular dependencies (kiln.kernels.dataflow) under the interpreter: the gated MLP's
 gate_up -> down with ready flags and SiLU-mul folded into down's loads gives the bits of the
-three separate launches, and marks every row granule of gate_up ready for the step's epoch."""
+three separate launches, and marks every row granule of gate_up ready for the step's epoch;
+decode attention -> o_proj gives the bits of the two launches and marks every (token, kv head)
+ready; an engine decodes the same tokens and log-probs with and without either."""
 
 import pytest
 import torch
 
-from kiln.kernels import dataflow, mma_gemv
+from kernel_cases import paged_case
+from kiln.kernels import dataflow, decode_attention, mma_gemv
+from kiln.layers.attention import PagedSelfAttention
+from kiln.layers.rotary import RopeConfig, RotaryEmbedding
 from kiln.models.llama import GatedMLP
+
+
+@pytest.fixture(autouse=True)
+def linears_as_on_cuda(monkeypatch):
+    """Unquantized decode rows take the tensor-core GEMV here too, as Linear routes them on CUDA
+    (on the CPU it takes F.linear, whose bits the flowing path need not give)."""
+    from kiln.kernels import quant_matmul
+    from kiln.layers.linear import UnquantizedLinearMethod
+
+    def apply(self, layer, x):
+        return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
+
+    monkeypatch.setattr(UnquantizedLinearMethod, "apply", apply)
 
 
 def _mlp(hidden, inter, bias, seed):
@@ -41,7 +59,7 @@ def test_gate_up_signals_each_granule_once_split():
     mlp = _mlp(256, 64, False, seed=3)
     x = torch.randn(2, 256, generator=torch.Generator().manual_seed(1)).to(torch.float16)
     want = mlp.down_proj(mlp.act(mlp.gate_up_proj(x)))
-    flags = dataflow.RowFlags(1, 128, "cpu")
+    flags = dataflow.RowFlags(1, 8, "cpu")
     flags.begin()
     slot = flags.slot(0)
     gate_up = mma_gemv.tc_gemv(x, None, mlp.gate_up_proj.weight, None, None, x.dtype, split_k=4,
@@ -62,10 +80,118 @@ def test_flowing_refuses_what_it_cannot_do(monkeypatch):
         mma_gemv.tc_gemv(x, None, mlp.down_proj.weight, None, None, x.dtype, silu=True)
     monkeypatch.setenv("KILN_TC_STREAM_K", "1")
     assert not mlp._flows(x)
-    flags = dataflow.RowFlags(1, 256, "cpu")
+    flags = dataflow.RowFlags(1, 16, "cpu")
     with pytest.raises(ValueError, match="split-K"):
         mma_gemv.tc_gemv(x, None, mlp.gate_up_proj.weight, None, None, x.dtype,
                          signal=flags.slot(0))
     monkeypatch.delenv("KILN_TC_STREAM_K")
     mlp.act.quant_dtype = torch.float8_e4m3fn
     assert not mlp._flows(x)
+    with pytest.raises(ValueError, match="granule"):
+        mma_gemv.tc_gemv(x, None, mlp.gate_up_proj.weight, None, None, x.dtype,
+                         signal=flags.slot(0, granule=32))
+    with pytest.raises(ValueError, match="KILN_DATAFLOW"):
+        monkeypatch.setenv("KILN_DATAFLOW", "yes")
+        dataflow.dataflow_enabled()
+    monkeypatch.setenv("KILN_DATAFLOW", "attn")
+    assert dataflow.dataflow_enabled("attn") and not dataflow.dataflow_enabled("mlp")
+
+
+def _attention(hidden, heads, kv_heads, head_dim, bias, seed):
+    rotary = RotaryEmbedding(head_dim, 1024, RopeConfig(), "cpu")
+    attn = PagedSelfAttention(hidden, heads, kv_heads, head_dim, rotary, qkv_bias=bias,
+                              o_bias=bias, qk_norm=False, rms_norm_eps=1e-6, sliding_window=None,
+                              dtype=torch.float16, device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    for p in attn.parameters():
+        p.data.copy_((torch.randn(p.shape, generator=gen) * 0.2).to(p.dtype))
+    return attn
+
+
+@pytest.mark.parametrize("contexts,sms,bias", [
+    ([40], 1, False),              # one partition: each program stores its heads' output
+    ([40, 7, 100], 1, True),
+    ([300, 37, 129], 64, False),   # split contexts, merged in the kernel by the last program
+])
+def test_flowing_attention_gives_the_launches_bits(contexts, sms, bias, gen, monkeypatch):
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: sms)
+    heads, kv_heads, head_dim = 8, 2, 32
+    attn = _attention(64, heads, kv_heads, head_dim, bias, seed=len(contexts))
+    kv_cache, meta = paged_case([(c, 1) for c in contexts], kv_heads, head_dim, 16,
+                                torch.float16, gen)
+    positions = torch.tensor(contexts)
+    x = torch.randn(len(contexts), 64, generator=gen).to(torch.float16)
+    want = attn(positions, x, kv_cache, meta)
+    rows = len(contexts) * kv_heads
+    flags = dataflow.RowFlags(2, 16 * kv_heads, "cpu")
+    for step in (1, 2):
+        flags.begin()
+        got = attn(positions, x, kv_cache, meta, flow=attn.flow_slot(flags, 1))
+        assert torch.equal(got, want)
+        # every (token, kv head) marked ready for this step, nothing else touched
+        assert torch.equal(flags.flags[1, :rows], torch.full((rows,), step, dtype=torch.int32))
+        assert int(flags.flags[1, rows:].abs().sum()) == 0
+        assert int(flags.flags[0].abs().sum()) == 0 and int(flags.errors) == 0
+    # o_proj on its own, waiting on those flags, reads the attention's output as the layer did
+    out = torch.randn(len(contexts), heads * head_dim, generator=gen).to(torch.float16)
+    plain = mma_gemv.tc_gemv(out, None, attn.o_proj.weight, None, attn.o_proj.bias, out.dtype)
+    waited = mma_gemv.tc_gemv(out, None, attn.o_proj.weight, None, attn.o_proj.bias, out.dtype,
+                              wait=attn.flow_slot(flags, 1))
+    assert torch.equal(waited, plain) and int(flags.errors) == 0
+
+
+def test_attention_refuses_signals_it_cannot_give(gen, monkeypatch):
+    from kiln.kernels.attention import paged_attention
+
+    attn = _attention(64, 8, 2, 32, False, seed=5)
+    kv_cache, meta = paged_case([(20, 1), (9, 3)], 2, 32, 16, torch.float16, gen)
+    q = torch.randn(4, 8, 32, generator=gen).to(torch.float16)
+    flags = dataflow.RowFlags(1, 32, "cpu")
+    flags.begin()
+    with pytest.raises(ValueError, match="decode batches"):  # a prompt of 3 tokens
+        paged_attention(q, kv_cache, meta, 0.2, signal=attn.flow_slot(flags, 0))
+    kv_cache, meta = paged_case([(20, 1)], 2, 32, 16, torch.float16, gen)
+    with pytest.raises(ValueError, match="granule"):
+        paged_attention(q[:1], kv_cache, meta, 0.2, signal=flags.slot(0))
+    with pytest.raises(ValueError, match="decode batches"):
+        paged_attention(q[:1], kv_cache, meta, 0.2, quant_dtype=torch.float8_e4m3fn,
+                        signal=attn.flow_slot(flags, 0))
+    monkeypatch.setenv("KILN_ATTN_FUSED_REDUCE", "0")  # merged by a reduce kernel: no signal
+    assert not attn._flows(q[:1], kv_cache, meta)
+    monkeypatch.delenv("KILN_ATTN_FUSED_REDUCE")
+    assert attn._flows(q[:1], kv_cache, meta)
+    attn.quant_dtype = torch.float8_e4m3fn
+    assert not attn._flows(q[:1], kv_cache, meta)
+
+
+@pytest.mark.parametrize("flag", ["1", "attn"])
+def test_engine_tokens_with_and_without_dataflow(flag, tmp_path, monkeypatch):
+    """Greedy tokens and their log-probs, bit for bit, from an engine whose decode steps run
+    the flowing boundaries (split contexts, as on a GPU) and one whose steps do not; the flags
+    were used (set for the last epoch, no poll gave up)."""
+    from kiln import LLM, SamplingParams
+    from kiln.models.random_model import write_random_model
+
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
+    write_random_model("tiny-llama", tmp_path, seed=4, dtype="float16")
+    prompts = [{"prompt_token_ids": [3 + (i * 5 + j) % 200 for j in range(n)]}
+               for i, n in enumerate((70, 9))]
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=1)
+    runs = {}
+    for setting in ("0", flag):
+        monkeypatch.setenv("KILN_DATAFLOW", setting)
+        llm = LLM(str(tmp_path), dtype="float16", device="cpu", max_num_seqs=4,
+                  max_model_len=256)
+        outs = llm.generate(prompts, params)
+        runs[setting] = [(o.outputs[0].token_ids,
+                          [sorted((t, lp.logprob) for t, lp in d.items())
+                           for d in o.outputs[0].logprobs]) for o in outs]
+        flags = llm.engine.model._flags
+        if setting == "0":
+            assert flags is None
+            continue
+        assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) >= 4
+        attn_set = int((flags.flags[0::2] == flags.epoch).sum())
+        mlp_set = int((flags.flags[1::2] == flags.epoch).sum())
+        assert attn_set > 0 and (mlp_set > 0) == (flag == "1")
+    assert runs["0"] == runs[flag]
