@@ -32,7 +32,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 PTR_TYPES = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
              "pos_ptr": "*i64", "slot_ptr": "*i64", "cos_sin_ptr": "*fp32",
              "part_acc_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}
-FLOAT_ARGS = {"qk_scale", "eps", "k_scale", "v_scale"}
+FLOAT_ARGS = {"qk_scale", "eps", "k_scale", "v_scale", "k_scale_w", "v_scale_w"}
 # The quantized matmuls' pointers besides the activations (x, bias, out).
 QUANT_PTRS = {"xs_ptr": "*fp32", "s_ptr": "*fp32", "part_ptr": "*fp32", "lock_ptr": "*i32"}
 # Integer arguments that are not multiples of 16 for Llama-3-8B (everything else is, and Triton
@@ -167,6 +167,18 @@ def configs():
                     "FP8_ASM": False, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
                     "MERGE_P": 16, "SIGNAL": True,
                     "_ptrs": {"lock_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32"}},
+                   dtype, small["num_warps"], small["num_stages"])
+        # RoPE and the step's K/V write in the decode kernel (KILN_ATTN_ROPE)
+        for single, kv_fp8 in ((True, False), (False, False), (False, True)):
+            yield (f"decode G4 N{small['block_n']} single={single} fp8-kv={kv_fp8} rope",
+                   decode_attention._decode_partition_kernel,
+                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
+                    "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
+                    "FP8_ASM": kv_fp8, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
+                    "MERGE_P": 16, "ROPE": True,
+                    "_ptrs": {"lock_ptr": "*i32", "pos_ptr": "*i64", "cos_sin_ptr": "*fp32",
+                              "slot_ptr": "*i64",
+                              **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}},
                    dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,

@@ -25,7 +25,7 @@ from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.attention_ref import is_fp8_kv_cache, paged_attention_ref
 from kiln.kernels.attention_tiles import _LOG2E, _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
 from kiln.kernels.dataflow import FlagSlot
-from kiln.kernels.decode_attention import _paged_decode, decode_signals
+from kiln.kernels.decode_attention import DecodeRope, _paged_decode, decode_rope_ok, decode_signals
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
@@ -122,6 +122,15 @@ def decode_signals_ok(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMe
             and decode_signals(meta.num_seqs, kv_cache.shape[3], q.device))
 
 
+def decode_rope_possible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         kv_cache: torch.Tensor, meta: AttentionMetadata,
+                         cos_sin_cache: torch.Tensor) -> bool:
+    """Whether paged_attention can take ``rope`` for this batch (q, k, v before RoPE): one
+    token per sequence on the Triton decode kernel (decode_attention.decode_rope_ok)."""
+    return (_triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1
+            and decode_rope_ok(q, k, v, kv_cache, cos_sin_cache, meta.num_seqs))
+
+
 def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                    qk_scale: float, window: int, tuning: dict | None = None,
                    v_scale: float = 1.0) -> None:
@@ -185,7 +194,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                     v_scale: float = 1.0,
                     fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                     quant_dtype: torch.dtype | None = None,
-                    signal: FlagSlot | None = None) -> torch.Tensor | QuantizedRows:
+                    signal: FlagSlot | None = None,
+                    rope: DecodeRope | None = None) -> torch.Tensor | QuantizedRows:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
     or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
     [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
@@ -206,7 +216,14 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     ``signal`` (kiln.kernels.dataflow; decode batches of one token per sequence on the Triton
     path, see decode_attention.decode_signals): each token's head groups are marked ready in its
     flags as the kernel stores them, for an o_proj that waits on them.
+    ``rope`` (decode batches of one token per sequence, see decode_attention.decode_rope_ok): q
+    is before RoPE; the decode kernel rotates it and writes the step's K/V into the cache
+    itself, instead of kiln.kernels.rotary's launch before it.
     """
+    if rope is not None and not decode_rope_possible(q, rope.k, rope.v, kv_cache, meta,
+                                                     rope.cos_sin_cache):
+        raise ValueError("paged_attention applies RoPE itself only for decode batches on the "
+                         "Triton kernels (decode_rope_possible)")
     if signal is not None:
         if not decode_signals_ok(q, kv_cache, meta) or quant_dtype is not None:
             raise ValueError("paged_attention signals only for decode batches of one token per "
@@ -215,7 +232,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale,
                                                        v_scale)
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
-                      signal=signal)
+                      signal=signal, rope=rope)
         return out
     if quant_dtype is not None:
         quantized = None
@@ -224,7 +241,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
             qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window,
                                                            k_scale, v_scale)
             quantized = _paged_decode(q, kv_cache, meta, out, qk_scale, window,
-                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype)
+                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype, rope=rope)
         else:
             out = paged_attention(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale,
                                   fresh_kv)
@@ -235,7 +252,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope)
         return out
     body = meta
     if meta.decode_split is not None:  # leading one-token rows on the decode kernel

@@ -6,6 +6,7 @@ kiln.kernels.attention.paged_attention."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -19,6 +20,7 @@ from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, 
 from kiln.kernels.dataflow import FlagSlot, signal_granule
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
+from kiln.kernels.rotary import quantize_fp8, rope_values
 from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantized_rows_buffers,
                                     store_row_quantized)
 from kiln.layers.forward_context import AttentionMetadata
@@ -65,7 +67,11 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
                              codes_stride=0, QUANT_ROW: tl.constexpr = 0,
                              KEYS_WIDE: tl.constexpr = False, sig_ptr=None, epoch_ptr=None,
-                             SIGNAL: tl.constexpr = False):
+                             SIGNAL: tl.constexpr = False, k_new_ptr=None, v_new_ptr=None,
+                             pos_ptr=None, cos_sin_ptr=None, slot_ptr=None, kn_tok_stride=0,
+                             kn_head_stride=0, vn_tok_stride=0, vn_head_stride=0,
+                             cos_sin_stride=0, k_scale_w=1.0, v_scale_w=1.0,
+                             ROPE: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -82,6 +88,12 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # marks flag sig_ptr[token * kv heads + kv_head] ready for the step's epoch (epoch_ptr), so
     # that o_proj can read those heads without waiting for the whole launch
     # (kiln.kernels.dataflow).
+    # ROPE: q_ptr holds the step's queries before RoPE, and each program rotates its heads'
+    # itself; the program of a sequence's last partition (the only one whose keys include the
+    # new token) also rotates the token's key (k_new_ptr) and writes it and its value
+    # (v_new_ptr) into the cache at slot_ptr[token] (-1: nowhere; an fp8 cache scaled by
+    # k_scale_w / v_scale_w) before it reads its keys: kiln.kernels.rotary's launch saved, the
+    # same bits (rotary.rope_values).
     pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -105,8 +117,19 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     heads = kv_head * group + g
     row_ok = g < group
     dims = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
-                + dims[None, :], mask=row_ok[:, None], other=0.0)
+    q_rows = q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
+    q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
+    if ROPE:
+        HALF: tl.constexpr = HEAD_DIM // 2
+        partner = (dims + HALF) % HEAD_DIM
+        cs_row = cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride
+        q = rope_values(q, tl.load(q_rows + partner[None, :], mask=row_ok[:, None], other=0.0),
+                        dims[None, :], cs_row, HALF)
+        if part == count - 1:
+            _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, q_start, kv_head, dims,
+                          partner, cs_row, kn_tok_stride, kn_head_stride, vn_tok_stride,
+                          vn_head_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
+                          k_scale_w, v_scale_w, HALF, KV_FP8)
     if KV_FP8:
         q = _fp8_dot_q(q)
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
@@ -155,6 +178,30 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                         lock_ptr + tl.num_programs(0) * tl.num_programs(1) + seq, out_ptr,
                         codes_ptr, scales_ptr, q_start, codes_stride, num_q_heads * HEAD_DIM,
                         QUANT_ROW)
+
+
+@triton.jit
+def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cs_row,
+                  kn_tok_stride, kn_head_stride, vn_tok_stride, vn_head_stride, cache_kv_stride,
+                  cache_slot_stride, cache_head_stride, k_scale, v_scale, HALF: tl.constexpr,
+                  KV_FP8: tl.constexpr):
+    """Rotate token tok's key of kv_head and write it and its value into the cache at the
+    token's slot (slot_ptr[tok]; -1 writes nothing), as kiln.kernels.rotary's cache write does;
+    then a barrier, so that the program's own reads of the cache see them. Slots index the
+    flattened (block, offset) dims of the contiguous cache."""
+    tok64 = tok.to(tl.int64)
+    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    ok = (dims >= 0) & (slot >= 0)
+    k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
+    key = rope_values(tl.load(k_row + dims), tl.load(k_row + partner), dims, cs_row, HALF)
+    val = tl.load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims)
+    if KV_FP8:
+        key = quantize_fp8(key, k_scale)
+        val = quantize_fp8(val, v_scale)
+    dst = cache_ptr + slot * cache_slot_stride + kv_head * cache_head_stride + dims
+    tl.store(dst, key.to(cache_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst + cache_kv_stride, val.to(cache_ptr.dtype.element_ty), mask=ok)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -376,6 +423,43 @@ def quant_out_enabled() -> bool:
     return os.environ.get("KILN_ATTN_QUANT_OUT", "0") == "1"
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeRope:
+    """What a decode launch needs to apply RoPE and write the step's K/V itself (the kernel's
+    ROPE; see decode_rope_ok): the tokens' positions [T] and cache slots [T] (-1: not written),
+    the cos/sin cache [max_pos, D] (kiln.kernels.rotary's layout), keys and values [T, Hk, D]
+    before RoPE, and the fp8 cache's scales (ignored by other caches)."""
+
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    cos_sin_cache: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: float = 1.0
+    v_scale: float = 1.0
+
+
+def rope_in_decode_enabled() -> bool:
+    """KILN_ATTN_ROPE=1: small decode batches (below large_decode_min_seqs) apply RoPE and write
+    the step's K/V in the decode attention kernel (DecodeRope) instead of kiln.kernels.rotary's
+    launch. Off by default: not yet measured on the H200."""
+    return os.environ.get("KILN_ATTN_ROPE", "0") == "1"
+
+
+def decode_rope_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                   cos_sin_cache: torch.Tensor, num_seqs: int) -> bool:
+    """Whether a decode launch over these tensors (one query token per sequence; q, k and v
+    before RoPE) can take a DecodeRope: the Triton partition kernel runs it (a batch below
+    large_decode_min_seqs, never the Gluon kernels), head_dim even with rotation over all of it,
+    unit strides on it, and a contiguous cache."""
+    head_dim = q.shape[-1]
+    return (q.shape[0] == num_seqs and k.dtype == q.dtype and v.dtype == q.dtype
+            and head_dim % 2 == 0 and cos_sin_cache.shape[-1] == head_dim
+            and cos_sin_cache.stride(-1) == 1 and q.stride(-1) == 1 and k.stride(-1) == 1
+            and v.stride(-1) == 1 and kv_cache.is_contiguous()
+            and num_seqs < large_decode_min_seqs(kv_cache.shape[3], _num_sms(q.device)))
+
+
 def decode_signals(num_seqs: int, num_kv_heads: int, device: torch.device) -> bool:
     """Whether a decode launch of num_seqs sequences can mark its output ready per (token, kv
     head) for o_proj (_paged_decode's signal): it merges its partitions in the kernel (or runs
@@ -392,7 +476,8 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0, quant_dtype: torch.dtype | None = None,
-                  signal: FlagSlot | None = None) -> QuantizedRows | None:
+                  signal: FlagSlot | None = None,
+                  rope: DecodeRope | None = None) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
     partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
     late_values_enabled), maxnreg (a register cap for the compiler) and gluon (the Gluon
@@ -401,7 +486,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     rows, or one partition per sequence over an fp8 cache), it also quantizes out per token
     and returns those rows; otherwise None. signal (kiln.kernels.dataflow; one token per
     sequence, no quant_dtype, see decode_signals): each (token, kv head)'s output is marked ready
-    in its flags (granule group * head_dim, row stride num_kv_heads) as it is stored."""
+    in its flags (granule group * head_dim, row stride num_kv_heads) as it is stored. rope (see
+    decode_rope_ok): q is before RoPE, and the kernel rotates it and writes the step's K/V."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
@@ -409,6 +495,9 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     num_seqs = meta.num_seqs
     if signal is not None:
         _check_signal(signal, q, meta, num_kv_heads, group * head_dim, quant_dtype)
+    if rope is not None and not decode_rope_ok(q, rope.k, rope.v, kv_cache, rope.cos_sin_cache,
+                                               num_seqs):
+        raise ValueError("decode attention applies RoPE only as decode_rope_ok allows")
     max_seq_len = max(meta.max_seq_len, 1)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
@@ -468,7 +557,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         raise ValueError("decode attention signals only where the partition kernel stores the "
                          "final outputs (one partition, or a fused merge): see decode_signals")
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
-            and group <= 16 and quantized is None and signal is None):
+            and group <= 16 and quantized is None and signal is None and rope is None):
         block_n, stages, keys_m = gluon_tile
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
@@ -486,6 +575,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         **({} if signal is None else dict(sig_ptr=signal.flags, epoch_ptr=signal.epoch,
                                           SIGNAL=True)),
+        **({} if rope is None else _rope_args(rope, kv_cache)),
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:
@@ -513,3 +603,14 @@ def _check_signal(signal: FlagSlot, q: torch.Tensor, meta: AttentionMetadata, nu
     if signal.flags.numel() < q.shape[0] * num_kv_heads:
         raise ValueError(f"{q.shape[0]} tokens x {num_kv_heads} kv heads need as many flags; the "
                          f"slot has {signal.flags.numel()}")
+
+
+def _rope_args(rope: DecodeRope, kv_cache: torch.Tensor) -> dict:
+    """The partition kernel's ROPE arguments for rope."""
+    return dict(k_new_ptr=rope.k, v_new_ptr=rope.v, pos_ptr=rope.positions,
+                cos_sin_ptr=rope.cos_sin_cache, slot_ptr=rope.slot_mapping,
+                kn_tok_stride=rope.k.stride(0), kn_head_stride=rope.k.stride(1),
+                vn_tok_stride=rope.v.stride(0), vn_head_stride=rope.v.stride(1),
+                cos_sin_stride=rope.cos_sin_cache.stride(0),
+                k_scale_w=float(rope.k_scale) if is_fp8_kv_cache(kv_cache) else 1.0,
+                v_scale_w=float(rope.v_scale) if is_fp8_kv_cache(kv_cache) else 1.0, ROPE=True)

@@ -50,6 +50,27 @@ def _quantize_fp8(x, scale):
 
 
 @triton.jit
+def rope_values(own, partner, dims, cs_row, HALF: tl.constexpr):
+    """Rotated (rotate-half) values of elements ``own`` at head dims ``dims`` (broadcast beside
+    them), whose partners at dims ^ HALF are ``partner``, for the position whose cos/sin row is
+    at cs_row: own's dtype, the bits _rotate_heads stores (each product and the sum rounded to
+    that dtype, cos/sin cast to it first, as in the reference)."""
+    ty = own.dtype
+    i = dims % HALF
+    cos = tl.load(cs_row + i).to(ty).to(tl.float32)
+    sin = tl.load(cs_row + HALF + i).to(ty).to(tl.float32)
+    c = (own.to(tl.float32) * cos).to(ty).to(tl.float32)
+    s = (partner.to(tl.float32) * sin).to(ty).to(tl.float32)
+    return tl.where(dims < HALF, c - s, c + s).to(ty)
+
+
+@triton.jit
+def quantize_fp8(x, scale):
+    """An fp8 cache's e4m3 codes of x / scale, as the cache write stores them."""
+    return _quantize_fp8(x, scale).to(tl.float8e4nv)
+
+
+@triton.jit
 def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
                   cos, sin, valid, scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                   QUANT: tl.constexpr):

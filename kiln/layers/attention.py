@@ -10,9 +10,11 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels import mma_gemv, use_triton
-from kiln.kernels.attention import decode_signals_ok, paged_attention, wants_fresh_kv
+from kiln.kernels.attention import (decode_rope_possible, decode_signals_ok, paged_attention,
+                                    wants_fresh_kv)
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.dataflow import FlagSlot
+from kiln.kernels.decode_attention import DecodeRope, rope_in_decode_enabled
 from kiln.kernels.qmm_common import SMALL_M
 from kiln.kernels.quant_act import quantized_rows_buffers
 from kiln.layers.forward_context import AttentionMetadata
@@ -100,18 +102,24 @@ class PagedSelfAttention(nn.Module):
                 v_out = torch.empty(v.shape, dtype=torch.float16, device=v.device)
             else:
                 k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
-                            self.v_scale, k_out, v_out)
+        rope = None
+        if k_out is None and self._rope_in_decode(q, k, v, kv_cache, meta):
+            # the decode kernel rotates q and k and writes the step's K/V itself
+            rope = DecodeRope(positions, meta.slot_mapping, self._rotary[0].cos_sin_cache, k, v,
+                              self.k_scale, self.v_scale)
+        else:
+            q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
+                                self.v_scale, k_out, v_out)
         if flow is not None and rows is None and self._flows(q, kv_cache, meta):
             out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
-                                  self.k_scale, self.v_scale, signal=flow)
+                                  self.k_scale, self.v_scale, signal=flow, rope=rope)
             return mma_gemv.tc_gemv(out.reshape(num_tokens, self.q_size), None,
                                     self.o_proj.weight, None, self.o_proj.bias, out.dtype,
                                     wait=flow)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale,
                               None if k_out is None else (k_out, v if v_out is None else v_out),
-                              quant_dtype=self.quant_dtype)
+                              quant_dtype=self.quant_dtype, rope=rope)
         if rows is not None and rows.shape[0] == 0:
             return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
@@ -139,3 +147,11 @@ class PagedSelfAttention(nn.Module):
                 and mma_gemv.tc_gemv_enabled("float") and 0 < q.shape[0] <= SMALL_M
                 and weight.dtype == q.dtype and weight.dtype in (torch.float16, torch.bfloat16)
                 and self.q_size % 32 == 0 and decode_signals_ok(q, kv_cache, meta))
+
+    def _rope_in_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Whether this decode batch's attention applies RoPE and writes the step's K/V itself
+        (KILN_ATTN_ROPE=1; one token per sequence on the Triton decode kernel, see
+        decode_attention.decode_rope_ok)."""
+        return rope_in_decode_enabled() and decode_rope_possible(
+            q, k, v, kv_cache, meta, self._rotary[0].cos_sin_cache)

@@ -22,8 +22,8 @@ CUDA = torch.cuda.is_available()
 _KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.prefill_fresh",
                    "kiln.kernels.int4_bits", "kiln.kernels.dataflow", "kiln.kernels.qmm_common",
                    "kiln.kernels.attention_ref", "kiln.kernels.attention_tiles",
-                   "kiln.kernels.decode_attention", "kiln.kernels.attention",
-                   "kiln.kernels.rmsnorm", "kiln.kernels.activation", "kiln.kernels.rotary",
+                   "kiln.kernels.rotary", "kiln.kernels.decode_attention",
+                   "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
                    "kiln.kernels.quant_ref", "kiln.kernels.fma_gemv", "kiln.kernels.quant_gemm",
                    "kiln.kernels.mma_gemv", "kiln.kernels.quant_matmul", "kiln.kernels.argmax")
 
