@@ -168,7 +168,19 @@ def configs():
                     "MERGE_P": 16, "SIGNAL": True,
                     "_ptrs": {"lock_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32"}},
                    dtype, small["num_warps"], small["num_stages"])
-        # RoPE and the step's K/V write in the decode kernel (KILN_ATTN_ROPE)
+        # RoPE and the step's K/V write in the decode kernel (KILN_ATTN_ROPE), and with it the
+        # row-granular qkv_proj -> attention -> o_proj boundaries (KILN_DATAFLOW)
+        for single in (True, False):
+            yield (f"decode G4 N{small['block_n']} single={single} rope, dataflow waits+signals",
+                   decode_attention._decode_partition_kernel,
+                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
+                    "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": False,
+                    "FP8_ASM": False, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
+                    "MERGE_P": 16, "ROPE": True, "WAIT": True, "SIGNAL": True,
+                    "_ptrs": {"lock_ptr": "*i32", "pos_ptr": "*i64", "cos_sin_ptr": "*fp32",
+                              "slot_ptr": "*i64", "sig_ptr": "*i32", "epoch_ptr": "*i32",
+                              "wait_ptr": "*i32", "err_ptr": "*i32"}},
+                   dtype, small["num_warps"], small["num_stages"])
         for single, kv_fp8 in ((True, False), (False, False), (False, True)):
             yield (f"decode G4 N{small['block_n']} single={single} fp8-kv={kv_fp8} rope",
                    decode_attention._decode_partition_kernel,

@@ -194,8 +194,9 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                     v_scale: float = 1.0,
                     fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                     quant_dtype: torch.dtype | None = None,
-                    signal: FlagSlot | None = None,
-                    rope: DecodeRope | None = None) -> torch.Tensor | QuantizedRows:
+                    signal: FlagSlot | None = None, rope: DecodeRope | None = None,
+                    wait: FlagSlot | None = None,
+                    wait_cols: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor | QuantizedRows:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
     or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
     [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
@@ -218,8 +219,12 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     flags as the kernel stores them, for an o_proj that waits on them.
     ``rope`` (decode batches of one token per sequence, see decode_attention.decode_rope_ok): q
     is before RoPE; the decode kernel rotates it and writes the step's K/V into the cache
-    itself, instead of kiln.kernels.rotary's launch before it.
+    itself, instead of kiln.kernels.rotary's launch before it. ``wait`` (with ``rope``; see
+    decode_attention._paged_decode): q, k and v are columns ``wait_cols`` on of a tensor-core
+    GEMV's output that marks them ready in these flags as it finishes them.
     """
+    if wait is not None and rope is None:
+        raise ValueError("paged_attention waits on a GEMV's flags only with rope")
     if rope is not None and not decode_rope_possible(q, rope.k, rope.v, kv_cache, meta,
                                                      rope.cos_sin_cache):
         raise ValueError("paged_attention applies RoPE itself only for decode batches on the "
@@ -232,7 +237,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale,
                                                        v_scale)
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
-                      signal=signal, rope=rope)
+                      signal=signal, rope=rope, wait=wait, wait_cols=wait_cols)
         return out
     if quant_dtype is not None:
         quantized = None
@@ -241,7 +246,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
             qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window,
                                                            k_scale, v_scale)
             quantized = _paged_decode(q, kv_cache, meta, out, qk_scale, window,
-                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype, rope=rope)
+                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype, rope=rope,
+                                      wait=wait, wait_cols=wait_cols)
         else:
             out = paged_attention(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale,
                                   fresh_kv)
@@ -252,7 +258,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope,
+                      wait=wait, wait_cols=wait_cols)
         return out
     body = meta
     if meta.decode_split is not None:  # leading one-token rows on the decode kernel

@@ -38,20 +38,50 @@ _WAIT_CHUNK = tl.constexpr(64)        # flags polled at once
 _MAX_POLLS = tl.constexpr(1 << 22)    # a poll loop gives up (counting it) after this many rounds
 
 
-_BOUNDARIES = ("attn", "mlp")
+_BOUNDARIES = ("qkv", "attn", "mlp")
 
 
 def dataflow_enabled(boundary: str | None = None) -> bool:
     """KILN_DATAFLOW: which boundaries of unquantized decode rows run with row-granular
-    dependencies. "1" both; "mlp" gate_up -> down (SiLU-mul folded into down's GEMV); "attn"
-    decode attention -> o_proj; "0" or unset none (the default). ``boundary`` None: whether any
-    does."""
+    dependencies: "1" all; else a comma-separated list of "qkv" (qkv_proj -> decode attention,
+    with RoPE in the attention kernel: KILN_ATTN_ROPE=1), "attn" (decode attention -> o_proj),
+    "mlp" (gate_up -> down, SiLU-mul folded into down's GEMV); "0" or unset none (the default).
+    ``boundary`` None: whether any is."""
     flag = os.environ.get("KILN_DATAFLOW", "0")
-    if flag not in ("0", "1", *_BOUNDARIES):
-        raise ValueError(f"KILN_DATAFLOW={flag!r}: expected 0, 1, attn or mlp")
+    names = flag.split(",")
+    if flag not in ("0", "1") and not all(name in _BOUNDARIES for name in names):
+        raise ValueError(f"KILN_DATAFLOW={flag!r}: expected 0, 1, or a comma-separated list of "
+                         f"{', '.join(_BOUNDARIES)}")
     if boundary is None:
         return flag != "0"
-    return flag in ("1", boundary)
+    return flag == "1" or boundary in names
+
+
+def early_launch_enabled() -> bool:
+    """KILN_DATAFLOW_EARLY_LAUNCH=1: a kernel that waits on ready flags lets the kernel after it
+    be scheduled as it starts (it still waits for the kernel before it, griddepcontrol.wait,
+    before its first store, so the next kernel's own wait keeps the order), instead of only
+    then. Off by default: not yet measured."""
+    return os.environ.get("KILN_DATAFLOW_EARLY_LAUNCH", "0") == "1"
+
+
+@triton.jit
+def waiter_start(PDL: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+    """The start of a kernel that waits on ready flags instead of the kernel before: with
+    EARLY_LAUNCH (under PDL) the next kernel may be scheduled from here."""
+    if PDL and EARLY_LAUNCH:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def waiter_stores(PDL: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+    """Before a flag waiter's first store (and first use of the shared split counters): wait
+    for the whole kernel before (griddepcontrol.wait) and, unless waiter_start did, let the
+    next kernel be scheduled."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        if not EARLY_LAUNCH:
+            tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit

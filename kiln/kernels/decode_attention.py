@@ -17,7 +17,8 @@ import triton.language as tl
 from kiln.kernels import pdl_args
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.dataflow import FlagSlot, signal_granule
+from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, early_launch_enabled, signal_granule,
+                                   wait_rows, waiter_start, waiter_stores)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.rotary import quantize_fp8, rope_values
@@ -71,7 +72,9 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              pos_ptr=None, cos_sin_ptr=None, slot_ptr=None, kn_tok_stride=0,
                              kn_head_stride=0, vn_tok_stride=0, vn_head_stride=0,
                              cos_sin_stride=0, k_scale_w=1.0, v_scale_w=1.0,
-                             ROPE: tl.constexpr = False):
+                             ROPE: tl.constexpr = False, wait_ptr=None, err_ptr=None,
+                             flow_q_col=0, flow_k_col=0, flow_v_col=0,
+                             WAIT: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -94,7 +97,15 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # (v_new_ptr) into the cache at slot_ptr[token] (-1: nowhere; an fp8 cache scaled by
     # k_scale_w / v_scale_w) before it reads its keys: kiln.kernels.rotary's launch saved, the
     # same bits (rotary.rope_values).
-    pdl_start(PDL)
+    # WAIT (with ROPE): q, k and v are columns flow_q_col.., flow_k_col.., flow_v_col.. of a
+    # tensor-core GEMV's output (qkv_proj) that marks 16-column granules ready in wait_ptr
+    # (kiln.kernels.dataflow): each program waits only for its heads' columns (and the last
+    # partition for its kv head's key and value) instead of the whole GEMV, reads its keys
+    # meanwhile, and waits for the GEMV (griddepcontrol.wait) only before its first store.
+    if WAIT:
+        waiter_start(PDL, EARLY_LAUNCH)
+    else:
+        pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -118,18 +129,27 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     row_ok = g < group
     dims = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
-    q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
+    if WAIT:
+        tl.static_assert(ROPE, "a decode launch waits on qkv's flags only with ROPE")
+        q_col = flow_q_col + kv_head * group * HEAD_DIM
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, q_col, q_col + group * HEAD_DIM, 1)
+    q = _fresh_load(q_rows + dims[None, :], row_ok[:, None], WAIT)
     if ROPE:
         HALF: tl.constexpr = HEAD_DIM // 2
         partner = (dims + HALF) % HEAD_DIM
         cs_row = cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride
-        q = rope_values(q, tl.load(q_rows + partner[None, :], mask=row_ok[:, None], other=0.0),
+        q = rope_values(q, _fresh_load(q_rows + partner[None, :], row_ok[:, None], WAIT),
                         dims[None, :], cs_row, HALF)
         if part == count - 1:
+            if WAIT:
+                k_col = flow_k_col + kv_head * HEAD_DIM
+                wait_rows(wait_ptr, epoch_ptr, err_ptr, k_col, k_col + HEAD_DIM, 1)
+                v_col = flow_v_col + kv_head * HEAD_DIM
+                wait_rows(wait_ptr, epoch_ptr, err_ptr, v_col, v_col + HEAD_DIM, 1)
             _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, q_start, kv_head, dims,
                           partner, cs_row, kn_tok_stride, kn_head_stride, vn_tok_stride,
                           vn_head_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
-                          k_scale_w, v_scale_w, HALF, KV_FP8)
+                          k_scale_w, v_scale_w, HALF, KV_FP8, WAIT)
     if KV_FP8:
         q = _fp8_dot_q(q)
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
@@ -145,6 +165,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     if KV_FP8:
         # acc is linear in the values, so partial results can be scaled before the reduce.
         acc = acc * v_scale
+    if WAIT:  # qkv_proj (and every kernel before it) is done before this program stores
+        waiter_stores(PDL, EARLY_LAUNCH)
     if SINGLE:
         out = acc / l[:, None]
         tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + heads[:, None] * out_head_stride
@@ -181,20 +203,33 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 
 
 @triton.jit
+def _fresh_load(ptrs, mask, FRESH: tl.constexpr):
+    """Load (0 where masked); FRESH: from L2 (.cg), values another program just wrote."""
+    if FRESH:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
 def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cs_row,
                   kn_tok_stride, kn_head_stride, vn_tok_stride, vn_head_stride, cache_kv_stride,
                   cache_slot_stride, cache_head_stride, k_scale, v_scale, HALF: tl.constexpr,
-                  KV_FP8: tl.constexpr):
+                  KV_FP8: tl.constexpr, FRESH: tl.constexpr = False):
     """Rotate token tok's key of kv_head and write it and its value into the cache at the
     token's slot (slot_ptr[tok]; -1 writes nothing), as kiln.kernels.rotary's cache write does;
     then a barrier, so that the program's own reads of the cache see them. Slots index the
-    flattened (block, offset) dims of the contiguous cache."""
+    flattened (block, offset) dims of the contiguous cache. FRESH: k and v were just written by
+    another program (read past L1)."""
     tok64 = tok.to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
     ok = (dims >= 0) & (slot >= 0)
     k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
-    key = rope_values(tl.load(k_row + dims), tl.load(k_row + partner), dims, cs_row, HALF)
-    val = tl.load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims)
+    every = dims >= 0
+    key = rope_values(_fresh_load(k_row + dims, every, FRESH),
+                      _fresh_load(k_row + partner, every, FRESH), dims, cs_row, HALF)
+    val = _fresh_load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, every,
+                      FRESH)
     if KV_FP8:
         key = quantize_fp8(key, k_scale)
         val = quantize_fp8(val, v_scale)
@@ -476,8 +511,9 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0, quant_dtype: torch.dtype | None = None,
-                  signal: FlagSlot | None = None,
-                  rope: DecodeRope | None = None) -> QuantizedRows | None:
+                  signal: FlagSlot | None = None, rope: DecodeRope | None = None,
+                  wait: FlagSlot | None = None,
+                  wait_cols: tuple[int, int, int] = (0, 0, 0)) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
     partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
     late_values_enabled), maxnreg (a register cap for the compiler) and gluon (the Gluon
@@ -487,7 +523,10 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     and returns those rows; otherwise None. signal (kiln.kernels.dataflow; one token per
     sequence, no quant_dtype, see decode_signals): each (token, kv head)'s output is marked ready
     in its flags (granule group * head_dim, row stride num_kv_heads) as it is stored. rope (see
-    decode_rope_ok): q is before RoPE, and the kernel rotates it and writes the step's K/V."""
+    decode_rope_ok): q is before RoPE, and the kernel rotates it and writes the step's K/V.
+    wait (with rope; kiln.kernels.dataflow): q, k and v are columns wait_cols[0].., [1].., [2]..
+    of a tensor-core GEMV's output that marks them ready in these flags; the programs read them
+    as they are marked instead of after the whole GEMV."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
@@ -498,6 +537,9 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     if rope is not None and not decode_rope_ok(q, rope.k, rope.v, kv_cache, rope.cos_sin_cache,
                                                num_seqs):
         raise ValueError("decode attention applies RoPE only as decode_rope_ok allows")
+    if wait is not None and (rope is None or wait.granule != FLAG_ROWS or wait.row_stride != 0):
+        raise ValueError("decode attention waits on a GEMV's flags (one per 16 columns for all "
+                         "rows) only where it applies RoPE itself")
     max_seq_len = max(meta.max_seq_len, 1)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
@@ -573,9 +615,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
-        **({} if signal is None else dict(sig_ptr=signal.flags, epoch_ptr=signal.epoch,
-                                          SIGNAL=True)),
         **({} if rope is None else _rope_args(rope, kv_cache)),
+        **_flow_args(signal, wait, wait_cols),
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:
@@ -614,3 +655,18 @@ def _rope_args(rope: DecodeRope, kv_cache: torch.Tensor) -> dict:
                 cos_sin_stride=rope.cos_sin_cache.stride(0),
                 k_scale_w=float(rope.k_scale) if is_fp8_kv_cache(kv_cache) else 1.0,
                 v_scale_w=float(rope.v_scale) if is_fp8_kv_cache(kv_cache) else 1.0, ROPE=True)
+
+
+def _flow_args(signal: FlagSlot | None, wait: FlagSlot | None,
+               wait_cols: tuple[int, int, int]) -> dict:
+    """The partition kernel's SIGNAL and WAIT arguments (one epoch for both)."""
+    args = {}
+    if signal is not None:
+        args.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
+    if wait is not None:
+        if signal is not None and wait.epoch is not signal.epoch:
+            raise ValueError("decode attention signals and waits on flags of one RowFlags")
+        args.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors,
+                    flow_q_col=wait_cols[0], flow_k_col=wait_cols[1], flow_v_col=wait_cols[2],
+                    WAIT=True, EARLY_LAUNCH=early_launch_enabled())
+    return args

@@ -13,7 +13,8 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args
 from kiln.kernels.activation import silu_mul_values
-from kiln.kernels.dataflow import FLAG_ROWS, FlagSlot, wait_rows
+from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, early_launch_enabled, wait_rows,
+                                   waiter_start, waiter_stores)
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
@@ -35,7 +36,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     sig_ptr=None, wait_ptr=None, epoch_ptr=None, err_ptr=None,
                     SIGNAL: tl.constexpr = False, WAIT: tl.constexpr = False,
                     SILU: tl.constexpr = False, WAIT_GRAN: tl.constexpr = 16,
-                    WAIT_STRIDE: tl.constexpr = 0):
+                    WAIT_STRIDE: tl.constexpr = 0, EARLY_LAUNCH: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -56,7 +57,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # finished tile's rows ready in sig_ptr; WAIT waits for the granules (WAIT_GRAN columns, each
     # row's own flags WAIT_STRIDE apart or, 0, shared) of this program's K range in wait_ptr
     # instead of the kernel before, and for that kernel only before its stores; SILU reads x as
-    # [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits).
+    # [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits). EARLY_LAUNCH
+    # (with WAIT): the next kernel may be scheduled from the start (dataflow.waiter_start).
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -68,6 +70,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            M, N, K, stride_xm, stride_wn, stride_om, A8, HAS_BIAS, FUSED_SPLITK,
                            BLOCK_M, BLOCK_N, BLOCK_K)
     else:
+        if WAIT:
+            waiter_start(PDL, EARLY_LAUNCH)
         pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
         s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
         if PREFETCH > 0:
@@ -79,8 +83,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
                            EARLY_W, wait_ptr, epoch_ptr, err_ptr, WAIT, SILU, M, WAIT_GRAN,
                            WAIT_STRIDE)
-        if WAIT:
-            pdl_start(PDL)  # the kernel before is done before this program stores anything
+        if WAIT:  # the kernel before is done before this program stores anything
+            waiter_stores(PDL, EARLY_LAUNCH)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK, sig_ptr, epoch_ptr, SIGNAL)
@@ -588,7 +592,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
                      err_ptr=(signal or wait).errors, SIGNAL=signal is not None,
                      WAIT=wait is not None, SILU=silu)
         if wait is not None:
-            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride)
+            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride,
+                         EARLY_LAUNCH=early_launch_enabled())
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

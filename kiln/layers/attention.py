@@ -1,4 +1,5 @@
-"""Self-attention over the paged KV cache: fused qkv -> (q/k norm) -> RoPE + cache write -> attention -> o_proj."""
+"""Self-attention over the paged KV cache: fused qkv -> (q/k norm) -> RoPE + cache write ->
+attention -> o_proj."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class PagedSelfAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flow: FlagSlot | None = None) -> torch.Tensor:
+                flow: FlagSlot | None = None, qkv_flow: FlagSlot | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
 
         ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
@@ -83,9 +84,16 @@ class PagedSelfAttention(nn.Module):
         projection is skipped. ``flow`` (a FlagSlot from flow_slot, see kiln.kernels.dataflow):
         decode rows of an unquantized o_proj on the tensor-core GEMV read each token's head
         groups as the attention marks them ready, not after the whole attention launch: the
-        same bits."""
+        same bits. ``qkv_flow`` (a FlagSlot of dataflow.RowFlags' default layout): with RoPE in
+        the decode kernel (KILN_ATTN_ROPE=1), the decode attention reads q, k and v as an
+        unquantized qkv_proj on the tensor-core GEMV marks them ready."""
         num_tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)
+        signal = qkv_flow if qkv_flow is not None and self._qkv_signals(hidden, meta) else None
+        if signal is not None:
+            qkv = mma_gemv.tc_gemv(hidden, None, self.qkv_proj.weight, None, self.qkv_proj.bias,
+                                   hidden.dtype, signal=signal)
+        else:
+            qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
@@ -110,16 +118,19 @@ class PagedSelfAttention(nn.Module):
         else:
             q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
                                 self.v_scale, k_out, v_out)
+        # the attention reads q, k and v as qkv_proj marks them ready (only with RoPE in it)
+        waits = dict(wait=signal, wait_cols=(0, self.q_size, self.q_size + self.kv_size)
+                     ) if signal is not None and rope is not None else {}
         if flow is not None and rows is None and self._flows(q, kv_cache, meta):
             out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
-                                  self.k_scale, self.v_scale, signal=flow, rope=rope)
+                                  self.k_scale, self.v_scale, signal=flow, rope=rope, **waits)
             return mma_gemv.tc_gemv(out.reshape(num_tokens, self.q_size), None,
                                     self.o_proj.weight, None, self.o_proj.bias, out.dtype,
                                     wait=flow)
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale,
                               None if k_out is None else (k_out, v if v_out is None else v_out),
-                              quant_dtype=self.quant_dtype, rope=rope)
+                              quant_dtype=self.quant_dtype, rope=rope, **waits)
         if rows is not None and rows.shape[0] == 0:
             return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
@@ -155,3 +166,17 @@ class PagedSelfAttention(nn.Module):
         decode_attention.decode_rope_ok)."""
         return rope_in_decode_enabled() and decode_rope_possible(
             q, k, v, kv_cache, meta, self._rotary[0].cos_sin_cache)
+
+    def _qkv_signals(self, hidden: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Whether qkv_proj marks its output ready for the decode attention (see forward's
+        qkv_flow): decode rows, one token per sequence, an unquantized qkv_proj of hidden's
+        dtype on the tensor-core GEMV that can signal, no q/k norm between them, and RoPE in
+        the decode kernel."""
+        weight = self.qkv_proj.weight if isinstance(self.qkv_proj.method,
+                                                    UnquantizedLinearMethod) else None
+        return (weight is not None and self.q_norm is None and rope_in_decode_enabled()
+                and use_triton(hidden) and mma_gemv.tc_gemv_enabled("float")
+                and hidden.dim() == 2 and 0 < hidden.shape[0] <= SMALL_M
+                and meta.max_query_len == 1 and meta.num_seqs == hidden.shape[0]
+                and mma_gemv.tc_gemv_ok(hidden, weight)
+                and mma_gemv.tc_gemv_signals(weight.shape[0]))

@@ -91,27 +91,28 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flows: tuple[FlagSlot | None, FlagSlot | None] = (None, None)
+                flows: tuple[FlagSlot | None, ...] = (None, None, None)
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
         The add is deferred into the next norm so that it fuses with it. ``rows``: after the
         attention (which writes every token's K/V), only those rows go on (see
-        LlamaFamilyModel.forward). ``flows``: the attention's and the MLP's row flags
-        (PagedSelfAttention, GatedMLP), each None to run without.
+        LlamaFamilyModel.forward). ``flows``: the row flags of qkv_proj, of the attention
+        (PagedSelfAttention's qkv_flow and flow) and of the MLP (GatedMLP), each None to run
+        without.
         """
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, flows[0])
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, flows[1], flows[0])
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden, flows[1]), residual
+        return self.mlp(hidden, flows[2]), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -195,11 +196,11 @@ class LlamaFamilyModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
-        attn_flows = flags is not None and dataflow_enabled("attn")
-        mlp_flows = flags is not None and dataflow_enabled("mlp")
+        uses = [flags is not None and dataflow_enabled(b) for b in ("qkv", "attn", "mlp")]
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
-            flows = (layer.self_attn.flow_slot(flags, 2 * i) if attn_flows else None,
-                     flags.slot(2 * i + 1) if mlp_flows else None)
+            flows = (flags.slot(3 * i) if uses[0] else None,
+                     layer.self_attn.flow_slot(flags, 3 * i + 1) if uses[1] else None,
+                     flags.slot(3 * i + 2) if uses[2] else None)
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
                                      rows if i == last else None, flows)
         if hidden.shape[0] == 0:
@@ -209,17 +210,19 @@ class LlamaFamilyModel(nn.Module):
 
     def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
         """The row flags for a forward of decode rows under KILN_DATAFLOW (else None): layer i's
-        attention in slot 2i, its MLP in 2i + 1; allocated on the first such forward outside a
-        graph capture (the warm-up before it)."""
+        qkv_proj in slot 3i, its attention in 3i + 1, its MLP in 3i + 2; allocated on the first
+        such forward outside a graph capture (the warm-up before it)."""
         if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
             return None
         flags = self._flags
         if flags is None or flags.epoch.device != input_ids.device:
             if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
                 return None
-            width = max(-(-2 * self.args.intermediate_size // FLAG_ROWS),
-                        SMALL_M * self.args.num_key_value_heads)
-            flags = RowFlags(2 * len(self.layers), width, input_ids.device)
+            args = self.args
+            qkv = (args.num_attention_heads + 2 * args.num_key_value_heads) * args.head_dim
+            width = max(-(-2 * args.intermediate_size // FLAG_ROWS), -(-qkv // FLAG_ROWS),
+                        SMALL_M * args.num_key_value_heads)
+            flags = RowFlags(3 * len(self.layers), width, input_ids.device)
             self._flags = flags
         return flags
 

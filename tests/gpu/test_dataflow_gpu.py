@@ -18,7 +18,9 @@ from kiln.models.llama import GatedMLP  # noqa: E402
 from test_kernels_gpu import paged_case  # noqa: E402
 
 # the waiters' weight reads before their polls (tc_gemv's waiter_steps)
-WAITER_ENVS = [{}, {"KILN_DATAFLOW_EARLY_W": "1"}, {"KILN_DATAFLOW_PREFETCH": "8"}]
+WAITER_ENVS = [{}, {"KILN_DATAFLOW_EARLY_W": "1"}, {"KILN_DATAFLOW_PREFETCH": "8"},
+               {"KILN_DATAFLOW_EARLY_LAUNCH": "1"}]
+WAITER_IDS = ["plain", "early_w", "prefetch", "early_launch"]
 
 
 def _mlp(hidden, inter, dtype, seed):
@@ -29,7 +31,7 @@ def _mlp(hidden, inter, dtype, seed):
     return mlp
 
 
-@pytest.mark.parametrize("waiter", WAITER_ENVS, ids=["plain", "early_w", "prefetch"])
+@pytest.mark.parametrize("waiter", WAITER_ENVS, ids=WAITER_IDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 4, 16])
 @pytest.mark.parametrize("shape", [(4096, 14336), (256, 512)])
@@ -70,13 +72,16 @@ def _attention(dtype, seed):
     return attn
 
 
-@pytest.mark.parametrize("waiter", WAITER_ENVS, ids=["plain", "early_w", "prefetch"])
+@pytest.mark.parametrize("waiter", WAITER_ENVS[::3], ids=WAITER_IDS[::3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rope", ["0", "1"])
 @pytest.mark.parametrize("rows,graph_len", [(1, 8192), (4, 8192), (16, 8192), (1, 0), (16, 0)])
-def test_flowing_attention_bits_under_pdl_and_graphs(rows, graph_len, dtype, waiter, monkeypatch):
+def test_flowing_attention_bits_under_pdl_and_graphs(rows, graph_len, rope, dtype, waiter,
+                                                     monkeypatch):
     """8B attention layer (32 query heads over 8 kv heads) at decode rows: contexts split into
     partitions and merged in the kernel (max_seq_len as a decode graph fixes it), or one
-    partition each (graph_len 0: the batch's own longest context)."""
+    partition each (graph_len 0: the batch's own longest context); rope "1": RoPE in the decode
+    kernel, which then also reads q, k and v as qkv_proj marks them ready."""
     import dataclasses
 
     monkeypatch.delenv("KILN_KERNELS", raising=False)
@@ -92,16 +97,19 @@ def test_flowing_attention_bits_under_pdl_and_graphs(rows, graph_len, dtype, wai
     positions = torch.tensor(contexts, device="cuda")
     x = torch.randn(rows, 4096, device="cuda").to(dtype)
     want = attn(positions, x, kv_cache, meta)
-    flags = dataflow.RowFlags(1, 16 * 8, "cuda")
-    slot = attn.flow_slot(flags, 0)
+    monkeypatch.setenv("KILN_ATTN_ROPE", rope)
+    flags = dataflow.RowFlags(2, 6144 // 16, "cuda")
+    slot, qkv_slot = attn.flow_slot(flags, 0), flags.slot(1)
     for _ in range(20):
         flags.begin()
-        assert torch.equal(attn(positions, x, kv_cache, meta, flow=slot), want)
+        assert torch.equal(attn(positions, x, kv_cache, meta, flow=slot, qkv_flow=qkv_slot),
+                           want)
     assert torch.equal(flags.flags[0, :rows * 8], flags.epoch.expand(rows * 8))
+    assert bool((flags.flags[1] == flags.epoch).all()) == (rope == "1")
     graph = torch.cuda.CUDAGraph()
     with pdl_scope(True), torch.cuda.graph(graph):
         flags.begin()
-        out = attn(positions, x, kv_cache, meta, flow=slot)
+        out = attn(positions, x, kv_cache, meta, flow=slot, qkv_flow=qkv_slot)
     for _ in range(50):
         graph.replay()
         assert torch.equal(out, want)
@@ -119,17 +127,20 @@ def test_engine_greedy_tokens_with_and_without_dataflow(tmp_path, monkeypatch):
     prompts = [{"prompt_token_ids": list(range(3 + i, 40 + 3 * i))} for i in range(5)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=1)
     runs = {}
-    for flag in ("0", "1", "attn"):
+    for flag, rope in (("0", "0"), ("1", "0"), ("attn", "0"), ("1", "1")):
         monkeypatch.setenv("KILN_DATAFLOW", flag)
+        monkeypatch.setenv("KILN_ATTN_ROPE", rope)
         llm = LLM(str(tmp_path / "m"), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
         outs = llm.generate(prompts, params)
-        runs[flag] = [o.outputs[0].token_ids for o in outs]
+        runs[flag + rope] = [o.outputs[0].token_ids for o in outs]
         assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
         flags = getattr(llm.engine.model, "_flags", None)
         if flag != "0":  # the decode steps ran the flowing boundaries, no poll loop gave up
             assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) > 24
-            assert int((flags.flags[0::2] == flags.epoch).sum()) > 0  # attention
-            assert (int((flags.flags[1::2] == flags.epoch).sum()) > 0) == (flag == "1")  # MLP
+            qkv_set, attn_set, mlp_set = (int((flags.flags[i::3] == flags.epoch).sum())
+                                          for i in range(3))
+            assert attn_set > 0 and (mlp_set > 0) == (flag == "1")
+            assert (qkv_set > 0) == (rope == "1")
         del llm
         torch.cuda.empty_cache()
-    assert runs["1"] == runs["0"] and runs["attn"] == runs["0"]
+    assert runs["10"] == runs["00"] and runs["attn0"] == runs["00"] and runs["11"] == runs["00"]

@@ -95,6 +95,11 @@ def test_flowing_refuses_what_it_cannot_do(monkeypatch):
         dataflow.dataflow_enabled()
     monkeypatch.setenv("KILN_DATAFLOW", "attn")
     assert dataflow.dataflow_enabled("attn") and not dataflow.dataflow_enabled("mlp")
+    monkeypatch.setenv("KILN_DATAFLOW", "qkv,mlp")
+    assert dataflow.dataflow_enabled("qkv") and not dataflow.dataflow_enabled("attn")
+    with pytest.raises(ValueError, match="KILN_DATAFLOW"):
+        monkeypatch.setenv("KILN_DATAFLOW", "qkv,norm")
+        dataflow.dataflow_enabled("qkv")
 
 
 def _attention(hidden, heads, kv_heads, head_dim, bias, seed):
@@ -108,30 +113,40 @@ def _attention(hidden, heads, kv_heads, head_dim, bias, seed):
     return attn
 
 
-@pytest.mark.parametrize("contexts,sms,bias", [
-    ([40], 1, False),              # one partition: each program stores its heads' output
-    ([40, 7, 100], 1, True),
-    ([300, 37, 129], 64, False),   # split contexts, merged in the kernel by the last program
+@pytest.mark.parametrize("contexts,sms,bias,rope", [
+    ([40], 1, False, "0"),              # one partition: each program stores its heads' output
+    ([40, 7, 100], 1, True, "0"),
+    ([300, 37, 129], 64, False, "0"),   # split contexts, merged in the kernel by the last program
+    ([40, 7, 100], 1, True, "1"),       # RoPE in the decode kernel: qkv_proj flows into it too
+    ([300, 37, 129], 64, False, "1"),
 ])
-def test_flowing_attention_gives_the_launches_bits(contexts, sms, bias, gen, monkeypatch):
+def test_flowing_attention_gives_the_launches_bits(contexts, sms, bias, rope, gen, monkeypatch):
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: sms)
+    monkeypatch.setenv("KILN_ATTN_ROPE", rope)
     heads, kv_heads, head_dim = 8, 2, 32
     attn = _attention(64, heads, kv_heads, head_dim, bias, seed=len(contexts))
     kv_cache, meta = paged_case([(c, 1) for c in contexts], kv_heads, head_dim, 16,
                                 torch.float16, gen)
     positions = torch.tensor(contexts)
     x = torch.randn(len(contexts), 64, generator=gen).to(torch.float16)
+    monkeypatch.setenv("KILN_ATTN_ROPE", "0")
     want = attn(positions, x, kv_cache, meta)
+    monkeypatch.setenv("KILN_ATTN_ROPE", rope)
     rows = len(contexts) * kv_heads
-    flags = dataflow.RowFlags(2, 16 * kv_heads, "cpu")
+    qkv_granules = (heads + 2 * kv_heads) * head_dim // dataflow.FLAG_ROWS
+    flags = dataflow.RowFlags(3, qkv_granules, "cpu")
     for step in (1, 2):
         flags.begin()
-        got = attn(positions, x, kv_cache, meta, flow=attn.flow_slot(flags, 1))
+        got = attn(positions, x, kv_cache, meta, flow=attn.flow_slot(flags, 1),
+                   qkv_flow=flags.slot(2))
         assert torch.equal(got, want)
         # every (token, kv head) marked ready for this step, nothing else touched
         assert torch.equal(flags.flags[1, :rows], torch.full((rows,), step, dtype=torch.int32))
         assert int(flags.flags[1, rows:].abs().sum()) == 0
         assert int(flags.flags[0].abs().sum()) == 0 and int(flags.errors) == 0
+        # qkv_proj marked its granules only where the attention reads them (RoPE in it)
+        want_qkv = torch.full((qkv_granules,), step if rope == "1" else 0, dtype=torch.int32)
+        assert torch.equal(flags.flags[2], want_qkv)
     # o_proj on its own, waiting on those flags, reads the attention's output as the layer did
     out = torch.randn(len(contexts), heads * head_dim, generator=gen).to(torch.float16)
     plain = mma_gemv.tc_gemv(out, None, attn.o_proj.weight, None, attn.o_proj.bias, out.dtype)
@@ -164,8 +179,8 @@ def test_attention_refuses_signals_it_cannot_give(gen, monkeypatch):
     assert not attn._flows(q[:1], kv_cache, meta)
 
 
-@pytest.mark.parametrize("flag", ["1", "attn"])
-def test_engine_tokens_with_and_without_dataflow(flag, tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag,rope", [("1", "0"), ("attn", "0"), ("1", "1")])
+def test_engine_tokens_with_and_without_dataflow(flag, rope, tmp_path, monkeypatch):
     """Greedy tokens and their log-probs, bit for bit, from an engine whose decode steps run
     the flowing boundaries (split contexts, as on a GPU) and one whose steps do not; the flags
     were used (set for the last epoch, no poll gave up)."""
@@ -173,6 +188,7 @@ def test_engine_tokens_with_and_without_dataflow(flag, tmp_path, monkeypatch):
     from kiln.models.random_model import write_random_model
 
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
+    monkeypatch.setenv("KILN_ATTN_ROPE", rope)  # "1": qkv_proj -> attention flows too
     write_random_model("tiny-llama", tmp_path, seed=4, dtype="float16")
     prompts = [{"prompt_token_ids": [3 + (i * 5 + j) % 200 for j in range(n)]}
                for i, n in enumerate((70, 9))]
@@ -191,7 +207,8 @@ def test_engine_tokens_with_and_without_dataflow(flag, tmp_path, monkeypatch):
             assert flags is None
             continue
         assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) >= 4
-        attn_set = int((flags.flags[0::2] == flags.epoch).sum())
-        mlp_set = int((flags.flags[1::2] == flags.epoch).sum())
+        qkv_set, attn_set, mlp_set = (int((flags.flags[i::3] == flags.epoch).sum())
+                                      for i in range(3))
         assert attn_set > 0 and (mlp_set > 0) == (flag == "1")
+        assert (qkv_set > 0) == (flag == "1" and rope == "1")
     assert runs["0"] == runs[flag]
