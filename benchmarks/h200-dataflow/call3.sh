@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Device call 3 (at most 570 s; right after call 2, on the same machine if it is still warm, else
 # the 8B checkpoint is written again):
-# 1. bf16 8B batch 1, 128/256, alternating, the parts of KILN_DATAFLOW: attn only, mlp only;
-#    then all three boundaries (RoPE in the attention) with the waiters' first weight tile in
-#    registers before their polls (KILN_DATAFLOW_EARLY_W=1), with 8 K steps of their weights
-#    asked into L2 before their polls (KILN_DATAFLOW_PREFETCH=8), plain again; default;
-# 2. the fp8 engine (kiln build --quant fp8) at batch 1: default, KILN_ATTN_ROPE=1, default;
-# 3. the rest of the GPU tests, as time allows.
+# 1. bf16 8B batch 1 as `kiln bench latency` runs it (one process, the default): the reference
+#    for benchmarks/ab_latency.py's numbers;
+# 2. the fp8 engine (kiln build --quant fp8): batch 1, 3 rounds of default / KILN_ATTN_ROPE=1
+#    (ab_latency.py);
+# 3. the int4-wo engine the same way, as time allows;
+# 4. the rest of the GPU tests, as time allows.
 #   bash benchmarks/h200-dataflow/call3.sh      (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
-R="KILN_DATAFLOW=1 KILN_ATTN_ROPE=1"
-V="dfa=KILN_DATAFLOW=attn;dfm=KILN_DATAFLOW=mlp;dfre=$R KILN_DATAFLOW_EARLY_W=1"
-V="$V;dfrp=$R KILN_DATAFLOW_PREFETCH=8;dfr2=$R;base3="
-QUANT=none VARIANTS="$V" timeout 290 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
-echo "bf16 variants rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-QUANT=fp8 VARIANTS="base=;rope=KILN_ATTN_ROPE=1;base2=" \
-  timeout 260 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
-echo "fp8 variants rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-grep -E "^==|decode|build" $OUT/variants.log | head -40
+QUANT=none VARIANTS="base=" timeout 100 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+echo "bf16 bench latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+for Q in fp8 int4-wo; do
+  QUANT=$Q B1=0 timeout 220 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
+  echo "$Q build rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+  [ -d /tmp/e8b-$Q ] || continue
+  timeout 120 python3 benchmarks/ab_latency.py --model /tmp/e8b-$Q \
+    --variants "base=;rope=KILN_ATTN_ROPE=1" --rounds 3 --json $OUT/ab_$Q.json \
+    > $OUT/ab_$Q.log 2>&1
+  echo "ab_latency $Q rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+  tail -4 $OUT/ab_$Q.log
+  [ $((SECONDS - T0)) -gt 330 ] && break
+done
+grep -E "^==|decode|build" $OUT/variants.log | head -20
 left=$((565 - SECONDS + T0))
 [ $left -gt 30 ] && timeout $left python3 -m pytest -q -n 8 -p no:cacheprovider tests/gpu \
   tests/sample --ignore=tests/gpu/test_quant_gpu.py --ignore=tests/gpu/test_engine_gpu.py \
