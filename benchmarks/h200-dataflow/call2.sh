@@ -6,12 +6,12 @@
 #    int4 LM-head test;
 # 2. batch 1, 128/256, one process (benchmarks/ab_latency.py: the model loads once, each
 #    variant's decode graph is captured again), 3 rounds of: default; KILN_ATTN_ROPE=1;
-#    KILN_DATAFLOW=1 (attention -> o_proj and MLP); both (then qkv_proj -> attention too); both
-#    with the waiters' first weight tile in registers before their polls
-#    (KILN_DATAFLOW_EARLY_W=1), with 8 K steps of their weights asked into L2
-#    (KILN_DATAFLOW_PREFETCH=8), with the next kernel launched as a waiter starts
-#    (KILN_DATAFLOW_EARLY_LAUNCH=1); attn only; mlp only. If that harness fails, the main
-#    variants one process each (run_variants_h200.sh);
+#    KILN_DATAFLOW=1 (attention -> o_proj, the MLP, the norms); both (then qkv_proj ->
+#    attention too: every boundary of the layer); both but the norms; both with the waiters'
+#    first weight tile in registers before their polls (KILN_DATAFLOW_EARLY_W=1), with 8 K
+#    steps of their weights asked into L2 (KILN_DATAFLOW_PREFETCH=8), with the next kernel
+#    launched as a waiter starts (KILN_DATAFLOW_EARLY_LAUNCH=1). If that harness fails, the
+#    main variants one process each (run_variants_h200.sh);
 # 3. the GEMV, kernel and engine tests (the tensor-core GEMV, _finish_tile and the decode attention
 #    changed for every caller), as time allows.
 #   bash benchmarks/h200-dataflow/call2.sh      (OUT set by the device tool)
@@ -25,9 +25,9 @@ grep -E "passed|failed|FAILED|Error" $OUT/tests_dataflow.log | tail -15
 M=/tmp/llama-3-8b
 [ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1
 R="KILN_DATAFLOW=1 KILN_ATTN_ROPE=1"
-V="base=;rope=KILN_ATTN_ROPE=1;df=KILN_DATAFLOW=1;dfr=$R;dfre=$R KILN_DATAFLOW_EARLY_W=1"
+V="base=;rope=KILN_ATTN_ROPE=1;df=KILN_DATAFLOW=1;dfr=$R"
+V="$V;dfrn=KILN_DATAFLOW=qkv,attn,mlp KILN_ATTN_ROPE=1;dfre=$R KILN_DATAFLOW_EARLY_W=1"
 V="$V;dfrp=$R KILN_DATAFLOW_PREFETCH=8;dfrl=$R KILN_DATAFLOW_EARLY_LAUNCH=1"
-V="$V;dfa=KILN_DATAFLOW=attn;dfm=KILN_DATAFLOW=mlp"
 timeout 300 python3 benchmarks/ab_latency.py --model $M --variants "$V" --rounds 3 \
   --json $OUT/ab_bf16.json > $OUT/ab_bf16.log 2>&1
 rc=$?

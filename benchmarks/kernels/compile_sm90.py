@@ -121,6 +121,11 @@ def configs():
                        {"out_ty": triton.language.bfloat16, "HAS_RESIDUAL": res, "IS_INT8": False,
                         "BLOCK": 4096, "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}},
                        dtype, 8, 3)
+        # the row-granular add + RMSNorm (KILN_DATAFLOW norm): waits on a GEMV, signals its rows
+        yield ("add+rmsnorm h4096 dataflow waits+signals", rmsnorm._rms_norm_kernel,
+               {"HAS_RESIDUAL": True, "BLOCK": 4096, "PDL": 1, "WAIT": True, "SIGNAL": True,
+                "_ptrs": {"wait_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32",
+                          "err_ptr": "*i32"}}, dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
         if dtype == "bf16":
             yield ("silu_mul+fp8 quant I14336", activation._silu_and_mul_quant_kernel,
@@ -371,7 +376,15 @@ def tc_gemv_configs():
             for label, extra in (("signals", {"SIGNAL": True}),
                                  ("waits, SiLU", {"WAIT": True, "SILU": True}),
                                  ("waits per row (o_proj)", {"WAIT": True, "WAIT_GRAN": 512,
-                                                             "WAIT_STRIDE": 8})):
+                                                             "WAIT_STRIDE": 8}),
+                                 ("waits, SiLU, signals (down)",
+                                  {"WAIT": True, "SILU": True, "SIGNAL": True}),
+                                 ("waits per row, signals (o_proj)",
+                                  {"WAIT": True, "WAIT_GRAN": 512, "WAIT_STRIDE": 8,
+                                   "SIGNAL": True}),
+                                 ("waits on a norm, signals (qkv)",
+                                  {"WAIT": True, "WAIT_GRAN": 4096, "WAIT_STRIDE": 1,
+                                   "SIGNAL": True})):
                 yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow {label}",
                        mma_gemv._tc_gemv_kernel,
                        {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,

@@ -38,14 +38,15 @@ _WAIT_CHUNK = tl.constexpr(64)        # flags polled at once
 _MAX_POLLS = tl.constexpr(1 << 22)    # a poll loop gives up (counting it) after this many rounds
 
 
-_BOUNDARIES = ("qkv", "attn", "mlp")
+_BOUNDARIES = ("qkv", "attn", "mlp", "norm")
 
 
 def dataflow_enabled(boundary: str | None = None) -> bool:
     """KILN_DATAFLOW: which boundaries of unquantized decode rows run with row-granular
     dependencies: "1" all; else a comma-separated list of "qkv" (qkv_proj -> decode attention,
     with RoPE in the attention kernel: KILN_ATTN_ROPE=1), "attn" (decode attention -> o_proj),
-    "mlp" (gate_up -> down, SiLU-mul folded into down's GEMV); "0" or unset none (the default).
+    "mlp" (gate_up -> down, SiLU-mul folded into down's GEMV), "norm" (o_proj and down ->
+    the next add + RMSNorm -> the GEMV after it); "0" or unset none (the default).
     ``boundary`` None: whether any is."""
     flag = os.environ.get("KILN_DATAFLOW", "0")
     names = flag.split(",")
@@ -71,6 +72,16 @@ def waiter_start(PDL: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
     EARLY_LAUNCH (under PDL) the next kernel may be scheduled from here."""
     if PDL and EARLY_LAUNCH:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def waiter_end(PDL: tl.constexpr):
+    """The end of a flag waiter that stored before it (into buffers no earlier kernel still
+    uses) and let the next kernel be scheduled at its start: wait for the whole kernel before,
+    so that this kernel's completion still implies that one's (the chain every next kernel's
+    griddepcontrol.wait relies on)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
@@ -172,3 +183,12 @@ class FlagSlot:
         self.errors = errors
         self.granule = granule
         self.row_stride = row_stride
+        # Set by the host code that launches the producer with this slot (``arm``): a consumer
+        # launched later in the same forward waits on the slot only if it is armed, so a
+        # producer that took another path (and signals nothing) never leaves it polling.
+        self.armed = False
+
+    def arm(self) -> "FlagSlot":
+        """Mark that a producer was launched to signal into this slot; returns the slot."""
+        self.armed = True
+        return self

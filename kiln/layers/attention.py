@@ -76,7 +76,8 @@ class PagedSelfAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flow: FlagSlot | None = None, qkv_flow: FlagSlot | None = None) -> torch.Tensor:
+                flow: FlagSlot | None = None, qkv_flow: FlagSlot | None = None,
+                x_flow: FlagSlot | None = None, o_flow: FlagSlot | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
 
         ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
@@ -86,12 +87,19 @@ class PagedSelfAttention(nn.Module):
         groups as the attention marks them ready, not after the whole attention launch: the
         same bits. ``qkv_flow`` (a FlagSlot of dataflow.RowFlags' default layout): with RoPE in
         the decode kernel (KILN_ATTN_ROPE=1), the decode attention reads q, k and v as an
-        unquantized qkv_proj on the tensor-core GEMV marks them ready."""
+        unquantized qkv_proj on the tensor-core GEMV marks them ready. ``x_flow`` (armed in this
+        forward by the RMSNorm before, one flag a row): such a qkv_proj reads hidden's rows as the
+        norm marks them ready. ``o_flow`` (a FlagSlot of the default layout): such an o_proj
+        marks its output ready for the RMSNorm after it, and arms the slot."""
         num_tokens = hidden.shape[0]
-        signal = qkv_flow if qkv_flow is not None and self._qkv_signals(hidden, meta) else None
-        if signal is not None:
+        tc_qkv = _tc_linear_ok(self.qkv_proj, hidden)
+        signal = (qkv_flow if qkv_flow is not None and tc_qkv and self._qkv_signals(hidden, meta)
+                  else None)
+        wait_x = x_flow if x_flow is not None and x_flow.armed and tc_qkv else None
+        if signal is not None or wait_x is not None:
             qkv = mma_gemv.tc_gemv(hidden, None, self.qkv_proj.weight, None, self.qkv_proj.bias,
-                                   hidden.dtype, signal=signal)
+                                   hidden.dtype, signal=signal.arm() if signal else None,
+                                   wait=wait_x)
         else:
             qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -123,10 +131,11 @@ class PagedSelfAttention(nn.Module):
                      ) if signal is not None and rope is not None else {}
         if flow is not None and rows is None and self._flows(q, kv_cache, meta):
             out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
-                                  self.k_scale, self.v_scale, signal=flow, rope=rope, **waits)
-            return mma_gemv.tc_gemv(out.reshape(num_tokens, self.q_size), None,
-                                    self.o_proj.weight, None, self.o_proj.bias, out.dtype,
-                                    wait=flow)
+                                  self.k_scale, self.v_scale, signal=flow.arm(), rope=rope,
+                                  **waits)
+            out2 = out.reshape(num_tokens, self.q_size)
+            return mma_gemv.tc_gemv(out2, None, self.o_proj.weight, None, self.o_proj.bias,
+                                    out.dtype, wait=flow, signal=self._o_signal(o_flow, out2))
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale,
                               None if k_out is None else (k_out, v if v_out is None else v_out),
@@ -146,7 +155,18 @@ class PagedSelfAttention(nn.Module):
             out = out.reshape(num_tokens, self.q_size)
             if rows is not None:
                 out = out.index_select(0, rows)
+            elif (o_signal := self._o_signal(o_flow, out)) is not None:
+                return mma_gemv.tc_gemv(out, None, self.o_proj.weight, None, self.o_proj.bias,
+                                        out.dtype, signal=o_signal)
         return self.o_proj(out)
+
+    def _o_signal(self, o_flow: FlagSlot | None, x2: torch.Tensor) -> FlagSlot | None:
+        """o_flow, armed, where o_proj over rows x2 can signal into it (a tensor-core GEMV that
+        sums its splits itself), else None."""
+        if (o_flow is None or not _tc_linear_ok(self.o_proj, x2)
+                or not mma_gemv.tc_gemv_signals(self.o_proj.out_features)):
+            return None
+        return o_flow.arm()
 
     def _flows(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
         """Whether these decode rows take the row-granular attention -> o_proj path: an
@@ -168,15 +188,17 @@ class PagedSelfAttention(nn.Module):
             q, k, v, kv_cache, meta, self._rotary[0].cos_sin_cache)
 
     def _qkv_signals(self, hidden: torch.Tensor, meta: AttentionMetadata) -> bool:
-        """Whether qkv_proj marks its output ready for the decode attention (see forward's
-        qkv_flow): decode rows, one token per sequence, an unquantized qkv_proj of hidden's
-        dtype on the tensor-core GEMV that can signal, no q/k norm between them, and RoPE in
-        the decode kernel."""
-        weight = self.qkv_proj.weight if isinstance(self.qkv_proj.method,
-                                                    UnquantizedLinearMethod) else None
-        return (weight is not None and self.q_norm is None and rope_in_decode_enabled()
-                and use_triton(hidden) and mma_gemv.tc_gemv_enabled("float")
-                and hidden.dim() == 2 and 0 < hidden.shape[0] <= SMALL_M
+        """Whether qkv_proj (on the tensor-core GEMV, _tc_linear_ok) marks its output ready for
+        the decode attention (see forward's qkv_flow): one token per sequence, a GEMV that can
+        signal, no q/k norm between them, and RoPE in the decode kernel."""
+        return (self.q_norm is None and rope_in_decode_enabled()
                 and meta.max_query_len == 1 and meta.num_seqs == hidden.shape[0]
-                and mma_gemv.tc_gemv_ok(hidden, weight)
-                and mma_gemv.tc_gemv_signals(weight.shape[0]))
+                and mma_gemv.tc_gemv_signals(self.qkv_proj.out_features))
+
+
+def _tc_linear_ok(linear: Linear, x: torch.Tensor) -> bool:
+    """Whether rows x [T, in] of an unquantized linear of x's dtype go to the tensor-core GEMV
+    (the path Linear itself takes for them), which row-granular dependencies need."""
+    return (isinstance(linear.method, UnquantizedLinearMethod) and x.dim() == 2
+            and 0 < x.shape[0] <= SMALL_M and use_triton(x) and mma_gemv.tc_gemv_enabled("float")
+            and mma_gemv.tc_gemv_ok(x, linear.weight))

@@ -8,6 +8,7 @@ mirror the HF checkpoint's (without the ``model.`` prefix), except that q/k/v li
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -46,14 +47,23 @@ class GatedMLP(nn.Module):
         self.act = SiluAndMul()
         self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
 
-    def forward(self, x: torch.Tensor, flow: FlagSlot | None = None) -> torch.Tensor:
-        """[T, hidden] -> [T, hidden]."""
+    def forward(self, x: torch.Tensor, flow: FlagSlot | None = None,
+                x_flow: FlagSlot | None = None, out_flow: FlagSlot | None = None) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]. ``x_flow`` (armed in this forward by the RMSNorm before,
+        one flag a row): gate_up reads x's rows as the norm marks them ready; ``out_flow`` (a
+        FlagSlot of the default layout): down marks its output ready for the RMSNorm after it
+        and arms the slot. Both only on the flowing path (``flow``)."""
         if flow is not None and self._flows(x):
             x2 = x.reshape(-1, x.shape[-1])
+            down = self.down_proj
+            wait_x = x_flow if x_flow is not None and x_flow.armed else None
+            signal = (out_flow.arm() if out_flow is not None
+                      and mma_gemv.tc_gemv_signals(down.out_features) else None)
             gate_up = mma_gemv.tc_gemv(x2, None, self.gate_up_proj.weight, None,
-                                       self.gate_up_proj.bias, x.dtype, signal=flow)
-            out = mma_gemv.tc_gemv(gate_up, None, self.down_proj.weight, None,
-                                   self.down_proj.bias, x.dtype, wait=flow, silu=True)
+                                       self.gate_up_proj.bias, x.dtype, signal=flow.arm(),
+                                       wait=wait_x)
+            out = mma_gemv.tc_gemv(gate_up, None, down.weight, None, down.bias, x.dtype,
+                                   wait=flow, silu=True, signal=signal)
             return out.reshape(*x.shape[:-1], out.shape[-1])
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
@@ -71,6 +81,22 @@ class GatedMLP(nn.Module):
         return (mma_gemv.tc_gemv_ok(x2, gate_up.weight) and down.weight.dtype == x.dtype
                 and down.weight.shape[1] % 32 == 0
                 and mma_gemv.tc_gemv_signals(gate_up.out_features))
+
+
+@dataclasses.dataclass
+class LayerFlows:
+    """One decoder layer's row flags (kiln.kernels.dataflow) for a forward; None: that boundary
+    runs as separate launches. A consumer waits on a slot only if its producer armed it in this
+    forward. x_in is the previous layer's ``down`` (the same slot)."""
+
+    x_in: FlagSlot | None = None   # down of the layer before -> input_layernorm
+    norm1: FlagSlot | None = None  # input_layernorm -> qkv_proj (one flag a row)
+    qkv: FlagSlot | None = None    # qkv_proj -> decode attention (RoPE in it)
+    attn: FlagSlot | None = None   # decode attention -> o_proj
+    o: FlagSlot | None = None      # o_proj -> post_attention_layernorm
+    norm2: FlagSlot | None = None  # post_attention_layernorm -> gate_up (one flag a row)
+    mlp: FlagSlot | None = None    # gate_up -> down
+    down: FlagSlot | None = None   # down -> the next layer's input_layernorm
 
 
 class DecoderLayer(nn.Module):
@@ -91,28 +117,27 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flows: tuple[FlagSlot | None, ...] = (None, None, None)
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                flows: LayerFlows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
         The add is deferred into the next norm so that it fuses with it. ``rows``: after the
         attention (which writes every token's K/V), only those rows go on (see
-        LlamaFamilyModel.forward). ``flows``: the row flags of qkv_proj, of the attention
-        (PagedSelfAttention's qkv_flow and flow) and of the MLP (GatedMLP), each None to run
-        without.
+        LlamaFamilyModel.forward). ``flows``: the layer's row flags (LayerFlows), or None.
         """
+        f = flows or LayerFlows()
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, flows[1], flows[0])
+            hidden, residual = self.input_layernorm(hidden, residual, f.x_in, f.norm1)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, f.attn, f.qkv, f.norm1,
+                                f.o)
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden, flows[2]), residual
+        hidden, residual = self.post_attention_layernorm(hidden, residual, f.o, f.norm2)
+        return self.mlp(hidden, f.mlp, f.norm2, f.down), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -196,11 +221,10 @@ class LlamaFamilyModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
-        uses = [flags is not None and dataflow_enabled(b) for b in ("qkv", "attn", "mlp")]
+        down = None
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
-            flows = (flags.slot(3 * i) if uses[0] else None,
-                     layer.self_attn.flow_slot(flags, 3 * i + 1) if uses[1] else None,
-                     flags.slot(3 * i + 2) if uses[2] else None)
+            flows = self._layer_flows(flags, i, layer, down) if flags is not None else None
+            down = flows.down if flows is not None else None
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
                                      rows if i == last else None, flows)
         if hidden.shape[0] == 0:
@@ -208,10 +232,34 @@ class LlamaFamilyModel(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
+    _SLOTS = ("norm1", "qkv", "attn", "o", "norm2", "mlp", "down")  # per layer, in flag rows
+
+    def _layer_flows(self, flags: RowFlags, i: int, layer: DecoderLayer,
+                     x_in: FlagSlot | None) -> LayerFlows:
+        """Layer i's slots of flags for the boundaries KILN_DATAFLOW names (fresh FlagSlots,
+        unarmed; x_in: the previous layer's down)."""
+        base = len(self._SLOTS) * i
+        hidden = self.args.hidden_size
+        norm = dataflow_enabled("norm")
+
+        def gemv(name: str, on: bool) -> FlagSlot | None:
+            return flags.slot(base + self._SLOTS.index(name)) if on else None
+
+        def row(name: str) -> FlagSlot | None:
+            return (flags.slot(base + self._SLOTS.index(name), granule=hidden, row_stride=1)
+                    if norm else None)
+
+        return LayerFlows(
+            x_in=x_in, norm1=row("norm1"), qkv=gemv("qkv", dataflow_enabled("qkv")),
+            attn=(layer.self_attn.flow_slot(flags, base + self._SLOTS.index("attn"))
+                  if dataflow_enabled("attn") else None),
+            o=gemv("o", norm), norm2=row("norm2"), mlp=gemv("mlp", dataflow_enabled("mlp")),
+            down=gemv("down", norm))
+
     def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
         """The row flags for a forward of decode rows under KILN_DATAFLOW (else None): layer i's
-        qkv_proj in slot 3i, its attention in 3i + 1, its MLP in 3i + 2; allocated on the first
-        such forward outside a graph capture (the warm-up before it)."""
+        slots _SLOTS from len(_SLOTS) * i on; allocated on the first such forward outside a graph
+        capture (the warm-up before it)."""
         if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
             return None
         flags = self._flags
@@ -221,8 +269,8 @@ class LlamaFamilyModel(nn.Module):
             args = self.args
             qkv = (args.num_attention_heads + 2 * args.num_key_value_heads) * args.head_dim
             width = max(-(-2 * args.intermediate_size // FLAG_ROWS), -(-qkv // FLAG_ROWS),
-                        SMALL_M * args.num_key_value_heads)
-            flags = RowFlags(3 * len(self.layers), width, input_ids.device)
+                        -(-args.hidden_size // FLAG_ROWS), SMALL_M * args.num_key_value_heads)
+            flags = RowFlags(len(self._SLOTS) * len(self.layers), width, input_ids.device)
             self._flags = flags
         return flags
 

@@ -137,10 +137,62 @@ def test_engine_greedy_tokens_with_and_without_dataflow(tmp_path, monkeypatch):
         flags = getattr(llm.engine.model, "_flags", None)
         if flag != "0":  # the decode steps ran the flowing boundaries, no poll loop gave up
             assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) > 24
-            qkv_set, attn_set, mlp_set = (int((flags.flags[i::3] == flags.epoch).sum())
-                                          for i in range(3))
-            assert attn_set > 0 and (mlp_set > 0) == (flag == "1")
-            assert (qkv_set > 0) == (rope == "1")
+            # slots per layer: norm1, qkv, attn, o, norm2, mlp, down (LlamaFamilyModel._SLOTS)
+            used = [int((flags.flags[i::7] == flags.epoch).sum()) for i in range(7)]
+            assert used[2] > 0  # attention -> o_proj
+            assert [used[i] > 0 for i in (0, 3, 4, 5, 6)] == [flag == "1"] * 5
+            assert (used[1] > 0) == (rope == "1")
         del llm
         torch.cuda.empty_cache()
     assert runs["10"] == runs["00"] and runs["attn0"] == runs["00"] and runs["11"] == runs["00"]
+
+
+@pytest.mark.parametrize("rows", [1, 4, 16])
+def test_flowing_model_bits_under_pdl_and_graphs(rows, monkeypatch):
+    """Two decoder layers of the 8B architecture with every boundary flowing (KILN_DATAFLOW=1,
+    KILN_ATTN_ROPE=1: norms, qkv_proj, attention, o_proj, the MLP), decode rows over split
+    contexts, eager under PDL and replayed from a CUDA graph: the hidden states of the separate
+    launches, bit for bit, every slot set each step, no poll given up."""
+    import dataclasses
+
+    from kiln.models.args import ModelArgs
+    from kiln.models.llama import LlamaFamilyModel
+    from kiln.models.presets import preset_config
+
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.setenv("KILN_PDL", "1")
+    config = dict(preset_config("llama-3-8b"), num_hidden_layers=2, vocab_size=1024)
+    args = ModelArgs.from_hf_config(config)
+    model = LlamaFamilyModel(args, torch.bfloat16, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    for p in model.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=gen, device="cuda") * 0.02)
+    for layer in model.layers:  # norm weights near 1, as trained models have them
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight.data.add_(1.0)
+    contexts = torch.randint(30, 3000, (rows,), generator=gen, device="cuda").tolist()
+    caches, meta = [], None
+    for _ in range(2):
+        cache, meta = paged_case([(c, 1) for c in contexts], 8, 128, 16, torch.bfloat16,
+                                 torch.Generator(device="cuda").manual_seed(7))
+        caches.append(cache)
+    meta = dataclasses.replace(meta, max_seq_len=8192)
+    ids = torch.randint(0, 1024, (rows,), generator=gen, device="cuda")
+    positions = torch.tensor(contexts, device="cuda")
+    monkeypatch.setenv("KILN_DATAFLOW", "0")
+    want = model(ids, positions, caches, meta)
+    monkeypatch.setenv("KILN_DATAFLOW", "1")
+    monkeypatch.setenv("KILN_ATTN_ROPE", "1")
+    for _ in range(10):
+        assert torch.equal(model(ids, positions, caches, meta), want)
+    flags = model._flags
+    # every slot of both layers set, but the first layer's input norm (no residual before it)
+    assert bool((flags.flags[1:, 0] == flags.epoch).all()) and int(flags.flags[0, 0]) == 0
+    graph = torch.cuda.CUDAGraph()
+    with pdl_scope(True), torch.cuda.graph(graph):
+        out = model(ids, positions, caches, meta)
+    for _ in range(30):
+        graph.replay()
+        assert torch.equal(out, want)
+    torch.cuda.synchronize()
+    assert int(flags.errors) == 0 and int(flags.epoch) == 10 + 1 + 30

@@ -98,7 +98,7 @@ def test_flowing_refuses_what_it_cannot_do(monkeypatch):
     monkeypatch.setenv("KILN_DATAFLOW", "qkv,mlp")
     assert dataflow.dataflow_enabled("qkv") and not dataflow.dataflow_enabled("attn")
     with pytest.raises(ValueError, match="KILN_DATAFLOW"):
-        monkeypatch.setenv("KILN_DATAFLOW", "qkv,norm")
+        monkeypatch.setenv("KILN_DATAFLOW", "qkv,rope")
         dataflow.dataflow_enabled("qkv")
 
 
@@ -207,8 +207,50 @@ def test_engine_tokens_with_and_without_dataflow(flag, rope, tmp_path, monkeypat
             assert flags is None
             continue
         assert flags is not None and int(flags.errors) == 0 and int(flags.epoch) >= 4
-        qkv_set, attn_set, mlp_set = (int((flags.flags[i::3] == flags.epoch).sum())
-                                      for i in range(3))
-        assert attn_set > 0 and (mlp_set > 0) == (flag == "1")
-        assert (qkv_set > 0) == (flag == "1" and rope == "1")
+        # slots per layer: norm1, qkv, attn, o, norm2, mlp, down (LlamaFamilyModel._SLOTS)
+        used = [int((flags.flags[i::7] == flags.epoch).sum()) for i in range(7)]
+        assert used[2] > 0  # attention -> o_proj
+        assert [used[i] > 0 for i in (0, 3, 4, 5, 6)] == [flag == "1"] * 5
+        assert (used[1] > 0) == (flag == "1" and rope == "1")
     assert runs["0"] == runs[flag]
+
+
+def test_flowing_norm_gives_the_fused_norm_bits(gen):
+    """o_proj (a GEMV that signals) -> add + RMSNorm that waits on its granules and marks each
+    row ready -> a GEMV that waits on the rows: the bits of the launches without flags, the
+    norm's output in the module's own rows, reused step after step."""
+    from kiln.layers.norm import RMSNorm
+
+    hidden, rows = 64, 3
+    norm = RMSNorm(hidden, 1e-5, torch.float16, "cpu")
+    norm.weight.data.copy_(torch.randn(hidden, generator=gen).to(torch.float16))
+    w_o = (torch.randn(hidden, 128, generator=gen) * 0.1).to(torch.float16)
+    w_next = (torch.randn(96, hidden, generator=gen) * 0.1).to(torch.float16)
+    x = torch.randn(rows, 128, generator=gen).to(torch.float16)
+    residual = torch.randn(rows, hidden, generator=gen).to(torch.float16)
+    o = mma_gemv.tc_gemv(x, None, w_o, None, None, x.dtype)
+    want_res = residual.clone()
+    want_normed, _ = norm(o, want_res)
+    want_next = mma_gemv.tc_gemv(want_normed, None, w_next, None, None, x.dtype)
+    flags = dataflow.RowFlags(2, hidden // dataflow.FLAG_ROWS, "cpu")
+    outs = []
+    for step in (1, 2):
+        flags.begin()
+        o_slot, row_slot = flags.slot(0), flags.slot(1, granule=hidden, row_stride=1)
+        o = mma_gemv.tc_gemv(x, None, w_o, None, None, x.dtype, signal=o_slot.arm())
+        res = residual.clone()
+        normed, res_out = norm(o, res, wait=o_slot, signal=row_slot)
+        assert row_slot.armed and res_out is res
+        nxt = mma_gemv.tc_gemv(normed, None, w_next, None, None, x.dtype, wait=row_slot)
+        assert torch.equal(normed, want_normed) and torch.equal(res, want_res)
+        assert torch.equal(nxt, want_next)
+        assert torch.equal(flags.flags[1, :rows], torch.full((rows,), step, dtype=torch.int32))
+        assert int(flags.errors) == 0
+        outs.append(normed.data_ptr())
+    assert outs[0] == outs[1] == norm._flow_out.data_ptr()  # the module's own rows
+    # an unarmed producer: no wait, a fresh output; a quantizing norm takes no flags
+    res = residual.clone()
+    normed, _ = norm(o, res, wait=flags.slot(0), signal=None)
+    assert normed.data_ptr() != norm._flow_out.data_ptr() and torch.equal(normed, want_normed)
+    with pytest.raises(ValueError, match="one flag a row"):
+        norm(o, residual.clone(), signal=flags.slot(1))
