@@ -17,7 +17,7 @@
 #   bash benchmarks/h200-dataflow/call2.sh      (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
-timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider tests/gpu/test_dataflow_gpu.py \
+timeout 180 python3 -m pytest -q -n 4 -p no:cacheprovider tests/gpu/test_dataflow_gpu.py \
   tests/gpu/test_decode_rope_gpu.py \
   "tests/gpu/test_quant_gpu.py::test_weight_only_lm_head_engine" > $OUT/tests_dataflow.log 2>&1
 echo "dataflow and rope tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
