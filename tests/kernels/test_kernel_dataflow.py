@@ -179,8 +179,13 @@ def test_attention_refuses_signals_it_cannot_give(gen, monkeypatch):
     assert not attn._flows(q[:1], kv_cache, meta)
 
 
-@pytest.mark.parametrize("flag,rope", [("1", "0"), ("attn", "0"), ("1", "1")])
-def test_engine_tokens_with_and_without_dataflow(flag, rope, tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset,flag,rope", [
+    ("tiny-llama", "1", "0"), ("tiny-llama", "attn", "0"), ("tiny-llama", "1", "1"),
+    ("tiny-qwen2", "1", "1"),    # q/k/v biases, tied embeddings
+    ("tiny-qwen3", "1", "1"),    # q/k norms between qkv_proj and the attention
+    ("tiny-mistral", "1", "1"),  # a sliding window
+])
+def test_engine_tokens_with_and_without_dataflow(preset, flag, rope, tmp_path, monkeypatch):
     """Greedy tokens and their log-probs, bit for bit, from an engine whose decode steps run
     the flowing boundaries (split contexts, as on a GPU) and one whose steps do not; the flags
     were used (set for the last epoch, no poll gave up)."""
@@ -189,7 +194,7 @@ def test_engine_tokens_with_and_without_dataflow(flag, rope, tmp_path, monkeypat
 
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     monkeypatch.setenv("KILN_ATTN_ROPE", rope)  # "1": qkv_proj -> attention flows too
-    write_random_model("tiny-llama", tmp_path, seed=4, dtype="float16")
+    write_random_model(preset, tmp_path, seed=4, dtype="float16")
     prompts = [{"prompt_token_ids": [3 + (i * 5 + j) % 200 for j in range(n)]}
                for i, n in enumerate((70, 9))]
     params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=1)
@@ -211,7 +216,8 @@ def test_engine_tokens_with_and_without_dataflow(flag, rope, tmp_path, monkeypat
         used = [int((flags.flags[i::7] == flags.epoch).sum()) for i in range(7)]
         assert used[2] > 0  # attention -> o_proj
         assert [used[i] > 0 for i in (0, 3, 4, 5, 6)] == [flag == "1"] * 5
-        assert (used[1] > 0) == (flag == "1" and rope == "1")
+        # qkv_proj flows into the attention only with RoPE in it and no q/k norm between them
+        assert (used[1] > 0) == (flag == "1" and rope == "1" and preset != "tiny-qwen3")
     assert runs["0"] == runs[flag]
 
 
