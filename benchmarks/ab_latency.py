@@ -110,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
         "num_iters": args.num_iters, "startup_seconds": startup, "graphs": graphs,
         "kernel_compiles_after_startup": engine.stats().get("kernel_compiles_after_startup"),
+        "dataflow_poll_timeouts": engine.dataflow_poll_timeouts(),
         "environment": common.environment(engine.device),
         "variants": {name: {"env": env, "runs": runs[name],
                             "decode_tokens_per_s": statistics.median(
                                 r["decode_tokens_per_s"] for r in runs[name])}
                      for name, env in variants},
     }
+    print(f"dataflow poll timeouts: {result['dataflow_poll_timeouts']}")
     print("variant       median decode tok/s (rounds)")
     for name, v in result["variants"].items():
         each = " ".join(f"{r['decode_tokens_per_s']:.1f}" for r in v["runs"])

@@ -48,7 +48,7 @@ def dataflow_enabled(boundary: str | None = None) -> bool:
     "mlp" (gate_up -> down, SiLU-mul folded into down's GEMV), "norm" (o_proj and down ->
     the next add + RMSNorm -> the GEMV after it); "0" or unset none (the default).
     ``boundary`` None: whether any is."""
-    flag = os.environ.get("KILN_DATAFLOW", "0")
+    flag = os.environ.get("KILN_DATAFLOW", "0") or "0"
     names = flag.split(",")
     if flag not in ("0", "1") and not all(name in _BOUNDARIES for name in names):
         raise ValueError(f"KILN_DATAFLOW={flag!r}: expected 0, 1, or a comma-separated list of "
@@ -69,7 +69,9 @@ def early_launch_enabled() -> bool:
 @triton.jit
 def waiter_start(PDL: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
     """The start of a kernel that waits on ready flags instead of the kernel before: with
-    EARLY_LAUNCH (under PDL) the next kernel may be scheduled from here."""
+    EARLY_LAUNCH (under PDL) the next kernel may be scheduled from here. (Such a kernel's stores
+    come after waiter_stores, except into memory no earlier kernel of the step reads: the
+    RMSNorm waiter's own rows and the residual, the decode attention's new K/V slot.)"""
     if PDL and EARLY_LAUNCH:
         tl.extra.cuda.gdc_launch_dependents()
 

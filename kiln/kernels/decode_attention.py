@@ -18,7 +18,7 @@ from kiln.kernels import pdl_args
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
 from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, early_launch_enabled, signal_granule,
-                                   wait_rows, waiter_start, waiter_stores)
+                                   wait_rows, waiter_end, waiter_start, waiter_stores)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.rotary import quantize_fp8, rope_values
@@ -101,7 +101,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # tensor-core GEMV's output (qkv_proj) that marks 16-column granules ready in wait_ptr
     # (kiln.kernels.dataflow): each program waits only for its heads' columns (and the last
     # partition for its kv head's key and value) instead of the whole GEMV, reads its keys
-    # meanwhile, and waits for the GEMV (griddepcontrol.wait) only before its first store.
+    # meanwhile, and waits for the GEMV (griddepcontrol.wait) only before its first store but
+    # one: the new token's K/V (ROPE) goes into the cache before, which is safe because no kernel
+    # of the step before it reads that slot (padding rows may read a stale one; their outputs
+    # are discarded).
     if WAIT:
         waiter_start(PDL, EARLY_LAUNCH)
     else:
@@ -123,6 +126,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         lo = first + part * keys  # a tile multiple: keys before the window are masked
         hi = tl.minimum(lo + keys, seq_len)
     if (q_len == 0) | (part >= count):
+        if WAIT:  # so that this kernel's completion still implies qkv_proj's
+            waiter_end(PDL)
         return
     g = tl.arange(0, BLOCK_G)
     heads = kv_head * group + g

@@ -504,10 +504,12 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     return w.dtype in (torch.float16, torch.bfloat16) and x2.dtype == w.dtype
 
 
-def tc_gemv_signals(n: int) -> bool:
-    """Whether a tensor-core GEMV of N outputs can mark its rows ready (tc_gemv's signal): every
-    split is summed in the kernel itself (no reduce kernel after it)."""
-    return fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS and not tc_stream_k_enabled()
+def tc_gemv_signals(n: int, device: torch.device) -> bool:
+    """Whether a tensor-core GEMV of N outputs on device can mark its rows ready (tc_gemv's
+    signal): every split is summed in the kernel itself (no reduce kernel after it), which needs
+    the device's split counters (absent only in a graph capture before any GEMV ran)."""
+    return (fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS
+            and not tc_stream_k_enabled() and split_locks(device) is not None)
 
 
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
@@ -542,7 +544,7 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     if signal is not None and (signal.granule != FLAG_ROWS or signal.row_stride != 0):
         raise ValueError(f"tc_gemv signals one flag per {FLAG_ROWS} output columns for all rows; "
                          f"the slot has granule {signal.granule}, row stride {signal.row_stride}")
-    if signal is not None and not tc_gemv_signals(n):
+    if signal is not None and not tc_gemv_signals(n, x2.device):
         raise ValueError("tc_gemv can signal only where split-K tiles are summed in the kernel "
                          "(KILN_FUSED_SPLITK and at most SPLIT_LOCKS 16-row tiles)")
     if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):

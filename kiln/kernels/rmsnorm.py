@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.dataflow import (FlagSlot, signal_granule, wait_rows, waiter_end,
-                                   waiter_start)
+from kiln.kernels.dataflow import (FlagSlot, early_launch_enabled, signal_granule, wait_rows,
+                                   waiter_end, waiter_start)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
                                     store_padding_row, store_row_quantized)
@@ -59,18 +59,19 @@ def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_st
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
                      hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
                      PDL: tl.constexpr = False, wait_ptr=None, sig_ptr=None, epoch_ptr=None,
-                     err_ptr=None, WAIT: tl.constexpr = False, SIGNAL: tl.constexpr = False):
+                     err_ptr=None, WAIT: tl.constexpr = False, SIGNAL: tl.constexpr = False,
+                     EARLY_LAUNCH: tl.constexpr = False):
     # One program per row: the whole row sits in registers, so x (and the residual) are read once
     # and the sum is written back in the same pass.
     # Row-granular dependencies (kiln.kernels.dataflow). WAIT: x is the output of a tensor-core
     # GEMV that marks 16-column granules ready in wait_ptr; the program waits for its row's
-    # granules instead of the whole GEMV, lets the next kernel be scheduled from its start, stores
-    # before it waits for the GEMV (griddepcontrol.wait, at its end, so that its completion still
-    # implies the GEMV's): out must be a buffer no earlier kernel may still use (the caller's
-    # own), the residual is updated in place. SIGNAL: after its stores the program marks its
-    # row ready (sig_ptr[row]) for the step's epoch.
+    # granules instead of the whole GEMV, stores, lets the next kernel be scheduled (from its
+    # start with EARLY_LAUNCH) and only then waits for the GEMV (griddepcontrol.wait, at its end,
+    # so that its completion still implies the GEMV's): out must be a buffer no earlier kernel
+    # may still use (the caller's own), the residual is updated in place. SIGNAL: after its
+    # stores the program marks its row ready (sig_ptr[row]) for the step's epoch.
     if WAIT:
-        waiter_start(PDL, True)
+        waiter_start(PDL, EARLY_LAUNCH)
     else:
         pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -85,6 +86,8 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_strid
     if SIGNAL:
         signal_granule(sig_ptr, epoch_ptr, row)
     if WAIT:
+        if PDL and not EARLY_LAUNCH:
+            tl.extra.cuda.gdc_launch_dependents()
         waiter_end(PDL)
 
 
@@ -125,7 +128,8 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     if signal is not None:
         flow.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
     if wait is not None:
-        flow.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors, WAIT=True)
+        flow.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors, WAIT=True,
+                    EARLY_LAUNCH=early_launch_enabled())
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
         HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **flow, **pdl_args(x2))

@@ -164,7 +164,7 @@ class PagedSelfAttention(nn.Module):
         """o_flow, armed, where o_proj over rows x2 can signal into it (a tensor-core GEMV that
         sums its splits itself), else None."""
         if (o_flow is None or not _tc_linear_ok(self.o_proj, x2)
-                or not mma_gemv.tc_gemv_signals(self.o_proj.out_features)):
+                or not mma_gemv.tc_gemv_signals(self.o_proj.out_features, x2.device)):
             return None
         return o_flow.arm()
 
@@ -193,7 +193,7 @@ class PagedSelfAttention(nn.Module):
         signal, no q/k norm between them, and RoPE in the decode kernel."""
         return (self.q_norm is None and rope_in_decode_enabled()
                 and meta.max_query_len == 1 and meta.num_seqs == hidden.shape[0]
-                and mma_gemv.tc_gemv_signals(self.qkv_proj.out_features))
+                and mma_gemv.tc_gemv_signals(self.qkv_proj.out_features, hidden.device))
 
 
 def _tc_linear_ok(linear: Linear, x: torch.Tensor) -> bool:

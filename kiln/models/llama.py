@@ -58,7 +58,7 @@ class GatedMLP(nn.Module):
             down = self.down_proj
             wait_x = x_flow if x_flow is not None and x_flow.armed else None
             signal = (out_flow.arm() if out_flow is not None
-                      and mma_gemv.tc_gemv_signals(down.out_features) else None)
+                      and mma_gemv.tc_gemv_signals(down.out_features, x.device) else None)
             gate_up = mma_gemv.tc_gemv(x2, None, self.gate_up_proj.weight, None,
                                        self.gate_up_proj.bias, x.dtype, signal=flow.arm(),
                                        wait=wait_x)
@@ -80,7 +80,7 @@ class GatedMLP(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         return (mma_gemv.tc_gemv_ok(x2, gate_up.weight) and down.weight.dtype == x.dtype
                 and down.weight.shape[1] % 32 == 0
-                and mma_gemv.tc_gemv_signals(gate_up.out_features))
+                and mma_gemv.tc_gemv_signals(gate_up.out_features, x.device))
 
 
 @dataclasses.dataclass
