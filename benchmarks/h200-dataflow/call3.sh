@@ -3,8 +3,8 @@
 # the 8B checkpoint is written again):
 # 1. bf16 8B batch 1 as `kiln bench latency` runs it (one process, the default): the reference
 #    for benchmarks/ab_latency.py's numbers;
-# 2. the fp8 engine (kiln build --quant fp8): batch 1, 3 rounds of default / KILN_ATTN_ROPE=1
-#    (ab_latency.py);
+# 2. the fp8 engine (kiln build --quant fp8): batch 1, 3 rounds of default / KILN_ATTN_ROPE=1 /
+#    the same with its fp8 qkv_proj flowing into the attention (KILN_DATAFLOW=qkv) (ab_latency.py);
 # 3. the int4-wo engine the same way, as time allows;
 # 4. the rest of the GPU tests, as time allows.
 #   bash benchmarks/h200-dataflow/call3.sh      (OUT set by the device tool)
@@ -16,9 +16,10 @@ for Q in fp8 int4-wo; do
   QUANT=$Q B1=0 timeout 220 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
   echo "$Q build rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   [ -d /tmp/e8b-$Q ] || continue
-  timeout 120 python3 benchmarks/ab_latency.py --model /tmp/e8b-$Q \
-    --variants "base=;rope=KILN_ATTN_ROPE=1" --rounds 3 --json $OUT/ab_$Q.json \
-    > $OUT/ab_$Q.log 2>&1
+  V="base=;rope=KILN_ATTN_ROPE=1"
+  [ $Q = fp8 ] && V="$V;ropeq=KILN_ATTN_ROPE=1 KILN_DATAFLOW=qkv"
+  timeout 130 python3 benchmarks/ab_latency.py --model /tmp/e8b-$Q \
+    --variants "$V" --rounds 3 --json $OUT/ab_$Q.json > $OUT/ab_$Q.log 2>&1
   echo "ab_latency $Q rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   tail -4 $OUT/ab_$Q.log
   [ $((SECONDS - T0)) -gt 330 ] && break

@@ -370,6 +370,14 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
+        if a8:  # an fp8 qkv_proj marking its output ready for the decode attention
+            yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow signals",
+                   mma_gemv._tc_gemv_kernel,
+                   {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                    "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"],
+                    "PDL": 1, "EARLY_W": 1, "SIGNAL": True,
+                    "_ptrs": {**ptrs, "sig_ptr": "*i32", "epoch_ptr": "*i32"}}, "bf16",
+                   cfg.num_warps, cfg.num_stages)
         if not a8:  # row-granular dependencies (kiln.kernels.dataflow): gate_up, then down
             flow = {**ptrs, "sig_ptr": "*i32", "wait_ptr": "*i32", "epoch_ptr": "*i32",
                     "err_ptr": "*i32"}

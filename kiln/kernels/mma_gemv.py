@@ -523,7 +523,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
     configuration (benchmarks); else the autotuned one (or the first candidate).
 
-    Row-granular dependencies (kiln.kernels.dataflow, float weights, no stream-K): ``signal``
+    Row-granular dependencies (kiln.kernels.dataflow, no stream-K; wait and silu float weights
+    only): ``signal``
     marks the output's rows ready in its flags as they are finished (see tc_gemv_signals);
     ``wait`` reads x only as its rows are marked ready there (x written by a launch that
     signalled into the same flags in this forward). ``silu``: x2 is [M, 2K], [gate | up], and
@@ -537,10 +538,11 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             raise ValueError(f"tc_gemv with silu takes x of 2K columns ([gate | up]), got "
                              f"{tuple(x2.shape)} for weights {tuple(w.shape)}")
         k = w.shape[1]
-    if dataflow and (a8 or tc_stream_k_enabled() or (config is not None
-                                                     and config.kwargs.get("STREAM_K"))):
-        raise ValueError("tc_gemv's signal, wait and silu take float weights and split-K "
-                         "launches only")
+    if dataflow and (tc_stream_k_enabled() or (config is not None
+                                               and config.kwargs.get("STREAM_K"))):
+        raise ValueError("tc_gemv's signal, wait and silu take split-K launches only")
+    if a8 and (wait is not None or silu):
+        raise ValueError("tc_gemv's wait and silu take float weights only (fp8 W8A8 may signal)")
     if signal is not None and (signal.granule != FLAG_ROWS or signal.row_stride != 0):
         raise ValueError(f"tc_gemv signals one flag per {FLAG_ROWS} output columns for all rows; "
                          f"the slot has granule {signal.granule}, row stride {signal.row_stride}")

@@ -17,7 +17,8 @@ from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.dataflow import FlagSlot
 from kiln.kernels.decode_attention import DecodeRope, rope_in_decode_enabled
 from kiln.kernels.qmm_common import SMALL_M
-from kiln.kernels.quant_act import quantized_rows_buffers
+from kiln.kernels.quant_act import QuantizedRows, quantized_rows_buffers
+from kiln.kernels.quant_matmul import fp8_linear
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear, UnquantizedLinearMethod
 from kiln.layers.norm import RMSNorm
@@ -92,14 +93,18 @@ class PagedSelfAttention(nn.Module):
         norm marks them ready. ``o_flow`` (a FlagSlot of the default layout): such an o_proj
         marks its output ready for the RMSNorm after it, and arms the slot."""
         num_tokens = hidden.shape[0]
-        tc_qkv = _tc_linear_ok(self.qkv_proj, hidden)
-        signal = (qkv_flow if qkv_flow is not None and tc_qkv and self._qkv_signals(hidden, meta)
-                  else None)
+        tc_qkv = isinstance(hidden, torch.Tensor) and _tc_linear_ok(self.qkv_proj, hidden)
+        signal = qkv_flow if qkv_flow is not None and self._qkv_signals(hidden, meta) else None
         wait_x = x_flow if x_flow is not None and x_flow.armed and tc_qkv else None
-        if signal is not None or wait_x is not None:
+        if tc_qkv and (signal is not None or wait_x is not None):
             qkv = mma_gemv.tc_gemv(hidden, None, self.qkv_proj.weight, None, self.qkv_proj.bias,
                                    hidden.dtype, signal=signal.arm() if signal else None,
                                    wait=wait_x)
+        elif (signal is not None and isinstance(hidden, QuantizedRows)
+              and getattr(self.qkv_proj.method, "scheme", None) == "fp8"):
+            # fp8 W8A8 rows its norm quantized: the tensor-core GEMV arms the slot if it signals
+            qkv = fp8_linear(hidden, self.qkv_proj.weight, self.qkv_proj.weight_scale,
+                             self.qkv_proj.bias, signal=signal)
         else:
             qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -128,7 +133,7 @@ class PagedSelfAttention(nn.Module):
                                 self.v_scale, k_out, v_out)
         # the attention reads q, k and v as qkv_proj marks them ready (only with RoPE in it)
         waits = dict(wait=signal, wait_cols=(0, self.q_size, self.q_size + self.kv_size)
-                     ) if signal is not None and rope is not None else {}
+                     ) if signal is not None and signal.armed and rope is not None else {}
         if flow is not None and rows is None and self._flows(q, kv_cache, meta):
             out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
                                   self.k_scale, self.v_scale, signal=flow.arm(), rope=rope,

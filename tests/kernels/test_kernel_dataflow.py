@@ -260,3 +260,34 @@ def test_flowing_norm_gives_the_fused_norm_bits(gen):
     assert normed.data_ptr() != norm._flow_out.data_ptr() and torch.equal(normed, want_normed)
     with pytest.raises(ValueError, match="one flag a row"):
         norm(o, residual.clone(), signal=flags.slot(1))
+
+
+def test_fp8_qkv_flows_into_the_attention(gen, monkeypatch):
+    """An fp8 W8A8 qkv_proj over rows its norm quantized (QuantizedRows) marks its output ready
+    and the decode attention with RoPE in it reads q, k and v as it does: the bits of the
+    launches without flags (split contexts, merged in the kernel)."""
+    from kiln.kernels.quant_act import quantize_rows
+    from kiln.quant.fp8 import Fp8LinearMethod
+
+    monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
+    heads, kv_heads, head_dim, contexts = 8, 2, 32, [300, 37, 129]
+    attn = _attention(64, heads, kv_heads, head_dim, False, seed=9)
+    float_w = attn.qkv_proj.weight.data.clone()
+    attn.qkv_proj.set_method(Fp8LinearMethod(), torch.float16, "cpu")
+    for name, t in Fp8LinearMethod.quantize(float_w).items():
+        getattr(attn.qkv_proj, name).data.copy_(t)
+    kv_cache, meta = paged_case([(c, 1) for c in contexts], kv_heads, head_dim, 16,
+                                torch.float16, gen)
+    positions = torch.tensor(contexts)
+    x = quantize_rows(torch.randn(len(contexts), 64, generator=gen).to(torch.float16),
+                      torch.float8_e4m3fn, (len(contexts), 64))
+    want = attn(positions, x, kv_cache, meta)
+    monkeypatch.setenv("KILN_ATTN_ROPE", "1")
+    qkv_granules = (heads + 2 * kv_heads) * head_dim // dataflow.FLAG_ROWS
+    flags = dataflow.RowFlags(1, qkv_granules, "cpu")
+    for step in (1, 2):
+        flags.begin()
+        slot = flags.slot(0)
+        assert torch.equal(attn(positions, x, kv_cache, meta, qkv_flow=slot), want)
+        assert slot.armed and int(flags.errors) == 0
+        assert torch.equal(flags.flags[0], torch.full((qkv_granules,), step, dtype=torch.int32))
