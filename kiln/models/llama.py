@@ -174,7 +174,7 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        # the attentions' and MLPs' row flags (KILN_DATAFLOW), on first use
+        # the layers' row flags (KILN_DATAFLOW), on first use
         self._flags: RowFlags | None = None
         head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
                        if linear_method_factory is not None else None)
