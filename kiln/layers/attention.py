@@ -17,7 +17,7 @@ from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.dataflow import FlagSlot
 from kiln.kernels.decode_attention import DecodeRope, rope_in_decode_enabled
 from kiln.kernels.qmm_common import SMALL_M
-from kiln.kernels.quant_act import QuantizedRows, quantized_rows_buffers
+from kiln.kernels.quant_act import quantized_rows_buffers
 from kiln.kernels.quant_matmul import fp8_linear
 from kiln.layers.forward_context import AttentionMetadata
 from kiln.layers.linear import Linear, UnquantizedLinearMethod
@@ -100,7 +100,7 @@ class PagedSelfAttention(nn.Module):
             qkv = mma_gemv.tc_gemv(hidden, None, self.qkv_proj.weight, None, self.qkv_proj.bias,
                                    hidden.dtype, signal=signal.arm() if signal else None,
                                    wait=wait_x)
-        elif (signal is not None and isinstance(hidden, QuantizedRows)
+        elif (signal is not None and not isinstance(hidden, torch.Tensor)  # QuantizedRows
               and getattr(self.qkv_proj.method, "scheme", None) == "fp8"):
             # fp8 W8A8 rows its norm quantized: the tensor-core GEMV arms the slot if it signals
             qkv = fp8_linear(hidden, self.qkv_proj.weight, self.qkv_proj.weight_scale,
