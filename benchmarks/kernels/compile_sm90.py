@@ -163,39 +163,27 @@ def configs():
                     "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
                     "QUANT_ROW": quant, "_ptrs": ptrs}, dtype, small["num_warps"],
                    small["num_stages"])
-        # row-granular dependencies (kiln.kernels.dataflow): the decode that signals o_proj
-        for single in (True, False):
-            yield (f"decode G4 N{small['block_n']} single={single} dataflow signals",
-                   decode_attention._decode_partition_kernel,
-                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
-                    "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": False,
-                    "FP8_ASM": False, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
-                    "MERGE_P": 16, "SIGNAL": True,
-                    "_ptrs": {"lock_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32"}},
-                   dtype, small["num_warps"], small["num_stages"])
-        # RoPE and the step's K/V write in the decode kernel (KILN_ATTN_ROPE), and with it the
-        # row-granular qkv_proj -> attention -> o_proj boundaries (KILN_DATAFLOW)
-        for single in (True, False):
-            yield (f"decode G4 N{small['block_n']} single={single} rope, dataflow waits+signals",
-                   decode_attention._decode_partition_kernel,
-                   {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
-                    "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": False,
-                    "FP8_ASM": False, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
-                    "MERGE_P": 16, "ROPE": True, "WAIT": True, "SIGNAL": True,
-                    "_ptrs": {"lock_ptr": "*i32", "pos_ptr": "*i64", "cos_sin_ptr": "*fp32",
-                              "slot_ptr": "*i64", "sig_ptr": "*i32", "epoch_ptr": "*i32",
-                              "wait_ptr": "*i32", "err_ptr": "*i32"}},
-                   dtype, small["num_warps"], small["num_stages"])
-        for single, kv_fp8 in ((True, False), (False, False), (False, True)):
-            yield (f"decode G4 N{small['block_n']} single={single} fp8-kv={kv_fp8} rope",
+        # the row-granular decode (kiln.kernels.dataflow: it signals o_proj, waits on qkv_proj)
+        # and RoPE with the step's K/V write in it (KILN_ATTN_ROPE), under PDL
+        flow_ptrs = {"sig_ptr": "*i32", "epoch_ptr": "*i32", "wait_ptr": "*i32", "err_ptr": "*i32"}
+        rope_ptrs = {"pos_ptr": "*i64", "cos_sin_ptr": "*fp32", "slot_ptr": "*i64"}
+        for label, single, kv_fp8, extra, ptrs in (
+                ("dataflow signals", True, False, {"SIGNAL": True}, flow_ptrs),
+                ("dataflow signals", False, False, {"SIGNAL": True}, flow_ptrs),
+                ("rope, dataflow waits+signals", True, False,
+                 {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
+                ("rope, dataflow waits+signals", False, False,
+                 {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
+                ("rope", True, False, {"ROPE": True}, rope_ptrs),
+                ("rope", False, False, {"ROPE": True}, rope_ptrs),
+                ("rope", False, True, {"ROPE": True}, {**rope_ptrs, "cache_ptr": "*fp8e4nv"})):
+            fp8_label = f" fp8-kv={kv_fp8}" if label == "rope" else ""
+            yield (f"decode G4 N{small['block_n']} single={single}{fp8_label} {label}",
                    decode_attention._decode_partition_kernel,
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
                     "FP8_ASM": kv_fp8, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
-                    "MERGE_P": 16, "ROPE": True,
-                    "_ptrs": {"lock_ptr": "*i32", "pos_ptr": "*i64", "cos_sin_ptr": "*fp32",
-                              "slot_ptr": "*i64",
-                              **({"cache_ptr": "*fp8e4nv"} if kv_fp8 else {})}},
+                    "MERGE_P": 16, **extra, "_ptrs": {"lock_ptr": "*i32", **ptrs}},
                    dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,

@@ -229,16 +229,10 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                                                      rope.cos_sin_cache):
         raise ValueError("paged_attention applies RoPE itself only for decode batches on the "
                          "Triton kernels (decode_rope_possible)")
-    if signal is not None:
-        if not decode_signals_ok(q, kv_cache, meta) or quant_dtype is not None:
-            raise ValueError("paged_attention signals only for decode batches of one token per "
-                             "sequence on the Triton kernels, unquantized (decode_signals_ok)")
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale,
-                                                       v_scale)
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
-                      signal=signal, rope=rope, wait=wait, wait_cols=wait_cols)
-        return out
+    if signal is not None and (not decode_signals_ok(q, kv_cache, meta)
+                               or quant_dtype is not None):
+        raise ValueError("paged_attention signals only for decode batches of one token per "
+                         "sequence on the Triton kernels, unquantized (decode_signals_ok)")
     if quant_dtype is not None:
         quantized = None
         if _triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1:
@@ -258,8 +252,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope,
-                      wait=wait, wait_cols=wait_cols)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
+                      signal=signal, rope=rope, wait=wait, wait_cols=wait_cols)
         return out
     body = meta
     if meta.decode_split is not None:  # leading one-token rows on the decode kernel

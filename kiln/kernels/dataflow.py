@@ -1,4 +1,4 @@
-"""Row-granular dependencies between a decode kernel and the GEMV that reads its output.
+"""Row-granular dependencies between the kernels of a decode step.
 
 Under programmatic dependent launch every kiln kernel waits for the whole kernel before it
 (griddepcontrol.wait) before its first dependent read. At batch 1 each such wait costs the memory
@@ -8,17 +8,18 @@ o_proj to 4.15 ms, both to 4.01 (benchmarks/h200-dataflow). The weights, most of
 depend on nothing.
 
 Here a producer marks each granule of its output ready (a release store of the step's epoch into
-a flag) when the granule's final values are written, and the consumer GEMV's programs, which read
-only the K slice of their split, wait for those granules alone (acquire polls), stream their
-weights meanwhile, and wait for the whole producer (griddepcontrol.wait) only before their own
-stores. PDL launches the consumer only once every producer program runs, so the granules it polls
-are all being computed: no deadlock. Two producers signal:
+a flag) when the granule's final values are written, and the consumer's programs wait for the
+granules they read alone (acquire polls), and for the whole producer (griddepcontrol.wait) only
+before their own stores (waiter_stores; the RMSNorm waiter at its end, waiter_end). PDL launches
+the consumer only once every producer program runs, so the granules it polls are all being
+computed: no deadlock. The layouts of a slot (FlagSlot):
 
-- a tensor-core GEMV (gate_up): one flag per 16 output columns, for all its rows at once (a tile
-  holds every row): ``FlagSlot.granule`` 16, ``row_stride`` 0;
-- decode attention (before o_proj): one flag per token row and kv head, set by the program that
-  stores that head group's final output (the single partition, or the merge): ``granule`` the
-  group's query heads times head_dim, ``row_stride`` the kv head count.
+- a tensor-core GEMV's output: one flag per 16 columns for all its rows at once (a tile holds
+  every row): ``granule`` 16, ``row_stride`` 0;
+- decode attention's output: one flag per token and kv head, set by the program that stores
+  that head group's final output: ``granule`` the group's query heads times head_dim,
+  ``row_stride`` the kv head count;
+- an RMSNorm's output: one flag per row: ``granule`` hidden, ``row_stride`` 1.
 
 The epoch is one int32 on the device, advanced once per forward (``RowFlags.begin``, a kernel
 the decode graph captures), so a flag written in an earlier step never reads as ready.
@@ -98,6 +99,15 @@ def waiter_stores(PDL: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
 
 
 @triton.jit
+def fresh_load(ptrs, mask, FRESH: tl.constexpr):
+    """Load (0 where masked); FRESH: from L2 (.cg), values another program just wrote."""
+    if FRESH:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
 def signal_rows(flag_ptr, epoch_ptr, rows2, cols2, N):
     """After a tile's final stores of output columns cols2 (rows2 broadcast beside them, as in
     qmm_common._finish_tile): mark the tile's 16-column granules ready for this step's epoch.
@@ -146,6 +156,21 @@ def wait_rows(flag_ptr, epoch_ptr, err_ptr, c_begin, c_end, n_rows, GRAN: tl.con
         if pending > 0:
             tl.atomic_add(err_ptr, 1)
     tl.debug_barrier()
+
+
+def kernel_args(signal: "FlagSlot | None", wait: "FlagSlot | None") -> dict:
+    """The launch arguments every flag-aware kernel takes for a producer slot it signals into
+    (sig_ptr, epoch_ptr, SIGNAL) and one it waits on (wait_ptr, epoch_ptr, err_ptr, WAIT,
+    EARLY_LAUNCH); the two share one epoch (one RowFlags)."""
+    args = {}
+    if signal is not None:
+        args.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
+    if wait is not None:
+        if signal is not None and wait.epoch is not signal.epoch:
+            raise ValueError("a kernel signals and waits on flags of one RowFlags")
+        args.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors, WAIT=True,
+                    EARLY_LAUNCH=early_launch_enabled())
+    return args
 
 
 class RowFlags:

@@ -17,7 +17,7 @@ import triton.language as tl
 from kiln.kernels import pdl_args
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, early_launch_enabled, signal_granule,
+from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, signal_granule,
                                    wait_rows, waiter_end, waiter_start, waiter_stores)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
@@ -138,12 +138,12 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         tl.static_assert(ROPE, "a decode launch waits on qkv's flags only with ROPE")
         q_col = flow_q_col + kv_head * group * HEAD_DIM
         wait_rows(wait_ptr, epoch_ptr, err_ptr, q_col, q_col + group * HEAD_DIM, 1)
-    q = _fresh_load(q_rows + dims[None, :], row_ok[:, None], WAIT)
+    q = fresh_load(q_rows + dims[None, :], row_ok[:, None], WAIT)
     if ROPE:
         HALF: tl.constexpr = HEAD_DIM // 2
         partner = (dims + HALF) % HEAD_DIM
         cs_row = cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride
-        q = rope_values(q, _fresh_load(q_rows + partner[None, :], row_ok[:, None], WAIT),
+        q = rope_values(q, fresh_load(q_rows + partner[None, :], row_ok[:, None], WAIT),
                         dims[None, :], cs_row, HALF)
         if part == count - 1:
             if WAIT:
@@ -208,15 +208,6 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 
 
 @triton.jit
-def _fresh_load(ptrs, mask, FRESH: tl.constexpr):
-    """Load (0 where masked); FRESH: from L2 (.cg), values another program just wrote."""
-    if FRESH:
-        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-    else:
-        return tl.load(ptrs, mask=mask, other=0.0)
-
-
-@triton.jit
 def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cs_row,
                   kn_tok_stride, kn_head_stride, vn_tok_stride, vn_head_stride, cache_kv_stride,
                   cache_slot_stride, cache_head_stride, k_scale, v_scale, HALF: tl.constexpr,
@@ -228,12 +219,12 @@ def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims,
     another program (read past L1)."""
     tok64 = tok.to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
-    ok = (dims >= 0) & (slot >= 0)
-    k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
     every = dims >= 0
-    key = rope_values(_fresh_load(k_row + dims, every, FRESH),
-                      _fresh_load(k_row + partner, every, FRESH), dims, cs_row, HALF)
-    val = _fresh_load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, every,
+    ok = every & (slot >= 0)
+    k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
+    key = rope_values(fresh_load(k_row + dims, every, FRESH),
+                      fresh_load(k_row + partner, every, FRESH), dims, cs_row, HALF)
+    val = fresh_load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, every,
                       FRESH)
     if KV_FP8:
         key = quantize_fp8(key, k_scale)
@@ -664,14 +655,9 @@ def _rope_args(rope: DecodeRope, kv_cache: torch.Tensor) -> dict:
 
 def _flow_args(signal: FlagSlot | None, wait: FlagSlot | None,
                wait_cols: tuple[int, int, int]) -> dict:
-    """The partition kernel's SIGNAL and WAIT arguments (one epoch for both)."""
-    args = {}
-    if signal is not None:
-        args.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
+    """The partition kernel's SIGNAL and WAIT arguments (dataflow.kernel_args, plus where q, k
+    and v sit among the waited GEMV's columns)."""
+    args = kernel_args(signal, wait)
     if wait is not None:
-        if signal is not None and wait.epoch is not signal.epoch:
-            raise ValueError("decode attention signals and waits on flags of one RowFlags")
-        args.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors,
-                    flow_q_col=wait_cols[0], flow_k_col=wait_cols[1], flow_v_col=wait_cols[2],
-                    WAIT=True, EARLY_LAUNCH=early_launch_enabled())
+        args.update(flow_q_col=wait_cols[0], flow_k_col=wait_cols[1], flow_v_col=wait_cols[2])
     return args

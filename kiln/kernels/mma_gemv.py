@@ -13,7 +13,7 @@ import triton.language as tl
 
 from kiln.kernels import pdl_args
 from kiln.kernels.activation import silu_mul_values
-from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, early_launch_enabled, wait_rows,
+from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, wait_rows,
                                    waiter_start, waiter_stores)
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
@@ -155,15 +155,9 @@ def _x_ready(PDL: tl.constexpr, WAIT: tl.constexpr, SILU: tl.constexpr, wait_ptr
 def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, FRESH: tl.constexpr):
     """x^T tile at offsets offs of the rows x_cols; SILU: silu(gate) * up of [gate | up] rows
     (up K further on), silu_and_mul's bits. FRESH: past L1 (values another program just wrote)."""
-    if FRESH:
-        x = tl.load(x_cols + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        if SILU:
-            up = tl.load(x_cols + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
-            x = silu_mul_values(x, up)
-    else:
-        x = tl.load(x_cols + offs, mask=mask, other=0.0)
-        if SILU:
-            x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
+    x = fresh_load(x_cols + offs, mask, FRESH)
+    if SILU:
+        x = silu_mul_values(x, fresh_load(x_cols + K + offs, mask, FRESH))
     return x
 
 
@@ -590,14 +584,9 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
     if dataflow:
-        epoch = (signal or wait).epoch
-        flags.update(sig_ptr=signal.flags if signal is not None else None,
-                     wait_ptr=wait.flags if wait is not None else None, epoch_ptr=epoch,
-                     err_ptr=(signal or wait).errors, SIGNAL=signal is not None,
-                     WAIT=wait is not None, SILU=silu)
+        flags.update(kernel_args(signal, wait), SILU=silu)
         if wait is not None:
-            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride,
-                         EARLY_LAUNCH=early_launch_enabled())
+            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.dataflow import (FlagSlot, early_launch_enabled, signal_granule, wait_rows,
-                                   waiter_end, waiter_start)
+from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, signal_granule,
+                                   wait_rows, waiter_end, waiter_start)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
                                     store_padding_row, store_row_quantized)
@@ -34,16 +34,9 @@ def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_st
     """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back).
     FRESH: x and the residual are read from L2 (.cg): other programs may have just written
     them."""
-    if FRESH:
-        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0, cache_modifier=".cg")
-    else:
-        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
+    x = fresh_load(x_ptr + row * x_row_stride + cols, mask, FRESH)
     if HAS_RESIDUAL:
-        if FRESH:
-            r = tl.load(res_ptr + row * res_row_stride + cols, mask=mask, other=0.0,
-                        cache_modifier=".cg")
-        else:
-            r = tl.load(res_ptr + row * res_row_stride + cols, mask=mask, other=0.0)
+        r = fresh_load(res_ptr + row * res_row_stride + cols, mask, FRESH)
         # The add rounds to the input dtype, as `x + residual` does in torch.
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(res_ptr + row * res_row_stride + cols, x, mask=mask)
@@ -124,15 +117,10 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     # Enough threads that each holds at most ~16 elements of the row.
     num_warps = max(1, min(16, block // 512))
     res_arg = res2 if res2 is not None else x2
-    flow = {}
-    if signal is not None:
-        flow.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
-    if wait is not None:
-        flow.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors, WAIT=True,
-                    EARLY_LAUNCH=early_launch_enabled())
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **flow, **pdl_args(x2))
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps,
+        **kernel_args(signal, wait), **pdl_args(x2))
 
 
 def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -201,7 +189,7 @@ def flowing_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.
     The Triton path only: x, residual and out contiguous rows of one dtype, as the caller
     checks with flowing_norm_ok. Returns (out, residual), the bits fused_add_rms_norm gives."""
     hidden = x.shape[-1]
-    if wait is not None and (wait.granule != 16 or wait.row_stride != 0):
+    if wait is not None and (wait.granule != FLAG_ROWS or wait.row_stride != 0):
         raise ValueError("an RMSNorm waits on a GEMV's flags (16 columns a flag for all rows)")
     if signal is not None and (signal.granule != hidden or signal.row_stride != 1):
         raise ValueError(f"an RMSNorm signals one flag a row (granule {hidden}, row stride 1), "

@@ -59,9 +59,18 @@ def rope_values(own, partner, dims, cs_row, HALF: tl.constexpr):
     i = dims % HALF
     cos = tl.load(cs_row + i).to(ty).to(tl.float32)
     sin = tl.load(cs_row + HALF + i).to(ty).to(tl.float32)
+    return _rotated(own, partner, cos, sin, dims < HALF)
+
+
+@triton.jit
+def _rotated(own, partner, cos, sin, lower):
+    """own * cos -/+ partner * sin (minus where ``lower``, the first half of the head dims), each
+    product and the sum rounded to own's dtype, as the reference's torch ops do; cos and sin in
+    float32 (already rounded to that dtype)."""
+    ty = own.dtype
     c = (own.to(tl.float32) * cos).to(ty).to(tl.float32)
     s = (partner.to(tl.float32) * sin).to(ty).to(tl.float32)
-    return tl.where(dims < HALF, c - s, c + s).to(ty)
+    return tl.where(lower, c - s, c + s).to(ty)
 
 
 @triton.jit
@@ -87,20 +96,12 @@ def _rotate_heads(src_ptr, src_head_stride, dst_ptr, dst_head_stride, num_heads,
         src = src_ptr + heads[:, None] * src_head_stride + half[None, :]
         x1 = tl.load(src, mask=mask, other=0.0)
         x2 = tl.load(src + HALF, mask=mask, other=0.0)
-        ty = x1.dtype
-        a1 = x1.to(tl.float32)
-        a2 = x2.to(tl.float32)
-        # Each product and the sum round to the input dtype, as the reference's torch ops do.
-        c1 = (a1 * cos).to(ty).to(tl.float32)
-        s2 = (a2 * sin).to(ty).to(tl.float32)
-        c2 = (a2 * cos).to(ty).to(tl.float32)
-        s1 = (a1 * sin).to(ty).to(tl.float32)
         dst = dst_ptr + heads[:, None] * dst_head_stride + half[None, :]
-        lo = (c1 - s2).to(ty)
-        hi = (c2 + s1).to(ty)
+        lo = _rotated(x1, x2, cos, sin, True)
+        hi = _rotated(x2, x1, cos, sin, False)
         if QUANT:
-            lo = _quantize_fp8(lo, scale).to(tl.float8e4nv)
-            hi = _quantize_fp8(hi, scale).to(tl.float8e4nv)
+            lo = quantize_fp8(lo, scale)
+            hi = quantize_fp8(hi, scale)
         tl.store(dst, lo.to(dst_ptr.dtype.element_ty), mask=mask)
         tl.store(dst + HALF, hi.to(dst_ptr.dtype.element_ty), mask=mask)
 
@@ -152,7 +153,7 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
             val = tl.load(v_ptr + tok * v_tok_stride + heads[:, None] * v_head_stride + dim[None, :],
                           mask=head_ok if K_OUT and KV_FP8 else mask, other=0.0)
             if KV_FP8:
-                val = _quantize_fp8(val, v_scale).to(tl.float8e4nv)
+                val = quantize_fp8(val, v_scale)
                 if K_OUT:
                     tl.store(v_out_ptr + tok * v_out_tok_stride + heads[:, None] * v_out_head_stride
                              + dim[None, :], val.to(v_out_ptr.dtype.element_ty), mask=head_ok)

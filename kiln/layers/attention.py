@@ -93,7 +93,8 @@ class PagedSelfAttention(nn.Module):
         norm marks them ready. ``o_flow`` (a FlagSlot of the default layout): such an o_proj
         marks its output ready for the RMSNorm after it, and arms the slot."""
         num_tokens = hidden.shape[0]
-        tc_qkv = isinstance(hidden, torch.Tensor) and _tc_linear_ok(self.qkv_proj, hidden)
+        tc_qkv = ((qkv_flow is not None or x_flow is not None)
+                  and isinstance(hidden, torch.Tensor) and _tc_linear_ok(self.qkv_proj, hidden))
         signal = qkv_flow if qkv_flow is not None and self._qkv_signals(hidden, meta) else None
         wait_x = x_flow if x_flow is not None and x_flow.armed and tc_qkv else None
         if tc_qkv and (signal is not None or wait_x is not None):

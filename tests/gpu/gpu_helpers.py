@@ -22,3 +22,20 @@ def assert_top5_agree(ours, theirs, what=None):
             if ta != tb:
                 assert ta in b.logprobs[i] and tb in a.logprobs[i], (what, i)
                 break
+
+
+def eager_then_graph(run, check, eager: int, replays: int) -> None:
+    """``run()`` (one step: it returns its output) ``eager`` times under programmatic dependent
+    launch, ``check``-ing each output, then captured once in a CUDA graph with PDL and replayed
+    ``replays`` times, checking the graph's output after each replay."""
+    from kiln.kernels import pdl_scope
+
+    for _ in range(eager):
+        check(run())
+    graph = torch.cuda.CUDAGraph()
+    with pdl_scope(True), torch.cuda.graph(graph):
+        out = run()
+    for _ in range(replays):
+        graph.replay()
+        check(out)
+    torch.cuda.synchronize()

@@ -11,16 +11,21 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-from kiln.kernels import dataflow, pdl_scope  # noqa: E402
+from kiln.kernels import dataflow  # noqa: E402
 from kiln.layers.attention import PagedSelfAttention  # noqa: E402
 from kiln.layers.rotary import RopeConfig, RotaryEmbedding  # noqa: E402
 from kiln.models.llama import GatedMLP  # noqa: E402
+from gpu_helpers import eager_then_graph  # noqa: E402
 from test_kernels_gpu import paged_case  # noqa: E402
 
 # the waiters' weight reads before their polls (tc_gemv's waiter_steps)
 WAITER_ENVS = [{}, {"KILN_DATAFLOW_EARLY_W": "1"}, {"KILN_DATAFLOW_PREFETCH": "8"},
                {"KILN_DATAFLOW_EARLY_LAUNCH": "1"}]
 WAITER_IDS = ["plain", "early_w", "prefetch", "early_launch"]
+
+
+def _same(out, want):
+    assert torch.equal(out, want)
 
 
 def _mlp(hidden, inter, dtype, seed):
@@ -46,17 +51,12 @@ def test_flowing_mlp_bits_under_pdl_and_graphs(shape, rows, dtype, waiter, monke
     want = mlp(x)
     flags = dataflow.RowFlags(1, 2 * inter, "cuda")
     assert mlp._flows(x)
-    for _ in range(20):  # eager, under PDL: the consumer launches while gate_up runs
+
+    def run():  # under PDL the consumer launches while gate_up runs
         flags.begin()
-        assert torch.equal(mlp(x, flags.slot(0)), want)
-    graph = torch.cuda.CUDAGraph()
-    with pdl_scope(True), torch.cuda.graph(graph):
-        flags.begin()
-        out = mlp(x, flags.slot(0))
-    for _ in range(50):
-        graph.replay()
-        assert torch.equal(out, want)
-    torch.cuda.synchronize()
+        return mlp(x, flags.slot(0))
+
+    eager_then_graph(run, lambda out: _same(out, want), 20, 50)
     assert int(flags.errors) == 0
     assert int(flags.epoch) == 20 + 1 + 50
 
@@ -100,20 +100,14 @@ def test_flowing_attention_bits_under_pdl_and_graphs(rows, graph_len, rope, dtyp
     monkeypatch.setenv("KILN_ATTN_ROPE", rope)
     flags = dataflow.RowFlags(2, 6144 // 16, "cuda")
     slot, qkv_slot = attn.flow_slot(flags, 0), flags.slot(1)
-    for _ in range(20):
+
+    def run():
         flags.begin()
-        assert torch.equal(attn(positions, x, kv_cache, meta, flow=slot, qkv_flow=qkv_slot),
-                           want)
+        return attn(positions, x, kv_cache, meta, flow=slot, qkv_flow=qkv_slot)
+
+    eager_then_graph(run, lambda out: _same(out, want), 20, 50)
     assert torch.equal(flags.flags[0, :rows * 8], flags.epoch.expand(rows * 8))
     assert bool((flags.flags[1] == flags.epoch).all()) == (rope == "1")
-    graph = torch.cuda.CUDAGraph()
-    with pdl_scope(True), torch.cuda.graph(graph):
-        flags.begin()
-        out = attn(positions, x, kv_cache, meta, flow=slot, qkv_flow=qkv_slot)
-    for _ in range(50):
-        graph.replay()
-        assert torch.equal(out, want)
-    torch.cuda.synchronize()
     assert int(flags.errors) == 0
     assert int(flags.epoch) == 20 + 1 + 50
 
@@ -183,16 +177,9 @@ def test_flowing_model_bits_under_pdl_and_graphs(rows, monkeypatch):
     want = model(ids, positions, caches, meta)
     monkeypatch.setenv("KILN_DATAFLOW", "1")
     monkeypatch.setenv("KILN_ATTN_ROPE", "1")
-    for _ in range(10):
-        assert torch.equal(model(ids, positions, caches, meta), want)
+    eager_then_graph(lambda: model(ids, positions, caches, meta), lambda out: _same(out, want),
+                     10, 30)
     flags = model._flags
     # every slot of both layers set, but the first layer's input norm (no residual before it)
     assert bool((flags.flags[1:, 0] == flags.epoch).all()) and int(flags.flags[0, 0]) == 0
-    graph = torch.cuda.CUDAGraph()
-    with pdl_scope(True), torch.cuda.graph(graph):
-        out = model(ids, positions, caches, meta)
-    for _ in range(30):
-        graph.replay()
-        assert torch.equal(out, want)
-    torch.cuda.synchronize()
     assert int(flags.errors) == 0 and int(flags.epoch) == 10 + 1 + 30

@@ -12,12 +12,12 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-from kiln.kernels import pdl_scope  # noqa: E402
 from kiln.kernels.attention import decode_rope_possible, paged_attention  # noqa: E402
 from kiln.kernels.attention_ref import FP8_KV_DTYPE  # noqa: E402
 from kiln.kernels.decode_attention import DecodeRope  # noqa: E402
 from kiln.kernels.rotary import rotary_and_write_kv  # noqa: E402
 from kiln.layers.rotary import RopeConfig, build_cos_sin_cache  # noqa: E402
+from gpu_helpers import eager_then_graph  # noqa: E402
 from test_kernels_gpu import paged_case  # noqa: E402
 
 
@@ -47,19 +47,16 @@ def test_decode_rope_bits_under_pdl_and_graphs(rows, graph_len, dtype, fp8, monk
     assert decode_rope_possible(q, k, v, kv_cache, meta, cos_sin)
     rope = DecodeRope(positions, meta.slot_mapping, cos_sin, k, v, *scales)
     cache = kv_cache.clone()
-    for _ in range(10):  # eager, under PDL
+
+    def run():
         cache.copy_(kv_cache)
-        out = paged_attention(q, cache, meta, 128 ** -0.5, None, *scales, rope=rope)
+        return paged_attention(q, cache, meta, 128 ** -0.5, None, *scales, rope=rope)
+
+    def check(out):
         assert torch.equal(cache.view(torch.uint8), want_cache.view(torch.uint8))
         assert torch.equal(out, want)
-    graph = torch.cuda.CUDAGraph()
-    with pdl_scope(True), torch.cuda.graph(graph):
-        cache.copy_(kv_cache)
-        out = paged_attention(q, cache, meta, 128 ** -0.5, None, *scales, rope=rope)
-    for _ in range(30):
-        graph.replay()
-        assert torch.equal(cache.view(torch.uint8), want_cache.view(torch.uint8))
-        assert torch.equal(out, want)
+
+    eager_then_graph(run, check, 10, 30)
 
 
 def test_engine_greedy_tokens_with_and_without_rope_in_decode(tmp_path, monkeypatch):

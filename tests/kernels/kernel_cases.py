@@ -34,3 +34,19 @@ def paged_case(seqs: list[tuple[int, int]], num_kv_heads: int, head_dim: int, bl
     kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
     meta = build_attention_metadata(described, block_size, device=device)
     return kv_cache.to(dtype=dtype, device=device), meta
+
+
+def greedy_tokens(model_dir, prompt_lengths: tuple[int, ...], offset: int):
+    """A tiny float16 engine on the CPU (decode split into partitions when the caller pretends
+    to be a large chip) generating 5 greedy tokens with log-probs for made-up prompts of these
+    lengths: (per prompt, (token ids, sorted (token, log-prob) pairs per step)), and the LLM."""
+    from kiln import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": [offset + (i * 7 + j) % 200 for j in range(n)]}
+               for i, n in enumerate(prompt_lengths)]
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=1)
+    llm = LLM(str(model_dir), dtype="float16", device="cpu", max_num_seqs=4, max_model_len=256)
+    outs = llm.generate(prompts, params)
+    return [(o.outputs[0].token_ids,
+             [sorted((t, lp.logprob) for t, lp in d.items()) for d in o.outputs[0].logprobs])
+            for o in outs], llm

@@ -7,7 +7,7 @@ ready; an engine decodes the same tokens and log-probs with and without either."
 import pytest
 import torch
 
-from kernel_cases import paged_case
+from kernel_cases import greedy_tokens, paged_case
 from kiln.kernels import dataflow, decode_attention, mma_gemv
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.rotary import RopeConfig, RotaryEmbedding
@@ -70,6 +70,9 @@ def test_gate_up_signals_each_granule_once_split():
     plain = mma_gemv.tc_gemv(mlp.act(gate_up), None, mlp.down_proj.weight, None, None, x.dtype,
                              split_k=2)
     assert torch.equal(out, plain)
+    # SiLU folded in without flags: the same product
+    assert torch.equal(mma_gemv.tc_gemv(gate_up, None, mlp.down_proj.weight, None, None, x.dtype,
+                                        split_k=2, silu=True), plain)
     assert (out.float() - want.float()).abs().max() < 2e-2 * want.float().abs().max()
 
 
@@ -189,24 +192,15 @@ def test_engine_tokens_with_and_without_dataflow(preset, flag, rope, tmp_path, m
     """Greedy tokens and their log-probs, bit for bit, from an engine whose decode steps run
     the flowing boundaries (split contexts, as on a GPU) and one whose steps do not; the flags
     were used (set for the last epoch, no poll gave up)."""
-    from kiln import LLM, SamplingParams
     from kiln.models.random_model import write_random_model
 
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     monkeypatch.setenv("KILN_ATTN_ROPE", rope)  # "1": qkv_proj -> attention flows too
     write_random_model(preset, tmp_path, seed=4, dtype="float16")
-    prompts = [{"prompt_token_ids": [3 + (i * 5 + j) % 200 for j in range(n)]}
-               for i, n in enumerate((70, 9))]
-    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=1)
     runs = {}
     for setting in ("0", flag):
         monkeypatch.setenv("KILN_DATAFLOW", setting)
-        llm = LLM(str(tmp_path), dtype="float16", device="cpu", max_num_seqs=4,
-                  max_model_len=256)
-        outs = llm.generate(prompts, params)
-        runs[setting] = [(o.outputs[0].token_ids,
-                          [sorted((t, lp.logprob) for t, lp in d.items())
-                           for d in o.outputs[0].logprobs]) for o in outs]
+        runs[setting], llm = greedy_tokens(tmp_path, (70, 9), 3)
         flags = llm.engine.model._flags
         if setting == "0":
             assert flags is None

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from kernel_cases import paged_case
+from kernel_cases import greedy_tokens, paged_case
 from kiln.kernels import decode_attention
 from kiln.kernels.attention import decode_rope_possible, paged_attention
 from kiln.kernels.attention_ref import FP8_KV_DTYPE
@@ -99,15 +99,11 @@ def test_engine_tokens_with_and_without_rope_in_decode(flags, tmp_path, monkeypa
     """Greedy tokens and their log-probs, bit for bit, with the decode steps' RoPE in the
     attention kernel (split contexts, as on a GPU) and without; also beside the row-granular
     attention -> o_proj boundary (KILN_DATAFLOW=attn)."""
-    from kiln import LLM, SamplingParams
     from kiln.kernels import rotary
     from kiln.models.random_model import write_random_model
 
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
     write_random_model("tiny-llama", tmp_path, seed=6, dtype="float16")
-    prompts = [{"prompt_token_ids": [5 + (i * 7 + j) % 200 for j in range(n)]}
-               for i, n in enumerate((60, 11))]
-    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=1)
     launches = []
     real = rotary._launch
 
@@ -121,12 +117,7 @@ def test_engine_tokens_with_and_without_rope_in_decode(flags, tmp_path, monkeypa
         monkeypatch.setenv("KILN_ATTN_ROPE", rope)
         monkeypatch.setenv("KILN_DATAFLOW", "attn" if flags[1] == "1" and rope == "1" else "0")
         launches.clear()
-        llm = LLM(str(tmp_path), dtype="float16", device="cpu", max_num_seqs=4,
-                  max_model_len=256)
-        outs = llm.generate(prompts, params)
-        runs[rope] = [(o.outputs[0].token_ids,
-                       [sorted((t, lp.logprob) for t, lp in d.items())
-                        for d in o.outputs[0].logprobs]) for o in outs]
+        runs[rope], _ = greedy_tokens(tmp_path, (60, 11), 5)
         decode_rotations = sum(1 for t in launches if t <= 2)
         assert (decode_rotations == 0) == (rope == "1")
     assert runs["0"] == runs["1"]
