@@ -225,7 +225,7 @@ def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims,
     key = rope_values(fresh_load(k_row + dims, every, FRESH),
                       fresh_load(k_row + partner, every, FRESH), dims, cs_row, HALF)
     val = fresh_load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, every,
-                      FRESH)
+                     FRESH)
     if KV_FP8:
         key = quantize_fp8(key, k_scale)
         val = quantize_fp8(val, v_scale)
