@@ -506,6 +506,45 @@ def tc_gemv_signals(n: int, device: torch.device) -> bool:
             and not tc_stream_k_enabled() and split_locks(device) is not None)
 
 
+# (N, K, dtypes, bias, split hint) of a tensor-core GEMV -> the autotuning key its plain launch
+# reads (_plain_config)
+_PLAIN_KEYS: dict[tuple, tuple] = {}
+
+
+class _KeyRecorder(dict):
+    """An autotuner cache that remembers the keys looked up in it."""
+
+    def __init__(self, data, seen: list):
+        super().__init__(data)
+        self.seen = seen
+
+    def __contains__(self, key):
+        self.seen.append(key)
+        return super().__contains__(key)
+
+
+def _plain_config(x2, x_scales, w, w_scales, bias, out_dtype, split_k) -> triton.Config:
+    """The configuration tc_gemv's plain (flagless) launch of this GEMV takes: the entry its
+    autotuning key holds now (tuned, stored with an engine or set by the in-situ tuner). The
+    key is learned once per shape by one plain launch on these inputs (a throwaway output),
+    which also tunes it when nothing holds it yet."""
+    site = (w.shape[0], w.shape[1], x2.dtype, w.dtype, out_dtype, None if bias is None
+            else bias.dtype, x_scales is not None, split_k, x2.device)
+    key = _PLAIN_KEYS.get(site)
+    if key is None or key not in _tc_gemv_tuned.cache:
+        saved, seen = _tc_gemv_tuned.cache, []
+        _tc_gemv_tuned.cache = _KeyRecorder(saved, seen)
+        try:
+            tc_gemv(x2, x_scales, w, w_scales, bias, out_dtype, split_k)
+        finally:
+            saved.update(_tc_gemv_tuned.cache)
+            _tc_gemv_tuned.cache = saved
+        if not seen:
+            raise RuntimeError("tc_gemv's plain launch read no autotuning key")
+        key = _PLAIN_KEYS[site] = seen[-1]
+    return _tc_gemv_tuned.cache[key]
+
+
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
             split_k: int = 0, config: triton.Config | None = None,
@@ -552,6 +591,11 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     if split_k > 0 and config is not None and config.kwargs.get("STREAM_K"):
         raise ValueError("a stream-K configuration cuts K itself: it takes no split_k")
     sms = _num_sms(x2.device)
+    if dataflow and config is None and x2.is_cuda and autotune_enabled():
+        # the flag arguments would give the launch an autotuning key of its own (their dtypes
+        # join it) and so perhaps another K split, other bits than the plain launch's
+        config = _plain_config(x2[:, :k] if silu else x2, x_scales, w, w_scales, bias, out_dtype,
+                               split_k)
     tune = x2.is_cuda and autotune_enabled() and config is None
     kind_configs = TC_GEMV_CONFIGS_FP8 if a8 else TC_GEMV_CONFIGS_FLOAT
     fixed = config or (kind_configs[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))

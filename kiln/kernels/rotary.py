@@ -6,6 +6,8 @@ kiln.kernels.attention for the fp8 cache format).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -15,6 +17,9 @@ from kiln.kernels.pdl import pdl_start
 from kiln.kernels.attention_ref import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
+# Compiled kernels round the products of the rotation through inline PTX (_round_to); the
+# interpreter, which cannot run it, rounds with casts (numpy neither contracts nor narrows).
+_ROUND_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
 
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -63,13 +68,32 @@ def rope_values(own, partner, dims, cs_row, HALF: tl.constexpr):
 
 
 @triton.jit
+def _round_to(x, ty: tl.constexpr):
+    """float32 x rounded to ty (to nearest, even on ties) and widened back to float32. For
+    bfloat16 and float16 in compiled kernels, through inline PTX that the compiler cannot see
+    into: with plain casts LLVM may narrow a product and the sum after it to 16-bit operations
+    and contract them into one fma, skipping the product's rounding, in one kernel and not in
+    another (the rotary launch and the decode kernel's RoPE then differed in the last bit)."""
+    if _ROUND_ASM and ty == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 t; cvt.rn.bf16.f32 t, $1; cvt.f32.bf16 $0, t; }", "=r,r", [x],
+            dtype=tl.float32, is_pure=True, pack=1)
+    elif _ROUND_ASM and ty == tl.float16:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 t; cvt.rn.f16.f32 t, $1; cvt.f32.f16 $0, t; }", "=r,r", [x],
+            dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return x.to(ty).to(tl.float32)
+
+
+@triton.jit
 def _rotated(own, partner, cos, sin, lower):
     """own * cos -/+ partner * sin (minus where ``lower``, the first half of the head dims), each
     product and the sum rounded to own's dtype, as the reference's torch ops do; cos and sin in
     float32 (already rounded to that dtype)."""
     ty = own.dtype
-    c = (own.to(tl.float32) * cos).to(ty).to(tl.float32)
-    s = (partner.to(tl.float32) * sin).to(ty).to(tl.float32)
+    c = _round_to(own.to(tl.float32) * cos, ty)
+    s = _round_to(partner.to(tl.float32) * sin, ty)
     return tl.where(lower, c - s, c + s).to(ty)
 
 
