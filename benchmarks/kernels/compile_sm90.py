@@ -122,10 +122,12 @@ def configs():
                         "BLOCK": 4096, "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}},
                        dtype, 8, 3)
         # the row-granular add + RMSNorm (KILN_DATAFLOW norm): waits on a GEMV, signals its rows
-        yield ("add+rmsnorm h4096 dataflow waits+signals", rmsnorm._rms_norm_kernel,
-               {"HAS_RESIDUAL": True, "BLOCK": 4096, "PDL": 1, "WAIT": True, "SIGNAL": True,
-                "_ptrs": {"wait_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32",
-                          "err_ptr": "*i32"}}, dtype, 8, 3)
+        for polls in (True, 2):
+            yield (f"add+rmsnorm h4096 dataflow waits+signals WAIT={int(polls)}",
+                   rmsnorm._rms_norm_kernel,
+                   {"HAS_RESIDUAL": True, "BLOCK": 4096, "PDL": 1, "WAIT": polls, "SIGNAL": True,
+                    "_ptrs": {"wait_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32",
+                              "err_ptr": "*i32"}}, dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
         if dtype == "bf16":
             yield ("silu_mul+fp8 quant I14336", activation._silu_and_mul_quant_kernel,
@@ -174,6 +176,8 @@ def configs():
                  {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
                 ("rope, dataflow waits+signals", False, False,
                  {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
+                ("rope, dataflow load polls", True, False,
+                 {"ROPE": True, "WAIT": 2, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
                 ("rope", True, False, {"ROPE": True}, rope_ptrs),
                 ("rope", False, False, {"ROPE": True}, rope_ptrs),
                 ("rope", False, True, {"ROPE": True}, {**rope_ptrs, "cache_ptr": "*fp8e4nv"})):
@@ -371,6 +375,7 @@ def tc_gemv_configs():
                     "err_ptr": "*i32"}
             for label, extra in (("signals", {"SIGNAL": True}),
                                  ("waits, SiLU", {"WAIT": True, "SILU": True}),
+                                 ("waits (load polls), SiLU", {"WAIT": 2, "SILU": True}),
                                  ("waits per row (o_proj)", {"WAIT": True, "WAIT_GRAN": 512,
                                                              "WAIT_STRIDE": 8}),
                                  ("waits, SiLU, signals (down)",

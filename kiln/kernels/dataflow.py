@@ -40,6 +40,8 @@ _MAX_POLLS = tl.constexpr(1 << 22)    # a poll loop gives up (counting it) after
 
 
 _BOUNDARIES = ("qkv", "attn", "mlp", "norm")
+# inline PTX (the acquire-load polls) only in compiled kernels: the interpreter cannot run it
+_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
 
 
 def dataflow_enabled(boundary: str | None = None) -> bool:
@@ -57,6 +59,13 @@ def dataflow_enabled(boundary: str | None = None) -> bool:
     if boundary is None:
         return flag != "0"
     return flag == "1" or boundary in names
+
+
+def poll_loads_enabled() -> bool:
+    """KILN_DATAFLOW_POLL=load: waiters poll their flags with acquire loads (ld.acquire.gpu) instead
+    of acquire atomics (a read-modify-write of 0 that every polling program sends to the flag's
+    L2 line). Off by default: not yet measured. The interpreter always polls with atomics."""
+    return os.environ.get("KILN_DATAFLOW_POLL", "atomic") == "load"
 
 
 def early_launch_enabled() -> bool:
@@ -128,13 +137,22 @@ def signal_granule(flag_ptr, epoch_ptr, index):
 
 
 @triton.jit
+def _acquire_loads(ptrs):
+    """The int32 flags at ptrs, each an acquire load at GPU scope (never hoisted out of a loop)."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l",
+                                     [ptrs.to(tl.int64, bitcast=True)], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
 def wait_rows(flag_ptr, epoch_ptr, err_ptr, c_begin, c_end, n_rows, GRAN: tl.constexpr = 16,
-              ROW_STRIDE: tl.constexpr = 0):
+              ROW_STRIDE: tl.constexpr = 0, LOADS: tl.constexpr = False):
     """Wait until the granules (GRAN columns each) covering columns [c_begin, c_end) hold this
     step's epoch (acquire), then let every thread of the program go on (barrier). ROW_STRIDE 0:
     one flag a granule for all rows; else each of the n_rows rows has its own flags, ROW_STRIDE
     apart. A loop that polls _MAX_POLLS rounds in vain adds 1 at err_ptr and goes on (wrong
-    values rather than a hung GPU)."""
+    values rather than a hung GPU). LOADS: poll with acquire loads, not acquire atomics (compiled
+    kernels; the waiter's WAIT is 2, kernel_args)."""
     epoch = tl.load(epoch_ptr)
     g_begin = c_begin // GRAN
     width = tl.cdiv(c_end, GRAN) - g_begin
@@ -150,7 +168,10 @@ def wait_rows(flag_ptr, epoch_ptr, err_ptr, c_begin, c_end, n_rows, GRAN: tl.con
         pending = 1
         polls = 0
         while (pending > 0) & (polls < _MAX_POLLS):
-            seen = tl.atomic_add(flags, 0, mask=live, sem="acquire", scope="gpu")
+            if LOADS and _ASM:
+                seen = _acquire_loads(tl.where(live, flags, flag_ptr))
+            else:
+                seen = tl.atomic_add(flags, 0, mask=live, sem="acquire", scope="gpu")
             pending = tl.sum(tl.where(live & (seen != epoch), 1, 0))
             polls += 1
         if pending > 0:
@@ -161,14 +182,16 @@ def wait_rows(flag_ptr, epoch_ptr, err_ptr, c_begin, c_end, n_rows, GRAN: tl.con
 def kernel_args(signal: "FlagSlot | None", wait: "FlagSlot | None") -> dict:
     """The launch arguments every flag-aware kernel takes for a producer slot it signals into
     (sig_ptr, epoch_ptr, SIGNAL) and one it waits on (wait_ptr, epoch_ptr, err_ptr, WAIT,
-    EARLY_LAUNCH); the two share one epoch (one RowFlags)."""
+    EARLY_LAUNCH); the two share one epoch (one RowFlags). WAIT is 1, or 2 to poll with acquire
+    loads (poll_loads_enabled; the kernel passes WAIT == 2 to wait_rows's LOADS)."""
     args = {}
     if signal is not None:
         args.update(sig_ptr=signal.flags, epoch_ptr=signal.epoch, SIGNAL=True)
     if wait is not None:
         if signal is not None and wait.epoch is not signal.epoch:
             raise ValueError("a kernel signals and waits on flags of one RowFlags")
-        args.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors, WAIT=True,
+        args.update(wait_ptr=wait.flags, epoch_ptr=wait.epoch, err_ptr=wait.errors,
+                    WAIT=2 if poll_loads_enabled() else 1,
                     EARLY_LAUNCH=early_launch_enabled())
     return args
 

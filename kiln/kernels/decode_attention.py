@@ -137,7 +137,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     if WAIT:
         tl.static_assert(ROPE, "a decode launch waits on qkv's flags only with ROPE")
         q_col = flow_q_col + kv_head * group * HEAD_DIM
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, q_col, q_col + group * HEAD_DIM, 1)
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, q_col, q_col + group * HEAD_DIM, 1,
+                  LOADS=WAIT == 2)
     q = fresh_load(q_rows + dims[None, :], row_ok[:, None], WAIT)
     if ROPE:
         HALF: tl.constexpr = HEAD_DIM // 2
@@ -148,9 +149,9 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         if part == count - 1:
             if WAIT:
                 k_col = flow_k_col + kv_head * HEAD_DIM
-                wait_rows(wait_ptr, epoch_ptr, err_ptr, k_col, k_col + HEAD_DIM, 1)
+                wait_rows(wait_ptr, epoch_ptr, err_ptr, k_col, k_col + HEAD_DIM, 1, LOADS=WAIT == 2)
                 v_col = flow_v_col + kv_head * HEAD_DIM
-                wait_rows(wait_ptr, epoch_ptr, err_ptr, v_col, v_col + HEAD_DIM, 1)
+                wait_rows(wait_ptr, epoch_ptr, err_ptr, v_col, v_col + HEAD_DIM, 1, LOADS=WAIT == 2)
             _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, q_start, kv_head, dims,
                           partner, cs_row, kn_tok_stride, kn_head_stride, vn_tok_stride,
                           vn_head_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,

@@ -144,9 +144,10 @@ def _x_ready(PDL: tl.constexpr, WAIT: tl.constexpr, SILU: tl.constexpr, wait_ptr
     columns [k_begin, k_end) of x's M rows (and of its up half, K further, with SILU) to be
     marked ready (granules of GRAN columns; STRIDE as dataflow.wait_rows's ROW_STRIDE)."""
     if WAIT:
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end, M, GRAN, STRIDE)
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end, M, GRAN, STRIDE, WAIT == 2)
         if SILU:
-            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end, M, GRAN, STRIDE)
+            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end, M, GRAN, STRIDE,
+                      WAIT == 2)
     else:
         pdl_start(PDL)
 

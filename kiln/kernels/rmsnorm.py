@@ -72,7 +72,7 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_strid
     mask = cols < hidden
     out_ty = out_ptr.dtype.element_ty
     if WAIT:
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, 0, hidden, 1)
+        wait_rows(wait_ptr, epoch_ptr, err_ptr, 0, hidden, 1, LOADS=WAIT == 2)
     y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
                     eps, out_ty, HAS_RESIDUAL, WAIT)
     tl.store(out_ptr + row * out_row_stride + cols, y.to(out_ty), mask=mask)

@@ -20,8 +20,8 @@ from test_kernels_gpu import paged_case  # noqa: E402
 
 # the waiters' weight reads before their polls (tc_gemv's waiter_steps)
 WAITER_ENVS = [{}, {"KILN_DATAFLOW_EARLY_W": "1"}, {"KILN_DATAFLOW_PREFETCH": "8"},
-               {"KILN_DATAFLOW_EARLY_LAUNCH": "1"}]
-WAITER_IDS = ["plain", "early_w", "prefetch", "early_launch"]
+               {"KILN_DATAFLOW_EARLY_LAUNCH": "1"}, {"KILN_DATAFLOW_POLL": "load"}]
+WAITER_IDS = ["plain", "early_w", "prefetch", "early_launch", "load_polls"]
 
 
 def _same(out, want):
@@ -72,7 +72,8 @@ def _attention(dtype, seed):
     return attn
 
 
-@pytest.mark.parametrize("waiter", WAITER_ENVS[::3], ids=WAITER_IDS[::3])
+@pytest.mark.parametrize("waiter", WAITER_ENVS[::3] + WAITER_ENVS[4:],
+                         ids=WAITER_IDS[::3] + WAITER_IDS[4:])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rope", ["0", "1"])
 @pytest.mark.parametrize("rows,graph_len", [(1, 8192), (4, 8192), (16, 8192), (1, 0), (16, 0)])
@@ -141,8 +142,9 @@ def test_engine_greedy_tokens_with_and_without_dataflow(tmp_path, monkeypatch):
     assert runs["10"] == runs["00"] and runs["attn0"] == runs["00"] and runs["11"] == runs["00"]
 
 
+@pytest.mark.parametrize("polls", ["atomic", "load"])
 @pytest.mark.parametrize("rows", [1, 4, 16])
-def test_flowing_model_bits_under_pdl_and_graphs(rows, monkeypatch):
+def test_flowing_model_bits_under_pdl_and_graphs(rows, polls, monkeypatch):
     """Two decoder layers of the 8B architecture with every boundary flowing (KILN_DATAFLOW=1,
     KILN_ATTN_ROPE=1: norms, qkv_proj, attention, o_proj, the MLP), decode rows over split
     contexts, eager under PDL and replayed from a CUDA graph: the hidden states of the separate
@@ -177,6 +179,7 @@ def test_flowing_model_bits_under_pdl_and_graphs(rows, monkeypatch):
     want = model(ids, positions, caches, meta)
     monkeypatch.setenv("KILN_DATAFLOW", "1")
     monkeypatch.setenv("KILN_ATTN_ROPE", "1")
+    monkeypatch.setenv("KILN_DATAFLOW_POLL", polls)
     eager_then_graph(lambda: model(ids, positions, caches, meta), lambda out: _same(out, want),
                      10, 30)
     flags = model._flags
