@@ -3,7 +3,7 @@ again for each variant, the variants interleaved round by round.
 
 `benchmarks/run_variants_h200.sh` starts a process per variant, which costs the 8B model's load
 and every graph capture each time (about 40 s a variant on the H200). Switches that kiln reads
-when it launches a kernel (KILN_DATAFLOW*, KILN_ATTN_ROPE, KILN_GEMV_EARLY_W, KILN_TC_GEMV, ...)
+when it launches a kernel (KILN_ATTN_ROPE, KILN_GEMV_EARLY_W, KILN_TC_GEMV, ...)
 take effect at the next capture, so here the model loads once and each variant costs its
 capture and its iterations. Switches read when the engine is built (KILN_PRODUCER_QUANT, the
 GEMV candidate lists) do not: use run_variants_h200.sh for those.
@@ -110,14 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
         "num_iters": args.num_iters, "startup_seconds": startup, "graphs": graphs,
         "kernel_compiles_after_startup": engine.stats().get("kernel_compiles_after_startup"),
-        "dataflow_poll_timeouts": engine.dataflow_poll_timeouts(),
         "environment": common.environment(engine.device),
         "variants": {name: {"env": env, "runs": runs[name],
                             "decode_tokens_per_s": statistics.median(
                                 r["decode_tokens_per_s"] for r in runs[name])}
                      for name, env in variants},
     }
-    print(f"dataflow poll timeouts: {result['dataflow_poll_timeouts']}")
     print("variant       median decode tok/s (rounds)")
     for name, v in result["variants"].items():
         each = " ".join(f"{r['decode_tokens_per_s']:.1f}" for r in v["runs"])

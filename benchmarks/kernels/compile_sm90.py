@@ -121,13 +121,6 @@ def configs():
                        {"out_ty": triton.language.bfloat16, "HAS_RESIDUAL": res, "IS_INT8": False,
                         "BLOCK": 4096, "_ptrs": {"q_ptr": "*fp8e4nv", "s_ptr": "*fp32"}},
                        dtype, 8, 3)
-        # the row-granular add + RMSNorm (KILN_DATAFLOW norm): waits on a GEMV, signals its rows
-        for polls in (True, 2):
-            yield (f"add+rmsnorm h4096 dataflow waits+signals WAIT={int(polls)}",
-                   rmsnorm._rms_norm_kernel,
-                   {"HAS_RESIDUAL": True, "BLOCK": 4096, "PDL": 1, "WAIT": polls, "SIGNAL": True,
-                    "_ptrs": {"wait_ptr": "*i32", "sig_ptr": "*i32", "epoch_ptr": "*i32",
-                              "err_ptr": "*i32"}}, dtype, 8, 3)
         yield ("silu_mul I14336", activation._silu_and_mul_kernel, {"BLOCK": 1024}, dtype, 4, 3)
         if dtype == "bf16":
             yield ("silu_mul+fp8 quant I14336", activation._silu_and_mul_quant_kernel,
@@ -165,29 +158,16 @@ def configs():
                     "FP8_ASM": kv_fp8, "FUSED_REDUCE": True, "GROUP_P2": 4, "MERGE_P": 16,
                     "QUANT_ROW": quant, "_ptrs": ptrs}, dtype, small["num_warps"],
                    small["num_stages"])
-        # the row-granular decode (kiln.kernels.dataflow: it signals o_proj, waits on qkv_proj)
-        # and RoPE with the step's K/V write in it (KILN_ATTN_ROPE), under PDL
-        flow_ptrs = {"sig_ptr": "*i32", "epoch_ptr": "*i32", "wait_ptr": "*i32", "err_ptr": "*i32"}
+        # RoPE with the step's K/V write in the decode kernel (KILN_ATTN_ROPE), under PDL
         rope_ptrs = {"pos_ptr": "*i64", "cos_sin_ptr": "*fp32", "slot_ptr": "*i64"}
-        for label, single, kv_fp8, extra, ptrs in (
-                ("dataflow signals", True, False, {"SIGNAL": True}, flow_ptrs),
-                ("dataflow signals", False, False, {"SIGNAL": True}, flow_ptrs),
-                ("rope, dataflow waits+signals", True, False,
-                 {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
-                ("rope, dataflow waits+signals", False, False,
-                 {"ROPE": True, "WAIT": True, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
-                ("rope, dataflow load polls", True, False,
-                 {"ROPE": True, "WAIT": 2, "SIGNAL": True}, {**rope_ptrs, **flow_ptrs}),
-                ("rope", True, False, {"ROPE": True}, rope_ptrs),
-                ("rope", False, False, {"ROPE": True}, rope_ptrs),
-                ("rope", False, True, {"ROPE": True}, {**rope_ptrs, "cache_ptr": "*fp8e4nv"})):
-            fp8_label = f" fp8-kv={kv_fp8}" if label == "rope" else ""
-            yield (f"decode G4 N{small['block_n']} single={single}{fp8_label} {label}",
+        for single, kv_fp8, ptrs in ((True, False, rope_ptrs), (False, False, rope_ptrs),
+                                     (False, True, {**rope_ptrs, "cache_ptr": "*fp8e4nv"})):
+            yield (f"decode G4 N{small['block_n']} single={single} fp8-kv={kv_fp8} rope",
                    decode_attention._decode_partition_kernel,
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
                     "FP8_ASM": kv_fp8, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
-                    "MERGE_P": 16, **extra, "_ptrs": {"lock_ptr": "*i32", **ptrs}},
+                    "MERGE_P": 16, "ROPE": True, "_ptrs": {"lock_ptr": "*i32", **ptrs}},
                    dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,
@@ -362,35 +342,6 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
-        if a8:  # an fp8 qkv_proj marking its output ready for the decode attention
-            yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow signals",
-                   mma_gemv._tc_gemv_kernel,
-                   {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                    "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"],
-                    "PDL": 1, "EARLY_W": 1, "SIGNAL": True,
-                    "_ptrs": {**ptrs, "sig_ptr": "*i32", "epoch_ptr": "*i32"}}, "bf16",
-                   cfg.num_warps, cfg.num_stages)
-        if not a8:  # row-granular dependencies (kiln.kernels.dataflow): gate_up, then down
-            flow = {**ptrs, "sig_ptr": "*i32", "wait_ptr": "*i32", "epoch_ptr": "*i32",
-                    "err_ptr": "*i32"}
-            for label, extra in (("signals", {"SIGNAL": True}),
-                                 ("waits, SiLU", {"WAIT": True, "SILU": True}),
-                                 ("waits (load polls), SiLU", {"WAIT": 2, "SILU": True}),
-                                 ("waits per row (o_proj)", {"WAIT": True, "WAIT_GRAN": 512,
-                                                             "WAIT_STRIDE": 8}),
-                                 ("waits, SiLU, signals (down)",
-                                  {"WAIT": True, "SILU": True, "SIGNAL": True}),
-                                 ("waits per row, signals (o_proj)",
-                                  {"WAIT": True, "WAIT_GRAN": 512, "WAIT_STRIDE": 8,
-                                   "SIGNAL": True}),
-                                 ("waits on a norm, signals (qkv)",
-                                  {"WAIT": True, "WAIT_GRAN": 4096, "WAIT_STRIDE": 1,
-                                   "SIGNAL": True})):
-                yield (f"{name} tc-gemv N{cfg.kwargs['BLOCK_N']} PDL, dataflow {label}",
-                       mma_gemv._tc_gemv_kernel,
-                       {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                        "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"],
-                        "PDL": 1, "_ptrs": flow, **extra}, "bf16", cfg.num_warps, cfg.num_stages)
 
 
 def argmax_configs():

@@ -101,7 +101,6 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "achieved_gbs": step_bytes / tpot / 1e9 if tpot else None,
         "engine": common.engine_settings(engine),
         "kernel_compiles_after_startup": engine.stats().get("kernel_compiles_after_startup"),
-        "dataflow_poll_timeouts": engine.dataflow_poll_timeouts(),
         "environment": common.environment(device),
     }
     copy_bw = common.copy_bandwidth_gbs(device) if tpot else None

@@ -522,13 +522,6 @@ class LLMEngine:
                              metrics={"arrival_time": group.arrival_time,
                                       "first_token_time": first.first_token_time})
 
-    def dataflow_poll_timeouts(self) -> int | None:
-        """How many poll loops of the row-granular decode path (KILN_DATAFLOW) gave up since
-        start-up (each means wrong values in a step; 0 unless something is wrong), or None if
-        it never ran. Reads the device: not for every step."""
-        flags = getattr(self.model, "_flags", None)
-        return None if flags is None else int(flags.errors.item())
-
     def stats(self) -> dict:
         """Counters and gauges: KV blocks, preemptions, prefix-cache queries and hits (tokens),
         Triton kernel variants compiled after start-up."""

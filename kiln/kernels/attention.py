@@ -24,8 +24,7 @@ import triton.language as tl
 from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.attention_ref import is_fp8_kv_cache, paged_attention_ref
 from kiln.kernels.attention_tiles import _LOG2E, _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.dataflow import FlagSlot
-from kiln.kernels.decode_attention import DecodeRope, _paged_decode, decode_rope_ok, decode_signals
+from kiln.kernels.decode_attention import DecodeRope, _paged_decode, decode_rope_ok
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.prefill_fresh import (fresh_prefill_attention, fresh_prefill_ok,
                                         fresh_prefill_supports)
@@ -113,15 +112,6 @@ def _triton_ok(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
             and q.shape[1] % kv_cache.shape[3] == 0)
 
 
-def decode_signals_ok(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
-    """Whether paged_attention can take ``signal`` for this batch: one token per sequence on
-    the Triton decode kernel, which stores each head group's final output itself
-    (decode_attention.decode_signals)."""
-    return (_triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1
-            and q.shape[0] == meta.num_seqs
-            and decode_signals(meta.num_seqs, kv_cache.shape[3], q.device))
-
-
 def decode_rope_possible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          kv_cache: torch.Tensor, meta: AttentionMetadata,
                          cos_sin_cache: torch.Tensor) -> bool:
@@ -194,9 +184,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                     v_scale: float = 1.0,
                     fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                     quant_dtype: torch.dtype | None = None,
-                    signal: FlagSlot | None = None, rope: DecodeRope | None = None,
-                    wait: FlagSlot | None = None,
-                    wait_cols: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor | QuantizedRows:
+                    rope: DecodeRope | None = None) -> torch.Tensor | QuantizedRows:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
     or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
     [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
@@ -214,25 +202,14 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     cache their e4m3 codes in float16; pass it only when wants_fresh_kv says so) lets the batch's
     trailing fresh prompts (meta.fresh_from) take a kernel that reads them from these tensors
     instead of the cache: the same values, faster.
-    ``signal`` (kiln.kernels.dataflow; decode batches of one token per sequence on the Triton
-    path, see decode_attention.decode_signals): each token's head groups are marked ready in its
-    flags as the kernel stores them, for an o_proj that waits on them.
     ``rope`` (decode batches of one token per sequence, see decode_attention.decode_rope_ok): q
     is before RoPE; the decode kernel rotates it and writes the step's K/V into the cache
-    itself, instead of kiln.kernels.rotary's launch before it. ``wait`` (with ``rope``; see
-    decode_attention._paged_decode): q, k and v are columns ``wait_cols`` on of a tensor-core
-    GEMV's output that marks them ready in these flags as it finishes them.
+    itself, instead of kiln.kernels.rotary's launch before it.
     """
-    if wait is not None and rope is None:
-        raise ValueError("paged_attention waits on a GEMV's flags only with rope")
     if rope is not None and not decode_rope_possible(q, rope.k, rope.v, kv_cache, meta,
                                                      rope.cos_sin_cache):
         raise ValueError("paged_attention applies RoPE itself only for decode batches on the "
                          "Triton kernels (decode_rope_possible)")
-    if signal is not None and (not decode_signals_ok(q, kv_cache, meta)
-                               or quant_dtype is not None):
-        raise ValueError("paged_attention signals only for decode batches of one token per "
-                         "sequence on the Triton kernels, unquantized (decode_signals_ok)")
     if quant_dtype is not None:
         quantized = None
         if _triton_ok(q, kv_cache) and meta.num_seqs > 0 and meta.max_query_len == 1:
@@ -240,8 +217,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
             qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window,
                                                            k_scale, v_scale)
             quantized = _paged_decode(q, kv_cache, meta, out, qk_scale, window,
-                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype, rope=rope,
-                                      wait=wait, wait_cols=wait_cols)
+                                      v_scale=fp8_v_scale, quant_dtype=quant_dtype, rope=rope)
         else:
             out = paged_attention(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale,
                                   fresh_kv)
@@ -252,8 +228,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
-        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale,
-                      signal=signal, rope=rope, wait=wait, wait_cols=wait_cols)
+        _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope)
         return out
     body = meta
     if meta.decode_split is not None:  # leading one-token rows on the decode kernel

@@ -17,8 +17,6 @@ import triton.language as tl
 from kiln.kernels import pdl_args
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, signal_granule,
-                                   wait_rows, waiter_end, waiter_start, waiter_stores)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.rotary import quantize_fp8, rope_values
@@ -67,14 +65,11 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              FUSED_REDUCE: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
                              MERGE_P: tl.constexpr = 1, codes_ptr=None, scales_ptr=None,
                              codes_stride=0, QUANT_ROW: tl.constexpr = 0,
-                             KEYS_WIDE: tl.constexpr = False, sig_ptr=None, epoch_ptr=None,
-                             SIGNAL: tl.constexpr = False, k_new_ptr=None, v_new_ptr=None,
+                             KEYS_WIDE: tl.constexpr = False, k_new_ptr=None, v_new_ptr=None,
                              pos_ptr=None, cos_sin_ptr=None, slot_ptr=None, kn_tok_stride=0,
                              kn_head_stride=0, vn_tok_stride=0, vn_head_stride=0,
                              cos_sin_stride=0, k_scale_w=1.0, v_scale_w=1.0,
-                             ROPE: tl.constexpr = False, wait_ptr=None, err_ptr=None,
-                             flow_q_col=0, flow_k_col=0, flow_v_col=0,
-                             WAIT: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False):
+                             ROPE: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -87,28 +82,13 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # merged (counter lock_ptr[num_seqs * kv heads + seq]) also quantizes the token's whole
     # output row per token to fp8 codes (codes_ptr, row stride codes_stride) and scale
     # (scales_ptr), the bits quant_per_token gives for out: o_proj's quantization launch saved.
-    # SIGNAL (SINGLE or FUSED_REDUCE): the program that stores a (token, kv head)'s final output
-    # marks flag sig_ptr[token * kv heads + kv_head] ready for the step's epoch (epoch_ptr), so
-    # that o_proj can read those heads without waiting for the whole launch
-    # (kiln.kernels.dataflow).
     # ROPE: q_ptr holds the step's queries before RoPE, and each program rotates its heads'
     # itself; the program of a sequence's last partition (the only one whose keys include the
     # new token) also rotates the token's key (k_new_ptr) and writes it and its value
     # (v_new_ptr) into the cache at slot_ptr[token] (-1: nowhere; an fp8 cache scaled by
     # k_scale_w / v_scale_w) before it reads its keys: kiln.kernels.rotary's launch saved, the
     # same bits (rotary.rope_values).
-    # WAIT (with ROPE): q, k and v are columns flow_q_col.., flow_k_col.., flow_v_col.. of a
-    # tensor-core GEMV's output (qkv_proj) that marks 16-column granules ready in wait_ptr
-    # (kiln.kernels.dataflow): each program waits only for its heads' columns (and the last
-    # partition for its kv head's key and value) instead of the whole GEMV, reads its keys
-    # meanwhile, and waits for the GEMV (griddepcontrol.wait) only before its first store but
-    # one: the new token's K/V (ROPE) goes into the cache before, which is safe because no kernel
-    # of the step before it reads that slot (padding rows may read a stale one; their outputs
-    # are discarded).
-    if WAIT:
-        waiter_start(PDL, EARLY_LAUNCH)
-    else:
-        pdl_start(PDL)
+    pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -126,36 +106,24 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
         lo = first + part * keys  # a tile multiple: keys before the window are masked
         hi = tl.minimum(lo + keys, seq_len)
     if (q_len == 0) | (part >= count):
-        if WAIT:  # so that this kernel's completion still implies qkv_proj's
-            waiter_end(PDL)
         return
     g = tl.arange(0, BLOCK_G)
     heads = kv_head * group + g
     row_ok = g < group
     dims = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
-    if WAIT:
-        tl.static_assert(ROPE, "a decode launch waits on qkv's flags only with ROPE")
-        q_col = flow_q_col + kv_head * group * HEAD_DIM
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, q_col, q_col + group * HEAD_DIM, 1,
-                  LOADS=WAIT == 2)
-    q = fresh_load(q_rows + dims[None, :], row_ok[:, None], WAIT)
+    q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
     if ROPE:
         HALF: tl.constexpr = HEAD_DIM // 2
         partner = (dims + HALF) % HEAD_DIM
         cs_row = cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride
-        q = rope_values(q, fresh_load(q_rows + partner[None, :], row_ok[:, None], WAIT),
+        q = rope_values(q, tl.load(q_rows + partner[None, :], mask=row_ok[:, None], other=0.0),
                         dims[None, :], cs_row, HALF)
         if part == count - 1:
-            if WAIT:
-                k_col = flow_k_col + kv_head * HEAD_DIM
-                wait_rows(wait_ptr, epoch_ptr, err_ptr, k_col, k_col + HEAD_DIM, 1, LOADS=WAIT == 2)
-                v_col = flow_v_col + kv_head * HEAD_DIM
-                wait_rows(wait_ptr, epoch_ptr, err_ptr, v_col, v_col + HEAD_DIM, 1, LOADS=WAIT == 2)
             _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, q_start, kv_head, dims,
                           partner, cs_row, kn_tok_stride, kn_head_stride, vn_tok_stride,
                           vn_head_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
-                          k_scale_w, v_scale_w, HALF, KV_FP8, WAIT)
+                          k_scale_w, v_scale_w, HALF, KV_FP8)
     if KV_FP8:
         q = _fp8_dot_q(q)
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
@@ -171,14 +139,10 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     if KV_FP8:
         # acc is linear in the values, so partial results can be scaled before the reduce.
         acc = acc * v_scale
-    if WAIT:  # qkv_proj (and every kernel before it) is done before this program stores
-        waiter_stores(PDL, EARLY_LAUNCH)
     if SINGLE:
         out = acc / l[:, None]
         tl.store(out_ptr + q_start.to(tl.int64) * out_tok_stride + heads[:, None] * out_head_stride
                  + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-        if SIGNAL:
-            signal_granule(sig_ptr, epoch_ptr, q_start * tl.num_programs(1) + kv_head)
         if QUANT_ROW > 0:
             # the last kv head of the sequence to finish quantizes its token's whole row
             _quantize_row_when_last(lock_ptr + seq, out_ptr, codes_ptr, scales_ptr, q_start,
@@ -198,8 +162,6 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                                   kv_head * group, group, count, num_q_heads, max_partitions,
                                   out_tok_stride, out_head_stride, GROUP_P2, HEAD_DIM, MERGE_P,
                                   True)
-                if SIGNAL:
-                    signal_granule(sig_ptr, epoch_ptr, q_start * tl.num_programs(1) + kv_head)
                 tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
                 if QUANT_ROW > 0:
                     _quantize_row_when_last(
@@ -212,21 +174,20 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cs_row,
                   kn_tok_stride, kn_head_stride, vn_tok_stride, vn_head_stride, cache_kv_stride,
                   cache_slot_stride, cache_head_stride, k_scale, v_scale, HALF: tl.constexpr,
-                  KV_FP8: tl.constexpr, FRESH: tl.constexpr = False):
+                  KV_FP8: tl.constexpr):
     """Rotate token tok's key of kv_head and write it and its value into the cache at the
     token's slot (slot_ptr[tok]; -1 writes nothing), as kiln.kernels.rotary's cache write does;
     then a barrier, so that the program's own reads of the cache see them. Slots index the
-    flattened (block, offset) dims of the contiguous cache. FRESH: k and v were just written by
-    another program (read past L1)."""
+    flattened (block, offset) dims of the contiguous cache."""
     tok64 = tok.to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
     every = dims >= 0
     ok = every & (slot >= 0)
     k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
-    key = rope_values(fresh_load(k_row + dims, every, FRESH),
-                      fresh_load(k_row + partner, every, FRESH), dims, cs_row, HALF)
-    val = fresh_load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, every,
-                     FRESH)
+    key = rope_values(tl.load(k_row + dims, mask=every, other=0.0),
+                      tl.load(k_row + partner, mask=every, other=0.0), dims, cs_row, HALF)
+    val = tl.load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, mask=every,
+                  other=0.0)
     if KV_FP8:
         key = quantize_fp8(key, k_scale)
         val = quantize_fp8(val, v_scale)
@@ -474,7 +435,9 @@ class DecodeRope:
 def rope_in_decode_enabled() -> bool:
     """KILN_ATTN_ROPE=1: small decode batches (below large_decode_min_seqs) apply RoPE and write
     the step's K/V in the decode attention kernel (DecodeRope) instead of kiln.kernels.rotary's
-    launch. Off by default: not yet measured on the H200."""
+    launch. Off by default: on the H100 it took bf16 8B batch 1 from 171.8 to 173.5 tok/s with
+    the same bits (benchmarks/h200-dataflow, run-b); not yet measured on the H200, nor with the
+    whole GPU suite run with it on."""
     return os.environ.get("KILN_ATTN_ROPE", "0") == "1"
 
 
@@ -492,14 +455,6 @@ def decode_rope_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: 
             and num_seqs < large_decode_min_seqs(kv_cache.shape[3], _num_sms(q.device)))
 
 
-def decode_signals(num_seqs: int, num_kv_heads: int, device: torch.device) -> bool:
-    """Whether a decode launch of num_seqs sequences can mark its output ready per (token, kv
-    head) for o_proj (_paged_decode's signal): it merges its partitions in the kernel (or runs
-    one partition per sequence), so the program that stores each head group's output is known."""
-    return (fused_reduce_enabled() and num_seqs * num_kv_heads <= SPLIT_LOCKS
-            and split_locks(device) is not None)
-
-
 def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
     """The sequence count from which a decode launch takes LARGE_DECODE_TILE."""
     return -(-2 * num_sms // num_kv_heads)
@@ -508,35 +463,23 @@ def large_decode_min_seqs(num_kv_heads: int, num_sms: int) -> int:
 def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor,
                   qk_scale: float, window: int, tuning: dict | None = None,
                   v_scale: float = 1.0, quant_dtype: torch.dtype | None = None,
-                  signal: FlagSlot | None = None, rope: DecodeRope | None = None,
-                  wait: FlagSlot | None = None,
-                  wait_cols: tuple[int, int, int] = (0, 0, 0)) -> QuantizedRows | None:
+                  rope: DecodeRope | None = None) -> QuantizedRows | None:
     """Flash-decoding launch; `tuning` (benchmarks only) overrides partitions (a count) or
     partition (keys per partition of max_seq_len), block_n/warps/stages, fp8_asm, late_v (see
     late_values_enabled), maxnreg (a register cap for the compiler) and gluon (the Gluon
     kernel's (block_n, stages, keys_m), or None for the Triton kernel; see gluon_decode_tile).
     quant_dtype (float8_e4m3fn): where the kernel can (a fused merge, at most QUANT_PAD_ABOVE
     rows, or one partition per sequence over an fp8 cache), it also quantizes out per token
-    and returns those rows; otherwise None. signal (kiln.kernels.dataflow; one token per
-    sequence, no quant_dtype, see decode_signals): each (token, kv head)'s output is marked ready
-    in its flags (granule group * head_dim, row stride num_kv_heads) as it is stored. rope (see
-    decode_rope_ok): q is before RoPE, and the kernel rotates it and writes the step's K/V.
-    wait (with rope; kiln.kernels.dataflow): q, k and v are columns wait_cols[0].., [1].., [2]..
-    of a tensor-core GEMV's output that marks them ready in these flags; the programs read them
-    as they are marked instead of after the whole GEMV."""
+    and returns those rows; otherwise None. rope (see decode_rope_ok): q is before RoPE, and
+    the kernel rotates it and writes the step's K/V."""
     tuning = tuning or {}
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_q_heads = q.shape[1]
     group = num_q_heads // num_kv_heads
     num_seqs = meta.num_seqs
-    if signal is not None:
-        _check_signal(signal, q, meta, num_kv_heads, group * head_dim, quant_dtype)
     if rope is not None and not decode_rope_ok(q, rope.k, rope.v, kv_cache, rope.cos_sin_cache,
                                                num_seqs):
         raise ValueError("decode attention applies RoPE only as decode_rope_ok allows")
-    if wait is not None and (rope is None or wait.granule != FLAG_ROWS or wait.row_stride != 0):
-        raise ValueError("decode attention waits on a GEMV's flags (one per 16 columns for all "
-                         "rows) only where it applies RoPE itself")
     max_seq_len = max(meta.max_seq_len, 1)
     # float32 (a test dtype) runs its dots on FMA units: smaller tiles keep it out of local memory.
     block_n, num_warps, num_stages = (16 if q.dtype == torch.float32 else 32), 4, 2
@@ -592,11 +535,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     # One partition per sequence over an fp8 cache: the Gluon kernel, unless the row is to be
     # quantized here (KILN_ATTN_QUANT_OUT), which only the Triton kernel does.
     gluon_tile = tuning.get("gluon", gluon_decode_tile() if gluon_decode_enabled() else None)
-    if signal is not None and not (single or fused):
-        raise ValueError("decode attention signals only where the partition kernel stores the "
-                         "final outputs (one partition, or a fused merge): see decode_signals")
     if (gluon_tile and single and large and fp8_asm and window == 0 and head_dim == 128
-            and group <= 16 and quantized is None and signal is None and rope is None):
+            and group <= 16 and quantized is None and rope is None):
         block_n, stages, keys_m = gluon_tile
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
@@ -613,7 +553,6 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         **({} if rope is None else _rope_args(rope, kv_cache)),
-        **_flow_args(signal, wait, wait_cols),
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
     if not single and not fused:
@@ -627,22 +566,6 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
     return quantized
 
 
-def _check_signal(signal: FlagSlot, q: torch.Tensor, meta: AttentionMetadata, num_kv_heads: int,
-                  granule: int, quant_dtype: torch.dtype | None) -> None:
-    """Refuse a signal the decode kernel cannot give: rows other than one token per sequence, a
-    quantized output, or flags of another layout or too few."""
-    if quant_dtype is not None or meta.max_query_len != 1 or q.shape[0] != meta.num_seqs:
-        raise ValueError("decode attention signals only for one token per sequence and an "
-                         "unquantized output")
-    if signal.granule != granule or signal.row_stride != num_kv_heads:
-        raise ValueError(f"decode attention signals one flag per token and kv head (granule "
-                         f"{granule}, row stride {num_kv_heads}); the slot has granule "
-                         f"{signal.granule}, row stride {signal.row_stride}")
-    if signal.flags.numel() < q.shape[0] * num_kv_heads:
-        raise ValueError(f"{q.shape[0]} tokens x {num_kv_heads} kv heads need as many flags; the "
-                         f"slot has {signal.flags.numel()}")
-
-
 def _rope_args(rope: DecodeRope, kv_cache: torch.Tensor) -> dict:
     """The partition kernel's ROPE arguments for rope."""
     return dict(k_new_ptr=rope.k, v_new_ptr=rope.v, pos_ptr=rope.positions,
@@ -652,13 +575,3 @@ def _rope_args(rope: DecodeRope, kv_cache: torch.Tensor) -> dict:
                 cos_sin_stride=rope.cos_sin_cache.stride(0),
                 k_scale_w=float(rope.k_scale) if is_fp8_kv_cache(kv_cache) else 1.0,
                 v_scale_w=float(rope.v_scale) if is_fp8_kv_cache(kv_cache) else 1.0, ROPE=True)
-
-
-def _flow_args(signal: FlagSlot | None, wait: FlagSlot | None,
-               wait_cols: tuple[int, int, int]) -> dict:
-    """The partition kernel's SIGNAL and WAIT arguments (dataflow.kernel_args, plus where q, k
-    and v sit among the waited GEMV's columns)."""
-    args = kernel_args(signal, wait)
-    if wait is not None:
-        args.update(flow_q_col=wait_cols[0], flow_k_col=wait_cols[1], flow_v_col=wait_cols[2])
-    return args

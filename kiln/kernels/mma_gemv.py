@@ -12,9 +12,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args
-from kiln.kernels.activation import silu_mul_values
-from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, wait_rows,
-                                   waiter_start, waiter_stores)
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
@@ -32,11 +29,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
-                    sig_ptr=None, wait_ptr=None, epoch_ptr=None, err_ptr=None,
-                    SIGNAL: tl.constexpr = False, WAIT: tl.constexpr = False,
-                    SILU: tl.constexpr = False, WAIT_GRAN: tl.constexpr = 16,
-                    WAIT_STRIDE: tl.constexpr = 0, EARLY_LAUNCH: tl.constexpr = False):
+                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -53,12 +46,6 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loop over its units instead of a K loop per tile (_tc_stream_k_flat).
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
-    # Row-granular dependencies (kiln.kernels.dataflow; split-K grid only): SIGNAL marks each
-    # finished tile's rows ready in sig_ptr; WAIT waits for the granules (WAIT_GRAN columns, each
-    # row's own flags WAIT_STRIDE apart or, 0, shared) of this program's K range in wait_ptr
-    # instead of the kernel before, and for that kernel only before its stores; SILU reads x as
-    # [gate | up] rows of 2K and multiplies silu(gate) * up (silu_and_mul's bits). EARLY_LAUNCH
-    # (with WAIT): the next kernel may be scheduled from the start (dataflow.waiter_start).
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -70,8 +57,6 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            M, N, K, stride_xm, stride_wn, stride_om, A8, HAS_BIAS, FUSED_SPLITK,
                            BLOCK_M, BLOCK_N, BLOCK_K)
     else:
-        if WAIT:
-            waiter_start(PDL, EARLY_LAUNCH)
         pid_n, pid_k, offs_n, n_mask, rows, m_mask = _few_rows_tile(M, N, BLOCK_N, BLOCK_M)
         s_begin, s_end = _split_range(tl.cdiv(K, BLOCK_K), SPLIT_K, pid_k)
         if PREFETCH > 0:
@@ -81,30 +66,22 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W, wait_ptr, epoch_ptr, err_ptr, WAIT, SILU, M, WAIT_GRAN,
-                           WAIT_STRIDE)
-        if WAIT:  # the kernel before is done before this program stores anything
-            waiter_stores(PDL, EARLY_LAUNCH)
+                           EARLY_W)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
-                     HAS_BIAS, FUSED_SPLITK, sig_ptr, epoch_ptr, SIGNAL)
+                     HAS_BIAS, FUSED_SPLITK)
 
 
 @triton.jit
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                 EARLY_W: tl.constexpr = 0, wait_ptr=None, epoch_ptr=None, err_ptr=None,
-                 WAIT: tl.constexpr = False, SILU: tl.constexpr = False, M=0,
-                 WAIT_GRAN: tl.constexpr = 16, WAIT_STRIDE: tl.constexpr = 0):
+                 EARLY_W: tl.constexpr = 0):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
-    overlap the end of the kernel before. The products are summed in the same order either way.
-    WAIT: waits for the columns [s_begin, s_end) x BLOCK_K of x's M rows (both halves with SILU)
-    to be marked ready in wait_ptr instead (dataflow.wait_rows with WAIT_GRAN, WAIT_STRIDE);
-    SILU: x is [gate | up] (_x_tile)."""
+    overlap the end of the kernel before. The products are summed in the same order either way."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
@@ -116,50 +93,23 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
-        _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
-                 tl.minimum(s_end * BLOCK_K, K), K, M, WAIT_GRAN, WAIT_STRIDE)
-        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, WAIT)
+        pdl_start(PDL)
+        xe = tl.load(x_cols + ke[:, None], mask=m_mask[None, :] & oke[:, None], other=0.0)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
     else:
-        _x_ready(PDL, WAIT, SILU, wait_ptr, epoch_ptr, err_ptr, s_begin * BLOCK_K,
-                 tl.minimum(s_end * BLOCK_K, K), K, M, WAIT_GRAN, WAIT_STRIDE)
+        pdl_start(PDL)
     for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU, WAIT)
+        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
         sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
     return acc
-
-
-@triton.jit
-def _x_ready(PDL: tl.constexpr, WAIT: tl.constexpr, SILU: tl.constexpr, wait_ptr, epoch_ptr,
-             err_ptr, k_begin, k_end, K, M, GRAN: tl.constexpr, STRIDE: tl.constexpr):
-    """Before the first read of x: wait for the kernel before (pdl_start) or, with WAIT, for the
-    columns [k_begin, k_end) of x's M rows (and of its up half, K further, with SILU) to be
-    marked ready (granules of GRAN columns; STRIDE as dataflow.wait_rows's ROW_STRIDE)."""
-    if WAIT:
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, k_begin, k_end, M, GRAN, STRIDE, WAIT == 2)
-        if SILU:
-            wait_rows(wait_ptr, epoch_ptr, err_ptr, K + k_begin, K + k_end, M, GRAN, STRIDE,
-                      WAIT == 2)
-    else:
-        pdl_start(PDL)
-
-
-@triton.jit
-def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, FRESH: tl.constexpr):
-    """x^T tile at offsets offs of the rows x_cols; SILU: silu(gate) * up of [gate | up] rows
-    (up K further on), silu_and_mul's bits. FRESH: past L1 (values another program just wrote)."""
-    x = fresh_load(x_cols + offs, mask, FRESH)
-    if SILU:
-        x = silu_mul_values(x, fresh_load(x_cols + K + offs, mask, FRESH))
-    return x
 
 
 @triton.jit
@@ -406,33 +356,17 @@ def tc_stream_k_enabled() -> bool:
     return os.environ.get("KILN_TC_STREAM_K", "0") == "1"
 
 
-def early_weight_steps(pdl: dict, a8: bool, name: str = "KILN_GEMV_EARLY_W") -> dict:
-    """The tensor-core GEMV's EARLY_W launch argument: KILN_GEMV_EARLY_W (or the variable
-    ``name``; 0, 1, 2 or 4) K steps of each program's weight tiles are loaded into registers
-    before the kernel waits for the one before it; unset: 1 for fp8 weights (a8), 0 for float
-    ones. Only under PDL (otherwise nothing runs before that kernel ends). On the H200, 8B batch 1
-    (benchmarks/h200-quant, run-o): fp8 350.0 -> 354.5 tok/s with 1 (2 and 4: 315 and 310), bf16
-    232.8 -> 231.0 with 1."""
-    flag = os.environ.get(name, "")
+def early_weight_steps(pdl: dict, a8: bool) -> dict:
+    """The tensor-core GEMV's EARLY_W launch argument: KILN_GEMV_EARLY_W (0, 1, 2 or 4) K steps of
+    each program's weight tiles are loaded into registers before the kernel waits for the one
+    before it; unset: 1 for fp8 weights (a8), 0 for float ones. Only under PDL (otherwise
+    nothing runs before that kernel ends). On the H200, 8B batch 1 (benchmarks/h200-quant, run-o):
+    fp8 350.0 -> 354.5 tok/s with 1 (2 and 4: 315 and 310), bf16 232.8 -> 231.0 with 1."""
+    flag = os.environ.get("KILN_GEMV_EARLY_W", "")
     if flag not in ("", "0", "1", "2", "4"):
-        raise ValueError(f"{name}={flag!r}: expected 0, 1, 2 or 4")
+        raise ValueError(f"KILN_GEMV_EARLY_W={flag!r}: expected 0, 1, 2 or 4")
     steps = int(flag) if flag else (1 if a8 else 0)
     return {"EARLY_W": steps} if steps and pdl.get("PDL") else {}
-
-
-def waiter_steps(w: torch.Tensor, pdl: dict) -> dict:
-    """EARLY_W and PREFETCH for a GEMV that waits on row flags (tc_gemv's wait), whose weight
-    reads before its poll can overlap the whole producer, not just its end:
-    KILN_DATAFLOW_EARLY_W (0, 1, 2 or 4 K steps into registers) and KILN_DATAFLOW_PREFETCH (K
-    steps of each program's weight rows into L2), each unset: the GEMVs' own setting
-    (early_weight_steps, prefetch_steps)."""
-    steps = {}
-    if os.environ.get("KILN_DATAFLOW_EARLY_W", ""):
-        early = early_weight_steps(pdl, False, "KILN_DATAFLOW_EARLY_W")
-        steps["EARLY_W"] = early.get("EARLY_W", 0)
-    if os.environ.get("KILN_DATAFLOW_PREFETCH", ""):
-        steps["PREFETCH"] = prefetch_steps(w, 32, pdl, "KILN_DATAFLOW_PREFETCH").get("PREFETCH", 0)
-    return steps
 
 
 TC_GEMV_MAX_M = 16     # rows the tensor-core int4 product takes (one BLOCK_M = 16 tile)
@@ -499,90 +433,17 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     return w.dtype in (torch.float16, torch.bfloat16) and x2.dtype == w.dtype
 
 
-def tc_gemv_signals(n: int, device: torch.device) -> bool:
-    """Whether a tensor-core GEMV of N outputs on device can mark its rows ready (tc_gemv's
-    signal): every split is summed in the kernel itself (no reduce kernel after it), which needs
-    the device's split counters (absent only in a graph capture before any GEMV ran)."""
-    return (fused_splitk_enabled() and triton.cdiv(n, 16) <= SPLIT_LOCKS
-            and not tc_stream_k_enabled() and split_locks(device) is not None)
-
-
-# (N, K, dtypes, bias, split hint) of a tensor-core GEMV -> the autotuning key its plain launch
-# reads (_plain_config)
-_PLAIN_KEYS: dict[tuple, tuple] = {}
-
-
-class _KeyRecorder(dict):
-    """An autotuner cache that remembers the keys looked up in it."""
-
-    def __init__(self, data, seen: list):
-        super().__init__(data)
-        self.seen = seen
-
-    def __contains__(self, key):
-        self.seen.append(key)
-        return super().__contains__(key)
-
-
-def _plain_config(x2, x_scales, w, w_scales, bias, out_dtype, split_k) -> triton.Config:
-    """The configuration tc_gemv's plain (flagless) launch of this GEMV takes: the entry its
-    autotuning key holds now (tuned, stored with an engine or set by the in-situ tuner). The
-    key is learned once per shape by one plain launch on these inputs (a throwaway output),
-    which also tunes it when nothing holds it yet."""
-    site = (w.shape[0], w.shape[1], x2.dtype, w.dtype, out_dtype, None if bias is None
-            else bias.dtype, x_scales is not None, split_k, x2.device)
-    key = _PLAIN_KEYS.get(site)
-    if key is None or key not in _tc_gemv_tuned.cache:
-        saved, seen = _tc_gemv_tuned.cache, []
-        _tc_gemv_tuned.cache = _KeyRecorder(saved, seen)
-        try:
-            tc_gemv(x2, x_scales, w, w_scales, bias, out_dtype, split_k)
-        finally:
-            saved.update(_tc_gemv_tuned.cache)
-            _tc_gemv_tuned.cache = saved
-        if not seen:
-            raise RuntimeError("tc_gemv's plain launch read no autotuning key")
-        key = _PLAIN_KEYS[site] = seen[-1]
-    return _tc_gemv_tuned.cache[key]
-
-
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            split_k: int = 0, config: triton.Config | None = None,
-            signal: FlagSlot | None = None, wait: FlagSlot | None = None,
-            silu: bool = False) -> torch.Tensor:
+            split_k: int = 0, config: triton.Config | None = None) -> torch.Tensor:
     """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
     accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
     x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
     bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
-    configuration (benchmarks); else the autotuned one (or the first candidate).
-
-    Row-granular dependencies (kiln.kernels.dataflow, no stream-K; wait and silu float weights
-    only): ``signal``
-    marks the output's rows ready in its flags as they are finished (see tc_gemv_signals);
-    ``wait`` reads x only as its rows are marked ready there (x written by a launch that
-    signalled into the same flags in this forward). ``silu``: x2 is [M, 2K], [gate | up], and
-    the product is of silu(gate) * up (silu_and_mul's bits)."""
+    configuration (benchmarks); else the autotuned one (or the first candidate)."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
-    dataflow = signal is not None or wait is not None or silu
-    if silu:
-        if k != 2 * w.shape[1]:
-            raise ValueError(f"tc_gemv with silu takes x of 2K columns ([gate | up]), got "
-                             f"{tuple(x2.shape)} for weights {tuple(w.shape)}")
-        k = w.shape[1]
-    if dataflow and (tc_stream_k_enabled() or (config is not None
-                                               and config.kwargs.get("STREAM_K"))):
-        raise ValueError("tc_gemv's signal, wait and silu take split-K launches only")
-    if a8 and (wait is not None or silu):
-        raise ValueError("tc_gemv's wait and silu take float weights only (fp8 W8A8 may signal)")
-    if signal is not None and (signal.granule != FLAG_ROWS or signal.row_stride != 0):
-        raise ValueError(f"tc_gemv signals one flag per {FLAG_ROWS} output columns for all rows; "
-                         f"the slot has granule {signal.granule}, row stride {signal.row_stride}")
-    if signal is not None and not tc_gemv_signals(n, x2.device):
-        raise ValueError("tc_gemv can signal only where split-K tiles are summed in the kernel "
-                         "(KILN_FUSED_SPLITK and at most SPLIT_LOCKS 16-row tiles)")
     if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
         raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
                          f"and weights with both scales, or float16/bfloat16 of one dtype without; "
@@ -592,11 +453,6 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     if split_k > 0 and config is not None and config.kwargs.get("STREAM_K"):
         raise ValueError("a stream-K configuration cuts K itself: it takes no split_k")
     sms = _num_sms(x2.device)
-    if dataflow and config is None and x2.is_cuda and autotune_enabled():
-        # the flag arguments would give the launch an autotuning key of its own (their dtypes
-        # join it) and so perhaps another K split, other bits than the plain launch's
-        config = _plain_config(x2[:, :k] if silu else x2, x_scales, w, w_scales, bias, out_dtype,
-                               split_k)
     tune = x2.is_cuda and autotune_enabled() and config is None
     kind_configs = TC_GEMV_CONFIGS_FP8 if a8 else TC_GEMV_CONFIGS_FLOAT
     fixed = config or (kind_configs[0] if x2.is_cuda else triton.Config(INTERPRET_TC_GEMV))
@@ -628,17 +484,11 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
-    if dataflow:
-        flags.update(kernel_args(signal, wait), SILU=silu)
-        if wait is not None:
-            flags.update(WAIT_GRAN=wait.granule, WAIT_STRIDE=wait.row_stride)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes
     flags.update(prefetch_steps(w, 32, pdl))
     flags.update(early_weight_steps(pdl, a8))
-    if wait is not None:
-        flags.update(waiter_steps(w, pdl))
     _run(_tc_gemv_tuned if tune else _tc_gemv_split, grid, args, flags, fixed, tune, x2, pdl)
     split = chosen["split"]
     assert split <= max_split, "partial buffer sized for fewer splits than the kernel used"

@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels.dataflow import signal_rows
 from kiln.kernels.int4_bits import _int4_rows
 from kiln.kernels.pdl import pdl_start, prefetch_l2
 
@@ -50,21 +49,16 @@ def _load_weight(w_ptr, offs_n, g, stride_wn, K, n_mask, valid,
 
 @triton.jit
 def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr, tile, pid_k, M, N,
-                 stride_om, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr,
-                 flag_ptr=None, epoch_ptr=None, SIGNAL: tl.constexpr = False):
+                 stride_om, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SPLITK: tl.constexpr):
     """Store one program's float32 tile acc of out[rows2, cols2] (row and column indices
     broadcast to acc's shape, either orientation). Unsplit: with the bias, in out's dtype.
     Split: as split pid_k's partial; with FUSED_SPLITK the last of the tile's SPLIT_K programs to
     arrive sums the partials in split order (the additions of _splitk_reduce_kernel, so the same
-    bits) and re-arms the tile's counter lock_ptr[tile] for the next launch: no second kernel.
-    SIGNAL (rows2 [1, BLOCK_M], cols2 [BLOCK_N, 1]; unsplit or FUSED_SPLITK): the program that
-    writes the tile's final values then marks its columns ready (dataflow.signal_rows)."""
+    bits) and re-arms the tile's counter lock_ptr[tile] for the next launch: no second kernel."""
     if SPLIT_K == 1:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols2, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows2 * stride_om + cols2, acc.to(out_ptr.dtype.element_ty), mask=mask)
-        if SIGNAL:
-            signal_rows(flag_ptr, epoch_ptr, rows2, cols2, N)
     else:
         tl.store(part_ptr + (pid_k * M + rows2) * N + cols2, acc, mask=mask)
         if FUSED_SPLITK:
@@ -81,8 +75,6 @@ def _finish_tile(acc, rows2, cols2, mask, out_ptr, part_ptr, lock_ptr, bias_ptr,
                 tl.store(out_ptr + rows2 * stride_om + cols2, total.to(out_ptr.dtype.element_ty),
                          mask=mask)
                 tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")
-                if SIGNAL:
-                    signal_rows(flag_ptr, epoch_ptr, rows2, cols2, N)
 
 
 @triton.jit
@@ -254,15 +246,14 @@ SPLIT_LOCKS = 16384  # per-device arrival counters, one per GEMV output tile
 _split_locks: dict[torch.device, torch.Tensor] = {}
 
 
-def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict,
-                   name: str = "KILN_GEMV_PREFETCH") -> dict:
-    """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH (or the variable ``name``) K steps
-    (tc_gemv) or groups (_gemv_kernel) of each program's weight rows are asked into L2 before
-    the kernel waits for the one before it, at most KILN_GEMV_PREFETCH_MB MiB over the launch
-    when that is set. Only under PDL (otherwise nothing runs before that kernel ends), and only
+def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
+    """The GEMVs' PREFETCH launch argument: KILN_GEMV_PREFETCH K steps (tc_gemv) or groups
+    (_gemv_kernel) of each program's weight rows are asked into L2 before the kernel waits for
+    the one before it, at most KILN_GEMV_PREFETCH_MB MiB over the launch when that is set. Only
+    under PDL (otherwise nothing runs before that kernel ends), and only
     where every prefetched row range is 16-byte aligned (the bulk prefetch's rule): the weight's
     address, its row stride, one step's bytes (step_bytes) and its row's bytes."""
-    steps = int(os.environ.get(name, "0"))
+    steps = int(os.environ.get("KILN_GEMV_PREFETCH", "0"))
     if steps <= 0 or not pdl.get("PDL"):
         return {}
     row_bytes = w.shape[1] * w.element_size()

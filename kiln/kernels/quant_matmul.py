@@ -42,8 +42,7 @@ from kiln.kernels.qmm_common import (GEMV_MAX_M, KTILE_8BIT, MAX_SPLIT_K, SMALL_
                                      _reduce_splits, _run, autotune_enabled, fused_splitk_enabled,
                                      prefetch_steps, split_for, split_locks, stream_k_grid)
 from kiln.kernels.mma_gemv import (TC_GEMV_CONFIGS, _tc_gemv_tuned, int4_tc_enabled, int4_tc_gemv,
-                                   tc_gemv, tc_gemv_enabled, tc_gemv_ok, tc_gemv_signals,
-                                   tc_stream_k_enabled)
+                                   tc_gemv, tc_gemv_enabled, tc_gemv_ok, tc_stream_k_enabled)
 from kiln.kernels.quant_act import quant_per_token
 from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTERPRET_GEMM,
                                      _gemm_prune, _gemm_split, _gemm_tuned, m_bucket)
@@ -310,11 +309,8 @@ def _scaled_mm_rows(xq: torch.Tensor, sx: torch.Tensor, m: int, weight: torch.Te
 
 
 def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor,
-                             bias: torch.Tensor | None, signal=None) -> torch.Tensor:
-    """fp8_linear of activations their producer already quantized (quant_act.QuantizedRows).
-    ``signal`` (a dataflow.FlagSlot): where the rows take the tensor-core GEMV and it can signal
-    (mma_gemv.tc_gemv_signals), it marks its output ready there and arms the slot; elsewhere
-    the slot stays unarmed."""
+                             bias: torch.Tensor | None) -> torch.Tensor:
+    """fp8_linear of activations their producer already quantized (quant_act.QuantizedRows)."""
     n, k = weight.shape
     if x.shape[-1] != k or x.q.dtype != torch.float8_e4m3fn:
         raise ValueError(f"fp8_linear: quantized x has K={x.shape[-1]} of {x.q.dtype}, the weight "
@@ -327,10 +323,8 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
         out = _scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype)
     elif tc_gemv_enabled("fp8") and tc_gemv_ok(xq[:m], weight):
-        if signal is not None and not tc_gemv_signals(weight.shape[0], xq.device):
-            signal = None
         out = tc_gemv(xq[:m], sx[:m], weight.contiguous(), weight_scale.float().contiguous(), bias,
-                      x.dtype, signal=signal.arm() if signal is not None else None)
+                      x.dtype)
     else:
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
         out = launch(xq[:m], weight.contiguous(), weight_scale.float().contiguous(), 0, KTILE_8BIT,
@@ -339,20 +333,18 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None = None, signal=None) -> torch.Tensor:
+               bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp8 W8A8 linear (dispatcher): per-token fp8 activations times fp8 weights [N, K] (+ bias).
 
     M <= SMALL_M: the tensor-core GEMV (KILN_TC_GEMV, the default), else the Triton GEMV
     (M <= GEMV_MAX_M) or fp8 tl.dot with split-K; larger M: torch._scaled_mm where supported
     (else the Triton GEMM). x may also be a
     quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
-    ``signal`` (a dataflow.FlagSlot; QuantizedRows x only, see _fp8_linear_prequantized): the
-    tensor-core GEMV marks its output ready and arms the slot where it takes the rows.
     """
     from kiln.kernels.quant_act import QuantizedRows
 
     if isinstance(x, QuantizedRows):
-        return _fp8_linear_prequantized(x, weight, weight_scale, bias, signal)
+        return _fp8_linear_prequantized(x, weight, weight_scale, bias)
     n, k = weight.shape
     _check(x, k, "fp8_linear")
     if not use_triton(x) or x.numel() == 0:

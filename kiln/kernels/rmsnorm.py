@@ -7,8 +7,6 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.dataflow import (FLAG_ROWS, FlagSlot, fresh_load, kernel_args, signal_granule,
-                                   wait_rows, waiter_end, waiter_start)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
                                     store_padding_row, store_row_quantized)
@@ -30,13 +28,11 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 @triton.jit
 def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden, eps,
-                out_ty: tl.constexpr, HAS_RESIDUAL: tl.constexpr, FRESH: tl.constexpr = False):
-    """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back).
-    FRESH: x and the residual are read from L2 (.cg): other programs may have just written
-    them."""
-    x = fresh_load(x_ptr + row * x_row_stride + cols, mask, FRESH)
+                out_ty: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back)."""
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        r = fresh_load(res_ptr + row * res_row_stride + cols, mask, FRESH)
+        r = tl.load(res_ptr + row * res_row_stride + cols, mask=mask, other=0.0)
         # The add rounds to the input dtype, as `x + residual` does in torch.
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(res_ptr + row * res_row_stride + cols, x, mask=mask)
@@ -50,38 +46,17 @@ def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_st
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
-                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False, wait_ptr=None, sig_ptr=None, epoch_ptr=None,
-                     err_ptr=None, WAIT: tl.constexpr = False, SIGNAL: tl.constexpr = False,
-                     EARLY_LAUNCH: tl.constexpr = False):
+                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     # One program per row: the whole row sits in registers, so x (and the residual) are read once
     # and the sum is written back in the same pass.
-    # Row-granular dependencies (kiln.kernels.dataflow). WAIT: x is the output of a tensor-core
-    # GEMV that marks 16-column granules ready in wait_ptr; the program waits for its row's
-    # granules instead of the whole GEMV, stores, lets the next kernel be scheduled (from its
-    # start with EARLY_LAUNCH) and only then waits for the GEMV (griddepcontrol.wait, at its end,
-    # so that its completion still implies the GEMV's): out must be a buffer no earlier kernel
-    # may still use (the caller's own), the residual is updated in place. SIGNAL: after its
-    # stores the program marks its row ready (sig_ptr[row]) for the step's epoch.
-    if WAIT:
-        waiter_start(PDL, EARLY_LAUNCH)
-    else:
-        pdl_start(PDL)
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
     out_ty = out_ptr.dtype.element_ty
-    if WAIT:
-        wait_rows(wait_ptr, epoch_ptr, err_ptr, 0, hidden, 1, LOADS=WAIT == 2)
     y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
-                    eps, out_ty, HAS_RESIDUAL, WAIT)
+                    eps, out_ty, HAS_RESIDUAL)
     tl.store(out_ptr + row * out_row_stride + cols, y.to(out_ty), mask=mask)
-    if SIGNAL:
-        signal_granule(sig_ptr, epoch_ptr, row)
-    if WAIT:
-        if PDL and not EARLY_LAUNCH:
-            tl.extra.cuda.gdc_launch_dependents()
-        waiter_end(PDL)
 
 
 @triton.jit
@@ -111,7 +86,7 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, out2: torch.Tensor,
-            eps: float, wait: FlagSlot | None = None, signal: FlagSlot | None = None) -> None:
+            eps: float) -> None:
     hidden = x2.shape[1]
     block = triton.next_power_of_2(hidden)
     # Enough threads that each holds at most ~16 elements of the row.
@@ -119,8 +94,7 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     res_arg = res2 if res2 is not None else x2
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps,
-        **kernel_args(signal, wait), **pdl_args(x2))
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2))
 
 
 def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -176,39 +150,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     _launch(x2, None, weight.contiguous(), out.view(-1, x.shape[-1]), eps)
     return out
-
-
-def flowing_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                         eps: float, out: torch.Tensor, wait: FlagSlot | None,
-                         signal: FlagSlot | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fused_add_rms_norm into ``out`` with row-granular dependencies (kiln.kernels.dataflow):
-    ``wait`` (a GEMV's slot: 16 columns a flag for all rows) has the kernel read x as the GEMV
-    marks it ready; then ``out`` [rows, hidden] must be the caller's own buffer, which no earlier
-    kernel of the step may still use (the kernel stores before it waits for the GEMV).
-    ``signal`` (one flag a row: granule hidden, row stride 1) marks each row of ``out`` ready.
-    The Triton path only: x, residual and out contiguous rows of one dtype, as the caller
-    checks with flowing_norm_ok. Returns (out, residual), the bits fused_add_rms_norm gives."""
-    hidden = x.shape[-1]
-    if wait is not None and (wait.granule != FLAG_ROWS or wait.row_stride != 0):
-        raise ValueError("an RMSNorm waits on a GEMV's flags (16 columns a flag for all rows)")
-    if signal is not None and (signal.granule != hidden or signal.row_stride != 1):
-        raise ValueError(f"an RMSNorm signals one flag a row (granule {hidden}, row stride 1), "
-                         f"got granule {signal.granule}, row stride {signal.row_stride}")
-    if not flowing_norm_ok(x, residual, weight, out):
-        raise ValueError("flowing_add_rms_norm takes contiguous rows of x, residual and out of "
-                         "one dtype on the Triton path")
-    _launch(x.view(-1, hidden), residual.view(-1, hidden), weight.contiguous(),
-            out.view(-1, hidden), eps, wait, signal)
-    return out, residual
-
-
-def flowing_norm_ok(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                    out: torch.Tensor) -> bool:
-    """Whether flowing_add_rms_norm takes these tensors."""
-    return (use_triton(x) and x.numel() > 0 and x.is_contiguous() and residual.is_contiguous()
-            and out.is_contiguous() and x.shape == residual.shape == out.shape
-            and x.dtype == residual.dtype == out.dtype
-            and torch.promote_types(x.dtype, weight.dtype) == x.dtype)
 
 
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,

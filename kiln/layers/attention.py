@@ -10,17 +10,12 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import mma_gemv, use_triton
-from kiln.kernels.attention import (decode_rope_possible, decode_signals_ok, paged_attention,
-                                    wants_fresh_kv)
+from kiln.kernels.attention import decode_rope_possible, paged_attention, wants_fresh_kv
 from kiln.kernels.attention_ref import is_fp8_kv_cache
-from kiln.kernels.dataflow import FlagSlot
 from kiln.kernels.decode_attention import DecodeRope, rope_in_decode_enabled
-from kiln.kernels.qmm_common import SMALL_M
 from kiln.kernels.quant_act import quantized_rows_buffers
-from kiln.kernels.quant_matmul import fp8_linear
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear, UnquantizedLinearMethod
+from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 
@@ -69,45 +64,15 @@ class PagedSelfAttention(nn.Module):
         self.k_scale = float(k_scale)
         self.v_scale = float(v_scale)
 
-    def flow_slot(self, flags, index: int) -> FlagSlot:
-        """This layer's slot ``index`` of a dataflow.RowFlags laid out for its decode attention:
-        one flag per token and kv head, each covering the kv head's query heads."""
-        return flags.slot(index, granule=self.q_size // self.num_kv_heads,
-                          row_stride=self.num_kv_heads)
-
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flow: FlagSlot | None = None, qkv_flow: FlagSlot | None = None,
-                x_flow: FlagSlot | None = None, o_flow: FlagSlot | None = None) -> torch.Tensor:
+                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
 
         ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
         result is [len(rows), hidden]; every token's K/V is still written. With no rows the
-        projection is skipped. ``flow`` (a FlagSlot from flow_slot, see kiln.kernels.dataflow):
-        decode rows of an unquantized o_proj on the tensor-core GEMV read each token's head
-        groups as the attention marks them ready, not after the whole attention launch: the
-        same bits. ``qkv_flow`` (a FlagSlot of dataflow.RowFlags' default layout): with RoPE in
-        the decode kernel (KILN_ATTN_ROPE=1), the decode attention reads q, k and v as an
-        unquantized qkv_proj on the tensor-core GEMV marks them ready. ``x_flow`` (armed in this
-        forward by the RMSNorm before, one flag a row): such a qkv_proj reads hidden's rows as the
-        norm marks them ready. ``o_flow`` (a FlagSlot of the default layout): such an o_proj
-        marks its output ready for the RMSNorm after it, and arms the slot."""
+        projection is skipped."""
         num_tokens = hidden.shape[0]
-        tc_qkv = ((qkv_flow is not None or x_flow is not None)
-                  and isinstance(hidden, torch.Tensor) and _tc_linear_ok(self.qkv_proj, hidden))
-        signal = qkv_flow if qkv_flow is not None and self._qkv_signals(hidden, meta) else None
-        wait_x = x_flow if x_flow is not None and x_flow.armed and tc_qkv else None
-        if tc_qkv and (signal is not None or wait_x is not None):
-            qkv = mma_gemv.tc_gemv(hidden, None, self.qkv_proj.weight, None, self.qkv_proj.bias,
-                                   hidden.dtype, signal=signal.arm() if signal else None,
-                                   wait=wait_x)
-        elif (signal is not None and not isinstance(hidden, torch.Tensor)  # QuantizedRows
-              and getattr(self.qkv_proj.method, "scheme", None) == "fp8"):
-            # fp8 W8A8 rows its norm quantized: the tensor-core GEMV arms the slot if it signals
-            qkv = fp8_linear(hidden, self.qkv_proj.weight, self.qkv_proj.weight_scale,
-                             self.qkv_proj.bias, signal=signal)
-        else:
-            qkv = self.qkv_proj(hidden)
+        qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
@@ -132,20 +97,10 @@ class PagedSelfAttention(nn.Module):
         else:
             q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
                                 self.v_scale, k_out, v_out)
-        # the attention reads q, k and v as qkv_proj marks them ready (only with RoPE in it)
-        waits = dict(wait=signal, wait_cols=(0, self.q_size, self.q_size + self.kv_size)
-                     ) if signal is not None and signal.armed and rope is not None else {}
-        if flow is not None and rows is None and self._flows(q, kv_cache, meta):
-            out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window,
-                                  self.k_scale, self.v_scale, signal=flow.arm(), rope=rope,
-                                  **waits)
-            out2 = out.reshape(num_tokens, self.q_size)
-            return mma_gemv.tc_gemv(out2, None, self.o_proj.weight, None, self.o_proj.bias,
-                                    out.dtype, wait=flow, signal=self._o_signal(o_flow, out2))
         out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
                               self.v_scale,
                               None if k_out is None else (k_out, v if v_out is None else v_out),
-                              quant_dtype=self.quant_dtype, rope=rope, **waits)
+                              quant_dtype=self.quant_dtype, rope=rope)
         if rows is not None and rows.shape[0] == 0:
             return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
@@ -161,29 +116,7 @@ class PagedSelfAttention(nn.Module):
             out = out.reshape(num_tokens, self.q_size)
             if rows is not None:
                 out = out.index_select(0, rows)
-            elif (o_signal := self._o_signal(o_flow, out)) is not None:
-                return mma_gemv.tc_gemv(out, None, self.o_proj.weight, None, self.o_proj.bias,
-                                        out.dtype, signal=o_signal)
         return self.o_proj(out)
-
-    def _o_signal(self, o_flow: FlagSlot | None, x2: torch.Tensor) -> FlagSlot | None:
-        """o_flow, armed, where o_proj over rows x2 can signal into it (a tensor-core GEMV that
-        sums its splits itself), else None."""
-        if (o_flow is None or not _tc_linear_ok(self.o_proj, x2)
-                or not mma_gemv.tc_gemv_signals(self.o_proj.out_features, x2.device)):
-            return None
-        return o_flow.arm()
-
-    def _flows(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
-        """Whether these decode rows take the row-granular attention -> o_proj path: an
-        unquantized o_proj of q's dtype on the tensor-core GEMV (the path Linear would take),
-        no quantized attention output, and a decode launch that can signal."""
-        weight = self.o_proj.weight if isinstance(self.o_proj.method,
-                                                  UnquantizedLinearMethod) else None
-        return (weight is not None and self.quant_dtype is None and use_triton(q)
-                and mma_gemv.tc_gemv_enabled("float") and 0 < q.shape[0] <= SMALL_M
-                and weight.dtype == q.dtype and weight.dtype in (torch.float16, torch.bfloat16)
-                and self.q_size % 32 == 0 and decode_signals_ok(q, kv_cache, meta))
 
     def _rope_in_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
@@ -192,19 +125,3 @@ class PagedSelfAttention(nn.Module):
         decode_attention.decode_rope_ok)."""
         return rope_in_decode_enabled() and decode_rope_possible(
             q, k, v, kv_cache, meta, self._rotary[0].cos_sin_cache)
-
-    def _qkv_signals(self, hidden: torch.Tensor, meta: AttentionMetadata) -> bool:
-        """Whether qkv_proj (on the tensor-core GEMV, _tc_linear_ok) marks its output ready for
-        the decode attention (see forward's qkv_flow): one token per sequence, a GEMV that can
-        signal, no q/k norm between them, and RoPE in the decode kernel."""
-        return (self.q_norm is None and rope_in_decode_enabled()
-                and meta.max_query_len == 1 and meta.num_seqs == hidden.shape[0]
-                and mma_gemv.tc_gemv_signals(self.qkv_proj.out_features, hidden.device))
-
-
-def _tc_linear_ok(linear: Linear, x: torch.Tensor) -> bool:
-    """Whether rows x [T, in] of an unquantized linear of x's dtype go to the tensor-core GEMV
-    (the path Linear itself takes for them), which row-granular dependencies need."""
-    return (isinstance(linear.method, UnquantizedLinearMethod) and x.dim() == 2
-            and 0 < x.shape[0] <= SMALL_M and use_triton(x) and mma_gemv.tc_gemv_enabled("float")
-            and mma_gemv.tc_gemv_ok(x, linear.weight))

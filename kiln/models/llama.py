@@ -8,21 +8,17 @@ mirror the HF checkpoint's (without the ``model.`` prefix), except that q/k/v li
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import mma_gemv, use_triton
-from kiln.kernels.dataflow import FLAG_ROWS, FlagSlot, RowFlags, dataflow_enabled
-from kiln.kernels.qmm_common import SMALL_M
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
+from kiln.layers.linear import Linear, LinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
@@ -33,11 +29,7 @@ LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection.
-
-    Given ``flow`` (a FlagSlot, see kiln.kernels.dataflow), unquantized decode rows on the
-    tensor-core GEMV run gate_up -> down with row-granular dependencies, SiLU-mul folded into
-    down's loads: the same bits as the three launches."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype,
                  device: torch.device | str):
@@ -47,56 +39,9 @@ class GatedMLP(nn.Module):
         self.act = SiluAndMul()
         self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
 
-    def forward(self, x: torch.Tensor, flow: FlagSlot | None = None,
-                x_flow: FlagSlot | None = None, out_flow: FlagSlot | None = None) -> torch.Tensor:
-        """[T, hidden] -> [T, hidden]. ``x_flow`` (armed in this forward by the RMSNorm before,
-        one flag a row): gate_up reads x's rows as the norm marks them ready; ``out_flow`` (a
-        FlagSlot of the default layout): down marks its output ready for the RMSNorm after it
-        and arms the slot. Both only on the flowing path (``flow``)."""
-        if flow is not None and self._flows(x):
-            x2 = x.reshape(-1, x.shape[-1])
-            down = self.down_proj
-            wait_x = x_flow if x_flow is not None and x_flow.armed else None
-            signal = (out_flow.arm() if out_flow is not None
-                      and mma_gemv.tc_gemv_signals(down.out_features, x.device) else None)
-            gate_up = mma_gemv.tc_gemv(x2, None, self.gate_up_proj.weight, None,
-                                       self.gate_up_proj.bias, x.dtype, signal=flow.arm(),
-                                       wait=wait_x)
-            out = mma_gemv.tc_gemv(gate_up, None, down.weight, None, down.bias, x.dtype,
-                                   wait=flow, silu=True, signal=signal)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]."""
         return self.down_proj(self.act(self.gate_up_proj(x)))
-
-    def _flows(self, x: torch.Tensor) -> bool:
-        """Whether these rows take the row-granular path: unquantized weights of x's dtype on
-        the tensor-core GEMV (the path Linear would take), a gate_up that can signal, and no
-        quantizing SiLU-mul."""
-        gate_up, down = self.gate_up_proj, self.down_proj
-        if not (isinstance(gate_up.method, UnquantizedLinearMethod)
-                and isinstance(down.method, UnquantizedLinearMethod)
-                and self.act.quant_dtype is None and use_triton(x)
-                and mma_gemv.tc_gemv_enabled("float") and x.numel() > 0):
-            return False
-        x2 = x.reshape(-1, x.shape[-1])
-        return (mma_gemv.tc_gemv_ok(x2, gate_up.weight) and down.weight.dtype == x.dtype
-                and down.weight.shape[1] % 32 == 0
-                and mma_gemv.tc_gemv_signals(gate_up.out_features, x.device))
-
-
-@dataclasses.dataclass
-class LayerFlows:
-    """One decoder layer's row flags (kiln.kernels.dataflow) for a forward; None: that boundary
-    runs as separate launches. A consumer waits on a slot only if its producer armed it in this
-    forward. x_in is the previous layer's ``down`` (the same slot)."""
-
-    x_in: FlagSlot | None = None   # down of the layer before -> input_layernorm
-    norm1: FlagSlot | None = None  # input_layernorm -> qkv_proj (one flag a row)
-    qkv: FlagSlot | None = None    # qkv_proj -> decode attention (RoPE in it)
-    attn: FlagSlot | None = None   # decode attention -> o_proj
-    o: FlagSlot | None = None      # o_proj -> post_attention_layernorm
-    norm2: FlagSlot | None = None  # post_attention_layernorm -> gate_up (one flag a row)
-    mlp: FlagSlot | None = None    # gate_up -> down
-    down: FlagSlot | None = None   # down -> the next layer's input_layernorm
 
 
 class DecoderLayer(nn.Module):
@@ -116,28 +61,26 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.mlp_bias, dtype, device)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
-                kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None,
-                flows: LayerFlows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                kv_cache: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it is added).
 
         The add is deferred into the next norm so that it fuses with it. ``rows``: after the
         attention (which writes every token's K/V), only those rows go on (see
-        LlamaFamilyModel.forward). ``flows``: the layer's row flags (LayerFlows), or None.
+        LlamaFamilyModel.forward).
         """
-        f = flows or LayerFlows()
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual, f.x_in, f.norm1)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows, f.attn, f.qkv, f.norm1,
-                                f.o)
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
-        hidden, residual = self.post_attention_layernorm(hidden, residual, f.o, f.norm2)
-        return self.mlp(hidden, f.mlp, f.norm2, f.down), residual
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -174,8 +117,6 @@ class LlamaFamilyModel(nn.Module):
                 _set_linear_methods(layer, f"layers.{i}", linear_method_factory, dtype, device)
             self.layers.append(layer)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        # the layers' row flags (KILN_DATAFLOW), on first use
-        self._flags: RowFlags | None = None
         head_method = (linear_method_factory("lm_head", args.hidden_size, (args.vocab_size,))
                        if linear_method_factory is not None else None)
         self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device,
@@ -215,64 +156,16 @@ class LlamaFamilyModel(nn.Module):
         the attention is row by row, so the rows are the full computation's up to the GEMMs'
         own rounding at a different row count.
         """
-        flags = self._row_flags(input_ids)
-        if flags is not None:
-            flags.begin()
         hidden = self.embed_tokens(input_ids)
         residual = None
         last = len(self.layers) - 1
-        down = None
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
-            flows = self._layer_flows(flags, i, layer, down) if flags is not None else None
-            down = flows.down if flows is not None else None
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
-                                     rows if i == last else None, flows)
+                                     rows if i == last else None)
         if hidden.shape[0] == 0:
             return hidden
         hidden, _ = self.norm(hidden, residual)
         return hidden
-
-    _SLOTS = ("norm1", "qkv", "attn", "o", "norm2", "mlp", "down")  # per layer, in flag rows
-
-    def _layer_flows(self, flags: RowFlags, i: int, layer: DecoderLayer,
-                     x_in: FlagSlot | None) -> LayerFlows:
-        """Layer i's slots of flags for the boundaries KILN_DATAFLOW names (fresh FlagSlots,
-        unarmed; x_in: the previous layer's down)."""
-        base = len(self._SLOTS) * i
-        hidden = self.args.hidden_size
-        norm = dataflow_enabled("norm")
-
-        def gemv(name: str, on: bool) -> FlagSlot | None:
-            return flags.slot(base + self._SLOTS.index(name)) if on else None
-
-        def row(name: str) -> FlagSlot | None:
-            return (flags.slot(base + self._SLOTS.index(name), granule=hidden, row_stride=1)
-                    if norm else None)
-
-        return LayerFlows(
-            x_in=x_in, norm1=row("norm1"), qkv=gemv("qkv", dataflow_enabled("qkv")),
-            attn=(layer.self_attn.flow_slot(flags, base + self._SLOTS.index("attn"))
-                  if dataflow_enabled("attn") else None),
-            o=gemv("o", norm), norm2=row("norm2"), mlp=gemv("mlp", dataflow_enabled("mlp")),
-            down=gemv("down", norm))
-
-    def _row_flags(self, input_ids: torch.Tensor) -> RowFlags | None:
-        """The row flags for a forward of decode rows under KILN_DATAFLOW (else None): layer i's
-        slots _SLOTS from len(_SLOTS) * i on; allocated on the first such forward outside a graph
-        capture (the warm-up before it)."""
-        if not (dataflow_enabled() and use_triton(input_ids) and 0 < input_ids.numel() <= SMALL_M):
-            return None
-        flags = self._flags
-        if flags is None or flags.epoch.device != input_ids.device:
-            if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
-                return None
-            args = self.args
-            qkv = (args.num_attention_heads + 2 * args.num_key_value_heads) * args.head_dim
-            width = max(-(-2 * args.intermediate_size // FLAG_ROWS), -(-qkv // FLAG_ROWS),
-                        -(-args.hidden_size // FLAG_ROWS), SMALL_M * args.num_key_value_heads)
-            flags = RowFlags(len(self._SLOTS) * len(self.layers), width, input_ids.device)
-            self._flags = flags
-        return flags
 
     def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, H] hidden rows (only those that are sampled) -> [N, V] float32 logits (into

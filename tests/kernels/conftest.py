@@ -20,7 +20,7 @@ CUDA = torch.cuda.is_available()
 # In dependency order: a module is reloaded after those it imports from (quant_act before the
 # norm and activation kernels, whose QuantizedRows must be the class quant_matmul checks for).
 _KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.prefill_fresh",
-                   "kiln.kernels.int4_bits", "kiln.kernels.dataflow", "kiln.kernels.qmm_common",
+                   "kiln.kernels.int4_bits", "kiln.kernels.qmm_common",
                    "kiln.kernels.attention_ref", "kiln.kernels.attention_tiles",
                    "kiln.kernels.rotary", "kiln.kernels.decode_attention",
                    "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",

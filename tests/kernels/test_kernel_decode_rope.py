@@ -94,11 +94,9 @@ def test_decode_rope_refuses_what_it_cannot_do(gen, monkeypatch):
     assert not decode_rope_possible(q3, k, v, kv_cache, prompt_meta, cos_sin)
 
 
-@pytest.mark.parametrize("flags", [("1", "0"), ("1", "1")])
-def test_engine_tokens_with_and_without_rope_in_decode(flags, tmp_path, monkeypatch):
+def test_engine_tokens_with_and_without_rope_in_decode(tmp_path, monkeypatch):
     """Greedy tokens and their log-probs, bit for bit, with the decode steps' RoPE in the
-    attention kernel (split contexts, as on a GPU) and without; also beside the row-granular
-    attention -> o_proj boundary (KILN_DATAFLOW=attn)."""
+    attention kernel (split contexts, as on a GPU) and without."""
     from kiln.kernels import rotary
     from kiln.models.random_model import write_random_model
 
@@ -113,9 +111,8 @@ def test_engine_tokens_with_and_without_rope_in_decode(flags, tmp_path, monkeypa
 
     monkeypatch.setattr(rotary, "_launch", counting)
     runs = {}
-    for rope in ("0", flags[0]):
+    for rope in ("0", "1"):
         monkeypatch.setenv("KILN_ATTN_ROPE", rope)
-        monkeypatch.setenv("KILN_DATAFLOW", "attn" if flags[1] == "1" and rope == "1" else "0")
         launches.clear()
         runs[rope], _ = greedy_tokens(tmp_path, (60, 11), 5)
         decode_rotations = sum(1 for t in launches if t <= 2)
