@@ -342,6 +342,16 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
+        if not a8:  # the MLP's down with SiLU-mul in its loads (KILN_SILU_IN_DOWN), every tile
+            for c in mma_gemv.TC_GEMV_CONFIGS_FLOAT:
+                if not c.kwargs.get("STREAM_K"):
+                    yield (f"{name} tc-gemv N{c.kwargs['BLOCK_N']} K{c.kwargs['BLOCK_K']} "
+                           f"w{c.num_warps} s{c.num_stages} PDL + SiLU in loads",
+                           mma_gemv._tc_gemv_kernel,
+                           {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                            "BLOCK_N": c.kwargs["BLOCK_N"], "BLOCK_K": c.kwargs["BLOCK_K"],
+                            "PDL": 1, "SILU": True, "_ptrs": ptrs}, "bf16", c.num_warps,
+                           c.num_stages)
 
 
 def argmax_configs():

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args
+from kiln.kernels.activation import silu_mul_values
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
@@ -29,7 +30,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False):
+                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
+                    SILU: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -46,6 +48,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loop over its units instead of a K loop per tile (_tc_stream_k_flat).
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
+    # SILU (split-K grid): x is [gate | up] rows of 2K and the product is of silu(gate) * up, as
+    # silu_and_mul rounds it (the MLP's down projection without the SiLU-mul launch before it).
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -66,7 +70,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W)
+                           EARLY_W, SILU)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK)
@@ -76,12 +80,13 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                 EARLY_W: tl.constexpr = 0):
+                 EARLY_W: tl.constexpr = 0, SILU: tl.constexpr = False):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
-    overlap the end of the kernel before. The products are summed in the same order either way."""
+    overlap the end of the kernel before. The products are summed in the same order either way.
+    SILU: x is [gate | up] (_x_tile)."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
@@ -94,7 +99,7 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
         pdl_start(PDL)
-        xe = tl.load(x_cols + ke[:, None], mask=m_mask[None, :] & oke[:, None], other=0.0)
+        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
     else:
@@ -103,13 +108,23 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
+        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
         sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
     return acc
+
+
+@triton.jit
+def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr):
+    """x^T tile at offsets offs of the rows x_cols (0 where masked); SILU: silu(gate) * up of
+    [gate | up] rows (up K further on), silu_and_mul's bits."""
+    x = tl.load(x_cols + offs, mask=mask, other=0.0)
+    if SILU:
+        x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
+    return x
 
 
 @triton.jit
@@ -423,6 +438,13 @@ def tc_gemv_enabled(kind: str) -> bool:
     return flag == "1" or flag == kind
 
 
+def silu_in_down_enabled() -> bool:
+    """KILN_SILU_IN_DOWN=1: an unquantized MLP's down projection over decode rows on the
+    tensor-core GEMV applies SiLU-mul to gate_up's output as it loads it (tc_gemv's silu)
+    instead of after a silu_and_mul launch. Off by default: not yet measured."""
+    return os.environ.get("KILN_SILU_IN_DOWN", "0") == "1"
+
+
 def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether tc_gemv takes this product: at most SMALL_M rows, fp8 weights with fp8 codes or
     float16/bfloat16 weights with x of their dtype, K a multiple of 32 (one fp8 dot step)."""
@@ -435,15 +457,26 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
 
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            split_k: int = 0, config: triton.Config | None = None) -> torch.Tensor:
+            split_k: int = 0, config: triton.Config | None = None,
+            silu: bool = False) -> torch.Tensor:
     """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
     accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
     x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
     bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
-    configuration (benchmarks); else the autotuned one (or the first candidate)."""
+    configuration (benchmarks); else the autotuned one (or the first candidate). ``silu`` (float
+    weights, split-K launches): x2 is [M, 2K], [gate | up], and the product is of
+    silu(gate) * up with silu_and_mul's bits; the launch has the plain one's tuning key, so the
+    same configuration and the bits of silu_and_mul followed by tc_gemv."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
+    if silu:
+        if k != 2 * w.shape[1] or a8:
+            raise ValueError(f"tc_gemv with silu takes float x of 2K columns ([gate | up]), got "
+                             f"{tuple(x2.shape)} {x2.dtype} for weights {tuple(w.shape)}")
+        if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
+            raise ValueError("tc_gemv's silu takes split-K launches only")
+        k = w.shape[1]
     if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
         raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
                          f"and weights with both scales, or float16/bfloat16 of one dtype without; "
@@ -484,6 +517,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
+    if silu:
+        flags.update(SILU=True)
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

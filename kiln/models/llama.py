@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
+from kiln.kernels import mma_gemv, use_triton
+from kiln.kernels.qmm_common import SMALL_M
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear, LinearMethod
+from kiln.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
@@ -29,7 +31,11 @@ LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection.
+
+    With KILN_SILU_IN_DOWN=1 (mma_gemv.silu_in_down_enabled), unquantized decode rows whose
+    down projection takes the tensor-core GEMV have it apply SiLU-mul to its input as it loads
+    it: one launch a layer fewer, the same bits."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype,
                  device: torch.device | str):
@@ -41,7 +47,26 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]."""
+        if self._silu_in_down(x):
+            gate_up = self.gate_up_proj(x)
+            down = self.down_proj
+            out = mma_gemv.tc_gemv(gate_up.reshape(-1, gate_up.shape[-1]), None, down.weight, None,
+                                   down.bias, x.dtype, silu=True)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         return self.down_proj(self.act(self.gate_up_proj(x)))
+
+    def _silu_in_down(self, x: torch.Tensor) -> bool:
+        """Whether these rows' down projection folds SiLU-mul into its loads: switched on, no
+        quantizing SiLU-mul, unquantized weights of x's dtype, and rows that down's Linear would
+        give to the tensor-core GEMV (decode rows on the Triton path)."""
+        down = self.down_proj
+        return (mma_gemv.silu_in_down_enabled() and self.act.quant_dtype is None
+                and isinstance(self.gate_up_proj.method, UnquantizedLinearMethod)
+                and isinstance(down.method, UnquantizedLinearMethod) and use_triton(x)
+                and 0 < x.numel() and x.numel() // x.shape[-1] <= SMALL_M
+                and mma_gemv.tc_gemv_enabled("float") and down.weight.dtype == x.dtype
+                and x.dtype in (torch.float16, torch.bfloat16) and down.in_features % 32 == 0
+                and down.weight.is_contiguous())
 
 
 class DecoderLayer(nn.Module):
