@@ -5,7 +5,8 @@
 # 1. the whole GPU suite (tests/gpu, tests/sample) with both in the environment (tests that
 #    compare them on and off set them themselves); 8 workers on an H200, 4 on an 80 GB card
 #    (eight engines did not fit there in run-b's call 2);
-# 2. bf16 8B batch 1, 128/256 (ab_latency.py, 3 rounds): default, each, both;
+# 2. bf16 8B batch 1, 128/256 (ab_latency.py, 3 rounds): default, each, both, and both with
+#    the add + RMSNorm launches skipped (ablate/sitecustomize.py; the bound on fusing them);
 # 3. the fp8 engine with and without KILN_ATTN_ROPE=1, as time allows.
 #   bash benchmarks/h200-dataflow/call6.sh      (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
@@ -19,12 +20,15 @@ echo "GPU suite with KILN_ATTN_ROPE=1 KILN_SILU_IN_DOWN=1 rc $? at $((SECONDS - 
 grep -E "^FAILED|passed|failed" $OUT/gpu_tests_rope.log | sed 's/ - .*//' | tail -25
 M=/tmp/llama-3-8b
 [ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1
-V="base=;rope=KILN_ATTN_ROPE=1;silu=KILN_SILU_IN_DOWN=1;both=KILN_ATTN_ROPE=1 KILN_SILU_IN_DOWN=1"
-timeout 150 python3 benchmarks/ab_latency.py --model $M --variants "$V" \
+B="KILN_ATTN_ROPE=1 KILN_SILU_IN_DOWN=1"
+V="base=;rope=KILN_ATTN_ROPE=1;silu=KILN_SILU_IN_DOWN=1;both=$B;skipnorm=$B KILN_ABLATE_SKIP=norm"
+# skipnorm (measurement only, wrong values): the norms launch nothing, the bound on fusing them
+KILN_ABLATE_SKIP= PYTHONPATH=$PWD/benchmarks/h200-dataflow/ablate:$PWD timeout 170 \
+  python3 benchmarks/ab_latency.py --model $M --variants "$V" \
   --rounds 3 --json $OUT/ab_bf16.json > $OUT/ab_bf16.log 2>&1
 echo "ab_latency bf16 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-tail -5 $OUT/ab_bf16.log
-if [ $((SECONDS - T0)) -lt 400 ]; then
+tail -6 $OUT/ab_bf16.log
+if [ $((SECONDS - T0)) -lt 420 ]; then
   QUANT=fp8 B1=0 timeout 150 bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
   echo "fp8 build rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   left=$((560 - SECONDS + T0))

@@ -7,7 +7,24 @@
 #   mlp  SiLU-mul (and its quantizing variant) and down_proj: only the gate_up -> down boundary
 #   o    o_proj's GEMV: only the attention -> o_proj boundary
 # Comma-separated; mlp,o drops both boundaries.
+# KILN_ABLATE_SKIP (defined at start, even empty; read at every call, so ab_latency.py variants
+# may set it): "norm" makes every add + RMSNorm with a residual launch nothing and return its
+# input and the residual unchanged (wrong values, the same GEMV bytes): what fusing the norms
+# into the GEMVs before them could save at most.
 import os
+
+if "KILN_ABLATE_SKIP" in os.environ:
+    import kiln.layers.norm as _norm_mod
+
+    _orig_norm = _norm_mod.RMSNorm.forward
+
+    def _norm_forward(self, x, residual=None, *a, **kw):
+        if residual is not None and "norm" in os.environ.get("KILN_ABLATE_SKIP", "").split(","):
+            return x, residual
+        return _orig_norm(self, x, residual, *a, **kw)
+
+    _norm_mod.RMSNorm.forward = _norm_forward
+    print("[ablate-skip] hooks installed", flush=True)
 
 _what = set(filter(None, os.environ.get("KILN_ABLATE_WAIT", "").split(",")))
 if _what:
