@@ -50,6 +50,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
     # SILU (split-K grid): x is [gate | up] rows of 2K and the product is of silu(gate) * up, as
     # silu_and_mul rounds it (the MLP's down projection without the SiLU-mul launch before it).
+    tl.static_assert(not (SILU and STREAM_K > 0), "SILU takes split-K launches only")
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,

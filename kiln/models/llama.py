@@ -64,7 +64,8 @@ class GatedMLP(nn.Module):
                 and isinstance(self.gate_up_proj.method, UnquantizedLinearMethod)
                 and isinstance(down.method, UnquantizedLinearMethod) and use_triton(x)
                 and 0 < x.numel() and x.numel() // x.shape[-1] <= SMALL_M
-                and mma_gemv.tc_gemv_enabled("float") and down.weight.dtype == x.dtype
+                and mma_gemv.tc_gemv_enabled("float") and not mma_gemv.tc_stream_k_enabled()
+                and down.weight.dtype == x.dtype
                 and x.dtype in (torch.float16, torch.bfloat16) and down.in_features % 32 == 0
                 and down.weight.is_contiguous())
 

@@ -84,6 +84,9 @@ def test_silu_in_down_not_taken_where_it_cannot_be(monkeypatch):
     mlp.act.quant_dtype = torch.float8_e4m3fn  # a quantizing SiLU-mul (fp8 down_proj)
     assert not mlp._silu_in_down(x)
     mlp.act.quant_dtype = None
+    monkeypatch.setenv("KILN_TC_STREAM_K", "1")  # stream-K candidates: no SiLU in their loads
+    assert not mlp._silu_in_down(x)
+    monkeypatch.setenv("KILN_TC_STREAM_K", "0")
     monkeypatch.setenv("KILN_TC_GEMV", "fp8")  # float rows off the tensor-core GEMV
     assert not mlp._silu_in_down(x)
 
