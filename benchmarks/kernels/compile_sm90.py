@@ -46,12 +46,15 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
 
     Tensor-descriptor arguments take their block shapes from constexprs["_descs"]; pointer types
     other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"]; a register cap
-    (maxnreg) from constexprs["_maxnreg"].
+    (maxnreg) from constexprs["_maxnreg"]. An argument whose default is None and that
+    constexprs["_ptrs"] does not name is compiled as the constexpr None a launch without it gives.
     """
     constexprs = dict(constexprs)
+    named_ptrs = constexprs.get("_ptrs", {})
     for param in fn.params:  # constexprs left out take their defaults (not run-time arguments)
-        if param.is_constexpr and param.name not in constexprs and param.has_default:
-            constexprs[param.name] = param.default
+        if param.name not in constexprs and param.has_default and (
+                param.is_constexpr or (param.default is None and param.name not in named_ptrs)):
+            constexprs[param.name] = param.default  # a None argument is a constexpr too
     descs = constexprs.pop("_descs", {})
     maxnreg = constexprs.pop("_maxnreg", None)
     ptrs = {**PTR_TYPES, **constexprs.pop("_ptrs", {})}
@@ -342,16 +345,24 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
-        if not a8:  # the MLP's down with SiLU-mul in its loads (KILN_SILU_IN_DOWN), every tile
-            for c in mma_gemv.TC_GEMV_CONFIGS_FLOAT:
-                if not c.kwargs.get("STREAM_K"):
-                    yield (f"{name} tc-gemv N{c.kwargs['BLOCK_N']} K{c.kwargs['BLOCK_K']} "
-                           f"w{c.num_warps} s{c.num_stages} PDL + SiLU in loads",
-                           mma_gemv._tc_gemv_kernel,
-                           {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                            "BLOCK_N": c.kwargs["BLOCK_N"], "BLOCK_K": c.kwargs["BLOCK_K"],
-                            "PDL": 1, "SILU": True, "_ptrs": ptrs}, "bf16", c.num_warps,
-                           c.num_stages)
+        if a8:
+            continue
+        # the split-K tiles (split_cfg is a run-time argument) with SiLU-mul in the loads (the
+        # MLP's down, KILN_SILU_IN_DOWN) and with the add + RMSNorm in them (qkv and gate_up,
+        # KILN_NORM_IN_GEMV)
+        tiles = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): None
+                 for c in mma_gemv.TC_GEMV_CONFIGS_FLOAT if not c.kwargs.get("STREAM_K")}
+        norm_ptrs = {**ptrs, "res_ptr": ty, "g_ptr": ty, "nres_ptr": ty}
+        for bn, bk, warps, stages in tiles:
+            base = {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                    "BLOCK_N": bn, "BLOCK_K": bk, "PDL": 1}
+            yield (f"{name} tc-gemv N{bn} K{bk} w{warps} s{stages} PDL + SiLU in loads",
+                   mma_gemv._tc_gemv_kernel, {**base, "SILU": True, "_ptrs": ptrs}, "bf16",
+                   warps, stages)
+            yield (f"{name} tc-gemv N{bn} K{bk} w{warps} s{stages} PDL + add-RMSNorm h4096 in loads",
+                   mma_gemv._tc_gemv_kernel,
+                   {**base, "NORM": True, "NORM_BLOCK": mma_gemv.NORM_BLOCK_MAX,
+                    "_ptrs": norm_ptrs}, "bf16", warps, stages)
 
 
 def argmax_configs():

@@ -11,10 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import pdl_args
+from kiln.kernels import PendingNorm, pdl_args
 from kiln.kernels.activation import silu_mul_values
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
+from kiln.kernels.rmsnorm import norm_rstd_rows, norm_values
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
                                      _finish_tile, _num_sms, _partials, _prefetch_budget,
                                      _prefetch_rows, _reduce_splits, _run, _split_range,
@@ -31,7 +32,9 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
                     EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
-                    SILU: tl.constexpr = False):
+                    SILU: tl.constexpr = False, res_ptr=None, g_ptr=None, nres_ptr=None,
+                    stride_rm=0, eps=0.0, NORM: tl.constexpr = False,
+                    NORM_BLOCK: tl.constexpr = 16):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -50,7 +53,14 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
     # SILU (split-K grid): x is [gate | up] rows of 2K and the product is of silu(gate) * up, as
     # silu_and_mul rounds it (the MLP's down projection without the SiLU-mul launch before it).
+    # NORM (split-K grid, float weights): the product is of rms_norm(x + res) * g (res, g and
+    # eps the residual, weight and epsilon of the RMSNorm before this GEMV): every program
+    # computes its rows' statistics from the whole rows (norm_rstd_rows) and normalizes x as it
+    # loads it; program (0, 0) stores x + res at nres_ptr (the new residual; not in place, since
+    # every program reads res). The add + RMSNorm launch before the GEMV goes.
     tl.static_assert(not (SILU and STREAM_K > 0), "SILU takes split-K launches only")
+    tl.static_assert(not (NORM and (STREAM_K > 0 or SILU or A8)),
+                     "NORM takes split-K launches of float weights only")
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -71,7 +81,8 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W, SILU)
+                           EARLY_W, SILU, M, res_ptr, g_ptr, nres_ptr, stride_rm, eps,
+                           (pid_n == 0) & (pid_k == 0), NORM, NORM_BLOCK)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK)
@@ -81,16 +92,21 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                 EARLY_W: tl.constexpr = 0, SILU: tl.constexpr = False):
+                 EARLY_W: tl.constexpr = 0, SILU: tl.constexpr = False, M=0, res_ptr=None,
+                 g_ptr=None, nres_ptr=None, stride_rm=0, eps=0.0, write_res=False,
+                 NORM: tl.constexpr = False, NORM_BLOCK: tl.constexpr = 16):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
     overlap the end of the kernel before. The products are summed in the same order either way.
-    SILU: x is [gate | up] (_x_tile)."""
+    SILU: x is [gate | up] (_x_tile). NORM: x is normalized as it loads, with the statistics of
+    its M rows computed right after the wait (norm_rstd_rows, the new residual stored where
+    write_res)."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
+    r_cols = res_ptr + rows[None, :] * stride_rm if NORM else x_cols
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     first = s_begin
     if EARLY_W > 0:
@@ -99,17 +115,22 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
-        pdl_start(PDL)
-        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU)
+    pdl_start(PDL)
+    rstd = tl.zeros([BLOCK_M], tl.float32)
+    if NORM:
+        rstd = norm_rstd_rows(x_ptr, res_ptr, nres_ptr, rows, M, K, stride_xm, stride_rm, eps,
+                              write_res, BLOCK_M, NORM_BLOCK)
+    if EARLY_W > 0:
+        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, r_cols, g_ptr,
+                     rstd, NORM)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
-    else:
-        pdl_start(PDL)
     for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU)
+        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU, r_cols,
+                     g_ptr, rstd, NORM)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
@@ -119,12 +140,17 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
 
 
 @triton.jit
-def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr):
+def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, r_cols=None, g_ptr=None, rstd=None,
+            NORM: tl.constexpr = False):
     """x^T tile at offsets offs of the rows x_cols (0 where masked); SILU: silu(gate) * up of
-    [gate | up] rows (up K further on), silu_and_mul's bits."""
+    [gate | up] rows (up K further on), silu_and_mul's bits; NORM: the RMSNorm of x + residual
+    (rows r_cols) with the rows' rstd and the weight at g_ptr (norm_values)."""
     x = tl.load(x_cols + offs, mask=mask, other=0.0)
     if SILU:
         x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
+    if NORM:
+        g = tl.load(g_ptr + offs, mask=offs < K, other=0.0)
+        x = norm_values(x, tl.load(r_cols + offs, mask=mask, other=0.0), g, rstd[None, :])
     return x
 
 
@@ -446,6 +472,53 @@ def silu_in_down_enabled() -> bool:
     return os.environ.get("KILN_SILU_IN_DOWN", "0") == "1"
 
 
+NORM_BLOCK_MAX = 4096  # columns of a row that norm_rstd_rows reads at once
+NORM_IN_GEMV_MAX_M = 4  # rows whose RMSNorm a GEMV computes (each row is a pass before the loop)
+
+
+def norm_in_gemv_enabled() -> bool:
+    """KILN_NORM_IN_GEMV=1: an unquantized linear whose input is an add + RMSNorm (qkv_proj after
+    the input norm, gate_up_proj after the post-attention norm) computes the norm as it loads its
+    input, over decode rows (up to NORM_IN_GEMV_MAX_M) on the tensor-core GEMV (tc_gemv's norm):
+    one launch fewer per norm. Off by default: not yet measured."""
+    return os.environ.get("KILN_NORM_IN_GEMV", "0") == "1"
+
+
+def norm_in_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor,
+                    w: torch.Tensor) -> bool:
+    """Whether tc_gemv can compute rms_norm(x + residual) * g as it loads x for weights w:
+    switched on, float16/bfloat16 everywhere of one dtype, 1 to NORM_IN_GEMV_MAX_M contiguous
+    rows of w's K (a multiple of 32), the tensor-core GEMV for float weights, split-K launches."""
+    if not (norm_in_gemv_enabled() and tc_gemv_enabled("float") and not tc_stream_k_enabled()):
+        return False
+    k = w.shape[1] if w.dim() == 2 else -1
+    rows = x.numel() // k if k > 0 else 0
+    return (x.dtype in (torch.float16, torch.bfloat16)
+            and residual.dtype == g.dtype == w.dtype == x.dtype
+            and x.shape == residual.shape and x.shape[-1] == k and k % 32 == 0
+            and 0 < rows <= NORM_IN_GEMV_MAX_M and x.is_contiguous() and residual.is_contiguous()
+            and g.shape == (k,) and g.is_contiguous() and w.is_contiguous())
+
+
+def _check_norm(norm, x2: torch.Tensor, w: torch.Tensor, a8: bool, silu: bool,
+                config: triton.Config | None) -> None:
+    """Refuse a tc_gemv norm that the kernel cannot take (see norm_in_gemv_ok)."""
+    if a8 or silu or w.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError("tc_gemv's norm takes float16/bfloat16 weights, without silu")
+    if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
+        raise ValueError("tc_gemv's norm takes split-K launches only")
+    k = w.shape[1]
+    if not (norm.x.numel() == x2.numel() and norm.x.data_ptr() == x2.data_ptr()
+            and norm.residual.shape == norm.x.shape == norm.new_residual.shape
+            and norm.residual.is_contiguous() and norm.new_residual.is_contiguous()
+            and norm.residual.dtype == norm.new_residual.dtype == norm.weight.dtype == x2.dtype
+            and tuple(norm.weight.shape) == (k,) and norm.weight.is_contiguous()):
+        raise ValueError(f"tc_gemv's norm must stand for x2's rows with a contiguous residual "
+                         f"and new residual of their shape and a weight of [{k}], one dtype; got "
+                         f"x {tuple(norm.x.shape)}, residual {tuple(norm.residual.shape)}, "
+                         f"weight {tuple(norm.weight.shape)} {norm.weight.dtype}")
+
+
 def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether tc_gemv takes this product: at most SMALL_M rows, fp8 weights with fp8 codes or
     float16/bfloat16 weights with x of their dtype, K a multiple of 32 (one fp8 dot step)."""
@@ -459,7 +532,7 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
             split_k: int = 0, config: triton.Config | None = None,
-            silu: bool = False) -> torch.Tensor:
+            silu: bool = False, norm: PendingNorm | None = None) -> torch.Tensor:
     """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
     accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
     x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
@@ -467,10 +540,16 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     configuration (benchmarks); else the autotuned one (or the first candidate). ``silu`` (float
     weights, split-K launches): x2 is [M, 2K], [gate | up], and the product is of
     silu(gate) * up with silu_and_mul's bits; the launch has the plain one's tuning key, so the
-    same configuration and the bits of silu_and_mul followed by tc_gemv."""
+    same configuration and the bits of silu_and_mul followed by tc_gemv. ``norm`` (float
+    weights, split-K launches, x2 the rows of norm.x): the product is of the RMSNorm that norm
+    stands for, computed in the launch (see _tc_gemv_kernel's NORM), and norm.new_residual gets
+    x + residual; its launches are tuned apart from the plain ones (other arguments, so another
+    tuning key)."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
+    if norm is not None:
+        _check_norm(norm, x2, w, a8, silu, config)
     if silu:
         if k != 2 * w.shape[1] or a8:
             raise ValueError(f"tc_gemv with silu takes float x of 2K columns ([gate | up]), got "
@@ -520,6 +599,11 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
     if silu:
         flags.update(SILU=True)
+    if norm is not None:
+        res2 = norm.residual.view(m, k)
+        flags.update(res_ptr=res2, g_ptr=norm.weight, nres_ptr=norm.new_residual.view(m, k),
+                     stride_rm=res2.stride(0), eps=float(norm.eps), NORM=True,
+                     NORM_BLOCK=min(NORM_BLOCK_MAX, triton.next_power_of_2(k)))
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

@@ -33,7 +33,7 @@ import os
 import torch
 import triton
 
-from kiln.kernels import pdl_args, use_triton
+from kiln.kernels import PendingNorm, pdl_args, use_triton
 from kiln.kernels.fma_gemv import (DEFAULT_GEMV, GEMV_CONFIGS, INTERPRET_GEMV, _MIN_GEMV_BLOCK_N,
                                    _gemv_split, _gemv_tuned, int4_asm_mode, int4_asm_ok)
 from kiln.kernels.int4_bits import untile_int4_rows
@@ -42,7 +42,8 @@ from kiln.kernels.qmm_common import (GEMV_MAX_M, KTILE_8BIT, MAX_SPLIT_K, SMALL_
                                      _reduce_splits, _run, autotune_enabled, fused_splitk_enabled,
                                      prefetch_steps, split_for, split_locks, stream_k_grid)
 from kiln.kernels.mma_gemv import (TC_GEMV_CONFIGS, _tc_gemv_tuned, int4_tc_enabled, int4_tc_gemv,
-                                   tc_gemv, tc_gemv_enabled, tc_gemv_ok, tc_stream_k_enabled)
+                                   norm_in_gemv_ok, tc_gemv, tc_gemv_enabled, tc_gemv_ok,
+                                   tc_stream_k_enabled)
 from kiln.kernels.quant_act import quant_per_token
 from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTERPRET_GEMM,
                                      _gemm_prune, _gemm_split, _gemm_tuned, m_bucket)
@@ -378,8 +379,15 @@ def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
     (float32 accumulation, like the quantized GEMVs), or up to SMALL_M rows through tc_gemv
-    when KILN_TC_GEMV names float; more rows or no Triton: F.linear."""
+    when KILN_TC_GEMV names float; more rows or no Triton: F.linear. x may be a
+    rmsnorm.PendingNorm (KILN_NORM_IN_GEMV): tc_gemv computes the norm where it can
+    (mma_gemv.norm_in_gemv_ok), else the norm runs first as its own launch."""
     n, k = weight.shape
+    if isinstance(x, PendingNorm):
+        if use_triton(x.x) and norm_in_gemv_ok(x.x, x.residual, x.weight, weight):
+            out = tc_gemv(x.x.view(-1, k), None, weight, None, bias, x.dtype, norm=x)
+            return out.reshape(*x.shape[:-1], n)
+        x = x.materialize()
     _check(x, k, "float_gemv_linear")
     x2 = _rows(x)
     if not use_triton(x) or x.numel() == 0 or x2.shape[0] > SMALL_M:

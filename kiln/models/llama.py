@@ -16,6 +16,7 @@ from torch import nn
 from kiln.errors import KilnError
 from kiln.kernels import mma_gemv, use_triton
 from kiln.kernels.qmm_common import SMALL_M
+from kiln.kernels.rmsnorm import defer_add_rms_norm
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
@@ -99,14 +100,27 @@ class DecoderLayer(nn.Module):
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self._norm(self.input_layernorm, self.self_attn.qkv_proj, hidden,
+                                          residual)
         hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        hidden, residual = self._norm(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden,
+                                      residual)
         return self.mlp(hidden), residual
+
+    @staticmethod
+    def _norm(norm: RMSNorm, reader: Linear, hidden: torch.Tensor, residual: torch.Tensor):
+        """norm(hidden, residual), or, with KILN_NORM_IN_GEMV=1 where the reader's tensor-core
+        GEMV can compute it (mma_gemv.norm_in_gemv_ok: a few unquantized decode rows), a
+        kernels.rmsnorm.PendingNorm for it and the new residual it will write."""
+        if (norm.quant_dtype is None and isinstance(reader.method, UnquantizedLinearMethod)
+                and use_triton(hidden)
+                and mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)):
+            return defer_add_rms_norm(hidden, residual, norm.weight, norm.eps)
+        return norm(hidden, residual)
 
 
 class LlamaFamilyModel(nn.Module):

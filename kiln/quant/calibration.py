@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
+from kiln.kernels import PendingNorm
 from kiln.layers.forward_context import build_attention_metadata
 from kiln.layers.linear import Linear
 from kiln.runner.memory import allocate_kv_caches
@@ -229,7 +230,10 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
 
     def linear_hook(name: str):
         def hook(_module, inputs):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+            given = inputs[0]
+            if isinstance(given, PendingNorm):  # a norm left to the GEMV: the stats need it
+                given = given.materialize()
+            x = given.detach().reshape(-1, given.shape[-1]).float()
             st = linears.get(name)
             if st is None:
                 st = linears[name] = LinearStats(x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1]))
@@ -240,6 +244,7 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
             keep = keep[(keep + offset) % stride == 0]
             st.rows.append(x[keep].clone())
             st.count += x.shape[0]
+            return (given,) + tuple(inputs[1:])
         return hook
 
     def kv_hook(name: str, attn):
