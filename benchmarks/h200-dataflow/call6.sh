@@ -9,7 +9,8 @@
 # 2. bf16 8B batch 1, 128/256 (ab_latency.py, 3 rounds): default, each, all three, and RoPE +
 #    SiLU with the add + RMSNorm launches skipped (ablate/sitecustomize.py; the bound on what
 #    taking the norms into the GEMVs can give, to set beside "all");
-# 3. the fp8 engine with and without KILN_ATTN_ROPE=1, as time allows.
+# 3. the fp8 engine with and without KILN_ATTN_ROPE=1 and KILN_NORM_IN_GEMV=1 (its norms quantize
+#    in the GEMVs too), as time allows (else call7.sh).
 #   bash benchmarks/h200-dataflow/call6.sh      (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
@@ -36,7 +37,7 @@ if [ $((SECONDS - T0)) -lt 420 ]; then
   echo "fp8 build rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   left=$((560 - SECONDS + T0))
   [ -d /tmp/e8b-fp8 ] && [ $left -gt 40 ] && timeout $left python3 benchmarks/ab_latency.py \
-    --model /tmp/e8b-fp8 --variants "base=;rope=KILN_ATTN_ROPE=1" --rounds 3 \
+    --model /tmp/e8b-fp8 --variants "base=;rope=KILN_ATTN_ROPE=1;norm=KILN_NORM_IN_GEMV=1;both=KILN_ATTN_ROPE=1 KILN_NORM_IN_GEMV=1" --rounds 3 \
     --json $OUT/ab_fp8.json > $OUT/ab_fp8.log 2>&1
   echo "ab_latency fp8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   tail -3 $OUT/ab_fp8.log

@@ -345,7 +345,16 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
-        if a8:
+        if a8:  # the fp8 qkv / gate_up normalizing and quantizing bf16 rows as it loads them
+            for c in mma_gemv.TC_GEMV_CONFIGS_FP8[:3]:  # the split-K tiles
+                yield (f"{name} tc-gemv N{c.kwargs['BLOCK_N']} K{c.kwargs['BLOCK_K']} "
+                       f"w{c.num_warps} s{c.num_stages} PDL + early first tile + add-RMSNorm-quant "
+                       f"h4096 in loads", mma_gemv._tc_gemv_kernel,
+                       {"A8": True, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
+                        "BLOCK_N": c.kwargs["BLOCK_N"], "BLOCK_K": c.kwargs["BLOCK_K"], "PDL": 1,
+                        "EARLY_W": 1, "NORM": True, "NORM_BLOCK": mma_gemv.NORM_BLOCK_MAX,
+                        "_ptrs": {**ptrs, "x_ptr": "*bf16", "res_ptr": "*bf16", "g_ptr": "*bf16",
+                                  "nres_ptr": "*bf16"}}, "bf16", c.num_warps, c.num_stages)
             continue
         # the split-K tiles (split_cfg is a run-time argument) with SiLU-mul in the loads (the
         # MLP's down, KILN_SILU_IN_DOWN) and with the add + RMSNorm in them (qkv and gate_up,

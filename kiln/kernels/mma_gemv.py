@@ -15,7 +15,8 @@ from kiln.kernels import PendingNorm, pdl_args
 from kiln.kernels.activation import silu_mul_values
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
-from kiln.kernels.rmsnorm import norm_rstd_rows, norm_values
+from kiln.kernels.quant_act import quantize_to_codes
+from kiln.kernels.rmsnorm import norm_rows_stats, norm_values
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
                                      _finish_tile, _num_sms, _partials, _prefetch_budget,
                                      _prefetch_rows, _reduce_splits, _run, _split_range,
@@ -53,14 +54,15 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
     # SILU (split-K grid): x is [gate | up] rows of 2K and the product is of silu(gate) * up, as
     # silu_and_mul rounds it (the MLP's down projection without the SiLU-mul launch before it).
-    # NORM (split-K grid, float weights): the product is of rms_norm(x + res) * g (res, g and
-    # eps the residual, weight and epsilon of the RMSNorm before this GEMV): every program
-    # computes its rows' statistics from the whole rows (norm_rstd_rows) and normalizes x as it
-    # loads it; program (0, 0) stores x + res at nres_ptr (the new residual; not in place, since
-    # every program reads res). The add + RMSNorm launch before the GEMV goes.
+    # NORM (split-K grid): the product is of rms_norm(x + res) * g (res, g and eps the residual,
+    # weight and epsilon of the RMSNorm before this GEMV; x float16/bfloat16 rows): every
+    # program computes its rows' statistics from the whole rows (norm_rows_stats) and
+    # normalizes x as it loads it; program (0, 0) stores x + res at nres_ptr (the new residual;
+    # not in place, since every program reads res). With A8 the normalized rows are quantized
+    # per token to fp8 as they load (the scales from the same statistics; xs_ptr is not read).
+    # The add + RMSNorm (+ quantization) launch before the GEMV goes.
     tl.static_assert(not (SILU and STREAM_K > 0), "SILU takes split-K launches only")
-    tl.static_assert(not (NORM and (STREAM_K > 0 or SILU or A8)),
-                     "NORM takes split-K launches of float weights only")
+    tl.static_assert(not (NORM and (STREAM_K > 0 or SILU)), "NORM takes split-K launches only")
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -100,9 +102,9 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
     overlap the end of the kernel before. The products are summed in the same order either way.
-    SILU: x is [gate | up] (_x_tile). NORM: x is normalized as it loads, with the statistics of
-    its M rows computed right after the wait (norm_rstd_rows, the new residual stored where
-    write_res)."""
+    SILU: x is [gate | up] (_x_tile). NORM: x is normalized (A8: and quantized) as it loads,
+    with the statistics of its M rows computed right after the wait (norm_rows_stats, the new
+    residual stored where write_res)."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
@@ -117,12 +119,13 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
     pdl_start(PDL)
     rstd = tl.zeros([BLOCK_M], tl.float32)
+    scale = tl.full([BLOCK_M], 1.0, tl.float32)
     if NORM:
-        rstd = norm_rstd_rows(x_ptr, res_ptr, nres_ptr, rows, M, K, stride_xm, stride_rm, eps,
-                              write_res, BLOCK_M, NORM_BLOCK)
+        rstd, scale = norm_rows_stats(x_ptr, res_ptr, g_ptr, nres_ptr, rows, M, K, stride_xm,
+                                      stride_rm, eps, write_res, BLOCK_M, NORM_BLOCK, A8)
     if EARLY_W > 0:
         xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, r_cols, g_ptr,
-                     rstd, NORM)
+                     rstd, scale, NORM, A8)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
     for step in range(first, s_end):
@@ -130,27 +133,33 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
         xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU, r_cols,
-                     g_ptr, rstd, NORM)
+                     g_ptr, rstd, scale, NORM, A8)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
-        sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
+        if NORM:
+            sx = tl.where(m_mask, scale, 0.0)
+        else:
+            sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
     return acc
 
 
 @triton.jit
 def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, r_cols=None, g_ptr=None, rstd=None,
-            NORM: tl.constexpr = False):
+            scale=None, NORM: tl.constexpr = False, QUANT: tl.constexpr = False):
     """x^T tile at offsets offs of the rows x_cols (0 where masked); SILU: silu(gate) * up of
     [gate | up] rows (up K further on), silu_and_mul's bits; NORM: the RMSNorm of x + residual
-    (rows r_cols) with the rows' rstd and the weight at g_ptr (norm_values)."""
+    (rows r_cols) with the rows' rstd and the weight at g_ptr (norm_values), with QUANT its
+    fp8 codes at the rows' scales (quantize_to_codes, the producer kernel's codes)."""
     x = tl.load(x_cols + offs, mask=mask, other=0.0)
     if SILU:
         x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
     if NORM:
         g = tl.load(g_ptr + offs, mask=offs < K, other=0.0)
         x = norm_values(x, tl.load(r_cols + offs, mask=mask, other=0.0), g, rstd[None, :])
+        if QUANT:
+            x = quantize_to_codes(x.to(tl.float32), scale[None, :], False)
     return x
 
 
@@ -477,37 +486,48 @@ NORM_IN_GEMV_MAX_M = 4  # rows whose RMSNorm a GEMV computes (each row is a pass
 
 
 def norm_in_gemv_enabled() -> bool:
-    """KILN_NORM_IN_GEMV=1: an unquantized linear whose input is an add + RMSNorm (qkv_proj after
-    the input norm, gate_up_proj after the post-attention norm) computes the norm as it loads its
-    input, over decode rows (up to NORM_IN_GEMV_MAX_M) on the tensor-core GEMV (tc_gemv's norm):
-    one launch fewer per norm. Off by default: not yet measured."""
+    """KILN_NORM_IN_GEMV=1: a linear whose input is an add + RMSNorm (qkv_proj after the input
+    norm, gate_up_proj after the post-attention norm), unquantized or fp8 W8A8, computes the norm
+    (fp8: and the per-token quantization) as it loads its input, over decode rows (up to
+    NORM_IN_GEMV_MAX_M) on the tensor-core GEMV (tc_gemv's norm): one launch fewer per norm.
+    Off by default: not yet measured."""
     return os.environ.get("KILN_NORM_IN_GEMV", "0") == "1"
 
 
 def norm_in_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor,
                     w: torch.Tensor) -> bool:
     """Whether tc_gemv can compute rms_norm(x + residual) * g as it loads x for weights w:
-    switched on, float16/bfloat16 everywhere of one dtype, 1 to NORM_IN_GEMV_MAX_M contiguous
-    rows of w's K (a multiple of 32), the tensor-core GEMV for float weights, split-K launches."""
-    if not (norm_in_gemv_enabled() and tc_gemv_enabled("float") and not tc_stream_k_enabled()):
+    switched on, x, residual and g float16/bfloat16 of one dtype, w of that dtype or fp8 (W8A8,
+    quantized per token in the GEMV), 1 to NORM_IN_GEMV_MAX_M contiguous rows of w's K (a
+    multiple of 32), the tensor-core GEMV for that kind of weights, split-K launches."""
+    fp8 = w.dtype == torch.float8_e4m3fn
+    if not (norm_in_gemv_enabled() and tc_gemv_enabled("fp8" if fp8 else "float")
+            and not tc_stream_k_enabled()):
         return False
     k = w.shape[1] if w.dim() == 2 else -1
     rows = x.numel() // k if k > 0 else 0
     return (x.dtype in (torch.float16, torch.bfloat16)
-            and residual.dtype == g.dtype == w.dtype == x.dtype
+            and residual.dtype == g.dtype == x.dtype and (fp8 or w.dtype == x.dtype)
             and x.shape == residual.shape and x.shape[-1] == k and k % 32 == 0
             and 0 < rows <= NORM_IN_GEMV_MAX_M and x.is_contiguous() and residual.is_contiguous()
             and g.shape == (k,) and g.is_contiguous() and w.is_contiguous())
 
 
-def _check_norm(norm, x2: torch.Tensor, w: torch.Tensor, a8: bool, silu: bool,
-                config: triton.Config | None) -> None:
+def _check_norm(norm, x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
+                w_scales: torch.Tensor | None, silu: bool, config: triton.Config | None) -> None:
     """Refuse a tc_gemv norm that the kernel cannot take (see norm_in_gemv_ok)."""
-    if a8 or silu or w.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError("tc_gemv's norm takes float16/bfloat16 weights, without silu")
+    fp8 = w.dtype == torch.float8_e4m3fn
+    if (silu or x_scales is not None or fp8 != (w_scales is not None)
+            or x2.dtype not in (torch.float16, torch.bfloat16) or (not fp8 and w.dtype != x2.dtype)):
+        raise ValueError("tc_gemv's norm takes float16/bfloat16 rows and weights of their dtype, "
+                         "or fp8 weights with their scales (no x scales: the GEMV quantizes), "
+                         "without silu")
     if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
         raise ValueError("tc_gemv's norm takes split-K launches only")
     k = w.shape[1]
+    if x2.shape[0] > SMALL_M or k % 32 or x2.shape[1] != k:
+        raise ValueError(f"tc_gemv's norm takes up to {SMALL_M} rows of K={k} (a multiple of "
+                         f"32), got {tuple(x2.shape)}")
     if not (norm.x.numel() == x2.numel() and norm.x.data_ptr() == x2.data_ptr()
             and norm.residual.shape == norm.x.shape == norm.new_residual.shape
             and norm.residual.is_contiguous() and norm.new_residual.is_contiguous()
@@ -540,16 +560,18 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
     configuration (benchmarks); else the autotuned one (or the first candidate). ``silu`` (float
     weights, split-K launches): x2 is [M, 2K], [gate | up], and the product is of
     silu(gate) * up with silu_and_mul's bits; the launch has the plain one's tuning key, so the
-    same configuration and the bits of silu_and_mul followed by tc_gemv. ``norm`` (float
-    weights, split-K launches, x2 the rows of norm.x): the product is of the RMSNorm that norm
-    stands for, computed in the launch (see _tc_gemv_kernel's NORM), and norm.new_residual gets
-    x + residual; its launches are tuned apart from the plain ones (other arguments, so another
-    tuning key)."""
+    same configuration and the bits of silu_and_mul followed by tc_gemv. ``norm`` (split-K
+    launches, x2 the float16/bfloat16 rows of norm.x, no x_scales): the product is of the RMSNorm
+    that norm stands for, computed in the launch (see _tc_gemv_kernel's NORM; with fp8 weights
+    and their w_scales also quantized there per token, as the quantizing norm kernel does), and
+    norm.new_residual gets x + residual; its launches are tuned apart from the plain ones (other
+    arguments, so another tuning key)."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
     if norm is not None:
-        _check_norm(norm, x2, w, a8, silu, config)
+        _check_norm(norm, x2, x_scales, w, w_scales, silu, config)
+        a8 = w.dtype == torch.float8_e4m3fn
     if silu:
         if k != 2 * w.shape[1] or a8:
             raise ValueError(f"tc_gemv with silu takes float x of 2K columns ([gate | up]), got "
@@ -557,7 +579,8 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
         if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
             raise ValueError("tc_gemv's silu takes split-K launches only")
         k = w.shape[1]
-    if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
+    if norm is None and (not tc_gemv_ok(x2, w) or a8 != (w_scales is not None)
+                         or a8 != (w.dtype == torch.float8_e4m3fn)):
         raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
                          f"and weights with both scales, or float16/bfloat16 of one dtype without; "
                          f"got x {tuple(x2.shape)} {x2.dtype}, w {tuple(w.shape)} {w.dtype}")
@@ -593,7 +616,9 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
         width, chosen["split"] = shape(meta)
         return (width, 1) if meta.get("STREAM_K") else (width, chosen["split"])
 
-    args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
+    # (a norm's fp8 launch quantizes x itself: its weight scales stand in for the unread x scales)
+    x_scales_arg = x_scales if x_scales is not None else (w_scales if a8 else x2)
+    args = (x2, x_scales_arg, w, w_scales if a8 else w, bias if has_bias else out, out,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)

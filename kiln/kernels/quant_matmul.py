@@ -340,13 +340,21 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     M <= SMALL_M: the tensor-core GEMV (KILN_TC_GEMV, the default), else the Triton GEMV
     (M <= GEMV_MAX_M) or fp8 tl.dot with split-K; larger M: torch._scaled_mm where supported
     (else the Triton GEMM). x may also be a
-    quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
+    quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here;
+    or a PendingNorm (KILN_NORM_IN_GEMV): tc_gemv normalizes and quantizes as it loads where it
+    can (mma_gemv.norm_in_gemv_ok), else the norm runs first as its own launch.
     """
     from kiln.kernels.quant_act import QuantizedRows
 
     if isinstance(x, QuantizedRows):
         return _fp8_linear_prequantized(x, weight, weight_scale, bias)
     n, k = weight.shape
+    if isinstance(x, PendingNorm):
+        if use_triton(x.x) and norm_in_gemv_ok(x.x, x.residual, x.weight, weight):
+            out = tc_gemv(x.x.view(-1, k), None, weight.contiguous(),
+                          weight_scale.float().contiguous(), bias, x.dtype, norm=x)
+            return out.reshape(*x.shape[:-1], n)
+        x = x.materialize()
     _check(x, k, "fp8_linear")
     if not use_triton(x) or x.numel() == 0:
         return fp8_linear_ref(x, weight, weight_scale, bias)

@@ -114,10 +114,15 @@ class DecoderLayer(nn.Module):
     @staticmethod
     def _norm(norm: RMSNorm, reader: Linear, hidden: torch.Tensor, residual: torch.Tensor):
         """norm(hidden, residual), or, with KILN_NORM_IN_GEMV=1 where the reader's tensor-core
-        GEMV can compute it (mma_gemv.norm_in_gemv_ok: a few unquantized decode rows), a
-        kernels.rmsnorm.PendingNorm for it and the new residual it will write."""
-        if (norm.quant_dtype is None and isinstance(reader.method, UnquantizedLinearMethod)
-                and use_triton(hidden)
+        GEMV can compute it (mma_gemv.norm_in_gemv_ok: a few decode rows; an unquantized reader
+        of a plain norm, or an fp8 W8A8 one of a norm that quantizes for it), a
+        kernels.PendingNorm for it and the new residual it will write."""
+        if norm.quant_dtype is None:
+            takes = isinstance(reader.method, UnquantizedLinearMethod)
+        else:
+            takes = (norm.quant_dtype == torch.float8_e4m3fn
+                     and getattr(reader.method, "scheme", None) == "fp8")
+        if (takes and use_triton(hidden)
                 and mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)):
             return defer_add_rms_norm(hidden, residual, norm.weight, norm.eps)
         return norm(hidden, residual)

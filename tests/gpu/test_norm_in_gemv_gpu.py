@@ -2,9 +2,10 @@
 shapes (and a 70B-wide row, read in two passes), under programmatic dependent launch and in CUDA
 graphs, the new residual is x + residual bit for bit and the product matches the add + RMSNorm
 launch followed by the tensor-core GEMV to within the rounding of the norm's output (the row's
-sum of squares is reduced in another order, so a normalized element may differ by one ulp); an
-engine decodes greedy tokens that agree with and without it under the usual rule, nothing
-compiled after start-up."""
+sum of squares is reduced in another order, so a normalized element may differ by one ulp);
+with fp8 W8A8 weights, the quantizing norm launch followed by the GEMV on its codes, to within
+fp8 rounding. bf16 and fp8 engines decode greedy tokens that agree with and without it under
+the usual rule, nothing compiled after start-up."""
 
 from __future__ import annotations
 
@@ -63,6 +64,71 @@ def test_norm_in_gemv_under_pdl_and_graphs(shape, rows, dtype, monkeypatch):
             first.append(out.clone())
 
     eager_then_graph(run, check, 5, 20)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("shape", [(4096, 6144), (4096, 28672), (256, 512)])
+def test_norm_in_fp8_gemv_under_pdl_and_graphs(shape, rows, monkeypatch):
+    """fp8 weights: the GEMV normalizes and quantizes per token as it loads (under PDL with its
+    first weight tile loaded before the wait, the fp8 default)."""
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.setenv("KILN_PDL", "1")
+    monkeypatch.setenv("KILN_NORM_IN_GEMV", "1")
+    k, n = shape
+    gen = torch.Generator(device="cuda").manual_seed(rows + n)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(torch.bfloat16)
+    residual = (torch.randn(rows, k, generator=gen, device="cuda") * 4).to(torch.bfloat16)
+    g = (1 + 0.2 * torch.randn(k, generator=gen, device="cuda")).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    ws = w.float().abs().amax(1) / 448
+    w8 = (w.float() / ws[:, None]).to(torch.float8_e4m3fn)
+    assert mma_gemv.norm_in_gemv_ok(x, residual, g, w8)
+    summed = residual.clone()
+    quantized, _ = rmsnorm.fused_add_rms_norm_quant(x, summed, g, 1e-5, torch.float8_e4m3fn)
+    launches = mma_gemv.tc_gemv(quantized.q[:rows], quantized.scale[:rows], w8, ws, None,
+                                torch.bfloat16)
+    ref = _reference(x, residual, g, w8.float() * ws[:, None], 1e-5)
+    first = []
+
+    def run():
+        pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
+        return mma_gemv.tc_gemv(x, None, w8, ws, None, torch.bfloat16, norm=pending), new_residual
+
+    def check(result):
+        out, new_residual = result
+        assert torch.equal(new_residual, summed)
+        assert rel_err(out, launches) < 3e-2
+        assert rel_err(out, ref) < 1.2 * rel_err(launches, ref) + 1e-3
+        if first:
+            assert torch.equal(out, first[0])
+        else:
+            first.append(out.clone())
+
+    eager_then_graph(run, check, 5, 20)
+
+
+def test_fp8_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=6, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"),
+                                       QuantConfig("fp8"), eval_tokens=0, device="cuda",
+                                       progress=False))["path"]
+    prompts = [{"prompt_token_ids": list(range(7 + i, 50 + 2 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
+        llm = LLM(str(engine), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=4)
+        runs[flag] = llm.generate(prompts, params)
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm
+        torch.cuda.empty_cache()
+    assert_top5_agree(runs["1"], runs["0"], "fp8 norm in GEMV")
 
 
 def test_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):

@@ -56,6 +56,44 @@ def test_tc_gemv_norm_gives_the_launches_bits(rows, k, n, split, bias, eps, monk
     assert torch.equal(pending.materialize(), normed)
 
 
+def _fp8_weights(n, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=gen) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return w, torch.rand(n, generator=gen) * 0.01 + 0.001
+
+
+@pytest.mark.parametrize("rows,k,n,split,eps", [(1, 64, 48, 1, 1e-5), (3, 96, 80, 2, 0.5),
+                                                (4, 256, 64, 0, 1e-6)])
+def test_tc_gemv_norm_fp8_gives_the_quantizing_launchs_bits(rows, k, n, split, eps, monkeypatch):
+    """fp8 W8A8: the norm quantized per token in the GEMV's loads, against the quantizing norm
+    kernel followed by the GEMV on its codes (EARLY_W under PDL is the GPU's: tests/gpu)."""
+    monkeypatch.setenv("KILN_NORM_IN_GEMV", "1")
+    x, residual, g, _, bias = _case(rows, k, n, seed=rows + 10)
+    w, ws = _fp8_weights(n, k, seed=rows)
+    summed = residual.clone()
+    quantized, _ = rmsnorm.fused_add_rms_norm_quant(x, summed, g, eps, torch.float8_e4m3fn)
+    m = quantized.m
+    want = mma_gemv.tc_gemv(quantized.q[:m], quantized.scale[:m], w, ws, bias, torch.float16,
+                            split_k=split)
+    pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, eps)
+    assert mma_gemv.norm_in_gemv_ok(x, residual, g, w)
+    got = mma_gemv.tc_gemv(x, None, w, ws, bias, torch.float16, split_k=split, norm=pending)
+    assert torch.equal(got, want)
+    assert torch.equal(new_residual, summed)
+    # through the fp8 linear's dispatcher, and (switched off) with the norm's own launch first
+    from kiln.kernels import quant_matmul
+
+    for flag in ("1", "0"):
+        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
+        pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, eps)
+        out = quant_matmul.fp8_linear(pending, w, ws, bias)
+        assert torch.equal(new_residual, summed)
+        if flag == "1":
+            assert torch.equal(out, want)
+        else:  # the GEMV quantizes the normed rows itself: the same codes and scales
+            assert torch.equal(out, quant_matmul.fp8_linear(quantized, w, ws, bias))
+
+
 def test_linear_takes_a_pending_norm_or_runs_it(monkeypatch):
     x, residual, g, w, _ = _case(2, 64, 32, seed=5)
     linear = Linear(64, 32, False, torch.float16, "cpu")
@@ -72,6 +110,11 @@ def test_linear_takes_a_pending_norm_or_runs_it(monkeypatch):
 def test_tc_gemv_norm_refuses(monkeypatch):
     x, residual, g, w, _ = _case(2, 64, 32, seed=2)
     pending, _ = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
+    fp8, ws = _fp8_weights(32, 64, seed=1)
+    with pytest.raises(ValueError, match="fp8 weights with their scales"):
+        mma_gemv.tc_gemv(x, None, fp8, None, None, torch.float16, norm=pending)
+    with pytest.raises(ValueError, match="no x scales"):
+        mma_gemv.tc_gemv(x, torch.ones(2, 1), fp8, ws, None, torch.float16, norm=pending)
     with pytest.raises(ValueError, match="without silu"):
         mma_gemv.tc_gemv(torch.cat([x, x], 1), None, w, None, None, torch.float16, silu=True,
                          norm=pending)
@@ -132,15 +175,76 @@ def test_engine_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
     nothing over decode rows (the final norm, read by the LM head, still does)."""
     from kiln.models.random_model import write_random_model
 
+    from kiln.kernels import quant_matmul
+
     write_random_model("tiny-llama", tmp_path, seed=8, dtype="float16")
     calls = _record_norms(monkeypatch)
-    runs, launched = {}, {}
+    in_gemv = []
+    real_gemv = quant_matmul.tc_gemv
+    monkeypatch.setattr(quant_matmul, "tc_gemv", lambda *a, **kw: in_gemv.append(
+        kw.get("norm") is not None) or real_gemv(*a, **kw))
+    runs, launched, fused = {}, {}, {}
     for flag in ("0", "1"):
         monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
         calls.clear()
+        in_gemv.clear()
         runs[flag], llm = greedy_tokens(tmp_path, (40, 9), 3)
         final = llm.engine.model.norm
         launched[flag] = sum(1 for module, rows in calls if rows <= 2 and module is not final)
+        fused[flag] = sum(in_gemv)
         assert any(module is final for module, _ in calls)
     assert launched["0"] > 0 and launched["1"] == 0
+    assert fused["0"] == 0 and fused["1"] >= launched["0"]
     assert runs["0"] == runs["1"]
+
+
+def test_fp8_engine_logits_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
+    """An fp8 W8A8 engine whose norms quantize for their readers: with KILN_NORM_IN_GEMV=1 the
+    qkv_proj and gate_up GEMVs normalize and quantize as they load, the logits bit for bit."""
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import load_engine_model
+    from kiln.layers.forward_context import build_attention_metadata
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=9, dtype="float16")
+    opts = BuildOptions(str(tmp_path / "src"), str(tmp_path / "fp8"), QuantConfig("fp8"),
+                        eval_tokens=0, target_gpu="h200", device="cpu", progress=False)
+    model, _ = load_engine_model(build_engine(opts)["path"], "cpu", dtype="float16",
+                                 check_target=False)
+    assert model.quantize_in_producers() > 0
+    args = model.args
+    tokens = [5, 9, 13]
+    caches = [torch.zeros(2, 4, 16, args.num_key_value_heads, args.head_dim, dtype=torch.float16)
+              for _ in range(args.num_hidden_layers)]
+    meta = build_attention_metadata([(0, len(tokens), [0, 1, 2, 3])], 16)
+    deferred = []
+    real = rmsnorm.defer_add_rms_norm
+
+    def counting(*a):
+        deferred.append(1)
+        return real(*a)
+
+    monkeypatch.setattr("kiln.models.llama.defer_add_rms_norm", counting)
+    from kiln.kernels import quant_matmul
+
+    in_gemv = []
+    real_gemv = quant_matmul.tc_gemv
+
+    def recording(*a, **kw):
+        in_gemv.append(kw.get("norm") is not None)
+        return real_gemv(*a, **kw)
+
+    monkeypatch.setattr(quant_matmul, "tc_gemv", recording)
+    logits = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
+        deferred.clear()
+        in_gemv.clear()
+        with torch.no_grad():
+            hidden = model(torch.tensor(tokens), torch.arange(len(tokens)), caches, meta)
+            logits[flag] = model.compute_logits(hidden)
+        # every norm with a residual: all but the first layer's input norm, each in its GEMV
+        expected = 2 * args.num_hidden_layers - 1 if flag == "1" else 0
+        assert len(deferred) == expected and sum(in_gemv) == expected
+    assert torch.equal(logits["1"], logits["0"])
