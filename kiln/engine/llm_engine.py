@@ -274,7 +274,7 @@ class LLMEngine:
         (a ragged prefill, two prefills, a decode beside a prefill chunk, decode-only steps of two
         and of one sequence), then one longer sequence: a prompt, chunks over it of the sizes that
         give each query-tile height of the tiled attention kernel, and a decode over a context
-        long enough to be split into partitions. When max_num_seqs allows decode batches large
+        long enough to be split into partitions, alone and beside a prefill chunk. When max_num_seqs allows decode batches large
         enough for the large-batch decode tile (kernels.decode_attention.LARGE_DECODE_TILE), a
         decode of that many short sequences follows, alone and beside a prefill chunk (mixed steps
         and eager decodes use it too, not only the captured graphs). Each step computes its logits
@@ -304,6 +304,12 @@ class LLMEngine:
             pos += n
         if pos + 1 <= self.max_model_len:
             steps += long_steps + [[(pos, 1, 3)]]
+            if pos + 2 <= self.max_model_len:
+                # the long decode again beside a prefill chunk: a mixed step's decode rows take
+                # the decode kernel without RoPE where decode-only steps may take it with
+                # (KILN_ATTN_ROPE)
+                steps.append([(pos + 1, 1, 3), (0, 2, 2)])
+                pos += 1
             lengths.append(pos + 1)
         n_large = large_decode_min_seqs(args.num_key_value_heads, _num_sms(self.device))
         if self.config.scheduler.max_num_seqs >= n_large and self.max_model_len >= 4:

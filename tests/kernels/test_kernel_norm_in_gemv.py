@@ -248,3 +248,18 @@ def test_fp8_engine_logits_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
         expected = 2 * args.num_hidden_layers - 1 if flag == "1" else 0
         assert len(deferred) == expected and sum(in_gemv) == expected
     assert torch.equal(logits["1"], logits["0"])
+
+
+def test_engine_tokens_with_every_decode_fusion(tmp_path, monkeypatch):
+    """The three decode fusions together (RoPE in the decode attention, the add + RMSNorm in
+    qkv_proj and gate_up, SiLU-mul in down), as call 6 measures them: the greedy tokens and
+    log-probs of none of them, bit for bit."""
+    from kiln.models.random_model import write_random_model
+
+    write_random_model("tiny-llama", tmp_path, seed=11, dtype="float16")
+    runs = {}
+    for flag in ("0", "1"):
+        for name in ("KILN_ATTN_ROPE", "KILN_NORM_IN_GEMV", "KILN_SILU_IN_DOWN"):
+            monkeypatch.setenv(name, flag)
+        runs[flag], _ = greedy_tokens(tmp_path, (33, 6, 17), 5)
+    assert runs["0"] == runs["1"]

@@ -31,9 +31,16 @@ def launches(monkeypatch):
     return seen
 
 
-def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch):
+@pytest.mark.parametrize("switches", [(), ("KILN_ATTN_ROPE", "KILN_NORM_IN_GEMV",
+                                            "KILN_SILU_IN_DOWN")], ids=["default", "fusions"])
+def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch, switches):
+    """Also with the decode fusions on: there decode-only steps take RoPE in the decode kernel,
+    so the mixed steps' decode rows need variants without it that the warm-up must still meet."""
     from kiln.engine.llm_engine import LLMEngine
     from kiln.models.random_model import write_random_model
+
+    for name in switches:
+        monkeypatch.setenv(name, "1")
 
     # A chip of 64 SMs, so that long contexts are split into partitions as on a GPU.
     monkeypatch.setattr(decode_attention, "_num_sms", lambda device: 64)
