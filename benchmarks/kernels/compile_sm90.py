@@ -278,6 +278,22 @@ def quant_configs():
                             "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                             "INT4_ASM": mode, "_ptrs": ptrs, **extra, **cfg.kwargs},
                            "bf16", cfg.num_warps, cfg.num_stages)
+            # the add + RMSNorm in the loads (KILN_NORM_IN_GEMV), rows in blocks of 16 (the
+            # default) under PDL: the double-word, word and float32 x paths
+            norm_ptrs = {**ptrs, "res_ptr": "*bf16", "g_ptr": "*bf16", "nres_ptr": "*bf16"}
+            for cfg in fma_gemv.GEMV_CONFIGS:
+                for mode, block_m in ((4, 1), (4, 4), (2, 1), (1, 1)):
+                    yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
+                           f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} row-block 16 "
+                           "PDL + add-RMSNorm h4096 in loads"
+                           + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
+                              if cfg.kwargs.get("STREAM_K") else ""),
+                           fma_gemv._gemv_kernel,
+                           {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
+                            "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                            "INT4_ASM": mode, "ROW_BLOCK": 16, "PDL": 1, "NORM": True,
+                            "NORM_BLOCK": 4096, "_ptrs": norm_ptrs, **cfg.kwargs},
+                           "bf16", cfg.num_warps, cfg.num_stages)
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",

@@ -487,10 +487,11 @@ NORM_IN_GEMV_MAX_M = 4  # rows whose RMSNorm a GEMV computes (each row is a pass
 
 def norm_in_gemv_enabled() -> bool:
     """KILN_NORM_IN_GEMV=1: a linear whose input is an add + RMSNorm (qkv_proj after the input
-    norm, gate_up_proj after the post-attention norm), unquantized or fp8 W8A8, computes the norm
-    (fp8: and the per-token quantization) as it loads its input, over decode rows (up to
-    NORM_IN_GEMV_MAX_M) on the tensor-core GEMV (tc_gemv's norm): one launch fewer per norm.
-    Off by default: not yet measured."""
+    norm, gate_up_proj after the post-attention norm) computes the norm as it loads its input,
+    over decode rows (up to NORM_IN_GEMV_MAX_M): unquantized or fp8 W8A8 weights on the
+    tensor-core GEMV (tc_gemv's norm; fp8: the per-token quantization too), int4/int8
+    weight-only ones on the FMA GEMV (quant_matmul.norm_in_wo_gemv_ok). One launch fewer per
+    norm. Off by default: not yet measured."""
     return os.environ.get("KILN_NORM_IN_GEMV", "0") == "1"
 
 

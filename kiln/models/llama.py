@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import mma_gemv, use_triton
+from kiln.kernels import mma_gemv, quant_matmul, use_triton
 from kiln.kernels.qmm_common import SMALL_M
 from kiln.kernels.rmsnorm import defer_add_rms_norm
 from kiln.layers.activation import SiluAndMul
@@ -114,16 +114,25 @@ class DecoderLayer(nn.Module):
     @staticmethod
     def _norm(norm: RMSNorm, reader: Linear, hidden: torch.Tensor, residual: torch.Tensor):
         """norm(hidden, residual), or, with KILN_NORM_IN_GEMV=1 where the reader's tensor-core
-        GEMV can compute it (mma_gemv.norm_in_gemv_ok: a few decode rows; an unquantized reader
-        of a plain norm, or an fp8 W8A8 one of a norm that quantizes for it), a
+        GEMV can compute it (a few decode rows; an unquantized reader of a plain norm, an fp8
+        W8A8 one of a norm that quantizes for it: mma_gemv.norm_in_gemv_ok; an int4/int8
+        weight-only one without an input scale: quant_matmul.norm_in_wo_gemv_ok), a
         kernels.PendingNorm for it and the new residual it will write."""
-        if norm.quant_dtype is None:
-            takes = isinstance(reader.method, UnquantizedLinearMethod)
+        if not (mma_gemv.norm_in_gemv_enabled() and use_triton(hidden)):
+            return norm(hidden, residual)
+        scheme = getattr(reader.method, "scheme", None)
+        if norm.quant_dtype is None and isinstance(reader.method, UnquantizedLinearMethod):
+            takes = mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)
+        elif norm.quant_dtype == torch.float8_e4m3fn and scheme == "fp8":
+            takes = mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)
+        elif (norm.quant_dtype is None and scheme in ("int4-wo", "int8-wo")
+              and getattr(reader, "input_scale", None) is None):
+            takes = quant_matmul.norm_in_wo_gemv_ok(
+                hidden, residual, norm.weight, reader.in_features,
+                reader.qweight if scheme == "int4-wo" else None)
         else:
-            takes = (norm.quant_dtype == torch.float8_e4m3fn
-                     and getattr(reader.method, "scheme", None) == "fp8")
-        if (takes and use_triton(hidden)
-                and mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)):
+            takes = False
+        if takes:
             return defer_add_rms_norm(hidden, residual, norm.weight, norm.eps)
         return norm(hidden, residual)
 

@@ -4,8 +4,9 @@ graphs, the new residual is x + residual bit for bit and the product matches the
 launch followed by the tensor-core GEMV to within the rounding of the norm's output (the row's
 sum of squares is reduced in another order, so a normalized element may differ by one ulp);
 with fp8 W8A8 weights, the quantizing norm launch followed by the GEMV on its codes, to within
-fp8 rounding. bf16 and fp8 engines decode greedy tokens that agree with and without it under
-the usual rule, nothing compiled after start-up."""
+fp8 rounding; with int4 weight-only ones, on each x path of the FMA GEMV. bf16, fp8, int4-wo
+and int8-wo engines decode greedy tokens that agree with and without it under the usual rule,
+nothing compiled after start-up."""
 
 from __future__ import annotations
 
@@ -105,6 +106,79 @@ def test_norm_in_fp8_gemv_under_pdl_and_graphs(shape, rows, monkeypatch):
             first.append(out.clone())
 
     eager_then_graph(run, check, 5, 20)
+
+
+@pytest.mark.parametrize("f16", ["2", "1", "0"])  # x as double words, words, or float32
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("shape", [(4096, 6144), (4096, 28672), (256, 512)])
+def test_norm_in_int4_gemv_under_pdl_and_graphs(shape, rows, dtype, f16, monkeypatch):
+    """int4 weight-only (rows in blocks of 16, as loaded on CUDA): the FMA GEMV normalizes x
+    as it reads it, on each of its x paths (KILN_INT4_F16: 2 double words, 1 words, 0 float32
+    products), within the norm output's rounding of the launches."""
+    from kiln.kernels import int4_bits, quant_matmul, quant_ref
+
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    monkeypatch.setenv("KILN_PDL", "1")
+    monkeypatch.setenv("KILN_NORM_IN_GEMV", "1")
+    monkeypatch.setenv("KILN_INT4_F16", f16)
+    k, n = shape
+    gen = torch.Generator(device="cuda").manual_seed(rows + n)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
+    residual = (torch.randn(rows, k, generator=gen, device="cuda") * 4).to(dtype)
+    g = (1 + 0.2 * torch.randn(k, generator=gen, device="cuda")).to(dtype)
+    qweight = torch.randint(0, 256, (n, k // 2), generator=gen, device="cuda", dtype=torch.uint8)
+    scales = torch.rand(n, k // 128, generator=gen, device="cuda") * 0.002 + 0.0005
+    tiled = int4_bits.tile_int4_rows(qweight, 16, 128)
+    assert quant_matmul.norm_in_wo_gemv_ok(x, residual, g, k, tiled)
+    summed = residual.clone()
+    normed, _ = rmsnorm.fused_add_rms_norm(x, summed, g, 1e-5)
+    launches = quant_matmul.int4_wo_linear(normed, tiled, scales, 128, row_block=16)
+    ref = _reference(x, residual, g, quant_ref.dequantize_int4_ref(qweight, scales, 128), 1e-5)
+    tol = 2e-3 if dtype == torch.bfloat16 else 5e-4
+    first = []
+
+    def run():
+        pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
+        return quant_matmul.int4_wo_linear(pending, tiled, scales, 128, row_block=16), new_residual
+
+    def check(result):
+        out, new_residual = result
+        assert torch.equal(new_residual, summed)
+        assert rel_err(out, launches) < tol
+        assert rel_err(out, ref) < 1.5 * rel_err(launches, ref) + 1e-4
+        if first:
+            assert torch.equal(out, first[0])
+        else:
+            first.append(out.clone())
+
+    eager_then_graph(run, check, 5, 20)
+
+
+@pytest.mark.parametrize("scheme", ["int4-wo", "int8-wo"])
+def test_weight_only_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch,
+                                                                        scheme):
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    monkeypatch.delenv("KILN_KERNELS", raising=False)
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=7, dtype="bfloat16")
+    engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                       QuantConfig(scheme), eval_tokens=0, device="cuda",
+                                       progress=False, calib_samples=4))["path"]
+    prompts = [{"prompt_token_ids": list(range(5 + i, 40 + 3 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
+        llm = LLM(str(engine), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=4)
+        runs[flag] = llm.generate(prompts, params)
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm
+        torch.cuda.empty_cache()
+    assert_top5_agree(runs["1"], runs["0"], f"{scheme} norm in GEMV")
 
 
 def test_fp8_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):

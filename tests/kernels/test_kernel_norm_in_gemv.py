@@ -6,9 +6,11 @@ the same greedy tokens and log-probs from an engine, and clear refusals."""
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernel_cases import greedy_tokens
-from kiln.kernels import PendingNorm, mma_gemv, rmsnorm
+from kiln.kernels import PendingNorm, fma_gemv, mma_gemv, rmsnorm
 from kiln.layers.linear import Linear
 from kiln.layers.norm import RMSNorm
 from kiln.models.llama import DecoderLayer
@@ -92,6 +94,75 @@ def test_tc_gemv_norm_fp8_gives_the_quantizing_launchs_bits(rows, k, n, split, e
             assert torch.equal(out, want)
         else:  # the GEMV quantizes the normed rows itself: the same codes and scales
             assert torch.equal(out, quant_matmul.fp8_linear(quantized, w, ws, bias))
+
+
+@pytest.mark.parametrize("kind,rows,k,n,row_block", [("int4", 1, 128, 48, 1), ("int4", 3, 256, 64, 16),
+                                                     ("int8", 2, 96, 40, 1), ("int8", 4, 64, 24, 1)])
+def test_weight_only_gemv_norm_gives_the_launches_bits(kind, rows, k, n, row_block, monkeypatch):
+    """int4/int8 weight-only GEMV (the FMA GEMV; the interpreter runs its element paths, the
+    GPU its word paths: tests/gpu): the add + RMSNorm in its loads against the norm launch
+    followed by the GEMV, bit for bit, and the new residual."""
+    from kiln.kernels import int4_bits, quant_matmul
+
+    monkeypatch.setenv("KILN_NORM_IN_GEMV", "1")
+    x, residual, g, _, bias = _case(rows, k, n, seed=rows + k)
+    gen = torch.Generator().manual_seed(n)
+    if kind == "int4":
+        qweight = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.uint8)
+        scales = torch.rand(n, k // 64, generator=gen) * 0.05 + 0.005
+        if row_block > 1:
+            qweight = int4_bits.tile_int4_rows(qweight, row_block, 64)
+
+        def linear(inp):
+            return quant_matmul.int4_wo_linear(inp, qweight, scales, 64, bias, row_block=row_block)
+    else:
+        qweight = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+        scales = torch.rand(n, generator=gen) * 0.01 + 0.001
+
+        def linear(inp):
+            return quant_matmul.int8_wo_linear(inp, qweight, scales, bias)
+    assert quant_matmul.norm_in_wo_gemv_ok(x, residual, g, k, qweight if kind == "int4" else None)
+    summed = residual.clone()
+    normed, _ = rmsnorm.fused_add_rms_norm(x, summed, g, 1e-5)
+    want = linear(normed)
+    calls = []
+    real = quant_matmul.launch
+    monkeypatch.setattr(quant_matmul, "launch",
+                        lambda *a, **kw: calls.append(kw.get("norm") is not None) or real(*a, **kw))
+    pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
+    assert torch.equal(linear(pending), want) and calls == [True]
+    assert torch.equal(new_residual, summed)
+
+
+@triton.jit
+def _words_kernel(x_ptr, r_ptr, g_ptr, out_ptr, rstd, N: tl.constexpr):
+    i = tl.arange(0, N)
+    xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + i)
+    rw = tl.load(r_ptr.to(tl.pointer_type(tl.int32)) + i)
+    gw = tl.load(g_ptr.to(tl.pointer_type(tl.int32)) + i)
+    tl.store(out_ptr.to(tl.pointer_type(tl.int32)) + i,
+             fma_gemv._norm_word(xw, rw, gw, rstd, tl.float16))
+
+
+@triton.jit
+def _values_kernel(x_ptr, r_ptr, g_ptr, out_ptr, rstd, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(out_ptr + i, rmsnorm.norm_values(tl.load(x_ptr + i), tl.load(r_ptr + i),
+                                              tl.load(g_ptr + i), rstd))
+
+
+def test_norm_word_normalizes_both_halves():
+    """The word paths' helper (int4 GEMV on the GPU): two float16 values of an int32 word,
+    normalized as norm_values does them one by one."""
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(64, generator=gen) * 3).to(torch.float16)
+    r = torch.randn(64, generator=gen).to(torch.float16)
+    g = (-1 + 2 * torch.rand(64, generator=gen)).to(torch.float16)  # negative halves too
+    got, want = torch.empty_like(x), torch.empty_like(x)
+    _words_kernel[(1,)](x, r, g, got, 0.37, N=32)
+    _values_kernel[(1,)](x, r, g, want, 0.37, N=64)
+    assert torch.equal(got, want)
+    assert not torch.equal(want, x)  # it did normalize
 
 
 def test_linear_takes_a_pending_norm_or_runs_it(monkeypatch):
@@ -263,3 +334,39 @@ def test_engine_tokens_with_every_decode_fusion(tmp_path, monkeypatch):
             monkeypatch.setenv(name, flag)
         runs[flag], _ = greedy_tokens(tmp_path, (33, 6, 17), 5)
     assert runs["0"] == runs["1"]
+
+
+@pytest.mark.parametrize("scheme", ["int4-wo", "int8-wo"])
+def test_weight_only_engine_logits_with_and_without_norm_in_gemv(tmp_path, monkeypatch, scheme):
+    """int4/int8 weight-only engines: with KILN_NORM_IN_GEMV=1 qkv_proj and gate_up (AWQ scales
+    folded into the norms) normalize as they load, the logits bit for bit."""
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import load_engine_model
+    from kiln.kernels import quant_matmul
+    from kiln.layers.forward_context import build_attention_metadata
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    write_random_model("tiny-llama", tmp_path / "src", seed=3, dtype="float16")
+    config = QuantConfig(scheme, group_size=64) if scheme == "int4-wo" else QuantConfig(scheme)
+    opts = BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"), config, eval_tokens=0,
+                        device="cpu", progress=False, calib_samples=2)
+    model, _ = load_engine_model(build_engine(opts)["path"], "cpu", dtype="float16")
+    args = model.args
+    tokens = [7, 3, 19, 4]
+    caches = [torch.zeros(2, 4, 16, args.num_key_value_heads, args.head_dim, dtype=torch.float16)
+              for _ in range(args.num_hidden_layers)]
+    meta = build_attention_metadata([(0, len(tokens), [0, 1, 2, 3])], 16)
+    fused = []
+    real = quant_matmul.launch
+    monkeypatch.setattr(quant_matmul, "launch",
+                        lambda *a, **kw: fused.append(kw.get("norm") is not None) or real(*a, **kw))
+    logits = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
+        fused.clear()
+        with torch.no_grad():
+            logits[flag] = model.compute_logits(
+                model(torch.tensor(tokens), torch.arange(len(tokens)), caches, meta))
+        assert sum(fused) == (2 * args.num_hidden_layers - 1 if flag == "1" else 0)
+    assert torch.equal(logits["1"], logits["0"])
