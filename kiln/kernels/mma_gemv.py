@@ -495,23 +495,30 @@ def norm_in_gemv_enabled() -> bool:
     return os.environ.get("KILN_NORM_IN_GEMV", "0") == "1"
 
 
+def norm_rows_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor, k: int,
+                 k_multiple: int) -> bool:
+    """What every GEMV that computes rms_norm(x + residual) * g as it loads x needs of the rows
+    (tc_gemv: norm_in_gemv_ok; the weight-only FMA GEMV: quant_matmul.norm_in_wo_gemv_ok):
+    switched on, x, residual and g float16/bfloat16 of one dtype, 1 to NORM_IN_GEMV_MAX_M
+    contiguous rows of K (a multiple of k_multiple), a contiguous weight g of [K]."""
+    rows = x.numel() // k if k > 0 else 0
+    return (norm_in_gemv_enabled() and x.dtype in (torch.float16, torch.bfloat16)
+            and residual.dtype == g.dtype == x.dtype and x.shape == residual.shape
+            and x.shape[-1] == k and k % k_multiple == 0 and 0 < rows <= NORM_IN_GEMV_MAX_M
+            and x.is_contiguous() and residual.is_contiguous()
+            and tuple(g.shape) == (k,) and g.is_contiguous())
+
+
 def norm_in_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor,
                     w: torch.Tensor) -> bool:
-    """Whether tc_gemv can compute rms_norm(x + residual) * g as it loads x for weights w:
-    switched on, x, residual and g float16/bfloat16 of one dtype, w of that dtype or fp8 (W8A8,
-    quantized per token in the GEMV), 1 to NORM_IN_GEMV_MAX_M contiguous rows of w's K (a
-    multiple of 32), the tensor-core GEMV for that kind of weights, split-K launches."""
+    """Whether tc_gemv can compute rms_norm(x + residual) * g as it loads x for weights w: the
+    rows as norm_rows_ok wants them (K a multiple of 32), w of x's dtype or fp8 (W8A8,
+    quantized per token in the GEMV) and contiguous, the tensor-core GEMV for that kind of
+    weights, split-K launches."""
     fp8 = w.dtype == torch.float8_e4m3fn
-    if not (norm_in_gemv_enabled() and tc_gemv_enabled("fp8" if fp8 else "float")
-            and not tc_stream_k_enabled()):
-        return False
-    k = w.shape[1] if w.dim() == 2 else -1
-    rows = x.numel() // k if k > 0 else 0
-    return (x.dtype in (torch.float16, torch.bfloat16)
-            and residual.dtype == g.dtype == x.dtype and (fp8 or w.dtype == x.dtype)
-            and x.shape == residual.shape and x.shape[-1] == k and k % 32 == 0
-            and 0 < rows <= NORM_IN_GEMV_MAX_M and x.is_contiguous() and residual.is_contiguous()
-            and g.shape == (k,) and g.is_contiguous() and w.is_contiguous())
+    return (w.dim() == 2 and norm_rows_ok(x, residual, g, w.shape[1], 32)
+            and (fp8 or w.dtype == x.dtype) and w.is_contiguous()
+            and tc_gemv_enabled("fp8" if fp8 else "float") and not tc_stream_k_enabled())
 
 
 def _check_norm(norm, x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,

@@ -42,8 +42,8 @@ from kiln.kernels.qmm_common import (GEMV_MAX_M, KTILE_8BIT, MAX_SPLIT_K, SMALL_
                                      _reduce_splits, _run, autotune_enabled, fused_splitk_enabled,
                                      prefetch_steps, split_for, split_locks, stream_k_grid)
 from kiln.kernels.mma_gemv import (NORM_BLOCK_MAX, TC_GEMV_CONFIGS, _tc_gemv_tuned,
-                                   int4_tc_enabled, int4_tc_gemv, norm_in_gemv_enabled,
-                                   norm_in_gemv_ok, tc_gemv, tc_gemv_enabled, tc_gemv_ok,
+                                   int4_tc_enabled, int4_tc_gemv, norm_in_gemv_ok,
+                                   norm_rows_ok, tc_gemv, tc_gemv_enabled, tc_gemv_ok,
                                    tc_stream_k_enabled)
 from kiln.kernels.quant_act import quant_per_token
 from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTERPRET_GEMM,
@@ -228,16 +228,10 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
 def norm_in_wo_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor, k: int,
                        qweight: torch.Tensor | None) -> bool:
     """Whether a weight-only GEMV (int4: qweight given, int8: None) can compute
-    rms_norm(x + residual) * g as it loads x (KILN_NORM_IN_GEMV=1): float16/bfloat16 x, residual
-    and g of one dtype, contiguous and 4-byte aligned (the int4 GEMV reads x as words), 1 to
-    GEMV_MAX_M rows of K (a multiple of 16), and not the tensor-core int4 product
-    (KILN_INT4_TC), which takes no norm."""
-    rows = x.numel() // k if k > 0 else 0
-    return (norm_in_gemv_enabled() and x.dtype in (torch.float16, torch.bfloat16)
-            and residual.dtype == g.dtype == x.dtype and x.shape == residual.shape
-            and x.shape[-1] == k and k % 16 == 0 and 0 < rows <= GEMV_MAX_M
-            and x.is_contiguous() and residual.is_contiguous() and g.is_contiguous()
-            and tuple(g.shape) == (k,)
+    rms_norm(x + residual) * g as it loads x (KILN_NORM_IN_GEMV=1): the rows as
+    mma_gemv.norm_rows_ok wants them (K a multiple of 16), 4-byte aligned (the int4 GEMV reads x
+    as words), and not the tensor-core int4 product (KILN_INT4_TC), which takes no norm."""
+    return (norm_rows_ok(x, residual, g, k, 16)
             and all(t.data_ptr() % 4 == 0 for t in (x, residual, g))
             and not (qweight is not None and int4_tc_enabled()))
 

@@ -231,7 +231,8 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
     def linear_hook(name: str):
         def hook(_module, inputs):
             given = inputs[0]
-            if isinstance(given, PendingNorm):  # a norm left to the GEMV: the stats need it
+            pending = isinstance(given, PendingNorm)
+            if pending:  # a norm left to the GEMV: the statistics need its output
                 given = given.materialize()
             x = given.detach().reshape(-1, given.shape[-1]).float()
             st = linears.get(name)
@@ -244,7 +245,7 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
             keep = keep[(keep + offset) % stride == 0]
             st.rows.append(x[keep].clone())
             st.count += x.shape[0]
-            return (given,) + tuple(inputs[1:])
+            return (given,) + tuple(inputs[1:]) if pending else None
         return hook
 
     def kv_hook(name: str, attn):
