@@ -16,7 +16,8 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 from kiln.kernels import mma_gemv, rmsnorm  # noqa: E402
-from gpu_helpers import assert_top5_agree, eager_then_graph, rel_err  # noqa: E402
+from gpu_helpers import (assert_top5_agree, eager_then_graph, generate_per_flag,  # noqa: E402
+                         rel_err)
 
 
 def _reference(x, residual, g, w, eps):
@@ -24,6 +25,29 @@ def _reference(x, residual, g, w, eps):
     h = (x + residual).double()
     normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return normed * g.double() @ w.double().t()
+
+
+def _check_fused(run, summed, launches, ref, tol, ref_factor, ref_slack, residual=None, kept=None):
+    """Run ``run`` (one fused launch: (output, new residual)) eagerly under PDL, then captured in
+    a graph, checking each output: the new residual is ``summed`` bit for bit (and ``residual``
+    still ``kept``, if given), the output within ``tol`` of the separate launches and no
+    further from the float64 reference than ref_factor times theirs plus ref_slack, and every
+    launch gives the first one's bits."""
+    first = []
+
+    def check(result):
+        out, new_residual = result
+        assert torch.equal(new_residual, summed)
+        if kept is not None:
+            assert torch.equal(residual, kept)
+        assert rel_err(out, launches) < tol
+        assert rel_err(out, ref) < ref_factor * rel_err(launches, ref) + ref_slack
+        if first:
+            assert torch.equal(out, first[0])  # every launch gives the same bits
+        else:
+            first.append(out.clone())
+
+    eager_then_graph(run, check, 5, 20)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -45,26 +69,12 @@ def test_norm_in_gemv_under_pdl_and_graphs(shape, rows, dtype, monkeypatch):
     launches = mma_gemv.tc_gemv(normed, None, w, None, None, dtype)
     ref = _reference(x, residual, g, w, 1e-5)
     tol = 2e-3 if dtype == torch.bfloat16 else 5e-4
-    kept = residual.clone()
-    first = []
 
     def run():
         pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
         return mma_gemv.tc_gemv(x, None, w, None, None, dtype, norm=pending), new_residual
 
-    def check(result):
-        out, new_residual = result
-        assert torch.equal(new_residual, summed)
-        assert torch.equal(residual, kept)
-        assert rel_err(out, launches) < tol
-        # no further from the float64 reference than the two launches are, give or take
-        assert rel_err(out, ref) < 1.5 * rel_err(launches, ref) + 1e-4
-        if first:
-            assert torch.equal(out, first[0])  # every launch gives the same bits
-        else:
-            first.append(out.clone())
-
-    eager_then_graph(run, check, 5, 20)
+    _check_fused(run, summed, launches, ref, tol, 1.5, 1e-4, residual, residual.clone())
 
 
 @pytest.mark.parametrize("rows", [1, 4])
@@ -89,23 +99,12 @@ def test_norm_in_fp8_gemv_under_pdl_and_graphs(shape, rows, monkeypatch):
     launches = mma_gemv.tc_gemv(quantized.q[:rows], quantized.scale[:rows], w8, ws, None,
                                 torch.bfloat16)
     ref = _reference(x, residual, g, w8.float() * ws[:, None], 1e-5)
-    first = []
 
     def run():
         pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
         return mma_gemv.tc_gemv(x, None, w8, ws, None, torch.bfloat16, norm=pending), new_residual
 
-    def check(result):
-        out, new_residual = result
-        assert torch.equal(new_residual, summed)
-        assert rel_err(out, launches) < 3e-2
-        assert rel_err(out, ref) < 1.2 * rel_err(launches, ref) + 1e-3
-        if first:
-            assert torch.equal(out, first[0])
-        else:
-            first.append(out.clone())
-
-    eager_then_graph(run, check, 5, 20)
+    _check_fused(run, summed, launches, ref, 3e-2, 1.2, 1e-3)
 
 
 @pytest.mark.parametrize("f16", ["2", "1", "0"])  # x as double words, words, or float32
@@ -136,29 +135,18 @@ def test_norm_in_int4_gemv_under_pdl_and_graphs(shape, rows, dtype, f16, monkeyp
     launches = quant_matmul.int4_wo_linear(normed, tiled, scales, 128, row_block=16)
     ref = _reference(x, residual, g, quant_ref.dequantize_int4_ref(qweight, scales, 128), 1e-5)
     tol = 2e-3 if dtype == torch.bfloat16 else 5e-4
-    first = []
 
     def run():
         pending, new_residual = rmsnorm.defer_add_rms_norm(x, residual, g, 1e-5)
         return quant_matmul.int4_wo_linear(pending, tiled, scales, 128, row_block=16), new_residual
 
-    def check(result):
-        out, new_residual = result
-        assert torch.equal(new_residual, summed)
-        assert rel_err(out, launches) < tol
-        assert rel_err(out, ref) < 1.5 * rel_err(launches, ref) + 1e-4
-        if first:
-            assert torch.equal(out, first[0])
-        else:
-            first.append(out.clone())
-
-    eager_then_graph(run, check, 5, 20)
+    _check_fused(run, summed, launches, ref, tol, 1.5, 1e-4)
 
 
 @pytest.mark.parametrize("scheme", ["int4-wo", "int8-wo"])
 def test_weight_only_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch,
                                                                         scheme):
-    from kiln import LLM, SamplingParams
+    from kiln import SamplingParams
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
@@ -170,19 +158,14 @@ def test_weight_only_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path
                                        progress=False, calib_samples=4))["path"]
     prompts = [{"prompt_token_ids": list(range(5 + i, 40 + 3 * i))} for i in range(3)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
-    runs = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
-        llm = LLM(str(engine), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=4)
-        runs[flag] = llm.generate(prompts, params)
-        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
-        del llm
-        torch.cuda.empty_cache()
+    # up to NORM_IN_GEMV_MAX_M decode rows: three sequences at once
+    runs = generate_per_flag(engine, "KILN_NORM_IN_GEMV", prompts, params, monkeypatch,
+                             max_num_seqs=4)
     assert_top5_agree(runs["1"], runs["0"], f"{scheme} norm in GEMV")
 
 
 def test_fp8_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
-    from kiln import LLM, SamplingParams
+    from kiln import SamplingParams
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
@@ -194,32 +177,21 @@ def test_fp8_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkey
                                        progress=False))["path"]
     prompts = [{"prompt_token_ids": list(range(7 + i, 50 + 2 * i))} for i in range(3)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
-    runs = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
-        llm = LLM(str(engine), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=4)
-        runs[flag] = llm.generate(prompts, params)
-        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
-        del llm
-        torch.cuda.empty_cache()
+    # up to NORM_IN_GEMV_MAX_M decode rows: three sequences at once
+    runs = generate_per_flag(engine, "KILN_NORM_IN_GEMV", prompts, params, monkeypatch,
+                             max_num_seqs=4)
     assert_top5_agree(runs["1"], runs["0"], "fp8 norm in GEMV")
 
 
 def test_engine_greedy_tokens_with_and_without_norm_in_gemv(tmp_path, monkeypatch):
-    from kiln import LLM, SamplingParams
+    from kiln import SamplingParams
     from kiln.models.random_model import write_random_model
 
     monkeypatch.delenv("KILN_KERNELS", raising=False)
     write_random_model("tiny-llama-d128", tmp_path / "m", seed=5, dtype="bfloat16")
     prompts = [{"prompt_token_ids": list(range(4 + i, 45 + 3 * i))} for i in range(3)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
-    runs = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("KILN_NORM_IN_GEMV", flag)
-        # up to NORM_IN_GEMV_MAX_M decode rows: three sequences at once
-        llm = LLM(str(tmp_path / "m"), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=4)
-        runs[flag] = llm.generate(prompts, params)
-        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
-        del llm
-        torch.cuda.empty_cache()
+    # up to NORM_IN_GEMV_MAX_M decode rows: three sequences at once
+    runs = generate_per_flag(tmp_path / "m", "KILN_NORM_IN_GEMV", prompts, params, monkeypatch,
+                             max_num_seqs=4)
     assert_top5_agree(runs["1"], runs["0"], "norm in GEMV")

@@ -16,17 +16,7 @@ from kiln.layers.norm import RMSNorm
 from kiln.models.llama import DecoderLayer
 
 
-@pytest.fixture(autouse=True)
-def linears_as_on_cuda(monkeypatch):
-    """Unquantized decode rows take the tensor-core GEMV here too, as Linear routes them on CUDA
-    (on the CPU it takes F.linear, whose bits the deferred norm need not give)."""
-    from kiln.kernels import quant_matmul
-    from kiln.layers.linear import UnquantizedLinearMethod
-
-    def apply(self, layer, x):
-        return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
-
-    monkeypatch.setattr(UnquantizedLinearMethod, "apply", apply)
+pytestmark = pytest.mark.usefixtures("linears_as_on_cuda")  # tests/kernels/conftest.py
 
 
 def _case(rows, k, n, seed):

@@ -10,17 +10,7 @@ from kiln.kernels import activation, mma_gemv
 from kiln.models.llama import GatedMLP
 
 
-@pytest.fixture(autouse=True)
-def linears_as_on_cuda(monkeypatch):
-    """Unquantized decode rows take the tensor-core GEMV here too, as Linear routes them on CUDA
-    (on the CPU it takes F.linear, whose bits the folded path need not give)."""
-    from kiln.kernels import quant_matmul
-    from kiln.layers.linear import UnquantizedLinearMethod
-
-    def apply(self, layer, x):
-        return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
-
-    monkeypatch.setattr(UnquantizedLinearMethod, "apply", apply)
+pytestmark = pytest.mark.usefixtures("linears_as_on_cuda")  # tests/kernels/conftest.py
 
 
 def _mlp(hidden, inter, bias, seed):
