@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran once, at 807bdd6 (run-c); KILN_SILU_IN_DOWN and KILN_NORM_IN_GEMV were removed after it, so
+# it measures them only at that commit.
 # Device call 6 (prepared in the sessions of 2026-12-05, twenty-sixth and twenty-seventh; at most
 # 570 s): what KILN_ATTN_ROPE=1, KILN_SILU_IN_DOWN=1 (SiLU-mul in the MLP down's loads) and
 # KILN_NORM_IN_GEMV=1 (add + RMSNorm in the loads of qkv_proj and gate_up) need before they

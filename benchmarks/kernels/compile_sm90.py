@@ -46,15 +46,12 @@ def compile_one(fn, constexprs: dict, dtype: str, num_warps: int, num_stages: in
 
     Tensor-descriptor arguments take their block shapes from constexprs["_descs"]; pointer types
     other than PTR_TYPES' (the quantized weights) come from constexprs["_ptrs"]; a register cap
-    (maxnreg) from constexprs["_maxnreg"]. An argument whose default is None and that
-    constexprs["_ptrs"] does not name is compiled as the constexpr None a launch without it gives.
+    (maxnreg) from constexprs["_maxnreg"].
     """
     constexprs = dict(constexprs)
-    named_ptrs = constexprs.get("_ptrs", {})
     for param in fn.params:  # constexprs left out take their defaults (not run-time arguments)
-        if param.name not in constexprs and param.has_default and (
-                param.is_constexpr or (param.default is None and param.name not in named_ptrs)):
-            constexprs[param.name] = param.default  # a None argument is a constexpr too
+        if param.is_constexpr and param.name not in constexprs and param.has_default:
+            constexprs[param.name] = param.default
     descs = constexprs.pop("_descs", {})
     maxnreg = constexprs.pop("_maxnreg", None)
     ptrs = {**PTR_TYPES, **constexprs.pop("_ptrs", {})}
@@ -278,22 +275,6 @@ def quant_configs():
                             "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                             "INT4_ASM": mode, "_ptrs": ptrs, **extra, **cfg.kwargs},
                            "bf16", cfg.num_warps, cfg.num_stages)
-            # the add + RMSNorm in the loads (KILN_NORM_IN_GEMV), rows in blocks of 16 (the
-            # default) under PDL: the double-word, word and float32 x paths
-            norm_ptrs = {**ptrs, "res_ptr": "*bf16", "g_ptr": "*bf16", "nres_ptr": "*bf16"}
-            for cfg in fma_gemv.GEMV_CONFIGS:
-                for mode, block_m in ((4, 1), (4, 4), (2, 1), (1, 1)):
-                    yield (f"int4 gemv M{block_m} N{cfg.kwargs['BLOCK_N']} "
-                           f"U{cfg.kwargs['UNROLL']} w{cfg.num_warps} asm{mode} row-block 16 "
-                           "PDL + add-RMSNorm h4096 in loads"
-                           + (f" stream-K {cfg.kwargs['STREAM_K']}/SM"
-                              if cfg.kwargs.get("STREAM_K") else ""),
-                           fma_gemv._gemv_kernel,
-                           {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": block_m,
-                            "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
-                            "INT4_ASM": mode, "ROW_BLOCK": 16, "PDL": 1, "NORM": True,
-                            "NORM_BLOCK": 4096, "_ptrs": norm_ptrs, **cfg.kwargs},
-                           "bf16", cfg.num_warps, cfg.num_stages)
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",
@@ -361,33 +342,6 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
-        if a8:  # the fp8 qkv / gate_up normalizing and quantizing bf16 rows as it loads them
-            for c in mma_gemv.TC_GEMV_CONFIGS_FP8[:3]:  # the split-K tiles
-                yield (f"{name} tc-gemv N{c.kwargs['BLOCK_N']} K{c.kwargs['BLOCK_K']} "
-                       f"w{c.num_warps} s{c.num_stages} PDL + early first tile + add-RMSNorm-quant "
-                       f"h4096 in loads", mma_gemv._tc_gemv_kernel,
-                       {"A8": True, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                        "BLOCK_N": c.kwargs["BLOCK_N"], "BLOCK_K": c.kwargs["BLOCK_K"], "PDL": 1,
-                        "EARLY_W": 1, "NORM": True, "NORM_BLOCK": mma_gemv.NORM_BLOCK_MAX,
-                        "_ptrs": {**ptrs, "x_ptr": "*bf16", "res_ptr": "*bf16", "g_ptr": "*bf16",
-                                  "nres_ptr": "*bf16"}}, "bf16", c.num_warps, c.num_stages)
-            continue
-        # the split-K tiles (split_cfg is a run-time argument) with SiLU-mul in the loads (the
-        # MLP's down, KILN_SILU_IN_DOWN) and with the add + RMSNorm in them (qkv and gate_up,
-        # KILN_NORM_IN_GEMV)
-        tiles = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): None
-                 for c in mma_gemv.TC_GEMV_CONFIGS_FLOAT if not c.kwargs.get("STREAM_K")}
-        norm_ptrs = {**ptrs, "res_ptr": ty, "g_ptr": ty, "nres_ptr": ty}
-        for bn, bk, warps, stages in tiles:
-            base = {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
-                    "BLOCK_N": bn, "BLOCK_K": bk, "PDL": 1}
-            yield (f"{name} tc-gemv N{bn} K{bk} w{warps} s{stages} PDL + SiLU in loads",
-                   mma_gemv._tc_gemv_kernel, {**base, "SILU": True, "_ptrs": ptrs}, "bf16",
-                   warps, stages)
-            yield (f"{name} tc-gemv N{bn} K{bk} w{warps} s{stages} PDL + add-RMSNorm h4096 in loads",
-                   mma_gemv._tc_gemv_kernel,
-                   {**base, "NORM": True, "NORM_BLOCK": mma_gemv.NORM_BLOCK_MAX,
-                    "_ptrs": norm_ptrs}, "bf16", warps, stages)
 
 
 def argmax_configs():

@@ -7,7 +7,6 @@ for parity checks on the GPU).
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 import torch
 
@@ -85,46 +84,3 @@ def pdl_args(t: torch.Tensor) -> dict:
     if not pdl_enabled(t):
         return {"PDL": False}
     return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}
-
-
-@dataclass(frozen=True)
-class PendingNorm:
-    """rms_norm(x + residual) * weight, not computed yet: its reader, a tensor-core GEMV, computes
-    it as it loads its input and stores x + residual into ``new_residual`` (mma_gemv.tc_gemv's
-    norm; KILN_NORM_IN_GEMV). Stands for a tensor of ``shape`` and ``dtype``; ``materialize``
-    runs the norm as its own launch instead, for a reader that cannot take it. (Defined here,
-    not in rmsnorm, so that it stays one class when the CPU kernel tests reload the kernel
-    modules.)"""
-
-    x: torch.Tensor
-    residual: torch.Tensor
-    weight: torch.Tensor
-    eps: float
-    new_residual: torch.Tensor
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.x.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.x.device
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.x.is_cuda
-
-    def numel(self) -> int:
-        return self.x.numel()
-
-    def materialize(self) -> torch.Tensor:
-        """The normed rows from rmsnorm.fused_add_rms_norm, with new_residual set to x + residual."""
-        from kiln.kernels import rmsnorm
-
-        self.new_residual.copy_(self.residual)
-        normed, _ = rmsnorm.fused_add_rms_norm(self.x, self.new_residual, self.weight, self.eps)
-        return normed

@@ -20,22 +20,15 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def silu_mul_values(gate, up):
-    """silu(gate) * up elementwise, rounded to gate's dtype (returned in it): the bits of
-    silu_and_mul, for kernels that fold it into their loads (mma_gemv's SILU)."""
+def _silu_mul_cols(x_ptr, row, cols, mask, x_row_stride, inter):
+    """silu(gate) * up over `cols` of one row, rounded to the input dtype (returned in it)."""
+    gate = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * x_row_stride + inter + cols, mask=mask, other=0.0)
     g = gate.to(tl.float32)
     # Round silu(gate) to the input dtype before the product, as the two torch ops do.
     act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
     y = act.to(tl.float32) * up.to(tl.float32)
     return y.to(gate.dtype)
-
-
-@triton.jit
-def _silu_mul_cols(x_ptr, row, cols, mask, x_row_stride, inter):
-    """silu(gate) * up over `cols` of one row, rounded to the input dtype (returned in it)."""
-    gate = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
-    up = tl.load(x_ptr + row * x_row_stride + inter + cols, mask=mask, other=0.0)
-    return silu_mul_values(gate, up)
 
 
 @triton.jit

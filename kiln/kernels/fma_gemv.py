@@ -13,72 +13,12 @@ import triton.language as tl
 import triton.testing
 
 from kiln.kernels.int4_bits import (_int4_dword_dot, _int4_rows, _int4_word_dot, _int4_words_f32,
-                                    _nibbles_f32, _x_pairs_at, _x_pairs_f16)
+                                    _nibbles_f32, _x_pairs_at)
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.qmm_common import (_TUNE_KEY, _bytes_f32, _cfg, _finish_tile, _load_weight,
                                      _prefetch_budget, _prefetch_rows, _split_heuristic,
                                      _split_range, _stream_k_contributor, _stream_k_run)
 from kiln.kernels.quant_act import quantize_to_codes, token_scale
-from kiln.kernels.rmsnorm import norm_rows_stats, norm_values
-
-
-@triton.jit
-def _norm_word(xw, rw, gw, rstd, DT: tl.constexpr):
-    """An int32 word of two 16-bit x values of dtype DT (low half first) -> the word of their
-    RMSNorm outputs (norm_values with the residual word rw, the weight word gw and the row's
-    rstd), for the GEMV paths that read x as words."""
-    lo = norm_values((xw & 0xFFFF).to(tl.int16).to(DT, bitcast=True),
-                     (rw & 0xFFFF).to(tl.int16).to(DT, bitcast=True),
-                     (gw & 0xFFFF).to(tl.int16).to(DT, bitcast=True), rstd)
-    hi = norm_values((xw >> 16).to(tl.int16).to(DT, bitcast=True),
-                     (rw >> 16).to(tl.int16).to(DT, bitcast=True),
-                     (gw >> 16).to(tl.int16).to(DT, bitcast=True), rstd)
-    return ((hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-            | (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF))
-
-
-@triton.jit
-def _x_pairs_norm_at(x_words, r_ptr, g_ptr, m, stride_rm, word0, rstd, rows, mask,
-                     X_F16: tl.constexpr, DT: tl.constexpr):
-    """_x_pairs_at for the RMSNorm of x: the 4 words at x_words normalized (_norm_word) with the
-    residual's row m and the weight at the same word offsets word0 (int32 words of x's row)."""
-    rstd_m = tl.sum(tl.where(rows == m, rstd, 0.0), axis=0)
-    r_words = r_ptr.to(tl.pointer_type(tl.int32)) + m * (stride_rm // 2) + word0
-    g_words = g_ptr.to(tl.pointer_type(tl.int32)) + word0
-    w0 = _norm_word(tl.load(x_words, mask=mask, other=0), tl.load(r_words, mask=mask, other=0),
-                    tl.load(g_words, mask=mask, other=0), rstd_m, DT)
-    w1 = _norm_word(tl.load(x_words + 1, mask=mask, other=0),
-                    tl.load(r_words + 1, mask=mask, other=0),
-                    tl.load(g_words + 1, mask=mask, other=0), rstd_m, DT)
-    w2 = _norm_word(tl.load(x_words + 2, mask=mask, other=0),
-                    tl.load(r_words + 2, mask=mask, other=0),
-                    tl.load(g_words + 2, mask=mask, other=0), rstd_m, DT)
-    w3 = _norm_word(tl.load(x_words + 3, mask=mask, other=0),
-                    tl.load(r_words + 3, mask=mask, other=0),
-                    tl.load(g_words + 3, mask=mask, other=0), rstd_m, DT)
-    return _x_pairs_f16(w0, w1, w2, w3, X_F16)
-
-
-@triton.jit
-def _x_norm_at(x_row, r_row, g_row, rstd_m, mask, i):
-    """float32 RMSNorm outputs (norm_values) of x at x_row + i, with the residual and weight at
-    the same offsets (r_row, g_row) and the row's rstd."""
-    return norm_values(tl.load(x_row + i, mask=mask, other=0.0),
-                       tl.load(r_row + i, mask=mask, other=0.0),
-                       tl.load(g_row + i, mask=mask, other=0.0), rstd_m).to(tl.float32)
-
-
-@triton.jit
-def _x_values(x_ptr, r_ptr, g_ptr, m, stride_xm, stride_rm, offs, rstd, rows, mask,
-              NORM: tl.constexpr):
-    """Row m of x at element offsets offs (masked to 0) in x's dtype; NORM: its RMSNorm
-    (norm_values with the residual's row m, the weight and the row's rstd)."""
-    x = tl.load(x_ptr + m * stride_xm + offs, mask=mask, other=0.0)
-    if NORM:
-        rstd_m = tl.sum(tl.where(rows == m, rstd, 0.0), axis=0)
-        x = norm_values(x, tl.load(r_ptr + m * stride_rm + offs, mask=mask, other=0.0),
-                        tl.load(g_ptr + offs, mask=mask, other=0.0), rstd_m)
-    return x
 
 
 @triton.jit
@@ -121,28 +61,18 @@ def _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn, 
 @triton.jit
 def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, stride_xm,
               WKIND: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr, r_ptr=None, g_ptr=None, stride_rm=0,
-              rstd=None, NORM: tl.constexpr = False):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr):
     """Add K group g's products of the weights w (scales s, both from _gemv_load) with x's rows
     to the accumulators (acc [BLOCK_M, BLOCK_N]; one row with INT4_ASM 2/3: acc_w per word, 4/5:
-    acc_d per double word, summed by _gemv_acc at the end). NORM: x's rows are normalized as
-    they load (_x_words_at, _x_values; see _gemv_kernel)."""
-    DT: tl.constexpr = x_ptr.dtype.element_ty
+    acc_d per double word, summed by _gemv_acc at the end)."""
     if WKIND == 0 and INT4_ASM >= 4:
         offs_d = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
         x_words = x_ptr.to(tl.pointer_type(tl.int32))
         for m in tl.static_range(BLOCK_M):
             x_mask = (offs_d * 16 < K) & (m < M) & valid
             x_row = x_words + m * (stride_xm // 2) + 8 * offs_d
-            if NORM:
-                p0, p1, p2, p3 = _x_pairs_norm_at(x_row, r_ptr, g_ptr, m, stride_rm, 8 * offs_d,
-                                                  rstd, rows, x_mask, INT4_ASM == 5, DT)
-                p4, p5, p6, p7 = _x_pairs_norm_at(x_row + 4, r_ptr, g_ptr, m, stride_rm,
-                                                  8 * offs_d + 4, rstd, rows, x_mask,
-                                                  INT4_ASM == 5, DT)
-            else:
-                p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 5)
-                p4, p5, p6, p7 = _x_pairs_at(x_row + 4, x_mask, INT4_ASM == 5)
+            p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 5)
+            p4, p5, p6, p7 = _x_pairs_at(x_row + 4, x_mask, INT4_ASM == 5)
             dots = _int4_dword_dot(w, p0[None, :], p1[None, :], p2[None, :], p3[None, :],
                                    p4[None, :], p5[None, :], p6[None, :], p7[None, :])
             if BLOCK_M == 1:  # scaled per double word; summed once, at the end
@@ -156,11 +86,7 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
         for m in tl.static_range(BLOCK_M):
             x_mask = (offs_w * 8 < K) & (m < M) & valid
             x_row = x_words + m * (stride_xm // 2) + 4 * offs_w
-            if NORM:
-                p0, p1, p2, p3 = _x_pairs_norm_at(x_row, r_ptr, g_ptr, m, stride_rm, 4 * offs_w,
-                                                  rstd, rows, x_mask, INT4_ASM == 3, DT)
-            else:
-                p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 3)
+            p0, p1, p2, p3 = _x_pairs_at(x_row, x_mask, INT4_ASM == 3)
             dots = _int4_word_dot(w, p0[None, :], p1[None, :], p2[None, :], p3[None, :])
             if BLOCK_M == 1:  # scaled per word; summed over the words once, at the end
                 acc_w += dots * s[:, None]
@@ -173,27 +99,14 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
         for m in tl.static_range(BLOCK_M):
             x_mask = (offs_j < K) & (m < M) & valid
             x_row = x_ptr + m * stride_xm + offs_j
-            if NORM:
-                rstd_m = tl.sum(tl.where(rows == m, rstd, 0.0), axis=0)
-                r_row = r_ptr + m * stride_rm + offs_j
-                g_row = g_ptr + offs_j
-                p = q0 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 0)[None, :]
-                p += q1 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 1)[None, :]
-                p += q2 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 2)[None, :]
-                p += q3 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 3)[None, :]
-                p += q4 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 4)[None, :]
-                p += q5 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 5)[None, :]
-                p += q6 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 6)[None, :]
-                p += q7 * _x_norm_at(x_row, r_row, g_row, rstd_m, x_mask, 7)[None, :]
-            else:
-                p = q0 * tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q1 * tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q2 * tl.load(x_row + 2, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q3 * tl.load(x_row + 3, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q4 * tl.load(x_row + 4, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q5 * tl.load(x_row + 5, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q6 * tl.load(x_row + 6, mask=x_mask, other=0.0).to(tl.float32)[None, :]
-                p += q7 * tl.load(x_row + 7, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p = q0 * tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q1 * tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q2 * tl.load(x_row + 2, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q3 * tl.load(x_row + 3, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q4 * tl.load(x_row + 4, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q5 * tl.load(x_row + 5, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q6 * tl.load(x_row + 6, mask=x_mask, other=0.0).to(tl.float32)[None, :]
+            p += q7 * tl.load(x_row + 7, mask=x_mask, other=0.0).to(tl.float32)[None, :]
             part = tl.sum(p, axis=1) * s
             acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
     elif WKIND == 0:
@@ -204,8 +117,7 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
         offs_k = g * GROUP + tl.arange(0, GROUP)
         for m in tl.static_range(BLOCK_M):
             x_mask = (offs_k < K) & (m < M) & valid
-            xv = _x_values(x_ptr, r_ptr, g_ptr, m, stride_xm, stride_rm, offs_k, rstd, rows,
-                           x_mask, NORM).to(tl.float32)
+            xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
             xe, xo = tl.split(tl.reshape(xv, (GROUP // 2, 2)))
             part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
             acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
@@ -214,8 +126,7 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
         offs_k = g * GROUP + tl.arange(0, GROUP)
         for m in tl.static_range(BLOCK_M):
             x_mask = (offs_k < K) & (m < M) & valid
-            xv = _x_values(x_ptr, r_ptr, g_ptr, m, stride_xm, stride_rm, offs_k, rstd, rows,
-                           x_mask, NORM).to(tl.float32)
+            xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
             if QX != 0:  # the code's value, as the GEMV would read it back
                 xv = quantize_to_codes(xv, tl.sum(tl.where(rows == m, x_scale, 0.0), axis=0),
                                        QX == 2).to(tl.float32)
@@ -228,8 +139,7 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr, r_ptr=None,
-              g_ptr=None, stride_rm=0, rstd=None, NORM: tl.constexpr = False):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
     scales (see _gemv_kernel)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -242,8 +152,7 @@ def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end
             s, w = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g, valid, K, stride_wn, stride_sn,
                               stride_sg, WKIND, GROUP, INT4_ASM, ROW_BLOCK)
             acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid,
-                                          M, K, stride_xm, WKIND, GROUP, BLOCK_M, QX, INT4_ASM,
-                                          r_ptr, g_ptr, stride_rm, rstd, NORM)
+                                          M, K, stride_xm, WKIND, GROUP, BLOCK_M, QX, INT4_ASM)
     if WKIND == 0 and INT4_ASM >= 4 and BLOCK_M == 1:
         acc = tl.sum(acc_d, axis=1)[None, :]
     elif WKIND == 0 and INT4_ASM >= 2 and BLOCK_M == 1:
@@ -260,9 +169,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                  PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                 ROW_BLOCK: tl.constexpr = 1, res_ptr=None, g_ptr=None, nres_ptr=None,
-                 stride_rm=0, eps=0.0, NORM: tl.constexpr = False,
-                 NORM_BLOCK: tl.constexpr = 16):
+                 ROW_BLOCK: tl.constexpr = 1):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -283,11 +190,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # as in _tc_gemv_kernel (_stream_k_tiles).
     # ROW_BLOCK > 1 (int4, no PREFETCH): the weights are stored in blocks of ROW_BLOCK rows
     # (tile_int4_rows), so a program's rows of one group are runs of ROW_BLOCK * 64 bytes.
-    # NORM (weight-only kinds, float16/bfloat16 x): the product is of rms_norm(x + res) * g, as
-    # mma_gemv's NORM computes it: every program reads its rows whole for their statistics
-    # after the PDL wait (norm_rows_stats) and normalizes x as it loads it (_x_values; the word
-    # paths _x_pairs_norm_at); program (0, 0) stores x + res at nres_ptr, the new residual.
-    tl.static_assert(not (NORM and (A8 or QX != 0)), "NORM takes weight-only kinds")
     rows = tl.arange(0, BLOCK_M)
     m_mask = rows < M
     if STREAM_K == 0:
@@ -306,11 +208,6 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
                            tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
     pdl_start(PDL)
-    rstd = tl.zeros([BLOCK_M], tl.float32)
-    if NORM:
-        rstd, _ = norm_rows_stats(x_ptr, res_ptr, g_ptr, nres_ptr, rows, M, K, stride_xm,
-                                  stride_rm, eps, (tl.program_id(0) == 0) & (tl.program_id(1) == 0),
-                                  BLOCK_M, NORM_BLOCK)
     x_scale = tl.zeros([BLOCK_M], tl.float32)
     if QX != 0:
         for m in tl.static_range(BLOCK_M):  # the whole row, from L2: every split needs its scale
@@ -319,8 +216,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     if STREAM_K == 0:
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
-                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK, res_ptr,
-                         g_ptr, stride_rm, rstd, NORM)
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -334,8 +230,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                              tl.maximum(u_begin, tile * steps) - tile * steps,
                              tl.minimum(u_end, (tile + 1) * steps) - tile * steps, M, K,
                              stride_xm, stride_wn, stride_sn, stride_sg, WKIND, A8, GROUP,
-                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK, res_ptr, g_ptr,
-                             stride_rm, rstd, NORM)
+                             BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK)
             contributor, contributors = _stream_k_contributor(tile, steps, p, P, units,
                                                               FUSED_SPLITK)
             _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
@@ -348,21 +243,19 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr, r_ptr=None, g_ptr=None,
-               stride_rm=0, rstd=None, NORM: tl.constexpr = False):
+               INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
     scales (W8A8)."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM, ROW_BLOCK, r_ptr, g_ptr, stride_rm, rstd, NORM)
+                    UNROLL, QX, INT4_ASM, ROW_BLOCK)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)
         if tl.sum(((acc - acc) != 0).to(tl.int32)) > 0:
             acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M,
                             K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M,
-                            BLOCK_N, UNROLL, QX, 1, ROW_BLOCK, r_ptr, g_ptr, stride_rm, rstd,
-                            NORM)
+                            BLOCK_N, UNROLL, QX, 1, ROW_BLOCK)
     if QX != 0:
         acc *= x_scale[:, None]
     elif A8:

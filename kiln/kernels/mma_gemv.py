@@ -11,12 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import PendingNorm, pdl_args
-from kiln.kernels.activation import silu_mul_values
+from kiln.kernels import pdl_args
 from kiln.kernels.int4_bits import _int4_words_16
 from kiln.kernels.pdl import pdl_start
-from kiln.kernels.quant_act import quantize_to_codes
-from kiln.kernels.rmsnorm import norm_rows_stats, norm_values
 from kiln.kernels.qmm_common import (MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS, _cfg, _few_rows_tile,
                                      _finish_tile, _num_sms, _partials, _prefetch_budget,
                                      _prefetch_rows, _reduce_splits, _run, _split_range,
@@ -32,10 +29,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                     BLOCK_M: tl.constexpr, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     split_cfg=0, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                     PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False,
-                    SILU: tl.constexpr = False, res_ptr=None, g_ptr=None, nres_ptr=None,
-                    stride_rm=0, eps=0.0, NORM: tl.constexpr = False,
-                    NORM_BLOCK: tl.constexpr = 16):
+                    EARLY_W: tl.constexpr = 0, FLAT: tl.constexpr = False):
     # A few rows (M <= BLOCK_M = 16) times fp8 (W8A8: fp8 codes of x, per-token scales xs and
     # per-channel weight scales ws) or float16/bfloat16 weights [N, K] on the tensor cores,
     # operands swapped: out^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T [K, BLOCK_M], so
@@ -52,17 +46,6 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
     # loop over its units instead of a K loop per tile (_tc_stream_k_flat).
     # EARLY_W 1, 2 or 4 (split-K grid, with PDL): the weight tiles of the first EARLY_W K steps are
     # loaded into registers before waiting for the kernel before (_tc_tile_acc).
-    # SILU (split-K grid): x is [gate | up] rows of 2K and the product is of silu(gate) * up, as
-    # silu_and_mul rounds it (the MLP's down projection without the SiLU-mul launch before it).
-    # NORM (split-K grid): the product is of rms_norm(x + res) * g (res, g and eps the residual,
-    # weight and epsilon of the RMSNorm before this GEMV; x float16/bfloat16 rows): every
-    # program computes its rows' statistics from the whole rows (norm_rows_stats) and
-    # normalizes x as it loads it; program (0, 0) stores x + res at nres_ptr (the new residual;
-    # not in place, since every program reads res). With A8 the normalized rows are quantized
-    # per token to fp8 as they load (the scales from the same statistics; xs_ptr is not read).
-    # The add + RMSNorm (+ quantization) launch before the GEMV goes.
-    tl.static_assert(not (SILU and STREAM_K > 0), "SILU takes split-K launches only")
-    tl.static_assert(not (NORM and (STREAM_K > 0 or SILU)), "NORM takes split-K launches only")
     if STREAM_K > 0 and FLAT:
         pdl_start(PDL)
         _tc_stream_k_flat(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
@@ -83,8 +66,7 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
                            tl.minimum(tl.minimum(s_end, s_begin + steps) * BLOCK_K, K), ELEM)
         acc = _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin,
                            s_end, K, stride_xm, stride_wn, A8, BLOCK_M, BLOCK_N, BLOCK_K, PDL,
-                           EARLY_W, SILU, M, res_ptr, g_ptr, nres_ptr, stride_rm, eps,
-                           (pid_n == 0) & (pid_k == 0), NORM, NORM_BLOCK)
+                           EARLY_W)
         _finish_tile(acc, rows[None, :], offs_n[:, None], n_mask[:, None] & m_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om, SPLIT_K,
                      HAS_BIAS, FUSED_SPLITK)
@@ -94,21 +76,15 @@ def _tc_gemv_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, l
 def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_begin, s_end, K,
                  stride_xm, stride_wn, A8: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-                 EARLY_W: tl.constexpr = 0, SILU: tl.constexpr = False, M=0, res_ptr=None,
-                 g_ptr=None, nres_ptr=None, stride_rm=0, eps=0.0, write_res=False,
-                 NORM: tl.constexpr = False, NORM_BLOCK: tl.constexpr = 16):
+                 EARLY_W: tl.constexpr = 0):
     """The tensor-core GEMV's float32 out^T tile [BLOCK_N, BLOCK_M] over K steps
     [s_begin, s_end) (fp8: times both scales). Waits for the kernel before (pdl_start) before
     its first read of x; with EARLY_W 1, 2 or 4 the weight tiles of the first EARLY_W steps (which
     no kernel writes) are loaded into registers before that wait, so that under PDL their reads
-    overlap the end of the kernel before. The products are summed in the same order either way.
-    SILU: x is [gate | up] (_x_tile). NORM: x is normalized (A8: and quantized) as it loads,
-    with the statistics of its M rows computed right after the wait (norm_rows_stats, the new
-    residual stored where write_res)."""
+    overlap the end of the kernel before. The products are summed in the same order either way."""
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_cols = x_ptr + rows[None, :] * stride_xm
-    r_cols = res_ptr + rows[None, :] * stride_rm if NORM else x_cols
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     first = s_begin
     if EARLY_W > 0:
@@ -117,50 +93,23 @@ def _tc_tile_acc(x_ptr, xs_ptr, w_ptr, ws_ptr, offs_n, n_mask, rows, m_mask, s_b
         ke = s_begin * BLOCK_K + tl.arange(0, EARLY_W * BLOCK_K)
         oke = ke < tl.minimum(s_end * BLOCK_K, K)
         we = tl.load(w_rows + ke[None, :], mask=n_mask[:, None] & oke[None, :], other=0.0)
-    pdl_start(PDL)
-    rstd = tl.zeros([BLOCK_M], tl.float32)
-    scale = tl.full([BLOCK_M], 1.0, tl.float32)
-    if NORM:
-        rstd, scale = norm_rows_stats(x_ptr, res_ptr, g_ptr, nres_ptr, rows, M, K, stride_xm,
-                                      stride_rm, eps, write_res, BLOCK_M, NORM_BLOCK, A8)
-    if EARLY_W > 0:
-        xe = _x_tile(x_cols, ke[:, None], m_mask[None, :] & oke[:, None], K, SILU, r_cols, g_ptr,
-                     rstd, scale, NORM, A8)
+        pdl_start(PDL)
+        xe = tl.load(x_cols + ke[:, None], mask=m_mask[None, :] & oke[:, None], other=0.0)
         acc = tl.dot(we, xe, acc)
         first = tl.minimum(s_begin + EARLY_W, s_end)
+    else:
+        pdl_start(PDL)
     for step in range(first, s_end):
         offs_k = step * BLOCK_K + kk
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-        xt = _x_tile(x_cols, offs_k[:, None], m_mask[None, :] & k_ok[:, None], K, SILU, r_cols,
-                     g_ptr, rstd, scale, NORM, A8)
+        xt = tl.load(x_cols + offs_k[:, None], mask=m_mask[None, :] & k_ok[:, None], other=0.0)
         acc = tl.dot(w, xt, acc)
     if A8:
         sw = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
-        if NORM:
-            sx = tl.where(m_mask, scale, 0.0)
-        else:
-            sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
+        sx = tl.load(xs_ptr + rows, mask=m_mask, other=0.0)
         acc = acc * sw[:, None] * sx[None, :]
     return acc
-
-
-@triton.jit
-def _x_tile(x_cols, offs, mask, K, SILU: tl.constexpr, r_cols=None, g_ptr=None, rstd=None,
-            scale=None, NORM: tl.constexpr = False, QUANT: tl.constexpr = False):
-    """x^T tile at offsets offs of the rows x_cols (0 where masked); SILU: silu(gate) * up of
-    [gate | up] rows (up K further on), silu_and_mul's bits; NORM: the RMSNorm of x + residual
-    (rows r_cols) with the rows' rstd and the weight at g_ptr (norm_values), with QUANT its
-    fp8 codes at the rows' scales (quantize_to_codes, the producer kernel's codes)."""
-    x = tl.load(x_cols + offs, mask=mask, other=0.0)
-    if SILU:
-        x = silu_mul_values(x, tl.load(x_cols + K + offs, mask=mask, other=0.0))
-    if NORM:
-        g = tl.load(g_ptr + offs, mask=offs < K, other=0.0)
-        x = norm_values(x, tl.load(r_cols + offs, mask=mask, other=0.0), g, rstd[None, :])
-        if QUANT:
-            x = quantize_to_codes(x.to(tl.float32), scale[None, :], False)
-    return x
 
 
 @triton.jit
@@ -474,79 +423,6 @@ def tc_gemv_enabled(kind: str) -> bool:
     return flag == "1" or flag == kind
 
 
-def silu_in_down_enabled() -> bool:
-    """KILN_SILU_IN_DOWN=1: an unquantized MLP's down projection over decode rows on the
-    tensor-core GEMV applies SiLU-mul to gate_up's output as it loads it (tc_gemv's silu)
-    instead of after a silu_and_mul launch. Off by default: not yet measured."""
-    return os.environ.get("KILN_SILU_IN_DOWN", "0") == "1"
-
-
-NORM_BLOCK_MAX = 4096  # columns of a row that norm_rstd_rows reads at once
-NORM_IN_GEMV_MAX_M = 4  # rows whose RMSNorm a GEMV computes (each row is a pass before the loop)
-
-
-def norm_in_gemv_enabled() -> bool:
-    """KILN_NORM_IN_GEMV=1: a linear whose input is an add + RMSNorm (qkv_proj after the input
-    norm, gate_up_proj after the post-attention norm) computes the norm as it loads its input,
-    over decode rows (up to NORM_IN_GEMV_MAX_M): unquantized or fp8 W8A8 weights on the
-    tensor-core GEMV (tc_gemv's norm; fp8: the per-token quantization too), int4/int8
-    weight-only ones on the FMA GEMV (quant_matmul.norm_in_wo_gemv_ok). One launch fewer per
-    norm. Off by default: not yet measured."""
-    return os.environ.get("KILN_NORM_IN_GEMV", "0") == "1"
-
-
-def norm_rows_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor, k: int,
-                 k_multiple: int) -> bool:
-    """What every GEMV that computes rms_norm(x + residual) * g as it loads x needs of the rows
-    (tc_gemv: norm_in_gemv_ok; the weight-only FMA GEMV: quant_matmul.norm_in_wo_gemv_ok):
-    switched on, x, residual and g float16/bfloat16 of one dtype, 1 to NORM_IN_GEMV_MAX_M
-    contiguous rows of K (a multiple of k_multiple), a contiguous weight g of [K]."""
-    rows = x.numel() // k if k > 0 else 0
-    return (norm_in_gemv_enabled() and x.dtype in (torch.float16, torch.bfloat16)
-            and residual.dtype == g.dtype == x.dtype and x.shape == residual.shape
-            and x.shape[-1] == k and k % k_multiple == 0 and 0 < rows <= NORM_IN_GEMV_MAX_M
-            and x.is_contiguous() and residual.is_contiguous()
-            and tuple(g.shape) == (k,) and g.is_contiguous())
-
-
-def norm_in_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor,
-                    w: torch.Tensor) -> bool:
-    """Whether tc_gemv can compute rms_norm(x + residual) * g as it loads x for weights w: the
-    rows as norm_rows_ok wants them (K a multiple of 32), w of x's dtype or fp8 (W8A8,
-    quantized per token in the GEMV) and contiguous, the tensor-core GEMV for that kind of
-    weights, split-K launches."""
-    fp8 = w.dtype == torch.float8_e4m3fn
-    return (w.dim() == 2 and norm_rows_ok(x, residual, g, w.shape[1], 32)
-            and (fp8 or w.dtype == x.dtype) and w.is_contiguous()
-            and tc_gemv_enabled("fp8" if fp8 else "float") and not tc_stream_k_enabled())
-
-
-def _check_norm(norm, x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
-                w_scales: torch.Tensor | None, silu: bool, config: triton.Config | None) -> None:
-    """Refuse a tc_gemv norm that the kernel cannot take (see norm_in_gemv_ok)."""
-    fp8 = w.dtype == torch.float8_e4m3fn
-    if (silu or x_scales is not None or fp8 != (w_scales is not None)
-            or x2.dtype not in (torch.float16, torch.bfloat16) or (not fp8 and w.dtype != x2.dtype)):
-        raise ValueError("tc_gemv's norm takes float16/bfloat16 rows and weights of their dtype, "
-                         "or fp8 weights with their scales (no x scales: the GEMV quantizes), "
-                         "without silu")
-    if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
-        raise ValueError("tc_gemv's norm takes split-K launches only")
-    k = w.shape[1]
-    if x2.shape[0] > SMALL_M or k % 32 or x2.shape[1] != k:
-        raise ValueError(f"tc_gemv's norm takes up to {SMALL_M} rows of K={k} (a multiple of "
-                         f"32), got {tuple(x2.shape)}")
-    if not (norm.x.numel() == x2.numel() and norm.x.data_ptr() == x2.data_ptr()
-            and norm.residual.shape == norm.x.shape == norm.new_residual.shape
-            and norm.residual.is_contiguous() and norm.new_residual.is_contiguous()
-            and norm.residual.dtype == norm.new_residual.dtype == norm.weight.dtype == x2.dtype
-            and tuple(norm.weight.shape) == (k,) and norm.weight.is_contiguous()):
-        raise ValueError(f"tc_gemv's norm must stand for x2's rows with a contiguous residual "
-                         f"and new residual of their shape and a weight of [{k}], one dtype; got "
-                         f"x {tuple(norm.x.shape)}, residual {tuple(norm.residual.shape)}, "
-                         f"weight {tuple(norm.weight.shape)} {norm.weight.dtype}")
-
-
 def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether tc_gemv takes this product: at most SMALL_M rows, fp8 weights with fp8 codes or
     float16/bfloat16 weights with x of their dtype, K a multiple of 32 (one fp8 dot step)."""
@@ -559,36 +435,16 @@ def tc_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
 
 def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
             w_scales: torch.Tensor | None, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            split_k: int = 0, config: triton.Config | None = None,
-            silu: bool = False, norm: PendingNorm | None = None) -> torch.Tensor:
+            split_k: int = 0, config: triton.Config | None = None) -> torch.Tensor:
     """x2 [M <= SMALL_M, K] @ w [N, K].T on the tensor cores (_tc_gemv_kernel), float32
     accumulation; returns [M, N] of out_dtype. W8A8: x2 holds fp8 codes with per-token scales
     x_scales [M, 1] and w fp8 with per-channel w_scales [N]; otherwise x2 and w are float16 or
     bfloat16 and both scales are None. split_k > 0 forces the K split and config (CUDA) a launch
-    configuration (benchmarks); else the autotuned one (or the first candidate). ``silu`` (float
-    weights, split-K launches): x2 is [M, 2K], [gate | up], and the product is of
-    silu(gate) * up with silu_and_mul's bits; the launch has the plain one's tuning key, so the
-    same configuration and the bits of silu_and_mul followed by tc_gemv. ``norm`` (split-K
-    launches, x2 the float16/bfloat16 rows of norm.x, no x_scales): the product is of the RMSNorm
-    that norm stands for, computed in the launch (see _tc_gemv_kernel's NORM; with fp8 weights
-    and their w_scales also quantized there per token, as the quantizing norm kernel does), and
-    norm.new_residual gets x + residual; its launches are tuned apart from the plain ones (other
-    arguments, so another tuning key)."""
+    configuration (benchmarks); else the autotuned one (or the first candidate)."""
     m, k = x2.shape
     n = w.shape[0]
     a8 = x_scales is not None
-    if norm is not None:
-        _check_norm(norm, x2, x_scales, w, w_scales, silu, config)
-        a8 = w.dtype == torch.float8_e4m3fn
-    if silu:
-        if k != 2 * w.shape[1] or a8:
-            raise ValueError(f"tc_gemv with silu takes float x of 2K columns ([gate | up]), got "
-                             f"{tuple(x2.shape)} {x2.dtype} for weights {tuple(w.shape)}")
-        if tc_stream_k_enabled() or (config is not None and config.kwargs.get("STREAM_K")):
-            raise ValueError("tc_gemv's silu takes split-K launches only")
-        k = w.shape[1]
-    if norm is None and (not tc_gemv_ok(x2, w) or a8 != (w_scales is not None)
-                         or a8 != (w.dtype == torch.float8_e4m3fn)):
+    if not tc_gemv_ok(x2, w) or a8 != (w_scales is not None) or a8 != (w.dtype == torch.float8_e4m3fn):
         raise ValueError(f"tc_gemv takes up to {SMALL_M} rows with K a multiple of 32: fp8 codes "
                          f"and weights with both scales, or float16/bfloat16 of one dtype without; "
                          f"got x {tuple(x2.shape)} {x2.dtype}, w {tuple(w.shape)} {w.dtype}")
@@ -624,19 +480,10 @@ def tc_gemv(x2: torch.Tensor, x_scales: torch.Tensor | None, w: torch.Tensor,
         width, chosen["split"] = shape(meta)
         return (width, 1) if meta.get("STREAM_K") else (width, chosen["split"])
 
-    # (a norm's fp8 launch quantizes x itself: its weight scales stand in for the unread x scales)
-    x_scales_arg = x_scales if x_scales is not None else (w_scales if a8 else x2)
-    args = (x2, x_scales_arg, w, w_scales if a8 else w, bias if has_bias else out, out,
+    args = (x2, x_scales if a8 else x2, w, w_scales if a8 else w, bias if has_bias else out, out,
             part, locks if locks is not None else out, m, n, k, x2.stride(0), w.stride(0),
             out.stride(0), sms, split_k)
     flags = dict(A8=a8, HAS_BIAS=has_bias, FUSED_SPLITK=locks is not None, BLOCK_M=16)
-    if silu:
-        flags.update(SILU=True)
-    if norm is not None:
-        res2 = norm.residual.view(m, k)
-        flags.update(res_ptr=res2, g_ptr=norm.weight, nres_ptr=norm.new_residual.view(m, k),
-                     stride_rm=res2.stride(0), eps=float(norm.eps), NORM=True,
-                     NORM_BLOCK=min(NORM_BLOCK_MAX, triton.next_power_of_2(k)))
     pdl = pdl_args(x2)
     # every candidate's K step (BLOCK_K >= 32 elements, one byte or more each) is a multiple of
     # 32 bytes

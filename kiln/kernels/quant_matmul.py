@@ -33,7 +33,7 @@ import os
 import torch
 import triton
 
-from kiln.kernels import PendingNorm, pdl_args, use_triton
+from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.fma_gemv import (DEFAULT_GEMV, GEMV_CONFIGS, INTERPRET_GEMV, _MIN_GEMV_BLOCK_N,
                                    _gemv_split, _gemv_tuned, int4_asm_mode, int4_asm_ok)
 from kiln.kernels.int4_bits import untile_int4_rows
@@ -41,10 +41,8 @@ from kiln.kernels.qmm_common import (GEMV_MAX_M, KTILE_8BIT, MAX_SPLIT_K, SMALL_
                                      W_FLOAT, W_FP8, W_INT4, W_INT8, W_INT8_U, _num_sms, _partials,
                                      _reduce_splits, _run, autotune_enabled, fused_splitk_enabled,
                                      prefetch_steps, split_for, split_locks, stream_k_grid)
-from kiln.kernels.mma_gemv import (NORM_BLOCK_MAX, TC_GEMV_CONFIGS, _tc_gemv_tuned,
-                                   int4_tc_enabled, int4_tc_gemv, norm_in_gemv_ok,
-                                   norm_rows_ok, tc_gemv, tc_gemv_enabled, tc_gemv_ok,
-                                   tc_stream_k_enabled)
+from kiln.kernels.mma_gemv import (TC_GEMV_CONFIGS, _tc_gemv_tuned, int4_tc_enabled, int4_tc_gemv,
+                                   tc_gemv, tc_gemv_enabled, tc_gemv_ok, tc_stream_k_enabled)
 from kiln.kernels.quant_act import quant_per_token
 from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTERPRET_GEMM,
                                      _gemm_prune, _gemm_split, _gemm_tuned, m_bucket)
@@ -119,7 +117,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
            wkind: int, bias: torch.Tensor | None, out_dtype: torch.dtype, path: str,
            x_scales: torch.Tensor | None = None, split_k: int = 0,
            quant_x: torch.dtype | None = None, config: triton.Config | None = None,
-           row_block: int = 1, norm: PendingNorm | None = None) -> torch.Tensor:
+           row_block: int = 1) -> torch.Tensor:
     """Run one quantized matmul kernel on 2-D x2 [M, K] (row-major); returns [M, N] of out_dtype.
 
     path: "gemv" (M <= GEMV_MAX_M) or "gemm". x_scales [M, 1] float32 marks a W8A8 call (x2 is
@@ -127,10 +125,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     MAX_SPLIT_K, and only for M <= SMALL_M). quant_x (float8_e4m3fn or int8, GEMV only) makes a
     W8A8 call on the float activations x2: the GEMV quantizes them per token itself. config (CUDA,
     benchmarks) runs that launch configuration instead of the autotuned or default one.
-    row_block > 1 (int4): w holds its rows in blocks of that many (tile_int4_rows). norm (GEMV
-    of a weight-only kind, x2 the rows of norm.x): the product is of the RMSNorm it stands for,
-    computed in the launch (_gemv_kernel's NORM; see norm_in_wo_gemv_ok). Layers call the
-    per-scheme dispatchers below.
+    row_block > 1 (int4): w holds its rows in blocks of that many (tile_int4_rows). Layers call
+    the per-scheme dispatchers below.
     """
     m, k = x2.shape
     n = w.shape[0]
@@ -141,14 +137,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     if quant_x is not None and (path != "gemv" or x_scales is not None):
         raise ValueError("quant_x is for the GEMV path, on float activations without x_scales")
     a8 = x_scales is not None or quant_x is not None
-    if norm is not None and (path != "gemv" or a8 or wkind not in (W_INT4, W_INT8_U)
-                             or norm.x.data_ptr() != x2.data_ptr()
-                             or norm.residual.shape != norm.x.shape
-                             or not norm.residual.is_contiguous()
-                             or tuple(norm.weight.shape) != (k,)):
-        raise ValueError("a norm in the GEMV takes weight-only int4/int8 weights on the GEMV path, "
-                         "x2 the rows of norm.x, a contiguous residual of their shape and a "
-                         f"weight of [{k}]")
     sms = _num_sms(x2.device)
     tune = x2.is_cuda and autotune_enabled() and config is None
     flags = dict(WKIND=wkind, A8=a8, GROUP=group, HAS_BIAS=bias is not None)
@@ -167,11 +155,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
         if quant_x is not None:
             flags["QX"] = 2 if quant_x == torch.int8 else 1
             flags["QX_BLOCK"] = min(1024, triton.next_power_of_2(k))
-        if norm is not None:
-            res2 = norm.residual.view(m, k)
-            flags.update(res_ptr=res2, g_ptr=norm.weight, nres_ptr=norm.new_residual.view(m, k),
-                         stride_rm=res2.stride(0), eps=float(norm.eps), NORM=True,
-                         NORM_BLOCK=min(NORM_BLOCK_MAX, triton.next_power_of_2(k)))
         kernel = _gemv_tuned if tune else _gemv_split
         fixed = config or (GEMV_CONFIGS[DEFAULT_GEMV] if x2.is_cuda else triton.Config(INTERPRET_GEMV))
         candidates = GEMV_CONFIGS if tune else [fixed]
@@ -225,17 +208,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
     return out
 
 
-def norm_in_wo_gemv_ok(x: torch.Tensor, residual: torch.Tensor, g: torch.Tensor, k: int,
-                       qweight: torch.Tensor | None) -> bool:
-    """Whether a weight-only GEMV (int4: qweight given, int8: None) can compute
-    rms_norm(x + residual) * g as it loads x (KILN_NORM_IN_GEMV=1): the rows as
-    mma_gemv.norm_rows_ok wants them (K a multiple of 16), 4-byte aligned (the int4 GEMV reads x
-    as words), and not the tensor-core int4 product (KILN_INT4_TC), which takes no norm."""
-    return (norm_rows_ok(x, residual, g, k, 16)
-            and all(t.data_ptr() % 4 == 0 for t in (x, residual, g))
-            and not (qweight is not None and int4_tc_enabled()))
-
-
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """x [..., K] as a row-major [M, K] view (copying only when needed)."""
     x2 = x.reshape(-1, x.shape[-1])
@@ -255,13 +227,6 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """int4 weight-only linear (dispatcher): x [..., K] @ dequant(qweight [N, K//2], scales).T + bias.
     row_block > 1: qweight holds its rows in blocks of that many (tile_int4_rows)."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
-    if isinstance(x, PendingNorm):  # KILN_NORM_IN_GEMV: the GEMV computes it where it can
-        if use_triton(x.x) and norm_in_wo_gemv_ok(x.x, x.residual, x.weight, k, qweight):
-            out = launch(x.x.view(-1, k), qweight.contiguous(), scales.float().contiguous(),
-                         scales.stride(1), group_size, W_INT4, bias, x.dtype, "gemv",
-                         row_block=row_block, norm=x)
-            return out.reshape(*x.shape[:-1], n)
-        x = x.materialize()
     _check(x, k, "int4_wo_linear")
     if group_size not in (32, 64, 128) or k % group_size or scales.shape != (n, k // group_size):
         raise ValueError(f"int4_wo_linear: group_size {group_size} / scales {tuple(scales.shape)} "
@@ -287,13 +252,6 @@ def int8_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """int8 weight-only linear (dispatcher): x [..., K] @ (qweight [N, K] * scales[:, None]).T + bias."""
     n, k = qweight.shape
-    if isinstance(x, PendingNorm):  # KILN_NORM_IN_GEMV: the GEMV computes it where it can
-        if use_triton(x.x) and norm_in_wo_gemv_ok(x.x, x.residual, x.weight, k, None):
-            out = launch(x.x.view(-1, k), qweight.contiguous().view(torch.uint8),
-                         scales.float().contiguous(), 0, KTILE_8BIT, W_INT8_U, bias, x.dtype,
-                         "gemv", norm=x)
-            return out.reshape(*x.shape[:-1], n)
-        x = x.materialize()
     _check(x, k, "int8_wo_linear")
     if not use_triton(x) or x.numel() == 0:
         return int8_wo_linear_ref(x, qweight, scales, bias)
@@ -381,21 +339,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     M <= SMALL_M: the tensor-core GEMV (KILN_TC_GEMV, the default), else the Triton GEMV
     (M <= GEMV_MAX_M) or fp8 tl.dot with split-K; larger M: torch._scaled_mm where supported
     (else the Triton GEMM). x may also be a
-    quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here;
-    or a PendingNorm (KILN_NORM_IN_GEMV): tc_gemv normalizes and quantizes as it loads where it
-    can (mma_gemv.norm_in_gemv_ok), else the norm runs first as its own launch.
+    quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
     """
     from kiln.kernels.quant_act import QuantizedRows
 
     if isinstance(x, QuantizedRows):
         return _fp8_linear_prequantized(x, weight, weight_scale, bias)
     n, k = weight.shape
-    if isinstance(x, PendingNorm):
-        if use_triton(x.x) and norm_in_gemv_ok(x.x, x.residual, x.weight, weight):
-            out = tc_gemv(x.x.view(-1, k), None, weight.contiguous(),
-                          weight_scale.float().contiguous(), bias, x.dtype, norm=x)
-            return out.reshape(*x.shape[:-1], n)
-        x = x.materialize()
     _check(x, k, "fp8_linear")
     if not use_triton(x) or x.numel() == 0:
         return fp8_linear_ref(x, weight, weight_scale, bias)
@@ -428,15 +378,8 @@ def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
     (float32 accumulation, like the quantized GEMVs), or up to SMALL_M rows through tc_gemv
-    when KILN_TC_GEMV names float; more rows or no Triton: F.linear. x may be a
-    rmsnorm.PendingNorm (KILN_NORM_IN_GEMV): tc_gemv computes the norm where it can
-    (mma_gemv.norm_in_gemv_ok), else the norm runs first as its own launch."""
+    when KILN_TC_GEMV names float; more rows or no Triton: F.linear."""
     n, k = weight.shape
-    if isinstance(x, PendingNorm):
-        if use_triton(x.x) and norm_in_gemv_ok(x.x, x.residual, x.weight, weight):
-            out = tc_gemv(x.x.view(-1, k), None, weight, None, bias, x.dtype, norm=x)
-            return out.reshape(*x.shape[:-1], n)
-        x = x.materialize()
     _check(x, k, "float_gemv_linear")
     x2 = _rows(x)
     if not use_triton(x) or x.numel() == 0 or x2.shape[0] > SMALL_M:

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import PendingNorm, pdl_args, use_triton
+from kiln.kernels import pdl_args, use_triton
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
                                     store_padding_row, store_row_quantized)
@@ -42,55 +42,6 @@ def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_st
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     y = normed.to(tl.float32).to(out_ty).to(tl.float32) * w.to(out_ty).to(tl.float32)
     return y.to(out_ty).to(tl.float32)
-
-
-@triton.jit
-def norm_values(x, res, g, rstd):
-    """The RMSNorm output (x's dtype) of h = x + res with the rows' rstd and the columns' weight
-    g, broadcast against x, as _normed_row rounds each step (a weight of x's dtype)."""
-    h = (x.to(tl.float32) + res.to(tl.float32)).to(x.dtype)
-    normed = (h.to(tl.float32) * rstd).to(x.dtype)
-    return (normed.to(tl.float32) * g.to(tl.float32)).to(x.dtype)
-
-
-@triton.jit
-def norm_rows_stats(x_ptr, res_ptr, g_ptr, nres_ptr, rows, M, K, stride_xm, stride_rm, eps, write,
-                    BLOCK_M: tl.constexpr, NORM_BLOCK: tl.constexpr, QUANT: tl.constexpr = False):
-    """(rstd, scale) of the first M of the BLOCK_M ``rows`` for a GEMV that normalizes its own
-    input (mma_gemv's NORM): rstd = rsqrt(mean(h^2) + eps) of h = x + residual, rounded to x's
-    dtype as _normed_row rounds it (0 past M); ``write``: h is also stored at nres_ptr (the
-    residual's strides). QUANT: scale is the fp8 per-token scale of the row's RMSNorm output
-    (norm_values with the weight at g_ptr), as store_row_quantized computes it (1 past M, as
-    padding rows have), from a second pass over the row; else ones. Each program of the GEMV
-    reads its M rows whole, NORM_BLOCK columns at a time."""
-    rstd = tl.zeros([BLOCK_M], tl.float32)
-    scale = tl.full([BLOCK_M], 1.0, tl.float32)
-    cols = tl.arange(0, NORM_BLOCK)
-    for r in range(0, M):
-        sq = tl.zeros([NORM_BLOCK], tl.float32)
-        for k0 in range(0, K, NORM_BLOCK):
-            offs = k0 + cols
-            mask = offs < K
-            x = tl.load(x_ptr + r * stride_xm + offs, mask=mask, other=0.0)
-            res = tl.load(res_ptr + r * stride_rm + offs, mask=mask, other=0.0)
-            h = (x.to(tl.float32) + res.to(tl.float32)).to(x.dtype)
-            tl.store(nres_ptr + r * stride_rm + offs, h, mask=mask & write)
-            hf = h.to(tl.float32)
-            sq += hf * hf
-        rstd_r = tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
-        rstd = tl.where(rows == r, rstd_r, rstd)
-        if QUANT:
-            amax = tl.zeros([NORM_BLOCK], tl.float32)
-            for k0 in range(0, K, NORM_BLOCK):
-                offs = k0 + cols
-                mask = offs < K
-                y = norm_values(tl.load(x_ptr + r * stride_xm + offs, mask=mask, other=0.0),
-                                tl.load(res_ptr + r * stride_rm + offs, mask=mask, other=0.0),
-                                tl.load(g_ptr + offs, mask=mask, other=0.0), rstd_r)
-                amax = tl.maximum(amax, tl.abs(y.to(tl.float32)))
-            row_scale = tl.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), 448.0)
-            scale = tl.where(rows == r, row_scale, scale)
-    return rstd, scale
 
 
 @triton.jit
@@ -219,11 +170,3 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     _launch(x2, res2, weight.contiguous(), out.view(-1, x.shape[-1]), eps)
     return out, residual
-
-
-def defer_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                       eps: float) -> tuple[PendingNorm, torch.Tensor]:
-    """fused_add_rms_norm left to its reader: (the PendingNorm, the new residual it will hold).
-    The residual is not updated in place (the reader's programs all read it)."""
-    new_residual = torch.empty_like(residual)
-    return PendingNorm(x, residual, weight, eps, new_residual), new_residual

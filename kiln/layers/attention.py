@@ -102,7 +102,7 @@ class PagedSelfAttention(nn.Module):
                               None if k_out is None else (k_out, v if v_out is None else v_out),
                               quant_dtype=self.quant_dtype, rope=rope)
         if rows is not None and rows.shape[0] == 0:
-            return torch.empty((0, hidden.shape[1]), dtype=hidden.dtype, device=hidden.device)
+            return hidden.new_empty((0, hidden.shape[1]))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
             if rows is not None:
                 # into buffers padded as the producers pad them (cuBLAS takes 16-row multiples)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import PendingNorm
 
 
 class LinearMethod:
@@ -55,12 +54,7 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
         """``F.linear`` with the stored weight and bias (decode rows through the Triton GEMV when
-        KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float). x may be a
-        kernels.rmsnorm.PendingNorm (KILN_NORM_IN_GEMV): the GEMV computes the norm."""
-        if isinstance(x, PendingNorm):
-            from kiln.kernels import quant_matmul as qm
-
-            return qm.float_gemv_linear(x, layer.weight, layer.bias)
+        KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float)."""
         if x.is_cuda:
             from kiln.kernels import quant_matmul as qm
             from kiln.kernels import mma_gemv

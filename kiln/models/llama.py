@@ -14,14 +14,11 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import mma_gemv, quant_matmul, use_triton
-from kiln.kernels.qmm_common import SMALL_M
-from kiln.kernels.rmsnorm import defer_add_rms_norm
 from kiln.layers.activation import SiluAndMul
 from kiln.layers.attention import PagedSelfAttention
 from kiln.layers.embedding import LMHead, VocabEmbedding
 from kiln.layers.forward_context import AttentionMetadata
-from kiln.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
+from kiln.layers.linear import Linear, LinearMethod
 from kiln.layers.norm import RMSNorm
 from kiln.layers.rotary import RotaryEmbedding
 from kiln.models.args import ModelArgs
@@ -32,11 +29,7 @@ LinearMethodFactory = Callable[[str, int, tuple[int, ...]], LinearMethod | None]
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection.
-
-    With KILN_SILU_IN_DOWN=1 (mma_gemv.silu_in_down_enabled), unquantized decode rows whose
-    down projection takes the tensor-core GEMV have it apply SiLU-mul to its input as it loads
-    it: one launch a layer fewer, the same bits."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype,
                  device: torch.device | str):
@@ -48,27 +41,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]."""
-        if self._silu_in_down(x):
-            gate_up = self.gate_up_proj(x)
-            down = self.down_proj
-            out = mma_gemv.tc_gemv(gate_up.reshape(-1, gate_up.shape[-1]), None, down.weight, None,
-                                   down.bias, x.dtype, silu=True)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
         return self.down_proj(self.act(self.gate_up_proj(x)))
-
-    def _silu_in_down(self, x: torch.Tensor) -> bool:
-        """Whether these rows' down projection folds SiLU-mul into its loads: switched on, no
-        quantizing SiLU-mul, unquantized weights of x's dtype, and rows that down's Linear would
-        give to the tensor-core GEMV (decode rows on the Triton path)."""
-        down = self.down_proj
-        return (mma_gemv.silu_in_down_enabled() and self.act.quant_dtype is None
-                and isinstance(self.gate_up_proj.method, UnquantizedLinearMethod)
-                and isinstance(down.method, UnquantizedLinearMethod) and use_triton(x)
-                and 0 < x.numel() and x.numel() // x.shape[-1] <= SMALL_M
-                and mma_gemv.tc_gemv_enabled("float") and not mma_gemv.tc_stream_k_enabled()
-                and down.weight.dtype == x.dtype
-                and x.dtype in (torch.float16, torch.bfloat16) and down.in_features % 32 == 0
-                and down.weight.is_contiguous())
 
 
 class DecoderLayer(nn.Module):
@@ -100,41 +73,14 @@ class DecoderLayer(nn.Module):
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self._norm(self.input_layernorm, self.self_attn.qkv_proj, hidden,
-                                          residual)
+            hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:
                 return hidden, residual
-        hidden, residual = self._norm(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden,
-                                      residual)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
-
-    @staticmethod
-    def _norm(norm: RMSNorm, reader: Linear, hidden: torch.Tensor, residual: torch.Tensor):
-        """norm(hidden, residual), or, with KILN_NORM_IN_GEMV=1 where the reader's tensor-core
-        GEMV can compute it (a few decode rows; an unquantized reader of a plain norm, an fp8
-        W8A8 one of a norm that quantizes for it: mma_gemv.norm_in_gemv_ok; an int4/int8
-        weight-only one without an input scale: quant_matmul.norm_in_wo_gemv_ok), a
-        kernels.PendingNorm for it and the new residual it will write."""
-        if not (mma_gemv.norm_in_gemv_enabled() and use_triton(hidden)):
-            return norm(hidden, residual)
-        scheme = getattr(reader.method, "scheme", None)
-        if norm.quant_dtype is None and isinstance(reader.method, UnquantizedLinearMethod):
-            takes = mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)
-        elif norm.quant_dtype == torch.float8_e4m3fn and scheme == "fp8":
-            takes = mma_gemv.norm_in_gemv_ok(hidden, residual, norm.weight, reader.weight)
-        elif (norm.quant_dtype is None and scheme in ("int4-wo", "int8-wo")
-              and getattr(reader, "input_scale", None) is None):
-            takes = quant_matmul.norm_in_wo_gemv_ok(
-                hidden, residual, norm.weight, reader.in_features,
-                reader.qweight if scheme == "int4-wo" else None)
-        else:
-            takes = False
-        if takes:
-            return defer_add_rms_norm(hidden, residual, norm.weight, norm.eps)
-        return norm(hidden, residual)
 
 
 class LlamaFamilyModel(nn.Module):

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import PendingNorm
 from kiln.layers.linear import Linear, LinearMethod
 
 
@@ -40,13 +39,8 @@ class QuantLinearMethod(LinearMethod):
 
     @staticmethod
     def scale_input(layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        """``x * input_scale`` when the layer has one, else ``x`` (a kernels.PendingNorm is run
-        first where there is a scale to apply)."""
-        if layer.input_scale is None:
-            return x
-        if isinstance(x, PendingNorm):
-            x = x.materialize()
-        return x * layer.input_scale
+        """``x * input_scale`` when the layer has one, else ``x``."""
+        return x if layer.input_scale is None else x * layer.input_scale
 
     def register_bias(self, layer: Linear, dtype: torch.dtype, device: torch.device | str) -> None:
         """Register ``bias`` [out] in the model dtype when the layer has one, else None."""

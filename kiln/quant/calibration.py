@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels import PendingNorm
 from kiln.layers.forward_context import build_attention_metadata
 from kiln.layers.linear import Linear
 from kiln.runner.memory import allocate_kv_caches
@@ -230,11 +229,7 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
 
     def linear_hook(name: str):
         def hook(_module, inputs):
-            given = inputs[0]
-            pending = isinstance(given, PendingNorm)
-            if pending:  # a norm left to the GEMV: the statistics need its output
-                given = given.materialize()
-            x = given.detach().reshape(-1, given.shape[-1]).float()
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
             st = linears.get(name)
             if st is None:
                 st = linears[name] = LinearStats(x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1]))
@@ -245,7 +240,6 @@ def collect_stats(model: nn.Module, windows: TokenWindows, max_rows: int = 512,
             keep = keep[(keep + offset) % stride == 0]
             st.rows.append(x[keep].clone())
             st.count += x.shape[0]
-            return (given,) + tuple(inputs[1:]) if pending else None
         return hook
 
     def kv_hook(name: str, attn):

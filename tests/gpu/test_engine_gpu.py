@@ -145,9 +145,6 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
     prompts = [{"prompt_token_ids": list(range(9, 9 + 4 * i + 2))} for i in range(12)]
     sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=3)
     results = {}
-    # the norms' quantization in their own kernels, not in the GEMVs (whose sums of squares run
-    # in another order: tests/gpu/test_norm_in_gemv_gpu.py), even when the suite runs with it on
-    monkeypatch.setenv("KILN_NORM_IN_GEMV", "0")
     for flag in ("0", "1", "attn"):  # attn: the attention quantizes o_proj's input as well
         monkeypatch.setenv("KILN_PRODUCER_QUANT", "0" if flag == "0" else "1")
         monkeypatch.setenv("KILN_ATTN_QUANT_OUT", "1" if flag == "attn" else "0")

@@ -110,17 +110,3 @@ def gen():
     seed = int(os.environ.get("KILN_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture
-def linears_as_on_cuda(monkeypatch):
-    """Unquantized decode rows take the tensor-core GEMV here too, as Linear routes them on CUDA
-    (on the CPU it takes F.linear, whose bits a fused path need not give). For tests of what
-    the tensor-core GEMV fuses (SiLU-mul, the add + RMSNorm)."""
-    from kiln.kernels import quant_matmul
-    from kiln.layers.linear import UnquantizedLinearMethod
-
-    def apply(self, layer, x):
-        return quant_matmul.float_gemv_linear(x, layer.weight, layer.bias)
-
-    monkeypatch.setattr(UnquantizedLinearMethod, "apply", apply)
