@@ -12,7 +12,7 @@
 #    SiLU with the add + RMSNorm launches skipped (ablate/sitecustomize.py; the bound on what
 #    taking the norms into the GEMVs can give, to set beside "all");
 # 3. the fp8 engine with and without KILN_ATTN_ROPE=1 and KILN_NORM_IN_GEMV=1 (its norms quantize
-#    in the GEMVs too), as time allows (else call7.sh).
+#    in the GEMVs too), as time allows (else call7.sh, removed with the flags).
 #   bash benchmarks/h200-dataflow/call6.sh      (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
