@@ -274,10 +274,11 @@ class LLMEngine:
         (a ragged prefill, two prefills, a decode beside a prefill chunk, decode-only steps of two
         and of one sequence), then one longer sequence: a prompt, chunks over it of the sizes that
         give each query-tile height of the tiled attention kernel, and a decode over a context
-        long enough to be split into partitions, alone and beside a prefill chunk. When max_num_seqs allows decode batches large
-        enough for the large-batch decode tile (kernels.decode_attention.LARGE_DECODE_TILE), a
-        decode of that many short sequences follows, alone and beside a prefill chunk (mixed steps
-        and eager decodes use it too, not only the captured graphs). Each step computes its logits
+        long enough to be split into partitions, alone and beside a prefill chunk. When
+        max_num_seqs allows decode batches large enough for the large-batch decode tile
+        (kernels.decode_attention.LARGE_DECODE_TILE), a decode of that many short sequences
+        follows, alone and beside a prefill chunk (mixed steps and eager decodes use it too, not
+        only the captured graphs). Each step computes its logits
         and their greedy argmax (float32 as the eager head and the sampler give them; once more
         in the decode graphs' logits dtype, whose argmax runs after each replay); all of it runs
         eagerly on a scratch cache. (Missing variants compile while serving: see CompileWatch.)

@@ -39,29 +39,3 @@ def eager_then_graph(run, check, eager: int, replays: int) -> None:
         graph.replay()
         check(out)
     torch.cuda.synchronize()
-
-
-def generate_per_flag(model, env: str, prompts, params, monkeypatch, flags=("0", "1"),
-                      **llm_kwargs) -> dict:
-    """{flag: llm.generate's outputs}: an engine of ``model`` started once per value of the
-    environment switch ``env`` (at 20% of GPU memory, with llm_kwargs), each generating
-    ``prompts`` with nothing compiled after start-up."""
-    from kiln import LLM
-
-    runs = {}
-    for flag in flags:
-        monkeypatch.setenv(env, flag)
-        llm = LLM(str(model), device="cuda", gpu_memory_utilization=0.2, **llm_kwargs)
-        runs[flag] = llm.generate(prompts, params)
-        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
-        del llm
-        torch.cuda.empty_cache()
-    return runs
-
-
-def tokens_and_logprobs(outs) -> list:
-    """Per request: (token ids, per step the sorted (token, log-prob) pairs), for comparing
-    runs bit for bit."""
-    return [(o.outputs[0].token_ids,
-             [sorted((t, lp.logprob) for t, lp in d.items()) for d in o.outputs[0].logprobs])
-            for o in outs]

@@ -17,7 +17,7 @@ from kiln.kernels.attention_ref import FP8_KV_DTYPE  # noqa: E402
 from kiln.kernels.decode_attention import DecodeRope  # noqa: E402
 from kiln.kernels.rotary import rotary_and_write_kv  # noqa: E402
 from kiln.layers.rotary import RopeConfig, build_cos_sin_cache  # noqa: E402
-from gpu_helpers import eager_then_graph, generate_per_flag, tokens_and_logprobs  # noqa: E402
+from gpu_helpers import eager_then_graph  # noqa: E402
 from test_kernels_gpu import paged_case  # noqa: E402
 
 
@@ -60,13 +60,22 @@ def test_decode_rope_bits_under_pdl_and_graphs(rows, graph_len, dtype, fp8, monk
 
 
 def test_engine_greedy_tokens_with_and_without_rope_in_decode(tmp_path, monkeypatch):
-    from kiln import SamplingParams
+    from kiln import LLM, SamplingParams
     from kiln.models.random_model import write_random_model
 
     monkeypatch.delenv("KILN_KERNELS", raising=False)
     write_random_model("tiny-llama-d128", tmp_path / "m", seed=5, dtype="bfloat16")
     prompts = [{"prompt_token_ids": list(range(5 + i, 50 + 3 * i))} for i in range(5)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=1)
-    runs = generate_per_flag(tmp_path / "m", "KILN_ATTN_ROPE", prompts, params, monkeypatch,
-                             max_num_seqs=8)
-    assert tokens_and_logprobs(runs["1"]) == tokens_and_logprobs(runs["0"])
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KILN_ATTN_ROPE", flag)
+        llm = LLM(str(tmp_path / "m"), device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+        outs = llm.generate(prompts, params)
+        runs[flag] = [(o.outputs[0].token_ids,
+                       [sorted((t, lp.logprob) for t, lp in d.items())
+                        for d in o.outputs[0].logprobs]) for o in outs]
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm
+        torch.cuda.empty_cache()
+    assert runs["1"] == runs["0"]
