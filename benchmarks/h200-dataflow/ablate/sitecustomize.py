@@ -10,7 +10,7 @@
 # KILN_ABLATE_SKIP (defined at start, even empty; read at every call, so ab_latency.py variants
 # may set it): "norm" makes every add + RMSNorm with a residual launch nothing and return its
 # input and the residual unchanged (wrong values, the same GEMV bytes): what fusing the norms
-# into the GEMVs before them could save at most.
+# into the GEMVs before them could save at most. "reduce" and "reduce-h": see below.
 import os
 
 if "KILN_ABLATE_SKIP" in os.environ:
@@ -24,6 +24,34 @@ if "KILN_ABLATE_SKIP" in os.environ:
         return _orig_norm(self, x, residual, *a, **kw)
 
     _norm_mod.RMSNorm.forward = _norm_forward
+
+    # "reduce": the tensor-core GEMVs' split-K partials are never summed (no fused reduce in the
+    # last program, no reduce launch; the output stays unwritten, wrong values): what summing the
+    # splits in the kernel that reads the GEMV's output could save at most. "reduce-h": only
+    # GEMVs with N <= K (o_proj, down_proj: those whose reader is the add + RMSNorm).
+    import kiln.kernels.mma_gemv as _mma
+    import kiln.kernels.quant_matmul as _qm
+
+    _orig_tc_gemv = _qm.tc_gemv
+    _orig_reduce = _mma._reduce_splits
+
+    def _tc_gemv(x2, x_scales, w, *a, **kw):
+        skip = os.environ.get("KILN_ABLATE_SKIP", "").split(",")
+        if not ("reduce" in skip or ("reduce-h" in skip and w.shape[0] <= w.shape[1])):
+            return _orig_tc_gemv(x2, x_scales, w, *a, **kw)
+        before = os.environ.get("KILN_QUANT_FUSED_SPLITK")
+        os.environ["KILN_QUANT_FUSED_SPLITK"] = "0"
+        _mma._reduce_splits = lambda *r, **k: None
+        try:
+            return _orig_tc_gemv(x2, x_scales, w, *a, **kw)
+        finally:
+            _mma._reduce_splits = _orig_reduce
+            if before is None:
+                os.environ.pop("KILN_QUANT_FUSED_SPLITK")
+            else:
+                os.environ["KILN_QUANT_FUSED_SPLITK"] = before
+
+    _qm.tc_gemv = _tc_gemv
     print("[ablate-skip] hooks installed", flush=True)
 
 _what = set(filter(None, os.environ.get("KILN_ABLATE_WAIT", "").split(",")))
