@@ -121,7 +121,7 @@ class PagedSelfAttention(nn.Module):
     def _rope_in_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
         """Whether this decode batch's attention applies RoPE and writes the step's K/V itself
-        (KILN_ATTN_ROPE=1; one token per sequence on the Triton decode kernel, see
+        (KILN_ATTN_ROPE, on by default; one token per sequence on the Triton decode kernel, see
         decode_attention.decode_rope_ok)."""
         return rope_in_decode_enabled() and decode_rope_possible(
             q, k, v, kv_cache, meta, self._rotary[0].cos_sin_cache)

@@ -31,10 +31,11 @@ def launches(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("rope", ["0", "1"], ids=["default", "attn-rope"])
+@pytest.mark.parametrize("rope", ["0", "1"], ids=["rotary-launch", "attn-rope"])
 def test_warm_up_covers_a_serving_workload(tmp_path, launches, monkeypatch, rope):
-    """Also with KILN_ATTN_ROPE=1: there decode-only steps take RoPE in the decode kernel,
-    so the mixed steps' decode rows need variants without it that the warm-up must still meet."""
+    """With KILN_ATTN_ROPE=1 (the default) decode-only steps take RoPE in the decode kernel, so
+    the mixed steps' decode rows need variants without it that the warm-up must still meet; with
+    0 every step takes the rotary launch."""
     from kiln.engine.llm_engine import LLMEngine
     from kiln.models.random_model import write_random_model
 
