@@ -157,28 +157,40 @@ def triton_argmax_enabled() -> bool:
     return os.environ.get("KILN_TRITON_ARGMAX", "1") != "0"
 
 
-def argmax(logits: torch.Tensor) -> torch.Tensor:
+def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Index of each row's maximum (dispatcher): [M, V] float16/bfloat16/float32 -> int64 [M] on
     the same device, equal to ``logits.argmax(dim=-1)`` (ties: first index; NaN: the first NaN).
+    ``out``: a contiguous int64 [M] to write them into (returned), else a new tensor.
 
     The Triton kernel runs for 2-D logits with unit stride along the vocabulary (rows may be
     strided); anything else, and every call under KILN_TRITON_ARGMAX=0, takes torch's argmax.
     Nothing here waits on the device, and the launch can be captured in a CUDA graph.
     """
+    if out is not None and (out.dtype != torch.int64 or out.shape != logits.shape[:-1]
+                            or not out.is_contiguous() or out.device != logits.device):
+        raise ValueError(f"argmax out must be a contiguous int64 {tuple(logits.shape[:-1])} on "
+                         f"{logits.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     if (not triton_argmax_enabled() or not use_triton(logits) or logits.dim() != 2
             or logits.dtype not in (torch.float16, torch.bfloat16, torch.float32)
             or logits.stride(-1) != 1 or logits.shape[0] == 0
             or not 1 <= logits.shape[1] <= _INT32_MAX // 2):
-        return argmax_ref(logits)
-    out = launch(logits)
+        return _ref_into(logits, out)
+    got = launch(logits, out=out)
     # Only while capturing a graph before the first eager call on the device (no workspace yet).
-    return out if out is not None else argmax_ref(logits)
+    return got if got is not None else _ref_into(logits, out)
+
+
+def _ref_into(logits: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return argmax_ref(logits)
+    return out.copy_(argmax_ref(logits))
 
 
 def launch(logits: torch.Tensor, num_warps: int = NUM_WARPS,
-           programs_per_sm: int = PROGRAMS_PER_SM) -> torch.Tensor | None:
-    """Run the kernel on 2-D logits the dispatcher accepts (other launch settings: benchmarks);
-    None while capturing a graph before the device's workspace exists."""
+           programs_per_sm: int = PROGRAMS_PER_SM,
+           out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Run the kernel on 2-D logits the dispatcher accepts (other launch settings: benchmarks),
+    into out when given; None while capturing a graph before the device's workspace exists."""
     ws = _workspace(logits.device)
     if ws is None:
         return None
@@ -187,7 +199,8 @@ def launch(logits: torch.Tensor, num_warps: int = NUM_WARPS,
     m, v = logits.shape
     block = block_for(logits.dtype, num_warps)
     splits, chunk = split_for(m, v, programs, block)
-    out = torch.empty(m, dtype=torch.int64, device=logits.device)
+    if out is None:
+        out = torch.empty(m, dtype=torch.int64, device=logits.device)
     _argmax_kernel[(m, splits)](
         logits, out, part_val, part_idx, locks, v, logits.stride(0), chunk // block, splits,
         BLOCK=block, PART_BLOCK=PART_BLOCK, num_warps=num_warps, **pdl_args(logits))

@@ -78,7 +78,22 @@ class ModelRunner:
         row_t = torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True)
         return pos_t, self._last_tokens.index_select(0, row_t)
 
-    def _decode_logits_from_graph(self, out: SchedulerOutput, fill) -> torch.Tensor | None:
+    def _fill_rows(self, out: SchedulerOutput) -> np.ndarray | None:
+        """For each scheduled sequence, its row in the previous step's samples when its input
+        token is still in flight, else -1; None when no token is."""
+        if not any(s.last_token_in_flight for s in out.scheduled):
+            return None
+        rows = np.full(len(out.scheduled), -1, dtype=np.int64)
+        for i, s in enumerate(out.scheduled):
+            if s.last_token_in_flight:
+                row = self._last_rows.get(s.request_id)
+                if row is None:
+                    raise RuntimeError(f"request {s.request_id} needs its previous sample, but "
+                                       "the previous step did not sample it")
+                rows[i] = row
+        return rows
+
+    def _decode_logits_from_graph(self, out: SchedulerOutput) -> torch.Tensor | None:
         """Logits of a decode-only step through a captured graph, or None when none fits."""
         if self.graphs is None or not out.is_decode_only:
             return None
@@ -89,6 +104,12 @@ class ModelRunner:
         sched = out.scheduled
         if max(s.seq_len for s in sched) > self.graphs.max_model_len:
             return None
+        fill_rows = self._fill_rows(out)
+        if fill_rows is not None and not self._samples_in(self.graphs.last_tokens):
+            # Sampled before these graphs existed (they were captured again): move them in.
+            self._keep_samples(self._last_tokens)
+            if not self._samples_in(self.graphs.last_tokens):
+                return None
         bs = self.block_size
         pos = [s.start_pos for s in sched]
         width = max(len(s.block_table) for s in sched)
@@ -100,7 +121,7 @@ class ModelRunner:
         ints[1] = pos
         ints[2] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(sched, pos)]
         ints[3] = ints[1] + 1
-        logits = self.graphs.run(bucket, torch.from_numpy(ints), torch.from_numpy(tables), fill)
+        logits = self.graphs.run(bucket, ints, tables, fill_rows)
         if not all(s.sample for s in sched):
             keep = [i for i, s in enumerate(sched) if s.sample]
             logits = logits[torch.tensor(keep, device=logits.device)]
@@ -129,9 +150,9 @@ class ModelRunner:
         sampling = [s for s in out.scheduled if s.sample]
         if out.is_empty:
             return StepResult.empty()
-        fill = self._placeholder_fill(out)
-        logits = self._decode_logits_from_graph(out, fill)
+        logits = self._decode_logits_from_graph(out)
         if logits is None:
+            fill = self._placeholder_fill(out)
             ids, positions, meta, rows = self._prepare(out)
             if fill is not None:
                 ids.index_copy_(0, fill[0], fill[1])
@@ -146,7 +167,7 @@ class ModelRunner:
         if not sampling:
             return StepResult.empty()
         if all(_is_plain_greedy(s.sampling_params) for s in sampling):
-            result = SamplerOutput(token_ids=argmax(logits))
+            result = SamplerOutput(token_ids=argmax(logits, out=self._sample_rows(len(sampling))))
         else:
             batch = SamplingBatch.build(
                 [SamplingRow(params=s.sampling_params, seed=s.seed, output_index=s.output_index,
@@ -155,9 +176,30 @@ class ModelRunner:
                  for s in sampling],
                 self.vocab_size, self.device)
             result = self.sampler(logits, batch)
-        self._last_tokens = result.token_ids
+        self._keep_samples(result.token_ids)
         self._last_rows = {s.request_id: i for i, s in enumerate(sampling)}
         return StepResult.start(sampling, result, self.device)
+
+    def _sample_rows(self, k: int) -> torch.Tensor | None:
+        """Where the graphs read the previous step's samples (their first k rows), for the
+        argmax to write into; None without graphs or where k rows do not fit."""
+        if self.graphs is None or k > self.graphs.last_tokens.shape[0]:
+            return None
+        return self.graphs.last_tokens[:k]
+
+    def _samples_in(self, buf: torch.Tensor) -> bool:
+        """Whether the last samples are the first rows of buf (same storage)."""
+        t = self._last_tokens
+        return t is not None and t.device == buf.device and t.data_ptr() == buf.data_ptr()
+
+    def _keep_samples(self, token_ids: torch.Tensor) -> None:
+        """Remember a step's sampled ids, in the graphs' last_tokens when they fit (the next
+        step's replay reads its in-flight input ids there)."""
+        self._last_tokens = token_ids
+        rows = self._sample_rows(token_ids.shape[0])
+        if rows is not None and not self._samples_in(rows):
+            rows.copy_(token_ids)
+            self._last_tokens = rows
 
     def execute(self, out: SchedulerOutput) -> ModelOutput:
         """Run one step and wait for it: ``launch(out).result()``."""

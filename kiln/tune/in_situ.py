@@ -166,6 +166,12 @@ def _fill_inputs(g, batch: int, context: int, block_size: int, num_blocks: int) 
     g.seq_lens[:batch] = context
     g.positions[:batch] = context - 1
     g.slot_mapping[:batch] = tables[:, -1] * block_size + (context - 1) % block_size
+    if getattr(g, "staged", None) is not None:  # what the graph's first kernel spreads (step_inputs)
+        g.staged[:batch, 0] = 0
+        g.staged[:batch, 1] = g.positions[:batch]
+        g.staged[:batch, 2] = g.slot_mapping[:batch]
+        g.staged[:batch, 3] = g.seq_lens[:batch].to(torch.int64)
+        g.staged[:batch, 4] = -1
 
 
 def config_json(cfg) -> dict:

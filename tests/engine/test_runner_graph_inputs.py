@@ -1,49 +1,47 @@
 """The decode-graph input path packs the same inputs as the eager path (checked without a GPU).
 
-A stand-in for DecodeGraphs copies the packed host inputs into its buffers the way the real one
-does, fills in-flight tokens, then runs the model eagerly on the buffers: the logits must equal
-the eager path's, so a packing mistake in the graph path shows up on the CPU.
+A DecodeGraphs whose replay is an eager run of the captured forward (the staged rows spread by
+step_inputs' reference, or the per-buffer copies with KILN_GRAPH_STAGED_INPUTS=0), on CPU
+buffers, padded to the real buckets: the tokens must equal the eager path's, so a packing
+mistake in the graph path shows up on the CPU.
 """
 
+import pytest
 import torch
 
 from kiln import SamplingParams
 from kiln.engine.llm_engine import LLMEngine
 from kiln.layers.forward_context import AttentionMetadata
+from kiln.runner.cuda_graphs import DecodeGraphs
 
 
-class EagerGraphs:
-    """DecodeGraphs' interface, replaying nothing: the model runs on the copied-in buffers."""
+class EagerGraphs(DecodeGraphs):
+    """DecodeGraphs replaying nothing: each replay runs the forward it would have captured."""
 
     def __init__(self, model, kv_caches, max_batch, max_model_len, block_size):
-        self.model, self.kv_caches = model, kv_caches
-        self.max_model_len = max_model_len
-        self.max_blocks = -(-max_model_len // block_size)
-        n = max_batch
-        self.input_ids = torch.zeros(n, dtype=torch.int64)
-        self.positions = torch.zeros(n, dtype=torch.int64)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64)
-        self.seq_lens = torch.ones(n, dtype=torch.int32)
-        self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.int32)
+        super().__init__(model, kv_caches, max_batch, max_model_len, block_size,
+                         torch.device("cpu"))
         self.calls = 0
+        self.padded = 0
+        self.table_copies = 0
 
-    def bucket_for(self, n):
-        return n
+    def _meta(self, b):
+        # The CPU attention takes host lengths: those copied in (a graph fixes max_model_len).
+        lens = self.seq_lens[:b].tolist()
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:b], query_start_loc=self.query_start_loc[:b + 1],
+            seq_lens=self.seq_lens[:b], block_tables=self.block_tables[:b],
+            query_lens_cpu=[1] * b, seq_lens_cpu=lens, max_query_len=1, max_seq_len=max(lens))
 
-    def run(self, bucket, ints, block_tables, fill=None):
-        from kiln.runner.cuda_graphs import DecodeGraphs
-
+    def _replay(self, bucket):
         self.calls += 1
-        # The real copy-in, run on CPU buffers; then an eager forward stands in for the replay.
-        DecodeGraphs._copy_inputs(self, ints, block_tables, fill, bucket)
-        n = ints.shape[1]
-        meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:n], query_start_loc=torch.arange(n + 1, dtype=torch.int32),
-            seq_lens=self.seq_lens[:n], block_tables=self.block_tables[:n],
-            query_lens_cpu=[1] * n, seq_lens_cpu=self.seq_lens[:n].tolist(), max_query_len=1,
-            max_seq_len=int(self.seq_lens[:n].max()))
-        hidden = self.model(self.input_ids[:n], self.positions[:n], self.kv_caches, meta)
-        return self.model.compute_logits(hidden)
+        self.padded += int((self.slot_mapping[:bucket] == -1).sum())
+        self._forward(bucket)
+
+    def _send_tables(self, block_tables):
+        before = self.block_tables.clone()
+        super()._send_tables(block_tables)
+        self.table_copies += int(not torch.equal(before, self.block_tables))
 
 
 def _generate(tiny_model_dir, use_graphs, async_scheduling):
@@ -58,6 +56,9 @@ def _generate(tiny_model_dir, use_graphs, async_scheduling):
     for i, p in enumerate(prompts):
         engine.add_request(str(i), {"prompt_token_ids": p},
                            SamplingParams(temperature=0.0, max_tokens=6 + i, ignore_eos=True))
+    # One sampled request: its ids come from the sampler, not the argmax (same seed both ways).
+    engine.add_request("s", {"prompt_token_ids": [7, 8, 9, 10, 11]},
+                       SamplingParams(temperature=0.8, seed=3, max_tokens=9, ignore_eos=True))
     done = {}
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -66,9 +67,15 @@ def _generate(tiny_model_dir, use_graphs, async_scheduling):
     return done, graphs
 
 
-def test_graph_input_packing_matches_eager(tiny_model_dir):
+@pytest.mark.parametrize("staged", ["1", "0"])
+def test_graph_input_packing_matches_eager(tiny_model_dir, monkeypatch, staged):
+    monkeypatch.setenv("KILN_GRAPH_STAGED_INPUTS", staged)
     eager, _ = _generate(tiny_model_dir, use_graphs=False, async_scheduling=False)
     for async_scheduling in (False, True):
         got, graphs = _generate(tiny_model_dir, use_graphs=True, async_scheduling=async_scheduling)
-        assert graphs.calls > 5
+        assert graphs.staged_inputs == (staged == "1")
+        assert graphs.calls > 5 and graphs.padded > 0
         assert got == eager
+        if staged == "1":
+            # block tables go over only when a row's blocks change, not every step
+            assert 0 < graphs.table_copies < graphs.calls

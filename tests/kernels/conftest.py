@@ -25,7 +25,8 @@ _KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.p
                    "kiln.kernels.rotary", "kiln.kernels.decode_attention",
                    "kiln.kernels.attention", "kiln.kernels.rmsnorm", "kiln.kernels.activation",
                    "kiln.kernels.quant_ref", "kiln.kernels.fma_gemv", "kiln.kernels.quant_gemm",
-                   "kiln.kernels.mma_gemv", "kiln.kernels.quant_matmul", "kiln.kernels.argmax")
+                   "kiln.kernels.mma_gemv", "kiln.kernels.quant_matmul", "kiln.kernels.argmax",
+                   "kiln.kernels.step_inputs")
 
 
 

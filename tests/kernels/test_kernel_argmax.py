@@ -133,3 +133,17 @@ def test_other_shapes_and_the_switch_take_torch(monkeypatch, gen):
     assert torch.equal(argmax(y), argmax_ref(y)) and not launched
     monkeypatch.delenv("KILN_TRITON_ARGMAX")
     assert torch.equal(argmax(y), argmax_ref(y)) and launched
+
+
+@pytest.mark.parametrize("triton_path", [True, False])
+def test_argmax_writes_into_out(triton_path, gen, monkeypatch):
+    """out=: the indices land in the given rows of a larger buffer, the rest untouched."""
+    if not triton_path:
+        monkeypatch.setenv("KILN_TRITON_ARGMAX", "0")
+    x = (torch.randn(3, 5000, generator=gen) * 3).to(torch.bfloat16)
+    buf = torch.full((8,), -7, dtype=torch.int64)
+    got = argmax(x, out=buf[:3])
+    assert got.data_ptr() == buf.data_ptr()
+    assert torch.equal(buf[:3], argmax_ref(x)) and buf[3:].tolist() == [-7] * 5
+    with pytest.raises(ValueError, match="contiguous int64"):
+        argmax(x, out=torch.empty(3, dtype=torch.int32))
