@@ -22,6 +22,10 @@ from kiln.sampling_params import RequestOutputKind, SamplingParams
 logger = logging.getLogger("kiln")
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Prompt lengths the warm-up runs alone (where max_model_len and max_num_batched_tokens allow):
+# with its other steps, a multiple of 16 and another row count in each M bucket of the weight-only
+# prefill GEMM (kernels.quant_gemm.m_bucket: up to 16, 64, 256, larger).
+PREFILL_WARM_UP_ROWS = (16, 32, 33, 128, 261, 272)
 
 
 @dataclass
@@ -318,6 +322,15 @@ class LLMEngine:
             steps += [[(0, 2, s) for s in big], [(2, 1, s) for s in big],
                       [(3, 1, s) for s in big[1:]] + [(0, 4, big[0])]]
             lengths += [4] * n_large
+        # Prompts alone whose rows give the weight-only prefill GEMM (Triton, above GEMV_MAX_M
+        # rows) a row count in each of its M buckets both as a multiple of 16 and not, which
+        # Triton compiles apart: the steps above and the profile run give only some of them (an
+        # int4-wo 8B engine compiled two GEMM variants for 128-token prompts while serving).
+        limit = min(self.max_model_len, self.config.scheduler.max_num_batched_tokens)
+        for n in PREFILL_WARM_UP_ROWS:
+            if n <= limit:
+                steps.append([(0, n, len(lengths))])
+                lengths.append(n)
         per_seq = [-(-n // block_size) for n in lengths]
         firsts = [sum(per_seq[:i]) for i in range(len(per_seq))]
         tables = [list(range(f, f + n)) for f, n in zip(firsts, per_seq)]

@@ -127,3 +127,44 @@ def test_warm_up_covers_an_int8_lm_head(tmp_path, launches):
     assert any(name == "_gemv_kernel" for name, *_ in launches), "the head ran no GEMV"
     missing = sorted(launches - warmed, key=str)
     assert not missing, f"variants first met while serving: {missing}"
+
+
+def test_warm_up_gives_the_prefill_gemm_every_row_class(tmp_path, monkeypatch):
+    """Triton compiles the weight-only prefill GEMM apart per M bucket and per whether M is a
+    multiple of 16 (an int4-wo 8B engine compiled two variants for 128-token prompts while
+    serving, on the H200): the warm-up meets every (bucket, multiple of 16) a workload within
+    max_model_len can, and a 128-token prompt at one sequence (as `kiln bench latency` runs
+    it) adds none."""
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.engine.llm_engine import LLMEngine
+    from kiln.kernels import quant_matmul
+    from kiln.kernels.qmm_common import GEMV_MAX_M
+    from kiln.kernels.quant_gemm import m_bucket
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    seen = set()
+    real = quant_matmul.m_bucket
+
+    def recording(m):
+        seen.add((m_bucket(m), m % 16 == 0))
+        return real(m)
+
+    monkeypatch.setattr(quant_matmul, "m_bucket", recording)
+    write_random_model("tiny-llama", tmp_path / "src", seed=8, dtype="float16")
+    path = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
+                                     QuantConfig("int4-wo", group_size=64), eval_tokens=0,
+                                     device="cpu", progress=False, calib_samples=2))["path"]
+    engine = LLMEngine.from_args(path, dtype="float16", device="cpu", max_num_seqs=1,
+                                 max_model_len=300)
+    seen.clear()
+    engine._warm_up_kernels(engine.config.cache.block_size)
+    warmed = set(seen)
+    reachable = {(m_bucket(m), m % 16 == 0) for m in range(GEMV_MAX_M + 1, 301)}
+    assert reachable <= warmed, sorted(reachable - warmed)
+    seen.clear()
+    engine.add_request("0", {"prompt_token_ids": [3 + j % 200 for j in range(128)]},
+                       SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert seen and seen <= warmed
