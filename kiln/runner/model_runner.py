@@ -60,22 +60,14 @@ class ModelRunner:
         Those input tokens were sampled by the previous step and never came to the host; they are
         gathered on the device from that step's sampled ids.
         """
-        positions, rows = [], []
-        flat = 0
-        for s in out.scheduled:
-            flat += s.num_tokens
-            if s.last_token_in_flight:
-                row = self._last_rows.get(s.request_id)
-                if row is None:
-                    raise RuntimeError(f"request {s.request_id} needs its previous sample, but the "
-                                       "previous step did not sample it")
-                positions.append(flat - 1)
-                rows.append(row)
-        if not positions:
+        rows = self._fill_rows(out)
+        if rows is None:
             return None
+        ends = np.cumsum([s.num_tokens for s in out.scheduled]) - 1
+        taken = rows >= 0
         dev = self.device
-        pos_t = torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True)
-        row_t = torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True)
+        pos_t = torch.from_numpy(ends[taken].astype(np.int64)).to(dev, non_blocking=True)
+        row_t = torch.from_numpy(rows[taken]).to(dev, non_blocking=True)
         return pos_t, self._last_tokens.index_select(0, row_t)
 
     def _fill_rows(self, out: SchedulerOutput) -> np.ndarray | None:
