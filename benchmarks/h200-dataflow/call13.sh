@@ -19,7 +19,7 @@ tail -1 $OUT/gpu_tests.log
 M=/tmp/llama-3-8b
 [ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1
 for v in staged copies; do
-  left=$((560 - SECONDS + T0)); [ $left -lt 60 ] && break
+  left=$((${LIMIT:-560} - SECONDS + T0)); [ $left -lt 60 ] && break
   S=1; [ $v = copies ] && S=0
   KILN_GRAPH_STAGED_INPUTS=$S timeout $left python3 -m kiln.cli bench throughput --model $M \
     --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 \

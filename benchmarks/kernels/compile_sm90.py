@@ -25,7 +25,8 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from kiln.kernels import (activation, argmax, attention, decode_attention, decode_gluon, fma_gemv,
-                          mma_gemv, prefill_fresh, quant_gemm, quant_matmul, rmsnorm, rotary)
+                          mma_gemv, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
+                          rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
@@ -384,10 +385,26 @@ def gluon_configs():
                     "_ptrs": {"cache_ptr": "*fp8e4nv"}}, "bf16", 1, 1)
 
 
+def ring_configs():
+    """The batch-1 ring GEMV (kiln.kernels.ring_gemv): both configurations, x of 4096 and of
+    14336 values, with and without bias, every early-copy count."""
+    for dtype in ("bf16", "fp16"):
+        for cfg in (ring_gemv.CONFIG_K256, ring_gemv.CONFIG_K128):
+            block_n, block_k, warps, stages, _ = cfg
+            for chunks, bias in ((1, False), (4, True)):
+                for early in range(stages):
+                    yield (f"ring gemv N{block_n} K{block_k} x{chunks * 4096} bias={bias} "
+                           f"early={early}", ring_gemv._ring_gemv_kernel,
+                           {"HAS_BIAS": bias, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                            "STAGES": stages, "X_CHUNKS": chunks, "MAX_SEGS": 3, "PDL": True,
+                            "EARLY": early, "_ptrs": {"part_ptr": "*fp32", "count_ptr": "*i32"}},
+                           dtype, warps, 1)
+
+
 def main() -> int:
     only = sys.argv[1] if len(sys.argv) > 1 else ""
     every = (list(configs()) + list(quant_configs()) + list(tc_gemv_configs())
-             + list(argmax_configs()) + list(gluon_configs()))
+             + list(argmax_configs()) + list(gluon_configs()) + list(ring_configs()))
     failed = sum(not report(*c) for c in every if only in c[0])
     return 1 if failed else 0
 
