@@ -48,6 +48,7 @@ from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTER
                                      _gemm_prune, _gemm_split, _gemm_tuned, m_bucket)
 from kiln.kernels.quant_ref import (_fp8_product_ref, fp8_linear_ref, int4_wo_linear_ref,
                                     int8_sq_linear_ref, int8_wo_linear_ref)
+from kiln.kernels.ring_gemv import ring_gemv, ring_gemv_enabled, ring_gemv_ok
 
 
 def tuned_kernels() -> dict:
@@ -378,13 +379,16 @@ def float_gemv_linear(x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K].T (+ bias) for at most GEMV_MAX_M rows through the Triton GEMV
     (float32 accumulation, like the quantized GEMVs), or up to SMALL_M rows through tc_gemv
-    when KILN_TC_GEMV names float; more rows or no Triton: F.linear."""
+    when KILN_TC_GEMV names float, one row through ring_gemv where it applies (KILN_RING_GEMV);
+    more rows or no Triton: F.linear."""
     n, k = weight.shape
     _check(x, k, "float_gemv_linear")
     x2 = _rows(x)
     if not use_triton(x) or x.numel() == 0 or x2.shape[0] > SMALL_M:
         return torch.nn.functional.linear(x, weight, bias)
     weight = weight.contiguous()
+    if x2.shape[0] == 1 and ring_gemv_enabled() and ring_gemv_ok(x2, weight):
+        return ring_gemv(x2, weight, bias).reshape(*x.shape[:-1], n)
     if tc_gemv_enabled("float") and tc_gemv_ok(x2, weight):
         return tc_gemv(x2, None, weight, None, bias, x.dtype).reshape(*x.shape[:-1], n)
     if x2.shape[0] > GEMV_MAX_M:

@@ -83,6 +83,10 @@ class LMHead(nn.Module):
         else:
             table = self.table()
             if out is not None and out.dtype == hidden.dtype == table.dtype:
+                if hidden.is_cuda and hidden.shape[0] == 1:
+                    from kiln.kernels import ring_gemv as rg
+                    if rg.ring_gemv_enabled(head=True) and rg.ring_gemv_ok(hidden, table):
+                        return rg.ring_gemv(hidden, table, None, out=out)
                 return torch.mm(hidden, table.t(), out=out)
             logits = F.linear(hidden, table)
         if out is None:
