@@ -4,8 +4,10 @@
 # before it waits) queue ahead of the loads of the small kernels before it (norms, attention,
 # SiLU-mul), which are on the step's critical path? bf16 8B batch 1, 128 in / 256 out,
 # ab_latency.py, 3 rounds alternating: the tensor-core GEMV, the ring with 4, 2, 1 and 0 early
-# copies (KILN_RING_EARLY), and the ring on the LM head only. Then the ring GEMV chain with and
-# without early copies, GEMVs only (proto_ring_chain.py --ring-gemv-only).
+# copies (KILN_RING_EARLY), and the ring on the LM head only. Then the 129 GEMVs alone, tc_gemv
+# against ring_gemv at 4, 2, 1 and 0 early copies, back to back and with an RMSNorm launch after
+# each (proto_ring_chain.py --ring-gemv-only --between norm): if the ring loses only with the
+# norms in between, the small kernels' interaction is the cause.
 #   bash benchmarks/h200-ring/call3.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
@@ -18,8 +20,6 @@ timeout 380 python3 benchmarks/ab_latency.py --model $M --rounds 3 \
   --json $OUT/ab_bf16_early.json > $OUT/ab_bf16_early.log 2>&1
 echo "ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 tail -8 $OUT/ab_bf16_early.log
-for e in 4 0; do
-  left=$((555 - SECONDS + T0)); [ $left -lt 40 ] && break
-  KILN_RING_EARLY=$e timeout $left python3 benchmarks/kernels/proto_ring_chain.py --layers 32 \
-    --ring-gemv-only --json $OUT/ring_gemv_chain_e$e.json 2>&1 | tail -2
-done
+left=$((555 - SECONDS + T0))
+[ $left -gt 40 ] && timeout $left python3 benchmarks/kernels/proto_ring_chain.py --layers 32 \
+  --ring-gemv-only --ring-early 4,2,1,0 --between norm --json $OUT/ring_gemv_chain.json 2>&1 | tail -12

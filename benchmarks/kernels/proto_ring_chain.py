@@ -33,7 +33,10 @@ Modes timed (medians of CUDA-graph replays), all in the same run:
                  rate, so ring - ring_nosync is what the barriers still cost;
   engine       - the engine's kernel per phase (mma_gemv.tc_gemv, autotuned, under PDL);
   engine_ring  - kiln.kernels.ring_gemv per phase under PDL (this kernel made the engine's:
-                 bf16 in and out, shared tiles finished by their last program);
+                 bf16 in and out, shared tiles finished by their last program), at each
+                 --ring-early count of copies issued before the wait;
+  engine+norm, engine_ring+norm (--between norm) - both with the engine's RMSNorm launched
+                 after each GEMV (PDL), as small kernels stand between the GEMVs of a step;
   triton       - the Triton persistent prototype's best bf16 variant of run-a;
 and the device copy bandwidth. Each checked mode is compared phase by phase with a float32
 product of its own input (proto_persistent_chain.Chain.check).
@@ -196,21 +199,31 @@ def x_chunks(shapes, block_k: int) -> int:
     return -(-max(k for _, _, k in shapes) // 4096)
 
 
-def ring_gemv_chain(chain: Chain) -> tuple:
-    """The chain through the engine's ring GEMV (kiln.kernels.ring_gemv: bf16 in and out, the
-    shared tiles finished by their last program), a launch a phase, as engine_chain runs
-    tc_gemv."""
+def gemv_chain(chain: Chain, ring: bool, between: str = "") -> tuple:
+    """The chain a launch a phase through the engine's tensor-core GEMV (ring False; bf16 in and
+    out) or its ring GEMV (kiln.kernels.ring_gemv: shared tiles finished by their last
+    program). between="norm": each output goes through the engine's RMSNorm kernel (weights of
+    ones) before the next phase reads it, as the norms, attention and SiLU-mul stand between
+    the GEMVs of a decode step (the outputs are then not checked)."""
+    from kiln.kernels import mma_gemv
     from kiln.kernels.ring_gemv import ring_gemv
+    from kiln.kernels.rmsnorm import rms_norm
     outs: list[torch.Tensor] = []
     x0 = chain.x0.to(torch.bfloat16)[None, :]
+    ones = torch.ones(max(n for _, n, _ in chain.shapes), dtype=torch.bfloat16,
+                      device=chain.w.device)
 
     def run() -> None:
         outs.clear()
         x = x0
         for ph, row in enumerate(chain.rows):
-            out = ring_gemv(x[:, :row[2]], chain.weight(ph))
+            if ring:
+                out = ring_gemv(x[:, :row[2]], chain.weight(ph))
+            else:
+                out = mma_gemv.tc_gemv(x[:, :row[2]], None, chain.weight(ph), None, None,
+                                       torch.bfloat16)
             outs.append(out)
-            x = out
+            x = rms_norm(out, ones[:row[1]], 1e-5) if between == "norm" else out
     return run, outs
 
 
@@ -279,6 +292,10 @@ def main() -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip engine and Triton modes")
     ap.add_argument("--ring-gemv-only", action="store_true",
                     help="the engine's tc_gemv and ring_gemv chains only")
+    ap.add_argument("--ring-early", default="4",
+                    help="KILN_RING_EARLY values to time ring_gemv's chain at (comma-separated)")
+    ap.add_argument("--between", choices=["norm"],
+                    help="also time both engine chains with an RMSNorm launch after each GEMV")
     ap.add_argument("--json")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
@@ -330,11 +347,24 @@ def main() -> int:
             ms = time_graph(run, args.reps)
         rec("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs, 0))
         del outs
-        run, outs = ring_gemv_chain(chain)
-        with pdl_scope(True):
-            ms = time_graph(run, args.reps)
-        rec("engine_ring", "kiln.kernels.ring_gemv (PDL)", ms, chain.check(outs, 0))
-        del outs
+        for early in args.ring_early.split(","):
+            os.environ["KILN_RING_EARLY"] = early  # read at each launch, so at each capture
+            run, outs = gemv_chain(chain, True)
+            with pdl_scope(True):
+                ms = time_graph(run, args.reps)
+            rec("engine_ring", f"kiln.kernels.ring_gemv (PDL, {early} early)", ms,
+                chain.check(outs, 0))
+            del outs
+        if args.between:
+            for name, ring, early in [("engine+" + args.between, False, "")] + [
+                    ("engine_ring+" + args.between, True, e) for e in args.ring_early.split(",")]:
+                os.environ["KILN_RING_EARLY"] = early or "4"
+                run, outs = gemv_chain(chain, ring, args.between)
+                with pdl_scope(True):
+                    ms = time_graph(run, args.reps)
+                rec(name, f"{'ring_gemv, ' + early + ' early' if ring else 'tc_gemv'} (PDL), "
+                    f"an RMSNorm launch after each", ms, None, "not checked")
+                del outs
         if args.ring_gemv_only:
             return 0
         from proto_persistent_chain import fits as triton_fits
