@@ -37,6 +37,10 @@ Modes timed (medians of CUDA-graph replays), all in the same run:
                  --ring-early count of copies issued before the wait;
   engine+norm, engine_ring+norm (--between norm) - both with the engine's RMSNorm launched
                  after each GEMV (PDL), as small kernels stand between the GEMVs of a step;
+  step_tc, step_ring, step_fused (--step) - a decode step's GEMVs with its small kernels
+                 between them, or with the norms and SiLU-mul fused into the ring GEMVs
+                 (step_chain); not checked here (tests/gpu/test_ring_gemv_gpu.py checks the
+                 fused layer), the LM head's logits norm printed for a glance;
   triton       - the Triton persistent prototype's best bf16 variant of run-a;
 and the device copy bandwidth. Each checked mode is compared phase by phase with a float32
 product of its own input (proto_persistent_chain.Chain.check).
@@ -227,6 +231,57 @@ def gemv_chain(chain: Chain, ring: bool, between: str = "") -> tuple:
     return run, outs
 
 
+def step_chain(chain: Chain, gemv: str, layers: int) -> tuple:
+    """The GEMVs of `layers` 8B decoder layers and the LM head with the small kernels of a
+    decode step between them (attention stood in for by an RMSNorm of q's part of qkv, so that
+    one small kernel stands there too), each a launch under PDL:
+      tc    - tc_gemv, and kiln's fused add + RMSNorm and SiLU-mul kernels between;
+      ring  - ring_gemv, the same small kernels between;
+      fused - ring_gemv_norm (add + RMSNorm in the GEMV's x) for qkv and gate_up and
+              ring_gemv_silu (SiLU-mul in its x) for down: one small kernel a layer is left.
+    Phase order of the chain's weights: qkv, o, gate_up, down a layer, then the LM head."""
+    from kiln.kernels import mma_gemv
+    from kiln.kernels.activation import silu_and_mul
+    from kiln.kernels.ring_gemv import ring_gemv, ring_gemv_norm, ring_gemv_silu
+    from kiln.kernels.rmsnorm import fused_add_rms_norm, rms_norm
+    dev = chain.w.device
+    ones = torch.ones(4096, dtype=torch.bfloat16, device=dev)
+    x0 = chain.x0[:4096].to(torch.bfloat16)[None, :]
+    res0 = torch.zeros(1, 4096, dtype=torch.bfloat16, device=dev)
+    res = res0.clone()
+    outs: list[torch.Tensor] = []
+
+    def mm(x, ph):
+        if gemv == "tc":
+            return mma_gemv.tc_gemv(x, None, chain.weight(ph), None, None, torch.bfloat16)
+        return ring_gemv(x, chain.weight(ph))
+
+    def run() -> None:
+        outs.clear()
+        res.copy_(res0)
+        h, r = x0, res
+        for layer in range(layers):
+            ph = 4 * layer
+            if gemv == "fused":
+                qkv, r = ring_gemv_norm(h, ones, 1e-5, chain.weight(ph), residual=r)
+                a = rms_norm(qkv[:, :4096], ones, 1e-5)  # attention's stand-in
+                o = ring_gemv(a, chain.weight(ph + 1))
+                gu, r = ring_gemv_norm(o, ones, 1e-5, chain.weight(ph + 2), residual=r)
+                h = ring_gemv_silu(gu, chain.weight(ph + 3))
+            else:
+                x, r = fused_add_rms_norm(h, r, ones, 1e-5)
+                qkv = mm(x, ph)
+                a = rms_norm(qkv[:, :4096], ones, 1e-5)
+                o = mm(a, ph + 1)
+                x, r = fused_add_rms_norm(o, r, ones, 1e-5)
+                gu = mm(x, ph + 2)
+                h = mm(silu_and_mul(gu), ph + 3)
+        x, r = fused_add_rms_norm(h, r, ones, 1e-5)
+        outs.append(mm(x, len(chain.rows) - 1) if gemv == "tc"
+                    else ring_gemv(x, chain.weight(len(chain.rows) - 1)))
+    return run, outs
+
+
 def launch(chain: Chain, variant: tuple, programs: int, sync: bool, begin: int = 0,
            end: int | None = None, pdl: bool = False) -> None:
     block_n, block_k, warps, stages, _ = variant
@@ -294,6 +349,10 @@ def main() -> int:
                     help="the engine's tc_gemv and ring_gemv chains only")
     ap.add_argument("--ring-early", default="4",
                     help="KILN_RING_EARLY values to time ring_gemv's chain at (comma-separated)")
+    ap.add_argument("--step", action="store_true",
+                    help="also time the GEMVs with a decode step's small kernels between them: "
+                         "tc_gemv, ring_gemv, and ring_gemv with the norms and SiLU-mul fused "
+                         "(step_chain)")
     ap.add_argument("--between", choices=["norm"],
                     help="also time both engine chains with an RMSNorm launch after each GEMV")
     ap.add_argument("--json")
@@ -364,6 +423,18 @@ def main() -> int:
                     ms = time_graph(run, args.reps)
                 rec(name, f"{'ring_gemv, ' + early + ' early' if ring else 'tc_gemv'} (PDL), "
                     f"an RMSNorm launch after each", ms, None, "not checked")
+                del outs
+        if args.step:
+            for name, early in [("tc", "4"), ("ring", "4"), ("ring", "1"), ("fused", "4"),
+                                ("fused", "1"), ("fused", "0")]:
+                os.environ["KILN_RING_EARLY"] = early
+                run, outs = step_chain(chain, name, args.layers)
+                with pdl_scope(True):
+                    ms = time_graph(run, args.reps)
+                logits = outs[0].float()
+                rec("step_" + name, f"{args.layers} layers + LM head"
+                    + ("" if name == "tc" else f", {early} early"), ms, None,
+                    f"logits norm {logits.norm().item():.4g}")
                 del outs
         if args.ring_gemv_only:
             return 0

@@ -95,6 +95,21 @@ def ring_gemv_ref(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) 
     return out.to(x2.dtype)
 
 
+def ring_gemv_norm_ref(x2, norm_weight, eps, w, bias=None, residual=None):
+    """ring_gemv_norm's reference: kiln's RMSNorm references, then ring_gemv_ref."""
+    from kiln.kernels.rmsnorm import fused_add_rms_norm_ref, rms_norm_ref
+    if residual is None:
+        return ring_gemv_ref(rms_norm_ref(x2, norm_weight.to(x2.dtype), eps), w, bias), None
+    normed, summed = fused_add_rms_norm_ref(x2, residual, norm_weight.to(x2.dtype), eps)
+    return ring_gemv_ref(normed, w, bias), summed
+
+
+def ring_gemv_silu_ref(gate_up, w, bias=None):
+    """ring_gemv_silu's reference: kiln's SiLU-mul reference, then ring_gemv_ref."""
+    from kiln.kernels.activation import silu_and_mul_ref
+    return ring_gemv_ref(silu_and_mul_ref(gate_up), w, bias)
+
+
 @gluon.constexpr_function
 def _tile_layout(block_n, block_k, warps):
     """Each thread holds 16-byte runs (8 values) of a row; a warp spans BLOCK_K along K (up to
@@ -148,10 +163,55 @@ def _finish(part, tile, p, P, units, steps, bias_ptr, y_ptr, part_ptr, count_ptr
 
 
 @gluon.jit
+def _fill_x(x_flat, x_ptr, res_ptr, res_out_ptr, norm_w_ptr, eps, K, first, XL: gl.constexpr,
+            X_CHUNKS: gl.constexpr, PROLOGUE: gl.constexpr):
+    """This program's copy of the product's x in shared memory (PROLOGUE, _ring_gemv_kernel),
+    chunk by chunk of 4096 values; every thread reads back only what it wrote until the last
+    barrier."""
+    dt = x_ptr.dtype.element_ty
+    x_offs = gl.arange(0, 4096, layout=XL)
+    sum_sq = eps * 0.0  # a float32 scalar the loop carries
+    for c in gl.static_range(X_CHUNKS):
+        if c * 4096 < K:
+            xo = c * 4096 + x_offs
+            m = xo < K
+            x = gl.load(x_ptr + xo, mask=m, other=0.0)
+            if PROLOGUE == 2:
+                x = (x.to(gl.float32) + gl.load(res_ptr + xo, mask=m, other=0.0).to(gl.float32)
+                     ).to(dt)
+                if first:
+                    gl.store(res_out_ptr + xo, x, mask=m)
+            if PROLOGUE == 3:
+                g = x.to(gl.float32)
+                act = (g / (1.0 + gl.exp(-g))).to(dt)
+                up = gl.load(x_ptr + K + xo, mask=m, other=0.0)
+                x = (act.to(gl.float32) * up.to(gl.float32)).to(dt)
+            if PROLOGUE == 1 or PROLOGUE == 2:
+                h = x.to(gl.float32)
+                sum_sq += gl.sum(h * h, axis=0)
+            x_flat.slice(c * 4096, 4096).store(x)
+    if PROLOGUE == 1 or PROLOGUE == 2:
+        rstd = gl.rsqrt(sum_sq / K + eps)
+        for c in gl.static_range(X_CHUNKS):
+            if c * 4096 < K:
+                xo = c * 4096 + x_offs
+                chunk = x_flat.slice(c * 4096, 4096)
+                normed = (chunk.load(XL).to(gl.float32) * rstd).to(dt)
+                w = gl.load(norm_w_ptr + xo, mask=xo < K, other=0.0)
+                chunk.store((normed.to(gl.float32) * w.to(gl.float32)).to(dt))
+    gl.thread_barrier()
+
+
+@gluon.jit
 def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
+                      res_ptr, res_out_ptr, norm_w_ptr, eps,
                       HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
                       STAGES: gl.constexpr, X_CHUNKS: gl.constexpr, MAX_SEGS: gl.constexpr,
-                      PDL: gl.constexpr, EARLY: gl.constexpr):
+                      PDL: gl.constexpr, EARLY: gl.constexpr, PROLOGUE: gl.constexpr = 0):
+    # PROLOGUE (what the product's x is, computed by every program as it fills its copy of x):
+    # 0 x itself; 1 rms_norm(x) * norm_w; 2 h = x + res (program 0 stores h at res_out_ptr),
+    # then rms_norm(h) * norm_w; 3 silu(gate) * up with x_ptr = [gate | up] of 2 K values. The
+    # roundings are those of kiln.kernels.rmsnorm and kiln.kernels.activation.
     L: gl.constexpr = _tile_layout(BLOCK_N, BLOCK_K, gl.num_warps())
     SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     XL: gl.constexpr = gl.BlockedLayout([8], [32], [gl.num_warps()], [0])
@@ -178,12 +238,8 @@ def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
                                   dtype=gl.int32, is_pure=False, pack=1)
     for s in gl.static_range(EARLY, STAGES - 1):  # the rest of the ring's first fill
         _issue(ring, s, w_ptr, u_begin + s, u_end, steps, K, rows, cols, BLOCK_N, BLOCK_K)
-    x_offs = gl.arange(0, 4096, layout=XL)
-    for c in gl.static_range(X_CHUNKS):
-        if c * 4096 < K:
-            xo = c * 4096 + x_offs
-            x_flat.slice(c * 4096, 4096).store(gl.load(x_ptr + xo, mask=xo < K, other=0.0))
-    gl.thread_barrier()
+    _fill_x(x_flat, x_ptr, res_ptr, res_out_ptr, norm_w_ptr, eps, K, p == 0, XL, X_CHUNKS,
+            PROLOGUE)
 
     acc = gl.zeros([BLOCK_N, BLOCK_K], gl.float32, L)
     for u in range(u_begin, u_end):
@@ -243,6 +299,44 @@ def ring_gemv(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     """x2 [1, K] @ w [N, K].T (+ bias) -> [1, N] of x2's dtype (module docstring), into `out`
     (contiguous [1, N] of that dtype) when given. Raises ValueError where it does not apply
     (ring_gemv_ok)."""
+    return _launch(x2, w, bias, out, 0)
+
+
+def ring_gemv_norm(x2: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
+                   bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rms_norm(x2) (or, with residual, rms_norm(x2 + residual)) @ w.T (+ bias), the norm
+    computed by the GEMV as it reads x: returns (y [1, N], the sum x2 + residual as a new
+    [1, K] tensor, or None without residual), as rmsnorm.fused_add_rms_norm then ring_gemv
+    would (the sum is not written into residual: other programs still read it)."""
+    k = w.shape[1]
+    if tuple(x2.shape) != (1, k) or norm_weight.shape != (k,) or (
+            residual is not None and (tuple(residual.shape) != (1, k) or residual.dtype != x2.dtype
+                                      or not residual.is_contiguous())):
+        raise ValueError(f"ring_gemv_norm takes x [1, {k}], its norm weight [{k}] and a residual "
+                         f"like x; got x {tuple(x2.shape)}, norm weight {tuple(norm_weight.shape)}"
+                         f"{'' if residual is None else f', residual {tuple(residual.shape)}'}")
+    res_out = torch.empty_like(x2) if residual is not None else None
+    y = _launch(x2, w, bias, None, 1 if residual is None else 2, residual, res_out,
+                norm_weight.to(x2.dtype).contiguous(), eps)
+    return y, res_out
+
+
+def ring_gemv_silu(gate_up: torch.Tensor, w: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up @ w.T (+ bias) with gate_up [1, 2 K] = [gate | up], the activation
+    computed by the GEMV as it reads x (activation.silu_and_mul then ring_gemv)."""
+    k = w.shape[1]
+    if tuple(gate_up.shape) != (1, 2 * k) or not gate_up.is_contiguous():
+        raise ValueError(f"ring_gemv_silu takes gate_up [1, {2 * k}] contiguous for w "
+                         f"{tuple(w.shape)}; got {tuple(gate_up.shape)}")
+    return _launch(gate_up[:, :k], w, bias, None, 3)
+
+
+def _launch(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+            out: torch.Tensor | None, prologue: int, residual: torch.Tensor | None = None,
+            res_out: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+            eps: float = 0.0) -> torch.Tensor:
     if not ring_gemv_ok(x2, w):
         raise ValueError(f"ring_gemv takes one float16/bfloat16 row on an sm_90 GPU with w of its "
                          f"dtype, K a multiple of 128 up to {MAX_K} and N of the tile; got x "
@@ -257,7 +351,9 @@ def ring_gemv(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     y = out if out is not None else torch.empty(1, n, dtype=x2.dtype, device=x2.device)
     pdl = pdl_args(x2)
     _ring_gemv_kernel[(programs,)](
-        x2, w, bias if bias is not None else y, y, parts, counts, n, k, HAS_BIAS=bias is not None,
+        x2, w, bias if bias is not None else y, y, parts, counts, n, k,
+        residual if residual is not None else x2, res_out if res_out is not None else x2,
+        norm_weight if norm_weight is not None else x2, float(eps), HAS_BIAS=bias is not None,
         BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, X_CHUNKS=triton.cdiv(k, X_CHUNK),
-        MAX_SEGS=segs, EARLY=ring_early(stages), num_warps=warps, **pdl)
+        MAX_SEGS=segs, EARLY=ring_early(stages), PROLOGUE=prologue, num_warps=warps, **pdl)
     return y

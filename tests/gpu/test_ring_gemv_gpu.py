@@ -116,3 +116,70 @@ def test_engine_greedy_tokens_with_and_without_the_ring_gemv(tmp_path, monkeypat
         torch.cuda.empty_cache()
     assert calls.get("0", 0) == 0 and calls.get("1", 0) > 0
     assert_top5_agree([o.outputs[0] for o in runs["1"]], [o.outputs[0] for o in runs["0"]])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (28672, 4096), (96, 256), (192, 384)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_ring_gemv_norm_is_the_norm_then_the_product(n, k, dtype, with_residual):
+    from kiln.kernels.ring_gemv import ring_gemv_norm, ring_gemv_norm_ref
+
+    gen = torch.Generator(device="cuda").manual_seed(n + k + with_residual)
+    x = randn(1, k, gen=gen, dtype=dtype, scale=3.0)
+    res = randn(1, k, gen=gen, dtype=dtype) if with_residual else None
+    res_before = res.clone() if with_residual else None
+    norm_w = randn(k, gen=gen, dtype=dtype, scale=0.5) + 1
+    w = randn(n, k, gen=gen, dtype=dtype, scale=k ** -0.5)
+    y, summed = ring_gemv_norm(x, norm_w, 1e-5, w, residual=res)
+    want_y, want_sum = ring_gemv_norm_ref(x, norm_w, 1e-5, w, residual=res)
+    assert rel_err(y, want_y) < 4e-3
+    if with_residual:
+        assert torch.equal(summed, want_sum)
+        assert torch.equal(res, res_before)  # read by every program: never written
+    else:
+        assert summed is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(4096, 14336), (64, 256), (128, 384)])
+def test_ring_gemv_silu_is_the_activation_then_the_product(n, k, dtype):
+    from kiln.kernels.ring_gemv import ring_gemv_silu, ring_gemv_silu_ref
+
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    gate_up = randn(1, 2 * k, gen=gen, dtype=dtype, scale=2.0)
+    w = randn(n, k, gen=gen, dtype=dtype, scale=k ** -0.5)
+    y = ring_gemv_silu(gate_up, w)
+    assert rel_err(y, ring_gemv_silu_ref(gate_up, w)) < 4e-3
+
+
+def test_ring_gemv_fused_layer_in_a_graph_with_pdl():
+    """An 8B decoder layer's four products with the norms and SiLU-mul in the GEMVs (attention
+    left out: o_proj reads q's part of qkv), eager and replayed from a graph captured with PDL."""
+    from kiln.kernels.ring_gemv import (ring_gemv, ring_gemv_norm, ring_gemv_norm_ref,
+                                        ring_gemv_ref, ring_gemv_silu, ring_gemv_silu_ref)
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    bf = torch.bfloat16
+    qkv_w = randn(6144, 4096, gen=gen, dtype=bf, scale=4096 ** -0.5)
+    o_w = randn(4096, 4096, gen=gen, dtype=bf, scale=4096 ** -0.5)
+    gu_w = randn(28672, 4096, gen=gen, dtype=bf, scale=4096 ** -0.5)
+    down_w = randn(4096, 14336, gen=gen, dtype=bf, scale=14336 ** -0.5)
+    n1, n2 = randn(4096, gen=gen, dtype=bf) + 1, randn(4096, gen=gen, dtype=bf) + 1
+    x = randn(1, 4096, gen=gen, dtype=bf)
+    res = randn(1, 4096, gen=gen, dtype=bf)
+
+    def run():
+        qkv, h = ring_gemv_norm(x, n1, 1e-5, qkv_w, residual=res)
+        o = ring_gemv(qkv[:, :4096].contiguous(), o_w)
+        gu, h2 = ring_gemv_norm(o, n2, 1e-5, gu_w, residual=h)
+        return torch.cat([ring_gemv_silu(gu, down_w), h2], dim=1)
+
+    qkv, h = ring_gemv_norm_ref(x, n1, 1e-5, qkv_w, residual=res)
+    o = ring_gemv_ref(qkv[:, :4096], o_w, None)
+    gu, h2 = ring_gemv_norm_ref(o, n2, 1e-5, gu_w, residual=h)
+    want = torch.cat([ring_gemv_silu_ref(gu, down_w), h2], dim=1)
+
+    def check(out):
+        assert rel_err(out, want) < 2e-2
+
+    eager_then_graph(run, check, 3, 10)

@@ -74,3 +74,35 @@ def test_early_copies_are_clamped_to_the_first_fill(monkeypatch):
     assert rg.ring_early(5) == 4
     monkeypatch.setenv("KILN_RING_EARLY", "-2")
     assert rg.ring_early(5) == 0
+
+
+def test_fused_entry_points_check_their_shapes():
+    bf = torch.bfloat16
+    w = torch.zeros(64, 256, dtype=bf)
+    with pytest.raises(ValueError, match="ring_gemv_norm takes x"):
+        rg.ring_gemv_norm(torch.zeros(1, 128, dtype=bf), torch.ones(256, dtype=bf), 1e-5, w)
+    with pytest.raises(ValueError, match="ring_gemv_norm takes x"):
+        rg.ring_gemv_norm(torch.zeros(1, 256, dtype=bf), torch.ones(256, dtype=bf), 1e-5, w,
+                          residual=torch.zeros(1, 256, dtype=torch.float16))
+    with pytest.raises(ValueError, match="ring_gemv_silu takes gate_up"):
+        rg.ring_gemv_silu(torch.zeros(1, 256, dtype=bf), w)
+    # well-formed, but on the CPU: the kernel's own refusal
+    with pytest.raises(ValueError, match="ring_gemv takes one"):
+        rg.ring_gemv_silu(torch.zeros(1, 512, dtype=bf), w)
+
+
+def test_fused_references_compose_the_engine_references():
+    from kiln.kernels.activation import silu_and_mul_ref
+    from kiln.kernels.rmsnorm import rms_norm_ref
+
+    gen = torch.Generator().manual_seed(1)
+    bf = torch.bfloat16
+    x = torch.randn(1, 256, generator=gen).to(bf)
+    r = torch.randn(1, 256, generator=gen).to(bf)
+    nw = torch.randn(256, generator=gen).to(bf)
+    w = torch.randn(64, 256, generator=gen).to(bf)
+    y, s = rg.ring_gemv_norm_ref(x, nw, 1e-5, w, residual=r)
+    assert torch.equal(s, x + r)
+    assert torch.equal(y, rg.ring_gemv_ref(rms_norm_ref(x + r, nw, 1e-5), w, None))
+    gu = torch.randn(1, 512, generator=gen).to(bf)
+    assert torch.equal(rg.ring_gemv_silu_ref(gu, w), rg.ring_gemv_ref(silu_and_mul_ref(gu), w, None))
