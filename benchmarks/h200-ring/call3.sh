@@ -6,11 +6,12 @@
 # SiLU-mul), which are on the step's critical path. And does folding the norms and SiLU-mul
 # into the ring GEMVs' x (ring_gemv_norm, ring_gemv_silu) remove that cost?
 # 1. tests/gpu/test_ring_gemv_gpu.py (the fused prologues are new: not yet run anywhere);
-# 2. proto_ring_chain.py --ring-gemv-only: the 129 GEMVs, tc_gemv against ring_gemv at 4, 2, 1
+# 2. proto_ring_chain.py --ring-gemv-only: the 129 GEMVs, tc_gemv against ring_gemv at 4, 1
 #    and 0 early copies (KILN_RING_EARLY), back to back, with an RMSNorm after each, and as a
 #    decode step's GEMVs with its small kernels between them or fused (--step);
 # 3. bf16 8B batch 1, 128 in / 256 out, ab_latency.py, 3 rounds alternating: tensor-core GEMV,
-#    the ring at 4, 1 and 0 early copies, the ring on the LM head only.
+#    the ring at 4, 1 and 0 early copies, the fused layer (KILN_RING_GEMV=fused) at 4 and 1,
+#    the ring on the LM head only.
 #   bash benchmarks/h200-ring/call3.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
@@ -21,13 +22,13 @@ timeout 150 python3 -m pytest -v -n 4 -p no:cacheprovider tests/gpu/test_ring_ge
 echo "ring GPU tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -E "FAILED|ERROR" $OUT/gpu_tests.log | sed 's/ - .*//' | sort -u | head -20
 tail -1 $OUT/gpu_tests.log
-timeout 170 python3 benchmarks/kernels/proto_ring_chain.py --layers 32 --ring-gemv-only \
-  --ring-early 4,2,1,0 --between norm --step --json $OUT/ring_gemv_chain.json > $OUT/ring_gemv_chain.log 2>&1
+timeout 150 python3 benchmarks/kernels/proto_ring_chain.py --layers 32 --ring-gemv-only \
+  --ring-early 4,1,0 --between norm --step --json $OUT/ring_gemv_chain.json > $OUT/ring_gemv_chain.log 2>&1
 echo "chain rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 cat $OUT/ring_gemv_chain.log | tail -16
 wait
 timeout $((555 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model $M --rounds 3 \
-  --variants "tc=KILN_RING_GEMV=0;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;head=KILN_RING_GEMV=head" \
+  --variants "tc=KILN_RING_GEMV=0;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;fused=KILN_RING_GEMV=fused;fused1=KILN_RING_GEMV=fused KILN_RING_EARLY=1;head=KILN_RING_GEMV=head" \
   --json $OUT/ab_bf16_early.json > $OUT/ab_bf16_early.log 2>&1
 echo "ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
-tail -7 $OUT/ab_bf16_early.log
+tail -9 $OUT/ab_bf16_early.log

@@ -50,9 +50,18 @@ MAX_K = 8 * X_CHUNK  # 32768: larger K takes the tensor-core GEMV
 def ring_gemv_enabled(head: bool = False) -> bool:
     """KILN_RING_GEMV=1: batch-1 decode rows of float16/bfloat16 layers and of the unquantized
     LM head take ring_gemv where it applies (ring_gemv_ok); =layers: the layers only; =head:
-    the LM head only; 0 (the default): the tensor-core GEMV and cuBLAS as before."""
+    the LM head only; =fused: as 1, and the decoder layers' norms and SiLU-mul are computed by
+    the GEMVs that read them (ring_fused_enabled); 0 (the default): the tensor-core GEMV and
+    cuBLAS as before."""
     flag = os.environ.get("KILN_RING_GEMV", "0")
-    return flag == "1" or flag == ("head" if head else "layers")
+    return flag in ("1", "fused") or flag == ("head" if head else "layers")
+
+
+def ring_fused_enabled() -> bool:
+    """KILN_RING_GEMV=fused: a decoder layer at batch 1 computes qkv as ring_gemv_norm (its
+    input norm, with the residual add, in the GEMV), gate_up likewise and down as ring_gemv_silu
+    (kiln.models.llama.DecoderLayer)."""
+    return os.environ.get("KILN_RING_GEMV", "0") == "fused"
 
 
 def ring_config(n: int, k: int) -> tuple[int, int, int, int, int] | None:
@@ -79,10 +88,17 @@ def ring_early(stages: int) -> int:
 def ring_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ring_gemv takes x2 [M, K] @ w [N, K].T: one row on a CUDA device of compute
     capability 9.0 or later, float16/bfloat16 of one dtype, w contiguous, a configuration."""
-    if not (x2.is_cuda and x2.shape[0] == 1 and x2.dtype in (torch.float16, torch.bfloat16)
-            and w.dtype == x2.dtype and w.is_contiguous() and x2.stride(-1) == 1):
+    return x2.dim() == 2 and x2.shape[1] == w.shape[1] and ring_weight_ok(x2, w)
+
+
+def ring_weight_ok(x_like: torch.Tensor, w: torch.Tensor) -> bool:
+    """ring_gemv_ok for a row like x_like (device, dtype, one row) whatever its length: w's own
+    K is what the product will read (a decoder layer asks this of down_proj before its input
+    exists)."""
+    if not (x_like.is_cuda and x_like.shape[0] == 1 and x_like.dtype in (torch.float16, torch.bfloat16)
+            and w.dtype == x_like.dtype and w.is_contiguous() and x_like.stride(-1) == 1):
         return False
-    if torch.cuda.get_device_capability(x2.device)[0] < 9:
+    if torch.cuda.get_device_capability(x_like.device)[0] < 9:
         return False
     return ring_config(*w.shape) is not None
 

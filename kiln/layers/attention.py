@@ -64,15 +64,18 @@ class PagedSelfAttention(nn.Module):
         self.k_scale = float(k_scale)
         self.v_scale = float(v_scale)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor | None, kv_cache: torch.Tensor,
+                meta: AttentionMetadata, rows: torch.Tensor | None = None,
+                qkv: torch.Tensor | None = None) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; writes this layer's K/V of the T tokens into ``kv_cache``.
 
         ``rows`` (int64 indices into the T tokens): only those rows go through o_proj, and the
         result is [len(rows), hidden]; every token's K/V is still written. With no rows the
-        projection is skipped."""
-        num_tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)
+        projection is skipped. ``qkv``: qkv_proj's output, computed already by the caller (then
+        hidden is not read)."""
+        if qkv is None:
+            qkv = self.qkv_proj(hidden)
+        num_tokens = qkv.shape[0]
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
@@ -102,7 +105,7 @@ class PagedSelfAttention(nn.Module):
                               None if k_out is None else (k_out, v if v_out is None else v_out),
                               quant_dtype=self.quant_dtype, rope=rope)
         if rows is not None and rows.shape[0] == 0:
-            return hidden.new_empty((0, hidden.shape[1]))
+            return qkv.new_empty((0, self.o_proj.out_features))
         if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
             if rows is not None:
                 # into buffers padded as the producers pad them (cuBLAS takes 16-row multiples)

@@ -69,6 +69,8 @@ class DecoderLayer(nn.Module):
         attention (which writes every token's K/V), only those rows go on (see
         LlamaFamilyModel.forward).
         """
+        if self._ring_fused(hidden, rows):
+            return self._ring_fused_forward(positions, hidden, residual, kv_cache, meta)
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
@@ -81,6 +83,40 @@ class DecoderLayer(nn.Module):
                 return hidden, residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
+
+    def _ring_fused(self, hidden: torch.Tensor, rows: torch.Tensor | None) -> bool:
+        """Whether this step's layer runs as ring GEMVs with the norms and SiLU-mul in them
+        (KILN_RING_GEMV=fused): one row, no row selection, unquantized float layers and norms
+        the ring GEMV takes (kiln.kernels.ring_gemv)."""
+        if rows is not None or hidden.shape[0] != 1 or not hidden.is_cuda:
+            return False
+        from kiln.kernels import ring_gemv as rg
+        from kiln.layers.linear import UnquantizedLinearMethod
+        if not rg.ring_fused_enabled():
+            return False
+        if (self.input_layernorm.quant_dtype is not None
+                or self.post_attention_layernorm.quant_dtype is not None):
+            return False
+        linears = (self.self_attn.qkv_proj, self.mlp.gate_up_proj, self.mlp.down_proj)
+        return all(type(lin.method) is UnquantizedLinearMethod and rg.ring_weight_ok(hidden, lin.weight)
+                   for lin in linears)
+
+    def _ring_fused_forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+                            residual: torch.Tensor | None, kv_cache: torch.Tensor,
+                            meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's result, with the input norm (and the residual add) computed by qkv_proj's
+        GEMV, the post-attention norm by gate_up_proj's and SiLU-mul by down_proj's."""
+        from kiln.kernels import ring_gemv as rg
+        attn, mlp = self.self_attn, self.mlp
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        qkv, summed = rg.ring_gemv_norm(hidden, norm1.weight, norm1.eps, attn.qkv_proj.weight,
+                                        attn.qkv_proj.bias, residual)
+        residual = hidden if residual is None else summed
+        hidden = attn(positions, None, kv_cache, meta, None, qkv=qkv)
+        gate_up, residual = rg.ring_gemv_norm(hidden, norm2.weight, norm2.eps,
+                                              mlp.gate_up_proj.weight, mlp.gate_up_proj.bias,
+                                              residual)
+        return rg.ring_gemv_silu(gate_up, mlp.down_proj.weight, mlp.down_proj.bias), residual
 
 
 class LlamaFamilyModel(nn.Module):

@@ -93,6 +93,7 @@ def test_ring_gemv_chain_in_a_graph_with_pdl():
 
 
 def test_engine_greedy_tokens_with_and_without_the_ring_gemv(tmp_path, monkeypatch):
+    """KILN_RING_GEMV 0, 1 and fused (the norms and SiLU-mul in the GEMVs) at batch 1."""
     from kiln import LLM, SamplingParams
     from kiln.models.random_model import write_random_model
 
@@ -105,17 +106,22 @@ def test_engine_greedy_tokens_with_and_without_the_ring_gemv(tmp_path, monkeypat
 
     def counting(*args, **kwargs):
         calls[flag] = calls.get(flag, 0) + 1
+        if kwargs.get("PROLOGUE"):
+            calls[flag + " prologue"] = calls.get(flag + " prologue", 0) + 1
         return real(*args, **kwargs)
     monkeypatch.setattr(rg._ring_gemv_kernel, "run", counting)
-    for flag in ("0", "1"):
+    for flag in ("0", "1", "fused"):
         monkeypatch.setenv("KILN_RING_GEMV", flag)
         llm = LLM(str(tmp_path / "m"), device="cuda", num_kv_blocks=256, max_num_seqs=1)
         runs[flag] = llm.generate(prompts, params)  # batch 1: one sequence a step
         assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
         del llm
         torch.cuda.empty_cache()
-    assert calls.get("0", 0) == 0 and calls.get("1", 0) > 0
-    assert_top5_agree([o.outputs[0] for o in runs["1"]], [o.outputs[0] for o in runs["0"]])
+    assert calls.get("0", 0) == 0 and calls.get("1", 0) > 0 and "1 prologue" not in calls
+    assert calls.get("fused prologue", 0) > 0
+    for flag in ("1", "fused"):
+        assert_top5_agree([o.outputs[0] for o in runs[flag]], [o.outputs[0] for o in runs["0"]],
+                          flag)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
