@@ -47,6 +47,47 @@ def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
     return variants
 
 
+def short_kernel_name(name: str) -> str:
+    """A kernel's name without template arguments and parameter lists."""
+    return name.split("(")[0].split("<")[0].strip()[:60]
+
+
+def step_increments(kernels: list[tuple[str, float, float]]) -> dict[str, list[float]]:
+    """kernels: (name, start us, end us) of one stream, in launch order. A kernel's increment is
+    how far its end moves the latest end so far: under programmatic dependent launch kernels
+    start before the one before them ends and wait inside, so their durations overlap, but the
+    increments of a step add up to the step's span. Returns name -> increments (us)."""
+    out: dict[str, list[float]] = {}
+    latest = None
+    for name, start, end in sorted(kernels, key=lambda k: k[1]):
+        inc = end - start if latest is None else max(0.0, end - latest)
+        latest = end if latest is None else max(latest, end)
+        out.setdefault(short_kernel_name(name), []).append(inc)
+    return out
+
+
+def profile_decode(engine, prompts, params, tag: str) -> list[tuple[str, float, float]]:
+    """One generation under torch.profiler: its CUDA kernels as (name, start us, end us)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kiln.bench import latency
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        latency._one_iteration(engine, prompts, params, tag)
+        torch.cuda.synchronize()
+    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start]
+
+
+def summarize_profile(kernels: list[tuple[str, float, float]], steps: int, top: int = 14) -> dict:
+    """Per kernel name: launches and increment (us) a decode step, largest first."""
+    incs = step_increments(kernels)
+    rows = sorted(((name, len(v) / steps, sum(v) / steps) for name, v in incs.items()),
+                  key=lambda r: -r[2])
+    return {"steps": steps, "span_us_per_step": sum(r[2] for r in rows),
+            "kernels": [{"name": n, "launches_per_step": c, "us_per_step": u}
+                        for n, c, u in rows[:top]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model or engine directory (default: the demo)")
@@ -60,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--profile-tokens", type=int, default=0,
+                   help="after each variant's last round, profile one generation of this many "
+                        "tokens and print each kernel's share of a step (CUDA)")
     args = p.parse_args(argv)
     variants = parse_variants(args.variants)
     touched = sorted({key for _, env in variants for key in env})
@@ -76,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = engine.model.args.vocab_size
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
     runs: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    profiles: dict[str, dict] = {}
     seed = 0
     for rnd in range(args.rounds):
         for name, env in variants:
@@ -105,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(run)
             print(f"round {rnd} {name:12s} TPOT {run['tpot_ms']:.3f} ms  decode "
                   f"{run['decode_tokens_per_s']:.1f} tok/s", flush=True)
+            if args.profile_tokens and rnd == args.rounds - 1 and graphs:
+                seed += 1
+                prompts = common.random_prompts(args.batch_size, args.input_len, vocab, seed)
+                kernels = profile_decode(engine, prompts, SamplingParams(
+                    temperature=0.0, max_tokens=args.profile_tokens, ignore_eos=True),
+                    f"{name}-profile")
+                profiles[name] = summarize_profile(kernels, args.profile_tokens - 1)
+                print(f"  {name}: {profiles[name]['span_us_per_step']:.1f} us of kernel span a "
+                      f"decode step (the prompt's step included, spread over the steps)")
+                for k in profiles[name]["kernels"]:
+                    print(f"    {k['us_per_step']:8.1f} us  x{k['launches_per_step']:5.1f}  {k['name']}")
     result = {
         "benchmark": "ab_latency", "model": args.model, "batch_size": args.batch_size,
         "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
@@ -113,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": common.environment(engine.device),
         "variants": {name: {"env": env, "runs": runs[name],
                             "decode_tokens_per_s": statistics.median(
-                                r["decode_tokens_per_s"] for r in runs[name])}
+                                r["decode_tokens_per_s"] for r in runs[name]),
+                            **({"profile": profiles[name]} if name in profiles else {})}
                      for name, env in variants},
     }
     print("variant       median decode tok/s (rounds)")
