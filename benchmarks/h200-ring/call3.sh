@@ -9,9 +9,11 @@
 # 2. proto_ring_chain.py --ring-gemv-only: the 129 GEMVs, tc_gemv against ring_gemv at 4, 1
 #    and 0 early copies (KILN_RING_EARLY), back to back, with an RMSNorm after each, and as a
 #    decode step's GEMVs with its small kernels between them or fused (--step);
-# 3. bf16 8B batch 1, 128 in / 256 out, ab_latency.py, 3 rounds alternating: tensor-core GEMV,
+# 3. bf16 8B batch 1, 128 in / 256 out, ab_latency.py, 2 rounds alternating: tensor-core GEMV,
 #    the ring at 4, 1 and 0 early copies, the fused layer (KILN_RING_GEMV=fused) at 4 and 1,
-#    the ring on the LM head only; each variant's last round is followed by a profiled
+#    the ring on the LM head only; and with the small kernels triggering their dependents at
+#    exit (KILN_PDL_TRIGGER=exit: the GEMV after one launches, and copies, only then) for the
+#    tensor-core GEMV, the ring and the fused layer; each variant's last round is followed by a profiled
 #    generation of 24 tokens: every kernel's increment of the step's span (ab_latency.py
 #    --profile-tokens), so that the kernels that grow with the ring show by name.
 #   bash benchmarks/h200-ring/call3.sh     (OUT set by the device tool)
@@ -29,8 +31,8 @@ timeout 150 python3 benchmarks/kernels/proto_ring_chain.py --layers 32 --ring-ge
 echo "chain rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 cat $OUT/ring_gemv_chain.log | tail -16
 wait
-timeout $((555 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model $M --rounds 3 --profile-tokens 24 \
-  --variants "tc=KILN_RING_GEMV=0;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;fused=KILN_RING_GEMV=fused;fused1=KILN_RING_GEMV=fused KILN_RING_EARLY=1;head=KILN_RING_GEMV=head" \
+timeout $((555 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model $M --rounds 2 --profile-tokens 24 \
+  --variants "tc=KILN_RING_GEMV=0;tcx=KILN_RING_GEMV=0 KILN_PDL_TRIGGER=exit;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;e4x=KILN_RING_GEMV=1 KILN_PDL_TRIGGER=exit;fused=KILN_RING_GEMV=fused;fused1=KILN_RING_GEMV=fused KILN_RING_EARLY=1;fusedx=KILN_RING_GEMV=fused KILN_PDL_TRIGGER=exit;head=KILN_RING_GEMV=head" \
   --json $OUT/ab_bf16_early.json > $OUT/ab_bf16_early.log 2>&1
 echo "ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -v "^round" $OUT/ab_bf16_early.log | tail -130

@@ -78,9 +78,21 @@ def pdl_early() -> bool:
     return os.environ.get("KILN_PDL_EARLY", "0") == "1"
 
 
-def pdl_args(t: torch.Tensor) -> dict:
-    """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early), plus
-    Triton's launch_pdl when on."""
+def pdl_trigger_at_exit() -> bool:
+    """KILN_PDL_TRIGGER=exit: the small kernels between a decode step's GEMVs (norms, SiLU-mul,
+    rotary, attention) never trigger their dependents themselves, so the kernel after one is
+    launched when it exits instead of as it starts; a GEMV that copies weights before it waits
+    (kiln.kernels.ring_gemv) then does not queue those copies ahead of the small kernel's own
+    loads. Default (start): they trigger right after their wait. Measurement switch."""
+    return os.environ.get("KILN_PDL_TRIGGER", "start") == "exit"
+
+
+def pdl_args(t: torch.Tensor, small: bool = False) -> dict:
+    """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early, 3
+    on with no trigger: the dependents launch at exit, for `small` kernels under
+    KILN_PDL_TRIGGER=exit), plus Triton's launch_pdl when on."""
     if not pdl_enabled(t):
         return {"PDL": False}
+    if small and pdl_trigger_at_exit():
+        return {"PDL": 3, "launch_pdl": True}
     return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}

@@ -80,7 +80,7 @@ def silu_and_mul_quant(x: torch.Tensor, qdtype: torch.dtype) -> QuantizedRows:
     block = triton.next_power_of_2(inter)
     _silu_and_mul_quant_kernel[(q.shape[0],)](
         rows2, q, s, rows2.stride(0), q.stride(0), m, inter, IS_INT8=qdtype == torch.int8,
-        BLOCK=block, num_warps=max(1, min(16, block // 1024)), **pdl_args(x))
+        BLOCK=block, num_warps=max(1, min(16, block // 1024)), **pdl_args(x, small=True))
     return QuantizedRows(q, s, m, lead, x.dtype)
 
 
@@ -96,5 +96,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(inter))
     grid = (rows.shape[0], triton.cdiv(inter, block))
     _silu_and_mul_kernel[grid](rows, out.view(-1, inter), rows.stride(0), inter, inter,
-                               BLOCK=block, num_warps=4, **pdl_args(x))
+                               BLOCK=block, num_warps=4, **pdl_args(x, small=True))
     return out

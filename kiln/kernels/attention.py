@@ -149,7 +149,7 @@ def _paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
         meta.block_tables.stride(0), qk_scale, v_scale, window, group,
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
         USE_WINDOW=window > 0, DOT_PREC=dot_prec, KV_FP8=is_fp8_kv_cache(kv_cache),
-        num_warps=num_warps, num_stages=num_stages, **pdl_args(q))
+        num_warps=num_warps, num_stages=num_stages, **pdl_args(q, small=True))
 
 
 def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,

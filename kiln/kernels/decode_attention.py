@@ -540,7 +540,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         block_n, stages, keys_m = gluon_tile
         # the transposed kernel takes at most 8 query heads per kv head
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
-                                keys_m and group <= 8, pdl=pdl_args(q))
+                                keys_m and group <= 8, pdl=pdl_args(q, small=True))
         return None
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
@@ -554,7 +554,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         **({} if rope is None else _rope_args(rope, kv_cache)),
         num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
-        **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q))
+        **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q, small=True))
     if not single and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             meta.seq_lens, meta.query_start_loc, out, part_acc, part_max, part_sum,
@@ -562,7 +562,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
             # One block width for every partition count: one compiled variant (masked lanes
             # cost next to nothing here).
             HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_P=16, USE_WINDOW=window > 0, num_warps=4,
-            **pdl_args(q))
+            **pdl_args(q, small=True))
     return quantized
 
 

@@ -94,7 +94,7 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     res_arg = res2 if res2 is not None else x2
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2))
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2, small=True))
 
 
 def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -117,7 +117,7 @@ def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
         x2, res2, weight.contiguous(), q, s, x2.stride(0), res2.stride(0), q.stride(0), m, hidden,
         eps, out_ty=_TL_DTYPES[out_dtype], HAS_RESIDUAL=residual is not None,
         IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=max(1, min(16, block // 512)),
-        **pdl_args(x2))
+        **pdl_args(x2, small=True))
     return QuantizedRows(q, s, m, tuple(x.shape), out_dtype)
 
 

@@ -220,7 +220,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), *dst_strides,
         k_out_arg.stride(0), k_out_arg.stride(1), num_q_heads, num_kv_heads, float(k_scale),
         float(v_scale), HALF=half, BLOCK_H=block_h, WRITE_CACHE=write_cache,
-        KV_FP8=kv_fp8, K_OUT=k_out is not None, num_warps=4, **codes, **pdl_args(q))
+        KV_FP8=kv_fp8, K_OUT=k_out is not None, num_warps=4, **codes, **pdl_args(q, small=True))
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,

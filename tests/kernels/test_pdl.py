@@ -51,3 +51,19 @@ def test_gemv_prefetch_only_under_pdl_and_on_aligned_rows(monkeypatch):
                                      on) == {}  # row stride
     assert qmm_common.prefetch_steps(w.view(-1)[8:8 + 64 * 4080].view(64, 4080), 64,
                                      on) == {}  # address
+
+
+def test_small_kernels_trigger_at_exit_only_when_asked(monkeypatch):
+    import torch
+
+    from kiln import kernels
+    t = torch.zeros(1)
+    monkeypatch.setattr(kernels, "pdl_enabled", lambda x: True)  # as on an sm_90 GPU under PDL
+    monkeypatch.delenv("KILN_PDL_TRIGGER", raising=False)
+    monkeypatch.delenv("KILN_PDL_EARLY", raising=False)
+    assert kernels.pdl_args(t, small=True) == {"PDL": 1, "launch_pdl": True}
+    monkeypatch.setenv("KILN_PDL_TRIGGER", "exit")
+    assert kernels.pdl_args(t, small=True) == {"PDL": 3, "launch_pdl": True}
+    assert kernels.pdl_args(t) == {"PDL": 1, "launch_pdl": True}  # GEMVs keep their trigger
+    monkeypatch.setattr(kernels, "pdl_enabled", lambda x: False)
+    assert kernels.pdl_args(t, small=True) == {"PDL": False}
