@@ -13,7 +13,8 @@
 #    the ring at 4, 1 and 0 early copies, the fused layer (KILN_RING_GEMV=fused) at 4 and 1,
 #    the ring on the LM head only; and with the small kernels triggering their dependents at
 #    exit (KILN_PDL_TRIGGER=exit: the GEMV after one launches, and copies, only then) for the
-#    tensor-core GEMV, the ring and the fused layer; each variant's last round is followed by a profiled
+#    tensor-core GEMV, the ring and the fused layer; and the fused layer with shared tiles'
+#    units walked first (KILN_RING_ORDER=1: their partial sums are added early, not at the end); each variant's last round is followed by a profiled
 #    generation of 24 tokens: every kernel's increment of the step's span (ab_latency.py
 #    --profile-tokens), so that the kernels that grow with the ring show by name.
 #   bash benchmarks/h200-ring/call3.sh     (OUT set by the device tool)
@@ -27,12 +28,12 @@ echo "ring GPU tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -E "FAILED|ERROR" $OUT/gpu_tests.log | sed 's/ - .*//' | sort -u | head -20
 tail -1 $OUT/gpu_tests.log
 timeout 150 python3 benchmarks/kernels/proto_ring_chain.py --layers 32 --ring-gemv-only \
-  --ring-early 4,1,0 --between norm --step --json $OUT/ring_gemv_chain.json > $OUT/ring_gemv_chain.log 2>&1
+  --ring-order 0,1 --ring-early 4,1,0 --between norm --step --json $OUT/ring_gemv_chain.json > $OUT/ring_gemv_chain.log 2>&1
 echo "chain rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 cat $OUT/ring_gemv_chain.log | tail -16
 wait
 timeout $((555 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model $M --rounds 2 --profile-tokens 24 \
-  --variants "tc=KILN_RING_GEMV=0;tcx=KILN_RING_GEMV=0 KILN_PDL_TRIGGER=exit;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;e4x=KILN_RING_GEMV=1 KILN_PDL_TRIGGER=exit;fused=KILN_RING_GEMV=fused;fused1=KILN_RING_GEMV=fused KILN_RING_EARLY=1;fusedx=KILN_RING_GEMV=fused KILN_PDL_TRIGGER=exit;head=KILN_RING_GEMV=head" \
+  --variants "tc=KILN_RING_GEMV=0;tcx=KILN_RING_GEMV=0 KILN_PDL_TRIGGER=exit;e4=KILN_RING_GEMV=1 KILN_RING_EARLY=4;e1=KILN_RING_GEMV=1 KILN_RING_EARLY=1;e0=KILN_RING_GEMV=1 KILN_RING_EARLY=0;e4x=KILN_RING_GEMV=1 KILN_PDL_TRIGGER=exit;fused=KILN_RING_GEMV=fused;fused1=KILN_RING_GEMV=fused KILN_RING_EARLY=1;fusedx=KILN_RING_GEMV=fused KILN_PDL_TRIGGER=exit;fusedo=KILN_RING_GEMV=fused KILN_RING_ORDER=1;head=KILN_RING_GEMV=head" \
   --json $OUT/ab_bf16_early.json > $OUT/ab_bf16_early.log 2>&1
 echo "ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -v "^round" $OUT/ab_bf16_early.log | tail -130

@@ -106,3 +106,40 @@ def test_fused_references_compose_the_engine_references():
     assert torch.equal(y, rg.ring_gemv_ref(rms_norm_ref(x + r, nw, 1e-5), w, None))
     gu = torch.randn(1, 512, generator=gen).to(bf)
     assert torch.equal(rg.ring_gemv_silu_ref(gu, w), rg.ring_gemv_ref(silu_and_mul_ref(gu), w, None))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("n_tiles,steps,programs", [(192, 16, 264), (896, 16, 264), (4008, 16, 264),
+                                                    (3, 5, 7), (10, 1, 3), (7, 3, 2), (64, 56, 264)])
+def test_walk_visits_each_unit_once_and_finishes_each_tile_piece_once(order, n_tiles, steps,
+                                                                      programs):
+    units = n_tiles * steps
+    programs = min(programs, units)
+    for p in range(programs):
+        begin, end = p * units // programs, (p + 1) * units // programs
+        walked = rg.walk(begin, end, steps, order)
+        assert sorted(u for u, _ in walked) == list(range(begin, end))
+        # between two finishes the walk stays in one tile, and it ends with a finish
+        assert walked[-1][1]
+        piece = []
+        for u, leaves in walked:
+            piece.append(u)
+            if leaves:
+                assert len({v // steps for v in piece}) == 1
+                piece = []
+        # each tile this run touches is finished exactly once
+        finishes = [u // steps for u, leaves in walked if leaves]
+        assert sorted(finishes) == sorted({u // steps for u, _ in walked})
+        if order == 1:  # shared tiles first: the walk ends on a tile the run holds whole
+            last = walked[-1][0] // steps
+            holds_whole = begin <= last * steps and (last + 1) * steps <= end
+            has_whole = any(begin <= t * steps and (t + 1) * steps <= end
+                            for t in range(begin // steps, -(-end // steps)))
+            assert holds_whole or not has_whole
+
+
+def test_order_switch(monkeypatch):
+    monkeypatch.delenv("KILN_RING_ORDER", raising=False)
+    assert rg.ring_order() == 0
+    monkeypatch.setenv("KILN_RING_ORDER", "1")
+    assert rg.ring_order() == 1
