@@ -83,7 +83,7 @@ class LMHead(nn.Module):
         else:
             table = self.table()
             if out is not None and out.dtype == hidden.dtype == table.dtype:
-                if hidden.is_cuda and hidden.shape[0] == 1:
+                if hidden.is_cuda and hidden.shape[0] == 1 and out.is_contiguous():
                     from kiln.kernels import ring_gemv as rg
                     if rg.ring_gemv_enabled(head=True) and rg.ring_gemv_ok(hidden, table):
                         return rg.ring_gemv(hidden, table, None, out=out)
