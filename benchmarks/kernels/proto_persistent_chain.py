@@ -518,13 +518,17 @@ def time_graph(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def engine_chain(chain: Chain) -> tuple:
+def engine_chain(chain: Chain, row_block: int = 1) -> tuple:
     """The chain through the engine's kernels, phase by phase (bf16 in and out): tc_gemv, after
     quant_per_token for fp8 weights (per-token fp8 codes of x, as the engine's W8A8 layers), or
-    the int4 weight-only dispatcher (the FMA GEMV, autotuned)."""
+    the int4 weight-only dispatcher (the FMA GEMV, autotuned; row_block > 1: on a copy of the
+    weights in blocks of that many rows, int4_bits.tile_int4_rows, as the engine stores them)."""
     from kiln.kernels import mma_gemv
+    from kiln.kernels.int4_bits import tile_int4_rows
     from kiln.kernels.quant_act import quant_per_token
     from kiln.kernels.quant_matmul import int4_wo_linear
+    int4_w = [chain.weight(ph) if row_block == 1 else tile_int4_rows(chain.weight(ph), row_block, 128)
+              for ph in range(len(chain.rows))] if chain.kind == "int4" else []
     outs: list[torch.Tensor] = []
     x0 = chain.x0.to(torch.bfloat16)[None, :]
 
@@ -538,7 +542,8 @@ def engine_chain(chain: Chain) -> tuple:
                 out = mma_gemv.tc_gemv(xq, sx, chain.weight(ph), chain.w_scales(ph), None,
                                        torch.bfloat16)
             elif chain.kind == "int4":
-                out = int4_wo_linear(x[:, :k], chain.weight(ph), chain.w_scales(ph), 128)
+                out = int4_wo_linear(x[:, :k], int4_w[ph], chain.w_scales(ph), 128,
+                                     row_block=row_block)
             else:
                 out = mma_gemv.tc_gemv(x[:, :k], None, chain.weight(ph), None, None,
                                        torch.bfloat16)

@@ -67,8 +67,10 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
 sys.path.insert(0, os.path.dirname(__file__))  # proto_persistent_chain, bench_quant
 
-from proto_persistent_chain import (LAYER, LM_HEAD, Chain, engine_chain,  # noqa: E402
-                                    programs_per_sm, time_graph)
+from proto_persistent_chain import (LAYER, LM_HEAD, Chain, programs_per_sm,  # noqa: E402
+                                    time_graph)
+
+from kiln.kernels.ring_gemv import _tile_layout  # noqa: E402  (16-byte runs, BLOCK_K a warp)
 
 # (BLOCK_N, BLOCK_K, warps, stages, programs per SM); a 64 x 128 bf16 unit is 16 KB
 VARIANTS = [(64, 128, 4, 8, 1), (64, 128, 8, 8, 1), (64, 128, 8, 12, 1), (64, 128, 4, 5, 2),
@@ -78,13 +80,6 @@ CHECK_VARIANTS = [(64, 128, 4, 4, 1), (32, 128, 4, 3, 2), (64, 256, 8, 2, 1)]
 CHECK_SHAPES = [("a", 512, 256), ("b", 768, 512), ("c", 256, 768), ("d", 384, 256),
                 ("e", 256, 256)]
 TRITON_BEST = (64, 128, 4, 4, 2, 0)  # run-a's best persistent bf16 variant
-
-
-@gluon.constexpr_function
-def tile_layout(block_n, block_k, warps):
-    """Each thread holds 16-byte runs (8 bf16) of a row; a warp spans BLOCK_K along K."""
-    along_k = min(block_k // 8, 32)
-    return gl.BlockedLayout([1, 8], [32 // along_k, along_k], [warps, 1], [1, 0])
 
 
 @gluon.jit
@@ -118,7 +113,7 @@ def _run(tab_ptr, ph, p, P, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
 def _ring_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end, SYNC: gl.constexpr,
                  BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                  X_CHUNKS: gl.constexpr, PDL: gl.constexpr = False):
-    L: gl.constexpr = tile_layout(BLOCK_N, BLOCK_K, gl.num_warps())
+    L: gl.constexpr = _tile_layout(BLOCK_N, BLOCK_K, gl.num_warps())
     SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # x of the phase, bf16, in shared memory: X_CHUNKS chunks of CH K steps (4096 values)
     CH: gl.constexpr = 4096 // BLOCK_K
@@ -201,6 +196,29 @@ def _ring_kernel(w_ptr, tab_ptr, y_ptr, bar_ptr, err_ptr, ph_begin, ph_end, SYNC
 def x_chunks(shapes, block_k: int) -> int:
     """Chunks of 4096 values the largest input (K) of the chain takes."""
     return -(-max(k for _, _, k in shapes) // 4096)
+
+
+def recorder(args, ceil: dict, gb: float, nph: int, t0: float, width: int):
+    """rec(mode, variant, ms, err, note=""): one timed mode printed (GB/s, share of the copy
+    rate, microseconds a phase over it) and, with --json, every result so far written."""
+    import triton
+    copy = ceil["copy_GBps"]
+    results: list[dict] = []
+
+    def rec(mode, variant, ms, err, note=""):
+        over = (ms - gb / copy * 1e3) / nph * 1e3
+        results.append({"mode": mode, "variant": variant, "ms": ms, "weight_GB": gb,
+                        "GBps": gb / ms * 1e3, "of_copy": gb / ms * 1e3 / copy,
+                        "over_copy_us_per_phase": over, "rel_err": err, "note": note})
+        print(f"{mode:<12} {str(variant):<{width}} {ms:7.3f} ms {gb / ms * 1e3:6.0f} GB/s "
+              f"({gb / ms * 1e3 / copy:6.1%} of copy) +{over:5.2f} us/phase "
+              f"err {err if err is None else f'{err:.1e}'} {note}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"ceilings": ceil, "layers": args.layers, "results": results,
+                           "seconds": time.time() - t0, "device": torch.cuda.get_device_name(),
+                           "torch": torch.__version__, "triton": triton.__version__}, f, indent=1)
+    return rec
 
 
 def gemv_chain(chain: Chain, ring: bool, between: str = "") -> tuple:
@@ -372,7 +390,6 @@ def main() -> int:
         return 1 if bad else 0
 
     import bench_quant
-    import triton
     variants = VARIANTS
     if args.variants:
         import ast
@@ -386,25 +403,11 @@ def main() -> int:
     nph = len(shapes)
     print(f"copy {copy:.0f} GB/s; {nph} phases, {gb:.2f} GB: {gb / copy * 1e3:.3f} ms at copy",
           flush=True)
-    results = []
-
-    def rec(mode, variant, ms, err, note=""):
-        over = (ms - gb / copy * 1e3) / nph * 1e3
-        results.append({"mode": mode, "variant": variant, "ms": ms, "weight_GB": gb,
-                        "GBps": gb / ms * 1e3, "of_copy": gb / ms * 1e3 / copy,
-                        "over_copy_us_per_phase": over, "rel_err": err, "note": note})
-        print(f"{mode:<12} {str(variant):<24} {ms:7.3f} ms {gb / ms * 1e3:6.0f} GB/s "
-              f"({gb / ms * 1e3 / copy:6.1%} of copy) +{over:5.2f} us/phase "
-              f"err {err if err is None else f'{err:.1e}'} {note}", flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"ceilings": ceil, "layers": args.layers, "results": results,
-                           "seconds": time.time() - t0, "device": torch.cuda.get_device_name(),
-                           "torch": torch.__version__, "triton": triton.__version__}, f, indent=1)
+    rec = recorder(args, ceil, gb, nph, t0, 24)
 
     if not args.no_baselines:
         from kiln.kernels import pdl_scope
-        run, outs = engine_chain(chain)
+        run, outs = gemv_chain(chain, False)
         with pdl_scope(True):
             ms = time_graph(run, args.reps)
         rec("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs, 0))

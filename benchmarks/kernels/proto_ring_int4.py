@@ -33,7 +33,6 @@ against float32 products of each phase's own input (proto_persistent_chain.Chain
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # proto_persistent_chain, bench_q
 
 from proto_persistent_chain import (LAYER, LM_HEAD, Chain, engine_chain,  # noqa: E402
                                     programs_per_sm, time_graph)
+from proto_ring_chain import recorder  # noqa: E402
 
 _WORD_DOT = gl.constexpr(_int4_dot_ptx(1))  # word . 4 float16 pairs -> float32
 GROUP = 128
@@ -219,26 +219,6 @@ def compile_only() -> None:
         print(variant, compile_sm90.resources(kern), flush=True)
 
 
-def engine_rb16_chain(chain: Chain) -> tuple:
-    """engine_chain for int4 with the weights in the engine's default layout (blocks of 16
-    rows, int4_bits.tile_int4_rows)."""
-    from kiln.kernels.int4_bits import tile_int4_rows
-    from kiln.kernels.quant_matmul import int4_wo_linear
-    tiled = [tile_int4_rows(chain.weight(ph), 16, GROUP) for ph in range(len(chain.rows))]
-    outs: list[torch.Tensor] = []
-    x0 = chain.x0.to(torch.bfloat16)[None, :]
-
-    def run() -> None:
-        outs.clear()
-        x = x0
-        for ph, row in enumerate(chain.rows):
-            out = int4_wo_linear(x[:, :row[2]], tiled[ph], chain.w_scales(ph), GROUP,
-                                 row_block=16)
-            outs.append(out)
-            x = out
-    return run, outs
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
@@ -269,7 +249,6 @@ def main() -> int:
         return 1 if bad else 0
 
     import bench_quant
-    import triton
     from kiln.kernels import pdl_scope
     variants = VARIANTS
     if args.variants:
@@ -283,24 +262,10 @@ def main() -> int:
     nph = len(chain.rows)
     print(f"copy {copy:.0f} GB/s; {nph} phases, {gb:.2f} GB (int4 + scales): "
           f"{gb / copy * 1e3:.3f} ms at copy", flush=True)
-    results = []
+    rec = recorder(args, ceil, gb, nph, t0, 34)
 
-    def rec(mode, variant, ms, err, note=""):
-        over = (ms - gb / copy * 1e3) / nph * 1e3
-        results.append({"mode": mode, "variant": variant, "ms": ms, "weight_GB": gb,
-                        "GBps": gb / ms * 1e3, "of_copy": gb / ms * 1e3 / copy,
-                        "over_copy_us_per_phase": over, "rel_err": err, "note": note})
-        print(f"{mode:<12} {str(variant):<34} {ms:7.3f} ms {gb / ms * 1e3:6.0f} GB/s "
-              f"({gb / ms * 1e3 / copy:6.1%} of copy) +{over:5.2f} us/phase "
-              f"err {err if err is None else f'{err:.1e}'} {note}", flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"ceilings": ceil, "layers": args.layers, "results": results,
-                           "seconds": time.time() - t0, "device": torch.cuda.get_device_name(),
-                           "torch": torch.__version__, "triton": triton.__version__}, f, indent=1)
-
-    for name, make in (("engine", engine_chain), ("engine_rb16", engine_rb16_chain)):
-        run, outs = make(chain)
+    for name, row_block in (("engine", 1), ("engine_rb16", 16)):
+        run, outs = engine_chain(chain, row_block)
         with pdl_scope(True):
             ms = time_graph(run, args.reps)
         rec(name, "int4_wo_linear (autotuned, PDL)", ms, chain.check(outs, 0))
