@@ -387,21 +387,19 @@ def gluon_configs():
 
 def ring_configs():
     """The batch-1 ring GEMV (kiln.kernels.ring_gemv): both configurations, x of 4096 and of
-    14336 values, with and without bias, every early-copy count, x prologue and walk order."""
+    14336 values, with and without bias, every early-copy count and x prologue."""
     for dtype in ("bf16", "fp16"):
         for cfg in (ring_gemv.CONFIG_K256, ring_gemv.CONFIG_K128):
             block_n, block_k, warps, stages, _ = cfg
             for chunks, bias in ((1, False), (4, True)):
-                for early, prologue, order in ([(e, 0, 0) for e in range(stages)]
-                                               + [(stages - 1, pr, 0) for pr in (1, 2, 3)]
-                                               + [(e, pr, 1) for e in (stages - 1, 1)
-                                                  for pr in (0, 2)]):
+                for early, prologue in ([(e, 0) for e in range(stages)]
+                                        + [(stages - 1, pr) for pr in (1, 2, 3)]):
                     yield (f"ring gemv N{block_n} K{block_k} x{chunks * 4096} bias={bias} "
-                           f"early={early} prologue={prologue} order={order}",
+                           f"early={early} prologue={prologue}",
                            ring_gemv._ring_gemv_kernel,
                            {"HAS_BIAS": bias, "BLOCK_N": block_n, "BLOCK_K": block_k,
                             "STAGES": stages, "X_CHUNKS": chunks, "MAX_SEGS": 3, "PDL": True,
-                            "EARLY": early, "PROLOGUE": prologue, "ORDER": order,
+                            "EARLY": early, "PROLOGUE": prologue,
                             "_ptrs": {"part_ptr": "*fp32", "count_ptr": "*i32"}},
                            dtype, warps, 1)
 

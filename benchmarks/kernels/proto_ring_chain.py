@@ -365,9 +365,6 @@ def main() -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip engine and Triton modes")
     ap.add_argument("--ring-gemv-only", action="store_true",
                     help="the engine's tc_gemv and ring_gemv chains only")
-    ap.add_argument("--ring-order", default="0",
-                    help="KILN_RING_ORDER values to time ring_gemv's chain at (comma-separated); "
-                         "the first one also for --between and --step")
     ap.add_argument("--ring-early", default="4",
                     help="KILN_RING_EARLY values to time ring_gemv's chain at (comma-separated)")
     ap.add_argument("--step", action="store_true",
@@ -412,17 +409,13 @@ def main() -> int:
             ms = time_graph(run, args.reps)
         rec("engine", "tc_gemv (autotuned, PDL)", ms, chain.check(outs, 0))
         del outs
-        for order in args.ring_order.split(","):
-            os.environ["KILN_RING_ORDER"] = order  # read at each launch, so at each capture
-            for early in args.ring_early.split(","):
-                os.environ["KILN_RING_EARLY"] = early
-                run, outs = gemv_chain(chain, True)
-                with pdl_scope(True):
-                    ms = time_graph(run, args.reps)
-                rec("engine_ring", f"kiln.kernels.ring_gemv (PDL, {early} early, order {order})",
-                    ms, chain.check(outs, 0))
-                del outs
-        os.environ["KILN_RING_ORDER"] = args.ring_order.split(",")[0]
+        for early in args.ring_early.split(","):
+            os.environ["KILN_RING_EARLY"] = early  # read at each launch, so at each capture
+            run, outs = gemv_chain(chain, True)
+            with pdl_scope(True):
+                ms = time_graph(run, args.reps)
+            rec("engine_ring", f"kiln.kernels.ring_gemv (PDL, {early} early)", ms, chain.check(outs, 0))
+            del outs
         if args.between:
             for name, ring, early in [("engine+" + args.between, False, "")] + [
                     ("engine_ring+" + args.between, True, e) for e in args.ring_early.split(",")]:

@@ -78,21 +78,22 @@ def pdl_early() -> bool:
     return os.environ.get("KILN_PDL_EARLY", "0") == "1"
 
 
-def pdl_trigger_at_exit() -> bool:
-    """KILN_PDL_TRIGGER=exit: the small kernels between a decode step's GEMVs (norms, SiLU-mul,
-    rotary, attention) never trigger their dependents themselves, so the kernel after one is
-    launched when it exits instead of as it starts; a GEMV that copies weights before it waits
-    (kiln.kernels.ring_gemv) then does not queue those copies ahead of the small kernel's own
-    loads. Default (start): they trigger right after their wait. Measurement switch."""
-    return os.environ.get("KILN_PDL_TRIGGER", "start") == "exit"
+def pdl_small_early() -> bool:
+    """KILN_PDL_TRIGGER=early: the small kernels between a decode step's GEMVs (norms, SiLU-mul,
+    rotary, attention) let the next kernel be scheduled before they wait (PDL 2), the GEMVs as
+    by default. A ring GEMV (kiln.kernels.ring_gemv) after a small kernel is then launched while
+    the GEMV before that small kernel still runs, so its early weight copies overlap that
+    GEMV's tail, as they do when two ring GEMVs follow each other. Default (start): they
+    trigger right after their wait. Measurement switch."""
+    return os.environ.get("KILN_PDL_TRIGGER", "start") == "early"
 
 
 def pdl_args(t: torch.Tensor, small: bool = False) -> dict:
-    """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early, 3
-    on with no trigger: the dependents launch at exit, for `small` kernels under
-    KILN_PDL_TRIGGER=exit), plus Triton's launch_pdl when on."""
+    """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early:
+    every kernel under KILN_PDL_EARLY=1, `small` kernels under KILN_PDL_TRIGGER=early), plus
+    Triton's launch_pdl when on."""
     if not pdl_enabled(t):
         return {"PDL": False}
-    if small and pdl_trigger_at_exit():
-        return {"PDL": 3, "launch_pdl": True}
+    if small and pdl_small_early():
+        return {"PDL": 2, "launch_pdl": True}
     return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}

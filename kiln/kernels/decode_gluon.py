@@ -104,9 +104,14 @@ def _value_words(block_n):
 
 @gluon.jit
 def _pdl_start(PDL: gl.constexpr):
-    """kiln.kernels.pdl.pdl_start (PDL 1) in Gluon: wait for the previous kernel in the stream,
-    then let the next one be scheduled."""
-    if PDL:
+    """kiln.kernels.pdl.pdl_start in Gluon: wait for the previous kernel in the stream, then
+    let the next one be scheduled (PDL 1), or the other way round (PDL 2)."""
+    if PDL == 2:
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+    elif PDL:
         gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
                                   is_pure=False, pack=1)
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],

@@ -13,12 +13,9 @@ def pdl_start(PDL: tl.constexpr):
     completion, which follows this one's wait, so the order of memory effects is the same and
     only the scheduling moves earlier (the next kernel's work before its own wait, such as a
     weight prefetch, overlaps this one's). Call it before the kernel's first memory access that
-    depends on a previous kernel. With PDL 3: wait only; the next kernel is launched when this
-    one exits (KILN_PDL_TRIGGER=exit). Without PDL (0 or False): nothing."""
+    depends on a previous kernel. Without PDL (0 or False): nothing."""
     if PDL == 2:
         tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    elif PDL == 3:  # no trigger: the next kernel launches when this one exits
         tl.extra.cuda.gdc_wait()
     elif PDL:
         tl.extra.cuda.gdc_wait()

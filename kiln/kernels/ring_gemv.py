@@ -85,14 +85,6 @@ def ring_early(stages: int) -> int:
     return max(0, min(early, stages - 1))
 
 
-def ring_order() -> int:
-    """KILN_RING_ORDER=1: each program walks the units of the tiles it shares (its first and
-    last tile) before its whole tiles, so that the last program to contribute to a shared tile
-    (which adds the partials) does so early, not at the end of the launch. 0 (default): in
-    order."""
-    return 1 if os.environ.get("KILN_RING_ORDER", "0") == "1" else 0
-
-
 def ring_gemv_ok(x2: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ring_gemv takes x2 [M, K] @ w [N, K].T: one row on a CUDA device of compute
     capability 9.0 or later, float16/bfloat16 of one dtype, w contiguous, a configuration."""
@@ -146,31 +138,6 @@ def _tile_layout(block_n, block_k, warps):
 def _owner(u, units, P):
     """The program whose run [p * units // P, (p + 1) * units // P) holds unit u."""
     return ((u + 1) * P - 1) // units
-
-
-@gluon.jit
-def _run_order(u_begin, u_end, steps, ORDER: gl.constexpr):
-    """The pieces of a run, in the order it is walked: (head units, tail start, tail units).
-    ORDER 0: units in order (head 0, tail 0). ORDER 1: the head tile's units that a run before
-    shares, then the tail tile's units that the run after shares, then the whole tiles: a shared
-    tile's last contribution then comes early, and the run ends on tiles it stores directly."""
-    if ORDER == 1:
-        head_end = gl.minimum((u_begin + steps - 1) // steps * steps, u_end)
-        tail_start = gl.maximum(u_end // steps * steps, head_end)
-        return head_end - u_begin, tail_start, u_end - tail_start
-    return u_begin * 0, u_end, u_begin * 0
-
-
-@gluon.jit
-def _unit_at(i, u_begin, n_head, tail_start, n_tail):
-    """The unit walked i-th (_run_order): head units, tail units, then the whole tiles."""
-    u = u_begin + i  # ORDER 0, and the head
-    if i >= n_head:
-        if i < n_head + n_tail:
-            u = tail_start + (i - n_head)
-        else:
-            u = u_begin + i - n_tail
-    return u
 
 
 @gluon.jit
@@ -256,8 +223,7 @@ def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
                       res_ptr, res_out_ptr, norm_w_ptr, eps,
                       HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
                       STAGES: gl.constexpr, X_CHUNKS: gl.constexpr, MAX_SEGS: gl.constexpr,
-                      PDL: gl.constexpr, EARLY: gl.constexpr, PROLOGUE: gl.constexpr = 0,
-                      ORDER: gl.constexpr = 0):
+                      PDL: gl.constexpr, EARLY: gl.constexpr, PROLOGUE: gl.constexpr = 0):
     # PROLOGUE (what the product's x is, computed by every program as it fills its copy of x):
     # 0 x itself; 1 rms_norm(x) * norm_w; 2 h = x + res (program 0 stores h at res_out_ptr),
     # then rms_norm(h) * norm_w; 3 silu(gate) * up with x_ptr = [gate | up] of 2 K values. The
@@ -280,36 +246,30 @@ def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
                                   SMEM1)  # a row a K step
 
     n_units = u_end - u_begin
-    n_head, tail_start, n_tail = _run_order(u_begin, u_end, steps, ORDER)
     for s in gl.static_range(EARLY):  # weights only: before the wait
-        _issue(ring, s, w_ptr, _unit_at(s, u_begin, n_head, tail_start, n_tail), s < n_units,
-               steps, K, rows, cols, BLOCK_N, BLOCK_K)
+        _issue(ring, s, w_ptr, u_begin + s, s < n_units, steps, K, rows, cols, BLOCK_N, BLOCK_K)
     if PDL:
         gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
                                   is_pure=False, pack=1)
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
                                   dtype=gl.int32, is_pure=False, pack=1)
     for s in gl.static_range(EARLY, STAGES - 1):  # the rest of the ring's first fill
-        _issue(ring, s, w_ptr, _unit_at(s, u_begin, n_head, tail_start, n_tail), s < n_units,
-               steps, K, rows, cols, BLOCK_N, BLOCK_K)
+        _issue(ring, s, w_ptr, u_begin + s, s < n_units, steps, K, rows, cols, BLOCK_N, BLOCK_K)
     _fill_x(x_flat, x_ptr, res_ptr, res_out_ptr, norm_w_ptr, eps, K, p == 0, XL, X_CHUNKS,
             PROLOGUE)
 
     acc = gl.zeros([BLOCK_N, BLOCK_K], gl.float32, L)
     for i in range(0, n_units):
-        _issue(ring, (i + STAGES - 1) % STAGES, w_ptr,
-               _unit_at(i + STAGES - 1, u_begin, n_head, tail_start, n_tail),
+        _issue(ring, (i + STAGES - 1) % STAGES, w_ptr, u_begin + (i + STAGES - 1),
                i + STAGES - 1 < n_units, steps, K, rows, cols, BLOCK_N, BLOCK_K)
-        u = _unit_at(i, u_begin, n_head, tail_start, n_tail)
+        u = u_begin + i
         tile = u // steps
         ks = u - tile * steps
         xv = x_steps.index(ks).load(gl.SliceLayout(0, L)).to(gl.float32)
         async_copy.wait_group(STAGES - 1)
         w = ring.index(i % STAGES).load(L)
         acc += w.to(gl.float32) * xv[None, :]
-        # the walk leaves the tile: its last K step, the run's end, or the tail piece's end
-        # (the head piece ends at a tile's end or at the run's)
-        if (ks == steps - 1) | (i == n_units - 1) | (i == n_head + n_tail - 1):
+        if (ks == steps - 1) | (i == n_units - 1):  # the tile's last K step, or the run's end
             _finish(gl.sum(acc, axis=1), tile, p, P, units, steps, bias_ptr, y_ptr, part_ptr,
                     count_ptr, rows, HAS_BIAS, BLOCK_N, MAX_SEGS)
             acc = gl.zeros([BLOCK_N, BLOCK_K], gl.float32, L)
@@ -319,27 +279,6 @@ def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
 def owner(u: int, units: int, programs: int) -> int:
     """_owner on the host: the program whose run holds unit u."""
     return ((u + 1) * programs - 1) // units
-
-
-def walk(u_begin: int, u_end: int, steps: int, order: int) -> list[tuple[int, bool]]:
-    """_run_order and _unit_at on the host: the run's units in the order the kernel walks them,
-    each with whether the walk leaves its tile there (where _finish is called)."""
-    n_units = u_end - u_begin
-    if order == 1:
-        head_end = min(-(-u_begin // steps) * steps, u_end)
-        tail_start = max(u_end // steps * steps, head_end)
-        n_head, n_tail = head_end - u_begin, u_end - tail_start
-    else:
-        n_head, tail_start, n_tail = 0, u_end, 0
-    out = []
-    for i in range(n_units):
-        u = u_begin + i
-        if i >= n_head:
-            u = tail_start + (i - n_head) if i < n_head + n_tail else u_begin + i - n_tail
-        # (the head piece ends at a tile's end or at the run's)
-        leaves = u % steps == steps - 1 or i == n_units - 1 or i == n_head + n_tail - 1
-        out.append((u, leaves))
-    return out
 
 
 def max_segments(n_tiles: int, steps: int, programs: int) -> int:
@@ -433,6 +372,6 @@ def _launch(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
         residual if residual is not None else x2, res_out if res_out is not None else x2,
         norm_weight if norm_weight is not None else x2, float(eps), HAS_BIAS=bias is not None,
         BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, X_CHUNKS=triton.cdiv(k, X_CHUNK),
-        MAX_SEGS=segs, EARLY=ring_early(stages), PROLOGUE=prologue, ORDER=ring_order(),
+        MAX_SEGS=segs, EARLY=ring_early(stages), PROLOGUE=prologue,
         num_warps=warps, **pdl)
     return y

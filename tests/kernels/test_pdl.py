@@ -53,7 +53,7 @@ def test_gemv_prefetch_only_under_pdl_and_on_aligned_rows(monkeypatch):
                                      on) == {}  # address
 
 
-def test_small_kernels_trigger_at_exit_only_when_asked(monkeypatch):
+def test_small_kernels_trigger_before_their_wait_only_when_asked(monkeypatch):
     import torch
 
     from kiln import kernels
@@ -62,8 +62,10 @@ def test_small_kernels_trigger_at_exit_only_when_asked(monkeypatch):
     monkeypatch.delenv("KILN_PDL_TRIGGER", raising=False)
     monkeypatch.delenv("KILN_PDL_EARLY", raising=False)
     assert kernels.pdl_args(t, small=True) == {"PDL": 1, "launch_pdl": True}
-    monkeypatch.setenv("KILN_PDL_TRIGGER", "exit")
-    assert kernels.pdl_args(t, small=True) == {"PDL": 3, "launch_pdl": True}
+    monkeypatch.setenv("KILN_PDL_TRIGGER", "exit")  # no longer a mode: the default
+    assert kernels.pdl_args(t, small=True) == {"PDL": 1, "launch_pdl": True}
+    monkeypatch.setenv("KILN_PDL_TRIGGER", "early")
+    assert kernels.pdl_args(t, small=True) == {"PDL": 2, "launch_pdl": True}
     assert kernels.pdl_args(t) == {"PDL": 1, "launch_pdl": True}  # GEMVs keep their trigger
     monkeypatch.setattr(kernels, "pdl_enabled", lambda x: False)
     assert kernels.pdl_args(t, small=True) == {"PDL": False}
