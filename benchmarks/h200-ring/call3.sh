@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Device call 3 (prepared, not yet run; at most 340 s; then call4.sh at once, on the same warm
+# Device call 3 (ran in run-b on an H200 at tree 2c60458; since then --ring-order and
+# KILN_RING_ORDER are gone, so as written it no longer runs; at most 340 s; then call4.sh at once, on the same warm
 # machine). Why does the ring GEMV, faster than the tensor-core GEMV over the 8B's 129 GEMVs
 # back to back, lose in the engine's batch-1 step? Suspect: its early copies (up to 4 x 16 KB a
 # program, 17 MB a launch, issued before it waits) queue ahead of the dependent loads of the

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Device call 4 (prepared, not yet run; at most 480 s; right after call3.sh, whose machine holds
+# Device call 4 (ran in run-b on an H200 at tree 2c60458; KILN_PDL_TRIGGER=exit and
+# KILN_RING_ORDER have since been removed, so tcx, e4x, fusedx and fusedo now run as tc, e4,
+# fused and fused; at most 480 s; right after call3.sh, whose machine holds
 # the 8B checkpoint at /tmp/llama-3-8b, made again here if missing): bf16 8B batch 1,
 # 128 in / 256 out, ab_latency.py, 2 rounds alternating, each variant's last round followed by a
 # profiled generation of 24 tokens (every kernel's increment of a step's span, by name):

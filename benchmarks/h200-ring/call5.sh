@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 5 (prepared, not yet run; at most 300 s): the int4 weight-only ring prototype
+# Device call 5 (ran in run-b on an H200 at tree 2c60458; at most 300 s): the int4 weight-only ring prototype
 # (benchmarks/kernels/proto_ring_int4.py). 1. its GPU check (small chain, 1 .. 2 x SMs programs,
 # with and without PDL); 2. the 8B chain's 129 int4 GEMVs (group 128, 4.0 GB with scales)
 # through the ring, a launch a phase under PDL, against the engine's int4 GEMV on row-major
