@@ -15,8 +15,10 @@ the kernel before, only x does, so here:
 - x (bf16/fp16, up to X_CHUNKS x 4096 values) is then copied into shared memory once, and the
   loop computes unit i while the copy of unit i + STAGES - 1 is in flight;
 - every thread reads back from a slot exactly the 16-byte runs it copied there (one register
-  layout for both), so the ring needs no CTA-wide barrier; acc [BLOCK_N, BLOCK_K] += w * x in
-  float32, summed over K when the run leaves a tile;
+  layout for both), so the ring itself would need no CTA-wide barrier; the compiler still puts
+  one after each wait for the copies (Triton's shared-memory barrier pass does so after every
+  async-copy wait), one a unit in the sm_90 SASS; acc [BLOCK_N, BLOCK_K] += w * x in float32,
+  summed over K when the run leaves a tile;
 - a tile whose units one program holds is stored; a tile that runs share is finished by the
   last of them to arrive: each writes its float32 partial to its slot, counts itself in with a
   release/acquire atomic, and the last one adds the partials in program order (so the result
