@@ -35,6 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from kiln.kernels import E4M3X4_F16_PTX
+from kiln.kernels.pdl import pdl_start_gluon
 
 _E4M3X4_ASM = gl.constexpr(E4M3X4_F16_PTX)  # four e4m3 codes of a word -> float16
 
@@ -103,26 +104,10 @@ def _value_words(block_n):
 
 
 @gluon.jit
-def _pdl_start(PDL: gl.constexpr):
-    """kiln.kernels.pdl.pdl_start in Gluon: wait for the previous kernel in the stream, then
-    let the next one be scheduled (PDL 1), or the other way round (PDL 2)."""
-    if PDL == 2:
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-    elif PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def _sequence(seq_lens_ptr, query_start_ptr, PDL: gl.constexpr):
     """This program's (sequence, kv head) and the sequence's length, first query row and query
     count, read after the previous kernel (PDL)."""
-    _pdl_start(PDL)
+    pdl_start_gluon(PDL)
     seq = gl.program_id(0)
     kv_head = gl.program_id(1)
     seq_len = gl.load(seq_lens_ptr + seq)
@@ -415,6 +400,6 @@ def decode_fp8(q, kv_cache, meta, out, qk_scale: float, v_scale: float, block_n:
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0) // 4, kv_cache.stride(1) // 4, kv_cache.stride(2) // 4,
         kv_cache.stride(3) // 4, meta.block_tables.stride(0), qk_scale, v_scale, group,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, PDL=bool(pdl.get("PDL")),
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, STAGES=stages, PDL=pdl.get("PDL", False),
         num_warps=1,
         **({"launch_pdl": True} if pdl.get("launch_pdl") else {}))

@@ -3,6 +3,8 @@ and the L2 prefetch a GEMV issues before it waits."""
 
 import triton
 import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
 
 
 @triton.jit
@@ -20,6 +22,22 @@ def pdl_start(PDL: tl.constexpr):
     elif PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@gluon.jit
+def pdl_start_gluon(PDL: gl.constexpr):
+    """pdl_start for Gluon kernels (the same PDL values; Triton's gdc helpers are not Gluon
+    builtins, so the two instructions are written in PTX)."""
+    if PDL == 2:
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+    elif PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

@@ -41,6 +41,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
 from kiln.kernels import pdl_args
+from kiln.kernels.pdl import pdl_start_gluon
 
 # (BLOCK_N, BLOCK_K, warps, stages, programs an SM): a unit is 16 KB of 16-bit weights
 CONFIG_K256 = (32, 256, 4, 5, 2)
@@ -250,11 +251,8 @@ def _ring_gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K,
     n_units = u_end - u_begin
     for s in gl.static_range(EARLY):  # weights only: before the wait
         _issue(ring, s, w_ptr, u_begin + s, s < n_units, steps, K, rows, cols, BLOCK_N, BLOCK_K)
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+    if PDL:  # wait, then trigger, whichever PDL value: the early copies are out already
+        pdl_start_gluon(1)
     for s in gl.static_range(EARLY, STAGES - 1):  # the rest of the ring's first fill
         _issue(ring, s, w_ptr, u_begin + s, s < n_units, steps, K, rows, cols, BLOCK_N, BLOCK_K)
     _fill_x(x_flat, x_ptr, res_ptr, res_out_ptr, norm_w_ptr, eps, K, p == 0, XL, X_CHUNKS,
