@@ -201,9 +201,9 @@ class MmaDirect:
         chunks = self.k // chunk_k(self.kind)
         each = -(-blocks * chunks // (warps * per_sm * sms))
         split = max(1, chunks // (warps * each))
-        _mma_direct_kernel[(blocks, split)](self.w, self.ws, x, xs, y, self.k, R=self.r,
-                                           FP8=self.kind == "fp8", EARLY=early, PDL=pdl,
-                                           num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        _mma_direct_kernel[(blocks, split)](
+            self.w, self.ws, x, xs, y, self.k, R=self.r, FP8=self.kind == "fp8", EARLY=early,
+            PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
 
 
 def random_weights(kind: str, n: int, k: int, gen, dev):

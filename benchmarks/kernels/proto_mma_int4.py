@@ -251,9 +251,9 @@ class MmaInt4:
         # each warp takes `each` groups, as few as let the grid fit per_sm programs an SM
         each = -(-blocks * groups // (warps * per_sm * sms))
         split = max(1, groups // (warps * each))
-        _mma_int4_kernel[(blocks, split)](self.w, self.s, x, y, self.k, R=self.r, EARLY=early,
-                                         PDL=pdl, num_warps=warps,
-                                         **({"launch_pdl": True} if pdl else {}))
+        _mma_int4_kernel[(blocks, split)](
+            self.w, self.s, x, y, self.k, R=self.r, EARLY=early, PDL=pdl, num_warps=warps,
+            **({"launch_pdl": True} if pdl else {}))
 
 
 def random_int4(n: int, k: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,8 +276,8 @@ def compile_only() -> None:
     import compile_sm90
     ptrs = {"w_ptr": "*i32", "s_ptr": "*fp32", "x_ptr": "*bf16", "y_ptr": "*fp32"}
     for r, warps, _, early in VARIANTS:
-        kern = compile_sm90.compile_one(_mma_int4_kernel, {"R": r, "EARLY": early, "PDL": True,
-                                                          "_ptrs": ptrs}, "bf16", warps, 1)
+        kern = compile_sm90.compile_one(
+            _mma_int4_kernel, {"R": r, "EARLY": early, "PDL": True, "_ptrs": ptrs}, "bf16", warps, 1)
         sass_dir = os.environ.get("SASS_DIR")
         out = os.path.join(sass_dir, f"mma_int4_r{r}_w{warps}_e{early}.sass") if sass_dir else None
         print((r, warps, early), compile_sm90.resources(kern, out), flush=True)
