@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Device call 3 (at most 560 s): the register-direct tensor-core GEMV prototypes. 1. int4
+# Device call 3 (at most B, default 450 s): the register-direct tensor-core GEMV prototypes. 1. int4
 # (proto_mma_int4.py): check, then the 8B's 129 int4 GEMVs against the engine's int4 GEMV;
 # 2. fp8 and bf16 (proto_mma_direct.py): check, then the 129 GEMVs of each against tc_gemv.
 #   bash benchmarks/h200-mma-int4/call3.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
+B=${B:-450}  # the call's seconds
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a $OUT/times.log
-timeout 200 bash benchmarks/h200-mma-int4/call1.sh
+timeout $((B * 2 / 5)) bash benchmarks/h200-mma-int4/call1.sh
 timeout 90 python3 benchmarks/kernels/proto_mma_direct.py --check-only > $OUT/check_direct.log 2>&1
 echo "direct check rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -c " ok" $OUT/check_direct.log; grep -v " ok$" $OUT/check_direct.log | tail -12
 for kind in fp8 bf16; do
-  timeout $((550 - SECONDS + T0)) python3 benchmarks/kernels/proto_mma_direct.py --kind $kind --layers 32 \
+  timeout $((B - 10 - SECONDS + T0)) python3 benchmarks/kernels/proto_mma_direct.py --kind $kind --layers 32 \
     --json $OUT/chain_$kind.json > $OUT/chain_$kind.log 2>&1
   echo "$kind chain rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   grep -v "^check" $OUT/chain_$kind.log | tail -12
