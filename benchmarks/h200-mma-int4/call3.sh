@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Device call 3 (at most B, default 450 s): the register-direct tensor-core GEMV prototypes. 1. int4
 # (proto_mma_int4.py): check, then the 8B's 129 int4 GEMVs against the engine's int4 GEMV;
-# 2. fp8 and bf16 (proto_mma_direct.py): check, then the 129 GEMVs of each against tc_gemv.
+# 2. the engine's kernel (kiln.kernels.mma_int4) GPU tests; 3. fp8 and bf16 (proto_mma_direct.py): check, then the 129 GEMVs of each against tc_gemv.
 #   bash benchmarks/h200-mma-int4/call3.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
 B=${B:-450}  # the call's seconds
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a $OUT/times.log
 timeout $((B * 2 / 5)) bash benchmarks/h200-mma-int4/call1.sh
+timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider tests/gpu/test_mma_int4_gpu.py > $OUT/gpu_tests.log 2>&1
+echo "kiln.kernels.mma_int4 GPU tests rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+grep -E "FAILED|ERROR|Error" $OUT/gpu_tests.log | sed 's/ - .*//' | sort -u | head -12; tail -1 $OUT/gpu_tests.log
 timeout 90 python3 benchmarks/kernels/proto_mma_direct.py --check-only > $OUT/check_direct.log 2>&1
 echo "direct check rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 grep -c " ok" $OUT/check_direct.log; grep -v " ok$" $OUT/check_direct.log | tail -12

@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from kiln.kernels import (activation, argmax, attention, decode_attention, decode_gluon, fma_gemv,
-                          mma_gemv, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
+                          mma_gemv, mma_int4, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
                           rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -283,6 +283,13 @@ def quant_configs():
                            {"GROUP": group, "BLOCK_N": block_n, "BLOCK_M": 16, "HAS_BIAS": False,
                             "X_BF16": True, "ASM": True, "ONE_DOT": one, "_ptrs": ptrs},
                            "bf16", warps, 3)
+            for early in (False, True):
+                for bias in (False, True):
+                    yield (f"int4 mma-gemv R4 w4 early={early} bias={bias}", mma_int4._int4_mma_kernel,
+                           {"R": 4, "HAS_BIAS": bias, "EARLY": early, "PDL": 1,
+                            "_ptrs": {**ptrs, "w_ptr": "*i32", "s_ptr": "*fp32", "part_ptr": "*fp32",
+                                      "lock_ptr": "*i32"}},
+                           "bf16", 4, 1)
             buckets = quant_gemm.GEMM_CONFIGS_BY_BUCKET
             for cfg in buckets[256][:1] + buckets[16][:1]:
                 for row_block in (1, 16):

@@ -6,7 +6,8 @@ low nibble and k = 2j + 1 in the high nibble, each as q + 8 with q in [-8, 7]; s
 [K] (activation-aware scaling that could not be folded into a preceding op) multiplies x first.
 That is the engine's layout on disk; a loaded layer on the Triton path holds qweight in blocks of
 16 rows instead (``finish_loading``; ``layer.int4_row_block``; KILN_INT4_ROW_BLOCK=0 keeps it
-row-major).
+row-major), and with KILN_INT4_MMA=1 a second copy in the tensor-core GEMV's order
+(``layer.int4_mma``, kiln.kernels.mma_int4) that decode rows (up to 8) take.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch import nn
 
 from kiln.errors import KilnError
 from kiln.kernels import use_triton
+from kiln.kernels.mma_int4 import (MMA_INT4_MAX_M, int4_mma_enabled, int4_mma_gemv, int4_mma_ok,
+                                   pack_int4_mma)
 from kiln.layers.linear import Linear
 from kiln.quant import _ops
 from kiln.quant.base import QuantLinearMethod, register
@@ -129,9 +132,18 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
         self.register_bias(layer, dtype, device)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel."""
-        return _ops.int4_wo_linear(self.scale_input(layer, x), layer.qweight, layer.scales,
-                                   self.group_size, layer.bias,
+        """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel
+        (the tensor-core one from registers for up to 8 bfloat16 rows when the layer holds its
+        weights in that order too, ``layer.int4_mma``)."""
+        x = self.scale_input(layer, x)
+        packed = getattr(layer, "int4_mma", None)
+        if (packed is not None and x.dtype == torch.bfloat16 and x.is_cuda
+                and 0 < x.numel() <= MMA_INT4_MAX_M * x.shape[-1]):
+            x2 = x.reshape(-1, x.shape[-1])
+            x2 = x2 if x2.stride(-1) == 1 and x2.stride(0) % 2 == 0 else x2.contiguous()
+            out = int4_mma_gemv(x2, *packed, layer.bias, layer.out_features, layer.in_features)
+            return out.reshape(*x.shape[:-1], layer.out_features)
+        return _ops.int4_wo_linear(x, layer.qweight, layer.scales, self.group_size, layer.bias,
                                    row_block=getattr(layer, "int4_row_block", 1))
 
     def finish_loading(self, layer: nn.Module) -> None:
@@ -141,8 +153,13 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
         every tensor row-major (a load that misses one fails), so this always starts from
         row-major weights. Engines on disk stay row-major."""
         block = 1
+        layer.int4_mma = None
         if use_triton(layer.qweight):
             block = _ops.int4_row_block(layer.qweight.shape[0], self.group_size)
+            n, k = layer.out_features, layer.in_features
+            if int4_mma_enabled() and int4_mma_ok(n, k, self.group_size):
+                # a second copy in the A-fragment order for decode rows (KILN_INT4_MMA=1)
+                layer.int4_mma = pack_int4_mma(layer.qweight.data, layer.scales.data)
         if block > 1:
             layer.qweight.data.copy_(_ops.tile_int4_rows(layer.qweight.data, block, self.group_size))
         layer.int4_row_block = block
