@@ -388,6 +388,19 @@ def main() -> int:
         ms = time_graph(run_engine, args.reps)
     rec("engine", "rb16", ms, rel_err(outs[-1].reshape(-1), lm_ref))
     eng = outs = None
+    # the engine's version (kiln.kernels.mma_int4: bf16 out, split-K finished by the last program)
+    from kiln.kernels.mma_int4 import int4_mma_gemv, pack_int4_mma
+    packs = [pack_int4_mma(*base[(n, k)]) for _, n, k in shapes]
+    outs = [None] * len(shapes)
+
+    def run_kiln():
+        for i, (_, n, k) in enumerate(shapes):
+            outs[i] = int4_mma_gemv(x[k][None], *packs[i], None, n, k)
+    with pdl_scope(True):
+        ms = time_graph(run_kiln, args.reps)
+    rec("kiln", "mma_int4 R4 w4", ms, rel_err(outs[-1].reshape(-1), lm_ref))
+    packs = outs = None
+    torch.cuda.empty_cache()
     torch.cuda.empty_cache()
     for r in sorted({v[0] for v in variants}):
         mats = [MmaInt4(*base[(n, k)], r) for _, n, k in shapes]
