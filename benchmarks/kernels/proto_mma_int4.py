@@ -71,7 +71,7 @@ mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
 """)
 
 # (R tiles of 16 rows a warp, warps, programs an SM (sets the K split), early loads)
-VARIANTS = [(4, 4, 4, 0), (4, 4, 4, 1), (4, 4, 6, 1), (4, 8, 2, 1), (2, 4, 8, 1), (8, 4, 2, 1)]
+VARIANTS = [(4, 4, 4, 1), (4, 4, 4, 0), (2, 4, 8, 1), (8, 4, 2, 1), (4, 8, 2, 1)]
 CHECK_VARIANTS = [(4, 4, 4, 0), (2, 8, 4, 1), (4, 4, 8, 1), (8, 4, 2, 1)]
 LAYER = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LM_HEAD = ("lm_head", 128256, 4096)
