@@ -14,7 +14,8 @@ for TAG in "" -head4; do
     bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
   echo "int4-wo$TAG build rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
   [ -d /tmp/e8b-int4-wo$TAG ] || break
-  timeout $((565 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model /tmp/e8b-int4-wo$TAG \
+  # loaded with the flag on (the layers keep the second copy); each variant sets it at capture
+  KILN_INT4_MMA=1 timeout $((565 - SECONDS + T0)) python3 benchmarks/ab_latency.py --model /tmp/e8b-int4-wo$TAG \
     --variants "base=KILN_INT4_MMA=0;mma=KILN_INT4_MMA=1" --rounds 2 --json $OUT/ab_int4$TAG.json \
     > $OUT/ab_int4$TAG.log 2>&1
   echo "ab_latency int4-wo$TAG rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log

@@ -134,10 +134,11 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         """(x * input_scale) @ dequant(qweight).T + bias through the int4 weight-only kernel
         (the tensor-core one from registers for up to 8 bfloat16 rows when the layer holds its
-        weights in that order too, ``layer.int4_mma``)."""
+        weights in that order too, ``layer.int4_mma``, and KILN_INT4_MMA is still on: turning it
+        off after loading brings the other kernels back, as benchmarks/ab_latency.py does)."""
         x = self.scale_input(layer, x)
         packed = getattr(layer, "int4_mma", None)
-        if (packed is not None and x.dtype == torch.bfloat16 and x.is_cuda
+        if (packed is not None and int4_mma_enabled() and x.dtype == torch.bfloat16 and x.is_cuda
                 and 0 < x.numel() <= MMA_INT4_MAX_M * x.shape[-1]):
             x2 = x.reshape(-1, x.shape[-1])
             x2 = x2 if x2.stride(-1) == 1 and x2.stride(0) % 2 == 0 else x2.contiguous()
