@@ -141,7 +141,8 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
         if (packed is not None and int4_mma_enabled() and x.dtype == torch.bfloat16 and x.is_cuda
                 and 0 < x.numel() <= MMA_INT4_MAX_M * x.shape[-1]):
             x2 = x.reshape(-1, x.shape[-1])
-            x2 = x2 if x2.stride(-1) == 1 and x2.stride(0) % 2 == 0 else x2.contiguous()
+            if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:
+                x2 = x2.contiguous()  # the kernel reads x as 32-bit words
             out = int4_mma_gemv(x2, *packed, layer.bias, layer.out_features, layer.in_features)
             return out.reshape(*x.shape[:-1], layer.out_features)
         return _ops.int4_wo_linear(x, layer.qweight, layer.scales, self.group_size, layer.bias,
