@@ -142,7 +142,7 @@ class Int4WeightOnlyLinearMethod(QuantLinearMethod):
                 and 0 < x.numel() <= MMA_INT4_MAX_M * x.shape[-1]):
             x2 = x.reshape(-1, x.shape[-1])
             if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:
-                x2 = x2.contiguous()  # the kernel reads x as 32-bit words
+                x2 = x2.clone(memory_format=torch.contiguous_format)  # read as 32-bit words
             out = int4_mma_gemv(x2, *packed, layer.bias, layer.out_features, layer.in_features)
             return out.reshape(*x.shape[:-1], layer.out_features)
         return _ops.int4_wo_linear(x, layer.qweight, layer.scales, self.group_size, layer.bias,
