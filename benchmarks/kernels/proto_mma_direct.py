@@ -56,7 +56,7 @@ def per_word(kind: str) -> int:
 
 
 def chunk_k(kind: str) -> int:
-    return 16 * 8 * per_word(kind)  # 8 steps of 16 E k: 256 (fp8) or 128 (bf16)
+    return 64 * per_word(kind)  # 8 steps of 8 E k: 256 (fp8) or 128 (bf16)
 
 
 def pack_mma(w: torch.Tensor, kind: str, r: int) -> torch.Tensor:
@@ -83,12 +83,12 @@ def _mma_direct_kernel(w_ptr, ws_ptr, x_ptr, xs_ptr, y_ptr, K, R: gl.constexpr, 
     # y[16 R rows of block pid 0] += W x over chunks [c0, c1) of split pid 1 (x: fp8 codes [K] with
     # the scale xs_ptr[0], or bf16 [K], read as int32 words; fp8: times ws_ptr[row] too).
     NW: gl.constexpr = gl.num_warps()
-    CK: gl.constexpr = 512 if FP8 else 256  # bytes of a row a chunk (256 or 128 k)
+    CK: gl.constexpr = 256 if FP8 else 128  # k a chunk (8 steps; 256 bytes of a row either way)
     L: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
     blk = gl.program_id(0)
     split = gl.program_id(1)
     nsplit = gl.num_programs(1)
-    chunks = K // (CK // (1 if FP8 else 2))
+    chunks = K // CK
     c0 = split * chunks // nsplit
     c1 = (split + 1) * chunks // nsplit
     S3: gl.constexpr = gl.SliceLayout(3, L)
