@@ -31,6 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kiln.kernels import pdl_args
+from kiln.kernels.pdl import pdl_start_gluon
 from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, split_locks
 
 MMA_INT4_GROUP = 128
@@ -131,6 +132,27 @@ def _words(blk_words, gw, ok, lane, tile, R: gl.constexpr):
 
 
 @gluon.jit
+def _step(s: gl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """The one of a group's 8 step tensors that step s (unrolled) takes."""
+    if s == 0:
+        return w0
+    elif s == 1:
+        return w1
+    elif s == 2:
+        return w2
+    elif s == 3:
+        return w3
+    elif s == 4:
+        return w4
+    elif s == 5:
+        return w5
+    elif s == 6:
+        return w6
+    else:
+        return w7
+
+
+@gluon.jit
 def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr, M, N, K, stride_xm,
                      stride_om, R: gl.constexpr, HAS_BIAS: gl.constexpr, EARLY: gl.constexpr,
                      PDL: gl.constexpr):
@@ -163,15 +185,7 @@ def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
     acc_b1 = zero_f
     if EARLY:
         w0, w1, w2, w3, w4, w5, w6, w7 = _words(blk_words, g0 + warp, g0 + warp < g1, lane, tile, R)
-    if PDL == 2:
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-    if PDL == 1:
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+    pdl_start_gluon(PDL)
     for g in range(g0, g1, NW):
         gw = g + warp
         ok = gw < g1
@@ -195,22 +209,7 @@ def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
         for s in gl.static_range(_STEPS):
             xa = gl.load(xp + 2 * s, mask=xm, other=0)
             xb = gl.load(xp + 2 * s + 1, mask=xm, other=0)
-            if s == 0:
-                w = w0
-            elif s == 1:
-                w = w1
-            elif s == 2:
-                w = w2
-            elif s == 3:
-                w = w3
-            elif s == 4:
-                w = w4
-            elif s == 5:
-                w = w5
-            elif s == 6:
-                w = w6
-            else:
-                w = w7
+            w = _step(s, w0, w1, w2, w3, w4, w5, w6, w7)
             c0, c1, c2, c3 = gl.inline_asm_elementwise(
                 _MMA_WORD, "=f,=f,=f,=f,r,r,r,f,f,f,f", [w, xa + zero_i, xb + zero_i, c0, c1, c2, c3],
                 dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
