@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device call 3 (at most B, default 450 s): the register-direct tensor-core GEMV prototypes. 1. int4
-# (proto_mma_int4.py): check, then the 8B's 129 int4 GEMVs against the engine's int4 GEMV;
+# Device call 3 (at most B, default 450 s): the register-direct tensor-core GEMVs. 1. int4
+# (proto_mma_int4.py: kiln.kernels.mma_int4's variants, checked, then the 8B's 129 int4 GEMVs, and the engine's int4 GEMV);
 # 2. the engine's kernel (kiln.kernels.mma_int4) GPU tests; 3. fp8 and bf16 (proto_mma_direct.py): check, then the 129 GEMVs of each against tc_gemv.
 #   bash benchmarks/h200-mma-int4/call3.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD

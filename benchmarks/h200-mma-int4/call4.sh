@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device call 4 (at most 150 s; when little device time is left): the int4 prototype's chain,
-# one variant and the engine version, after its check on small shapes.
+# Device call 4 (at most 150 s; when little device time is left): the int4 chain,
+# kiln.kernels.mma_int4 at one variant (after its check on small shapes) and the engine's int4 GEMV.
 #   bash benchmarks/h200-mma-int4/call4.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS

@@ -31,8 +31,12 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from kiln.kernels.mma_int4 import _step
+from kiln.kernels.pdl import pdl_start_gluon
+
 sys.path.insert(0, os.path.dirname(__file__))
-from proto_mma_int4 import LAYER, LM_HEAD, rel_err, time_graph  # noqa: E402
+from proto_mma_int4 import rel_err  # noqa: E402
+from proto_persistent_chain import LAYER, LM_HEAD, time_graph  # noqa: E402
 
 # D = A B + C, pack 4: $0..$3 D, $4..$7 the A words, $8 $9 the B words ($10 $11 unused), $12..$15 C
 _MMA_FP8 = gl.constexpr("""
@@ -78,6 +82,15 @@ def pack_mma(w: torch.Tensor, kind: str, r: int) -> torch.Tensor:
 
 
 @gluon.jit
+def _chunk_words(wp, ok, STEP_WORDS: gl.constexpr):
+    """A chunk's 8 steps of words (zeros where not ok)."""
+    return (gl.load(wp + 0 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 1 * STEP_WORDS, mask=ok, other=0),
+            gl.load(wp + 2 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 3 * STEP_WORDS, mask=ok, other=0),
+            gl.load(wp + 4 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 5 * STEP_WORDS, mask=ok, other=0),
+            gl.load(wp + 6 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 7 * STEP_WORDS, mask=ok, other=0))
+
+
+@gluon.jit
 def _mma_direct_kernel(w_ptr, ws_ptr, x_ptr, xs_ptr, y_ptr, K, R: gl.constexpr, FP8: gl.constexpr,
                        EARLY: gl.constexpr, PDL: gl.constexpr):
     # y[16 R rows of block pid 0] += W x over chunks [c0, c1) of split pid 1 (x: fp8 codes [K] with
@@ -109,51 +122,18 @@ def _mma_direct_kernel(w_ptr, ws_ptr, x_ptr, xs_ptr, y_ptr, K, R: gl.constexpr, 
     if EARLY:  # the first chunk's weights before waiting for the kernel before
         wp = blk_words + cw.to(gl.int64) * CHUNK_WORDS + in_step
         ok = cw < c1
-        w0 = gl.load(wp + 0 * STEP_WORDS, mask=ok, other=0)
-        w1 = gl.load(wp + 1 * STEP_WORDS, mask=ok, other=0)
-        w2 = gl.load(wp + 2 * STEP_WORDS, mask=ok, other=0)
-        w3 = gl.load(wp + 3 * STEP_WORDS, mask=ok, other=0)
-        w4 = gl.load(wp + 4 * STEP_WORDS, mask=ok, other=0)
-        w5 = gl.load(wp + 5 * STEP_WORDS, mask=ok, other=0)
-        w6 = gl.load(wp + 6 * STEP_WORDS, mask=ok, other=0)
-        w7 = gl.load(wp + 7 * STEP_WORDS, mask=ok, other=0)
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp, ok, STEP_WORDS)
+    pdl_start_gluon(PDL)
     for c in range(c0, c1, NW):
         cw = c + warp
         ok = cw < c1
         if not EARLY:
             wp = blk_words + cw.to(gl.int64) * CHUNK_WORDS + in_step
-            w0 = gl.load(wp + 0 * STEP_WORDS, mask=ok, other=0)
-            w1 = gl.load(wp + 1 * STEP_WORDS, mask=ok, other=0)
-            w2 = gl.load(wp + 2 * STEP_WORDS, mask=ok, other=0)
-            w3 = gl.load(wp + 3 * STEP_WORDS, mask=ok, other=0)
-            w4 = gl.load(wp + 4 * STEP_WORDS, mask=ok, other=0)
-            w5 = gl.load(wp + 5 * STEP_WORDS, mask=ok, other=0)
-            w6 = gl.load(wp + 6 * STEP_WORDS, mask=ok, other=0)
-            w7 = gl.load(wp + 7 * STEP_WORDS, mask=ok, other=0)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp, ok, STEP_WORDS)
         xp = xw + cw * 64 + x_in
         for s in gl.static_range(STEPS):
             xab = gl.load(xp + 2 * s, mask=ok, other=0)  # [NW, 32, 1, 4]
-            if s == 0:
-                w = w0
-            elif s == 1:
-                w = w1
-            elif s == 2:
-                w = w2
-            elif s == 3:
-                w = w3
-            elif s == 4:
-                w = w4
-            elif s == 5:
-                w = w5
-            elif s == 6:
-                w = w6
-            else:
-                w = w7
+            w = _step(s, w0, w1, w2, w3, w4, w5, w6, w7)
             if FP8:
                 acc = gl.inline_asm_elementwise(_MMA_FP8, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
                                                 [w, xab + w * 0, acc], dtype=gl.float32,
@@ -166,14 +146,7 @@ def _mma_direct_kernel(w_ptr, ws_ptr, x_ptr, xs_ptr, y_ptr, K, R: gl.constexpr, 
             cn = c + NW + warp
             wp = blk_words + cn.to(gl.int64) * CHUNK_WORDS + in_step
             okn = cn < c1
-            w0 = gl.load(wp + 0 * STEP_WORDS, mask=okn, other=0)
-            w1 = gl.load(wp + 1 * STEP_WORDS, mask=okn, other=0)
-            w2 = gl.load(wp + 2 * STEP_WORDS, mask=okn, other=0)
-            w3 = gl.load(wp + 3 * STEP_WORDS, mask=okn, other=0)
-            w4 = gl.load(wp + 4 * STEP_WORDS, mask=okn, other=0)
-            w5 = gl.load(wp + 5 * STEP_WORDS, mask=okn, other=0)
-            w6 = gl.load(wp + 6 * STEP_WORDS, mask=okn, other=0)
-            w7 = gl.load(wp + 7 * STEP_WORDS, mask=okn, other=0)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp, okn, STEP_WORDS)
     tot = gl.sum(acc, axis=0)  # [32, R, 4]: element reg 0 row a, reg 2 row b (col 2t)
     T2: gl.constexpr = gl.SliceLayout(0, L)
     lane2 = gl.arange(0, 32, layout=gl.SliceLayout(1, gl.SliceLayout(2, T2)))[:, None, None]
