@@ -32,7 +32,7 @@ from triton.experimental.gluon import language as gl
 
 from kiln.kernels import pdl_args
 from kiln.kernels.pdl import pdl_start_gluon
-from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, split_locks
+from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, _partials, split_locks
 
 MMA_INT4_GROUP = 128
 MMA_INT4_MAX_M = 8      # B's columns
@@ -304,7 +304,7 @@ def int4_mma_gemv(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor,
     locks = split_locks(x2.device) if split > 1 else None
     if split > 1 and (locks is None or blocks > SPLIT_LOCKS):
         split = 1  # (capture before the counters exist, or too many blocks): no split
-    part = (torch.empty(split * m * n, dtype=torch.float32, device=x2.device) if split > 1 else out)
+    part = _partials(split, m, n, out, False)
     pdl = pdl_args(x2)
     _int4_mma_kernel[(blocks, split)](
         x2, words, scales, bias if bias is not None else out, out, part,
