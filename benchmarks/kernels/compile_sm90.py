@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from kiln.kernels import (activation, argmax, attention, decode_attention, decode_gluon, fma_gemv,
-                          mma_gemv, mma_int4, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
+                          mma_direct, mma_gemv, mma_int4, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
                           rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -350,6 +350,14 @@ def tc_gemv_configs():
                {"A8": a8, "HAS_BIAS": False, "FUSED_SPLITK": True, "BLOCK_M": 16,
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
+        # straight from registers (kiln.kernels.mma_direct, KILN_MMA_DIRECT)
+        for r, warps in ((1, 4), (2, 4), (2, 8), (4, 4)):
+            for early in (False, True):
+                yield (f"{name} mma-gemv direct R{r} w{warps} early={early}",
+                       mma_direct._mma_direct_kernel,
+                       {"R": r, "FP8": a8, "HAS_BIAS": early, "EARLY": early, "PDL": 1,
+                        "_ptrs": {"x_ptr": ty, "xs_ptr": "*fp32", "w_ptr": "*i32", "ws_ptr": "*fp32",
+                                  "part_ptr": "*fp32", "lock_ptr": "*i32"}}, "bf16", warps, 1)
 
 
 def argmax_configs():

@@ -70,6 +70,15 @@ class LMHead(nn.Module):
             raise KilnError("a quantized LM head has no float table")
         return self._tied[0].weight if self._tied else self.weight
 
+    def finish_loading(self) -> None:
+        """Once loaded, an unquantized bfloat16 head on CUDA keeps a second copy of its table in
+        the order of kiln.kernels.mma_direct (``mma_direct``) when KILN_MMA_DIRECT names float
+        (a quantized head's method does this for its own tensors)."""
+        self.mma_direct = None
+        if self.method is None:
+            from kiln.kernels import mma_direct
+            self.mma_direct = mma_direct.pack_if_enabled(self.table().data)
+
     def forward(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, hidden_size] -> [N, vocab_size] float32 (matmul in the model dtype, like HF).
 
@@ -82,6 +91,15 @@ class LMHead(nn.Module):
             logits = self.method.apply(self, hidden)  # in the model dtype
         else:
             table = self.table()
+            words = getattr(self, "mma_direct", None)
+            if words is not None and hidden.is_cuda and hidden.dtype == table.dtype:
+                from kiln.kernels import mma_direct
+                rows = hidden.numel() // hidden.shape[-1]
+                if 0 < rows <= mma_direct.MMA_DIRECT_MAX_M and mma_direct.mma_direct_enabled("float"):
+                    if out is not None and out.dtype == hidden.dtype and out.is_contiguous():
+                        return mma_direct.linear(hidden, words, None, self.vocab_size, out=out)
+                    logits = mma_direct.linear(hidden, words, None, self.vocab_size)
+                    return logits.float() if out is None else out.copy_(logits)
             if out is not None and out.dtype == hidden.dtype == table.dtype:
                 if hidden.is_cuda and hidden.shape[0] == 1 and out.is_contiguous():
                     from kiln.kernels import ring_gemv as rg

@@ -54,17 +54,31 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def apply(self, layer: "Linear", x: torch.Tensor) -> torch.Tensor:
         """``F.linear`` with the stored weight and bias (decode rows through the Triton GEMV when
-        KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float)."""
+        KILN_TRITON_GEMV=1, or the tensor-core GEMV when KILN_TC_GEMV names float; up to 8 rows
+        through the one from registers when the layer holds its weight in that order too,
+        ``layer.mma_direct``, and KILN_MMA_DIRECT still names float)."""
         if x.is_cuda:
             from kiln.kernels import quant_matmul as qm
-            from kiln.kernels import mma_gemv
+            from kiln.kernels import mma_direct, mma_gemv
 
             rows = x.numel() // x.shape[-1]
+            words = getattr(layer, "mma_direct", None)
+            if (words is not None and 0 < rows <= mma_direct.MMA_DIRECT_MAX_M
+                    and x.dtype == layer.weight.dtype and mma_direct.mma_direct_enabled("float")):
+                return mma_direct.linear(x, words, layer.bias, layer.out_features)
             if ((rows <= qm.GEMV_MAX_M and qm.triton_gemv_enabled())
                     or (rows <= qm.SMALL_M and mma_gemv.tc_gemv_enabled("float")
                         and x.dtype == layer.weight.dtype and x.shape[-1] % 32 == 0)):
                 return qm.float_gemv_linear(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
+
+    def finish_loading(self, layer: nn.Module) -> None:
+        """With KILN_MMA_DIRECT naming float at load, a bfloat16 weight on CUDA keeps a second copy
+        in the A-fragment order of kiln.kernels.mma_direct (``layer.mma_direct``, +2 bytes a
+        weight) for decode rows."""
+        from kiln.kernels import mma_direct
+
+        layer.mma_direct = mma_direct.pack_if_enabled(layer.weight.data)
 
     def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,
                    shard: int | None, checkpoint_name: str) -> None:

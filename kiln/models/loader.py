@@ -186,9 +186,11 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) 
 
 
 def finish_loading(model: nn.Module) -> None:
-    """Let every LinearMethod (Linears and quantized LM heads) rearrange its layer's tensors now
-    that all are loaded (LinearMethod.finish_loading). Every loader of a whole model calls it
+    """Let every LinearMethod (Linears and quantized LM heads) and every unquantized LM head
+    rearrange its layer's tensors now that all are loaded (LinearMethod.finish_loading,
+    LMHead.finish_loading). Every loader of a whole model calls it
     last: load_weights here, and the engine loader (kiln.build.engine_dir)."""
+    from kiln.layers.embedding import LMHead
     from kiln.layers.linear import LinearMethod
 
     with torch.no_grad():
@@ -196,6 +198,8 @@ def finish_loading(model: nn.Module) -> None:
             method = getattr(module, "method", None)
             if isinstance(method, LinearMethod):
                 method.finish_loading(module)
+            elif isinstance(module, LMHead):
+                module.finish_loading()
 
 
 def _expected_targets(model: nn.Module, modules: dict[str, nn.Module]) -> set[tuple[str, int | None]]:
