@@ -10,9 +10,9 @@ of 16 words a chunk. fp8: x is the per-token fp8 codes with their scale (as the 
 layers quantize it), and the float32 sums are scaled by the weight row's scale and x's at the end.
 
 The kernel is the engine's, kiln.kernels.mma_direct (KILN_MMA_DIRECT). Modes (medians of
-CUDA-graph replays under PDL): engine (mma_gemv.tc_gemv on row-major weights, autotuned; fp8
-after quant_per_token as the engine's layers) and mma (mma_direct_gemv at variants R, warps,
-programs an SM, early; fp8 codes quantized beforehand, as a producer-quantized layer gets them).
+CUDA-graph replays under PDL): engine (mma_gemv.tc_gemv on row-major weights, autotuned) and mma
+(mma_direct_gemv at variants R, warps, programs an SM, early). fp8: both take the codes quantized
+beforehand, as a layer whose producer quantizes its input gets them (the engine's default).
 
     PYTHONPATH=. python benchmarks/kernels/proto_mma_direct.py --kind fp8 [--layers 32] [--json OUT]
     PYTHONPATH=. python benchmarks/kernels/proto_mma_direct.py --check-only     # GPU, small, both
@@ -164,8 +164,8 @@ def main() -> int:
         for i, (_, n, k) in enumerate(shapes):
             w, ws = weights[i]
             if kind == "fp8":
-                q, s = quant_per_token(xb[k][None], torch.float8_e4m3fn)
-                outs[i] = tc_gemv(q, s, w, ws, None, torch.bfloat16)
+                q, s = xq[k]
+                outs[i] = tc_gemv(q[None], s.reshape(1, 1), w, ws, None, torch.bfloat16)
             else:
                 outs[i] = tc_gemv(xb[k][None], None, w, None, None, torch.bfloat16)
     with pdl_scope(True):
