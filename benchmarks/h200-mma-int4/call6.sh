@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device call 6 (at most B, default 570 s): the register-direct tensor-core GEMVs, fp8 first (the
 # largest gap: the #7 fp8 batch-1 bar). 1. the 8B's 129 fp8 GEMVs, kiln.kernels.mma_direct at
-# its variants (each checked first) against the engine's quant_per_token + tc_gemv
-# (proto_mma_direct.py); 2. the same for int4 (proto_mma_int4.py, kiln.kernels.mma_int4);
+# its variants (each checked first) against the engine's tc_gemv (both on fp8 codes
+# quantized beforehand; proto_mma_direct.py); 2. the same for int4 (proto_mma_int4.py, kiln.kernels.mma_int4);
 # 3. both kernels' GPU tests; 4. bf16 if a minute is left. B=420 still gives each step
 # about 2 minutes.
 #   B=570 bash benchmarks/h200-mma-int4/call6.sh     (OUT set by the device tool)
