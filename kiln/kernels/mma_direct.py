@@ -11,7 +11,8 @@ same way on both sides, so that lane (g, t) reads its x as one run of 16 words a
 
 fp8: x is the per-token fp8 codes with float32 scales [M] (what the engine's W8A8 layers use), the
 float32 sums are scaled by the weight row's scale and x row's at the end. The products are exact
-and summed in float32 by the tensor cores.
+and summed in float32 by the tensor cores. sm_90 has no fp8 mma.sync of its own: ptxas lowers
+each m16n8k32 e4m3 to fp8 -> f16 conversions of A and B (exact) and two m16n8k16 f16 mmas.
 
 Grid: (N / 16 R row blocks, K splits). A program's warps take consecutive chunks of its split;
 their sums meet in shared memory; a split program stores float32 partials and the last of a
