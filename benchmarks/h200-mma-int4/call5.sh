@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 5 (prepared; at most 570 s; only after call3.sh shows kiln.kernels.mma_int4 correct
+# Device call 5 (prepared; at most 570 s; only after call6.sh shows kiln.kernels.mma_int4 correct
 # and faster than the engine's int4 GEMV in the chain): the int4-wo 8B engine (random weights,
 # `kiln build --quant int4-wo`, about 200 s), batch 1 128/256 through benchmarks/ab_latency.py,
 # default against KILN_INT4_MMA=1, alternating; then, as time allows, the same with an int4 LM
