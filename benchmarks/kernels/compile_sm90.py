@@ -25,8 +25,8 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from kiln.kernels import (activation, argmax, attention, decode_attention, decode_gluon, fma_gemv,
-                          mma_direct, mma_gemv, mma_int4, prefill_fresh, quant_gemm, quant_matmul, ring_gemv, rmsnorm,
-                          rotary)
+                          mma_direct, mma_gemv, mma_int4, prefill_fresh, quant_gemm, quant_matmul,
+                          ring_gemv, rmsnorm, rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Pointer element types by argument name (anything else ending in _ptr holds the activations).
