@@ -166,3 +166,18 @@ def test_bad_dtype(llama_dir):
     with pytest.raises(KilnError) as e:
         load_model(llama_dir[0], dtype="int8")
     _one_line_error(e, "int8")
+
+
+def test_finish_loading_reaches_every_linear_and_the_head(llama_dir, monkeypatch):
+    """The loader lets every unquantized Linear and the LM head rearrange its weight once loaded
+    (LinearMethod / LMHead.finish_loading): with KILN_MMA_DIRECT on, a CPU model still keeps no
+    second copy (the register-direct GEMV is CUDA only), but each of them has been asked."""
+    from kiln.layers.embedding import LMHead
+    from kiln.layers.linear import Linear
+
+    monkeypatch.setenv("KILN_MMA_DIRECT", "1")
+    model = load_model(llama_dir[0], dtype="bfloat16")
+    mods = [m for m in model.modules() if isinstance(m, (Linear, LMHead))]
+    assert any(isinstance(m, LMHead) for m in mods) and len(mods) > 2
+    for mod in mods:
+        assert hasattr(mod, "mma_direct") and mod.mma_direct is None, mod
