@@ -37,24 +37,27 @@ def _nibbles_f32(b):
     return lo, hi
 
 
-# Eight int4 nibbles of a 32-bit word $8 (nibble i at bits 4 i, stored as q + 8) -> four bfloat16
-# pairs q = nibble - 8, exact (PTX, sm_90+): kq<s> holds nibbles s (low half) and s + 4 (high
-# half). Each nibble is OR'd into bfloat16 128.0 (0x4300), giving 128 + nibble exactly, and one
-# packed FMA takes 136 off both halves. _INT4_WORD_ASM appends its moves out of kq0..kq3 and
-# closes the block.
+def int4x8_bf16_128_ptx(src: str, dst: str) -> str:
+    """PTX (sm_90+) turning the eight nibbles of 32-bit register src (nibble i at bits 4 i) into
+    four bfloat16 pairs 128 + nibble, exact: register dst<s> (declared by the caller) gets nibbles
+    s (low half) and s + 4 (high half). Each nibble is OR'd into bfloat16 128.0 (0x4300) by one
+    lop3 after a shift: 3 shifts and 4 lop3 for 8 weights."""
+    shifts = "".join(f"shr.u32 {dst}{s}, {src}, {4 * s};\n" for s in (1, 2, 3))
+    ors = "".join(f"lop3.b32 {dst}{s}, {src if s == 0 else dst + str(s)}, 0x000F000F, 0x43004300, "
+                  "0xEA;\n" for s in range(4))
+    return shifts + ors
+
+
+# Eight int4 nibbles of a 32-bit word $8 (stored as q + 8) -> four bfloat16 pairs q = nibble - 8,
+# exact: kq<s> holds nibbles s and s + 4 as 128 + nibble (int4x8_bf16_128_ptx), and one packed FMA
+# takes 136 off both halves. _INT4_WORD_ASM appends its moves out of kq0..kq3 and closes the
+# block.
 _INT4X8_BF16_PAIRS_PTX = """
 {
 .reg .b32 kq0, kq1, kq2, kq3, kone, koff;
 mov.b32 kone, 0x3F803F80;
 mov.b32 koff, 0xC308C308;
-shr.u32 kq1, $8, 4;
-shr.u32 kq2, $8, 8;
-shr.u32 kq3, $8, 12;
-lop3.b32 kq0, $8, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq1, kq1, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq2, kq2, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 kq3, kq3, 0x000F000F, 0x43004300, 0xEA;
-fma.rn.bf16x2 kq0, kq0, kone, koff;
+""" + int4x8_bf16_128_ptx("$8", "kq") + """fma.rn.bf16x2 kq0, kq0, kone, koff;
 fma.rn.bf16x2 kq1, kq1, kone, koff;
 fma.rn.bf16x2 kq2, kq2, kone, koff;
 fma.rn.bf16x2 kq3, kq3, kone, koff;

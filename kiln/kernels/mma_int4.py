@@ -31,6 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kiln.kernels import pdl_args
+from kiln.kernels.int4_bits import int4x8_bf16_128_ptx
 from kiln.kernels.pdl import pdl_start_gluon
 from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, _partials, split_locks
 
@@ -44,15 +45,8 @@ _STEPS = gl.constexpr(MMA_INT4_GROUP // 16)
 # and C = ($7 .. $10); D in $0 .. $3 (c0 c1: row g, columns 2t, 2t + 1; c2 c3: row g + 8).
 _MMA_WORD = gl.constexpr("""
 {
-.reg .b32 ka0, ka1, ka2, ka3, ks1, ks2, ks3;
-shr.u32 ks1, $4, 4;
-shr.u32 ks2, $4, 8;
-shr.u32 ks3, $4, 12;
-lop3.b32 ka0, $4, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 ka1, ks1, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 ka2, ks2, 0x000F000F, 0x43004300, 0xEA;
-lop3.b32 ka3, ks3, 0x000F000F, 0x43004300, 0xEA;
-mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+.reg .b32 ka0, ka1, ka2, ka3;
+""" + int4x8_bf16_128_ptx("$4", "ka") + """mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
   {$0, $1, $2, $3}, {ka0, ka1, ka2, ka3}, {$5, $6}, {$7, $8, $9, $10};
 }
 """)
@@ -250,23 +244,16 @@ def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
             gl.thread_barrier()
             for h in gl.static_range(2):
                 for c in gl.static_range(2):
-                    rows = row_a + 8 * h
-                    m = m0 + c
-                    ok = (m < M) & (rows < N)
-                    total = gl.zeros([32, R], gl.float32, T)
-                    for sk in range(0, nsplit):
-                        total += gl.load(part_ptr + (sk * M + m) * N + rows, mask=ok, other=0.0,
-                                         cache_modifier=".cg")
-                    if HAS_BIAS:
-                        total += gl.load(bias_ptr + rows, mask=ok, other=0.0).to(gl.float32)
-                    gl.store(out_ptr + m * stride_om + rows, total.to(out_ptr.dtype.element_ty), mask=ok)
+                    _sum_splits(row_a + 8 * h, m0 + c, M, N, out_ptr, part_ptr, bias_ptr, nsplit,
+                                stride_om, HAS_BIAS)
             gl.atomic_xchg(lock_ptr + blk, 0, sem="relaxed", scope="gpu")
 
 
 @gluon.jit
 def _finish(tot, rows, m, M, N, out_ptr, part_ptr, lock_ptr, bias_ptr, blk, split, nsplit,
             stride_om, HAS_BIAS: gl.constexpr):
-    """One of a program's four [32, R] sums: the output (unsplit) or split's partial."""
+    """A program's sums (one of four [32, R] for int4, [32, R, 4] for mma_direct): the output
+    (unsplit, + bias) or split's partial."""
     ok = (m < M) & (rows < N)
     if nsplit == 1:
         if HAS_BIAS:
@@ -276,10 +263,34 @@ def _finish(tot, rows, m, M, N, out_ptr, part_ptr, lock_ptr, bias_ptr, blk, spli
         gl.store(part_ptr + (split * M + m) * N + rows, tot, mask=ok)
 
 
+@gluon.jit
+def _sum_splits(rows, m, M, N, out_ptr, part_ptr, bias_ptr, nsplit, stride_om, HAS_BIAS: gl.constexpr):
+    """The last program of a block: out[m, rows] = the nsplit partials summed in split order
+    (+ bias); rows and m broadcast to the sums' shape and layout."""
+    ok = (m < M) & (rows < N)
+    total = gl.zeros_like(rows + m, dtype=gl.float32)
+    for sk in range(0, nsplit):
+        total += gl.load(part_ptr + (sk * M + m) * N + rows, mask=ok, other=0.0, cache_modifier=".cg")
+    if HAS_BIAS:
+        total += gl.load(bias_ptr + rows, mask=ok, other=0.0).to(gl.float32)
+    gl.store(out_ptr + m * stride_om + rows, total.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 def _split(blocks: int, groups: int, warps: int, per_sm: int, sms: int) -> int:
     """K splits: each warp takes as few groups as let the grid hold per_sm programs an SM."""
     each = -(-blocks * groups // (warps * per_sm * sms))
     return max(1, min(groups // (warps * each), groups))
+
+
+def _split_buffers(split: int, blocks: int, out: torch.Tensor
+                   ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(split, arrival counters, float32 partials) for a launch writing out [M, N] (out stands in
+    for what an unsplit launch does not read). No split while a graph is captured before the
+    counters exist, or with more row blocks than counters."""
+    locks = split_locks(out.device) if split > 1 else None
+    if split > 1 and (locks is None or blocks > SPLIT_LOCKS):
+        split = 1
+    return split, locks if locks is not None else out, _partials(split, *out.shape, out, False)
 
 
 MMA_INT4_WARPS = 4
@@ -301,13 +312,10 @@ def int4_mma_gemv(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor,
     blocks, groups = n // (16 * r), k // MMA_INT4_GROUP
     split = split or _split(blocks, groups, warps, per_sm, _num_sms(x2.device))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    locks = split_locks(x2.device) if split > 1 else None
-    if split > 1 and (locks is None or blocks > SPLIT_LOCKS):
-        split = 1  # (capture before the counters exist, or too many blocks): no split
-    part = _partials(split, m, n, out, False)
+    split, locks, part = _split_buffers(split, blocks, out)
     pdl = pdl_args(x2)
     _int4_mma_kernel[(blocks, split)](
-        x2, words, scales, bias if bias is not None else out, out, part,
-        locks if locks is not None else out, m, n, k, x2.stride(0), out.stride(0), R=r,
+        x2, words, scales, bias if bias is not None else out, out, part, locks, m, n, k,
+        x2.stride(0), out.stride(0), R=r,
         HAS_BIAS=bias is not None, EARLY=early, num_warps=warps, **pdl)
     return out
