@@ -29,9 +29,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kiln.kernels import pdl_args
-from kiln.kernels.mma_int4 import _split, _step
+from kiln.kernels.mma_int4 import _finish, _split, _split_buffers, _step, _sum_splits
 from kiln.kernels.pdl import pdl_start_gluon
-from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, _partials, split_locks
+from kiln.kernels.qmm_common import _num_sms
 
 MMA_DIRECT_MAX_M = 8   # B's columns
 MMA_DIRECT_CHUNK_BYTES = 256  # of a row, a chunk (8 mma steps)
@@ -196,23 +196,14 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     if FP8:
         tot = tot * gl.load(ws_ptr + rows, mask=keep, other=0.0) * gl.load(xs_ptr + m, mask=keep,
                                                                            other=0.0)
-    if nsplit == 1:
-        if HAS_BIAS:
-            tot += gl.load(bias_ptr + rows, mask=keep, other=0.0).to(gl.float32)
-        gl.store(out_ptr + m * stride_om + rows, tot.to(out_ptr.dtype.element_ty), mask=keep)
-    else:
-        gl.store(part_ptr + (split * M + m) * N + rows, tot, mask=keep)
+    _finish(tot, rows, m, M, N, out_ptr, part_ptr, lock_ptr, bias_ptr, blk, split, nsplit, stride_om,
+            HAS_BIAS)
+    if nsplit > 1:
         gl.thread_barrier()  # every thread's partial stores precede the release below
         arrived = gl.atomic_add(lock_ptr + blk, 1, sem="acq_rel", scope="gpu")
         if arrived == nsplit - 1:
             gl.thread_barrier()
-            total = gl.zeros([32, R, 4], gl.float32, T)
-            for sk in range(0, nsplit):
-                total += gl.load(part_ptr + (sk * M + m) * N + rows, mask=keep, other=0.0,
-                                 cache_modifier=".cg")
-            if HAS_BIAS:
-                total += gl.load(bias_ptr + rows, mask=keep, other=0.0).to(gl.float32)
-            gl.store(out_ptr + m * stride_om + rows, total.to(out_ptr.dtype.element_ty), mask=keep)
+            _sum_splits(rows, m, M, N, out_ptr, part_ptr, bias_ptr, nsplit, stride_om, HAS_BIAS)
             gl.atomic_xchg(lock_ptr + blk, 0, sem="relaxed", scope="gpu")
 
 
@@ -241,18 +232,14 @@ def mma_direct_gemv(x2: torch.Tensor, x_scale: torch.Tensor | None, words: torch
         out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
     elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
         raise ValueError(f"mma_direct_gemv: out must be [{m}, {n}] of {out_dtype} with contiguous rows")
-    locks = split_locks(x2.device) if split > 1 else None
-    if split > 1 and (locks is None or blocks > SPLIT_LOCKS):
-        split = 1  # (capture before the counters exist, or too many blocks): no split
-    part = _partials(split, m, n, out, False)
+    split, locks, part = _split_buffers(split, blocks, out)
     xs = x_scale.reshape(-1).float().contiguous() if fp8 else out
     ws = w_scale.float().contiguous() if fp8 else out
     pdl = pdl_args(x2)
     _mma_direct_kernel[(blocks, split)](
-        x2, xs, words, ws, bias if bias is not None else out, out, part,
-        locks if locks is not None else out, m, n, k, x2.stride(0) * x2.element_size() // 4,
-        out.stride(0), R=r, FP8=fp8, HAS_BIAS=bias is not None, EARLY=early, num_warps=warps,
-        **pdl)
+        x2, xs, words, ws, bias if bias is not None else out, out, part, locks, m, n, k,
+        x2.stride(0) * x2.element_size() // 4, out.stride(0), R=r, FP8=fp8,
+        HAS_BIAS=bias is not None, EARLY=early, num_warps=warps, **pdl)
     return out
 
 
