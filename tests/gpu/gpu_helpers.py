@@ -39,3 +39,32 @@ def eager_then_graph(run, check, eager: int, replays: int) -> None:
         graph.replay()
         check(out)
     torch.cuda.synchronize()
+
+
+def greedy_with_and_without(monkeypatch, model: str, env: str, kernel, has_copy) -> dict:
+    """Greedy runs (3 prompts, 16 tokens, logprobs 5) of ``model`` loaded once with ``env`` = 0
+    and once with 1, counting ``kernel``'s launches (a Gluon/Triton JIT function) and the modules
+    for which ``has_copy(module)`` holds. Each load also asserts that nothing compiled after
+    start-up. Returns {"packed": {flag: modules}, "calls": {flag: launches}, "runs": {flag:
+    CompletionOutputs}}."""
+    from kiln import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": list(range(3 + i, 40 + 2 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=5)
+    got = {"packed": {}, "calls": {}, "runs": {}}
+    real = kernel.run
+    flag = None
+
+    def counting(*args, **kwargs):
+        got["calls"][flag] = got["calls"].get(flag, 0) + 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(kernel, "run", counting)
+    for flag in ("0", "1"):
+        monkeypatch.setenv(env, flag)
+        llm = LLM(model, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+        got["packed"][flag] = sum(bool(has_copy(mod)) for mod in llm.engine.model.modules())
+        got["runs"][flag] = [o.outputs[0] for o in llm.generate(prompts, params)]
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm
+        torch.cuda.empty_cache()
+    return got

@@ -79,9 +79,8 @@ def test_engine_greedy_tokens_with_and_without_int4_mma(tmp_path, monkeypatch):
     """An int4-wo engine (int4 LM head too) loaded with KILN_INT4_MMA=1 keeps the second copy in
     its layers, decodes through the kernel, compiles nothing after start-up, and gives the
     default's greedy tokens under the top-5 rule."""
-    from gpu_helpers import assert_top5_agree
+    from gpu_helpers import assert_top5_agree, greedy_with_and_without
 
-    from kiln import LLM, SamplingParams
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.models.random_model import write_random_model
     from kiln.quant.config import QuantConfig
@@ -91,24 +90,9 @@ def test_engine_greedy_tokens_with_and_without_int4_mma(tmp_path, monkeypatch):
     engine = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"),
                                        QuantConfig("int4-wo", lm_head="int4-wo"), eval_tokens=0,
                                        device="cuda", progress=False, calib_samples=4))["path"]
-    prompts = [{"prompt_token_ids": list(range(3 + i, 40 + 2 * i))} for i in range(3)]
-    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=5)
-    calls, runs, packed = {}, {}, {}
-    real = mi._int4_mma_kernel.run
-
-    def counting(*args, **kwargs):
-        calls[flag] = calls.get(flag, 0) + 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(mi._int4_mma_kernel, "run", counting)
-    for flag in ("0", "1"):
-        monkeypatch.setenv("KILN_INT4_MMA", flag)
-        llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
-        layers = [mod for mod in llm.engine.model.modules() if hasattr(mod, "qweight")]
-        packed[flag] = sum(getattr(mod, "int4_mma", None) is not None for mod in layers)
-        runs[flag] = llm.generate(prompts, params)
-        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
-        del llm, layers
-        torch.cuda.empty_cache()
+    got = greedy_with_and_without(monkeypatch, engine, "KILN_INT4_MMA", mi._int4_mma_kernel,
+                                  lambda mod: getattr(mod, "int4_mma", None) is not None)
+    packed, calls, runs = got["packed"], got["calls"], got["runs"]
     assert packed["0"] == 0 and packed["1"] > 0
     assert calls.get("0", 0) == 0 and calls.get("1", 0) > 0
-    assert_top5_agree([o.outputs[0] for o in runs["1"]], [o.outputs[0] for o in runs["0"]])
+    assert_top5_agree(runs["1"], runs["0"])
