@@ -351,11 +351,14 @@ def tc_gemv_configs():
                 "BLOCK_N": cfg.kwargs["BLOCK_N"], "BLOCK_K": cfg.kwargs["BLOCK_K"], "PDL": 1,
                 "EARLY_W": 1, "_ptrs": ptrs}, "bf16", cfg.num_warps, cfg.num_stages)
         # straight from registers (kiln.kernels.mma_direct, KILN_MMA_DIRECT)
-        for r, warps in ((1, 4), (2, 4), (2, 8), (4, 4)):
+        # (fp8 also with the written-out conversions, cvt)
+        for r, warps, cvt in ((1, 4, 0), (2, 4, 0), (2, 8, 0), (4, 4, 0), (2, 4, 1), (4, 4, 1)):
+            if cvt and not a8:
+                continue
             for early in (False, True):
-                yield (f"{name} mma-gemv direct R{r} w{warps} early={early}",
+                yield (f"{name} mma-gemv direct R{r} w{warps} early={early}" + (" cvt" if cvt else ""),
                        mma_direct._mma_direct_kernel,
-                       {"R": r, "FP8": a8, "HAS_BIAS": early, "EARLY": early, "PDL": 1,
+                       {"R": r, "FP8": a8, "HAS_BIAS": early, "EARLY": early, "CVT": cvt, "PDL": 1,
                         "_ptrs": {"x_ptr": ty, "xs_ptr": "*fp32", "w_ptr": "*i32", "ws_ptr": "*fp32",
                                   "part_ptr": "*fp32", "lock_ptr": "*i32"}}, "bf16", warps, 1)
 

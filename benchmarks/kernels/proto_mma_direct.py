@@ -34,11 +34,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 from proto_mma_int4 import rel_err  # noqa: E402
 from proto_persistent_chain import LAYER, LM_HEAD, time_graph  # noqa: E402
 
-# (R tiles of 16 rows a warp, warps, programs an SM (sets the K split), early loads)
-VARIANTS = [(1, 4, 8, 1), (2, 4, 4, 1), (2, 4, 8, 1), (2, 8, 4, 1), (4, 4, 4, 1), (4, 4, 4, 0)]
-CHECK_VARIANTS = [(4, 4, 4, 0), (2, 8, 4, 1), (1, 4, 8, 1)]
+# (R tiles of 16 rows a warp, warps, programs an SM (sets the K split), early loads[, cvt: fp8
+# through the written-out conversions and chained f16 mmas; fp8 only])
+VARIANTS = [(1, 4, 8, 1), (2, 4, 4, 1), (2, 4, 8, 1), (2, 8, 4, 1), (4, 4, 4, 1), (4, 4, 4, 0),
+            (2, 4, 4, 1, 1), (4, 4, 4, 1, 1)]
+CHECK_VARIANTS = [(4, 4, 4, 0), (2, 8, 4, 1), (1, 4, 8, 1), (2, 4, 4, 1, 1), (4, 4, 4, 0, 1)]
 CHECK_SHAPES = [("a", 512, 256), ("b", 768, 1024), ("c", 256, 768), ("d", 128, 4096)]
 DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+
+
+def _fields(v):
+    """A variant tuple's (R, warps, per_sm, early, cvt); cvt is 0 when left out."""
+    return (*v, 0) if len(v) == 4 else tuple(v)
 
 
 class MmaDirect:
@@ -50,11 +57,12 @@ class MmaDirect:
         self.ws = ws
 
     def launch(self, x: torch.Tensor, xs: torch.Tensor | None, warps: int, per_sm: int,
-               early: int, split: int = 0) -> torch.Tensor:
+               early: int, split: int = 0, cvt: int = 0) -> torch.Tensor:
         """x [K] (fp8 codes with scale xs [1], or bf16) -> y [N] bf16."""
         return mma_direct_gemv(x[None], xs if x.dtype == torch.float8_e4m3fn else None, self.w,
                                self.ws, None, self.n, self.k, torch.bfloat16, split=split,
-                               warps=warps, per_sm=per_sm, early=bool(early)).reshape(-1)
+                               warps=warps, per_sm=per_sm, early=bool(early),
+                               cvt=bool(cvt)).reshape(-1)
 
 
 def random_weights(kind: str, n: int, k: int, gen, dev):
@@ -103,17 +111,18 @@ def main() -> int:
             w, ws = random_weights(kind, n, k, gen, dev)
             x, xs = random_x(kind, k, gen, dev)
             ref = reference(kind, w, ws, x, xs)
-            for r, warps, per_sm, early in CHECK_VARIANTS if args.check_only else variants:
-                if n % (16 * r):
+            for v in CHECK_VARIANTS if args.check_only else variants:
+                r, warps, per_sm, early, cvt = _fields(v)
+                if n % (16 * r) or (cvt and kind != "fp8"):
                     continue
                 m = MmaDirect(w, ws, r)
                 for pdl in ((False, True) if args.check_only else (True,)):
                     for split in ((0, 1, 3) if args.check_only else (0,)):
                         with pdl_scope(pdl):
-                            y = m.launch(x, xs, warps, per_sm, early, split)
+                            y = m.launch(x, xs, warps, per_sm, early, split, cvt)
                         err = rel_err(y, ref)
                         bad += not err < tol
-                        print(f"check {kind} {name} {n}x{k} {(r, warps, per_sm, early)} split "
+                        print(f"check {kind} {name} {n}x{k} {v} split "
                               f"{split} pdl {pdl}: rel err {err:.2e} {'ok' if err < tol else 'WRONG'}",
                               flush=True)
     print("all correct" if not bad else f"{bad} wrong", flush=True)
@@ -174,14 +183,14 @@ def main() -> int:
     outs = None
     for r in sorted({v[0] for v in variants}):
         mats = [MmaDirect(w, ws, r) for w, ws in weights]
-        for v in (v for v in variants if v[0] == r):
-            _, warps, per_sm, early = v
+        for v in (v for v in variants if v[0] == r and not (_fields(v)[4] and kind != "fp8")):
+            _, warps, per_sm, early, cvt = _fields(v)
             outs = [None] * len(shapes)
 
             def run_mma():
                 for i, (_, n, k) in enumerate(shapes):
                     x, xs = xq[k] if kind == "fp8" else (xb[k], None)
-                    outs[i] = mats[i].launch(x, xs, warps, per_sm, early)
+                    outs[i] = mats[i].launch(x, xs, warps, per_sm, early, cvt=cvt)
             with pdl_scope(True):
                 ms = time_graph(run_mma, args.reps)
             rec("mma", v, ms, rel_err(outs[-1], lm_ref))

@@ -4,7 +4,7 @@ registers (KILN_MMA_DIRECT; off by default until measured on the H200).
 The weights are stored once more, in the order of mma.sync's A fragments (pack_mma_direct): for a
 tile of 16 rows and one mma step (fp8: m16n8k32, bfloat16: m16n8k16), lane l's 16 bytes are
 exactly its fragment's four registers, so a thread's 16-byte load goes from memory to registers
-and from there to the tensor cores: no shared memory, no conversion at all. x is the B operand:
+and from there to the tensor cores: no shared memory (and for bfloat16 no conversion). x is the B operand:
 column c of B is row c of x (zero for c >= M), so lane (g, t) reads row g. The k order inside a
 chunk of 8 steps (256 k of fp8, 128 of bfloat16: 256 bytes of a row either way) is permuted the
 same way on both sides, so that lane (g, t) reads its x as one run of 16 words a chunk.
@@ -12,7 +12,9 @@ same way on both sides, so that lane (g, t) reads its x as one run of 16 words a
 fp8: x is the per-token fp8 codes with float32 scales [M] (what the engine's W8A8 layers use), the
 float32 sums are scaled by the weight row's scale and x row's at the end. The products are exact
 and summed in float32 by the tensor cores. sm_90 has no fp8 mma.sync of its own: ptxas lowers
-each m16n8k32 e4m3 to fp8 -> f16 conversions of A and B (exact) and two m16n8k16 f16 mmas.
+each m16n8k32 e4m3 to fp8 -> f16 conversions of A and B (exact) and two m16n8k16 f16 mmas whose
+sums it adds to the accumulator with FADDs. cvt=True writes that lowering out instead (_MMA_FP8_CVT):
+the same conversions, with the two f16 mmas accumulating into the sums themselves, no FADDs.
 
 Grid: (N / 16 R row blocks, K splits). A program's warps take consecutive chunks of its split;
 their sums meet in shared memory; a split program stores float32 partials and the last of a
@@ -44,6 +46,40 @@ _STEPS = gl.constexpr(8)
 _MMA_FP8 = gl.constexpr("""
 mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32
   {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$12, $13, $14, $15};
+""")
+# The same product as two m16n8k16 f16 mmas on the converted registers, chained through the sums.
+# A register i of the e4m3 fragment holds k 4t..4t+3 (+16 for i >= 2) of row g (+8 for odd i), its
+# low half k 4t, 4t+1. In an f16 fragment, register 0/1 holds k 2t, 2t+1 and register 2/3 k 2t+8,
+# 2t+9 (rows as above); B likewise (b0 k 4t.., b1 k 16+4t..; f16: k 2t.. and 2t+8..). So the low
+# halves go to the f16 mma's k 2t, 2t+1 and the high halves to its k 2t+8, 2t+9, on both sides: the
+# mma pairs the same products as the e4m3 one, in another k order.
+_MMA_FP8_CVT = gl.constexpr("""
+{
+.reg .b16 l<6>, h<6>;
+.reg .b32 a<8>, b<4>;
+mov.b32 {l0, h0}, $4;
+mov.b32 {l1, h1}, $5;
+mov.b32 {l2, h2}, $6;
+mov.b32 {l3, h3}, $7;
+mov.b32 {l4, h4}, $8;
+mov.b32 {l5, h5}, $9;
+cvt.rn.f16x2.e4m3x2 a0, l0;
+cvt.rn.f16x2.e4m3x2 a1, l1;
+cvt.rn.f16x2.e4m3x2 a2, h0;
+cvt.rn.f16x2.e4m3x2 a3, h1;
+cvt.rn.f16x2.e4m3x2 a4, l2;
+cvt.rn.f16x2.e4m3x2 a5, l3;
+cvt.rn.f16x2.e4m3x2 a6, h2;
+cvt.rn.f16x2.e4m3x2 a7, h3;
+cvt.rn.f16x2.e4m3x2 b0, l4;
+cvt.rn.f16x2.e4m3x2 b1, h4;
+cvt.rn.f16x2.e4m3x2 b2, l5;
+cvt.rn.f16x2.e4m3x2 b3, h5;
+mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32
+  {$0, $1, $2, $3}, {a0, a1, a2, a3}, {b0, b1}, {$12, $13, $14, $15};
+mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32
+  {$0, $1, $2, $3}, {a4, a5, a6, a7}, {b2, b3}, {$0, $1, $2, $3};
+}
 """)
 _MMA_BF16 = gl.constexpr("""
 mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
@@ -125,11 +161,12 @@ def _chunk_words(wp, ok, STEP_WORDS: gl.constexpr):
 @gluon.jit
 def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr, M, N, K,
                        stride_xw, stride_om, R: gl.constexpr, FP8: gl.constexpr,
-                       HAS_BIAS: gl.constexpr, EARLY: gl.constexpr, PDL: gl.constexpr):
+                       HAS_BIAS: gl.constexpr, EARLY: gl.constexpr, CVT: gl.constexpr,
+                       PDL: gl.constexpr):
     # out[:M, rows of block pid 0] (+)= x W^T over chunks [c0, c1) of split pid 1 (x rows read as
     # int32 words, stride_xw words apart; fp8: times ws_ptr[row] and xs_ptr[m]); see the module
     # docstring. EARLY: the first chunk's weights are loaded before waiting for the kernel before
-    # (PDL), and each next chunk's while the current one's are used.
+    # (PDL), and each next chunk's while the current one's are used. CVT: fp8 through _MMA_FP8_CVT.
     NW: gl.constexpr = gl.num_warps()
     CK: gl.constexpr = 256 if FP8 else 128
     L: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
@@ -171,7 +208,11 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
         for s in gl.static_range(_STEPS):
             xab = gl.load(xp + 2 * s, mask=xm, other=0)  # [NW, 32, 1, 4]
             w = _step(s, w0, w1, w2, w3, w4, w5, w6, w7)
-            if FP8:
+            if FP8 and CVT:
+                acc = gl.inline_asm_elementwise(_MMA_FP8_CVT, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                                [w, xab + w * 0, acc], dtype=gl.float32,
+                                                is_pure=True, pack=4)
+            elif FP8:
                 acc = gl.inline_asm_elementwise(_MMA_FP8, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
                                                 [w, xab + w * 0, acc], dtype=gl.float32,
                                                 is_pure=True, pack=4)
@@ -211,11 +252,13 @@ def mma_direct_gemv(x2: torch.Tensor, x_scale: torch.Tensor | None, words: torch
                     w_scale: torch.Tensor | None, bias: torch.Tensor | None, n: int, k: int,
                     out_dtype: torch.dtype, split: int = 0, warps: int = MMA_DIRECT_WARPS,
                     per_sm: int = MMA_DIRECT_PER_SM, early: bool = True,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, cvt: bool | None = None) -> torch.Tensor:
     """x2 [M <= 8, K] (fp8 codes with x_scale float32 [M] or [M, 1], or bfloat16; rows 4-byte
     aligned) @ the weight packed by pack_mma_direct (words; fp8: row scales w_scale float32 [N]);
     returns [M, N] of out_dtype (+ bias), written into out when given ([M, N] of out_dtype, rows
-    contiguous). CUDA only. split > 0 forces the K split."""
+    contiguous). CUDA only. split > 0 forces the K split. cvt: fp8 through the written-out
+    conversions and chained f16 mmas (_MMA_FP8_CVT) instead of ptxas's lowering of the e4m3 mma;
+    None reads KILN_MMA_DIRECT_CVT (0 by default; =1 until the H200 has compared the two)."""
     m = x2.shape[0]
     fp8 = x2.dtype == torch.float8_e4m3fn
     r = words.shape[-2]
@@ -227,6 +270,8 @@ def mma_direct_gemv(x2: torch.Tensor, x_scale: torch.Tensor | None, words: torch
                          "with their scales, or bfloat16; 4-byte aligned) and weights packed for "
                          f"N={n} from the same dtype")
     blocks, chunks = words.shape[0], words.shape[1]
+    if cvt is None:
+        cvt = os.environ.get("KILN_MMA_DIRECT_CVT", "0") == "1"
     split = split or _split(blocks, chunks, warps, per_sm, _num_sms(x2.device))
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
@@ -239,7 +284,7 @@ def mma_direct_gemv(x2: torch.Tensor, x_scale: torch.Tensor | None, words: torch
     _mma_direct_kernel[(blocks, split)](
         x2, xs, words, ws, bias if bias is not None else out, out, part, locks, m, n, k,
         x2.stride(0) * x2.element_size() // 4, out.stride(0), R=r, FP8=fp8,
-        HAS_BIAS=bias is not None, EARLY=early, num_warps=warps, **pdl)
+        HAS_BIAS=bias is not None, EARLY=early, CVT=cvt and fp8, num_warps=warps, **pdl)
     return out
 
 

@@ -31,21 +31,24 @@ def _case(n, k, m, dtype, gen):
     return xb, None, wb, None, xb.float() @ wb.float().t()
 
 
-@pytest.mark.parametrize("dtype", [FP8, torch.bfloat16], ids=["fp8", "bf16"])
+@pytest.mark.parametrize("dtype", [FP8, "fp8-cvt", torch.bfloat16], ids=["fp8", "fp8-cvt", "bf16"])
 @pytest.mark.parametrize("m", [1, 3, 8])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_mma_direct_gemv_matches_reference(n, k, m, dtype):
     from kiln.kernels.mma_direct import mma_direct_gemv, mma_direct_ok, pack_mma_direct
+
+    cvt = dtype == "fp8-cvt"  # the written-out conversions and chained f16 mmas
+    dtype = FP8 if cvt else dtype
 
     r = 2 if mma_direct_ok(n, k, dtype, 2) else 1
     gen = torch.Generator(device="cuda").manual_seed(n + 7 * k + m)
     x, xs, w, ws, ref = _case(n, k, m, dtype, gen)
     words = pack_mma_direct(w, r)
     for split in (0, 1, 3):
-        out = mma_direct_gemv(x, xs, words, ws, None, n, k, torch.bfloat16, split=split)
+        out = mma_direct_gemv(x, xs, words, ws, None, n, k, torch.bfloat16, split=split, cvt=cvt)
         assert out.shape == (m, n) and out.dtype == torch.bfloat16
         assert rel_err(out, ref) < 4e-3, split
-        again = mma_direct_gemv(x, xs, words, ws, None, n, k, torch.bfloat16, split=split)
+        again = mma_direct_gemv(x, xs, words, ws, None, n, k, torch.bfloat16, split=split, cvt=cvt)
         assert torch.equal(again, out), split  # counters re-armed, same order
 
 

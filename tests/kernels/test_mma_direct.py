@@ -1,7 +1,8 @@
 """The register-direct tensor-core GEMV's weight order (kiln.kernels.mma_direct), on the CPU:
 packing round trip, and the kernel's arithmetic emulated fragment by fragment from the documented
-mma.m16n8k32 (e4m3) and m16n8k16 (bf16) register layouts (A words, B words, C), against the
-float32 reference product. The kernel itself runs on the GPU only
+mma.m16n8k32 (e4m3) and m16n8k16 (bf16) register layouts (A words, B words, C), and fp8's
+written-out form (two m16n8k16 f16 mmas on converted halves), against the float32 reference
+product. The kernel itself runs on the GPU only
 (tests/gpu/test_mma_direct_gpu.py)."""
 
 import pytest
@@ -64,10 +65,42 @@ def _emulate(x: torch.Tensor, xs, words: torch.Tensor, ws, dtype) -> torch.Tenso
     return out
 
 
+def _emulate_cvt(x: torch.Tensor, xs, words: torch.Tensor, ws) -> torch.Tensor:
+    """out [M, N] as _mma_direct_kernel computes fp8 with CVT (_MMA_FP8_CVT), from the PTX's own
+    register plumbing: per step, f16 mma h (0, 1) takes A registers (lo A[2h], lo A[2h+1], hi A[2h],
+    hi A[2h+1]) and B registers (lo B[h], hi B[h]), each 16-bit half (two e4m3 values, low byte
+    first) converted to an f16 pair; in m16n8k16 f16, A register p holds row g + 8 (p % 2) at
+    k = 2 t + 8 (p // 2) + i, B register q holds k = 2 t + 8 q + i of column g."""
+    blocks, chunks, steps, _, r, _ = words.shape
+    m, k = x.shape
+    vals = words.contiguous().view(FP8).float().reshape(blocks, chunks, steps, 32, r, 4, 2, 2)
+    xw = torch.zeros(8, k, dtype=x.dtype)
+    xw[:m] = x
+    xv = xw.float().reshape(8, chunks, 64, 2, 2)  # (x row, chunk, word, half, value)
+    a = torch.zeros(blocks, chunks, steps, 2, r, 16, 16)
+    b = torch.zeros(chunks, steps, 2, 16, 8)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for h in range(2):
+            regs_a = [(2 * h, 0), (2 * h + 1, 0), (2 * h, 1), (2 * h + 1, 1)]  # (e4m3 register, half)
+            for p, (src, half) in enumerate(regs_a):
+                kk = 2 * t + 8 * (p // 2)
+                a[:, :, :, h, :, g + 8 * (p % 2), kk:kk + 2] = vals[:, :, :, lane, :, src, half, :]
+            for s in range(steps):
+                for q, half in enumerate((0, 1)):
+                    kk = 2 * t + 8 * q
+                    b[:, s, h, kk:kk + 2, g] = xv[g, :, 16 * t + 2 * s + h, half, :]
+    d = torch.einsum("bcshrjk,cshkn->brjn", a, b)
+    out = d.reshape(blocks * r * 16, 8)[:, :m].t()
+    return out * ws[None, :] * xs.reshape(-1)[:m, None]
+
+
 @pytest.mark.parametrize("m", [1, 3, 8])
-@pytest.mark.parametrize("dtype", [FP8, BF16])
+@pytest.mark.parametrize("dtype", [FP8, BF16, "fp8-cvt"])
 @pytest.mark.parametrize("n,k,r", [(32, 512, 2), (64, 256, 4)])
 def test_emulated_kernel_matches_reference(m, dtype, n, k, r):
+    cvt = dtype == "fp8-cvt"
+    dtype = FP8 if cvt else dtype
     w, ws = _weights(n, k, dtype, seed=m)
     gen = torch.Generator().manual_seed(1)
     xf = torch.randn(m, k, generator=gen)
@@ -78,7 +111,8 @@ def test_emulated_kernel_matches_reference(m, dtype, n, k, r):
     else:
         x, xs = xf.to(BF16), None
         ref = x.float() @ w.float().t()
-    got = _emulate(x, xs, pack_mma_direct(w, r), ws, dtype)
+    words = pack_mma_direct(w, r)
+    got = _emulate_cvt(x, xs, words, ws) if cvt else _emulate(x, xs, words, ws, dtype)
     assert ((got - ref).norm() / ref.norm()).item() < 1e-5
 
 
