@@ -150,12 +150,15 @@ def unpack_mma_direct(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @gluon.jit
-def _chunk_words(wp, ok, STEP_WORDS: gl.constexpr):
-    """A chunk's 8 steps of words (zeros where not ok)."""
-    return (gl.load(wp + 0 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 1 * STEP_WORDS, mask=ok, other=0),
-            gl.load(wp + 2 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 3 * STEP_WORDS, mask=ok, other=0),
-            gl.load(wp + 4 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 5 * STEP_WORDS, mask=ok, other=0),
-            gl.load(wp + 6 * STEP_WORDS, mask=ok, other=0), gl.load(wp + 7 * STEP_WORDS, mask=ok, other=0))
+def _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS: gl.constexpr, STEP_WORDS: gl.constexpr):
+    """Chunk cw's 8 steps of words. A warp past its split's last chunk c1 - 1 reads that chunk
+    again (or chunk 0 in an empty split), unmasked: its x is zero, so it adds nothing (0 times
+    finite weights), and unmasked loads need no zeroing of their registers (32 instructions a
+    chunk at R 2)."""
+    wp = blk_words + gl.maximum(gl.minimum(cw, c1 - 1), 0).to(gl.int64) * CHUNK_WORDS + in_step
+    return (gl.load(wp + 0 * STEP_WORDS), gl.load(wp + 1 * STEP_WORDS), gl.load(wp + 2 * STEP_WORDS),
+            gl.load(wp + 3 * STEP_WORDS), gl.load(wp + 4 * STEP_WORDS), gl.load(wp + 5 * STEP_WORDS),
+            gl.load(wp + 6 * STEP_WORDS), gl.load(wp + 7 * STEP_WORDS))
 
 
 @gluon.jit
@@ -194,15 +197,15 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     acc = gl.zeros([NW, 32, R, 4], gl.float32, L)
     cw = c0 + warp
     if EARLY:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
-            blk_words + cw.to(gl.int64) * CHUNK_WORDS + in_step, cw < c1, STEP_WORDS)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS,
+                                                      STEP_WORDS)
     pdl_start_gluon(PDL)
     for c in range(c0, c1, NW):
         cw = c + warp
         ok = cw < c1
         if not EARLY:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
-                blk_words + cw.to(gl.int64) * CHUNK_WORDS + in_step, ok, STEP_WORDS)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS,
+                                                          STEP_WORDS)
         xp = xw + cw * 64
         xm = ok & x_ok
         for s in gl.static_range(_STEPS):
@@ -222,8 +225,8 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
                                                 is_pure=True, pack=4)
         if EARLY:  # the next chunk's weights
             cn = c + NW + warp
-            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
-                blk_words + cn.to(gl.int64) * CHUNK_WORDS + in_step, cn < c1, STEP_WORDS)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cn, c1, in_step, CHUNK_WORDS,
+                                                          STEP_WORDS)
     # [32, R, 4] sums of the warps; lane (g, t), register p: row 16 j + g + 8 (p // 2) of the block,
     # x row 2 t + p % 2
     tot = gl.sum(acc, axis=0)

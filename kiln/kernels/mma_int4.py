@@ -116,13 +116,16 @@ def unpack_int4_mma(words: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
 
 
 @gluon.jit
-def _words(blk_words, gw, ok, lane, tile, R: gl.constexpr):
-    """The 8 steps' words of group(s) gw, [NW, 32, R] each (zeros where not ok)."""
-    wp = blk_words + gw.to(gl.int64) * (_STEPS * 32 * R) + lane * R + tile
-    return (gl.load(wp + 0 * 32 * R, mask=ok, other=0), gl.load(wp + 1 * 32 * R, mask=ok, other=0),
-            gl.load(wp + 2 * 32 * R, mask=ok, other=0), gl.load(wp + 3 * 32 * R, mask=ok, other=0),
-            gl.load(wp + 4 * 32 * R, mask=ok, other=0), gl.load(wp + 5 * 32 * R, mask=ok, other=0),
-            gl.load(wp + 6 * 32 * R, mask=ok, other=0), gl.load(wp + 7 * 32 * R, mask=ok, other=0))
+def _words(blk_words, gw, g1, lane, tile, R: gl.constexpr):
+    """The 8 steps' words of group(s) gw, [NW, 32, R] each. A warp past its split's last group
+    g1 - 1 reads that group again (or group 0 in an empty split), unmasked: its x and scales are
+    zero and the nibbles' bfloat16 values finite, so it adds nothing, and unmasked loads need no
+    zeroing of their registers."""
+    wp = (blk_words + gl.maximum(gl.minimum(gw, g1 - 1), 0).to(gl.int64) * (_STEPS * 32 * R)
+          + lane * R + tile)
+    return (gl.load(wp + 0 * 32 * R), gl.load(wp + 1 * 32 * R), gl.load(wp + 2 * 32 * R),
+            gl.load(wp + 3 * 32 * R), gl.load(wp + 4 * 32 * R), gl.load(wp + 5 * 32 * R),
+            gl.load(wp + 6 * 32 * R), gl.load(wp + 7 * 32 * R))
 
 
 @gluon.jit
@@ -178,15 +181,15 @@ def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
     acc_b0 = zero_f
     acc_b1 = zero_f
     if EARLY:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _words(blk_words, g0 + warp, g0 + warp < g1, lane, tile, R)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _words(blk_words, g0 + warp, g1, lane, tile, R)
     pdl_start_gluon(PDL)
     for g in range(g0, g1, NW):
         gw = g + warp
         ok = gw < g1
         if EARLY:
-            n0, n1, n2, n3, n4, n5, n6, n7 = _words(blk_words, gw + NW, gw + NW < g1, lane, tile, R)
+            n0, n1, n2, n3, n4, n5, n6, n7 = _words(blk_words, gw + NW, g1, lane, tile, R)
         else:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _words(blk_words, gw, ok, lane, tile, R)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _words(blk_words, gw, g1, lane, tile, R)
         sp = blk_scales + gw.to(gl.int64) * (16 * R) + (lane // 4) * R + tile
         sa = gl.load(sp, mask=ok, other=0.0)
         sb = gl.load(sp + 8 * R, mask=ok, other=0.0)
