@@ -31,7 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kiln.kernels import pdl_args
-from kiln.kernels.mma_int4 import _finish, _split, _split_buffers, _step, _sum_splits
+from kiln.kernels.mma_int4 import _finish, _split, _split_buffers, _step, _step_words, _sum_splits
 from kiln.kernels.pdl import pdl_start_gluon
 from kiln.kernels.qmm_common import _num_sms
 
@@ -150,18 +150,6 @@ def unpack_mma_direct(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @gluon.jit
-def _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS: gl.constexpr, STEP_WORDS: gl.constexpr):
-    """Chunk cw's 8 steps of words. A warp past its split's last chunk c1 - 1 reads that chunk
-    again (or chunk 0 in an empty split), unmasked: its x is zero, so it adds nothing (0 times
-    finite weights), and unmasked loads need no zeroing of their registers (32 instructions a
-    chunk at R 2)."""
-    wp = blk_words + gl.maximum(gl.minimum(cw, c1 - 1), 0).to(gl.int64) * CHUNK_WORDS + in_step
-    return (gl.load(wp + 0 * STEP_WORDS), gl.load(wp + 1 * STEP_WORDS), gl.load(wp + 2 * STEP_WORDS),
-            gl.load(wp + 3 * STEP_WORDS), gl.load(wp + 4 * STEP_WORDS), gl.load(wp + 5 * STEP_WORDS),
-            gl.load(wp + 6 * STEP_WORDS), gl.load(wp + 7 * STEP_WORDS))
-
-
-@gluon.jit
 def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr, M, N, K,
                        stride_xw, stride_om, R: gl.constexpr, FP8: gl.constexpr,
                        HAS_BIAS: gl.constexpr, EARLY: gl.constexpr, CVT: gl.constexpr,
@@ -172,6 +160,7 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     # (PDL), and each next chunk's while the current one's are used. CVT: fp8 through _MMA_FP8_CVT.
     NW: gl.constexpr = gl.num_warps()
     CK: gl.constexpr = 256 if FP8 else 128
+    MMA: gl.constexpr = (_MMA_FP8_CVT if CVT else _MMA_FP8) if FP8 else _MMA_BF16
     L: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
     blk = gl.program_id(0)
     split = gl.program_id(1)
@@ -197,36 +186,27 @@ def _mma_direct_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr
     acc = gl.zeros([NW, 32, R, 4], gl.float32, L)
     cw = c0 + warp
     if EARLY:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS,
-                                                      STEP_WORDS)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _step_words(
+            blk_words, cw, c1 - 1, in_step, CHUNK_WORDS, STEP_WORDS)
     pdl_start_gluon(PDL)
     for c in range(c0, c1, NW):
         cw = c + warp
         ok = cw < c1
         if not EARLY:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cw, c1, in_step, CHUNK_WORDS,
-                                                          STEP_WORDS)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _step_words(
+                blk_words, cw, c1 - 1, in_step, CHUNK_WORDS, STEP_WORDS)
         xp = xw + cw * 64
         xm = ok & x_ok
         for s in gl.static_range(_STEPS):
             xab = gl.load(xp + 2 * s, mask=xm, other=0)  # [NW, 32, 1, 4]
             w = _step(s, w0, w1, w2, w3, w4, w5, w6, w7)
-            if FP8 and CVT:
-                acc = gl.inline_asm_elementwise(_MMA_FP8_CVT, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                                [w, xab + w * 0, acc], dtype=gl.float32,
-                                                is_pure=True, pack=4)
-            elif FP8:
-                acc = gl.inline_asm_elementwise(_MMA_FP8, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                                [w, xab + w * 0, acc], dtype=gl.float32,
-                                                is_pure=True, pack=4)
-            else:
-                acc = gl.inline_asm_elementwise(_MMA_BF16, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                                [w, xab + w * 0, acc], dtype=gl.float32,
-                                                is_pure=True, pack=4)
+            acc = gl.inline_asm_elementwise(MMA, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                            [w, xab + w * 0, acc], dtype=gl.float32, is_pure=True,
+                                            pack=4)
         if EARLY:  # the next chunk's weights
             cn = c + NW + warp
-            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(blk_words, cn, c1, in_step, CHUNK_WORDS,
-                                                          STEP_WORDS)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _step_words(
+                blk_words, cn, c1 - 1, in_step, CHUNK_WORDS, STEP_WORDS)
     # [32, R, 4] sums of the warps; lane (g, t), register p: row 16 j + g + 8 (p // 2) of the block,
     # x row 2 t + p % 2
     tot = gl.sum(acc, axis=0)

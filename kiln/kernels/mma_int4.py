@@ -116,16 +116,21 @@ def unpack_int4_mma(words: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
 
 
 @gluon.jit
+def _step_words(base, unit, last, offs, UNIT: gl.constexpr, STEP: gl.constexpr):
+    """The 8 steps' words (STEP words apart) of weight unit `unit` (UNIT words each; a group here,
+    a chunk in mma_direct) at offsets offs. A warp past its split's last unit reads that one again
+    (or unit 0 in an empty split), unmasked: its x (and scales) are zero and the weights finite,
+    so it adds nothing, and unmasked loads need no zeroing of their registers."""
+    wp = base + gl.maximum(gl.minimum(unit, last), 0).to(gl.int64) * UNIT + offs
+    return (gl.load(wp + 0 * STEP), gl.load(wp + 1 * STEP), gl.load(wp + 2 * STEP),
+            gl.load(wp + 3 * STEP), gl.load(wp + 4 * STEP), gl.load(wp + 5 * STEP),
+            gl.load(wp + 6 * STEP), gl.load(wp + 7 * STEP))
+
+
+@gluon.jit
 def _words(blk_words, gw, g1, lane, tile, R: gl.constexpr):
-    """The 8 steps' words of group(s) gw, [NW, 32, R] each. A warp past its split's last group
-    g1 - 1 reads that group again (or group 0 in an empty split), unmasked: its x and scales are
-    zero and the nibbles' bfloat16 values finite, so it adds nothing, and unmasked loads need no
-    zeroing of their registers."""
-    wp = (blk_words + gl.maximum(gl.minimum(gw, g1 - 1), 0).to(gl.int64) * (_STEPS * 32 * R)
-          + lane * R + tile)
-    return (gl.load(wp + 0 * 32 * R), gl.load(wp + 1 * 32 * R), gl.load(wp + 2 * 32 * R),
-            gl.load(wp + 3 * 32 * R), gl.load(wp + 4 * 32 * R), gl.load(wp + 5 * 32 * R),
-            gl.load(wp + 6 * 32 * R), gl.load(wp + 7 * 32 * R))
+    """The 8 steps' words of group(s) gw, [NW, 32, R] each (split ending at g1; _step_words)."""
+    return _step_words(blk_words, gw, g1 - 1, lane * R + tile, _STEPS * 32 * R, 32 * R)
 
 
 @gluon.jit

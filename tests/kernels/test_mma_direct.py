@@ -87,8 +87,8 @@ def _emulate_cvt(x: torch.Tensor, xs, words: torch.Tensor, ws) -> torch.Tensor:
                 kk = 2 * t + 8 * (p // 2)
                 a[:, :, :, h, :, g + 8 * (p % 2), kk:kk + 2] = vals[:, :, :, lane, :, src, half, :]
             for s in range(steps):
-                for q, half in enumerate((0, 1)):
-                    kk = 2 * t + 8 * q
+                for half in range(2):  # B register q = half
+                    kk = 2 * t + 8 * half
                     b[:, s, h, kk:kk + 2, g] = xv[g, :, 16 * t + 2 * s + h, half, :]
     d = torch.einsum("bcshrjk,cshkn->brjn", a, b)
     out = d.reshape(blocks * r * 16, 8)[:, :m].t()
