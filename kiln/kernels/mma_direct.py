@@ -260,7 +260,7 @@ def mma_direct_gemv(x2: torch.Tensor, x_scale: torch.Tensor | None, words: torch
         out = torch.empty(m, n, dtype=out_dtype, device=x2.device)
     elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
         raise ValueError(f"mma_direct_gemv: out must be [{m}, {n}] of {out_dtype} with contiguous rows")
-    split, locks, part = _split_buffers(split, blocks, out)
+    split, locks, part = _split_buffers(split, blocks, out, words)
     xs = x_scale.reshape(-1).float().contiguous() if fp8 else out
     ws = w_scale.float().contiguous() if fp8 else out
     pdl = pdl_args(x2)

@@ -37,7 +37,7 @@ from kiln.kernels.qmm_common import SPLIT_LOCKS, _num_sms, _partials, split_lock
 
 MMA_INT4_GROUP = 128
 MMA_INT4_MAX_M = 8      # B's columns
-MMA_INT4_R = 4          # 16-row tiles a warp (64 rows a program)
+MMA_INT4_R = 2          # 16-row tiles a warp (32 rows a program); H100 chain: see MMA_INT4_PER_SM
 _GROUP = gl.constexpr(MMA_INT4_GROUP)
 _STEPS = gl.constexpr(MMA_INT4_GROUP // 16)
 
@@ -290,19 +290,20 @@ def _split(blocks: int, groups: int, warps: int, per_sm: int, sms: int) -> int:
     return max(1, min(groups // (warps * each), groups))
 
 
-def _split_buffers(split: int, blocks: int, out: torch.Tensor
+def _split_buffers(split: int, blocks: int, out: torch.Tensor, words: torch.Tensor
                    ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(split, arrival counters, float32 partials) for a launch writing out [M, N] (out stands in
-    for what an unsplit launch does not read). No split while a graph is captured before the
-    counters exist, or with more row blocks than counters."""
+    """(split, arrival counters, float32 partials) for a launch writing out [M, N] (an unsplit
+    launch reads neither: out stands in for the partials and the int32 words for the counters,
+    whose atomics must still compile on an int32 pointer). No split while a graph is captured
+    before the counters exist, or with more row blocks than counters."""
     locks = split_locks(out.device) if split > 1 else None
     if split > 1 and (locks is None or blocks > SPLIT_LOCKS):
         split = 1
-    return split, locks if locks is not None else out, _partials(split, *out.shape, out, False)
+    return split, locks if split > 1 else words, _partials(split, *out.shape, out, False)
 
 
 MMA_INT4_WARPS = 4
-MMA_INT4_PER_SM = 4
+MMA_INT4_PER_SM = 8  # with R 2: 1.971 ms for the 8B chain on the H100, R 4 x 4 2.402, rb16 2.143
 
 
 def int4_mma_gemv(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor,
@@ -320,7 +321,7 @@ def int4_mma_gemv(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor,
     blocks, groups = n // (16 * r), k // MMA_INT4_GROUP
     split = split or _split(blocks, groups, warps, per_sm, _num_sms(x2.device))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split, locks, part = _split_buffers(split, blocks, out)
+    split, locks, part = _split_buffers(split, blocks, out, words)
     pdl = pdl_args(x2)
     _int4_mma_kernel[(blocks, split)](
         x2, words, scales, bias if bias is not None else out, out, part, locks, m, n, k,

@@ -45,7 +45,7 @@ class Fp8LinearMethod(QuantLinearMethod):
         ``layer.fp8_mma``, and KILN_MMA_DIRECT still names fp8: turning it off after loading
         brings the other kernels back, as benchmarks/ab_latency.py does)."""
         words = getattr(layer, "fp8_mma", None)
-        if words is not None and x.is_cuda and mma_direct_enabled("fp8"):
+        if words is not None and x.device.type == "cuda" and mma_direct_enabled("fp8"):
             out = _mma_direct_fp8(layer, words, x)
             if out is not None:
                 return out

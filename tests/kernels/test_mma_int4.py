@@ -73,8 +73,8 @@ def test_emulated_kernel_matches_reference(m, n, k, r):
 
 def test_shapes_and_flag(monkeypatch):
     assert int4_mma_ok(128256, 4096, 128) and int4_mma_ok(4096, 14336, 128)
-    assert not int4_mma_ok(4096, 4096, 64) and not int4_mma_ok(4000, 4096, 128)
-    with pytest.raises(ValueError, match="multiple of 64"):
+    assert not int4_mma_ok(4096, 4096, 64) and not int4_mma_ok(4008, 4096, 128)
+    with pytest.raises(ValueError, match="multiple of 32"):
         pack_int4_mma(*_random(48, 128))
     monkeypatch.delenv("KILN_INT4_MMA", raising=False)
     assert not int4_mma_enabled()
