@@ -8,15 +8,19 @@ the same function with weights that quantize better:
 - ``mlp.gate_up_proj``: folded into ``post_attention_layernorm.weight``;
 - ``mlp.down_proj``: folded into the ``up`` rows (and bias) of ``gate_up_proj``, since
   down's input is silu(gate) * up, linear in up;
-- ``self_attn.o_proj``: its input is the attention output, which no single op scales per channel
-  under grouped-query attention: AWQ keeps ``input_scale`` = 1 / s at run time; SmoothQuant does
-  not smooth it (per-token dynamic int8 alone).
+- ``self_attn.o_proj``: its input is the attention output, channel (head h, d) a mix of the value
+  rows (kv head of h, d). Scaling those ``v`` rows of ``qkv_proj`` (and bias) by 1 / t scales the
+  channel (h, d) of every query head sharing that kv head, so an s shared within each group of
+  query heads folds there exactly (``group_shared``). AWQ searches o_proj's s from the group's
+  mean activation, so that it folds; SmoothQuant does not smooth o_proj (per-token dynamic int8
+  alone). The folded values change the largest |v| of the layer by at most max(1 / t), which
+  ``QuantizedWeights.v_absmax_gain`` records for an fp8 KV cache's scales.
 
 down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
-rescaled. The embeddings and norms stay in the model dtype; so does the LM head, unless
-``QuantConfig.lm_head`` names a scheme: "fp8" (fp8 W8A8 like the fp8 scheme's layers), "int8-wo"
-or "int4-wo" (weight-only, rounded to nearest); not for a head tied to the token embedding, whose
-table must stay a float lookup.
+rescaled, and o_proj before qkv_proj for its v rows. The embeddings and norms stay in the model
+dtype; so does the LM head, unless ``QuantConfig.lm_head`` names a scheme: "fp8" (fp8 W8A8 like
+the fp8 scheme's layers), "int8-wo" or "int4-wo" (weight-only, rounded to nearest); not for a
+head tied to the token embedding, whose table must stay a float lookup.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from kiln.quant.int8 import Int8WeightOnlyLinearMethod
 from kiln.quant.smoothquant import Int8SmoothQuantLinearMethod, smoothing_scales
 
 # Order in which a layer's Linears are processed (see the module docstring).
-LAYER_LINEARS = ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.qkv_proj", "self_attn.o_proj")
+LAYER_LINEARS = ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj")
 
 
 @dataclass
@@ -48,22 +52,48 @@ class QuantizedWeights:
     tensors: dict[str, torch.Tensor]
     runtime_input_scale: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: attention module name -> the factor (>= 1) by which folding o_proj's scale into its v rows
+    #: can raise the layer's largest |v| (calibrated on the float model)
+    v_absmax_gain: dict[str, float] = field(default_factory=dict)
 
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
+def group_shared(x: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+    """x [num_heads * head_dim] (per o_proj input channel) averaged over each group of query heads
+    that share a kv head, and repeated back to every head of the group."""
+    groups = x.reshape(attn.num_kv_heads, attn.num_heads // attn.num_kv_heads, attn.head_dim)
+    return groups.mean(dim=1, keepdim=True).expand_as(groups).reshape(-1)
+
+
 def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
     """Make Linear ``prefix`` see x / s: fold 1 / s into the op before it, multiply its columns by s.
 
-    Returns False (and changes nothing) when no preceding op can absorb 1 / s (o_proj).
+    Returns False (and changes nothing) when no preceding op can absorb 1 / s: o_proj with an s
+    not shared within each group of query heads (see group_shared).
     """
     modules = _modules(model)
     linear: Linear = modules[prefix]
     layer, _, name = prefix.partition(".self_attn.") if ".self_attn." in prefix else prefix.partition(".mlp.")
     with torch.no_grad():
-        if name == "qkv_proj":
+        if name == "o_proj":
+            attn = modules[f"{layer}.self_attn"]
+            heads = s.reshape(attn.num_kv_heads, attn.num_heads // attn.num_kv_heads, attn.head_dim)
+            t = heads[:, 0]
+            if not torch.allclose(heads, t[:, None].expand_as(heads), rtol=1e-6, atol=0):
+                return False
+            t = t.reshape(-1)
+            qkv: Linear = modules[f"{layer}.self_attn.qkv_proj"]
+            lo = attn.q_size + attn.kv_size
+            v = qkv.weight.data[lo:lo + attn.kv_size]
+            v.copy_((v.float() / t[:, None].to(v.device)).to(v.dtype))
+            if qkv.bias is not None:
+                b = qkv.bias.data[lo:lo + attn.kv_size]
+                b.copy_((b.float() / t.to(b.device)).to(b.dtype))
+            norm = None
+        elif name == "qkv_proj":
             norm = modules[f"{layer}.input_layernorm"].weight
         elif name == "gate_up_proj":
             norm = modules[f"{layer}.post_attention_layernorm"].weight
@@ -135,11 +165,17 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
             if scheme == "int4-wo":
                 st = _require_stats(stats, prefix)
                 rows = st.sample()
-                result = awq_search(linear.weight, rows, st.absmean, config.group_size, config.awq_grid)
+                absmean = st.absmean
+                if name == "self_attn.o_proj":  # an s that folds into the v rows
+                    absmean = group_shared(absmean, _modules(model)[f"layers.{i}.self_attn"])
+                result = awq_search(linear.weight, rows, absmean, config.group_size, config.awq_grid)
                 alphas[prefix] = result.alpha
                 gains.append(result.error / max(result.rtn_error, 1e-30))
                 s = result.scales
-                if not fold_input_scale(model, prefix, s):
+                if fold_input_scale(model, prefix, s):
+                    if name == "self_attn.o_proj":
+                        out.v_absmax_gain[f"layers.{i}.self_attn"] = float((1.0 / s).max().clamp_min(1.0))
+                else:
                     with torch.no_grad():
                         w = linear.weight.data
                         w.copy_((w.float() * s[None, :].to(w.device)).to(w.dtype))

@@ -101,7 +101,7 @@ def test_engine_json_schema(tiny, tmp_path):
     assert q["scheme"] == "int4-wo" and q["group_size"] == 128
     assert q["calibration"] == {"source": f"file:{calib}", "num_samples": SAMPLES, "seq_len": SEQ,
                                 "num_tokens": SAMPLES * SEQ}
-    assert q["runtime_input_scale"] == ["layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"]
+    assert q["runtime_input_scale"] == []  # AWQ's o_proj scale folds into the v rows
     assert raw["kv_cache"]["dtype"] == "fp8"
     assert set(raw["kv_cache"]["scales"]) == {"layers.0.self_attn", "layers.1.self_attn"}
     assert raw["target"] == {"name": "cpu", "display_name": "CPU", "compute_capability": None,

@@ -9,7 +9,7 @@ from kiln.errors import KilnError
 from kiln.quant.awq import awq_search, output_error
 from kiln.quant.calibration import collect_stats, file_texts, make_windows
 from kiln.quant.config import QuantConfig
-from kiln.quant.model_quant import quantize_model, smooth_model
+from kiln.quant.model_quant import fold_input_scale, group_shared, quantize_model, smooth_model
 from kiln.quant.smoothquant import smoothing_scales
 
 from quant_helpers import logits_of, random_model, random_windows
@@ -99,13 +99,55 @@ def test_quantize_model_tensors(calibrated, scheme):
             if names[0] != "weight":
                 assert f"layers.{i}.{lin}.weight" not in t  # no float copy left behind
     assert t["embed_tokens.weight"].dtype == torch.float32 and "lm_head.weight" in t
+    # AWQ's o_proj scale folds into the v rows (shared within each group of query heads), so no
+    # scheme keeps an input scale at run time
+    assert out.runtime_input_scale == [] and not any(k.endswith("input_scale") for k in t)
     if scheme == "int4-wo":
-        assert out.runtime_input_scale == ["layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"]
-        assert t["layers.0.self_attn.o_proj.input_scale"].shape == (128,)
         assert t["layers.0.mlp.gate_up_proj.qweight"].shape == (512, 64)
         assert set(out.details["awq_alpha"]) == set(stats.linears)
+        assert set(out.v_absmax_gain) == {"layers.0.self_attn", "layers.1.self_attn"}
+        assert all(g >= 1.0 for g in out.v_absmax_gain.values())
     else:
-        assert out.runtime_input_scale == []
+        assert out.v_absmax_gain == {}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_o_proj_scale_folds_into_v_rows(calibrated, bias):
+    """A per-channel o_proj scale shared within each group of query heads folds into qkv_proj's v
+    rows (and bias) and leaves the float model's function unchanged; the folded |v| grows by at
+    most max(1 / t); an s that differs within a group is refused, changing nothing."""
+    _, windows, _ = calibrated
+    model = random_model()
+    attn = model.layers[0].self_attn
+    if bias:
+        attn.qkv_proj.bias = torch.nn.Parameter(0.05 * torch.randn(attn.qkv_proj.out_features))
+    before = logits_of(model, windows)
+    g = torch.Generator().manual_seed(3)
+    free = torch.rand(attn.q_size, generator=g) * 3 + 0.25
+    qkv = attn.qkv_proj.weight.detach().clone()
+    assert not fold_input_scale(model, "layers.0.self_attn.o_proj", free)
+    torch.testing.assert_close(attn.qkv_proj.weight, qkv, rtol=0, atol=0)
+    s = group_shared(free, attn)
+    heads = s.reshape(attn.num_kv_heads, attn.num_heads // attn.num_kv_heads, attn.head_dim)
+    assert torch.equal(heads[:, 0], heads[:, 1]) and not torch.equal(heads[0, 0], heads[1, 0])
+    assert fold_input_scale(model, "layers.0.self_attn.o_proj", s)
+    lo = attn.q_size + attn.kv_size
+    torch.testing.assert_close(attn.qkv_proj.weight[lo:], qkv[lo:] / heads[:, 0].reshape(-1)[:, None])
+    torch.testing.assert_close(attn.qkv_proj.weight[:lo], qkv[:lo], rtol=0, atol=0)
+    torch.testing.assert_close(logits_of(model, windows), before, rtol=1e-4, atol=1e-4)
+
+
+def test_fp8_kv_scales_cover_the_folded_v(calibrated):
+    """quantize_model's v_absmax_gain bounds the largest |v| of the folded model from the float
+    model's calibration (the builder raises each layer's fp8 v_scale by it)."""
+    _, windows, stats = calibrated
+    model = random_model()
+    out = quantize_model(model, QuantConfig("int4-wo"), stats)
+    # the model now holds the folded float weights (the quantized ones are in out.tensors)
+    folded = collect_stats(model, windows, max_rows=8, batch_size=2)
+    for name, (_, v) in folded.kv_absmax.items():
+        assert v <= stats.kv_absmax[name][1] * out.v_absmax_gain[name] * (1 + 1e-5)
+    assert any(abs(v / stats.kv_absmax[n][1] - 1) > 1e-3 for n, (_, v) in folded.kv_absmax.items())
 
 
 def test_quantize_needs_stats():
