@@ -25,6 +25,7 @@ head tied to the token embedding, whose table must stay a float lookup.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -150,6 +151,9 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
     scheme = config.scheme
     alphas: dict[str, float] = {}
     gains: list[float] = []
+    # KILN_AWQ_FOLD_O_PROJ=0: o_proj's AWQ scale searched per channel and kept as a run-time
+    # input_scale, as before 2026-12-06 (for a same-machine A/B of the fold)
+    fold_o_proj = os.environ.get("KILN_AWQ_FOLD_O_PROJ", "1") == "1"
     for i in range(len(model.layers)):
         for name in LAYER_LINEARS:
             prefix = f"layers.{i}.{name}"
@@ -166,13 +170,14 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                 st = _require_stats(stats, prefix)
                 rows = st.sample()
                 absmean = st.absmean
-                if name == "self_attn.o_proj":  # an s that folds into the v rows
+                fold = name != "self_attn.o_proj" or fold_o_proj
+                if name == "self_attn.o_proj" and fold:  # an s that folds into the v rows
                     absmean = group_shared(absmean, _modules(model)[f"layers.{i}.self_attn"])
                 result = awq_search(linear.weight, rows, absmean, config.group_size, config.awq_grid)
                 alphas[prefix] = result.alpha
                 gains.append(result.error / max(result.rtn_error, 1e-30))
                 s = result.scales
-                if fold_input_scale(model, prefix, s):
+                if fold and fold_input_scale(model, prefix, s):
                     if name == "self_attn.o_proj":
                         out.v_absmax_gain[f"layers.{i}.self_attn"] = float((1.0 / s).max().clamp_min(1.0))
                 else:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -55,10 +56,15 @@ def _in_memory(src, calib, scheme):
     return quant_model.eval(), q.tensors
 
 
-@pytest.mark.parametrize("scheme", ["none", "int8-wo", "int4-wo", "int8-sq", "fp8"])
-def test_engine_round_trip_is_exact(tiny, tmp_path, scheme):
+@pytest.mark.parametrize("scheme", ["none", "int8-wo", "int4-wo", "int4-wo-kept", "int8-sq", "fp8"])
+def test_engine_round_trip_is_exact(tiny, tmp_path, scheme, monkeypatch):
+    """int4-wo-kept: o_proj's AWQ scale kept as a run-time input_scale (KILN_AWQ_FOLD_O_PROJ=0),
+    as engines built before 2026-12-06 hold it."""
     src, calib = tiny
     out = tmp_path / "engine"
+    if scheme == "int4-wo-kept":
+        scheme = "int4-wo"
+        monkeypatch.setenv("KILN_AWQ_FOLD_O_PROJ", "0")
     info = build_engine(_options(src, calib, out, scheme))
     assert is_engine_dir(out) and not is_engine_dir(src)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
@@ -67,6 +73,9 @@ def test_engine_round_trip_is_exact(tiny, tmp_path, scheme):
     memory, tensors = _in_memory(src, calib, scheme)
     stored = load_file(str(out / WEIGHTS_FILE))
     assert set(stored) == set(tensors)
+    kept = [n for n in stored if n.endswith("input_scale")]
+    assert len(kept) == (2 if os.environ.get("KILN_AWQ_FOLD_O_PROJ") == "0" else 0)
+    assert loaded["quantization"].get("runtime_input_scale", []) == [n.rpartition(".")[0] for n in kept]
     for name, t in tensors.items():
         assert stored[name].dtype == t.dtype and torch.equal(stored[name].float(), t.float()), name
     windows = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))

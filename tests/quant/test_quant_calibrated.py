@@ -194,3 +194,13 @@ def test_demo_corpus_calibration_and_eval_splits_differ():
     assert train.windows.shape == test.windows.shape == (4, 64)
     assert not torch.equal(train.windows, test.windows)
     assert torch.equal(train.windows, load_windows(tok, None, 4, 64, split="train").windows)
+
+
+def test_o_proj_fold_can_be_turned_off(calibrated, monkeypatch):
+    """KILN_AWQ_FOLD_O_PROJ=0 keeps o_proj's AWQ scale at run time (input_scale), qkv untouched."""
+    _, _, stats = calibrated
+    monkeypatch.setenv("KILN_AWQ_FOLD_O_PROJ", "0")
+    out = quantize_model(random_model(), QuantConfig("int4-wo"), stats)
+    assert out.runtime_input_scale == ["layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"]
+    assert out.tensors["layers.0.self_attn.o_proj.input_scale"].shape == (128,)
+    assert out.v_absmax_gain == {}
