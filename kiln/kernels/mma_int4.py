@@ -1,5 +1,6 @@
 """int4 weight-only products of a few rows (M <= 8, decode) on the tensor cores straight from
-registers (KILN_INT4_MMA=1; off by default until measured on the H200).
+registers (KILN_INT4_MMA=1; off by default: in the 8B int4-wo engine on the H100 its launches take
+3% longer than the FMA GEMV's, benchmarks/h200-mma-int4).
 
 The weights are stored once more, in the order of mma.m16n8k16's A fragments (pack_int4_mma): for
 a tile of 16 rows and a step of 16 k, lane l's 32-bit word holds exactly its fragment's 8 values,
@@ -63,8 +64,10 @@ mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
 
 def int4_mma_enabled() -> bool:
     """Whether int4 weight-only layers keep a copy of their weights in the A-fragment order and
-    take _int4_mma_kernel for up to MMA_INT4_MAX_M rows (KILN_INT4_MMA=1). Off by default: not yet
-    measured in the engine on the H200 (benchmarks/h200-mma-int4)."""
+    take _int4_mma_kernel for up to MMA_INT4_MAX_M rows (KILN_INT4_MMA=1). Off by default: in the
+    8B int4-wo engine on the H100, batch 1, 359.2 against 361.6 tok/s, its 128 launches 1.970 ms
+    a step against the FMA GEMV's 1.904 (benchmarks/h200-mma-int4, 2026-12-06); not run on the
+    H200."""
     return os.environ.get("KILN_INT4_MMA", "0") == "1"
 
 
