@@ -207,7 +207,7 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
         kv_record: dict[str, Any] = {"dtype": options.kv_cache_dtype}
         if options.kv_cache_dtype == "fp8" and stats is not None:
             # Per-layer scales for an e4m3 cache: the largest |k| (post-RoPE bound) / |v| over 448,
-            # |v| raised by what folding o_proj's AWQ scale into the v rows can add.
+            # |v| bounded anew where o_proj's AWQ / SmoothQuant scale was folded into the v rows.
             gain = quantized.v_absmax_gain
             kv_record["scales"] = {name: {"k_scale": k / 448.0, "v_scale": v * gain.get(name, 1.0) / 448.0}
                                    for name, (k, v) in sorted(stats.kv_absmax.items())}

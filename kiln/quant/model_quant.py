@@ -12,8 +12,8 @@ the same function with weights that quantize better:
   rows (kv head of h, d). Scaling those ``v`` rows of ``qkv_proj`` (and bias) by 1 / t scales the
   channel (h, d) of every query head sharing that kv head, so an s shared within each group of
   query heads folds there exactly (``group_shared``). AWQ searches o_proj's s from the group's
-  mean activation, so that it folds; SmoothQuant does not smooth o_proj (per-token dynamic int8
-  alone). The folded values change the largest |v| of the layer by at most max(1 / t), which
+  mean activation, and SmoothQuant averages its s over the group, so that both fold. The folded
+  values' largest |v| is at most the float model's times max(1 / t), which
   ``QuantizedWeights.v_absmax_gain`` records for an fp8 KV cache's scales.
 
 down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
@@ -53,8 +53,8 @@ class QuantizedWeights:
     tensors: dict[str, torch.Tensor]
     runtime_input_scale: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    #: attention module name -> the factor (>= 1) by which folding o_proj's scale into its v rows
-    #: can raise the layer's largest |v| (calibrated on the float model)
+    #: attention module name -> the factor bounding the layer's largest |v| (calibrated on the
+    #: float model) once o_proj's scale is folded into its v rows: max(1 / s)
     v_absmax_gain: dict[str, float] = field(default_factory=dict)
 
 
@@ -116,19 +116,33 @@ def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
     return True
 
 
+def _smooth(model: nn.Module, i: int, name: str, absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's s for Linear ``name`` of layer i (o_proj's averaged over each group of query
+    heads, so that it folds into the v rows), folded into the model; returns s."""
+    modules = _modules(model)
+    prefix = f"layers.{i}.{name}"
+    s = smoothing_scales(absmax, modules[prefix].weight, alpha)
+    if name == "self_attn.o_proj":
+        s = group_shared(s, modules[f"layers.{i}.self_attn"])
+    if not fold_input_scale(model, prefix, s):
+        raise KilnError(f"SmoothQuant could not fold the scale of {prefix}")
+    return s
+
+
+def _v_gain(s: torch.Tensor) -> float:
+    """The factor bounding the layer's largest |v| once o_proj's s is folded into the v rows,
+    max(1 / s): above 1 it can grow, below 1 it surely shrinks (a tighter fp8 v_scale)."""
+    return float((1.0 / s).max())
+
+
 def smooth_model(model: nn.Module, stats: CalibrationStats, alpha: float = 0.5
                  ) -> dict[str, torch.Tensor]:
-    """Apply SmoothQuant's smoothing to every foldable Linear of ``model`` in place; returns the s."""
+    """Apply SmoothQuant's smoothing to every Linear of ``model`` in place; returns the s."""
     chosen: dict[str, torch.Tensor] = {}
     for i in range(len(model.layers)):
         for name in LAYER_LINEARS:
             prefix = f"layers.{i}.{name}"
-            if name == "self_attn.o_proj":
-                continue
-            linear = _modules(model)[prefix]
-            s = smoothing_scales(stats.linears[prefix].absmax, linear.weight, alpha)
-            fold_input_scale(model, prefix, s)
-            chosen[prefix] = s
+            chosen[prefix] = _smooth(model, i, name, stats.linears[prefix].absmax, alpha)
     return chosen
 
 
@@ -162,10 +176,10 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                 continue
             input_scale = None
             clip: torch.Tensor | float = 1.0
-            if scheme == "int8-sq" and name != "self_attn.o_proj":
-                st = _require_stats(stats, prefix)
-                fold_input_scale(model, prefix,
-                                 smoothing_scales(st.absmax, linear.weight, config.smoothquant_alpha))
+            if scheme == "int8-sq":
+                s = _smooth(model, i, name, _require_stats(stats, prefix).absmax, config.smoothquant_alpha)
+                if name == "self_attn.o_proj":
+                    out.v_absmax_gain[f"layers.{i}.self_attn"] = _v_gain(s)
             if scheme == "int4-wo":
                 st = _require_stats(stats, prefix)
                 rows = st.sample()
@@ -179,7 +193,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                 s = result.scales
                 if fold and fold_input_scale(model, prefix, s):
                     if name == "self_attn.o_proj":
-                        out.v_absmax_gain[f"layers.{i}.self_attn"] = float((1.0 / s).max().clamp_min(1.0))
+                        out.v_absmax_gain[f"layers.{i}.self_attn"] = _v_gain(s)
                 else:
                     with torch.no_grad():
                         w = linear.weight.data
@@ -214,7 +228,8 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
         out.details = {"awq_alpha": alphas,
                        "awq_error_vs_rtn_mean": float(sum(gains) / max(len(gains), 1))}
     elif scheme == "int8-sq":
-        out.details = {"smoothed": "qkv_proj, gate_up_proj, down_proj (folded); o_proj unsmoothed"}
+        out.details = {"smoothed": "qkv_proj, gate_up_proj, down_proj, o_proj (folded; o_proj's s "
+                                   "shared within each group of query heads)"}
     return out
 
 

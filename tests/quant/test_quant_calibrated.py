@@ -51,7 +51,9 @@ def test_smoothquant_folding_keeps_the_float_model(calibrated):
     before = logits_of(model, windows)
     norm_before = model.layers[0].input_layernorm.weight.clone()
     scales = smooth_model(model, stats, alpha=0.5)
-    assert "layers.0.self_attn.o_proj" not in scales and len(scales) == 6
+    assert len(scales) == 8  # o_proj too: its s shared within each group of query heads, folded into v
+    o = scales["layers.0.self_attn.o_proj"].reshape(2, 2, -1)  # (kv head, query head of its group, d)
+    assert torch.equal(o[:, 0], o[:, 1])
     # Smoothing really changed the weights (outlier channels were moved into them).
     assert not torch.allclose(model.layers[0].input_layernorm.weight, norm_before)
     torch.testing.assert_close(logits_of(model, windows), before, rtol=1e-4, atol=1e-3)
@@ -102,20 +104,21 @@ def test_quantize_model_tensors(calibrated, scheme):
     # AWQ's o_proj scale folds into the v rows (shared within each group of query heads), so no
     # scheme keeps an input scale at run time
     assert out.runtime_input_scale == [] and not any(k.endswith("input_scale") for k in t)
+    if scheme in ("int4-wo", "int8-sq"):  # the schemes that fold a scale into the v rows
+        assert set(out.v_absmax_gain) == {"layers.0.self_attn", "layers.1.self_attn"}
+        assert all(g > 0 for g in out.v_absmax_gain.values())
+    else:
+        assert out.v_absmax_gain == {}
     if scheme == "int4-wo":
         assert t["layers.0.mlp.gate_up_proj.qweight"].shape == (512, 64)
         assert set(out.details["awq_alpha"]) == set(stats.linears)
-        assert set(out.v_absmax_gain) == {"layers.0.self_attn", "layers.1.self_attn"}
-        assert all(g >= 1.0 for g in out.v_absmax_gain.values())
-    else:
-        assert out.v_absmax_gain == {}
 
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_o_proj_scale_folds_into_v_rows(calibrated, bias):
     """A per-channel o_proj scale shared within each group of query heads folds into qkv_proj's v
-    rows (and bias) and leaves the float model's function unchanged; the folded |v| grows by at
-    most max(1 / t); an s that differs within a group is refused, changing nothing."""
+    rows (and bias) and leaves the float model's function unchanged; an s that differs within a
+    group is refused, changing nothing."""
     _, windows, _ = calibrated
     model = random_model()
     attn = model.layers[0].self_attn
@@ -137,12 +140,13 @@ def test_o_proj_scale_folds_into_v_rows(calibrated, bias):
     torch.testing.assert_close(logits_of(model, windows), before, rtol=1e-4, atol=1e-4)
 
 
-def test_fp8_kv_scales_cover_the_folded_v(calibrated):
+@pytest.mark.parametrize("scheme", ["int4-wo", "int8-sq"])
+def test_fp8_kv_scales_cover_the_folded_v(calibrated, scheme):
     """quantize_model's v_absmax_gain bounds the largest |v| of the folded model from the float
     model's calibration (the builder raises each layer's fp8 v_scale by it)."""
     _, windows, stats = calibrated
     model = random_model()
-    out = quantize_model(model, QuantConfig("int4-wo"), stats)
+    out = quantize_model(model, QuantConfig(scheme), stats)
     # the model now holds the folded float weights (the quantized ones are in out.tensors)
     folded = collect_stats(model, windows, max_rows=8, batch_size=2)
     for name, (_, v) in folded.kv_absmax.items():
