@@ -69,6 +69,15 @@ def group_shared(x: torch.Tensor, attn: nn.Module) -> torch.Tensor:
     return groups.mean(dim=1, keepdim=True).expand_as(groups).reshape(-1)
 
 
+def _divide_rows(linear: Linear, start: int, t: torch.Tensor) -> None:
+    """Divide output rows start .. start + len(t) of ``linear`` (weight and bias) by t."""
+    w = linear.weight.data[start:start + t.numel()]
+    w.copy_((w.float() / t[:, None].to(w.device)).to(w.dtype))
+    if linear.bias is not None:
+        b = linear.bias.data[start:start + t.numel()]
+        b.copy_((b.float() / t.to(b.device)).to(b.dtype))
+
+
 def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
     """Make Linear ``prefix`` see x / s: fold 1 / s into the op before it, multiply its columns by s.
 
@@ -85,14 +94,7 @@ def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
             t = heads[:, 0]
             if not torch.allclose(heads, t[:, None].expand_as(heads), rtol=1e-6, atol=0):
                 return False
-            t = t.reshape(-1)
-            qkv: Linear = modules[f"{layer}.self_attn.qkv_proj"]
-            lo = attn.q_size + attn.kv_size
-            v = qkv.weight.data[lo:lo + attn.kv_size]
-            v.copy_((v.float() / t[:, None].to(v.device)).to(v.dtype))
-            if qkv.bias is not None:
-                b = qkv.bias.data[lo:lo + attn.kv_size]
-                b.copy_((b.float() / t.to(b.device)).to(b.dtype))
+            _divide_rows(modules[f"{layer}.self_attn.qkv_proj"], attn.q_size + attn.kv_size, t.reshape(-1))
             norm = None
         elif name == "qkv_proj":
             norm = modules[f"{layer}.input_layernorm"].weight
@@ -100,12 +102,7 @@ def fold_input_scale(model: nn.Module, prefix: str, s: torch.Tensor) -> bool:
             norm = modules[f"{layer}.post_attention_layernorm"].weight
         elif name == "down_proj":
             gate_up: Linear = modules[f"{layer}.mlp.gate_up_proj"]
-            inter = gate_up.output_sizes[0]
-            up = gate_up.weight.data[inter:]
-            up.copy_((up.float() / s[:, None].to(up.device)).to(up.dtype))
-            if gate_up.bias is not None:
-                b = gate_up.bias.data[inter:]
-                b.copy_((b.float() / s.to(b.device)).to(b.dtype))
+            _divide_rows(gate_up, gate_up.output_sizes[0], s)  # the up rows
             norm = None
         else:
             return False
@@ -175,11 +172,11 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
             if scheme == "none":
                 continue
             input_scale = None
+            folded = None  # the s folded into the op before this Linear
             clip: torch.Tensor | float = 1.0
             if scheme == "int8-sq":
-                s = _smooth(model, i, name, _require_stats(stats, prefix).absmax, config.smoothquant_alpha)
-                if name == "self_attn.o_proj":
-                    out.v_absmax_gain[f"layers.{i}.self_attn"] = _v_gain(s)
+                folded = _smooth(model, i, name, _require_stats(stats, prefix).absmax,
+                                 config.smoothquant_alpha)
             if scheme == "int4-wo":
                 st = _require_stats(stats, prefix)
                 rows = st.sample()
@@ -192,8 +189,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                 gains.append(result.error / max(result.rtn_error, 1e-30))
                 s = result.scales
                 if fold and fold_input_scale(model, prefix, s):
-                    if name == "self_attn.o_proj":
-                        out.v_absmax_gain[f"layers.{i}.self_attn"] = _v_gain(s)
+                    folded = s
                 else:
                     with torch.no_grad():
                         w = linear.weight.data
@@ -202,6 +198,8 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
                     out.runtime_input_scale.append(prefix)
                 if config.clip_search:
                     clip = search_clip(linear.weight, rows / s[None, :].to(rows.device), config.group_size)
+            if folded is not None and name == "self_attn.o_proj":
+                out.v_absmax_gain[f"layers.{i}.self_attn"] = _v_gain(folded)
             out.tensors.update({f"{prefix}.{k}": v.contiguous()
                                 for k, v in _quantize_linear(linear, config, clip).items()})
             if linear.bias is not None:
