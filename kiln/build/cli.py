@@ -99,13 +99,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     where = "cpu" if target["name"] == "cpu" else f"{target['display_name']} ({target['sm']})"
     print(f"built {info['quantization']['scheme']} engine for {where} in {info['build']['time_s']:.1f}s "
           f"-> {info['path']}\n{score}", file=sys.stdout)
+    from kiln.tune.in_situ import median
+
     for run in info["kernel_tuning"].get("in_situ", []):
         if run.get("step_ms_before"):
-            from kiln.tune.in_situ import median
-
             print(f"decode step at batch {run['batch_size']}: {median(run['step_ms_before']):.3f} -> "
                   f"{median(run['step_ms_after']):.3f} ms after step tuning "
                   f"({run['changed']} of {run['slots']} GEMV launches changed)", file=sys.stdout)
+        ring = run.get("batch1_ring")
+        if ring and ring.get("ms_ring"):
+            print(f"batch-1 ring path: {median(ring['ms_tc']):.3f} -> {median(ring['ms_ring']):.3f} ms, "
+                  f"{'chosen' if ring['chosen'] == 'ring' else 'not chosen'}", file=sys.stdout)
     cost = info["kernel_tuning"].get("in_situ_seconds")
     if cost:
         print(f"step tuning took {cost['total']:.1f} s ({cost['engine_start']:.1f} s starting its "

@@ -116,6 +116,9 @@ class LLMEngine:
                                                              config.model.dtype)
             config = _apply_engine_limits(config, self.engine_info)
         else:
+            from kiln.kernels import set_batch1_ring
+
+            set_batch1_ring(False)  # an earlier engine's choice does not carry over
             self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
         args = self.model.args
         from kiln.kernels.quant_act import producer_quant_enabled

@@ -40,7 +40,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
-from kiln.kernels import pdl_args
+from kiln.kernels import batch1_ring, pdl_args
 from kiln.kernels.pdl import pdl_start_gluon
 
 # (BLOCK_N, BLOCK_K, warps, stages, programs an SM): a unit is 16 KB of 16-bit weights
@@ -54,9 +54,12 @@ def ring_gemv_enabled(head: bool = False) -> bool:
     """KILN_RING_GEMV=1: batch-1 decode rows of float16/bfloat16 layers and of the unquantized
     LM head take ring_gemv where it applies (ring_gemv_ok); =layers: the layers only; =head:
     the LM head only; =fused: as 1, and the decoder layers' norms and SiLU-mul are computed by
-    the GEMVs that read them (ring_fused_enabled); 0 (the default): the tensor-core GEMV and
-    cuBLAS as before."""
-    flag = os.environ.get("KILN_RING_GEMV", "0")
+    the GEMVs that read them (ring_fused_enabled); 0: the tensor-core GEMV and cuBLAS as
+    before. Unset (the default): as 1 where the loaded engine's decode-step tuning chose the
+    ring (kiln.kernels.set_batch1_ring), else as 0."""
+    flag = os.environ.get("KILN_RING_GEMV")
+    if flag is None:
+        return batch1_ring()
     return flag in ("1", "fused") or flag == ("head" if head else "layers")
 
 

@@ -241,6 +241,10 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
     set_configs(kernels, best)
     log(f"batch {batch_size}: step {median(before):.4f} -> {median(after):.4f} ms "
         f"(confirm runs {[round(x, 4) for x in before]} / {[round(x, 4) for x in after]})")
+    if batch_size == 1 and ring_may_apply(runner.model):
+        record["batch1_ring"] = choose_batch1_ring(
+            lambda: graph_step_ms(runner, batch_size, context, max_len, reps, windows),
+            confirm, min_gain, log)
     changed = []
     for s in slots:
         if not same_config(start[s], best[s]):
@@ -256,6 +260,51 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
                          for t in trace],
                   seconds=round(time.perf_counter() - started, 2))
     return best, record
+
+
+def ring_may_apply(model: torch.nn.Module) -> bool:
+    """Whether a batch-1 decode step of `model` could take the ring GEMV somewhere: the batch-1
+    ring is not forced either way by the environment (KILN_RING_GEMV, KILN_PDL_TRIGGER), the
+    device is sm_90 or later, and some float16/bfloat16 matrix has a ring configuration."""
+    import os
+
+    from kiln.kernels.ring_gemv import ring_config
+
+    if os.environ.get("KILN_RING_GEMV") is not None or os.environ.get("KILN_PDL_TRIGGER") is not None:
+        return False
+    params = [p for p in model.parameters() if p.dim() == 2 and p.is_cuda and p.is_contiguous()
+              and p.dtype in (torch.float16, torch.bfloat16)]
+    if not params or torch.cuda.get_device_capability(params[0].device)[0] < 9:
+        return False
+    return any(ring_config(*p.shape) is not None for p in params)
+
+
+def choose_batch1_ring(step_ms: Callable[[], float], confirm: int = 3, min_gain: float = 0.002,
+                       log: Callable[[str], Any] = print) -> dict:
+    """Time the batch-1 decode step (step_ms: one measurement of a freshly captured graph) with
+    the ring path off and on (kiln.kernels.set_batch1_ring), `confirm` times each, alternating;
+    the ring is chosen only if its median is faster by more than min_gain (a fraction). Leaves
+    the choice set and returns {"chosen": "ring" | "tc", "ms_tc": [...], "ms_ring": [...]}."""
+    from kiln.kernels import batch1_ring, set_batch1_ring
+
+    before = batch1_ring()
+    off, on = [], []
+    try:
+        for _ in range(confirm):
+            set_batch1_ring(False)
+            off.append(step_ms())
+            set_batch1_ring(True)
+            on.append(step_ms())
+    except Exception as exc:  # the ring cannot run here: keep the path the step had
+        set_batch1_ring(before)
+        log(f"batch 1: the ring path failed ({type(exc).__name__}: {exc}); keeping the tensor-core GEMV")
+        return {"chosen": "tc", "ms_tc": off, "ms_ring": on, "error": f"{type(exc).__name__}: {exc}"}
+    ring = median(on) < median(off) * (1.0 - min_gain)
+    set_batch1_ring(ring)
+    log(f"batch 1: ring path {median(off):.4f} -> {median(on):.4f} ms "
+        f"({'chosen' if ring else 'not chosen'}; runs {[round(x, 4) for x in off]} / "
+        f"{[round(x, 4) for x in on]})")
+    return {"chosen": "ring" if ring else "tc", "ms_tc": off, "ms_ring": on}
 
 
 def store_choices(tuning: dict, best: dict, record: dict) -> dict:
@@ -275,5 +324,9 @@ def store_choices(tuning: dict, best: dict, record: dict) -> dict:
     previous = tuning.get("in_situ")  # a list; the first stand-alone runs wrote one dict
     runs = [r for r in previous if r.get("batch_size") != record["batch_size"]] \
         if isinstance(previous, list) else []
-    return {**tuning, "results": entries,
-            "in_situ": sorted(runs + [summary], key=lambda r: r["batch_size"])}
+    out = {**tuning, "results": entries,
+           "in_situ": sorted(runs + [summary], key=lambda r: r["batch_size"])}
+    if "batch1_ring" in record:  # the batch-1 path, which loading applies (apply_kernel_tuning)
+        summary["batch1_ring"] = record["batch1_ring"]
+        out["batch1_gemv"] = record["batch1_ring"]["chosen"]
+    return out

@@ -124,6 +124,53 @@ def test_engine_greedy_tokens_with_and_without_the_ring_gemv(tmp_path, monkeypat
                           flag)
 
 
+def test_build_times_the_batch1_ring_path_and_loading_applies_its_choice(tmp_path, monkeypatch):
+    """`kiln build --quant none` times the batch-1 decode step with and without the ring path
+    and stores the faster; an engine whose stored choice is the ring runs it (its kernel
+    launched, the small single-row kernels early, nothing compiled after start-up) with the
+    checkpoint's greedy tokens under the top-5 rule; loading a checkpoint turns it off."""
+    import kiln.kernels as kk
+    import kiln.kernels.ring_gemv as rg
+    from kiln import LLM, SamplingParams
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import read_engine_info, write_engine_info
+    from kiln.models.random_model import write_random_model
+    from kiln.quant.config import QuantConfig
+
+    monkeypatch.delenv("KILN_RING_GEMV", raising=False)
+    monkeypatch.delenv("KILN_PDL_TRIGGER", raising=False)
+    write_random_model("tiny-llama-d128", tmp_path / "src", seed=7, dtype="bfloat16")
+    info = build_engine(BuildOptions(str(tmp_path / "src"), str(tmp_path / "e"), QuantConfig("none"),
+                                     eval_tokens=0, device="cuda", progress=False))
+    ring = info["kernel_tuning"]["in_situ"][0]["batch1_ring"]
+    assert ring["chosen"] in ("ring", "tc") and info["kernel_tuning"]["batch1_gemv"] == ring["chosen"]
+    assert len(ring["ms_tc"]) == len(ring["ms_ring"]) == 3 and min(ring["ms_ring"]) > 0
+    assert not kk.batch1_ring()  # the build leaves the process as it found it
+    stored = read_engine_info(tmp_path / "e")
+    stored["kernel_tuning"]["batch1_gemv"] = "ring"
+    write_engine_info(tmp_path / "e", stored)
+    calls = []
+    real = rg._ring_gemv_kernel.run
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(rg._ring_gemv_kernel, "run", counting)
+    prompts = [{"prompt_token_ids": list(range(5 + i, 50 + 3 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
+    outs = {}
+    for name, path in (("engine", tmp_path / "e"), ("checkpoint", tmp_path / "src")):
+        llm = LLM(str(path), device="cuda", num_kv_blocks=256, max_num_seqs=1)
+        assert kk.batch1_ring() == (name == "engine")
+        count = len(calls)
+        outs[name] = [o.outputs[0] for o in llm.generate(prompts, params)]
+        assert (len(calls) > count) == (name == "engine")
+        assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        del llm
+        torch.cuda.empty_cache()
+    assert_top5_agree(outs["engine"], outs["checkpoint"])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (28672, 4096), (96, 256), (192, 384)])
 @pytest.mark.parametrize("with_residual", [False, True])

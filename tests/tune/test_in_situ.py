@@ -162,3 +162,59 @@ def test_store_choices_replaces_the_same_keys_and_keeps_one_summary_per_batch_si
 def test_store_choices_needs_a_stored_tuning():
     with pytest.raises(ValueError, match="not-tuned"):
         in_situ.store_choices({"status": "not-tuned", "results": []}, {}, {"batch_size": 1})
+
+
+def test_choose_batch1_ring_takes_the_ring_only_when_its_step_is_faster(monkeypatch):
+    import kiln.kernels as kk
+    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+    times = {False: 3.0, True: 2.9}
+    logs = []
+    got = in_situ.choose_batch1_ring(lambda: times[kk.batch1_ring()], confirm=3, log=logs.append)
+    assert got == {"chosen": "ring", "ms_tc": [3.0] * 3, "ms_ring": [2.9] * 3}
+    assert kk.batch1_ring() and "chosen" in logs[-1]
+    times[True] = 2.999  # within min_gain: noise does not pick the ring
+    got = in_situ.choose_batch1_ring(lambda: times[kk.batch1_ring()], confirm=2, log=logs.append)
+    assert got["chosen"] == "tc" and not kk.batch1_ring()
+
+
+def test_choose_batch1_ring_keeps_the_path_when_the_ring_fails(monkeypatch):
+    import kiln.kernels as kk
+    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+
+    def step():
+        if kk.batch1_ring():
+            raise RuntimeError("out of shared memory")
+        return 3.0
+    got = in_situ.choose_batch1_ring(step, confirm=2, log=lambda s: None)
+    assert got["chosen"] == "tc" and "out of shared memory" in got["error"] and not kk.batch1_ring()
+
+
+def test_ring_may_apply_needs_a_gpu_and_an_unforced_environment(monkeypatch):
+    model = torch.nn.Linear(256, 64, bias=False).to(torch.bfloat16)
+    monkeypatch.delenv("KILN_RING_GEMV", raising=False)
+    monkeypatch.delenv("KILN_PDL_TRIGGER", raising=False)
+    assert not in_situ.ring_may_apply(model)  # CPU parameters
+    monkeypatch.setenv("KILN_RING_GEMV", "0")
+    assert not in_situ.ring_may_apply(model)
+
+
+def test_store_choices_records_the_batch1_path_and_loading_applies_it(monkeypatch):
+    import kiln.kernels as kk
+    from kiln.build.tuning import apply_kernel_tuning
+    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+    ring = {"chosen": "ring", "ms_tc": [3.0], "ms_ring": [2.9]}
+    record = {"batch_size": 1, "slots": 1, "trials": 1, "step_ms_before": [3.0],
+              "step_ms_after": [3.0], "changed": [], "batch1_ring": ring}
+    tuning = in_situ.store_choices(_tuning(), {}, record)
+    assert tuning["batch1_gemv"] == "ring" and tuning["in_situ"][0]["batch1_ring"] == ring
+    other = {k: v for k, v in record.items() if k != "batch1_ring"}
+    tuning = in_situ.store_choices(tuning, {}, {**other, "batch_size": 4})
+    assert tuning["batch1_gemv"] == "ring"  # another batch size's run keeps it
+    info = {"kernel_tuning": {**tuning, "triton": "other"}}
+    apply_kernel_tuning(info, "cuda")  # the choice applies whatever the Triton version
+    assert kk.batch1_ring()
+    apply_kernel_tuning(info, "cpu")
+    assert not kk.batch1_ring()
+    kk.set_batch1_ring(True)
+    apply_kernel_tuning({"kernel_tuning": {"status": "tuned", "results": []}}, "cuda")
+    assert not kk.batch1_ring()
