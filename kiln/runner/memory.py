@@ -59,7 +59,9 @@ def num_kv_blocks_cuda(block_bytes: int, cache: CacheConfig, device: torch.devic
     budget = int(total * cache.gpu_memory_utilization) - used_by_others - weights - peak_activation_bytes
     if budget < block_bytes:
         raise KilnError(
-            f"no GPU memory left for the KV cache (budget {budget / 2**30:.2f} GiB after weights "
-            f"{weights / 2**30:.2f} GiB and activations {peak_activation_bytes / 2**30:.2f} GiB); "
+            f"no GPU memory left for the KV cache (budget {budget / 2**30:.2f} GiB: "
+            f"{cache.gpu_memory_utilization:g} of {total / 2**30:.2f} GiB less weights "
+            f"{weights / 2**30:.2f} GiB, activations {peak_activation_bytes / 2**30:.2f} GiB and "
+            f"{used_by_others / 2**30:.2f} GiB held by other processes); "
             "raise --gpu-memory-utilization or lower --max-num-batched-tokens")
     return budget // block_bytes

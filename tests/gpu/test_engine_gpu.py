@@ -37,6 +37,39 @@ def _large_batch_fp8_engine(tmp_path, preset: str, seed: int, kv_heads: int):
     return engine, n
 
 
+def test_kv_blocks_from_gpu_memory_utilization(tmp_path, monkeypatch):
+    """Start-up memory profiling sizes the KV cache from gpu_memory_utilization: the card's share
+    less the weights and the profiled forward pass (and what other processes hold, which this
+    test pins at none: other test processes come and go). 1.5 GiB of the card leaves the tiny
+    model's cache between 1 and 1.5 GiB; a share below the weights is refused, naming the
+    option. The other engine tests fix num_kv_blocks so that they can share a card."""
+    from kiln import LLM, SamplingParams
+    from kiln.errors import KilnError
+    from kiln.models.random_model import write_random_model
+
+    write_random_model("tiny-llama", tmp_path, seed=2, dtype="bfloat16")
+    real = torch.cuda.mem_get_info
+
+    def alone(device=None):
+        free, total = real(device)
+        return total - torch.cuda.memory_reserved(device), total
+    monkeypatch.setattr(torch.cuda, "mem_get_info", alone)
+    total = real()[1]
+    llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", max_num_seqs=4,
+              gpu_memory_utilization=1.5 * 2**30 / total)
+    kv_bytes = sum(t.numel() * t.element_size() for t in llm.engine.runner.kv_caches)
+    assert 2**30 < kv_bytes <= 1.5 * 2**30, kv_bytes
+    assert all(t.shape[1] == llm.engine.runner.num_kv_blocks for t in llm.engine.runner.kv_caches)
+    out = llm.generate({"prompt_token_ids": list(range(3, 40))},
+                       SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 8
+    del llm
+    torch.cuda.empty_cache()
+    with pytest.raises(KilnError, match="gpu-memory-utilization"):
+        LLM(str(tmp_path), dtype="bfloat16", device="cuda", max_num_seqs=4,
+            gpu_memory_utilization=2**20 / total)
+
+
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen3", "tiny-mistral"])
 @pytest.mark.parametrize("enforce_eager", [True, False])
 def test_bf16_greedy_matches_transformers(tmp_path, preset, enforce_eager):
@@ -47,7 +80,7 @@ def test_bf16_greedy_matches_transformers(tmp_path, preset, enforce_eager):
     prompt = list(range(20, 60))
     n = 32
     llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=enforce_eager,
-              max_num_seqs=8, gpu_memory_utilization=0.3)
+              max_num_seqs=8, num_kv_blocks=256)
     out = llm.generate({"prompt_token_ids": prompt},
                        SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=5))
     ours = out[0].outputs[0].token_ids
@@ -70,8 +103,8 @@ def test_batched_decode_with_graphs_equals_eager(tmp_path):
     prompts = [{"prompt_token_ids": list(range(5, 5 + 3 * i + 1))} for i in range(12)]
     sp = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     eager = LLM(str(tmp_path), dtype="float32", device="cuda", enforce_eager=True,
-                gpu_memory_utilization=0.3, max_num_seqs=16).generate(prompts, sp)
-    graph = LLM(str(tmp_path), dtype="float32", device="cuda", gpu_memory_utilization=0.3,
+                num_kv_blocks=512, max_num_seqs=16).generate(prompts, sp)
+    graph = LLM(str(tmp_path), dtype="float32", device="cuda", num_kv_blocks=512,
                 max_num_seqs=16).generate(prompts, sp)
     assert [o.outputs[0].token_ids for o in eager] == [o.outputs[0].token_ids for o in graph]
 
@@ -100,7 +133,7 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path, monkeypatch, tri
         monkeypatch.setenv("KILN_GEMV_PREFETCH", "1000000" if pdl == "early" else "0")
         for eager in (True, False):
             llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=eager,
-                      gpu_memory_utilization=0.3, max_num_seqs=16)
+                      num_kv_blocks=512, max_num_seqs=16)
             outs = llm.generate(prompts, sp)
             results[pdl, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
             del llm
@@ -149,7 +182,7 @@ def test_producer_quant_changes_no_bit(tmp_path, monkeypatch):
         monkeypatch.setenv("KILN_PRODUCER_QUANT", "0" if flag == "0" else "1")
         monkeypatch.setenv("KILN_ATTN_QUANT_OUT", "1" if flag == "attn" else "0")
         for eager in (True, False):
-            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+            llm = LLM(engine, device="cuda", enforce_eager=eager, num_kv_blocks=512,
                       max_num_seqs=16)
             if flag != "0":
                 assert llm.engine.model.layers[0].mlp.act.quant_dtype == torch.float8_e4m3fn
@@ -188,7 +221,7 @@ def test_attention_quant_out_large_batch_fp8_cache(tmp_path, monkeypatch, preset
         monkeypatch.setenv("KILN_ATTN_QUANT_OUT", flag)
         for eager in (True, False):
             gluon_launches.clear()
-            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+            llm = LLM(engine, device="cuda", enforce_eager=eager, num_kv_blocks=8 * (n + 8),
                       max_num_seqs=n + 8, kv_cache_dtype="fp8", max_num_batched_tokens=16384)
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
@@ -225,7 +258,7 @@ def test_gluon_decode_attention_in_the_engine(tmp_path, monkeypatch):
         for eager in (True, False):
             launches.clear()
             # every prompt in the first step, so that the decode steps hold all n sequences
-            llm = LLM(engine, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+            llm = LLM(engine, device="cuda", enforce_eager=eager, num_kv_blocks=8 * (n + 8),
                       max_num_seqs=n + 8, kv_cache_dtype="fp8", max_num_batched_tokens=16384)
             outs = llm.generate(prompts, sp)
             results[flag, eager] = [o.outputs[0] for o in outs]
@@ -271,7 +304,7 @@ def test_fp8_lm_head_engine(tmp_path):
     sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(5)]
     for eager in (True, False):
-        llm = LLM(info["path"], device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3,
+        llm = LLM(info["path"], device="cuda", enforce_eager=eager, num_kv_blocks=256,
                   max_num_seqs=8)
         outs = llm.generate(prompts, sp)
         assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
@@ -310,7 +343,7 @@ def test_build_tunes_the_decode_step(tmp_path):
     assert qm.import_tuning(tuning["results"]) == len(tuning["results"])
     sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(3)]
-    llm = LLM(info["path"], device="cuda", gpu_memory_utilization=0.3, max_num_seqs=8)
+    llm = LLM(info["path"], device="cuda", num_kv_blocks=256, max_num_seqs=8)
     outs = llm.generate(prompts, sp)
     assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
     del llm
@@ -337,7 +370,7 @@ def test_bf16_engine_build_tunes_the_tensor_core_gemv(tmp_path):
     prompts = [{"prompt_token_ids": list(range(5, 5 + 3 * i + 2))} for i in range(3)]
     outs = {}
     for name, path in (("checkpoint", tmp_path / "src"), ("engine", info["path"])):
-        llm = LLM(str(path), device="cuda", gpu_memory_utilization=0.3, max_num_seqs=8)
+        llm = LLM(str(path), device="cuda", num_kv_blocks=256, max_num_seqs=8)
         outs[name] = [o.outputs[0] for o in llm.generate(prompts, sp)]
         del llm
     # another launch configuration may sum in another order: where the tokens first differ,

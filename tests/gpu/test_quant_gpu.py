@@ -674,7 +674,7 @@ def test_weight_only_lm_head_engine(tmp_path, head):
             want = int8_wo_linear_ref(hidden, head_mod.qweight, head_mod.scales)
         assert rel_err(got, want.float()) < TOL[torch.bfloat16], rows
     del model
-    llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+    llm = LLM(engine, device="cuda", num_kv_blocks=256, max_num_seqs=8)
     outs = llm.generate([{"prompt_token_ids": list(range(3, 30))}] * 3,
                         SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
     assert all(len(o.outputs[0].token_ids) == 10 for o in outs)
@@ -724,7 +724,7 @@ def test_int4_row_block_engine(tmp_path, monkeypatch):
     tokens, blocks = {}, {}
     for env in ("0", "16"):
         monkeypatch.setenv("KILN_INT4_ROW_BLOCK", env)
-        llm = LLM(engine, device="cuda", gpu_memory_utilization=0.2, max_num_seqs=8)
+        llm = LLM(engine, device="cuda", num_kv_blocks=256, max_num_seqs=8)
         model = llm.engine.model
         blocks[env] = sorted({getattr(m, "int4_row_block", None) for m in model.modules()
                               if hasattr(m, "qweight")})
