@@ -39,10 +39,14 @@ def _large_batch_fp8_engine(tmp_path, preset: str, seed: int, kv_heads: int):
 
 def test_kv_blocks_from_gpu_memory_utilization(tmp_path, monkeypatch):
     """Start-up memory profiling sizes the KV cache from gpu_memory_utilization: the card's share
-    less the weights and the profiled forward pass (and what other processes hold, which this
-    test pins at none: other test processes come and go). 1.5 GiB of the card leaves the tiny
-    model's cache between 1 and 1.5 GiB; a share below the weights is refused, naming the
-    option. The other engine tests fix num_kv_blocks so that they can share a card."""
+    less what this process holds (the weights), the profiled forward pass and what other
+    processes hold, which this test pins at none (other test processes come and go). A share
+    256 MiB above what the process holds leaves the tiny model (4 KiB blocks; 4096 sequences
+    could use 512 MiB, so the cap on blocks does not decide) between 128 and 256 MiB of cache; a
+    share below the weights is refused, naming the option. The other engine tests fix
+    num_kv_blocks so that they can share a card."""
+    import gc
+
     from kiln import LLM, SamplingParams
     from kiln.errors import KilnError
     from kiln.models.random_model import write_random_model
@@ -54,20 +58,25 @@ def test_kv_blocks_from_gpu_memory_utilization(tmp_path, monkeypatch):
         free, total = real(device)
         return total - torch.cuda.memory_reserved(device), total
     monkeypatch.setattr(torch.cuda, "mem_get_info", alone)
+    gc.collect()
+    torch.cuda.empty_cache()
     total = real()[1]
-    llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", max_num_seqs=4,
-              gpu_memory_utilization=1.5 * 2**30 / total)
-    kv_bytes = sum(t.numel() * t.element_size() for t in llm.engine.runner.kv_caches)
-    assert 2**30 < kv_bytes <= 1.5 * 2**30, kv_bytes
-    assert all(t.shape[1] == llm.engine.runner.num_kv_blocks for t in llm.engine.runner.kv_caches)
+    share = torch.cuda.memory_allocated() + 256 * 2**20
+    llm = LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=True, max_num_seqs=4096,
+              max_num_batched_tokens=4096, gpu_memory_utilization=share / total)
+    runner = llm.engine.runner
+    kv_bytes = sum(t.numel() * t.element_size() for t in runner.kv_caches)
+    assert 128 * 2**20 < kv_bytes <= 256 * 2**20, kv_bytes
+    assert all(t.shape[1] == runner.num_kv_blocks for t in runner.kv_caches)
     out = llm.generate({"prompt_token_ids": list(range(3, 40))},
                        SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
     assert len(out[0].outputs[0].token_ids) == 8
-    del llm
+    del llm, runner
+    gc.collect()
     torch.cuda.empty_cache()
     with pytest.raises(KilnError, match="gpu-memory-utilization"):
-        LLM(str(tmp_path), dtype="bfloat16", device="cuda", max_num_seqs=4,
-            gpu_memory_utilization=2**20 / total)
+        LLM(str(tmp_path), dtype="bfloat16", device="cuda", enforce_eager=True, max_num_seqs=4,
+            gpu_memory_utilization=2**10 / total)
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen3", "tiny-mistral"])
