@@ -104,14 +104,11 @@ def tune_quant_kernels(model: nn.Module, device: torch.device, dtype: torch.dtyp
 
 
 def apply_kernel_tuning(info: dict[str, Any], device: torch.device | str) -> int:
-    """Seed the autotuners with an engine's stored choices (CUDA, same Triton version) and set
-    the batch-1 decode path its step tuning chose (kiln.kernels.set_batch1_ring; off when it
-    chose none); returns how many autotuner entries were taken (0 when none apply: the kernels
-    then tune on first use)."""
-    from kiln.kernels import set_batch1_ring
-
+    """Seed the autotuners with an engine's stored choices (CUDA, same Triton version); returns
+    how many entries were taken (0 when none apply: the kernels then tune on first use). The
+    batch-1 decode path the step tuning chose (batch1_gemv) is the engine's to apply when it
+    captures its decode graphs."""
     record = info.get("kernel_tuning") or {}
-    set_batch1_ring(torch.device(device).type == "cuda" and record.get("batch1_gemv") == "ring")
     if torch.device(device).type != "cuda" or record.get("status") != "tuned":
         return 0
     import triton
@@ -161,9 +158,6 @@ def tune_decode_steps(engine_dir, device: torch.device, batch_sizes: tuple[int, 
                 progress(1)
     finally:
         del engine
-        from kiln.kernels import set_batch1_ring
-
-        set_batch1_ring(False)  # the choice is the engine's, applied when it is loaded
         gc.collect()
         torch.cuda.empty_cache()
     # the whole stage's cost, the engine's start included (each in_situ entry has its search's)

@@ -116,9 +116,6 @@ class LLMEngine:
                                                              config.model.dtype)
             config = _apply_engine_limits(config, self.engine_info)
         else:
-            from kiln.kernels import set_batch1_ring
-
-            set_batch1_ring(False)  # an earlier engine's choice does not carry over
             self.model = load_model(model_dir, dtype=config.model.dtype, device=self.device)
         args = self.model.args
         from kiln.kernels.quant_act import producer_quant_enabled
@@ -151,8 +148,10 @@ class LLMEngine:
                 and use_triton(torch.empty(0, device=self.device))):
             t1 = time.perf_counter()
             reserved = torch.cuda.memory_reserved(self.device)
+            tuning = (self.engine_info or {}).get("kernel_tuning") or {}
             self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len,
-                                              config.cuda_graph_sizes)
+                                              config.cuda_graph_sizes,
+                                              batch1_ring=tuning.get("batch1_gemv") == "ring")
             logger.info("decode CUDA graphs captured in %.1f s (%.2f GiB)", time.perf_counter() - t1,
                         (torch.cuda.memory_reserved(self.device) - reserved) / 2**30)
         from kiln.scheduler.scheduler import Scheduler

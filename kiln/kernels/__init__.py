@@ -88,35 +88,39 @@ def pdl_small_early() -> bool:
     return os.environ.get("KILN_PDL_TRIGGER", "start") == "early"
 
 
-# The batch-1 decode path an engine's decode-step tuning chose (kiln.tune.in_situ,
-# engine.json kernel_tuning "batch1_gemv"), set when an engine or checkpoint is loaded.
-_BATCH1_RING = [False]
+_BATCH1_RING_SCOPE = [False]
 
 
-def set_batch1_ring(on: bool) -> None:
-    """Batch-1 decode rows take the ring GEMV (kiln.kernels.ring_gemv) where it applies, and the
-    small kernels of single-row launches trigger their successor before they wait (as
-    KILN_PDL_TRIGGER=early does for every launch). Process-wide: the engine loading a model sets
-    it from its tuning (off for a checkpoint or an engine that did not choose it).
+@contextlib.contextmanager
+def batch1_ring_scope(on: bool):
+    """Within: one-row products of float16/bfloat16 weights take the ring GEMV
+    (kiln.kernels.ring_gemv) where it applies, and the small kernels trigger their successor
+    before they wait (as KILN_PDL_TRIGGER=early does everywhere). The decode graphs open it
+    around capturing the batch-1 graph of an engine whose decode-step tuning chose the ring
+    (engine.json kernel_tuning.batch1_gemv; kiln.tune.in_situ.choose_batch1_ring).
     KILN_RING_GEMV and KILN_PDL_TRIGGER, when set, take precedence."""
-    _BATCH1_RING[0] = bool(on)
+    before = _BATCH1_RING_SCOPE[0]
+    _BATCH1_RING_SCOPE[0] = on
+    try:
+        yield
+    finally:
+        _BATCH1_RING_SCOPE[0] = before
 
 
 def batch1_ring() -> bool:
-    """Whether set_batch1_ring is on (the environment's overrides aside)."""
-    return _BATCH1_RING[0]
+    """Whether the launches being made are inside batch1_ring_scope(True)."""
+    return _BATCH1_RING_SCOPE[0]
 
 
 def pdl_args(t: torch.Tensor, small: bool = False) -> dict:
     """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early:
     every kernel under KILN_PDL_EARLY=1, `small` kernels under KILN_PDL_TRIGGER=early, and
-    `small` kernels of one row (t's first dimension) under set_batch1_ring unless
-    KILN_PDL_TRIGGER is set), plus Triton's launch_pdl when on."""
+    `small` kernels inside batch1_ring_scope(True) unless KILN_PDL_TRIGGER is set), plus
+    Triton's launch_pdl when on."""
     if not pdl_enabled(t):
         return {"PDL": False}
     if small and pdl_small_early():
         return {"PDL": 2, "launch_pdl": True}
-    if (small and _BATCH1_RING[0] and t.shape[0] == 1
-            and os.environ.get("KILN_PDL_TRIGGER") is None):
+    if small and _BATCH1_RING_SCOPE[0] and os.environ.get("KILN_PDL_TRIGGER") is None:
         return {"PDL": 2, "launch_pdl": True}
     return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}

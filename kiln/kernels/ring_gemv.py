@@ -55,8 +55,8 @@ def ring_gemv_enabled(head: bool = False) -> bool:
     LM head take ring_gemv where it applies (ring_gemv_ok); =layers: the layers only; =head:
     the LM head only; =fused: as 1, and the decoder layers' norms and SiLU-mul are computed by
     the GEMVs that read them (ring_fused_enabled); 0: the tensor-core GEMV and cuBLAS as
-    before. Unset (the default): as 1 where the loaded engine's decode-step tuning chose the
-    ring (kiln.kernels.set_batch1_ring), else as 0."""
+    before. Unset (the default): as 1 inside kiln.kernels.batch1_ring_scope(True) (the batch-1
+    decode graph of an engine whose decode-step tuning chose the ring), else as 0."""
     flag = os.environ.get("KILN_RING_GEMV")
     if flag is None:
         return batch1_ring()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from kiln.kernels import PDL_MAX_BATCH, pdl_scope
+from kiln.kernels import PDL_MAX_BATCH, batch1_ring_scope, pdl_scope
 from kiln.kernels.step_inputs import PAD_ROW, STAGED_FIELDS, scatter_step_inputs
 from kiln.layers.forward_context import AttentionMetadata
 
@@ -61,13 +61,15 @@ class DecodeGraphs:
     """Captured decode forwards, one per bucket, sharing one memory pool and one set of inputs.
 
     The attention kernels' launch grids depend on max_seq_len; graphs fix it to max_model_len and
-    the kernels skip the parts of the context that a sequence does not have.
+    the kernels skip the parts of the context that a sequence does not have. batch1_ring: the
+    batch-1 graph is captured inside kiln.kernels.batch1_ring_scope (the engine's tuned choice).
     """
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], max_num_seqs: int,
                  max_model_len: int, block_size: int, device: torch.device,
-                 sizes: Sequence[int] | None = None):
+                 sizes: Sequence[int] | None = None, batch1_ring: bool = False):
         self.model = model
+        self.batch1_ring = batch1_ring
         self.kv_caches = kv_caches
         self.max_model_len = max_model_len
         self.buckets = batch_buckets(max_num_seqs, sizes)
@@ -128,7 +130,7 @@ class DecodeGraphs:
             for b in reversed(self.buckets):
                 # Small batches, where launch latency weighs most, run with programmatic
                 # dependent launch (KILN_PDL=auto; kiln.kernels.pdl_enabled).
-                with pdl_scope(b <= PDL_MAX_BATCH):
+                with pdl_scope(b <= PDL_MAX_BATCH), batch1_ring_scope(self.batch1_ring and b == 1):
                     for _ in range(2):  # compile and autotune outside the capture
                         self._forward(b)
                     torch.cuda.synchronize()

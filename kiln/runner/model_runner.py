@@ -44,13 +44,14 @@ class ModelRunner:
         self.sampled_rows_only = os.environ.get("KILN_LAST_LAYER_ROWS", "1") != "0"
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int,
-                              sizes: Sequence[int] | None = None) -> None:
+                              sizes: Sequence[int] | None = None, batch1_ring: bool = False) -> None:
         """Capture CUDA graphs for decode steps of up to max_num_seqs sequences (at the batch
-        sizes ``sizes`` when given, else cuda_graphs.batch_buckets')."""
+        sizes ``sizes`` when given, else cuda_graphs.batch_buckets'); batch1_ring: the batch-1
+        graph on the ring path (the engine's tuned choice, DecodeGraphs)."""
         from kiln.runner.cuda_graphs import DecodeGraphs
 
         graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len,
-                              self.block_size, self.device, sizes=sizes)
+                              self.block_size, self.device, sizes=sizes, batch1_ring=batch1_ring)
         graphs.capture()
         self.graphs = graphs
 

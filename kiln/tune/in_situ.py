@@ -121,11 +121,11 @@ def set_configs(kernels: dict, assignment: dict) -> None:
 
 
 def graph_step_ms(runner, batch: int, context: int, max_model_len: int, reps: int = 50,
-                  windows: int = 5) -> float:
+                  windows: int = 5, batch1_ring: bool = False) -> float:
     """Median time in ms of one replay of a freshly captured decode graph for `batch` sequences
-    of `context` tokens each (CUDA). The rows read distinct cache blocks; the graph is dropped
-    afterwards."""
-    g = decode_graphs(runner, batch, context, max_model_len)
+    of `context` tokens each (CUDA; batch1_ring as DecodeGraphs takes it). The rows read
+    distinct cache blocks; the graph is dropped afterwards."""
+    g = decode_graphs(runner, batch, context, max_model_len, batch1_ring)
     g.capture()
     graph = g.graphs[batch]
     per_window = []
@@ -142,13 +142,13 @@ def graph_step_ms(runner, batch: int, context: int, max_model_len: int, reps: in
     return sorted(per_window)[len(per_window) // 2]
 
 
-def decode_graphs(runner, batch: int, context: int, max_model_len: int):
+def decode_graphs(runner, batch: int, context: int, max_model_len: int, batch1_ring: bool = False):
     """A DecodeGraphs of the runner's model and caches for `batch` sequences, not yet captured,
     its inputs those of a decode step at `context` tokens per sequence (_fill_inputs)."""
     from kiln.runner.cuda_graphs import DecodeGraphs
 
     g = DecodeGraphs(runner.model, runner.kv_caches, batch, max_model_len, runner.block_size,
-                     runner.device, sizes=[batch])
+                     runner.device, sizes=[batch], batch1_ring=batch1_ring)
     _fill_inputs(g, batch, context, runner.block_size, runner.num_kv_blocks)
     return g
 
@@ -243,7 +243,7 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
         f"(confirm runs {[round(x, 4) for x in before]} / {[round(x, 4) for x in after]})")
     if batch_size == 1 and ring_may_apply(runner.model):
         record["batch1_ring"] = choose_batch1_ring(
-            lambda: graph_step_ms(runner, batch_size, context, max_len, reps, windows),
+            lambda ring: graph_step_ms(runner, batch_size, context, max_len, reps, windows, ring),
             confirm, min_gain, log)
     changed = []
     for s in slots:
@@ -279,28 +279,22 @@ def ring_may_apply(model: torch.nn.Module) -> bool:
     return any(ring_config(*p.shape) is not None for p in params)
 
 
-def choose_batch1_ring(step_ms: Callable[[], float], confirm: int = 3, min_gain: float = 0.002,
+def choose_batch1_ring(step_ms: Callable[[bool], float], confirm: int = 3, min_gain: float = 0.002,
                        log: Callable[[str], Any] = print) -> dict:
-    """Time the batch-1 decode step (step_ms: one measurement of a freshly captured graph) with
-    the ring path off and on (kiln.kernels.set_batch1_ring), `confirm` times each, alternating;
-    the ring is chosen only if its median is faster by more than min_gain (a fraction). Leaves
-    the choice set and returns {"chosen": "ring" | "tc", "ms_tc": [...], "ms_ring": [...]}."""
-    from kiln.kernels import batch1_ring, set_batch1_ring
-
-    before = batch1_ring()
+    """Time the batch-1 decode step (step_ms(ring): one measurement of a freshly captured graph,
+    on the ring path or not; kiln.kernels.batch1_ring_scope) `confirm` times each way,
+    alternating; the ring is chosen only if its median is faster by more than min_gain (a
+    fraction). Returns {"chosen": "ring" | "tc", "ms_tc": [...], "ms_ring": [...]}, with
+    "error" where the ring path failed (then "tc")."""
     off, on = [], []
     try:
         for _ in range(confirm):
-            set_batch1_ring(False)
-            off.append(step_ms())
-            set_batch1_ring(True)
-            on.append(step_ms())
-    except Exception as exc:  # the ring cannot run here: keep the path the step had
-        set_batch1_ring(before)
+            off.append(step_ms(False))
+            on.append(step_ms(True))
+    except Exception as exc:  # the ring cannot run here: keep the tensor-core path
         log(f"batch 1: the ring path failed ({type(exc).__name__}: {exc}); keeping the tensor-core GEMV")
         return {"chosen": "tc", "ms_tc": off, "ms_ring": on, "error": f"{type(exc).__name__}: {exc}"}
     ring = median(on) < median(off) * (1.0 - min_gain)
-    set_batch1_ring(ring)
     log(f"batch 1: ring path {median(off):.4f} -> {median(on):.4f} ms "
         f"({'chosen' if ring else 'not chosen'}; runs {[round(x, 4) for x in off]} / "
         f"{[round(x, 4) for x in on]})")
@@ -311,7 +305,7 @@ def store_choices(tuning: dict, best: dict, record: dict) -> dict:
     """engine.json's kernel_tuning record with a decode-step tuning's choices in its results
     (replacing the entries of the same kernel and key, which loading would otherwise seed) and
     the run summarised under "in_situ" (one entry per batch size, the latest kept, in batch size
-    order)."""
+    order), and the batch-1 path's choice (batch1_gemv) where the record has one."""
     if tuning.get("status") != "tuned":
         raise ValueError(f"no stored kernel tuning to update (status {tuning.get('status')!r})")
     entries = [e for e in tuning.get("results", []) if (e["kernel"], tuple(e["key"])) not in best]
@@ -326,7 +320,7 @@ def store_choices(tuning: dict, best: dict, record: dict) -> dict:
         if isinstance(previous, list) else []
     out = {**tuning, "results": entries,
            "in_situ": sorted(runs + [summary], key=lambda r: r["batch_size"])}
-    if "batch1_ring" in record:  # the batch-1 path, which loading applies (apply_kernel_tuning)
+    if "batch1_ring" in record:  # the batch-1 path, which the engine applies to its batch-1 graph
         summary["batch1_ring"] = record["batch1_ring"]
         out["batch1_gemv"] = record["batch1_ring"]["chosen"]
     return out

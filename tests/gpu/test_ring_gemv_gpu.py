@@ -124,11 +124,11 @@ def test_engine_greedy_tokens_with_and_without_the_ring_gemv(tmp_path, monkeypat
                           flag)
 
 
-def test_build_times_the_batch1_ring_path_and_loading_applies_its_choice(tmp_path, monkeypatch):
+def test_build_times_the_batch1_ring_path_and_the_engine_applies_its_choice(tmp_path, monkeypatch):
     """`kiln build --quant none` times the batch-1 decode step with and without the ring path
-    and stores the faster; an engine whose stored choice is the ring runs it (its kernel
-    launched, the small single-row kernels early, nothing compiled after start-up) with the
-    checkpoint's greedy tokens under the top-5 rule; loading a checkpoint turns it off."""
+    and stores the faster; an engine whose stored choice is the ring captures its batch-1 graph
+    on it (the ring kernel launched while capturing, nothing compiled after start-up) and
+    generates the checkpoint's greedy tokens under the top-5 rule; the checkpoint does not."""
     import kiln.kernels as kk
     import kiln.kernels.ring_gemv as rg
     from kiln import LLM, SamplingParams
@@ -145,7 +145,7 @@ def test_build_times_the_batch1_ring_path_and_loading_applies_its_choice(tmp_pat
     ring = info["kernel_tuning"]["in_situ"][0]["batch1_ring"]
     assert ring["chosen"] in ("ring", "tc") and info["kernel_tuning"]["batch1_gemv"] == ring["chosen"]
     assert len(ring["ms_tc"]) == len(ring["ms_ring"]) == 3 and min(ring["ms_ring"]) > 0
-    assert not kk.batch1_ring()  # the build leaves the process as it found it
+    assert not kk.batch1_ring()  # a scope: nothing left on after the build
     stored = read_engine_info(tmp_path / "e")
     stored["kernel_tuning"]["batch1_gemv"] = "ring"
     write_engine_info(tmp_path / "e", stored)
@@ -160,12 +160,13 @@ def test_build_times_the_batch1_ring_path_and_loading_applies_its_choice(tmp_pat
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=5)
     outs = {}
     for name, path in (("engine", tmp_path / "e"), ("checkpoint", tmp_path / "src")):
-        llm = LLM(str(path), device="cuda", num_kv_blocks=256, max_num_seqs=1)
-        assert kk.batch1_ring() == (name == "engine")
         count = len(calls)
+        llm = LLM(str(path), device="cuda", num_kv_blocks=256, max_num_seqs=1)
+        assert llm.engine.runner.graphs.batch1_ring == (name == "engine")
         outs[name] = [o.outputs[0] for o in llm.generate(prompts, params)]
-        assert (len(calls) > count) == (name == "engine")
+        assert (len(calls) > count) == (name == "engine"), name  # launched by the capture
         assert llm.engine.stats()["kernel_compiles_after_startup"] == 0
+        assert not kk.batch1_ring()
         del llm
         torch.cuda.empty_cache()
     assert_top5_agree(outs["engine"], outs["checkpoint"])

@@ -108,35 +108,34 @@ def test_fused_references_compose_the_engine_references():
     assert torch.equal(rg.ring_gemv_silu_ref(gu, w), rg.ring_gemv_ref(silu_and_mul_ref(gu), w, None))
 
 
-def test_the_tuned_batch1_path_turns_the_ring_on_unless_the_environment_says(monkeypatch):
-    import kiln.kernels as kk
-    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+def test_the_batch1_ring_scope_turns_the_ring_on_unless_the_environment_says(monkeypatch):
+    from kiln.kernels import batch1_ring, batch1_ring_scope
     monkeypatch.delenv("KILN_RING_GEMV", raising=False)
-    kk.set_batch1_ring(True)
-    assert kk.batch1_ring() and rg.ring_gemv_enabled() and rg.ring_gemv_enabled(head=True)
-    assert not rg.ring_fused_enabled()
-    monkeypatch.setenv("KILN_RING_GEMV", "0")
-    assert not rg.ring_gemv_enabled() and not rg.ring_gemv_enabled(head=True)
-    monkeypatch.setenv("KILN_RING_GEMV", "head")
-    assert not rg.ring_gemv_enabled() and rg.ring_gemv_enabled(head=True)
-    monkeypatch.delenv("KILN_RING_GEMV")
-    kk.set_batch1_ring(False)
-    assert not rg.ring_gemv_enabled() and not rg.ring_gemv_enabled(head=True)
+    with batch1_ring_scope(True):
+        assert batch1_ring() and rg.ring_gemv_enabled() and rg.ring_gemv_enabled(head=True)
+        assert not rg.ring_fused_enabled()
+        with batch1_ring_scope(False):
+            assert not rg.ring_gemv_enabled()
+        assert rg.ring_gemv_enabled()
+        monkeypatch.setenv("KILN_RING_GEMV", "0")
+        assert not rg.ring_gemv_enabled() and not rg.ring_gemv_enabled(head=True)
+        monkeypatch.setenv("KILN_RING_GEMV", "head")
+        assert not rg.ring_gemv_enabled() and rg.ring_gemv_enabled(head=True)
+        monkeypatch.delenv("KILN_RING_GEMV")
+    assert not batch1_ring() and not rg.ring_gemv_enabled() and not rg.ring_gemv_enabled(head=True)
 
 
-def test_the_tuned_batch1_path_triggers_early_in_one_row_small_launches_only(monkeypatch):
+def test_the_batch1_ring_scope_triggers_the_small_kernels_early(monkeypatch):
     import kiln.kernels as kk
-    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
     monkeypatch.setattr(kk, "pdl_enabled", lambda t: True)
     monkeypatch.delenv("KILN_PDL_TRIGGER", raising=False)
     monkeypatch.delenv("KILN_PDL_EARLY", raising=False)
-    one, two = torch.zeros(1, 8), torch.zeros(2, 8)
-    assert kk.pdl_args(one, small=True)["PDL"] == 1
-    kk.set_batch1_ring(True)
-    assert kk.pdl_args(one, small=True) == {"PDL": 2, "launch_pdl": True}
-    assert kk.pdl_args(two, small=True)["PDL"] == 1  # larger batches as before
-    assert kk.pdl_args(one)["PDL"] == 1  # the GEMVs as before
-    monkeypatch.setenv("KILN_PDL_TRIGGER", "start")  # the environment forces the default
-    assert kk.pdl_args(one, small=True)["PDL"] == 1
+    x = torch.zeros(1, 8)
+    assert kk.pdl_args(x, small=True)["PDL"] == 1
+    with kk.batch1_ring_scope(True):
+        assert kk.pdl_args(x, small=True) == {"PDL": 2, "launch_pdl": True}
+        assert kk.pdl_args(x)["PDL"] == 1  # the GEMVs as before
+        monkeypatch.setenv("KILN_PDL_TRIGGER", "start")  # the environment forces the default
+        assert kk.pdl_args(x, small=True)["PDL"] == 1
     monkeypatch.setenv("KILN_PDL_TRIGGER", "early")
-    assert kk.pdl_args(two, small=True)["PDL"] == 2
+    assert kk.pdl_args(x, small=True)["PDL"] == 2

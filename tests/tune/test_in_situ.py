@@ -164,29 +164,27 @@ def test_store_choices_needs_a_stored_tuning():
         in_situ.store_choices({"status": "not-tuned", "results": []}, {}, {"batch_size": 1})
 
 
-def test_choose_batch1_ring_takes_the_ring_only_when_its_step_is_faster(monkeypatch):
-    import kiln.kernels as kk
-    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+def test_choose_batch1_ring_takes_the_ring_only_when_its_step_is_faster():
     times = {False: 3.0, True: 2.9}
-    logs = []
-    got = in_situ.choose_batch1_ring(lambda: times[kk.batch1_ring()], confirm=3, log=logs.append)
+    calls, logs = [], []
+
+    def step(ring):
+        calls.append(ring)
+        return times[ring]
+    got = in_situ.choose_batch1_ring(step, confirm=3, log=logs.append)
     assert got == {"chosen": "ring", "ms_tc": [3.0] * 3, "ms_ring": [2.9] * 3}
-    assert kk.batch1_ring() and "chosen" in logs[-1]
+    assert calls == [False, True] * 3 and "chosen" in logs[-1]  # alternating
     times[True] = 2.999  # within min_gain: noise does not pick the ring
-    got = in_situ.choose_batch1_ring(lambda: times[kk.batch1_ring()], confirm=2, log=logs.append)
-    assert got["chosen"] == "tc" and not kk.batch1_ring()
+    assert in_situ.choose_batch1_ring(step, confirm=2, log=logs.append)["chosen"] == "tc"
 
 
-def test_choose_batch1_ring_keeps_the_path_when_the_ring_fails(monkeypatch):
-    import kiln.kernels as kk
-    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
-
-    def step():
-        if kk.batch1_ring():
+def test_choose_batch1_ring_keeps_the_tensor_core_path_when_the_ring_fails():
+    def step(ring):
+        if ring:
             raise RuntimeError("out of shared memory")
         return 3.0
     got = in_situ.choose_batch1_ring(step, confirm=2, log=lambda s: None)
-    assert got["chosen"] == "tc" and "out of shared memory" in got["error"] and not kk.batch1_ring()
+    assert got["chosen"] == "tc" and "out of shared memory" in got["error"] and got["ms_tc"] == [3.0]
 
 
 def test_ring_may_apply_needs_a_gpu_and_an_unforced_environment(monkeypatch):
@@ -198,10 +196,7 @@ def test_ring_may_apply_needs_a_gpu_and_an_unforced_environment(monkeypatch):
     assert not in_situ.ring_may_apply(model)
 
 
-def test_store_choices_records_the_batch1_path_and_loading_applies_it(monkeypatch):
-    import kiln.kernels as kk
-    from kiln.build.tuning import apply_kernel_tuning
-    monkeypatch.setattr(kk, "_BATCH1_RING", [False])
+def test_store_choices_records_the_batch1_path():
     ring = {"chosen": "ring", "ms_tc": [3.0], "ms_ring": [2.9]}
     record = {"batch_size": 1, "slots": 1, "trials": 1, "step_ms_before": [3.0],
               "step_ms_after": [3.0], "changed": [], "batch1_ring": ring}
@@ -210,11 +205,4 @@ def test_store_choices_records_the_batch1_path_and_loading_applies_it(monkeypatc
     other = {k: v for k, v in record.items() if k != "batch1_ring"}
     tuning = in_situ.store_choices(tuning, {}, {**other, "batch_size": 4})
     assert tuning["batch1_gemv"] == "ring"  # another batch size's run keeps it
-    info = {"kernel_tuning": {**tuning, "triton": "other"}}
-    apply_kernel_tuning(info, "cuda")  # the choice applies whatever the Triton version
-    assert kk.batch1_ring()
-    apply_kernel_tuning(info, "cpu")
-    assert not kk.batch1_ring()
-    kk.set_batch1_ring(True)
-    apply_kernel_tuning({"kernel_tuning": {"status": "tuned", "results": []}}, "cuda")
-    assert not kk.batch1_ring()
+    assert "batch1_gemv" not in in_situ.store_choices(_tuning(), {}, other)
