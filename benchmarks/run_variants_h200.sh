@@ -22,7 +22,7 @@ else
   if [ ! -d "$E" ]; then
     T0=$SECONDS
     env ${BUILD_ENV:-} $K build $M --output $E --quant $QUANT --eval-tokens 256 --calib-samples 32 \
-      --max-batch-size 1024 --overwrite --no-progress ${BUILD_ARGS:-} 2>&1 | tail -3 | tee -a "$LOG"
+      --max-batch-size 1024 --overwrite --no-progress ${BUILD_ARGS:-} 2>&1 | tail -6 | tee -a "$LOG"
     echo "build $QUANT ${BUILD_ARGS:-} (${BUILD_ENV:-default env}) wall $((SECONDS - T0)) s" | tee -a "$LOG"
   fi
 fi
