@@ -214,7 +214,7 @@ def tune_decode_step(engine, batch_size: int = 1, context: int = 256, reps: int 
 
     forward()  # anything not yet tuned is tuned here, outside the recording
     slots = slots_of(forward, kernels)
-    del probe
+    probe = None  # its buffers go; forward is not called again
     record: dict[str, Any] = {"batch_size": batch_size, "context": context, "reps": reps,
                               "windows": windows, "rounds": rounds, "min_gain": min_gain,
                               "slots": len(slots)}
