@@ -88,6 +88,14 @@ def _apply_engine_limits(config: EngineConfig, info: dict) -> EngineConfig:
     return config
 
 
+def batch1_ring_chosen(engine_info: dict | None) -> bool:
+    """Whether an engine's decode-step tuning chose the ring path for its batch-1 decode graph
+    (engine.json kernel_tuning.batch1_gemv; kiln.tune.in_situ.choose_batch1_ring). A checkpoint
+    (no engine_info) or an engine tuned before the choice existed: no."""
+    tuning = (engine_info or {}).get("kernel_tuning") or {}
+    return tuning.get("batch1_gemv") == "ring"
+
+
 class LLMEngine:
     """The engine loop: scheduler (CPU decisions) -> runner (GPU work) -> scheduler update -> text.
 
@@ -148,10 +156,9 @@ class LLMEngine:
                 and use_triton(torch.empty(0, device=self.device))):
             t1 = time.perf_counter()
             reserved = torch.cuda.memory_reserved(self.device)
-            tuning = (self.engine_info or {}).get("kernel_tuning") or {}
             self.runner.capture_decode_graphs(config.scheduler.max_num_seqs, max_len,
                                               config.cuda_graph_sizes,
-                                              batch1_ring=tuning.get("batch1_gemv") == "ring")
+                                              batch1_ring=batch1_ring_chosen(self.engine_info))
             logger.info("decode CUDA graphs captured in %.1f s (%.2f GiB)", time.perf_counter() - t1,
                         (torch.cuda.memory_reserved(self.device) - reserved) / 2**30)
         from kiln.scheduler.scheduler import Scheduler

@@ -206,3 +206,13 @@ def test_store_choices_records_the_batch1_path():
     tuning = in_situ.store_choices(tuning, {}, {**other, "batch_size": 4})
     assert tuning["batch1_gemv"] == "ring"  # another batch size's run keeps it
     assert "batch1_gemv" not in in_situ.store_choices(_tuning(), {}, other)
+
+
+def test_the_engine_takes_the_stored_batch1_choice():
+    from kiln.engine.llm_engine import batch1_ring_chosen
+    tuning = in_situ.store_choices(_tuning(), {}, {"batch_size": 1, "batch1_ring": {
+        "chosen": "ring", "ms_tc": [3.0], "ms_ring": [2.9]}})
+    assert batch1_ring_chosen({"kernel_tuning": tuning})
+    assert not batch1_ring_chosen({"kernel_tuning": {**tuning, "batch1_gemv": "tc"}})
+    assert not batch1_ring_chosen({"kernel_tuning": _tuning()})  # tuned before the choice existed
+    assert not batch1_ring_chosen(None)  # a checkpoint
