@@ -83,9 +83,10 @@ def pdl_small_early() -> bool:
     rotary, attention) let the next kernel be scheduled before they wait (PDL 2), the GEMVs as
     by default. A ring GEMV (kiln.kernels.ring_gemv) after a small kernel is then launched while
     the GEMV before that small kernel still runs, so its early weight copies overlap that
-    GEMV's tail, as they do when two ring GEMVs follow each other. Default (start): they
-    trigger right after their wait. Measurement switch; =start forces the default."""
-    return os.environ.get("KILN_PDL_TRIGGER", "start") == "early"
+    GEMV's tail, as they do when two ring GEMVs follow each other. Unset: early inside
+    batch1_ring_scope(True), else right after their wait (=start forces that everywhere)."""
+    trigger = os.environ.get("KILN_PDL_TRIGGER")
+    return _BATCH1_RING_SCOPE[0] if trigger is None else trigger == "early"
 
 
 _BATCH1_RING_SCOPE = [False]
@@ -114,13 +115,10 @@ def batch1_ring() -> bool:
 
 def pdl_args(t: torch.Tensor, small: bool = False) -> dict:
     """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early:
-    every kernel under KILN_PDL_EARLY=1, `small` kernels under KILN_PDL_TRIGGER=early, and
-    `small` kernels inside batch1_ring_scope(True) unless KILN_PDL_TRIGGER is set), plus
+    every kernel under KILN_PDL_EARLY=1, `small` kernels where pdl_small_early says), plus
     Triton's launch_pdl when on."""
     if not pdl_enabled(t):
         return {"PDL": False}
     if small and pdl_small_early():
-        return {"PDL": 2, "launch_pdl": True}
-    if small and _BATCH1_RING_SCOPE[0] and os.environ.get("KILN_PDL_TRIGGER") is None:
         return {"PDL": 2, "launch_pdl": True}
     return {"PDL": 2 if pdl_early() else 1, "launch_pdl": True}
