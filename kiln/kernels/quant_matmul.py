@@ -13,6 +13,9 @@ Kernels (Triton, CUDA), each in its own module with its launch candidates:
                 float32 FMAs.
   quant_gemm._gemm_kernel  larger M (prefill): tiles dequantized to x's dtype (or raw int8/fp8
                 for W8A8) feeding tl.dot.
+  ring_int4._ring_int4_kernel  int4 weight-only batch-1 rows (blocks of 16 rows) of large
+                layers (ring_int4_worth) through a shared-memory ring of copies into the tensor
+                cores (KILN_RING_INT4=1; off by default: slower in the engine).
   mma_gemv._tc_gemv_kernel  fp8 W8A8 and unquantized bf16/fp16 decode rows (M <= 16) on the
                 tensor cores, operands swapped so the weights stream through shared memory
                 untouched (the default for those rows; KILN_TC_GEMV).
@@ -49,6 +52,7 @@ from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTER
 from kiln.kernels.quant_ref import (_fp8_product_ref, fp8_linear_ref, int4_wo_linear_ref,
                                     int8_sq_linear_ref, int8_wo_linear_ref)
 from kiln.kernels.ring_gemv import ring_gemv, ring_gemv_enabled, ring_gemv_ok
+from kiln.kernels.ring_int4 import ring_int4_enabled, ring_int4_gemv, ring_int4_ok, ring_int4_worth
 
 
 def tuned_kernels() -> dict:
@@ -239,6 +243,9 @@ def int4_wo_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x2 = _rows(x)
     s = scales.float().contiguous()
     qweight = qweight.contiguous()
+    if (x2.shape[0] == 1 and ring_int4_enabled() and ring_int4_worth(n, k)
+            and ring_int4_ok(x2, qweight, s, group_size, row_block)):
+        return ring_int4_gemv(x2, qweight, s, bias).reshape(*x.shape[:-1], n)
     if (x2.shape[0] <= GEMV_MAX_M and int4_tc_enabled() and group_size == 128 and row_block == 1
             and x.dtype in (torch.float16, torch.bfloat16) and qweight.stride(0) % 4 == 0
             and qweight.data_ptr() % 4 == 0):

@@ -80,6 +80,8 @@ def _all_presets() -> dict[str, dict[str, Any]]:
         "tiny-qwen3": _qwen3(64, 128, 2, 4, 2, 32, 512, 512, 1000000.0, tie=False),
         # head_dim 128 (the fp8 decode kernels' shape), two query heads per kv head
         "tiny-llama-d128": _llama(256, 512, 2, 2, 1, 512, 1024, 500000.0),
+        # the smallest widths the batch-1 int4 ring GEMV takes (K 2048 and 4096): GPU tests
+        "tiny-llama-d2048": _llama(2048, 4096, 2, 16, 4, 512, 1024, 500000.0),
     }
 
 

@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 
 out = []
-for module, name, constexprs, types, aligned in json.loads(sys.argv[1]):
+for module, name, constexprs, types, aligned, warps in json.loads(sys.argv[1]):
     fn = getattr(importlib.import_module(module), name)
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -31,17 +31,17 @@ for module, name, constexprs, types, aligned in json.loads(sys.argv[1]):
     src = GluonASTSource(fn, signature,
                          {(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": 1, "num_stages": 1})
+                            options={"num_warps": warps, "num_stages": 1})
     out.append({"shared": kernel.metadata.shared, "ptx": kernel.asm["ptx"]})
 print(json.dumps(out))
 """
 
 
-def compile_sm90(cases: list[tuple]) -> list[dict]:
-    """Compile each (gluon kernel, constexprs, argument types, 16-divisible arguments) for sm_90,
-    one warp; argument types default to *bf16 for pointers (names ending in _ptr) and i32.
-    Returns each kernel's {"shared": bytes, "ptx": text}."""
-    spec = [(fn.fn.__module__, fn.fn.__name__, constexprs, types, sorted(aligned))
+def compile_sm90(cases: list[tuple], num_warps: int = 1) -> list[dict]:
+    """Compile each (gluon kernel, constexprs, argument types, 16-divisible arguments) for sm_90
+    with num_warps warps; argument types default to *bf16 for pointers (names ending in _ptr) and
+    i32. Returns each kernel's {"shared": bytes, "ptx": text}."""
+    spec = [(fn.fn.__module__, fn.fn.__name__, constexprs, types, sorted(aligned), num_warps)
             for fn, constexprs, types, aligned in cases]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(spec)], env=env,

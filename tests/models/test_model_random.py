@@ -14,7 +14,8 @@ from kiln.models.presets import list_presets, preset_config
 from kiln.models.random_model import checkpoint_shapes, write_random_model
 from model_helpers import PagedRunner, hf_logits, rel_err
 
-TINY = ["tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-llama-d128"]
+TINY = ["tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-llama-d128",
+        "tiny-llama-d2048"]
 # Published parameter counts of the real models these presets copy.
 REAL_COUNTS = {
     "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248, "llama-3.1-8b": 8_030_261_248,
