@@ -26,8 +26,10 @@ the kernel before, only x does, so here:
 
 benchmarks/h200-ring (prototype: benchmarks/kernels/proto_ring_chain.py) measured the 8B
 step's 129 bf16 GEMVs on an H100: 5.091 ms (99.5% of the copy rate) against 5.347 ms for
-tc_gemv under PDL. The torch reference is ring_gemv_ref; CUDA sm_90 only (KILN_RING_GEMV, off
-by default: in the engine's batch-1 step it was slower, see benchmarks/h200-ring).
+tc_gemv under PDL. The torch reference is ring_gemv_ref; CUDA sm_90 only. Used where
+ring_gemv_enabled() says so: KILN_RING_GEMV, or, unset, the batch-1 decode graph of an engine
+whose decode-step tuning chose the ring path (it won or lost by card and trigger; see
+benchmarks/h200-ring). ring_int4 is the int4 weight-only form.
 """
 
 from __future__ import annotations
