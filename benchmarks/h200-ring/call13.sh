@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 13 (at most B = 560 s): why the int4 ring (kiln.kernels.ring_int4) loses in the
+# Device call 13 (at most B = 560 s; the A/B at the end as time allows): why the int4 ring (kiln.kernels.ring_int4) loses in the
 # int4-wo 8B engine though it streams gate_up faster alone (call 11). Builds the engine, then
 # profiles 64 batch-1 decode steps (one 128/256 request; profile_engine.py) with PDL off (so a
 # kernel's duration is its own, not its wait for the one before) and on, each with the ring on
@@ -29,3 +29,12 @@ for PDL in 0 auto; do
   done
 done
 grep -h -E "_ring_int4_kernel|_gemv_kernel" $OUT/prof_int4_pdl0_ring*.log | head -8
+# Then a shallower ring (fewer bytes of shared memory a program, so that the next kernels'
+# programs fit beside it) and one program an SM, against the FMA GEMV, alternating.
+left=$((B - 5 - SECONDS + T0))
+[ $left -lt 60 ] && { echo "no A/B ($left s left)"; exit 0; }
+timeout $left python3 benchmarks/ab_latency.py --model $E --rounds 2 --json $OUT/ab_ring_int4_stages.json \
+  --variants "off=KILN_RING_INT4=0;on=KILN_RING_INT4=1;s3=KILN_RING_INT4=1 KILN_RING_STAGES=3;s2=KILN_RING_INT4=1 KILN_RING_STAGES=2;p1=KILN_RING_INT4=1 KILN_RING_PER_SM=1" \
+  > $OUT/ab_ring_int4_stages.log 2>&1
+echo "ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
+tail -7 $OUT/ab_ring_int4_stages.log
