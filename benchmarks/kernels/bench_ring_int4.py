@@ -21,6 +21,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # proto_persistent_chain, bench_quant
+from proto_mma_int4 import random_int4 as random_rows  # noqa: E402
 from proto_persistent_chain import LAYER, LM_HEAD, time_graph  # noqa: E402
 
 G = 128
@@ -29,9 +30,9 @@ CHECK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096
 
 
 def random_int4(n: int, k: int, gen: torch.Generator):
+    """proto_mma_int4's random weights, row-major and in the engine's blocks of 16 rows."""
     from kiln.kernels.int4_bits import tile_int4_rows
-    q = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen, device="cuda")
-    s = (torch.rand(n, k // G, generator=gen, device="cuda") * 0.02 + 0.001) * (k / 4096) ** -0.5
+    q, s = random_rows(n, k, gen, "cuda")
     return q, tile_int4_rows(q, 16, G), s
 
 

@@ -355,6 +355,17 @@ def ring_gemv_silu(gate_up: torch.Tensor, w: torch.Tensor,
     return _launch(gate_up[:, :k], w, bias, None, 3)
 
 
+def output_row(x2: torch.Tensor, n: int, out: torch.Tensor | None, what: str) -> torch.Tensor:
+    """The [1, n] product of a ring kernel in x2's dtype: `out` when given (checked: contiguous,
+    that shape and dtype), else a new tensor."""
+    if out is None:
+        return torch.empty(1, n, dtype=x2.dtype, device=x2.device)
+    if out.shape != (1, n) or out.dtype != x2.dtype or not out.is_contiguous():
+        raise ValueError(f"{what}'s out must be a contiguous [1, {n}] {x2.dtype} tensor, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    return out
+
+
 def _launch(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
             out: torch.Tensor | None, prologue: int, residual: torch.Tensor | None = None,
             res_out: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
@@ -367,10 +378,7 @@ def _launch(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
     cfg = ring_config(n, k)
     block_n, block_k, warps, stages, _ = cfg
     programs, segs, counts, parts = _workspace(x2.device, n, k, cfg)
-    if out is not None and (out.shape != (1, n) or out.dtype != x2.dtype or not out.is_contiguous()):
-        raise ValueError(f"ring_gemv's out must be a contiguous [1, {n}] {x2.dtype} tensor, got "
-                         f"{tuple(out.shape)} {out.dtype}")
-    y = out if out is not None else torch.empty(1, n, dtype=x2.dtype, device=x2.device)
+    y = output_row(x2, n, out, "ring_gemv")
     pdl = pdl_args(x2)
     _ring_gemv_kernel[(programs,)](
         x2, w, bias if bias is not None else y, y, parts, counts, n, k,

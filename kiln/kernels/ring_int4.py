@@ -46,7 +46,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from kiln.kernels import pdl_args
 from kiln.kernels.int4_bits import int4x8_bf16_128_ptx
 from kiln.kernels.pdl import pdl_start_gluon
-from kiln.kernels.ring_gemv import _finish, _workspace, ring_early
+from kiln.kernels.ring_gemv import _finish, _workspace, output_row, ring_early
 
 RING_INT4_GROUP = 128
 RING_INT4_ROWS = 16          # rows a block (the engine's int4 row block)
@@ -311,18 +311,15 @@ def ring_int4_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     Raises ValueError where it does not apply (ring_int4_ok)."""
     if not ring_int4_ok(x2, qweight, scales, group_size, row_block):
         raise ValueError(f"ring_int4_gemv takes one bfloat16 row on an sm_90 GPU and int4 weights in "
-                         f"blocks of 16 rows, groups of 128, float32 scales, K a multiple of 1024 up "
-                         f"to {RING_INT4_MAX_K}; got x {tuple(x2.shape)} {x2.dtype} on {x2.device}, "
+                         f"blocks of 16 rows, groups of 128, float32 scales, K a multiple of 1024 from "
+                         f"2048 up to {RING_INT4_MAX_K}; got x {tuple(x2.shape)} {x2.dtype} on {x2.device}, "
                          f"w {tuple(qweight.shape)} {qweight.dtype}, group {group_size}, rows "
                          f"{row_block}, scales {tuple(scales.shape)} {scales.dtype}")
     n, k = qweight.shape[0], qweight.shape[1] * 2
     cfg = ring_int4_config(n, k)
     _, block_k, warps, stages, _ = cfg
     programs, segs, counts, parts = _workspace(x2.device, n, k, cfg)
-    if out is not None and (out.shape != (1, n) or out.dtype != x2.dtype or not out.is_contiguous()):
-        raise ValueError(f"ring_int4_gemv's out must be a contiguous [1, {n}] {x2.dtype} tensor, got "
-                         f"{tuple(out.shape)} {out.dtype}")
-    y = out if out is not None else torch.empty(1, n, dtype=x2.dtype, device=x2.device)
+    y = output_row(x2, n, out, "ring_int4_gemv")
     ch = block_k // RING_INT4_GROUP
     _ring_int4_kernel[(programs,)](
         x2, qweight.view(torch.int32), scales, bias if bias is not None else y, y, parts, counts, n, k,

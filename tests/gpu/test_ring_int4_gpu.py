@@ -84,7 +84,7 @@ def test_ring_int4_chain_in_a_graph_with_pdl():
     dims = [(6144, 4096), (4096, 6144), (14336, 4096), (4096, 14336)]
     ws = []
     for i, (n, k) in enumerate(dims):
-        x0, _, tiled, s = case(n, k, 20 + i)
+        _, _, tiled, s = case(n, k, 20 + i)
         ws.append((tiled, s * 8))
     x = torch.randn(1, 4096, device="cuda", generator=torch.Generator(device="cuda").manual_seed(9)
                     ).to(torch.bfloat16)
