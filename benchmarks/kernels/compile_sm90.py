@@ -168,7 +168,8 @@ def configs():
                    {"BLOCK_G": 16, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "BLOCK_N": small["block_n"],
                     "SINGLE": single, "USE_WINDOW": False, "DOT_PREC": "tf32", "KV_FP8": kv_fp8,
                     "FP8_ASM": kv_fp8, "PDL": 1, "FUSED_REDUCE": not single, "GROUP_P2": 4,
-                    "MERGE_P": 16, "ROPE": True, "_ptrs": {"lock_ptr": "*i32", **ptrs}},
+                    "MERGE_P": 16, "ROPE": True, "PRE_WAIT": True, "PREFETCH_KV": True,
+                    "_ptrs": {"lock_ptr": "*i32", **ptrs}},
                    dtype, small["num_warps"], small["num_stages"])
         if dtype == "bf16":
             yield ("prefill fp8-kv G4 M128", attention._prefill_kernel,

@@ -113,6 +113,28 @@ def batch1_ring() -> bool:
     return _BATCH1_RING_SCOPE[0]
 
 
+def weight_prewait() -> bool:
+    """Whether the small kernels of a decode step load their constant inputs (a norm's weight)
+    before their PDL wait rather than where the computation first needs them
+    (KILN_PDL_PREWAIT, default 1; 0 for the old order). Always safe: nothing writes them."""
+    return os.environ.get("KILN_PDL_PREWAIT", "1") != "0"
+
+
+def pdl_prewait() -> bool:
+    """Whether the decode attention kernel reads the step's inputs (sequence lengths, query
+    starts, positions, block tables) and the cache's older keys and values before its PDL wait
+    (KILN_PDL_PREWAIT, default 1, and not KILN_PDL_EARLY).
+
+    Why that is safe: a kernel may run its code before the wait once the kernel before it has
+    triggered. Every kiln GEMV waits before it triggers (PDL 1), so when the attention kernel
+    that follows qkv_proj (directly, or through a small kernel that triggers early) starts,
+    qkv_proj has passed its wait: every kernel before qkv_proj has completed, the step's input
+    copies among them, and the cache's older entries were written by earlier steps. Under
+    KILN_PDL_EARLY=1 every kernel triggers before it waits and no kernel before it is known to
+    be done, so this is off there."""
+    return weight_prewait() and not pdl_early()
+
+
 def pdl_args(t: torch.Tensor, small: bool = False) -> dict:
     """Launch keyword arguments: the kernels' PDL constexpr (False off, 1 on, 2 on and early:
     every kernel under KILN_PDL_EARLY=1, `small` kernels where pdl_small_early says), plus

@@ -14,12 +14,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import pdl_args
+from kiln.kernels import pdl_args, pdl_prewait
 from kiln.kernels.attention_ref import is_fp8_kv_cache
-from kiln.kernels.attention_tiles import _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
-from kiln.kernels.pdl import pdl_start
+from kiln.kernels.attention_tiles import (_META_PTRS, _NEG_START, _attend_range, _fp8_dot_q,
+                                         _kv_offsets)
+from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
-from kiln.kernels.rotary import quantize_fp8, rope_values
+from kiln.kernels.rotary import quantize_fp8, rope_cos_sin, rope_rotate
 from kiln.kernels.quant_act import (QUANT_PAD_ABOVE, QuantizedRows, quantized_rows_buffers,
                                     store_row_quantized)
 from kiln.layers.forward_context import AttentionMetadata
@@ -47,6 +48,42 @@ def _partitions(seq_len, window, max_partitions, BLOCK_N: tl.constexpr, USE_WIND
     return first, keys, tl.cdiv(span, keys)
 
 
+@triton.jit
+def _decode_span(seq_lens_ptr, query_start_ptr, seq, part, window, max_partitions,
+                 BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, USE_WINDOW: tl.constexpr):
+    """A decode program's sequence length, query start and count, and its keys lo .. hi of the
+    sequence's `count` partitions."""
+    seq_len = tl.load(seq_lens_ptr + seq)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    if SINGLE and not USE_WINDOW:
+        # One partition from key 0: a constant start lets the compiler see every key position
+        # is non-negative (shifts, not signed divisions, for the block-table arithmetic).
+        lo = 0
+        hi = seq_len
+        count = 1
+    else:
+        first, keys, count = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
+        lo = first + part * keys  # a tile multiple: keys before the window are masked
+        hi = tl.minimum(lo + keys, seq_len)
+    return seq_len, q_start, q_len, lo, hi, count
+
+
+@triton.jit
+def _prefetch_first_tile(cache_ptr, block_table_row, lo, hi, kv_head, cache_kv_stride,
+                         cache_block_stride, cache_slot_stride, cache_head_stride,
+                         HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Ask L2 for the keys and values of tokens lo .. lo + BLOCK_N - 1 (below hi): one bulk
+    prefetch a row (HEAD_DIM elements, 16-byte aligned). CUDA only (inline PTX)."""
+    toks = lo + tl.arange(0, BLOCK_N)
+    valid = toks < hi
+    offs = _kv_offsets(block_table_row, toks, valid, kv_head, cache_block_stride,
+                       cache_slot_stride, cache_head_stride, BLOCK_SIZE)
+    row_bytes = tl.zeros_like(toks) + HEAD_DIM * cache_ptr.dtype.element_ty.primitive_bitwidth // 8
+    prefetch_l2((cache_ptr + offs).to(tl.int64, bitcast=True), row_bytes, valid)
+    prefetch_l2((cache_ptr + cache_kv_stride + offs).to(tl.int64, bitcast=True), row_bytes, valid)
+
+
 @triton.jit(do_not_specialize=["block_table_stride", "max_partitions"],
             do_not_specialize_on_alignment=_META_PTRS)
 def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
@@ -69,7 +106,8 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
                              pos_ptr=None, cos_sin_ptr=None, slot_ptr=None, kn_tok_stride=0,
                              kn_head_stride=0, vn_tok_stride=0, vn_head_stride=0,
                              cos_sin_stride=0, k_scale_w=1.0, v_scale_w=1.0,
-                             ROPE: tl.constexpr = False):
+                             ROPE: tl.constexpr = False, PRE_WAIT: tl.constexpr = False,
+                             PREFETCH_KV: tl.constexpr = False):
     # Program (sequence, kv head, partition): one query token per sequence, all `group` query
     # heads of the kv head at once (rows of the dot), over one partition of the sequence's keys
     # (_partitions). Sizes are read on the device, so the grid only depends on num_seqs and
@@ -88,40 +126,45 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     # (v_new_ptr) into the cache at slot_ptr[token] (-1: nowhere; an fp8 cache scaled by
     # k_scale_w / v_scale_w) before it reads its keys: kiln.kernels.rotary's launch saved, the
     # same bits (rotary.rope_values).
-    pdl_start(PDL)
+    # PRE_WAIT: what depends on no kernel of this step's chain since its inputs were written
+    # (the step's lengths, positions and block tables, the cos/sin table, the cache's older keys)
+    # is read before the PDL wait: the lengths and partition bounds, the position's cos and sin,
+    # and (PREFETCH_KV) the partition's first tile of keys and values asked into L2. See
+    # kiln.kernels.pdl_prewait for when that is safe.
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + seq)
-    q_start = tl.load(query_start_ptr + seq)
-    q_len = tl.load(query_start_ptr + seq + 1) - q_start
-    if SINGLE and not USE_WINDOW:
-        # One partition from key 0: a constant start lets the compiler see every key position
-        # is non-negative (shifts, not signed divisions, for the block-table arithmetic).
-        lo = 0
-        hi = seq_len
-        count = 1
-    else:
-        first, keys, count = _partitions(seq_len, window, max_partitions, BLOCK_N, USE_WINDOW)
-        lo = first + part * keys  # a tile multiple: keys before the window are masked
-        hi = tl.minimum(lo + keys, seq_len)
+    dims = tl.arange(0, HEAD_DIM)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    block_table_row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
+    if not PRE_WAIT:
+        pdl_start(PDL)
+    seq_len, q_start, q_len, lo, hi, count = _decode_span(
+        seq_lens_ptr, query_start_ptr, seq, part, window, max_partitions, BLOCK_N, SINGLE,
+        USE_WINDOW)
     if (q_len == 0) | (part >= count):
         return
+    if ROPE:
+        cos, sin = rope_cos_sin(cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride,
+                                dims, HALF, q_ptr.dtype.element_ty)
+    if PREFETCH_KV:
+        _prefetch_first_tile(cache_ptr, block_table_row, lo, hi, kv_head, cache_kv_stride,
+                             cache_block_stride, cache_slot_stride, cache_head_stride, HEAD_DIM,
+                             BLOCK_SIZE, BLOCK_N)
+    if PRE_WAIT:
+        pdl_start(PDL)
     g = tl.arange(0, BLOCK_G)
     heads = kv_head * group + g
     row_ok = g < group
-    dims = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + q_start.to(tl.int64) * q_tok_stride + heads[:, None] * q_head_stride
     q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
     if ROPE:
-        HALF: tl.constexpr = HEAD_DIM // 2
         partner = (dims + HALF) % HEAD_DIM
-        cs_row = cos_sin_ptr + tl.load(pos_ptr + q_start).to(tl.int64) * cos_sin_stride
-        q = rope_values(q, tl.load(q_rows + partner[None, :], mask=row_ok[:, None], other=0.0),
-                        dims[None, :], cs_row, HALF)
+        q = rope_rotate(q, tl.load(q_rows + partner[None, :], mask=row_ok[:, None], other=0.0),
+                        dims[None, :], cos[None, :], sin[None, :], HALF)
         if part == count - 1:
             _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, q_start, kv_head, dims,
-                          partner, cs_row, kn_tok_stride, kn_head_stride, vn_tok_stride,
+                          partner, cos, sin, kn_tok_stride, kn_head_stride, vn_tok_stride,
                           vn_head_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
                           k_scale_w, v_scale_w, HALF, KV_FP8)
     if KV_FP8:
@@ -129,7 +172,6 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
     m = tl.full([BLOCK_G], _NEG_START, tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-    block_table_row = block_tables_ptr + seq.to(tl.int64) * block_table_stride
     # Masks are cheap next to the key/value loads here, so every tile takes the masked path.
     m, l, acc = _attend_range(q, m, l, acc, seq_len - 1, cache_ptr, block_table_row, kv_head,
                               lo, hi, window, qk_scale, cache_kv_stride,
@@ -171,7 +213,7 @@ def _decode_partition_kernel(q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, q
 
 
 @triton.jit
-def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cs_row,
+def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims, partner, cos, sin,
                   kn_tok_stride, kn_head_stride, vn_tok_stride, vn_head_stride, cache_kv_stride,
                   cache_slot_stride, cache_head_stride, k_scale, v_scale, HALF: tl.constexpr,
                   KV_FP8: tl.constexpr):
@@ -184,8 +226,8 @@ def _write_new_kv(k_new_ptr, v_new_ptr, slot_ptr, cache_ptr, tok, kv_head, dims,
     every = dims >= 0
     ok = every & (slot >= 0)
     k_row = k_new_ptr + tok64 * kn_tok_stride + kv_head * kn_head_stride
-    key = rope_values(tl.load(k_row + dims, mask=every, other=0.0),
-                      tl.load(k_row + partner, mask=every, other=0.0), dims, cs_row, HALF)
+    key = rope_rotate(tl.load(k_row + dims, mask=every, other=0.0),
+                      tl.load(k_row + partner, mask=every, other=0.0), dims, cos, sin, HALF)
     val = tl.load(v_new_ptr + tok64 * vn_tok_stride + kv_head * vn_head_stride + dims, mask=every,
                   other=0.0)
     if KV_FP8:
@@ -542,6 +584,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         decode_gluon.decode_fp8(q, kv_cache, meta, out, qk_scale, v_scale, block_n, stages,
                                 keys_m and group <= 8, pdl=pdl_args(q, small=True))
         return None
+    prewait = pdl_prewait()
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, out,
         part_acc, part_max, part_sum, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -553,7 +596,7 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         **({} if rope is None else _rope_args(rope, kv_cache)),
-        num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
+        PRE_WAIT=prewait, PREFETCH_KV=prewait and q.is_cuda and not large, num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q, small=True))
     if not single and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](

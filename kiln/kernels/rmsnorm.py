@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kiln.kernels import pdl_args, use_triton
+from kiln.kernels import pdl_args, use_triton, weight_prewait
 from kiln.kernels.pdl import pdl_start
 from kiln.kernels.quant_act import (QuantizedRows, quantized_rows_buffers, quantize_rows,
                                     store_padding_row, store_row_quantized)
@@ -27,9 +27,11 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 
 @triton.jit
-def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden, eps,
-                out_ty: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back)."""
+def _normed_row(x_ptr, res_ptr, w_ptr, w, row, cols, mask, x_row_stride, res_row_stride, hidden,
+                eps, out_ty: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PRE_WAIT: tl.constexpr):
+    """One row's RMSNorm output, rounded to out_ty, as float32 (the residual sum written back).
+    PRE_WAIT: w is the norm weight, already loaded (see _rms_norm_kernel); else it is loaded
+    here from w_ptr, after the row's sum."""
     x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * res_row_stride + cols, mask=mask, other=0.0)
@@ -39,23 +41,30 @@ def _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_st
     h = x.to(tl.float32)
     mean_sq = tl.sum(h * h, axis=0) / hidden
     normed = (h * tl.rsqrt(mean_sq + eps)).to(x.dtype)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    if not PRE_WAIT:
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     y = normed.to(tl.float32).to(out_ty).to(tl.float32) * w.to(out_ty).to(tl.float32)
     return y.to(out_ty).to(tl.float32)
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_stride, out_row_stride,
-                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+                     hidden, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+                     PRE_WAIT: tl.constexpr = False):
     # One program per row: the whole row sits in registers, so x (and the residual) are read once
-    # and the sum is written back in the same pass.
-    pdl_start(PDL)
-    row = tl.program_id(0).to(tl.int64)
+    # and the sum is written back in the same pass. PRE_WAIT: the weight, which depends on no
+    # kernel, is loaded before the PDL wait; read after the row's sum (two CTA barriers), its
+    # load is one more memory round trip on a batch-1 decode step's critical path, twice a layer.
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    w = None
+    if PRE_WAIT:
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    pdl_start(PDL)
+    row = tl.program_id(0).to(tl.int64)
     out_ty = out_ptr.dtype.element_ty
-    y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
-                    eps, out_ty, HAS_RESIDUAL)
+    y = _normed_row(x_ptr, res_ptr, w_ptr, w, row, cols, mask, x_row_stride, res_row_stride,
+                    hidden, eps, out_ty, HAS_RESIDUAL, PRE_WAIT)
     tl.store(out_ptr + row * out_row_stride + cols, y.to(out_ty), mask=mask)
 
 
@@ -63,19 +72,23 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row_stride, res_row_strid
 def _rms_norm_quant_kernel(x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, x_row_stride, res_row_stride,
                            q_row_stride, M, hidden, eps, out_ty: tl.constexpr,
                            HAS_RESIDUAL: tl.constexpr, IS_INT8: tl.constexpr, BLOCK: tl.constexpr,
-                           PDL: tl.constexpr = False):
+                           PDL: tl.constexpr = False, PRE_WAIT: tl.constexpr = False):
     # As _rms_norm_kernel, then the row's per-token quantization from the same registers: the
     # codes and scale quant_per_token would make of the out_ty output, which is never written.
     # Rows M.. of a padded grid get zero codes and scale 1 (what quant_per_token pads with).
-    pdl_start(PDL)
-    row = tl.program_id(0).to(tl.int64)
+    # PRE_WAIT: the weight is loaded before the PDL wait (see _rms_norm_kernel).
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    w = None
+    if PRE_WAIT:
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    pdl_start(PDL)
+    row = tl.program_id(0).to(tl.int64)
     if row >= M:
         store_padding_row(q_ptr, s_ptr, row, cols, mask, q_row_stride, BLOCK)
         return
-    y = _normed_row(x_ptr, res_ptr, w_ptr, row, cols, mask, x_row_stride, res_row_stride, hidden,
-                    eps, out_ty, HAS_RESIDUAL)
+    y = _normed_row(x_ptr, res_ptr, w_ptr, w, row, cols, mask, x_row_stride, res_row_stride,
+                    hidden, eps, out_ty, HAS_RESIDUAL, PRE_WAIT)
     store_row_quantized(y, q_ptr, s_ptr, row, cols, mask, q_row_stride, IS_INT8)
 
 
@@ -94,7 +107,8 @@ def _launch(x2: torch.Tensor, res2: torch.Tensor | None, weight: torch.Tensor, o
     res_arg = res2 if res2 is not None else x2
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res_arg, weight, out2, x2.stride(0), res_arg.stride(0), out2.stride(0), hidden, eps,
-        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x2, small=True))
+        HAS_RESIDUAL=res2 is not None, BLOCK=block, num_warps=num_warps, PRE_WAIT=weight_prewait(),
+        **pdl_args(x2, small=True))
 
 
 def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -117,7 +131,7 @@ def _quantized_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
         x2, res2, weight.contiguous(), q, s, x2.stride(0), res2.stride(0), q.stride(0), m, hidden,
         eps, out_ty=_TL_DTYPES[out_dtype], HAS_RESIDUAL=residual is not None,
         IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=max(1, min(16, block // 512)),
-        **pdl_args(x2, small=True))
+        PRE_WAIT=weight_prewait(), **pdl_args(x2, small=True))
     return QuantizedRows(q, s, m, tuple(x.shape), out_dtype)
 
 

@@ -60,10 +60,24 @@ def rope_values(own, partner, dims, cs_row, HALF: tl.constexpr):
     them), whose partners at dims ^ HALF are ``partner``, for the position whose cos/sin row is
     at cs_row: own's dtype, the bits _rotate_heads stores (each product and the sum rounded to
     that dtype, cos/sin cast to it first, as in the reference)."""
-    ty = own.dtype
+    cos, sin = rope_cos_sin(cs_row, dims, HALF, own.dtype)
+    return _rotated(own, partner, cos, sin, dims < HALF)
+
+
+@triton.jit
+def rope_cos_sin(cs_row, dims, HALF: tl.constexpr, ty: tl.constexpr):
+    """The cos and sin that rope_values applies at head dims ``dims`` for the position whose
+    cos/sin row is at cs_row: float32, rounded to ty first (loaded apart from the rotation, so
+    that a kernel can read them before it waits for the values to rotate)."""
     i = dims % HALF
     cos = tl.load(cs_row + i).to(ty).to(tl.float32)
     sin = tl.load(cs_row + HALF + i).to(ty).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def rope_rotate(own, partner, dims, cos, sin, HALF: tl.constexpr):
+    """rope_values with cos and sin already loaded (rope_cos_sin at the same dims)."""
     return _rotated(own, partner, cos, sin, dims < HALF)
 
 
