@@ -17,7 +17,7 @@ import triton.language as tl
 from kiln.kernels import pdl_args, pdl_prewait
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.attention_tiles import (_META_PTRS, _NEG_START, _attend_range, _fp8_dot_q,
-                                         _kv_offsets)
+                                          _kv_offsets)
 from kiln.kernels.pdl import pdl_start, prefetch_l2
 from kiln.kernels.qmm_common import SPLIT_LOCKS, split_locks
 from kiln.kernels.rotary import quantize_fp8, rope_cos_sin, rope_rotate
@@ -596,7 +596,8 @@ def _paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetada
         FP8_ASM=fp8_asm, LATE_V=tuning.get("late_v", fp8_asm and large and late_values_enabled()),
         KEYS_WIDE=tuning.get("keys_wide", large and keys_wide_enabled()), **fused,
         **({} if rope is None else _rope_args(rope, kv_cache)),
-        PRE_WAIT=prewait, PREFETCH_KV=prewait and q.is_cuda and not large, num_warps=num_warps, num_stages=tuning.get("num_stages", num_stages),
+        PRE_WAIT=prewait, PREFETCH_KV=prewait and q.is_cuda and not large, num_warps=num_warps,
+        num_stages=tuning.get("num_stages", num_stages),
         **({"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}), **pdl_args(q, small=True))
     if not single and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
