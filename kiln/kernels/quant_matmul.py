@@ -16,6 +16,8 @@ Kernels (Triton, CUDA), each in its own module with its launch candidates:
   ring_int4._ring_int4_kernel  int4 weight-only batch-1 rows (blocks of 16 rows) of large
                 layers (ring_int4_worth) through a shared-memory ring of copies into the tensor
                 cores (KILN_RING_INT4=1; off by default: slower in the engine).
+  ring_fp8._ring_fp8_kernel  fp8 W8A8 batch-1 rows through the same ring into e4m3 tensor-core
+                products (KILN_RING_FP8=1; off by default: not yet run on a GPU).
   mma_gemv._tc_gemv_kernel  fp8 W8A8 and unquantized bf16/fp16 decode rows (M <= 16) on the
                 tensor cores, operands swapped so the weights stream through shared memory
                 untouched (the default for those rows; KILN_TC_GEMV).
@@ -52,6 +54,7 @@ from kiln.kernels.quant_gemm import (GEMM_CONFIGS, GEMM_CONFIGS_BY_BUCKET, INTER
 from kiln.kernels.quant_ref import (_fp8_product_ref, fp8_linear_ref, int4_wo_linear_ref,
                                     int8_sq_linear_ref, int8_wo_linear_ref)
 from kiln.kernels.ring_gemv import ring_gemv, ring_gemv_enabled, ring_gemv_ok
+from kiln.kernels.ring_fp8 import ring_fp8_enabled, ring_fp8_gemv, ring_fp8_ok
 from kiln.kernels.ring_int4 import ring_int4_enabled, ring_int4_gemv, ring_int4_ok, ring_int4_worth
 
 
@@ -330,6 +333,8 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
         out = (y if bias is None else y + bias.float()).to(x.dtype)
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
         out = _scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype)
+    elif m == 1 and ring_fp8_enabled() and ring_fp8_ok(xq[:1], sx, weight, weight_scale):
+        out = ring_fp8_gemv(xq[:1], sx, weight, weight_scale, bias, x.dtype)
     elif tc_gemv_enabled("fp8") and tc_gemv_ok(xq[:m], weight):
         out = tc_gemv(xq[:m], sx[:m], weight.contiguous(), weight_scale.float().contiguous(), bias,
                       x.dtype)
@@ -368,7 +373,10 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
                      quant_x=torch.float8_e4m3fn)
     elif m <= SMALL_M and tc_gemv_enabled("fp8") and k % 32 == 0:
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
-        out = tc_gemv(xq, sx, weight, ws, bias, x.dtype)
+        if m == 1 and ring_fp8_enabled() and ring_fp8_ok(xq, sx, weight, ws):
+            out = ring_fp8_gemv(xq, sx, weight, ws, bias, x.dtype)
+        else:
+            out = tc_gemv(xq, sx, weight, ws, bias, x.dtype)
     else:
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
