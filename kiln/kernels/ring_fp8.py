@@ -1,16 +1,16 @@
 """The batch-1 fp8 (W8A8) GEMV through a shared-memory ring of weight copies, with the products
-on the tensor cores in e4m3 (Gluon, sm_90). Opt-in (KILN_RING_FP8=1); not yet run on a GPU.
+on the tensor cores (Gluon, sm_90). Opt-in (KILN_RING_FP8=1); not yet run on a GPU.
 
 y [1, N] = xs * ws[n] * (xq [1, K] . w [n, K]) (+ bias), xq the row's e4m3 codes and xs its
 per-token scale (the producer quantized it: quant_act.QuantizedRows), w the engine's e4m3
 weights [N, K] row-major with per-row float32 scales ws [N]: the product fp8_linear computes.
 
-It is ring_int4 with fp8 weights, so with no arithmetic a weight at all:
+It is ring_int4 with fp8 weights, and none of its unpacking (the mma takes the copied words):
 - the ring of ring_gemv: P programs (two an SM) cut the layer's units into P equal runs
   (stream-K); each first issues cp.async copies of its first units, then waits for the kernel
   before (PDL), so the copies overlap that kernel's tail. A unit is one block of 16 rows over
   CH chunks of 64 k: 16 runs of CH x 64 bytes of the row-major weights (16 KB with CH = 16).
-- the tensor cores take e4m3 operands as they are: mma.m16n8k32.e4m3.e4m3 (sm_89+), two an
+- the products are one mma.m16n8k32.e4m3.e4m3 (sm_89+) per 32 k of 16 rows, two an
   (chunk, warp). Warp w takes chunks w, w + 4, ... of a unit; lane (g, t) = 4 g + t copies,
   and reads back, row g's and row g + 8's 16 bytes at byte 16 t of a chunk: words W0..W3 and
   U0..U3 (k = 16 t + 4 j .. + 3). The first mma takes A = {W0, U0, W1, U1}, the second
@@ -22,10 +22,12 @@ It is ring_int4 with fp8 weights, so with no arithmetic a weight at all:
 - tiles (16 rows) that runs share are finished as in ring_gemv: each run's float32 partial is
   scaled (ws[n] xs: the sum is linear) and the last to arrive adds them in program order.
 
-The products of e4m3 values are exact; the tensor cores add them in their own order and width,
-as torch._scaled_mm with fast accumulation does (fp8_linear's default for many rows). CUDA sm_90
-only; the reference is quant_ref's fp8 product (ring_fp8_ref). Used for one-row fp8 products
-where ring_fp8_ok holds and KILN_RING_FP8=1.
+sm_90 has no e4m3 mma.sync of its own: ptxas turns each m16n8k32 into two HMMA.16816.F32 after
+converting both operands to float16 (exact), 12 F2FP a thread an mma, 98 F2FP and 16 HMMA a
+unit in the sm_90 SASS (76 registers, 84-96 KB of shared memory). So the products are exact and
+summed in float32; the conversions, about one instruction per 1.3 weight bytes, leave the issue
+rate far above what memory feeds. CUDA sm_90 only; the reference is quant_ref's fp8 product
+(ring_fp8_ref). Used for one-row fp8 products where ring_fp8_ok holds and KILN_RING_FP8=1.
 """
 
 from __future__ import annotations
