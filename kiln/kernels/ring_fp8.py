@@ -42,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from kiln.kernels import pdl_args
 from kiln.kernels.pdl import pdl_start_gluon
 from kiln.kernels.ring_gemv import _finish, _workspace, ring_early
+from kiln.kernels.ring_int4 import _fill_layout, _slot_word, _unit_lanes
 
 RING_FP8_ROWS = 16           # rows a tile (the mma's M)
 RING_FP8_CHUNK = 64          # k a chunk: one (chunk, warp) is two m16n8k32 mmas
@@ -109,14 +110,6 @@ def ring_fp8_ok(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
     return ring_fp8_config(n, k) is not None
 
 
-@gluon.constexpr_function
-def _fill_layout(ch, warps):
-    """[CH chunks, 4 j, 4 t] of x's words over the program's threads, t fastest."""
-    if ch == 16:
-        return gl.BlockedLayout([1, 1, 2], [8, 4, 1], [2, 1, 2], [2, 1, 0])
-    return gl.BlockedLayout([1, 1, 1], [8, 4, 1], [1, 1, 4], [2, 1, 0])
-
-
 @gluon.jit
 def _issue(ring_w, slot, w_ptr, u, valid, steps, row_words, w_offs, CH: gl.constexpr):
     """Copy unit u (16 rows x CH chunks of 64 bytes) into ring slot `slot` (nothing unless
@@ -171,17 +164,8 @@ def _ring_fp8_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, part_ptr, co
     x_words = gl.allocate_shared_memory(gl.int32, [STEPS, CH, 4, 4], S3)
 
     # copy offsets in words: row 8 h + g of the block, chunk c, byte 16 t + 4 w of the chunk
-    W4: gl.constexpr = gl.SliceLayout(4, WCP)
-    W3: gl.constexpr = gl.SliceLayout(3, W4)
-    W4b: gl.constexpr = gl.SliceLayout(3, WCP)
-    wc = gl.arange(0, CH, layout=gl.SliceLayout(1, gl.SliceLayout(2, W3)))
-    wh = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, W3)))
-    wg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, W3)))
-    wt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4))))
-    ww = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4b))))
-    w_offs = ((wh[None, :, None, None, None] * 8 + wg[None, None, :, None, None]).to(gl.int64) * row_words
-              + wc[:, None, None, None, None] * 16 + wt[None, None, None, :, None] * 4
-              + ww[None, None, None, None, :])
+    wc, wh, wg, wt, ww = _unit_lanes(CH, WCP)
+    w_offs = (wh * 8 + wg).to(gl.int64) * row_words + wc * 16 + wt * 4 + ww
 
     for s in gl.static_range(EARLY):  # weights only: before the wait
         _issue(ring_w, s, w_ptr, u_begin + s, s < n_units, steps, row_words, w_offs, CH)
@@ -213,14 +197,10 @@ def _ring_fp8_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, part_ptr, co
         c2 = zero_f
         c3 = zero_f
         for jj in gl.static_range(2):  # words 2 jj, 2 jj + 1: one m16n8k32
-            wa0 = gl.convert_layout(gl.reshape(slot_w.slice(0, 1, 1).slice(2 * jj, 1, 4).load(L5),
-                                               [CH, 8, 4]), L3, assert_trivial=True)
-            wa1 = gl.convert_layout(gl.reshape(slot_w.slice(0, 1, 1).slice(2 * jj + 1, 1, 4).load(L5),
-                                               [CH, 8, 4]), L3, assert_trivial=True)
-            wb0 = gl.convert_layout(gl.reshape(slot_w.slice(1, 1, 1).slice(2 * jj, 1, 4).load(L5),
-                                               [CH, 8, 4]), L3, assert_trivial=True)
-            wb1 = gl.convert_layout(gl.reshape(slot_w.slice(1, 1, 1).slice(2 * jj + 1, 1, 4).load(L5),
-                                               [CH, 8, 4]), L3, assert_trivial=True)
+            wa0 = _slot_word(slot_w, 0, 2 * jj, L5, L3, CH)
+            wa1 = _slot_word(slot_w, 0, 2 * jj + 1, L5, L3, CH)
+            wb0 = _slot_word(slot_w, 1, 2 * jj, L5, L3, CH)
+            wb1 = _slot_word(slot_w, 1, 2 * jj + 1, L5, L3, CH)
             x0 = x_words.index(ks).slice(2 * jj, 1, 1).load(L3) + zero_i
             x1 = x_words.index(ks).slice(2 * jj + 1, 1, 1).load(L3) + zero_i
             c0, c1, c2, c3 = gl.inline_asm_elementwise(

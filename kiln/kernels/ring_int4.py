@@ -139,7 +139,8 @@ def ring_int4_ok(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 
 @gluon.constexpr_function
 def _fill_layout(ch, warps):
-    """[CH chunks, 4 j, 4 t] of x pairs over the program's threads, t fastest."""
+    """[CH chunks, 4 j, 4 t] of x's words (pairs here, codes in ring_fp8) over the program's
+    threads, t fastest."""
     if ch == 16:
         return gl.BlockedLayout([1, 1, 2], [8, 4, 1], [2, 1, 2], [2, 1, 0])
     return gl.BlockedLayout([1, 1, 1], [8, 4, 1], [1, 1, 4], [2, 1, 0])
@@ -149,6 +150,31 @@ def _fill_layout(ch, warps):
 def _scale_copy_layout(ch, warps):
     """A unit's scales [2 halves, 8 rows, CH groups]: 8-byte (CH 16) or 4-byte runs."""
     return gl.BlockedLayout([1, 1, ch // 8], [1, 4, 8], [2, 2, 1], [2, 1, 0])
+
+
+@gluon.jit
+def _unit_lanes(CH: gl.constexpr, WCP: gl.constexpr):
+    """The (chunk c, half h, row g, lane t, word w) indices of a unit's copy layout WCP, each
+    broadcast to [CH, 2, 8, 4, 4]: a thread copies the 16 bytes (4 words) of row 8 h + g at
+    byte 16 t of chunk c (ring_fp8 shares the layout)."""
+    W4: gl.constexpr = gl.SliceLayout(4, WCP)
+    W3: gl.constexpr = gl.SliceLayout(3, W4)
+    W4b: gl.constexpr = gl.SliceLayout(3, WCP)
+    c = gl.arange(0, CH, layout=gl.SliceLayout(1, gl.SliceLayout(2, W3)))
+    h = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, W3)))
+    g = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, W3)))
+    t = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4))))
+    w = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4b))))
+    return (c[:, None, None, None, None], h[None, :, None, None, None], g[None, None, :, None, None],
+            t[None, None, None, :, None], w[None, None, None, None, :])
+
+
+@gluon.jit
+def _slot_word(slot_w, half, j, L5: gl.constexpr, L3: gl.constexpr, CH: gl.constexpr):
+    """Word j of rows g (half 0) or g + 8 (half 1) of every lane's 16 bytes in a ring slot,
+    [CH, 8, 4] in L3: each thread reads back the words it copied."""
+    return gl.convert_layout(gl.reshape(slot_w.slice(half, 1, 1).slice(j, 1, 4).load(L5), [CH, 8, 4]),
+                             L3, assert_trivial=True)
 
 
 @gluon.jit
@@ -230,17 +256,8 @@ def _ring_int4_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
     ring_s_halves = ring_s._reinterpret(gl.float32, [STAGES * 2, 8, CH], S2)  # (slot, half)
 
     # copy offsets: a unit's words in its order, its scales (row 8 h + g, group c)
-    W4: gl.constexpr = gl.SliceLayout(4, WCP)
-    W3: gl.constexpr = gl.SliceLayout(3, W4)
-    W4b: gl.constexpr = gl.SliceLayout(3, WCP)
-    wc = gl.arange(0, CH, layout=gl.SliceLayout(1, gl.SliceLayout(2, W3)))
-    wh = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, W3)))
-    wg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, W3)))
-    wt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4))))
-    ww = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, W4b))))
-    w_offs = (wc[:, None, None, None, None] * 256 + wh[None, :, None, None, None] * 128
-              + wg[None, None, :, None, None] * 16 + wt[None, None, None, :, None] * 4
-              + ww[None, None, None, None, :])
+    wc, wh, wg, wt, ww = _unit_lanes(CH, WCP)
+    w_offs = wc * 256 + wh * 128 + wg * 16 + wt * 4 + ww
     sh = gl.arange(0, 2, layout=gl.SliceLayout(1, gl.SliceLayout(2, SCP)))[:, None, None]
     sg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, SCP)))[None, :, None]
     s_cols = gl.arange(0, CH, layout=gl.SliceLayout(0, gl.SliceLayout(1, SCP)))[None, None, :]
@@ -274,10 +291,8 @@ def _ring_int4_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
         c2 = zero_f
         c3 = zero_f
         for j in gl.static_range(4):
-            wa = gl.convert_layout(gl.reshape(slot_w.slice(0, 1, 1).slice(j, 1, 4).load(L5), [CH, 8, 4]), L3,
-                                   assert_trivial=True)
-            wb = gl.convert_layout(gl.reshape(slot_w.slice(1, 1, 1).slice(j, 1, 4).load(L5), [CH, 8, 4]), L3,
-                                   assert_trivial=True)
+            wa = _slot_word(slot_w, 0, j, L5, L3, CH)
+            wb = _slot_word(slot_w, 1, j, L5, L3, CH)
             p0 = x_pairs.index(0 * STEPS + ks).slice(j, 1, 1).load(L3) + zero_i
             p1 = x_pairs.index(1 * STEPS + ks).slice(j, 1, 1).load(L3) + zero_i
             p2 = x_pairs.index(2 * STEPS + ks).slice(j, 1, 1).load(L3) + zero_i
