@@ -40,7 +40,18 @@ from benchmarks.profile.profile_engine import group_of, kernel_table, workload_a
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
-QUERY = "timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+QUERY = "timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu"
+# The throttle reasons' field under its newer name, then its older one, then none.
+REASONS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active", None)
+
+
+def clock_query() -> str:
+    for field in REASONS:
+        q = QUERY + ("," + field if field else "")
+        if subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={q}", "--format=csv,noheader"],
+                          capture_output=True).returncode == 0:
+            return q
+    return QUERY
 
 
 class ClockLog:
@@ -52,7 +63,7 @@ class ClockLog:
         self.path = Path(tempfile.mkstemp(suffix=".csv")[1])
         if shutil.which("nvidia-smi"):
             self.proc = subprocess.Popen(
-                ["nvidia-smi", "-i", "0", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
+                ["nvidia-smi", "-i", "0", f"--query-gpu={clock_query()}", "--format=csv,noheader,nounits",
                  "-lms", "100"], stdout=self.path.open("w"), stderr=subprocess.DEVNULL)
 
     def mark(self, phase: str) -> None:
@@ -69,7 +80,7 @@ class ClockLog:
         out: dict = {}
         for line in self.path.read_text().splitlines():
             f = [x.strip() for x in line.split(",")]
-            if len(f) < 6:
+            if len(f) < 5:
                 continue
             try:
                 t = time.mktime(time.strptime(f[0].split(".")[0], "%Y/%m/%d %H:%M:%S"))
@@ -87,7 +98,7 @@ class ClockLog:
             r["samples"] += 1
             r["sm_mhz"].append(sm)
             r["power_w"].append(power)
-            r["throttle"].add(f[5])
+            r["throttle"].add(f[5] if len(f) > 5 else "?")
         return {k: {"samples": r["samples"],
                     "sm_mhz_mean": sum(r["sm_mhz"]) / len(r["sm_mhz"]), "sm_mhz_min": min(r["sm_mhz"]),
                     "power_w_mean": sum(r["power_w"]) / len(r["power_w"]),
