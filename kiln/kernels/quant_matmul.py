@@ -17,7 +17,7 @@ Kernels (Triton, CUDA), each in its own module with its launch candidates:
                 layers (ring_int4_worth) through a shared-memory ring of copies into the tensor
                 cores (KILN_RING_INT4=1; off by default: slower in the engine).
   ring_fp8._ring_fp8_kernel  fp8 W8A8 batch-1 rows through the same ring into e4m3 tensor-core
-                products (KILN_RING_FP8=1; off by default: not yet run on a GPU).
+                products (KILN_RING_FP8=1; off by default: slower than tc_gemv on an H100).
   mma_gemv._tc_gemv_kernel  fp8 W8A8 and unquantized bf16/fp16 decode rows (M <= 16) on the
                 tensor cores, operands swapped so the weights stream through shared memory
                 untouched (the default for those rows; KILN_TC_GEMV).

@@ -1,5 +1,6 @@
 """The batch-1 fp8 (W8A8) GEMV through a shared-memory ring of weight copies, with the products
-on the tensor cores (Gluon, sm_90). Opt-in (KILN_RING_FP8=1); not yet run on a GPU.
+on the tensor cores (Gluon, sm_90). Opt-in (KILN_RING_FP8=1): correct on an H100, and slower
+there than the engine's tc_gemv (ring_fp8_enabled).
 
 y [1, N] = xs * ws[n] * (xq [1, K] . w [n, K]) (+ bias), xq the row's e4m3 codes and xs its
 per-token scale (the producer quantized it: quant_act.QuantizedRows), w the engine's e4m3
@@ -26,7 +27,7 @@ sm_90 has no e4m3 mma.sync of its own: ptxas turns each m16n8k32 into two HMMA.1
 converting both operands to float16 (exact), 12 F2FP a thread an mma, 98 F2FP and 16 HMMA a
 unit in the sm_90 SASS (76 registers, 84-96 KB of shared memory). So the products are exact and
 summed in float32; the conversions, about one instruction per 1.3 weight bytes, leave the issue
-rate far above what memory feeds. CUDA sm_90 only; the reference is quant_ref's fp8 product
+rate far above what memory feeds (measured: it is slower all the same, ring_fp8_enabled). CUDA sm_90 only; the reference is quant_ref's fp8 product
 (ring_fp8_ref). Used for one-row fp8 products where ring_fp8_ok holds and KILN_RING_FP8=1.
 """
 
@@ -61,8 +62,10 @@ mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32
 def ring_fp8_enabled() -> bool:
     """Whether one-row fp8 products take ring_fp8_gemv where it applies (KILN_RING_FP8=1).
     Off by default and not part of the batch-1 ring path an engine's decode-step tuning
-    chooses: written in the session of 2026-12-06 (thirty-eighth) after its device time was
-    spent, so not yet run on a GPU (benchmarks/h200-ring, call19.sh prepared)."""
+    chooses: on an H100 its GPU tests pass, but the fp8 8B engine at batch 1 ran at 247.9
+    decode tok/s with it against 289.7 without (-14.4%; its 128 GEMVs 2.96 ms a step against
+    tc_gemv's 2.65, kernel spans under PDL; benchmarks/h200-ring, h100-2026-12-06e). Not run
+    on the H200."""
     return os.environ.get("KILN_RING_FP8", "0") == "1"
 
 
