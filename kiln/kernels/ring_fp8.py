@@ -28,7 +28,8 @@ converting both operands to float16 (exact), 12 F2FP a thread an mma, 98 F2FP an
 unit in the sm_90 SASS (76 registers, 84-96 KB of shared memory). So the products are exact and
 summed in float32; the conversions, about one instruction per 1.3 weight bytes, leave the issue
 rate far above what memory feeds (measured: it is slower all the same, ring_fp8_enabled).
-CUDA sm_90 only; the reference is quant_ref's fp8 product (ring_fp8_ref). Used for one-row fp8 products where ring_fp8_ok holds and KILN_RING_FP8=1.
+CUDA sm_90 only; the reference is quant_ref's fp8 product (ring_fp8_ref). Used for one-row
+fp8 products where ring_fp8_ok holds and KILN_RING_FP8=1.
 """
 
 from __future__ import annotations
