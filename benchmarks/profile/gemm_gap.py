@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.profile.phases import drive  # noqa: E402
 from benchmarks.profile.profile_engine import group_of, kernel_table, workload_args  # noqa: E402
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
@@ -60,7 +62,9 @@ class ClockLog:
     def __init__(self) -> None:
         self.marks: list[tuple[float, str]] = []
         self.proc = None
-        self.path = Path(tempfile.mkstemp(suffix=".csv")[1])
+        fd, name = tempfile.mkstemp(suffix=".csv")
+        os.close(fd)
+        self.path = Path(name)
         if shutil.which("nvidia-smi"):
             self.proc = subprocess.Popen(
                 ["nvidia-smi", "-i", "0", f"--query-gpu={clock_query()}", "--format=csv,noheader,nounits",
@@ -78,7 +82,9 @@ class ClockLog:
         self.proc.terminate()
         self.proc.wait()
         out: dict = {}
-        for line in self.path.read_text().splitlines():
+        lines = self.path.read_text().splitlines()
+        self.path.unlink()
+        for line in lines:
             f = [x.strip() for x in line.split(",")]
             if len(f) < 5:
                 continue
@@ -119,9 +125,8 @@ def gemm_kernels(prof, steps: int) -> dict[str, dict]:
 def shapes_of(cfg) -> dict[str, tuple[int, int]]:
     """(N, K) of the decode GEMMs of one layer and of the LM head."""
     h, inter = cfg.hidden_size, cfg.intermediate_size
-    hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
-    qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd
-    return {"qkv": (qkv, h), "o_proj": (h, cfg.num_attention_heads * hd), "gate_up": (2 * inter, h),
+    qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    return {"qkv": (qkv, h), "o_proj": (h, cfg.num_attention_heads * cfg.head_dim), "gate_up": (2 * inter, h),
             "down": (h, inter), "lm_head": (cfg.vocab_size, h)}
 
 
@@ -146,14 +151,7 @@ def run_engine(args, clocks: ClockLog, out: dict) -> tuple[int, object]:
                             output_kind=RequestOutputKind.FINAL_ONLY)
     prompts = common.random_prompts(args.num_prompts, args.input_len, cfg.vocab_size, 7)
     clocks.mark("engine-run")
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i, ids in enumerate(prompts):
-        engine.add_request(f"t-{i}", {"prompt_token_ids": ids}, params)
-    while engine.has_unfinished_requests():
-        engine.step()
-    torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
+    sec, _ = drive(engine, prompts, params, "t")
     out["engine_run"] = {"seconds": sec, "output_tok_s": args.num_prompts * args.output_len / sec}
     print(f"engine: {sec:.3f} s, {out['engine_run']['output_tok_s']:.0f} output tok/s", flush=True)
 

@@ -49,8 +49,7 @@ def compile_sm90(cases: list[tuple], num_warps: int = 1) -> list[dict]:
     """Compile each (Gluon or Triton kernel, constexprs, argument types, 16-divisible arguments)
     for sm_90 with num_warps warps; argument types default to *bf16 for pointers (names ending in
     _ptr) and i32 (give "fp32" for float scalars); a constexpr "tl.<dtype>" is that Triton dtype,
-    one left out its default. Returns each kernel's {"shared": bytes, "ptx":
-    text}."""
+    one left out its default. Returns each kernel's {"shared": bytes, "ptx": text}."""
     spec = [(fn.fn.__module__, fn.fn.__name__, constexprs, types, sorted(aligned), num_warps)
             for fn, constexprs, types, aligned in cases]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
