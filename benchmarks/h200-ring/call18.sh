@@ -24,8 +24,8 @@ timeout $((B - reserve - SECONDS + T0)) python3 benchmarks/ab_latency.py --model
   --json $OUT/ab_bf16.json > $OUT/ab_bf16.log 2>&1
 echo "bf16 ab_latency rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
 tail -4 $OUT/ab_bf16.log
-left=$((B - 5 - SECONDS + T0))
 [ "${SHORT:-0}" = 1 ] && exit 0
+left=$((B - 5 - SECONDS + T0))
 [ $left -lt 120 ] && { echo "no fp8 ($left s left)"; exit 0; }
 QUANT=fp8 VARIANTS="tuned=" timeout $left bash benchmarks/run_variants_h200.sh > /dev/null 2>&1
 echo "fp8 rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
