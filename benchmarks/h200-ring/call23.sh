@@ -5,7 +5,7 @@
 # engine of it (the build's per-kernel and decode-step tuning; never run on an H200),
 # alternating, two runs each; 2. #5's other bars by the CLI on the checkpoint: TTFT of one
 # 2048-token prompt, 1000 x 128/128 at 1024 sequences and 32,768-token steps.
-# LEAN=1 (for the last ~350 s of a session's device time): the build, then one run of each, built first.
+# LEAN=1 BUILD_RESERVE=95 (the last ~350 s of device time): the build, then one run of each, built first.
 #   bash benchmarks/h200-ring/call23.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
@@ -30,7 +30,7 @@ lat() {  # lat MODEL NAME: batch 1, 128/256
 }
 [ "${LEAN:-0}" = 1 ] || lat $M ckpt_1
 T1=$SECONDS
-timeout $(left 150) python3 -m kiln.cli build $M --output $E --quant none --eval-tokens 256 \
+timeout $(left ${BUILD_RESERVE:-150}) python3 -m kiln.cli build $M --output $E --quant none --eval-tokens 256 \
   --max-batch-size 1024 --overwrite --no-progress 2>&1 | grep -v Warning | tail -8 >> $LOG
 echo "build --quant none rc $? wall $((SECONDS - T1)) s, at $((SECONDS - T0)) s" | tee -a $LOG
 [ -f $E/engine.json ] && lat $E built_1
