@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Device call 23 (prepared in the session of 2026-12-06, forty-first; at most B = 420 s), for an
+# Device call 23 (prepared in the session of 2026-12-06, forty-first; at most B = 480 s), for an
 # H200 (on another card it stops at once unless ANY_CARD=1). 1. bf16 batch 1, 128/256, through
 # `kiln bench latency` (the bar's own command): the checkpoint against a `kiln build --quant none`
 # engine of it (the build's per-kernel and decode-step tuning; never run on an H200),
-# alternating, two runs each; 2. #5's other bars by the CLI on the checkpoint: TTFT of one
-# 2048-token prompt, 1000 x 128/128 at 1024 sequences and 32,768-token steps.
+# alternating, two runs each, then the checkpoint once more with --no-gpu-clocks (the bench's
+# nvidia-smi sampling against none); 2. #5's other bars by the CLI on the checkpoint: TTFT of
+# one 2048-token prompt, 1000 x 128/128 at 1024 sequences and 32,768-token steps.
 # LEAN=1 BUILD_RESERVE=95 (the last ~350 s of device time): the build, then one run of each, built first.
 #   bash benchmarks/h200-ring/call23.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
-B=${B:-420}
+B=${B:-480}
 LOG=$OUT/call23.log
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name" | tee -a $LOG
@@ -37,6 +38,10 @@ echo "build --quant none rc $? wall $((SECONDS - T1)) s, at $((SECONDS - T0)) s"
 lat $M ckpt_2
 [ -f $E/engine.json ] && [ "${LEAN:-0}" != 1 ] && lat $E built_2
 [ "${LEAN:-0}" = 1 ] && { grep -h "decode\|startup\|built\|step" $LOG | tail -12; exit 0; }
+# the bench's nvidia-smi sampling (new, never run on a GPU) against none, on the checkpoint
+t=$(left 110); [ $t -gt 40 ] && timeout $t $K latency --model $M --batch-size 1 --input-len 128 \
+  --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --no-gpu-clocks \
+  --json $OUT/ckpt_noclk.json 2>&1 | grep -v Warning | tail -4 >> $LOG
 t=$(left 60)
 [ $t -gt 30 ] && timeout $t $K latency --model $M --batch-size 1 --input-len 2048 --output-len 1 \
   --max-num-batched-tokens 4096 --num-iters 5 --no-progress --json $OUT/ttft_2048.json 2>&1 | tail -3 >> $LOG

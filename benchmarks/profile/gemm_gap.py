@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,77 +35,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.profile.phases import drive  # noqa: E402
 from benchmarks.profile.profile_engine import group_of, kernel_table, workload_args  # noqa: E402
+from kiln.bench import clocks as gpu_clocks  # noqa: E402
 from kiln.bench import common  # noqa: E402
 from kiln.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 
-QUERY = "timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu"
-# The throttle reasons' field under its newer name, then its older one, then none.
-REASONS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active", None)
 
-
-def clock_query() -> str:
-    for field in REASONS:
-        q = QUERY + ("," + field if field else "")
-        if subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={q}", "--format=csv,noheader"],
-                          capture_output=True).returncode == 0:
-            return q
-    return QUERY
-
-
-class ClockLog:
-    """nvidia-smi sampling the first GPU every 100 ms into a file; phases marked by wall time."""
+class ClockLog(gpu_clocks.ClockSampler):
+    """nvidia-smi sampling the first GPU every 100 ms (`kiln.bench.clocks`); phases marked by wall
+    time, those named idle-* left out."""
 
     def __init__(self) -> None:
-        self.marks: list[tuple[float, str]] = []
-        self.proc = None
-        fd, name = tempfile.mkstemp(suffix=".csv")
-        os.close(fd)
-        self.path = Path(name)
-        if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(
-                ["nvidia-smi", "-i", "0", f"--query-gpu={clock_query()}", "--format=csv,noheader,nounits",
-                 "-lms", "100"], stdout=self.path.open("w"), stderr=subprocess.DEVNULL)
+        super().__init__("0")
 
     def mark(self, phase: str) -> None:
-        self.marks.append((time.time(), phase))
+        super().mark(phase)
         print(f"-- {phase}", flush=True)
 
     def close(self) -> dict:
-        """{phase: {samples, sm_mhz mean/min, power_w mean/max, throttle reasons seen}}."""
-        if self.proc is None:
-            return {}
-        time.sleep(0.3)
-        self.proc.terminate()
-        self.proc.wait()
-        out: dict = {}
-        lines = self.path.read_text().splitlines()
-        self.path.unlink()
-        for line in lines:
-            f = [x.strip() for x in line.split(",")]
-            if len(f) < 5:
-                continue
-            try:
-                t = time.mktime(time.strptime(f[0].split(".")[0], "%Y/%m/%d %H:%M:%S"))
-                t += float("0." + f[0].split(".")[1]) if "." in f[0] else 0.0
-                sm, power = float(f[1]), float(f[3])
-            except ValueError:
-                continue
-            phase = None
-            for at, name in self.marks:
-                if at <= t:
-                    phase = name
-            if phase is None or phase.startswith("idle"):
-                continue
-            r = out.setdefault(phase, {"samples": 0, "sm_mhz": [], "power_w": [], "throttle": set()})
-            r["samples"] += 1
-            r["sm_mhz"].append(sm)
-            r["power_w"].append(power)
-            r["throttle"].add(f[5] if len(f) > 5 else "?")
-        return {k: {"samples": r["samples"],
-                    "sm_mhz_mean": sum(r["sm_mhz"]) / len(r["sm_mhz"]), "sm_mhz_min": min(r["sm_mhz"]),
-                    "power_w_mean": sum(r["power_w"]) / len(r["power_w"]),
-                    "power_w_max": max(r["power_w"]), "throttle_reasons": sorted(r["throttle"])}
-                for k, r in out.items()}
+        """{phase: {samples, sm_mhz mean/min/max, power_w mean/max, clock-event reasons seen}}."""
+        closed = super().close()
+        return {k: v for k, v in closed["phases"].items() if v} if closed else {}
 
 
 def gemm_kernels(prof, steps: int) -> dict[str, dict]:
@@ -252,9 +197,7 @@ def main() -> None:
     finally:
         out["clocks"] = clocks.close()
     for phase, r in out["clocks"].items():
-        print(f"clocks {phase:24s} {r['samples']:4d} samples, SM {r['sm_mhz_mean']:.0f} MHz "
-              f"(min {r['sm_mhz_min']:.0f}), {r['power_w_mean']:.0f} W (max {r['power_w_max']:.0f}), "
-              f"throttle {r['throttle_reasons']}")
+        print(f"clocks {phase:24s} {r['samples']:4d} samples, {gpu_clocks.describe(r, clocks.limits)}")
     e, c = out["engine_decode"], out["chain"]
     print("GEMM kernels, us a call: engine | chain")
     for name, r in list(e["gemm_kernels"].items())[:8]:

@@ -31,6 +31,9 @@ def add_bench_commands(sub) -> None:
         p.add_argument("--baseline", choices=["none", "hf"], default="none",
                        help="also run transformers' generate on the same workload")
         p.add_argument("--no-progress", dest="progress", action="store_false")
+        p.add_argument("--no-gpu-clocks", dest="gpu_clocks", action="store_false",
+                       help="do not sample the GPU's SM clock, power and clock-event reasons "
+                            "(nvidia-smi) during the timed run")
         add_engine_args(p)
         p.set_defaults(func=_offline(module))
     try:

@@ -125,7 +125,6 @@ def start_engine(model: str | None, engine_kwargs: dict):
     return engine, time.perf_counter() - t0
 
 
-
 def free_device_memory(device: torch.device) -> None:
     """After the last reference to an engine is dropped: collect it and return its GPU memory,
     so that a baseline model can load in the same process."""

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from kiln.bench import common
+from kiln.bench import clocks, common
 from kiln.sampling_params import SamplingParams
 
 
@@ -70,13 +70,17 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
     ttfts, totals = [], []
     iters = args.num_iters_warmup + args.num_iters
+    sampler = clocks.start(device, getattr(args, "gpu_clocks", True))
     for it in tqdm(range(iters), desc="latency", unit="iter", disable=not args.progress):
         # Fresh prompts each iteration, so the prefix cache cannot shorten prefill.
         prompts = common.random_prompts(args.batch_size, args.input_len, vocab, args.seed + it)
+        if it == args.num_iters_warmup:
+            sampler.mark("run")  # the timed iterations
         ttft, total = _one_iteration(engine, prompts, params, f"it{it}")
         if it >= args.num_iters_warmup:
             ttfts.append(ttft)
             totals.append(total)
+    gpu_clocks = clocks.finish(sampler)
     ttft = statistics.median(ttfts)
     total = statistics.median(totals)
     # With one output token there is no decode step: TPOT and decode bandwidth are undefined.
@@ -103,6 +107,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "kernel_compiles_after_startup": engine.stats().get("kernel_compiles_after_startup"),
         "environment": common.environment(device),
     }
+    if gpu_clocks:
+        result["gpu_clocks"] = gpu_clocks
     copy_bw = common.copy_bandwidth_gbs(device) if tpot else None
     if copy_bw:
         result["copy_bandwidth_gbs"] = copy_bw
@@ -148,6 +154,8 @@ def print_result(r: dict) -> None:
             line += (f" = {100 * r['share_of_copy_bandwidth']:.1f}% of measured copy bandwidth "
                      f"{r['copy_bandwidth_gbs']:.0f} GB/s")
         print(line)
+    if r.get("gpu_clocks"):
+        print("  GPU while timed: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
     print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s")
     if "baseline" in r:
         b = r["baseline"]

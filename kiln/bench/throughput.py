@@ -6,7 +6,7 @@ import argparse
 import time
 
 
-from kiln.bench import common
+from kiln.bench import clocks, common
 from kiln.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
     while engine.has_unfinished_requests():
         engine.step()
     common.sync(device)
+    sampler = clocks.start(device, getattr(args, "gpu_clocks", True))
+    sampler.mark("run")
     t0 = time.perf_counter()
     for i, (p, n) in enumerate(zip(prompts, outs)):
         engine.add_request(str(i), {"prompt_token_ids": p},
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
                     bar.update(1)
     common.sync(device)
     elapsed = time.perf_counter() - t0
+    gpu_clocks = clocks.finish(sampler)
     in_tokens = sum(len(p) for p in prompts)
     stats = engine.stats()
     result = {
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "engine": common.engine_settings(engine),
         "environment": common.environment(device),
     }
+    if gpu_clocks:
+        result["gpu_clocks"] = gpu_clocks
     if args.baseline == "hf":
         model_dir, dtype = engine.config.model.model, engine.dtype
         del engine
@@ -99,6 +104,8 @@ def print_result(r: dict) -> None:
           f"{r['requests_per_s']:.2f} req/s, {r['output_tokens_per_s']:.0f} output tok/s, "
           f"{r['total_tokens_per_s']:.0f} total tok/s (preemptions {r['num_preemptions']}, "
           f"kernels compiled after start-up {r.get('kernel_compiles_after_startup')})")
+    if r.get("gpu_clocks"):
+        print("  GPU during the run: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
     if "baseline" in r:
         b = r["baseline"]
         print(f"  baseline {b['name']} on {b['num_prompts']} requests: "
