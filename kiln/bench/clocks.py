@@ -79,46 +79,57 @@ def summarize(samples: list[tuple[float, float, float, int | None]]) -> dict | N
             "reasons": [r for r in reason_names(seen) if r != "idle"] if masks else None}
 
 
-def smi_target(device) -> str | None:
-    """nvidia-smi's ``-i`` for a torch CUDA device: its UUID where torch gives one, else its index
-    (mapped through CUDA_VISIBLE_DEVICES when that lists indices); None off CUDA."""
+def smi_targets(device) -> list[str]:
+    """nvidia-smi ``-i`` values that may name a torch CUDA device, the surest first: its UUID and
+    PCI address where torch gives them, its CUDA_VISIBLE_DEVICES entry, its index; none off CUDA."""
     if getattr(device, "type", None) != "cuda":
-        return None
+        return []
     import torch
 
     index = device.index if device.index is not None else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    props = torch.cuda.get_device_properties(index)
+    out = []
+    uuid = str(getattr(props, "uuid", "") or "")
     if uuid:
-        text = str(uuid)
-        return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+        out.append(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+    if all(hasattr(props, k) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        out.append(f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0")
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if visible and index < len(visible):
-        return visible[index]
-    return str(index)
+    if index < len(visible):
+        out.append(visible[index])
+    out.append(str(index))
+    return list(dict.fromkeys(out))
 
 
 class ClockSampler:
-    """nvidia-smi sampling one GPU every ``interval_ms`` in the background; ``mark(phase)`` starts a
+    """nvidia-smi sampling one GPU (the first of ``target``'s candidates that nvidia-smi answers
+    for) every ``interval_ms`` in the background; ``mark(phase)`` starts a
     phase (ending the one before), ``close()`` stops sampling and returns
     ``{"limits": {...}, "phases": {phase: summary}}``, or None when nothing could be sampled.
     Phases whose names begin with ``idle`` are not reported."""
 
-    def __init__(self, target: str | None, interval_ms: int = 100):
-        self.target = target
+    def __init__(self, target: str | list[str] | None, interval_ms: int = 100):
+        self.target: str | None = None
         self.marks: list[tuple[float, str]] = []
         self.proc = None
         self.path: Path | None = None
         self.limits: dict = {}
-        if target is None or shutil.which("nvidia-smi") is None:
+        if not target or shutil.which("nvidia-smi") is None:
             return
-        query = self._query()
+        query = None
+        for candidate in [target] if isinstance(target, str) else target:
+            self.target = candidate
+            query = self._query()
+            if query is not None:
+                break
         if query is None:
+            self.target = None
             return
         fd, name = tempfile.mkstemp(suffix=".csv", prefix="kiln-clocks-")
         self.path = Path(name)
         with os.fdopen(fd, "w") as out:
             self.proc = subprocess.Popen(
-                ["nvidia-smi", "-i", target, f"--query-gpu={query}", "--format=csv,noheader,nounits",
+                ["nvidia-smi", "-i", self.target, f"--query-gpu={query}", "--format=csv,noheader,nounits",
                  "-lms", str(interval_ms)], stdout=out, stderr=subprocess.DEVNULL)
 
     def _smi(self, fields: str) -> str | None:
@@ -183,7 +194,7 @@ class ClockSampler:
 
 def start(device, enabled: bool = True) -> ClockSampler:
     """A sampler for a torch device (sampling nothing when ``enabled`` is false or off CUDA)."""
-    return ClockSampler(smi_target(device) if enabled else None)
+    return ClockSampler(smi_targets(device) if enabled else None)
 
 
 def finish(sampler: ClockSampler, phase: str = "run") -> dict | None:

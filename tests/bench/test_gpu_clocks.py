@@ -16,12 +16,16 @@ from kiln.bench import clocks
 
 # A stand-in for nvidia-smi: one line for a plain query, a line every 50 ms under -lms. FAKE_SM
 # and FAKE_MASK set what it reports; FAKE_OLD=1 refuses the newer reasons field, as older
-# drivers do.
+# drivers do; FAKE_ONLY=T answers for the target T alone.
 FAKE = textwrap.dedent("""\
     #!{python}
     import os, sys, time
     args = sys.argv[1:]
     fields = next(a.split("=", 1)[1] for a in args if a.startswith("--query-gpu="))
+    target = args[args.index("-i") + 1]
+    if os.environ.get("FAKE_ONLY", target) != target:
+        print("No devices were found", file=sys.stderr)
+        sys.exit(6)
     if os.environ.get("FAKE_OLD") == "1" and "clocks_event_reasons" in fields:
         print("Field is not a valid field to query.", file=sys.stderr)
         sys.exit(2)
@@ -107,6 +111,17 @@ def test_sampler_falls_back_to_the_older_reasons_field(fake_smi, monkeypatch):
     assert summary["limits"]["power_w_limit"] == 700.0
 
 
+def test_sampler_takes_the_first_target_that_nvidia_smi_answers_for(fake_smi, monkeypatch):
+    monkeypatch.setenv("FAKE_ONLY", "0")
+    sampler = clocks.ClockSampler(["GPU-not-this-one", "00000000:1B:00.0", "0"])
+    assert sampler.active and sampler.target == "0"
+    sampler.mark("run")
+    time.sleep(0.3)
+    assert clocks.finish(sampler)["samples"] >= 1
+    nobody = clocks.ClockSampler(["GPU-not-this-one", "7"])
+    assert not nobody.active and nobody.target is None and clocks.finish(nobody) is None
+
+
 def test_nothing_sampled_without_nvidia_smi_or_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi there
     for sampler in (clocks.ClockSampler("0"), clocks.ClockSampler(None),
@@ -114,7 +129,7 @@ def test_nothing_sampled_without_nvidia_smi_or_a_gpu(tmp_path, monkeypatch):
         assert not sampler.active
         sampler.mark("run")
         assert clocks.finish(sampler) is None
-    assert clocks.smi_target(torch.device("cpu")) is None
+    assert clocks.smi_targets(torch.device("cpu")) == []
     assert clocks.describe(None) == "no samples"
 
 
@@ -132,7 +147,7 @@ def test_bench_commands_report_the_clocks(bench, tiny_dir, fake_smi, tmp_path, c
     pointed at the stand-in as if it were the device's card); --no-gpu-clocks turns it off."""
     from kiln.cli import main
 
-    monkeypatch.setattr(clocks, "smi_target", lambda device: "0")
+    monkeypatch.setattr(clocks, "smi_targets", lambda device: ["0"])
     monkeypatch.setenv("FAKE_SM", "1234")
     common = ["--model", tiny_dir, "--no-progress", "--input-len", "16"]
     if bench == "latency":
@@ -168,3 +183,19 @@ def test_gemm_gap_script_reports_its_phases_but_not_idle_ones(fake_smi, capsys):
     assert sorted(phases) == ["burst", "engine-run"]
     assert phases["burst"]["reasons"] == ["power cap"] and log.limits["power_w_limit"] == 700.0
     assert "-- idle-1" in capsys.readouterr().out
+
+
+def test_targets_of_a_cuda_device(monkeypatch):
+    """UUID (with nvidia-smi's GPU- prefix), PCI address, CUDA_VISIBLE_DEVICES entry, index."""
+    class Props:
+        uuid = "8ad1c2e0-1111-2222-3333-444455556666"
+        pci_domain_id, pci_bus_id, pci_device_id = 0, 0x1B, 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert clocks.smi_targets(torch.device("cuda", 1)) == [
+        "GPU-8ad1c2e0-1111-2222-3333-444455556666", "00000000:1B:00.0", "5", "1"]
+    Props.uuid = ""
+    del Props.pci_bus_id
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert clocks.smi_targets(torch.device("cuda", 0)) == ["0"]
