@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 SAMPLE_FIELDS = "timestamp,clocks.sm,power.draw"
@@ -101,6 +102,17 @@ def smi_targets(device) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _stop_sampling(proc: subprocess.Popen, path: Path | None) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 class ClockSampler:
     """nvidia-smi sampling one GPU (the first of ``target``'s candidates that nvidia-smi answers
     for) every ``interval_ms`` in the background; ``mark(phase)`` starts a
@@ -131,6 +143,8 @@ class ClockSampler:
             self.proc = subprocess.Popen(
                 ["nvidia-smi", "-i", self.target, f"--query-gpu={query}", "--format=csv,noheader,nounits",
                  "-lms", str(interval_ms)], stdout=out, stderr=subprocess.DEVNULL)
+        # A run that raises before close() must not leave nvidia-smi sampling after the process.
+        self._stop = weakref.finalize(self, _stop_sampling, self.proc, self.path)
 
     def _smi(self, fields: str) -> str | None:
         try:
@@ -168,11 +182,8 @@ class ClockSampler:
             return None
         self.mark("idle")
         time.sleep(0.25)  # the sample covering the last phase's end
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self._stop.detach()
+        _stop_sampling(self.proc, None)
         self.proc = None
         lines = self.path.read_text().splitlines() if self.path and self.path.exists() else []
         if self.path is not None:

@@ -199,3 +199,15 @@ def test_targets_of_a_cuda_device(monkeypatch):
     del Props.pci_bus_id
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert clocks.smi_targets(torch.device("cuda", 0)) == ["0"]
+
+
+def test_a_sampler_dropped_without_close_stops_nvidia_smi(fake_smi):
+    """A benchmark that raises between start and close leaves no sampler running."""
+    import gc
+
+    sampler = clocks.ClockSampler("0")
+    proc, path = sampler.proc, sampler.path
+    assert proc.poll() is None and path.exists()
+    del sampler
+    gc.collect()
+    assert proc.wait(timeout=10) is not None and not path.exists()
