@@ -156,7 +156,8 @@ def print_result(r: dict) -> None:
         print(line)
     if r.get("gpu_clocks"):
         print("  GPU while timed: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
-    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s")
+    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
+          + common.packed_kernels_note(r.get("engine")))
     if "baseline" in r:
         b = r["baseline"]
         tpot = f"{b['tpot_ms']:.3f} ms" if b["tpot_ms"] is not None else "-"

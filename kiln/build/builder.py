@@ -4,6 +4,9 @@ Steps: load the float model, calibrate (schemes that need it), quantize, write t
 staging directory next to the output, load it back exactly as a runtime would, score it against
 the base model on held-out text, and only when every ``--max-accuracy-drop`` limit holds write
 engine.json and move the staging directory into place. Any failure removes the staging directory.
+On the target GPU the kernels are tuned (per kernel, then by the whole decode step) and the
+finished engine is started once in a fresh process to pack the Triton kernels its start-up needs
+(kiln.build.kernel_cache).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class BuildOptions:
     # Batch sizes whose captured decode step re-chooses the GEMV configurations on the target GPU
     # (kiln.build.tuning.tune_decode_steps); empty skips it.
     step_tuning_batch_sizes: tuple[int, ...] = (1,)
+    # Start the finished engine once and pack the Triton kernels it needs into the engine
+    # (kiln.build.kernel_cache), so that a fresh machine's start-up compiles none of them.
+    kernel_cache: bool = True
 
 
 def _sha256_files(files: list[Path]) -> dict[str, Any]:
@@ -131,6 +137,32 @@ class _Progress:
             bar.n = n
             bar.refresh()
         return update, bar.close
+
+
+def _kernel_cache_stage(options: BuildOptions, staging: Path, device: torch.device,
+                        target: GpuTarget, info: dict[str, Any], progress: "_Progress") -> dict[str, Any]:
+    """Pack the engine's compiled Triton kernels (on the target GPU only), or say why not."""
+    from kiln.build.kernel_cache import build_kernel_pack
+
+    if not options.kernel_cache:
+        return {"status": "not-packed", "reason": "--no-kernel-cache"}
+    if device.type != "cuda":
+        return {"status": "not-packed", "reason": f"built on {device.type}: nothing compiled for a GPU"}
+    here = device_target(device)
+    if here.name != target.name:
+        return {"status": "not-packed", "reason": f"cross-built on {here.name} for {target.name}"}
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()  # the recording start-up is another process on this GPU
+    write_engine_info(staging, info)  # the engine it starts
+    update, close = progress.stage("pack kernels", 1)
+    record = build_kernel_pack(staging, device)
+    update(1)
+    close()
+    if record["status"] != "packed":
+        logger.warning("kernels not packed into the engine: %s", record["reason"])
+    return record
 
 
 def build_engine(options: BuildOptions) -> dict[str, Any]:
@@ -272,6 +304,7 @@ def build_engine(options: BuildOptions) -> dict[str, Any]:
                 logger.warning("decode-step tuning failed, keeping the per-kernel tuning: %s", exc)
                 info["kernel_tuning"]["in_situ_error"] = f"{type(exc).__name__}: {exc}"
             close()
+        info["kernel_cache"] = _kernel_cache_stage(options, staging, device, target, info, progress)
         info["build"] = {"time_s": round(time.perf_counter() - started, 2),
                          "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "device": str(device), "torch": torch.__version__}

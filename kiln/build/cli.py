@@ -47,6 +47,10 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
                    help="after the per-kernel tuning, re-choose the decode GEMVs' launch "
                         "configurations by the time of the whole captured decode step at these "
                         "batch sizes (comma-separated; on the target GPU only); none skips it")
+    p.add_argument("--no-kernel-cache", dest="kernel_cache", action="store_false",
+                   help="do not start the finished engine to pack its compiled Triton kernels into "
+                        "it (by default a GPU build does, so that the engine's first start-up on "
+                        "another machine compiles nothing)")
     p.add_argument("--device", default="auto", help="where to build: auto, cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ENGINE_DIR")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -80,7 +84,8 @@ def options_from_args(args: argparse.Namespace):
         target_gpu=args.target_gpu, max_batch_size=args.max_batch_size,
         max_seq_len=args.max_seq_len, max_accuracy_drop=args.max_accuracy_drop, device=args.device,
         overwrite=args.overwrite, progress=args.progress,
-        step_tuning_batch_sizes=args.step_tuning_batch_sizes)
+        step_tuning_batch_sizes=args.step_tuning_batch_sizes,
+        kernel_cache=getattr(args, "kernel_cache", True))
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -114,6 +119,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     if cost:
         print(f"step tuning took {cost['total']:.1f} s ({cost['engine_start']:.1f} s starting its "
               f"engine)", file=sys.stdout)
+    pack = info.get("kernel_cache") or {}
+    if pack.get("status") == "packed":
+        print(f"packed {pack['entries']} compiled kernel entries ({pack['bytes'] / 2**20:.1f} MiB) "
+              f"in {pack['seconds']:.1f} s", file=sys.stdout)
+    elif pack.get("reason") and not pack["reason"].startswith(("built on", "--no-")):
+        print(f"kernels not packed: {pack['reason']}", file=sys.stdout)
     if info["kernel_tuning"].get("in_situ_error"):
         print(f"decode-step tuning failed (per-kernel tuning kept): "
               f"{info['kernel_tuning']['in_situ_error']}", file=sys.stdout)

@@ -6,6 +6,8 @@ Layout::
       engine.json           what was built, for what, from what, and how well it scores
       engine.safetensors    kiln parameter names and layouts (fused qkv / gate_up, quantized)
       config.json, generation_config.json, tokenizer files   copied from the source checkpoint
+      kernels.tar.gz        the Triton kernels its start-up needs, compiled for the target GPU
+                            (built on that GPU only; kiln.build.kernel_cache)
 
 Target rule (``check_engine_target``): an engine built for ``cpu`` (weight-only or unquantized;
 fp8 cannot target cpu) runs on any device, since it holds nothing tuned for a GPU. An engine built
@@ -141,6 +143,9 @@ def load_engine_model(path: str | Path, device: torch.device | str = "cpu",
     from kiln.build.tuning import apply_kernel_tuning
 
     apply_kernel_tuning(info, device)
+    from kiln.build.kernel_cache import install_engine_kernels
+
+    info["kernel_cache_install"] = install_engine_kernels(info, device)
     return model.eval(), info
 
 

@@ -1,0 +1,192 @@
+"""The engine's packed Triton kernels (kiln.build.kernel_cache), on the CPU.
+
+Triton's own cache manager writes the entries here exactly as a compilation does (files through
+``put``, then the group file naming them), so the round trip is checked against the code that
+will read them: ``get_group`` on the installing machine must return every file, at its paths.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from kiln.build import kernel_cache as kc  # noqa: E402
+
+
+def _cache_at(monkeypatch, path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(path))
+    assert Path(triton.knobs.cache.dir) == path
+    return path
+
+
+def _compile_like(hash_hex: str, name: str = "kern") -> tuple[str, dict[str, bytes]]:
+    """Write one cache entry the way triton.compiler.compile does; returns (key, file contents)."""
+    from triton.runtime.cache import get_cache_manager
+
+    mgr = get_cache_manager(hash_hex)
+    files = {f"{name}.cubin": bytes(range(256)) * 3, f"{name}.ptx": b"// ptx text\n",
+             f"{name}.json": json.dumps({"name": name, "num_warps": 4}).encode()}
+    group = {}
+    for fname, data in files.items():
+        group[fname] = mgr.put(data, fname, binary=not fname.endswith((".ptx", ".json")))
+    mgr.put_group(f"{name}.json", group)
+    return mgr.key, files
+
+
+def _hash(i: int) -> str:
+    return f"{i:064x}"
+
+
+def test_recorded_entries_pack_and_install_where_triton_finds_them(tmp_path, monkeypatch):
+    from triton.runtime.cache import get_cache_manager
+
+    a = _cache_at(monkeypatch, tmp_path / "build-machine")
+    made = [_compile_like(_hash(i), f"k{i}") for i in range(3)]
+    kc.start_recording()
+    try:
+        for i in (0, 2):  # a start-up that looks up two of the three
+            get_cache_manager(_hash(i)).get_group(f"k{i}.json")
+    finally:
+        keys = kc.stop_recording()
+    assert keys == [made[0][0], made[2][0]]
+    assert triton.knobs.cache.manager_class is None  # recording really stopped
+    pack = tmp_path / kc.PACK_FILE
+    summary = kc.pack_entries(a, keys, pack)
+    assert summary["entries"] == 2 and summary["files"] == 8
+    with tarfile.open(pack) as tar:  # group files name their children relative
+        grp = next(m for m in tar if m.name.endswith("__grp__k0.json"))
+        assert json.loads(tar.extractfile(grp).read())["child_paths"]["k0.cubin"] == "k0.cubin"
+
+    b = _cache_at(monkeypatch, tmp_path / "other" / "machine")
+    counts = kc.install_pack(pack, b)
+    assert counts == {"installed": 2, "present": 0, "skipped": 0}
+    for i in (0, 2):
+        key, files = made[i]
+        group = get_cache_manager(_hash(i)).get_group(f"k{i}.json")
+        assert set(group) == set(files)
+        for fname, path in group.items():
+            assert Path(path).parent == b / key
+            assert Path(path).read_bytes() == files[fname]
+    assert get_cache_manager(_hash(1)).get_group("k1.json") is None  # not looked up: not packed
+    # a second install finds everything there and writes nothing
+    assert kc.install_pack(pack, b) == {"installed": 0, "present": 2, "skipped": 0}
+
+
+def test_install_keeps_existing_entries_and_ignores_foreign_members(tmp_path, monkeypatch):
+    a = _cache_at(monkeypatch, tmp_path / "a")
+    key, _ = _compile_like(_hash(7), "k")
+    pack = tmp_path / kc.PACK_FILE
+    kc.pack_entries(a, [key, "not-a-key", "../../etc"], pack)
+    with tarfile.open(tmp_path / "bad.tar.gz", "w:gz") as tar:
+        for name in ("../escape.txt", f"{key}/../../x", f"{key}/sub/dir", "ABCDEFGHIJKLMNOPQRSTUV/.hidden"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    b = tmp_path / "b"
+    counts = kc.install_pack(tmp_path / "bad.tar.gz", b)
+    assert counts["installed"] == 0 and counts["skipped"] == 4
+    assert not (tmp_path / "escape.txt").exists() and not b.exists()
+    # an entry compiled locally already is left as it is
+    (b / key).mkdir(parents=True)
+    (b / key / "k.cubin").write_bytes(b"local")
+    (b / key / "__grp__k.json").write_text(json.dumps({"child_paths": {"k.cubin": str(b / key / "k.cubin")}}))
+    assert kc.install_pack(pack, b) == {"installed": 0, "present": 1, "skipped": 0}
+    assert (b / key / "k.cubin").read_bytes() == b"local"
+
+
+def test_partial_entry_is_completed_group_last(tmp_path, monkeypatch):
+    """A key directory that exists without its group file (a lookup that found nothing, or a
+    compilation cut short) gets the packed files and then the group file."""
+    a = _cache_at(monkeypatch, tmp_path / "a")
+    key, files = _compile_like(_hash(9), "k")
+    pack = tmp_path / kc.PACK_FILE
+    kc.pack_entries(a, [key], pack)
+    b = tmp_path / "b"
+    (b / key).mkdir(parents=True)
+    assert kc.install_pack(pack, b)["installed"] == 1
+    grp = json.loads((b / key / "__grp__k.json").read_text())["child_paths"]
+    assert {n: Path(p).read_bytes() for n, p in grp.items()} == files
+    assert not [p for p in (b / key).iterdir() if p.name.startswith(".kiln-tmp")]
+
+
+def _engine_info(tmp_path: Path, pack: bool = True, **record) -> dict:
+    if pack:
+        a = tmp_path / "a"
+        a.mkdir(exist_ok=True)
+        (tmp_path / "engine").mkdir(exist_ok=True)
+        key = "A" * 52
+        (a / key).mkdir(exist_ok=True)
+        (a / key / "k.cubin").write_bytes(b"\x01\x02")
+        (a / key / "__grp__k.json").write_text(json.dumps({"child_paths": {"k.cubin": str(a / key / "k.cubin")}}))
+        kc.pack_entries(a, [key], tmp_path / "engine" / kc.PACK_FILE)
+    base = {"status": "packed", "triton": triton.__version__, "compute_capability": [9, 0], "entries": 1}
+    return {"path": str(tmp_path / "engine"), "kernel_cache": {**base, **record}}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CUDA device of compute capability 9.0 as far as install_engine_kernels asks."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+
+
+def test_install_engine_kernels_applies_only_where_they_were_compiled(tmp_path, monkeypatch, fake_cuda):
+    cache = _cache_at(monkeypatch, tmp_path / "cache")
+    info = _engine_info(tmp_path)
+    assert "no packed kernels" in kc.install_engine_kernels({"path": str(tmp_path)}, "cuda")["reason"]
+    assert kc.install_engine_kernels(info, "cpu")["reason"] == "device cpu"
+    other = _engine_info(tmp_path, pack=False, triton="0.0.1")
+    assert "Triton 0.0.1" in kc.install_engine_kernels(other, "cuda")["reason"]
+    other = _engine_info(tmp_path, pack=False, compute_capability=[8, 0])
+    assert "this GPU is [9, 0]" in kc.install_engine_kernels(other, "cuda")["reason"]
+    monkeypatch.setenv("KILN_ENGINE_KERNELS", "0")
+    assert kc.install_engine_kernels(info, "cuda")["reason"] == "KILN_ENGINE_KERNELS=0"
+    assert not any(cache.iterdir())
+    monkeypatch.delenv("KILN_ENGINE_KERNELS")
+    done = kc.install_engine_kernels(info, "cuda:0")
+    assert done["installed"] == 1 and (cache / ("A" * 52) / "k.cubin").read_bytes() == b"\x01\x02"
+    # a damaged pack is reported, not raised: the kernels then compile on first use
+    (tmp_path / "engine" / kc.PACK_FILE).write_bytes(b"not a tarball")
+    assert kc.install_engine_kernels(info, "cuda")["installed"] == 0
+
+
+def test_build_stage_reports_a_failed_recording_and_leaves_no_pack(tmp_path, monkeypatch):
+    (tmp_path / kc.PACK_FILE).write_bytes(b"half written")
+
+    def failed(cmd, **kw):
+        assert cmd[1:3] == ["-m", "kiln.build.kernel_cache"] and cmd[-1] == "cuda:0"
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback\nRuntimeError: out of memory\n")
+
+    monkeypatch.setattr(kc.subprocess, "run", failed)
+    record = kc.build_kernel_pack(tmp_path, torch.device("cuda:0"))
+    assert record == {"status": "not-packed",
+                      "reason": "the recording start-up failed: RuntimeError: out of memory"}
+    assert not (tmp_path / kc.PACK_FILE).exists()
+
+
+def test_cpu_build_records_why_nothing_was_packed(tmp_path):
+    from build_helpers import write_calib_file, write_tiny_checkpoint
+
+    from kiln.build.builder import BuildOptions, build_engine
+    from kiln.build.engine_dir import load_engine_model
+    from kiln.quant.config import QuantConfig
+
+    src = write_tiny_checkpoint(tmp_path / "src")
+    calib = str(write_calib_file(tmp_path / "calib.txt"))
+    info = build_engine(BuildOptions(str(src), str(tmp_path / "e"), QuantConfig("int8-wo"),
+                                     calib_data=calib, eval_data=calib, eval_tokens=64,
+                                     target_gpu="cpu", progress=False))
+    assert info["kernel_cache"] == {"status": "not-packed",
+                                    "reason": "built on cpu: nothing compiled for a GPU"}
+    assert not (tmp_path / "e" / kc.PACK_FILE).exists()
+    _, loaded = load_engine_model(tmp_path / "e", "cpu")
+    assert "no packed kernels" in loaded["kernel_cache_install"]["reason"]
