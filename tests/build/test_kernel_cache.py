@@ -98,7 +98,8 @@ def test_install_keeps_existing_entries_and_ignores_foreign_members(tmp_path, mo
     # an entry compiled locally already is left as it is
     (b / key).mkdir(parents=True)
     (b / key / "k.cubin").write_bytes(b"local")
-    (b / key / "__grp__k.json").write_text(json.dumps({"child_paths": {"k.cubin": str(b / key / "k.cubin")}}))
+    grp = {"child_paths": {"k.cubin": str(b / key / "k.cubin")}}
+    (b / key / "__grp__k.json").write_text(json.dumps(grp))
     assert kc.install_pack(pack, b) == {"installed": 0, "present": 1, "skipped": 0}
     assert (b / key / "k.cubin").read_bytes() == b"local"
 
@@ -126,7 +127,8 @@ def _engine_info(tmp_path: Path, pack: bool = True, **record) -> dict:
         key = "A" * 52
         (a / key).mkdir(exist_ok=True)
         (a / key / "k.cubin").write_bytes(b"\x01\x02")
-        (a / key / "__grp__k.json").write_text(json.dumps({"child_paths": {"k.cubin": str(a / key / "k.cubin")}}))
+        grp = {"child_paths": {"k.cubin": str(a / key / "k.cubin")}}
+        (a / key / "__grp__k.json").write_text(json.dumps(grp))
         kc.pack_entries(a, [key], tmp_path / "engine" / kc.PACK_FILE)
     base = {"status": "packed", "triton": triton.__version__, "compute_capability": [9, 0], "entries": 1}
     return {"path": str(tmp_path / "engine"), "kernel_cache": {**base, **record}}
@@ -164,7 +166,8 @@ def test_build_stage_reports_a_failed_recording_and_leaves_no_pack(tmp_path, mon
 
     def failed(cmd, **kw):
         assert cmd[1:3] == ["-m", "kiln.build.kernel_cache"] and cmd[-1] == "cuda:0"
-        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback\nRuntimeError: out of memory\n")
+        return subprocess.CompletedProcess(cmd, 1, stdout="",
+                                           stderr="Traceback\nRuntimeError: out of memory\n")
 
     monkeypatch.setattr(kc.subprocess, "run", failed)
     record = kc.build_kernel_pack(tmp_path, torch.device("cuda:0"))
