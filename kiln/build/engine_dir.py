@@ -128,6 +128,10 @@ def load_engine_model(path: str | Path, device: torch.device | str = "cpu",
     info = read_engine_info(path)
     if check_target:
         check_engine_target(info, device)
+    from kiln.build.kernel_cache import install_engine_kernels
+
+    # before anything of the engine's runs on the device (loading itself may launch kernels)
+    info["kernel_cache_install"] = install_engine_kernels(info, device)
     root = Path(info["path"])
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
@@ -143,9 +147,6 @@ def load_engine_model(path: str | Path, device: torch.device | str = "cpu",
     from kiln.build.tuning import apply_kernel_tuning
 
     apply_kernel_tuning(info, device)
-    from kiln.build.kernel_cache import install_engine_kernels
-
-    info["kernel_cache_install"] = install_engine_kernels(info, device)
     return model.eval(), info
 
 
