@@ -12,7 +12,9 @@ T0=$SECONDS
 B=${B:-420}
 LOG=$OUT/call2.log
 left() { echo $((B - $1 - SECONDS + T0)); }
-echo "card: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)" | tee -a $LOG
+card=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
+echo "card: $card" | tee -a $LOG
+case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
 git log --oneline -1 >> $LOG 2>/dev/null
 M=/tmp/llama-3-8b
 E=/tmp/e8b-fp8-h8-1024
