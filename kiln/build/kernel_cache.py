@@ -10,7 +10,9 @@ benchmarks/kernel-pack).
 ``kiln build`` on the target GPU therefore starts the finished engine once in a fresh process,
 as ``LLM(ENGINE_DIR)`` would (load, memory profile, warm-up, graph capture), with a Triton cache
 manager that records every key the start-up looks up, and packs those cache entries into
-``ENGINE_DIR/kernels.tar.gz``. Loading the engine on a CUDA device installs the entries its
+``ENGINE_DIR/kernels.tar.gz``. On an fp8 GPU it starts the engine a second time with an fp8 KV
+cache (unless the engine's cache is fp8 already), so that ``--kv-cache-dtype fp8`` at serve time
+finds its kernels too. Loading the engine on a CUDA device installs the entries its
 local cache lacks before any kernel runs, so the start-up finds them on disk.
 
 Why this is safe: Triton's key hashes the kernel's source, its specialization, the compile options,
@@ -26,6 +28,7 @@ after the files they name.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -284,16 +287,35 @@ def record_and_pack(engine_dir: str | Path, device: str, out: str | Path) -> dic
 
     memory.num_kv_blocks_cuda = small_cache
     started = time.perf_counter()
+    kv_dtypes = startup_kv_cache_dtypes(engine_dir, device)
     start_recording()
     try:
-        engine = LLMEngine.from_args(str(engine_dir), device=device)
+        for kv in kv_dtypes:
+            engine = LLMEngine.from_args(str(engine_dir), device=device, kv_cache_dtype=kv)
+            del engine
+            gc.collect()
+            torch.cuda.empty_cache()
     finally:
         keys = stop_recording()
         memory.num_kv_blocks_cuda = profiled
     startup = time.perf_counter() - started
-    del engine
     summary = pack_entries(triton_cache_dir(), keys, out)
-    return {**summary, "keys_looked_up": len(keys), "startup_s": round(startup, 2)}
+    return {**summary, "keys_looked_up": len(keys), "kv_cache_dtypes": kv_dtypes,
+            "startup_s": round(startup, 2)}
+
+
+def startup_kv_cache_dtypes(engine_dir: str | Path, device: str) -> list[str]:
+    """The KV-cache settings the recording start-ups take: the engine's own (auto), and, on a GPU
+    with fp8 (sm_89+) for an engine whose cache is not fp8 already, ``fp8`` too, since
+    ``--kv-cache-dtype fp8`` at serve time is common and its attention kernels are others."""
+    from kiln.build.engine_dir import is_engine_dir, read_engine_info
+
+    info = read_engine_info(engine_dir) if is_engine_dir(engine_dir) else {}
+    dev = torch.device(device)
+    if dev.type != "cuda" or ((info.get("kv_cache") or {}).get("dtype") == "fp8"):
+        return ["auto"]
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return ["auto", "fp8"] if torch.cuda.get_device_capability(index) >= (8, 9) else ["auto"]
 
 
 def build_kernel_pack(engine_dir: str | Path, device: torch.device,

@@ -193,3 +193,17 @@ def test_cpu_build_records_why_nothing_was_packed(tmp_path):
     assert not (tmp_path / "e" / kc.PACK_FILE).exists()
     _, loaded = load_engine_model(tmp_path / "e", "cpu")
     assert "no packed kernels" in loaded["kernel_cache_install"]["reason"]
+
+
+@pytest.mark.parametrize("kv, cc, want", [("auto", (9, 0), ["auto", "fp8"]), ("auto", (8, 0), ["auto"]),
+                                          ("fp8", (9, 0), ["auto"])])
+def test_recording_start_ups_cover_an_fp8_cache_on_fp8_gpus(tmp_path, monkeypatch, kv, cc, want):
+    from kiln.build.engine_dir import ENGINE_FORMAT, write_engine_info
+
+    write_engine_info(tmp_path, {"format": ENGINE_FORMAT, "format_version": 1, "quantization": {},
+                                 "target": {"name": "h200"}, "dtype": "bfloat16",
+                                 "kv_cache": {"dtype": kv}})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: cc)
+    assert kc.startup_kv_cache_dtypes(tmp_path, "cuda") == want
+    assert kc.startup_kv_cache_dtypes(tmp_path, "cpu") == ["auto"]
