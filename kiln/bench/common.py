@@ -116,8 +116,11 @@ def packed_kernels_note(settings: dict | None) -> str:
     packed = (settings or {}).get("packed_kernels") or {}
     if not packed.get("installed") and not packed.get("present"):
         return ""
-    return (f", {packed.get('installed', 0)} packed kernels installed "
-            f"({packed.get('present', 0)} already cached)")
+    note = (f", {packed.get('installed', 0)} packed kernels installed "
+            f"({packed.get('present', 0)} already cached")
+    if packed.get("host_code_skipped"):
+        note += f"; {packed['host_code_skipped']} launchers left to compile, KILN_ENGINE_KERNELS=all"
+    return note + ")"
 
 
 def write_json(path: str | None, result: dict) -> None:

@@ -21,6 +21,12 @@ only by exactly the compilation that made it; an entry from another kiln or Trit
 looked up. The install also skips the whole pack when the Triton version or the compute capability
 recorded with it differs from this machine's, and never overwrites an entry already there.
 
+What is installed: by default the GPU kernels (cubins, their IR and metadata: data that only the
+CUDA driver loads). Triton also caches a host-side launcher per kernel signature, a C module it
+compiles with the system compiler and imports into the process; the pack holds those too, but
+loading an engine does not install them unless ``KILN_ENGINE_KERNELS=all``: they are native code
+the build machine made, and an engine directory, like a checkpoint, should be data.
+
 Group files (``__grp__*.json``) hold absolute paths of their entry's files on the machine that
 wrote them; the pack stores them relative and the install writes them with this machine's paths,
 after the files they name.
@@ -55,9 +61,21 @@ _FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 _DISABLE_ENV = "KILN_ENGINE_KERNELS"
 
 
-def install_enabled() -> bool:
-    """KILN_ENGINE_KERNELS=0 makes engines load without installing their packed kernels."""
-    return os.environ.get(_DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+def install_mode() -> str:
+    """KILN_ENGINE_KERNELS: ``kernels`` (default: GPU kernels only), ``all`` (their host-side
+    launchers too: native code the build machine compiled, so only for engines you trust) or
+    ``0`` (none)."""
+    value = os.environ.get(_DISABLE_ENV, "1").strip().lower()
+    if value in ("0", "false", "no", "off", "none"):
+        return "none"
+    return "all" if value == "all" else "kernels"
+
+
+def is_host_code(name: str) -> bool:
+    """Whether a cache file is a native library the host process would load (Triton's launcher and
+    driver-utility modules), as opposed to GPU code and its metadata, which only the driver reads."""
+    n = name.lower()
+    return n.endswith((".so", ".pyd", ".dll", ".dylib")) or ".so." in n
 
 
 def triton_cache_dir() -> Path:
@@ -168,11 +186,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def install_pack(pack: str | Path, cache_dir: str | Path) -> dict[str, int]:
+def install_pack(pack: str | Path, cache_dir: str | Path, host_code: bool = False) -> dict[str, int]:
     """Put the pack's entries that ``cache_dir`` lacks into it. An entry whose group file is
     already there is left alone; within an entry, files first, the group file last (with this
     cache's absolute paths), each written through a temporary name. Member names other than
-    KEY/FILE are ignored. Returns {"installed", "present", "skipped"} counts of entries."""
+    KEY/FILE are ignored. Entries holding host code (is_host_code) are left out unless
+    ``host_code``: loading an engine must not run native code it brought along, unasked.
+    Returns counts of entries: installed, present, skipped (malformed), host_code_skipped."""
     cache_dir = Path(cache_dir)
     by_key: dict[str, dict[str, bytes]] = {}
     skipped = 0
@@ -186,8 +206,11 @@ def install_pack(pack: str | Path, cache_dir: str | Path) -> dict[str, int]:
             f = tar.extractfile(member)
             if f is not None:
                 by_key.setdefault(parts[0], {})[parts[1]] = f.read()
-    installed = present = 0
+    installed = present = host_skipped = 0
     for key, files in by_key.items():
+        if not host_code and any(is_host_code(n) for n in files):
+            host_skipped += 1
+            continue
         key_dir = cache_dir / key
         groups = [n for n in files if n.startswith(_GROUP_PREFIX)]
         if groups and all((key_dir / g).exists() for g in groups):
@@ -216,13 +239,15 @@ def install_pack(pack: str | Path, cache_dir: str | Path) -> dict[str, int]:
             installed += 1
         else:
             skipped += 1
-    return {"installed": installed, "present": present, "skipped": skipped}
+    return {"installed": installed, "present": present, "skipped": skipped,
+            "host_code_skipped": host_skipped}
 
 
 def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Install an engine's packed kernels into this process's Triton cache, when they apply:
     a CUDA device with the compute capability they were compiled for, the same Triton, and
-    KILN_ENGINE_KERNELS not 0. Returns what happened (also logged); never raises for a bad pack."""
+    KILN_ENGINE_KERNELS not 0 (install_mode: the host-side launchers only with ``all``). Returns
+    what happened (also logged); never raises for a bad pack."""
     record = info.get("kernel_cache") or {}
     root = Path(info.get("path", "."))
     pack = root / PACK_FILE
@@ -232,7 +257,7 @@ def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> 
         why = "the engine has no packed kernels"
     elif dev.type != "cuda":
         why = f"device {dev.type}"
-    elif not install_enabled():
+    elif install_mode() == "none":
         why = f"{_DISABLE_ENV}=0"
     else:
         import triton
@@ -247,16 +272,22 @@ def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> 
         logger.debug("engine kernels not installed: %s", why)
         return {"installed": 0, "reason": why}
     started = time.perf_counter()
+    mode = install_mode()
     try:
-        counts = install_pack(pack, triton_cache_dir())
+        counts = install_pack(pack, triton_cache_dir(), host_code=mode == "all")
     except (OSError, tarfile.TarError, EOFError) as exc:
         logger.warning("engine kernels not installed (%s: %s); they compile on first use",
                        type(exc).__name__, exc)
         return {"installed": 0, "reason": f"{type(exc).__name__}: {exc}"}
     counts["seconds"] = round(time.perf_counter() - started, 3)
+    counts["mode"] = mode
     logger.info("engine kernels: %d of %d compiled entries installed into the Triton cache "
                 "(%d already there) in %.2f s", counts["installed"], record.get("entries", 0),
                 counts["present"], counts["seconds"])
+    if counts["host_code_skipped"]:
+        logger.info("%d host-side kernel launchers (native code from the build machine) left to "
+                    "compile here; %s=all installs them, for engines you trust",
+                    counts["host_code_skipped"], _DISABLE_ENV)
     return counts
 
 

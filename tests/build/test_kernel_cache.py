@@ -68,7 +68,7 @@ def test_recorded_entries_pack_and_install_where_triton_finds_them(tmp_path, mon
 
     b = _cache_at(monkeypatch, tmp_path / "other" / "machine")
     counts = kc.install_pack(pack, b)
-    assert counts == {"installed": 2, "present": 0, "skipped": 0}
+    assert counts == {"installed": 2, "present": 0, "skipped": 0, "host_code_skipped": 0}
     for i in (0, 2):
         key, files = made[i]
         group = get_cache_manager(_hash(i)).get_group(f"k{i}.json")
@@ -78,7 +78,7 @@ def test_recorded_entries_pack_and_install_where_triton_finds_them(tmp_path, mon
             assert Path(path).read_bytes() == files[fname]
     assert get_cache_manager(_hash(1)).get_group("k1.json") is None  # not looked up: not packed
     # a second install finds everything there and writes nothing
-    assert kc.install_pack(pack, b) == {"installed": 0, "present": 2, "skipped": 0}
+    assert kc.install_pack(pack, b) == {"installed": 0, "present": 2, "skipped": 0, "host_code_skipped": 0}
 
 
 def test_install_keeps_existing_entries_and_ignores_foreign_members(tmp_path, monkeypatch):
@@ -100,7 +100,7 @@ def test_install_keeps_existing_entries_and_ignores_foreign_members(tmp_path, mo
     (b / key / "k.cubin").write_bytes(b"local")
     grp = {"child_paths": {"k.cubin": str(b / key / "k.cubin")}}
     (b / key / "__grp__k.json").write_text(json.dumps(grp))
-    assert kc.install_pack(pack, b) == {"installed": 0, "present": 1, "skipped": 0}
+    assert kc.install_pack(pack, b) == {"installed": 0, "present": 1, "skipped": 0, "host_code_skipped": 0}
     assert (b / key / "k.cubin").read_bytes() == b"local"
 
 
@@ -207,3 +207,44 @@ def test_recording_start_ups_cover_an_fp8_cache_on_fp8_gpus(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: cc)
     assert kc.startup_kv_cache_dtypes(tmp_path, "cuda") == want
     assert kc.startup_kv_cache_dtypes(tmp_path, "cpu") == ["auto"]
+
+
+def _launcher_like(hash_hex: str) -> str:
+    """A cache entry the way Triton's compile_module_from_src writes a launcher: one .so file."""
+    from triton.runtime.cache import get_cache_manager
+
+    mgr = get_cache_manager(hash_hex)
+    mgr.put(b"\x7fELF not really", "__triton_launcher.cpython-312-x86_64-linux-gnu.so", binary=True)
+    return mgr.key
+
+
+def test_host_code_is_installed_only_when_asked(tmp_path, monkeypatch, fake_cuda):
+    """Launchers are native libraries the process would import: an engine's load installs its
+    GPU kernels by default and the launchers only under KILN_ENGINE_KERNELS=all."""
+    a = _cache_at(monkeypatch, tmp_path / "a")
+    kernel, _ = _compile_like(_hash(1), "k")
+    launcher = _launcher_like(_hash(2))
+    (tmp_path / "engine").mkdir()
+    kc.pack_entries(a, [kernel, launcher], tmp_path / "engine" / kc.PACK_FILE)
+    info = {"path": str(tmp_path / "engine"),
+            "kernel_cache": {"status": "packed", "triton": triton.__version__,
+                             "compute_capability": [9, 0], "entries": 2}}
+    b = _cache_at(monkeypatch, tmp_path / "b")
+    done = kc.install_engine_kernels(info, "cuda")
+    assert (done["installed"], done["host_code_skipped"], done["mode"]) == (1, 1, "kernels")
+    assert (b / kernel).is_dir() and not (b / launcher).exists()
+    monkeypatch.setenv("KILN_ENGINE_KERNELS", "all")
+    done = kc.install_engine_kernels(info, "cuda")
+    assert (done["installed"], done["present"], done["host_code_skipped"]) == (1, 1, 0)
+    assert [p.name for p in (b / launcher).iterdir()] == ["__triton_launcher.cpython-312-x86_64-linux-gnu.so"]
+    assert kc.is_host_code("cuda_utils.cpython-311-x86_64-linux-gnu.so") and kc.is_host_code("x.so.1")
+    assert not any(kc.is_host_code(n) for n in ("k.cubin", "k.json", "__grp__k.json", "k.ptx", "k.llir"))
+
+
+def test_bench_summary_names_the_installed_kernels():
+    from kiln.bench.common import packed_kernels_note
+
+    assert packed_kernels_note(None) == "" and packed_kernels_note({"packed_kernels": {"reason": "x"}}) == ""
+    got = packed_kernels_note({"packed_kernels": {"installed": 51, "present": 0, "host_code_skipped": 40}})
+    assert got == ", 51 packed kernels installed (0 already cached; 40 launchers left to compile, " \
+                  "KILN_ENGINE_KERNELS=all)"

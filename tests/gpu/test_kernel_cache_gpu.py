@@ -1,8 +1,9 @@
 """An engine built on the GPU carries the Triton kernels its start-up needs (kiln.build.kernel_cache).
 
 A fresh process with an empty Triton cache stands for a machine that never ran the engine: with
-the pack it installs the entries and compiles none of its own during the start-up; without it
-(KILN_ENGINE_KERNELS=0) it compiles them, and both generate the same tokens.
+the pack and KILN_ENGINE_KERNELS=all it installs every entry and compiles none of its own during
+the start-up; by default it installs the GPU kernels and compiles only the host-side launchers;
+with KILN_ENGINE_KERNELS=0 it compiles everything. All three generate the same tokens.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ startup = time.perf_counter() - t0
 cache = pathlib.Path(os.environ["TRITON_CACHE_DIR"])
 after_startup = sorted(p.name for p in cache.iterdir() if p.is_dir() and any(
     f.is_file() and not f.name.startswith(".") for f in p.iterdir()))
+kernels = sorted(p.parent.name for p in cache.glob("*/__grp__*.json"))
 sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 out = llm.generate([{"prompt_token_ids": list(range(3, 40))}], sp)
-print(json.dumps({"after_startup": after_startup, "startup_s": startup,
+print(json.dumps({"after_startup": after_startup, "kernels": kernels, "startup_s": startup,
                   "install": llm.engine.engine_info.get("kernel_cache_install"),
                   "tokens": list(out[0].outputs[0].token_ids)}))
 """
@@ -46,7 +48,7 @@ def _start_fresh(engine: str, cache: Path, **env) -> dict:
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
 
 
-def test_packed_kernels_spare_a_fresh_machine_every_compile(tmp_path):
+def test_packed_kernels_spare_a_fresh_machine_its_compiles(tmp_path):
     from kiln.build.builder import BuildOptions, build_engine
     from kiln.build.kernel_cache import PACK_FILE
     from kiln.models.random_model import write_random_model
@@ -62,17 +64,25 @@ def test_packed_kernels_spare_a_fresh_machine_every_compile(tmp_path):
     assert record["triton"] and record["compute_capability"] == list(torch.cuda.get_device_capability())
     assert record["entries"] >= 10 and record["keys_looked_up"] >= record["entries"]
     with tarfile.open(tmp_path / "e" / PACK_FILE) as tar:
-        packed = {m.name.split("/")[0] for m in tar}
-    assert len(packed) == record["entries"]
+        names = tar.getnames()
+    packed = {n.split("/")[0] for n in names}
+    packed_kernels = {n.split("/")[0] for n in names if "/__grp__" in n}  # the rest: launchers
+    assert len(packed) == record["entries"] and len(packed_kernels) >= 10
 
-    with_pack = _start_fresh(info["path"], tmp_path / "cache-a")
-    assert with_pack["install"]["installed"] == record["entries"]
-    compiled_here = set(with_pack["after_startup"]) - packed
+    # KILN_ENGINE_KERNELS=all: kernels and their launchers; the start-up compiles nothing
+    everything = _start_fresh(info["path"], tmp_path / "cache-a", KILN_ENGINE_KERNELS="all")
+    assert everything["install"]["installed"] == record["entries"]
+    compiled_here = set(everything["after_startup"]) - packed
     assert not compiled_here, f"the start-up compiled {len(compiled_here)} entries the pack lacks"
 
-    without = _start_fresh(info["path"], tmp_path / "cache-b", KILN_ENGINE_KERNELS="0")
+    # the default: the GPU kernels only; the host-side launchers compile here
+    default = _start_fresh(info["path"], tmp_path / "cache-b")
+    assert default["install"]["installed"] == len(packed_kernels)
+    assert default["install"]["host_code_skipped"] == record["entries"] - len(packed_kernels)
+    assert not set(default["kernels"]) - packed_kernels
+
+    without = _start_fresh(info["path"], tmp_path / "cache-c", KILN_ENGINE_KERNELS="0")
     assert without["install"]["reason"] == "KILN_ENGINE_KERNELS=0"
     # the same start-up compiles its kernels itself: the entries the pack would have given
-    assert len(set(without["after_startup"]) & packed) >= 10
-    assert with_pack["tokens"] == without["tokens"]
-    print(f"start-up with the pack {with_pack['startup_s']:.1f} s, without {without['startup_s']:.1f} s")
+    assert len(set(without["kernels"]) & packed_kernels) >= 10
+    assert everything["tokens"] == default["tokens"] == without["tokens"]
