@@ -68,7 +68,7 @@ class BuildOptions:
     # (kiln.build.tuning.tune_decode_steps); empty skips it.
     step_tuning_batch_sizes: tuple[int, ...] = (1,)
     # Start the finished engine once and pack the Triton kernels it needs into the engine
-    # (kiln.build.kernel_cache), so that a fresh machine's start-up compiles none of them.
+    # (kiln.build.kernel_cache), so that a fresh machine's start-up compiles none of its GPU kernels.
     kernel_cache: bool = True
 
 

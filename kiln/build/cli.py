@@ -50,7 +50,7 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-kernel-cache", dest="kernel_cache", action="store_false",
                    help="do not start the finished engine to pack its compiled Triton kernels into "
                         "it (by default a GPU build does, so that the engine's first start-up on "
-                        "another machine compiles nothing)")
+                        "another machine compiles none of its GPU kernels)")
     p.add_argument("--device", default="auto", help="where to build: auto, cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ENGINE_DIR")
     p.add_argument("--no-progress", dest="progress", action="store_false")
