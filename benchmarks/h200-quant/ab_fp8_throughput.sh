@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepared in the session of 2026-12-06 (forty-second), for an H200 (stops at once on another card
+# unless ANY_CARD=1; at most B = 480 s): #7's fp8 1000 x 128/128 bar, this tree against OLD (default
+# 8ba40d7, the tree of run-w call 4 that gave 32,126 / 32,236) on one machine. Each tree builds
+# its own engine (fp8, fp8 LM head, no step tuning, --max-batch-size 1024), then
+# `kiln bench throughput` alternates old, new, old, new with an fp8 KV cache and 32,768-token steps.
+# The old kiln package comes from the device copy's git history (git archive).
+#   bash benchmarks/h200-quant/ab_fp8_throughput.sh     (OUT set by the device tool)
+export PYTHONUNBUFFERED=1 OUT
+T0=$SECONDS
+B=${B:-480}
+OLD=${OLD:-8ba40d7}
+LOG=$OUT/ab_fp8_throughput.log
+left() { echo $((B - $1 - SECONDS + T0)); }
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "card: $card; old tree $OLD" | tee -a $LOG
+case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
+rm -rf /tmp/old-kiln && mkdir -p /tmp/old-kiln
+git archive $OLD kiln | tar -x -C /tmp/old-kiln || { echo "no tree $OLD here" | tee -a $LOG; exit 1; }
+M=/tmp/llama-3-8b
+[ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+echo "model ready at $((SECONDS - T0)) s" | tee -a $LOG
+BA="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress"
+PYTHONPATH=/tmp/old-kiln timeout $(left 330) python3 -m kiln.cli build $M --output /tmp/e-old $BA 2>&1 | grep -v Warning | tail -3 >> $LOG
+echo "old build at $((SECONDS - T0)) s" | tee -a $LOG
+PYTHONPATH=$PWD timeout $(left 230) python3 -m kiln.cli build $M --output /tmp/e-new $BA --no-kernel-cache 2>&1 | grep -v Warning | tail -3 >> $LOG
+echo "new build at $((SECONDS - T0)) s" | tee -a $LOG
+for i in 1 2; do
+  for T in old new; do
+    t=$(left 5); [ $t -lt 50 ] && { echo "skip $T $i ($t s left)" | tee -a $LOG; continue; }
+    P=$PWD; [ $T = old ] && P=/tmp/old-kiln
+    PYTHONPATH=$P timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model /tmp/e-$T \
+      --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype fp8 \
+      --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_${T}_$i.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG
+    echo "$T $i at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
+  done
+done
+tail -12 $LOG
