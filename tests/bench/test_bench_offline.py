@@ -57,4 +57,5 @@ def test_throughput_json(tiny_dir, tmp_path, capsys, monkeypatch):
     assert r["engine"]["max_num_seqs"] == 4 and r["engine"]["quantization"] == "none"
     assert r["environment"]["kiln_env"]["KILN_ATTN_LARGE_TILE"] == "64,2,5"
     assert "KILN_API_KEY" not in r["environment"]["kiln_env"]
-    assert "throughput: 12 requests" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "throughput: 12 requests" in out and "startup (load + profile + graphs)" in out
