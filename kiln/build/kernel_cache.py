@@ -49,6 +49,7 @@ from typing import Any, Iterable
 
 import torch
 
+from kiln.build.gpu_target import device_target
 from kiln.errors import KilnError
 
 logger = logging.getLogger("kiln")
@@ -108,7 +109,7 @@ class _Recorder:
 
 
 def start_recording() -> None:
-    """From now on, every Triton cache lookup of this process is recorded (record_keys)."""
+    """From now on, every Triton cache lookup of this process is recorded (stop_recording)."""
     from triton import knobs
 
     _Recorder.keys = []
@@ -262,8 +263,7 @@ def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> 
     else:
         import triton
 
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        cc = list(torch.cuda.get_device_capability(index))
+        cc = list(device_target(dev).compute_capability)
         if record.get("triton") != triton.__version__:
             why = f"packed with Triton {record.get('triton')}, this is {triton.__version__}"
         elif list(record.get("compute_capability") or []) != cc:
@@ -345,8 +345,7 @@ def startup_kv_cache_dtypes(engine_dir: str | Path, device: str) -> list[str]:
     dev = torch.device(device)
     if dev.type != "cuda" or ((info.get("kv_cache") or {}).get("dtype") == "fp8"):
         return ["auto"]
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    return ["auto", "fp8"] if torch.cuda.get_device_capability(index) >= (8, 9) else ["auto"]
+    return ["auto", "fp8"] if device_target(dev).compute_capability >= (8, 9) else ["auto"]
 
 
 def build_kernel_pack(engine_dir: str | Path, device: torch.device,
@@ -373,9 +372,9 @@ def build_kernel_pack(engine_dir: str | Path, device: torch.device,
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
         return {"status": "not-packed", "reason": f"the recording start-up failed: {tail}"}
     summary = json.loads(lines[-1])
-    cc = list(torch.cuda.get_device_capability(index))
     return {"status": "packed", "file": PACK_FILE, "triton": triton.__version__,
-            "compute_capability": cc, "device_name": torch.cuda.get_device_name(index),
+            "compute_capability": list(device_target(device).compute_capability),
+            "device_name": torch.cuda.get_device_name(index),
             **summary, "seconds": round(time.perf_counter() - started, 2)}
 
 

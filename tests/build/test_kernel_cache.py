@@ -139,6 +139,7 @@ def fake_cuda(monkeypatch):
     """A CUDA device of compute capability 9.0 as far as install_engine_kernels asks."""
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
 
 
 def test_install_engine_kernels_applies_only_where_they_were_compiled(tmp_path, monkeypatch, fake_cuda):
@@ -205,6 +206,7 @@ def test_recording_start_ups_cover_an_fp8_cache_on_fp8_gpus(tmp_path, monkeypatc
                                  "kv_cache": {"dtype": kv}})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: cc)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
     assert kc.startup_kv_cache_dtypes(tmp_path, "cuda") == want
     assert kc.startup_kv_cache_dtypes(tmp_path, "cpu") == ["auto"]
 
