@@ -118,7 +118,13 @@ def packed_kernels_note(settings: dict | None) -> str:
         return ""
     note = (f", {packed.get('installed', 0)} packed kernels installed "
             f"({packed.get('present', 0)} already cached")
-    if packed.get("host_code_skipped"):
+    built = packed.get("launchers") or {}
+    if built:
+        note += (f"; {built.get('built', 0)} launchers compiled here in {built.get('seconds', 0):.1f} s"
+                 " in the background")
+    elif packed.get("launchers_building"):
+        note += f"; {packed['launchers_building']} launchers compiling here"
+    elif packed.get("host_code_skipped"):
         note += f"; {packed['host_code_skipped']} launchers left to compile, KILN_ENGINE_KERNELS=all"
     return note + ")"
 

@@ -91,9 +91,12 @@ def triton_cache_dir() -> Path:
 
 
 class _Recorder:
-    """Which cache keys a process looked up while recording (keys of Triton's cache manager)."""
+    """Which cache keys a process looked up while recording (keys of Triton's cache manager), and
+    the host-side launchers it made (launcher_spec of each, in order)."""
 
     keys: list[str] = []
+    launchers: list[dict[str, Any]] = []
+    make_launcher: Any = None
 
     @classmethod
     def manager_class(cls):
@@ -109,23 +112,214 @@ class _Recorder:
 
 
 def start_recording() -> None:
-    """From now on, every Triton cache lookup of this process is recorded (stop_recording)."""
+    """From now on, every Triton cache lookup of this process is recorded, and the signature of
+    every host-side launcher it makes (stop_recording, recorded_launchers)."""
     from triton import knobs
 
     _Recorder.keys = []
+    _Recorder.launchers = []
     knobs.cache.manager_class = _Recorder.manager_class()
+    drv = _nvidia_driver()
+    if drv is not None and _Recorder.make_launcher is None:
+        original = drv.make_launcher
+        _Recorder.make_launcher = original
+
+        def recording_make_launcher(constants, signature, tensordesc_meta):
+            src = original(constants, signature, tensordesc_meta)
+            spec = launcher_spec(signature, tensordesc_meta, src)
+            if spec is not None and spec not in _Recorder.launchers:
+                _Recorder.launchers.append(spec)
+            return src
+
+        drv.make_launcher = recording_make_launcher
 
 
 def stop_recording() -> list[str]:
-    """Stop recording; the keys looked up since start_recording, in order."""
+    """Stop recording; the keys looked up since start_recording, in order (the launchers made
+    meanwhile stay readable through recorded_launchers until the next start_recording)."""
     from triton import knobs
 
     try:
         del knobs.cache.manager_class
     except (AttributeError, KeyError):
         pass
+    drv = _nvidia_driver()
+    if drv is not None and _Recorder.make_launcher is not None:
+        drv.make_launcher = _Recorder.make_launcher
+        _Recorder.make_launcher = None
     keys, _Recorder.keys = list(_Recorder.keys), []
     return keys
+
+
+def recorded_launchers() -> list[dict[str, Any]]:
+    """The launcher specs (launcher_spec) recorded by the last start_recording..stop_recording."""
+    return list(_Recorder.launchers)
+
+
+# ---------------------------------------------------------------------------------------------
+# host-side launchers: recorded as data, compiled by the loading machine's own Triton
+#
+# Triton compiles one small C module per kernel signature (its "launcher") with the system C
+# compiler when a kernel first runs, one after another, and caches it by the hash of its C source.
+# The pack does not make the loading machine import launchers the build machine compiled (unless
+# KILN_ENGINE_KERNELS=all). Instead it records each launcher's signature (plain type names such as
+# "*bf16" or "i32") and the sha256 of the C source Triton generated from it; at load, this
+# machine's Triton generates the source again from the signature, and only if its hash is the
+# recorded one, compiles it, several at a time in the background while the weights load, into the
+# cache entry Triton itself would have made at the kernel's first launch.
+
+_LAUNCHERS_MEMBER = "launchers.json"
+_LAUNCHER_NAME = "__triton_launcher"
+_SIG_TYPE_RE = re.compile(r"^[A-Za-z0-9_*<>\[\], ]{1,80}$")
+
+
+def _nvidia_driver():
+    """Triton's NVIDIA backend driver module (None where this Triton has none)."""
+    try:
+        from triton.backends.nvidia import driver
+    except Exception:  # noqa: BLE001 - any import failure means: nothing to record or build
+        return None
+    return driver if hasattr(driver, "make_launcher") else None
+
+
+def _sig_to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_sig_to_json(v) for v in value]
+    if isinstance(value, str) and _SIG_TYPE_RE.match(value):
+        return value
+    raise ValueError(f"unexpected signature entry {value!r}")
+
+
+def _sig_from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_sig_from_json(v) for v in value)
+    if isinstance(value, str) and _SIG_TYPE_RE.match(value):
+        return value
+    raise ValueError(f"unexpected signature entry {value!r}")
+
+
+def launcher_spec(signature: dict, tensordesc_meta: Any, src: str) -> dict[str, Any] | None:
+    """A launcher as data: its signature's type names in order, which tensor-descriptor arguments
+    were lowered to TMA descriptors, and the sha256 of the C source Triton made of them (None
+    when the signature holds anything but type names)."""
+    import hashlib
+
+    try:
+        types = [_sig_to_json(v) for v in signature.values()]
+    except ValueError:
+        return None
+    tma = None if tensordesc_meta is None else [m is not None for m in tensordesc_meta]
+    return {"signature": types, "tma": tma, "src_sha256": hashlib.sha256(src.encode()).hexdigest()}
+
+
+def launcher_source(spec: dict[str, Any]) -> str | None:
+    """This machine's Triton's C source for the launcher ``spec``, or None when the spec is
+    malformed or the source differs from the one recorded (another Triton, or a launcher that
+    depends on more than its signature)."""
+    import hashlib
+
+    drv = _nvidia_driver()
+    if drv is None or not isinstance(spec, dict):
+        return None
+    make = _Recorder.make_launcher or drv.make_launcher
+    try:
+        signature = {i: _sig_from_json(v) for i, v in enumerate(spec["signature"])}
+        tma = spec.get("tma")
+        meta = None if tma is None else [{} if flag else None for flag in tma]
+        src = make({}, signature, meta)
+    except Exception:  # noqa: BLE001 - a spec this Triton cannot turn into a launcher
+        return None
+    if hashlib.sha256(src.encode()).hexdigest() != spec.get("src_sha256"):
+        return None
+    return src
+
+
+def build_launcher(spec: dict[str, Any]) -> str:
+    """Compile one recorded launcher into this process's Triton cache, where Triton looks for it
+    when the kernel first runs. Returns ``built``, ``present`` or ``mismatch`` (not built: the
+    source this Triton makes from the spec is not the recorded one). Raises if the compiler fails."""
+    import sysconfig
+    import tempfile
+
+    from triton.runtime.build import _build, platform_key
+    from triton.runtime.cache import get_cache_manager
+
+    import hashlib
+
+    src = launcher_source(spec)
+    if src is None:
+        return "mismatch"
+    drv = _nvidia_driver()
+    key = hashlib.sha256((src + platform_key()).encode("utf-8")).hexdigest()
+    cache = get_cache_manager(key)
+    filename = f"{_LAUNCHER_NAME}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if cache.get_file(filename) is not None:
+        return "present"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, _LAUNCHER_NAME + ".c")
+        with open(path, "w") as f:
+            f.write(src)
+        so = _build(_LAUNCHER_NAME, path, tmp, drv.library_dirs(), drv.include_dirs,
+                    drv.libraries, [])
+        with open(so, "rb") as f:
+            cache.put(f.read(), filename, binary=True)
+    return "built"
+
+
+def build_launchers(specs: list[dict[str, Any]], workers: int | None = None) -> dict[str, Any]:
+    """build_launcher for every spec, ``workers`` at a time (default: the CPU count, at most 16).
+    Returns counts of built, present, mismatch and failed, and the seconds taken; never raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    counts = {"built": 0, "present": 0, "mismatch": 0, "failed": 0}
+    workers = workers or max(1, min(16, os.cpu_count() or 1))
+
+    def one(spec):
+        try:
+            return build_launcher(spec)
+        except Exception as exc:  # noqa: BLE001 - the kernel's first launch compiles it instead
+            logger.debug("launcher not built here: %s: %s", type(exc).__name__, exc)
+            return "failed"
+
+    if specs:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-launcher") as pool:
+            for result in pool.map(one, specs):
+                counts[result] += 1
+    counts["seconds"] = round(time.perf_counter() - started, 3)
+    return counts
+
+
+_prebuild: dict[str, Any] = {}
+
+
+def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | None = None) -> None:
+    """build_launchers in a background thread (the weights load meanwhile); wait_launcher_build
+    joins it; its counts also land in ``report["launchers"]``. A kernel that runs before its
+    launcher is ready compiles it itself, as Triton does."""
+    import threading
+
+    def run():
+        counts = build_launchers(specs)
+        _prebuild["counts"] = counts
+        if report is not None:
+            report["launchers"] = counts
+        logger.info("kernel launchers: %d compiled here in %.2f s (%d already cached, %d not "
+                    "reproducible, %d failed)", counts["built"], counts["seconds"],
+                    counts["present"], counts["mismatch"], counts["failed"])
+
+    _prebuild.clear()
+    thread = threading.Thread(target=run, name="kiln-launchers", daemon=False)
+    _prebuild["thread"] = thread
+    thread.start()
+
+
+def wait_launcher_build(timeout: float | None = None) -> dict[str, Any] | None:
+    """Wait for the background launcher build (start_launcher_build); its counts, or None."""
+    thread = _prebuild.get("thread")
+    if thread is not None:
+        thread.join(timeout)
+    return _prebuild.get("counts")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,13 +335,20 @@ def _entry_files(key_dir: Path) -> list[Path]:
                   if p.is_file() and p.name != "lock" and _FILE_RE.match(p.name))
 
 
-def pack_entries(cache_dir: str | Path, keys: Iterable[str], out: str | Path) -> dict[str, Any]:
+def pack_entries(cache_dir: str | Path, keys: Iterable[str], out: str | Path,
+                 launchers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the cache entries ``keys`` of ``cache_dir`` into the tar.gz ``out`` as KEY/FILE,
-    group files with their children named relative. Entries with no files are skipped.
-    Returns {"entries", "files", "bytes" (of the pack)}."""
+    group files with their children named relative, and the launcher specs (launcher_spec) as
+    ``launchers.json``. Entries with no files are skipped.
+    Returns {"entries", "files", "launchers", "bytes" (of the pack)}."""
     cache_dir = Path(cache_dir)
     entries = files = 0
+    launchers = list(launchers or [])
     with tarfile.open(out, "w:gz", compresslevel=6) as tar:
+        data = json.dumps(launchers).encode()
+        info = tarfile.TarInfo(_LAUNCHERS_MEMBER)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
         for key in keys:
             if not _KEY_RE.match(key):
                 continue
@@ -167,7 +368,22 @@ def pack_entries(cache_dir: str | Path, keys: Iterable[str], out: str | Path) ->
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(data))
                 files += 1
-    return {"entries": entries, "files": files, "bytes": Path(out).stat().st_size}
+    return {"entries": entries, "files": files, "launchers": len(launchers),
+            "bytes": Path(out).stat().st_size}
+
+
+def read_launchers(pack: str | Path) -> list[dict[str, Any]]:
+    """The launcher specs a pack records (empty for a pack without them or a malformed list)."""
+    with tarfile.open(pack, "r:gz") as tar:
+        for member in tar:
+            if member.name == _LAUNCHERS_MEMBER and member.isfile():
+                f = tar.extractfile(member)
+                try:
+                    specs = json.loads(f.read()) if f is not None else []
+                except ValueError:
+                    return []
+                return [s for s in specs if isinstance(s, dict)] if isinstance(specs, list) else []
+    return []
 
 
 def _relative_group(data: bytes) -> bytes | None:
@@ -199,6 +415,8 @@ def install_pack(pack: str | Path, cache_dir: str | Path, host_code: bool = Fals
     skipped = 0
     with tarfile.open(pack, "r:gz") as tar:
         for member in tar:
+            if member.name == _LAUNCHERS_MEMBER:
+                continue  # read_launchers
             parts = member.name.split("/")
             if (not member.isfile() or len(parts) != 2 or not _KEY_RE.match(parts[0])
                     or not _FILE_RE.match(parts[1]) or parts[1].startswith(".")):
@@ -285,9 +503,23 @@ def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> 
                 "(%d already there) in %.2f s", counts["installed"], record.get("entries", 0),
                 counts["present"], counts["seconds"])
     if counts["host_code_skipped"]:
-        logger.info("%d host-side kernel launchers (native code from the build machine) left to "
-                    "compile here; %s=all installs them, for engines you trust",
-                    counts["host_code_skipped"], _DISABLE_ENV)
+        # The build machine's launchers were not installed: compile them here from their
+        # recorded signatures, in parallel while the weights load (host code of this machine).
+        try:
+            specs = read_launchers(pack)
+        except (OSError, tarfile.TarError, EOFError):
+            specs = []
+        counts["launchers_building"] = len(specs)
+        if specs and os.environ.get("KILN_ENGINE_LAUNCHERS", "1").strip() != "0":
+            start_launcher_build(specs, report=counts)
+            logger.info("%d host-side kernel launchers compiling here in the background (the "
+                        "build machine's native code is installed only with %s=all)",
+                        len(specs), _DISABLE_ENV)
+        else:
+            counts["launchers_building"] = 0
+            logger.info("%d host-side kernel launchers (native code from the build machine) left "
+                        "to compile at first use; %s=all installs them, for engines you trust",
+                        counts["host_code_skipped"], _DISABLE_ENV)
     return counts
 
 
@@ -330,7 +562,7 @@ def record_and_pack(engine_dir: str | Path, device: str, out: str | Path) -> dic
         keys = stop_recording()
         memory.num_kv_blocks_cuda = profiled
     startup = time.perf_counter() - started
-    summary = pack_entries(triton_cache_dir(), keys, out)
+    summary = pack_entries(triton_cache_dir(), keys, out, recorded_launchers())
     return {**summary, "keys_looked_up": len(keys), "kv_cache_dtypes": kv_dtypes,
             "startup_s": round(startup, 2)}
 

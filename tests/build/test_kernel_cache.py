@@ -250,3 +250,87 @@ def test_bench_summary_names_the_installed_kernels():
     got = packed_kernels_note({"packed_kernels": {"installed": 51, "present": 0, "host_code_skipped": 40}})
     assert got == ", 51 packed kernels installed (0 already cached; 40 launchers left to compile, " \
                   "KILN_ENGINE_KERNELS=all)"
+    built = {"installed": 51, "present": 0, "host_code_skipped": 40,
+             "launchers": {"built": 39, "present": 0, "mismatch": 0, "failed": 0, "seconds": 1.24}}
+    assert packed_kernels_note({"packed_kernels": built}) == \
+        ", 51 packed kernels installed (0 already cached; 39 launchers compiled here in 1.2 s in the background)"
+
+
+_SIG = {"x_ptr": "*bf16", "out_ptr": "*fp8e4nv", "n": "i32", "eps": "fp32", "pair": ("i64", "*fp32"),
+        "BLOCK": "constexpr"}
+
+
+def test_launcher_specs_are_data_and_regenerate_the_same_source(monkeypatch):
+    """A launcher travels as its signature's type names and the hash of the C source made of them;
+    this machine's Triton makes the source again and it must hash the same."""
+    from triton.backends.nvidia import driver as drv
+
+    original = drv.make_launcher
+    kc.start_recording()
+    try:
+        assert drv.make_launcher is not original
+        src = drv.make_launcher({}, _SIG, None)  # what CudaLauncher does for each kernel
+        drv.make_launcher({}, _SIG, None)  # the same signature again: recorded once
+    finally:
+        kc.stop_recording()
+    assert drv.make_launcher is original  # restored
+    specs = kc.recorded_launchers()
+    assert len(specs) == 1 and json.loads(json.dumps(specs)) == specs
+    assert specs[0]["signature"] == ["*bf16", "*fp8e4nv", "i32", "fp32", ["i64", "*fp32"], "constexpr"]
+    assert kc.launcher_source(specs[0]) == src
+    tampered = dict(specs[0], src_sha256="0" * 64)
+    assert kc.launcher_source(tampered) is None
+    assert kc.build_launcher(tampered) == "mismatch"
+    for bad in (["*bf16; system(\"x\")"], ["i32", {"not": "a type"}], "i32", None):
+        assert kc.launcher_source(dict(specs[0], signature=bad)) is None
+    assert kc.launcher_spec({"a": "*bf16", "b": object()}, None, src) is None
+
+
+def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkeypatch, fake_cuda):
+    """The default load: GPU kernels installed, the launchers compiled by this machine (here the
+    C compiler is stood in for: the CPU machine has no libcuda to link against) into the entry
+    Triton's own first launch would look up."""
+    import hashlib
+    import sysconfig
+
+    import triton.runtime.build as tbuild
+    from triton.backends.nvidia import driver as drv
+    from triton.runtime.cache import get_cache_manager
+
+    compiled = []
+
+    def fake_build(name, src_path, tmpdir, *args):
+        compiled.append(Path(src_path).read_text())
+        so = Path(tmpdir) / f"{name}.so"
+        so.write_bytes(b"\x7fELF built here")
+        return str(so)
+
+    monkeypatch.setattr(tbuild, "_build", fake_build)
+    monkeypatch.setattr(drv, "library_dirs", lambda: [])
+    a = _cache_at(monkeypatch, tmp_path / "a")
+    kernel, _ = _compile_like(_hash(1), "k")
+    launcher = _launcher_like(_hash(2))
+    src = drv.make_launcher({}, _SIG, None)
+    spec = kc.launcher_spec(_SIG, None, src)
+    (tmp_path / "engine").mkdir()
+    pack = tmp_path / "engine" / kc.PACK_FILE
+    summary = kc.pack_entries(a, [kernel, launcher], pack, [spec])
+    assert summary["launchers"] == 1 and kc.read_launchers(pack) == [spec]
+    info = {"path": str(tmp_path / "engine"),
+            "kernel_cache": {"status": "packed", "triton": triton.__version__,
+                             "compute_capability": [9, 0], "entries": 2}}
+    b = _cache_at(monkeypatch, tmp_path / "b")
+    done = kc.install_engine_kernels(info, "cuda")
+    assert done["skipped"] == 0 and done["launchers_building"] == 1
+    counts = kc.wait_launcher_build(timeout=60)
+    assert counts["built"] == 1 and counts["failed"] == 0 and done["launchers"] is counts
+    assert compiled == [src]
+    key = hashlib.sha256((src + tbuild.platform_key()).encode()).hexdigest()
+    name = f"__triton_launcher{sysconfig.get_config_var('EXT_SUFFIX')}"
+    found = get_cache_manager(key).get_file(name)  # where CudaLauncher looks
+    assert found and Path(found).read_bytes() == b"\x7fELF built here" and Path(found).parent.parent == b
+    assert kc.build_launchers([spec])["present"] == 1 and len(compiled) == 1  # never twice
+    monkeypatch.setenv("KILN_ENGINE_LAUNCHERS", "0")  # the lazy way, as Triton alone does
+    c = _cache_at(monkeypatch, tmp_path / "c")
+    done = kc.install_engine_kernels(info, "cuda")
+    assert done["launchers_building"] == 0 and not (c / key).exists()

@@ -2,7 +2,8 @@
 
 A fresh process with an empty Triton cache stands for a machine that never ran the engine: with
 the pack and KILN_ENGINE_KERNELS=all it installs every entry and compiles none of its own during
-the start-up; by default it installs the GPU kernels and compiles only the host-side launchers;
+the start-up; by default it installs the GPU kernels and compiles only the host-side launchers,
+from their recorded signatures, in the background;
 with KILN_ENGINE_KERNELS=0 it compiles everything. All three generate the same tokens.
 """
 
@@ -32,6 +33,8 @@ after_startup = sorted(p.name for p in cache.iterdir() if p.is_dir() and any(
 kernels = sorted(p.parent.name for p in cache.glob("*/__grp__*.json"))
 sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 out = llm.generate([{"prompt_token_ids": list(range(3, 40))}], sp)
+from kiln.build.kernel_cache import wait_launcher_build
+wait_launcher_build(timeout=120)
 print(json.dumps({"after_startup": after_startup, "kernels": kernels, "startup_s": startup,
                   "install": llm.engine.engine_info.get("kernel_cache_install"),
                   "tokens": list(out[0].outputs[0].token_ids)}))
@@ -65,9 +68,10 @@ def test_packed_kernels_spare_a_fresh_machine_its_compiles(tmp_path):
     assert record["entries"] >= 10 and record["keys_looked_up"] >= record["entries"]
     with tarfile.open(tmp_path / "e" / PACK_FILE) as tar:
         names = tar.getnames()
-    packed = {n.split("/")[0] for n in names}
+    packed = {n.split("/")[0] for n in names if "/" in n}
     packed_kernels = {n.split("/")[0] for n in names if "/__grp__" in n}  # the rest: launchers
     assert len(packed) == record["entries"] and len(packed_kernels) >= 10
+    assert "launchers.json" in names and record["launchers"] >= 5
 
     # KILN_ENGINE_KERNELS=all: kernels and their launchers; the start-up compiles nothing
     everything = _start_fresh(info["path"], tmp_path / "cache-a", KILN_ENGINE_KERNELS="all")
@@ -75,11 +79,16 @@ def test_packed_kernels_spare_a_fresh_machine_its_compiles(tmp_path):
     compiled_here = set(everything["after_startup"]) - packed
     assert not compiled_here, f"the start-up compiled {len(compiled_here)} entries the pack lacks"
 
-    # the default: the GPU kernels only; the host-side launchers compile here
+    # the default: the GPU kernels only; this machine compiles the host-side launchers from their
+    # recorded signatures, in the background, into the very entries the pack holds (same source)
     default = _start_fresh(info["path"], tmp_path / "cache-b")
     assert default["install"]["installed"] == len(packed_kernels)
     assert default["install"]["host_code_skipped"] == record["entries"] - len(packed_kernels)
+    built = default["install"]["launchers"]
+    assert built["mismatch"] == built["failed"] == 0, built
+    assert built["built"] + built["present"] == record["launchers"]
     assert not set(default["kernels"]) - packed_kernels
+    assert not set(default["after_startup"]) - packed  # no launcher the pack does not name
 
     without = _start_fresh(info["path"], tmp_path / "cache-c", KILN_ENGINE_KERNELS="0")
     assert without["install"]["reason"] == "KILN_ENGINE_KERNELS=0"
