@@ -253,7 +253,8 @@ def test_bench_summary_names_the_installed_kernels():
     built = {"installed": 51, "present": 0, "host_code_skipped": 40,
              "launchers": {"built": 39, "present": 0, "mismatch": 0, "failed": 0, "seconds": 1.24}}
     assert packed_kernels_note({"packed_kernels": built}) == \
-        ", 51 packed kernels installed (0 already cached; 39 launchers compiled here in 1.2 s in the background)"
+        ", 51 packed kernels installed (0 already cached; 39 launchers compiled here in 1.2 s " \
+        "in the background)"
 
 
 _SIG = {"x_ptr": "*bf16", "out_ptr": "*fp8e4nv", "n": "i32", "eps": "fp32", "pair": ("i64", "*fp32"),
