@@ -25,7 +25,11 @@ What is installed: by default the GPU kernels (cubins, their IR and metadata: da
 CUDA driver loads). Triton also caches a host-side launcher per kernel signature, a C module it
 compiles with the system compiler and imports into the process; the pack holds those too, but
 loading an engine does not install them unless ``KILN_ENGINE_KERNELS=all``: they are native code
-the build machine made, and an engine directory, like a checkpoint, should be data.
+the build machine made, and an engine directory, like a checkpoint, should be data. The pack
+records each launcher as data instead (its signature's type names and the hash of its C source),
+and the loading machine's own Triton makes and compiles them, in parallel in the background
+while the weights load, rather than one by one at each kernel's first launch
+(``KILN_ENGINE_LAUNCHERS=0`` leaves them to that).
 
 Group files (``__grp__*.json``) hold absolute paths of their entry's files on the machine that
 wrote them; the pack stores them relative and the install writes them with this machine's paths,
