@@ -294,7 +294,7 @@ def build_launchers(specs: list[dict[str, Any]], workers: int | None = None) -> 
     return counts
 
 
-_prebuild: dict[str, Any] = {}
+_builds: list[tuple[Any, dict[str, Any]]] = []  # (thread, its result once done), newest last
 
 
 def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | None = None) -> None:
@@ -303,27 +303,30 @@ def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | N
     launcher is ready compiles it itself, as Triton does."""
     import threading
 
+    result: dict[str, Any] = {}
+
     def run():
         counts = build_launchers(specs)
-        _prebuild["counts"] = counts
+        result.update(counts)
         if report is not None:
             report["launchers"] = counts
         logger.info("kernel launchers: %d compiled here in %.2f s (%d already cached, %d not "
                     "reproducible, %d failed)", counts["built"], counts["seconds"],
                     counts["present"], counts["mismatch"], counts["failed"])
 
-    _prebuild.clear()
     thread = threading.Thread(target=run, name="kiln-launchers", daemon=False)
-    _prebuild["thread"] = thread
+    _builds.append((thread, result))
     thread.start()
 
 
 def wait_launcher_build(timeout: float | None = None) -> dict[str, Any] | None:
-    """Wait for the background launcher build (start_launcher_build); its counts, or None."""
-    thread = _prebuild.get("thread")
-    if thread is not None:
-        thread.join(timeout)
-    return _prebuild.get("counts")
+    """Wait for the newest background launcher build (start_launcher_build); its counts, or None
+    when there was none or it is still running."""
+    if not _builds:
+        return None
+    thread, result = _builds[-1]
+    thread.join(timeout)
+    return dict(result) if result else None
 
 
 # ---------------------------------------------------------------------------------------------

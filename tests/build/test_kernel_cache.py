@@ -324,7 +324,7 @@ def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkey
     done = kc.install_engine_kernels(info, "cuda")
     assert done["skipped"] == 0 and done["launchers_building"] == 1
     counts = kc.wait_launcher_build(timeout=60)
-    assert counts["built"] == 1 and counts["failed"] == 0 and done["launchers"] is counts
+    assert counts["built"] == 1 and counts["failed"] == 0 and done["launchers"] == counts
     assert compiled == [src]
     key = hashlib.sha256((src + tbuild.platform_key()).encode()).hexdigest()
     name = f"__triton_launcher{sysconfig.get_config_var('EXT_SUFFIX')}"
