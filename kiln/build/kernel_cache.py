@@ -303,6 +303,10 @@ def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | N
     launcher is ready compiles it itself, as Triton does."""
     import threading
 
+    import triton.runtime.build  # noqa: F401 - imported here, not first inside the thread
+    import triton.runtime.cache  # noqa: F401
+
+    _nvidia_driver()
     result: dict[str, Any] = {}
 
     def run():
