@@ -301,11 +301,11 @@ def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | N
     """build_launchers in a background thread (the weights load meanwhile); wait_launcher_build
     joins it; its counts also land in ``report["launchers"]``. A kernel that runs before its
     launcher is ready compiles it itself, as Triton does."""
+    import importlib
     import threading
 
-    import triton.runtime.build  # noqa: F401 - imported here, not first inside the thread
-    import triton.runtime.cache  # noqa: F401
-
+    for module in ("triton.runtime.build", "triton.runtime.cache"):  # here, not first in the thread
+        importlib.import_module(module)
     _nvidia_driver()
     result: dict[str, Any] = {}
 
