@@ -121,8 +121,9 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"engine)", file=sys.stdout)
     pack = info.get("kernel_cache") or {}
     if pack.get("status") == "packed":
-        print(f"packed {pack['entries']} compiled kernel entries ({pack['bytes'] / 2**20:.1f} MiB) "
-              f"in {pack['seconds']:.1f} s", file=sys.stdout)
+        print(f"packed {pack['entries']} compiled kernel entries ({pack['bytes'] / 2**20:.1f} MiB; "
+              f"{pack.get('launchers', 0)} launcher signatures) in {pack['seconds']:.1f} s",
+              file=sys.stdout)
     elif pack.get("reason") and not pack["reason"].startswith(("built on", "--no-")):
         print(f"kernels not packed: {pack['reason']}", file=sys.stdout)
     if info["kernel_tuning"].get("in_situ_error"):
