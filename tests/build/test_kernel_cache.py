@@ -7,6 +7,7 @@ will read them: ``get_group`` on the installing machine must return every file, 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -335,3 +336,38 @@ def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkey
     c = _cache_at(monkeypatch, tmp_path / "c")
     done = kc.install_engine_kernels(info, "cuda")
     assert done["launchers_building"] == 0 and not (c / key).exists()
+
+
+def test_launchers_really_compile_in_parallel_with_the_system_compiler(tmp_path, monkeypatch):
+    """Triton's own C source for each recorded launcher, compiled by gcc several at a time (linked
+    against a stand-in libcuda.so.1: this machine has no GPU driver), lands as a Python extension
+    in the cache entry Triton's first launch looks up."""
+    import shutil
+    import sysconfig
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    from triton.backends.nvidia import driver as drv
+    from triton.runtime.build import platform_key
+    from triton.runtime.cache import get_cache_manager
+
+    stub = tmp_path / "stubcuda"
+    stub.mkdir()
+    (stub / "s.c").write_text("void kiln_stand_in(void) {}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(stub / "libcuda.so.1"), str(stub / "s.c")],
+                   check=True)
+    monkeypatch.setattr(drv, "library_dirs", lambda: [str(stub)])
+    _cache_at(monkeypatch, tmp_path / "cache")
+    sigs = [_SIG, {"a": "*fp16", "n": "i64"}, {"q": "*i8", "n": "i32", "m": "i32", "B": "constexpr"}]
+    specs = [kc.launcher_spec(s, None, drv.make_launcher({}, s, None)) for s in sigs]
+    counts = kc.build_launchers(specs, workers=3)
+    assert (counts["built"], counts["failed"], counts["mismatch"]) == (3, 0, 0), counts
+    name = f"__triton_launcher{sysconfig.get_config_var('EXT_SUFFIX')}"
+    for s in sigs:
+        key = hashlib.sha256((drv.make_launcher({}, s, None) + platform_key()).encode()).hexdigest()
+        so = get_cache_manager(key).get_file(name)
+        assert so is not None and Path(so).read_bytes()[:4] == b"\x7fELF"
+        if shutil.which("nm"):  # a Python extension: it exports the module's init function
+            nm = subprocess.run(["nm", "-D", so], capture_output=True, text=True, check=True)
+            assert "PyInit___triton_launcher" in nm.stdout
+    assert kc.build_launchers(specs)["present"] == 3
