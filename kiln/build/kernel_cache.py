@@ -130,7 +130,10 @@ def start_recording() -> None:
 
         def recording_make_launcher(constants, signature, tensordesc_meta):
             src = original(constants, signature, tensordesc_meta)
-            spec = launcher_spec(signature, tensordesc_meta, src)
+            try:
+                spec = launcher_spec(signature, tensordesc_meta, src)
+            except Exception:  # noqa: BLE001 - never let the recording break a launch
+                spec = None
             if spec is not None and spec not in _Recorder.launchers:
                 _Recorder.launchers.append(spec)
             return src
