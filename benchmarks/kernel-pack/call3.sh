@@ -34,8 +34,8 @@ lat() {  # lat NAME MODE [LAUNCHERS]: a fresh empty Triton cache each time
     --no-progress --json $OUT/$1.json 2>&1 | grep -v Warning | tail -5 >> $LOG
   echo "$1 at $((SECONDS - T0)) s: $(ls $c | wc -l) cache entries; $(grep -h startup $LOG | tail -1)" | tee -a $LOG
 }
-lat fresh_none 0
 lat fresh_kernels 1
 lat fresh_kernels_lazy 1 0
 lat fresh_all all
+lat fresh_none 0
 tail -24 $LOG
