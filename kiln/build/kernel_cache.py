@@ -134,7 +134,10 @@ def start_recording() -> None:
                 spec = launcher_spec(signature, tensordesc_meta, src)
             except Exception:  # noqa: BLE001 - never let the recording break a launch
                 spec = None
-            if spec is not None and spec not in _Recorder.launchers:
+            # one spec per C source: signatures that differ only in what their pointers point
+            # to make the same launcher (Triton caches it by the hash of its source)
+            if spec is not None and all(spec["src_sha256"] != r["src_sha256"]
+                                        for r in _Recorder.launchers):
                 _Recorder.launchers.append(spec)
             return src
 
@@ -289,6 +292,10 @@ def build_launchers(specs: list[dict[str, Any]], workers: int | None = None) -> 
             logger.debug("launcher not built here: %s: %s", type(exc).__name__, exc)
             return "failed"
 
+    unique = {}
+    for spec in specs:  # a pack records each source once; never compile one twice at a time
+        unique.setdefault(spec.get("src_sha256") if isinstance(spec, dict) else id(spec), spec)
+    specs = list(unique.values())
     if specs:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-launcher") as pool:
             for result in pool.map(one, specs):

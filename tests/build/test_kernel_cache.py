@@ -273,6 +273,8 @@ def test_launcher_specs_are_data_and_regenerate_the_same_source(monkeypatch):
         assert drv.make_launcher is not original
         src = drv.make_launcher({}, _SIG, None)  # what CudaLauncher does for each kernel
         drv.make_launcher({}, _SIG, None)  # the same signature again: recorded once
+        other = dict(_SIG, x_ptr="*fp16")  # pointers are pointers to a launcher: the same source
+        assert drv.make_launcher({}, other, None) == src
     finally:
         kc.stop_recording()
     assert drv.make_launcher is original  # restored
@@ -332,6 +334,7 @@ def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkey
     found = get_cache_manager(key).get_file(name)  # where CudaLauncher looks
     assert found and Path(found).read_bytes() == b"\x7fELF built here" and Path(found).parent.parent == b
     assert kc.build_launchers([spec])["present"] == 1 and len(compiled) == 1  # never twice
+    assert kc.build_launchers([spec, dict(spec)])["present"] == 1  # one source, looked at once
     monkeypatch.setenv("KILN_ENGINE_LAUNCHERS", "0")  # the lazy way, as Triton alone does
     c = _cache_at(monkeypatch, tmp_path / "c")
     done = kc.install_engine_kernels(info, "cuda")
