@@ -39,6 +39,8 @@ after the files they name.
 from __future__ import annotations
 
 import gc
+import hashlib
+import importlib
 import io
 import json
 import logging
@@ -46,8 +48,12 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tarfile
+import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -99,7 +105,7 @@ class _Recorder:
     the host-side launchers it made (launcher_spec of each, in order)."""
 
     keys: list[str] = []
-    launchers: list[dict[str, Any]] = []
+    launchers: dict[str, dict[str, Any]] = {}  # by src_sha256: one spec per C source
     make_launcher: Any = None
 
     @classmethod
@@ -121,7 +127,7 @@ def start_recording() -> None:
     from triton import knobs
 
     _Recorder.keys = []
-    _Recorder.launchers = []
+    _Recorder.launchers = {}
     knobs.cache.manager_class = _Recorder.manager_class()
     drv = _nvidia_driver()
     if drv is not None and _Recorder.make_launcher is None:
@@ -136,9 +142,8 @@ def start_recording() -> None:
                 spec = None
             # one spec per C source: signatures that differ only in what their pointers point
             # to make the same launcher (Triton caches it by the hash of its source)
-            if spec is not None and all(spec["src_sha256"] != r["src_sha256"]
-                                        for r in _Recorder.launchers):
-                _Recorder.launchers.append(spec)
+            if spec is not None:
+                _Recorder.launchers.setdefault(spec["src_sha256"], spec)
             return src
 
         drv.make_launcher = recording_make_launcher
@@ -163,7 +168,7 @@ def stop_recording() -> list[str]:
 
 def recorded_launchers() -> list[dict[str, Any]]:
     """The launcher specs (launcher_spec) recorded by the last start_recording..stop_recording."""
-    return list(_Recorder.launchers)
+    return list(_Recorder.launchers.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +217,6 @@ def launcher_spec(signature: dict, tensordesc_meta: Any, src: str) -> dict[str, 
     """A launcher as data: its signature's type names in order, which tensor-descriptor arguments
     were lowered to TMA descriptors, and the sha256 of the C source Triton made of them (None
     when the signature holds anything but type names)."""
-    import hashlib
-
     try:
         types = [_sig_to_json(v) for v in signature.values()]
     except ValueError:
@@ -226,8 +229,6 @@ def launcher_source(spec: dict[str, Any]) -> str | None:
     """This machine's Triton's C source for the launcher ``spec``, or None when the spec is
     malformed or the source differs from the one recorded (another Triton, or a launcher that
     depends on more than its signature)."""
-    import hashlib
-
     drv = _nvidia_driver()
     if drv is None or not isinstance(spec, dict):
         return None
@@ -248,13 +249,8 @@ def build_launcher(spec: dict[str, Any]) -> str:
     """Compile one recorded launcher into this process's Triton cache, where Triton looks for it
     when the kernel first runs. Returns ``built``, ``present`` or ``mismatch`` (not built: the
     source this Triton makes from the spec is not the recorded one). Raises if the compiler fails."""
-    import sysconfig
-    import tempfile
-
     from triton.runtime.build import _build, platform_key
     from triton.runtime.cache import get_cache_manager
-
-    import hashlib
 
     src = launcher_source(spec)
     if src is None:
@@ -279,8 +275,6 @@ def build_launcher(spec: dict[str, Any]) -> str:
 def build_launchers(specs: list[dict[str, Any]], workers: int | None = None) -> dict[str, Any]:
     """build_launcher for every spec, ``workers`` at a time (default: the CPU count, at most 16).
     Returns counts of built, present, mismatch and failed, and the seconds taken; never raises."""
-    from concurrent.futures import ThreadPoolExecutor
-
     started = time.perf_counter()
     counts = {"built": 0, "present": 0, "mismatch": 0, "failed": 0}
     workers = workers or max(1, min(16, os.cpu_count() or 1))
@@ -311,9 +305,6 @@ def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | N
     """build_launchers in a background thread (the weights load meanwhile); wait_launcher_build
     joins it; its counts also land in ``report["launchers"]``. A kernel that runs before its
     launcher is ready compiles it itself, as Triton does."""
-    import importlib
-    import threading
-
     for module in ("triton.runtime.build", "triton.runtime.cache"):  # here, not first in the thread
         importlib.import_module(module)
     _nvidia_driver()
@@ -530,14 +521,15 @@ def install_engine_kernels(info: dict[str, Any], device: torch.device | str) -> 
             specs = read_launchers(pack)
         except (OSError, tarfile.TarError, EOFError):
             specs = []
+        if os.environ.get("KILN_ENGINE_LAUNCHERS", "1").strip() == "0":
+            specs = []
         counts["launchers_building"] = len(specs)
-        if specs and os.environ.get("KILN_ENGINE_LAUNCHERS", "1").strip() != "0":
+        if specs:
             start_launcher_build(specs, report=counts)
             logger.info("%d host-side kernel launchers compiling here in the background (the "
                         "build machine's native code is installed only with %s=all)",
                         len(specs), _DISABLE_ENV)
         else:
-            counts["launchers_building"] = 0
             logger.info("%d host-side kernel launchers (native code from the build machine) left "
                         "to compile at first use; %s=all installs them, for engines you trust",
                         counts["host_code_skipped"], _DISABLE_ENV)
