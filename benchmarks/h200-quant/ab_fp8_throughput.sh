@@ -4,7 +4,8 @@
 # 8ba40d7, the tree of run-w call 4 that gave 32,126 / 32,236) on one machine. Each tree builds
 # its own engine (fp8, fp8 LM head, no step tuning, --max-batch-size 1024), then
 # `kiln bench throughput` alternates old, new, old, new with an fp8 KV cache and 32,768-token steps.
-# The old kiln package comes from the device copy's git history (git archive).
+# The old kiln package comes from the device copy's git history (git archive), or from OLD_SRC:
+# made here by `git archive 8ba40d7 kiln | tar -x -C .old-kiln` (demo weights excluded), carried.
 #   bash benchmarks/h200-quant/ab_fp8_throughput.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
@@ -16,7 +17,11 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $card; old tree $OLD" | tee -a $LOG
 case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
 rm -rf /tmp/old-kiln && mkdir -p /tmp/old-kiln
-git archive $OLD kiln | tar -x -C /tmp/old-kiln || { echo "no tree $OLD here" | tee -a $LOG; exit 1; }
+if [ -n "${OLD_SRC:-}" ]; then  # the old kiln package, carried (the device copy may have no git history)
+  cp -r $OLD_SRC/kiln /tmp/old-kiln/ || exit 1
+else
+  git archive $OLD kiln | tar -x -C /tmp/old-kiln || { echo "no tree $OLD here" | tee -a $LOG; exit 1; }
+fi
 M=/tmp/llama-3-8b
 [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
 echo "model ready at $((SECONDS - T0)) s" | tee -a $LOG

@@ -27,8 +27,8 @@ compiles with the system compiler and imports into the process; the pack holds t
 loading an engine does not install them unless ``KILN_ENGINE_KERNELS=all``: they are native code
 the build machine made, and an engine directory, like a checkpoint, should be data. The pack
 records each launcher as data instead (its signature's type names and the hash of its C source),
-and the loading machine's own Triton makes and compiles them, in parallel in the background
-while the weights load, rather than one by one at each kernel's first launch
+and the loading machine's own Triton makes and compiles them (kiln.build.launchers), in parallel
+in the background while the weights load, rather than one by one at each kernel's first launch
 (``KILN_ENGINE_LAUNCHERS=0`` leaves them to that).
 
 Group files (``__grp__*.json``) hold absolute paths of their entry's files on the machine that
@@ -39,8 +39,6 @@ after the files they name.
 from __future__ import annotations
 
 import gc
-import hashlib
-import importlib
 import io
 import json
 import logging
@@ -48,17 +46,16 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import tarfile
-import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from kiln.build.launchers import MEMBER as LAUNCHERS_MEMBER
+from kiln.build.launchers import record_into, start_launcher_build
+from kiln.build.launchers import stop_recording as stop_recording_launchers
 from kiln.build.gpu_target import device_target
 from kiln.errors import KilnError
 
@@ -102,11 +99,10 @@ def triton_cache_dir() -> Path:
 
 class _Recorder:
     """Which cache keys a process looked up while recording (keys of Triton's cache manager), and
-    the host-side launchers it made (launcher_spec of each, in order)."""
+    the host-side launchers it made (kiln.build.launchers.launcher_spec of each, by source hash)."""
 
     keys: list[str] = []
-    launchers: dict[str, dict[str, Any]] = {}  # by src_sha256: one spec per C source
-    make_launcher: Any = None
+    launchers: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def manager_class(cls):
@@ -129,24 +125,7 @@ def start_recording() -> None:
     _Recorder.keys = []
     _Recorder.launchers = {}
     knobs.cache.manager_class = _Recorder.manager_class()
-    drv = _nvidia_driver()
-    if drv is not None and _Recorder.make_launcher is None:
-        original = drv.make_launcher
-        _Recorder.make_launcher = original
-
-        def recording_make_launcher(constants, signature, tensordesc_meta):
-            src = original(constants, signature, tensordesc_meta)
-            try:
-                spec = launcher_spec(signature, tensordesc_meta, src)
-            except Exception:  # noqa: BLE001 - never let the recording break a launch
-                spec = None
-            # one spec per C source: signatures that differ only in what their pointers point
-            # to make the same launcher (Triton caches it by the hash of its source)
-            if spec is not None:
-                _Recorder.launchers.setdefault(spec["src_sha256"], spec)
-            return src
-
-        drv.make_launcher = recording_make_launcher
+    record_into(_Recorder.launchers)
 
 
 def stop_recording() -> list[str]:
@@ -158,10 +137,7 @@ def stop_recording() -> list[str]:
         del knobs.cache.manager_class
     except (AttributeError, KeyError):
         pass
-    drv = _nvidia_driver()
-    if drv is not None and _Recorder.make_launcher is not None:
-        drv.make_launcher = _Recorder.make_launcher
-        _Recorder.make_launcher = None
+    stop_recording_launchers()
     keys, _Recorder.keys = list(_Recorder.keys), []
     return keys
 
@@ -169,169 +145,6 @@ def stop_recording() -> list[str]:
 def recorded_launchers() -> list[dict[str, Any]]:
     """The launcher specs (launcher_spec) recorded by the last start_recording..stop_recording."""
     return list(_Recorder.launchers.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# host-side launchers: recorded as data, compiled by the loading machine's own Triton
-#
-# Triton compiles one small C module per kernel signature (its "launcher") with the system C
-# compiler when a kernel first runs, one after another, and caches it by the hash of its C source.
-# The pack does not make the loading machine import launchers the build machine compiled (unless
-# KILN_ENGINE_KERNELS=all). Instead it records each launcher's signature (plain type names such as
-# "*bf16" or "i32") and the sha256 of the C source Triton generated from it; at load, this
-# machine's Triton generates the source again from the signature, and only if its hash is the
-# recorded one, compiles it, several at a time in the background while the weights load, into the
-# cache entry Triton itself would have made at the kernel's first launch.
-
-_LAUNCHERS_MEMBER = "launchers.json"
-_LAUNCHER_NAME = "__triton_launcher"
-_SIG_TYPE_RE = re.compile(r"^[A-Za-z0-9_*<>\[\], ]{1,80}$")
-
-
-def _nvidia_driver():
-    """Triton's NVIDIA backend driver module (None where this Triton has none)."""
-    try:
-        from triton.backends.nvidia import driver
-    except Exception:  # noqa: BLE001 - any import failure means: nothing to record or build
-        return None
-    return driver if hasattr(driver, "make_launcher") else None
-
-
-def _sig_to_json(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_sig_to_json(v) for v in value]
-    if isinstance(value, str) and _SIG_TYPE_RE.match(value):
-        return value
-    raise ValueError(f"unexpected signature entry {value!r}")
-
-
-def _sig_from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_sig_from_json(v) for v in value)
-    if isinstance(value, str) and _SIG_TYPE_RE.match(value):
-        return value
-    raise ValueError(f"unexpected signature entry {value!r}")
-
-
-def launcher_spec(signature: dict, tensordesc_meta: Any, src: str) -> dict[str, Any] | None:
-    """A launcher as data: its signature's type names in order, which tensor-descriptor arguments
-    were lowered to TMA descriptors, and the sha256 of the C source Triton made of them (None
-    when the signature holds anything but type names)."""
-    try:
-        types = [_sig_to_json(v) for v in signature.values()]
-    except ValueError:
-        return None
-    tma = None if tensordesc_meta is None else [m is not None for m in tensordesc_meta]
-    return {"signature": types, "tma": tma, "src_sha256": hashlib.sha256(src.encode()).hexdigest()}
-
-
-def launcher_source(spec: dict[str, Any]) -> str | None:
-    """This machine's Triton's C source for the launcher ``spec``, or None when the spec is
-    malformed or the source differs from the one recorded (another Triton, or a launcher that
-    depends on more than its signature)."""
-    drv = _nvidia_driver()
-    if drv is None or not isinstance(spec, dict):
-        return None
-    make = _Recorder.make_launcher or drv.make_launcher
-    try:
-        signature = {i: _sig_from_json(v) for i, v in enumerate(spec["signature"])}
-        tma = spec.get("tma")
-        meta = None if tma is None else [{} if flag else None for flag in tma]
-        src = make({}, signature, meta)
-    except Exception:  # noqa: BLE001 - a spec this Triton cannot turn into a launcher
-        return None
-    if hashlib.sha256(src.encode()).hexdigest() != spec.get("src_sha256"):
-        return None
-    return src
-
-
-def build_launcher(spec: dict[str, Any]) -> str:
-    """Compile one recorded launcher into this process's Triton cache, where Triton looks for it
-    when the kernel first runs. Returns ``built``, ``present`` or ``mismatch`` (not built: the
-    source this Triton makes from the spec is not the recorded one). Raises if the compiler fails."""
-    from triton.runtime.build import _build, platform_key
-    from triton.runtime.cache import get_cache_manager
-
-    src = launcher_source(spec)
-    if src is None:
-        return "mismatch"
-    drv = _nvidia_driver()
-    key = hashlib.sha256((src + platform_key()).encode("utf-8")).hexdigest()
-    cache = get_cache_manager(key)
-    filename = f"{_LAUNCHER_NAME}{sysconfig.get_config_var('EXT_SUFFIX')}"
-    if cache.get_file(filename) is not None:
-        return "present"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, _LAUNCHER_NAME + ".c")
-        with open(path, "w") as f:
-            f.write(src)
-        so = _build(_LAUNCHER_NAME, path, tmp, drv.library_dirs(), drv.include_dirs,
-                    drv.libraries, [])
-        with open(so, "rb") as f:
-            cache.put(f.read(), filename, binary=True)
-    return "built"
-
-
-def build_launchers(specs: list[dict[str, Any]], workers: int | None = None) -> dict[str, Any]:
-    """build_launcher for every spec, ``workers`` at a time (default: the CPU count, at most 16).
-    Returns counts of built, present, mismatch and failed, and the seconds taken; never raises."""
-    started = time.perf_counter()
-    counts = {"built": 0, "present": 0, "mismatch": 0, "failed": 0}
-    workers = workers or max(1, min(16, os.cpu_count() or 1))
-
-    def one(spec):
-        try:
-            return build_launcher(spec)
-        except Exception as exc:  # noqa: BLE001 - the kernel's first launch compiles it instead
-            logger.debug("launcher not built here: %s: %s", type(exc).__name__, exc)
-            return "failed"
-
-    unique = {}
-    for spec in specs:  # a pack records each source once; never compile one twice at a time
-        unique.setdefault(spec.get("src_sha256") if isinstance(spec, dict) else id(spec), spec)
-    specs = list(unique.values())
-    if specs:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-launcher") as pool:
-            for result in pool.map(one, specs):
-                counts[result] += 1
-    counts["seconds"] = round(time.perf_counter() - started, 3)
-    return counts
-
-
-_builds: list[tuple[Any, dict[str, Any]]] = []  # (thread, its result once done), newest last
-
-
-def start_launcher_build(specs: list[dict[str, Any]], report: dict[str, Any] | None = None) -> None:
-    """build_launchers in a background thread (the weights load meanwhile); wait_launcher_build
-    joins it; its counts also land in ``report["launchers"]``. A kernel that runs before its
-    launcher is ready compiles it itself, as Triton does."""
-    for module in ("triton.runtime.build", "triton.runtime.cache"):  # here, not first in the thread
-        importlib.import_module(module)
-    _nvidia_driver()
-    result: dict[str, Any] = {}
-
-    def run():
-        counts = build_launchers(specs)
-        result.update(counts)
-        if report is not None:
-            report["launchers"] = counts
-        logger.info("kernel launchers: %d compiled here in %.2f s (%d already cached, %d not "
-                    "reproducible, %d failed)", counts["built"], counts["seconds"],
-                    counts["present"], counts["mismatch"], counts["failed"])
-
-    thread = threading.Thread(target=run, name="kiln-launchers", daemon=False)
-    _builds.append((thread, result))
-    thread.start()
-
-
-def wait_launcher_build(timeout: float | None = None) -> dict[str, Any] | None:
-    """Wait for the newest background launcher build (start_launcher_build); its counts, or None
-    when there was none or it is still running."""
-    if not _builds:
-        return None
-    thread, result = _builds[-1]
-    thread.join(timeout)
-    return dict(result) if result else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +171,7 @@ def pack_entries(cache_dir: str | Path, keys: Iterable[str], out: str | Path,
     launchers = list(launchers or [])
     with tarfile.open(out, "w:gz", compresslevel=6) as tar:
         data = json.dumps(launchers).encode()
-        info = tarfile.TarInfo(_LAUNCHERS_MEMBER)
+        info = tarfile.TarInfo(LAUNCHERS_MEMBER)
         info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
         tar.addfile(info, io.BytesIO(data))
         for key in keys:
@@ -388,7 +201,7 @@ def read_launchers(pack: str | Path) -> list[dict[str, Any]]:
     """The launcher specs a pack records (empty for a pack without them or a malformed list)."""
     with tarfile.open(pack, "r:gz") as tar:
         for member in tar:
-            if member.name == _LAUNCHERS_MEMBER and member.isfile():
+            if member.name == LAUNCHERS_MEMBER and member.isfile():
                 f = tar.extractfile(member)
                 try:
                     specs = json.loads(f.read()) if f is not None else []
@@ -427,7 +240,7 @@ def install_pack(pack: str | Path, cache_dir: str | Path, host_code: bool = Fals
     skipped = 0
     with tarfile.open(pack, "r:gz") as tar:
         for member in tar:
-            if member.name == _LAUNCHERS_MEMBER:
+            if member.name == LAUNCHERS_MEMBER:
                 continue  # read_launchers
             parts = member.name.split("/")
             if (not member.isfile() or len(parts) != 2 or not _KEY_RE.match(parts[0])

@@ -1,4 +1,5 @@
-"""The engine's packed Triton kernels (kiln.build.kernel_cache), on the CPU.
+"""The engine's packed Triton kernels (kiln.build.kernel_cache) and the launchers recorded with
+them (kiln.build.launchers), on the CPU.
 
 Triton's own cache manager writes the entries here exactly as a compilation does (files through
 ``put``, then the group file naming them), so the round trip is checked against the code that
@@ -20,6 +21,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from kiln.build import kernel_cache as kc  # noqa: E402
+from kiln.build import launchers as kl  # noqa: E402
 
 
 def _cache_at(monkeypatch, path: Path) -> Path:
@@ -281,13 +283,17 @@ def test_launcher_specs_are_data_and_regenerate_the_same_source(monkeypatch):
     specs = kc.recorded_launchers()
     assert len(specs) == 1 and json.loads(json.dumps(specs)) == specs
     assert specs[0]["signature"] == ["*bf16", "*fp8e4nv", "i32", "fp32", ["i64", "*fp32"], "constexpr"]
-    assert kc.launcher_source(specs[0]) == src
+    assert kl.launcher_source(specs[0]) == src
     tampered = dict(specs[0], src_sha256="0" * 64)
-    assert kc.launcher_source(tampered) is None
-    assert kc.build_launcher(tampered) == "mismatch"
+    assert kl.launcher_source(tampered) is None
+    assert kl.build_launcher(tampered) == "mismatch"
     for bad in (["*bf16; system(\"x\")"], ["i32", {"not": "a type"}], "i32", None):
-        assert kc.launcher_source(dict(specs[0], signature=bad)) is None
-    assert kc.launcher_spec({"a": "*bf16", "b": object()}, None, src) is None
+        assert kl.launcher_source(dict(specs[0], signature=bad)) is None
+    assert kl.launcher_spec({"a": "*bf16", "b": object()}, None, src) is None
+    kc.start_recording()
+    kc.start_recording()  # started twice: one stop still gives Triton back its own
+    kc.stop_recording()
+    assert drv.make_launcher is original
 
 
 def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkeypatch, fake_cuda):
@@ -315,7 +321,7 @@ def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkey
     kernel, _ = _compile_like(_hash(1), "k")
     launcher = _launcher_like(_hash(2))
     src = drv.make_launcher({}, _SIG, None)
-    spec = kc.launcher_spec(_SIG, None, src)
+    spec = kl.launcher_spec(_SIG, None, src)
     (tmp_path / "engine").mkdir()
     pack = tmp_path / "engine" / kc.PACK_FILE
     summary = kc.pack_entries(a, [kernel, launcher], pack, [spec])
@@ -326,15 +332,15 @@ def test_launchers_compile_here_from_the_pack_in_the_background(tmp_path, monkey
     b = _cache_at(monkeypatch, tmp_path / "b")
     done = kc.install_engine_kernels(info, "cuda")
     assert done["skipped"] == 0 and done["launchers_building"] == 1
-    counts = kc.wait_launcher_build(timeout=60)
+    counts = kl.wait_launcher_build(timeout=60)
     assert counts["built"] == 1 and counts["failed"] == 0 and done["launchers"] == counts
     assert compiled == [src]
     key = hashlib.sha256((src + tbuild.platform_key()).encode()).hexdigest()
     name = f"__triton_launcher{sysconfig.get_config_var('EXT_SUFFIX')}"
     found = get_cache_manager(key).get_file(name)  # where CudaLauncher looks
     assert found and Path(found).read_bytes() == b"\x7fELF built here" and Path(found).parent.parent == b
-    assert kc.build_launchers([spec])["present"] == 1 and len(compiled) == 1  # never twice
-    assert kc.build_launchers([spec, dict(spec)])["present"] == 1  # one source, looked at once
+    assert kl.build_launchers([spec])["present"] == 1 and len(compiled) == 1  # never twice
+    assert kl.build_launchers([spec, dict(spec)])["present"] == 1  # one source, looked at once
     monkeypatch.setenv("KILN_ENGINE_LAUNCHERS", "0")  # the lazy way, as Triton alone does
     c = _cache_at(monkeypatch, tmp_path / "c")
     done = kc.install_engine_kernels(info, "cuda")
@@ -362,8 +368,8 @@ def test_launchers_really_compile_in_parallel_with_the_system_compiler(tmp_path,
     monkeypatch.setattr(drv, "library_dirs", lambda: [str(stub)])
     _cache_at(monkeypatch, tmp_path / "cache")
     sigs = [_SIG, {"a": "*fp16", "n": "i64"}, {"q": "*i8", "n": "i32", "m": "i32", "B": "constexpr"}]
-    specs = [kc.launcher_spec(s, None, drv.make_launcher({}, s, None)) for s in sigs]
-    counts = kc.build_launchers(specs, workers=3)
+    specs = [kl.launcher_spec(s, None, drv.make_launcher({}, s, None)) for s in sigs]
+    counts = kl.build_launchers(specs, workers=3)
     assert (counts["built"], counts["failed"], counts["mismatch"]) == (3, 0, 0), counts
     name = f"__triton_launcher{sysconfig.get_config_var('EXT_SUFFIX')}"
     for s in sigs:
@@ -373,4 +379,4 @@ def test_launchers_really_compile_in_parallel_with_the_system_compiler(tmp_path,
         if shutil.which("nm"):  # a Python extension: it exports the module's init function
             nm = subprocess.run(["nm", "-D", so], capture_output=True, text=True, check=True)
             assert "PyInit___triton_launcher" in nm.stdout
-    assert kc.build_launchers(specs)["present"] == 3
+    assert kl.build_launchers(specs)["present"] == 3

@@ -33,7 +33,7 @@ after_startup = sorted(p.name for p in cache.iterdir() if p.is_dir() and any(
 kernels = sorted(p.parent.name for p in cache.glob("*/__grp__*.json"))
 sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 out = llm.generate([{"prompt_token_ids": list(range(3, 40))}], sp)
-from kiln.build.kernel_cache import wait_launcher_build
+from kiln.build.launchers import wait_launcher_build
 wait_launcher_build(timeout=120)
 print(json.dumps({"after_startup": after_startup, "kernels": kernels, "startup_s": startup,
                   "install": llm.engine.engine_info.get("kernel_cache_install"),
