@@ -7,6 +7,7 @@
 # The old kiln package comes from the device copy's git history (git archive), or from OLD_SRC:
 # made here by `git archive 8ba40d7 kiln | tar -x -C .old-kiln` (demo weights excluded), carried.
 #   bash benchmarks/h200-quant/ab_fp8_throughput.sh     (OUT set by the device tool)
+OUT=$(cd "${OUT:-/tmp/out}" 2>/dev/null && pwd || { mkdir -p /tmp/out; echo /tmp/out; })
 export PYTHONUNBUFFERED=1 OUT
 T0=$SECONDS
 B=${B:-480}
@@ -26,17 +27,24 @@ M=/tmp/llama-3-8b
 [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
 echo "model ready at $((SECONDS - T0)) s" | tee -a $LOG
 BA="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress"
-PYTHONPATH=/tmp/old-kiln timeout $(left 330) python3 -m kiln.cli build $M --output /tmp/e-old $BA 2>&1 | grep -v Warning | tail -3 >> $LOG
+# Each tree runs from its own directory: `python3 -m` puts the working directory ahead of
+# PYTHONPATH, so the old tree run from this checkout's root would import this checkout's kiln
+# (the first run of this script, 2026-12-07, compared this tree with itself that way).
+NEW=$PWD
+for P in /tmp/old-kiln $NEW; do
+  (cd $P && PYTHONPATH=$P python3 -c "import kiln; print('kiln from', kiln.__file__)") | tee -a $LOG
+done
+(cd /tmp/old-kiln && PYTHONPATH=/tmp/old-kiln timeout $(left 330) python3 -m kiln.cli build $M --output /tmp/e-old $BA 2>&1 | grep -v Warning | tail -3 >> $LOG)
 echo "old build at $((SECONDS - T0)) s" | tee -a $LOG
-PYTHONPATH=$PWD timeout $(left 230) python3 -m kiln.cli build $M --output /tmp/e-new $BA --no-kernel-cache 2>&1 | grep -v Warning | tail -3 >> $LOG
+PYTHONPATH=$NEW timeout $(left 230) python3 -m kiln.cli build $M --output /tmp/e-new $BA --no-kernel-cache 2>&1 | grep -v Warning | tail -3 >> $LOG
 echo "new build at $((SECONDS - T0)) s" | tee -a $LOG
 for i in 1 2; do
   for T in old new; do
     t=$(left 5); [ $t -lt 50 ] && { echo "skip $T $i ($t s left)" | tee -a $LOG; continue; }
-    P=$PWD; [ $T = old ] && P=/tmp/old-kiln
-    PYTHONPATH=$P timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model /tmp/e-$T \
+    P=$NEW; [ $T = old ] && P=/tmp/old-kiln
+    (cd $P && PYTHONPATH=$P timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model /tmp/e-$T \
       --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype fp8 \
-      --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_${T}_$i.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG
+      --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_${T}_$i.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG)
     echo "$T $i at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
   done
 done
