@@ -14,6 +14,7 @@ B=${B:-480}
 OLD=${OLD:-8ba40d7}
 LOG=$OUT/ab_fp8_throughput.log
 left() { echo $((B - $1 - SECONDS + T0)); }
+atleast() { [ $1 -lt $2 ] && echo $2 || echo $1; }  # a build's limit: what is left, but not below $2
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $card; old tree $OLD" | tee -a $LOG
 case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
@@ -34,9 +35,9 @@ NEW=$PWD
 for P in /tmp/old-kiln $NEW; do
   (cd $P && PYTHONPATH=$P python3 -c "import kiln; print('kiln from', kiln.__file__)") | tee -a $LOG
 done
-(cd /tmp/old-kiln && PYTHONPATH=/tmp/old-kiln timeout $(left 330) python3 -m kiln.cli build $M --output /tmp/e-old $BA 2>&1 | grep -v Warning | tail -3 >> $LOG)
+(cd /tmp/old-kiln && PYTHONPATH=/tmp/old-kiln timeout $(atleast $(left 330) 60) python3 -m kiln.cli build $M --output /tmp/e-old $BA 2>&1 | grep -v Warning | tail -3 >> $LOG)
 echo "old build at $((SECONDS - T0)) s" | tee -a $LOG
-PYTHONPATH=$NEW timeout $(left 230) python3 -m kiln.cli build $M --output /tmp/e-new $BA --no-kernel-cache 2>&1 | grep -v Warning | tail -3 >> $LOG
+PYTHONPATH=$NEW timeout $(atleast $(left 230) 60) python3 -m kiln.cli build $M --output /tmp/e-new $BA --no-kernel-cache 2>&1 | grep -v Warning | tail -3 >> $LOG
 echo "new build at $((SECONDS - T0)) s" | tee -a $LOG
 for i in 1 2; do
   for T in old new; do
