@@ -4,7 +4,7 @@
 # the older tree's kiln package, made with git archive).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/run.log"
 M=/tmp/llama-3-8b
 [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda
@@ -17,7 +17,8 @@ if [ -d "$OLD/kiln" ]; then
     for T in old new; do
       P=$PWD; [ $T = old ] && P=$PWD/$OLD
       echo "== b1 $T ($i)" | tee -a "$LOG"
-      PYTHONPATH=$P timeout 120 python3 -m kiln.cli bench latency --model $M --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/b1_${T}_$i.json" 2>&1 | grep -E "TPOT" | tee -a "$LOG"
+      # from the tree's own directory: python3 -m puts the working directory ahead of PYTHONPATH
+      (cd $P && PYTHONPATH=$P timeout 120 python3 -m kiln.cli bench latency --model $M --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --num-iters-warmup 1 --no-progress --json "$OUT/b1_${T}_$i.json" 2>&1 | grep -E "TPOT" | tee -a "$LOG")
     done
   done
 fi
