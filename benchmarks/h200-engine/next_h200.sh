@@ -6,12 +6,9 @@
 # 2. #5's workload on the bf16 checkpoint with a bf16 and an fp8 KV cache (bf16_kv_ab.sh);
 # 3. the whole GPU suite, eight processes.
 #   OLD_SRC=$PWD/.old-kiln bash benchmarks/h200-engine/next_h200.sh     (OUT set by the device tool)
-OUT=$(cd "${OUT:-/tmp/out}" 2>/dev/null && pwd || { mkdir -p /tmp/out; echo /tmp/out; })
-export OUT
-T0=$SECONDS
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+. benchmarks/device_env.sh
 echo "card: $card" | tee $OUT/next_h200.log
-case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
+h200_only
 ANY_CARD=1 B=240 bash benchmarks/h200-quant/ab_fp8_throughput.sh > /dev/null 2>&1
 echo "fp8 A/B done at $((SECONDS - T0)) s" | tee -a $OUT/next_h200.log
 B=150 bash benchmarks/h200-engine/bf16_kv_ab.sh > /dev/null 2>&1

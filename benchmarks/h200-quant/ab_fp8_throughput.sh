@@ -7,17 +7,13 @@
 # The old kiln package comes from the device copy's git history (git archive), or from OLD_SRC:
 # made here by `git archive 8ba40d7 kiln | tar -x -C .old-kiln` (demo weights excluded), carried.
 #   bash benchmarks/h200-quant/ab_fp8_throughput.sh     (OUT set by the device tool)
-OUT=$(cd "${OUT:-/tmp/out}" 2>/dev/null && pwd || { mkdir -p /tmp/out; echo /tmp/out; })
-export PYTHONUNBUFFERED=1 OUT
-T0=$SECONDS
+. benchmarks/device_env.sh
 B=${B:-480}
 OLD=${OLD:-8ba40d7}
 LOG=$OUT/ab_fp8_throughput.log
-left() { echo $((B - $1 - SECONDS + T0)); }
 atleast() { [ $1 -lt $2 ] && echo $2 || echo $1; }  # a build's limit: what is left, but not below $2
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $card; old tree $OLD" | tee -a $LOG
-case $card in *H200*) ;; *) [ "${ANY_CARD:-0}" = 1 ] || { echo "not an H200: stopping"; exit 0; } ;; esac
+h200_only
 rm -rf /tmp/old-kiln && mkdir -p /tmp/old-kiln
 if [ -n "${OLD_SRC:-}" ]; then  # the old kiln package, carried (the device copy may have no git history)
   cp -r $OLD_SRC/kiln /tmp/old-kiln/ || exit 1
