@@ -3,6 +3,7 @@
 # and /tmp/old-kiln still there): more alternating runs of #7's fp8 1000 x 128/128, new first,
 # each tree from its own directory, then fp8 batch 1 on the new engine. B = seconds of budget.
 . benchmarks/device_env.sh
+. benchmarks/h200-quant/tp_run.sh
 LOG=$OUT/ab_fp8_more.log
 echo "card: $card" | tee $LOG
 [ -d /tmp/e-old ] && [ -d /tmp/e-new ] && [ -d /tmp/old-kiln ] || { echo "engines gone" | tee -a $LOG; exit 1; }
@@ -12,12 +13,8 @@ for P in /tmp/old-kiln $NEW; do
 done
 for i in 2 3 4; do
   for T in new old; do
-    t=$(left 45); [ $t -lt 50 ] && { echo "skip $T $i ($t s left)" | tee -a $LOG; continue; }
     P=$NEW; [ $T = old ] && P=/tmp/old-kiln
-    (cd $P && PYTHONPATH=$P timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model /tmp/e-$T \
-      --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype fp8 \
-      --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_${T}_$i.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG)
-    echo "$T $i at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
+    tp_run ${T}_$i $P /tmp/e-$T 45
   done
 done
 t=$(left 0); [ $t -gt 40 ] && PYTHONPATH=$NEW timeout $t python3 -m kiln.cli bench latency --model /tmp/e-new \

@@ -8,6 +8,7 @@
 # made here by `git archive 8ba40d7 kiln | tar -x -C .old-kiln` (demo weights excluded), carried.
 #   bash benchmarks/h200-quant/ab_fp8_throughput.sh     (OUT set by the device tool)
 . benchmarks/device_env.sh
+. benchmarks/h200-quant/tp_run.sh
 B=${B:-480}
 OLD=${OLD:-8ba40d7}
 LOG=$OUT/ab_fp8_throughput.log
@@ -37,12 +38,8 @@ PYTHONPATH=$NEW timeout $(atleast $(left 230) 60) python3 -m kiln.cli build $M -
 echo "new build at $((SECONDS - T0)) s" | tee -a $LOG
 for i in 1 2; do
   for T in old new; do
-    t=$(left 5); [ $t -lt 50 ] && { echo "skip $T $i ($t s left)" | tee -a $LOG; continue; }
     P=$NEW; [ $T = old ] && P=/tmp/old-kiln
-    (cd $P && PYTHONPATH=$P timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model /tmp/e-$T \
-      --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype fp8 \
-      --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_${T}_$i.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG)
-    echo "$T $i at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
+    tp_run ${T}_$i $P /tmp/e-$T 5
   done
 done
 tail -12 $LOG
