@@ -284,15 +284,17 @@ def scaled_mm_supported(x2: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def fp8_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                   bias: torch.Tensor | None, out_dtype: torch.dtype,
-                  fast_accum: bool | None = None) -> torch.Tensor:
+                  fast_accum: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """fp8 W8A8 through torch._scaled_mm with row-wise scales (CUDA, sm89+); x2 [M, K] -> [M, N].
 
     Rows are padded to a multiple of 16 for cuBLASLt/CUTLASS; row-wise scaling returns bfloat16
     (the only output type torch accepts with it), cast to out_dtype afterwards. fast_accum uses
     the tensor cores' reduced-precision fp8 accumulation (None: KILN_FP8_FAST_ACCUM decides).
+    ``out`` [M, N] receives the product (see _scaled_mm_rows).
     """
     xq, sx = quant_per_token(x2, torch.float8_e4m3fn, pad_rows_to=16)
-    return _scaled_mm_rows(xq, sx, x2.shape[0], weight, weight_scale, bias, out_dtype, fast_accum)
+    return _scaled_mm_rows(xq, sx, x2.shape[0], weight, weight_scale, bias, out_dtype, fast_accum,
+                           out)
 
 
 def fp8_fast_accum_enabled() -> bool:
@@ -305,22 +307,32 @@ def fp8_fast_accum_enabled() -> bool:
 
 def _scaled_mm_rows(xq: torch.Tensor, sx: torch.Tensor, m: int, weight: torch.Tensor,
                     weight_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-                    fast_accum: bool | None = None) -> torch.Tensor:
+                    fast_accum: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """torch._scaled_mm of fp8 codes xq [R, K] (R a multiple of 16, scales sx [R, 1]); the first
-    m rows of the product (+ bias) in out_dtype. fast_accum None follows KILN_FP8_FAST_ACCUM."""
+    m rows of the product (+ bias) in out_dtype. fast_accum None follows KILN_FP8_FAST_ACCUM.
+
+    ``out`` [m, N] receives the product: written by the GEMM itself when nothing is left to do
+    after it (no padding rows, bfloat16, the bias fused or absent, contiguous), else copied.
+    """
     if fast_accum is None:
         fast_accum = fp8_fast_accum_enabled()
     fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
-    y = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.float().reshape(1, -1),
-                         bias=fused_bias, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
-    y = y[:m]
+    args = dict(scale_a=sx, scale_b=weight_scale.float().reshape(1, -1), bias=fused_bias,
+                out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+    if (out is not None and xq.shape[0] == m and out_dtype == out.dtype == torch.bfloat16
+            and (bias is None or fused_bias is not None) and out.is_contiguous()
+            and out.shape == (m, weight.shape[0])):
+        return torch._scaled_mm(xq, weight.t(), out=out, **args)
+    y = torch._scaled_mm(xq, weight.t(), **args)[:m]
     if bias is not None and fused_bias is None:
-        return (y.float() + bias.float()).to(out_dtype)
-    return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
+        y = (y.float() + bias.float()).to(out_dtype)
+    elif out_dtype != torch.bfloat16:
+        y = y.to(out_dtype)
+    return y if out is None else out.copy_(y)
 
 
 def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor,
-                             bias: torch.Tensor | None) -> torch.Tensor:
+                             bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
     """fp8_linear of activations their producer already quantized (quant_act.QuantizedRows)."""
     n, k = weight.shape
     if x.shape[-1] != k or x.q.dtype != torch.float8_e4m3fn:
@@ -332,56 +344,77 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
         y = _fp8_product_ref(xq[:m], sx[:m], weight, weight_scale)
         out = (y if bias is None else y + bias.float()).to(x.dtype)
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
-        out = _scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype)
+        return _into(_scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype,
+                                     out=_rows_of(out, m, n)), x, n, out)
     elif m == 1 and ring_fp8_enabled() and ring_fp8_ok(xq[:1], sx, weight, weight_scale):
-        out = ring_fp8_gemv(xq[:1], sx, weight, weight_scale, bias, x.dtype)
+        y = ring_fp8_gemv(xq[:1], sx, weight, weight_scale, bias, x.dtype)
     elif tc_gemv_enabled("fp8") and tc_gemv_ok(xq[:m], weight):
-        out = tc_gemv(xq[:m], sx[:m], weight.contiguous(), weight_scale.float().contiguous(), bias,
-                      x.dtype)
+        y = tc_gemv(xq[:m], sx[:m], weight.contiguous(), weight_scale.float().contiguous(), bias,
+                    x.dtype)
     else:
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
-        out = launch(xq[:m], weight.contiguous(), weight_scale.float().contiguous(), 0, KTILE_8BIT,
-                     W_FP8, bias, x.dtype, path, x_scales=sx[:m])
-    return out.reshape(*x.shape[:-1], n)
+        y = launch(xq[:m], weight.contiguous(), weight_scale.float().contiguous(), 0, KTILE_8BIT,
+                   W_FP8, bias, x.dtype, path, x_scales=sx[:m])
+    return _into(y, x, n, out)
+
+
+def _rows_of(out: torch.Tensor | None, m: int, n: int) -> torch.Tensor | None:
+    """out [..., n] viewed as [m, n] rows (None: none given, or not viewable so)."""
+    if out is None or out.numel() != m * n or not out.is_contiguous():
+        return None
+    return out.view(m, n)
+
+
+def _into(y: torch.Tensor, x, n: int, out: torch.Tensor | None) -> torch.Tensor:
+    """The product y [M, N] shaped as x's rows [..., N], or copied into ``out`` (returned) unless
+    it is already there (a GEMM that wrote out itself)."""
+    if out is None:
+        return y.reshape(*x.shape[:-1], n)
+    if y.data_ptr() != out.data_ptr():
+        out.copy_(y.reshape(out.shape))
+    return out
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """fp8 W8A8 linear (dispatcher): per-token fp8 activations times fp8 weights [N, K] (+ bias).
 
     M <= SMALL_M: the tensor-core GEMV (KILN_TC_GEMV, the default), else the Triton GEMV
     (M <= GEMV_MAX_M) or fp8 tl.dot with split-K; larger M: torch._scaled_mm where supported
     (else the Triton GEMM). x may also be a
     quant_act.QuantizedRows (its producer quantized it): the same products, no quantization here.
+    ``out`` (x's rows by N, x's dtype) receives the product and is returned: the large-M
+    torch._scaled_mm path writes it directly where it can (the decode graphs' logits buffer of a
+    quantized LM head), the others copy into it.
     """
     from kiln.kernels.quant_act import QuantizedRows
 
     if isinstance(x, QuantizedRows):
-        return _fp8_linear_prequantized(x, weight, weight_scale, bias)
+        return _fp8_linear_prequantized(x, weight, weight_scale, bias, out)
     n, k = weight.shape
     _check(x, k, "fp8_linear")
     if not use_triton(x) or x.numel() == 0:
-        return fp8_linear_ref(x, weight, weight_scale, bias)
+        return _into(fp8_linear_ref(x, weight, weight_scale, bias), x, n, out)
     x2 = _rows(x)
     m = x2.shape[0]
     weight = weight.contiguous()
     ws = weight_scale.float().contiguous()
     if m > SMALL_M and scaled_mm_supported(x2, weight):
-        out = fp8_scaled_mm(x2, weight, ws, bias, x.dtype)
+        y = fp8_scaled_mm(x2, weight, ws, bias, x.dtype, out=_rows_of(out, m, n))
     elif m <= GEMV_MAX_M and fused_act_quant_enabled():
-        out = launch(x2, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, "gemv",
-                     quant_x=torch.float8_e4m3fn)
+        y = launch(x2, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, "gemv",
+                   quant_x=torch.float8_e4m3fn)
     elif m <= SMALL_M and tc_gemv_enabled("fp8") and k % 32 == 0:
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
         if m == 1 and ring_fp8_enabled() and ring_fp8_ok(xq, sx, weight, ws):
-            out = ring_fp8_gemv(xq, sx, weight, ws, bias, x.dtype)
+            y = ring_fp8_gemv(xq, sx, weight, ws, bias, x.dtype)
         else:
-            out = tc_gemv(xq, sx, weight, ws, bias, x.dtype)
+            y = tc_gemv(xq, sx, weight, ws, bias, x.dtype)
     else:
         xq, sx = quant_per_token(x2, torch.float8_e4m3fn)
         path = "gemv" if m <= GEMV_MAX_M else "gemm"
-        out = launch(xq, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, path, x_scales=sx)
-    return out.reshape(*x.shape[:-1], n)
+        y = launch(xq, weight, ws, 0, KTILE_8BIT, W_FP8, bias, x.dtype, path, x_scales=sx)
+    return _into(y, x, n, out)
 
 
 def triton_gemv_enabled() -> bool:

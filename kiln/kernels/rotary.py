@@ -17,9 +17,25 @@ from kiln.kernels.pdl import pdl_start
 from kiln.kernels.attention_ref import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
-# Compiled kernels round the products of the rotation through inline PTX (_round_to); the
-# interpreter, which cannot run it, rounds with casts (numpy neither contracts nor narrows).
-_ROUND_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
+# Compiled kernels rotate 16-bit values through inline PTX (_rotated_x2); the interpreter, which
+# cannot run it, rounds with casts (numpy neither contracts nor narrows).
+_ROTATE_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
+
+# own * cos + partner * sin for two elements packed in a 32-bit register, each product and the
+# sum rounded to the 16-bit type: fma with an addend of -0.0 rounds the exact product once (and
+# keeps the sign of a zero product), fma by 1.0 rounds the sum once. Inline PTX, so the compiler
+# may neither contract a product into the sum nor widen the arithmetic; fma.rn on bf16x2/f16x2
+# runs on sm_80 and later.
+_ROTATE_X2_ASM = {
+    "bf16": ("{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3F803F80; "
+             "fma.rn.bf16x2 c, $1, $2, nz; fma.rn.bf16x2 s, $3, $4, nz; "
+             "fma.rn.bf16x2 $0, c, one, s; }"),
+    "fp16": ("{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3C003C00; "
+             "fma.rn.f16x2 c, $1, $2, nz; fma.rn.f16x2 s, $3, $4, nz; "
+             "fma.rn.f16x2 $0, c, one, s; }"),
+}
+_ROTATE_BF16 = tl.constexpr(_ROTATE_X2_ASM["bf16"])
+_ROTATE_F16 = tl.constexpr(_ROTATE_X2_ASM["fp16"])
 
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -67,11 +83,11 @@ def rope_values(own, partner, dims, cs_row, HALF: tl.constexpr):
 @triton.jit
 def rope_cos_sin(cs_row, dims, HALF: tl.constexpr, ty: tl.constexpr):
     """The cos and sin that rope_values applies at head dims ``dims`` for the position whose
-    cos/sin row is at cs_row: float32, rounded to ty first (loaded apart from the rotation, so
-    that a kernel can read them before it waits for the values to rotate)."""
+    cos/sin row is at cs_row, cast to ty (loaded apart from the rotation, so that a kernel can
+    read them before it waits for the values to rotate)."""
     i = dims % HALF
-    cos = tl.load(cs_row + i).to(ty).to(tl.float32)
-    sin = tl.load(cs_row + HALF + i).to(ty).to(tl.float32)
+    cos = tl.load(cs_row + i).to(ty)
+    sin = tl.load(cs_row + HALF + i).to(ty)
     return cos, sin
 
 
@@ -82,33 +98,25 @@ def rope_rotate(own, partner, dims, cos, sin, HALF: tl.constexpr):
 
 
 @triton.jit
-def _round_to(x, ty: tl.constexpr):
-    """float32 x rounded to ty (to nearest, even on ties) and widened back to float32. For
-    bfloat16 and float16 in compiled kernels, through inline PTX that the compiler cannot see
-    into: with plain casts LLVM may narrow a product and the sum after it to 16-bit operations
-    and contract them into one fma, skipping the product's rounding, in one kernel and not in
-    another (the rotary launch and the decode kernel's RoPE then differed in the last bit)."""
-    if _ROUND_ASM and ty == tl.bfloat16:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b16 t; cvt.rn.bf16.f32 t, $1; cvt.f32.bf16 $0, t; }", "=r,r", [x],
-            dtype=tl.float32, is_pure=True, pack=1)
-    elif _ROUND_ASM and ty == tl.float16:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b16 t; cvt.rn.f16.f32 t, $1; cvt.f32.f16 $0, t; }", "=r,r", [x],
-            dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return x.to(ty).to(tl.float32)
-
-
-@triton.jit
 def _rotated(own, partner, cos, sin, lower):
     """own * cos -/+ partner * sin (minus where ``lower``, the first half of the head dims), each
-    product and the sum rounded to own's dtype, as the reference's torch ops do; cos and sin in
-    float32 (already rounded to that dtype)."""
+    product and the sum rounded to own's dtype, as the reference's torch ops do; cos and sin
+    already in that dtype. The minus goes into sin: -round(p * s) == round(p * -s) and
+    round(c - s) == round(c + -s), so one signed sum gives the reference's bits."""
     ty = own.dtype
-    c = _round_to(own.to(tl.float32) * cos, ty)
-    s = _round_to(partner.to(tl.float32) * sin, ty)
-    return tl.where(lower, c - s, c + s).to(ty)
+    sin = tl.where(lower, -sin, sin)
+    if _ROTATE_ASM and ty == tl.bfloat16:
+        return tl.inline_asm_elementwise(_ROTATE_BF16, "=r,r,r,r,r",
+                                         [own, cos.to(ty), partner, sin.to(ty)],
+                                         dtype=tl.bfloat16, is_pure=True, pack=2)
+    elif _ROTATE_ASM and ty == tl.float16:
+        return tl.inline_asm_elementwise(_ROTATE_F16, "=r,r,r,r,r",
+                                         [own, cos.to(ty), partner, sin.to(ty)],
+                                         dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        c = (own.to(tl.float32) * cos.to(tl.float32)).to(ty)
+        s = (partner.to(tl.float32) * sin.to(tl.float32)).to(ty)
+        return (c.to(tl.float32) + s.to(tl.float32)).to(ty)
 
 
 @triton.jit
@@ -165,8 +173,8 @@ def _rotary_write_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, q_out_ptr
     pos = tl.load(pos_ptr + tok).to(tl.int64)
     ty = q_ptr.dtype.element_ty
     # cos/sin are cast to the activations' dtype before use, as in the reference.
-    cos = tl.load(cos_sin_ptr + pos * cos_sin_stride + half).to(ty).to(tl.float32)[None, :]
-    sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + HALF + half).to(ty).to(tl.float32)[None, :]
+    cos = tl.load(cos_sin_ptr + pos * cos_sin_stride + half).to(ty)[None, :]
+    sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + HALF + half).to(ty)[None, :]
     if which == 0:
         # Every query token is rotated; `pos >= 0` is just an always-true predicate of the right kind.
         _rotate_heads(q_ptr + tok * q_tok_stride, q_head_stride,

@@ -88,6 +88,8 @@ class LMHead(nn.Module):
         greedy step's argmax needs no float32 logits, and float32 of a bf16 value is exact).
         """
         if self.method is not None:
+            if out is not None and out.dtype == hidden.dtype:
+                return self.method.apply_into(self, hidden, out)
             logits = self.method.apply(self, hidden)  # in the model dtype
         else:
             table = self.table()

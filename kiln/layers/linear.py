@@ -28,6 +28,12 @@ class LinearMethod:
         """The layer's output for input rows ``x`` [..., in_features]."""
         raise NotImplementedError
 
+    def apply_into(self, layer: "Linear", x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``apply`` with its result in ``out`` (x's rows by out_features, x's dtype), returned. A
+        method whose kernel can write a given tensor overrides this to skip the copy (an fp8 LM
+        head into the decode graphs' logits buffer)."""
+        return out.copy_(self.apply(layer, x))
+
     def load_shard(self, layer: "Linear", param_name: str, tensor: torch.Tensor,
                    shard: int | None, checkpoint_name: str) -> None:
         """Copy one checkpoint tensor into the layer (into shard ``shard``'s rows when fused)."""

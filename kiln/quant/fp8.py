@@ -51,6 +51,16 @@ class Fp8LinearMethod(QuantLinearMethod):
                 return out
         return _ops.fp8_linear(x, layer.weight, layer.weight_scale, layer.bias)
 
+    def apply_into(self, layer: Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``apply`` into ``out``: the torch._scaled_mm path (more than SMALL_M rows) writes it
+        directly when it can, the others copy."""
+        words = getattr(layer, "fp8_mma", None)
+        if words is not None and x.device.type == "cuda" and mma_direct_enabled("fp8"):
+            y = _mma_direct_fp8(layer, words, x)
+            if y is not None:
+                return out.copy_(y)
+        return _ops.fp8_linear(x, layer.weight, layer.weight_scale, layer.bias, out=out)
+
     def finish_loading(self, layer: nn.Module) -> None:
         """With KILN_MMA_DIRECT naming fp8 at load, where the Triton kernels compute (CUDA): keep a
         second copy of the weight in the A-fragment order of kiln.kernels.mma_direct

@@ -309,6 +309,14 @@ def test_fp8_lm_head_engine(tmp_path):
             got = model.compute_logits(hidden)
             assert got.dtype == torch.float32
             assert ((got - want).norm() / want.norm()).item() < 2e-2, m
+        # the decode graphs' bf16 logits buffer, filled by the head itself (rows 32 and 48: the
+        # fp8 GEMM writes it directly; 3: a GEMV's product copied in)
+        buf = torch.full((64, 512), float("nan"), device="cuda", dtype=torch.bfloat16)
+        for m in (3, 32, 48):
+            hidden = torch.randn(m, 64, generator=gen, device="cuda").to(torch.bfloat16)
+            want = head(hidden)
+            got = head(hidden, out=buf[:m])
+            assert got.data_ptr() == buf.data_ptr() and torch.equal(got.float(), want), m
     del model
     sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [{"prompt_token_ids": list(range(3, 3 + 2 * i + 1))} for i in range(5)]
