@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -65,6 +67,18 @@ def _silu_and_mul_quant_kernel(x_ptr, q_ptr, s_ptr, x_row_stride, q_row_stride, 
 QUANT_MAX_INTER = 16384
 
 
+def silu_quant_warps(block: int) -> int:
+    """Warps of the quantizing SiLU-mul's one-row programs: block / 1024 up to 16, or
+    KILN_SILU_QUANT_WARPS (a power of two up to 32; read at each launch, for A/B runs)."""
+    given = os.environ.get("KILN_SILU_QUANT_WARPS", "")
+    if given:
+        warps = int(given)
+        if warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"KILN_SILU_QUANT_WARPS={given}: a power of two from 1 to 32")
+        return min(warps, max(1, block // 32))
+    return max(1, min(16, block // 1024))
+
+
 def silu_and_mul_quant(x: torch.Tensor, qdtype: torch.dtype) -> QuantizedRows:
     """SiLU-mul whose output is quantized per token to ``qdtype`` (float8_e4m3fn or int8) in the
     same kernel: the codes and scales quant_per_token gives for silu_and_mul's output."""
@@ -80,7 +94,7 @@ def silu_and_mul_quant(x: torch.Tensor, qdtype: torch.dtype) -> QuantizedRows:
     block = triton.next_power_of_2(inter)
     _silu_and_mul_quant_kernel[(q.shape[0],)](
         rows2, q, s, rows2.stride(0), q.stride(0), m, inter, IS_INT8=qdtype == torch.int8,
-        BLOCK=block, num_warps=max(1, min(16, block // 1024)), **pdl_args(x, small=True))
+        BLOCK=block, num_warps=silu_quant_warps(block), **pdl_args(x, small=True))
     return QuantizedRows(q, s, m, lead, x.dtype)
 
 

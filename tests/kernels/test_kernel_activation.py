@@ -53,3 +53,17 @@ def test_silu_and_mul_quant_wide_rows_fall_back(gen, monkeypatch):
     got = activation.silu_and_mul_quant(x, torch.float8_e4m3fn)
     q_ref, s_ref = quant_per_token(silu_and_mul(x), torch.float8_e4m3fn)
     assert torch.equal(got.q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(got.scale, s_ref)
+
+
+def test_silu_quant_warps_knob(monkeypatch):
+    """KILN_SILU_QUANT_WARPS sets the quantizing SiLU-mul's warps (at most one per 32 columns);
+    unset, block / 1024 up to 16; anything but a power of two up to 32 is refused."""
+    from kiln.kernels.activation import silu_quant_warps
+
+    monkeypatch.delenv("KILN_SILU_QUANT_WARPS", raising=False)
+    assert [silu_quant_warps(b) for b in (64, 2048, 16384, 32768)] == [1, 2, 16, 16]
+    monkeypatch.setenv("KILN_SILU_QUANT_WARPS", "32")
+    assert silu_quant_warps(16384) == 32 and silu_quant_warps(256) == 8
+    monkeypatch.setenv("KILN_SILU_QUANT_WARPS", "12")
+    with pytest.raises(ValueError, match="KILN_SILU_QUANT_WARPS=12"):
+        silu_quant_warps(16384)
