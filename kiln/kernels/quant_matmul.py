@@ -342,7 +342,7 @@ def _fp8_linear_prequantized(x, weight: torch.Tensor, weight_scale: torch.Tensor
     xq, sx = x.q, x.scale
     if not use_triton(xq) or m == 0:
         y = _fp8_product_ref(xq[:m], sx[:m], weight, weight_scale)
-        out = (y if bias is None else y + bias.float()).to(x.dtype)
+        y = (y if bias is None else y + bias.float()).to(x.dtype)
     elif m > SMALL_M and scaled_mm_supported(xq, weight) and xq.shape[0] % 16 == 0:
         return _into(_scaled_mm_rows(xq, sx, m, weight.contiguous(), weight_scale, bias, x.dtype,
                                      out=_rows_of(out, m, n)), x, n, out)

@@ -970,3 +970,21 @@ def test_int4_word_asm_gives_each_nibble_minus_8():
     for w in words:
         want = [float(((w >> (4 * i)) & 15) - 8) for i in range(8)]
         assert _interpret_int4_word_asm(int4_bits._INT4_WORD_ASM.value, w) == want, hex(w)
+
+
+@pytest.mark.parametrize("given_out", [False, True])
+def test_fp8_linear_of_quantized_rows_reference_path_keeps_the_bias(given_out, gen, monkeypatch):
+    """Without Triton (the torch reference path), fp8_linear on a QuantizedRows gives what it
+    gives on the same rows as a plain tensor, bias included, into ``out`` when one is given."""
+    monkeypatch.setattr(qm, "use_triton", lambda t: False)
+    n, k = 48, 64
+    x = randx(5, k, torch.bfloat16, gen)
+    weight, ws = fp8_case(n, k, gen)
+    bias = torch.randn(n, generator=gen).to(torch.bfloat16)
+    q, s = quant_per_token_ref(x, torch.float8_e4m3fn)  # the codes fp8_linear_ref makes
+    rows = quant_act.QuantizedRows(q, s, 5, tuple(x.shape), torch.bfloat16)
+    want = fp8_linear_ref(x, weight, ws, bias)
+    out = torch.full((5, n), float("nan"), dtype=torch.bfloat16) if given_out else None
+    got = qm.fp8_linear(rows, weight, ws, bias, out=out)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert out is None or got is out
