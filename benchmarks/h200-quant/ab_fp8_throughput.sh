@@ -22,10 +22,9 @@ if [ -n "${OLD_SRC:-}" ]; then  # the old kiln package, carried (the device copy
 else
   git archive $OLD kiln | tar -x -C /tmp/old-kiln || { echo "no tree $OLD here" | tee -a $LOG; exit 1; }
 fi
-M=/tmp/llama-3-8b
 [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
 echo "model ready at $((SECONDS - T0)) s" | tee -a $LOG
-BA="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress"
+BA=$FP8_BUILD
 # Each tree runs from its own directory: `python3 -m` puts the working directory ahead of
 # PYTHONPATH, so the old tree run from this checkout's root would import this checkout's kiln
 # (the first run of this script, 2026-12-07, compared this tree with itself that way).

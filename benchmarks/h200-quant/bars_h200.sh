@@ -14,12 +14,7 @@ B=${B:-580}
 LOG=$OUT/bars_h200.log
 echo "card: $(nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | head -1)" | tee $LOG
 h200_only
-M=/tmp/llama-3-8b
-[ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
-timeout $(left 380) python3 -m kiln.cli build $M --output /tmp/e-new --quant fp8 --lm-head-quant fp8 \
-  --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress 2>&1 \
-  | grep -v Warning | tail -2 >> $LOG
-echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
+fp8_engine $(left 380)
 for i in 1 2 3; do tp_run fp8_$i $PWD /tmp/e-new 240; done
 lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   local tag=$1 model=$2 t; shift 2

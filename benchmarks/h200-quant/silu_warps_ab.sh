@@ -10,12 +10,7 @@ B=${B:-420}
 LOG=$OUT/silu_warps_ab.log
 echo "card: $card" | tee $LOG
 timeout 60 python3 benchmarks/h200-quant/silu_quant_bench.py 2>&1 | tee -a $LOG
-M=/tmp/llama-3-8b
-[ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
-timeout $(left 200) python3 -m kiln.cli build $M --output /tmp/e-new --quant fp8 --lm-head-quant fp8 \
-  --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress 2>&1 \
-  | grep -v Warning | tail -2 >> $LOG
-echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
+fp8_engine $(left 200)
 for i in 1 2; do
   unset KILN_SILU_QUANT_WARPS; tp_run w16_$i $PWD /tmp/e-new 0
   export KILN_SILU_QUANT_WARPS=32; tp_run w32_$i $PWD /tmp/e-new 0

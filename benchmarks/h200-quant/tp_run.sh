@@ -1,5 +1,5 @@
-# Sourced after benchmarks/device_env.sh by the fp8 throughput A/B scripts (ab_fp8_throughput.sh,
-# ab_fp8_more.sh): `tp_run TAG DIR ENGINE RESERVE` runs #7's fp8 1000 x 128/128 once with the kiln
+# Sourced after benchmarks/device_env.sh by the fp8 throughput scripts (ab_fp8_throughput.sh,
+# ab_fp8_more.sh, silu_warps_ab.sh, bars_h200.sh): `tp_run TAG DIR ENGINE RESERVE` runs #7's fp8 1000 x 128/128 once with the kiln
 # tree at DIR, from DIR (python3 -m puts the working directory ahead of PYTHONPATH), on ENGINE,
 # writing $OUT/tp_TAG.json and appending to $LOG; skipped when fewer than 50 s of the budget are
 # left after keeping RESERVE seconds; at most 110 s.
@@ -10,4 +10,15 @@ tp_run() {
     --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype fp8 \
     --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_$tag.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG)
   echo "$tag at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
+}
+# The 8B checkpoint these scripts use, and the fp8 engine flags of #7's throughput runs (fp8, fp8
+# LM head, no step tuning, up to 1024 sequences).
+M=/tmp/llama-3-8b
+FP8_BUILD="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress"
+# `fp8_engine LIMIT`: the checkpoint at $M (made once) and this tree's fp8 engine at /tmp/e-new,
+# its build given at most LIMIT seconds; logs to $LOG.
+fp8_engine() {
+  [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+  PYTHONPATH=$PWD timeout $1 python3 -m kiln.cli build $M --output /tmp/e-new $FP8_BUILD 2>&1 | grep -v Warning | tail -2 >> $LOG
+  echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
 }

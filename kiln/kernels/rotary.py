@@ -17,7 +17,7 @@ from kiln.kernels.pdl import pdl_start
 from kiln.kernels.attention_ref import FP8_E4M3_MAX, is_fp8_kv_cache, quantize_kv_ref, write_kv_ref
 
 _FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
-# Compiled kernels rotate 16-bit values through inline PTX (_rotated_x2); the interpreter, which
+# Compiled kernels rotate 16-bit values through inline PTX (_rotated); the interpreter, which
 # cannot run it, rounds with casts (numpy neither contracts nor narrows).
 _ROTATE_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
 
@@ -26,16 +26,12 @@ _ROTATE_ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "") != "1")
 # keeps the sign of a zero product), fma by 1.0 rounds the sum once. Inline PTX, so the compiler
 # may neither contract a product into the sum nor widen the arithmetic; fma.rn on bf16x2/f16x2
 # runs on sm_80 and later.
-_ROTATE_X2_ASM = {
-    "bf16": ("{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3F803F80; "
-             "fma.rn.bf16x2 c, $1, $2, nz; fma.rn.bf16x2 s, $3, $4, nz; "
-             "fma.rn.bf16x2 $0, c, one, s; }"),
-    "fp16": ("{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3C003C00; "
-             "fma.rn.f16x2 c, $1, $2, nz; fma.rn.f16x2 s, $3, $4, nz; "
-             "fma.rn.f16x2 $0, c, one, s; }"),
-}
-_ROTATE_BF16 = tl.constexpr(_ROTATE_X2_ASM["bf16"])
-_ROTATE_F16 = tl.constexpr(_ROTATE_X2_ASM["fp16"])
+_ROTATE_BF16 = tl.constexpr(
+    "{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3F803F80; "
+    "fma.rn.bf16x2 c, $1, $2, nz; fma.rn.bf16x2 s, $3, $4, nz; fma.rn.bf16x2 $0, c, one, s; }")
+_ROTATE_F16 = tl.constexpr(
+    "{ .reg .b32 c, s, nz, one; mov.b32 nz, 0x80008000; mov.b32 one, 0x3C003C00; "
+    "fma.rn.f16x2 c, $1, $2, nz; fma.rn.f16x2 s, $3, $4, nz; fma.rn.f16x2 $0, c, one, s; }")
 
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,

@@ -44,21 +44,20 @@ class Fp8LinearMethod(QuantLinearMethod):
         the tensor-core GEMV from registers when the layer holds its weights in that order too,
         ``layer.fp8_mma``, and KILN_MMA_DIRECT still names fp8: turning it off after loading
         brings the other kernels back, as benchmarks/ab_latency.py does)."""
-        words = getattr(layer, "fp8_mma", None)
-        if words is not None and x.device.type == "cuda" and mma_direct_enabled("fp8"):
-            out = _mma_direct_fp8(layer, words, x)
-            if out is not None:
-                return out
-        return _ops.fp8_linear(x, layer.weight, layer.weight_scale, layer.bias)
+        return self._product(layer, x)
 
     def apply_into(self, layer: Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``apply`` into ``out``: the torch._scaled_mm path (more than SMALL_M rows) writes it
         directly when it can, the others copy."""
+        return self._product(layer, x, out)
+
+    @staticmethod
+    def _product(layer: Linear, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         words = getattr(layer, "fp8_mma", None)
         if words is not None and x.device.type == "cuda" and mma_direct_enabled("fp8"):
             y = _mma_direct_fp8(layer, words, x)
             if y is not None:
-                return out.copy_(y)
+                return y if out is None else out.copy_(y)
         return _ops.fp8_linear(x, layer.weight, layer.weight_scale, layer.bias, out=out)
 
     def finish_loading(self, layer: nn.Module) -> None:
