@@ -1,9 +1,9 @@
 """The fused SiLU-mul + fp8 per-token quantization at #7's decode shape (8B: intermediate 14336,
-1000 rows), timed at each KILN_SILU_QUANT_WARPS: microseconds a call (CUDA graph of 20 calls,
-median of 30 replays), the bytes it moves (bf16 gate/up read, fp8 codes and float32 scales
-written) over that time, and whether the codes and scales equal the default's bit for bit.
+1000 rows), timed at each KILN_SILU_QUANT_WARPS: microseconds a call (bench_kernels.time_calls: a
+CUDA graph of 20 calls, median of 30 replays), the bytes it moves (bf16 gate/up read, fp8 codes and
+float32 scales written) over that time, and whether the codes and scales equal the default's bits.
 
-  python3 benchmarks/h200-quant/silu_quant_bench.py [ROWS] [INTER]
+  PYTHONPATH=. python3 benchmarks/h200-quant/silu_quant_bench.py [ROWS] [INTER]
 """
 import json
 import os
@@ -11,25 +11,9 @@ import sys
 
 import torch
 
-from kiln.kernels.activation import silu_and_mul_quant
-
-
-def timed(x, reps=20, replays=30):
-    silu_and_mul_quant(x, torch.float8_e4m3fn)  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            silu_and_mul_quant(x, torch.float8_e4m3fn)
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / reps)
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
+from bench_kernels import time_calls  # noqa: E402
+from kiln.kernels.activation import silu_and_mul_quant  # noqa: E402
 
 
 def main():
@@ -46,7 +30,7 @@ def main():
         if ref is None:
             ref = codes, scales
         same = torch.equal(codes, ref[0]) and torch.equal(scales, ref[1])
-        us = timed(x)
+        us = time_calls([lambda: silu_and_mul_quant(x, torch.float8_e4m3fn)] * 20)
         results.append({"warps": warps or "default", "us": round(us, 2),
                         "GB/s": round(moved / us / 1e3, 1), "same_bits": same})
         print(f"warps {warps or 'default':>7}: {us:7.2f} us  {moved / us / 1e3:7.1f} GB/s  "
