@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prepared in the session of 2026-12-07 (forty-seventh) for the next H200 (at most B = 580 s; on
+# another card it stops unless ANY_CARD=1): bars_h200.sh's bars plus #7's int4-wo batch 1 with the
+# int4 LM head (on an H100 that head took the int4 engine from 384.6 / 385.0 to 423.7 / 424.0
+# tok/s, benchmarks/head/), on this tree and one machine. The builds skip step tuning and the
+# kernel pack to save time (the pack only speeds a later machine's start-up; step tuning moved
+# the H100's int4 step by 0.8%).
+# 1. the fp8 8B engine (fp8 LM head, --max-batch-size 1024) and the int4-wo engine (int4 LM head);
+# 2. #7's fp8 1000 x 128/128 twice (tp_run.sh), fp8 batch 1 128/256, int4-wo batch 1 128/256;
+# 3. the bf16 checkpoint: #5's batch 1, then 1000 x 128/128 (bf16 KV cache, the bar's setting);
+# 4. as time allows, the LM head's GEMV in each format (benchmarks/head/head_sweep.sh).
+#   bash benchmarks/h200-quant/bars_h200b.sh     (OUT set by the device tool)
+. benchmarks/device_env.sh
+. benchmarks/h200-quant/tp_run.sh
+export PYTHONPATH=$PWD
+B=${B:-580}
+LOG=$OUT/bars_h200b.log
+echo "card: $(nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | head -1)" | tee $LOG
+h200_only
+[ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+build() {  # build ENGINE LIMIT flags...
+  local e=$1 t=$2; shift 2
+  timeout $t python3 -m kiln.cli build $M --output $e "$@" --step-tuning-batch-sizes none --no-kernel-cache \
+    --max-batch-size 1024 --eval-tokens 0 --overwrite --no-progress 2>&1 | grep -v Warning | tail -2 >> $LOG
+  echo "$e at $((SECONDS - T0)) s" | tee -a $LOG
+}
+build /tmp/e-fp8 $(left 420) --quant fp8 --lm-head-quant fp8
+build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
+for i in 1 2; do tp_run fp8_$i $PWD /tmp/e-fp8 200; done
+lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
+  local tag=$1 model=$2 t; shift 2
+  t=$(left $RES); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
+  timeout $((t < 90 ? t : 90)) python3 -m kiln.cli bench latency --model $model "$@" --batch-size 1 \
+    --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
+  echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
+}
+RES=150 lat fp8 /tmp/e-fp8
+RES=110 lat int4 /tmp/e-int4
+RES=70 lat bf16 $M --dtype bfloat16
+t=$(left 5)
+[ $t -ge 50 ] && timeout $((t < 100 ? t : 100)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \
+  --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype auto \
+  --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_bf16.json 2>&1 \
+  | grep -E "throughput:|GPU during" >> $LOG
+echo "bf16 1000 at $((SECONDS - T0)) s" | tee -a $LOG
+t=$(left 5); [ $t -ge 100 ] && timeout $t bash benchmarks/head/head_sweep.sh > /dev/null 2>&1
+grep -E "output tok/s|decode|at .* s|lm_head" $LOG $OUT/head_sweep.log 2>/dev/null
