@@ -6,7 +6,8 @@
 # kernel pack to save time (the pack only speeds a later machine's start-up; step tuning moved
 # the H100's int4 step by 0.8%).
 # 1. the fp8 8B engine (fp8 LM head, --max-batch-size 1024) and the int4-wo engine (int4 LM head);
-# 2. #7's fp8 1000 x 128/128 twice (tp_run.sh), fp8 batch 1 128/256, int4-wo batch 1 128/256;
+# 2. #7's fp8 1000 x 128/128 twice (tp_run.sh), fp8 batch 1 128/256, int4-wo batch 1 128/256
+#    (ab_latency.py: as built, and with KILN_GEMV_EARLY_GROUP=1);
 # 3. the bf16 checkpoint: #5's batch 1, then 1000 x 128/128 (bf16 KV cache, the bar's setting);
 # 4. as time allows, the LM head's GEMV in each format (benchmarks/head/head_sweep.sh).
 #   bash benchmarks/h200-quant/bars_h200b.sh     (OUT set by the device tool)
@@ -35,7 +36,10 @@ lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
 RES=150 lat fp8 /tmp/e-fp8
-RES=110 lat int4 /tmp/e-int4
+t=$(left 110)  # int4-wo batch 1: the engine as built, and with KILN_GEMV_EARLY_GROUP=1, alternating
+[ $t -ge 60 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
+  --variants "base=;early=KILN_GEMV_EARLY_GROUP=1" --rounds 2 --json $OUT/b1_int4_ab.json 2>&1 | tail -4 >> $LOG
+echo "b1 int4 at $((SECONDS - T0)) s" | tee -a $LOG
 RES=70 lat bf16 $M --dtype bfloat16
 t=$(left 5)
 [ $t -ge 50 ] && timeout $((t < 100 ? t : 100)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \

@@ -277,6 +277,18 @@ def quant_configs():
                             "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
                             "INT4_ASM": mode, "_ptrs": ptrs, **extra, **cfg.kwargs},
                            "bf16", cfg.num_warps, cfg.num_stages)
+            # the first K group loaded before the PDL wait (KILN_GEMV_EARLY_GROUP), rows in
+            # blocks of 16, the default double-word mode, one row
+            for cfg in fma_gemv.GEMV_BASE_CONFIGS:
+                for early in (0, 1):
+                    yield (f"int4 gemv M1 N{cfg.kwargs['BLOCK_N']} U{cfg.kwargs['UNROLL']} "
+                           f"w{cfg.num_warps} asm4 row-block 16 PDL early-group {early}",
+                           fma_gemv._gemv_kernel,
+                           {"WKIND": wkind, "A8": False, "GROUP": group, "BLOCK_M": 1,
+                            "HAS_BIAS": False, "FUSED_SPLITK": True, "QX": 0, "QX_BLOCK": 1024,
+                            "INT4_ASM": 4, "ROW_BLOCK": 16, "PDL": 1, "EARLY": early,
+                            "_ptrs": ptrs, **cfg.kwargs},
+                           "bf16", cfg.num_warps, cfg.num_stages)
             for block_n, warps in ((64, 4), (128, 4), (128, 8)):
                 for one in (True, False):
                     yield (f"int4 tc-gemv N{block_n} w{warps} one_dot={one}",

@@ -139,13 +139,21 @@ def _gemv_use(acc, acc_w, acc_d, s, w, x_ptr, x_scale, rows, g, valid, M, K, str
 def _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K, stride_xm,
               stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
-              QX: tl.constexpr, INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
+              QX: tl.constexpr, INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr,
+              EARLY: tl.constexpr = 0, s0=0.0, w0=0):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), unscaled by x's
-    scales (see _gemv_kernel)."""
+    scales (see _gemv_kernel). EARLY: group g_begin's scales s0 and weights w0 were loaded
+    already (_gemv_load, as the loop would load them); the groups are summed in the same order."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_w = tl.zeros([BLOCK_N, GROUP // 8], tl.float32)  # INT4_ASM 2/3, one row: per word
     acc_d = tl.zeros([BLOCK_N, GROUP // 16], tl.float32)  # INT4_ASM 4/5, one row
-    for g0 in range(g_begin, g_end, UNROLL):
+    start = g_begin
+    if EARLY:
+        acc, acc_w, acc_d = _gemv_use(acc, acc_w, acc_d, s0, w0, x_ptr, x_scale, rows, g_begin,
+                                      g_begin < g_end, M, K, stride_xm, WKIND, GROUP, BLOCK_M, QX,
+                                      INT4_ASM)
+        start = g_begin + 1
+    for g0 in range(start, g_end, UNROLL):
         for u in tl.static_range(UNROLL):
             g = g0 + u
             valid = g < g_end
@@ -169,7 +177,7 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
                  QX_BLOCK: tl.constexpr = 1024, INT4_ASM: tl.constexpr = 0, split_cfg=0,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                  PREFETCH_MB: tl.constexpr = 0, STREAM_K: tl.constexpr = 0,
-                 ROW_BLOCK: tl.constexpr = 1):
+                 ROW_BLOCK: tl.constexpr = 1, EARLY: tl.constexpr = 0):
     # Grid (N tiles, K splits). The weight tile of each group is loaded once and used for all
     # BLOCK_M (<= 4) rows of x; each row's partial dot is reduced along K per group, so the
     # scale multiplies a [BLOCK_N] vector, not every element.
@@ -190,6 +198,10 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     # as in _tc_gemv_kernel (_stream_k_tiles).
     # ROW_BLOCK > 1 (int4, no PREFETCH): the weights are stored in blocks of ROW_BLOCK rows
     # (tile_int4_rows), so a program's rows of one group are runs of ROW_BLOCK * 64 bytes.
+    # EARLY 1 (not stream-K): each program loads its first K group's scales and weights (which
+    # no kernel writes) before it waits for the kernel before (pdl_start), so that under PDL
+    # that load overlaps the end of the kernel before; x is read after the wait, and the
+    # groups are summed in the same order (the same bits).
     rows = tl.arange(0, BLOCK_M)
     m_mask = rows < M
     if STREAM_K == 0:
@@ -207,6 +219,12 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
             steps = _prefetch_budget(PREFETCH, PREFETCH_MB, BLOCK_N * PER_GROUP * ELEM)
             _prefetch_rows(w_ptr, offs_n, n_mask, stride_wn, g_begin * PER_GROUP,
                            tl.minimum(tl.minimum(g_end, g_begin + steps) * PER_GROUP, row_len), ELEM)
+        if EARLY:
+            s0, w0 = _gemv_load(w_ptr, s_ptr, offs_n, n_mask, g_begin, g_begin < g_end, K,
+                                stride_wn, stride_sn, stride_sg, WKIND, GROUP, INT4_ASM, ROW_BLOCK)
+        else:
+            s0 = 0.0
+            w0 = 0
     pdl_start(PDL)
     x_scale = tl.zeros([BLOCK_M], tl.float32)
     if QX != 0:
@@ -216,7 +234,8 @@ def _gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, part_ptr, lock_
     if STREAM_K == 0:
         acc = _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mask,
                          g_begin, g_end, M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND,
-                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK)
+                         A8, GROUP, BLOCK_M, BLOCK_N, UNROLL, QX, INT4_ASM, ROW_BLOCK, EARLY, s0,
+                         w0)
         _finish_tile(acc, rows[:, None], offs_n[None, :], m_mask[:, None] & n_mask[None, :],
                      out_ptr, part_ptr, lock_ptr, bias_ptr, pid_n, pid_k, M, N, stride_om,
                      SPLIT_K, HAS_BIAS, FUSED_SPLITK)
@@ -243,12 +262,13 @@ def _gemv_tile(x_ptr, xs_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, m_mas
                M, K, stride_xm, stride_wn, stride_sn, stride_sg, WKIND: tl.constexpr,
                A8: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, QX: tl.constexpr,
-               INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr):
+               INT4_ASM: tl.constexpr, ROW_BLOCK: tl.constexpr, EARLY: tl.constexpr = 0,
+               s0=0.0, w0=0):
     """The GEMV's float32 [BLOCK_M, BLOCK_N] tile over K groups [g_begin, g_end), times x's
-    scales (W8A8)."""
+    scales (W8A8). EARLY, s0, w0: as _gemv_acc takes them (the float32 re-run reloads)."""
     acc = _gemv_acc(x_ptr, w_ptr, s_ptr, x_scale, offs_n, n_mask, rows, g_begin, g_end, M, K,
                     stride_xm, stride_wn, stride_sn, stride_sg, WKIND, GROUP, BLOCK_M, BLOCK_N,
-                    UNROLL, QX, INT4_ASM, ROW_BLOCK)
+                    UNROLL, QX, INT4_ASM, ROW_BLOCK, EARLY, s0, w0)
     if INT4_ASM >= 2:
         # float16 products can overflow only where |x| reaches about 1,000: any inf or nan in
         # the tile re-runs it with float32 products (which give inf or nan only from the data)

@@ -264,6 +264,18 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
     return {"PREFETCH": steps, **({"PREFETCH_MB": budget} if budget > 0 else {})}
 
 
+def early_groups(pdl: dict) -> dict:
+    """The FMA GEMV's EARLY launch argument: with KILN_GEMV_EARLY_GROUP=1 each program loads its
+    first K group's weights and scales into registers before it waits for the kernel before it
+    (fma_gemv._gemv_kernel), so that under PDL that load overlaps the end of the kernel before.
+    Off by default until measured in an engine. Only under PDL (otherwise nothing runs before
+    that kernel ends)."""
+    flag = os.environ.get("KILN_GEMV_EARLY_GROUP", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"KILN_GEMV_EARLY_GROUP={flag!r}: expected 0 or 1")
+    return {"EARLY": 1} if flag == "1" and pdl.get("PDL") else {}
+
+
 def split_locks(device: torch.device) -> torch.Tensor | None:
     """The device's zeroed arrival counters (allocated on first use outside graph capture; None
     while capturing before they exist, and the caller then reduces with a separate kernel).

@@ -44,8 +44,9 @@ from kiln.kernels.fma_gemv import (DEFAULT_GEMV, GEMV_CONFIGS, INTERPRET_GEMV, _
 from kiln.kernels.int4_bits import untile_int4_rows
 from kiln.kernels.qmm_common import (GEMV_MAX_M, KTILE_8BIT, MAX_SPLIT_K, SMALL_M, SPLIT_LOCKS,
                                      W_FLOAT, W_FP8, W_INT4, W_INT8, W_INT8_U, _num_sms, _partials,
-                                     _reduce_splits, _run, autotune_enabled, fused_splitk_enabled,
-                                     prefetch_steps, split_for, split_locks, stream_k_grid)
+                                     _reduce_splits, _run, autotune_enabled, early_groups,
+                                     fused_splitk_enabled, prefetch_steps, split_for, split_locks,
+                                     stream_k_grid)
 from kiln.kernels.mma_gemv import (TC_GEMV_CONFIGS, _tc_gemv_tuned, int4_tc_enabled, int4_tc_gemv,
                                    tc_gemv, tc_gemv_enabled, tc_gemv_ok, tc_stream_k_enabled)
 from kiln.kernels.quant_act import quant_per_token
@@ -194,6 +195,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, stride_sg: i
                                                                  for c in candidates))
     chosen = {}
     pdl = pdl_args(x2)
+    if path == "gemv":
+        flags.update(early_groups(pdl))
     if path == "gemv" and row_block == 1:  # (the L2 prefetch reads row-major weights)
         flags.update(prefetch_steps(w, group * w.element_size() // (2 if wkind == W_INT4 else 1), pdl))
     has_bias = bias is not None

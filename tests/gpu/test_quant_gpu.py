@@ -416,6 +416,34 @@ def test_tensor_core_gemv_early_weights_change_no_bit(m, shape, steps, gen, monk
     assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_W", products, refill, 2, on=steps)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="PDL needs sm90+")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 4])
+def test_fma_gemv_early_group_changes_no_bit(m, shape, gen, monkeypatch):
+    """KILN_GEMV_EARLY_GROUP=1 (the FMA GEMV loads its first K group before waiting for the
+    kernel before, under PDL): the same bits, eagerly and across CUDA-graph replays, for int4
+    (row-major and in blocks of 16 rows), fp8 and bf16 weights through the FMA GEMV."""
+    monkeypatch.setenv("KILN_TC_GEMV", "0")
+    monkeypatch.setenv("KILN_PDL", "1")
+    products, refill = gemv_products(m, shape, gen)
+    n, k = shape
+    qweight, scales = int4_case(n, k, 128, gen)
+    tiled = int4_bits.tile_int4_rows(qweight, 16, 128) if n % 16 == 0 else None
+    x = randx(m, k, torch.bfloat16, gen)
+
+    def all_products():
+        blocked = ([qm.int4_wo_linear(x, tiled, scales, 128, row_block=16)]
+                   if tiled is not None else [])
+        return products() + blocked
+
+    def refill_all():
+        refill()
+        x.copy_(randx(m, k, torch.bfloat16, gen))
+
+    assert_switch_keeps_bits(monkeypatch, "KILN_GEMV_EARLY_GROUP", all_products, refill_all, 2)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_gemv_quantizing_its_own_activations_bit_identical(m, shape, gen, monkeypatch):

@@ -988,3 +988,52 @@ def test_fp8_linear_of_quantized_rows_reference_path_keeps_the_bias(given_out, g
     got = qm.fp8_linear(rows, weight, ws, bias, out=out)
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
     assert out is None or got is out
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("kind", ["int4", "int4-rb", "int8", "fp8", "float"])
+def test_gemv_early_group_gives_the_same_bits(m, kind, gen, poison_allocations):
+    """EARLY 1 (the FMA GEMV's first K group loaded before its PDL wait; no PDL on the CPU, so
+    only the order of the loads moves): the same bits as EARLY 0 for every weight kind, with a
+    K split (one program's split of a single group, and an empty split) and without."""
+    n, k, group = 64, 384, 64
+    x = randx(m, k, torch.float16, gen)
+    bias = torch.randn(n, generator=gen).to(torch.float16)
+    row_block = 1
+    x_scales = None
+    if kind.startswith("int4"):
+        w, scales = int4_case(n, k, group, gen)
+        if kind == "int4-rb":
+            row_block = 16
+            w = int4_bits.tile_int4_rows(w, row_block, group)
+        wkind, stride_sg = qm.W_INT4, scales.stride(1)
+    else:  # as int8_wo_linear, fp8_linear and float_gemv_linear launch them
+        group, stride_sg = qmm_common.KTILE_8BIT, 0
+        if kind == "int8":
+            w, scales = int8_case(n, k, gen)
+            w, wkind = w.view(torch.uint8), qm.W_INT8_U
+        elif kind == "fp8":
+            w, scales = fp8_case(n, k, gen)
+            wkind = qm.W_FP8
+            x, x_scales = quant_per_token_ref(x, torch.float8_e4m3fn)
+        else:
+            w = torch.randn(n, k, generator=gen).to(torch.float16)
+            scales, wkind = w, qm.W_FLOAT
+    for split in (0, 2, 8):
+        outs = [qm.launch(x, w, scales, stride_sg, group, wkind, bias, torch.float16, "gemv",
+                          x_scales=x_scales, split_k=split, row_block=row_block,
+                          config=triton.Config({**fma_gemv.INTERPRET_GEMV, "EARLY": early}))
+                for early in (0, 1)]
+        assert torch.equal(outs[0], outs[1]), (kind, split)
+
+
+def test_gemv_early_group_only_under_pdl(monkeypatch):
+    on = {"PDL": 1, "launch_pdl": True}
+    monkeypatch.delenv("KILN_GEMV_EARLY_GROUP", raising=False)
+    assert qmm_common.early_groups(on) == {}  # off by default
+    monkeypatch.setenv("KILN_GEMV_EARLY_GROUP", "1")
+    assert qmm_common.early_groups(on) == {"EARLY": 1}
+    assert qmm_common.early_groups({"PDL": False}) == {}  # nothing runs before the wait
+    monkeypatch.setenv("KILN_GEMV_EARLY_GROUP", "2")
+    with pytest.raises(ValueError, match="expected 0 or 1"):
+        qmm_common.early_groups(on)
