@@ -36,7 +36,7 @@ lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
 RES=150 lat fp8 /tmp/e-fp8
-t=$(left 110)  # int4-wo batch 1: the engine as built, and with KILN_GEMV_EARLY_GROUP=1, alternating
+t=$(left 110)  # int4-wo batch 1: the defaults, and with KILN_GEMV_EARLY_GROUP=1, alternating
 [ $t -ge 60 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
   --variants "base=;early=KILN_GEMV_EARLY_GROUP=1" --rounds 2 --json $OUT/b1_int4_ab.json 2>&1 | tail -4 >> $LOG
 echo "b1 int4 at $((SECONDS - T0)) s" | tee -a $LOG

@@ -265,13 +265,14 @@ def prefetch_steps(w: torch.Tensor, step_bytes: int, pdl: dict) -> dict:
 
 
 def early_groups(pdl: dict) -> dict:
-    """The FMA GEMV's EARLY launch argument: with KILN_GEMV_EARLY_GROUP=1 (the default; 0 turns
-    it off) each program loads its first K group's weights and scales into registers before it
-    waits for the kernel before it (fma_gemv._gemv_kernel), so that under PDL that load overlaps
-    the end of the kernel before; the same bits. 8B int4-wo engine (int4 LM head), batch 1, on an
-    H100: 414.7 -> 419.3 tok/s (benchmarks/head/README.md). Only under PDL (otherwise nothing
-    runs before that kernel ends)."""
-    flag = os.environ.get("KILN_GEMV_EARLY_GROUP", "1")
+    """The FMA GEMV's EARLY launch argument: with KILN_GEMV_EARLY_GROUP=1 each program loads its
+    first K group's weights and scales into registers before it waits for the kernel before it
+    (fma_gemv._gemv_kernel), so that under PDL that load overlaps the end of the kernel before;
+    the same bits. Only under PDL (otherwise nothing runs before that kernel ends). Off by
+    default: 8B int4-wo batch 1 gained on an H100 at this tree (414.7 -> 419.3 tok/s, weights
+    in row blocks, int4 LM head; benchmarks/head/README.md) but lost on an H200 at an older one
+    (382.4 -> 374.0, row-major weights; benchmarks/h200-quant/README.md, run-q)."""
+    flag = os.environ.get("KILN_GEMV_EARLY_GROUP", "0")
     if flag not in ("0", "1"):
         raise ValueError(f"KILN_GEMV_EARLY_GROUP={flag!r}: expected 0 or 1")
     return {"EARLY": 1} if flag == "1" and pdl.get("PDL") else {}

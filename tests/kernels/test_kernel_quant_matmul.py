@@ -1030,9 +1030,9 @@ def test_gemv_early_group_gives_the_same_bits(m, kind, gen, poison_allocations):
 def test_gemv_early_group_only_under_pdl(monkeypatch):
     on = {"PDL": 1, "launch_pdl": True}
     monkeypatch.delenv("KILN_GEMV_EARLY_GROUP", raising=False)
-    assert qmm_common.early_groups(on) == {"EARLY": 1}  # on by default
-    monkeypatch.setenv("KILN_GEMV_EARLY_GROUP", "0")
-    assert qmm_common.early_groups(on) == {}
+    assert qmm_common.early_groups(on) == {}  # off by default
+    monkeypatch.setenv("KILN_GEMV_EARLY_GROUP", "1")
+    assert qmm_common.early_groups(on) == {"EARLY": 1}
     assert qmm_common.early_groups({"PDL": False}) == {}  # nothing runs before the wait
     monkeypatch.setenv("KILN_GEMV_EARLY_GROUP", "2")
     with pytest.raises(ValueError, match="expected 0 or 1"):
