@@ -28,7 +28,9 @@ class LMHead(nn.Module):
     """Projects hidden rows onto the vocabulary; logits come back in float32.
 
     With ``tied_to`` the head reads the embedding's table instead of owning one (Qwen2.5 small
-    models, Llama 3.2 1B/3B), so the checkpoint needs no lm_head tensor.
+    models, Llama 3.2 1B/3B), so the checkpoint needs no lm_head tensor. A quantized head
+    (``method``) always owns its tensors: an engine built with --lm-head-quant stores a quantized
+    copy of a tied table as the head's, and the embedding keeps the float table for its lookups.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype,
@@ -39,16 +41,13 @@ class LMHead(nn.Module):
         self.dtype = dtype
         # A plain attribute list keeps the tied module out of this module's parameters, so it is
         # neither listed nor loaded twice.
-        self._tied = [tied_to] if tied_to is not None else []
+        self._tied = [tied_to] if tied_to is not None and method is None else []
         # With a quantized LinearMethod (an engine built with --lm-head-quant) the head stores
         # that method's tensors (weight, weight_scale) and computes through it, as a Linear would.
         self.method = method
         self.in_features, self.out_features = hidden_size, vocab_size
         self.output_sizes, self.has_bias = (vocab_size,), False
         if method is not None:
-            if tied_to is not None:
-                raise KilnError("a quantized LM head needs its own weight; this model ties it to "
-                                "the token embedding")
             method.create_weights(self, dtype, device)
         elif tied_to is None:
             self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device),

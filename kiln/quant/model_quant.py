@@ -19,8 +19,9 @@ the same function with weights that quantize better:
 down_proj is handled before gate_up_proj so that gate_up is quantized with its up rows already
 rescaled, and o_proj before qkv_proj for its v rows. The embeddings and norms stay in the model
 dtype; so does the LM head, unless ``QuantConfig.lm_head`` names a scheme: "fp8" (fp8 W8A8 like
-the fp8 scheme's layers), "int8-wo" or "int4-wo" (weight-only, rounded to nearest); not for a
-head tied to the token embedding, whose table must stay a float lookup.
+the fp8 scheme's layers), "int8-wo" or "int4-wo" (weight-only, rounded to nearest). A head tied to
+the token embedding gets a quantized copy of the table of its own: the embedding stays a float
+lookup, and the engine's head is no longer tied.
 """
 
 from __future__ import annotations
@@ -211,11 +212,9 @@ def quantize_model(model: nn.Module, config: QuantConfig, stats: CalibrationStat
     quantized_prefixes = ({f"layers.{i}.{n}" for i in range(len(model.layers)) for n in LAYER_LINEARS}
                           if scheme != "none" else set())
     if config.lm_head != "none":
-        if model.lm_head.is_tied:
-            raise KilnError(f"--lm-head-quant {config.lm_head} needs an LM head of its own; this "
-                            "model ties it to the token embedding (tie_word_embeddings)")
+        # (a tied head's table is the embedding's, which stays below as it is)
         out.tensors.update({f"lm_head.{k}": v.contiguous()
-                            for k, v in _quantize_head(model.lm_head.weight.detach(), config).items()})
+                            for k, v in _quantize_head(model.lm_head.table().detach(), config).items()})
         quantized_prefixes.add("lm_head")
     for pname, p in model.named_parameters():
         owner = pname.rpartition(".")[0]

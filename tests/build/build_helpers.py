@@ -30,8 +30,9 @@ class Stack:
 '''
 
 
-def write_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
-    """A random float32 Llama (hidden 128, 2 layers) that uses the demo model's tokenizer."""
+def write_tiny_checkpoint(out_dir: Path, seed: int = 0, tied: bool = False) -> Path:
+    """A random float32 Llama (hidden 128, 2 layers) that uses the demo model's tokenizer; tied:
+    its LM head shares the token embedding (tie_word_embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kiln.demo import DEMO_MODEL
@@ -39,7 +40,7 @@ def write_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     config = LlamaConfig(vocab_size=4096, hidden_size=128, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, bos_token_id=0, eos_token_id=0,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=tied)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     with torch.no_grad():
