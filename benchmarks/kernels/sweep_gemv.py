@@ -1,6 +1,7 @@
 """Sweep the GEMV's launch settings (tile width, warps, unroll, K splits) at batch-1 decode shapes.
 
-For int4 weight-only (group 128), fp8 W8A8 and unquantized bf16 weights at the Llama-3-8B layer
+For int4 weight-only (group 128), int8 weight-only (per channel; scheme int8), fp8 W8A8 and
+unquantized bf16 weights at the Llama-3-8B layer
 shapes, every (config, split) pair is timed at M = 1 (median of CUDA-graph replays, rotating
 weight sets so one timing moves > 200 MB), with the config the autotuner picks and cuBLAS (bf16)
 as the same-run baselines. Bytes are the weights and scales once; GB/s is over the copy
@@ -38,7 +39,8 @@ import bench_kernels  # noqa: E402
 import bench_quant  # noqa: E402
 from kiln.kernels import quant_matmul as qm  # noqa: E402
 from kiln.kernels import int4_bits, mma_gemv  # noqa: E402
-from kiln.kernels.quant_ref import fp8_linear_ref, int4_wo_linear_ref  # noqa: E402
+from kiln.kernels.quant_ref import (fp8_linear_ref, int4_wo_linear_ref,  # noqa: E402
+                                    int8_wo_linear_ref)
 from kiln.kernels.quant_act import quant_per_token  # noqa: E402
 
 # (BLOCK_N, num_warps, UNROLL): the candidates swept, a superset of fma_gemv.GEMV_CONFIGS' shapes.
@@ -93,6 +95,9 @@ def runner(scheme: str, x: torch.Tensor, config: triton.Config | None, split: in
         return lambda w: qm.launch(x, w[0], w[1], w[1].stride(1), bench_quant.GROUP, qm.W_INT4, None,
                                    x.dtype, "gemv", split_k=split, config=config,
                                    row_block=ROW_BLOCK)
+    if scheme == "int8":  # weight-only, per-channel scales (as int8_wo_linear launches it)
+        return lambda w: qm.launch(x, w[0].view(torch.uint8), w[1], 0, qm.KTILE_8BIT, qm.W_INT8_U,
+                                   None, x.dtype, "gemv", split_k=split, config=config)
     if scheme == "fp8":
         def f(w):
             xq, sx = quant_per_token(x, torch.float8_e4m3fn)
@@ -108,6 +113,8 @@ def reference(scheme: str, x: torch.Tensor, w: tuple) -> torch.Tensor:
         return int4_wo_linear_ref(x, w[0], w[1], bench_quant.GROUP)
     if scheme in ("fp8", "fp8-tc"):
         return fp8_linear_ref(x, w[0], w[1])
+    if scheme == "int8":
+        return int8_wo_linear_ref(x, w[0], w[1])
     return (x.float() @ w[0].float().T).to(x.dtype)
 
 
