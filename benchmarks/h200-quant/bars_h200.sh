@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Prepared in the session of 2026-12-07 (forty-sixth) for the next H200 (at most B = 580 s; on
-# another card it stops unless ANY_CARD=1): the bars of #7 and #5 that this session's change
-# (RoPE in packed 16-bit FMAs, the fp8 head writing the graphs' logits buffer) may move, on this
-# tree and one machine.
-# 1. the fp8 8B engine (fp8 LM head, no step tuning, --max-batch-size 1024): #7's 1000 x 128/128
-#    three times (tp_run.sh), then batch 1 128/256;
-# 2. the bf16 checkpoint: #5's 1000 x 128/128 (bf16 KV cache, the bar's setting), then batch 1.
+# Prepared in the sessions of 2026-12-07 (forty-sixth, forty-seventh) for the next H200 (at most
+# B = 580 s; on another card it stops unless ANY_CARD=1): the bars of #7 and #5 that the last
+# sessions' changes may move, with #7's int4-wo batch 1 on the int4 LM head (on an H100 that
+# head took the int4 engine from 384.6 / 385.0 to 423.7 / 424.0 tok/s, benchmarks/head/), on
+# this tree and one machine. The builds skip step tuning and the
+# kernel pack to save time (the pack only speeds a later machine's start-up; step tuning moved
+# the H100's int4 step by 0.8%).
+# 1. the fp8 8B engine (fp8 LM head, --max-batch-size 1024) and the int4-wo engine (int4 LM head);
+# 2. #7's fp8 1000 x 128/128 twice (tp_run.sh), fp8 batch 1 128/256, int4-wo batch 1 128/256
+#    (ab_latency.py: as built, and with KILN_GEMV_EARLY_GROUP=1);
+# 3. the bf16 checkpoint: #5's batch 1, then 1000 x 128/128 (bf16 KV cache, the bar's setting);
+# 4. as time allows, the LM head's GEMV in each format (benchmarks/head/head_sweep.sh).
 #   bash benchmarks/h200-quant/bars_h200.sh     (OUT set by the device tool)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
@@ -14,21 +19,34 @@ B=${B:-580}
 LOG=$OUT/bars_h200.log
 echo "card: $(nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | head -1)" | tee $LOG
 h200_only
-fp8_engine $(left 380)
-for i in 1 2 3; do tp_run fp8_$i $PWD /tmp/e-new 240; done
+[ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+build() {  # build ENGINE LIMIT flags...
+  local e=$1 t=$2; shift 2
+  timeout $t python3 -m kiln.cli build $M --output $e "$@" --step-tuning-batch-sizes none --no-kernel-cache \
+    --max-batch-size 1024 --eval-tokens 0 --overwrite --no-progress 2>&1 | grep -v Warning | tail -2 >> $LOG
+  echo "$e at $((SECONDS - T0)) s" | tee -a $LOG
+}
+build /tmp/e-fp8 $(left 420) --quant fp8 --lm-head-quant fp8
+build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
+for i in 1 2; do tp_run fp8_$i $PWD /tmp/e-fp8 200; done
 lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   local tag=$1 model=$2 t; shift 2
   t=$(left $RES); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
   timeout $((t < 90 ? t : 90)) python3 -m kiln.cli bench latency --model $model "$@" --batch-size 1 \
-    --input-len 128 --output-len 256 --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
+    --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
   echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
-RES=170 lat fp8 /tmp/e-new
-t=$(left 75)
-[ $t -ge 40 ] && timeout $((t < 100 ? t : 100)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \
+RES=150 lat fp8 /tmp/e-fp8
+t=$(left 110)  # int4-wo batch 1: the defaults, and with KILN_GEMV_EARLY_GROUP=1, alternating
+[ $t -ge 60 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
+  --variants "base=;early=KILN_GEMV_EARLY_GROUP=1" --rounds 2 --json $OUT/b1_int4_ab.json 2>&1 | tail -4 >> $LOG
+echo "b1 int4 at $((SECONDS - T0)) s" | tee -a $LOG
+RES=70 lat bf16 $M --dtype bfloat16
+t=$(left 5)
+[ $t -ge 50 ] && timeout $((t < 100 ? t : 100)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \
   --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype auto \
   --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_bf16.json 2>&1 \
   | grep -E "throughput:|GPU during" >> $LOG
 echo "bf16 1000 at $((SECONDS - T0)) s" | tee -a $LOG
-RES=0 lat bf16 $M --dtype bfloat16
-grep -E "output tok/s|decode|at .* s" $LOG
+t=$(left 5); [ $t -ge 100 ] && timeout $t bash benchmarks/head/head_sweep.sh > /dev/null 2>&1
+grep -E "output tok/s|decode|at .* s|lm_head" $LOG $OUT/head_sweep.log 2>/dev/null

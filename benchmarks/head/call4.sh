@@ -1,9 +1,9 @@
-# Device call 4 of the session of 2026-12-07 (forty-seventh). On an H200: bars_h200b.sh. On
+# Device call 4 of the session of 2026-12-07 (forty-seventh). On an H200: bars_h200.sh. On
 # another card: the int4-wo 8B engine (int4 LM head) at batch 1 128/256 with and without
 # KILN_GEMV_EARLY_GROUP=1 (ab_latency.py, one process, alternating), then the GPU tests of
 # that switch and of the int4 row blocks.
 case "$(nvidia-smi --query-gpu=name --format=csv,noheader)" in
-  *H200*) B=575 bash benchmarks/h200-quant/bars_h200b.sh 2>&1 | tail -40; exit ;;
+  *H200*) B=575 bash benchmarks/h200-quant/bars_h200.sh 2>&1 | tail -40; exit ;;
 esac
 . benchmarks/device_env.sh
 export PYTHONPATH=$PWD
