@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The session's first device call (2026-12-07, forty-eighth): on an H200, bars_h200.sh (the bars
+# of #5 and #7 on this tree); on any other card, the GPU tests at this tree and the LM head sweep
+# (the int8 head's speed, not yet measured). The JSON files go into one archive, since at most
+# eight files come back from a call.
+#   bash benchmarks/h200-quant/call_first.sh      (OUT set by the device tool)
+. benchmarks/device_env.sh
+case $card in
+  *H200*) B=${B:-575} bash benchmarks/h200-quant/bars_h200.sh ;;
+  *) echo "card: $card" | tee $OUT/gpu_tests.log
+     timeout 420 python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu >> $OUT/gpu_tests.log 2>&1
+     tail -3 $OUT/gpu_tests.log
+     echo "tests at $((SECONDS - T0)) s" | tee -a $OUT/gpu_tests.log
+     [ $((SECONDS - T0)) -lt 470 ] && timeout $((560 - SECONDS + T0)) bash benchmarks/head/head_sweep.sh ;;
+esac
+(cd $OUT && ls *.json > /dev/null 2>&1 && tar czf results.tgz *.json && rm -f *.json)
+ls $OUT
