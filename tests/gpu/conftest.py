@@ -1,6 +1,5 @@
 """Fixtures shared by the GPU tests: the Triton path forced on, NaN-poisoned allocations, seeds."""
 
-import math
 import os
 
 import pytest
@@ -11,20 +10,6 @@ import torch
 def triton_path(monkeypatch):
     """Never let a KILN_KERNELS=reference in the environment turn these into self-comparisons."""
     monkeypatch.delenv("KILN_KERNELS", raising=False)
-
-
-@pytest.fixture
-def poison_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled float tensors, so unwritten outputs show."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(math.nan)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ interpreter is left off (tests/gpu covers the kernels there) and these tests ski
 """
 
 import importlib
-import math
 import os
 import sys
 
@@ -27,7 +26,6 @@ _KERNEL_MODULES = ("kiln.kernels.pdl", "kiln.kernels.quant_act", "kiln.kernels.p
                    "kiln.kernels.quant_ref", "kiln.kernels.fma_gemv", "kiln.kernels.quant_gemm",
                    "kiln.kernels.mma_gemv", "kiln.kernels.quant_matmul", "kiln.kernels.argmax",
                    "kiln.kernels.step_inputs")
-
 
 
 def _interpret_triton_language() -> None:
@@ -87,21 +85,6 @@ def triton_on_cpu(monkeypatch):
     if CUDA:
         pytest.skip("interpreter tests run on CPU-only machines; tests/gpu covers CUDA")
     monkeypatch.setenv("KILN_KERNELS", "triton")
-
-
-@pytest.fixture
-def poison_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled float tensors, so unwritten outputs show."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(math.nan)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-
 
 
 @pytest.fixture
