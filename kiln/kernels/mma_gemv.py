@@ -375,7 +375,9 @@ TC_GEMV_BLOCK_N = 64
 
 def int4_tc_enabled() -> bool:
     """Whether int4 decode rows (up to GEMV_MAX_M) take the tensor-core kernel instead of the FMA
-    GEMV (KILN_INT4_TC=1). Off by default until measured on the H200."""
+    GEMV (KILN_INT4_TC=1). Off by default: on the H200 it was slower than the FMA GEMV at every
+    8B layer shape (benchmarks/h200-quant/README.md, sweep_gemv_tc_h200.json), and on an H100 at
+    the LM head (benchmarks/head/README.md)."""
     return os.environ.get("KILN_INT4_TC", "0") == "1"
 
 
