@@ -12,6 +12,7 @@
 # 3. the bf16 checkpoint: #5's batch 1, then 1000 x 128/128 (bf16 KV cache, the bar's setting);
 # 4. as time allows, the LM head's GEMV in each format (benchmarks/head/head_sweep.sh).
 #   bash benchmarks/h200-quant/bars_h200.sh     (OUT set by the device tool)
+#   SKIP_INT4=1 B=460 bash benchmarks/h200-quant/bars_h200.sh   (a short budget: no int4-wo engine)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
@@ -27,7 +28,7 @@ build() {  # build ENGINE LIMIT flags...
   echo "$e at $((SECONDS - T0)) s" | tee -a $LOG
 }
 build /tmp/e-fp8 $(left 420) --quant fp8 --lm-head-quant fp8
-build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
+[ "${SKIP_INT4:-0}" = 1 ] || build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
 for i in 1 2; do tp_run fp8_$i $PWD /tmp/e-fp8 200; done
 lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   local tag=$1 model=$2 t; shift 2
@@ -38,7 +39,7 @@ lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
 }
 RES=150 lat fp8 /tmp/e-fp8
 t=$(left 110)  # int4-wo batch 1: the defaults, and with KILN_GEMV_EARLY_GROUP=1, alternating
-[ $t -ge 60 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
+[ $t -ge 60 ] && [ -d /tmp/e-int4 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
   --variants "base=;early=KILN_GEMV_EARLY_GROUP=1" --rounds 2 --json $OUT/b1_int4_ab.json 2>&1 | tail -4 >> $LOG
 echo "b1 int4 at $((SECONDS - T0)) s" | tee -a $LOG
 RES=70 lat bf16 $M --dtype bfloat16
