@@ -17,10 +17,9 @@
 . benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
 B=${B:-580}
-LOG=$OUT/bars_h200.log
-echo "card: $(nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | head -1)" | tee $LOG
+start_log bars_h200.log
 h200_only
-[ -d $M ] || python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+checkpoint
 build() {  # build ENGINE LIMIT flags...
   local e=$1 t=$2; shift 2
   timeout $t python3 -m kiln.cli build $M --output $e "$@" --step-tuning-batch-sizes none --no-kernel-cache \
@@ -43,11 +42,6 @@ t=$(left 110)  # int4-wo batch 1: the defaults, and with KILN_GEMV_EARLY_GROUP=1
   --variants "base=;early=KILN_GEMV_EARLY_GROUP=1" --rounds 2 --json $OUT/b1_int4_ab.json 2>&1 | tail -4 >> $LOG
 echo "b1 int4 at $((SECONDS - T0)) s" | tee -a $LOG
 RES=70 lat bf16 $M --dtype bfloat16
-t=$(left 5)
-[ $t -ge 50 ] && timeout $((t < 100 ? t : 100)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \
-  --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype auto \
-  --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_bf16.json 2>&1 \
-  | grep -E "throughput:|GPU during" >> $LOG
-echo "bf16 1000 at $((SECONDS - T0)) s" | tee -a $LOG
+bf16_tp bf16 auto 5
 t=$(left 5); [ $t -ge 100 ] && timeout $t bash benchmarks/head/head_sweep.sh > /dev/null 2>&1
 grep -E "output tok/s|decode|at .* s|lm_head" $LOG $OUT/head_sweep.log 2>/dev/null

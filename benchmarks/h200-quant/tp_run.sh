@@ -18,7 +18,21 @@ FP8_BUILD="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-
 # `fp8_engine LIMIT`: the checkpoint at $M (made once) and this tree's fp8 engine at /tmp/e-new,
 # its build given at most LIMIT seconds; logs to $LOG.
 fp8_engine() {
-  [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+  checkpoint
   PYTHONPATH=$PWD timeout $1 python3 -m kiln.cli build $M --output /tmp/e-new $FP8_BUILD 2>&1 | grep -v Warning | tail -2 >> $LOG
   echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
+}
+# `checkpoint`: the bf16 8B checkpoint at $M, made once.
+checkpoint() {
+  [ -d $M ] || PYTHONPATH=$PWD python3 -m kiln.cli random-model --preset llama-3-8b --out $M --device cuda 2>&1 | tail -1 >> $LOG
+}
+# `bf16_tp TAG KV RESERVE`: #5's 1000 x 128/128 on that checkpoint with KV cache dtype KV (auto:
+# bf16, the bar's setting), writing $OUT/tp_TAG.json; skipped when fewer than 50 s are left after
+# keeping RESERVE seconds; at most 110 s.
+bf16_tp() {
+  local t; t=$(left $3); [ $t -lt 50 ] && { echo "skip $1 ($t s left)" | tee -a $LOG; return; }
+  PYTHONPATH=$PWD timeout $((t < 110 ? t : 110)) python3 -m kiln.cli bench throughput --model $M --dtype bfloat16 \
+    --num-prompts 1000 --input-len 128 --output-len 128 --max-num-seqs 1024 --kv-cache-dtype $2 \
+    --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_$1.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG
+  echo "$1 at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
 }
