@@ -13,6 +13,7 @@
 # 4. as time allows, the LM head's GEMV in each format (benchmarks/head/head_sweep.sh).
 #   bash benchmarks/h200-quant/bars_h200.sh     (OUT set by the device tool)
 #   SKIP_INT4=1 B=460 bash benchmarks/h200-quant/bars_h200.sh   (a short budget: no int4-wo engine)
+#   SHORT=1 B=300 bash benchmarks/h200-quant/bars_h200.sh       (shorter: the fp8 engine's runs alone)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
@@ -26,9 +27,6 @@ build() {  # build ENGINE LIMIT flags...
     --max-batch-size 1024 --eval-tokens 0 --overwrite --no-progress 2>&1 | grep -v Warning | tail -2 >> $LOG
   echo "$e at $((SECONDS - T0)) s" | tee -a $LOG
 }
-build /tmp/e-fp8 $(left 420) --quant fp8 --lm-head-quant fp8
-[ "${SKIP_INT4:-0}" = 1 ] || build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
-for i in 1 2; do tp_run fp8_$i $PWD /tmp/e-fp8 200; done
 lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
   local tag=$1 model=$2 t; shift 2
   t=$(left $RES); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
@@ -36,6 +34,15 @@ lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
     --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
   echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
+if [ "${SHORT:-0}" = 1 ]; then  # a short budget (B about 300): the fp8 engine, its 1000 x 128/128 once, batch 1
+  build /tmp/e-fp8 $(left 130) --quant fp8 --lm-head-quant fp8
+  tp_run fp8_1 $PWD /tmp/e-fp8 45
+  RES=0 lat fp8 /tmp/e-fp8
+  grep -E "output tok/s|decode|at .* s" $LOG; exit 0
+fi
+build /tmp/e-fp8 $(left 420) --quant fp8 --lm-head-quant fp8
+[ "${SKIP_INT4:-0}" = 1 ] || build /tmp/e-int4 $(left 300) --quant int4-wo --lm-head-quant int4-wo --calib-samples 32
+for i in 1 2; do tp_run fp8_$i $PWD /tmp/e-fp8 200; done
 RES=150 lat fp8 /tmp/e-fp8
 t=$(left 110)  # int4-wo batch 1: the defaults, and with KILN_GEMV_EARLY_GROUP=1, alternating
 [ $t -ge 60 ] && [ -d /tmp/e-int4 ] && timeout $((t < 120 ? t : 120)) python3 benchmarks/ab_latency.py --model /tmp/e-int4 \
