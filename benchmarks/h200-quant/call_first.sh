@@ -5,13 +5,14 @@
 # into one archive, since at most eight files come back from a call.
 #   bash benchmarks/h200-quant/call_first.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
+export B=${B:-575}
 case $card in
-  *H200*) B=${B:-575} bash benchmarks/h200-quant/bars_h200.sh ;;  # SKIP_INT4=1 passes through
+  *H200*) bash benchmarks/h200-quant/bars_h200.sh ;;  # SKIP_INT4=1 passes through
   *) echo "card: $card" | tee $OUT/gpu_tests.log
-     [ ${B:-575} -ge 400 ] && timeout $(( ${B:-575} - 130 )) python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu >> $OUT/gpu_tests.log 2>&1
+     [ $B -ge 400 ] && timeout $(( $B - 130 )) python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu >> $OUT/gpu_tests.log 2>&1
      tail -3 $OUT/gpu_tests.log
      echo "tests at $((SECONDS - T0)) s" | tee -a $OUT/gpu_tests.log
-     [ $((SECONDS - T0)) -lt $(( ${B:-575} - 100 )) ] && timeout $(( ${B:-575} - 10 - SECONDS + T0)) bash benchmarks/head/head_sweep.sh ;;
+     [ $((SECONDS - T0)) -lt $(( $B - 100 )) ] && timeout $(( $B - 10 - SECONDS + T0)) bash benchmarks/head/head_sweep.sh ;;
 esac
 (cd $OUT && ls *.json > /dev/null 2>&1 && tar czf results.tgz *.json && rm -f *.json)
 ls $OUT
