@@ -8,6 +8,8 @@
 # weights; these random weights only time it (--eval-tokens 0). On the H200 (run-y, an older
 # tree) the int4 head gave 401.9 against 386.2 tok/s with the bf16 head, on different machines;
 # this is the same-machine A/B.
+# BUILD_EXTRA adds build flags (e.g. "--step-tuning-batch-sizes none --no-kernel-cache", as
+# bars_h200.sh builds).
 #   bash benchmarks/h200-quant/call_head4.sh     (OUT set by the device tool)
 export PYTHONUNBUFFERED=1 OUT PYTHONPATH=$PWD
 T0=$SECONDS
@@ -21,7 +23,7 @@ for H in ${HEADS:-none int4-wo fp8}; do
   if [ ! -d $E ]; then
     left=$((B - SECONDS + T0)); [ $left -lt 220 ] && { echo "no build of head $H ($left s left)"; break; }
     timeout $((left - 90)) python3 -m kiln.cli build $M --output $E --quant int4-wo --lm-head-quant $H \
-      --eval-tokens 0 --calib-samples 32 --max-batch-size 1024 --overwrite --no-progress > $OUT/build_head_$H.log 2>&1
+      --eval-tokens 0 --calib-samples 32 --max-batch-size 1024 --overwrite --no-progress ${BUILD_EXTRA:-} > $OUT/build_head_$H.log 2>&1
     echo "build head $H rc $? at $((SECONDS - T0)) s" | tee -a $OUT/times.log
     tail -3 $OUT/build_head_$H.log
   fi
