@@ -9,7 +9,7 @@
 export PYTHONPATH=$PWD
 B=${B:-580}
 start_log call_second.log
-timeout $(left 110) python3 -m pytest -q -p no:cacheprovider -n 8 -rf tests/gpu > $OUT/gpu_tests.log 2>&1
+timeout $(left 110) python3 -m pytest -q -p no:cacheprovider -n 8 -rf --durations=25 tests/gpu > $OUT/gpu_tests.log 2>&1
 tail -3 $OUT/gpu_tests.log | tee -a $LOG
 echo "tests at $((SECONDS - T0)) s" | tee -a $LOG
 checkpoint
