@@ -1,4 +1,5 @@
-"""Fixtures shared by the GPU tests: the Triton path forced on, NaN-poisoned allocations, seeds."""
+"""Fixtures shared by the GPU tests: the Triton path forced on, seeded CUDA generators, the
+decode-attention reduce switch (NaN-poisoned allocations come from tests/conftest.py)."""
 
 import os
 
