@@ -5,9 +5,13 @@
 # they now get all but 30 s of B) and, with 150 s left after them, the LM head sweep (three H100
 # runs so far); with B under 400 the sweep alone. The JSON files go into one archive, since at
 # most eight files come back from a call. --durations=25: which GPU tests take the time.
+# H200_ONLY=1: on another card stop at once (the GPU suite passed whole at 562925f on an H100,
+# benchmarks/head/README.md section 7; a late call keeps its budget for a later H200).
 #   bash benchmarks/h200-quant/call_first.sh      (OUT set by the device tool)
+#   H200_ONLY=1 SHORT=1 B=300 bash benchmarks/h200-quant/call_first.sh
 . benchmarks/device_env.sh
 export B=${B:-575}
+[ "${H200_ONLY:-0}" = 1 ] && h200_only
 case $card in
   *H200*) bash benchmarks/h200-quant/bars_h200.sh ;;  # SKIP_INT4=1 passes through
   *) echo "card: $card" | tee $OUT/gpu_tests.log
