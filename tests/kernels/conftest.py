@@ -3,8 +3,9 @@
 Triton decides between compiling and interpreting when a kernel is defined, so the variable is
 set here, at import, and kernels defined before that (by an earlier import from another test
 folder) are rebuilt as interpreted ones. Setting TRITON_INTERPRET=1 in tests/conftest.py on
-CPU-only machines would make that repair unnecessary (it sets nothing now). On a machine with CUDA the
-interpreter is left off (tests/gpu covers the kernels there) and these tests skip.
+CPU-only machines would make that repair unnecessary (that file does not set the variable now).
+On a machine with CUDA the interpreter is left off (tests/gpu covers the kernels there) and these
+tests skip.
 """
 
 import importlib
