@@ -3,8 +3,11 @@
 # fifty-first session), against 377.9 (TTFT 27.8 ms) at 6ac49fd on an earlier H200: the code, or
 # the machine? Both trees on one engine (/tmp/e-fp8, built by this tree; rebuilt if the machine is
 # fresh), alternating, then each tree's kernel profile of 64 decode steps.
-# Make the old tree first: mkdir .old-kiln && git archive 6ac49fd kiln benchmarks/profile | tar -x -C .old-kiln
-#   B=540 bash benchmarks/h200-quant/b1_fp8_ab.sh      (OUT set by the device tool)
+# Make the old tree first, without the demo weights (a call carries at most 64 MiB), and carry it:
+#   mkdir .old-kiln && git archive 6ac49fd kiln benchmarks/profile | tar -x -C .old-kiln
+#   rm -rf .old-kiln/kiln/demo/*/
+#   B=540 bash benchmarks/h200-quant/b1_fp8_ab.sh      (OUT set by the device tool; carry .old-kiln)
+# Ran on an H200 as ANY_CARD=1 B=420 (h200-2026-12-07j): both trees 379.9-380.2 tok/s.
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 B=${B:-540}
