@@ -7,19 +7,14 @@
 #   mkdir .old-kiln && git archive 6ac49fd kiln benchmarks/profile | tar -x -C .old-kiln
 #   rm -rf .old-kiln/kiln/demo/*/
 #   B=540 bash benchmarks/h200-quant/b1_fp8_ab.sh      (OUT set by the device tool; carry .old-kiln)
-# Ran on an H200 as ANY_CARD=1 B=420 (h200-2026-12-07j): both trees 379.9-380.2 tok/s.
+# Ran on an H200 as ANY_CARD=1 B=420 (h200-2026-12-07j): both trees 379.9-380.2 tok/s. (before its build used tp_run.sh's fp8_engine; same flags)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 B=${B:-540}
 NEW=$PWD OLD=$PWD/.old-kiln
 start_log b1_ab.log
 h200_only
-if [ ! -f /tmp/e-fp8/engine.json ]; then
-  checkpoint
-  PYTHONPATH=$NEW timeout $(left 300) python3 -m kiln.cli build $M --output /tmp/e-fp8 $FP8_BUILD --eval-tokens 0 \
-    --no-kernel-cache 2>&1 | grep -v Warning | tail -2 >> $LOG
-fi
-echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
+[ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 300) /tmp/e-fp8 --eval-tokens 0 --no-kernel-cache
 for r in 1 2; do
   for t in new old; do
     P=$NEW; [ $t = old ] && P=$OLD
@@ -27,7 +22,7 @@ for r in 1 2; do
     echo "== $t $r: $(cd $P && PYTHONPATH=$P python3 -c 'import kiln; print("kiln from", kiln.__file__)')" >> $LOG
     (cd $P && PYTHONPATH=$P timeout $((s < 90 ? s : 90)) python3 -m kiln.cli bench latency --model /tmp/e-fp8 \
       --batch-size 1 --input-len 128 --output-len 256 --no-progress --json $OUT/b1_${t}_$r.json 2>&1 \
-      | grep -E "kiln from|TTFT|GB/s|start" >> $LOG)
+      | grep -E "TTFT|GB/s|start" >> $LOG)
     echo "$t $r at $((SECONDS - T0)) s" | tee -a $LOG
   done
 done

@@ -15,11 +15,13 @@ tp_run() {
 # LM head, no step tuning, up to 1024 sequences).
 M=/tmp/llama-3-8b
 FP8_BUILD="--quant fp8 --lm-head-quant fp8 --step-tuning-batch-sizes none --max-batch-size 1024 --eval-tokens 256 --overwrite --no-progress"
-# `fp8_engine LIMIT`: the checkpoint at $M (made once) and this tree's fp8 engine at /tmp/e-new,
-# its build given at most LIMIT seconds; logs to $LOG.
+# `fp8_engine LIMIT [ENGINE [FLAGS...]]`: the checkpoint at $M (made once) and this tree's fp8
+# engine at ENGINE (default /tmp/e-new), built with $FP8_BUILD and FLAGS (later flags win) in at
+# most LIMIT seconds; logs to $LOG.
 fp8_engine() {
+  local t=$1 e=${2:-/tmp/e-new}; shift; shift $(( $# > 0 ))
   checkpoint
-  PYTHONPATH=$PWD timeout $1 python3 -m kiln.cli build $M --output /tmp/e-new $FP8_BUILD 2>&1 | grep -v Warning | tail -2 >> $LOG
+  PYTHONPATH=$PWD timeout $t python3 -m kiln.cli build $M --output $e $FP8_BUILD "$@" 2>&1 | grep -v Warning | tail -2 >> $LOG
   echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
 }
 # `checkpoint`: the bf16 8B checkpoint at $M, made once.
