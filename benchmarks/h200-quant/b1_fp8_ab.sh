@@ -7,7 +7,8 @@
 #   mkdir .old-kiln && git archive 6ac49fd kiln benchmarks/profile | tar -x -C .old-kiln
 #   rm -rf .old-kiln/kiln/demo/*/
 #   B=540 bash benchmarks/h200-quant/b1_fp8_ab.sh      (OUT set by the device tool; carry .old-kiln)
-# Ran on an H200 as ANY_CARD=1 B=420 (h200-2026-12-07j): both trees 379.9-380.2 tok/s. (before its build used tp_run.sh's fp8_engine; same flags)
+# Ran on an H200 as ANY_CARD=1 B=420 (h200-2026-12-07j; its build then spelled out the same flags
+# that fp8_engine passes now): both trees 379.9-380.2 tok/s.
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 B=${B:-540}
