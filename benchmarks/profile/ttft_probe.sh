@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
-# A short prompt's TTFT split into the host's launch and the device's work (ttft_probe.py), on a
-# warm machine after benchmarks/h200-quant/bars_h200.sh (its fp8 engine /tmp/e-fp8 and the bf16
-# checkpoint /tmp/llama-3-8b): the fp8 engine in two processes (kiln bench latency read 29 to 51
-# ms at 128 tokens from process to process, benchmarks/h200-quant/h200-2026-12-07j), then the
-# bf16 checkpoint; each at most 90 s, all within B seconds.
-#   B=240 bash benchmarks/profile/ttft_probe.sh      (OUT set by the device tool)
+# A short prompt's TTFT split into the host's launch and the device's work (ttft_probe.py): the
+# fp8 8B engine /tmp/e-fp8 in two processes (kiln bench latency read 29 to 51 ms at 128 tokens
+# from process to process, benchmarks/h200-quant/h200-2026-12-07j), then the bf16 checkpoint
+# /tmp/llama-3-8b; each at most 90 s, all within B seconds. On a machine where
+# benchmarks/h200-quant/bars_h200.sh has run, both exist; otherwise they are made first (the
+# engine as bars_h200.sh builds it). Then, as time allows, a Chrome trace and a host profile of
+# one 128-token prefill step (profile_engine.py).
+#   B=300 bash benchmarks/profile/ttft_probe.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
+. benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
-B=${B:-240}
+B=${B:-300}
 start_log ttft_probe.log
+checkpoint
+[ -f /tmp/e-fp8/engine.json ] || timeout $(left 120) python3 -m kiln.cli build $M --output /tmp/e-fp8 --quant fp8 \
+  --lm-head-quant fp8 --step-tuning-batch-sizes none --no-kernel-cache --max-batch-size 1024 --eval-tokens 0 \
+  --overwrite --no-progress 2>&1 | grep -v Warning | tail -1 >> $LOG
+echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
 probe() {  # probe TAG MODEL
   local t; t=$(left 5); [ $t -lt 40 ] && { echo "skip $1 ($t s left)" | tee -a $LOG; return; }
   timeout $((t < 90 ? t : 90)) python3 benchmarks/profile/ttft_probe.py --model $2 --input-len 128 \
     --iters 20 --label $1 --json $OUT/ttft_$1.json 2>&1 | grep -E "==|median|kernels" >> $LOG
   echo "$1 at $((SECONDS - T0)) s" | tee -a $LOG
 }
-[ -f /tmp/e-fp8/engine.json ] && { probe fp8_a /tmp/e-fp8; probe fp8_b /tmp/e-fp8; }
-[ -d /tmp/llama-3-8b ] && probe bf16 /tmp/llama-3-8b
-cat $LOG
+prof() {  # prof TAG FLAGS...: profile_engine.py on the first step of a 128-token prompt
+  local tag=$1 t; shift; t=$(left 5); [ $t -lt 40 ] && { echo "skip $tag ($t s left)" | tee -a $LOG; return; }
+  timeout $((t < 60 ? t : 60)) python3 benchmarks/profile/profile_engine.py --model /tmp/e-fp8 --num-prompts 1 \
+    --input-len 128 --output-len 2 --skip-steps 0 --steps 1 "$@" 2>&1 | grep -E "==" >> $LOG
+  echo "$tag at $((SECONDS - T0)) s" | tee -a $LOG
+}
+probe fp8_a /tmp/e-fp8
+probe fp8_b /tmp/e-fp8
+probe bf16 $M
+prof trace --trace $OUT/trace_prefill128.json
+prof host --host-profile $OUT/host_prefill128.txt
+[ -f $OUT/trace_prefill128.json ] && gzip $OUT/trace_prefill128.json
+(cd $OUT && ls ttft_*.json > /dev/null 2>&1 && tar czf ttft.tgz ttft_*.json && rm -f ttft_*.json)
+cat $LOG; ls $OUT
