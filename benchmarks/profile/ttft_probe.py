@@ -10,9 +10,11 @@ splits each into:
     prefill's kernels one by one from Python;
   - wait: from launch's return to the sampled id on the host;
   - total: from add_request to the output (the TTFT a user sees).
-It also times the device work of one prefill with CUDA events around the runner's launch and
-result ("span": the device's time from the first launch to the output, its idle gaps included),
-and sums the kernel times of one more request under torch.profiler. Median, minimum and maximum
+Each request is preceded by a fixed pure-Python loop (cpu_control: is the CPU itself slow at that
+moment?); the Python threads of the process are listed, and --sample samples the main thread's
+stack every 0.5 ms during the launches. CUDA events around the runner's launch and the output
+give the device's span from the first launch to the output ("span", its idle gaps included),
+and the script sums the kernel times of one more request under torch.profiler. Median, minimum and maximum
 of each, and every iteration in --json.
 
     python benchmarks/profile/ttft_probe.py --model DIR --input-len 128 --iters 20 --json OUT.json
@@ -22,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -40,6 +45,55 @@ def summary(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def cpu_control_ms() -> float:
+    """A fixed pure-Python workload's time: whether the host CPU itself is slow at that moment."""
+    t = time.perf_counter()
+    acc = 0
+    for i in range(100_000):
+        acc += i & 7
+    return 1e3 * (time.perf_counter() - t)
+
+
+class StackSampler:
+    """Samples the main thread's Python stack every ``interval`` seconds from a helper thread,
+    while ``active`` is set: the innermost frame, and the innermost frame in kiln's own code, of
+    each sample. The helper holds the GIL only for the moment it reads the frames."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
+        self.active = threading.Event()
+        self.stop = threading.Event()
+        self.main = threading.main_thread().ident
+        self.inner: Counter[str] = Counter()
+        self.kiln: Counter[str] = Counter()
+        self.samples = 0
+        self.thread = threading.Thread(target=self._run, name="ttft-probe-sampler", daemon=True)
+
+    @staticmethod
+    def _where(frame) -> str:
+        code = frame.f_code
+        return f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.active.wait(0.05):
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    self.samples += 1
+                    self.inner[self._where(frame)] += 1
+                    f = frame
+                    while f is not None and "/kiln/" not in f.f_code.co_filename:
+                        f = f.f_back
+                    self.kiln[self._where(f) if f is not None else "(outside kiln)"] += 1
+                time.sleep(self.interval)
+
+    def report(self, top: int = 25) -> dict:
+        n = max(1, self.samples)
+        return {"samples": self.samples, "interval_s": self.interval,
+                "innermost": [[k, v, v / n] for k, v in self.inner.most_common(top)],
+                "innermost_kiln": [[k, v, v / n] for k, v in self.kiln.most_common(top)]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -50,6 +104,8 @@ def main() -> None:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--no-profile", action="store_true",
                    help="skip the last, profiled request (kernel time of one prefill)")
+    p.add_argument("--sample", action="store_true",
+                   help="sample the main thread's stack every 0.5 ms during the requests' launches")
     p.add_argument("--label", default="")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -72,7 +128,19 @@ def main() -> None:
             timing["start_event"] = start
         return res
 
-    runner.launch = timed_launch
+    sampler = StackSampler() if args.sample else None
+    if sampler is not None:
+        sampler.thread.start()
+
+    def sampled_launch(out):
+        sampler.active.set()
+        try:
+            return timed_launch(out)
+        finally:
+            sampler.active.clear()
+
+    runner.launch = timed_launch if sampler is None else sampled_launch
+    threads = sorted(t.name for t in threading.enumerate())
     params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     vocab = engine.model.args.vocab_size
     rows = []
@@ -80,6 +148,7 @@ def main() -> None:
         ids = common.random_prompts(1, args.input_len, vocab, 1000 + it)[0]
         timing.clear()
         common.sync(device)
+        control = cpu_control_ms()
         t0 = time.perf_counter()
         engine.add_request(f"p{it}", {"prompt_token_ids": ids}, params)
         done = False
@@ -97,7 +166,7 @@ def main() -> None:
             device_ms = timing["start_event"].elapsed_time(end)
         if it >= args.warmup:
             rows.append({"total_ms": 1e3 * total, "launch_ms": 1e3 * timing.get("launch", 0.0),
-                         "span_ms": device_ms})
+                         "span_ms": device_ms, "cpu_control_ms": control})
     kernel_ms = None
     if not args.no_profile:
         # One more request under the profiler: the summed time of its kernels (on a CPU, of its
@@ -120,18 +189,31 @@ def main() -> None:
            "cuda_graphs": runner.graphs is not None, "async_scheduling": engine.async_scheduling,
            "total_ms": summary([r["total_ms"] for r in rows]),
            "launch_ms": summary([r["launch_ms"] for r in rows]),
+           "cpu_control_ms": summary([r["cpu_control_ms"] for r in rows]),
+           "python_threads": threads, "os_threads": len(os.listdir("/proc/self/task"))
+           if os.path.isdir("/proc/self/task") else None,
            "kernel_ms_one_request": kernel_ms, "iterations": rows, "environment": common.environment(device)}
     if rows[0]["span_ms"] is not None:
         out["span_ms"] = summary([r["span_ms"] for r in rows])
     print(f"== {args.label or args.model}: {args.input_len}-token prompt, {args.iters} requests, "
           f"max_tokens 1")
-    for key in ("total_ms", "launch_ms", "span_ms"):
+    if sampler is not None:
+        sampler.stop.set()
+        out["stack_samples"] = sampler.report()
+    for key in ("total_ms", "launch_ms", "span_ms", "cpu_control_ms"):
         if key in out:
             s = out[key]
-            print(f"  {key[:-3]:8s} median {s['median']:7.2f} ms   min {s['min']:7.2f}   "
+            print(f"  {key[:-3]:11s} median {s['median']:7.2f} ms   min {s['min']:7.2f}   "
                   f"max {s['max']:7.2f}")
+    print(f"  threads: {out['os_threads']} in the process; Python's: {', '.join(threads)}")
+    if sampler is not None:
+        rep = out["stack_samples"]
+        print(f"  {rep['samples']} stack samples; innermost frames, then innermost kiln frames:")
+        for key in ("innermost", "innermost_kiln"):
+            for where, _, share in rep[key][:12]:
+                print(f"    {100 * share:5.1f}%  {where}")
     if kernel_ms is not None:
-        print(f"  kernels  {kernel_ms:7.2f} ms in one profiled request (summed)")
+        print(f"  kernels     {kernel_ms:7.2f} ms in one profiled request (summed)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

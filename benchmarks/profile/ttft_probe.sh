@@ -5,7 +5,8 @@
 # /tmp/llama-3-8b; each at most 90 s, all within B seconds. On a machine where
 # benchmarks/h200-quant/bars_h200.sh has run, both exist; otherwise they are made first (the
 # engine as bars_h200.sh builds it). Then, as time allows, a Chrome trace and a host profile of
-# one 128-token prefill step (profile_engine.py).
+# one 128-token prefill step (profile_engine.py; PROF=0 skips them). The first fp8 run and the
+# bf16 run sample the main thread's stack (--sample), the second fp8 run does not.
 #   B=300 bash benchmarks/profile/ttft_probe.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
@@ -17,11 +18,11 @@ checkpoint
   --lm-head-quant fp8 --step-tuning-batch-sizes none --no-kernel-cache --max-batch-size 1024 --eval-tokens 0 \
   --overwrite --no-progress 2>&1 | grep -v Warning | tail -1 >> $LOG
 echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
-probe() {  # probe TAG MODEL
-  local t; t=$(left 5); [ $t -lt 40 ] && { echo "skip $1 ($t s left)" | tee -a $LOG; return; }
-  timeout $((t < 90 ? t : 90)) python3 benchmarks/profile/ttft_probe.py --model $2 --input-len 128 \
-    --iters 20 --label $1 --json $OUT/ttft_$1.json 2>&1 | grep -E "==|median|kernels" >> $LOG
-  echo "$1 at $((SECONDS - T0)) s" | tee -a $LOG
+probe() {  # probe TAG MODEL [FLAGS...]
+  local tag=$1 model=$2 t; shift 2; t=$(left 5); [ $t -lt 40 ] && { echo "skip $tag ($t s left)" | tee -a $LOG; return; }
+  timeout $((t < 90 ? t : 90)) python3 benchmarks/profile/ttft_probe.py --model $model --input-len 128 \
+    --iters 20 --label $tag --json $OUT/ttft_$tag.json "$@" 2>&1 | grep -E "==|median|kernels|thread|%|samples" >> $LOG
+  echo "$tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
 prof() {  # prof TAG FLAGS...: profile_engine.py on the first step of a 128-token prompt
   local tag=$1 t; shift; t=$(left 5); [ $t -lt 40 ] && { echo "skip $tag ($t s left)" | tee -a $LOG; return; }
@@ -29,9 +30,10 @@ prof() {  # prof TAG FLAGS...: profile_engine.py on the first step of a 128-toke
     --input-len 128 --output-len 2 --skip-steps 0 --steps 1 "$@" 2>&1 | grep -E "==" >> $LOG
   echo "$tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
-probe fp8_a /tmp/e-fp8
+probe fp8_a /tmp/e-fp8 --sample
 probe fp8_b /tmp/e-fp8
-probe bf16 $M
+probe bf16 $M --sample
+[ "${PROF:-1}" = 1 ] || { cat $LOG; exit 0; }
 prof trace --trace $OUT/trace_prefill128.json
 prof host --host-profile $OUT/host_prefill128.txt
 [ -f $OUT/trace_prefill128.json ] && gzip $OUT/trace_prefill128.json
