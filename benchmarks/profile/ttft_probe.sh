@@ -6,7 +6,8 @@
 # benchmarks/h200-quant/bars_h200.sh has run, both exist; otherwise they are made first (the
 # engine as bars_h200.sh builds it). Then, as time allows, a Chrome trace and a host profile of
 # one 128-token prefill step (profile_engine.py; PROF=0 skips them). The first fp8 run and the
-# bf16 run sample the main thread's stack (--sample), the second fp8 run does not.
+# bf16 run sample the main thread's stack (--sample), the second fp8 run does not. Before them,
+# host_op_cost.py: the host time of one F.linear, torch._scaled_mm, Triton launch, torch.empty.
 #   B=300 bash benchmarks/profile/ttft_probe.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
@@ -30,6 +31,8 @@ prof() {  # prof TAG FLAGS...: profile_engine.py on the first step of a 128-toke
     --input-len 128 --output-len 2 --skip-steps 0 --steps 1 "$@" 2>&1 | grep -E "==" >> $LOG
   echo "$tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
+timeout 60 python3 benchmarks/profile/host_op_cost.py --json $OUT/host_op_cost.json 2>&1 | tail -4 >> $LOG
+echo "host_op_cost at $((SECONDS - T0)) s" | tee -a $LOG
 probe fp8_a /tmp/e-fp8 --sample
 probe fp8_b /tmp/e-fp8
 probe bf16 $M --sample
