@@ -14,11 +14,9 @@
 export PYTHONPATH=$PWD
 B=${B:-300}
 start_log ttft_probe.log
+# (tp_run.sh's fp8_engine makes the checkpoint too, and logs the engine's time)
+[ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 120) /tmp/e-fp8 --no-kernel-cache --eval-tokens 0
 checkpoint
-[ -f /tmp/e-fp8/engine.json ] || timeout $(left 120) python3 -m kiln.cli build $M --output /tmp/e-fp8 --quant fp8 \
-  --lm-head-quant fp8 --step-tuning-batch-sizes none --no-kernel-cache --max-batch-size 1024 --eval-tokens 0 \
-  --overwrite --no-progress 2>&1 | grep -v Warning | tail -1 >> $LOG
-echo "engine at $((SECONDS - T0)) s" | tee -a $LOG
 probe() {  # probe TAG MODEL [FLAGS...]
   local tag=$1 model=$2 t; shift 2; t=$(left 5); [ $t -lt 40 ] && { echo "skip $tag ($t s left)" | tee -a $LOG; return; }
   timeout $((t < 90 ? t : 90)) python3 benchmarks/profile/ttft_probe.py --model $model --input-len 128 \
