@@ -6,7 +6,7 @@
 # benchmarks/h200-quant/bars_h200.sh has run, both exist; otherwise they are made first (the
 # engine as bars_h200.sh builds it). Then, as time allows, a Chrome trace and a host profile of
 # one 128-token prefill step (profile_engine.py; PROF=0 skips them). The first fp8 run and the
-# bf16 run sample the main thread's stack (--sample), the second fp8 run does not. Before them,
+# bf16 run sample the main thread's stack (--sample), the second fp8 run (last) does not. Before them,
 # host_op_cost.py: the host time of one F.linear, torch._scaled_mm, Triton launch, torch.empty.
 #   B=300 bash benchmarks/profile/ttft_probe.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
@@ -15,7 +15,7 @@ export PYTHONPATH=$PWD
 B=${B:-300}
 start_log ttft_probe.log
 # (tp_run.sh's fp8_engine makes the checkpoint too, and logs the engine's time)
-[ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 120) /tmp/e-fp8 --no-kernel-cache --eval-tokens 0
+[ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 90) /tmp/e-fp8 --no-kernel-cache --eval-tokens 0
 checkpoint
 probe() {  # probe TAG MODEL [FLAGS...]
   local tag=$1 model=$2 t; shift 2; t=$(left 5); [ $t -lt 40 ] && { echo "skip $tag ($t s left)" | tee -a $LOG; return; }
@@ -29,11 +29,11 @@ prof() {  # prof TAG FLAGS...: profile_engine.py on the first step of a 128-toke
     --input-len 128 --output-len 2 --skip-steps 0 --steps 1 "$@" 2>&1 | grep -E "==" >> $LOG
   echo "$tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
-timeout 60 python3 benchmarks/profile/host_op_cost.py --json $OUT/host_op_cost.json 2>&1 | tail -4 >> $LOG
+timeout 40 python3 benchmarks/profile/host_op_cost.py --json $OUT/host_op_cost.json 2>&1 | tail -4 >> $LOG
 echo "host_op_cost at $((SECONDS - T0)) s" | tee -a $LOG
 probe fp8_a /tmp/e-fp8 --sample
-probe fp8_b /tmp/e-fp8
 probe bf16 $M --sample
+probe fp8_b /tmp/e-fp8
 [ "${PROF:-1}" = 1 ] || { cat $LOG; exit 0; }
 prof trace --trace $OUT/trace_prefill128.json
 prof host --host-profile $OUT/host_prefill128.txt
