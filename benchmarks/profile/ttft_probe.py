@@ -8,14 +8,12 @@ of --input-len random tokens and max_tokens 1 through LLMEngine.step(), one afte
 splits each into:
   - launch: the host's time in ModelRunner.launch (scheduling excluded), which queues the
     prefill's kernels one by one from Python;
-  - wait: from launch's return to the sampled id on the host;
+  - span (CUDA): the device's time from the first launch to the output, idle gaps included;
   - total: from add_request to the output (the TTFT a user sees).
 Each request is preceded by a fixed pure-Python loop (cpu_control: is the CPU itself slow at that
 moment?); the Python threads of the process are listed, and --sample samples the main thread's
-stack every 0.5 ms during the launches. CUDA events around the runner's launch and the output
-give the device's span from the first launch to the output ("span", its idle gaps included),
-and the script sums the kernel times of one more request under torch.profiler. Median, minimum and maximum
-of each, and every iteration in --json.
+stack every 0.5 ms during the launches. The kernel times of one more request, under
+torch.profiler, are summed. Median, minimum and maximum of each, and every iteration in --json.
 
     python benchmarks/profile/ttft_probe.py --model DIR --input-len 128 --iters 20 --json OUT.json
 """
@@ -58,8 +56,8 @@ class StackSampler:
     """Samples the main thread's Python stack every ``interval`` seconds from a helper thread,
     while ``active`` is set: the innermost frame, and the innermost frame in kiln's own code, of
     each sample. The helper needs the GIL to read the frames; while the main thread runs Python
-    it gets it once per switch interval, which start() sets to ``interval`` (default 5 ms), so
-    sampling adds a GIL hand-over to the main thread's work at that rate."""
+    it gets it once per switch interval (Python's default 5 ms), so start() sets that interval
+    to ``interval``, which adds a GIL hand-over to the main thread's work at that rate."""
 
     def __init__(self, interval: float = 0.0005):
         self.interval = interval
@@ -173,6 +171,7 @@ def main() -> None:
         if it >= args.warmup:
             rows.append({"total_ms": 1e3 * total, "launch_ms": 1e3 * timing.get("launch", 0.0),
                          "span_ms": device_ms, "cpu_control_ms": control})
+    runner.launch = launch_inner  # the profiled request is neither timed nor sampled
     kernel_ms = None
     if not args.no_profile:
         # One more request under the profiler: the summed time of its kernels (on a CPU, of its
@@ -198,7 +197,8 @@ def main() -> None:
            "cpu_control_ms": summary([r["cpu_control_ms"] for r in rows]),
            "python_threads": threads, "os_threads": len(os.listdir("/proc/self/task"))
            if os.path.isdir("/proc/self/task") else None,
-           "kernel_ms_one_request": kernel_ms, "iterations": rows, "environment": common.environment(device)}
+           "kernel_ms_one_request": kernel_ms, "iterations": rows,
+           "environment": common.environment(device)}
     if rows[0]["span_ms"] is not None:
         out["span_ms"] = summary([r["span_ms"] for r in rows])
     print(f"== {args.label or args.model}: {args.input_len}-token prompt, {args.iters} requests, "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A short prompt's TTFT split into the host's launch and the device's work (ttft_probe.py): the
 # fp8 8B engine /tmp/e-fp8 in two processes (kiln bench latency read 29 to 51 ms at 128 tokens
-# from process to process, benchmarks/h200-quant/h200-2026-12-07j), then the bf16 checkpoint
-# /tmp/llama-3-8b; each at most 90 s, all within B seconds. On a machine where
+# from process to process, benchmarks/h200-quant/h200-2026-12-07j) and the bf16 checkpoint
+# /tmp/llama-3-8b between them; each at most 90 s, all within B seconds. On a machine where
 # benchmarks/h200-quant/bars_h200.sh has run, both exist; otherwise they are made first (the
 # engine as bars_h200.sh builds it). Then, as time allows, a Chrome trace and a host profile of
 # one 128-token prefill step (profile_engine.py; PROF=0 skips them). The first fp8 run and the
