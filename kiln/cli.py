@@ -28,6 +28,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
                    help="decode batch sizes to capture as CUDA graphs (default: 1, 2, 4, 8, then every "
                         "16 up to --max-num-seqs)")
+    g.add_argument("--prefill-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="token counts of steps with prompt tokens to capture as piecewise CUDA "
+                        "graphs (default: 16 to 512, 1.5x apart, within --max-num-batched-tokens; "
+                        "0: none)")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule the next step while the device runs this one (default: on "
                         "for CUDA, off for the CPU)")
@@ -43,6 +47,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 enable_prefix_caching=args.enable_prefix_caching,
                 scheduling_policy=args.scheduling_policy, enforce_eager=args.enforce_eager,
                 cuda_graph_sizes=args.cuda_graph_sizes,
+                prefill_graph_sizes=args.prefill_graph_sizes,
                 async_scheduling=args.async_scheduling, kv_cache_dtype=args.kv_cache_dtype,
                 device=args.device, seed=args.seed)
 

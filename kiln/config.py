@@ -85,6 +85,9 @@ class EngineConfig:
     enforce_eager: bool = False
     # Decode batch sizes captured as CUDA graphs (None: kiln.runner.cuda_graphs.batch_buckets).
     cuda_graph_sizes: tuple[int, ...] | None = None
+    # Token counts of steps with prompt tokens captured as piecewise CUDA graphs (None:
+    # kiln.runner.prefill_graphs.prefill_buckets; empty: none, given as 0).
+    prefill_graph_sizes: tuple[int, ...] | None = None
     # Schedule step n+1 while the device runs step n (None: on for CUDA, off for the CPU, where
     # the device is the host and nothing overlaps).
     async_scheduling: bool | None = None
@@ -95,6 +98,14 @@ class EngineConfig:
             if not sizes or any(int(b) != b or b < 1 for b in sizes):
                 raise KilnError(f"cuda_graph_sizes must be positive integers, got {list(sizes)}")
             object.__setattr__(self, "cuda_graph_sizes", tuple(sorted(set(int(b) for b in sizes))))
+        if self.prefill_graph_sizes is not None:
+            sizes = tuple(self.prefill_graph_sizes)
+            if sizes == (0,):
+                sizes = ()
+            if any(int(n) != n or n < 1 for n in sizes):
+                raise KilnError(f"prefill_graph_sizes must be positive integers (or 0 alone: none), "
+                                f"got {list(self.prefill_graph_sizes)}")
+            object.__setattr__(self, "prefill_graph_sizes", tuple(sorted(set(int(n) for n in sizes))))
 
     def with_num_kv_blocks(self, num_blocks: int) -> "EngineConfig":
         """A copy with the KV block count fixed (after memory profiling)."""

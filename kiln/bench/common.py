@@ -106,6 +106,9 @@ def engine_settings(engine) -> dict:
             "max_model_len": c.scheduler.max_model_len, "dtype": str(engine.dtype).replace("torch.", ""),
             "kv_cache_dtype": c.cache.kv_cache_dtype, "enforce_eager": c.enforce_eager,
             "async_scheduling": c.async_scheduling,
+            # token counts of the captured prefill graphs ([] when none were captured)
+            "prefill_graph_sizes": getattr(getattr(getattr(engine, "runner", None), "prefill_graphs",
+                                                   None), "buckets", []),
             "quantization": ((engine.engine_info or {}).get("quantization") or {}).get("scheme", "none"),
             # the engine's packed Triton kernels put into this machine's cache at load (if any)
             "packed_kernels": (engine.engine_info or {}).get("kernel_cache_install")}

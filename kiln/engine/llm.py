@@ -19,7 +19,8 @@ class LLM:
     ``model`` is a Hugging Face checkpoint directory (or a kiln engine directory); None means the
     demo model shipped with kiln. Keyword arguments are the engine's: dtype, max_num_seqs,
     max_num_batched_tokens, block_size, num_kv_blocks, enable_prefix_caching, seed, max_model_len,
-    gpu_memory_utilization, scheduling_policy, device, enforce_eager, cuda_graph_sizes.
+    gpu_memory_utilization, scheduling_policy, device, enforce_eager, cuda_graph_sizes,
+    prefill_graph_sizes.
     """
 
     def __init__(self, model: str | None = None, **engine_kwargs):

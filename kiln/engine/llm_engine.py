@@ -88,6 +88,15 @@ def _apply_engine_limits(config: EngineConfig, info: dict) -> EngineConfig:
     return config
 
 
+def _prefill_graphs_wanted(config: EngineConfig) -> bool:
+    """Whether a CUDA engine with this config captures prefill graphs (not under enforce_eager,
+    KILN_PREFILL_GRAPHS=0 or prefill_graph_sizes 0)."""
+    from kiln.runner.prefill_graphs import prefill_graphs_enabled
+
+    return (not config.enforce_eager and prefill_graphs_enabled()
+            and config.prefill_graph_sizes != ())
+
+
 def batch1_ring_chosen(engine_info: dict | None) -> bool:
     """Whether an engine's decode-step tuning chose the ring path for its batch-1 decode graph
     (engine.json kernel_tuning.batch1_gemv; kiln.tune.in_situ.choose_batch1_ring). A checkpoint
@@ -161,6 +170,12 @@ class LLMEngine:
                                               batch1_ring=batch1_ring_chosen(self.engine_info))
             logger.info("decode CUDA graphs captured in %.1f s (%.2f GiB)", time.perf_counter() - t1,
                         (torch.cuda.memory_reserved(self.device) - reserved) / 2**30)
+            if _prefill_graphs_wanted(config):
+                t1 = time.perf_counter()
+                self.runner.capture_prefill_graphs(config.scheduler.max_num_batched_tokens,
+                                                   config.prefill_graph_sizes)
+                logger.info("prefill CUDA graphs captured in %.1f s (%.2f GiB)",
+                            time.perf_counter() - t1, self.runner.prefill_graphs.pool_bytes / 2**30)
         from kiln.scheduler.scheduler import Scheduler
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.eos_token_ids = frozenset(self.generation_config.get("eos_token_id") or [])
@@ -189,6 +204,7 @@ class LLMEngine:
                   scheduling_policy: str = "fcfs", max_waiting_requests: int | None = None,
                   device: str = "auto", enforce_eager: bool = False,
                   cuda_graph_sizes: Sequence[int] | None = None,
+                  prefill_graph_sizes: Sequence[int] | None = None,
                   async_scheduling: bool | None = None) -> "LLMEngine":
         """Build an engine from flat keyword arguments (the CLI's and LLM's)."""
         if model is None:
@@ -208,6 +224,8 @@ class LLMEngine:
                                       max_waiting_requests=max_waiting_requests),
             device=device, enforce_eager=enforce_eager,
             cuda_graph_sizes=tuple(cuda_graph_sizes) if cuda_graph_sizes else None,
+            prefill_graph_sizes=(tuple(prefill_graph_sizes) if prefill_graph_sizes is not None
+                                 else None),
             async_scheduling=async_scheduling)
         return cls(cfg)
 
@@ -240,6 +258,14 @@ class LLMEngine:
         if self.device.type != "cuda":
             return memory.num_kv_blocks_cpu(block_bytes, config.cache, config.scheduler)
         peak = self._profile_activation_bytes(config)
+        if _prefill_graphs_wanted(config):
+            # The prefill graphs keep the intermediates of their largest bucket (their pool):
+            # about the profiled forward's, scaled to that many tokens.
+            from kiln.runner.prefill_graphs import prefill_buckets
+            largest = prefill_buckets(config.scheduler.max_num_batched_tokens,
+                                      config.prefill_graph_sizes)[-1]
+            profiled = min(config.scheduler.max_num_batched_tokens, config.scheduler.max_model_len)
+            peak += int(peak * min(1.0, largest / profiled))
         if not config.enforce_eager:  # the decode graphs' shared logits buffer (cuda_graphs.py)
             from kiln.runner.cuda_graphs import batch_buckets
             rows = batch_buckets(config.scheduler.max_num_seqs, config.cuda_graph_sizes)[-1]

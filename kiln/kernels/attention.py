@@ -163,8 +163,15 @@ def wants_fresh_kv(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetad
     activation dtype, head_dim 64 or 128 and no sliding window. KILN_FRESH_FP8=0 keeps fp8
     caches' prompts on the paged kernel.
     """
-    return (meta.max_query_len > 1 and meta.fresh_from < meta.num_seqs and not sliding_window
-            and _triton_ok(q, kv_cache) and fresh_prefill_supports(q)
+    return (meta.max_query_len > 1 and meta.fresh_from < meta.num_seqs
+            and fresh_kv_possible(q, kv_cache, sliding_window))
+
+
+def fresh_kv_possible(q: torch.Tensor, kv_cache: torch.Tensor,
+                      sliding_window: int | None = None) -> bool:
+    """wants_fresh_kv's conditions that do not depend on the batch: whether a layer's fresh
+    prompts could ever take that path (the prefill graphs keep the rotated keys when so)."""
+    return (not sliding_window and _triton_ok(q, kv_cache) and fresh_prefill_supports(q)
             and (not is_fp8_kv_cache(kv_cache) or os.environ.get("KILN_FRESH_FP8", "1") == "1"))
 
 
@@ -184,7 +191,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
                     v_scale: float = 1.0,
                     fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                     quant_dtype: torch.dtype | None = None,
-                    rope: DecodeRope | None = None) -> torch.Tensor | QuantizedRows:
+                    rope: DecodeRope | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor | QuantizedRows:
     """Attention of the new tokens' queries over the paged cache (dispatcher). Returns [T, Hq, D],
     or with ``quant_dtype`` (float8_e4m3fn: the reader is an fp8 W8A8 o_proj) the output's rows
     [T, Hq * D] quantized per token, as a kernels.quant_act.QuantizedRows: from the decode
@@ -205,7 +213,12 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     ``rope`` (decode batches of one token per sequence, see decode_attention.decode_rope_ok): q
     is before RoPE; the decode kernel rotates it and writes the step's K/V into the cache
     itself, instead of kiln.kernels.rotary's launch before it.
+    ``out`` (q's shape and dtype; not with ``quant_dtype``): where the output goes, instead of a
+    new tensor (the prefill graphs' static buffers).
     """
+    if out is not None and (quant_dtype is not None or out.shape != q.shape
+                            or out.dtype != q.dtype):
+        raise ValueError("paged_attention's out must have q's shape and dtype, without quant_dtype")
     if rope is not None and not decode_rope_possible(q, rope.k, rope.v, kv_cache, meta,
                                                      rope.cos_sin_cache):
         raise ValueError("paged_attention applies RoPE itself only for decode batches on the "
@@ -224,8 +237,10 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         rows = out.reshape(out.shape[0], -1)
         return quantized or quantize_rows(rows, quant_dtype, tuple(rows.shape))
     if not _triton_ok(q, kv_cache) or meta.num_seqs == 0:
-        return paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        ref = paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
+        return ref if out is None else out.copy_(ref)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qk_scale, window, fp8_v_scale = _launch_scales(kv_cache, scale, sliding_window, k_scale, v_scale)
     if meta.max_query_len == 1:
         _paged_decode(q, kv_cache, meta, out, qk_scale, window, v_scale=fp8_v_scale, rope=rope)

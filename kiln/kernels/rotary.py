@@ -257,10 +257,11 @@ def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
                             cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                             slot_mapping: torch.Tensor, k_scale: float = 1.0,
                             v_scale: float = 1.0, k_out: torch.Tensor | None = None,
-                            v_out: torch.Tensor | None = None) -> torch.Tensor:
+                            v_out: torch.Tensor | None = None,
+                            q_out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: rotate q and k, write rotated k and v into the paged cache (and rotated k into
     ``k_out`` when given; for an fp8 cache the codes of k and v into ``k_out`` and ``v_out``);
-    returns rotated q.
+    returns rotated q (in ``q_out`` when given).
 
     The scales quantize k/v for an fp8 cache (see kernels.attention_ref.write_kv_ref).
     """
@@ -272,15 +273,17 @@ def rotary_and_write_kv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
             v_out.copy_(quantize_kv_ref(v, v_scale))
         else:
             k_out.copy_(k)
-    return q
+    return q if q_out is None else q_out.copy_(q)
 
 
 def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                         cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
                         slot_mapping: torch.Tensor, k_scale: float = 1.0,
                         v_scale: float = 1.0, k_out: torch.Tensor | None = None,
-                        v_out: torch.Tensor | None = None) -> torch.Tensor:
-    """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D].
+                        v_out: torch.Tensor | None = None,
+                        q_out: torch.Tensor | None = None) -> torch.Tensor:
+    """RoPE fused with the KV-cache write (dispatcher); returns rotated q [T, Hq, D] (``q_out``
+    when given: a tensor of q's shape and dtype, last dimension contiguous).
 
     q: [T, Hq, D], k/v: [T, Hk, D]; kv_cache: [2, num_blocks, block_size, Hk, D];
     slot_mapping: [T] (-1 = do not write). A float8_e4m3fn cache stores
@@ -294,10 +297,15 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
         raise ValueError("an fp8 cache's codes go to k_out and v_out: v_out is missing")
     if not (_triton_ok(q, k, cos_sin_cache) and kv_cache.is_contiguous() and v.stride(-1) == 1
             and (k_out is None or k_out.stride(-1) == 1)
-            and (v_out is None or v_out.stride(-1) == 1)):
+            and (v_out is None or v_out.stride(-1) == 1)
+            and (q_out is None or q_out.stride(-1) == 1)):
         return rotary_and_write_kv_ref(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping,
-                                       k_scale, v_scale, k_out, v_out)
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+                                       k_scale, v_scale, k_out, v_out, q_out)
+    if q_out is None:
+        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    elif q_out.shape != q.shape or q_out.dtype != q.dtype:
+        raise ValueError(f"q_out must be {tuple(q.shape)} {q.dtype}, got {tuple(q_out.shape)} "
+                         f"{q_out.dtype}")
     # Slots index the flattened (block, offset) dims of the contiguous cache.
     strides = (kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3))
     _launch(q, k, v, positions, cos_sin_cache, q_out, kv_cache, strides, slot_mapping,

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.kernels.attention import decode_rope_possible, paged_attention, wants_fresh_kv
+from kiln.kernels.attention import (decode_rope_possible, fresh_kv_possible, paged_attention,
+                                    wants_fresh_kv)
 from kiln.kernels.attention_ref import is_fp8_kv_cache
 from kiln.kernels.decode_attention import DecodeRope, rope_in_decode_enabled
 from kiln.kernels.quant_act import quantized_rows_buffers
@@ -73,8 +74,67 @@ class PagedSelfAttention(nn.Module):
         result is [len(rows), hidden]; every token's K/V is still written. With no rows the
         projection is skipped. ``qkv``: qkv_proj's output, computed already by the caller (then
         hidden is not read)."""
-        if qkv is None:
-            qkv = self.qkv_proj(hidden)
+        q, k, v = self._split_heads(self.qkv_proj(hidden) if qkv is None else qkv)
+        # Fresh prompts' attention can read their rotated keys from here instead of the cache.
+        keep_fresh = wants_fresh_kv(q, kv_cache, meta, self.sliding_window)
+        rope = fresh_kv = None
+        if not keep_fresh and self._rope_in_decode(q, k, v, kv_cache, meta):
+            # the decode kernel rotates q and k and writes the step's K/V itself
+            rope = DecodeRope(positions, meta.slot_mapping, self._rotary[0].cos_sin_cache, k, v,
+                              self.k_scale, self.v_scale)
+        else:
+            q, fresh_kv = self._rotate(positions, q, k, v, kv_cache, meta.slot_mapping, keep_fresh)
+        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
+                              self.v_scale, fresh_kv, quant_dtype=self.quant_dtype, rope=rope)
+        return self.project_out(out, rows)
+
+    def rotated_qkv(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor, q_out: torch.Tensor, k_out: torch.Tensor | None,
+                    v_out: torch.Tensor | None) -> bool:
+        """forward's part before the attention, for any batch (the prefill graphs capture it):
+        qkv_proj, RoPE and the cache write of every token (slot -1: none), the rotated q into
+        ``q_out`` [T, Hq, D]. Where this layer's fresh prompts may read their keys and values
+        from the step's tensors (fresh_kv_possible) and k_out and v_out [T, Hk, D] are given,
+        they receive them as ``attend`` takes them (an fp8 cache's codes, in float16), and the
+        result is True."""
+        q, k, v = self._split_heads(self.qkv_proj(hidden))
+        keep = k_out is not None and fresh_kv_possible(q, kv_cache, self.sliding_window)
+        fp8 = is_fp8_kv_cache(kv_cache)
+        self._rotary[0](positions, q, k, v, kv_cache, slot_mapping, self.k_scale, self.v_scale,
+                        k_out if keep else None, v_out if keep and fp8 else None, q_out=q_out)
+        if keep and not fp8:
+            v_out.copy_(v)
+        return keep
+
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+               fresh_kv: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor) -> None:
+        """The attention of rotated q (its K/V written already) into ``out`` (q's shape): what
+        the prefill graphs run between their captured parts, with the step's own metadata."""
+        if fresh_kv is not None and not wants_fresh_kv(q, kv_cache, meta, self.sliding_window):
+            fresh_kv = None
+        paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
+                        self.v_scale, fresh_kv, out=out)
+
+    def project_out(self, out, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """o_proj of the attention's output (a [T, Hq, D] tensor, or its rows quantized per token:
+        QuantizedRows), of ``rows`` alone when given."""
+        if rows is not None and rows.shape[0] == 0:
+            return torch.empty((0, self.o_proj.out_features), dtype=out.dtype, device=out.device)
+        if isinstance(out, torch.Tensor):
+            out = out.reshape(out.shape[0], self.q_size)
+            if rows is not None:
+                out = out.index_select(0, rows)
+        elif rows is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
+            # into buffers padded as the producers pad them (cuBLAS takes 16-row multiples)
+            m = rows.shape[0]
+            codes, scales = quantized_rows_buffers(m, out.q.shape[1], out.q.dtype, out.q.device)
+            torch.index_select(out.q, 0, rows, out=codes[:m])
+            torch.index_select(out.scale, 0, rows, out=scales[:m])
+            out = dataclasses.replace(out, q=codes, scale=scales, m=m, shape=(m, *out.shape[1:]))
+        return self.o_proj(out)
+
+    def _split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k and v [T, Hk, D] of qkv_proj's output, q and k normed (Qwen3)."""
         num_tokens = qkv.shape[0]
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
@@ -83,43 +143,23 @@ class PagedSelfAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        # Fresh prompts' attention can read their rotated keys from here instead of the cache
-        # (an fp8 cache's: the codes of keys and values, in float16).
+        return q, k, v
+
+    def _rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv_cache: torch.Tensor, slot_mapping: torch.Tensor, keep_fresh: bool
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """RoPE and the cache write; with keep_fresh also the rotated keys (an fp8 cache's: the
+        codes of keys and values, in float16), returned as paged_attention's fresh_kv."""
         k_out = v_out = None
-        if wants_fresh_kv(q, kv_cache, meta, self.sliding_window):
+        if keep_fresh:
             if is_fp8_kv_cache(kv_cache):
                 k_out = torch.empty(k.shape, dtype=torch.float16, device=k.device)
                 v_out = torch.empty(v.shape, dtype=torch.float16, device=v.device)
             else:
                 k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        rope = None
-        if k_out is None and self._rope_in_decode(q, k, v, kv_cache, meta):
-            # the decode kernel rotates q and k and writes the step's K/V itself
-            rope = DecodeRope(positions, meta.slot_mapping, self._rotary[0].cos_sin_cache, k, v,
-                              self.k_scale, self.v_scale)
-        else:
-            q = self._rotary[0](positions, q, k, v, kv_cache, meta.slot_mapping, self.k_scale,
-                                self.v_scale, k_out, v_out)
-        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window, self.k_scale,
-                              self.v_scale,
-                              None if k_out is None else (k_out, v if v_out is None else v_out),
-                              quant_dtype=self.quant_dtype, rope=rope)
-        if rows is not None and rows.shape[0] == 0:
-            return qkv.new_empty((0, self.o_proj.out_features))
-        if self.quant_dtype is not None:  # QuantizedRows: per token, for an fp8 W8A8 o_proj
-            if rows is not None:
-                # into buffers padded as the producers pad them (cuBLAS takes 16-row multiples)
-                m = rows.shape[0]
-                codes, scales = quantized_rows_buffers(m, out.q.shape[1], out.q.dtype, out.q.device)
-                torch.index_select(out.q, 0, rows, out=codes[:m])
-                torch.index_select(out.scale, 0, rows, out=scales[:m])
-                out = dataclasses.replace(out, q=codes, scale=scales, m=m,
-                                          shape=(m, *out.shape[1:]))
-        else:
-            out = out.reshape(num_tokens, self.q_size)
-            if rows is not None:
-                out = out.index_select(0, rows)
-        return self.o_proj(out)
+        q = self._rotary[0](positions, q, k, v, kv_cache, slot_mapping, self.k_scale,
+                            self.v_scale, k_out, v_out)
+        return q, None if k_out is None else (k_out, v if v_out is None else v_out)
 
     def _rope_in_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:

@@ -94,9 +94,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k_scale: float = 1.0,
                 v_scale: float = 1.0, k_out: torch.Tensor | None = None,
-                v_out: torch.Tensor | None = None) -> torch.Tensor:
+                v_out: torch.Tensor | None = None, q_out: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Rotate q [T, Hq, D] and k [T, Hk, D]; store k and v at ``slot_mapping`` (an fp8 cache
         scaled by ``k_scale``/``v_scale``) and rotated k in ``k_out`` if given (an fp8 cache's
-        codes of k and v in ``k_out`` and ``v_out``); return rotated q."""
+        codes of k and v in ``k_out`` and ``v_out``); return rotated q (in ``q_out`` if given)."""
         return rotary_and_write_kv(q, k, v, positions, self.cos_sin_cache, kv_cache, slot_mapping,
-                                   k_scale, v_scale, k_out, v_out)
+                                   k_scale, v_scale, k_out, v_out, q_out)

@@ -71,12 +71,37 @@ class DecoderLayer(nn.Module):
         """
         if self._ring_fused(hidden, rows):
             return self._ring_fused_forward(positions, hidden, residual, kv_cache, meta)
+        hidden, residual = self._input_norm(hidden, residual)
+        return self._mlp_block(self.self_attn(positions, hidden, kv_cache, meta, rows), residual,
+                               rows)
+
+    def before_attention(self, positions: torch.Tensor, hidden: torch.Tensor,
+                         residual: torch.Tensor | None, kv_cache: torch.Tensor,
+                         slot_mapping: torch.Tensor, q_out: torch.Tensor,
+                         k_out: torch.Tensor | None, v_out: torch.Tensor | None
+                         ) -> tuple[bool, torch.Tensor]:
+        """forward up to the attention, which does not depend on how the tokens form sequences
+        (the prefill graphs capture it): (whether k_out and v_out hold the fresh keys and
+        values, the residual); see PagedSelfAttention.rotated_qkv."""
+        hidden, residual = self._input_norm(hidden, residual)
+        fresh = self.self_attn.rotated_qkv(positions, hidden, kv_cache, slot_mapping, q_out, k_out,
+                                           v_out)
+        return fresh, residual
+
+    def after_attention(self, attn: torch.Tensor, residual: torch.Tensor,
+                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward from the attention's output [T, Hq, D] on: o_proj, the post-attention norm and
+        the MLP (of ``rows`` alone when given)."""
+        return self._mlp_block(self.self_attn.project_out(attn, rows), residual, rows)
+
+    def _input_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, rows)
+            return self.input_layernorm(hidden), hidden
+        return self.input_layernorm(hidden, residual)
+
+    def _mlp_block(self, hidden: torch.Tensor, residual: torch.Tensor,
+                   rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if rows is not None:
             residual = residual.index_select(0, rows)
             if rows.shape[0] == 0:

@@ -36,6 +36,7 @@ class ModelRunner:
                                                    kv_cache_dtype or dtype, device)
         self.sampler = Sampler()
         self.graphs = None
+        self.prefill_graphs = None
         # The last launched step's sampled ids (on the device) and each request's row in them.
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
@@ -54,6 +55,17 @@ class ModelRunner:
                               self.block_size, self.device, sizes=sizes, batch1_ring=batch1_ring)
         graphs.capture()
         self.graphs = graphs
+
+    def capture_prefill_graphs(self, max_num_batched_tokens: int,
+                               sizes: Sequence[int] | None = None) -> None:
+        """Capture piecewise CUDA graphs for steps with prompt tokens, per token-count bucket
+        (kiln.runner.prefill_graphs)."""
+        from kiln.runner.prefill_graphs import PrefillGraphs
+
+        graphs = PrefillGraphs(self.model, self.kv_caches, max_num_batched_tokens,
+                               self.block_size, self.device, sizes=sizes)
+        graphs.capture()
+        self.prefill_graphs = graphs
 
     def _placeholder_fill(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(flat input positions, previous-step sample rows) of the tokens still in flight.
@@ -150,9 +162,12 @@ class ModelRunner:
             if fill is not None:
                 ids.index_copy_(0, fill[0], fill[1])
             # Past the last layer's attention only the sampled rows are computed.
-            hidden = self.model(ids, positions, self.kv_caches, meta,
-                                rows if self.sampled_rows_only and rows.shape[0] < ids.shape[0]
-                                else None)
+            selected = rows if self.sampled_rows_only and rows.shape[0] < ids.shape[0] else None
+            hidden = None
+            if self.prefill_graphs is not None:
+                hidden = self.prefill_graphs.forward(ids, positions, meta, selected)
+            if hidden is None:
+                hidden = self.model(ids, positions, self.kv_caches, meta, selected)
             if not sampling:
                 return StepResult.empty()
             logits = self.model.compute_logits(hidden if hidden.shape[0] == rows.shape[0]

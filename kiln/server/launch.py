@@ -53,6 +53,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
                         help="decode batch sizes to capture as CUDA graphs (default: kiln's "
                              "buckets up to --max-num-seqs)")
+    parser.add_argument("--prefill-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                        help="token counts of steps with prompt tokens to capture as piecewise CUDA "
+                             "graphs (default: 16 to 512, 1.5x apart, within --max-num-batched-tokens; "
+                             "0: none)")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
                         help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
@@ -72,6 +76,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
                 enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
                 cuda_graph_sizes=args.cuda_graph_sizes,
+                prefill_graph_sizes=args.prefill_graph_sizes,
                 kv_cache_dtype=args.kv_cache_dtype,
                 max_waiting_requests=args.max_waiting_requests)
 
