@@ -7,7 +7,7 @@
 # 3. #5's one 2048-token prompt at batch 1 (kiln bench latency, 16 new tokens): default sizes (a
 #    2048-token step runs eagerly) and with 2048 captured (--prefill-graph-sizes up to 2048).
 #   B=560 bash benchmarks/profile/prefill_graphs.sh          (OUT set by the device tool)
-#   TESTS=0 FP8=1 B=560 bash benchmarks/profile/prefill_graphs.sh
+#   TESTS=0 BF16=0 FP8=1 B=300 bash benchmarks/profile/prefill_graphs.sh   (the fp8 engine alone)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
@@ -36,10 +36,12 @@ long() {  # long TAG [FLAGS]: one 2048-token prompt at batch 1
     | grep -E "TTFT|tok/s|start|captured" >> $LOG
   echo "long $tag at $((SECONDS - T0)) s" | tee -a $LOG
 }
-ttft bf16_graphs $M 1
-ttft bf16_eager $M 0
-long default
-long g2048 --prefill-graph-sizes 16 32 48 64 96 128 192 256 384 512 768 1024 1536 2048
+if [ "${BF16:-1}" = 1 ]; then
+  ttft bf16_graphs $M 1
+  ttft bf16_eager $M 0
+  long default
+  long g2048 --prefill-graph-sizes 16 32 48 64 96 128 192 256 384 512 768 1024 1536 2048
+fi
 if [ "${FP8:-0}" = 1 ]; then
   [ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 90) /tmp/e-fp8 --no-kernel-cache --eval-tokens 0
   ttft fp8_graphs /tmp/e-fp8 1
