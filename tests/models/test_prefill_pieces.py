@@ -68,3 +68,16 @@ def test_pieces_match_the_forward(preset, tmp_path):
     # A step past the largest bucket is left to the eager forward.
     assert _step(model, pieced, [(0, 49, list(range(13)))], list(range(3, 52)), [48],
                  pieces) is None
+
+
+def test_config_sizes():
+    from kiln.config import EngineConfig, ModelConfig
+
+    def sizes(value):
+        return EngineConfig(ModelConfig(model="m"), prefill_graph_sizes=value).prefill_graph_sizes
+    assert sizes(None) is None
+    assert sizes((0,)) == ()  # none captured
+    assert sizes([64, 16, 64]) == (16, 64)
+    for bad in ([0, 16], [-16], [1.5]):
+        with pytest.raises(KilnError, match="prefill_graph_sizes"):
+            sizes(bad)
