@@ -4,7 +4,7 @@
 # 2. the short-prompt TTFT (ttft_probe.py, 128 tokens, 20 requests a process) with the graphs
 #    (KILN_PREFILL_GRAPHS=1) and without (0), on the bf16 8B checkpoint and, with FP8=1, on the
 #    fp8 engine (built as bars_h200.sh builds it, when missing);
-# 3. #5's one 2048-token prompt at batch 1 (kiln bench latency, 16 new tokens): default sizes (a
+# 3. (last, as time allows) #5's one 2048-token prompt at batch 1 (kiln bench latency, 16 new tokens): default sizes (a
 #    2048-token step runs eagerly) and with 2048 captured (--prefill-graph-sizes up to 2048).
 #   B=560 bash benchmarks/profile/prefill_graphs.sh          (OUT set by the device tool)
 #   TESTS=0 BF16=0 FP8=1 B=300 bash benchmarks/profile/prefill_graphs.sh   (the fp8 engine alone)
@@ -39,13 +39,15 @@ long() {  # long TAG [FLAGS]: one 2048-token prompt at batch 1
 if [ "${BF16:-1}" = 1 ]; then
   ttft bf16_graphs $M 1
   ttft bf16_eager $M 0
-  long default
-  long g2048 --prefill-graph-sizes 16 32 48 64 96 128 192 256 384 512 768 1024 1536 2048
 fi
 if [ "${FP8:-0}" = 1 ]; then
   [ -f /tmp/e-fp8/engine.json ] || fp8_engine $(left 90) /tmp/e-fp8 --no-kernel-cache --eval-tokens 0
   ttft fp8_graphs /tmp/e-fp8 1
   ttft fp8_eager /tmp/e-fp8 0
+fi
+if [ "${BF16:-1}" = 1 ]; then
+  long default
+  long g2048 --prefill-graph-sizes 16 32 48 64 96 128 192 256 384 512 768 1024 1536 2048
 fi
 (cd $OUT && ls ttft_*.json long_*.json > /dev/null 2>&1 && tar czf results.tgz ttft_*.json long_*.json \
   && rm -f ttft_*.json long_*.json)
