@@ -52,6 +52,11 @@ def batch_buckets(max_num_seqs: int, sizes: Sequence[int] | None = None) -> list
     return sorted(set(out))
 
 
+def smallest_bucket(buckets: Sequence[int], n: int) -> int | None:
+    """The first of the sorted ``buckets`` that is at least n, or None."""
+    return next((b for b in buckets if b >= n), None)
+
+
 def logits_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype of the decode graphs' logits: the lm_head's matmul dtype."""
     return model.lm_head.dtype
@@ -145,10 +150,7 @@ class DecodeGraphs:
 
     def bucket_for(self, num_seqs: int) -> int | None:
         """Smallest captured batch size that holds num_seqs, or None."""
-        for b in self.buckets:
-            if b >= num_seqs:
-                return b
-        return None
+        return smallest_bucket(self.buckets, num_seqs)
 
     def run(self, bucket: int, ints: np.ndarray, block_tables: np.ndarray,
             fill_rows: np.ndarray | None = None) -> torch.Tensor:

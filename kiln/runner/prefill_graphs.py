@@ -24,6 +24,7 @@ import torch
 
 from kiln.errors import KilnError
 from kiln.layers.forward_context import AttentionMetadata, build_attention_metadata
+from kiln.runner.cuda_graphs import smallest_bucket
 
 logger = logging.getLogger("kiln")
 
@@ -109,10 +110,7 @@ class PrefillGraphs:
 
     def bucket_for(self, num_tokens: int) -> int | None:
         """Smallest captured token count that holds num_tokens, or None."""
-        for b in self.buckets:
-            if b >= num_tokens:
-                return b
-        return None
+        return smallest_bucket(self.buckets, num_tokens)
 
     def _parts(self, t: int):
         """The forward of a t-token bucket in its captured parts: a generator that runs one part
