@@ -7,7 +7,8 @@ device's work, per request, in one process.
 of --input-len random tokens and max_tokens 1 through LLMEngine.step(), one after another, and
 splits each into:
   - launch: the host's time in ModelRunner.launch (scheduling excluded), which queues the
-    prefill's kernels one by one from Python;
+    prefill's kernels one by one from Python, or replays the piecewise prefill graphs between
+    eager attention launches (kiln/runner/prefill_graphs.py; KILN_PREFILL_GRAPHS=0: eager);
   - span (CUDA): the device's time from the first launch to the output, idle gaps included;
   - total: from add_request to the output (the TTFT a user sees).
 Each request is preceded by a fixed pure-Python loop (cpu_control: is the CPU itself slow at that
