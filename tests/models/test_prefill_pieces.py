@@ -81,3 +81,18 @@ def test_config_sizes():
     for bad in ([0, 16], [-16], [1.5]):
         with pytest.raises(KilnError, match="prefill_graph_sizes"):
             sizes(bad)
+
+
+def test_flag_reaches_the_engine_kwargs():
+    import argparse
+
+    from kiln import cli
+    from kiln.server import launch
+
+    p = argparse.ArgumentParser()
+    cli.add_engine_args(p)
+    assert cli.engine_kwargs(p.parse_args(["--prefill-graph-sizes", "0"]))["prefill_graph_sizes"] == [0]
+    assert cli.engine_kwargs(p.parse_args([]))["prefill_graph_sizes"] is None
+    serve = launch.add_serve_args(argparse.ArgumentParser())
+    args = serve.parse_args(["--prefill-graph-sizes", "16", "64"])
+    assert launch.engine_kwargs(args)["prefill_graph_sizes"] == [16, 64]
