@@ -141,8 +141,7 @@ class PrefillGraphs:
             for t in reversed(self.buckets):
                 meta = self._dummy_meta(t)
                 for _ in range(2):  # compile and autotune outside the capture
-                    for i, (fresh, _) in enumerate(self._parts(t)):
-                        self._attend(i, fresh, meta, t)
+                    self._run_parts(t, meta, t)
                 torch.cuda.synchronize(self.device)
                 self._pieces[t] = self._capture_bucket(t, pool)
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -169,6 +168,14 @@ class PrefillGraphs:
         """One fresh prompt of t tokens over block 0 (capture only: nothing is written)."""
         blocks = -(-t // self.block_size)
         return build_attention_metadata([(0, t, [0] * blocks)], self.block_size, self.device)
+
+    def _run_parts(self, t: int, meta: AttentionMetadata, n: int) -> torch.Tensor:
+        """A t-token bucket's parts run eagerly, each layer's attention on meta's n tokens
+        between them; returns the last residual."""
+        residual = None
+        for i, (fresh, residual) in enumerate(self._parts(t)):
+            self._attend(i, fresh, meta, n)
+        return residual
 
     def _attend(self, i: int, fresh: bool, meta: AttentionMetadata, n: int) -> None:
         """Layer i's attention of the step's n tokens, from q (and k and v) into out."""
@@ -197,8 +204,7 @@ class PrefillGraphs:
                 self._attend(i, fresh, meta, n)
             residual = pieces.residual
         else:
-            for i, (fresh, residual) in enumerate(self._parts(bucket)):
-                self._attend(i, fresh, meta, n)
+            residual = self._run_parts(bucket, meta, n)
         hidden, residual = self.model.layers[-1].after_attention(self.out[:n], residual[:n], rows)
         if hidden.shape[0] == 0:
             return hidden
