@@ -223,6 +223,10 @@ class LlamaFamilyModel(nn.Module):
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta,
                                      rows if i == last else None)
+        return self.final_norm(hidden, residual)
+
+    def final_norm(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The last layer's output and residual -> the final-norm hidden rows (none stay none)."""
         if hidden.shape[0] == 0:
             return hidden
         hidden, _ = self.norm(hidden, residual)

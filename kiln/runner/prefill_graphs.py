@@ -206,7 +206,4 @@ class PrefillGraphs:
         else:
             residual = self._run_parts(bucket, meta, n)
         hidden, residual = self.model.layers[-1].after_attention(self.out[:n], residual[:n], rows)
-        if hidden.shape[0] == 0:
-            return hidden
-        hidden, _ = self.model.norm(hidden, residual)
-        return hidden
+        return self.model.final_norm(hidden, residual)
