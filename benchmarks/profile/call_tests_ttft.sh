@@ -5,13 +5,15 @@
 # time left, prefill_graphs.sh without its tests: the 128-token TTFT with and without the
 # piecewise prefill graphs on the bf16 8B checkpoint and on the fp8 engine bars_h200.sh built
 # (/tmp/e-fp8), then the 2048-token prompt as time allows.
+# The suite gets all but TTFT_S (default 120) seconds of B: on an H100 at cb31858 it had run 1210
+# of its tests, none failing, when 405 s cut it off (h100-2026-12-07q).
 #   B=580 bash benchmarks/profile/call_tests_ttft.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
 . benchmarks/h200-quant/tp_run.sh
 export PYTHONPATH=$PWD
 B=${B:-580}
 start_log call_tests_ttft.log
-timeout $(left ${TTFT_S:-170}) python3 -m pytest -q -p no:cacheprovider -n 8 -rf --durations=25 tests/gpu \
+timeout $(left ${TTFT_S:-120}) python3 -m pytest -q -p no:cacheprovider -n 8 -rf --durations=25 tests/gpu \
   > $OUT/gpu_tests.log 2>&1
 tail -3 $OUT/gpu_tests.log | tee -a $LOG
 echo "tests at $((SECONDS - T0)) s" | tee -a $LOG
