@@ -20,6 +20,7 @@ def _offline(module):
 def add_bench_commands(sub) -> None:
     """Register the bench subcommands on an argparse subparsers object."""
     from kiln.bench import latency, throughput
+    from kiln.bench.cost import add_cost_arg
     from kiln.cli import add_engine_args
 
     for name, module, helptext in (("latency", latency, "one batch: TTFT, TPOT, tokens/s, GB/s"),
@@ -30,6 +31,7 @@ def add_bench_commands(sub) -> None:
         p.add_argument("--json", default=None, help="write results to this file")
         p.add_argument("--baseline", choices=["none", "hf"], default="none",
                        help="also run transformers' generate on the same workload")
+        add_cost_arg(p)
         p.add_argument("--no-progress", dest="progress", action="store_false")
         p.add_argument("--no-gpu-clocks", dest="gpu_clocks", action="store_false",
                        help="do not sample the GPU's SM clock, power and clock-event reasons "

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from kiln.bench import clocks, common
+from kiln.bench import clocks, common, cost
 from kiln.sampling_params import SamplingParams
 
 
@@ -119,7 +119,19 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, args, vocab)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
+    _add_costs(result, getattr(args, "cost_per_hour", None))
     return result
+
+
+def _add_costs(result: dict, cost_per_hour: float | None) -> None:
+    """The cost blocks of kiln's run and of the baseline's, at one hourly price (--cost-per-hour)."""
+    if cost_per_hour is None:
+        return
+    # every request's prompt and output tokens over the batch's end-to-end time
+    total_tps = result["batch_size"] * (result["input_len"] + result["output_len"]) / result["total_seconds"]
+    result["cost"] = cost.cost_block(cost_per_hour, result["output_tokens_per_s"], total_tps)
+    if "baseline" in result:
+        result["baseline"]["cost"] = cost.cost_block(cost_per_hour, result["baseline"]["output_tokens_per_s"])
 
 
 def _hf_baseline(model_dir, dtype, device, args, vocab) -> dict:
@@ -158,8 +170,12 @@ def print_result(r: dict) -> None:
         print("  GPU while timed: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
     print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
           + common.packed_kernels_note(r.get("engine")))
+    if r.get("cost"):
+        print("  " + cost.describe(r["cost"]))
     if "baseline" in r:
         b = r["baseline"]
         tpot = f"{b['tpot_ms']:.3f} ms" if b["tpot_ms"] is not None else "-"
         print(f"  baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {tpot}, "
               f"{b['output_tokens_per_s']:.1f} tok/s -> kiln x{r['speedup_vs_hf']:.2f}")
+        if b.get("cost"):
+            print("    " + cost.describe(b["cost"]))

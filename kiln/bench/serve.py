@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.bench import cost
 from kiln.bench.datasets import SampleRequest, jsonl_requests, random_requests, random_words
 from kiln.errors import KilnError
 
@@ -51,6 +52,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="latency-vs-throughput PNG (needs matplotlib)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
+    cost.add_cost_arg(p)
     return p
 
 
@@ -359,13 +361,17 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             args.max_concurrency, args.seed, args.timeout))
         summary = {"request_rate": rate if math.isfinite(rate) else "inf",
                    **summarize(results, duration, slo)}
+        if args.cost_per_hour is not None:
+            summary["cost"] = cost.cost_block(args.cost_per_hour, summary["output_token_throughput"],
+                                              summary["total_token_throughput"])
         runs.append(summary)
         print_summary(summary)
     report = {"config": {"base_url": args.base_url, "model": model, "endpoint": args.endpoint,
                          "num_prompts": len(requests), "burstiness": args.burstiness,
                          "max_concurrency": args.max_concurrency, "dataset": args.dataset,
                          "random_input_len": args.random_input_len,
-                         "random_output_len": args.random_output_len, "seed": args.seed},
+                         "random_output_len": args.random_output_len, "seed": args.seed,
+                         "cost_per_hour": args.cost_per_hour},
               "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -386,6 +392,8 @@ def print_summary(s: dict, file: Any = None) -> None:
         d = s[key]
         lines.append(f"{key.upper():5s} ms: mean {d['mean_ms']:.2f}  p50 {d['p50_ms']:.2f}  "
                      f"p90 {d['p90_ms']:.2f}  p99 {d['p99_ms']:.2f}")
+    if s.get("cost"):
+        lines.append(cost.describe(s["cost"]))
     if s["errors"]:
         lines.append(f"errors: {s['errors']}")
     print("\n".join(lines), file=file)

@@ -6,7 +6,7 @@ import argparse
 import time
 
 
-from kiln.bench import clocks, common
+from kiln.bench import clocks, common, cost
 from kiln.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -83,6 +83,11 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, prompts, outs, args)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
+    price = getattr(args, "cost_per_hour", None)
+    if price is not None:
+        result["cost"] = cost.cost_block(price, result["output_tokens_per_s"], result["total_tokens_per_s"])
+        if "baseline" in result:
+            result["baseline"]["cost"] = cost.cost_block(price, result["baseline"]["output_tokens_per_s"])
     return result
 
 
@@ -108,7 +113,11 @@ def print_result(r: dict) -> None:
         print("  GPU during the run: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
     print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
           + common.packed_kernels_note(r.get("engine")))
+    if r.get("cost"):
+        print("  " + cost.describe(r["cost"]))
     if "baseline" in r:
         b = r["baseline"]
         print(f"  baseline {b['name']} on {b['num_prompts']} requests: "
               f"{b['output_tokens_per_s']:.0f} output tok/s -> kiln x{r['speedup_vs_hf']:.2f}")
+        if b.get("cost"):
+            print("    " + cost.describe(b["cost"]))

@@ -25,15 +25,23 @@ def test_latency_json_and_baseline(tiny_dir, tmp_path, capsys):
     out = tmp_path / "lat.json"
     run_cli("bench", "latency", "--model", tiny_dir, "--batch-size", "2", "--input-len", "16",
             "--output-len", "6", "--num-iters", "2", "--num-iters-warmup", "1", "--no-progress",
-            "--baseline", "hf", "--json", str(out))
+            "--baseline", "hf", "--cost-per-hour", "3.6", "--json", str(out))
     r = json.loads(out.read_text())
     assert r["batch_size"] == 2 and r["output_len"] == 6
+    # $3.60 an hour is $0.001 a second: 1M tokens at R tok/s cost 1000 / R dollars, for kiln and
+    # for the baseline alike
+    assert r["cost"]["usd_per_hour"] == 3.6
+    assert r["cost"]["usd_per_1m_output_tokens"] == pytest.approx(1000 / r["output_tokens_per_s"])
+    assert r["cost"]["usd_per_1m_total_tokens"] == pytest.approx(1000 * r["total_seconds"] / (2 * (16 + 6)))
+    assert r["baseline"]["cost"]["usd_per_1m_output_tokens"] == pytest.approx(
+        1000 / r["baseline"]["output_tokens_per_s"])
     assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["decode_tokens_per_s"] > 0
     assert r["total_seconds"] * 1e3 > r["ttft_ms"]
     # Bytes a decode step reads: the untied tiny model's embedding table is left out.
     assert 0 < r["weight_bytes"] and r["achieved_gbs"] > 0
     assert r["baseline"]["output_tokens_per_s"] > 0 and r["speedup_vs_hf"] > 0
-    assert "TPOT" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TPOT" in printed and printed.count("cost at $3.6/h") == 2
 
 
 def test_latency_with_one_output_token_reports_ttft_only(tiny_dir, tmp_path, capsys):
@@ -54,6 +62,7 @@ def test_throughput_json(tiny_dir, tmp_path, capsys, monkeypatch):
             "--output-len", "8", "--max-num-seqs", "4", "--no-progress", "--json", str(out))
     r = json.loads(out.read_text())
     assert r["output_tokens_per_s"] > 0 and r["requests_per_s"] > 0
+    assert "cost" not in r  # no price given
     assert r["engine"]["max_num_seqs"] == 4 and r["engine"]["quantization"] == "none"
     assert r["environment"]["kiln_env"]["KILN_ATTN_LARGE_TILE"] == "64,2,5"
     assert "KILN_API_KEY" not in r["environment"]["kiln_env"]

@@ -98,10 +98,11 @@ def test_bench_serve_against_live_server(bench_server, tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = parse("--base-url", bench_server.base_url, "--num-prompts", "4", "--random-input-len",
                  "8", "--random-output-len", "4", "--request-rates", "inf,50", "--max-concurrency",
-                 "2", "--slo", "ttft:60000,tpot:60000", "--json", str(out))
+                 "2", "--slo", "ttft:60000,tpot:60000", "--cost-per-hour", "3.6", "--json", str(out))
     assert run_bench_serve(args) == 0
     report = json.loads(out.read_text())
     assert report["config"]["model"] == bench_server.model_name
+    assert report["config"]["cost_per_hour"] == 3.6
     assert [r["request_rate"] for r in report["runs"]] == ["inf", 50.0]
     for run in report["runs"]:
         assert run["completed"] == 4 and run["failed"] == 0
@@ -112,7 +113,11 @@ def test_bench_serve_against_live_server(bench_server, tmp_path, capsys):
         assert run["tpot"]["mean_ms"] > 0 and run["itl"]["mean_ms"] > 0
         assert run["goodput"] == pytest.approx(run["request_throughput"])  # generous SLO
         assert run["output_token_throughput"] == pytest.approx(16 / run["duration_s"])
-    assert "TTFT" in capsys.readouterr().out
+        # $3.60 an hour is $0.001 a second: 1M tokens at R tok/s cost 1000 / R dollars
+        assert run["cost"]["usd_per_1m_output_tokens"] == pytest.approx(1000 / run["output_token_throughput"])
+        assert run["cost"]["usd_per_1m_total_tokens"] == pytest.approx(1000 / run["total_token_throughput"])
+    printed = capsys.readouterr().out
+    assert "TTFT" in printed and "cost at $3.6/h: $" in printed
 
 
 def test_bench_serve_chat_endpoint(bench_server, tmp_path):
