@@ -9,6 +9,7 @@ import time
 import torch
 
 from kiln.bench import clocks, common, cost
+from kiln.bench.stats import distribution_ms
 from kiln.sampling_params import SamplingParams
 
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         "output_len": args.output_len, "num_iters": args.num_iters,
         "startup_seconds": startup,
         "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3 if tpot else None, "total_seconds": total,
+        # over the timed iterations (the figures above are their medians): mean, p50, p90, p99
+        "ttft_distribution": distribution_ms(ttfts), "latency_distribution": distribution_ms(totals),
         "prefill_tokens_per_s": args.batch_size * args.input_len / ttft,
         "decode_tokens_per_s": args.batch_size / tpot if tpot else None,
         "output_tokens_per_s": args.batch_size * args.output_len / total,
@@ -166,6 +169,11 @@ def print_result(r: dict) -> None:
             line += (f" = {100 * r['share_of_copy_bandwidth']:.1f}% of measured copy bandwidth "
                      f"{r['copy_bandwidth_gbs']:.0f} GB/s")
         print(line)
+    lat, first = r.get("latency_distribution"), r.get("ttft_distribution")
+    if lat and first:
+        print(f"  over {r['num_iters']} iterations: latency mean {lat['mean_ms']:.1f} ms, "
+              f"p50 {lat['p50_ms']:.1f}, p90 {lat['p90_ms']:.1f}, p99 {lat['p99_ms']:.1f}; "
+              f"TTFT p50 {first['p50_ms']:.2f}, p99 {first['p99_ms']:.2f} ms")
     if r.get("gpu_clocks"):
         print("  GPU while timed: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
     print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"

@@ -21,9 +21,8 @@ from typing import Any
 
 from kiln.bench import cost
 from kiln.bench.datasets import SampleRequest, jsonl_requests, random_requests, random_words
+from kiln.bench.stats import distribution_ms
 from kiln.errors import KilnError
-
-PERCENTILES = (50, 90, 99)
 
 
 def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -128,25 +127,6 @@ def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[f
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation; 0 for no values."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _distribution(values: list[float]) -> dict[str, float]:
-    ms = [v * 1000.0 for v in values]
-    d = {"mean_ms": sum(ms) / len(ms) if ms else 0.0}
-    for q in PERCENTILES:
-        d[f"p{q}_ms"] = percentile(ms, q)
-    return d
-
-
 def summarize(results: list[RequestResult], duration: float, slo: dict[str, float]) -> dict:
     """Throughputs, latency distributions and goodput of one run."""
     ok = [r for r in results if r.success]
@@ -174,10 +154,10 @@ def summarize(results: list[RequestResult], duration: float, slo: dict[str, floa
         "total_token_throughput": (in_tokens + out_tokens) / duration,
         "goodput": len(good) / duration,
         "slo_ms": {k: v * 1000.0 for k, v in slo.items()},
-        "ttft": _distribution([r.ttft for r in ok]),
-        "tpot": _distribution([r.tpot for r in ok if r.tpot is not None]),
-        "itl": _distribution([x for r in ok for x in r.itl]),
-        "e2el": _distribution([r.latency for r in ok]),
+        "ttft": distribution_ms([r.ttft for r in ok]),
+        "tpot": distribution_ms([r.tpot for r in ok if r.tpot is not None]),
+        "itl": distribution_ms([x for r in ok for x in r.itl]),
+        "e2el": distribution_ms([r.latency for r in ok]),
     }
 
 

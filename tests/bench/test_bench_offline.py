@@ -37,11 +37,17 @@ def test_latency_json_and_baseline(tiny_dir, tmp_path, capsys):
         1000 / r["baseline"]["output_tokens_per_s"])
     assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["decode_tokens_per_s"] > 0
     assert r["total_seconds"] * 1e3 > r["ttft_ms"]
+    # the medians above are the distributions' p50 over the two timed iterations
+    lat, first = r["latency_distribution"], r["ttft_distribution"]
+    assert lat["p50_ms"] == pytest.approx(r["total_seconds"] * 1e3)
+    assert first["p50_ms"] == pytest.approx(r["ttft_ms"])
+    assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and first["p50_ms"] <= first["p99_ms"]
     # Bytes a decode step reads: the untied tiny model's embedding table is left out.
     assert 0 < r["weight_bytes"] and r["achieved_gbs"] > 0
     assert r["baseline"]["output_tokens_per_s"] > 0 and r["speedup_vs_hf"] > 0
     printed = capsys.readouterr().out
     assert "TPOT" in printed and printed.count("cost at $3.6/h") == 2
+    assert "over 2 iterations: latency mean" in printed
 
 
 def test_latency_with_one_output_token_reports_ttft_only(tiny_dir, tmp_path, capsys):

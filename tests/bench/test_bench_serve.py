@@ -12,8 +12,8 @@ import pytest
 
 from kiln.bench.datasets import jsonl_requests, random_requests
 from kiln.bench.serve import (RequestResult, add_bench_serve_args, arrival_offsets,
-                              carries_tokens, parse_rates, parse_slo, percentile, run_bench_serve,
-                              summarize)
+                              carries_tokens, parse_rates, parse_slo, run_bench_serve, summarize)
+from kiln.bench.stats import percentile
 from kiln.errors import KilnError
 
 

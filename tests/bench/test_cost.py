@@ -39,7 +39,8 @@ def test_throughput_cost(tmp_path, capsys):
     model = str(write_random_model("tiny-llama", tmp_path / "m", dtype="float32"))
     out = tmp_path / "tp.json"
     assert main(["bench", "throughput", "--model", model, "--num-prompts", "6", "--input-len", "8",
-                 "--output-len", "4", "--no-progress", "--cost-per-hour", "3.6", "--json", str(out)]) in (0, None)
+                 "--output-len", "4", "--no-progress", "--cost-per-hour", "3.6",
+                 "--json", str(out)]) in (0, None)
     r = json.loads(out.read_text())
     assert r["cost"]["usd_per_1m_output_tokens"] == pytest.approx(1000 / r["output_tokens_per_s"])
     assert r["cost"]["usd_per_1m_total_tokens"] == pytest.approx(1000 / r["total_tokens_per_s"])
