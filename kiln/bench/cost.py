@@ -47,8 +47,18 @@ def cost_block(cost_per_hour: float | None, output_tokens_per_s: float | None,
     return block
 
 
+def add_costs(result: dict, cost_per_hour: float | None, total_tokens_per_s: float) -> None:
+    """An offline bench's ``cost`` block (its output_tokens_per_s and total_tokens_per_s), and
+    its baseline's (output tokens only) when one ran, at one price; nothing without a price."""
+    if cost_per_hour is None:
+        return
+    result["cost"] = cost_block(cost_per_hour, result["output_tokens_per_s"], total_tokens_per_s)
+    if "baseline" in result:
+        result["baseline"]["cost"] = cost_block(cost_per_hour, result["baseline"]["output_tokens_per_s"])
+
+
 def describe(block: dict | None) -> str:
-    """"cost at $2.50/h: $0.0347 per 1M output tokens, $0.0174 per 1M total tokens" or ""."""
+    """"cost at $2.5/h: $0.0347 per 1M output tokens, $0.0174 per 1M total tokens" or ""."""
     if not block:
         return ""
     parts = []

@@ -122,19 +122,10 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, args, vocab)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
-    _add_costs(result, getattr(args, "cost_per_hour", None))
+    # priced per output token, and per prompt and output token over the batch's end-to-end time
+    cost.add_costs(result, getattr(args, "cost_per_hour", None),
+                   args.batch_size * (args.input_len + args.output_len) / total)
     return result
-
-
-def _add_costs(result: dict, cost_per_hour: float | None) -> None:
-    """The cost blocks of kiln's run and of the baseline's, at one hourly price (--cost-per-hour)."""
-    if cost_per_hour is None:
-        return
-    # every request's prompt and output tokens over the batch's end-to-end time
-    total_tps = result["batch_size"] * (result["input_len"] + result["output_len"]) / result["total_seconds"]
-    result["cost"] = cost.cost_block(cost_per_hour, result["output_tokens_per_s"], total_tps)
-    if "baseline" in result:
-        result["baseline"]["cost"] = cost.cost_block(cost_per_hour, result["baseline"]["output_tokens_per_s"])
 
 
 def _hf_baseline(model_dir, dtype, device, args, vocab) -> dict:
