@@ -5,7 +5,7 @@
 # time left, prefill_graphs.sh without its tests: the 128-token TTFT with and without the
 # piecewise prefill graphs on the bf16 8B checkpoint and on the fp8 engine bars_h200.sh built
 # (/tmp/e-fp8), then the 2048-token prompt as time allows.
-# The suite gets all but TTFT_S (default 120) seconds of B: on an H100 at cb31858 it had run 1210
+# The suite gets all but TTFT_S (default 120) seconds of B: on an H100 at 4ebb5c3 it had run 1210
 # of its tests, none failing, when 405 s cut it off (h100-2026-12-07q).
 #   B=580 bash benchmarks/profile/call_tests_ttft.sh      (OUT set by the device tool)
 . benchmarks/device_env.sh
