@@ -11,19 +11,27 @@ from kiln.errors import KilnError
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    """Flags that build an engine (names as vLLM's)."""
+    """Flags that build an engine (names as vLLM's), shared by generate, serve and the benches."""
     g = p.add_argument_group("engine")
     g.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    g.add_argument("--max-model-len", type=int, default=None)
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--num-kv-blocks", type=int, default=None)
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    g.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context limit in tokens (default: the model's)")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in a batch")
+    g.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="token budget of one engine step")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    g.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="KV-cache blocks (default: from memory profiling)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of GPU memory the engine may use")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse KV blocks of shared prompt prefixes")
     g.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
                    help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
-    g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"])
+    g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "no-evict"],
+                   help="fcfs: admit in arrival order and preempt the newest request when blocks "
+                        "run out; no-evict: admit a request only when free blocks cover its whole "
+                        "length, so none is ever preempted")
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
     g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
                    help="decode batch sizes to capture as CUDA graphs (default: 1, 2, 4, 8, then every "
@@ -36,11 +44,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="schedule the next step while the device runs this one (default: on "
                         "for CUDA, off for the CPU)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="engine seed")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    """The LLMEngine.from_args keywords from parsed engine flags."""
+    """The LLMEngine.from_args keywords from parsed engine flags (add_engine_args)."""
     return dict(dtype=args.dtype, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
                 num_kv_blocks=args.num_kv_blocks, gpu_memory_utilization=args.gpu_memory_utilization,

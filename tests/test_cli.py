@@ -35,3 +35,33 @@ def test_generate_streams_from_random_model(tmp_path):
             "--temperature", "0", "--ignore-eos", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("def f(x):")
+
+
+def test_every_command_takes_the_same_engine_flags():
+    """generate, serve and the benches share one definition of the engine flags: the same argv
+    gives each the same LLMEngine keywords (serve adds its tokenizer and admission limit)."""
+    from kiln.cli import build_parser, engine_kwargs
+    from kiln.server.launch import engine_kwargs as serve_engine_kwargs
+
+    flags = ["--dtype", "float32", "--max-num-seqs", "7", "--no-enable-prefix-caching",
+             "--scheduling-policy", "no-evict", "--kv-cache-dtype", "fp8", "--prefill-graph-sizes",
+             "0", "--no-async-scheduling", "--device", "cpu", "--seed", "3"]
+    parser = build_parser()
+    got = {
+        "generate": engine_kwargs(parser.parse_args(["generate", "hi", *flags])),
+        "latency": engine_kwargs(parser.parse_args(["bench", "latency", *flags])),
+        "throughput": engine_kwargs(parser.parse_args(["bench", "throughput", *flags])),
+    }
+    serve = serve_engine_kwargs(parser.parse_args(["serve", "--max-waiting-requests", "5", *flags]))
+    assert serve.pop("tokenizer") is None and serve.pop("max_waiting_requests") == 5
+    got["serve"] = serve
+    want = got["generate"]
+    assert want["enable_prefix_caching"] is False and want["scheduling_policy"] == "no-evict"
+    assert want["max_num_seqs"] == 7 and want["prefill_graph_sizes"] == [0]
+    assert want["async_scheduling"] is False and want["seed"] == 3
+    for name, kwargs in got.items():
+        assert kwargs == want, name
+    # the defaults: prefix caching on, first come first served, for serve as for generate
+    for argv in (["generate", "hi"], ["serve"]):
+        args = parser.parse_args(argv)
+        assert args.enable_prefix_caching is True and args.scheduling_policy == "fcfs"

@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Any
 
-from kiln.config import SUPPORTED_KV_CACHE_DTYPES
+from kiln.cli import add_engine_args
+from kiln.cli import engine_kwargs as shared_engine_kwargs
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,55 +30,22 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template (a file, or the template itself) replacing the "
                              "tokenizer's for /v1/chat/completions")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    parser.add_argument("--max-model-len", type=int, default=None, help="context limit in tokens")
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in a batch")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                        help="token budget of one engine step")
-    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
-    parser.add_argument("--num-kv-blocks", type=int, default=None,
-                        help="KV-cache blocks (default: from memory profiling)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                        help="fraction of GPU memory the engine may use")
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                        default=True, help="reuse KV blocks of shared prompt prefixes")
     parser.add_argument("--max-waiting-requests", type=int, default=None,
                         help="refuse new requests with 429 when this many are waiting")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds in-flight requests may take to finish after SIGTERM")
     parser.add_argument("--stall-timeout", type=float, default=60.0,
                         help="/health fails when work waits and no step finished for this long")
-    parser.add_argument("--seed", type=int, default=0, help="engine seed")
-    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    parser.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs")
-    parser.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
-                        help="decode batch sizes to capture as CUDA graphs (default: kiln's "
-                             "buckets up to --max-num-seqs)")
-    parser.add_argument("--prefill-graph-sizes", type=int, nargs="+", default=None, metavar="N",
-                        help="token counts of steps with prompt tokens to capture as piecewise CUDA "
-                             "graphs (default: 16 to 512, 1.5x apart, within --max-num-batched-tokens; "
-                             "0: none)")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=SUPPORTED_KV_CACHE_DTYPES,
-                        help="KV cache storage: the model dtype, or fp8 e4m3 with per-layer scales")
-    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
-                        help="schedule the next step while the device runs this one (default: "
-                             "on for CUDA, off for the CPU)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    add_engine_args(parser)
     return parser
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The LLMEngine.from_args keyword arguments the serve flags set."""
-    return dict(tokenizer=args.tokenizer, dtype=args.dtype, max_model_len=args.max_model_len,
-                seed=args.seed, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
-                gpu_memory_utilization=args.gpu_memory_utilization,
-                enable_prefix_caching=args.enable_prefix_caching, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
-                enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
-                cuda_graph_sizes=args.cuda_graph_sizes,
-                prefill_graph_sizes=args.prefill_graph_sizes,
-                kv_cache_dtype=args.kv_cache_dtype,
+    """The LLMEngine.from_args keyword arguments the serve flags set: the engine flags every
+    command shares (kiln.cli.engine_kwargs), the tokenizer and the admission limit."""
+    return dict(shared_engine_kwargs(args), tokenizer=args.tokenizer,
                 max_waiting_requests=args.max_waiting_requests)
 
 
