@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from kiln.bench import cost
+
 
 def random_prompts(n: int, input_len: int, vocab_size: int, seed: int,
                    range_ratio: float = 0.0) -> list[list[int]]:
@@ -156,3 +158,16 @@ def free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def print_footer(r: dict, baseline_line) -> None:
+    """The end of an offline bench's printout: the start-up, kiln's cost, and with a baseline its
+    line (baseline_line(r["baseline"])) and its cost."""
+    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
+          + packed_kernels_note(r.get("engine")))
+    if r.get("cost"):
+        print("  " + cost.describe(r["cost"]))
+    if "baseline" in r:
+        print("  " + baseline_line(r["baseline"]))
+        if r["baseline"].get("cost"):
+            print("    " + cost.describe(r["baseline"]["cost"]))

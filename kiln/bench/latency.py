@@ -167,14 +167,10 @@ def print_result(r: dict) -> None:
               f"TTFT p50 {first['p50_ms']:.2f}, p99 {first['p99_ms']:.2f} ms")
     if r.get("gpu_clocks"):
         print("  GPU while timed: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
-    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
-          + common.packed_kernels_note(r.get("engine")))
-    if r.get("cost"):
-        print("  " + cost.describe(r["cost"]))
-    if "baseline" in r:
-        b = r["baseline"]
+
+    def baseline_line(b: dict) -> str:
         tpot = f"{b['tpot_ms']:.3f} ms" if b["tpot_ms"] is not None else "-"
-        print(f"  baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {tpot}, "
-              f"{b['output_tokens_per_s']:.1f} tok/s -> kiln x{r['speedup_vs_hf']:.2f}")
-        if b.get("cost"):
-            print("    " + cost.describe(b["cost"]))
+        return (f"baseline {b['name']}: TTFT {b['ttft_ms']:.2f} ms, TPOT {tpot}, "
+                f"{b['output_tokens_per_s']:.1f} tok/s -> kiln x{r['speedup_vs_hf']:.2f}")
+
+    common.print_footer(r, baseline_line)

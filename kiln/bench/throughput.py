@@ -107,13 +107,6 @@ def print_result(r: dict) -> None:
           f"kernels compiled after start-up {r.get('kernel_compiles_after_startup')})")
     if r.get("gpu_clocks"):
         print("  GPU during the run: " + clocks.describe(r["gpu_clocks"], r["gpu_clocks"].get("limits")))
-    print(f"  startup (load + profile + graphs) {r['startup_seconds']:.1f} s"
-          + common.packed_kernels_note(r.get("engine")))
-    if r.get("cost"):
-        print("  " + cost.describe(r["cost"]))
-    if "baseline" in r:
-        b = r["baseline"]
-        print(f"  baseline {b['name']} on {b['num_prompts']} requests: "
-              f"{b['output_tokens_per_s']:.0f} output tok/s -> kiln x{r['speedup_vs_hf']:.2f}")
-        if b.get("cost"):
-            print("    " + cost.describe(b["cost"]))
+    common.print_footer(r, lambda b: f"baseline {b['name']} on {b['num_prompts']} requests: "
+                                     f"{b['output_tokens_per_s']:.0f} output tok/s -> kiln "
+                                     f"x{r['speedup_vs_hf']:.2f}")
