@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from kiln.kernels import pdl_args, use_triton
-from kiln.kernels.attention_ref import is_fp8_kv_cache, paged_attention_ref
+from kiln.kernels.attention_ref import is_fp8_kv_cache, paged_attention_batched
 from kiln.kernels.attention_tiles import _LOG2E, _META_PTRS, _NEG_START, _attend_range, _fp8_dot_q
 from kiln.kernels.decode_attention import DecodeRope, _paged_decode, decode_rope_ok
 from kiln.kernels.pdl import pdl_start
@@ -237,7 +237,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
         rows = out.reshape(out.shape[0], -1)
         return quantized or quantize_rows(rows, quant_dtype, tuple(rows.shape))
     if not _triton_ok(q, kv_cache) or meta.num_seqs == 0:
-        ref = paged_attention_ref(q, kv_cache, meta, scale, sliding_window, k_scale, v_scale)
+        ref = paged_attention_batched(q, kv_cache, meta, scale, sliding_window, k_scale,
+                                      v_scale)
         return ref if out is None else out.copy_(ref)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -50,7 +50,7 @@ def no_reference(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("dispatcher fell back to the torch reference")
 
-    monkeypatch.setattr(attention, "paged_attention_ref", refuse)
+    monkeypatch.setattr(attention, "paged_attention_batched", refuse)
     monkeypatch.setattr(rotary, "rotary_and_write_kv_ref", refuse)
 
 
