@@ -148,15 +148,20 @@ def paged_attention_batched(q: torch.Tensor, kv_cache: torch.Tensor, meta: Atten
                                                              k_scale, v_scale)
     _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
     device = q.device
-    seq_lens = torch.tensor([meta.seq_lens_cpu[b] for b in decodes], device=device)
-    longest = max(meta.seq_lens_cpu[b] for b in decodes)
+    lengths = [meta.seq_lens_cpu[b] for b in decodes]
+    seq_lens = torch.tensor(lengths, device=device)
+    longest, shortest = max(lengths), min(lengths)
     seqs = torch.tensor(decodes, device=device)
     tables = meta.block_tables[seqs, :-(-longest // block_size)].long().clamp(0, num_blocks - 1)
     k_pos = torch.arange(longest, device=device)
     valid = _visible((seq_lens - 1)[:, None], k_pos[None, :], sliding_window)  # [B, S]
     keys = _gather_batched(kv_cache, 0, tables, longest, k_scale)
     values = _gather_batched(kv_cache, 1, tables, longest, v_scale)
-    values = values.masked_fill(~valid[:, :, None, None], 0.0)  # 0 * NaN would reach the sum
+    # Slots past a sequence's length get probability 0, but 0 * NaN would reach the sum: zero
+    # them (only the columns past the shortest sequence can hold any; the copy is values' own).
+    if shortest < longest:
+        past = k_pos[None, shortest:] >= seq_lens[:, None]
+        values[:, shortest:].masked_fill_(past[:, :, None, None], 0.0)
     rows = torch.tensor([starts[b] for b in decodes], device=device)
     qb = q[rows].float().view(len(decodes), num_kv_heads, -1, head_dim)
     scores = torch.einsum("bhgd,bshd->bhgs", qb, keys) * scale
@@ -169,7 +174,8 @@ def paged_attention_batched(q: torch.Tensor, kv_cache: torch.Tensor, meta: Atten
 def _gather_batched(kv_cache: torch.Tensor, which: int, tables: torch.Tensor, length: int,
                     scale: float) -> torch.Tensor:
     """Keys (which=0) or values (1) of the first `length` slots of each row of block ids
-    `tables` [B, blocks], float32 [B, length, Hk, D] (an fp8 cache dequantized)."""
+    `tables` [B, blocks], float32 [B, length, Hk, D] (an fp8 cache dequantized), a tensor of
+    its own (never a view of the cache)."""
     _, _, _, num_kv_heads, head_dim = kv_cache.shape
     rows = tables.shape[0]
     if not is_fp8_kv_cache(kv_cache):
