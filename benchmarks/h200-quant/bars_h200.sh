@@ -30,13 +30,6 @@ build() {  # build ENGINE LIMIT flags...
     --max-batch-size 1024 --eval-tokens 0 --overwrite --no-progress 2>&1 | grep -v Warning | tail -2 >> $LOG
   echo "$e at $((SECONDS - T0)) s" | tee -a $LOG
 }
-lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out
-  local tag=$1 model=$2 t; shift 2
-  t=$(left $RES); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
-  timeout $((t < 90 ? t : 90)) python3 -m kiln.cli bench latency --model $model "$@" --batch-size 1 \
-    --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
-  echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
-}
 if [ "${SHORT:-0}" = 1 ]; then  # a short budget (B about 300): the fp8 engine, its 1000 x 128/128 once, batch 1
   build /tmp/e-fp8 $(left 130) --quant fp8 --lm-head-quant fp8
   tp_run fp8_1 $PWD /tmp/e-fp8 45

@@ -15,13 +15,6 @@ timeout $(left ${BARS_S:-240}) python3 -m pytest -q -p no:cacheprovider -n 8 -rf
   > $OUT/gpu_tests.log 2>&1
 tail -3 $OUT/gpu_tests.log | tee -a $LOG
 echo "tests at $((SECONDS - T0)) s" | tee -a $LOG
-lat() {  # lat TAG MODEL [flags]: batch 1, 128 in / 256 out, at most 90 s
-  local tag=$1 model=$2 t; shift 2
-  t=$(left 5); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
-  timeout $((t < 90 ? t : 90)) python3 -m kiln.cli bench latency --model $model "$@" --batch-size 1 \
-    --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
-  echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
-}
 checkpoint
 echo "checkpoint at $((SECONDS - T0)) s" | tee -a $LOG
 t=$(left 45); [ $t -ge 60 ] && timeout $t python3 -m kiln.cli build $M --output /tmp/e-fp8 --quant fp8 \

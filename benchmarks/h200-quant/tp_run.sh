@@ -38,3 +38,13 @@ bf16_tp() {
     --max-num-batched-tokens 32768 --no-progress --json $OUT/tp_$1.json 2>&1 | grep -E "throughput:|GPU during" >> $LOG
   echo "$1 at $((SECONDS - T0)) s: $(grep -h 'output tok/s' $LOG | tail -1)" | tee -a $LOG
 }
+# `lat TAG MODEL [flags]`: batch 1, 128 in / 256 out (#5's and #7's batch-1 bars), writing
+# $OUT/b1_TAG.json and its main lines to $LOG; skipped when fewer than 40 s are left after keeping
+# RES (default 5) seconds; at most 90 s.
+lat() {
+  local tag=$1 model=$2 t; shift 2
+  t=$(left ${RES:-5}); [ $t -lt 40 ] && { echo "skip b1 $tag ($t s left)" | tee -a $LOG; return; }
+  timeout $((t < 90 ? t : 90)) python3 -m kiln.cli bench latency --model $model "$@" --batch-size 1 \
+    --input-len 128 --output-len 256 --no-progress --json $OUT/b1_$tag.json 2>&1 | grep -E "tok/s|TPOT|GB/s" >> $LOG
+  echo "b1 $tag at $((SECONDS - T0)) s" | tee -a $LOG
+}
