@@ -15,10 +15,10 @@ from kiln.server.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChu
                                   ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
                                   ChatMessage, ChatResponseMessage, DeltaMessage, TokenLogprob,
                                   TopLogprob)
-from kiln.server.serving_common import (SSE_DONE, SSEResponse, check_model, check_prompt_ids,
+from kiln.server.serving_common import (DeltaTracker, SSEResponse, check_model, check_prompt_ids,
                                         collect_final, logprob_token_text, merge_streams, new_id,
-                                        ranked, sampling_params, sse_error_event, sse_event,
-                                        submit_all, unless_disconnected)
+                                        ranked, sampling_params, sse_body, sse_event, submit_all,
+                                        unless_disconnected)
 from kiln.server.serving_completions import usage_of
 
 # Used when the checkpoint's tokenizer carries no chat template (random test models, base models).
@@ -102,21 +102,19 @@ async def _full(engine: AsyncEngine, req: ChatCompletionRequest, streams: list[R
                                   usage=usage_of(finals))
 
 
-async def _stream(engine: AsyncEngine, req: ChatCompletionRequest, streams: list[RequestStream],
-                  request_id: str, num_top: int | None) -> AsyncIterator[str]:
+def _stream(engine: AsyncEngine, req: ChatCompletionRequest, streams: list[RequestStream],
+            request_id: str, num_top: int | None) -> AsyncIterator[str]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     exclude = None if include_usage else {"usage"}
     created = int(time.time())
-    sent_text: dict[int, int] = {}
-    sent_tokens: dict[int, int] = {}
-    ended: set[int] = set()
-    final: RequestOutput | None = None
+    sent = DeltaTracker()
 
     def chunk(choices: list[ChatChunkChoice]) -> str:
         return sse_event(ChatCompletionChunk(id=request_id, created=created, model=engine.model_name,
                                              choices=choices), exclude)
 
-    try:
+    async def events() -> AsyncIterator[str]:
+        final: RequestOutput | None = None
         # OpenAI opens every choice with the role and empty content.
         yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
                      for i in range(req.n)])
@@ -124,30 +122,19 @@ async def _stream(engine: AsyncEngine, req: ChatCompletionRequest, streams: list
             final = out
             choices = []
             for comp in out.outputs:
-                if comp.index in ended:
+                part = sent.new_part(comp.index, comp)
+                if part is None:
                     continue
-                text_start = sent_text.get(comp.index, 0)
-                tok_start = sent_tokens.get(comp.index, 0)
-                delta = comp.text[text_start:]
-                if not delta and len(comp.token_ids) <= tok_start and comp.finish_reason is None:
-                    continue
+                delta, tok_start = part
                 logprobs = (chat_logprobs(engine.tokenizer, comp, tok_start, num_top)
                             if num_top is not None else None)
                 choices.append(ChatChunkChoice(index=comp.index, delta=DeltaMessage(content=delta),
                                                logprobs=logprobs, finish_reason=comp.finish_reason))
-                sent_text[comp.index] = max(text_start, len(comp.text))
-                sent_tokens[comp.index] = len(comp.token_ids)
-                if comp.finish_reason is not None:
-                    ended.add(comp.index)
             if choices:
                 yield chunk(choices)
         if include_usage and final is not None:
             yield sse_event(ChatCompletionChunk(id=request_id, created=created,
                                                 model=engine.model_name, choices=[],
                                                 usage=usage_of([final])))
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream
-        yield sse_error_event(e)
-    finally:
-        for s in streams:
-            s.close()
-    yield SSE_DONE
+
+    return sse_body(events(), streams)

@@ -160,6 +160,47 @@ def sse_error_event(exc: BaseException) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
+async def sse_body(events: AsyncIterator[str], streams: list[RequestStream]) -> AsyncIterator[str]:
+    """A streaming response's body: the events, then ``[DONE]``. An error after the headers went
+    out is reported in-band as the last event before ``[DONE]``; the request streams are closed
+    however the body ends (finished, failed or abandoned by the client)."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream
+        yield sse_error_event(e)
+    finally:
+        for s in streams:
+            s.close()
+    yield SSE_DONE
+
+
+class DeltaTracker:
+    """What each streamed choice has already sent (text characters, tokens), so that every chunk
+    carries only what is new, and a choice whose finish_reason went out sends nothing more."""
+
+    def __init__(self) -> None:
+        self.sent_text: dict[int, int] = {}
+        self.sent_tokens: dict[int, int] = {}
+        self.ended: set[int] = set()
+
+    def new_part(self, index: int, comp: Any) -> tuple[str, int] | None:
+        """(the text choice ``index`` has not sent yet, how many of its tokens it has sent) for
+        its latest output ``comp`` (a CompletionOutput), or None when there is nothing to send.
+        Marks it all sent."""
+        if index in self.ended:
+            return None
+        text_start, tok_start = self.sent_text.get(index, 0), self.sent_tokens.get(index, 0)
+        delta = comp.text[text_start:]
+        if not delta and len(comp.token_ids) <= tok_start and comp.finish_reason is None:
+            return None
+        self.sent_text[index] = max(text_start, len(comp.text))
+        self.sent_tokens[index] = len(comp.token_ids)
+        if comp.finish_reason is not None:
+            self.ended.add(index)
+        return delta, tok_start
+
+
 class SSEResponse(StreamingResponse):
     """A text/event-stream response that always closes its generator when it ends.
 

@@ -13,10 +13,10 @@ from kiln.errors import InvalidRequestError
 from kiln.request import CompletionOutput, RequestOutput
 from kiln.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                                   CompletionResponse, UsageInfo)
-from kiln.server.serving_common import (SSE_DONE, SSEResponse, check_model, check_prompt_ids,
+from kiln.server.serving_common import (DeltaTracker, SSEResponse, check_model, check_prompt_ids,
                                         collect_final, logprob_token_text, merge_streams, new_id,
-                                        ranked, sampling_params, sse_error_event, sse_event,
-                                        submit_all, unless_disconnected)
+                                        ranked, sampling_params, sse_body, sse_event, submit_all,
+                                        unless_disconnected)
 
 
 def prompt_token_lists(tokenizer: Any, prompt: str | list) -> tuple[list[list[int]], list[str | None]]:
@@ -111,15 +111,13 @@ def usage_of(finals: list[RequestOutput]) -> UsageInfo:
                      total_tokens=prompt + completion)
 
 
-async def _stream(engine: AsyncEngine, req: CompletionRequest, streams: list[RequestStream],
-                  request_id: str, echo_texts: list[str]) -> AsyncIterator[str]:
+def _stream(engine: AsyncEngine, req: CompletionRequest, streams: list[RequestStream],
+            request_id: str, echo_texts: list[str]) -> AsyncIterator[str]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     exclude = None if include_usage else {"usage"}
     created = int(time.time())
-    sent_text: dict[int, int] = {}
-    sent_tokens: dict[int, int] = {}
+    sent = DeltaTracker()
     builders: dict[int, LogprobsBuilder] = {}
-    ended: set[int] = set()  # choices whose finish_reason was already sent
     finals: list[RequestOutput | None] = [None] * len(streams)
 
     def chunk(choices: list[CompletionChoice]) -> str:
@@ -127,7 +125,7 @@ async def _stream(engine: AsyncEngine, req: CompletionRequest, streams: list[Req
                                   choices=choices)
         return sse_event(resp, exclude)
 
-    try:
+    async def events() -> AsyncIterator[str]:
         for p, echo in enumerate(echo_texts):
             if echo:
                 for i in range(req.n):
@@ -137,13 +135,10 @@ async def _stream(engine: AsyncEngine, req: CompletionRequest, streams: list[Req
             choices = []
             for comp in out.outputs:
                 idx = p * req.n + comp.index
-                if idx in ended:
+                part = sent.new_part(idx, comp)
+                if part is None:
                     continue
-                text_start, tok_start = sent_text.get(idx, 0), sent_tokens.get(idx, 0)
-                delta = comp.text[text_start:]
-                new_tokens = len(comp.token_ids) - tok_start
-                if not delta and new_tokens <= 0 and comp.finish_reason is None:
-                    continue
+                delta, tok_start = part
                 logprobs = None
                 if req.logprobs is not None:
                     builder = builders.setdefault(idx, LogprobsBuilder(
@@ -151,19 +146,11 @@ async def _stream(engine: AsyncEngine, req: CompletionRequest, streams: list[Req
                     logprobs = builder.build(comp, tok_start)
                 choices.append(CompletionChoice(index=idx, text=delta, logprobs=logprobs,
                                                 finish_reason=comp.finish_reason))
-                sent_text[idx] = max(text_start, len(comp.text))
-                sent_tokens[idx] = len(comp.token_ids)
-                if comp.finish_reason is not None:
-                    ended.add(idx)
             if choices:
                 yield chunk(choices)
         if include_usage:
             resp = CompletionResponse(id=request_id, created=created, model=engine.model_name,
                                       choices=[], usage=usage_of([f for f in finals if f]))
             yield sse_event(resp)
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, then end the stream
-        yield sse_error_event(e)
-    finally:
-        for s in streams:
-            s.close()
-    yield SSE_DONE
+
+    return sse_body(events(), streams)
