@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from kiln.engine.async_engine import AsyncEngine, RequestStream
 from kiln.errors import InvalidRequestError
-from kiln.request import Logprob, RequestOutput
+from kiln.request import CompletionOutput, Logprob, RequestOutput
 from kiln.sampling_params import SamplingParams
 from kiln.server.errors import ModelNotFoundError, status_and_body
 from kiln.server.protocol import SamplingFields
@@ -184,9 +184,9 @@ class DeltaTracker:
         self.sent_tokens: dict[int, int] = {}
         self.ended: set[int] = set()
 
-    def new_part(self, index: int, comp: Any) -> tuple[str, int] | None:
+    def new_part(self, index: int, comp: CompletionOutput) -> tuple[str, int] | None:
         """(the text choice ``index`` has not sent yet, how many of its tokens it has sent) for
-        its latest output ``comp`` (a CompletionOutput), or None when there is nothing to send.
+        its latest output ``comp``, or None when there is nothing to send.
         Marks it all sent."""
         if index in self.ended:
             return None
