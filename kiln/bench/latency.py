@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         result["baseline"] = _hf_baseline(model_dir, dtype, device, args, vocab)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
     # priced per output token, and per prompt and output token over the batch's end-to-end time
-    cost.add_costs(result, getattr(args, "cost_per_hour", None),
+    cost.add_costs(result, args.cost_per_hour,
                    args.batch_size * (args.input_len + args.output_len) / total)
     return result
 

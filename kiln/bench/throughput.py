@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, engine_kwargs: dict) -> dict:
         common.free_device_memory(device)
         result["baseline"] = _hf_baseline(model_dir, dtype, device, prompts, outs, args)
         result["speedup_vs_hf"] = result["output_tokens_per_s"] / result["baseline"]["output_tokens_per_s"]
-    cost.add_costs(result, getattr(args, "cost_per_hour", None), result["total_tokens_per_s"])
+    cost.add_costs(result, args.cost_per_hour, result["total_tokens_per_s"])
     return result
 
 
